@@ -1,0 +1,115 @@
+// Sigmoid focal loss, C++ CPU kernels (vectorized with ATen's Vectorized, at::parallel_for).
+// The math is csrc/kernels/sigmoid_focal_loss.h, shared with the CUDA kernels; the
+// calling convention (prepared by fastloss/ops/sigmoid_focal_loss.py) is in
+// csrc/fastloss.cpp.
+#include <ATen/Dispatch.h>
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
+#include <ATen/ops/empty_like.h>
+#include <ATen/ops/scalar_tensor.h>
+#include <ATen/OpMathType.h>
+#include <torch/library.h>
+
+#include "fastloss/cpu_loop.h"
+#include "fastloss/op_checks.h"
+#include "kernels/sigmoid_focal_loss.h"
+
+namespace fastloss {
+namespace {
+
+using cpu::Vec;
+
+// forward (kBackward = false): per-element loss into `out` or its sum;
+// backward (kBackward = true): dL/dx * weight * upstream into `out`.
+template <typename scalar_t, bool kBackward>
+double focal_cpu(const FocalArgs& a, const at::Tensor& upstream, at::Tensor& out) {
+  using acc_t = at::opmath_type<scalar_t>;
+  const scalar_t* x_ptr = a.input.const_data_ptr<scalar_t>();
+  const bool labels = a.labels;
+  const scalar_t* t_ptr = labels ? nullptr : a.target.const_data_ptr<scalar_t>();
+  const int64_t* lab_ptr = labels ? a.target.const_data_ptr<int64_t>() : nullptr;
+  const acc_t* w_ptr = a.weight_mode == WeightMode::None ? nullptr : a.weight.const_data_ptr<acc_t>();
+  const bool store = kBackward || a.reduction == Reduction::None;
+  scalar_t* o_ptr = store ? out.mutable_data_ptr<scalar_t>() : nullptr;
+  const bool per_elem_upstream = kBackward && a.reduction == Reduction::None;
+  const scalar_t* g_ptr = per_elem_upstream ? upstream.const_data_ptr<scalar_t>() : nullptr;
+  acc_t g_scale = acc_t(1);
+  if (kBackward && !per_elem_upstream) {
+    g_scale = upstream.item<acc_t>();  // a CPU scalar: no device sync
+    if (a.reduction == Reduction::Mean) g_scale /= static_cast<acc_t>(a.numel);
+  }
+  const focal::Params<acc_t> prm{static_cast<acc_t>(a.alpha), static_cast<acc_t>(a.gamma)};
+  const bool row_data = labels || a.weight_mode == WeightMode::Row;
+  const int64_t row_len = row_data ? a.C : a.numel;
+
+  return cpu::for_each_chunk<acc_t>(a.numel, row_len, [&](int64_t row, int64_t col, int64_t j, int64_t n) {
+    const Vec<acc_t> x = cpu::load<acc_t>(x_ptr + j, n);
+    Vec<acc_t> t;
+    if (labels) {
+      // one-hot target built in registers: 1 where the lane's class equals the row's label
+      t = Vec<acc_t>::arange(static_cast<acc_t>(col), 1).eq(Vec<acc_t>(static_cast<acc_t>(lab_ptr[row])));
+    } else {
+      t = cpu::load<acc_t>(t_ptr + j, n);
+    }
+    Vec<acc_t> loss, grad;
+    focal::loss_and_grad(x, t, prm, loss, grad);
+    Vec<acc_t> w(acc_t(1));
+    if (a.weight_mode == WeightMode::Elem) w = cpu::load<acc_t>(w_ptr + j, n);
+    if (a.weight_mode == WeightMode::Row) w = Vec<acc_t>(w_ptr[row]);
+    if constexpr (kBackward) {
+      const Vec<acc_t> up = per_elem_upstream ? cpu::load<acc_t>(g_ptr + j, n) : Vec<acc_t>(g_scale);
+      cpu::store<acc_t>(o_ptr + j, grad * w * up, n);
+      return Vec<acc_t>(acc_t(0));
+    } else {
+      loss = loss * w;
+      if (store) {
+        cpu::store<acc_t>(o_ptr + j, loss, n);
+        return Vec<acc_t>(acc_t(0));
+      }
+      return Vec<acc_t>::set(Vec<acc_t>(acc_t(0)), loss, n);  // zero the lanes past n
+    }
+  });
+}
+
+void check_labels_cpu(const FocalArgs& a) {
+  if (!a.labels) return;
+  const int64_t* lab = a.target.const_data_ptr<int64_t>();
+  const int64_t rows = a.target.numel();
+  for (int64_t r = 0; r < rows; ++r) {
+    TORCH_CHECK_VALUE(lab[r] >= 0 && lab[r] <= a.C, "sigmoid_focal_loss: class label ", lab[r], " in `target` is out of range: labels must be in [0, ", a.C,
+                      "] (", a.C, " = background)");
+  }
+}
+
+at::Tensor forward_cpu(const at::Tensor& input, const at::Tensor& target, const c10::optional<at::Tensor>& weight, double alpha, double gamma,
+                       int64_t reduction) {
+  const FocalArgs a = make_focal_args(input, target, weight, alpha, gamma, reduction);
+  check_labels_cpu(a);
+  at::Tensor out = a.reduction == Reduction::None ? at::empty_like(input) : at::Tensor();
+  double total = 0;
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), "sigmoid_focal_loss_forward_cpu",
+                                  [&] { total = focal_cpu<scalar_t, false>(a, at::Tensor(), out); });
+  if (a.reduction == Reduction::None) return out;
+  if (a.reduction == Reduction::Mean) total /= static_cast<double>(a.numel);
+  return at::scalar_tensor(total, input.options().dtype(reduced_dtype(input.scalar_type())));
+}
+
+at::Tensor backward_cpu(const at::Tensor& grad, const at::Tensor& input, const at::Tensor& target, const c10::optional<at::Tensor>& weight,
+                        double alpha, double gamma, int64_t reduction) {
+  const FocalArgs a = make_focal_args(input, target, weight, alpha, gamma, reduction);
+  check_upstream(grad, a);
+  check_labels_cpu(a);
+  at::Tensor out = at::empty_like(input);
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), "sigmoid_focal_loss_backward_cpu",
+                                  [&] { focal_cpu<scalar_t, true>(a, grad, out); });
+  return out;
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(fastloss, CPU, m) {
+  m.impl("sigmoid_focal_loss_forward_native", &forward_cpu);
+  m.impl("sigmoid_focal_loss_backward_native", &backward_cpu);
+}
+
+}  // namespace fastloss

@@ -1,0 +1,47 @@
+// Host+device helpers shared by the CPU (C++) and CUDA kernels.
+//
+// The per-element math in csrc/kernels/<family>.h is written once, as templates over
+// a "lane" type T, using only the functions below plus + - * / and comparisons.  T is
+// a scalar (float / double) on CUDA and in CPU tails, and at::vec::Vectorized<float|double>
+// in the CPU vector loops (overloads in cpu_vec.h).  A comparison yields a "mask" (bool
+// for scalars, an all-ones-lanes vector for Vectorized) that only fl::select consumes.
+#pragma once
+
+#include <cmath>
+#include <cstdint>
+
+#if defined(__CUDACC__) || defined(__HIPCC__)
+#define FL_HOST_DEVICE __host__ __device__
+#define FL_INLINE __forceinline__
+#else
+#define FL_HOST_DEVICE
+#define FL_INLINE inline
+#endif
+
+namespace fastloss {
+namespace fl {
+
+FL_HOST_DEVICE FL_INLINE float exp(float x) { return ::expf(x); }
+FL_HOST_DEVICE FL_INLINE double exp(double x) { return ::exp(x); }
+FL_HOST_DEVICE FL_INLINE float log1p(float x) { return ::log1pf(x); }
+FL_HOST_DEVICE FL_INLINE double log1p(double x) { return ::log1p(x); }
+FL_HOST_DEVICE FL_INLINE float abs(float x) { return ::fabsf(x); }
+FL_HOST_DEVICE FL_INLINE double abs(double x) { return ::fabs(x); }
+// x ** p for x >= 0 (p is a uniform scalar exponent).
+FL_HOST_DEVICE FL_INLINE float pow(float x, float p) { return ::powf(x, p); }
+FL_HOST_DEVICE FL_INLINE double pow(double x, double p) { return ::pow(x, p); }
+
+// Branch-free choice; the scalar form of Vectorized::blendv.
+template <typename T>
+FL_HOST_DEVICE FL_INLINE T select(bool cond, T a, T b) { return cond ? a : b; }
+
+// max(x, 0) that propagates NaN (std::fmax would hide it).
+template <typename T>
+FL_HOST_DEVICE FL_INLINE T relu(T x) { return select(x > T(0), x, T(0)); }
+
+}  // namespace fl
+
+// Reduction codes shared by every op ("none" / "sum" / "mean").
+enum class Reduction : int64_t { None = 0, Sum = 1, Mean = 2 };
+
+}  // namespace fastloss

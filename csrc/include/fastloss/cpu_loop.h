@@ -1,0 +1,91 @@
+// CPU-only: the element loop shared by the CPU kernels.
+//
+// Elements are split into fixed-size blocks (independent of the thread count), each block
+// accumulates its own partial sum, and the partials are added in block order: so results
+// are bitwise identical run to run and for any number of threads.  Within a block the
+// loop walks "segments" -- runs of elements inside one row of a (rows, row_len) view -- so
+// per-row data (class labels, per-anchor weights) is loaded once per segment and the
+// element math runs on full vectors.
+#pragma once
+
+#include <ATen/Parallel.h>
+#include <ATen/core/Tensor.h>
+
+#include <algorithm>
+#include <type_traits>
+#include <vector>
+
+#include "fastloss/cpu_vec.h"
+
+namespace fastloss {
+namespace cpu {
+
+constexpr int64_t kBlock = 32768;  // elements per deterministic reduction block
+
+template <typename T>
+using Vec = at::vec::Vectorized<T>;
+
+// Load n <= Vec::size() elements of src as compute-type lanes (the rest are zero).
+template <typename acc_t, typename scalar_t>
+inline Vec<acc_t> load(const scalar_t* src, int64_t n) {
+  if constexpr (std::is_same_v<acc_t, scalar_t>) {
+    return Vec<acc_t>::loadu(src, n);
+  } else {
+    alignas(64) acc_t buf[Vec<acc_t>::size()] = {};
+    for (int64_t i = 0; i < n; ++i) buf[i] = static_cast<acc_t>(src[i]);
+    return Vec<acc_t>::loadu(buf);
+  }
+}
+
+template <typename acc_t, typename scalar_t>
+inline void store(scalar_t* dst, const Vec<acc_t>& v, int64_t n) {
+  if constexpr (std::is_same_v<acc_t, scalar_t>) {
+    v.store(dst, n);
+  } else {
+    alignas(64) acc_t buf[Vec<acc_t>::size()];
+    v.store(buf);
+    for (int64_t i = 0; i < n; ++i) dst[i] = static_cast<scalar_t>(buf[i]);
+  }
+}
+
+// Horizontal sum in a fixed lane order.
+template <typename acc_t>
+inline double hsum(const Vec<acc_t>& v) {
+  alignas(64) acc_t buf[Vec<acc_t>::size()];
+  v.store(buf);
+  double s = 0;
+  for (int64_t i = 0; i < Vec<acc_t>::size(); ++i) s += static_cast<double>(buf[i]);
+  return s;
+}
+
+// Calls body(row, col, flat_index, n) for consecutive chunks of <= Vec::size() elements of
+// [0, numel), chunks never crossing a row of length row_len; returns the sum of what body
+// returns (a Vec of per-lane partials, lanes past n must be zero), deterministically.
+template <typename acc_t, typename Body>
+double for_each_chunk(int64_t numel, int64_t row_len, const Body& body) {
+  const int64_t nblocks = (numel + kBlock - 1) / kBlock;
+  std::vector<double> partial(static_cast<size_t>(nblocks), 0.0);
+  constexpr int64_t V = Vec<acc_t>::size();
+  at::parallel_for(0, nblocks, 1, [&](int64_t b0, int64_t b1) {
+    for (int64_t b = b0; b < b1; ++b) {
+      const int64_t end = std::min(numel, (b + 1) * kBlock);
+      Vec<acc_t> acc(acc_t(0));
+      int64_t i = b * kBlock;
+      while (i < end) {
+        const int64_t row = i / row_len;
+        const int64_t seg_end = std::min(end, (row + 1) * row_len);
+        for (int64_t j = i; j < seg_end; j += V) {
+          acc = acc + body(row, j - row * row_len, j, std::min(V, seg_end - j));
+        }
+        i = seg_end;
+      }
+      partial[b] = hsum(acc);
+    }
+  });
+  double total = 0;
+  for (double p : partial) total += p;
+  return total;
+}
+
+}  // namespace cpu
+}  // namespace fastloss

@@ -1,0 +1,117 @@
+"""THE one place that chooses an implementation for an op on a device.
+
+The PyTorch dispatcher chooses by device (CPU / CUDA); within a device this module
+chooses among the backends
+
+* ``reference`` -- pure PyTorch (fastloss/reference/), everywhere;
+* ``cpu``       -- the C++ kernels of fastloss._C, CPU tensors;
+* ``cuda``      -- the CUDA kernels of fastloss._C, CUDA tensors (if built with CUDA);
+* ``triton``    -- fastloss.triton_kernels, CUDA tensors; CPU tensors only under
+                   ``TRITON_INTERPRET=1`` (the tests' way to run Triton without a GPU).
+
+Order of precedence: the ``backend=`` argument of a call, then :func:`use_backend`, then
+the environment variable ``FASTLOSS_BACKEND``, then the default -- the fastest measured
+for that op on that device (``PREFERENCE``; benchmarks/ measures it).  Asking for a
+backend that is not available raises ``RuntimeError`` naming the available ones.
+"""
+import contextlib
+import contextvars
+import functools
+import importlib
+import os
+
+from fastloss import _extension
+
+BACKENDS = ("reference", "cpu", "cuda", "triton")
+
+# Default order per op and device type, fastest first.
+PREFERENCE = {
+    "sigmoid_focal_loss": {"cpu": ("cpu", "reference"), "cuda": ("cuda", "triton", "reference")},
+}
+
+_IMPLEMENTATIONS = {}  # op -> backend -> (forward, backward)
+_override = contextvars.ContextVar("fastloss_backend", default=None)
+
+
+def register(op, backend, forward, backward):
+    """Called by fastloss/ops/<family>.py for each backend of an op."""
+    _IMPLEMENTATIONS.setdefault(op, {})[backend] = (forward, backward)
+
+
+@functools.lru_cache(maxsize=None)
+def triton_available():
+    try:
+        import triton  # noqa: F401
+        import triton.language  # noqa: F401
+    except Exception:  # noqa: BLE001 -- any import failure means "no Triton"
+        return False
+    return True
+
+
+def _triton_interpreting():
+    return os.environ.get("TRITON_INTERPRET", "") == "1"
+
+
+def _device_type(device):
+    import torch
+
+    return torch.device(device).type
+
+
+def available_backends(device="cpu"):
+    """Backends that can run on ``device`` here (a device, a string such as "cuda:0")."""
+    kind = _device_type(device)
+    names = ["reference"]
+    if kind == "cpu":
+        if _extension.has_cpu():
+            names.insert(0, "cpu")
+        if triton_available() and _triton_interpreting():
+            names.append("triton")
+    elif kind == "cuda":
+        if triton_available():
+            names.insert(0, "triton")
+        if _extension.has_cuda():
+            names.insert(0, "cuda")
+    return names
+
+
+def _check_name(name):
+    if name not in BACKENDS:
+        raise ValueError(f"unknown fastloss backend {name!r}; expected one of {BACKENDS}")
+
+
+@contextlib.contextmanager
+def use_backend(name):
+    """Run the ops inside the ``with`` block on backend ``name`` (None: the default)."""
+    if name is not None:
+        _check_name(name)
+    token = _override.set(name)
+    try:
+        yield
+    finally:
+        _override.reset(token)
+
+
+def resolve(op, device, requested=None):
+    """Name of the backend that runs ``op`` on ``device``."""
+    kind = _device_type(device)
+    available = available_backends(device)
+    name = requested or _override.get() or os.environ.get("FASTLOSS_BACKEND") or None
+    if name is not None:
+        _check_name(name)
+        if name not in available:
+            raise RuntimeError(f"fastloss backend {name!r} is not available for {op} on {kind} tensors; "
+                               f"available here: {available}")
+        return name
+    for candidate in PREFERENCE[op].get(kind, ("reference",)):
+        if candidate in available:
+            return candidate
+    return "reference"
+
+
+def implementation(op, device, requested=None):
+    """(forward, backward) callables of the chosen backend (Triton kernels load lazily)."""
+    name = resolve(op, device, requested)
+    if name == "triton" and name not in _IMPLEMENTATIONS[op]:
+        importlib.import_module(f"fastloss.triton_kernels.{op}")
+    return _IMPLEMENTATIONS[op][name]

@@ -1,0 +1,56 @@
+"""Loads the compiled extension ``fastloss._C`` if it is present and current.
+
+Never raises: a missing, stale (built from other sources or another op ABI) or
+unloadable ``_C`` leaves :data:`C` as ``None``, and fastloss falls back (Triton on GPU,
+the PyTorch reference on CPU), saying so once.
+"""
+import os
+import warnings
+
+ABI_VERSION = 1  # must equal FL_ABI_VERSION in csrc/fastloss.cpp
+
+
+class FastlossWarning(UserWarning):
+    pass
+
+
+_warned = set()
+
+
+def warn_once(key, message):
+    if key not in _warned:
+        _warned.add(key)
+        warnings.warn(message, FastlossWarning, stacklevel=3)
+
+
+def _load():
+    import torch  # noqa: F401  (loads libc10/libtorch, which _C links against)
+
+    try:
+        from fastloss import _C
+    except (ImportError, OSError) as exc:  # absent, or built against another torch
+        return None, f"fastloss._C is not available ({exc})"
+    if getattr(_C, "ABI_VERSION", None) != ABI_VERSION:
+        return None, f"fastloss._C has op ABI {getattr(_C, 'ABI_VERSION', '?')}, expected {ABI_VERSION}: rebuild it"
+    csrc = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "csrc")
+    if os.path.isdir(csrc):  # a source checkout: is _C built from these sources?
+        from fastloss._sources import source_hash
+
+        current = source_hash(csrc)
+        if current != _C.SOURCE_HASH:
+            return None, f"fastloss._C is stale (built from sources {_C.SOURCE_HASH}, checkout has {current}): rebuild it"
+    return _C, None
+
+
+C, load_error = _load()
+if C is None:
+    warn_once("load", f"{load_error}; using the Triton (GPU) and PyTorch reference (CPU) backends instead. "
+              "Build it with: pip install --no-build-isolation -e .")
+
+
+def has_cpu():
+    return C is not None
+
+
+def has_cuda():
+    return C is not None and bool(C.WITH_CUDA)

@@ -1,0 +1,43 @@
+"""``fastloss.info()`` or ``python -m fastloss``: versions, build state and the backend each op would use."""
+import platform
+
+import torch
+
+from fastloss import _backend, _extension
+
+
+def info(file=None):
+    lines = [
+        f"fastloss      {__import__('fastloss').__version__}",
+        f"python        {platform.python_version()}",
+        f"torch         {torch.__version__} (CUDA {torch.version.cuda})",
+    ]
+    try:
+        import triton
+
+        lines.append(f"triton        {triton.__version__}")
+    except Exception as exc:  # noqa: BLE001
+        lines.append(f"triton        not importable ({exc.__class__.__name__})")
+    C = _extension.C
+    if C is None:
+        lines.append(f"fastloss._C   not loaded: {_extension.load_error}")
+    else:
+        lines.append(f"fastloss._C   built (sources {C.SOURCE_HASH}, CPU {C.CPU_CAPABILITY}, CUDA part {'yes' if C.WITH_CUDA else 'no'})")
+    devices = ["cpu"]
+    if torch.cuda.is_available():
+        devices.append("cuda")
+        lines.append(f"device        {torch.cuda.get_device_name()}")
+    else:
+        lines.append("device        no CUDA device")
+    for dev in devices:
+        lines.append(f"[{dev}] available backends: {_backend.available_backends(dev)}")
+        for op in _backend.PREFERENCE:
+            try:
+                chosen = _backend.resolve(op, dev)
+            except RuntimeError as exc:
+                chosen = f"error: {exc}"
+            lines.append(f"[{dev}]   {op}: {chosen}")
+    text = "\n".join(lines)
+    print(text, file=file)
+    return text
+

@@ -1,0 +1,103 @@
+"""Build of fastloss and its compiled extension ``fastloss._C``.
+
+The C++ CPU kernels are always built.  The CUDA kernels are built whenever nvcc is
+found (``CUDA_HOME``) and torch is a CUDA build -- a visible GPU is *not* required --
+or when ``FASTLOSS_FORCE_CUDA=1``; ``FASTLOSS_SKIP_CUDA=1`` skips them for quick
+local builds.  ``TORCH_CUDA_ARCH_LIST`` (default "8.0;9.0") and ``MAX_JOBS`` are
+honoured.  ``FASTLOSS_CPU_AVX2=0`` builds the portable (non-AVX2) CPU kernels.
+
+Build in place, without fetching a second torch:
+    pip install --no-build-isolation -e .
+"""
+import glob
+import importlib.util
+import os
+import platform
+import sys
+
+from setuptools import setup
+
+ROOT = os.path.dirname(os.path.abspath(__file__))
+CSRC = os.path.join(ROOT, "csrc")
+
+
+def _flag(name):
+    return os.environ.get(name, "").strip().lower() in ("1", "true", "yes", "on")
+
+
+def _cpu_has_avx2():
+    if platform.machine().lower() not in ("x86_64", "amd64"):
+        return False
+    if os.environ.get("FASTLOSS_CPU_AVX2", "").strip() == "0":
+        return False
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = f.read()
+        return all(f" {flag}" in flags for flag in ("avx2", "fma", "f16c"))
+    except OSError:
+        return False
+
+
+def source_hash():
+    """Hash of every C++/CUDA source (fastloss/_sources.py, loaded by path: no torch import)."""
+    spec = importlib.util.spec_from_file_location("_fastloss_sources", os.path.join(ROOT, "fastloss", "_sources.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.source_hash(CSRC)
+
+
+def _nvidia_include_dirs():
+    """CUDA headers torch needs beyond the toolkit (cusparse.h, ...) ship in pip wheels."""
+    dirs = []
+    for entry in sys.path:
+        dirs += sorted(glob.glob(os.path.join(entry, "nvidia", "cu*", "include")))
+    return [d for d in dict.fromkeys(dirs) if os.path.isfile(os.path.join(d, "cusparse.h"))][:1]
+
+
+def extensions():
+    import torch
+    from torch.utils.cpp_extension import CUDA_HOME, BuildExtension, CppExtension, CUDAExtension
+
+    with_cuda = False
+    if not _flag("FASTLOSS_SKIP_CUDA"):
+        with_cuda = _flag("FASTLOSS_FORCE_CUDA") or (CUDA_HOME is not None and torch.version.cuda is not None)
+    if with_cuda:
+        os.environ.setdefault("TORCH_CUDA_ARCH_LIST", "8.0;9.0")
+
+    avx2 = _cpu_has_avx2()
+    cxx = ["-O3"]
+    if avx2:
+        # ATen's Vectorized<T> then uses AVX2 registers and SLEEF's vector exp/log1p.
+        cxx += ["-mavx2", "-mfma", "-mf16c", "-DCPU_CAPABILITY_AVX2", "-DCPU_CAPABILITY=AVX2"]
+    # Build facts go to a generated header included by csrc/fastloss.cpp alone, so a changed
+    # hash recompiles one file instead of every kernel (as a -D flag would).
+    generated = os.path.join(ROOT, "build", "generated")
+    os.makedirs(generated, exist_ok=True)
+    info = (f'#define FL_SOURCE_HASH "{source_hash()}"\n#define FL_WITH_CUDA {int(with_cuda)}\n'
+            f'#define FL_CPU_CAPABILITY "{"avx2" if avx2 else "default"}"\n')
+    info_path = os.path.join(generated, "fastloss_build_info.h")
+    if not os.path.exists(info_path) or open(info_path).read() != info:
+        with open(info_path, "w") as f:
+            f.write(info)
+
+    sources = sorted(glob.glob(os.path.join("csrc", "*.cpp")) + glob.glob(os.path.join("csrc", "cpu", "*.cpp")))
+    include_dirs = [os.path.join(ROOT, "csrc", "include"), os.path.join(ROOT, "csrc"), generated]
+    if with_cuda:
+        sources += sorted(glob.glob(os.path.join("csrc", "cuda", "*.cu")))
+        nvcc = ["-O3", "-lineinfo", "--expt-relaxed-constexpr"]
+        ext = CUDAExtension("fastloss._C", sources, include_dirs=include_dirs + _nvidia_include_dirs(),
+                            extra_compile_args={"cxx": cxx, "nvcc": nvcc})
+    else:
+        ext = CppExtension("fastloss._C", sources, include_dirs=include_dirs, extra_compile_args={"cxx": cxx})
+    print(f"fastloss: building _C with CUDA={with_cuda} avx2={avx2}", file=sys.stderr)
+    return [ext], {"build_ext": BuildExtension.with_options(use_ninja=True)}
+
+
+ext_modules, cmdclass = extensions()
+
+setup(
+    packages=["fastloss", "fastloss.reference", "fastloss.ops", "fastloss.triton_kernels"],
+    package_dir={"fastloss": "fastloss", "fastloss.triton_kernels": "triton_kernels"},
+    ext_modules=ext_modules,
+    cmdclass=cmdclass,
+)
