@@ -54,7 +54,16 @@ def _nvidia_include_dirs():
     return [d for d in dict.fromkeys(dirs) if os.path.isfile(os.path.join(d, "cusparse.h"))][:1]
 
 
+def _default_cuda_home():
+    """torch finds CUDA_HOME from `which nvcc`; a wrapper script on PATH (as on our machines:
+    /usr/local/bin/nvcc) then yields a wrong root without lib64/.  Prefer the toolkit root."""
+    if not (os.environ.get("CUDA_HOME") or os.environ.get("CUDA_PATH")):
+        if os.path.isfile("/usr/local/cuda/bin/nvcc"):
+            os.environ["CUDA_HOME"] = "/usr/local/cuda"
+
+
 def extensions():
+    _default_cuda_home()
     import torch
     from torch.utils.cpp_extension import CUDA_HOME, BuildExtension, CppExtension, CUDAExtension
 

@@ -1,0 +1,47 @@
+# The README's commands.  `make test` and `make bench` each set up everything on a fresh
+# machine: a virtualenv in .venv with requirements-dev.txt, then an in-place build of
+# fastloss._C (C++ CPU kernels always; CUDA kernels whenever nvcc is found, even without a GPU).
+# On a machine with torch/triton preinstalled and no package registry (the lent GPU
+# machines) use `make gpu-test` / `make gpu-bench`, which build with the system python.
+
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+MAX_JOBS ?= 2
+BENCH_ARGS ?=
+export MAX_JOBS
+
+.PHONY: venv build test bench gpu-build gpu-test gpu-bench clean
+
+$(VENV)/.installed: requirements-dev.txt
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --upgrade pip
+	$(PY) -m pip install -r requirements-dev.txt
+	touch $@
+
+venv: $(VENV)/.installed
+
+build: venv
+	$(PY) -m pip install --no-build-isolation --no-deps -e .
+	$(PY) -m fastloss
+
+# Triton kernels run on CPU tensors through the interpreter when there is no GPU
+# (tests/conftest.py sets TRITON_INTERPRET=1 then).
+test: build
+	$(PY) -m pytest tests
+
+bench: build
+	$(PY) -m benchmarks.run $(BENCH_ARGS)
+
+gpu-build:
+	$(PYTHON) -m pip install --no-build-isolation --no-deps -e .
+	$(PYTHON) -m fastloss
+
+gpu-test: gpu-build
+	FASTLOSS_REQUIRE_GPU=1 $(PYTHON) -m pytest tests
+
+gpu-bench: gpu-build
+	$(PYTHON) -m benchmarks.run --device cuda $(BENCH_ARGS)
+
+clean:
+	rm -rf build fastloss/_C*.so *.egg-info

@@ -1,0 +1,624 @@
+"""The one benchmark harness of fastloss.
+
+A :class:`Case` is (op name, shape/config label, dtype, a function building the inputs on a
+device, a function building the providers).  For every provider and mode the harness
+measures
+
+* time -- median (and p20 / p80) of repeated runs.  CUDA: CUDA events, the L2 cache flushed
+  (a 256 MiB buffer written) before every timed region.  CPU: ``time.perf_counter``.  The
+  number of repetitions comes from a time budget per (provider, mode), after a warm-up;
+* peak extra memory of one call -- CUDA: ``torch.cuda.max_memory_allocated`` after
+  ``reset_peak_memory_stats`` minus the memory allocated before.  CPU (torch keeps no
+  allocator statistics there): the call runs once under ``torch.profiler`` with
+  ``profile_memory=True``; every CPU allocation and free is an event of signed size, and the
+  peak of their running sum in time order is the peak extra memory (:func:`cpu_peak_extra_bytes`);
+* bytes that must move (given by the case), GB/s = bytes / median and % of the floor =
+  (bytes / measured bandwidth) / median -- the bandwidth of a device copy measured in the
+  same run (:func:`measure_bandwidth`; on CPU a torch copy of a RAM-sized buffer).
+
+Modes (the inputs that need a gradient always have ``requires_grad=True``, as in training):
+
+* ``fwd``     -- the forward call (which also builds the autograd graph / saves what the
+  backward needs);
+* ``bwd``     -- the backward only: each repetition runs the forward outside the timed
+  region, then times ``loss.backward(grad)``; nothing is retained (no ``retain_graph``;
+  ``.grad`` is reset to None outside the timed region, so backward allocates the gradient);
+* ``fwd+bwd`` -- forward then backward.
+
+Providers are plain callables ``fn(*inputs.args, **inputs.kwargs) -> loss``:
+:func:`standard_providers` builds ``eager`` (the pure-PyTorch reference), ``compile``
+(``torch.compile`` of that same function, compiled per case outside the timed region) and
+``fastloss-<backend>`` for every fastloss backend available on the device (not the Triton
+interpreter on CPU, not ``reference``: it is the eager row's work behind the op wrapper).
+
+Units: ms, MB = 1e6 bytes, GB/s = 1e9 bytes/s.
+"""
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import datetime
+import functools
+import gc
+import json
+import math
+import os
+import platform
+import re
+import statistics
+import subprocess
+import sys
+import time
+from typing import Any, Callable, Dict, List, Optional, Sequence
+
+import torch
+
+MODES = ("fwd", "bwd", "fwd+bwd")
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+MB = 1e6
+GB = 1e9
+
+# --------------------------------------------------------------------------- cases
+
+
+@dataclasses.dataclass
+class Inputs:
+    """What a provider is called with, plus what the harness needs to run the modes."""
+
+    args: tuple
+    kwargs: dict
+    grad_inputs: List[torch.Tensor]  # leaves that require grad (their .grad is reset each rep)
+    grad_output: Optional[torch.Tensor] = None  # upstream gradient; None for a scalar loss
+    bytes: Dict[str, int] = dataclasses.field(default_factory=dict)  # mode -> bytes that must move
+    numel: int = 0
+
+
+@dataclasses.dataclass
+class Case:
+    op: str
+    label: str  # shape / config, e.g. "(25000, 80) labels mean+avg_factor"
+    dtype: torch.dtype
+    make_inputs: Callable[[torch.device], Inputs]
+    make_providers: Callable[[torch.device], Dict[str, Callable]]
+    modes: Sequence[str] = MODES
+
+
+@dataclasses.dataclass
+class Settings:
+    device: torch.device
+    budget_s: float  # timed budget per (provider, mode)
+    min_reps: int
+    max_reps: int
+    warmup: int
+    flush_mb: int = 256  # CUDA: L2 flush buffer
+
+
+def settings_for(device, quick, budget_s=None):
+    device = torch.device(device)
+    if device.type == "cuda":
+        s = Settings(device, 0.1 if quick else 0.5, 5 if quick else 20, 50 if quick else 1000, 3 if quick else 10)
+    else:
+        s = Settings(device, 0.15 if quick else 1.2, 3 if quick else 10, 50 if quick else 500, 1 if quick else 3)
+    if budget_s is not None:
+        s.budget_s = budget_s
+    return s
+
+
+def _dtype_name(dtype):
+    return {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16", torch.float64: "fp64"}.get(dtype, str(dtype))
+
+
+# --------------------------------------------------------------------------- providers
+
+
+def standard_providers(device, reference_fn, fastloss_fn, compile_kwargs=None):
+    """eager, compile and one ``fastloss-<backend>`` provider per available backend."""
+    import fastloss
+
+    device = torch.device(device)
+    providers = {"eager": reference_fn, "compile": torch.compile(reference_fn, **(compile_kwargs or {"dynamic": False}))}
+    for name in fastloss.available_backends(device):
+        if name == "reference":
+            continue  # the same math as "eager" behind the op wrapper: not needed
+        if name == "triton" and device.type == "cpu":
+            continue  # only the (very slow) Triton interpreter on CPU
+        providers[f"fastloss-{name}"] = functools.partial(fastloss_fn, backend=name)
+    return providers
+
+
+# --------------------------------------------------------------------------- timing
+
+
+def _sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+class _Runner:
+    """Runs one mode of one provider; the timed region is between ``start`` and ``stop``."""
+
+    def __init__(self, fn, inputs: Inputs, mode: str, settings: Settings):
+        self.fn, self.inputs, self.mode, self.s = fn, inputs, mode, settings
+        self.cuda = settings.device.type == "cuda"
+        self.flush = torch.empty(settings.flush_mb * 2**20, dtype=torch.int8, device=settings.device) if self.cuda else None
+
+    def _reset_grads(self):
+        for t in self.inputs.grad_inputs:
+            t.grad = None
+
+    def _call(self):
+        return self.fn(*self.inputs.args, **self.inputs.kwargs)
+
+    def _backward(self, out):
+        out.backward(self.inputs.grad_output)
+
+    def once(self, start, stop):
+        """One repetition; ``start()``/``stop()`` bracket the timed region."""
+        self._reset_grads()
+        out = None
+        if self.mode == "bwd":
+            out = self._call()
+        if self.cuda:
+            self.flush.zero_()
+        start()
+        if self.mode == "fwd":
+            out = self._call()
+        elif self.mode == "bwd":
+            self._backward(out)
+        else:
+            out = self._call()
+            self._backward(out)
+        stop()
+        del out
+        self._reset_grads()
+
+    def run(self, reps):
+        """Times ``reps`` repetitions; returns milliseconds per repetition."""
+        if self.cuda:
+            events = [(torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)) for _ in range(reps)]
+            for a, b in events:
+                self.once(a.record, b.record)
+            torch.cuda.synchronize(self.s.device)
+            return [a.elapsed_time(b) for a, b in events]
+        times = []
+        for _ in range(reps):
+            box = [0.0]
+
+            def start():
+                box[0] = time.perf_counter()
+
+            def stop():
+                times.append((time.perf_counter() - box[0]) * 1e3)
+
+            self.once(start, stop)
+        return times
+
+
+def _quantile(values, q):
+    v = sorted(values)
+    if len(v) == 1:
+        return v[0]
+    pos = q * (len(v) - 1)
+    lo = int(math.floor(pos))
+    hi = min(lo + 1, len(v) - 1)
+    return v[lo] + (v[hi] - v[lo]) * (pos - lo)
+
+
+def time_mode(fn, inputs: Inputs, mode: str, settings: Settings):
+    """Warm up, choose the repetitions from the budget, time.  Returns (median, p20, p80, reps) in ms."""
+    runner = _Runner(fn, inputs, mode, settings)
+    t0 = time.perf_counter()
+    warm = runner.run(settings.warmup)
+    _sync(settings.device)
+    per_rep_wall = (time.perf_counter() - t0) / max(settings.warmup, 1)
+    est = max(statistics.median(warm) / 1e3, 1e-6)
+    # budget on the timed region, but never let the untimed part (forward in bwd mode, flush) blow it up
+    reps = int(min(settings.budget_s / est, 2 * settings.budget_s / max(per_rep_wall, 1e-6)))
+    reps = max(settings.min_reps, min(settings.max_reps, reps))
+    times = runner.run(reps)
+    del runner
+    return statistics.median(times), _quantile(times, 0.2), _quantile(times, 0.8), reps
+
+
+# --------------------------------------------------------------------------- memory
+
+
+@contextlib.contextmanager
+def _quiet_stderr():
+    """Silence file descriptor 2 (Kineto prints "USDT ... profiler_start" lines there)."""
+    sys.stderr.flush()
+    try:
+        saved = os.dup(2)
+    except OSError:
+        yield
+        return
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, 2)
+    try:
+        yield
+    finally:
+        sys.stderr.flush()
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
+
+
+def cpu_peak_extra_bytes(run):
+    """Peak extra CPU memory of ``run()``: the peak of the running sum of the signed sizes of
+    the CPU allocation / free events that ``torch.profiler`` (``profile_memory=True``)
+    records, in time order, starting from 0.  Frees of memory allocated before are negative,
+    so the peak is never below 0.  Returns None if the profiler's event tree is unavailable."""
+    from torch.profiler import ProfilerActivity, profile
+
+    os.environ.setdefault("KINETO_LOG_LEVEL", "5")
+    with _quiet_stderr():
+        with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+            run()
+        try:
+            from torch._C._profiler import _EventType
+
+            stack = list(prof.profiler.kineto_results.experimental_event_tree())
+        except Exception:  # noqa: BLE001 -- private API; degrade to "not measured"
+            return None
+    events = []
+    while stack:
+        node = stack.pop()
+        if node.typed[0] == _EventType.Allocation:
+            f = node.extra_fields
+            if f.device.type == "cpu":
+                events.append((node.start_time_ns, f.alloc_size))
+        stack.extend(node.children)
+    events.sort(key=lambda e: e[0])
+    current = peak = 0
+    for _, size in events:
+        current += size
+        peak = max(peak, current)
+    return peak
+
+
+def peak_extra_bytes(fn, inputs: Inputs, mode: str, settings: Settings):
+    """Peak memory allocated by one repetition of ``mode`` beyond what was allocated before
+    it (in ``bwd`` mode: beyond the state after the forward)."""
+    runner = _Runner(fn, inputs, mode, settings)
+    runner.flush = None
+    runner.cuda = False  # no flush / events: we only want allocations
+    gc.collect()
+    runner._reset_grads()
+    out = runner._call() if mode == "bwd" else None
+
+    def body():
+        nonlocal out
+        if mode == "fwd":
+            out = runner._call()
+        elif mode == "bwd":
+            runner._backward(out)
+        else:
+            out = runner._call()
+            runner._backward(out)
+
+    if settings.device.type == "cuda":
+        torch.cuda.synchronize(settings.device)
+        torch.cuda.reset_peak_memory_stats(settings.device)
+        before = torch.cuda.memory_allocated(settings.device)
+        body()
+        torch.cuda.synchronize(settings.device)
+        peak = torch.cuda.max_memory_allocated(settings.device) - before
+    else:
+        peak = cpu_peak_extra_bytes(body)
+    del out
+    runner._reset_grads()
+    return peak
+
+
+# --------------------------------------------------------------------------- bandwidth
+
+
+def measure_bandwidth(device, quick=False):
+    """GB/s of a device copy: ``dst.copy_(src)`` of a 1 GiB tensor on CUDA (256 MiB on CPU,
+    64 MiB in quick mode; both far beyond the caches); GB/s = 2 * bytes / median time."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        nbytes, reps = 2**30, (10 if quick else 30)
+    else:
+        nbytes, reps = (64 if quick else 256) * 2**20, (5 if quick else 15)
+    src = torch.ones(nbytes, dtype=torch.uint8, device=device)
+    dst = torch.empty_like(src)
+    for _ in range(3):
+        dst.copy_(src)
+    times = []
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        for _ in range(reps):
+            a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            a.record()
+            dst.copy_(src)
+            b.record()
+            b.synchronize()
+            times.append(a.elapsed_time(b) / 1e3)
+    else:
+        for _ in range(reps):
+            t0 = time.perf_counter()
+            dst.copy_(src)
+            times.append(time.perf_counter() - t0)
+    del src, dst
+    return 2 * nbytes / statistics.median(times) / GB
+
+
+# --------------------------------------------------------------------------- running
+
+
+def run_case(case: Case, settings: Settings, bandwidth_gbps: float, provider_filter=None, mode_filter=None, log=print):
+    """All providers x modes of one case.  Returns a list of row dicts."""
+    device = settings.device
+    torch._dynamo.reset()  # torch.compile: fresh caches (no recompile limit across cases)
+    inputs = case.make_inputs(device)
+    providers = case.make_providers(device)
+    if provider_filter:
+        providers = {k: v for k, v in providers.items() if k in provider_filter}
+    modes = [m for m in case.modes if not mode_filter or m in mode_filter]
+    rows = []
+    for name, fn in providers.items():
+        # first call outside any measurement: torch.compile compiles, Triton JITs
+        t0 = time.perf_counter()
+        try:
+            _Runner(fn, inputs, "fwd+bwd", settings).once(lambda: None, lambda: None)
+            _sync(device)
+        except Exception as exc:  # noqa: BLE001 -- one broken provider must not end the run
+            log(f"    {name:18s} FAILED: {exc.__class__.__name__}: {str(exc).splitlines()[0] if str(exc) else ''}")
+            for mode in modes:
+                rows.append(_row(case, name, mode, inputs, None, None, bandwidth_gbps, error=f"{exc.__class__.__name__}: {exc}"))
+            continue
+        first = time.perf_counter() - t0
+        for mode in modes:
+            stats = time_mode(fn, inputs, mode, settings)
+            peak = peak_extra_bytes(fn, inputs, mode, settings)
+            rows.append(_row(case, name, mode, inputs, stats, peak, bandwidth_gbps))
+            r = rows[-1]
+            log(f"    {name:18s} {mode:8s} median {r['median_ms']:9.3f} ms  [p20 {r['p20_ms']:.3f}, p80 {r['p80_ms']:.3f}, "
+                f"{r['reps']} reps]  peak extra {_fmt(r['peak_extra_MB'], '.1f')} MB"
+                + (f"  (first call {first:.1f} s)" if mode == modes[0] and first > 1.0 else ""))
+    _add_relative(rows)
+    del inputs
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+    return rows
+
+
+def _row(case, provider, mode, inputs, stats, peak, bandwidth_gbps, error=""):
+    nbytes = inputs.bytes.get(mode)
+    row = {
+        "op": case.op, "case": case.label, "dtype": _dtype_name(case.dtype), "mode": mode, "provider": provider,
+        "median_ms": None, "p20_ms": None, "p80_ms": None, "reps": 0,
+        "speedup_vs_eager": None, "peak_extra_MB": None if peak is None else peak / MB, "mem_vs_eager": None,
+        "bytes": nbytes, "GB/s": None, "pct_floor": None, "numel": inputs.numel, "error": error,
+    }
+    if stats is not None:
+        median, p20, p80, reps = stats
+        row.update(median_ms=median, p20_ms=p20, p80_ms=p80, reps=reps)
+        if nbytes:
+            row["GB/s"] = nbytes / (median / 1e3) / GB
+            if bandwidth_gbps:
+                row["pct_floor"] = (nbytes / (bandwidth_gbps * GB)) / (median / 1e3) * 100
+    return row
+
+
+def _add_relative(rows):
+    eager = {r["mode"]: r for r in rows if r["provider"] == "eager"}
+    for r in rows:
+        e = eager.get(r["mode"])
+        if e is None:
+            continue
+        if r["median_ms"] and e["median_ms"]:
+            r["speedup_vs_eager"] = e["median_ms"] / r["median_ms"]
+        if r["peak_extra_MB"] is not None and e["peak_extra_MB"]:
+            r["mem_vs_eager"] = r["peak_extra_MB"] / e["peak_extra_MB"]
+
+
+# --------------------------------------------------------------------------- metadata
+
+
+def _git(*args):
+    try:
+        return subprocess.run(["git", *args], cwd=REPO_ROOT, capture_output=True, text=True, timeout=30).stdout.strip()
+    except Exception:  # noqa: BLE001
+        return ""
+
+
+def git_commit():
+    """HEAD, with '-dirty' if the work tree has uncommitted changes (untracked, not ignored files count)."""
+    head = _git("rev-parse", "HEAD") or "unknown"
+    return head + ("-dirty" if _git("status", "--porcelain") else "")
+
+
+def cpu_model():
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.lower().startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def device_name(device):
+    device = torch.device(device)
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"{cpu_model()} ({os.cpu_count()} cores, {torch.get_num_threads()} torch threads)"
+
+
+def device_slug(device):
+    device = torch.device(device)
+    if device.type == "cuda":
+        name = torch.cuda.get_device_name(device)
+    else:
+        name = f"cpu-{cpu_model()}-{os.cpu_count()}c"
+    return re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")
+
+
+def metadata(device, bandwidth_gbps, args=None):
+    import fastloss
+    from fastloss import _backend, _extension
+
+    device = torch.device(device)
+    try:
+        import triton
+
+        triton_version = triton.__version__
+    except Exception:  # noqa: BLE001
+        triton_version = None
+    C = _extension.C
+    ext = {"loaded": C is not None}
+    if C is None:
+        ext["load_error"] = _extension.load_error
+    else:
+        ext.update(SOURCE_HASH=C.SOURCE_HASH, CPU_CAPABILITY=C.CPU_CAPABILITY, WITH_CUDA=bool(C.WITH_CUDA))
+    meta = {
+        "device": device_name(device),
+        "device_type": device.type,
+        "device_slug": device_slug(device),
+        "torch": torch.__version__,
+        "torch_cuda": torch.version.cuda,
+        "triton": triton_version,
+        "python": platform.python_version(),
+        "fastloss": fastloss.__version__,
+        "fastloss_C": ext,
+        "available_backends": fastloss.available_backends(device),
+        "default_backends": {op: _backend.resolve(op, device) for op in _backend.PREFERENCE},
+        "git_commit": git_commit(),
+        "bandwidth_GBps": round(bandwidth_gbps, 2),
+        "bandwidth_method": ("cuda: dst.copy_(src) of 1 GiB, CUDA events" if device.type == "cuda"
+                             else "cpu: torch dst.copy_(src) of a 64-256 MiB buffer (memcpy-like, all torch threads), perf_counter"),
+        "timing": ("CUDA events, L2 flushed (256 MiB write) before each rep" if device.type == "cuda"
+                   else "time.perf_counter, after warm-up; caches not flushed"),
+        "memory": ("torch.cuda.max_memory_allocated - memory_allocated before" if device.type == "cuda"
+                   else "torch.profiler profile_memory: peak of the running sum of CPU alloc/free events"),
+        "units": "ms; MB = 1e6 B; GB/s = 1e9 B/s; pct_floor = (bytes / bandwidth) / median * 100",
+        "timestamp": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "hostname": platform.node(),
+        "argv": sys.argv,
+    }
+    if device.type == "cuda":
+        props = torch.cuda.get_device_properties(device)
+        meta["cuda_capability"] = f"{props.major}.{props.minor}"
+        meta["gpu_memory_GB"] = round(props.total_memory / GB, 1)
+    if args is not None:
+        meta["args"] = {k: v for k, v in vars(args).items()}
+    return meta
+
+
+# --------------------------------------------------------------------------- output
+
+TABLE_COLUMNS = ("op", "case", "dtype", "mode", "provider", "median_ms", "p20_ms", "p80_ms", "speedup_vs_eager",
+                 "peak_extra_MB", "mem_vs_eager", "GB/s", "pct_floor")
+CSV_COLUMNS = TABLE_COLUMNS + ("reps", "bytes", "numel", "error")
+
+
+def _fmt(v, spec):
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return "-"
+    return format(v, spec)
+
+
+def _cell(col, v):
+    if col in ("median_ms", "p20_ms", "p80_ms"):
+        return _fmt(v, ".4g" if v is not None and v < 1 else ".2f")
+    if col in ("speedup_vs_eager", "mem_vs_eager"):
+        return _fmt(v, ".2f") + ("x" if v is not None else "")
+    if col in ("peak_extra_MB", "GB/s", "pct_floor"):
+        return _fmt(v, ".1f")
+    return "-" if v is None else str(v)
+
+
+def format_table(rows, columns=TABLE_COLUMNS):
+    header = [c.replace("_ms", "") if c in ("p20_ms", "p80_ms") else c for c in columns]
+    body = [[_cell(c, r.get(c)) for c in columns] for r in rows]
+    widths = [max(len(h), *(len(b[i]) for b in body)) if body else len(h) for i, h in enumerate(header)]
+    numeric = {i for i, c in enumerate(columns) if c not in ("op", "case", "dtype", "mode", "provider")}
+
+    def line(cells):
+        return "  ".join(c.rjust(w) if i in numeric else c.ljust(w) for i, (c, w) in enumerate(zip(cells, widths)))
+
+    out = [line(header), line(["-" * w for w in widths])]
+    prev = None
+    for r, b in zip(rows, body):
+        key = (r.get("op"), r.get("case"), r.get("dtype"))
+        if prev is not None and key != prev:
+            out.append("")
+        prev = key
+        out.append(line(b))
+    return "\n".join(out)
+
+
+def write_csv(path, rows, meta, columns=CSV_COLUMNS):
+    import csv
+
+    with open(path, "w", newline="") as f:
+        for k, v in meta.items():
+            f.write(f"# {k}: {json.dumps(v) if not isinstance(v, str) else v}\n")
+        w = csv.DictWriter(f, fieldnames=list(columns), extrasaction="ignore")
+        w.writeheader()
+        for r in rows:
+            w.writerow({c: ("" if r.get(c) is None else (round(r[c], 6) if isinstance(r[c], float) else r[c])) for c in columns})
+
+
+def write_metadata(path, meta):
+    with open(path, "w") as f:
+        json.dump(meta, f, indent=2, default=str)
+        f.write("\n")
+
+
+def _safe(name):
+    return re.sub(r"[^A-Za-z0-9]+", "_", name).strip("_")
+
+
+def plot_cases(rows, meta, out_dir):
+    """Per case two grouped bar charts (groups = modes, bars = providers): median time
+    (with p20-p80 whiskers) and peak extra memory.  Returns the written paths."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    written = []
+    keys = []
+    for r in rows:
+        k = (r["op"], r["case"], r["dtype"])
+        if k not in keys:
+            keys.append(k)
+    commit = meta.get("git_commit", "")[:12] + ("-dirty" if meta.get("git_commit", "").endswith("-dirty") else "")
+    for op, case, dtype in keys:
+        sub = [r for r in rows if (r["op"], r["case"], r["dtype"]) == (op, case, dtype)]
+        modes = [m for m in MODES if any(r["mode"] == m for r in sub)]
+        providers = list(dict.fromkeys(r["provider"] for r in sub))
+        for metric, ylabel, suffix in (("median_ms", "median time (ms)", "time"), ("peak_extra_MB", "peak extra memory (MB)", "memory")):
+            fig, ax = plt.subplots(figsize=(1.6 + 1.4 * len(modes) * max(len(providers), 1) * 0.45, 4.2))
+            width = 0.8 / max(len(providers), 1)
+            for i, p in enumerate(providers):
+                xs, ys, lo, hi = [], [], [], []
+                for j, m in enumerate(modes):
+                    r = next((r for r in sub if r["provider"] == p and r["mode"] == m), None)
+                    if r is None or r.get(metric) is None:
+                        continue
+                    xs.append(j + (i - (len(providers) - 1) / 2) * width)
+                    ys.append(r[metric])
+                    if metric == "median_ms":
+                        lo.append(r[metric] - r["p20_ms"])
+                        hi.append(r["p80_ms"] - r[metric])
+                bars = ax.bar(xs, ys, width, label=p, yerr=[lo, hi] if metric == "median_ms" and xs else None, capsize=2)
+                for b, y in zip(bars, ys):
+                    ax.annotate(f"{y:.3g}", (b.get_x() + b.get_width() / 2, b.get_height()), ha="center", va="bottom", fontsize=7)
+            ax.set_xticks(range(len(modes)))
+            ax.set_xticklabels(modes)
+            ax.set_ylabel(ylabel)
+            ax.set_title(f"{op} {case} {dtype}\n{meta.get('device', '')} | {commit}", fontsize=8)
+            ax.legend(fontsize=7)
+            ax.margins(y=0.12)
+            fig.tight_layout()
+            path = os.path.join(out_dir, f"{_safe(op)}__{_safe(case)}__{dtype}__{suffix}.png")
+            fig.savefig(path, dpi=110)
+            plt.close(fig)
+            written.append(path)
+    return written

@@ -1,0 +1,173 @@
+// Sigmoid focal loss, CUDA kernels and launchers.  The math is
+// csrc/kernels/sigmoid_focal_loss.h (shared with the CPU kernels); the calling convention
+// is in csrc/fastloss.cpp.  Forward and backward are one templated grid-stride kernel:
+// each thread loads kUnroll coalesced elements before computing (memory-level
+// parallelism), the forward either stores per-element losses or reduces them to one fp32
+// partial per block (fixed-order warp shuffles: deterministic), and the partials are added
+// by one at::sum.  Class labels are compared with the column index in registers.
+#include <ATen/Dispatch.h>
+#include <ATen/OpMathType.h>
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
+#include <ATen/ops/empty_like.h>
+#include <ATen/ops/sum.h>
+#include <c10/cuda/CUDAException.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <limits>
+
+#include "fastloss/op_checks.h"
+#include "kernels/sigmoid_focal_loss.h"
+
+namespace fastloss {
+namespace {
+
+constexpr int kThreads = 256;
+constexpr int kUnroll = 4;
+constexpr int64_t kMaxBlocks = 8192;  // fixed cap (not SM-dependent): partial count depends on numel only
+
+template <typename acc_t, typename scalar_t, typename index_t>
+struct FocalPtrs {
+  const scalar_t* x;
+  const scalar_t* t;        // float targets, or nullptr
+  const int64_t* labels;    // class labels (one per row of C), or nullptr
+  const acc_t* w;           // weights, or nullptr
+  bool w_row;               // one weight per row
+  const scalar_t* up;       // per-element upstream gradient (backward, reduction none), or nullptr
+  const acc_t* up_scalar;   // scalar upstream gradient (backward, reduced), or nullptr
+  acc_t up_scale;           // 1 / numel for mean, else 1
+  scalar_t* out;            // per-element loss or gradient, or nullptr (reduced forward)
+  acc_t* partial;           // one partial sum per block (reduced forward), or nullptr
+  index_t numel, C;
+};
+
+template <typename acc_t>
+__device__ acc_t block_sum(acc_t v) {
+  __shared__ acc_t warp_sums[kThreads / 32];
+  for (int o = 16; o > 0; o >>= 1) v += __shfl_down_sync(0xffffffffu, v, o);
+  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+  if (lane == 0) warp_sums[warp] = v;
+  __syncthreads();
+  v = threadIdx.x < kThreads / 32 ? warp_sums[threadIdx.x] : acc_t(0);
+  if (warp == 0)
+    for (int o = 16; o > 0; o >>= 1) v += __shfl_down_sync(0xffffffffu, v, o);
+  return v;
+}
+
+template <bool kBackward, typename acc_t, typename scalar_t, typename index_t>
+__global__ void __launch_bounds__(kThreads) focal_kernel(FocalPtrs<acc_t, scalar_t, index_t> p, focal::Params<acc_t> prm) {
+  const acc_t up_scalar = (kBackward && p.up_scalar != nullptr) ? *p.up_scalar * p.up_scale : acc_t(1);
+  acc_t sum = 0;
+  const index_t stride = static_cast<index_t>(gridDim.x) * kThreads * kUnroll;
+  for (index_t base = static_cast<index_t>(blockIdx.x) * kThreads * kUnroll + threadIdx.x; base < p.numel; base += stride) {
+    acc_t x[kUnroll], t[kUnroll], w[kUnroll], up[kUnroll];
+#pragma unroll
+    for (int k = 0; k < kUnroll; ++k) {  // all loads first
+      const index_t i = base + static_cast<index_t>(k) * kThreads;
+      const bool ok = i < p.numel;
+      const index_t row = (p.labels != nullptr || p.w_row) ? i / p.C : index_t(0);
+      x[k] = ok ? static_cast<acc_t>(p.x[i]) : acc_t(0);
+      if (p.labels != nullptr) {
+        t[k] = (ok && p.labels[row] == static_cast<int64_t>(i - row * p.C)) ? acc_t(1) : acc_t(0);
+      } else {
+        t[k] = ok ? static_cast<acc_t>(p.t[i]) : acc_t(0);
+      }
+      w[k] = p.w == nullptr ? acc_t(1) : (ok ? p.w[p.w_row ? row : i] : acc_t(0));
+      if (kBackward) up[k] = p.up != nullptr ? (ok ? static_cast<acc_t>(p.up[i]) : acc_t(0)) : up_scalar;
+    }
+#pragma unroll
+    for (int k = 0; k < kUnroll; ++k) {
+      const index_t i = base + static_cast<index_t>(k) * kThreads;
+      acc_t loss, grad;
+      focal::loss_and_grad(x[k], t[k], prm, loss, grad);
+      if (i < p.numel) {
+        if (kBackward) {
+          p.out[i] = static_cast<scalar_t>(grad * w[k] * up[k]);
+        } else if (p.out != nullptr) {
+          p.out[i] = static_cast<scalar_t>(loss * w[k]);
+        } else {
+          sum += loss * w[k];
+        }
+      }
+    }
+  }
+  if (!kBackward && p.partial != nullptr) {
+    sum = block_sum(sum);
+    if (threadIdx.x == 0) p.partial[blockIdx.x] = sum;
+  }
+}
+
+template <bool kBackward, typename scalar_t>
+at::Tensor launch(const FocalArgs& a, const at::Tensor& upstream) {
+  using acc_t = at::opmath_type<scalar_t>;
+  const bool reduced_forward = !kBackward && a.reduction != Reduction::None;
+  const int64_t blocks = std::max<int64_t>(1, std::min(kMaxBlocks, (a.numel + kThreads * kUnroll - 1) / (kThreads * kUnroll)));
+  at::Tensor out = reduced_forward ? at::Tensor() : at::empty_like(a.input);
+  at::Tensor partial = reduced_forward ? at::empty({blocks}, a.input.options().dtype(reduced_dtype(a.input.scalar_type()))) : at::Tensor();
+  const focal::Params<acc_t> prm{static_cast<acc_t>(a.alpha), static_cast<acc_t>(a.gamma)};
+  auto fill = [&](auto& p) {
+    p.x = a.input.const_data_ptr<scalar_t>();
+    p.t = a.labels ? nullptr : a.target.const_data_ptr<scalar_t>();
+    p.labels = a.labels ? a.target.const_data_ptr<int64_t>() : nullptr;
+    p.w = a.weight_mode == WeightMode::None ? nullptr : a.weight.const_data_ptr<acc_t>();
+    p.w_row = a.weight_mode == WeightMode::Row;
+    p.up = (kBackward && a.reduction == Reduction::None) ? upstream.const_data_ptr<scalar_t>() : nullptr;
+    p.up_scalar = (kBackward && a.reduction != Reduction::None) ? upstream.const_data_ptr<acc_t>() : nullptr;
+    p.up_scale = a.reduction == Reduction::Mean ? acc_t(1) / static_cast<acc_t>(a.numel) : acc_t(1);
+    p.out = reduced_forward ? nullptr : out.mutable_data_ptr<scalar_t>();
+    p.partial = reduced_forward ? partial.mutable_data_ptr<acc_t>() : nullptr;
+    p.numel = a.numel;
+    p.C = a.C;
+  };
+  if (a.numel > 0) {
+    const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
+    // 32-bit indexing when every index (plus one grid stride of slack) fits: cheaper divisions
+    if (a.numel + kMaxBlocks * kThreads * kUnroll < std::numeric_limits<int32_t>::max()) {
+      FocalPtrs<acc_t, scalar_t, int32_t> p;
+      fill(p);
+      focal_kernel<kBackward><<<blocks, kThreads, 0, stream>>>(p, prm);
+    } else {
+      FocalPtrs<acc_t, scalar_t, int64_t> p;
+      fill(p);
+      focal_kernel<kBackward><<<blocks, kThreads, 0, stream>>>(p, prm);
+    }
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  }
+  if (!reduced_forward) return out;
+  if (a.numel == 0) partial.zero_();
+  at::Tensor total = at::sum(partial);
+  return a.reduction == Reduction::Mean ? total.div_(static_cast<double>(a.numel)) : total;
+}
+
+at::Tensor forward_cuda(const at::Tensor& input, const at::Tensor& target, const c10::optional<at::Tensor>& weight, double alpha, double gamma,
+                        int64_t reduction) {
+  const c10::cuda::CUDAGuard guard(input.device());
+  const FocalArgs a = make_focal_args(input, target, weight, alpha, gamma, reduction);
+  at::Tensor out;
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), "sigmoid_focal_loss_forward_cuda",
+                                  [&] { out = launch<false, scalar_t>(a, at::Tensor()); });
+  return out;
+}
+
+at::Tensor backward_cuda(const at::Tensor& grad, const at::Tensor& input, const at::Tensor& target, const c10::optional<at::Tensor>& weight,
+                         double alpha, double gamma, int64_t reduction) {
+  const c10::cuda::CUDAGuard guard(input.device());
+  const FocalArgs a = make_focal_args(input, target, weight, alpha, gamma, reduction);
+  check_upstream(grad, a);
+  at::Tensor out;
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), "sigmoid_focal_loss_backward_cuda",
+                                  [&] { out = launch<true, scalar_t>(a, grad); });
+  return out;
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(fastloss, CUDA, m) {
+  m.impl("sigmoid_focal_loss_forward_native", &forward_cuda);
+  m.impl("sigmoid_focal_loss_backward_native", &backward_cuda);
+}
+
+}  // namespace fastloss

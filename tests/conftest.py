@@ -1,0 +1,61 @@
+"""Test configuration of fastloss.
+
+* Without a CUDA device, Triton kernels run on CPU tensors through Triton's interpreter:
+  ``TRITON_INTERPRET=1`` must be set before Triton (and fastloss) is imported, so it is
+  set here, at conftest import time, unless the caller chose a value.
+* Tests marked ``gpu`` skip with a reason when no CUDA device is present; with
+  ``FASTLOSS_REQUIRE_GPU=1`` (GPU machines) that skip is a failure instead.
+* Backend parametrization and tolerances live in tests/helpers.py.
+"""
+import os
+import sys
+
+# Must run before anything imports triton / fastloss (pytest imports conftest first).
+# torch.cuda.is_available() does not initialise CUDA in a way that matters here.
+import torch
+
+if not torch.cuda.is_available() and "TRITON_INTERPRET" not in os.environ:
+    os.environ["TRITON_INTERPRET"] = "1"
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # `import helpers` from any cwd
+
+import pytest  # noqa: E402
+
+import helpers  # noqa: E402
+
+
+def pytest_configure(config):
+    # pyproject.toml declares the markers too; keep this so the suite also runs from elsewhere.
+    config.addinivalue_line("markers", "gpu: needs a CUDA device (FASTLOSS_REQUIRE_GPU=1 turns the skip into a failure)")
+    config.addinivalue_line("markers", "slow: long-running test")
+
+
+def pytest_runtest_setup(item):
+    if item.get_closest_marker("gpu") is not None:
+        helpers.require_gpu()
+
+
+def pytest_report_header(config):
+    import fastloss
+
+    return [f"fastloss: _C {'loaded' if fastloss._extension.C is not None else 'NOT loaded: ' + str(fastloss._extension.load_error)}; "
+            f"TRITON_INTERPRET={os.environ.get('TRITON_INTERPRET')!r}; cuda={torch.cuda.is_available()}; "
+            f"FASTLOSS_REQUIRE_GPU={os.environ.get('FASTLOSS_REQUIRE_GPU')!r}",
+            f"fastloss: available backends cpu={fastloss.available_backends('cpu')}"
+            + (f" cuda={fastloss.available_backends('cuda')}" if torch.cuda.is_available() else "")]
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    torch.manual_seed(0)
+    yield
+
+
+@pytest.fixture
+def nan_poison(monkeypatch):
+    """Make torch.empty / empty_like / empty_strided return NaN-filled floating tensors for the
+    test's duration, so an output element a Python-side launcher (fastloss.triton_kernels)
+    allocates and a kernel forgets to write shows up as NaN.  (at::empty inside the C++
+    kernels cannot be patched from Python; their tests check finiteness instead.)"""
+    helpers.install_nan_poisoning(monkeypatch)
+    yield

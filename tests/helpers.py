@@ -1,0 +1,253 @@
+"""Shared test helpers: the tolerance table, the (device, backend, dtype) parametrization,
+GPU/backend requirements and NaN poisoning of ``torch.empty``."""
+import dataclasses
+import functools
+import glob
+import os
+
+import pytest
+import torch
+
+import fastloss
+
+# --------------------------------------------------------------------------------------
+# Tolerances: ONE table keyed by dtype.
+#
+# Comparisons are against a float64 oracle that is first rounded to the output dtype, so
+# ``rtol`` allows ~2 ulp of that dtype plus the fp32 compute error; ``atol`` is *relative
+# to the largest magnitude* of the expected tensor (cancellation near zero); on top of it
+# an absolute floor of a few subnormal steps of the dtype (fp16 gradients of a "mean" over
+# a million elements are subnormal: nothing better is representable).  ``rtol_reduced``
+# covers fp32 accumulation of long sums (block partials, then one final sum).
+# --------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class Tol:
+    rtol: float
+    atol: float  # times max |expected|
+    rtol_reduced: float
+
+    def floor(self, dtype):
+        info = torch.finfo(dtype)
+        return 4 * info.tiny * info.eps
+
+
+TOLERANCES = {
+    torch.float64: Tol(rtol=1e-10, atol=1e-12, rtol_reduced=1e-10),
+    torch.float32: Tol(rtol=1e-5, atol=1e-6, rtol_reduced=5e-5),
+    torch.float16: Tol(rtol=2e-3, atol=1e-4, rtol_reduced=2e-3),
+    torch.bfloat16: Tol(rtol=1.6e-2, atol=1e-3, rtol_reduced=1.6e-2),
+}
+
+
+def tol(dtype):
+    return TOLERANCES[dtype]
+
+
+def assert_close(actual, expected, dtype=None, *, reduced=False, msg=""):
+    """``actual`` (a fastloss result in ``dtype``) against a float64 ``expected``."""
+    dtype = dtype or actual.dtype
+    assert actual.dtype == dtype, f"{msg}: dtype {actual.dtype}, expected {dtype}"
+    assert actual.shape == expected.shape, f"{msg}: shape {tuple(actual.shape)}, expected {tuple(expected.shape)}"
+    t = TOLERANCES[dtype]
+    exp = expected.detach().to(device=actual.device).to(dtype).to(torch.float64)
+    act = actual.detach().to(torch.float64)
+    finite = exp[torch.isfinite(exp)]
+    scale = finite.abs().max().item() if finite.numel() else 0.0
+    rtol = t.rtol_reduced if reduced else t.rtol
+    atol = t.atol * scale + t.floor(dtype)
+    torch.testing.assert_close(act, exp, rtol=rtol, atol=atol, equal_nan=True,
+                               msg=lambda m: f"{msg} [{dtype}, rtol={rtol:g}, atol={atol:g}]\n{m}")
+
+
+# --------------------------------------------------------------------------------------
+# Devices, backends, dtypes.
+# --------------------------------------------------------------------------------------
+
+CPU_BACKENDS = ("cpu", "reference", "triton")
+CUDA_BACKENDS = ("cuda", "triton", "reference")
+CPU_DTYPES = (torch.float64, torch.float32, torch.float16, torch.bfloat16)
+CUDA_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+DTYPE_IDS = {torch.float64: "f64", torch.float32: "f32", torch.float16: "f16", torch.bfloat16: "bf16"}
+
+gpu = pytest.mark.gpu
+
+
+def env_flag(name):
+    return os.environ.get(name, "").strip().lower() in ("1", "true", "yes", "on")
+
+
+def require_gpu():
+    """Skip (with a reason) without a CUDA device; fail instead under FASTLOSS_REQUIRE_GPU=1."""
+    if not torch.cuda.is_available():
+        reason = "needs a CUDA device (none present; set FASTLOSS_REQUIRE_GPU=1 to make this a failure)"
+        if env_flag("FASTLOSS_REQUIRE_GPU"):
+            pytest.fail("FASTLOSS_REQUIRE_GPU=1 but no CUDA device is available")
+        pytest.skip(reason)
+
+
+def extension_so_files():
+    pkg = os.path.dirname(os.path.abspath(fastloss.__file__))
+    return sorted(glob.glob(os.path.join(pkg, "_C*.so")) + glob.glob(os.path.join(pkg, "_C*.pyd")))
+
+
+def require_backend(device, backend):
+    """Skip (with a reason) when ``backend`` cannot run on ``device`` here -- or fail, where
+    it must run: cuda/triton on a GPU machine under FASTLOSS_REQUIRE_GPU=1, the C++ CPU
+    backend in CI (CI=true)."""
+    if device == "cuda":
+        require_gpu()
+    available = fastloss.available_backends(device)
+    if backend in available:
+        return
+    if backend == "cpu":
+        reason = f"backend 'cpu' unavailable: {fastloss._extension.load_error}"
+        if env_flag("CI"):
+            pytest.fail(f"CI=true requires the C++ extension; {reason}")
+    elif backend == "triton" and device == "cpu":
+        reason = "Triton runs on CPU tensors only under TRITON_INTERPRET=1 (conftest sets it when there is no CUDA device)"
+    else:
+        reason = f"backend {backend!r} unavailable on {device} (available: {available}; _C: {fastloss._extension.load_error})"
+        if device == "cuda" and env_flag("FASTLOSS_REQUIRE_GPU"):
+            pytest.fail(f"FASTLOSS_REQUIRE_GPU=1: {reason}")
+    pytest.skip(reason)
+
+
+def device_backend_params(devices=("cpu", "cuda")):
+    """pytest.params of (device, backend); cuda ones carry the gpu mark."""
+    params = []
+    if "cpu" in devices:
+        params += [pytest.param("cpu", b, id=f"cpu-{b}") for b in CPU_BACKENDS]
+    if "cuda" in devices:
+        params += [pytest.param("cuda", b, id=f"cuda-{b}", marks=gpu) for b in CUDA_BACKENDS]
+    return params
+
+
+def device_backend_dtype_params(devices=("cpu", "cuda"), dtypes=None):
+    params = []
+    for p in device_backend_params(devices):
+        device, backend = p.values
+        for dt in (CPU_DTYPES if device == "cpu" else CUDA_DTYPES):
+            if dtypes is not None and dt not in dtypes:
+                continue
+            params.append(pytest.param(device, backend, dt, id=f"{p.id}-{DTYPE_IDS[dt]}", marks=p.marks))
+    return params
+
+
+def is_interpreted(device, backend):
+    """Triton on CPU tensors runs in the (slow) interpreter: tests use smaller sizes there."""
+    return backend == "triton" and device == "cpu"
+
+
+# --------------------------------------------------------------------------------------
+# NaN poisoning of torch.empty & co (Python-side launchers).
+# --------------------------------------------------------------------------------------
+
+POISONED = ("empty", "empty_like", "empty_strided")
+
+
+def _poisoning(fn):
+    @functools.wraps(fn)
+    def poisoned(*args, **kwargs):
+        out = fn(*args, **kwargs)
+        if isinstance(out, torch.Tensor) and out.is_floating_point() and out.numel() and out.device.type != "meta":
+            with torch.no_grad():
+                out.fill_(float("nan"))
+        return out
+
+    poisoned.__fastloss_poisoned__ = True
+    return poisoned
+
+
+def install_nan_poisoning(monkeypatch):
+    for name in POISONED:
+        fn = getattr(torch, name)
+        if not getattr(fn, "__fastloss_poisoned__", False):
+            monkeypatch.setattr(torch, name, _poisoning(fn))
+
+
+# --------------------------------------------------------------------------------------
+# Inputs.
+# --------------------------------------------------------------------------------------
+
+@dataclasses.dataclass(frozen=True)
+class Case:
+    """A logits shape and memory layout: contiguous, transposed (2-D), sliced (every other
+    column) or permuted (3-D, first two dims swapped)."""
+    shape: tuple
+    layout: str = "contiguous"
+
+    @property
+    def id(self):
+        return "x".join(map(str, self.shape)) + ("" if self.layout == "contiguous" else f"-{self.layout}")
+
+
+def _layout(shape, layout, make):
+    """A tensor of ``shape`` with ``layout``, its values drawn by make(storage_shape)."""
+    if layout == "contiguous":
+        return make(shape)
+    if layout == "transposed":
+        assert len(shape) == 2
+        return make(shape[::-1]).t()
+    if layout == "sliced":
+        return make(tuple(shape[:-1]) + (2 * shape[-1],))[..., ::2]
+    if layout == "permuted":
+        assert len(shape) >= 2
+        return make((shape[1], shape[0]) + tuple(shape[2:])).transpose(0, 1)
+    raise AssertionError(layout)
+
+
+def make_logits(case, dtype, device, scale=3.0, requires_grad=True):
+    x = _layout(case.shape, case.layout, lambda s: (torch.randn(s, dtype=torch.float64) * scale).to(dtype).to(device))
+    assert tuple(x.shape) == tuple(case.shape)
+    assert (case.layout == "contiguous") == x.is_contiguous() or x.numel() <= 1
+    return x.requires_grad_(requires_grad)
+
+
+def make_target(case, form, dtype, device):
+    """``form`` "float": hard 0/1 targets of the logits' shape (same layout) in ``dtype``;
+    "labels": int64 class labels of shape[:-1] in [0, C] (C = background; non-contiguous
+    when the case is)."""
+    shape = tuple(case.shape)
+    if form == "float":
+        return _layout(shape, case.layout, lambda s: (torch.rand(s) < 0.3).to(dtype).to(device))
+    C = shape[-1]
+    rows = shape[:-1]
+    if case.layout == "contiguous":
+        return torch.randint(0, C + 1, rows, device=device)
+    return torch.randint(0, C + 1, rows + (2,), device=device)[..., 0]
+
+
+def make_weight(case, kind, dtype, device):
+    """Weights: None, "elem" (logits' shape), "row" (shape[:-1], mmdetection's per-anchor),
+    "broadcast" (per class: shape (1, ..., 1, C))."""
+    wdtype = torch.float64 if dtype == torch.float64 else torch.float32
+    shape = tuple(case.shape)
+    if kind is None:
+        return None
+    if kind == "elem":
+        return torch.rand(shape, dtype=wdtype, device=device)
+    if kind == "row":
+        return torch.rand(shape[:-1], dtype=wdtype, device=device)
+    if kind == "broadcast":
+        return torch.rand((1,) * (len(shape) - 1) + shape[-1:], dtype=wdtype, device=device)
+    raise AssertionError(kind)
+
+
+def reference_target(target, dtype):
+    """The target as the kernels see it (float targets are cast to the input dtype), in fp64."""
+    if target.is_floating_point():
+        return target.to(dtype).to(torch.float64)
+    return target
+
+
+def to64(t):
+    if t is None or not isinstance(t, torch.Tensor):
+        return t
+    return t.detach().to(torch.float64) if t.is_floating_point() else t
+
+
+def random_upstream(out):
+    """A random upstream gradient for ``out`` (not ones), in out's dtype."""
+    return torch.randn(out.shape, dtype=torch.float64).to(out.dtype).to(out.device)

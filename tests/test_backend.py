@@ -1,0 +1,295 @@
+"""Backend selection (fastloss/_backend.py), the compiled extension's loading
+(fastloss/_extension.py), fastloss.info() and ``python -m fastloss``."""
+import importlib
+import os
+import subprocess
+import sys
+import warnings
+
+import pytest
+import torch
+
+import fastloss
+from fastloss import _backend, _extension
+
+import helpers
+
+OP = "sigmoid_focal_loss"
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.fixture(autouse=True)
+def _no_env_backend(monkeypatch):
+    monkeypatch.delenv("FASTLOSS_BACKEND", raising=False)
+
+
+@pytest.fixture
+def spy(monkeypatch):
+    """Records which backend's forward/backward actually ran."""
+    if "triton" in fastloss.available_backends("cpu"):
+        importlib.import_module("fastloss.triton_kernels.sigmoid_focal_loss")  # registers lazily
+    calls = []
+    impls = _backend._IMPLEMENTATIONS[OP]
+    for name, (fwd, bwd) in list(impls.items()):
+        def wrap(fn, tag):
+            def wrapped(*args, **kwargs):
+                calls.append(tag)
+                return fn(*args, **kwargs)
+            return wrapped
+        monkeypatch.setitem(impls, name, (wrap(fwd, (name, "forward")), wrap(bwd, (name, "backward"))))
+    return calls
+
+
+def _small():
+    x = torch.randn(4, 3, requires_grad=True)
+    t = torch.randint(0, 4, (4,))
+    return x, t
+
+
+# ---------------------------------------------------------------- the extension
+
+
+def test_extension_loaded_when_built():
+    so = helpers.extension_so_files()
+    if so or helpers.env_flag("CI"):
+        assert _extension.C is not None, (f"fastloss._C is built ({so}) but not loaded: {_extension.load_error}"
+                                          if so else f"CI=true requires fastloss._C: {_extension.load_error}")
+        assert _extension.has_cpu()
+        assert _extension.load_error is None
+    else:
+        pytest.skip(f"fastloss._C is not built here (no _C*.so in fastloss/): {_extension.load_error}")
+
+
+def test_extension_metadata():
+    if _extension.C is None:
+        helpers.require_backend("cpu", "cpu")  # skips with the load error (fails in CI)
+    C = _extension.C
+    assert C.ABI_VERSION == _extension.ABI_VERSION
+    assert isinstance(C.WITH_CUDA, int) and C.WITH_CUDA in (0, 1)
+    assert C.CPU_CAPABILITY in ("avx2", "default")
+    from fastloss._sources import source_hash
+
+    assert C.SOURCE_HASH == source_hash(os.path.join(ROOT, "csrc"))
+    assert hasattr(torch.ops.fastloss, "sigmoid_focal_loss_forward_native")
+    assert hasattr(torch.ops.fastloss, "sigmoid_focal_loss_backward_native")
+
+
+def test_import_without_extension_falls_back():
+    """A missing _C never crashes the import: fastloss warns once and runs on the reference."""
+    code = (
+        "import sys, warnings\n"
+        "sys.modules['fastloss._C'] = None  # makes `from fastloss import _C` raise ImportError\n"
+        "with warnings.catch_warnings(record=True) as w:\n"
+        "    warnings.simplefilter('always')\n"
+        "    import fastloss, torch\n"
+        "assert fastloss._extension.C is None\n"
+        "assert any('fastloss._C' in str(x.message) for x in w), [str(x.message) for x in w]\n"
+        "assert 'cpu' not in fastloss.available_backends('cpu')\n"
+        "assert fastloss._backend.resolve('sigmoid_focal_loss', 'cpu') == 'reference'\n"
+        "x = torch.randn(5, 3, requires_grad=True)\n"
+        "fastloss.sigmoid_focal_loss(x, torch.randint(0, 4, (5,))).backward()\n"
+        "assert torch.isfinite(x.grad).all()\n"
+        "print('OK')\n"
+    )
+    env = dict(os.environ)
+    env.pop("FASTLOSS_BACKEND", None)
+    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "OK" in proc.stdout
+
+
+# ---------------------------------------------------------------- available_backends
+
+
+def test_available_backends_cpu():
+    names = fastloss.available_backends("cpu")
+    assert "reference" in names
+    assert "cuda" not in names
+    assert ("cpu" in names) == (_extension.C is not None)
+    triton_expected = _backend.triton_available() and os.environ.get("TRITON_INTERPRET") == "1"
+    assert ("triton" in names) == triton_expected
+    assert len(set(names)) == len(names)
+    assert set(names) <= set(_backend.BACKENDS)
+    # accepts devices and device strings alike
+    assert fastloss.available_backends(torch.device("cpu")) == names
+    assert fastloss.available_backends() == names
+
+
+def test_available_backends_cuda_listing():
+    """Listing CUDA backends needs no GPU: it says what is built/importable."""
+    names = fastloss.available_backends("cuda")
+    assert names[-1] == "reference"
+    assert ("cuda" in names) == _extension.has_cuda()
+    assert ("triton" in names) == _backend.triton_available()
+    assert fastloss.available_backends("cuda:0") == names
+    assert "cpu" not in names
+
+
+def test_conftest_sets_triton_interpreter_without_gpu():
+    if torch.cuda.is_available():
+        pytest.skip("a CUDA device is present: Triton runs natively, the interpreter is not forced")
+    assert os.environ.get("TRITON_INTERPRET") == "1"
+    assert "triton" in fastloss.available_backends("cpu")
+
+
+@helpers.gpu
+def test_gpu_backends_required():
+    """On GPU machines (FASTLOSS_REQUIRE_GPU=1) the CUDA and Triton backends must be there."""
+    names = fastloss.available_backends("cuda")
+    assert "reference" in names
+    if helpers.env_flag("FASTLOSS_REQUIRE_GPU"):
+        assert "cuda" in names, f"CUDA backend missing (is _C built with CUDA?): {_extension.load_error}"
+        assert "triton" in names, "Triton backend missing"
+        assert _backend.resolve(OP, "cuda") == "cuda"
+    else:
+        assert _backend.resolve(OP, "cuda") == names[0]
+
+
+def test_triton_kernels_live_under_fastloss():
+    if not _backend.triton_available():
+        pytest.skip("triton is not importable")
+    mod = importlib.import_module("fastloss.triton_kernels.sigmoid_focal_loss")
+
+    assert mod.__name__ == "fastloss.triton_kernels.sigmoid_focal_loss"
+    assert "triton" in _backend._IMPLEMENTATIONS[OP]
+
+
+# ---------------------------------------------------------------- choosing
+
+
+def test_default_is_fastest_available():
+    expected = next(b for b in _backend.PREFERENCE[OP]["cpu"] if b in fastloss.available_backends("cpu"))
+    assert _backend.resolve(OP, "cpu") == expected
+    if _extension.C is not None:
+        assert expected == "cpu"
+
+
+def test_default_backend_is_used(spy):
+    x, t = _small()
+    fastloss.sigmoid_focal_loss(x, t).backward()
+    expected = _backend.resolve(OP, "cpu")
+    assert spy == [(expected, "forward"), (expected, "backward")]
+
+
+@pytest.mark.parametrize("name", helpers.CPU_BACKENDS)
+def test_use_backend_selects(spy, name):
+    helpers.require_backend("cpu", name)
+    x, t = _small()
+    with fastloss.use_backend(name):
+        assert _backend.resolve(OP, "cpu") == name
+        loss = fastloss.sigmoid_focal_loss(x, t)
+    loss.backward()  # the backward runs on the backend chosen at forward time
+    assert spy == [(name, "forward"), (name, "backward")]
+
+
+def test_use_backend_nesting_and_restore():
+    default = _backend.resolve(OP, "cpu")
+    with fastloss.use_backend("reference"):
+        assert _backend.resolve(OP, "cpu") == "reference"
+        if "cpu" in fastloss.available_backends("cpu"):
+            with fastloss.use_backend("cpu"):
+                assert _backend.resolve(OP, "cpu") == "cpu"
+                with fastloss.use_backend("reference"):
+                    assert _backend.resolve(OP, "cpu") == "reference"
+                assert _backend.resolve(OP, "cpu") == "cpu"
+        with fastloss.use_backend(None):  # None: back to the default inside the block
+            assert _backend.resolve(OP, "cpu") == default
+        assert _backend.resolve(OP, "cpu") == "reference"
+    assert _backend.resolve(OP, "cpu") == default
+
+
+def test_use_backend_restores_after_exception():
+    default = _backend.resolve(OP, "cpu")
+    with pytest.raises(KeyError):
+        with fastloss.use_backend("reference"):
+            raise KeyError("boom")
+    assert _backend.resolve(OP, "cpu") == default
+
+
+def test_env_variable(monkeypatch, spy):
+    monkeypatch.setenv("FASTLOSS_BACKEND", "reference")
+    assert _backend.resolve(OP, "cpu") == "reference"
+    x, t = _small()
+    fastloss.sigmoid_focal_loss(x, t).backward()
+    assert spy == [("reference", "forward"), ("reference", "backward")]
+
+
+def test_precedence_call_over_context_over_env(monkeypatch, spy):
+    helpers.require_backend("cpu", "cpu")
+    monkeypatch.setenv("FASTLOSS_BACKEND", "reference")
+    with fastloss.use_backend("cpu"):
+        assert _backend.resolve(OP, "cpu") == "cpu"  # context beats env
+        assert _backend.resolve(OP, "cpu", "reference") == "reference"  # call beats context
+        x, t = _small()
+        fastloss.sigmoid_focal_loss(x, t, backend="reference").backward()
+    assert spy == [("reference", "forward"), ("reference", "backward")]
+    spy.clear()
+    with fastloss.use_backend("reference"):
+        fastloss.sigmoid_focal_loss(x, t, backend="cpu")
+    assert spy == [("cpu", "forward")]
+
+
+def test_unknown_backend_name():
+    with pytest.raises(ValueError, match="unknown fastloss backend"):
+        with fastloss.use_backend("tpu"):
+            pass
+    x, t = _small()
+    with pytest.raises(ValueError, match="unknown fastloss backend 'tpu'"):
+        fastloss.sigmoid_focal_loss(x, t, backend="tpu")
+
+
+def test_unknown_backend_in_env(monkeypatch):
+    monkeypatch.setenv("FASTLOSS_BACKEND", "nope")
+    x, t = _small()
+    with pytest.raises(ValueError, match="nope"):
+        fastloss.sigmoid_focal_loss(x, t)
+
+
+def test_unavailable_backend_lists_available():
+    x, t = _small()
+    available = fastloss.available_backends("cpu")
+    with pytest.raises(RuntimeError, match="not available") as info:
+        fastloss.sigmoid_focal_loss(x, t, backend="cuda")
+    assert str(available) in str(info.value)
+    with pytest.raises(RuntimeError, match="'cuda' is not available"):
+        with fastloss.use_backend("cuda"):
+            fastloss.sigmoid_focal_loss(x, t)
+
+
+def test_unavailable_env_backend(monkeypatch):
+    monkeypatch.setenv("FASTLOSS_BACKEND", "cuda")
+    x, t = _small()
+    with pytest.raises(RuntimeError, match="available here"):
+        fastloss.sigmoid_focal_loss(x, t)
+
+
+# ---------------------------------------------------------------- info
+
+
+def test_info_text(capsys):
+    text = fastloss.info()
+    printed = capsys.readouterr().out
+    assert text.strip() == printed.strip()
+    assert "torch" in text and torch.__version__ in text
+    assert "_C" in text
+    assert ("built" in text) if _extension.C is not None else ("not loaded" in text)
+    assert "available backends" in text
+    assert f"{OP}: {_backend.resolve(OP, 'cpu')}" in text
+
+
+def test_python_m_fastloss():
+    env = dict(os.environ)
+    env.pop("FASTLOSS_BACKEND", None)
+    proc = subprocess.run([sys.executable, "-m", "fastloss"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "torch" in proc.stdout and "_C" in proc.stdout
+    assert "[cpu] available backends" in proc.stdout
+
+
+def test_warn_once():
+    with warnings.catch_warnings(record=True) as w:
+        warnings.simplefilter("always")
+        _extension.warn_once("test-key-fastloss", "first")
+        _extension.warn_once("test-key-fastloss", "second")
+    messages = [str(x.message) for x in w if issubclass(x.category, _extension.FastlossWarning)]
+    assert messages == ["first"]
