@@ -29,6 +29,12 @@ PREFERENCE = {
     "sigmoid_focal_loss": {"cpu": ("cpu", "reference"), "cuda": ("cuda", "triton", "reference")},
 }
 
+# Forward/backward fusion, per device type (see the docstring of fastloss/ops/sigmoid_focal_loss.py):
+# True: the forward also writes dL/dx and the backward only scales it (one pass of the math);
+# False: the backward recomputes from the inputs (fewest bytes moved).  CPUs are
+# compute-bound on these losses, GPUs bandwidth-bound.
+STORE_GRAD_IN_FORWARD = {"cpu": True, "cuda": False}
+
 _IMPLEMENTATIONS = {}  # op -> backend -> (forward, backward)
 _override = contextvars.ContextVar("fastloss_backend", default=None)
 
@@ -107,6 +113,10 @@ def resolve(op, device, requested=None):
         if candidate in available:
             return candidate
     return "reference"
+
+
+def store_grad_in_forward(device):
+    return STORE_GRAD_IN_FORWARD.get(_device_type(device), False)
 
 
 def implementation(op, device, requested=None):

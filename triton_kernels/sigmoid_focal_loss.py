@@ -87,12 +87,14 @@ def _offsets(numel, BLOCK: tl.constexpr, INT64: tl.constexpr):
 
 
 @triton.jit
-def _forward_kernel(x_ptr, t_ptr, w_ptr, out_ptr, partial_ptr, numel, C, alpha, gamma, GAMMA_MODE: tl.constexpr,
+def _forward_kernel(x_ptr, t_ptr, w_ptr, out_ptr, partial_ptr, cache_ptr, numel, C, alpha, gamma, GAMMA_MODE: tl.constexpr,
                     USE_ALPHA: tl.constexpr, LABELS: tl.constexpr, WEIGHT_MODE: tl.constexpr, REDUCE: tl.constexpr,
-                    COMPUTE: tl.constexpr, INT64: tl.constexpr, BLOCK: tl.constexpr):
+                    WITH_GRAD: tl.constexpr, COMPUTE: tl.constexpr, INT64: tl.constexpr, BLOCK: tl.constexpr):
     offs, mask = _offsets(numel, BLOCK, INT64)
     x, t, w = _load_inputs(x_ptr, t_ptr, w_ptr, offs, mask, C, COMPUTE, LABELS, WEIGHT_MODE)
-    loss, _ = _focal_terms(x, t, alpha, gamma, GAMMA_MODE, USE_ALPHA, False)
+    loss, grad = _focal_terms(x, t, alpha, gamma, GAMMA_MODE, USE_ALPHA, WITH_GRAD)
+    if WITH_GRAD:
+        tl.store(cache_ptr + offs, grad * w, mask=mask)
     loss = tl.where(mask, loss * w, 0.0)
     if REDUCE:
         tl.store(partial_ptr + tl.program_id(0), tl.sum(loss, axis=0))
@@ -127,19 +129,21 @@ def _common_args(input, target, weight, alpha, gamma):
     return numel, max(C, 1), w, meta
 
 
-def forward(input, target, weight, alpha, gamma, reduction):
+def forward(input, target, weight, alpha, gamma, reduction, with_grad):
+    """(loss, cache): cache = dL/dx * weight (fp32/fp64) when with_grad, else empty."""
     numel, C, w, meta = _common_args(input, target, weight, alpha, gamma)
     grid = (triton.cdiv(numel, BLOCK),)
-    if reduction == 0:
-        out = torch.empty_like(input)
-        if numel:
-            _forward_kernel[grid](input, target, w, out, out, numel, C, alpha, gamma, REDUCE=False, **meta)
-        return out
-    partial = torch.empty(grid[0], dtype=reduced_dtype(input.dtype), device=input.device)
+    acc = reduced_dtype(input.dtype)
+    cache = torch.empty(input.shape if with_grad else (0,), dtype=acc, device=input.device)
+    reduce = reduction != 0
+    out = torch.empty(grid[0], dtype=acc, device=input.device) if reduce else torch.empty_like(input)
     if numel:
-        _forward_kernel[grid](input, target, w, partial, partial, numel, C, alpha, gamma, REDUCE=True, **meta)
-    total = partial.sum()
-    return total / numel if reduction == 2 else total
+        _forward_kernel[grid](input, target, w, out, out, cache, numel, C, alpha, gamma, REDUCE=reduce, WITH_GRAD=with_grad,
+                              **meta)
+    if not reduce:
+        return out, cache
+    total = out.sum()
+    return (total / numel if reduction == 2 else total), cache
 
 
 def backward(grad, input, target, weight, alpha, gamma, reduction):

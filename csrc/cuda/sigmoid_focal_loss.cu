@@ -18,6 +18,8 @@
 
 #include <algorithm>
 #include <limits>
+#include <tuple>
+#include <vector>
 
 #include "fastloss/op_checks.h"
 #include "kernels/sigmoid_focal_loss.h"
@@ -41,6 +43,7 @@ struct FocalPtrs {
   acc_t up_scale;           // 1 / numel for mean, else 1
   scalar_t* out;            // per-element loss or gradient, or nullptr (reduced forward)
   acc_t* partial;           // one partial sum per block (reduced forward), or nullptr
+  acc_t* cache;             // forward with_grad: dL/dx * weight, or nullptr
   index_t numel, C;
 };
 
@@ -86,10 +89,13 @@ __global__ void __launch_bounds__(kThreads) focal_kernel(FocalPtrs<acc_t, scalar
       if (i < p.numel) {
         if (kBackward) {
           p.out[i] = static_cast<scalar_t>(grad * w[k] * up[k]);
-        } else if (p.out != nullptr) {
-          p.out[i] = static_cast<scalar_t>(loss * w[k]);
         } else {
-          sum += loss * w[k];
+          if (p.cache != nullptr) p.cache[i] = grad * w[k];
+          if (p.out != nullptr) {
+            p.out[i] = static_cast<scalar_t>(loss * w[k]);
+          } else {
+            sum += loss * w[k];
+          }
         }
       }
     }
@@ -101,7 +107,7 @@ __global__ void __launch_bounds__(kThreads) focal_kernel(FocalPtrs<acc_t, scalar
 }
 
 template <bool kBackward, typename scalar_t>
-at::Tensor launch(const FocalArgs& a, const at::Tensor& upstream) {
+at::Tensor launch(const FocalArgs& a, const at::Tensor& upstream, const at::Tensor& cache = at::Tensor()) {
   using acc_t = at::opmath_type<scalar_t>;
   const bool reduced_forward = !kBackward && a.reduction != Reduction::None;
   const int64_t blocks = std::max<int64_t>(1, std::min(kMaxBlocks, (a.numel + kThreads * kUnroll - 1) / (kThreads * kUnroll)));
@@ -119,6 +125,7 @@ at::Tensor launch(const FocalArgs& a, const at::Tensor& upstream) {
     p.up_scale = a.reduction == Reduction::Mean ? acc_t(1) / static_cast<acc_t>(a.numel) : acc_t(1);
     p.out = reduced_forward ? nullptr : out.mutable_data_ptr<scalar_t>();
     p.partial = reduced_forward ? partial.mutable_data_ptr<acc_t>() : nullptr;
+    p.cache = cache.defined() ? cache.mutable_data_ptr<acc_t>() : nullptr;
     p.numel = a.numel;
     p.C = a.C;
   };
@@ -142,14 +149,17 @@ at::Tensor launch(const FocalArgs& a, const at::Tensor& upstream) {
   return a.reduction == Reduction::Mean ? total.div_(static_cast<double>(a.numel)) : total;
 }
 
-at::Tensor forward_cuda(const at::Tensor& input, const at::Tensor& target, const c10::optional<at::Tensor>& weight, double alpha, double gamma,
-                        int64_t reduction) {
+// with_grad is supported for completeness; fastloss/_backend.py recomputes on GPUs (fewer bytes).
+std::tuple<at::Tensor, at::Tensor> forward_cuda(const at::Tensor& input, const at::Tensor& target, const c10::optional<at::Tensor>& weight,
+                                                double alpha, double gamma, int64_t reduction, bool with_grad) {
   const c10::cuda::CUDAGuard guard(input.device());
   const FocalArgs a = make_focal_args(input, target, weight, alpha, gamma, reduction);
+  const auto acc_options = input.options().dtype(reduced_dtype(input.scalar_type()));
+  at::Tensor cache = at::empty(with_grad ? input.sizes().vec() : std::vector<int64_t>{0}, acc_options);
   at::Tensor out;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), "sigmoid_focal_loss_forward_cuda",
-                                  [&] { out = launch<false, scalar_t>(a, at::Tensor()); });
-  return out;
+                                  [&] { out = launch<false, scalar_t>(a, at::Tensor(), with_grad ? cache : at::Tensor()); });
+  return {out, cache};
 }
 
 at::Tensor backward_cuda(const at::Tensor& grad, const at::Tensor& input, const at::Tensor& target, const c10::optional<at::Tensor>& weight,

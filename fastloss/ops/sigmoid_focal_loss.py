@@ -8,12 +8,17 @@ function goes through :class:`SigmoidFocalLossFunction`, a thin autograd.Functio
 the same two implementations that skips the custom-op dispatch (measured: see
 benchmarks/bench_dispatch.py); tests check both paths agree bit for bit.
 
-Forward/backward fusion (bytes per logit, fp32, one forward + one backward):
+Forward/backward fusion.  Bytes per logit (fp32, one forward + one backward):
   * store dL/dx in the forward, scale it in the backward: read x, t; write g | read g, write g
   * recompute in the backward: read x, t | read x, t, write g
 Both move 20 B with float targets; with class labels (t costs ~0 B) recomputing moves
 12 B against 16 B, keeps no logit-sized buffer alive between forward and backward, and
-the forward of a no-grad (evaluation) call writes nothing.  So every backend recomputes.
+the forward of an evaluation call writes nothing: so on GPUs, which are bandwidth-bound
+here, the backward recomputes.  CPUs are compute-bound instead (the exp/log1p/divisions
+cost ~3 ns per logit and pass with AVX2, moving its bytes ~0.3 ns), so there the forward
+computes dL/dx in the same pass when the input requires grad ("store"), and the backward
+is one multiply.  The choice is per device type in fastloss/_backend.py
+(STORE_GRAD_IN_FORWARD); every backend implements both.
 """
 from typing import Optional
 
@@ -27,71 +32,79 @@ from fastloss.reference import sigmoid_focal_loss as reference
 OP = "sigmoid_focal_loss"
 
 
-def _forward_impl(input, target, weight, alpha, gamma, reduction, backend):
+def _forward_impl(input, target, weight, alpha, gamma, reduction, store_grad, backend):
     forward, _ = _backend.implementation(OP, input.device, backend)
-    return forward(input, target, weight, alpha, gamma, reduction)
+    return forward(input, target, weight, alpha, gamma, reduction, store_grad)
 
 
-def _backward_impl(grad, input, target, weight, alpha, gamma, reduction, backend):
+def _backward_impl(grad, input, target, weight, cache, alpha, gamma, reduction, backend):
+    if cache.shape == input.shape:  # the forward stored dL/dx * weight: only scale it
+        scale = grad if reduction == 0 else (grad / input.numel() if reduction == 2 else grad)
+        return (cache * scale).to(input.dtype)
     _, backward = _backend.implementation(OP, input.device, backend)
     return backward(grad, input, target, weight, alpha, gamma, reduction)
 
 
 @torch.library.custom_op("fastloss::sigmoid_focal_loss", mutates_args=())
 def sigmoid_focal_loss_op(input: Tensor, target: Tensor, weight: Optional[Tensor], alpha: float, gamma: float, reduction: int,
-                          backend: Optional[str]) -> Tensor:
-    return _forward_impl(input, target, weight, alpha, gamma, reduction, backend)
+                          store_grad: bool, backend: Optional[str]) -> tuple[Tensor, Tensor]:
+    """Returns (loss, cache): cache = dL/dx * weight (fp32/fp64) if store_grad, else empty."""
+    return _forward_impl(input, target, weight, alpha, gamma, reduction, store_grad, backend)
 
 
 @sigmoid_focal_loss_op.register_fake
-def _(input, target, weight, alpha, gamma, reduction, backend):
-    if reduction == 0:
-        return torch.empty_like(input)
-    return input.new_empty((), dtype=_common.reduced_dtype(input.dtype))
+def _(input, target, weight, alpha, gamma, reduction, store_grad, backend):
+    acc = _common.reduced_dtype(input.dtype)
+    loss = torch.empty_like(input) if reduction == 0 else input.new_empty((), dtype=acc)
+    return loss, input.new_empty(input.shape if store_grad else (0,), dtype=acc)
 
 
 @torch.library.custom_op("fastloss::sigmoid_focal_loss_backward", mutates_args=())
-def sigmoid_focal_loss_backward_op(grad: Tensor, input: Tensor, target: Tensor, weight: Optional[Tensor], alpha: float, gamma: float,
-                                   reduction: int, backend: Optional[str]) -> Tensor:
-    return _backward_impl(grad, input, target, weight, alpha, gamma, reduction, backend)
+def sigmoid_focal_loss_backward_op(grad: Tensor, input: Tensor, target: Tensor, weight: Optional[Tensor], cache: Tensor, alpha: float,
+                                   gamma: float, reduction: int, backend: Optional[str]) -> Tensor:
+    return _backward_impl(grad, input, target, weight, cache, alpha, gamma, reduction, backend)
 
 
 @sigmoid_focal_loss_backward_op.register_fake
-def _(grad, input, target, weight, alpha, gamma, reduction, backend):
+def _(grad, input, target, weight, cache, alpha, gamma, reduction, backend):
     return torch.empty_like(input)
 
 
 def _setup_context(ctx, inputs, output):
-    input, target, weight, alpha, gamma, reduction, backend = inputs
-    ctx.save_for_backward(input, target, weight)
+    input, target, weight, alpha, gamma, reduction, _store_grad, backend = inputs
+    ctx.mark_non_differentiable(output[1])
+    ctx.save_for_backward(input, target, weight, output[1])
     ctx.args = (alpha, gamma, reduction, backend)
 
 
-def _backward(ctx, grad):
-    input, target, weight = ctx.saved_tensors
+def _backward(ctx, grad, _grad_cache):
+    input, target, weight, cache = ctx.saved_tensors
     alpha, gamma, reduction, backend = ctx.args
-    grad_input = sigmoid_focal_loss_backward_op(grad.contiguous(), input, target, weight, alpha, gamma, reduction, backend)
-    return grad_input, None, None, None, None, None, None
+    grad_input = sigmoid_focal_loss_backward_op(grad.contiguous(), input, target, weight, cache, alpha, gamma, reduction, backend)
+    return grad_input, None, None, None, None, None, None, None
 
 
 sigmoid_focal_loss_op.register_autograd(_backward, setup_context=_setup_context)
 
 
 class SigmoidFocalLossFunction(torch.autograd.Function):
-    """The same forward/backward as the custom ops, as an autograd.Function (eager fast path)."""
+    """The same forward/backward as the custom ops, as an autograd.Function (the eager fast
+    path).  Returns (loss, cache) like the op."""
 
     @staticmethod
-    def forward(ctx, input, target, weight, alpha, gamma, reduction, backend):
-        ctx.save_for_backward(input, target, weight)
+    def forward(ctx, input, target, weight, alpha, gamma, reduction, store_grad, backend):
+        loss, cache = _forward_impl(input, target, weight, alpha, gamma, reduction, store_grad, backend)
+        ctx.mark_non_differentiable(cache)
+        ctx.save_for_backward(input, target, weight, cache)
         ctx.args = (alpha, gamma, reduction, backend)
-        return _forward_impl(input, target, weight, alpha, gamma, reduction, backend)
+        return loss, cache
 
     @staticmethod
-    def backward(ctx, grad):
-        input, target, weight = ctx.saved_tensors
+    def backward(ctx, grad, _grad_cache):
+        input, target, weight, cache = ctx.saved_tensors
         alpha, gamma, reduction, backend = ctx.args
-        grad_input = _backward_impl(grad.contiguous(), input, target, weight, alpha, gamma, reduction, backend)
-        return grad_input, None, None, None, None, None, None
+        grad_input = _backward_impl(grad.contiguous(), input, target, weight, cache, alpha, gamma, reduction, backend)
+        return grad_input, None, None, None, None, None, None, None
 
 
 def _prepare_target(input, target):
@@ -158,11 +171,12 @@ def sigmoid_focal_loss(input, target, alpha=0.25, gamma=2.0, reduction="mean", w
     weight = _prepare_weight(input, weight)
     if avg_factor is not None and reduction == "mean":
         code = _common.REDUCTIONS["sum"]
-    args = (input.contiguous(), target, weight, float(alpha), float(gamma), code, backend)
+    store_grad = input.requires_grad and torch.is_grad_enabled() and _backend.store_grad_in_forward(input.device)
+    args = (input.contiguous(), target, weight, float(alpha), float(gamma), code, store_grad, backend)
     if torch.compiler.is_compiling():
-        loss = sigmoid_focal_loss_op(*args)
+        loss, _ = sigmoid_focal_loss_op(*args)
     else:
-        loss = SigmoidFocalLossFunction.apply(*args)
+        loss, _ = SigmoidFocalLossFunction.apply(*args)
     return _common.finish(loss, input.dtype, reduction, avg_factor)
 
 
@@ -174,18 +188,18 @@ def _check_labels(input, target):
             raise ValueError(f"sigmoid_focal_loss: class labels in target must be in [0, {C}] ({C} = background)")
 
 
-def _reference_forward(input, target, weight, alpha, gamma, reduction):
+def _reference_forward(input, target, weight, alpha, gamma, reduction, with_grad):
     if input.device.type == "cpu":
         _check_labels(input, target)
-    return reference.forward(input, target, weight, alpha, gamma, reduction)
+    return reference.forward(input, target, weight, alpha, gamma, reduction, with_grad)
 
 
 def _reference_backward(grad, input, target, weight, alpha, gamma, reduction):
     return reference.backward(grad, input, target, weight, alpha, gamma, reduction)
 
 
-def _native_forward(input, target, weight, alpha, gamma, reduction):
-    return torch.ops.fastloss.sigmoid_focal_loss_forward_native(input, target, weight, alpha, gamma, reduction)
+def _native_forward(input, target, weight, alpha, gamma, reduction, with_grad):
+    return torch.ops.fastloss.sigmoid_focal_loss_forward_native(input, target, weight, alpha, gamma, reduction, with_grad)
 
 
 def _native_backward(grad, input, target, weight, alpha, gamma, reduction):

@@ -71,18 +71,22 @@ def _weight_view(weight, input):
     return weight.reshape(input.shape[:-1] + (1,))
 
 
-def forward(input, target, weight, alpha, gamma, reduction):
-    """Kernel calling convention: reduction 0 none (input dtype) / 1 sum / 2 mean (fp32 or fp64)."""
+def forward(input, target, weight, alpha, gamma, reduction, with_grad):
+    """Kernel calling convention: (loss, cache); loss for reduction 0 none (input dtype) /
+    1 sum / 2 mean (fp32 or fp64); cache = dL/dx * weight (fp32/fp64) if with_grad, else empty."""
     acc = _compute_dtype(input.dtype)
     x = input.to(acc)
-    loss = loss_elements(x, float_targets(x, target), alpha, gamma)
+    t = float_targets(x, target)
+    loss = loss_elements(x, t, alpha, gamma)
+    cache = grad_elements(x, t, alpha, gamma) if with_grad else x.new_empty((0,))
     w = _weight_view(weight, input)
     if w is not None:
         loss = loss * w
+        cache = cache * w if with_grad else cache
     if reduction == 0:
-        return loss.to(input.dtype)
+        return loss.to(input.dtype), cache
     total = loss.sum(dtype=acc)
-    return total / input.numel() if reduction == 2 else total
+    return (total / input.numel() if reduction == 2 else total), cache
 
 
 def backward(grad, input, target, weight, alpha, gamma, reduction):
