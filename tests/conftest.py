@@ -28,6 +28,9 @@ def pytest_configure(config):
     # pyproject.toml declares the markers too; keep this so the suite also runs from elsewhere.
     config.addinivalue_line("markers", "gpu: needs a CUDA device (FASTLOSS_REQUIRE_GPU=1 turns the skip into a failure)")
     config.addinivalue_line("markers", "slow: long-running test")
+    # numpy warnings of Triton's interpreter evaluating both sides of tl.where (e.g. log(0)
+    # in a branch that is then discarded): not fastloss's behaviour, just noise.
+    config.addinivalue_line("filterwarnings", "ignore::RuntimeWarning:triton.runtime.interpreter")
 
 
 def pytest_runtest_setup(item):
@@ -49,6 +52,13 @@ def pytest_report_header(config):
 def _seed():
     torch.manual_seed(0)
     yield
+
+
+@pytest.fixture(params=helpers.GRAD_MODES)
+def grad_mode(request, monkeypatch):
+    """Runs a test with the gradient stored by the forward and with it recomputed by the backward."""
+    helpers.set_grad_mode(monkeypatch, request.param)
+    return request.param
 
 
 @pytest.fixture

@@ -141,6 +141,23 @@ def is_interpreted(device, backend):
 
 
 # --------------------------------------------------------------------------------------
+# Gradient path: "store" (the forward writes dL/dx, the backward scales it) or "recompute"
+# (the backward kernels recompute from the inputs); fastloss/_backend.py picks one per
+# device type (STORE_GRAD_IN_FORWARD).  Tests run both on every device.
+# --------------------------------------------------------------------------------------
+
+GRAD_MODES = ("store", "recompute")
+
+
+def set_grad_mode(monkeypatch, mode):
+    from fastloss import _backend
+
+    assert mode in GRAD_MODES
+    for kind in ("cpu", "cuda"):
+        monkeypatch.setitem(_backend.STORE_GRAD_IN_FORWARD, kind, mode == "store")
+
+
+# --------------------------------------------------------------------------------------
 # NaN poisoning of torch.empty & co (Python-side launchers).
 # --------------------------------------------------------------------------------------
 
@@ -158,6 +175,15 @@ def _poisoning(fn):
 
     poisoned.__fastloss_poisoned__ = True
     return poisoned
+
+
+def prepoison_heap(numel, *dtypes, device="cpu"):
+    """Best effort for buffers that C++ kernels allocate with at::empty (unreachable from
+    Python): allocate and free NaN-filled blocks of the sizes about to be requested, so the
+    allocator tends to hand them out again and an unwritten element reads as NaN (works for
+    all but tiny sizes with glibc malloc; the caching allocator on CUDA)."""
+    blocks = [torch.full((max(numel, 1),), float("nan"), dtype=dt, device=device) for dt in dtypes]
+    del blocks
 
 
 def install_nan_poisoning(monkeypatch):

@@ -164,22 +164,34 @@ def test_default_is_fastest_available():
         assert expected == "cpu"
 
 
-def test_default_backend_is_used(spy):
+def _expected_calls(name, mode):
+    """With the gradient stored by the forward, the backward only scales it: no kernel call."""
+    return [(name, "forward")] + ([(name, "backward")] if mode == "recompute" else [])
+
+
+def test_default_backend_is_used(spy, grad_mode):
     x, t = _small()
     fastloss.sigmoid_focal_loss(x, t).backward()
     expected = _backend.resolve(OP, "cpu")
-    assert spy == [(expected, "forward"), (expected, "backward")]
+    assert spy == _expected_calls(expected, grad_mode)
+
+
+def test_store_grad_default_per_device():
+    assert _backend.store_grad_in_forward("cpu") is True  # CPUs: compute-bound
+    assert _backend.store_grad_in_forward("cuda") is False  # GPUs: bandwidth-bound
+    assert _backend.store_grad_in_forward(torch.device("cuda", 0)) is False
 
 
 @pytest.mark.parametrize("name", helpers.CPU_BACKENDS)
-def test_use_backend_selects(spy, name):
+def test_use_backend_selects(spy, grad_mode, name):
     helpers.require_backend("cpu", name)
     x, t = _small()
     with fastloss.use_backend(name):
         assert _backend.resolve(OP, "cpu") == name
         loss = fastloss.sigmoid_focal_loss(x, t)
-    loss.backward()  # the backward runs on the backend chosen at forward time
-    assert spy == [(name, "forward"), (name, "backward")]
+        loss.backward()
+    assert spy == _expected_calls(name, grad_mode)
+    assert torch.isfinite(x.grad).all()
 
 
 def test_use_backend_nesting_and_restore():
@@ -206,15 +218,15 @@ def test_use_backend_restores_after_exception():
     assert _backend.resolve(OP, "cpu") == default
 
 
-def test_env_variable(monkeypatch, spy):
+def test_env_variable(monkeypatch, spy, grad_mode):
     monkeypatch.setenv("FASTLOSS_BACKEND", "reference")
     assert _backend.resolve(OP, "cpu") == "reference"
     x, t = _small()
     fastloss.sigmoid_focal_loss(x, t).backward()
-    assert spy == [("reference", "forward"), ("reference", "backward")]
+    assert spy == _expected_calls("reference", grad_mode)
 
 
-def test_precedence_call_over_context_over_env(monkeypatch, spy):
+def test_precedence_call_over_context_over_env(monkeypatch, spy, grad_mode):
     helpers.require_backend("cpu", "cpu")
     monkeypatch.setenv("FASTLOSS_BACKEND", "reference")
     with fastloss.use_backend("cpu"):
@@ -222,7 +234,7 @@ def test_precedence_call_over_context_over_env(monkeypatch, spy):
         assert _backend.resolve(OP, "cpu", "reference") == "reference"  # call beats context
         x, t = _small()
         fastloss.sigmoid_focal_loss(x, t, backend="reference").backward()
-    assert spy == [("reference", "forward"), ("reference", "backward")]
+    assert spy == _expected_calls("reference", grad_mode)
     spy.clear()
     with fastloss.use_backend("reference"):
         fastloss.sigmoid_focal_loss(x, t, backend="cpu")

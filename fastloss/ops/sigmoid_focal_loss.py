@@ -74,7 +74,9 @@ def _setup_context(ctx, inputs, output):
     input, target, weight, alpha, gamma, reduction, _store_grad, backend = inputs
     ctx.mark_non_differentiable(output[1])
     ctx.save_for_backward(input, target, weight, output[1])
-    ctx.args = (alpha, gamma, reduction, backend)
+    # the backward runs on the forward's backend (autograd may run it on another thread,
+    # outside the caller's use_backend context)
+    ctx.args = (alpha, gamma, reduction, _backend.resolve(OP, input.device, backend))
 
 
 def _backward(ctx, grad, _grad_cache):
@@ -96,7 +98,7 @@ class SigmoidFocalLossFunction(torch.autograd.Function):
         loss, cache = _forward_impl(input, target, weight, alpha, gamma, reduction, store_grad, backend)
         ctx.mark_non_differentiable(cache)
         ctx.save_for_backward(input, target, weight, cache)
-        ctx.args = (alpha, gamma, reduction, backend)
+        ctx.args = (alpha, gamma, reduction, _backend.resolve(OP, input.device, backend))
         return loss, cache
 
     @staticmethod

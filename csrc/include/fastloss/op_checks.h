@@ -35,7 +35,8 @@ inline FocalArgs make_focal_args(const at::Tensor& input, const at::Tensor& targ
   a.target = target;
   a.numel = input.numel();
   a.C = input.dim() == 0 ? 1 : input.size(-1);
-  a.rows = a.C == 0 ? 0 : a.numel / a.C;
+  a.rows = 1;  // product of the leading sizes (also when C == 0)
+  for (int64_t d = 0; d + 1 < input.dim(); ++d) a.rows *= input.size(d);
   a.alpha = alpha;
   a.gamma = gamma;
   a.reduction = static_cast<Reduction>(reduction);
