@@ -75,6 +75,13 @@ def extensions():
 
     avx2 = _cpu_has_avx2()
     cxx = ["-O3"]
+    link = []
+    if platform.system() == "Linux":
+        # at::parallel_for is header code that runs its OpenMP pragma in *our* object files:
+        # without -fopenmp the CPU kernels would silently run on one thread.  libgomp.so.1
+        # resolves to the copy torch already loaded.
+        cxx.append("-fopenmp")
+        link.append("-fopenmp")
     if avx2:
         # ATen's Vectorized<T> then uses AVX2 registers and SLEEF's vector exp/log1p.
         cxx += ["-mavx2", "-mfma", "-mf16c", "-DCPU_CAPABILITY_AVX2", "-DCPU_CAPABILITY=AVX2"]
@@ -95,9 +102,10 @@ def extensions():
         sources += sorted(glob.glob(os.path.join("csrc", "cuda", "*.cu")))
         nvcc = ["-O3", "-lineinfo", "--expt-relaxed-constexpr"]
         ext = CUDAExtension("fastloss._C", sources, include_dirs=include_dirs + _nvidia_include_dirs(),
-                            extra_compile_args={"cxx": cxx, "nvcc": nvcc})
+                            extra_compile_args={"cxx": cxx, "nvcc": nvcc}, extra_link_args=link)
     else:
-        ext = CppExtension("fastloss._C", sources, include_dirs=include_dirs, extra_compile_args={"cxx": cxx})
+        ext = CppExtension("fastloss._C", sources, include_dirs=include_dirs, extra_compile_args={"cxx": cxx},
+                           extra_link_args=link)
     print(f"fastloss: building _C with CUDA={with_cuda} avx2={avx2}", file=sys.stderr)
     return [ext], {"build_ext": BuildExtension.with_options(use_ninja=True)}
 

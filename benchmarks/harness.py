@@ -49,7 +49,7 @@ import statistics
 import subprocess
 import sys
 import time
-from typing import Any, Callable, Dict, List, Optional, Sequence
+from typing import Callable, Dict, List, Optional, Sequence
 
 import torch
 
@@ -57,6 +57,7 @@ MODES = ("fwd", "bwd", "fwd+bwd")
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MB = 1e6
 GB = 1e9
+_MARK = "fastloss_bench_measured"
 
 # --------------------------------------------------------------------------- cases
 
@@ -98,7 +99,7 @@ def settings_for(device, quick, budget_s=None):
     if device.type == "cuda":
         s = Settings(device, 0.1 if quick else 0.5, 5 if quick else 20, 50 if quick else 1000, 3 if quick else 10)
     else:
-        s = Settings(device, 0.15 if quick else 1.2, 3 if quick else 10, 50 if quick else 500, 1 if quick else 3)
+        s = Settings(device, 0.1 if quick else 2.0, 3 if quick else 15, 50 if quick else 500, 1 if quick else 3)
     if budget_s is not None:
         s.budget_s = budget_s
     return s
@@ -134,13 +135,24 @@ def _sync(device):
         torch.cuda.synchronize(device)
 
 
+_FLUSH = {}
+
+
+def _flush_buffer(device, mb):
+    """A buffer larger than the L2 cache (50 MB on H100/H200); writing it evicts the inputs."""
+    key = (str(device), mb)
+    if key not in _FLUSH:
+        _FLUSH[key] = torch.empty(mb * 2**20, dtype=torch.int8, device=device)
+    return _FLUSH[key]
+
+
 class _Runner:
     """Runs one mode of one provider; the timed region is between ``start`` and ``stop``."""
 
     def __init__(self, fn, inputs: Inputs, mode: str, settings: Settings):
         self.fn, self.inputs, self.mode, self.s = fn, inputs, mode, settings
         self.cuda = settings.device.type == "cuda"
-        self.flush = torch.empty(settings.flush_mb * 2**20, dtype=torch.int8, device=settings.device) if self.cuda else None
+        self.flush = _flush_buffer(settings.device, settings.flush_mb) if self.cuda else None
 
     def _reset_grads(self):
         for t in self.inputs.grad_inputs:
@@ -205,7 +217,9 @@ def _quantile(values, q):
 
 
 def time_mode(fn, inputs: Inputs, mode: str, settings: Settings):
-    """Warm up, choose the repetitions from the budget, time.  Returns (median, p20, p80, reps) in ms."""
+    """Warm up, choose the repetitions from the budget, time.  Returns (median, p20, p80, reps) in
+    ms and the mean number of cores other processes kept busy meanwhile (None: unknown)."""
+    load = ForeignLoad()
     runner = _Runner(fn, inputs, mode, settings)
     t0 = time.perf_counter()
     warm = runner.run(settings.warmup)
@@ -217,7 +231,7 @@ def time_mode(fn, inputs: Inputs, mode: str, settings: Settings):
     reps = max(settings.min_reps, min(settings.max_reps, reps))
     times = runner.run(reps)
     del runner
-    return statistics.median(times), _quantile(times, 0.2), _quantile(times, 0.8), reps
+    return statistics.median(times), _quantile(times, 0.2), _quantile(times, 0.8), reps, load.value()
 
 
 # --------------------------------------------------------------------------- memory
@@ -243,71 +257,100 @@ def _quiet_stderr():
         os.close(devnull)
 
 
-def cpu_peak_extra_bytes(run):
-    """Peak extra CPU memory of ``run()``: the peak of the running sum of the signed sizes of
-    the CPU allocation / free events that ``torch.profiler`` (``profile_memory=True``)
-    records, in time order, starting from 0.  Frees of memory allocated before are negative,
-    so the peak is never below 0.  Returns None if the profiler's event tree is unavailable."""
-    from torch.profiler import ProfilerActivity, profile
+def cpu_peak_extra_bytes(run, measured):
+    """Peak extra CPU memory of ``measured()`` (run after ``run()``'s own set-up part).
+
+    torch keeps no CPU allocator statistics, so everything runs under ``torch.profiler``
+    with ``profile_memory=True``: each CPU allocation / free it records is an event of signed
+    size.  ``run(measured)`` must call ``measured`` once inside; that call is marked with
+    ``record_function``.  The answer is the peak, inside the marked region, of the running sum
+    of the events in time order, minus the running sum when the region starts -- so memory
+    that the set-up part allocated (e.g. the forward before a timed backward) and the region
+    frees counts negative, as on CUDA.  (Frees of memory allocated before profiling started
+    are not reported by torch; no measured path frees such memory.)  None if the profiler's
+    event tree is unavailable."""
+    from torch.profiler import ProfilerActivity, profile, record_function
+
+    def marked():
+        with record_function(_MARK):
+            measured()
 
     os.environ.setdefault("KINETO_LOG_LEVEL", "5")
     with _quiet_stderr():
         with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
-            run()
+            run(marked)
         try:
             from torch._C._profiler import _EventType
 
             stack = list(prof.profiler.kineto_results.experimental_event_tree())
         except Exception:  # noqa: BLE001 -- private API; degrade to "not measured"
             return None
-    events = []
+    events, region = [], None
     while stack:
         node = stack.pop()
         if node.typed[0] == _EventType.Allocation:
             f = node.extra_fields
             if f.device.type == "cpu":
                 events.append((node.start_time_ns, f.alloc_size))
+        elif node.name == _MARK:
+            region = (node.start_time_ns, node.end_time_ns)
         stack.extend(node.children)
+    if region is None:
+        return None
     events.sort(key=lambda e: e[0])
-    current = peak = 0
-    for _, size in events:
+    current, base, peak = 0, None, 0
+    for t, size in events:
+        if t > region[1]:
+            break
+        if base is None and t >= region[0]:
+            base = current
         current += size
-        peak = max(peak, current)
+        if base is not None:
+            peak = max(peak, current - base)
     return peak
 
 
 def peak_extra_bytes(fn, inputs: Inputs, mode: str, settings: Settings):
     """Peak memory allocated by one repetition of ``mode`` beyond what was allocated before
-    it (in ``bwd`` mode: beyond the state after the forward)."""
+    it (in ``bwd`` mode: beyond the state after the forward, whose saved tensors the backward
+    frees)."""
     runner = _Runner(fn, inputs, mode, settings)
-    runner.flush = None
-    runner.cuda = False  # no flush / events: we only want allocations
+    runner.cuda = False  # no flush, no events: only allocations
     gc.collect()
     runner._reset_grads()
-    out = runner._call() if mode == "bwd" else None
+    holder = {}
 
-    def body():
-        nonlocal out
+    def measured():
         if mode == "fwd":
-            out = runner._call()
+            holder["out"] = runner._call()
         elif mode == "bwd":
-            runner._backward(out)
+            runner._backward(holder.pop("out"))
         else:
             out = runner._call()
             runner._backward(out)
+            holder["out"] = out
 
-    if settings.device.type == "cuda":
-        torch.cuda.synchronize(settings.device)
-        torch.cuda.reset_peak_memory_stats(settings.device)
-        before = torch.cuda.memory_allocated(settings.device)
+    def rep(body):
+        if mode == "bwd":
+            holder["out"] = runner._call()
         body()
-        torch.cuda.synchronize(settings.device)
-        peak = torch.cuda.max_memory_allocated(settings.device) - before
-    else:
-        peak = cpu_peak_extra_bytes(body)
-    del out
-    runner._reset_grads()
-    return peak
+
+    try:
+        if settings.device.type == "cuda":
+            def cuda_body():
+                torch.cuda.synchronize(settings.device)
+                torch.cuda.reset_peak_memory_stats(settings.device)
+                before = torch.cuda.memory_allocated(settings.device)
+                measured()
+                torch.cuda.synchronize(settings.device)
+                holder["peak"] = torch.cuda.max_memory_allocated(settings.device) - before
+
+            rep(cuda_body)
+            return holder["peak"]
+        return cpu_peak_extra_bytes(rep, measured)
+    finally:
+        holder.clear()
+        runner._reset_grads()
 
 
 # --------------------------------------------------------------------------- bandwidth
@@ -370,12 +413,23 @@ def run_case(case: Case, settings: Settings, bandwidth_gbps: float, provider_fil
             continue
         first = time.perf_counter() - t0
         for mode in modes:
-            stats = time_mode(fn, inputs, mode, settings)
-            peak = peak_extra_bytes(fn, inputs, mode, settings)
+            try:
+                stats = time_mode(fn, inputs, mode, settings)
+                peak = peak_extra_bytes(fn, inputs, mode, settings)
+            except Exception as exc:  # noqa: BLE001 -- e.g. out of memory: record it, go on
+                log(f"    {name:18s} {mode:8s} FAILED: {exc.__class__.__name__}: {str(exc).splitlines()[0] if str(exc) else ''}")
+                rows.append(_row(case, name, mode, inputs, None, None, bandwidth_gbps, error=f"{exc.__class__.__name__}: {exc}"))
+                for t in inputs.grad_inputs:
+                    t.grad = None
+                gc.collect()
+                if device.type == "cuda":
+                    torch.cuda.empty_cache()
+                continue
             rows.append(_row(case, name, mode, inputs, stats, peak, bandwidth_gbps))
             r = rows[-1]
             log(f"    {name:18s} {mode:8s} median {r['median_ms']:9.3f} ms  [p20 {r['p20_ms']:.3f}, p80 {r['p80_ms']:.3f}, "
                 f"{r['reps']} reps]  peak extra {_fmt(r['peak_extra_MB'], '.1f')} MB"
+                + (f"  [other processes busy: {r['foreign_load']:.1f} cores]" if (r["foreign_load"] or 0) > 0.2 else "")
                 + (f"  (first call {first:.1f} s)" if mode == modes[0] and first > 1.0 else ""))
     _add_relative(rows)
     del inputs
@@ -391,11 +445,11 @@ def _row(case, provider, mode, inputs, stats, peak, bandwidth_gbps, error=""):
         "op": case.op, "case": case.label, "dtype": _dtype_name(case.dtype), "mode": mode, "provider": provider,
         "median_ms": None, "p20_ms": None, "p80_ms": None, "reps": 0,
         "speedup_vs_eager": None, "peak_extra_MB": None if peak is None else peak / MB, "mem_vs_eager": None,
-        "bytes": nbytes, "GB/s": None, "pct_floor": None, "numel": inputs.numel, "error": error,
+        "bytes": nbytes, "GB/s": None, "pct_floor": None, "numel": inputs.numel, "foreign_load": None, "error": error,
     }
     if stats is not None:
-        median, p20, p80, reps = stats
-        row.update(median_ms=median, p20_ms=p20, p80_ms=p80, reps=reps)
+        median, p20, p80, reps, foreign = stats
+        row.update(median_ms=median, p20_ms=p20, p80_ms=p80, reps=reps, foreign_load=foreign)
         if nbytes:
             row["GB/s"] = nbytes / (median / 1e3) / GB
             if bandwidth_gbps:
@@ -413,6 +467,43 @@ def _add_relative(rows):
             r["speedup_vs_eager"] = e["median_ms"] / r["median_ms"]
         if r["peak_extra_MB"] is not None and e["peak_extra_MB"]:
             r["mem_vs_eager"] = r["peak_extra_MB"] / e["peak_extra_MB"]
+
+
+class ForeignLoad:
+    """CPU time that *other* processes used while we ran (Linux /proc), in cores: system busy
+    time minus this process's own.  CPU timings are only meaningful when this is ~0 (a
+    concurrent build or test run on a 2-core machine slows eager PyTorch's parallel regions by
+    10-100x).  ``value()`` is None where /proc is unavailable."""
+
+    def __init__(self):
+        self._t0, self._busy0, self._own0 = time.perf_counter(), self._system_busy(), self._own()
+
+    @staticmethod
+    def _system_busy():
+        try:
+            with open("/proc/stat") as f:
+                fields = [int(v) for v in f.readline().split()[1:]]
+            hz = os.sysconf("SC_CLK_TCK")
+            return (sum(fields[:8]) - fields[3] - fields[4]) / hz  # all but idle and iowait
+        except (OSError, ValueError, IndexError):
+            return None
+
+    @staticmethod
+    def _own():
+        t = os.times()
+        return t.user + t.system
+
+    def core_seconds(self):
+        """(CPU seconds used by other processes, wall seconds) since construction."""
+        busy = self._system_busy()
+        elapsed = time.perf_counter() - self._t0
+        if busy is None or self._busy0 is None:
+            return None, elapsed
+        return max(0.0, (busy - self._busy0) - (self._own() - self._own0)), elapsed
+
+    def value(self):
+        foreign, elapsed = self.core_seconds()
+        return None if foreign is None else foreign / max(elapsed, 1e-9)
 
 
 # --------------------------------------------------------------------------- metadata
@@ -458,6 +549,13 @@ def device_slug(device):
     return re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")
 
 
+def _loadavg():
+    try:
+        return list(os.getloadavg())
+    except OSError:
+        return None
+
+
 def metadata(device, bandwidth_gbps, args=None):
     import fastloss
     from fastloss import _backend, _extension
@@ -489,13 +587,15 @@ def metadata(device, bandwidth_gbps, args=None):
         "default_backends": {op: _backend.resolve(op, device) for op in _backend.PREFERENCE},
         "git_commit": git_commit(),
         "bandwidth_GBps": round(bandwidth_gbps, 2),
-        "bandwidth_method": ("cuda: dst.copy_(src) of 1 GiB, CUDA events" if device.type == "cuda"
-                             else "cpu: torch dst.copy_(src) of a 64-256 MiB buffer (memcpy-like, all torch threads), perf_counter"),
+        "bandwidth_method": ("cuda: dst.copy_(src) of 1 GiB uint8, CUDA events, GB/s = 2 * bytes / median" if device.type == "cuda"
+                             else "cpu: torch dst.copy_(src) of a 256 MiB uint8 buffer (64 MiB with --quick; memcpy-like, "
+                                  "all torch threads), perf_counter, GB/s = 2 * bytes / median"),
         "timing": ("CUDA events, L2 flushed (256 MiB write) before each rep" if device.type == "cuda"
                    else "time.perf_counter, after warm-up; caches not flushed"),
         "memory": ("torch.cuda.max_memory_allocated - memory_allocated before" if device.type == "cuda"
                    else "torch.profiler profile_memory: peak of the running sum of CPU alloc/free events"),
         "units": "ms; MB = 1e6 B; GB/s = 1e9 B/s; pct_floor = (bytes / bandwidth) / median * 100",
+        "loadavg_at_start": _loadavg(),
         "timestamp": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "hostname": platform.node(),
         "argv": sys.argv,
@@ -513,7 +613,7 @@ def metadata(device, bandwidth_gbps, args=None):
 
 TABLE_COLUMNS = ("op", "case", "dtype", "mode", "provider", "median_ms", "p20_ms", "p80_ms", "speedup_vs_eager",
                  "peak_extra_MB", "mem_vs_eager", "GB/s", "pct_floor")
-CSV_COLUMNS = TABLE_COLUMNS + ("reps", "bytes", "numel", "error")
+CSV_COLUMNS = TABLE_COLUMNS + ("reps", "bytes", "numel", "foreign_load", "error")
 
 
 def _fmt(v, spec):
@@ -609,7 +709,8 @@ def plot_cases(rows, meta, out_dir):
                         hi.append(r["p80_ms"] - r[metric])
                 bars = ax.bar(xs, ys, width, label=p, yerr=[lo, hi] if metric == "median_ms" and xs else None, capsize=2)
                 for b, y in zip(bars, ys):
-                    ax.annotate(f"{y:.3g}", (b.get_x() + b.get_width() / 2, b.get_height()), ha="center", va="bottom", fontsize=7)
+                    text = f"{y:.3g}" if metric == "median_ms" or y >= 0.05 else "0"
+                    ax.annotate(text, (b.get_x() + b.get_width() / 2, b.get_height()), ha="center", va="bottom", fontsize=7)
             ax.set_xticks(range(len(modes)))
             ax.set_xticklabels(modes)
             ax.set_ylabel(ylabel)

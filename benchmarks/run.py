@@ -22,6 +22,7 @@ from benchmarks import bench_dispatch, harness
 
 OPS = {
     "sigmoid_focal_loss": "benchmarks.bench_sigmoid_focal_loss",
+    "dice": "benchmarks.bench_dice",
 }
 
 
@@ -36,7 +37,24 @@ def _parse(argv):
     p.add_argument("--budget", type=float, default=None, help="timed seconds per (case, provider, mode)")
     p.add_argument("--no-dispatch", action="store_true", help="skip the eager dispatch benchmark")
     p.add_argument("--no-plots", action="store_true")
+    p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (CPU; default: torch's choice)")
+    p.add_argument("--wait-quiet", type=float, default=0, metavar="S",
+                   help="first wait up to S seconds until other processes leave the CPU idle (shared machines)")
     return p.parse_args(argv)
+
+
+def _wait_quiet(timeout_s, window_s=3.0, threshold=0.15):
+    deadline = time.perf_counter() + timeout_s
+    while True:
+        load = harness.ForeignLoad()
+        time.sleep(window_s)
+        busy = load.value()
+        if busy is None or busy < threshold:
+            return
+        if time.perf_counter() > deadline:
+            print(f"--wait-quiet: other processes still use {busy:.1f} cores; running anyway", flush=True)
+            return
+        print(f"--wait-quiet: other processes use {busy:.1f} cores; waiting", flush=True)
 
 
 def main(argv=None):
@@ -46,6 +64,10 @@ def main(argv=None):
     if args.device == "cuda" and not torch.cuda.is_available():
         sys.exit("--device cuda: no CUDA device is available")
     device = torch.device(args.device)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.wait_quiet > 0 and device.type == "cpu":
+        _wait_quiet(args.wait_quiet)
     t_start = time.perf_counter()
 
     import importlib
@@ -82,6 +104,11 @@ def main(argv=None):
         dispatch_rows = bench_dispatch.run_dispatch(device, args.quick, log=lambda s: print(s, flush=True))
 
     meta["elapsed_s"] = round(time.perf_counter() - t_start, 1)
+    loads = [r["foreign_load"] for r in rows if r.get("foreign_load") is not None]
+    meta["foreign_load_cores_max"] = round(max(loads), 2) if loads else None
+    meta["foreign_load_cores_mean"] = round(sum(loads) / len(loads), 2) if loads else None
+    spare = max(0, (os.cpu_count() or 1) - torch.get_num_threads())  # cores our torch threads leave free
+    noisy = device.type == "cpu" and loads and max(loads) > spare + 0.2
     harness.write_metadata(os.path.join(out_dir, "metadata.json"), meta)
     harness.write_csv(os.path.join(out_dir, "results.csv"), rows, meta)
     if dispatch_rows:
@@ -101,6 +128,10 @@ def main(argv=None):
     print(f"total {time.perf_counter() - t_start:.0f} s")
     if _extension.C is None:
         print(f"WARNING: fastloss._C was not loaded ({_extension.load_error})")
+    if noisy:
+        print(f"WARNING: other processes kept up to {max(loads):.1f} of {os.cpu_count()} cores busy during the timings while "
+              f"torch used {torch.get_num_threads()} threads (CSV column foreign_load); CPU numbers from this run are not "
+              "trustworthy -- rerun on a quiet machine (--wait-quiet S) or with fewer threads (--threads 1).")
     failed = [r for r in rows if r.get("error")]
     return 1 if failed else 0
 

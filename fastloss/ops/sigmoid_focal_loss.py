@@ -73,6 +73,7 @@ def _(grad, input, target, weight, cache, alpha, gamma, reduction, backend):
 def _setup_context(ctx, inputs, output):
     input, target, weight, alpha, gamma, reduction, _store_grad, backend = inputs
     ctx.mark_non_differentiable(output[1])
+    ctx.set_materialize_grads(False)  # no zero-filled gradient for the cache output
     ctx.save_for_backward(input, target, weight, output[1])
     # the backward runs on the forward's backend (autograd may run it on another thread,
     # outside the caller's use_backend context)
@@ -80,6 +81,8 @@ def _setup_context(ctx, inputs, output):
 
 
 def _backward(ctx, grad, _grad_cache):
+    if grad is None:  # grads are not materialized: no gradient flowed into the loss
+        return None, None, None, None, None, None, None, None
     input, target, weight, cache = ctx.saved_tensors
     alpha, gamma, reduction, backend = ctx.args
     grad_input = sigmoid_focal_loss_backward_op(grad.contiguous(), input, target, weight, cache, alpha, gamma, reduction, backend)
@@ -97,12 +100,15 @@ class SigmoidFocalLossFunction(torch.autograd.Function):
     def forward(ctx, input, target, weight, alpha, gamma, reduction, store_grad, backend):
         loss, cache = _forward_impl(input, target, weight, alpha, gamma, reduction, store_grad, backend)
         ctx.mark_non_differentiable(cache)
+        ctx.set_materialize_grads(False)  # no zero-filled gradient for the cache output
         ctx.save_for_backward(input, target, weight, cache)
         ctx.args = (alpha, gamma, reduction, _backend.resolve(OP, input.device, backend))
         return loss, cache
 
     @staticmethod
     def backward(ctx, grad, _grad_cache):
+        if grad is None:  # grads are not materialized: no gradient flowed into the loss
+            return None, None, None, None, None, None, None, None
         input, target, weight, cache = ctx.saved_tensors
         alpha, gamma, reduction, backend = ctx.args
         grad_input = _backward_impl(grad.contiguous(), input, target, weight, cache, alpha, gamma, reduction, backend)
