@@ -22,6 +22,7 @@ from benchmarks import bench_dispatch, harness
 
 OPS = {
     "sigmoid_focal_loss": "benchmarks.bench_sigmoid_focal_loss",
+    "box_iou": "benchmarks.bench_box_iou",
     "dice": "benchmarks.bench_dice",
 }
 

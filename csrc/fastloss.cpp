@@ -19,6 +19,24 @@
 #define FL_ABI_VERSION 2
 
 TORCH_LIBRARY(fastloss, m) {
+  // dice family (csrc/kernels/dice.h): input (N, C, S) contiguous; target an (N, S) uint8/int32/int64
+  // label map or a float (N, C, S) tensor of input's dtype; activation 0 identity / 1 sigmoid / 2 softmax.
+  // sums -> ((N, C, 3) [I, P', G'], (N, 2) [ce sum, count] or empty), fp32 (fp64 for fp64 input).
+  // IoU family (csrc/kernels/box_iou.h): pred/target (n, 4) contiguous, same dtype; weight None or one
+  // fp32 (fp64) value per box; kind/fmt codes of fastloss/ops/box_iou.py; cache = dL/dpred * weight (n, 4).
+  m.def(
+      "box_iou_loss_forward_native(Tensor pred, Tensor target, Tensor? weight, int kind, int fmt, float eps, float power, float gamma, int reduction, bool with_grad) "
+      "-> (Tensor, Tensor)");
+  m.def(
+      "box_iou_loss_backward_native(Tensor grad, Tensor pred, Tensor target, Tensor? weight, int kind, int fmt, float eps, float power, float gamma, int reduction) "
+      "-> Tensor");
+  // boxes1 (B, N, 4), boxes2 (B, M, 4) contiguous, same dtype -> (B, N, M) (aligned: (B, N)); the
+  // backward returns (grad1, grad2); max: dim 1 = over boxes2 -> (B, N), 0 = over boxes1 -> (B, M).
+  m.def("box_iou_native(Tensor boxes1, Tensor boxes2, int kind, int fmt, float eps, bool aligned) -> Tensor");
+  m.def("box_iou_backward_native(Tensor grad, Tensor boxes1, Tensor boxes2, int kind, int fmt, float eps, bool aligned) -> (Tensor, Tensor)");
+  m.def("box_iou_max_native(Tensor boxes1, Tensor boxes2, int kind, int fmt, float eps, int dim) -> (Tensor, Tensor)");
+  m.def("dice_sums_native(Tensor input, Tensor target, int activation, bool squared, int? ignore_index, bool with_ce) -> (Tensor, Tensor)");
+  m.def("dice_grad_native(Tensor grad_sums, Tensor grad_ce, Tensor input, Tensor target, int activation, bool squared, int? ignore_index) -> Tensor");
   m.def(
       "sigmoid_focal_loss_forward_native(Tensor input, Tensor target, Tensor? weight, float alpha, float gamma, int reduction, bool with_grad) "
       "-> (Tensor, Tensor)");

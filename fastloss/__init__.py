@@ -10,8 +10,10 @@ from fastloss import _extension  # noqa: F401  (loads fastloss._C first: it defi
 from fastloss._backend import available_backends, use_backend
 from fastloss._info import info
 from fastloss.ops.sigmoid_focal_loss import SigmoidFocalLossFunction, sigmoid_focal_loss
+from fastloss.ops.dice import DiceSumsFunction, dice_ce_loss, dice_loss, jaccard_loss, tversky_loss
+from fastloss.ops.box_iou import BoxIoUFunction, BoxIoULossFunction, box_iou, box_iou_loss, box_iou_max
 from fastloss import nn  # noqa: E402
 
 __version__ = "0.1.0"
 
-__all__ = ["sigmoid_focal_loss", "SigmoidFocalLossFunction", "available_backends", "use_backend", "info", "nn"]
+__all__ = ["box_iou_loss", "BoxIoULossFunction", "box_iou", "BoxIoUFunction", "box_iou_max", "tversky_loss", "dice_loss", "jaccard_loss", "dice_ce_loss", "DiceSumsFunction", "sigmoid_focal_loss", "SigmoidFocalLossFunction", "available_backends", "use_backend", "info", "nn"]

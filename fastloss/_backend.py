@@ -27,6 +27,10 @@ BACKENDS = ("reference", "cpu", "cuda", "triton")
 # Default order per op and device type, fastest first.
 PREFERENCE = {
     "sigmoid_focal_loss": {"cpu": ("cpu", "reference"), "cuda": ("cuda", "triton", "reference")},
+    "box_iou_loss": {"cpu": ("cpu", "reference"), "cuda": ("cuda", "triton", "reference")},
+    "box_iou": {"cpu": ("cpu", "reference"), "cuda": ("cuda", "triton", "reference")},
+    "box_iou_max": {"cpu": ("cpu", "reference"), "cuda": ("cuda", "triton", "reference")},
+    "dice": {"cpu": ("cpu", "reference"), "cuda": ("cuda", "triton", "reference")},
 }
 
 # Forward/backward fusion, per device type (see the docstring of fastloss/ops/sigmoid_focal_loss.py):

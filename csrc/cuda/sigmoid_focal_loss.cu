@@ -21,6 +21,7 @@
 #include <tuple>
 #include <vector>
 
+#include "fastloss/cuda_reduce.cuh"
 #include "fastloss/op_checks.h"
 #include "kernels/sigmoid_focal_loss.h"
 
@@ -46,19 +47,6 @@ struct FocalPtrs {
   acc_t* cache;             // forward with_grad: dL/dx * weight, or nullptr
   index_t numel, C;
 };
-
-template <typename acc_t>
-__device__ acc_t block_sum(acc_t v) {
-  __shared__ acc_t warp_sums[kThreads / 32];
-  for (int o = 16; o > 0; o >>= 1) v += __shfl_down_sync(0xffffffffu, v, o);
-  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
-  if (lane == 0) warp_sums[warp] = v;
-  __syncthreads();
-  v = threadIdx.x < kThreads / 32 ? warp_sums[threadIdx.x] : acc_t(0);
-  if (warp == 0)
-    for (int o = 16; o > 0; o >>= 1) v += __shfl_down_sync(0xffffffffu, v, o);
-  return v;
-}
 
 template <bool kBackward, typename acc_t, typename scalar_t, typename index_t>
 __global__ void __launch_bounds__(kThreads) focal_kernel(FocalPtrs<acc_t, scalar_t, index_t> p, focal::Params<acc_t> prm) {
@@ -101,7 +89,7 @@ __global__ void __launch_bounds__(kThreads) focal_kernel(FocalPtrs<acc_t, scalar
     }
   }
   if (!kBackward && p.partial != nullptr) {
-    sum = block_sum(sum);
+    sum = block_sum<kThreads>(sum);
     if (threadIdx.x == 0) p.partial[blockIdx.x] = sum;
   }
 }

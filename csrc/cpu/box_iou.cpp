@@ -1,0 +1,486 @@
+// IoU family, C++ CPU kernels (at::vec::Vectorized lanes, at::parallel_for, fixed reduction
+// blocks).  The geometry and its derivatives are csrc/kernels/box_iou.h (shared with CUDA);
+// the calling convention of the *_native ops is in csrc/fastloss.cpp.
+//
+// Boxes are stored (n, 4) (array of structures): each chunk of V boxes is gathered into four
+// coordinate vectors, the loss and its 4 partial derivatives are computed V boxes at a time
+// (Dual lanes), and gradients are scattered back to (n, 4).  On the CPU the loss is
+// compute-bound (atan2/exp/divisions), so, as for the focal loss, the forward writes
+// dL/dpred when asked (with_grad) and the backward only scales it.
+#include <ATen/Dispatch.h>
+#include <ATen/OpMathType.h>
+#include <ATen/Parallel.h>
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
+#include <ATen/ops/scalar_tensor.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <limits>
+#include <tuple>
+#include <type_traits>
+#include <vector>
+
+#include "fastloss/cpu_loop.h"
+#include "fastloss/op_checks.h"
+#include "kernels/box_iou.h"
+
+namespace fastloss {
+namespace {
+
+using cpu::Vec;
+
+struct BoxLossArgs {
+  at::Tensor pred, target, weight;
+  int64_t n = 0;
+  box::Params<double> prm{};
+  Reduction reduction = Reduction::Mean;
+};
+
+void check_kind_fmt(int64_t kind, int64_t max_kind, int64_t fmt) {
+  TORCH_CHECK(kind >= 0 && kind <= max_kind, "fastloss: box kind code out of range");
+  TORCH_CHECK(fmt >= 0 && fmt <= 2, "fastloss: box fmt code must be 0 (xyxy), 1 (xywh) or 2 (cxcywh)");
+}
+
+BoxLossArgs make_args(const at::Tensor& pred, const at::Tensor& target, const c10::optional<at::Tensor>& weight, int64_t kind, int64_t fmt,
+                      double eps, double power, double gamma, int64_t reduction) {
+  BoxLossArgs a;
+  TORCH_CHECK(pred.is_floating_point() && pred.is_contiguous() && pred.dim() == 2 && pred.size(1) == 4,
+              "fastloss: `pred` must be a contiguous floating (n, 4) tensor");
+  TORCH_CHECK(target.sizes() == pred.sizes() && target.scalar_type() == pred.scalar_type() && target.is_contiguous() &&
+                  target.device() == pred.device(),
+              "fastloss: `target` must match `pred` in shape, dtype and device and be contiguous");
+  TORCH_CHECK(reduction >= 0 && reduction <= 2, "fastloss: reduction code must be 0 (none), 1 (sum) or 2 (mean)");
+  check_kind_fmt(kind, box::kCDIoU, fmt);
+  a.pred = pred;
+  a.target = target;
+  a.n = pred.size(0);
+  a.prm = box::Params<double>{static_cast<int>(kind), static_cast<int>(fmt), eps, power, gamma};
+  a.reduction = static_cast<Reduction>(reduction);
+  if (weight.has_value() && weight->defined()) {
+    const at::Tensor& w = *weight;
+    TORCH_CHECK(w.device() == pred.device() && w.is_contiguous() && w.scalar_type() == reduced_dtype(pred.scalar_type()) && w.numel() == a.n,
+                "fastloss: `weight` must be contiguous on pred's device, fp32 (fp64 for fp64 pred), one value per box");
+    a.weight = w;
+  }
+  return a;
+}
+
+// Gather the 4 coordinates of boxes [j, j + cnt) into lanes (lanes past cnt: zero boxes).
+// Full chunks of fp32/fp64 boxes are transposed in registers (two rounds of deinterleave2:
+// [x1 y1 x2 y2]... -> x1..., y1..., x2..., y2...); tails and fp16/bf16 go through a buffer.
+template <typename acc_t, typename scalar_t>
+inline void gather(const scalar_t* src, int64_t j, int64_t cnt, Vec<acc_t> out[4]) {
+  constexpr int64_t V = Vec<acc_t>::size();
+  if constexpr (std::is_same_v<acc_t, scalar_t>) {
+    if (cnt == V) {
+      const acc_t* s = src + j * 4;
+      const auto lo = at::vec::deinterleave2(Vec<acc_t>::loadu(s), Vec<acc_t>::loadu(s + V));          // (x1 x2 ..., y1 y2 ...)
+      const auto hi = at::vec::deinterleave2(Vec<acc_t>::loadu(s + 2 * V), Vec<acc_t>::loadu(s + 3 * V));
+      const auto xs = at::vec::deinterleave2(lo.first, hi.first);
+      const auto ys = at::vec::deinterleave2(lo.second, hi.second);
+      out[0] = xs.first;
+      out[1] = ys.first;
+      out[2] = xs.second;
+      out[3] = ys.second;
+      return;
+    }
+  }
+  alignas(64) acc_t buf[4][V];
+  for (int64_t i = 0; i < cnt; ++i)
+    for (int k = 0; k < 4; ++k) buf[k][i] = static_cast<acc_t>(src[(j + i) * 4 + k]);
+  for (int64_t i = cnt; i < V; ++i)
+    for (int k = 0; k < 4; ++k) buf[k][i] = acc_t(0);
+  for (int k = 0; k < 4; ++k) out[k] = Vec<acc_t>::loadu(buf[k]);
+}
+
+template <typename acc_t, typename out_t>
+inline void scatter(out_t* dst, int64_t j, int64_t cnt, const Vec<acc_t> g[4]) {
+  constexpr int64_t V = Vec<acc_t>::size();
+  if constexpr (std::is_same_v<acc_t, out_t>) {
+    if (cnt == V) {  // the inverse of gather's transposition
+      const auto xs = at::vec::interleave2(g[0], g[2]);
+      const auto ys = at::vec::interleave2(g[1], g[3]);
+      const auto lo = at::vec::interleave2(xs.first, ys.first);
+      const auto hi = at::vec::interleave2(xs.second, ys.second);
+      acc_t* d = dst + j * 4;
+      lo.first.store(d);
+      lo.second.store(d + V);
+      hi.first.store(d + 2 * V);
+      hi.second.store(d + 3 * V);
+      return;
+    }
+  }
+  alignas(64) acc_t buf[4][V];
+  for (int k = 0; k < 4; ++k) g[k].store(buf[k]);
+  for (int64_t i = 0; i < cnt; ++i)
+    for (int k = 0; k < 4; ++k) dst[(j + i) * 4 + k] = static_cast<out_t>(buf[k][i]);
+}
+
+// forward (kBackward = false): per-box loss into `out` or its sum, dL/dpred * weight into
+// `cache` if defined; backward: dL/dpred * weight * upstream into `out` (n, 4).
+template <typename scalar_t, bool kBackward>
+double paired_cpu(const BoxLossArgs& a, const at::Tensor& upstream, at::Tensor& out, at::Tensor& cache) {
+  using acc_t = at::opmath_type<scalar_t>;
+  using V = Vec<acc_t>;
+  using D = box::Dual<V, acc_t>;
+  const scalar_t* p_ptr = a.pred.const_data_ptr<scalar_t>();
+  const scalar_t* t_ptr = a.target.const_data_ptr<scalar_t>();
+  const acc_t* w_ptr = a.weight.defined() ? a.weight.const_data_ptr<acc_t>() : nullptr;
+  const bool store = kBackward || a.reduction == Reduction::None;
+  scalar_t* o_ptr = store ? out.mutable_data_ptr<scalar_t>() : nullptr;
+  acc_t* c_ptr = cache.defined() ? cache.mutable_data_ptr<acc_t>() : nullptr;
+  const bool need_grad = kBackward || c_ptr != nullptr;
+  const bool per_box_upstream = kBackward && a.reduction == Reduction::None;
+  const scalar_t* g_ptr = per_box_upstream ? upstream.const_data_ptr<scalar_t>() : nullptr;
+  acc_t g_scale = acc_t(1);
+  if (kBackward && !per_box_upstream) {
+    g_scale = upstream.item<acc_t>();  // a CPU scalar: no device sync
+    if (a.reduction == Reduction::Mean) g_scale /= static_cast<acc_t>(a.n);
+  }
+  const box::Params<acc_t> prm{a.prm.kind, a.prm.fmt, static_cast<acc_t>(a.prm.eps), static_cast<acc_t>(a.prm.power),
+                               static_cast<acc_t>(a.prm.gamma)};
+
+  return cpu::for_each_chunk<acc_t>(a.n, a.n, [&](int64_t, int64_t, int64_t j, int64_t cnt) {
+    V p[4], t[4];
+    gather<acc_t>(p_ptr, j, cnt, p);
+    gather<acc_t>(t_ptr, j, cnt, t);
+    const V w = w_ptr != nullptr ? cpu::load<acc_t>(w_ptr + j, cnt) : V(acc_t(1));
+    V loss;
+    if (need_grad) {
+      D pd[4];
+      for (int k = 0; k < 4; ++k) pd[k] = D::seed(p[k], k);
+      const D l = box::paired_loss<V, acc_t>(pd, t, prm);
+      loss = l.v;
+      V g[4];
+      if constexpr (kBackward) {
+        const V up = per_box_upstream ? cpu::load<acc_t>(g_ptr + j, cnt) : V(g_scale);
+        for (int k = 0; k < 4; ++k) g[k] = l.d[k] * w * up;
+        scatter<acc_t>(o_ptr, j, cnt, g);
+        return V(acc_t(0));
+      } else {
+        for (int k = 0; k < 4; ++k) g[k] = l.d[k] * w;
+        scatter<acc_t>(c_ptr, j, cnt, g);
+      }
+    } else {
+      loss = box::paired_loss<V, acc_t>(p, t, prm);
+    }
+    loss = loss * w;
+    if (store) {
+      cpu::store<acc_t>(o_ptr + j, loss, cnt);
+      return V(acc_t(0));
+    }
+    return V::set(V(acc_t(0)), loss, cnt);
+  });
+}
+
+std::tuple<at::Tensor, at::Tensor> loss_forward_cpu(const at::Tensor& pred, const at::Tensor& target, const c10::optional<at::Tensor>& weight,
+                                                    int64_t kind, int64_t fmt, double eps, double power, double gamma, int64_t reduction,
+                                                    bool with_grad) {
+  const BoxLossArgs a = make_args(pred, target, weight, kind, fmt, eps, power, gamma, reduction);
+  const auto acc_options = pred.options().dtype(reduced_dtype(pred.scalar_type()));
+  at::Tensor out = a.reduction == Reduction::None ? at::empty({a.n}, pred.options()) : at::Tensor();
+  at::Tensor cache = with_grad ? at::empty({a.n, 4}, acc_options) : at::Tensor();
+  double total = 0;
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, pred.scalar_type(), "box_iou_loss_forward_cpu",
+                                  [&] { total = paired_cpu<scalar_t, false>(a, at::Tensor(), out, cache); });
+  if (!with_grad) cache = at::empty({0}, acc_options);
+  if (a.reduction == Reduction::None) return {out, cache};
+  if (a.reduction == Reduction::Mean) total /= static_cast<double>(a.n);
+  return {at::scalar_tensor(total, acc_options), cache};
+}
+
+at::Tensor loss_backward_cpu(const at::Tensor& grad, const at::Tensor& pred, const at::Tensor& target, const c10::optional<at::Tensor>& weight,
+                             int64_t kind, int64_t fmt, double eps, double power, double gamma, int64_t reduction) {
+  const BoxLossArgs a = make_args(pred, target, weight, kind, fmt, eps, power, gamma, reduction);
+  TORCH_CHECK(grad.device() == pred.device() && grad.is_contiguous(), "fastloss: upstream gradient must be contiguous on pred's device");
+  if (a.reduction == Reduction::None) {
+    TORCH_CHECK(grad.numel() == a.n && grad.scalar_type() == pred.scalar_type(), "fastloss: upstream gradient must have one value per box");
+  } else {
+    TORCH_CHECK(grad.numel() == 1 && grad.scalar_type() == reduced_dtype(pred.scalar_type()), "fastloss: upstream gradient must be a scalar");
+  }
+  at::Tensor out = at::empty({a.n, 4}, pred.options()), no_cache;
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, pred.scalar_type(), "box_iou_loss_backward_cpu",
+                                  [&] { paired_cpu<scalar_t, true>(a, grad, out, no_cache); });
+  return out;
+}
+
+
+// ======================================================================================
+// Pairwise / aligned matrices and the fused max
+// ======================================================================================
+
+struct MatrixArgs {
+  at::Tensor b1, b2;
+  int64_t B = 0, N = 0, M = 0;
+  int kind = 0, fmt = 0;
+  double eps = 0;
+};
+
+MatrixArgs make_matrix_args(const at::Tensor& b1, const at::Tensor& b2, int64_t kind, int64_t fmt, double eps, bool aligned) {
+  TORCH_CHECK(b1.is_floating_point() && b1.is_contiguous() && b1.dim() == 3 && b1.size(2) == 4,
+              "fastloss: `boxes1` must be a contiguous floating (B, N, 4) tensor");
+  TORCH_CHECK(b2.is_contiguous() && b2.dim() == 3 && b2.size(2) == 4 && b2.size(0) == b1.size(0) && b2.scalar_type() == b1.scalar_type() &&
+                  b2.device() == b1.device(),
+              "fastloss: `boxes2` must be a contiguous (B, M, 4) tensor of boxes1's dtype and device");
+  TORCH_CHECK(!aligned || b2.size(1) == b1.size(1), "fastloss: aligned boxes need N == M");
+  check_kind_fmt(kind, box::kMCIoU, fmt);
+  MatrixArgs a;
+  a.b1 = b1;
+  a.b2 = b2;
+  a.B = b1.size(0);
+  a.N = b1.size(1);
+  a.M = b2.size(1);
+  a.kind = static_cast<int>(kind);
+  a.fmt = static_cast<int>(fmt);
+  a.eps = eps;
+  return a;
+}
+
+// boxes (B, M, 4) -> coordinate-major (B, 4, M) in acc_t, so the kernels load full vectors
+template <typename acc_t, typename scalar_t>
+std::vector<acc_t> soa(const at::Tensor& b) {
+  const int64_t B = b.size(0), M = b.size(1);
+  std::vector<acc_t> out(static_cast<size_t>(B * 4 * M));
+  const scalar_t* src = b.const_data_ptr<scalar_t>();
+  at::parallel_for(0, B * M, 4096, [&](int64_t i0, int64_t i1) {
+    for (int64_t i = i0; i < i1; ++i) {
+      const int64_t bb = i / M, m = i - bb * M;
+      for (int k = 0; k < 4; ++k) out[static_cast<size_t>((bb * 4 + k) * M + m)] = static_cast<acc_t>(src[i * 4 + k]);
+    }
+  });
+  return out;
+}
+
+template <typename acc_t>
+inline void load_soa(const acc_t* base, int64_t M, int64_t m, int64_t cnt, Vec<acc_t> out[4]) {
+  for (int k = 0; k < 4; ++k) out[k] = cpu::load<acc_t>(base + k * M + m, cnt);
+}
+
+template <typename scalar_t>
+at::Tensor matrix_forward_impl(const MatrixArgs& a, bool aligned) {
+  using acc_t = at::opmath_type<scalar_t>;
+  using V = Vec<acc_t>;
+  constexpr int64_t W = V::size();
+  at::Tensor out = aligned ? at::empty({a.B, a.N}, a.b1.options()) : at::empty({a.B, a.N, a.M}, a.b1.options());
+  if (out.numel() == 0) return out;
+  scalar_t* o = out.mutable_data_ptr<scalar_t>();
+  const acc_t eps = static_cast<acc_t>(a.eps);
+  const std::vector<acc_t> s2 = soa<acc_t, scalar_t>(a.b2);
+  if (aligned) {
+    const std::vector<acc_t> s1 = soa<acc_t, scalar_t>(a.b1);
+    const int64_t N = a.N;
+    at::parallel_for(0, a.B * N, 4096, [&](int64_t i0, int64_t i1) {
+      for (int64_t i = i0; i < i1;) {
+        const int64_t bb = i / N, n = i - bb * N;
+        const int64_t cnt = std::min({W, N - n, i1 - i});
+        V x[4], y[4];
+        load_soa(s1.data() + bb * 4 * N, N, n, cnt, x);
+        load_soa(s2.data() + bb * 4 * N, N, n, cnt, y);
+        cpu::store<acc_t>(o + i, box::pair_metric<V, acc_t>(x, y, a.kind, a.fmt, eps), cnt);
+        i += cnt;
+      }
+    });
+    return out;
+  }
+  const scalar_t* p1 = a.b1.const_data_ptr<scalar_t>();
+  const int64_t M = a.M;
+  const int64_t grain = std::max<int64_t>(1, 32768 / std::max<int64_t>(M, 1));
+  at::parallel_for(0, a.B * a.N, grain, [&](int64_t r0, int64_t r1) {
+    for (int64_t r = r0; r < r1; ++r) {
+      const int64_t bb = r / a.N;
+      V x[4];
+      for (int k = 0; k < 4; ++k) x[k] = V(static_cast<acc_t>(p1[r * 4 + k]));
+      const acc_t* base = s2.data() + bb * 4 * M;
+      scalar_t* orow = o + r * M;
+      for (int64_t m = 0; m < M; m += W) {
+        const int64_t cnt = std::min(W, M - m);
+        V y[4];
+        load_soa(base, M, m, cnt, y);
+        cpu::store<acc_t>(orow + m, box::pair_metric<V, acc_t>(x, y, a.kind, a.fmt, eps), cnt);
+      }
+    }
+  });
+  return out;
+}
+
+at::Tensor matrix_forward_cpu(const at::Tensor& b1, const at::Tensor& b2, int64_t kind, int64_t fmt, double eps, bool aligned) {
+  const MatrixArgs a = make_matrix_args(b1, b2, kind, fmt, eps, aligned);
+  at::Tensor out;
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, b1.scalar_type(), "box_iou_cpu", [&] { out = matrix_forward_impl<scalar_t>(a, aligned); });
+  return out;
+}
+
+template <typename scalar_t>
+std::tuple<at::Tensor, at::Tensor> matrix_backward_impl(const at::Tensor& grad, const MatrixArgs& a, bool aligned) {
+  using acc_t = at::opmath_type<scalar_t>;
+  using V = Vec<acc_t>;
+  using D = box::Dual<V, acc_t>;
+  constexpr int64_t W = V::size();
+  at::Tensor g1 = at::empty({a.B, a.N, 4}, a.b1.options());
+  at::Tensor g2 = at::empty({a.B, a.M, 4}, a.b1.options());
+  scalar_t* o1 = g1.mutable_data_ptr<scalar_t>();
+  scalar_t* o2 = g2.mutable_data_ptr<scalar_t>();
+  const scalar_t* gp = grad.const_data_ptr<scalar_t>();
+  const acc_t eps = static_cast<acc_t>(a.eps);
+  const std::vector<acc_t> s1 = soa<acc_t, scalar_t>(a.b1);
+  const std::vector<acc_t> s2 = soa<acc_t, scalar_t>(a.b2);
+  const int64_t N = a.N, M = a.M;
+  if (aligned) {
+    at::parallel_for(0, a.B * N, 4096, [&](int64_t i0, int64_t i1) {
+      for (int64_t i = i0; i < i1;) {
+        const int64_t bb = i / N, n = i - bb * N;
+        const int64_t cnt = std::min({W, N - n, i1 - i});
+        V x[4], y[4];
+        load_soa(s1.data() + bb * 4 * N, N, n, cnt, x);
+        load_soa(s2.data() + bb * 4 * N, N, n, cnt, y);
+        const V up = cpu::load<acc_t>(gp + i, cnt);
+        D xd[4], yd[4];
+        for (int k = 0; k < 4; ++k) {
+          xd[k] = D::seed(x[k], k);
+          yd[k] = D::seed(y[k], k);
+        }
+        const D m1 = box::pair_metric<V, acc_t>(xd, y, a.kind, a.fmt, eps);
+        const D m2 = box::pair_metric<V, acc_t>(x, yd, a.kind, a.fmt, eps);
+        V r1[4], r2[4];
+        for (int k = 0; k < 4; ++k) {
+          r1[k] = m1.d[k] * up;
+          r2[k] = m2.d[k] * up;
+        }
+        scatter<acc_t>(o1, i, cnt, r1);
+        scatter<acc_t>(o2, i, cnt, r2);
+        i += cnt;
+      }
+    });
+    return {g1, g2};
+  }
+  // pass 1: grad1[b, n] = sum_m grad[b, n, m] d metric / d boxes1[b, n]   (lanes over m, fixed order)
+  const int64_t grain1 = std::max<int64_t>(1, 8192 / std::max<int64_t>(M, 1));
+  at::parallel_for(0, a.B * N, grain1, [&](int64_t r0, int64_t r1) {
+    for (int64_t r = r0; r < r1; ++r) {
+      const int64_t bb = r / N, n = r - bb * N;
+      D x[4];
+      for (int k = 0; k < 4; ++k) x[k] = D::seed(V(s1[static_cast<size_t>((bb * 4 + k) * N + n)]), k);
+      const acc_t* base = s2.data() + bb * 4 * M;
+      const scalar_t* grow = gp + r * M;
+      V acc[4] = {V(acc_t(0)), V(acc_t(0)), V(acc_t(0)), V(acc_t(0))};
+      for (int64_t m = 0; m < M; m += W) {
+        const int64_t cnt = std::min(W, M - m);
+        V y[4];
+        load_soa(base, M, m, cnt, y);
+        const V up = cpu::load<acc_t>(grow + m, cnt);  // zero past cnt
+        const D d = box::pair_metric<V, acc_t>(x, y, a.kind, a.fmt, eps);
+        for (int k = 0; k < 4; ++k) acc[k] = acc[k] + V::set(V(acc_t(0)), d.d[k] * up, cnt);
+      }
+      for (int k = 0; k < 4; ++k) o1[r * 4 + k] = static_cast<scalar_t>(cpu::hsum(acc[k]));
+    }
+  });
+  // pass 2: grad2[b, m] = sum_n grad[b, n, m] d metric / d boxes2[b, m]   (lanes over m, loop over n in order)
+  const int64_t chunks = (M + W - 1) / W;
+  at::parallel_for(0, a.B * chunks, std::max<int64_t>(1, 256 / std::max<int64_t>(N, 1)), [&](int64_t c0, int64_t c1) {
+    for (int64_t c = c0; c < c1; ++c) {
+      const int64_t bb = c / chunks, m = (c - bb * chunks) * W;
+      const int64_t cnt = std::min(W, M - m);
+      V y[4];
+      load_soa(s2.data() + bb * 4 * M, M, m, cnt, y);
+      D yd[4];
+      for (int k = 0; k < 4; ++k) yd[k] = D::seed(y[k], k);
+      V acc[4] = {V(acc_t(0)), V(acc_t(0)), V(acc_t(0)), V(acc_t(0))};
+      for (int64_t n = 0; n < N; ++n) {
+        V x[4];
+        for (int k = 0; k < 4; ++k) x[k] = V(s1[static_cast<size_t>((bb * 4 + k) * N + n)]);
+        const V up = cpu::load<acc_t>(gp + (bb * N + n) * M + m, cnt);
+        const D d = box::pair_metric<V, acc_t>(x, yd, a.kind, a.fmt, eps);
+        for (int k = 0; k < 4; ++k) acc[k] = acc[k] + d.d[k] * up;
+      }
+      scatter<acc_t>(o2, bb * M + m, cnt, acc);
+    }
+  });
+  return {g1, g2};
+}
+
+std::tuple<at::Tensor, at::Tensor> matrix_backward_cpu(const at::Tensor& grad, const at::Tensor& b1, const at::Tensor& b2, int64_t kind, int64_t fmt,
+                                                       double eps, bool aligned) {
+  const MatrixArgs a = make_matrix_args(b1, b2, kind, fmt, eps, aligned);
+  TORCH_CHECK(grad.is_contiguous() && grad.scalar_type() == b1.scalar_type() && grad.device() == b1.device() &&
+                  grad.numel() == (aligned ? a.B * a.N : a.B * a.N * a.M),
+              "fastloss: upstream gradient of box_iou must be contiguous and match the output");
+  std::tuple<at::Tensor, at::Tensor> out;
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, b1.scalar_type(), "box_iou_backward_cpu",
+                                  [&] { out = matrix_backward_impl<scalar_t>(grad, a, aligned); });
+  return out;
+}
+
+// max over dim: dim_code 1 -> over boxes2 (one result per box of boxes1, (B, N));
+// dim_code 0 -> over boxes1 (one result per box of boxes2, (B, M)).  The first index wins ties;
+// NaN is the maximum (as torch.max); values in the input dtype, indices int64.
+template <typename scalar_t>
+std::tuple<at::Tensor, at::Tensor> max_impl(const MatrixArgs& a, int64_t dim_code) {
+  using acc_t = at::opmath_type<scalar_t>;
+  using V = Vec<acc_t>;
+  constexpr int64_t W = V::size();
+  const acc_t eps = static_cast<acc_t>(a.eps);
+  const int64_t N = a.N, M = a.M;
+  const int64_t R = dim_code == 1 ? N : M;  // results per batch
+  const int64_t L = dim_code == 1 ? M : N;  // reduced length
+  at::Tensor vals = at::empty({a.B, R}, a.b1.options());
+  at::Tensor idx = at::empty({a.B, R}, a.b1.options().dtype(at::kLong));
+  if (vals.numel() == 0) return {vals, idx};
+  TORCH_CHECK(L > 0, "fastloss: box_iou_max over an empty set of boxes");
+  TORCH_CHECK(L <= (int64_t(1) << std::numeric_limits<acc_t>::digits), "fastloss: box_iou_max: too many boxes to reduce over for this dtype");
+  scalar_t* vo = vals.mutable_data_ptr<scalar_t>();
+  int64_t* io = idx.mutable_data_ptr<int64_t>();
+  const std::vector<acc_t> s1 = soa<acc_t, scalar_t>(a.b1);
+  const std::vector<acc_t> s2 = soa<acc_t, scalar_t>(a.b2);
+  const int64_t chunks = (R + W - 1) / W;
+  // lanes over the results; loop over the reduced boxes in order (first max wins, NaN wins)
+  at::parallel_for(0, a.B * chunks, 1, [&](int64_t c0, int64_t c1) {
+    for (int64_t c = c0; c < c1; ++c) {
+      const int64_t bb = c / chunks, r = (c - bb * chunks) * W;
+      const int64_t cnt = std::min(W, R - r);
+      const acc_t* own = (dim_code == 1 ? s1.data() + bb * 4 * N : s2.data() + bb * 4 * M);
+      const acc_t* other = (dim_code == 1 ? s2.data() + bb * 4 * M : s1.data() + bb * 4 * N);
+      V x[4];
+      load_soa(own, R, r, cnt, x);
+      V best(-std::numeric_limits<acc_t>::infinity()), best_i(acc_t(0));
+      V found_nan(acc_t(0));
+      for (int64_t l = 0; l < L; ++l) {
+        V y[4];
+        for (int k = 0; k < 4; ++k) y[k] = V(other[k * L + l]);
+        const V v = dim_code == 1 ? box::pair_metric<V, acc_t>(x, y, a.kind, a.fmt, eps) : box::pair_metric<V, acc_t>(y, x, a.kind, a.fmt, eps);
+        const V take = ((v > best) | (v != v)) & (found_nan == V(acc_t(0)));
+        best = V::blendv(best, v, take);
+        best_i = V::blendv(best_i, V(static_cast<acc_t>(l)), take);
+        found_nan = found_nan | (v != v);
+      }
+      alignas(64) acc_t bv[W], bi[W];
+      best.store(bv);
+      best_i.store(bi);
+      for (int64_t i = 0; i < cnt; ++i) {
+        vo[bb * R + r + i] = static_cast<scalar_t>(bv[i]);
+        io[bb * R + r + i] = static_cast<int64_t>(bi[i]);
+      }
+    }
+  });
+  return {vals, idx};
+}
+
+std::tuple<at::Tensor, at::Tensor> max_cpu(const at::Tensor& b1, const at::Tensor& b2, int64_t kind, int64_t fmt, double eps, int64_t dim_code) {
+  const MatrixArgs a = make_matrix_args(b1, b2, kind, fmt, eps, false);
+  TORCH_CHECK(dim_code == 0 || dim_code == 1, "fastloss: box_iou_max dim code must be 0 (over boxes1) or 1 (over boxes2)");
+  std::tuple<at::Tensor, at::Tensor> out;
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, b1.scalar_type(), "box_iou_max_cpu", [&] { out = max_impl<scalar_t>(a, dim_code); });
+  return out;
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(fastloss, CPU, m) {
+  m.impl("box_iou_loss_forward_native", &loss_forward_cpu);
+  m.impl("box_iou_loss_backward_native", &loss_backward_cpu);
+  m.impl("box_iou_native", &matrix_forward_cpu);
+  m.impl("box_iou_backward_native", &matrix_backward_cpu);
+  m.impl("box_iou_max_native", &max_cpu);
+}
+
+}  // namespace fastloss

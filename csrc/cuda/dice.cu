@@ -1,0 +1,340 @@
+// Dice / Tversky / Jaccard (+ fused cross entropy), CUDA kernels: the two passes of
+// csrc/kernels/dice.h over (N, C, S) logits read in place (channel-first; consecutive threads
+// read consecutive pixels of one class: coalesced).
+//   pass 1: grid (spatial blocks, N); each thread owns kPPT pixels of the block; an online
+//           softmax pass gives max / sum per pixel, then per class the thread's I, P', G' are
+//           reduced over the block (warp shuffles + shared memory, fixed order) into
+//           partial[n, blk, c, :]; one at::sum over the block axis finishes: deterministic,
+//           no float atomics.
+//   pass 2: the same tiling; dL/dlogits through the softmax/sigmoid Jacobian, recomputing
+//           the softmax (the repeated reads of a block's logits hit L2).
+// Out-of-range labels are not checked on the GPU (that would need a host sync): they match
+// no class (the pixel counts in P' only; CE term 0).
+#include <ATen/Dispatch.h>
+#include <ATen/OpMathType.h>
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
+#include <ATen/ops/empty_like.h>
+#include <ATen/ops/sum.h>
+#include <ATen/ops/zeros.h>
+#include <c10/cuda/CUDAException.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
+#include <torch/library.h>
+
+#include <cmath>
+#include <tuple>
+
+#include "fastloss/cuda_reduce.cuh"
+#include "kernels/dice.h"
+
+namespace fastloss {
+namespace {
+
+constexpr int kThreads = 256;
+constexpr int kPPT = 4;                        // pixels per thread
+constexpr int64_t kPix = kThreads * kPPT;      // pixels per block
+
+__device__ __forceinline__ float dlog(float x) { return ::logf(x); }
+__device__ __forceinline__ double dlog(double x) { return ::log(x); }
+
+template <typename scalar_t, typename label_t>
+struct DicePtrs {
+  const scalar_t* x;
+  const label_t* labels;  // (N, S) or nullptr
+  const scalar_t* t;      // (N, C, S) float target or nullptr
+};
+
+struct DiceDims {
+  int64_t C, S, nblk;
+  int activation;
+  bool squared, has_ignore, binary;
+  int64_t ignore_index;
+};
+
+// Per-pixel state of a thread: pixel mask, label, softmax max and 1/sum.
+template <typename acc_t>
+struct Pixel {
+  bool in;
+  acc_t m;
+  int64_t lab;
+  acc_t mx, inv;
+};
+
+template <typename acc_t, typename scalar_t, typename label_t>
+__device__ __forceinline__ void pixel_setup(const DicePtrs<scalar_t, label_t>& p, const DiceDims& d, int64_t n, int64_t s,
+                                            Pixel<acc_t>& px) {
+  px.in = s < d.S;
+  px.m = acc_t(px.in ? 1 : 0);
+  px.lab = -1;
+  px.mx = acc_t(0);
+  px.inv = acc_t(1);
+  if (!px.in) return;
+  if (p.labels != nullptr) {
+    const int64_t l = static_cast<int64_t>(p.labels[n * d.S + s]);
+    if (d.has_ignore && l == d.ignore_index) {
+      px.m = acc_t(0);
+    } else {
+      px.lab = l;
+    }
+  }
+  if (d.activation == dice::kSoftmax) {
+    const scalar_t* xp = p.x + n * d.C * d.S + s;
+    acc_t mx = -static_cast<acc_t>(INFINITY), sum = acc_t(0);
+    for (int64_t c = 0; c < d.C; ++c) {  // online softmax: one read of the pixel's logits
+      const acc_t v = static_cast<acc_t>(xp[c * d.S]);
+      if (v > mx) {
+        sum = sum * fl::exp(mx - v) + acc_t(1);
+        mx = v;
+      } else {
+        sum += fl::exp(v - mx);  // NaN v lands here: NaN propagates through sum
+      }
+    }
+    px.mx = mx;
+    px.inv = acc_t(1) / sum;
+  }
+}
+
+// g and the element mask of class c at pixel s.
+template <typename acc_t, typename scalar_t, typename label_t>
+__device__ __forceinline__ void target_at(const DicePtrs<scalar_t, label_t>& p, const DiceDims& d, const Pixel<acc_t>& px,
+                                          int64_t idx, int64_t c, acc_t& g, acc_t& mc) {
+  if (p.labels != nullptr) {
+    g = acc_t(px.lab == (d.binary ? 1 : c) ? 1 : 0);
+    mc = px.m;
+  } else {
+    g = static_cast<acc_t>(p.t[idx]);
+    mc = px.m;
+    if (d.has_ignore && g == static_cast<acc_t>(d.ignore_index)) mc = acc_t(0);
+    g = mc != acc_t(0) ? g : acc_t(0);
+  }
+}
+
+template <typename acc_t>
+__device__ __forceinline__ acc_t prob(acc_t x, const Pixel<acc_t>& px, int activation) {
+  if (activation == dice::kSoftmax) return fl::exp(x - px.mx) * px.inv;
+  if (activation == dice::kSigmoid) {
+    acc_t sp, sn;
+    dice::sigmoid2(x, sp, sn);
+    return sp;
+  }
+  return x;
+}
+
+template <typename scalar_t, typename label_t>
+__global__ void __launch_bounds__(kThreads) dice_sums_kernel(DicePtrs<scalar_t, label_t> p, DiceDims d, bool with_ce,
+                                                             at::opmath_type<scalar_t>* part, at::opmath_type<scalar_t>* cepart) {
+  using acc_t = at::opmath_type<scalar_t>;
+  const int64_t blk = blockIdx.x, n = blockIdx.y;
+  Pixel<acc_t> px[kPPT];
+#pragma unroll
+  for (int k = 0; k < kPPT; ++k) pixel_setup(p, d, n, blk * kPix + k * kThreads + threadIdx.x, px[k]);
+  acc_t ce = acc_t(0), cnt = acc_t(0), gsum[kPPT], gx[kPPT];
+#pragma unroll
+  for (int k = 0; k < kPPT; ++k) gsum[k] = gx[k] = acc_t(0);
+  acc_t* out = part + (n * d.nblk + blk) * d.C * 3;
+  for (int64_t c = 0; c < d.C; ++c) {
+    acc_t I = 0, P = 0, G = 0;
+#pragma unroll
+    for (int k = 0; k < kPPT; ++k) {
+      const int64_t s = blk * kPix + k * kThreads + threadIdx.x;
+      if (!px[k].in) continue;
+      const int64_t idx = (n * d.C + c) * d.S + s;
+      const acc_t x = static_cast<acc_t>(p.x[idx]);
+      acc_t g, mc;
+      target_at(p, d, px[k], idx, c, g, mc);
+      const acc_t pr = prob(x, px[k], d.activation);
+      I += mc * pr * g;
+      P += mc * (d.squared ? pr * pr : pr);
+      G += mc * (d.squared ? g * g : g);
+      if (with_ce) {
+        if (d.activation == dice::kSoftmax) {
+          gsum[k] += g;
+          gx[k] += g * x;
+        } else if (mc != acc_t(0)) {
+          ce += dice::bce(x, g);
+          cnt += mc;
+        }
+      }
+    }
+    I = block_sum<kThreads>(I);
+    P = block_sum<kThreads>(P);
+    G = block_sum<kThreads>(G);
+    if (threadIdx.x == 0) {
+      out[3 * c] = I;
+      out[3 * c + 1] = P;
+      out[3 * c + 2] = G;
+    }
+  }
+  if (with_ce) {
+    if (d.activation == dice::kSoftmax) {
+#pragma unroll
+      for (int k = 0; k < kPPT; ++k) {
+        if (px[k].in && px[k].m != acc_t(0)) {
+          ce += gsum[k] * (px[k].mx - dlog(px[k].inv)) - gx[k];  // lse = mx + log(sum)
+          cnt += px[k].m;
+        }
+      }
+    }
+    ce = block_sum<kThreads>(ce);
+    cnt = block_sum<kThreads>(cnt);
+    if (threadIdx.x == 0) {
+      cepart[(n * d.nblk + blk) * 2] = ce;
+      cepart[(n * d.nblk + blk) * 2 + 1] = cnt;
+    }
+  }
+}
+
+template <typename scalar_t, typename label_t>
+__global__ void __launch_bounds__(kThreads) dice_grad_kernel(DicePtrs<scalar_t, label_t> p, DiceDims d,
+                                                             const at::opmath_type<scalar_t>* coef,
+                                                             const at::opmath_type<scalar_t>* cecoef, scalar_t* out) {
+  using acc_t = at::opmath_type<scalar_t>;
+  const int64_t blk = blockIdx.x, n = blockIdx.y;
+  const acc_t e = cecoef != nullptr ? cecoef[n * 2] : acc_t(0);
+  const acc_t* cn = coef + n * d.C * 3;
+#pragma unroll
+  for (int k = 0; k < kPPT; ++k) {
+    const int64_t s = blk * kPix + k * kThreads + threadIdx.x;
+    Pixel<acc_t> px;
+    pixel_setup(p, d, n, s, px);
+    if (!px.in) continue;
+    if (d.activation == dice::kSoftmax) {
+      acc_t dot = 0, gs = 0;
+      for (int64_t c = 0; c < d.C; ++c) {
+        const int64_t idx = (n * d.C + c) * d.S + s;
+        acc_t g, mc;
+        target_at(p, d, px, idx, c, g, mc);
+        const acc_t pr = prob(static_cast<acc_t>(p.x[idx]), px, d.activation);
+        dot += pr * dice::dloss_dp(pr, g, mc, cn[3 * c], cn[3 * c + 1], d.squared);
+        gs += g;
+      }
+      for (int64_t c = 0; c < d.C; ++c) {
+        const int64_t idx = (n * d.C + c) * d.S + s;
+        acc_t g, mc;
+        target_at(p, d, px, idx, c, g, mc);
+        const acc_t pr = prob(static_cast<acc_t>(p.x[idx]), px, d.activation);
+        acc_t r = pr * (dice::dloss_dp(pr, g, mc, cn[3 * c], cn[3 * c + 1], d.squared) - dot);
+        if (cecoef != nullptr) r += e * mc * (gs * pr - g);
+        out[idx] = static_cast<scalar_t>(r);
+      }
+    } else {
+      for (int64_t c = 0; c < d.C; ++c) {
+        const int64_t idx = (n * d.C + c) * d.S + s;
+        const acc_t x = static_cast<acc_t>(p.x[idx]);
+        acc_t g, mc;
+        target_at(p, d, px, idx, c, g, mc);
+        acc_t r;
+        if (d.activation == dice::kSigmoid) {
+          acc_t sp, sn;
+          dice::sigmoid2(x, sp, sn);
+          r = sp * sn * dice::dloss_dp(sp, g, mc, cn[3 * c], cn[3 * c + 1], d.squared);
+          if (cecoef != nullptr) r += e * mc * (sp - g);
+        } else {
+          r = dice::dloss_dp(x, g, mc, cn[3 * c], cn[3 * c + 1], d.squared);
+        }
+        out[idx] = static_cast<scalar_t>(r);
+      }
+    }
+  }
+}
+
+DiceDims make_dims(const dice::Args& a) {
+  DiceDims d;
+  d.C = a.C;
+  d.S = a.S;
+  d.nblk = (a.S + kPix - 1) / kPix;
+  d.activation = static_cast<int>(a.activation);
+  d.squared = a.squared;
+  d.has_ignore = a.has_ignore;
+  d.ignore_index = a.ignore_index;
+  d.binary = a.C == 1 && a.activation != dice::kSoftmax;
+  return d;
+}
+
+template <typename F>
+void dispatch_labels(const dice::Args& a, const F& f) {
+  if (!a.labels) return f(static_cast<int64_t*>(nullptr));
+  switch (a.target.scalar_type()) {
+    case at::kByte: return f(static_cast<uint8_t*>(nullptr));
+    case at::kInt: return f(static_cast<int32_t*>(nullptr));
+    default: return f(static_cast<int64_t*>(nullptr));
+  }
+}
+
+template <typename scalar_t, typename label_t>
+DicePtrs<scalar_t, label_t> make_ptrs(const dice::Args& a) {
+  DicePtrs<scalar_t, label_t> p;
+  p.x = a.input.const_data_ptr<scalar_t>();
+  p.labels = a.labels ? a.target.const_data_ptr<label_t>() : nullptr;
+  p.t = a.labels ? nullptr : a.target.const_data_ptr<scalar_t>();
+  return p;
+}
+
+std::tuple<at::Tensor, at::Tensor> sums_cuda_op(const at::Tensor& input, const at::Tensor& target, int64_t activation, bool squared,
+                                                c10::optional<int64_t> ignore_index, bool with_ce) {
+  const c10::cuda::CUDAGuard guard(input.device());
+  const dice::Args a = dice::make_args(input, target, activation, squared, ignore_index);
+  TORCH_CHECK(a.N <= 65535, "fastloss dice (CUDA): batch size N must be <= 65535");
+  const auto acc_opt = input.options().dtype(input.scalar_type() == at::kDouble ? at::kDouble : at::kFloat);
+  if (a.N * a.C * a.S == 0) {
+    return {at::zeros({a.N, a.C, 3}, acc_opt), with_ce ? at::zeros({a.N, 2}, acc_opt) : at::empty({0}, acc_opt)};
+  }
+  const DiceDims d = make_dims(a);
+  at::Tensor part = at::empty({a.N, d.nblk, a.C, 3}, acc_opt);
+  at::Tensor cepart = at::empty({with_ce ? a.N : 1, with_ce ? d.nblk : 1, 2}, acc_opt);
+  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), "dice_sums_cuda", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    dispatch_labels(a, [&](auto* tag) {
+      using label_t = std::remove_pointer_t<decltype(tag)>;
+      const dim3 grid(static_cast<unsigned>(d.nblk), static_cast<unsigned>(a.N));
+      dice_sums_kernel<scalar_t, label_t><<<grid, kThreads, 0, stream>>>(make_ptrs<scalar_t, label_t>(a), d, with_ce,
+                                                                          part.mutable_data_ptr<acc_t>(), cepart.mutable_data_ptr<acc_t>());
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+    });
+  });
+  at::Tensor sums = at::sum(part, {1});
+  at::Tensor ce = with_ce ? at::sum(cepart, {1}) : at::empty({0}, acc_opt);
+  return {sums, ce};
+}
+
+at::Tensor grad_cuda_op(const at::Tensor& grad_sums, const at::Tensor& grad_ce, const at::Tensor& input, const at::Tensor& target,
+                        int64_t activation, bool squared, c10::optional<int64_t> ignore_index) {
+  const c10::cuda::CUDAGuard guard(input.device());
+  const dice::Args a = dice::make_args(input, target, activation, squared, ignore_index);
+  TORCH_CHECK(a.N <= 65535, "fastloss dice (CUDA): batch size N must be <= 65535");
+  const auto acc_t_type = input.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+  TORCH_CHECK(grad_sums.device() == input.device() && grad_sums.scalar_type() == acc_t_type && grad_sums.is_contiguous() &&
+                  grad_sums.numel() == a.N * a.C * 3,
+              "fastloss dice: grad_sums must be a contiguous (N, C, 3) tensor in the accumulation dtype");
+  const bool with_ce = grad_ce.numel() > 0;
+  TORCH_CHECK(!with_ce || (grad_ce.device() == input.device() && grad_ce.scalar_type() == acc_t_type && grad_ce.is_contiguous() &&
+                           grad_ce.numel() == a.N * 2),
+              "fastloss dice: grad_ce must be empty or a contiguous (N, 2) tensor in the accumulation dtype");
+  at::Tensor out = at::empty_like(input);
+  if (out.numel() == 0) return out;
+  const DiceDims d = make_dims(a);
+  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), "dice_grad_cuda", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    dispatch_labels(a, [&](auto* tag) {
+      using label_t = std::remove_pointer_t<decltype(tag)>;
+      const dim3 grid(static_cast<unsigned>(d.nblk), static_cast<unsigned>(a.N));
+      dice_grad_kernel<scalar_t, label_t><<<grid, kThreads, 0, stream>>>(
+          make_ptrs<scalar_t, label_t>(a), d, grad_sums.const_data_ptr<acc_t>(), with_ce ? grad_ce.const_data_ptr<acc_t>() : nullptr,
+          out.mutable_data_ptr<scalar_t>());
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+    });
+  });
+  return out;
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(fastloss, CUDA, m) {
+  m.impl("dice_sums_native", &sums_cuda_op);
+  m.impl("dice_grad_native", &grad_cuda_op);
+}
+
+}  // namespace fastloss

@@ -1,0 +1,98 @@
+// Dice / Tversky / Jaccard over (N, C, S) logits: per-element math shared by csrc/cpu and
+// csrc/cuda, plus the host-side argument bundle of the compiled ops.
+//
+// Pass 1 ("sums") reduces, per image n and class c, over the pixels i (m = mask, 0 where the
+// target equals ignore_index; g = target; p = softmax over C | sigmoid | identity):
+//   I = sum m p g,  P' = sum m p (m p^2 if squared),  G' = sum m g (m g^2 if squared)
+// and, for the fused Dice + cross entropy, per image
+//   softmax: sum_i m ce_i,  ce_i = (sum_c g_c) lse_i - sum_c g_c x_ci,  count = sum_i m
+//   sigmoid: sum m bce(x, g) over elements,                          count = sum m
+// Pass 2 ("grad") gets a_nc = dL/dI, b_nc = dL/dP' (dL/dG' does not reach the logits) and
+// e_n = dL/d(ce sum), and writes
+//   d_ci   = m (a g + b (2 p if squared else 1))                  dL/dp
+//   softmax: dL/dx_k = p_k (d_k - sum_c p_c d_c) + e m ((sum_c g_c) p_k - g_k)
+//   sigmoid: dL/dx   = p (1 - p) d + e m (p - g);  identity: dL/dx = d
+// (the softmax is recomputed from the logits, never stored).  The finalisation (score,
+// log, gamma, class weights, reduction) is a few ops on the (N, C, 3) sums in Python.
+#pragma once
+
+#include "fastloss/common.h"
+
+namespace fastloss {
+namespace dice {
+
+enum Activation : int64_t { kIdentity = 0, kSigmoid = 1, kSoftmax = 2 };
+
+// sigmoid(x) and sigmoid(-x) = 1 - sigmoid(x) without cancellation.
+template <typename T>
+FL_HOST_DEVICE FL_INLINE void sigmoid2(T x, T& s_pos, T& s_neg) {
+  const T one(1);
+  const T e = fl::exp(-fl::abs(x));
+  const T inv = one / (one + e);
+  const auto nonneg = x >= T(0);
+  s_pos = fl::select(nonneg, inv, e * inv);
+  s_neg = fl::select(nonneg, e * inv, inv);
+}
+
+// BCE-with-logits: max(x, 0) - x g + log(1 + exp(-|x|)).
+template <typename T>
+FL_HOST_DEVICE FL_INLINE T bce(T x, T g) {
+  return fl::relu(x) - x * g + fl::log1p(fl::exp(-fl::abs(x)));
+}
+
+// dL/dp of one element: m (a g + b dP'/dp).
+template <typename T>
+FL_HOST_DEVICE FL_INLINE T dloss_dp(T p, T g, T m, T a, T b, bool squared) {
+  const T dP = squared ? T(2) * p : T(1);
+  return m * (a * g + b * dP);
+}
+
+}  // namespace dice
+}  // namespace fastloss
+
+#include <ATen/core/Tensor.h>
+#include <c10/util/Optional.h>
+
+namespace fastloss {
+namespace dice {
+
+// Host-side bundle of the compiled ops' arguments (calling convention: csrc/fastloss.cpp).
+struct Args {
+  at::Tensor input, target;
+  bool labels = false;
+  int64_t N = 0, C = 0, S = 0;
+  int64_t activation = kSoftmax;
+  bool squared = false, has_ignore = false;
+  int64_t ignore_index = 0;
+};
+
+inline Args make_args(const at::Tensor& input, const at::Tensor& target, int64_t activation, bool squared,
+                      const c10::optional<int64_t>& ignore_index) {
+  Args a;
+  TORCH_CHECK(input.dim() == 3 && input.is_floating_point() && input.is_contiguous(),
+              "fastloss dice: `input` must be a contiguous (N, C, S) floating tensor");
+  TORCH_CHECK(target.device() == input.device() && target.is_contiguous(), "fastloss dice: `target` must be contiguous on input's device");
+  TORCH_CHECK(activation >= 0 && activation <= 2, "fastloss dice: activation code must be 0, 1 or 2");
+  a.input = input;
+  a.target = target;
+  a.N = input.size(0);
+  a.C = input.size(1);
+  a.S = input.size(2);
+  a.activation = activation;
+  a.squared = squared;
+  a.has_ignore = ignore_index.has_value();
+  a.ignore_index = ignore_index.value_or(0);
+  const auto tt = target.scalar_type();
+  if (tt == at::kByte || tt == at::kInt || tt == at::kLong) {
+    a.labels = true;
+    TORCH_CHECK(target.dim() == 2 && target.size(0) == a.N && target.size(1) == a.S,
+                "fastloss dice: a label-map `target` must be (N, S) for (N, C, S) input");
+  } else {
+    TORCH_CHECK(tt == input.scalar_type() && target.sizes() == input.sizes(),
+                "fastloss dice: a float `target` must match `input` in dtype and shape");
+  }
+  return a;
+}
+
+}  // namespace dice
+}  // namespace fastloss

@@ -1,0 +1,475 @@
+"""IoU family: the public ops, their torch.library registration and autograd.
+
+Paired (aligned) losses, :func:`box_iou_loss`: two custom ops, ``fastloss::box_iou_loss``
+(forward, fake impl, autograd) and ``fastloss::box_iou_loss_backward`` (its own op), each
+calling the backend :mod:`fastloss._backend` picks; in eager mode the public function goes
+through :class:`BoxIoULossFunction` (the same impls, no custom-op dispatch; tests check
+both paths agree bit for bit).  The kinds and their exact formulas: fastloss/reference/box_iou.py.
+
+Gradient w.r.t. ``pred`` only (``target``/``weight`` requiring grad raise ValueError).
+Forward/backward fusion, as for the focal loss (fastloss/_backend.py STORE_GRAD_IN_FORWARD):
+on CPUs (compute-bound: atan2/exp/divisions per box) the forward also writes dL/dpred
+(16 B/box fp32) and the backward scales it; on GPUs (bandwidth-bound: 32 B/box of input)
+the backward re-reads pred/target and recomputes, which moves 32 B instead of 16 + 16 and
+keeps no (n, 4) buffer alive between forward and backward.
+"""
+import math
+from typing import Optional
+
+import torch
+from torch import Tensor
+
+from fastloss import _backend, _extension
+from fastloss.ops import _common
+from fastloss.reference import box_iou as reference
+
+OP = "box_iou_loss"
+KINDS = {k: i for i, k in enumerate(reference.KINDS)}
+METRICS = {k: i for i, k in enumerate(reference.METRICS)}
+FMTS = {k: i for i, k in enumerate(reference.FMTS)}
+
+
+def _forward_impl(pred, target, weight, kind, fmt, eps, power, gamma, reduction, store_grad, backend):
+    forward, _ = _backend.implementation(OP, pred.device, backend)
+    return forward(pred, target, weight, kind, fmt, eps, power, gamma, reduction, store_grad)
+
+
+def _backward_impl(grad, pred, target, weight, cache, kind, fmt, eps, power, gamma, reduction, backend):
+    if cache.shape == pred.shape:  # the forward stored dL/dpred * weight: only scale it
+        if reduction == 0:
+            return (cache * grad.to(cache.dtype)[:, None]).to(pred.dtype)
+        scale = grad / pred.shape[0] if reduction == 2 else grad
+        return (cache * scale).to(pred.dtype)
+    _, backward = _backend.implementation(OP, pred.device, backend)
+    return backward(grad, pred, target, weight, kind, fmt, eps, power, gamma, reduction)
+
+
+@torch.library.custom_op("fastloss::box_iou_loss", mutates_args=())
+def box_iou_loss_op(pred: Tensor, target: Tensor, weight: Optional[Tensor], kind: int, fmt: int, eps: float, power: float, gamma: float,
+                    reduction: int, store_grad: bool, backend: Optional[str]) -> tuple[Tensor, Tensor]:
+    """pred/target (n, 4); returns (loss, cache): cache = dL/dpred * weight if store_grad, else empty."""
+    return _forward_impl(pred, target, weight, kind, fmt, eps, power, gamma, reduction, store_grad, backend)
+
+
+@box_iou_loss_op.register_fake
+def _(pred, target, weight, kind, fmt, eps, power, gamma, reduction, store_grad, backend):
+    acc = _common.reduced_dtype(pred.dtype)
+    loss = pred.new_empty(pred.shape[:1]) if reduction == 0 else pred.new_empty((), dtype=acc)
+    return loss, pred.new_empty(pred.shape if store_grad else (0,), dtype=acc)
+
+
+@torch.library.custom_op("fastloss::box_iou_loss_backward", mutates_args=())
+def box_iou_loss_backward_op(grad: Tensor, pred: Tensor, target: Tensor, weight: Optional[Tensor], cache: Tensor, kind: int, fmt: int, eps: float,
+                             power: float, gamma: float, reduction: int, backend: Optional[str]) -> Tensor:
+    return _backward_impl(grad, pred, target, weight, cache, kind, fmt, eps, power, gamma, reduction, backend)
+
+
+@box_iou_loss_backward_op.register_fake
+def _(grad, pred, target, weight, cache, kind, fmt, eps, power, gamma, reduction, backend):
+    return torch.empty_like(pred)
+
+
+def _setup_context(ctx, inputs, output):
+    pred, target, weight, kind, fmt, eps, power, gamma, reduction, _store, backend = inputs
+    ctx.mark_non_differentiable(output[1])
+    ctx.save_for_backward(pred, target, weight, output[1])
+    ctx.args = (kind, fmt, eps, power, gamma, reduction, _backend.resolve(OP, pred.device, backend))
+
+
+def _backward(ctx, grad, _grad_cache):
+    pred, target, weight, cache = ctx.saved_tensors
+    kind, fmt, eps, power, gamma, reduction, backend = ctx.args
+    g = box_iou_loss_backward_op(grad.contiguous(), pred, target, weight, cache, kind, fmt, eps, power, gamma, reduction, backend)
+    return (g,) + (None,) * 10
+
+
+box_iou_loss_op.register_autograd(_backward, setup_context=_setup_context)
+
+
+class BoxIoULossFunction(torch.autograd.Function):
+    """The same forward/backward as the custom ops as an autograd.Function (eager fast path);
+    returns (loss, cache) like the op."""
+
+    @staticmethod
+    def forward(ctx, pred, target, weight, kind, fmt, eps, power, gamma, reduction, store_grad, backend):
+        loss, cache = _forward_impl(pred, target, weight, kind, fmt, eps, power, gamma, reduction, store_grad, backend)
+        ctx.mark_non_differentiable(cache)
+        ctx.save_for_backward(pred, target, weight, cache)
+        ctx.args = (kind, fmt, eps, power, gamma, reduction, _backend.resolve(OP, pred.device, backend))
+        return loss, cache
+
+    @staticmethod
+    def backward(ctx, grad, _grad_cache):
+        pred, target, weight, cache = ctx.saved_tensors
+        kind, fmt, eps, power, gamma, reduction, backend = ctx.args
+        g = _backward_impl(grad.contiguous(), pred, target, weight, cache, kind, fmt, eps, power, gamma, reduction, backend)
+        return (g,) + (None,) * 10
+
+
+# ------------------------------------------------------------------------- argument checks
+
+
+def _check_choice(name, value, choices):
+    if value not in choices:
+        raise ValueError(f"{name} must be one of {tuple(choices)}, got {value!r}")
+    return choices[value]
+
+
+def check_boxes(name, b):
+    if not isinstance(b, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(b).__name__}")
+    if not b.is_floating_point():
+        raise ValueError(f"{name} must be a floating-point tensor (fp16/bf16/fp32/fp64), got {b.dtype}")
+    if b.dim() == 0 or b.shape[-1] != 4:
+        raise ValueError(f"{name} must have shape (..., 4) (one box per row), got {tuple(b.shape)}")
+
+
+def _check_scalars(eps, power, gamma):
+    if not eps >= 0:
+        raise ValueError(f"eps must be >= 0, got {eps}")
+    if not power > 0:
+        raise ValueError(f"power must be > 0, got {power}")
+    if not gamma >= 0:
+        raise ValueError(f"gamma must be >= 0, got {gamma}")
+
+
+def _prepare_weight(pred, weight):
+    if weight is None:
+        return None
+    if not isinstance(weight, torch.Tensor):
+        raise TypeError(f"weight must be a torch.Tensor or None, got {type(weight).__name__}")
+    _common.no_grad_required(weight=weight)
+    boxes = pred.shape[:-1]
+    dtype = _common.reduced_dtype(pred.dtype)
+    if weight.shape == pred.shape and weight.shape != boxes:
+        weight = weight.to(dtype).mean(-1)  # per coordinate -> per box (mmdetection)
+    else:
+        try:
+            ok = torch.broadcast_shapes(weight.shape, boxes) == boxes
+        except RuntimeError:
+            ok = False
+        if not ok:
+            raise ValueError(f"weight of shape {tuple(weight.shape)} must be per box {tuple(boxes)} (or broadcast to it) "
+                             f"or per coordinate {tuple(pred.shape)}")
+        weight = weight.to(dtype).expand(boxes)
+    return weight.reshape(-1).contiguous()
+
+
+def box_iou_loss(pred, target, kind="giou", reduction="mean", weight=None, avg_factor=None, fmt="xyxy", eps=1e-7, power=1.0, gamma=0.5, *,
+                 backend=None):
+    """Paired IoU-family loss of ``pred`` against ``target``, both (..., 4).
+
+    Args:
+        pred: predicted boxes (..., 4), fp16/bf16/fp32 (fp64 on CPU/reference); the box math
+            runs in fp32 (fp64 for fp64).  Differentiable.
+        target: target boxes of pred's shape (not differentiated).
+        kind: "iou" | "log_iou" | "giou" | "diou" | "ciou" | "eiou" | "focal_eiou" | "siou" |
+            "cdiou" -- formulas in :mod:`fastloss.reference.box_iou`.
+        reduction: "none" (pred.shape[:-1]) | "mean" | "sum".
+        weight: per box (pred.shape[:-1], or broadcastable) or per coordinate ((..., 4),
+            averaged over the coordinates as mmdetection does).
+        avg_factor: mmdetection's normaliser ("mean" -> sum / (avg_factor + eps)); a number or
+            a tensor kept on the device; error with "sum", ignored with "none".
+        fmt: "xyxy" | "xywh" | "cxcywh" (torchvision's names) for both pred and target.
+        eps: stabiliser, placed as torchvision does (IoU = I / (U + eps), ...).
+        power: alpha-IoU exponent (> 0; 1 = the plain losses).
+        gamma: Focal-EIoU exponent (>= 0).
+        backend: force a backend for this call.
+    """
+    check_boxes("pred", pred)
+    check_boxes("target", target)
+    if target.shape != pred.shape:
+        raise ValueError(f"target must have pred's shape {tuple(pred.shape)}, got {tuple(target.shape)}")
+    kind_code = _check_choice("kind", kind, KINDS)
+    fmt_code = _check_choice("fmt", fmt, FMTS)
+    code = _common.check_reduction(reduction, avg_factor)
+    _check_scalars(eps, power, gamma)
+    _common.check_same_device("pred", pred, target=target, weight=weight, avg_factor=avg_factor)
+    _common.no_grad_required(target=target)
+    w = _prepare_weight(pred, weight)
+    if avg_factor is not None and reduction == "mean":
+        code = _common.REDUCTIONS["sum"]
+    p = pred.reshape(-1, 4).contiguous()
+    t = target.to(pred.dtype).reshape(-1, 4).contiguous()
+    store_grad = pred.requires_grad and torch.is_grad_enabled() and _backend.store_grad_in_forward(pred.device)
+    args = (p, t, w, kind_code, fmt_code, float(eps), float(power), float(gamma), code, store_grad, backend)
+    if torch.compiler.is_compiling():
+        loss, _ = box_iou_loss_op(*args)
+    else:
+        loss, _ = BoxIoULossFunction.apply(*args)
+    if reduction == "none":
+        loss = loss.reshape(pred.shape[:-1])
+    return _common.finish(loss, pred.dtype, reduction, avg_factor)
+
+
+def _reference_forward(pred, target, weight, kind, fmt, eps, power, gamma, reduction, with_grad):
+    return reference.loss_forward(pred, target, weight, kind, fmt, eps, power, gamma, reduction, with_grad)
+
+
+def _reference_backward(grad, pred, target, weight, kind, fmt, eps, power, gamma, reduction):
+    return reference.loss_backward(grad, pred, target, weight, kind, fmt, eps, power, gamma, reduction)
+
+
+def _native_forward(pred, target, weight, kind, fmt, eps, power, gamma, reduction, with_grad):
+    return torch.ops.fastloss.box_iou_loss_forward_native(pred, target, weight, kind, fmt, eps, power, gamma, reduction, with_grad)
+
+
+def _native_backward(grad, pred, target, weight, kind, fmt, eps, power, gamma, reduction):
+    return torch.ops.fastloss.box_iou_loss_backward_native(grad, pred, target, weight, kind, fmt, eps, power, gamma, reduction)
+
+
+def _has_native(name):
+    return _extension.C is not None and hasattr(torch.ops.fastloss, name)
+
+
+_backend.register(OP, "reference", _reference_forward, _reference_backward)
+if _extension.has_cpu() and _has_native("box_iou_loss_forward_native"):
+    _backend.register(OP, "cpu", _native_forward, _native_backward)
+if _extension.has_cuda() and _has_native("box_iou_loss_forward_native"):
+    _backend.register(OP, "cuda", _native_forward, _native_backward)
+
+
+def _triton_forward(*args):
+    from fastloss.triton_kernels import box_iou as tk
+
+    return tk.loss_forward(*args)
+
+
+def _triton_backward(*args):
+    from fastloss.triton_kernels import box_iou as tk
+
+    return tk.loss_backward(*args)
+
+
+# registered lazily: the module (and Triton) is imported at the first call on this backend
+_backend.register(OP, "triton", _triton_forward, _triton_backward)
+
+
+# ========================================================================================
+# Pairwise / batched matrices: box_iou, and the fused max box_iou_max
+# ========================================================================================
+#
+# Kernel convention: boxes1 (B, N, 4), boxes2 (B, M, 4) contiguous, same dtype; out (B, N, M)
+# (aligned: N == M, out (B, N)) in the input dtype.  The backward returns (grad1, grad2) in
+# the input dtype from two deterministic passes: grad1 reduces over M per row of boxes1,
+# grad2 over N per box of boxes2 (fixed order, no atomics).
+
+MATRIX_OP = "box_iou"
+MAX_OP = "box_iou_max"
+
+
+def _matrix_forward_impl(b1, b2, kind, fmt, eps, aligned, backend):
+    forward, _ = _backend.implementation(MATRIX_OP, b1.device, backend)
+    return forward(b1, b2, kind, fmt, eps, aligned)
+
+
+def _matrix_backward_impl(grad, b1, b2, kind, fmt, eps, aligned, backend):
+    _, backward = _backend.implementation(MATRIX_OP, b1.device, backend)
+    return backward(grad, b1, b2, kind, fmt, eps, aligned)
+
+
+@torch.library.custom_op("fastloss::box_iou", mutates_args=())
+def box_iou_op(boxes1: Tensor, boxes2: Tensor, kind: int, fmt: int, eps: float, aligned: bool, backend: Optional[str]) -> Tensor:
+    return _matrix_forward_impl(boxes1, boxes2, kind, fmt, eps, aligned, backend)
+
+
+@box_iou_op.register_fake
+def _(boxes1, boxes2, kind, fmt, eps, aligned, backend):
+    shape = boxes1.shape[:2] if aligned else (boxes1.shape[0], boxes1.shape[1], boxes2.shape[1])
+    return boxes1.new_empty(shape)
+
+
+@torch.library.custom_op("fastloss::box_iou_backward", mutates_args=())
+def box_iou_backward_op(grad: Tensor, boxes1: Tensor, boxes2: Tensor, kind: int, fmt: int, eps: float, aligned: bool,
+                        backend: Optional[str]) -> tuple[Tensor, Tensor]:
+    return _matrix_backward_impl(grad, boxes1, boxes2, kind, fmt, eps, aligned, backend)
+
+
+@box_iou_backward_op.register_fake
+def _(grad, boxes1, boxes2, kind, fmt, eps, aligned, backend):
+    return torch.empty_like(boxes1), torch.empty_like(boxes2)
+
+
+def _matrix_setup_context(ctx, inputs, output):
+    b1, b2, kind, fmt, eps, aligned, backend = inputs
+    ctx.save_for_backward(b1, b2)
+    ctx.args = (kind, fmt, eps, aligned, _backend.resolve(MATRIX_OP, b1.device, backend))
+
+
+def _matrix_backward(ctx, grad):
+    b1, b2 = ctx.saved_tensors
+    kind, fmt, eps, aligned, backend = ctx.args
+    g1, g2 = box_iou_backward_op(grad.contiguous(), b1, b2, kind, fmt, eps, aligned, backend)
+    return g1, g2, None, None, None, None, None
+
+
+box_iou_op.register_autograd(_matrix_backward, setup_context=_matrix_setup_context)
+
+
+class BoxIoUFunction(torch.autograd.Function):
+    """Eager fast path of the pairwise/aligned matrices (the same impls as the custom ops)."""
+
+    @staticmethod
+    def forward(ctx, b1, b2, kind, fmt, eps, aligned, backend):
+        out = _matrix_forward_impl(b1, b2, kind, fmt, eps, aligned, backend)
+        ctx.save_for_backward(b1, b2)
+        ctx.args = (kind, fmt, eps, aligned, _backend.resolve(MATRIX_OP, b1.device, backend))
+        return out
+
+    @staticmethod
+    def backward(ctx, grad):
+        b1, b2 = ctx.saved_tensors
+        kind, fmt, eps, aligned, backend = ctx.args
+        g1, g2 = _matrix_backward_impl(grad.contiguous(), b1, b2, kind, fmt, eps, aligned, backend)
+        return g1, g2, None, None, None, None, None
+
+
+def _prepare_pair_sets(boxes1, boxes2, aligned):
+    check_boxes("boxes1", boxes1)
+    check_boxes("boxes2", boxes2)
+    _common.check_same_device("boxes1", boxes1, boxes2=boxes2)
+    if boxes1.dtype != boxes2.dtype:
+        raise ValueError(f"boxes1 and boxes2 must have the same dtype, got {boxes1.dtype} and {boxes2.dtype}")
+    if aligned:
+        if boxes1.shape != boxes2.shape:
+            raise ValueError(f"aligned=True needs boxes1 and boxes2 of the same shape, got {tuple(boxes1.shape)} and {tuple(boxes2.shape)}")
+        lead = boxes1.shape[:-2] if boxes1.dim() >= 2 else ()
+    else:
+        if boxes1.dim() < 2 or boxes2.dim() < 2:
+            raise ValueError(f"boxes1 and boxes2 must be (..., N, 4) and (..., M, 4), got {tuple(boxes1.shape)} and {tuple(boxes2.shape)}")
+        if boxes1.shape[:-2] != boxes2.shape[:-2]:
+            raise ValueError(f"boxes1 and boxes2 must have the same leading (batch) dims, got {tuple(boxes1.shape[:-2])} and "
+                             f"{tuple(boxes2.shape[:-2])}")
+        lead = boxes1.shape[:-2]
+    if boxes1.dim() < 2:  # aligned single box
+        b1, b2 = boxes1.reshape(1, 1, 4), boxes2.reshape(1, 1, 4)
+    else:
+        batch = math.prod(lead)
+        b1 = boxes1.reshape(batch, boxes1.shape[-2], 4).contiguous()
+        b2 = boxes2.reshape(batch, boxes2.shape[-2], 4).contiguous()
+    return b1, b2, lead
+
+
+def box_iou(boxes1, boxes2, kind="iou", fmt="xyxy", aligned=False, eps=1e-7, *, backend=None):
+    """Pairwise (or aligned) IoU-family matrix.
+
+    Args:
+        boxes1: (..., N, 4); boxes2: (..., M, 4) with the same leading (batch) dims and dtype.
+        kind: "iou" | "iof" (intersection over boxes1's area, mmcv) | "giou" | "diou" | "ciou"
+            (formulas in :mod:`fastloss.reference.box_iou`; CIoU's alpha is a constant in the
+            backward).
+        fmt: "xyxy" | "xywh" | "cxcywh".
+        aligned: False -> (..., N, M); True -> boxes of the same shape, (..., N).
+        eps: stabiliser (IoU = I / (U + eps)); padded all-zero boxes give 0, never NaN.
+
+    Differentiable w.r.t. both box sets, with a deterministic backward.
+    """
+    kind_code = _check_choice("kind", kind, METRICS)
+    fmt_code = _check_choice("fmt", fmt, FMTS)
+    if not eps >= 0:
+        raise ValueError(f"eps must be >= 0, got {eps}")
+    b1, b2, lead = _prepare_pair_sets(boxes1, boxes2, aligned)
+    args = (b1, b2, kind_code, fmt_code, float(eps), bool(aligned), backend)
+    if torch.compiler.is_compiling():
+        out = box_iou_op(*args)
+    else:
+        out = BoxIoUFunction.apply(*args)
+    if aligned:
+        return out.reshape(boxes1.shape[:-1])
+    return out.reshape(tuple(lead) + (boxes1.shape[-2], boxes2.shape[-2]))
+
+
+def _ref_matrix_forward(b1, b2, kind, fmt, eps, aligned):
+    return reference.matrix_forward(b1, b2, kind, fmt, eps, aligned)
+
+
+def _ref_matrix_backward(grad, b1, b2, kind, fmt, eps, aligned):
+    return reference.matrix_backward(grad, b1, b2, kind, fmt, eps, aligned)
+
+
+_backend.register(MATRIX_OP, "reference", _ref_matrix_forward, _ref_matrix_backward)
+
+
+def _native_matrix_forward(b1, b2, kind, fmt, eps, aligned):
+    return torch.ops.fastloss.box_iou_native(b1, b2, kind, fmt, eps, aligned)
+
+
+def _native_matrix_backward(grad, b1, b2, kind, fmt, eps, aligned):
+    return torch.ops.fastloss.box_iou_backward_native(grad, b1, b2, kind, fmt, eps, aligned)
+
+
+if _extension.has_cpu() and _has_native("box_iou_native"):
+    _backend.register(MATRIX_OP, "cpu", _native_matrix_forward, _native_matrix_backward)
+
+
+# ----------------------------------------------------------------------------- fused max
+
+
+@torch.library.custom_op("fastloss::box_iou_max", mutates_args=())
+def box_iou_max_op(boxes1: Tensor, boxes2: Tensor, kind: int, fmt: int, eps: float, dim: int, backend: Optional[str]) -> tuple[Tensor, Tensor]:
+    """dim 1: max over boxes2 -> (B, N); dim 0: max over boxes1 -> (B, M).  Forward only."""
+    forward, _ = _backend.implementation(MAX_OP, boxes1.device, backend)
+    return forward(boxes1, boxes2, kind, fmt, eps, dim)
+
+
+@box_iou_max_op.register_fake
+def _(boxes1, boxes2, kind, fmt, eps, dim, backend):
+    shape = (boxes1.shape[0], boxes1.shape[1] if dim == 1 else boxes2.shape[1])
+    return boxes1.new_empty(shape), boxes1.new_empty(shape, dtype=torch.int64)
+
+
+def box_iou_max(boxes1, boxes2, kind="iou", dim=-1, fmt="xyxy", eps=1e-7, *, backend=None):
+    """``box_iou(boxes1, boxes2, kind, fmt).max(dim)`` without writing the (..., N, M) matrix.
+
+    Args:
+        boxes1: (..., N, 4); boxes2: (..., M, 4), same leading (batch) dims and dtype.
+        dim: -1 (or the index of M): the max over boxes2 for each box of boxes1 -> (..., N)
+            (an assigner's best anchor per ground truth when boxes1 are the ground truths);
+            -2 (or the index of N): the max over boxes1 for each box of boxes2 -> (..., M)
+            (each anchor's best ground truth).
+    Returns ``(values, indices)`` like ``torch.max(dim)``: values in the input dtype, int64
+    indices; ties give the first index; a NaN is the maximum (as in torch.max).
+
+    Forward only: the result is not differentiable (assigners use it under no_grad); values
+    are returned detached.  Raises ValueError for an empty reduced set.
+    """
+    kind_code = _check_choice("kind", kind, METRICS)
+    fmt_code = _check_choice("fmt", fmt, FMTS)
+    if not eps >= 0:
+        raise ValueError(f"eps must be >= 0, got {eps}")
+    b1, b2, lead = _prepare_pair_sets(boxes1, boxes2, False)
+    nd = boxes1.dim()
+    if not isinstance(dim, int) or dim not in (-1, -2, nd - 1, nd - 2):
+        raise ValueError(f"dim must be -1 (over boxes2, the M axis) or -2 (over boxes1, the N axis), got {dim!r}")
+    over_m = dim in (-1, nd - 1)
+    if (b2.shape[1] if over_m else b1.shape[1]) == 0 and (b1.shape[1] if over_m else b2.shape[1]) > 0 and b1.shape[0] > 0:
+        raise ValueError("box_iou_max: the set reduced over is empty (max of nothing)")
+    values, indices = box_iou_max_op(b1.detach(), b2.detach(), kind_code, fmt_code, float(eps), 1 if over_m else 0, backend)
+    shape = tuple(lead) + ((boxes1.shape[-2],) if over_m else (boxes2.shape[-2],))
+    return values.reshape(shape), indices.reshape(shape)
+
+
+def _ref_max(b1, b2, kind, fmt, eps, dim):
+    return reference.max_forward(b1, b2, kind, fmt, eps, dim)
+
+
+def _native_max(b1, b2, kind, fmt, eps, dim):
+    return torch.ops.fastloss.box_iou_max_native(b1, b2, kind, fmt, eps, dim)
+
+
+_backend.register(MAX_OP, "reference", _ref_max, None)
+if _extension.has_cpu() and _has_native("box_iou_max_native"):
+    _backend.register(MAX_OP, "cpu", _native_max, None)
+if _extension.has_cuda() and _has_native("box_iou_native"):
+    _backend.register(MATRIX_OP, "cuda", _native_matrix_forward, _native_matrix_backward)
+    _backend.register(MAX_OP, "cuda", _native_max, None)
+
+
+def _triton_module():
+    from fastloss.triton_kernels import box_iou as tk
+
+    return tk
+
+
+_backend.register(MATRIX_OP, "triton", lambda *a: _triton_module().matrix_forward(*a), lambda *a: _triton_module().matrix_backward(*a))
+_backend.register(MAX_OP, "triton", lambda *a: _triton_module().max_forward(*a), None)

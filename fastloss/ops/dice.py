@@ -1,0 +1,323 @@
+"""Dice / Tversky / Jaccard losses (+ Dice + cross entropy): public functions, torch.library
+registration and autograd.
+
+The fused work is ONE custom op, ``fastloss::dice_sums``: pass 1 over the logits (N, C, S)
+returns the per-(image, class) sums I, P', G' (N, C, 3) and, for :func:`dice_ce_loss`, the
+per-image cross-entropy sum and count (N, 2).  Its backward, ``fastloss::dice_sums_backward``
+(its own op), is pass 2: it reads the logits and targets again and writes dL/dlogits directly
+through the softmax/sigmoid Jacobian (the softmax is recomputed, never stored: pass 2 moves
+the same bytes as storing it would, and no logit-sized buffer stays alive between forward
+and backward).  Everything after the sums -- score, log, gamma, class weights, batch or
+per-image sums, reduction -- is a handful of ordinary torch ops on the tiny (N, C, 3)
+tensor (fastloss/reference/dice.py:finish), so autograd supplies dL/d(I, P', G') for pass 2
+and every option combines with every backend without a second copy of the math.
+
+In eager mode the public functions go through :class:`DiceSumsFunction` (an
+autograd.Function over the same implementations; tests check it agrees bit for bit with the
+custom op); under torch.compile they call the custom op.
+
+Semantics, defaults and the mapping to MONAI / segmentation_models_pytorch:
+fastloss/reference/dice.py.  Limits: CUDA and Triton launch one grid row per image (N <= 65535).
+"""
+from typing import Optional
+
+import torch
+from torch import Tensor
+
+from fastloss import _backend, _extension
+from fastloss.ops import _common
+from fastloss.reference import dice as reference
+
+OP = "dice"
+MODES = ("binary", "multiclass", "multilabel")
+LABEL_DTYPES = (torch.uint8, torch.int32, torch.int64)
+
+
+def _forward_impl(input, target, activation, squared, ignore_index, with_ce, backend):
+    forward, _ = _backend.implementation(OP, input.device, backend)
+    return forward(input, target, activation, squared, ignore_index, with_ce)
+
+
+def _backward_impl(grad_sums, grad_ce, input, target, activation, squared, ignore_index, backend):
+    _, backward = _backend.implementation(OP, input.device, backend)
+    acc = _common.reduced_dtype(input.dtype)
+    grad_sums = grad_sums.to(acc).contiguous()
+    grad_ce = grad_ce.to(acc).contiguous() if grad_ce is not None and grad_ce.numel() else input.new_empty((0,), dtype=acc)
+    return backward(grad_sums, grad_ce, input, target, activation, squared, ignore_index)
+
+
+@torch.library.custom_op("fastloss::dice_sums", mutates_args=())
+def dice_sums_op(input: Tensor, target: Tensor, activation: int, squared: bool, ignore_index: Optional[int], with_ce: bool,
+                 backend: Optional[str]) -> tuple[Tensor, Tensor]:
+    """(sums (N, C, 3) = [I, P', G'], ce (N, 2) = [ce sum, count] or empty), fp32 (fp64)."""
+    return _forward_impl(input, target, activation, squared, ignore_index, with_ce, backend)
+
+
+@dice_sums_op.register_fake
+def _(input, target, activation, squared, ignore_index, with_ce, backend):
+    acc = _common.reduced_dtype(input.dtype)
+    N, C = input.shape[0], input.shape[1]
+    return input.new_empty((N, C, 3), dtype=acc), input.new_empty((N, 2) if with_ce else (0,), dtype=acc)
+
+
+@torch.library.custom_op("fastloss::dice_sums_backward", mutates_args=())
+def dice_sums_backward_op(grad_sums: Tensor, grad_ce: Tensor, input: Tensor, target: Tensor, activation: int, squared: bool,
+                          ignore_index: Optional[int], backend: Optional[str]) -> Tensor:
+    return _backward_impl(grad_sums, grad_ce, input, target, activation, squared, ignore_index, backend)
+
+
+@dice_sums_backward_op.register_fake
+def _(grad_sums, grad_ce, input, target, activation, squared, ignore_index, backend):
+    return torch.empty_like(input)
+
+
+def _setup_context(ctx, inputs, output):
+    input, target, activation, squared, ignore_index, _with_ce, backend = inputs
+    ctx.save_for_backward(input, target)
+    ctx.args = (activation, squared, ignore_index, _backend.resolve(OP, input.device, backend))
+
+
+def _backward(ctx, grad_sums, grad_ce):
+    input, target = ctx.saved_tensors
+    activation, squared, ignore_index, backend = ctx.args
+    if grad_ce is None:
+        grad_ce = input.new_empty((0,), dtype=grad_sums.dtype)
+    grad_input = dice_sums_backward_op(grad_sums.contiguous(), grad_ce.contiguous(), input, target, activation, squared,
+                                       ignore_index, backend)
+    return grad_input, None, None, None, None, None, None
+
+
+dice_sums_op.register_autograd(_backward, setup_context=_setup_context)
+
+
+class DiceSumsFunction(torch.autograd.Function):
+    """The same two passes as the custom ops, as an autograd.Function (the eager fast path)."""
+
+    @staticmethod
+    def forward(ctx, input, target, activation, squared, ignore_index, with_ce, backend):
+        sums, ce = _forward_impl(input, target, activation, squared, ignore_index, with_ce, backend)
+        ctx.save_for_backward(input, target)
+        ctx.args = (activation, squared, ignore_index, _backend.resolve(OP, input.device, backend))
+        return sums, ce
+
+    @staticmethod
+    def backward(ctx, grad_sums, grad_ce):
+        input, target = ctx.saved_tensors
+        activation, squared, ignore_index, backend = ctx.args
+        grad_input = _backward_impl(grad_sums.contiguous(), grad_ce, input, target, activation, squared, ignore_index, backend)
+        return grad_input, None, None, None, None, None, None
+
+
+# ------------------------------------------------------------------ argument handling
+
+
+def _prepare(input, target, mode, from_logits, ignore_index):
+    """Validate; return kernel views x (N, C, S), target ((N, S) labels or (N, C, S) float), activation."""
+    _common.check_logits("input", input)
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+    if not isinstance(target, torch.Tensor):
+        raise TypeError(f"target must be a torch.Tensor, got {type(target).__name__}")
+    _common.check_same_device("input", input, target=target)
+    if ignore_index is not None and not isinstance(ignore_index, int):
+        raise ValueError(f"ignore_index must be an int or None, got {ignore_index!r}")
+    if target.is_complex():
+        raise ValueError(f"target must be an integer label map or a float tensor, got {target.dtype}")
+    is_float = target.is_floating_point()
+    if is_float:
+        _common.no_grad_required(target=target)
+    if mode == "binary":
+        if input.dim() < 1:
+            raise ValueError("binary input must be (N, 1, *) or (N, *)")
+        with_channel = input.dim() >= 2 and input.shape[1] == 1
+        spatial = input.shape[:1] + input.shape[2:] if with_channel else input.shape
+        if target.dtype == torch.bool:
+            target = target.to(torch.uint8)
+        ok = tuple(target.shape) in (tuple(input.shape), tuple(spatial))
+        if not ok:
+            raise ValueError(f"binary target must have input's shape {tuple(input.shape)}"
+                             f"{' or ' + str(tuple(spatial)) if with_channel else ''}, got {tuple(target.shape)}")
+    else:
+        if input.dim() < 2:
+            raise ValueError(f"{mode} input must be (N, C, *), got shape {tuple(input.shape)}")
+        spatial = input.shape[:1] + input.shape[2:]
+        if mode == "multiclass":
+            if is_float:
+                if target.shape != input.shape:
+                    raise ValueError(f"a float multiclass target (one-hot / soft labels) must have input's shape "
+                                     f"{tuple(input.shape)}, got {tuple(target.shape)}")
+                if ignore_index is not None:
+                    raise ValueError("ignore_index needs an integer label map in multiclass mode (a float target has no labels)")
+            else:
+                if target.dtype == torch.bool:
+                    raise ValueError("multiclass target must be an integer label map (N, *) or a float tensor like input, got bool")
+                if target.shape != spatial:
+                    raise ValueError(f"a multiclass label map must have shape (N, *) = {tuple(spatial)} for input "
+                                     f"{tuple(input.shape)}, got {tuple(target.shape)}")
+        else:  # multilabel
+            if target.shape != input.shape:
+                raise ValueError(f"multilabel target must have input's shape {tuple(input.shape)}, got {tuple(target.shape)}")
+            if not is_float:
+                target = target.to(input.dtype)
+    if not target.is_floating_point() and target.dtype not in LABEL_DTYPES:
+        target = target.to(torch.int64)
+    input = input.contiguous()
+    if target.is_floating_point():
+        target = target.to(input.dtype)
+    x, t = reference.canonicalize(input, target, mode)
+    activation = 0 if not from_logits else (2 if mode == "multiclass" else 1)
+    return x, t.contiguous(), activation
+
+
+def _check_params(alpha, beta, gamma, smooth_nr, smooth_dr, reduction):
+    for name, v in (("alpha", alpha), ("beta", beta), ("smooth_nr", smooth_nr), ("smooth_dr", smooth_dr)):
+        if not v >= 0:
+            raise ValueError(f"{name} must be >= 0, got {v}")
+    if not gamma > 0:
+        raise ValueError(f"gamma must be > 0, got {gamma}")
+    if reduction not in _common.REDUCTIONS:
+        raise ValueError(f"reduction must be one of {tuple(_common.REDUCTIONS)}, got {reduction!r}")
+
+
+def _class_weights(class_weights, C, device, dtype):
+    if class_weights is None:
+        return None
+    w = torch.as_tensor(class_weights, dtype=dtype, device=device)
+    if w.requires_grad:
+        _common.no_grad_required(class_weights=w)
+    if w.shape != (C,):
+        raise ValueError(f"class_weights must have one value per class (C = {C}), got shape {tuple(w.shape)}")
+    return w
+
+
+def _sums(x, t, activation, squared, ignore_index, with_ce, backend):
+    args = (x, t, activation, squared, ignore_index, with_ce, backend)
+    if torch.compiler.is_compiling():
+        return dice_sums_op(*args)
+    return DiceSumsFunction.apply(*args)
+
+
+def _loss(input, target, a, alpha, beta, gamma, mode, from_logits, smooth_nr, smooth_dr, squared, ignore_index,
+          include_background, per_image, class_weights, log, reduction, backend, with_ce=False):
+    _check_params(alpha, beta, gamma, smooth_nr, smooth_dr, reduction)
+    x, t, activation = _prepare(input, target, mode, from_logits, ignore_index)
+    w = _class_weights(class_weights, x.shape[1], x.device, _common.reduced_dtype(x.dtype))
+    sums, ce = _sums(x, t, activation, squared, ignore_index, with_ce, backend)
+    loss = reference.finish(sums, alpha, beta, gamma, a, smooth_nr, smooth_dr, include_background, per_image, w, log, reduction)
+    return loss, ce
+
+
+def tversky_loss(input, target, alpha=0.5, beta=0.5, gamma=1.0, mode="multiclass", from_logits=True, smooth_nr=0.0,
+                 smooth_dr=1e-5, squared=False, ignore_index=None, include_background=True, per_image=False,
+                 class_weights=None, log=False, reduction="mean", *, backend=None):
+    """Tversky loss (Salehi et al. 2017), focal with ``gamma`` (Abraham & Khan 2019):
+    score = (I + smooth_nr) / (I + alpha FP + beta FN + smooth_dr), loss = (1 - score) ** gamma
+    (``log=True``: (-log score) ** gamma) per class, reduced over classes (and images).
+
+    Args:
+        input: logits (N, C, *) ("multiclass": softmax over C; "multilabel": sigmoid per
+            channel) or (N, 1, *) / (N, *) ("binary": sigmoid); probabilities when
+            ``from_logits=False``.  fp16/bf16/fp32 (fp64 on CPU).  ``*``: any spatial dims.
+        target: multiclass: an integer label map (N, *) (uint8/int32/int64; labels in
+            [0, C)) or a float one-hot / soft target shaped like input; binary: a 0/1 label
+            map or float target (N, *) or like input; multilabel: like input.  Integer labels
+            are expanded inside the kernel (no one-hot).  Out-of-range labels raise on CPU;
+            on GPU they match no class (no host sync).
+        alpha, beta: weights of false positives / false negatives (>= 0).
+        gamma: exponent (> 0) of the per-class loss (focal Tversky).
+        smooth_nr, smooth_dr: added to numerator / denominator; they decide the score of a
+            class absent from prediction and target (smooth_nr / smooth_dr).
+        squared: sums of p^2 and g^2 (V-Net) instead of p and g.
+        ignore_index: pixels whose label equals it (float targets in binary/multilabel: the
+            elements equal to it) take no part in any sum.
+        include_background: False drops class 0 (ignored when C = 1, like MONAI).
+        per_image: True: a loss per image and class (MONAI's default); False: sums over the
+            batch per class (smp's convention).
+        class_weights: C weights of the per-class losses.
+        log: loss = -log(score).
+        reduction: "mean" | "sum" | "none" ((N, C') per image, else (C',)).
+        backend: force a backend (see :mod:`fastloss._backend`).
+
+    Semantics and the mapping to MONAI / smp: fastloss/reference/dice.py.
+    """
+    loss, _ = _loss(input, target, 1.0, alpha, beta, gamma, mode, from_logits, smooth_nr, smooth_dr, squared, ignore_index,
+                    include_background, per_image, class_weights, log, reduction, backend)
+    return loss.to(input.dtype)
+
+
+def dice_loss(input, target, mode="multiclass", from_logits=True, smooth_nr=0.0, smooth_dr=1e-5, squared=False,
+              ignore_index=None, include_background=True, per_image=False, class_weights=None, log=False, reduction="mean",
+              gamma=1.0, *, backend=None):
+    """Soft Dice loss: score = (2 I + smooth_nr) / (P' + G' + smooth_dr) (MONAI / smp form);
+    arguments as :func:`tversky_loss`."""
+    loss, _ = _loss(input, target, 2.0, 0.5, 0.5, gamma, mode, from_logits, smooth_nr, smooth_dr, squared, ignore_index,
+                    include_background, per_image, class_weights, log, reduction, backend)
+    return loss.to(input.dtype)
+
+
+def jaccard_loss(input, target, mode="multiclass", from_logits=True, smooth_nr=0.0, smooth_dr=1e-5, squared=False,
+                 ignore_index=None, include_background=True, per_image=False, class_weights=None, log=False, reduction="mean",
+                 gamma=1.0, *, backend=None):
+    """Soft Jaccard (IoU) loss: score = (I + smooth_nr) / (P' + G' - I + smooth_dr) (Tversky with
+    alpha = beta = 1); arguments as :func:`tversky_loss`."""
+    loss, _ = _loss(input, target, 1.0, 1.0, 1.0, gamma, mode, from_logits, smooth_nr, smooth_dr, squared, ignore_index,
+                    include_background, per_image, class_weights, log, reduction, backend)
+    return loss.to(input.dtype)
+
+
+def dice_ce_loss(input, target, mode="multiclass", lambda_dice=1.0, lambda_ce=1.0, smooth_nr=0.0, smooth_dr=1e-5,
+                 squared=False, ignore_index=None, include_background=True, per_image=False, class_weights=None,
+                 log=False, reduction="mean", gamma=1.0, *, backend=None):
+    """MONAI's DiceCE: lambda_dice * :func:`dice_loss` + lambda_ce * cross entropy, from ONE
+    read of the logits per pass.  Cross entropy: softmax CE per pixel ("multiclass"; soft
+    targets: -sum_c g_c log p_c) or BCE-with-logits per element (sigmoid modes), averaged
+    ("mean") or summed ("sum") over the pixels / elements not equal to ``ignore_index``
+    (all ignored: 0).  ``class_weights`` weight the Dice term only.  Logits only."""
+    if reduction not in ("mean", "sum"):
+        raise ValueError(f'dice_ce_loss reduction must be "mean" or "sum", got {reduction!r}')
+    d, ce = _loss(input, target, 2.0, 0.5, 0.5, gamma, mode, True, smooth_nr, smooth_dr, squared, ignore_index,
+                  include_background, per_image, class_weights, log, reduction, backend, with_ce=True)
+    ce = ce.sum(0)
+    ce_term = ce[0] / ce[1].clamp_min(1) if reduction == "mean" else ce[0]
+    return (lambda_dice * d + lambda_ce * ce_term).to(input.dtype)
+
+
+# ------------------------------------------------------------------ backends
+
+
+def _check_labels(x, t, activation, ignore_index):
+    # CPU tensors only (no device sync); the C++ kernel checks in its pass 1.
+    if t.is_floating_point() or t.numel() == 0:
+        return
+    hi = 2 if (x.shape[1] == 1 and activation != 2) else x.shape[1]
+    lab = t.long()
+    bad = (lab < 0) | (lab >= hi)
+    if ignore_index is not None:
+        bad &= lab != ignore_index
+    if bool(bad.any()):
+        raise ValueError(f"dice: labels in target must be in [0, {hi})" + (" or equal ignore_index" if ignore_index is not None else ""))
+
+
+def _reference_forward(input, target, activation, squared, ignore_index, with_ce):
+    if input.device.type == "cpu":
+        _check_labels(input, target, activation, ignore_index)
+    return reference.forward(input, target, activation, squared, ignore_index, with_ce)
+
+
+def _reference_backward(grad_sums, grad_ce, input, target, activation, squared, ignore_index):
+    return reference.backward(grad_sums, grad_ce, input, target, activation, squared, ignore_index)
+
+
+def _native_forward(input, target, activation, squared, ignore_index, with_ce):
+    return torch.ops.fastloss.dice_sums_native(input, target, activation, squared, ignore_index, with_ce)
+
+
+def _native_backward(grad_sums, grad_ce, input, target, activation, squared, ignore_index):
+    return torch.ops.fastloss.dice_grad_native(grad_sums, grad_ce, input, target, activation, squared, ignore_index)
+
+
+_backend.register(OP, "reference", _reference_forward, _reference_backward)
+if _extension.has_cpu() and hasattr(torch.ops.fastloss, "dice_sums_native"):
+    _backend.register(OP, "cpu", _native_forward, _native_backward)
+if _extension.has_cuda() and hasattr(torch.ops.fastloss, "dice_sums_native"):
+    _backend.register(OP, "cuda", _native_forward, _native_backward)

@@ -1,0 +1,333 @@
+"""IoU family in pure PyTorch: the specification, the test oracle, the eager baseline of the
+benchmarks and the fallback backend.
+
+Boxes are (..., 4) in ``fmt`` xyxy (x1, y1, x2, y2), xywh (x1, y1, w, h) or cxcywh
+(cx, cy, w, h) -- torchvision's names -- and are converted to xyxy first.  For a prediction
+``p`` and a target ``t`` (or boxes1 ``a`` / boxes2 ``b`` of the matrices):
+
+    w = max(x2 - x1, 0), h = max(y2 - y1, 0)       inverted boxes have zero area (never a match)
+    I = max(min(x2, x2') - max(x1, x1'), 0) * max(min(y2, y2') - max(y1, y1'), 0)
+    U = w h + w' h' - I,   IoU = I / (U + eps)                                    (torchvision)
+    cw, ch = width / height of the smallest box enclosing both,  C = cw ch
+    rho2 = squared distance of the centres,  c2 = cw^2 + ch^2 + eps               (torchvision)
+
+``p`` below is ``power``, the exponent of alpha-IoU (He et al., arXiv 2110.13675), applied to
+the IoU and to every penalty term (p = 1: the plain losses).  x^p is taken of max(x, 0).
+
+* ``iou``       1 - IoU^p
+* ``log_iou``   -ln(max(IoU, eps)^p) = -p ln max(IoU, eps)        (UnitBox, arXiv 1608.01471;
+                clamped like mmdetection so disjoint boxes stay finite)
+* ``giou``      1 - IoU^p + ((C - U) / (C + eps))^p                (arXiv 1902.09630)
+* ``diou``      1 - IoU^p + (rho2 / c2)^p                         (arXiv 1911.08287)
+* ``ciou``      1 - IoU^p + (rho2 / c2)^p + (beta v)^p            (arXiv 1911.08287)
+                v = 4/pi^2 (atan2(w_t, h_t) - atan2(w_p, h_p))^2, beta = v / (1 - IoU + v + eps),
+                beta a constant in the backward (torchvision, ultralytics); atan2 instead of
+                atan(w/h) so that point boxes (w = h = 0) are finite (torchvision: NaN there).
+* ``eiou``      1 - IoU^p + (rho2/c2)^p + ((w_p - w_t)^2 / (cw^2 + eps))^p + ((h_p - h_t)^2 / (ch^2 + eps))^p
+                                                                  (Zhang et al., arXiv 2101.08158)
+* ``focal_eiou`` IoU^gamma * L_eiou (same paper; IoU^gamma is differentiated too, its
+                derivative taken as 0 at IoU = 0)
+* ``siou``      1 - IoU^p + ((Delta + Omega) / 2)^p                (Gevorgyan, arXiv 2205.12740)
+                dx, dy = target centre - prediction centre;
+                Lambda = 1 - 2 sin^2(arcsin(|dy|/sigma) - pi/4) = sin(2 theta)
+                       = 2 |dx| |dy| / (dx^2 + dy^2 + eps)   (the same for the paper's beta branch)
+                Delta  = sum_{x,y} (1 - exp(-(2 - Lambda) rho_t)),  rho_x = dx^2 / (cw^2 + eps), rho_y = dy^2 / (ch^2 + eps)
+                Omega  = sum_{w,h} (1 - exp(-omega_t))^4,  omega_w = |w_p - w_t| / (max(w_p, w_t) + eps)
+                (the paper's theta = 4)
+* ``cdiou``     1 - IoU^p + (sum_k |corner_k(p) - corner_k(t)| / (4 sqrt(cw^2 + ch^2 + eps)))^p
+                over the 4 corresponding corners           (Control Distance IoU, arXiv 2103.11696)
+
+Matrices (:func:`box_iou`): ``iou`` IoU, ``iof`` I / (area(a) + eps) (mmcv), ``giou``
+IoU - (C - U)/(C + eps), ``diou`` IoU - rho2/c2, ``ciou`` IoU - rho2/c2 - beta v.
+
+Derivative conventions at kinks (the kernels use the same): relu'(0) = 0, |x|'(0) = 0,
+sqrt'(0) = 0, (x^p)'(0) = 0, atan2'(0, 0) = 0; min/max ties take the first argument (the
+prediction, or boxes1), which gets the whole gradient (torch.minimum would split it in halves).
+
+Two groups of entry points:
+
+* :func:`box_iou_loss`, :func:`box_iou`, :func:`box_iou_max` -- the public semantics as plain
+  autograd PyTorch (what a user writes in eager mode; the benchmarks' eager baseline);
+* :func:`loss_forward` / :func:`loss_backward` -- the kernels' calling convention
+  (csrc/fastloss.cpp), the gradient through torch.autograd on a float copy.
+"""
+import concurrent.futures
+import math
+
+import torch
+
+KINDS = ("iou", "log_iou", "giou", "diou", "ciou", "eiou", "focal_eiou", "siou", "cdiou")
+METRICS = ("iou", "iof", "giou", "diou", "ciou")
+FMTS = ("xyxy", "xywh", "cxcywh")
+REDUCTIONS = ("none", "sum", "mean")
+
+_FOUR_OVER_PI2 = 4.0 / math.pi ** 2
+
+
+def to_xyxy(b, fmt):
+    if fmt == "xyxy":
+        return b.unbind(-1)
+    x, y, w, h = b.unbind(-1)
+    if fmt == "xywh":
+        return x, y, x + w, y + h
+    return x - w * 0.5, y - h * 0.5, x + w * 0.5, y + h * 0.5
+
+
+def _min(a, b):
+    """min with the kernels' tie rule: at a tie the first argument (pred / boxes1) is taken
+    (and gets the whole gradient); a NaN in ``a`` propagates."""
+    return torch.where(b < a, b, a)
+
+
+def _max(a, b):
+    return torch.where(b > a, b, a)
+
+
+def _relu(x):
+    return torch.relu(x)
+
+
+def _safe_sqrt(x):
+    pos = x > 0
+    return torch.where(pos, torch.sqrt(torch.where(pos, x, torch.ones_like(x))), torch.zeros_like(x))
+
+
+def _powp(x, p):
+    """max(x, 0)^p with derivative 0 at 0 (finite for p < 1)."""
+    if p == 1:
+        return x
+    c = _relu(x)
+    pos = c > 0
+    return torch.where(pos, torch.where(pos, c, torch.ones_like(c)) ** p, torch.zeros_like(c) ** p if p == 0 else torch.zeros_like(c))
+
+
+def _safe_atan2(y, x):
+    zero = (y == 0) & (x == 0)
+    return torch.where(zero, torch.zeros_like(y), torch.atan2(y, torch.where(zero, torch.ones_like(x), x)))
+
+
+def _geometry(a, b, eps):
+    ax1, ay1, ax2, ay2 = a
+    bx1, by1, bx2, by2 = b
+    aw, ah = _relu(ax2 - ax1), _relu(ay2 - ay1)
+    bw, bh = _relu(bx2 - bx1), _relu(by2 - by1)
+    iw = _relu(_min(ax2, bx2) - _max(ax1, bx1))
+    ih = _relu(_min(ay2, by2) - _max(ay1, by1))
+    inter = iw * ih
+    area_a = aw * ah
+    union = area_a + bw * bh - inter
+    iou = inter / (union + eps)
+    cw = _relu(_max(ax2, bx2) - _min(ax1, bx1))
+    ch = _relu(_max(ay2, by2) - _min(ay1, by1))
+    rho2 = ((ax1 + ax2) - (bx1 + bx2)) ** 2 * 0.25 + ((ay1 + ay2) - (by1 + by2)) ** 2 * 0.25
+    return dict(aw=aw, ah=ah, bw=bw, bh=bh, inter=inter, area_a=area_a, union=union, iou=iou, cw=cw, ch=ch, rho2=rho2)
+
+
+def _aspect_v(g):
+    return _FOUR_OVER_PI2 * (_safe_atan2(g["bw"], g["bh"]) - _safe_atan2(g["aw"], g["ah"])) ** 2
+
+
+def paired_loss_elements(pred, target, kind="giou", fmt="xyxy", eps=1e-7, power=1.0, gamma=0.5):
+    """Per-box loss (shape pred.shape[:-1]) of the kinds documented above."""
+    p = to_xyxy(pred, fmt)
+    t = to_xyxy(target, fmt)
+    g = _geometry(p, t, eps)
+    iou = g["iou"]
+    if kind == "log_iou":
+        return -power * torch.log(torch.clamp(iou, min=eps))
+    iou_p = _powp(iou, power)
+    if kind == "iou":
+        return 1 - iou_p
+    cw, ch = g["cw"], g["ch"]
+    if kind == "giou":
+        c = cw * ch
+        return 1 - iou_p + _powp((c - g["union"]) / (c + eps), power)
+    if kind == "cdiou":
+        (px1, py1, px2, py2), (tx1, ty1, tx2, ty2) = p, t
+        e = (_safe_sqrt((px1 - tx1) ** 2 + (py1 - ty1) ** 2) + _safe_sqrt((px2 - tx2) ** 2 + (py1 - ty1) ** 2)
+             + _safe_sqrt((px2 - tx2) ** 2 + (py2 - ty2) ** 2) + _safe_sqrt((px1 - tx1) ** 2 + (py2 - ty2) ** 2))
+        diag = _safe_sqrt(cw * cw + ch * ch + eps)
+        return 1 - iou_p + _powp(e / (diag * 4), power)
+    if kind == "siou":
+        (px1, py1, px2, py2), (tx1, ty1, tx2, ty2) = p, t
+        dx = ((tx1 + tx2) - (px1 + px2)) * 0.5
+        dy = ((ty1 + ty2) - (py1 + py2)) * 0.5
+        lam = 2 * dx.abs() * dy.abs() / (dx * dx + dy * dy + eps)
+        gam = 2 - lam
+        dist = 2 - torch.exp(-gam * (dx * dx / (cw * cw + eps))) - torch.exp(-gam * (dy * dy / (ch * ch + eps)))
+        ow = (g["aw"] - g["bw"]).abs() / (_max(g["aw"], g["bw"]) + eps)
+        oh = (g["ah"] - g["bh"]).abs() / (_max(g["ah"], g["bh"]) + eps)
+        shape = (1 - torch.exp(-ow)) ** 4 + (1 - torch.exp(-oh)) ** 4
+        return 1 - iou_p + _powp((dist + shape) * 0.5, power)
+    c2 = cw * cw + ch * ch + eps
+    diou = 1 - iou_p + _powp(g["rho2"] / c2, power)
+    if kind == "diou":
+        return diou
+    if kind == "ciou":
+        v = _aspect_v(g)
+        with torch.no_grad():
+            alpha = v / (1 - iou + v + eps)
+        return diou + _powp(alpha * v, power)
+    eiou = diou + _powp((g["aw"] - g["bw"]) ** 2 / (cw * cw + eps), power) + _powp((g["ah"] - g["bh"]) ** 2 / (ch * ch + eps), power)
+    if kind == "eiou":
+        return eiou
+    if kind == "focal_eiou":
+        return _powp(iou, gamma) * eiou if gamma != 1 else iou * eiou
+    raise ValueError(f"unknown kind {kind!r}")
+
+
+def pair_metric(boxes1, boxes2, kind="iou", fmt="xyxy", eps=1e-7):
+    """Elementwise (broadcasting) metric of boxes1 and boxes2 (..., 4)."""
+    a = to_xyxy(boxes1, fmt)
+    b = to_xyxy(boxes2, fmt)
+    g = _geometry(a, b, eps)
+    if kind == "iou":
+        return g["iou"]
+    if kind == "iof":
+        return g["inter"] / (g["area_a"] + eps)
+    cw, ch = g["cw"], g["ch"]
+    if kind == "giou":
+        c = cw * ch
+        return g["iou"] - (c - g["union"]) / (c + eps)
+    diou = g["iou"] - g["rho2"] / (cw * cw + ch * ch + eps)
+    if kind == "diou":
+        return diou
+    if kind == "ciou":
+        v = _aspect_v(g)
+        with torch.no_grad():
+            alpha = v / (1 - g["iou"] + v + eps)
+        return diou - alpha * v
+    raise ValueError(f"unknown kind {kind!r}")
+
+
+# ------------------------------------------------------------------------- public semantics
+
+
+def _box_weight(weight, pred):
+    if weight is None:
+        return None
+    if weight.dim() > 0 and weight.shape == pred.shape and weight.shape != pred.shape[:-1]:
+        return weight.mean(-1)  # per coordinate -> per box (mmdetection)
+    return weight
+
+
+def box_iou_loss(pred, target, kind="giou", reduction="mean", weight=None, avg_factor=None, fmt="xyxy", eps=1e-7, power=1.0, gamma=0.5):
+    """Eager autograd reference of :func:`fastloss.box_iou_loss` (same arguments)."""
+    loss = paired_loss_elements(pred, target, kind, fmt, eps, power, gamma)
+    w = _box_weight(weight, pred)
+    if w is not None:
+        loss = loss * w
+    if reduction == "none":
+        return loss
+    if avg_factor is not None:
+        if reduction == "sum":
+            raise ValueError('avg_factor can not be used with reduction="sum"')
+        return loss.sum() / (avg_factor + torch.finfo(torch.float32).eps)
+    return loss.sum() if reduction == "sum" else loss.mean()
+
+
+def box_iou(boxes1, boxes2, kind="iou", fmt="xyxy", aligned=False, eps=1e-7):
+    """Eager reference of :func:`fastloss.box_iou`: (..., N, 4) x (..., M, 4) -> (..., N, M)
+    (``aligned``: (..., N, 4) x (..., N, 4) -> (..., N))."""
+    if aligned:
+        return pair_metric(boxes1, boxes2, kind, fmt, eps)
+    return pair_metric(boxes1.unsqueeze(-2), boxes2.unsqueeze(-3), kind, fmt, eps)
+
+
+def box_iou_max(boxes1, boxes2, kind="iou", dim=-1, fmt="xyxy", eps=1e-7):
+    """Eager reference of :func:`fastloss.box_iou_max`: the matrix, then max over ``dim``
+    (-1: over boxes2, one result per box of boxes1; -2: over boxes1, one per box of boxes2)."""
+    m = box_iou(boxes1, boxes2, kind, fmt, False, eps)
+    return m.max(dim=dim)
+
+
+# ------------------------------------------------------------------------- kernel convention
+
+
+def _compute_dtype(dtype):
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def _autograd_vjp(fn, inputs, cotangent):
+    with torch.enable_grad():
+        xs = [x.detach().requires_grad_() for x in inputs]
+        out = fn(*xs)
+        if not out.requires_grad:
+            return None
+        grads = torch.autograd.grad(out, xs, cotangent(out), allow_unused=True)
+        return out.detach(), grads
+
+
+def _value_and_vjp(fn, inputs, cotangent):
+    """fn(*inputs) and its vector-Jacobian product with cotangent(output), by torch.autograd.
+
+    Inside a custom-op kernel the autograd dispatch keys may be excluded (thread-local state
+    of the dispatcher, e.g. under AOT dispatch or opcheck), so nothing would be recorded: the
+    same computation then runs on a helper thread, whose dispatcher state is clean."""
+    result = _autograd_vjp(fn, inputs, cotangent)
+    if result is None:
+        with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
+            result = pool.submit(_autograd_vjp, fn, inputs, cotangent).result()
+    return result
+
+
+def _loss_and_grad(pred, target, weight, kind, fmt, eps, power, gamma, need_grad):
+    acc = _compute_dtype(pred.dtype)
+    p = pred.detach().to(acc)
+    t = target.detach().to(acc)
+
+    def fn(x):
+        loss = paired_loss_elements(x, t, kind, fmt, eps, power, gamma)
+        return loss * weight.to(acc) if weight is not None else loss
+
+    if not need_grad:
+        return fn(p), None
+    loss, (grad,) = _value_and_vjp(fn, (p,), torch.ones_like)
+    return loss, grad
+
+
+def loss_forward(pred, target, weight, kind, fmt, eps, power, gamma, reduction, with_grad):
+    """Kernel convention: pred/target (n, 4); weight None or (n,); returns (loss, cache)."""
+    acc = _compute_dtype(pred.dtype)
+    loss, grad = _loss_and_grad(pred, target, weight, KINDS[kind], FMTS[fmt], eps, power, gamma, with_grad)
+    cache = grad if with_grad else pred.new_empty((0,), dtype=acc)
+    if reduction == 0:
+        return loss.to(pred.dtype), cache
+    total = loss.sum(dtype=acc)
+    return (total / pred.shape[0] if reduction == 2 else total), cache
+
+
+def loss_backward(grad, pred, target, weight, kind, fmt, eps, power, gamma, reduction):
+    acc = _compute_dtype(pred.dtype)
+    _, g = _loss_and_grad(pred, target, weight, KINDS[kind], FMTS[fmt], eps, power, gamma, True)
+    if reduction == 0:
+        g = g * grad.to(acc)[:, None]
+    else:
+        g = g * (grad / pred.shape[0] if reduction == 2 else grad)
+    return g.to(pred.dtype)
+
+
+def _metric_of(b1, b2, kind, fmt, eps, aligned):
+    return box_iou(b1, b2, METRICS[kind], FMTS[fmt], aligned, eps)
+
+
+def matrix_forward(b1, b2, kind, fmt, eps, aligned):
+    """Kernel convention: b1 (B, N, 4), b2 (B, M, 4) -> (B, N, M) or (B, N) (aligned), input dtype."""
+    acc = _compute_dtype(b1.dtype)
+    return _metric_of(b1.to(acc), b2.to(acc), kind, fmt, eps, aligned).to(b1.dtype)
+
+
+def matrix_backward(grad, b1, b2, kind, fmt, eps, aligned):
+    acc = _compute_dtype(b1.dtype)
+    _, (g1, g2) = _value_and_vjp(lambda x1, x2: _metric_of(x1, x2, kind, fmt, eps, aligned), (b1.to(acc), b2.to(acc)),
+                                 lambda out: grad.to(acc))
+    g1 = torch.zeros_like(b1, dtype=acc) if g1 is None else g1
+    g2 = torch.zeros_like(b2, dtype=acc) if g2 is None else g2
+    return g1.to(b1.dtype), g2.to(b2.dtype)
+
+
+def max_forward(b1, b2, kind, fmt, eps, dim):
+    """Kernel convention of the fused max: dim 1 -> max over boxes2 (B, N); 0 -> over boxes1 (B, M)."""
+    m = matrix_forward(b1, b2, kind, fmt, eps, False)
+    v, i = m.max(dim=2 if dim == 1 else 1)
+    return v, i

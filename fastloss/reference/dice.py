@@ -1,0 +1,223 @@
+"""Dice / Tversky / Jaccard (soft IoU) losses in pure PyTorch: the specification, the test
+oracle, the eager baseline of the benchmarks and the fallback backend.
+
+Notation, per image n (or for the whole batch) and class c, with p the probabilities
+(softmax over C in "multiclass", sigmoid in "binary"/"multilabel", the input itself when
+``from_logits=False``), g the target (one-hot of an integer label map, or a float target
+shaped like the input) and m the mask (0 where the target equals ``ignore_index``)::
+
+    I  = sum_i m p g                      intersection (true positives)
+    P' = sum_i m p    (sum_i m p^2  if squared)
+    G' = sum_i m g    (sum_i m g^2  if squared)
+    FP = P' - I,  FN = G' - I
+
+    score = (a I + smooth_nr) / (a I + a alpha FP + a beta FN + smooth_dr)
+    loss_c = 1 - score          (-log(score) with log=True),  then loss_c ** gamma
+
+with a = 1 for :func:`tversky_loss` / :func:`jaccard_loss` and a = 2 for :func:`dice_loss`
+(so Dice reads (2 I + smooth_nr) / (P' + G' + smooth_dr), exactly MONAI's and smp's form;
+``tversky_loss(alpha=beta=0.5, smooth s)`` is ``dice_loss(smooth 2 s)``).  Jaccard is
+alpha = beta = 1: (I + s_nr) / (P' + G' - I + s_dr).  A denominator of exactly 0 (only
+possible with smooth_dr = 0 and nothing predicted nor labelled) gives score 1 (loss 0, zero
+gradient): the finite limit, not NaN.
+
+Classes absent from both prediction and target: I = P' = G' = 0, so score =
+smooth_nr / smooth_dr -- "the smooth terms decide", as in MONAI and smp.  With the
+defaults (smooth_nr = 0, smooth_dr = 1e-5) such a class has loss 1; with
+smooth_nr = smooth_dr (MONAI's defaults, 1e-5 / 1e-5) it has loss 0.
+
+Reduction: per (image, class) losses when ``per_image`` (MONAI's default ``batch=False``),
+else per class over batch and space (smp's convention, MONAI ``batch=True``); classes are
+dropped by ``include_background=False`` (class 0; ignored with C = 1, as MONAI does) and
+weighted by ``class_weights``; "mean" averages the weighted losses, "sum" adds them, "none"
+returns them, shaped (N, C') per image or (C',).
+
+Mapping to the peers (the tests check the formulas; the packages when installed):
+
+* MONAI ``DiceLoss(include_background, to_onehot_y=True, softmax=True, squared_pred,
+  jaccard=False, smooth_nr, smooth_dr, batch)`` == ``dice_loss(mode="multiclass",
+  squared=squared_pred, smooth_nr, smooth_dr, per_image=not batch)`` with MONAI's defaults
+  smooth_nr = smooth_dr = 1e-5; ``sigmoid=True`` == ``mode="multilabel"`` (or "binary").
+  MONAI ``TverskyLoss(alpha, beta, ...)`` == ``tversky_loss(alpha, beta, ...)``.
+  MONAI ``DiceCELoss`` == :func:`dice_ce_loss` (cross entropy mean over the pixels).
+* smp ``DiceLoss(mode, smooth=s, eps, ignore_index)`` == ``dice_loss(mode,
+  smooth_nr=s, smooth_dr=s, per_image=False, ignore_index)`` for classes present in the
+  target; smp additionally zeroes the loss of classes absent from the target of the batch
+  (and clamps the denominator to eps), which here follows the smooth rule above.
+  smp ``JaccardLoss`` == ``jaccard_loss``, smp ``TverskyLoss(alpha, beta, gamma)`` ==
+  ``tversky_loss(alpha, beta, gamma)`` under the same proviso.
+"""
+import torch
+import torch.nn.functional as F
+
+ACTIVATIONS = {"none": 0, "sigmoid": 1, "softmax": 2}
+
+
+def _compute_dtype(dtype):
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def probs_targets_mask(x, target, activation, ignore_index):
+    """p, g, m of shape (N, C, S) from logits x (N, C, S) and the target in kernel form:
+    an integer label map (N, S) or a float tensor (N, C, S)."""
+    N, C, S = x.shape
+    if activation == 2:
+        p = torch.softmax(x, dim=1)
+    elif activation == 1:
+        p = torch.sigmoid(x)
+    else:
+        p = x
+    if target.is_floating_point():
+        g = target.to(x.dtype)
+        m = (g != ignore_index).to(x.dtype) if ignore_index is not None else torch.ones_like(g)
+        g = g * m
+    else:
+        lab = target.long().unsqueeze(1)  # (N, 1, S)
+        if C == 1 and activation != 2:
+            g = (lab == 1).to(x.dtype)  # binary label map: 1 = foreground
+        else:
+            g = (lab == torch.arange(C, device=x.device).view(1, C, 1)).to(x.dtype)
+        m = (lab != ignore_index).to(x.dtype).expand(N, C, S) if ignore_index is not None else torch.ones_like(g)
+    return p, g, m
+
+
+def ce_terms(x, target, activation, ignore_index):
+    """Per-image cross-entropy sum and count of what it averages over, (N, 2): softmax: CE
+    per non-ignored pixel (soft targets: -sum_c g_c log p_c); sigmoid: BCE-with-logits per
+    non-ignored element."""
+    p, g, m = probs_targets_mask(x, target, activation, ignore_index)
+    if activation == 2:
+        ce = -(g * torch.log_softmax(x, dim=1)).sum(1)  # (N, S)
+        mm = m[:, 0]
+        return torch.stack([(ce * mm).sum(1), mm.sum(1)], dim=1)
+    ce = F.binary_cross_entropy_with_logits(x, g, reduction="none")
+    return torch.stack([(ce * m).sum((1, 2)), m.sum((1, 2))], dim=1)
+
+
+def sums(x, target, activation, squared, ignore_index):
+    """(N, C, 3): I, P', G' per image and class (autograd-differentiable in x)."""
+    p, g, m = probs_targets_mask(x, target, activation, ignore_index)
+    pp = p * p if squared else p
+    gg = g * g if squared else g
+    return torch.stack([(m * p * g).sum(2), (m * pp).sum(2), (m * gg).sum(2)], dim=2)
+
+
+# ------------------------------------------------------------------ kernel calling convention
+
+
+def forward(input, target, activation, squared, ignore_index, with_ce):
+    """(sums (N, C, 3), ce (N, 2) or empty) in fp32 (fp64 for fp64 input)."""
+    acc = _compute_dtype(input.dtype)
+    x = input.to(acc)
+    s = sums(x, target, activation, squared, ignore_index)
+    ce = ce_terms(x, target, activation, ignore_index) if with_ce else x.new_empty((0,))
+    return s, ce
+
+
+def backward(grad_sums, grad_ce, input, target, activation, squared, ignore_index):
+    """dL/dinput from dL/dsums (N, C, 3) and dL/dce (N, 2) (or empty), in input's dtype, in
+    closed form (the kernels' formulas, csrc/kernels/dice.h)::
+
+        d_c = m (dL/dI g + dL/dP' (2 p if squared else 1))           (= dL/dp_c)
+        softmax: dL/dx_k = p_k (d_k - sum_c p_c d_c) + e m ((sum_c g_c) p_k - g_k)
+        sigmoid: dL/dx   = p (1 - p) d + e m (p - g);   identity: dL/dx = d
+    """
+    acc = _compute_dtype(input.dtype)
+    x = input.detach().to(acc)
+    p, g, m = probs_targets_mask(x, target, activation, ignore_index)
+    gs = grad_sums.to(acc)
+    a, b = gs[:, :, 0:1], gs[:, :, 1:2]
+    d = m * (a * g + b * (2 * p if squared else torch.ones_like(p)))
+    with_ce = grad_ce is not None and grad_ce.numel() > 0
+    e = grad_ce.to(acc)[:, 0].view(-1, 1, 1) if with_ce else None
+    if activation == 2:
+        gx = p * (d - (p * d).sum(1, keepdim=True))
+        if with_ce:
+            gx = gx + e * m * (g.sum(1, keepdim=True) * p - g)
+    elif activation == 1:
+        gx = torch.sigmoid(x) * torch.sigmoid(-x) * d
+        if with_ce:
+            gx = gx + e * m * (p - g)
+    else:
+        gx = d
+    return gx.to(input.dtype)
+
+
+# ------------------------------------------------------------------ the loss from the sums
+
+
+def finish(s, alpha, beta, gamma, a, smooth_nr, smooth_dr, include_background, per_image, class_weights, log, reduction):
+    """Loss from the per-(image, class) sums s (N, C, 3) (plain differentiable torch: the small
+    tail shared by every backend)."""
+    if not per_image:
+        s = s.sum(0, keepdim=True)
+    I, P, G = s.unbind(-1)
+    num = a * I + smooth_nr
+    den = a * I + a * alpha * (P - I) + a * beta * (G - I) + smooth_dr
+    ok = den != 0
+    score = torch.where(ok, num / torch.where(ok, den, torch.ones_like(den)), torch.ones_like(den))
+    if log:
+        loss = -torch.log(score)
+    else:
+        loss = 1.0 - score
+    if gamma != 1.0:
+        pos = loss > 0
+        loss = torch.where(pos, torch.where(pos, loss, torch.ones_like(loss)) ** gamma, torch.zeros_like(loss))
+    C = loss.shape[1]
+    if class_weights is not None:
+        loss = loss * class_weights.to(loss.dtype).view(1, C)
+    if not include_background and C > 1:
+        loss = loss[:, 1:]
+    if not per_image:
+        loss = loss[0]
+    if reduction == "none":
+        return loss
+    return loss.sum() if reduction == "sum" else loss.mean()
+
+
+def canonicalize(input, target, mode):
+    """Kernel views (no copies when contiguous): x (N, C, S) and the target as an integer
+    label map (N, S) or a float tensor (N, C, S).  Shapes are validated by fastloss/ops/dice.py.
+    binary: input (N, 1, *) or (N, *) (a channel dim of 1 is added); multilabel targets of an
+    integer dtype are cast to input's dtype (they are given per channel, not as labels)."""
+    if mode == "binary" and not (input.dim() >= 2 and input.shape[1] == 1):
+        input = input.unsqueeze(1)
+    N, C = input.shape[:2]
+    x = input.reshape(N, C, -1)
+    if mode == "multilabel" and not target.is_floating_point():
+        target = target.to(input.dtype)
+    if target.is_floating_point():
+        return x, target.reshape(N, C, -1)
+    return x, target.reshape(N, -1)
+
+
+def tversky_loss(input, target, alpha=0.5, beta=0.5, gamma=1.0, mode="multiclass", from_logits=True, smooth_nr=0.0,
+                 smooth_dr=1e-5, squared=False, ignore_index=None, include_background=True, per_image=False,
+                 class_weights=None, log=False, reduction="mean", _a=1.0):
+    """Eager autograd reference of :func:`fastloss.tversky_loss` (same arguments, already
+    validated shapes: see fastloss/ops/dice.py for the accepted forms)."""
+    x, t = canonicalize(input, target, mode)
+    activation = 0 if not from_logits else (2 if mode == "multiclass" else 1)
+    s = sums(x, t, activation, squared, ignore_index)
+    return finish(s, alpha, beta, gamma, _a, smooth_nr, smooth_dr, include_background, per_image, class_weights, log, reduction)
+
+
+def dice_loss(input, target, mode="multiclass", **kwargs):
+    kwargs.setdefault("alpha", 0.5)
+    kwargs.setdefault("beta", 0.5)
+    return tversky_loss(input, target, mode=mode, _a=2.0, **kwargs)
+
+
+def jaccard_loss(input, target, mode="multiclass", **kwargs):
+    return tversky_loss(input, target, alpha=1.0, beta=1.0, mode=mode, **kwargs)
+
+
+def dice_ce_loss(input, target, mode="multiclass", lambda_dice=1.0, lambda_ce=1.0, ignore_index=None, **kwargs):
+    """MONAI DiceCE: lambda_dice * dice_loss + lambda_ce * cross entropy (mean over the
+    non-ignored pixels -- 0 if all are ignored -- or their sum for reduction="sum";
+    BCE-with-logits over non-ignored elements for sigmoid modes)."""
+    d = dice_loss(input, target, mode=mode, ignore_index=ignore_index, **kwargs)
+    x, t = canonicalize(input, target, mode)
+    ce = ce_terms(x, t, 2 if mode == "multiclass" else 1, ignore_index).sum(0)
+    ce_term = ce[0] if kwargs.get("reduction", "mean") == "sum" else ce[0] / ce[1].clamp_min(1)
+    return lambda_dice * d + lambda_ce * ce_term

@@ -1,0 +1,768 @@
+"""fastloss.box_iou_loss (paired IoU-family losses) on every backend of every device here,
+against the float64 pure-PyTorch reference (fastloss/reference/box_iou.py).
+
+Matrix: (device, backend) x dtype x kind x fmt x shape/layout x reduction x weight.  The
+Triton backend runs on CPU tensors under TRITON_INTERPRET=1 (conftest.py) with small sizes.
+CUDA parameters carry the ``gpu`` mark (skipped without a GPU; FASTLOSS_REQUIRE_GPU=1 makes
+that a failure).
+"""
+import math
+
+import pytest
+import torch
+
+import fastloss
+from fastloss.ops import box_iou as ops_box
+from fastloss.reference import box_iou as R
+
+import helpers
+from helpers import assert_close, random_upstream
+
+KINDS = R.KINDS
+FMTS = R.FMTS
+REDUCTIONS = ("none", "sum", "mean")
+CODES = {"none": 0, "sum": 1, "mean": 2}
+EPS32 = torch.finfo(torch.float32).eps
+
+
+def xyxy_to(b, fmt):
+    x1, y1, x2, y2 = b.unbind(-1)
+    if fmt == "xyxy":
+        return b
+    if fmt == "xywh":
+        return torch.stack([x1, y1, x2 - x1, y2 - y1], -1)
+    return torch.stack([(x1 + x2) / 2, (y1 + y2) / 2, x2 - x1, y2 - y1], -1)
+
+
+def make_pair(shape, fmt="xyxy", dtype=torch.float32, device="cpu", layout="contiguous", jitter=8.0, requires_grad=True):
+    """Random overlapping-ish box pairs of shape (*shape, 4) in ``fmt``; ``layout`` "sliced"
+    gives non-contiguous pred/target (every other box of a longer tensor)."""
+    n_shape = tuple(shape)
+    if layout == "sliced":
+        n_shape = n_shape[:-1] + (2 * n_shape[-1],)
+    xy = torch.rand(n_shape + (2,), dtype=torch.float64) * 200
+    wh = torch.rand(n_shape + (2,), dtype=torch.float64) * 60 + 4
+    t = torch.cat([xy, xy + wh], -1)
+    # offsets relative to the box size (jitter 8 -> ~0.16 of the size per coordinate), bounded
+    # smoothly (no ties at the kinks of |x| / min / max)
+    # so that pairs overlap well: IoU-free regions (log(IoU) of a sliver) are tested separately
+    p = t + 0.4 * torch.tanh(torch.randn(t.shape, dtype=torch.float64) * jitter / 20) * wh.repeat(*([1] * (wh.dim() - 1)), 2)
+    p = torch.cat([torch.minimum(p[..., :2], p[..., 2:]), torch.maximum(p[..., :2], p[..., 2:])], -1)
+    p, t = xyxy_to(p, fmt), xyxy_to(t, fmt)
+    if layout == "sliced":
+        p, t = p[..., ::2, :], t[..., ::2, :]
+        assert not p.is_contiguous() or p.numel() <= 4
+    p = p.to(dtype).to(device).requires_grad_(requires_grad)
+    t = t.to(dtype).to(device)
+    return p, t
+
+
+def loss(p, t, *, backend, **kw):
+    return fastloss.box_iou_loss(p, t, backend=backend, **kw)
+
+
+def reference(p, t, **kw):
+    p64 = p.detach().to(torch.float64).cpu().requires_grad_()
+    t64 = t.detach().to(torch.float64).cpu()
+    kw = dict(kw)
+    if isinstance(kw.get("weight"), torch.Tensor):
+        kw["weight"] = kw["weight"].detach().to(torch.float64).cpu()
+    if isinstance(kw.get("avg_factor"), torch.Tensor):
+        kw["avg_factor"] = kw["avg_factor"].cpu()
+    return p64, R.box_iou_loss(p64, t64, **kw)
+
+
+# Box geometry in fp32 is ill-conditioned relative to the tolerance table's fp32 row: 1 - IoU of
+# a near match with coordinates ~200 and sizes ~2..60 loses ~log2(coord / size) bits to the
+# subtractions (x2 - x1, cx - w/2), whichever implementation computes it.  fp32 results are
+# compared with the table's fp32 tolerances times this condition factor (fp64/fp16/bf16 use
+# the table as is: fp16/bf16 outputs are rounded far coarser than the fp32 compute error).
+FP32_CONDITION = 30.0
+
+
+def close(actual, expected, dtype, *, reduced=False, msg="", floor=0.0):
+    """helpers.assert_close, with the fp32 condition factor above and an optional absolute
+    ``floor`` (gradients that are mathematically 0 come out as rounding noise of the terms that
+    cancel there, e.g. 1e-18 in fp64)."""
+    if dtype != torch.float32 and not floor:
+        return assert_close(actual, expected, dtype, reduced=reduced, msg=msg)
+    t = helpers.tol(dtype)
+    cond = FP32_CONDITION if dtype == torch.float32 else 1.0
+    exp = expected.detach().to(actual.device).to(dtype).to(torch.float64)
+    finite = exp[torch.isfinite(exp)]
+    scale = finite.abs().max().item() if finite.numel() else 0.0
+    rtol = (t.rtol_reduced if reduced else t.rtol) * cond
+    torch.testing.assert_close(actual.detach().to(torch.float64), exp, rtol=rtol, atol=t.atol * cond * scale + t.floor(dtype) + floor,
+                               equal_nan=True, msg=lambda m: f"{msg}\n{m}")
+
+
+def check(p, t, backend, msg="", **kw):
+    out = loss(p, t, backend=backend, **kw)
+    p64, ref = reference(p, t, **kw)
+    reduced = kw.get("reduction", "mean") != "none"
+    assert out.device == p.device and out.dtype == p.dtype
+    close(out, ref, p.dtype, reduced=reduced, msg=f"forward {msg} {kw}")
+    up = random_upstream(out)
+    (g,) = torch.autograd.grad(out, p, up)
+    (gr,) = torch.autograd.grad(ref, p64, up.to(torch.float64).cpu())
+    assert g.shape == p.shape and g.dtype == p.dtype
+    close(g, gr, p.dtype, msg=f"gradient {msg} {kw}")
+    return out, g
+
+
+def shapes_for(device, backend):
+    if helpers.is_interpreted(device, backend):
+        return [((1,), "contiguous"), ((7,), "contiguous"), ((2, 5), "contiguous"), ((300,), "contiguous"), ((9,), "sliced")]
+    return [((1,), "contiguous"), ((7,), "contiguous"), ((4099,), "contiguous"), ((3, 37), "contiguous"), ((2, 3, 5), "contiguous"),
+            ((0,), "contiguous"), ((33,), "sliced")]
+
+
+# ======================================================================================
+# values and gradients vs the float64 reference
+# ======================================================================================
+
+
+def combos_for(device, backend):
+    """(fmt, shape, layout, reductions): everything on the compiled/reference backends, a
+    covering subset under the (slow) Triton interpreter."""
+    if helpers.is_interpreted(device, backend):
+        return [("xyxy", (7,), "contiguous", ("none",)), ("xywh", (2, 5), "contiguous", ("mean",)), ("cxcywh", (9,), "sliced", ("sum",)),
+                ("xyxy", (300,), "contiguous", ("mean",))]
+    out = []
+    for fmt in FMTS:
+        for shape, layout in shapes_for(device, backend):
+            out.append((fmt, shape, layout, REDUCTIONS if shape in ((7,), (3, 37)) else ("none", "mean")))
+    return out
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("device,backend,dtype", helpers.device_backend_dtype_params())
+def test_forward_backward_vs_reference(grad_mode, device, backend, dtype, kind):
+    helpers.require_backend(device, backend)
+    for fmt, shape, layout, reductions in combos_for(device, backend):
+        p, t = make_pair(shape, fmt, dtype, device, layout)
+        for reduction in reductions:
+            out, _ = check(p, t, backend, msg=f"{backend} {kind} {fmt} {shape} {layout}", kind=kind, fmt=fmt, reduction=reduction)
+            assert out.shape == (p.shape[:-1] if reduction == "none" else ())
+
+
+@pytest.mark.parametrize("power", [2.0, 3.0, 0.7])
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("device,backend,dtype", helpers.device_backend_dtype_params(dtypes=(torch.float64, torch.float32)))
+def test_power_and_gamma_vs_reference(device, backend, dtype, kind, power):
+    """alpha-IoU exponents (and Focal-EIoU's gamma)."""
+    helpers.require_backend(device, backend)
+    if helpers.is_interpreted(device, backend) and (power != 0.7 or dtype != torch.float32):
+        pytest.skip("Triton interpreter: one power (0.7, fp32) per kind keeps the suite fast; fp64 and the other powers run on cpu/reference")
+    # jitter 3: no nested pairs, so (C - U) never cancels to ~0 (where x^0.7 amplifies rounding)
+    p, t = make_pair((57,), "xyxy", dtype, device, jitter=3.0)
+    for gamma in ((0.5, 0.0, 1.0, 2.0) if kind == "focal_eiou" else (0.5,)):
+        for reduction in ("none", "mean"):
+            check(p, t, backend, msg=f"{kind} p={power} g={gamma}", kind=kind, power=power, gamma=gamma, reduction=reduction)
+
+
+@pytest.mark.parametrize("device,backend,dtype", helpers.device_backend_dtype_params())
+def test_weight_and_avg_factor(grad_mode, device, backend, dtype):
+    helpers.require_backend(device, backend)
+    p, t = make_pair((3, 17), "xyxy", dtype, device)
+    acc = torch.float64 if dtype == torch.float64 else torch.float32
+    w_box = torch.rand(3, 17, dtype=acc, device=device)
+    w_coord = torch.rand(3, 17, 4, dtype=acc, device=device)
+    w_bcast = torch.rand(17, dtype=acc, device=device)
+    for w in (w_box, w_coord, w_bcast, w_box.t().contiguous().t()):
+        for kw in (dict(reduction="none"), dict(reduction="sum"), dict(reduction="mean"), dict(reduction="mean", avg_factor=7.0),
+                   dict(reduction="mean", avg_factor=torch.tensor(7.0, device=device)), dict(reduction="none", avg_factor=3.0)):
+            check(p, t, backend, msg="weight", kind="ciou", weight=w, **kw)
+
+
+# ======================================================================================
+# peers: torchvision's formulas, inline (always) and torchvision itself (if installed)
+# ======================================================================================
+
+
+def _tv_inter_union(b1, b2):
+    x1, y1, x2, y2 = b1.unbind(-1)
+    x1g, y1g, x2g, y2g = b2.unbind(-1)
+    xk1, yk1 = torch.max(x1, x1g), torch.max(y1, y1g)
+    xk2, yk2 = torch.min(x2, x2g), torch.min(y2, y2g)
+    inter = torch.zeros_like(x1)
+    mask = (yk2 > yk1) & (xk2 > xk1)
+    inter[mask] = (xk2[mask] - xk1[mask]) * (yk2[mask] - yk1[mask])
+    union = (x2 - x1) * (y2 - y1) + (x2g - x1g) * (y2g - y1g) - inter
+    return inter, union
+
+
+def tv_giou_loss(b1, b2, eps=1e-7):
+    """torchvision.ops.generalized_box_iou_loss (reduction none), written from its semantics."""
+    inter, union = _tv_inter_union(b1, b2)
+    iou = inter / (union + eps)
+    x1, y1, x2, y2 = b1.unbind(-1)
+    x1g, y1g, x2g, y2g = b2.unbind(-1)
+    area_c = (torch.max(x2, x2g) - torch.min(x1, x1g)) * (torch.max(y2, y2g) - torch.min(y1, y1g))
+    return 1 - (iou - (area_c - union) / (area_c + eps))
+
+
+def tv_diou_loss(b1, b2, eps=1e-7):
+    inter, union = _tv_inter_union(b1, b2)
+    iou = inter / (union + eps)
+    x1, y1, x2, y2 = b1.unbind(-1)
+    x1g, y1g, x2g, y2g = b2.unbind(-1)
+    diag = (torch.max(x2, x2g) - torch.min(x1, x1g)) ** 2 + (torch.max(y2, y2g) - torch.min(y1, y1g)) ** 2 + eps
+    cd = ((x1 + x2) / 2 - (x1g + x2g) / 2) ** 2 + ((y1 + y2) / 2 - (y1g + y2g) / 2) ** 2
+    return 1 - iou + cd / diag, iou
+
+
+def tv_ciou_loss(b1, b2, eps=1e-7):
+    d, iou = tv_diou_loss(b1, b2, eps)
+    x1, y1, x2, y2 = b1.unbind(-1)
+    x1g, y1g, x2g, y2g = b2.unbind(-1)
+    v = (4 / math.pi ** 2) * (torch.atan((x2g - x1g) / (y2g - y1g)) - torch.atan((x2 - x1) / (y2 - y1))) ** 2
+    with torch.no_grad():
+        alpha = v / (1 - iou + v + eps)
+    return d + alpha * v
+
+
+TV = {"giou": tv_giou_loss, "diou": lambda a, b: tv_diou_loss(a, b)[0], "ciou": tv_ciou_loss}
+
+
+@pytest.mark.parametrize("kind", ["giou", "diou", "ciou"])
+@pytest.mark.parametrize("device,backend", helpers.device_backend_params())
+def test_torchvision_formula_inline(device, backend, kind):
+    helpers.require_backend(device, backend)
+    p, t = make_pair((203,), "xyxy", torch.float64 if device == "cpu" else torch.float32, device, jitter=20.0)
+    # disjoint pairs too
+    with torch.no_grad():
+        p[:20] += 500
+    ours = loss(p, t, backend=backend, kind=kind, reduction="none")
+    theirs = TV[kind](p, t)
+    tol = dict(rtol=1e-10, atol=1e-12) if p.dtype == torch.float64 else dict(rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(ours, theirs, **tol)
+    up = torch.randn_like(ours)
+    g1, = torch.autograd.grad(ours, p, up)
+    g2, = torch.autograd.grad(theirs, p, up)
+    torch.testing.assert_close(g1, g2, **tol)
+
+
+@pytest.mark.parametrize("kind", ["giou", "diou", "ciou"])
+def test_matches_torchvision(kind):
+    tvops = pytest.importorskip("torchvision.ops", reason="torchvision is not installed (the inline formula test covers its semantics)")
+    fn = {"giou": tvops.generalized_box_iou_loss, "diou": tvops.distance_box_iou_loss, "ciou": tvops.complete_box_iou_loss}[kind]
+    p, t = make_pair((500,), "xyxy", torch.float64, "cpu", jitter=20.0)
+    for reduction in REDUCTIONS:
+        ours = fastloss.box_iou_loss(p, t, kind, reduction)
+        theirs = fn(p, t, reduction=reduction, eps=1e-7)
+        torch.testing.assert_close(ours, theirs, rtol=1e-10, atol=1e-12)
+        g1, = torch.autograd.grad(ours.sum(), p)
+        g2, = torch.autograd.grad(theirs.sum(), p)
+        torch.testing.assert_close(g1, g2, rtol=1e-9, atol=1e-12)
+
+
+# ======================================================================================
+# numerical policy: degenerate boxes
+# ======================================================================================
+
+DEGENERATE = {
+    "identical": ([10.0, 20.0, 50.0, 80.0], [10.0, 20.0, 50.0, 80.0]),
+    "zero_width": ([10.0, 20.0, 10.0, 80.0], [12.0, 25.0, 40.0, 70.0]),
+    "zero_height": ([10.0, 20.0, 50.0, 20.0], [12.0, 25.0, 40.0, 70.0]),
+    "both_zero_width": ([10.0, 20.0, 10.0, 80.0], [10.0, 20.0, 10.0, 80.0]),
+    "point_boxes": ([5.0, 5.0, 5.0, 5.0], [5.0, 5.0, 5.0, 5.0]),
+    "distinct_points": ([5.0, 5.0, 5.0, 5.0], [9.0, 7.0, 9.0, 7.0]),
+    "far_apart": ([0.0, 0.0, 10.0, 10.0], [1e4, 1e4, 1e4 + 20.0, 1e4 + 5.0]),
+    "nested": ([20.0, 20.0, 30.0, 40.0], [10.0, 10.0, 60.0, 60.0]),
+    "padded_zero": ([0.0, 0.0, 0.0, 0.0], [0.0, 0.0, 0.0, 0.0]),
+    "zero_vs_box": ([0.0, 0.0, 0.0, 0.0], [10.0, 10.0, 30.0, 30.0]),
+    "same_centre": ([10.0, 10.0, 30.0, 30.0], [15.0, 5.0, 25.0, 35.0]),
+    "inverted": ([50.0, 80.0, 10.0, 20.0], [10.0, 20.0, 50.0, 80.0]),
+    "inverted_both": ([50.0, 80.0, 10.0, 20.0], [50.0, 80.0, 10.0, 20.0]),
+}
+
+
+@pytest.mark.parametrize("device,backend,dtype", helpers.device_backend_dtype_params())
+def test_degenerate_boxes_finite(grad_mode, device, backend, dtype):
+    helpers.require_backend(device, backend)
+    names = list(DEGENERATE)
+    p = torch.tensor([DEGENERATE[n][0] for n in names], dtype=torch.float64)
+    t = torch.tensor([DEGENERATE[n][1] for n in names], dtype=torch.float64)
+    p = p.to(dtype).to(device).requires_grad_()
+    t = t.to(dtype).to(device)
+    for kind in KINDS:
+        for power in (1.0, 0.5, 3.0):
+            out = loss(p, t, backend=backend, kind=kind, reduction="none", power=power)
+            (g,) = torch.autograd.grad(out, p, torch.ones_like(out))
+            bad = [n for n, ok in zip(names, torch.isfinite(out).tolist()) if not ok]
+            assert not bad, f"{kind} p={power}: non-finite loss for {bad}"
+            bad = [n for n, ok in zip(names, torch.isfinite(g).all(-1).tolist()) if not ok]
+            assert not bad, f"{kind} p={power}: non-finite gradient for {bad}"
+            if dtype == torch.float64:
+                _, ref = reference(p, t, kind=kind, reduction="none", power=power)
+                torch.testing.assert_close(out, ref.to(out.device), rtol=1e-9, atol=1e-9)
+            i = names.index("inverted")
+            if kind in ("iou", "giou", "diou", "ciou"):
+                assert out[i].item() >= 0.99, f"{kind}: an inverted box must not be a match (loss {out[i].item()})"
+            j = names.index("identical")
+            if kind != "log_iou":
+                assert abs(out[j].item()) < 1e-3 * (1 if dtype in (torch.float64, torch.float32) else 10)
+
+
+def test_ciou_point_boxes_finite_where_torchvision_is_nan():
+    p = torch.tensor([[5.0, 5.0, 5.0, 5.0]], dtype=torch.float64, requires_grad=True)
+    t = torch.tensor([[5.0, 5.0, 5.0, 5.0]], dtype=torch.float64)
+    assert torch.isnan(tv_ciou_loss(p, t)).all()  # the peer's semantics
+    for backend in fastloss.available_backends("cpu"):
+        out = fastloss.box_iou_loss(p, t, "ciou", "sum", backend=backend)
+        assert out.item() == pytest.approx(1.0)  # IoU = 0 / eps = 0, rho = 0, v = 0
+        g, = torch.autograd.grad(out, p)
+        assert torch.isfinite(g).all()
+
+
+@pytest.mark.parametrize("device,backend", helpers.device_backend_params())
+def test_nan_propagates(grad_mode, device, backend):
+    helpers.require_backend(device, backend)
+    p, t = make_pair((5,), "xyxy", torch.float32, device)
+    with torch.no_grad():
+        p[1, 2] = float("nan")
+        t[3, 0] = float("nan")
+    for kind in KINDS:
+        out = loss(p, t, backend=backend, kind=kind, reduction="none")
+        assert torch.isnan(out[1]) and torch.isnan(out[3]), kind
+        assert torch.isfinite(out[[0, 2, 4]]).all(), kind
+        assert torch.isnan(loss(p, t, backend=backend, kind=kind, reduction="sum"))
+
+
+# ======================================================================================
+# gradcheck, opcheck, torch.compile, the eager fast path
+# ======================================================================================
+
+
+# CIoU's backward treats alpha as a constant (torchvision, ultralytics): by design not the
+# derivative of the forward, so it is checked against the reference's autograd instead (above).
+GRADCHECK_KINDS = [k for k in KINDS if k != "ciou"]
+
+
+@pytest.mark.parametrize("kind", GRADCHECK_KINDS)
+@pytest.mark.parametrize("backend", helpers.CPU_BACKENDS)
+def test_gradcheck_fp64(backend, kind):
+    helpers.require_backend("cpu", backend)
+    small = helpers.is_interpreted("cpu", backend)  # the Triton interpreter is slow: one case
+    for fmt in (("cxcywh",) if small else ("xyxy", "cxcywh")):
+        p, t = make_pair((4,), fmt, torch.float64, "cpu", jitter=4.0)
+        w = torch.rand(4, dtype=torch.float64)
+        for power, reduction in (((2.0, "none"),) if small else ((1.0, "mean"), (2.0, "none"))):
+            def fn(x):
+                return fastloss.box_iou_loss(x, t, kind, reduction, w, fmt=fmt, power=power, backend=backend)
+
+            assert torch.autograd.gradcheck(fn, (p,), eps=1e-6, atol=1e-7, rtol=1e-5)
+
+
+ALL_OPCHECK_UTILS = ("test_schema", "test_autograd_registration", "test_faketensor", "test_aot_dispatch_dynamic")
+
+
+def _opcheck(op, args):
+    result = torch.library.opcheck(op, args, test_utils=ALL_OPCHECK_UTILS)
+    assert result and all(v == "SUCCESS" for v in result.values()), result
+
+
+@pytest.mark.parametrize("backend", helpers.CPU_BACKENDS)
+def test_opcheck(backend):
+    helpers.require_backend("cpu", backend)
+    small = helpers.is_interpreted("cpu", backend)  # the Triton interpreter is slow: a covering subset
+    for dtype in ((torch.float32,) if small else (torch.float32, torch.float64)):
+        p, t = make_pair((6,), "xyxy", dtype, "cpu", requires_grad=True)
+        acc = torch.float64 if dtype == torch.float64 else torch.float32
+        for kind in ((4,) if small else (4, 7)):
+            for code in ((0, 2) if small else (0, 1, 2)):
+                for w in ((torch.rand(6, dtype=acc),) if small else (None, torch.rand(6, dtype=acc)) if kind == 4 else (None,)):
+                    for store in (True, False):
+                        _opcheck(torch.ops.fastloss.box_iou_loss.default, (p, t, w, kind, 0, 1e-7, 1.0, 0.5, code, store, backend))
+                pd = p.detach()
+                grad = torch.randn(6, dtype=dtype) if code == 0 else torch.randn((), dtype=acc)
+                _, cache = torch.ops.fastloss.box_iou_loss(pd, t, None, kind, 0, 1e-7, 1.0, 0.5, code, True, backend)
+                for c in (cache, torch.empty(0, dtype=acc)):
+                    _opcheck(torch.ops.fastloss.box_iou_loss_backward.default, (grad, pd, t, None, c, kind, 0, 1e-7, 1.0, 0.5, code, backend))
+
+
+@pytest.fixture
+def dynamo_reset():
+    torch._dynamo.reset()
+    yield
+    torch._dynamo.reset()
+
+
+def _loss_and_grad(fn, x, *args):
+    x = x.detach().clone().requires_grad_()
+    out = fn(x, *args)
+    (g,) = torch.autograd.grad(out, x)
+    return out.detach(), g
+
+
+@pytest.mark.parametrize("backend", helpers.CPU_BACKENDS)
+def test_compile_fullgraph_aot_eager(dynamo_reset, backend):
+    helpers.require_backend("cpu", backend)
+    p, t = make_pair((2, 9), "cxcywh", torch.float32, "cpu")
+    w = torch.rand(2, 9)
+    avg = torch.tensor(5.0)
+
+    def fn(x, target, weight, avg_factor):
+        a = fastloss.box_iou_loss(x, target, "ciou", "mean", weight, avg_factor, fmt="cxcywh", backend=backend)
+        b = fastloss.box_iou_loss(x, target, "giou", "none", fmt="cxcywh", power=2.0, backend=backend)
+        return a + (b * b).sum()
+
+    compiled = torch.compile(fn, backend="aot_eager", fullgraph=True)
+    out_e, g_e = _loss_and_grad(fn, p, t, w, avg)
+    out_c, g_c = _loss_and_grad(compiled, p, t, w, avg)
+    assert torch.equal(out_e, out_c)
+    assert torch.equal(g_e, g_c)
+
+
+def test_compile_fullgraph_inductor(dynamo_reset):
+    p, t = make_pair((40,), "xyxy", torch.float32, "cpu")
+
+    def fn(x, target):
+        return fastloss.box_iou_loss(x, target, "diou", "mean", avg_factor=3.0) * 2.0 + x.sum() * 0.0
+
+    compiled = torch.compile(fn, fullgraph=True)
+    out_e, g_e = _loss_and_grad(fn, p, t)
+    out_c, g_c = _loss_and_grad(compiled, p, t)
+    torch.testing.assert_close(out_c, out_e, rtol=1e-6, atol=1e-7)
+    torch.testing.assert_close(g_c, g_e, rtol=1e-6, atol=1e-8)
+
+
+@pytest.mark.parametrize("store", [True, False], ids=["store", "recompute"])
+@pytest.mark.parametrize("device,backend,dtype", helpers.device_backend_dtype_params(dtypes=(torch.float32, torch.float16)))
+def test_eager_fast_path_equals_custom_op(device, backend, dtype, store):
+    helpers.require_backend(device, backend)
+    p, t = make_pair((17,), "xyxy", dtype, device)
+    w = torch.rand(17, device=device)
+    for code in (0, 1, 2):
+        args = (t, w, 4, 0, 1e-7, 1.0, 0.5, code, store, backend)
+        out_f, cache_f = fastloss.BoxIoULossFunction.apply(p, *args)
+        out_o, cache_o = torch.ops.fastloss.box_iou_loss(p, *args)
+        assert torch.equal(out_f, out_o) and torch.equal(cache_f, cache_o)
+        assert cache_f.shape == ((17, 4) if store else (0,))
+        up = random_upstream(out_f)
+        (g_f,) = torch.autograd.grad(out_f, p, up)
+        (g_o,) = torch.autograd.grad(out_o, p, up)
+        assert torch.equal(g_f, g_o)
+
+
+@pytest.mark.parametrize("device,backend", helpers.device_backend_params())
+def test_deterministic(grad_mode, device, backend):
+    helpers.require_backend(device, backend)
+    n = 2000 if helpers.is_interpreted(device, backend) else 200_000
+    p, t = make_pair((n,), "xyxy", torch.float32, device)
+    w = torch.rand(n, device=device)
+    for reduction in REDUCTIONS:
+        up = None
+        results = []
+        for _ in range(2):
+            out = loss(p, t, backend=backend, kind="ciou", reduction=reduction, weight=w)
+            up = random_upstream(out) if up is None else up
+            (g,) = torch.autograd.grad(out, p, up)
+            results.append((out, g))
+        assert torch.equal(results[0][0], results[1][0]) and torch.equal(results[0][1], results[1][1]), reduction
+
+
+def test_cpu_reduction_independent_of_thread_count():
+    helpers.require_backend("cpu", "cpu")
+    p, t = make_pair((100_000,), "xyxy", torch.float32, "cpu", requires_grad=False)
+    threads = torch.get_num_threads()
+    res = []
+    try:
+        for k in (1, 2, 3):
+            torch.set_num_threads(k)
+            res.append(fastloss.box_iou_loss(p, t, "giou", "sum", backend="cpu"))
+    finally:
+        torch.set_num_threads(threads)
+    assert all(torch.equal(res[0], r) for r in res[1:])
+
+
+@pytest.mark.parametrize("device,backend", [p for p in helpers.device_backend_params() if p.values[1] != "cpu"])
+def test_every_output_written_poisoned(nan_poison, grad_mode, device, backend):
+    helpers.require_backend(device, backend)
+    for n in (1, 7, 255, 256, 257, 1000):
+        p, t = make_pair((n,), "xyxy", torch.float32, device)
+        for reduction in REDUCTIONS:
+            out, g = check(p, t, backend, msg=f"poisoned {n}", kind="siou", reduction=reduction)
+            assert not torch.isnan(out).any() and not torch.isnan(g).any()
+
+
+# ======================================================================================
+# API: module, bad inputs
+# ======================================================================================
+
+
+@pytest.mark.parametrize("device,backend", helpers.device_backend_params())
+def test_nn_module(device, backend):
+    helpers.require_backend(device, backend)
+    m = fastloss.nn.BoxIoULoss(kind="ciou", reduction="mean", fmt="xywh", power=2.0)
+    assert "ciou" in repr(m) and "xywh" in repr(m)
+    p, t = make_pair((12,), "xywh", torch.float32, device)
+    w = torch.rand(12, device=device)
+    with fastloss.use_backend(backend):
+        a = m(p, t, weight=w, avg_factor=3.0)
+        b = loss(p, t, backend=backend, kind="ciou", reduction="mean", weight=w, avg_factor=3.0, fmt="xywh", power=2.0)
+    assert torch.equal(a, b)
+    assert list(m.parameters()) == []
+
+
+@pytest.mark.parametrize("backend", helpers.CPU_BACKENDS)
+def test_bad_inputs(backend):
+    helpers.require_backend("cpu", backend)
+    p, t = make_pair((6,), "xyxy", torch.float32, "cpu")
+
+    def call(*a, **k):
+        return fastloss.box_iou_loss(*a, backend=backend, **k)
+
+    with pytest.raises(ValueError, match=r"pred must have shape \(\.\.\., 4\)"):
+        call(p[:, :3], t[:, :3])
+    with pytest.raises(ValueError, match="target must have pred's shape"):
+        call(p, t[:5])
+    with pytest.raises(ValueError, match="kind must be one of"):
+        call(p, t, kind="wiou")
+    with pytest.raises(ValueError, match="fmt must be one of"):
+        call(p, t, fmt="yxyx")
+    with pytest.raises(ValueError, match="reduction must be one of"):
+        call(p, t, reduction="avg")
+    with pytest.raises(ValueError, match="avg_factor can not be used"):
+        call(p, t, reduction="sum", avg_factor=2.0)
+    with pytest.raises(ValueError, match="pred must be a floating-point"):
+        call(p.detach().long(), t)
+    with pytest.raises(TypeError, match="pred must be a torch.Tensor"):
+        call([[0.0] * 4], t)
+    with pytest.raises(ValueError, match="does not differentiate with respect to target"):
+        call(p, t.clone().requires_grad_())
+    with pytest.raises(ValueError, match="does not differentiate with respect to weight"):
+        call(p, t, weight=torch.rand(6, requires_grad=True))
+    with pytest.raises(ValueError, match="weight of shape"):
+        call(p, t, weight=torch.rand(5))
+    with pytest.raises(ValueError, match="power must be > 0"):
+        call(p, t, power=0.0)
+    with pytest.raises(ValueError, match="gamma must be >= 0"):
+        call(p, t, kind="focal_eiou", gamma=-1.0)
+    with pytest.raises(ValueError, match="eps must be >= 0"):
+        call(p, t, eps=-1.0)
+
+
+# ======================================================================================
+# pairwise / batched matrices and the fused max
+# ======================================================================================
+
+METRICS = R.METRICS
+
+
+def make_sets(lead, N, M, fmt="xyxy", dtype=torch.float32, device="cpu", requires_grad=True, aligned=False):
+    """boxes1 (*lead, N, 4), boxes2 (*lead, M, 4): boxes2 are jittered copies of random boxes1
+    plus random boxes, so the matrix has overlaps and non-overlaps."""
+    def rand_boxes(n):
+        xy = torch.rand(tuple(lead) + (n, 2), dtype=torch.float64) * 100
+        wh = torch.rand(tuple(lead) + (n, 2), dtype=torch.float64) * 40 + 4
+        return torch.cat([xy, xy + wh], -1)
+    a = rand_boxes(N)
+    b = rand_boxes(M)
+    k = min(N, M)
+    if k:
+        b[..., :k, :] = a[..., :k, :] + torch.randn(a[..., :k, :].shape, dtype=torch.float64) * 3
+        b = torch.cat([torch.minimum(b[..., :2], b[..., 2:]), torch.maximum(b[..., :2], b[..., 2:])], -1)
+    a, b = xyxy_to(a, fmt), xyxy_to(b, fmt)
+    a = a.to(dtype).to(device).requires_grad_(requires_grad)
+    b = b.to(dtype).to(device).requires_grad_(requires_grad)
+    return a, b
+
+
+def check_matrix(a, b, backend, kind, fmt, aligned, msg=""):
+    out = fastloss.box_iou(a, b, kind, fmt, aligned, backend=backend)
+    a64 = a.detach().double().cpu().requires_grad_()
+    b64 = b.detach().double().cpu().requires_grad_()
+    ref = R.box_iou(a64, b64, kind, fmt, aligned)
+    assert out.shape == ref.shape and out.dtype == a.dtype and out.device == a.device
+    close(out, ref, a.dtype, msg=f"matrix {msg}")
+    up = random_upstream(out)
+    g1, g2 = torch.autograd.grad(out, (a, b), up)
+    r1, r2 = torch.autograd.grad(ref, (a64, b64), up.double().cpu())
+    floor = 1e-15 if a.dtype == torch.float64 else 1e-9  # ~ compute eps / box size (fp32 compute below fp64)
+    close(g1, r1, a.dtype, msg=f"grad boxes1 {msg}", floor=floor)
+    close(g2, r2, a.dtype, msg=f"grad boxes2 {msg}", floor=floor)
+    return out
+
+
+def matrix_cases(device, backend):
+    if helpers.is_interpreted(device, backend):
+        return [((), 3, 5, "xyxy"), ((2,), 4, 3, "cxcywh"), ((), 1, 1, "xywh")]
+    return [((), 7, 13, "xyxy"), ((), 1, 1, "xywh"), ((2, 3), 5, 9, "cxcywh"), ((3,), 37, 150, "xyxy"), ((), 0, 4, "xyxy"), ((2,), 3, 0, "xywh")]
+
+
+@pytest.mark.parametrize("kind", METRICS)
+@pytest.mark.parametrize("device,backend,dtype", helpers.device_backend_dtype_params())
+def test_matrix_vs_reference(device, backend, dtype, kind):
+    helpers.require_backend(device, backend)
+    for lead, N, M, fmt in matrix_cases(device, backend):
+        a, b = make_sets(lead, N, M, fmt, dtype, device)
+        out = check_matrix(a, b, backend, kind, fmt, False, msg=f"{backend} {kind} {lead} {N}x{M} {fmt}")
+        assert out.shape == tuple(lead) + (N, M)
+        a, b = make_sets(lead, N, N, fmt, dtype, device)
+        out = check_matrix(a, b, backend, kind, fmt, True, msg=f"aligned {backend} {kind} {lead} {N} {fmt}")
+        assert out.shape == tuple(lead) + (N,)
+
+
+@pytest.mark.parametrize("device,backend", helpers.device_backend_params())
+def test_matrix_noncontiguous_and_single_aligned_box(device, backend):
+    helpers.require_backend(device, backend)
+    a, b = make_sets((4,), 6, 10, "xyxy", torch.float32, device, requires_grad=False)
+    a_nc = a.transpose(0, 1).contiguous().transpose(0, 1).requires_grad_()
+    assert not a_nc.is_contiguous()
+    check_matrix(a_nc, b.requires_grad_(), backend, "giou", "xyxy", False, msg="non-contiguous")
+    x = torch.tensor([1.0, 2.0, 5.0, 7.0], device=device, requires_grad=True)
+    y = torch.tensor([2.0, 2.0, 6.0, 8.0], device=device, requires_grad=True)
+    out = check_matrix(x, y, backend, "iou", "xyxy", True, msg="single aligned box")
+    assert out.shape == ()
+
+
+@pytest.mark.parametrize("device,backend,dtype", helpers.device_backend_dtype_params(dtypes=(torch.float64, torch.float32, torch.float16)))
+def test_matrix_padded_and_degenerate_boxes(device, backend, dtype):
+    """YOLO-style padded all-zero ground truth rows, point / zero-width / inverted / far boxes:
+    finite values and gradients for every kind."""
+    helpers.require_backend(device, backend)
+    if helpers.is_interpreted(device, backend) and dtype != torch.float32:
+        pytest.skip("Triton interpreter: fp32 only here (slow); the other dtypes run on cpu/reference")
+    rows = [v[0] for v in DEGENERATE.values()] + [[0.0, 0.0, 0.0, 0.0]] * 3
+    cols = [v[1] for v in DEGENERATE.values()] + [[0.0, 0.0, 0.0, 0.0]] * 2
+    a = torch.tensor(rows, dtype=dtype, device=device).requires_grad_()
+    b = torch.tensor(cols, dtype=dtype, device=device).requires_grad_()
+    for kind in METRICS:
+        for aligned in (False, True):
+            bb = b if not aligned else torch.tensor(rows, dtype=dtype, device=device).flip(0).requires_grad_()
+            out = fastloss.box_iou(a, bb, kind, aligned=aligned, backend=backend)
+            assert torch.isfinite(out).all(), kind
+            g1, g2 = torch.autograd.grad(out, (a, bb), torch.ones_like(out))
+            assert torch.isfinite(g1).all() and torch.isfinite(g2).all(), kind
+            if dtype == torch.float64:
+                ref = R.box_iou(a.detach().cpu(), bb.detach().cpu(), kind, aligned=aligned)
+                torch.testing.assert_close(out.cpu(), ref, rtol=1e-9, atol=1e-9)
+    # padded zero boxes have IoU 0 with everything, including each other
+    z = torch.zeros(2, 4, dtype=dtype, device=device)
+    assert (fastloss.box_iou(z, z, "iou", backend=backend) == 0).all()
+
+
+@pytest.mark.parametrize("backend", helpers.CPU_BACKENDS)
+def test_matrix_gradcheck_fp64(backend):
+    helpers.require_backend("cpu", backend)
+    if helpers.is_interpreted("cpu", backend):  # the interpreter is slow: one small case
+        a, b = make_sets((), 2, 2, "cxcywh", torch.float64, "cpu")
+        assert torch.autograd.gradcheck(lambda x, y: fastloss.box_iou(x, y, "giou", "cxcywh", backend=backend), (a, b), eps=1e-6, atol=1e-7,
+                                        rtol=1e-5)
+        return
+    a, b = make_sets((2,), 3, 4, "cxcywh", torch.float64, "cpu")
+    for kind in [k for k in METRICS if k != "ciou"]:  # ciou: alpha is a constant in the backward (see GRADCHECK_KINDS)
+        assert torch.autograd.gradcheck(lambda x, y: fastloss.box_iou(x, y, kind, "cxcywh", backend=backend), (a, b), eps=1e-6, atol=1e-7,
+                                        rtol=1e-5)
+        c, d = make_sets((), 3, 3, "xyxy", torch.float64, "cpu")
+        assert torch.autograd.gradcheck(lambda x, y: fastloss.box_iou(x, y, kind, aligned=True, backend=backend), (c, d), eps=1e-6,
+                                        atol=1e-7, rtol=1e-5)
+
+
+@pytest.mark.parametrize("backend", helpers.CPU_BACKENDS)
+def test_matrix_opcheck(backend):
+    helpers.require_backend("cpu", backend)
+    small = helpers.is_interpreted("cpu", backend)
+    for dtype in ((torch.float32,) if small else (torch.float32, torch.float64)):
+        a, b = make_sets((2,), 3, 5, "xyxy", dtype, "cpu")
+        for kind in ((4,) if small else (0, 2, 4)):
+            _opcheck(torch.ops.fastloss.box_iou.default, (a, b, kind, 0, 1e-7, False, backend))
+            c, d = make_sets((2,), 4, 4, "xyxy", dtype, "cpu")
+            _opcheck(torch.ops.fastloss.box_iou.default, (c, d, kind, 1, 1e-7, True, backend))
+            g = torch.randn(2, 3, 5, dtype=dtype)
+            _opcheck(torch.ops.fastloss.box_iou_backward.default, (g, a.detach(), b.detach(), kind, 0, 1e-7, False, backend))
+            for dim in (0, 1):
+                _opcheck(torch.ops.fastloss.box_iou_max.default, (a.detach(), b.detach(), kind, 0, 1e-7, dim, backend))
+
+
+@pytest.mark.parametrize("backend", helpers.CPU_BACKENDS)
+def test_matrix_compile_fullgraph_detr_diagonal(dynamo_reset, backend):
+    """DETR's GIoU loss: the diagonal of a pairwise GIoU, through torch.compile(fullgraph=True)."""
+    helpers.require_backend("cpu", backend)
+    a, b = make_sets((), 6, 6, "cxcywh", torch.float32, "cpu", requires_grad=False)
+
+    def fn(x, y):
+        return (1 - torch.diag(fastloss.box_iou(x, y, "giou", "cxcywh", backend=backend))).sum()
+
+    compiled = torch.compile(fn, backend="aot_eager", fullgraph=True)
+    out_e, g_e = _loss_and_grad(fn, a, b)
+    out_c, g_c = _loss_and_grad(compiled, a, b)
+    assert torch.equal(out_e, out_c) and torch.equal(g_e, g_c)
+    # and it equals the aligned form
+    x = a.detach().clone().requires_grad_()
+    al = (1 - fastloss.box_iou(x, b, "giou", "cxcywh", aligned=True, backend=backend)).sum()
+    torch.testing.assert_close(al, out_e, rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("device,backend", helpers.device_backend_params())
+def test_matrix_deterministic(device, backend):
+    helpers.require_backend(device, backend)
+    N, M = (5, 300) if helpers.is_interpreted(device, backend) else (60, 3000)
+    a, b = make_sets((2,), N, M, "xyxy", torch.float32, device)
+    up = None
+    res = []
+    for _ in range(2):
+        out = fastloss.box_iou(a, b, "ciou", backend=backend)
+        up = random_upstream(out) if up is None else up
+        res.append((out,) + torch.autograd.grad(out, (a, b), up))
+    assert all(torch.equal(x, y) for x, y in zip(*res))
+
+
+@pytest.mark.parametrize("kind", METRICS)
+@pytest.mark.parametrize("device,backend,dtype", helpers.device_backend_dtype_params(dtypes=(torch.float64, torch.float32, torch.bfloat16)))
+def test_max_vs_matrix(device, backend, dtype, kind):
+    helpers.require_backend(device, backend)
+    cases = [((), 3, 7), ((2,), 4, 5)] if helpers.is_interpreted(device, backend) else [((), 7, 130), ((3,), 20, 300), ((2, 2), 1, 9)]
+    for lead, N, M in cases:
+        a, b = make_sets(lead, N, M, "xyxy", dtype, device, requires_grad=False)
+        m = fastloss.box_iou(a, b, kind, backend=backend)
+        for dim in (-1, -2, len(lead), len(lead) + 1):
+            v, i = fastloss.box_iou_max(a, b, kind, dim=dim, backend=backend)
+            ev, ei = m.max(dim=dim)
+            assert v.shape == ev.shape and i.dtype == torch.int64
+            assert torch.equal(v, ev), (kind, lead, dim)  # same per-pair math, so the same bits
+            # the fused max compares the fp32 values before rounding to the output dtype: with
+            # bf16 outputs, pairs that round to the same value may pick another (equal) index
+            assert torch.equal(m.gather(dim, i.unsqueeze(dim)).squeeze(dim), ev), (kind, lead, dim)
+            if dtype != torch.bfloat16:
+                assert torch.equal(i, ei), (kind, lead, dim)
+
+
+@pytest.mark.parametrize("device,backend", helpers.device_backend_params())
+def test_max_ties_padding_nan(device, backend):
+    helpers.require_backend(device, backend)
+    gt = torch.tensor([[10.0, 10.0, 20.0, 20.0], [0.0, 0.0, 0.0, 0.0], [0.0, 0.0, 0.0, 0.0]], device=device)
+    anchors = torch.tensor([[0.0, 0.0, 5.0, 5.0], [10.0, 10.0, 20.0, 20.0], [10.0, 10.0, 20.0, 20.0], [50.0, 50.0, 60.0, 60.0]], device=device)
+    v, i = fastloss.box_iou_max(gt, anchors, "iou", dim=-1, backend=backend)
+    assert i.tolist() == [1, 0, 0]  # ties: the first index; padded rows: IoU 0 everywhere -> index 0
+    assert v[0].item() == pytest.approx(1.0, abs=1e-6) and v[1:].tolist() == [0.0, 0.0]
+    v, i = fastloss.box_iou_max(gt, anchors, "iou", dim=-2, backend=backend)
+    assert i.tolist() == [0, 0, 0, 0] and v[3].item() == 0.0
+    anchors[2, 0] = float("nan")
+    v, i = fastloss.box_iou_max(gt, anchors, "iou", dim=-1, backend=backend)
+    assert torch.isnan(v[0]) and i[0].item() == 2  # NaN is the maximum, as in torch.max
+
+
+def test_box_iou_bad_inputs():
+    a = torch.rand(2, 3, 4)
+    b = torch.rand(2, 5, 4)
+    with pytest.raises(ValueError, match=r"boxes1 must have shape \(\.\.\., 4\)"):
+        fastloss.box_iou(a[..., :3], b)
+    with pytest.raises(ValueError, match="same leading"):
+        fastloss.box_iou(a, torch.rand(3, 5, 4))
+    with pytest.raises(ValueError, match="aligned=True needs"):
+        fastloss.box_iou(a, b, aligned=True)
+    with pytest.raises(ValueError, match="kind must be one of"):
+        fastloss.box_iou(a, b, kind="siou")
+    with pytest.raises(ValueError, match="fmt must be one of"):
+        fastloss.box_iou(a, b, fmt="xyxy2")
+    with pytest.raises(ValueError, match="same dtype"):
+        fastloss.box_iou(a, b.double())
+    with pytest.raises(ValueError, match="dim must be"):
+        fastloss.box_iou_max(a, b, dim=0)
+    with pytest.raises(ValueError, match="empty"):
+        fastloss.box_iou_max(a, torch.rand(2, 0, 4), dim=-1)
+    with pytest.raises(ValueError, match=r"\(\.\.\., N, 4\)"):
+        fastloss.box_iou(torch.rand(4), torch.rand(4))

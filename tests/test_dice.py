@@ -1,0 +1,534 @@
+"""Tests of the Dice / Tversky / Jaccard family (+ Dice + cross entropy), every backend
+present: values and gradients against the float64 reference (random upstream gradient),
+gradcheck, opcheck, torch.compile, the eager fast path, edge cases, bad inputs, determinism,
+and the peers' formulas (MONAI / smp themselves when installed)."""
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import fastloss
+import helpers
+from fastloss.reference import dice as R
+
+MODE_FORMS = [("multiclass", "labels"), ("multiclass", "float"), ("binary", "labels"), ("binary", "float"),
+              ("multilabel", "float")]
+FNS = {"dice": (fastloss.dice_loss, R.dice_loss), "tversky": (fastloss.tversky_loss, R.tversky_loss),
+       "jaccard": (fastloss.jaccard_loss, R.jaccard_loss), "dice_ce": (fastloss.dice_ce_loss, R.dice_ce_loss)}
+
+OPTION_SETS = [
+    ("dice", dict()),
+    ("dice", dict(per_image=True, squared=True, smooth_nr=1e-5, reduction="none")),
+    ("dice", dict(include_background=False, class_weights="rand", reduction="sum", ignore_index=255)),
+    ("tversky", dict(alpha=0.3, beta=0.7, gamma=1.5, log=False, per_image=True)),
+    ("tversky", dict(alpha=0.7, beta=0.3, gamma=0.75, smooth_nr=1.0, smooth_dr=1.0, ignore_index=255)),
+    ("jaccard", dict(log=True, smooth_nr=1e-3, smooth_dr=1e-3, reduction="none")),
+    ("jaccard", dict(squared=True, per_image=True, ignore_index=255, reduction="sum")),
+    ("dice_ce", dict(ignore_index=255)),
+    ("dice_ce", dict(per_image=True, lambda_dice=0.3, lambda_ce=2.0, reduction="sum")),
+]
+
+
+def make_case(mode, form, spatial, C, dtype, device, ignore_index=None, scale=2.0, layout="contiguous"):
+    N = 2
+    if mode == "binary":
+        C = 1
+    shape = (N, C) + tuple(spatial)
+    if layout == "permuted":  # channel-last storage viewed as channel-first
+        x = (torch.randn((N,) + tuple(spatial) + (C,), dtype=torch.float64) * scale).movedim(-1, 1)
+    else:
+        x = torch.randn(shape, dtype=torch.float64) * scale
+    x = x.to(dtype).to(device).requires_grad_(True)
+    lab_shape = (N,) + tuple(spatial)
+    if mode == "multiclass":
+        labels = torch.randint(0, C, lab_shape)
+        if form == "labels":
+            t = labels
+            if ignore_index is not None:
+                t[0].view(-1)[:5] = ignore_index
+        else:
+            t = torch.softmax(torch.randn(shape, dtype=torch.float64), 1).to(dtype)
+    elif mode == "binary":
+        t = torch.randint(0, 2, lab_shape)
+        if ignore_index is not None:
+            t[0].view(-1)[:5] = ignore_index
+        if form == "float":
+            t = t.to(dtype)
+    else:
+        t = (torch.rand(shape) < 0.4).to(dtype)
+        if ignore_index is not None:
+            t[0, 0].view(-1)[:5] = ignore_index
+    return x, t.to(device)
+
+
+def resolve_opts(name, opts, mode, form, C, device):
+    opts = dict(opts)
+    if opts.get("class_weights") == "rand":
+        opts["class_weights"] = torch.rand(1 if mode == "binary" else C, dtype=torch.float64).to(device)
+    if "ignore_index" in opts and mode == "multiclass" and form == "float":
+        opts.pop("ignore_index")  # ignore_index needs labels in multiclass mode (tested in bad inputs)
+    return opts
+
+
+def reference_of(name, x, t, opts):
+    """float64 oracle on the values the kernel sees (input rounded to its dtype)."""
+    x64 = x.detach().to(torch.float64).cpu().requires_grad_(True)
+    t64 = t.detach().cpu()
+    t64 = t64.to(torch.float64) if t64.is_floating_point() else t64
+    o = {k: (v.detach().cpu().double() if isinstance(v, torch.Tensor) else v) for k, v in opts.items()}
+    return x64, FNS[name][1](x64, t64, **o)
+
+
+def check_vs_reference(name, x, t, backend, opts, msg=""):
+    fn = FNS[name][0]
+    out = fn(x, t, backend=backend, **opts)
+    assert out.dtype == x.dtype
+    x64, ref = reference_of(name, x, t, opts)
+    # loss = 1 - score: an absolute error of a few ulp of 1 is cancellation, not a kernel error
+    eps = torch.finfo(x.dtype).eps
+    t = helpers.tol(x.dtype)
+    torch.testing.assert_close(out.detach().double().cpu(), ref.detach().to(x.dtype).double(), rtol=t.rtol_reduced,
+                               atol=8 * eps * max(1.0, ref.detach().abs().max().item() if ref.numel() else 1.0),
+                               msg=lambda m: f"{msg} value\n{m}")
+    up = helpers.random_upstream(out)
+    (g,) = torch.autograd.grad(out, x, up)
+    (gref,) = torch.autograd.grad(ref, x64, up.double().cpu())
+    assert torch.isfinite(g).all()
+    helpers.assert_close(g, gref, x.dtype, reduced=True, msg=f"{msg} grad")
+    return out, g
+
+
+# ======================================================================================
+# values and gradients
+# ======================================================================================
+
+
+@pytest.mark.parametrize("device,backend", helpers.device_backend_params())
+def test_sanity_value(device, backend):
+    """The issue's sanity value: one binary 3x3 image, sigmoid Dice with smooth 1e-5 / 1e-5."""
+    helpers.require_backend(device, backend)
+    x = torch.tensor([[1.9072, 1.1079, 1.4906], [-0.6584, -0.0512, 0.7608], [-0.0614, 0.6583, 0.1095]], device=device)[None]
+    t = torch.tensor([[0, 1, 1], [1, 1, 1], [0, 0, 0]], device=device)[None]
+    for target in (t, t.float(), t.to(torch.uint8)):
+        loss = fastloss.dice_loss(x, target, mode="binary", smooth_nr=1e-5, smooth_dr=1e-5, backend=backend)
+        assert abs(loss.item() - 0.4203514) < 2e-7, loss.item()
+        assert abs(1 - loss.item() - 0.5796486) < 2e-7
+
+
+@pytest.mark.parametrize("spatial", [(7, 37), (3, 5, 11)], ids=["2d", "3d"])
+@pytest.mark.parametrize("mode,form", MODE_FORMS, ids=[f"{m}-{f}" for m, f in MODE_FORMS])
+@pytest.mark.parametrize("device,backend,dtype", helpers.device_backend_dtype_params())
+def test_vs_reference(device, backend, dtype, mode, form, spatial):
+    helpers.require_backend(device, backend)
+    C = 5
+    sets = OPTION_SETS[::3] if helpers.is_interpreted(device, backend) else OPTION_SETS
+    for name, opts in sets:
+        opts = dict(opts, mode=mode)
+        x, t = make_case(mode, form, spatial, C, dtype, device, ignore_index=opts.get("ignore_index"))
+        opts = resolve_opts(name, opts, mode, form, C, device)
+        check_vs_reference(name, x, t, backend, opts, msg=f"{backend} {mode}-{form} {name} {opts}")
+
+
+@pytest.mark.parametrize("device,backend,dtype", helpers.device_backend_dtype_params(dtypes=(torch.float64, torch.float32)))
+def test_large_and_noncontiguous(device, backend, dtype):
+    """Several reduction blocks (S > 4096 on CPU), a ragged tail, channel-last storage."""
+    helpers.require_backend(device, backend)
+    spatial = (5, 19) if helpers.is_interpreted(device, backend) else (67, 131)
+    for layout in ("contiguous", "permuted"):
+        x, t = make_case("multiclass", "labels", spatial, 7, dtype, device, ignore_index=255, layout=layout)
+        assert x.is_contiguous() == (layout == "contiguous")
+        for name in ("dice", "dice_ce"):
+            check_vs_reference(name, x, t, backend, dict(ignore_index=255, per_image=True), msg=f"{layout} {name}")
+
+
+@pytest.mark.parametrize("device,backend", helpers.device_backend_params())
+def test_from_logits_false(device, backend):
+    helpers.require_backend(device, backend)
+    x = torch.softmax(torch.randn(2, 4, 6, 9, dtype=torch.float64), 1).to(device).requires_grad_(True)
+    t = torch.randint(0, 4, (2, 6, 9), device=device)
+    for name in ("dice", "tversky", "jaccard"):
+        check_vs_reference(name, x, t, backend, dict(from_logits=False))
+    xb = torch.rand(2, 1, 6, 9, dtype=torch.float64, device=device, requires_grad=True)
+    check_vs_reference("dice", xb, t.clamp(max=1), backend, dict(mode="binary", from_logits=False, squared=True))
+
+
+@pytest.mark.parametrize("device,backend", helpers.device_backend_params())
+def test_label_dtypes_bitwise(device, backend):
+    helpers.require_backend(device, backend)
+    x = torch.randn(2, 6, 5, 13, device=device)
+    t = torch.randint(0, 6, (2, 5, 13), device=device)
+    t[0, 0, :3] = 255
+    ref = fastloss.dice_ce_loss(x, t, ignore_index=255, backend=backend)
+    for dt in (torch.uint8, torch.int32, torch.int16):
+        assert torch.equal(fastloss.dice_ce_loss(x, t.to(dt), ignore_index=255, backend=backend), ref), dt
+
+
+@pytest.mark.parametrize("device,backend", helpers.device_backend_params())
+def test_labels_equal_one_hot(device, backend):
+    """Labels are expanded in the kernel: the same numbers as the explicit one-hot target."""
+    helpers.require_backend(device, backend)
+    x = torch.randn(2, 5, 4, 7, 3, device=device, requires_grad=True)
+    t = torch.randint(0, 5, (2, 4, 7, 3), device=device)
+    oh = F.one_hot(t, 5).movedim(-1, 1).float()
+    for fn in (fastloss.dice_loss, fastloss.jaccard_loss, fastloss.dice_ce_loss):
+        a = fn(x, t, per_image=True, backend=backend)
+        b = fn(x, oh, per_image=True, backend=backend)
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7)
+        ga, = torch.autograd.grad(a, x)
+        gb, = torch.autograd.grad(b, x)
+        torch.testing.assert_close(ga, gb, rtol=1e-5, atol=1e-8)
+
+
+@pytest.mark.parametrize("device,backend", helpers.device_backend_params())
+def test_binary_input_forms(device, backend):
+    """Binary input (N, 1, *) or (N, *); targets (N, *) or like input: one loss."""
+    helpers.require_backend(device, backend)
+    x = torch.randn(3, 6, 7, device=device)
+    t = torch.randint(0, 2, (3, 6, 7), device=device)
+    ref = fastloss.dice_loss(x, t, mode="binary", backend=backend)
+    for xi, ti in ((x[:, None], t), (x[:, None], t[:, None]), (x[:, None], t[:, None].float()), (x, t.float()), (x, t.bool())):
+        torch.testing.assert_close(fastloss.dice_loss(xi, ti, mode="binary", backend=backend), ref, rtol=1e-6, atol=1e-7)
+
+
+# ======================================================================================
+# edge cases
+# ======================================================================================
+
+
+@pytest.mark.parametrize("device,backend", helpers.device_backend_params())
+def test_edge_cases(device, backend):
+    helpers.require_backend(device, backend)
+    # a class absent from prediction and target: the smooth terms decide (score s_nr / s_dr)
+    x = torch.full((1, 3, 4, 4), -30.0, device=device)
+    x[:, 0] = 30.0
+    t = torch.zeros(1, 4, 4, dtype=torch.long, device=device)
+    per_class = fastloss.dice_loss(x, t, reduction="none", backend=backend)
+    torch.testing.assert_close(per_class, torch.tensor([0.0, 1.0, 1.0], device=device), rtol=0, atol=1e-6)
+    per_class = fastloss.dice_loss(x, t, smooth_nr=1e-5, smooth_dr=1e-5, reduction="none", backend=backend)
+    torch.testing.assert_close(per_class, torch.zeros(3, device=device), rtol=0, atol=1e-6)
+    # smooth_dr = 0 and nothing anywhere: the finite limit score 1 (loss 0, no NaN)
+    xp = torch.zeros(1, 2, 3, 3, device=device, requires_grad=True)
+    tp = torch.zeros(1, 2, 3, 3, device=device)
+    out = fastloss.dice_loss(xp, tp, mode="multilabel", from_logits=False, smooth_dr=0.0, backend=backend)
+    (g,) = torch.autograd.grad(out, xp)
+    assert out.item() == 0.0 and torch.isfinite(g).all()
+    # all pixels ignored: every sum is zero
+    for name in ("dice", "dice_ce"):
+        xi = torch.randn(2, 4, 3, 5, device=device, requires_grad=True)
+        ti = torch.full((2, 3, 5), 7, dtype=torch.long, device=device)
+        out, g = check_vs_reference(name, xi, ti, backend, dict(ignore_index=7), msg="all ignored")
+        assert torch.isfinite(out).all() and (g == 0).all()
+    # one pixel, 3-D and 2-D
+    for spatial in ((1, 1), (1, 1, 1)):
+        x1, t1 = make_case("multiclass", "labels", spatial, 3, torch.float32, device)
+        check_vs_reference("dice_ce", x1, t1, backend, dict(per_image=True), msg="one pixel")
+    # extreme logits: finite values and gradients
+    xe = (torch.randint(0, 2, (2, 4, 5, 6), device=device).float() * 2 - 1) * 1e4
+    xe.requires_grad_(True)
+    te = torch.randint(0, 4, (2, 5, 6), device=device)
+    for name in ("dice", "tversky", "jaccard", "dice_ce"):
+        check_vs_reference(name, xe, te, backend, dict(), msg=f"extreme {name}")
+        xb = xe[:, :1].detach().clone().requires_grad_(True)
+        check_vs_reference(name, xb, (te > 1).float().unsqueeze(1), backend, dict(mode="binary"), msg=f"extreme binary {name}")
+    # C = 1 in multiclass mode (softmax of one channel is 1)
+    x1c = torch.randn(2, 1, 4, 5, device=device, requires_grad=True)
+    check_vs_reference("dice", x1c, torch.zeros(2, 4, 5, dtype=torch.long, device=device), backend, dict(), msg="C=1")
+
+
+@pytest.mark.parametrize("device,backend", helpers.device_backend_params())
+def test_many_classes(device, backend):
+    helpers.require_backend(device, backend)
+    spatial = (3, 4) if helpers.is_interpreted(device, backend) else (9, 21)
+    x, t = make_case("multiclass", "labels", spatial, 150, torch.float32, device, ignore_index=255)
+    for name in ("dice", "dice_ce"):
+        check_vs_reference(name, x, t, backend, dict(ignore_index=255, include_background=False), msg="C=150")
+
+
+@pytest.mark.parametrize("device,backend", helpers.device_backend_params())
+def test_nan_propagates(device, backend):
+    helpers.require_backend(device, backend)
+    x = torch.randn(2, 3, 4, 5, device=device)
+    x[0, 1, 2, 3] = float("nan")
+    t = torch.randint(0, 3, (2, 4, 5), device=device)
+    assert torch.isnan(fastloss.dice_loss(x, t, backend=backend))
+
+
+@pytest.mark.parametrize("device,backend", helpers.device_backend_params())
+def test_no_grad_and_modules(device, backend):
+    helpers.require_backend(device, backend)
+    x = torch.randn(2, 3, 4, 5, device=device)
+    t = torch.randint(0, 3, (2, 4, 5), device=device)
+    with torch.no_grad():
+        a = fastloss.tversky_loss(x, t, alpha=0.2, beta=0.8, backend=backend)
+    with fastloss.use_backend(backend):
+        b = fastloss.nn.TverskyLoss(alpha=0.2, beta=0.8)(x, t)
+        assert torch.equal(fastloss.nn.DiceLoss(per_image=True)(x, t), fastloss.dice_loss(x, t, per_image=True))
+        assert torch.equal(fastloss.nn.JaccardLoss()(x, t), fastloss.jaccard_loss(x, t))
+        assert torch.equal(fastloss.nn.DiceCELoss(lambda_ce=0.5)(x, t), fastloss.dice_ce_loss(x, t, lambda_ce=0.5))
+    assert torch.equal(a, b) and a.grad_fn is None
+
+
+# ======================================================================================
+# bad inputs
+# ======================================================================================
+
+
+def test_bad_inputs():
+    x = torch.randn(2, 3, 4, 5)
+    t = torch.randint(0, 3, (2, 4, 5))
+    cases = [
+        (dict(target=t[:, :3]), "label map must have shape"),
+        (dict(target=t.float()), "float multiclass target"),
+        (dict(mode="softmax"), "mode must be one of"),
+        (dict(target=t + 3), "out of range|must be in"),
+        (dict(target=torch.rand(2, 3, 4, 5, requires_grad=True)), "does not differentiate"),
+        (dict(target=torch.rand(2, 3, 4, 5), ignore_index=0), "ignore_index needs an integer label map"),
+        (dict(gamma=0.0), "gamma must be > 0"),
+        (dict(alpha=-1.0), "alpha must be >= 0"),
+        (dict(class_weights=[1.0, 2.0]), "class_weights must have one value per class"),
+        (dict(reduction="avg"), "reduction must be one of"),
+        (dict(mode="multilabel", target=t), "multilabel target must have input's shape"),
+        (dict(mode="binary"), "binary target must have input's shape"),
+    ]
+    for kw, match in cases:
+        kw = dict(kw)
+        target = kw.pop("target", t)
+        for backend in ("cpu", "reference"):
+            if backend not in fastloss.available_backends("cpu"):
+                continue
+            with pytest.raises(ValueError, match=match):
+                fastloss.tversky_loss(x, target, backend=backend, **kw)
+    with pytest.raises(ValueError, match="floating-point"):
+        fastloss.dice_loss(t, t)
+    with pytest.raises(ValueError, match="out of range|must be in"):
+        fastloss.dice_loss(x[:, :1], t, mode="binary")  # binary labels must be 0/1
+    with pytest.raises(ValueError, match="must be"):
+        fastloss.dice_ce_loss(x, t, reduction="none")
+
+
+# ======================================================================================
+# peers: formulas written inline from their documented semantics (+ the packages if present)
+# ======================================================================================
+
+
+def _monai_dice_inline(x, y_onehot, smooth_nr=1e-5, smooth_dr=1e-5, batch=False, squared=False, include_background=True):
+    p = torch.softmax(x, 1)
+    if not include_background:
+        p, y_onehot = p[:, 1:], y_onehot[:, 1:]
+    dims = [0] + list(range(2, x.dim())) if batch else list(range(2, x.dim()))
+    inter = (p * y_onehot).sum(dims)
+    den = (p * p).sum(dims) + (y_onehot * y_onehot).sum(dims) if squared else p.sum(dims) + y_onehot.sum(dims)
+    return (1.0 - (2.0 * inter + smooth_nr) / (den + smooth_dr)).mean()
+
+
+def _smp_dice_inline(x, y, smooth=0.0, eps=1e-7, log=False):
+    # smp DiceLoss(mode="multiclass", from_logits=True): sums over batch and space per class,
+    # classes absent from the target get loss 0 (mask), then the mean over classes
+    N, C = x.shape[:2]
+    p = x.log_softmax(1).exp().view(N, C, -1)
+    g = F.one_hot(y.view(N, -1), C).permute(0, 2, 1).to(p.dtype)
+    inter = (p * g).sum((0, 2))
+    card = (p + g).sum((0, 2))
+    score = (2 * inter + smooth) / (card + smooth).clamp_min(eps)
+    loss = -torch.log(score.clamp_min(eps)) if log else 1.0 - score
+    return (loss * (g.sum((0, 2)) > 0).to(loss.dtype)).mean()
+
+
+def test_matches_peer_formulas():
+    torch.manual_seed(1)
+    x = torch.randn(2, 4, 6, 7, 3, dtype=torch.float64)
+    y = torch.randint(0, 4, (2, 6, 7, 3))
+    oh = F.one_hot(y, 4).movedim(-1, 1).double()
+    for backend in fastloss.available_backends("cpu"):
+        if backend == "triton":
+            continue
+        for batch in (False, True):
+            for squared in (False, True):
+                for bg in (True, False):
+                    ours = fastloss.dice_loss(x, y, smooth_nr=1e-5, smooth_dr=1e-5, per_image=not batch, squared=squared,
+                                              include_background=bg, backend=backend)
+                    torch.testing.assert_close(ours, _monai_dice_inline(x, oh, batch=batch, squared=squared, include_background=bg))
+        # smp, every class present in the target: smooth = s in numerator and denominator
+        for smooth in (0.0, 1.0):
+            ours = fastloss.dice_loss(x, y, smooth_nr=smooth, smooth_dr=max(smooth, 1e-30), backend=backend)
+            torch.testing.assert_close(ours, _smp_dice_inline(x, y, smooth=smooth))
+        # MONAI DiceCE = Dice + torch cross entropy (mean); ignore_index honoured in both terms
+        yi = y.clone()
+        yi[0, 0] = 255
+        ce = F.cross_entropy(x, yi, ignore_index=255)
+        d = fastloss.dice_loss(x, yi, smooth_nr=1e-5, smooth_dr=1e-5, ignore_index=255, per_image=True, backend=backend)
+        ours = fastloss.dice_ce_loss(x, yi, smooth_nr=1e-5, smooth_dr=1e-5, ignore_index=255, per_image=True, backend=backend)
+        torch.testing.assert_close(ours, d + ce)
+        # sigmoid modes: BCE-with-logits mean
+        tb = (torch.rand(2, 4, 6, 7, 3) < 0.3).double()
+        ours = fastloss.dice_ce_loss(x, tb, mode="multilabel", lambda_dice=0.0, backend=backend)
+        torch.testing.assert_close(ours, F.binary_cross_entropy_with_logits(x, tb))
+
+
+def test_monai_if_installed():
+    monai_losses = pytest.importorskip("monai.losses", reason="MONAI not installed; test_matches_peer_formulas checks its formula")
+    x = torch.randn(2, 4, 6, 7, dtype=torch.float64)
+    y = torch.randint(0, 4, (2, 1, 6, 7))
+    for batch in (False, True):
+        ref = monai_losses.DiceLoss(to_onehot_y=True, softmax=True, batch=batch)(x, y)
+        torch.testing.assert_close(fastloss.dice_loss(x, y[:, 0], smooth_nr=1e-5, smooth_dr=1e-5, per_image=not batch), ref)
+        ref = monai_losses.TverskyLoss(to_onehot_y=True, softmax=True, alpha=0.3, beta=0.7, batch=batch)(x, y)
+        torch.testing.assert_close(fastloss.tversky_loss(x, y[:, 0], 0.3, 0.7, smooth_nr=1e-5, smooth_dr=1e-5, per_image=not batch), ref)
+    ref = monai_losses.DiceCELoss(to_onehot_y=True, softmax=True)(x, y)
+    torch.testing.assert_close(fastloss.dice_ce_loss(x, y[:, 0], smooth_nr=1e-5, smooth_dr=1e-5, per_image=True), ref)
+
+
+def test_smp_if_installed():
+    smp_losses = pytest.importorskip("segmentation_models_pytorch.losses",
+                                     reason="segmentation_models_pytorch not installed; test_matches_peer_formulas checks its formula")
+    x = torch.randn(2, 4, 6, 7, dtype=torch.float64)
+    y = torch.randint(0, 4, (2, 6, 7))
+    ref = smp_losses.DiceLoss("multiclass", smooth=1.0)(x, y)
+    torch.testing.assert_close(fastloss.dice_loss(x, y, smooth_nr=1.0, smooth_dr=1.0), ref)
+    ref = smp_losses.JaccardLoss("multiclass", smooth=1.0)(x, y)
+    torch.testing.assert_close(fastloss.jaccard_loss(x, y, smooth_nr=1.0, smooth_dr=1.0), ref)
+
+
+# ======================================================================================
+# gradcheck, opcheck, torch.compile, eager fast path, determinism
+# ======================================================================================
+
+
+@pytest.mark.parametrize("mode,form", MODE_FORMS, ids=[f"{m}-{f}" for m, f in MODE_FORMS])
+@pytest.mark.parametrize("backend", helpers.CPU_BACKENDS)
+def test_gradcheck_fp64(backend, mode, form):
+    helpers.require_backend("cpu", backend)
+    ign = 255 if not (mode == "multiclass" and form == "float") else None
+    x, t = make_case(mode, form, (3, 4), 3, torch.float64, "cpu", ignore_index=ign)
+    sets = [("dice_ce", dict(ignore_index=ign)), ("tversky", dict(alpha=0.3, beta=0.7, gamma=1.5, squared=True, per_image=True, ignore_index=ign))]
+    for name, opts in sets:
+        fn = FNS[name][0]
+
+        def f(inp):
+            return fn(inp, t, mode=mode, backend=backend, **opts)
+
+        assert torch.autograd.gradcheck(f, (x,), eps=1e-6, atol=1e-8, rtol=1e-6)
+
+
+def _opcheck(op, args):
+    result = torch.library.opcheck(op, args)
+    assert result and all(v == "SUCCESS" for v in result.values()), result
+
+
+@pytest.mark.parametrize("backend", helpers.CPU_BACKENDS)
+def test_opcheck(backend):
+    helpers.require_backend("cpu", backend)
+    for dtype in (torch.float32, torch.float64):
+        x = torch.randn(2, 3, 10, dtype=dtype, requires_grad=True)
+        acc = torch.float64 if dtype == torch.float64 else torch.float32
+        for t, act, ign in ((torch.randint(0, 3, (2, 10)), 2, None), (torch.randint(0, 3, (2, 10)).to(torch.uint8), 2, 1),
+                            (torch.rand(2, 3, 10, dtype=dtype), 1, None)):
+            for with_ce in (False, True):
+                _opcheck(torch.ops.fastloss.dice_sums.default, (x, t, act, False, ign, with_ce, backend))
+            gs = torch.randn(2, 3, 3, dtype=acc)
+            for gce in (torch.randn(2, 2, dtype=acc), torch.empty(0, dtype=acc)):
+                _opcheck(torch.ops.fastloss.dice_sums_backward.default, (gs, gce, x.detach(), t, act, True, ign, backend))
+
+
+@pytest.fixture
+def dynamo_reset():
+    torch._dynamo.reset()
+    yield
+    torch._dynamo.reset()
+
+
+def _loss_and_grad(fn, x, *args):
+    x = x.detach().clone().requires_grad_()
+    out = fn(x, *args)
+    (g,) = torch.autograd.grad(out, x)
+    return out.detach(), g
+
+
+@pytest.mark.parametrize("backend", helpers.CPU_BACKENDS)
+def test_compile_fullgraph_aot_eager(dynamo_reset, backend):
+    helpers.require_backend("cpu", backend)
+    x = torch.randn(2, 4, 5, 6)
+    t = torch.randint(0, 4, (2, 5, 6))
+    w = torch.rand(4)
+
+    def fn(inp, target, cw):
+        a = fastloss.dice_ce_loss(inp, target, ignore_index=3, class_weights=cw, backend=backend)
+        b = fastloss.tversky_loss(inp, target, 0.3, 0.7, 1.5, per_image=True, reduction="none", backend=backend)
+        return a + (b * b).sum()
+
+    compiled = torch.compile(fn, backend="aot_eager", fullgraph=True)
+    out_e, g_e = _loss_and_grad(fn, x, t, w)
+    out_c, g_c = _loss_and_grad(compiled, x, t, w)
+    assert torch.equal(out_e, out_c) and torch.equal(g_e, g_c)
+
+
+def test_compile_fullgraph_inductor(dynamo_reset):
+    x = torch.randn(2, 4, 5, 6)
+    t = torch.randint(0, 4, (2, 5, 6))
+
+    def fn(inp, target):
+        return fastloss.dice_loss(inp, target, per_image=True) * 2.0 + inp.sigmoid().sum() * 0.0
+
+    compiled = torch.compile(fn, fullgraph=True)
+    out_e, g_e = _loss_and_grad(fn, x, t)
+    out_c, g_c = _loss_and_grad(compiled, x, t)
+    torch.testing.assert_close(out_c, out_e, rtol=1e-6, atol=1e-7)
+    torch.testing.assert_close(g_c, g_e, rtol=1e-6, atol=1e-8)
+
+
+@pytest.mark.parametrize("device,backend,dtype", helpers.device_backend_dtype_params(dtypes=(torch.float32, torch.float16)))
+def test_eager_fast_path_equals_custom_op(device, backend, dtype):
+    helpers.require_backend(device, backend)
+    x = torch.randn(2, 3, 10, device=device).to(dtype).requires_grad_(True)
+    t = torch.randint(0, 3, (2, 10), device=device)
+    args = (t, 2, True, 1, True, backend)
+    s_f, c_f = fastloss.DiceSumsFunction.apply(x, *args)
+    s_o, c_o = torch.ops.fastloss.dice_sums(x, *args)
+    assert torch.equal(s_f, s_o) and torch.equal(c_f, c_o)
+    up_s, up_c = torch.randn_like(s_f), torch.randn_like(c_f)
+    (g_f,) = torch.autograd.grad((s_f, c_f), x, (up_s, up_c))
+    (g_o,) = torch.autograd.grad((s_o, c_o), x, (up_s, up_c))
+    assert torch.equal(g_f, g_o)
+
+
+@pytest.mark.parametrize("device,backend", helpers.device_backend_params())
+def test_deterministic(device, backend):
+    helpers.require_backend(device, backend)
+    spatial = (9, 13) if helpers.is_interpreted(device, backend) else (96, 160)
+    x, t = make_case("multiclass", "labels", spatial, 6, torch.float32, device, ignore_index=255)
+    runs = []
+    for threads in (1, 2, 1):
+        prev = torch.get_num_threads()
+        torch.set_num_threads(threads)
+        try:
+            runs.append(_loss_and_grad(lambda a, b: fastloss.dice_ce_loss(a, b, ignore_index=255, backend=backend), x, t))
+        finally:
+            torch.set_num_threads(prev)
+    for out, g in runs[1:]:
+        assert torch.equal(out, runs[0][0]) and torch.equal(g, runs[0][1])
+
+
+def test_nan_poisoned_python_buffers(nan_poison):
+    """torch.empty & co return NaN: the Python-side launchers must write every output."""
+    for backend in fastloss.available_backends("cpu"):
+        x, t = make_case("multiclass", "labels", (5, 7), 3, torch.float32, "cpu", ignore_index=255)
+        check_vs_reference("dice_ce", x, t, backend, dict(ignore_index=255), msg=f"poisoned {backend}")
+
+
+@pytest.mark.parametrize("device,backend", [pytest.param("cpu", "triton", id="cpu-triton")] + [
+    p for p in helpers.device_backend_params(devices=("cuda",)) if p.values[1] != "reference"])
+def test_gpu_out_of_range_labels_match_no_class(device, backend):
+    """Documented GPU (CUDA, Triton) rule (no host sync to check labels): an out-of-range label matches no
+    class -- the pixel counts in P' only, like an all-zero one-hot row, and adds 0 to the CE."""
+    helpers.require_backend(device, backend)
+    x = torch.randn(2, 4, 5, 6, device=device, requires_grad=True)
+    t = torch.randint(0, 4, (2, 5, 6), device=device)
+    t[0, 0, :3] = 9
+    oh = (t.unsqueeze(1) == torch.arange(4, device=device).view(1, 4, 1, 1)).float()
+    a = fastloss.dice_loss(x, t, per_image=True, backend=backend)
+    b = fastloss.dice_loss(x, oh, per_image=True, backend=backend)
+    torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7)
+    ga, = torch.autograd.grad(a, x)
+    gb, = torch.autograd.grad(b, x)
+    torch.testing.assert_close(ga, gb, rtol=1e-5, atol=1e-8)

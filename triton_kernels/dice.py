@@ -1,0 +1,186 @@
+"""Dice / Tversky / Jaccard (+ fused cross entropy) in Triton: the two passes of
+csrc/kernels/dice.h over (N, C, S) logits read in place (channel-first).
+
+Each program owns one (image n, spatial block) tile of [BLOCK_C >= C, BLOCK_S] logits, so the
+softmax over C is computed in registers from one read of the tile.
+  pass 1: per-(image, block, class) fp32 (fp64 for fp64) partial sums of I, P', G' (+ per
+          (image, block) CE sum and count), written to a partials buffer and added by one
+          torch.sum over the block axis: deterministic, no atomics;
+  pass 2: dL/dlogits through the softmax/sigmoid Jacobian (softmax recomputed), in input's
+          dtype.
+Integer label maps (uint8/int32/int64) are compared with the class index in registers (no
+one-hot).  Out-of-range labels are not checked here (no host sync): they match no class.
+"""
+import torch
+import triton
+import triton.language as tl
+
+from fastloss import _backend
+from fastloss.ops._common import reduced_dtype
+
+TILE = 4096  # elements per program (BLOCK_C * BLOCK_S)
+
+
+@triton.jit
+def _log1p_small(e):
+    # log(1 + e) for e in (0, 1], accurate for tiny e: log(u) * e / (u - 1), u = 1 + e
+    u = 1.0 + e
+    return tl.where(u == 1.0, e, tl.log(u) * e / (u - 1.0))
+
+
+@triton.jit
+def _tile(x_ptr, t_ptr, n, blk, C, S, ignore_index, ACT: tl.constexpr, LABELS: tl.constexpr, HAS_IGNORE: tl.constexpr,
+          COMPUTE: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_S: tl.constexpr):
+    """x (logits, -inf on padded classes for softmax), p, g, element mask m, pixel mask mp, offsets, valid."""
+    c = tl.arange(0, BLOCK_C)
+    s = blk * BLOCK_S + tl.arange(0, BLOCK_S)
+    cmask = c < C
+    smask = s < S
+    valid = cmask[:, None] & smask[None, :]
+    base = n.to(tl.int64) * C * S
+    offs = base + c[:, None].to(tl.int64) * S + s[None, :]
+    if ACT == 2:
+        x = tl.load(x_ptr + offs, mask=valid, other=0.0).to(COMPUTE)
+        x = tl.where(cmask[:, None], x, float("-inf"))
+        mx = tl.max(x, axis=0)
+        e = tl.exp(x - mx[None, :])
+        ssum = tl.sum(e, axis=0)
+        p = e / ssum[None, :]
+    else:
+        x = tl.load(x_ptr + offs, mask=valid, other=0.0).to(COMPUTE)
+        if ACT == 1:
+            p = 1.0 / (1.0 + tl.exp(-x))
+        else:
+            p = x
+        mx = tl.zeros([BLOCK_S], COMPUTE)
+        ssum = tl.zeros([BLOCK_S], COMPUTE)
+    if LABELS:
+        lab = tl.load(t_ptr + n.to(tl.int64) * S + s, mask=smask, other=0).to(tl.int64)
+        mp = smask
+        if HAS_IGNORE:
+            mp = mp & (lab != ignore_index)
+        if ACT != 2 and BLOCK_C == 1:
+            g = (lab[None, :] == 1).to(COMPUTE) + tl.zeros([BLOCK_C, BLOCK_S], COMPUTE)
+        else:
+            g = (lab[None, :] == c[:, None]).to(COMPUTE)
+        m = (mp[None, :] & cmask[:, None]).to(COMPUTE)
+    else:
+        g = tl.load(t_ptr + offs, mask=valid, other=0.0).to(COMPUTE)
+        mv = valid
+        if HAS_IGNORE:
+            mv = mv & (g != ignore_index)
+        m = mv.to(COMPUTE)
+        g = tl.where(mv, g, 0.0)
+        mp = smask
+    return x, p, g, m, mp, mx, ssum, offs, valid, cmask
+
+
+@triton.jit
+def _sums_kernel(x_ptr, t_ptr, part_ptr, cepart_ptr, C, S, NBLK, ignore_index, ACT: tl.constexpr, LABELS: tl.constexpr,
+                 HAS_IGNORE: tl.constexpr, SQUARED: tl.constexpr, WITH_CE: tl.constexpr, COMPUTE: tl.constexpr,
+                 BLOCK_C: tl.constexpr, BLOCK_S: tl.constexpr):
+    n = tl.program_id(1)
+    blk = tl.program_id(0)
+    x, p, g, m, mp, mx, ssum, offs, valid, cmask = _tile(x_ptr, t_ptr, n, blk, C, S, ignore_index, ACT, LABELS, HAS_IGNORE,
+                                                         COMPUTE, BLOCK_C, BLOCK_S)
+    # masked lanes must add exactly 0 (p of a padded class is 0, g is 0; use where, not * m, for NaN-free padding)
+    inter = tl.sum(tl.where(valid, m * p * g, 0.0), axis=1)
+    if SQUARED:
+        psum = tl.sum(tl.where(valid, m * p * p, 0.0), axis=1)
+        gsum_c = tl.sum(m * g * g, axis=1)
+    else:
+        psum = tl.sum(tl.where(valid, m * p, 0.0), axis=1)
+        gsum_c = tl.sum(m * g, axis=1)
+    c = tl.arange(0, BLOCK_C)
+    out = part_ptr + ((n.to(tl.int64) * NBLK + blk) * C + c) * 3
+    tl.store(out + 0, inter, mask=cmask)
+    tl.store(out + 1, psum, mask=cmask)
+    tl.store(out + 2, gsum_c, mask=cmask)
+    if WITH_CE:
+        if ACT == 2:
+            xs = tl.where(valid, x, 0.0)
+            lse = mx + tl.log(ssum)
+            ce_px = tl.sum(g, axis=0) * lse - tl.sum(g * xs, axis=0)
+            ce = tl.sum(tl.where(mp, ce_px, 0.0), axis=0)
+            cnt = tl.sum(mp.to(COMPUTE), axis=0)
+        else:
+            bce = tl.where(x > 0, x, 0.0) - x * g + _log1p_small(tl.exp(-tl.abs(x)))
+            ce = tl.sum(tl.sum(tl.where(m > 0, bce, 0.0), axis=1), axis=0)
+            cnt = tl.sum(tl.sum(m, axis=1), axis=0)
+        cout = cepart_ptr + (n.to(tl.int64) * NBLK + blk) * 2
+        tl.store(cout, ce)
+        tl.store(cout + 1, cnt)
+
+
+@triton.jit
+def _grad_kernel(x_ptr, t_ptr, coef_ptr, cecoef_ptr, out_ptr, C, S, ignore_index, ACT: tl.constexpr, LABELS: tl.constexpr,
+                 HAS_IGNORE: tl.constexpr, SQUARED: tl.constexpr, WITH_CE: tl.constexpr, COMPUTE: tl.constexpr,
+                 BLOCK_C: tl.constexpr, BLOCK_S: tl.constexpr):
+    n = tl.program_id(1)
+    blk = tl.program_id(0)
+    x, p, g, m, mp, mx, ssum, offs, valid, cmask = _tile(x_ptr, t_ptr, n, blk, C, S, ignore_index, ACT, LABELS, HAS_IGNORE,
+                                                         COMPUTE, BLOCK_C, BLOCK_S)
+    c = tl.arange(0, BLOCK_C)
+    cb = coef_ptr + (n.to(tl.int64) * C + c) * 3
+    a = tl.load(cb, mask=cmask, other=0.0).to(COMPUTE)
+    b = tl.load(cb + 1, mask=cmask, other=0.0).to(COMPUTE)
+    if SQUARED:
+        d = m * (a[:, None] * g + b[:, None] * 2.0 * p)
+    else:
+        d = m * (a[:, None] * g + b[:, None])
+    if ACT == 2:
+        dot = tl.sum(p * d, axis=0)
+        r = p * (d - dot[None, :])
+        if WITH_CE:
+            e = tl.load(cecoef_ptr + n.to(tl.int64) * 2).to(COMPUTE)
+            r = r + e * m * (tl.sum(g, axis=0)[None, :] * p - g)
+    elif ACT == 1:
+        # p (1 - p) without cancellation: sigmoid(x) sigmoid(-x)
+        sn = 1.0 / (1.0 + tl.exp(x))
+        r = p * sn * d
+        if WITH_CE:
+            e = tl.load(cecoef_ptr + n.to(tl.int64) * 2).to(COMPUTE)
+            r = r + e * m * (p - g)
+    else:
+        r = d
+    tl.store(out_ptr + offs, r.to(out_ptr.dtype.element_ty), mask=valid)
+
+
+def _meta(input, target, activation, squared, ignore_index):
+    N, C, S = input.shape
+    block_c = triton.next_power_of_2(max(C, 1))
+    block_s = max(1, TILE // block_c)
+    block_s = min(block_s, max(16, triton.next_power_of_2(max(S, 1))))
+    meta = dict(ACT=activation, LABELS=not target.is_floating_point(), HAS_IGNORE=ignore_index is not None, SQUARED=squared,
+                COMPUTE=tl.float64 if input.dtype == torch.float64 else tl.float32, BLOCK_C=block_c, BLOCK_S=block_s)
+    return N, C, S, triton.cdiv(S, block_s), meta
+
+
+def forward(input, target, activation, squared, ignore_index, with_ce):
+    N, C, S, nblk, meta = _meta(input, target, activation, squared, ignore_index)
+    acc = reduced_dtype(input.dtype)
+    part = torch.empty((N, nblk, C, 3), dtype=acc, device=input.device)
+    cepart = torch.empty((N, nblk, 2) if with_ce else (1,), dtype=acc, device=input.device)
+    ign = 0 if ignore_index is None else int(ignore_index)
+    if N * C * S:
+        _sums_kernel[(nblk, N)](input, target, part, cepart, C, S, nblk, ign, WITH_CE=with_ce, **meta)
+        sums = part.sum(1)
+        ce = cepart.sum(1) if with_ce else input.new_empty((0,), dtype=acc)
+    else:
+        sums = torch.zeros((N, C, 3), dtype=acc, device=input.device)
+        ce = torch.zeros((N, 2), dtype=acc, device=input.device) if with_ce else input.new_empty((0,), dtype=acc)
+    return sums, ce
+
+
+def backward(grad_sums, grad_ce, input, target, activation, squared, ignore_index):
+    N, C, S, nblk, meta = _meta(input, target, activation, squared, ignore_index)
+    out = torch.empty_like(input)
+    with_ce = grad_ce.numel() > 0
+    ign = 0 if ignore_index is None else int(ignore_index)
+    if out.numel():
+        _grad_kernel[(nblk, N)](input, target, grad_sums, grad_ce if with_ce else grad_sums, out, C, S, ign, WITH_CE=with_ce,
+                                **meta)
+    return out
+
+
+_backend.register("dice", "triton", forward, backward)
