@@ -532,3 +532,13 @@ def test_gpu_out_of_range_labels_match_no_class(device, backend):
     ga, = torch.autograd.grad(a, x)
     gb, = torch.autograd.grad(b, x)
     torch.testing.assert_close(ga, gb, rtol=1e-5, atol=1e-8)
+
+
+def test_triton_batch_limit_is_a_clear_error():
+    # one grid row per image: N > 65535 must be a clear error, never a failed launch
+    from fastloss.triton_kernels import dice as triton_dice
+
+    x = torch.empty(65536, 2, 1)
+    t = torch.zeros(65536, 1, dtype=torch.int64)
+    with pytest.raises(ValueError, match="65535"):
+        triton_dice._meta(x, t, 2, False, None)

@@ -148,6 +148,8 @@ def _grad_kernel(x_ptr, t_ptr, coef_ptr, cecoef_ptr, out_ptr, C, S, ignore_index
 
 def _meta(input, target, activation, squared, ignore_index):
     N, C, S = input.shape
+    if N > 65535:  # one grid row per image: CUDA's grid y-dimension limit (the CUDA kernels check it too)
+        raise ValueError(f"fastloss dice (Triton): batch size N must be <= 65535, got {N}")
     block_c = triton.next_power_of_2(max(C, 1))
     block_s = max(1, TILE // block_c)
     block_s = min(block_s, max(16, triton.next_power_of_2(max(S, 1))))
