@@ -69,3 +69,11 @@ def nan_poison(monkeypatch):
     kernels cannot be patched from Python; their tests check finiteness instead.)"""
     helpers.install_nan_poisoning(monkeypatch)
     yield
+
+
+@pytest.fixture
+def dynamo_reset():
+    """A fresh torch.compile state before and after a compile test."""
+    torch._dynamo.reset()
+    yield
+    torch._dynamo.reset()

@@ -382,13 +382,6 @@ def test_opcheck(backend):
                     _opcheck(torch.ops.fastloss.box_iou_loss_backward.default, (grad, pd, t, None, c, kind, 0, 1e-7, 1.0, 0.5, code, backend))
 
 
-@pytest.fixture
-def dynamo_reset():
-    torch._dynamo.reset()
-    yield
-    torch._dynamo.reset()
-
-
 def _loss_and_grad(fn, x, *args):
     x = x.detach().clone().requires_grad_()
     out = fn(x, *args)

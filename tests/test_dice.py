@@ -431,13 +431,6 @@ def test_opcheck(backend):
                 _opcheck(torch.ops.fastloss.dice_sums_backward.default, (gs, gce, x.detach(), t, act, True, ign, backend))
 
 
-@pytest.fixture
-def dynamo_reset():
-    torch._dynamo.reset()
-    yield
-    torch._dynamo.reset()
-
-
 def _loss_and_grad(fn, x, *args):
     x = x.detach().clone().requires_grad_()
     out = fn(x, *args)

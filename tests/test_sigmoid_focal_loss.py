@@ -321,13 +321,6 @@ def test_opcheck(backend, form):
                     _opcheck(torch.ops.fastloss.sigmoid_focal_loss_backward.default, (grad, xd, t, w, c, 0.25, 1.5, code, backend))
 
 
-@pytest.fixture
-def dynamo_reset():
-    torch._dynamo.reset()
-    yield
-    torch._dynamo.reset()
-
-
 def _loss_and_grad(fn, x, *args):
     x = x.detach().clone().requires_grad_()
     out = fn(x, *args)
