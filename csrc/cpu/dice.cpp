@@ -83,6 +83,23 @@ inline void load_float_target(const Args& a, const scalar_t* t, int64_t n, const
   }
 }
 
+// Softmax numerators of one chunk of k pixels over the C channels of image xn (channel
+// stride S): x[c] = the logits, e[c] = exp(x[c] - mx) (e may alias x), sum = sum_c e[c].
+template <typename acc_t, typename scalar_t>
+inline void softmax_exp(const scalar_t* xn, int64_t s, int64_t k, int64_t C, int64_t S, Vec<acc_t>* x, Vec<acc_t>* e, Vec<acc_t>& mx,
+                        Vec<acc_t>& sum) {
+  mx = Vec<acc_t>(-std::numeric_limits<acc_t>::infinity());
+  for (int64_t c = 0; c < C; ++c) {
+    x[c] = cpu::load<acc_t>(xn + c * S + s, k);
+    mx = at::vec::maximum(mx, x[c]);
+  }
+  sum = Vec<acc_t>(acc_t(0));
+  for (int64_t c = 0; c < C; ++c) {
+    e[c] = (x[c] - mx).exp_u20();  // ATen softmax's exp (<= 2 ulp), argument <= 0
+    sum = sum + e[c];
+  }
+}
+
 // ------------------------------------------------------------------ pass 1
 
 template <typename scalar_t, typename label_t>
@@ -120,16 +137,8 @@ void sums_cpu(const Args& a, bool with_ce, at::Tensor& sums, at::Tensor& ce) {
           }
         };
         if (softmax) {
-          Vec<acc_t> mx(-std::numeric_limits<acc_t>::infinity());
-          for (int64_t c = 0; c < C; ++c) {
-            xbuf[c] = cpu::load<acc_t>(xn + c * S + s, k);
-            mx = at::vec::maximum(mx, xbuf[c]);
-          }
-          Vec<acc_t> sum(acc_t(0));
-          for (int64_t c = 0; c < C; ++c) {
-            ebuf[c] = (xbuf[c] - mx).exp_u20();  // ATen softmax's exp (<= 2 ulp), argument <= 0
-            sum = sum + ebuf[c];
-          }
+          Vec<acc_t> mx, sum;
+          softmax_exp<acc_t>(xn, s, k, C, S, xbuf.data(), ebuf.data(), mx, sum);
           const Vec<acc_t> inv = Vec<acc_t>(acc_t(1)) / sum;
           Vec<acc_t> gsum(acc_t(0)), gx(acc_t(0));
           for (int64_t c = 0; c < C; ++c) {
@@ -236,16 +245,8 @@ void grad_cpu(const Args& a, const at::Tensor& gsums, const at::Tensor& gce, at:
           }
         };
         if (softmax) {
-          Vec<acc_t> mx(-std::numeric_limits<acc_t>::infinity());
-          for (int64_t c = 0; c < C; ++c) {
-            pbuf[c] = cpu::load<acc_t>(xn + c * S + s, k);
-            mx = at::vec::maximum(mx, pbuf[c]);
-          }
-          Vec<acc_t> sum(acc_t(0));
-          for (int64_t c = 0; c < C; ++c) {
-            pbuf[c] = (pbuf[c] - mx).exp_u20();
-            sum = sum + pbuf[c];
-          }
+          Vec<acc_t> mx, sum;
+          softmax_exp<acc_t>(xn, s, k, C, S, pbuf.data(), pbuf.data(), mx, sum);
           const Vec<acc_t> inv = Vec<acc_t>(acc_t(1)) / sum;
           Vec<acc_t> dot(acc_t(0)), gsum(acc_t(0));
           for (int64_t c = 0; c < C; ++c) {

@@ -56,6 +56,8 @@ import math
 
 import torch
 
+from fastloss.reference._reduce import reduce_loss
+
 KINDS = ("iou", "log_iou", "giou", "diou", "ciou", "eiou", "focal_eiou", "siou", "cdiou")
 METRICS = ("iou", "iof", "giou", "diou", "ciou")
 FMTS = ("xyxy", "xywh", "cxcywh")
@@ -217,13 +219,7 @@ def box_iou_loss(pred, target, kind="giou", reduction="mean", weight=None, avg_f
     w = _box_weight(weight, pred)
     if w is not None:
         loss = loss * w
-    if reduction == "none":
-        return loss
-    if avg_factor is not None:
-        if reduction == "sum":
-            raise ValueError('avg_factor can not be used with reduction="sum"')
-        return loss.sum() / (avg_factor + torch.finfo(torch.float32).eps)
-    return loss.sum() if reduction == "sum" else loss.mean()
+    return reduce_loss(loss, reduction, avg_factor)
 
 
 def box_iou(boxes1, boxes2, kind="iou", fmt="xyxy", aligned=False, eps=1e-7):

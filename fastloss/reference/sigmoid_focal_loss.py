@@ -23,6 +23,8 @@ Two entry points:
 import torch
 import torch.nn.functional as F
 
+from fastloss.reference._reduce import reduce_loss
+
 REDUCTIONS = ("none", "sum", "mean")
 
 
@@ -111,10 +113,4 @@ def sigmoid_focal_loss(input, target, alpha=0.25, gamma=2.0, reduction="mean", w
         if weight.dim() > 0 and weight.shape == input.shape[:-1] and weight.shape != input.shape:
             weight = weight.unsqueeze(-1)  # one weight per row (anchor), mmdetection's convention
         loss = loss * weight
-    if reduction == "none":
-        return loss
-    if avg_factor is not None:
-        if reduction == "sum":
-            raise ValueError('avg_factor can not be used with reduction="sum"')
-        return loss.sum() / (avg_factor + torch.finfo(torch.float32).eps)
-    return loss.sum() if reduction == "sum" else loss.mean()
+    return reduce_loss(loss, reduction, avg_factor)
