@@ -440,6 +440,29 @@ def test_eager_fast_path_equals_custom_op(device, backend, dtype, store):
 
 
 @pytest.mark.parametrize("device,backend", helpers.device_backend_params())
+def test_retain_graph_second_backward(grad_mode, device, backend):
+    """The eager fast path scales the gradient its forward stored in place only when the
+    graph is freed after the backward: through a retained graph every backward gives the
+    same bits, and gradients accumulate."""
+    helpers.require_backend(device, backend)
+    p, t = make_pair((33,), "cxcywh", torch.float32, device)
+    w = torch.rand(33, device=device)
+    for reduction in REDUCTIONS:
+        out = loss(p, t, backend=backend, kind="ciou", reduction=reduction, weight=w, fmt="cxcywh")
+        up = random_upstream(out)
+        (g1,) = torch.autograd.grad(out, p, up, retain_graph=True)
+        (g2,) = torch.autograd.grad(out, p, up)
+        assert torch.equal(g2, g1), reduction
+        p.grad = None
+        out = loss(p, t, backend=backend, kind="giou", reduction=reduction)
+        out.backward(up, retain_graph=True)
+        g_once = p.grad.clone()
+        out.backward(up)
+        torch.testing.assert_close(p.grad, 2 * g_once, rtol=1e-5, atol=1e-7, msg=reduction)
+        p.grad = None
+
+
+@pytest.mark.parametrize("device,backend", helpers.device_backend_params())
 def test_deterministic(grad_mode, device, backend):
     helpers.require_backend(device, backend)
     n = 2000 if helpers.is_interpreted(device, backend) else 200_000
@@ -736,6 +759,22 @@ def test_max_ties_padding_nan(device, backend):
     anchors[2, 0] = float("nan")
     v, i = fastloss.box_iou_max(gt, anchors, "iou", dim=-1, backend=backend)
     assert torch.isnan(v[0]) and i[0].item() == 2  # NaN is the maximum, as in torch.max
+
+
+def test_max_index_past_fp32_integers():
+    """The CPU kernel carries the argmax in float lanes as (block, offset): an index past 2^24
+    (not an fp32 integer) must come back exact, in both directions."""
+    helpers.require_backend("cpu", "cpu")
+    L = 2 ** 24 + 7
+    win = 2 ** 24 + 5  # odd: rounds away in fp32
+    gt = torch.tensor([[10.0, 10.0, 20.0, 20.0]])
+    anchors = torch.tensor([100.0, 100.0, 110.0, 110.0]).repeat(L, 1)
+    anchors[win] = gt[0]
+    anchors[3] = torch.tensor([12.0, 12.0, 20.0, 20.0])  # an earlier, smaller overlap
+    v, i = fastloss.box_iou_max(gt, anchors, "iou", dim=-1, backend="cpu")
+    assert i.tolist() == [win] and v.item() == pytest.approx(1.0, abs=1e-6)
+    v, i = fastloss.box_iou_max(anchors, gt, "iou", dim=-2, backend="cpu")
+    assert i.tolist() == [win]
 
 
 def test_box_iou_bad_inputs():

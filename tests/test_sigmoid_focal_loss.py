@@ -430,6 +430,30 @@ def test_stored_gradient_cache(device, backend, dtype, form):
         assert_close(grads["store", reduction], grads["recompute", reduction].double(), dtype, msg=f"store vs recompute {reduction}")
 
 
+@pytest.mark.parametrize("device,backend", helpers.device_backend_params())
+def test_retain_graph_second_backward(grad_mode, device, backend):
+    """The eager fast path scales the gradient its forward stored in place only when the
+    graph is freed after the backward: through a retained graph every backward gives the
+    same bits, and gradients accumulate."""
+    helpers.require_backend(device, backend)
+    case = Case((9, 13))
+    x = make_logits(case, torch.float32, device)
+    t = make_target(case, "labels", torch.float32, device)
+    for reduction in REDUCTIONS:
+        out = sfl(x, t, backend=backend, reduction=reduction)
+        up = random_upstream(out)
+        (g1,) = torch.autograd.grad(out, x, up, retain_graph=True)
+        (g2,) = torch.autograd.grad(out, x, up)
+        assert torch.equal(g2, g1), reduction
+        x.grad = None
+        out = sfl(x, t, backend=backend, reduction=reduction)
+        out.backward(up, retain_graph=True)
+        g_once = x.grad.clone()
+        out.backward(up)
+        torch.testing.assert_close(x.grad, 2 * g_once, rtol=1e-5, atol=1e-8, msg=reduction)
+        x.grad = None
+
+
 # ======================================================================================
 # numerical edge cases
 # ======================================================================================

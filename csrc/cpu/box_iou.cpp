@@ -3,8 +3,8 @@
 // the calling convention of the *_native ops is in csrc/fastloss.cpp.
 //
 // Boxes are stored (n, 4) (array of structures): each chunk of V boxes is gathered into four
-// coordinate vectors, the loss and its 4 partial derivatives are computed V boxes at a time
-// (Dual lanes), and gradients are scattered back to (n, 4).  On the CPU the loss is
+// coordinate vectors, the loss and its gradient (reverse mode, box_iou.h) are computed V boxes
+// at a time, and gradients are scattered back to (n, 4).  On the CPU the loss is
 // compute-bound (atan2/exp/divisions), so, as for the focal loss, the forward writes
 // dL/dpred when asked (with_grad) and the backward only scales it.
 #include <ATen/Dispatch.h>
@@ -123,7 +123,6 @@ template <typename scalar_t, bool kBackward>
 double paired_cpu(const BoxLossArgs& a, const at::Tensor& upstream, at::Tensor& out, at::Tensor& cache) {
   using acc_t = at::opmath_type<scalar_t>;
   using V = Vec<acc_t>;
-  using D = box::Dual<V, acc_t>;
   const scalar_t* p_ptr = a.pred.const_data_ptr<scalar_t>();
   const scalar_t* t_ptr = a.target.const_data_ptr<scalar_t>();
   const acc_t* w_ptr = a.weight.defined() ? a.weight.const_data_ptr<acc_t>() : nullptr;
@@ -148,22 +147,19 @@ double paired_cpu(const BoxLossArgs& a, const at::Tensor& upstream, at::Tensor& 
     const V w = w_ptr != nullptr ? cpu::load<acc_t>(w_ptr + j, cnt) : V(acc_t(1));
     V loss;
     if (need_grad) {
-      D pd[4];
-      for (int k = 0; k < 4; ++k) pd[k] = D::seed(p[k], k);
-      const D l = box::paired_loss<V, acc_t>(pd, t, prm);
-      loss = l.v;
       V g[4];
+      loss = box::paired_loss<true>(p, t, prm, g);
       if constexpr (kBackward) {
         const V up = per_box_upstream ? cpu::load<acc_t>(g_ptr + j, cnt) : V(g_scale);
-        for (int k = 0; k < 4; ++k) g[k] = l.d[k] * w * up;
+        for (int k = 0; k < 4; ++k) g[k] = g[k] * w * up;
         scatter<acc_t>(o_ptr, j, cnt, g);
         return V(acc_t(0));
       } else {
-        for (int k = 0; k < 4; ++k) g[k] = l.d[k] * w;
+        for (int k = 0; k < 4; ++k) g[k] = g[k] * w;
         scatter<acc_t>(c_ptr, j, cnt, g);
       }
     } else {
-      loss = box::paired_loss<V, acc_t>(p, t, prm);
+      loss = box::paired_loss<false>(p, t, prm, static_cast<V*>(nullptr));
     }
     loss = loss * w;
     if (store) {
@@ -277,7 +273,7 @@ at::Tensor matrix_forward_impl(const MatrixArgs& a, bool aligned) {
         V x[4], y[4];
         load_soa(s1.data() + bb * 4 * N, N, n, cnt, x);
         load_soa(s2.data() + bb * 4 * N, N, n, cnt, y);
-        cpu::store<acc_t>(o + i, box::pair_metric<V, acc_t>(x, y, a.kind, a.fmt, eps), cnt);
+        cpu::store<acc_t>(o + i, box::pair_metric(x, y, a.kind, a.fmt, eps), cnt);
         i += cnt;
       }
     });
@@ -297,7 +293,7 @@ at::Tensor matrix_forward_impl(const MatrixArgs& a, bool aligned) {
         const int64_t cnt = std::min(W, M - m);
         V y[4];
         load_soa(base, M, m, cnt, y);
-        cpu::store<acc_t>(orow + m, box::pair_metric<V, acc_t>(x, y, a.kind, a.fmt, eps), cnt);
+        cpu::store<acc_t>(orow + m, box::pair_metric(x, y, a.kind, a.fmt, eps), cnt);
       }
     }
   });
@@ -315,7 +311,6 @@ template <typename scalar_t>
 std::tuple<at::Tensor, at::Tensor> matrix_backward_impl(const at::Tensor& grad, const MatrixArgs& a, bool aligned) {
   using acc_t = at::opmath_type<scalar_t>;
   using V = Vec<acc_t>;
-  using D = box::Dual<V, acc_t>;
   constexpr int64_t W = V::size();
   at::Tensor g1 = at::empty({a.B, a.N, 4}, a.b1.options());
   at::Tensor g2 = at::empty({a.B, a.M, 4}, a.b1.options());
@@ -335,17 +330,11 @@ std::tuple<at::Tensor, at::Tensor> matrix_backward_impl(const at::Tensor& grad, 
         load_soa(s1.data() + bb * 4 * N, N, n, cnt, x);
         load_soa(s2.data() + bb * 4 * N, N, n, cnt, y);
         const V up = cpu::load<acc_t>(gp + i, cnt);
-        D xd[4], yd[4];
-        for (int k = 0; k < 4; ++k) {
-          xd[k] = D::seed(x[k], k);
-          yd[k] = D::seed(y[k], k);
-        }
-        const D m1 = box::pair_metric<V, acc_t>(xd, y, a.kind, a.fmt, eps);
-        const D m2 = box::pair_metric<V, acc_t>(x, yd, a.kind, a.fmt, eps);
         V r1[4], r2[4];
+        box::pair_metric<true>(x, y, a.kind, a.fmt, eps, r1, r2);
         for (int k = 0; k < 4; ++k) {
-          r1[k] = m1.d[k] * up;
-          r2[k] = m2.d[k] * up;
+          r1[k] = r1[k] * up;
+          r2[k] = r2[k] * up;
         }
         scatter<acc_t>(o1, i, cnt, r1);
         scatter<acc_t>(o2, i, cnt, r2);
@@ -359,8 +348,8 @@ std::tuple<at::Tensor, at::Tensor> matrix_backward_impl(const at::Tensor& grad, 
   at::parallel_for(0, a.B * N, grain1, [&](int64_t r0, int64_t r1) {
     for (int64_t r = r0; r < r1; ++r) {
       const int64_t bb = r / N, n = r - bb * N;
-      D x[4];
-      for (int k = 0; k < 4; ++k) x[k] = D::seed(V(s1[static_cast<size_t>((bb * 4 + k) * N + n)]), k);
+      V x[4];
+      for (int k = 0; k < 4; ++k) x[k] = V(s1[static_cast<size_t>((bb * 4 + k) * N + n)]);
       const acc_t* base = s2.data() + bb * 4 * M;
       const scalar_t* grow = gp + r * M;
       V acc[4] = {V(acc_t(0)), V(acc_t(0)), V(acc_t(0)), V(acc_t(0))};
@@ -369,8 +358,9 @@ std::tuple<at::Tensor, at::Tensor> matrix_backward_impl(const at::Tensor& grad, 
         V y[4];
         load_soa(base, M, m, cnt, y);
         const V up = cpu::load<acc_t>(grow + m, cnt);  // zero past cnt
-        const D d = box::pair_metric<V, acc_t>(x, y, a.kind, a.fmt, eps);
-        for (int k = 0; k < 4; ++k) acc[k] = acc[k] + V::set(V(acc_t(0)), d.d[k] * up, cnt);
+        V dx[4], dy[4];
+        box::pair_metric<true>(x, y, a.kind, a.fmt, eps, dx, dy);
+        for (int k = 0; k < 4; ++k) acc[k] = acc[k] + V::set(V(acc_t(0)), dx[k] * up, cnt);
       }
       for (int k = 0; k < 4; ++k) o1[r * 4 + k] = static_cast<scalar_t>(cpu::hsum(acc[k]));
     }
@@ -383,15 +373,14 @@ std::tuple<at::Tensor, at::Tensor> matrix_backward_impl(const at::Tensor& grad, 
       const int64_t cnt = std::min(W, M - m);
       V y[4];
       load_soa(s2.data() + bb * 4 * M, M, m, cnt, y);
-      D yd[4];
-      for (int k = 0; k < 4; ++k) yd[k] = D::seed(y[k], k);
       V acc[4] = {V(acc_t(0)), V(acc_t(0)), V(acc_t(0)), V(acc_t(0))};
       for (int64_t n = 0; n < N; ++n) {
         V x[4];
         for (int k = 0; k < 4; ++k) x[k] = V(s1[static_cast<size_t>((bb * 4 + k) * N + n)]);
         const V up = cpu::load<acc_t>(gp + (bb * N + n) * M + m, cnt);
-        const D d = box::pair_metric<V, acc_t>(x, yd, a.kind, a.fmt, eps);
-        for (int k = 0; k < 4; ++k) acc[k] = acc[k] + d.d[k] * up;
+        V dx[4], dy[4];
+        box::pair_metric<true>(x, y, a.kind, a.fmt, eps, dx, dy);
+        for (int k = 0; k < 4; ++k) acc[k] = acc[k] + dy[k] * up;
       }
       scatter<acc_t>(o2, bb * M + m, cnt, acc);
     }
@@ -427,7 +416,6 @@ std::tuple<at::Tensor, at::Tensor> max_impl(const MatrixArgs& a, int64_t dim_cod
   at::Tensor idx = at::empty({a.B, R}, a.b1.options().dtype(at::kLong));
   if (vals.numel() == 0) return {vals, idx};
   TORCH_CHECK(L > 0, "fastloss: box_iou_max over an empty set of boxes");
-  TORCH_CHECK(L <= (int64_t(1) << std::numeric_limits<acc_t>::digits), "fastloss: box_iou_max: too many boxes to reduce over for this dtype");
   scalar_t* vo = vals.mutable_data_ptr<scalar_t>();
   int64_t* io = idx.mutable_data_ptr<int64_t>();
   const std::vector<acc_t> s1 = soa<acc_t, scalar_t>(a.b1);
@@ -442,23 +430,32 @@ std::tuple<at::Tensor, at::Tensor> max_impl(const MatrixArgs& a, int64_t dim_cod
       const acc_t* other = (dim_code == 1 ? s2.data() + bb * 4 * M : s1.data() + bb * 4 * N);
       V x[4];
       load_soa(own, R, r, cnt, x);
-      V best(-std::numeric_limits<acc_t>::infinity()), best_i(acc_t(0));
+      // The argmax rides in float lanes as (block, offset in block), both exact integers
+      // (blocks of kBlock indices): any L fits.
+      constexpr int64_t kBlock = int64_t(1) << (std::numeric_limits<acc_t>::digits - 1);
+      V best(-std::numeric_limits<acc_t>::infinity()), best_blk(acc_t(0)), best_off(acc_t(0));
       V found_nan(acc_t(0));
-      for (int64_t l = 0; l < L; ++l) {
-        V y[4];
-        for (int k = 0; k < 4; ++k) y[k] = V(other[k * L + l]);
-        const V v = dim_code == 1 ? box::pair_metric<V, acc_t>(x, y, a.kind, a.fmt, eps) : box::pair_metric<V, acc_t>(y, x, a.kind, a.fmt, eps);
-        const V take = ((v > best) | (v != v)) & (found_nan == V(acc_t(0)));
-        best = V::blendv(best, v, take);
-        best_i = V::blendv(best_i, V(static_cast<acc_t>(l)), take);
-        found_nan = found_nan | (v != v);
+      for (int64_t l0 = 0; l0 < L; l0 += kBlock) {
+        const V blk(static_cast<acc_t>(l0 / kBlock));
+        const int64_t l1 = std::min(L, l0 + kBlock);
+        for (int64_t l = l0; l < l1; ++l) {
+          V y[4];
+          for (int k = 0; k < 4; ++k) y[k] = V(other[k * L + l]);
+          const V v = dim_code == 1 ? box::pair_metric(x, y, a.kind, a.fmt, eps) : box::pair_metric(y, x, a.kind, a.fmt, eps);
+          const V win = ((v > best) | (v != v)) & (found_nan == V(acc_t(0)));
+          best = V::blendv(best, v, win);
+          best_blk = V::blendv(best_blk, blk, win);
+          best_off = V::blendv(best_off, V(static_cast<acc_t>(l - l0)), win);
+          found_nan = found_nan | (v != v);
+        }
       }
-      alignas(64) acc_t bv[W], bi[W];
+      alignas(64) acc_t bv[W], blk_out[W], bo[W];
       best.store(bv);
-      best_i.store(bi);
+      best_blk.store(blk_out);
+      best_off.store(bo);
       for (int64_t i = 0; i < cnt; ++i) {
         vo[bb * R + r + i] = static_cast<scalar_t>(bv[i]);
-        io[bb * R + r + i] = static_cast<int64_t>(bi[i]);
+        io[bb * R + r + i] = static_cast<int64_t>(blk_out[i]) * kBlock + static_cast<int64_t>(bo[i]);
       }
     }
   });

@@ -1,6 +1,6 @@
-// IoU family, CUDA kernels and launchers (paired losses).  The geometry and its derivatives
-// are csrc/kernels/box_iou.h (shared with the CPU kernels, run here on float/double scalars
-// and Dual<float> numbers); the calling convention is in csrc/fastloss.cpp.  One thread per
+// IoU family, CUDA kernels and launchers.  The geometry and its reverse-mode derivatives are
+// csrc/kernels/box_iou.h (shared with the CPU kernels, run here on float/double scalars);
+// the calling convention is in csrc/fastloss.cpp.  One thread per
 // box (grid-stride), 16-byte box loads, the forward either stores per-box losses or reduces
 // them to one fp32 partial per block (fixed-order warp shuffles: deterministic), summed by one
 // at::sum.  The backward recomputes from pred/target (fewer bytes than storing dL/dpred).
@@ -51,7 +51,6 @@ __device__ FL_INLINE void load_box(const scalar_t* src, int64_t i, acc_t b[4]) {
 
 template <bool kBackward, typename acc_t, typename scalar_t>
 __global__ void __launch_bounds__(kThreads) loss_kernel(LossPtrs<acc_t, scalar_t> ptr, box::Params<acc_t> prm) {
-  using D = box::Dual<acc_t, acc_t>;
   const acc_t up_scalar = (kBackward && ptr.up_scalar != nullptr) ? *ptr.up_scalar * ptr.up_scale : acc_t(1);
   const bool need_grad = kBackward || ptr.cache != nullptr;
   acc_t sum = 0;
@@ -63,21 +62,19 @@ __global__ void __launch_bounds__(kThreads) loss_kernel(LossPtrs<acc_t, scalar_t
     const acc_t w = ptr.w != nullptr ? ptr.w[i] : acc_t(1);
     acc_t loss;
     if (need_grad) {
-      D pd[4];
-#pragma unroll
-      for (int k = 0; k < 4; ++k) pd[k] = D::seed(p[k], k);
-      const D l = box::paired_loss<acc_t, acc_t>(pd, t, prm);
-      loss = l.v;
-      if (kBackward) {
+      acc_t g[4];
+      loss = box::paired_loss<true>(p, t, prm, g);
+      if constexpr (kBackward) {
         const acc_t up = ptr.up != nullptr ? static_cast<acc_t>(ptr.up[i]) : up_scalar;
 #pragma unroll
-        for (int k = 0; k < 4; ++k) ptr.out[i * 4 + k] = static_cast<scalar_t>(l.d[k] * w * up);
+        for (int k = 0; k < 4; ++k) ptr.out[i * 4 + k] = static_cast<scalar_t>(g[k] * w * up);
         continue;
-      }
+      } else {
 #pragma unroll
-      for (int k = 0; k < 4; ++k) ptr.cache[i * 4 + k] = l.d[k] * w;
+        for (int k = 0; k < 4; ++k) ptr.cache[i * 4 + k] = g[k] * w;
+      }
     } else {
-      loss = box::paired_loss<acc_t, acc_t>(p, t, prm);
+      loss = box::paired_loss<false>(p, t, prm, static_cast<acc_t*>(nullptr));
     }
     if (ptr.out != nullptr) {
       ptr.out[i] = static_cast<scalar_t>(loss * w);
@@ -206,7 +203,7 @@ __global__ void __launch_bounds__(kThreads) matrix_kernel(const scalar_t* b1, co
     acc_t x[4], y[4];
     load_box(b1, r1, x);
     load_box(b2, r2, y);
-    out[i] = static_cast<scalar_t>(box::pair_metric<acc_t, acc_t>(x, y, s.kind, s.fmt, eps));
+    out[i] = static_cast<scalar_t>(box::pair_metric(x, y, s.kind, s.fmt, eps));
   }
 }
 
@@ -214,7 +211,6 @@ __global__ void __launch_bounds__(kThreads) matrix_kernel(const scalar_t* b1, co
 template <typename acc_t, typename scalar_t>
 __global__ void __launch_bounds__(kThreads) aligned_backward_kernel(const scalar_t* grad, const scalar_t* b1, const scalar_t* b2, scalar_t* g1,
                                                                     scalar_t* g2, MatrixShape s, acc_t eps) {
-  using D = box::Dual<acc_t, acc_t>;
   const int64_t total = s.B * s.N;
   const int64_t stride = static_cast<int64_t>(gridDim.x) * kThreads;
   for (int64_t i = static_cast<int64_t>(blockIdx.x) * kThreads + threadIdx.x; i < total; i += stride) {
@@ -222,18 +218,12 @@ __global__ void __launch_bounds__(kThreads) aligned_backward_kernel(const scalar
     load_box(b1, i, x);
     load_box(b2, i, y);
     const acc_t up = static_cast<acc_t>(grad[i]);
-    D xd[4], yd[4];
+    acc_t dx[4], dy[4];
+    box::pair_metric<true>(x, y, s.kind, s.fmt, eps, dx, dy);
 #pragma unroll
     for (int k = 0; k < 4; ++k) {
-      xd[k] = D::seed(x[k], k);
-      yd[k] = D::seed(y[k], k);
-    }
-    const D m1 = box::pair_metric<acc_t, acc_t>(xd, y, s.kind, s.fmt, eps);
-    const D m2 = box::pair_metric<acc_t, acc_t>(x, yd, s.kind, s.fmt, eps);
-#pragma unroll
-    for (int k = 0; k < 4; ++k) {
-      g1[i * 4 + k] = static_cast<scalar_t>(m1.d[k] * up);
-      g2[i * 4 + k] = static_cast<scalar_t>(m2.d[k] * up);
+      g1[i * 4 + k] = static_cast<scalar_t>(dx[k] * up);
+      g2[i * 4 + k] = static_cast<scalar_t>(dy[k] * up);
     }
   }
 }
@@ -242,22 +232,19 @@ __global__ void __launch_bounds__(kThreads) aligned_backward_kernel(const scalar
 template <typename acc_t, typename scalar_t>
 __global__ void __launch_bounds__(kThreads) rows_backward_kernel(const scalar_t* grad, const scalar_t* b1, const scalar_t* b2, scalar_t* g1,
                                                                  MatrixShape s, acc_t eps) {
-  using D = box::Dual<acc_t, acc_t>;
   for (int64_t r = blockIdx.x; r < s.B * s.N; r += gridDim.x) {
     const int64_t bb = r / s.N;
     acc_t x[4];
     load_box(b1, r, x);
-    D xd[4];
-#pragma unroll
-    for (int k = 0; k < 4; ++k) xd[k] = D::seed(x[k], k);
     acc_t acc[4] = {0, 0, 0, 0};
     for (int64_t m = threadIdx.x; m < s.M; m += kThreads) {
       acc_t y[4];
       load_box(b2, bb * s.M + m, y);
       const acc_t up = static_cast<acc_t>(grad[r * s.M + m]);
-      const D d = box::pair_metric<acc_t, acc_t>(xd, y, s.kind, s.fmt, eps);
+      acc_t dx[4], dy[4];
+      box::pair_metric<true>(x, y, s.kind, s.fmt, eps, dx, dy);
 #pragma unroll
-      for (int k = 0; k < 4; ++k) acc[k] += d.d[k] * up;
+      for (int k = 0; k < 4; ++k) acc[k] += dx[k] * up;
     }
 #pragma unroll
     for (int k = 0; k < 4; ++k) {
@@ -271,23 +258,20 @@ __global__ void __launch_bounds__(kThreads) rows_backward_kernel(const scalar_t*
 template <typename acc_t, typename scalar_t>
 __global__ void __launch_bounds__(kThreads) cols_backward_kernel(const scalar_t* grad, const scalar_t* b1, const scalar_t* b2, scalar_t* g2,
                                                                  MatrixShape s, acc_t eps) {
-  using D = box::Dual<acc_t, acc_t>;
   const int64_t stride = static_cast<int64_t>(gridDim.x) * kThreads;
   for (int64_t c = static_cast<int64_t>(blockIdx.x) * kThreads + threadIdx.x; c < s.B * s.M; c += stride) {
     const int64_t bb = c / s.M, m = c - bb * s.M;
     acc_t y[4];
     load_box(b2, c, y);
-    D yd[4];
-#pragma unroll
-    for (int k = 0; k < 4; ++k) yd[k] = D::seed(y[k], k);
     acc_t acc[4] = {0, 0, 0, 0};
     for (int64_t n = 0; n < s.N; ++n) {
       acc_t x[4];
       load_box(b1, bb * s.N + n, x);
       const acc_t up = static_cast<acc_t>(grad[(bb * s.N + n) * s.M + m]);
-      const D d = box::pair_metric<acc_t, acc_t>(x, yd, s.kind, s.fmt, eps);
+      acc_t dx[4], dy[4];
+      box::pair_metric<true>(x, y, s.kind, s.fmt, eps, dx, dy);
 #pragma unroll
-      for (int k = 0; k < 4; ++k) acc[k] += d.d[k] * up;
+      for (int k = 0; k < 4; ++k) acc[k] += dy[k] * up;
     }
 #pragma unroll
     for (int k = 0; k < 4; ++k) g2[c * 4 + k] = static_cast<scalar_t>(acc[k]);
@@ -310,7 +294,7 @@ __global__ void __launch_bounds__(kThreads) max_kernel(const scalar_t* b1, const
     for (int64_t l = 0; l < L; ++l) {
       acc_t y[4];
       load_box(other, bb * L + l, y);
-      const acc_t v = over_m ? box::pair_metric<acc_t, acc_t>(own, y, s.kind, s.fmt, eps) : box::pair_metric<acc_t, acc_t>(y, own, s.kind, s.fmt, eps);
+      const acc_t v = over_m ? box::pair_metric(own, y, s.kind, s.fmt, eps) : box::pair_metric(y, own, s.kind, s.fmt, eps);
       if (v != v) {
         best = v;
         best_i = l;

@@ -1,18 +1,19 @@
-// IoU family: box geometry shared by csrc/cpu/box_iou.cpp and csrc/cuda/box_iou.cu.
+// IoU family: box geometry and its reverse-mode derivatives, shared by csrc/cpu/box_iou.cpp
+// and csrc/cuda/box_iou.cu.
 //
-// Every quantity is written once, as templates over a "number" type N:
-//   * a lane type T (float / double on CUDA and in CPU tails, at::vec::Vectorized<float|double>
-//     in the CPU vector loops) for values only, or
-//   * Dual<T, S>: a value plus its 4 partial derivatives with respect to the 4 coordinates
-//     of one box (the prediction, in the user's box format).  Running the same geometry on
-//     Dual inputs is forward-mode differentiation: every operation applies its analytic
-//     derivative (chain rule), so the backward is exact (no finite differences, no tape) and
-//     can never drift from the forward.  4 directions = one box's 4 coordinates: the paired
-//     losses' gradient w.r.t. pred, and each of the two deterministic backward passes of the
-//     pairwise matrices (w.r.t. boxes1, then w.r.t. boxes2).
+// Every function is a template over a lane type T: float / double (CUDA threads, CPU tails)
+// or at::vec::Vectorized<float|double> (the CPU vector loops).  The math of every kind, with
+// arXiv ids, is in fastloss/reference/box_iou.py; this header mirrors it.
 //
-// The math of every kind (with arXiv ids) is in fastloss/reference/box_iou.py; this header
-// mirrors it.  Derivative conventions at kinks (the float64 reference uses the same):
+// Gradients are hand-written reverse mode.  The forward keeps its intermediates (Pair: the
+// xyxy corners, widths, intersection, union, IoU, enclosing box), each loss term is a small
+// struct with its value and a grad() that adds the term's adjoints (dL/d intermediate) into
+// an Adj, and Pair::pullback() carries those adjoints to the corners of both boxes and back
+// through the box format.  One evaluation gives dL/d(both boxes): ~2x the forward's work
+// (a forward-mode dual number with 4 directions cost ~5x).  The kernels' gradients are
+// checked against autograd through the float64 reference.
+//
+// Derivative conventions at kinks (the float64 reference uses the same):
 //   relu'(0) = 0, |x|'(0) = 0, sqrt'(0) = 0, (x^p)'(0) = 0, atan2'(0, 0) = 0, and min/max
 //   ties take the first argument (the prediction / boxes1), which gets the whole gradient.
 // CIoU's trade-off weight alpha is a constant in the backward (torchvision, ultralytics).
@@ -24,8 +25,8 @@
 #include <ATen/cpu/vec/vec.h>
 #endif
 
-// Everything here is forced inline on the CPU: the Dual lanes (5 AVX registers each) must
-// stay in registers across the whole loss, which GCC's inliner otherwise gives up on.
+// Forced inline on the CPU: a whole loss and its gradient must stay in vector registers,
+// which GCC's inliner otherwise gives up on.
 #if defined(__CUDACC__) || defined(__HIPCC__)
 #define BX_INLINE __forceinline__
 #elif defined(__GNUC__)
@@ -50,11 +51,6 @@ FL_HOST_DEVICE BX_INLINE float atan2_(float y, float x) { return ::atan2f(y, x);
 FL_HOST_DEVICE BX_INLINE double atan2_(double y, double x) { return ::atan2(y, x); }
 template <typename T>
 FL_HOST_DEVICE BX_INLINE T sel(bool c, T a, T b) { return c ? a : b; }
-// NaN-propagating min/max: a NaN in `a` wins (callers put the prediction first).
-template <typename T>
-FL_HOST_DEVICE BX_INLINE T min_(T a, T b) { return b < a ? b : a; }
-template <typename T>
-FL_HOST_DEVICE BX_INLINE T max_(T a, T b) { return b > a ? b : a; }
 
 #if !defined(__CUDACC__) && !defined(__HIPCC__)
 // ------------------------------------------------------------------ lane math (CPU vectors)
@@ -70,189 +66,54 @@ template <typename S>
 BX_INLINE Vec<S> pow_(const Vec<S>& x, S p) { return x.pow(Vec<S>(p)); }
 template <typename S>
 BX_INLINE Vec<S> atan2_(const Vec<S>& y, const Vec<S>& x) { return y.atan2(x); }
+// masks are all-ones / all-zeros lanes
 template <typename S>
 BX_INLINE Vec<S> sel(const Vec<S>& m, const Vec<S>& a, const Vec<S>& b) { return Vec<S>::blendv(b, a, m); }
-template <typename S>
-BX_INLINE Vec<S> min_(const Vec<S>& a, const Vec<S>& b) { return sel(b < a, b, a); }
-template <typename S>
-BX_INLINE Vec<S> max_(const Vec<S>& a, const Vec<S>& b) { return sel(b > a, b, a); }
 #endif
 
-// ------------------------------------------------------------------ dual numbers
-template <typename T, typename S>
-struct Dual {
-  T v;
-  T d[4];
-  FL_HOST_DEVICE BX_INLINE Dual() {}
-  FL_HOST_DEVICE BX_INLINE Dual(const T& x) : v(x) {
-#pragma unroll
-    for (int k = 0; k < 4; ++k) d[k] = T(S(0));
-  }
-  // the k-th input coordinate (seeded: d/dcoord_k = 1)
-  FL_HOST_DEVICE BX_INLINE static Dual seed(const T& x, int k) {
-    Dual r(x);
-    r.d[k] = T(S(1));
-    return r;
-  }
-  // r = f(v), r.d = f'(v) * d
-  FL_HOST_DEVICE BX_INLINE Dual chain(const T& fv, const T& dfv) const {
-    Dual r;
-    r.v = fv;
-#pragma unroll
-    for (int k = 0; k < 4; ++k) r.d[k] = dfv * d[k];
-    return r;
-  }
-
-  FL_HOST_DEVICE BX_INLINE friend Dual operator+(const Dual& a, const Dual& b) {
-    Dual r;
-    r.v = a.v + b.v;
-#pragma unroll
-    for (int k = 0; k < 4; ++k) r.d[k] = a.d[k] + b.d[k];
-    return r;
-  }
-  FL_HOST_DEVICE BX_INLINE friend Dual operator-(const Dual& a, const Dual& b) {
-    Dual r;
-    r.v = a.v - b.v;
-#pragma unroll
-    for (int k = 0; k < 4; ++k) r.d[k] = a.d[k] - b.d[k];
-    return r;
-  }
-  FL_HOST_DEVICE BX_INLINE friend Dual operator*(const Dual& a, const Dual& b) {
-    Dual r;
-    r.v = a.v * b.v;
-#pragma unroll
-    for (int k = 0; k < 4; ++k) r.d[k] = a.d[k] * b.v + a.v * b.d[k];
-    return r;
-  }
-  FL_HOST_DEVICE BX_INLINE friend Dual operator/(const Dual& a, const Dual& b) {
-    const T inv = T(S(1)) / b.v;
-    Dual r;
-    r.v = a.v * inv;
-#pragma unroll
-    for (int k = 0; k < 4; ++k) r.d[k] = (a.d[k] - r.v * b.d[k]) * inv;
-    return r;
-  }
-  // mixed with a plain lane value (no partials)
-  FL_HOST_DEVICE BX_INLINE friend Dual operator+(const Dual& a, const T& b) { return a.chain(a.v + b, T(S(1))); }
-  FL_HOST_DEVICE BX_INLINE friend Dual operator+(const T& b, const Dual& a) { return a.chain(b + a.v, T(S(1))); }
-  FL_HOST_DEVICE BX_INLINE friend Dual operator-(const Dual& a, const T& b) {
-    Dual r = a;
-    r.v = a.v - b;
-    return r;
-  }
-  FL_HOST_DEVICE BX_INLINE friend Dual operator-(const T& b, const Dual& a) { return a.chain(b - a.v, T(S(-1))); }
-  FL_HOST_DEVICE BX_INLINE friend Dual operator*(const Dual& a, const T& b) { return a.chain(a.v * b, b); }
-  FL_HOST_DEVICE BX_INLINE friend Dual operator*(const T& b, const Dual& a) { return a.chain(b * a.v, b); }
-  FL_HOST_DEVICE BX_INLINE friend Dual operator/(const Dual& a, const T& b) {
-    const T inv = T(S(1)) / b;
-    return a.chain(a.v * inv, inv);
-  }
-  FL_HOST_DEVICE BX_INLINE friend Dual operator/(const T& b, const Dual& a) {
-    const T r = b / a.v;
-    return a.chain(r, T(S(0)) - r / a.v);
-  }
-};
-
-// value of a number (plain lanes are their own value)
+// m ? x : 0 and m ? 0 : x (m a bool or a lane mask)
+template <typename T, typename M>
+FL_HOST_DEVICE BX_INLINE T take(const M& m, const T& x) { return sel(m, x, T(0)); }
+template <typename T, typename M>
+FL_HOST_DEVICE BX_INLINE T drop(const M& m, const T& x) { return sel(m, T(0), x); }
+// NaN-propagating min / max: a NaN in `a` wins (callers put the prediction / boxes1 first)
 template <typename T>
-FL_HOST_DEVICE BX_INLINE const T& val(const T& x) { return x; }
-template <typename T, typename S>
-FL_HOST_DEVICE BX_INLINE const T& val(const Dual<T, S>& x) { return x.v; }
-
-template <typename M, typename T, typename S>
-FL_HOST_DEVICE BX_INLINE Dual<T, S> seld(const M& m, const Dual<T, S>& a, const Dual<T, S>& b) {
-  Dual<T, S> r;
-  r.v = sel(m, a.v, b.v);
-#pragma unroll
-  for (int k = 0; k < 4; ++k) r.d[k] = sel(m, a.d[k], b.d[k]);
-  return r;
+FL_HOST_DEVICE BX_INLINE T min_(const T& a, const T& b) { return sel(b < a, b, a); }
+template <typename T>
+FL_HOST_DEVICE BX_INLINE T max_(const T& a, const T& b) { return sel(b > a, b, a); }
+template <typename T>
+FL_HOST_DEVICE BX_INLINE T relu_(const T& x) { return sel(x < T(0), T(0), x); }
+template <typename T>
+FL_HOST_DEVICE BX_INLINE T abs_(const T& x) { return sel(x < T(0), T(0) - x, x); }
+// |x|' = sign(x), 0 at 0
+template <typename T>
+FL_HOST_DEVICE BX_INLINE T sign_(const T& x) { return sel(x > T(0), T(1), sel(x < T(0), T(-1), T(0))); }
+// 1 / x for x > 0, else 0 (the derivative of sqrt(r^2) = r is x / r: 0 at r = 0 by convention)
+template <typename T>
+FL_HOST_DEVICE BX_INLINE T inv_pos(const T& x) {
+  const auto pos = x > T(0);
+  return take(pos, T(1) / sel(pos, x, T(1)));
 }
-
-// ------------------------------------------------------------------ functions of one number
-// relu (NaN propagates), derivative 0 at 0
+template <typename T>
+FL_HOST_DEVICE BX_INLINE T sq(const T& x) { return x * x; }
+// x^p for x >= 0 (negative x clamped to 0) and its derivative p x^(p-1) in d (0 at x <= 0)
 template <typename T, typename S>
-FL_HOST_DEVICE BX_INLINE T relu_(const T& x) { return sel(x < T(S(0)), T(S(0)), x); }
-template <typename T, typename S>
-FL_HOST_DEVICE BX_INLINE Dual<T, S> relu_(const Dual<T, S>& x) {
-  const T zero(S(0));
-  return x.chain(sel(x.v < zero, zero, x.v), sel(x.v > zero, T(S(1)), zero));
-}
-template <typename T, typename S>
-FL_HOST_DEVICE BX_INLINE T abs_(const T& x) { return sel(x < T(S(0)), T(S(0)) - x, x); }
-template <typename T, typename S>
-FL_HOST_DEVICE BX_INLINE Dual<T, S> abs_(const Dual<T, S>& x) {
-  const T zero(S(0));
-  return x.chain(sel(x.v < zero, zero - x.v, x.v), sel(x.v > zero, T(S(1)), sel(x.v < zero, T(S(-1)), zero)));
-}
-// sqrt of x >= 0, derivative 0 at 0
-template <typename T, typename S>
-FL_HOST_DEVICE BX_INLINE T sqrt0(const T& x) { return sqrt_(x); }
-template <typename T, typename S>
-FL_HOST_DEVICE BX_INLINE Dual<T, S> sqrt0(const Dual<T, S>& x) {
-  const T r = sqrt_(x.v);
-  const T zero(S(0));
-  return x.chain(r, sel(r > zero, T(S(0.5)) / sel(r > zero, r, T(S(1))), zero));
-}
-template <typename T, typename S>
-FL_HOST_DEVICE BX_INLINE T expn(const T& x) { return exp_(x); }
-template <typename T, typename S>
-FL_HOST_DEVICE BX_INLINE Dual<T, S> expn(const Dual<T, S>& x) {
-  const T e = exp_(x.v);
-  return x.chain(e, e);
-}
-template <typename T, typename S>
-FL_HOST_DEVICE BX_INLINE T logn(const T& x) { return log_(x); }
-template <typename T, typename S>
-FL_HOST_DEVICE BX_INLINE Dual<T, S> logn(const Dual<T, S>& x) { return x.chain(log_(x.v), T(S(1)) / x.v); }
-// x^p for x >= 0 (negative x is clamped to 0), derivative p x^(p-1), 0 at x = 0.
-template <typename T, typename S>
-FL_HOST_DEVICE BX_INLINE T powp(const T& x, S p) {
-  const T c = relu_<T, S>(x);
-  return pow_(c, p);
-}
-template <typename T, typename S>
-FL_HOST_DEVICE BX_INLINE Dual<T, S> powp(const Dual<T, S>& x, S p) {
-  const T zero(S(0));
-  const T c = relu_<T, S>(x.v);
+FL_HOST_DEVICE BX_INLINE T powd(const T& x, S p, T& d) {
+  const T c = relu_(x);
+  const auto pos = c > T(0);
   const T r = pow_(c, p);
-  return x.chain(r, sel(c > zero, T(p) * r / sel(c > zero, c, T(S(1))), zero));
-}
-template <typename T, typename S, typename N>
-FL_HOST_DEVICE BX_INLINE N powp1(const N& x, S p) { return p == S(1) ? x : powp<T, S>(x, p); }
-
-// atan2(y, x) for y, x >= 0 (box widths and heights): finite everywhere, 0 at (0, 0)
-template <typename T, typename S>
-FL_HOST_DEVICE BX_INLINE T atan2n(const T& y, const T& x) { return atan2_(y, x); }
-template <typename T, typename S>
-FL_HOST_DEVICE BX_INLINE Dual<T, S> atan2n(const Dual<T, S>& y, const Dual<T, S>& x) {
-  const T zero(S(0));
-  const T r2 = y.v * y.v + x.v * x.v;
-  const auto pos = r2 > zero;
-  const T inv = sel(pos, T(S(1)) / sel(pos, r2, T(S(1))), zero);
-  Dual<T, S> r;
-  r.v = atan2_(y.v, x.v);
-#pragma unroll
-  for (int k = 0; k < 4; ++k) r.d[k] = (x.v * y.d[k] - y.v * x.d[k]) * inv;
+  d = take(pos, T(p) * r / sel(pos, c, T(1)));
   return r;
 }
-
-// min / max of two numbers of possibly different kinds (the result is a Dual if either is)
+// alpha-IoU's x^power: the identity (derivative 1, no clamp) when power == 1
 template <typename T, typename S>
-FL_HOST_DEVICE BX_INLINE T minn(const T& a, const T& b) { return min_(a, b); }
-template <typename T, typename S>
-FL_HOST_DEVICE BX_INLINE T maxn(const T& a, const T& b) { return max_(a, b); }
-template <typename T, typename S>
-FL_HOST_DEVICE BX_INLINE Dual<T, S> minn(const Dual<T, S>& a, const Dual<T, S>& b) { return seld(b.v < a.v, b, a); }
-template <typename T, typename S>
-FL_HOST_DEVICE BX_INLINE Dual<T, S> maxn(const Dual<T, S>& a, const Dual<T, S>& b) { return seld(b.v > a.v, b, a); }
-template <typename T, typename S>
-FL_HOST_DEVICE BX_INLINE Dual<T, S> minn(const Dual<T, S>& a, const T& b) { return seld(b < a.v, Dual<T, S>(b), a); }
-template <typename T, typename S>
-FL_HOST_DEVICE BX_INLINE Dual<T, S> maxn(const Dual<T, S>& a, const T& b) { return seld(b > a.v, Dual<T, S>(b), a); }
-template <typename T, typename S>
-FL_HOST_DEVICE BX_INLINE Dual<T, S> minn(const T& a, const Dual<T, S>& b) { return seld(b.v < a, b, Dual<T, S>(a)); }
-template <typename T, typename S>
-FL_HOST_DEVICE BX_INLINE Dual<T, S> maxn(const T& a, const Dual<T, S>& b) { return seld(b.v > a, b, Dual<T, S>(a)); }
+FL_HOST_DEVICE BX_INLINE T powd1(const T& x, S p, T& d) {
+  if (p == S(1)) {
+    d = T(1);
+    return x;
+  }
+  return powd(x, p, d);
+}
 
 // ------------------------------------------------------------------ kinds, formats, parameters
 enum Fmt : int { kXYXY = 0, kXYWH = 1, kCXCYWH = 2 };
@@ -270,19 +131,16 @@ struct Params {
   S gamma;  // focal-EIoU exponent
 };
 
-template <typename N>
-FL_HOST_DEVICE BX_INLINE N sq(const N& x) { return x * x; }
-
-// Box in xyxy from the user's format (linear: derivatives follow through the Dual ops).
-template <typename T, typename S, typename N>
-FL_HOST_DEVICE BX_INLINE void to_xyxy(const N b[4], int fmt, N o[4]) {
+// Box in xyxy from the user's format.
+template <typename T>
+FL_HOST_DEVICE BX_INLINE void to_xyxy(const T b[4], int fmt, T o[4]) {
   if (fmt == kXYWH) {
     o[0] = b[0];
     o[1] = b[1];
     o[2] = b[0] + b[2];
     o[3] = b[1] + b[3];
   } else if (fmt == kCXCYWH) {
-    const T half(S(0.5));
+    const T half(0.5);
     o[0] = b[0] - b[2] * half;
     o[1] = b[1] - b[3] * half;
     o[2] = b[0] + b[2] * half;
@@ -293,128 +151,408 @@ FL_HOST_DEVICE BX_INLINE void to_xyxy(const N b[4], int fmt, N o[4]) {
   }
 }
 
-// The geometry of a pair of xyxy boxes a (numbers A) and b (numbers B); R is a Dual if either is.
-template <typename T, typename S, typename A, typename B>
-struct Geometry {
-  using R = decltype(A() + B());
-  A aw, ah;   // widths / heights, inverted boxes clamped to 0
-  B bw, bh;
-  R inter, uni, iou;
-  A area_a;
+// The transpose of to_xyxy: gradient w.r.t. the xyxy corners -> w.r.t. the user's format.
+template <typename T>
+FL_HOST_DEVICE BX_INLINE void from_xyxy_grad(const T g[4], int fmt, T o[4]) {
+  if (fmt == kXYXY) {
+#pragma unroll
+    for (int k = 0; k < 4; ++k) o[k] = g[k];
+    return;
+  }
+  o[0] = g[0] + g[2];
+  o[1] = g[1] + g[3];
+  if (fmt == kXYWH) {
+    o[2] = g[2];
+    o[3] = g[3];
+  } else {
+    const T half(0.5);
+    o[2] = (g[2] - g[0]) * half;
+    o[3] = (g[3] - g[1]) * half;
+  }
+}
 
-  FL_HOST_DEVICE BX_INLINE Geometry(const A a[4], const B b[4], S eps) {
-    aw = relu_<T, S>(a[2] - a[0]);
-    ah = relu_<T, S>(a[3] - a[1]);
-    bw = relu_<T, S>(b[2] - b[0]);
-    bh = relu_<T, S>(b[3] - b[1]);
-    const R iw = relu_<T, S>(minn<T, S>(a[2], b[2]) - maxn<T, S>(a[0], b[0]));
-    const R ih = relu_<T, S>(minn<T, S>(a[3], b[3]) - maxn<T, S>(a[1], b[1]));
-    inter = iw * ih;
-    area_a = aw * ah;
-    uni = area_a + bw * bh - inter;
-    iou = inter / (uni + T(eps));
+// ------------------------------------------------------------------ geometry of a pair of boxes
+// Adjoints dL/d(intermediate) that the loss terms accumulate; Pair::pullback turns them into
+// dL/d(corners).  `a`, `b`: direct adjoints of the xyxy corners (CDIoU uses the corners).
+template <typename T>
+struct Adj {
+  T iou, inter, uni, aw, ah, bw, bh, cw, ch, dxc, dyc;
+  T a[4], b[4];
+  FL_HOST_DEVICE BX_INLINE Adj() {
+    iou = inter = uni = aw = ah = bw = bh = cw = ch = dxc = dyc = T(0);
+#pragma unroll
+    for (int k = 0; k < 4; ++k) a[k] = b[k] = T(0);
+  }
+  // every adjoint times s (Focal-EIoU scales the whole EIoU by IoU^gamma)
+  FL_HOST_DEVICE BX_INLINE void scale(const T& s) {
+    iou = iou * s, inter = inter * s, uni = uni * s, aw = aw * s, ah = ah * s, bw = bw * s, bh = bh * s;
+    cw = cw * s, ch = ch * s, dxc = dxc * s, dyc = dyc * s;
+#pragma unroll
+    for (int k = 0; k < 4; ++k) a[k] = a[k] * s, b[k] = b[k] * s;
   }
 };
 
-// width / height of the smallest box enclosing both
-template <typename T, typename S, typename A, typename B>
-FL_HOST_DEVICE BX_INLINE void enclosing(const A a[4], const B b[4], decltype(A() + B())& cw, decltype(A() + B())& ch) {
-  cw = relu_<T, S>(maxn<T, S>(a[2], b[2]) - minn<T, S>(a[0], b[0]));
-  ch = relu_<T, S>(maxn<T, S>(a[3], b[3]) - minn<T, S>(a[1], b[1]));
-}
+// Boxes a and b (user format in, xyxy kept) and everything the IoU kinds are built from.
+template <typename T, typename S>
+struct Pair {
+  T a[4], b[4];        // xyxy corners
+  T aw, ah, bw, bh;    // widths / heights, inverted boxes clamped to 0
+  T iw, ih;            // intersection width / height
+  T inter, uni, iou;   // iou = inter / (uni + eps)
+  T cw, ch;            // enclosing box width / height (after enclose())
+  S eps;
 
-// squared distance of the centres
-template <typename T, typename S, typename A, typename B>
-FL_HOST_DEVICE BX_INLINE decltype(A() + B()) centre_dist2(const A a[4], const B b[4]) {
-  return (sq((a[0] + a[2]) - (b[0] + b[2])) + sq((a[1] + a[3]) - (b[1] + b[3]))) * T(S(0.25));
-}
+  FL_HOST_DEVICE BX_INLINE Pair(const T a_in[4], const T b_in[4], int fmt, S eps_) : eps(eps_) {
+    to_xyxy(a_in, fmt, a);
+    to_xyxy(b_in, fmt, b);
+    aw = relu_(a[2] - a[0]);
+    ah = relu_(a[3] - a[1]);
+    bw = relu_(b[2] - b[0]);
+    bh = relu_(b[3] - b[1]);
+    iw = relu_(min_(a[2], b[2]) - max_(a[0], b[0]));
+    ih = relu_(min_(a[3], b[3]) - max_(a[1], b[1]));
+    inter = iw * ih;
+    uni = aw * ah + bw * bh - inter;
+    iou = inter / (uni + T(eps));
+  }
+  FL_HOST_DEVICE BX_INLINE void enclose() {
+    cw = relu_(max_(a[2], b[2]) - min_(a[0], b[0]));
+    ch = relu_(max_(a[3], b[3]) - min_(a[1], b[1]));
+  }
+  // differences of the doubled centres, a - b
+  FL_HOST_DEVICE BX_INLINE T dxc() const { return (a[0] + a[2]) - (b[0] + b[2]); }
+  FL_HOST_DEVICE BX_INLINE T dyc() const { return (a[1] + a[3]) - (b[1] + b[3]); }
 
-// CIoU's aspect term v = 4/pi^2 (atan(wb/hb) - atan(wa/ha))^2 (atan2: finite for w = h = 0)
-template <typename T, typename S, typename A, typename B>
-FL_HOST_DEVICE BX_INLINE decltype(A() + B()) aspect_v(const A& aw, const A& ah, const B& bw, const B& bh) {
-  return T(S(0.40528473456935108578)) * sq(atan2n<T, S>(bw, bh) - atan2n<T, S>(aw, ah));
-}
+  // d -> dL/d(a) and dL/d(b) in the user's format.  `enclosed`: whether enclose() ran (and
+  // d.cw / d.ch may be nonzero).
+  FL_HOST_DEVICE BX_INLINE void pullback(Adj<T>& d, int fmt, bool enclosed, T ga[4], T gb[4]) const {
+    const T zero(0);
+    // iou = inter / (uni + eps)
+    const T inv = T(1) / (uni + T(eps));
+    d.inter = d.inter + d.iou * inv;
+    d.uni = d.uni - d.iou * iou * inv;
+    // uni = aw ah + bw bh - inter
+    d.aw = d.aw + d.uni * ah;
+    d.ah = d.ah + d.uni * aw;
+    d.bw = d.bw + d.uni * bh;
+    d.bh = d.bh + d.uni * bw;
+    d.inter = d.inter - d.uni;
+    // inter = relu(min(a2, b2) - max(a0, b0)) relu(min(a3, b3) - max(a1, b1)): the argument
+    // that wins each min / max gets the gradient (ties: a)
+    const T giw = take(iw > zero, d.inter * ih), gih = take(ih > zero, d.inter * iw);
+    {
+      const auto m2 = b[2] < a[2], m0 = b[0] > a[0], m3 = b[3] < a[3], m1 = b[1] > a[1];
+      d.a[2] = d.a[2] + drop(m2, giw), d.b[2] = d.b[2] + take(m2, giw);
+      d.a[0] = d.a[0] - drop(m0, giw), d.b[0] = d.b[0] - take(m0, giw);
+      d.a[3] = d.a[3] + drop(m3, gih), d.b[3] = d.b[3] + take(m3, gih);
+      d.a[1] = d.a[1] - drop(m1, gih), d.b[1] = d.b[1] - take(m1, gih);
+    }
+    // enclosing box: relu(max(a2, b2) - min(a0, b0)), ...
+    if (enclosed) {
+      const T gcw = take(cw > zero, d.cw), gch = take(ch > zero, d.ch);
+      const auto m2 = b[2] > a[2], m0 = b[0] < a[0], m3 = b[3] > a[3], m1 = b[1] < a[1];
+      d.a[2] = d.a[2] + drop(m2, gcw), d.b[2] = d.b[2] + take(m2, gcw);
+      d.a[0] = d.a[0] - drop(m0, gcw), d.b[0] = d.b[0] - take(m0, gcw);
+      d.a[3] = d.a[3] + drop(m3, gch), d.b[3] = d.b[3] + take(m3, gch);
+      d.a[1] = d.a[1] - drop(m1, gch), d.b[1] = d.b[1] - take(m1, gch);
+    }
+    // widths / heights: relu(x2 - x0)
+    const T gaw = take(aw > zero, d.aw), gah = take(ah > zero, d.ah);
+    const T gbw = take(bw > zero, d.bw), gbh = take(bh > zero, d.bh);
+    // ... and the centre differences (a0 + a2) - (b0 + b2)
+    d.a[0] = d.a[0] - gaw + d.dxc, d.a[2] = d.a[2] + gaw + d.dxc;
+    d.a[1] = d.a[1] - gah + d.dyc, d.a[3] = d.a[3] + gah + d.dyc;
+    d.b[0] = d.b[0] - gbw - d.dxc, d.b[2] = d.b[2] + gbw - d.dxc;
+    d.b[1] = d.b[1] - gbh - d.dyc, d.b[3] = d.b[3] + gbh - d.dyc;
+    from_xyxy_grad(d.a, fmt, ga);
+    from_xyxy_grad(d.b, fmt, gb);
+  }
+};
 
-// Paired loss of prediction p (numbers A, user format) against target t (numbers B).
-template <typename T, typename S, typename A, typename B>
-FL_HOST_DEVICE BX_INLINE decltype(A() + B()) paired_loss(const A p_in[4], const B t_in[4], const Params<S>& prm) {
-  using R = decltype(A() + B());
-  A p[4];
-  B t[4];
-  to_xyxy<T, S>(p_in, prm.fmt, p);
-  to_xyxy<T, S>(t_in, prm.fmt, t);
-  const T one(S(1)), eps(prm.eps);
+// ------------------------------------------------------------------ terms of the losses
+// Each term: its value, and grad(up, d) adding up * d(value)/d(intermediates) into d.
+
+// GIoU's penalty (C - U) / (C + eps), C the enclosing area (arXiv 1902.09630)
+template <typename T, typename S>
+struct GIoUTerm {
+  T c, inv, value;
+  FL_HOST_DEVICE BX_INLINE explicit GIoUTerm(const Pair<T, S>& g) {
+    c = g.cw * g.ch;
+    inv = T(1) / (c + T(g.eps));
+    value = (c - g.uni) * inv;
+  }
+  FL_HOST_DEVICE BX_INLINE void grad(const Pair<T, S>& g, const T& up, Adj<T>& d) const {
+    const T gc = up * (g.uni + T(g.eps)) * inv * inv;  // d value / dC = (U + eps) / (C + eps)^2
+    d.cw = d.cw + gc * g.ch;
+    d.ch = d.ch + gc * g.cw;
+    d.uni = d.uni - up * inv;
+  }
+};
+
+// DIoU's penalty rho^2 / c^2: squared centre distance over the enclosing diagonal squared
+// (+ eps) (arXiv 1911.08287)
+template <typename T, typename S>
+struct DIoUTerm {
+  T dx, dy, inv, value;
+  FL_HOST_DEVICE BX_INLINE explicit DIoUTerm(const Pair<T, S>& g) {
+    dx = g.dxc();
+    dy = g.dyc();
+    inv = T(1) / (g.cw * g.cw + g.ch * g.ch + T(g.eps));
+    value = (dx * dx + dy * dy) * T(0.25) * inv;  // dxc is twice the centre distance
+  }
+  FL_HOST_DEVICE BX_INLINE void grad(const Pair<T, S>& g, const T& up, Adj<T>& d) const {
+    const T gr = up * inv * T(0.5);                // d value / d dxc = dxc / 2 * inv
+    const T gc2 = T(0) - up * value * inv * T(2);  // d value / d cw = -value * inv * 2 cw
+    d.dxc = d.dxc + gr * dx;
+    d.dyc = d.dyc + gr * dy;
+    d.cw = d.cw + gc2 * g.cw;
+    d.ch = d.ch + gc2 * g.ch;
+  }
+};
+
+// CIoU's aspect term alpha v, v = 4/pi^2 (atan(wb/hb) - atan(wa/ha))^2 (atan2: finite for
+// w = h = 0), alpha = v / (1 - IoU + v + eps) held constant in the backward
+template <typename T, typename S>
+struct CIoUTerm {
+  T dl, alpha, value;
+  FL_HOST_DEVICE BX_INLINE explicit CIoUTerm(const Pair<T, S>& g) {
+    dl = atan2_(g.bw, g.bh) - atan2_(g.aw, g.ah);
+    const T v = T(0.40528473456935108578) * dl * dl;
+    alpha = v / (T(1) - g.iou + v + T(g.eps));
+    value = alpha * v;
+  }
+  FL_HOST_DEVICE BX_INLINE void grad(const Pair<T, S>& g, const T& up, Adj<T>& d) const {
+    const T gdl = up * alpha * T(2 * 0.40528473456935108578) * dl;
+    // d atan2(y, x) = (x dy - y dx) / (x^2 + y^2), 0 at (0, 0)
+    const T ra = gdl * inv_pos(g.aw * g.aw + g.ah * g.ah), rb = gdl * inv_pos(g.bw * g.bw + g.bh * g.bh);
+    d.aw = d.aw - ra * g.ah;
+    d.ah = d.ah + ra * g.aw;
+    d.bw = d.bw + rb * g.bh;
+    d.bh = d.bh - rb * g.bw;
+  }
+};
+
+// EIoU's width (or height) term (wa - wb)^2 / (cw^2 + eps) (arXiv 2101.08158)
+template <typename T, typename S>
+struct SideTerm {
+  T diff, inv, value;
+  FL_HOST_DEVICE BX_INLINE SideTerm(const T& wa, const T& wb, const T& cw, S eps) {
+    diff = wa - wb;
+    inv = T(1) / (cw * cw + T(eps));
+    value = diff * diff * inv;
+  }
+  // adds to the adjoints of wa, wb, cw
+  FL_HOST_DEVICE BX_INLINE void grad(const T& cw, const T& up, T& dwa, T& dwb, T& dcw) const {
+    const T gd = up * T(2) * diff * inv;
+    dwa = dwa + gd;
+    dwb = dwb - gd;
+    dcw = dcw - up * value * inv * T(2) * cw;
+  }
+};
+
+// SIoU's (distance + shape) / 2 with the angle folded into the distance cost (arXiv 2205.12740):
+//   d = centre offset t - p;  Lambda = sin(2 theta) = 2 |dx| |dy| / (dx^2 + dy^2 + eps);
+//   gamma = 2 - Lambda;  distance = sum over x, y of 1 - exp(-gamma dx^2 / (cw^2 + eps));
+//   shape = sum over w, h of (1 - exp(-|wa - wb| / (max(wa, wb) + eps)))^4
+template <typename T, typename S>
+struct SIoUTerm {
+  T dx, dy, den, lam, gam, ix, iy, rx, ry, ex, ey;  // angle and distance costs
+  T ow, oh, imw, imh, ew, eh;                       // shape cost
+  T value;
+  FL_HOST_DEVICE BX_INLINE explicit SIoUTerm(const Pair<T, S>& g) {
+    const T eps(g.eps);
+    dx = g.dxc() * T(-0.5);
+    dy = g.dyc() * T(-0.5);
+    den = T(1) / (dx * dx + dy * dy + eps);
+    lam = T(2) * abs_(dx) * abs_(dy) * den;
+    gam = T(2) - lam;
+    ix = T(1) / (g.cw * g.cw + eps);
+    iy = T(1) / (g.ch * g.ch + eps);
+    rx = dx * dx * ix;
+    ry = dy * dy * iy;
+    ex = exp_(T(0) - gam * rx);
+    ey = exp_(T(0) - gam * ry);
+    imw = T(1) / (max_(g.aw, g.bw) + eps);
+    imh = T(1) / (max_(g.ah, g.bh) + eps);
+    ow = abs_(g.aw - g.bw) * imw;
+    oh = abs_(g.ah - g.bh) * imh;
+    ew = exp_(T(0) - ow);
+    eh = exp_(T(0) - oh);
+    const T sw = T(1) - ew, sh = T(1) - eh;
+    value = ((T(2) - ex - ey) + (sq(sq(sw)) + sq(sq(sh)))) * T(0.5);
+  }
+  FL_HOST_DEVICE BX_INLINE void grad(const Pair<T, S>& g, const T& up, Adj<T>& d) const {
+    const T gs = up * T(0.5);  // d value / d distance = d value / d shape
+    // distance: exp(-gamma r) depends on gamma (through Lambda) and on r
+    const T glam = T(0) - gs * (rx * ex + ry * ey);
+    const T grx = gs * gam * ex, gry = gs * gam * ey;
+    const T gden = T(0) - glam * lam * den;  // Lambda = 2 |dx| |dy| * den, den = 1 / (...)
+    const T gdx = glam * T(2) * abs_(dy) * den * sign_(dx) + (gden + grx * ix) * T(2) * dx;
+    const T gdy = glam * T(2) * abs_(dx) * den * sign_(dy) + (gden + gry * iy) * T(2) * dy;
+    d.dxc = d.dxc - gdx * T(0.5);
+    d.dyc = d.dyc - gdy * T(0.5);
+    d.cw = d.cw - grx * rx * ix * T(2) * g.cw;
+    d.ch = d.ch - gry * ry * iy * T(2) * g.ch;
+    // shape: (1 - exp(-o))^4, o = |wa - wb| / (max(wa, wb) + eps); max ties go to wa
+    side(g.aw, g.bw, ow, imw, ew, gs, d.aw, d.bw);
+    side(g.ah, g.bh, oh, imh, eh, gs, d.ah, d.bh);
+  }
+  FL_HOST_DEVICE BX_INLINE static void side(const T& wa, const T& wb, const T& o, const T& im, const T& e, const T& gs, T& dwa, T& dwb) {
+    const T s = T(1) - e;
+    const T go = gs * T(4) * s * s * s * e;
+    const T gnum = go * im * sign_(wa - wb);
+    const T gm = T(0) - go * o * im;
+    const auto b_max = wb > wa;
+    dwa = dwa + gnum + drop(b_max, gm);
+    dwb = dwb - gnum + take(b_max, gm);
+  }
+};
+
+// CDIoU's penalty: mean distance of the 4 corner pairs over the enclosing diagonal
+// (arXiv 2103.11696): (sum_k |corner_k(p) - corner_k(t)|) / (4 sqrt(cw^2 + ch^2 + eps))
+template <typename T, typename S>
+struct CDIoUTerm {
+  T dx0, dy1, dx2, dy3, e[4], diag, value;
+  FL_HOST_DEVICE BX_INLINE explicit CDIoUTerm(const Pair<T, S>& g) {
+    dx0 = g.a[0] - g.b[0], dy1 = g.a[1] - g.b[1], dx2 = g.a[2] - g.b[2], dy3 = g.a[3] - g.b[3];
+    e[0] = sqrt_(dx0 * dx0 + dy1 * dy1);  // (x1, y1)
+    e[1] = sqrt_(dx2 * dx2 + dy1 * dy1);  // (x2, y1)
+    e[2] = sqrt_(dx2 * dx2 + dy3 * dy3);  // (x2, y2)
+    e[3] = sqrt_(dx0 * dx0 + dy3 * dy3);  // (x1, y2)
+    diag = sqrt_(g.cw * g.cw + g.ch * g.ch + T(g.eps));
+    value = (e[0] + e[1] + e[2] + e[3]) / (diag * T(4));
+  }
+  FL_HOST_DEVICE BX_INLINE void grad(const Pair<T, S>& g, const T& up, Adj<T>& d) const {
+    const T ge = up / (diag * T(4));  // d value / d e_k
+    // d value / d diag = -value / diag, d diag / d cw = cw / diag (0 at diag = 0)
+    const T gdiag = (T(0) - up * value) * sq(inv_pos(diag));
+    d.cw = d.cw + gdiag * g.cw;
+    d.ch = d.ch + gdiag * g.ch;
+    // d e / d offset = offset / e (0 at e = 0)
+    const T r0 = ge * inv_pos(e[0]), r1 = ge * inv_pos(e[1]), r2 = ge * inv_pos(e[2]), r3 = ge * inv_pos(e[3]);
+    const T g0 = dx0 * (r0 + r3), g1 = dy1 * (r0 + r1), g2 = dx2 * (r1 + r2), g3 = dy3 * (r2 + r3);
+    d.a[0] = d.a[0] + g0, d.a[1] = d.a[1] + g1, d.a[2] = d.a[2] + g2, d.a[3] = d.a[3] + g3;
+    d.b[0] = d.b[0] - g0, d.b[1] = d.b[1] - g1, d.b[2] = d.b[2] - g2, d.b[3] = d.b[3] - g3;
+  }
+};
+
+// ------------------------------------------------------------------ the losses and the metrics
+// Paired loss of prediction p against target t (user format).  kGrad: also dL/dp in gp.
+template <bool kGrad, typename T, typename S>
+FL_HOST_DEVICE BX_INLINE T paired_loss(const T p_in[4], const T t_in[4], const Params<S>& prm, T gp[4]) {
+  Pair<T, S> g(p_in, t_in, prm.fmt, prm.eps);
+  Adj<T> d;
+  const T one(1), eps(prm.eps);
   const S pw = prm.power;
-  const Geometry<T, S, A, B> g(p, t, prm.eps);
-  if (prm.kind == kLogIoU) return T(S(-pw)) * logn<T, S>(maxn<T, S>(g.iou, eps));
-  const R iou_p = powp1<T, S>(g.iou, pw);
-  if (prm.kind == kIoU) return one - iou_p;
-  R cw, ch;
-  enclosing<T, S>(p, t, cw, ch);
-  if (prm.kind == kGIoU) {
-    const R c = cw * ch;
-    return one - iou_p + powp1<T, S>((c - g.uni) / (c + eps), pw);
+  T loss, dp;  // dp: the derivative of x^power at the current term
+  bool enclosed = false;
+  if (prm.kind == kLogIoU) {
+    // -power ln(max(IoU, eps)) (UnitBox, arXiv 1608.01471)
+    const auto floor = eps > g.iou;
+    loss = T(-pw) * log_(sel(floor, eps, g.iou));
+    if (kGrad) d.iou = drop(floor, T(-pw) / g.iou);
+  } else {
+    // 1 - IoU^power + the kind's penalty^power (alpha-IoU, arXiv 2110.13675)
+    loss = one - powd1(g.iou, pw, dp);
+    if (kGrad) d.iou = T(0) - dp;
+    if (prm.kind != kIoU) {
+      g.enclose();
+      enclosed = true;
+      if (prm.kind == kGIoU) {
+        const GIoUTerm<T, S> term(g);
+        loss = loss + powd1(term.value, pw, dp);
+        if (kGrad) term.grad(g, dp, d);
+      } else if (prm.kind == kCDIoU) {
+        const CDIoUTerm<T, S> term(g);
+        loss = loss + powd1(term.value, pw, dp);
+        if (kGrad) term.grad(g, dp, d);
+      } else if (prm.kind == kSIoU) {
+        const SIoUTerm<T, S> term(g);
+        loss = loss + powd1(term.value, pw, dp);
+        if (kGrad) term.grad(g, dp, d);
+      } else {
+        const DIoUTerm<T, S> term(g);
+        loss = loss + powd1(term.value, pw, dp);
+        if (kGrad) term.grad(g, dp, d);
+        if (prm.kind == kCIoU) {
+          const CIoUTerm<T, S> aspect(g);
+          loss = loss + powd1(aspect.value, pw, dp);
+          if (kGrad) aspect.grad(g, dp, d);
+        } else if (prm.kind == kEIoU || prm.kind == kFocalEIoU) {
+          const SideTerm<T, S> w(g.aw, g.bw, g.cw, prm.eps), h(g.ah, g.bh, g.ch, prm.eps);
+          loss = loss + powd1(w.value, pw, dp);
+          if (kGrad) w.grad(g.cw, dp, d.aw, d.bw, d.cw);
+          loss = loss + powd1(h.value, pw, dp);
+          if (kGrad) h.grad(g.ch, dp, d.ah, d.bh, d.ch);
+          if (prm.kind == kFocalEIoU) {
+            // IoU^gamma * L_EIoU
+            const T f = powd(g.iou, prm.gamma, dp);
+            if (kGrad) {
+              d.scale(f);
+              d.iou = d.iou + dp * loss;
+            }
+            loss = f * loss;
+          }
+        }
+      }
+    }
   }
-  if (prm.kind == kCDIoU) {
-    const R e0 = sqrt0<T, S>(sq(p[0] - t[0]) + sq(p[1] - t[1]));
-    const R e1 = sqrt0<T, S>(sq(p[2] - t[2]) + sq(p[1] - t[1]));
-    const R e2 = sqrt0<T, S>(sq(p[2] - t[2]) + sq(p[3] - t[3]));
-    const R e3 = sqrt0<T, S>(sq(p[0] - t[0]) + sq(p[3] - t[3]));
-    const R diag = sqrt0<T, S>(cw * cw + ch * ch + eps);
-    return one - iou_p + powp1<T, S>((e0 + e1 + e2 + e3) / (diag * T(S(4))), pw);
+  if (kGrad) {
+    T gt[4];
+    g.pullback(d, prm.fmt, enclosed, gp, gt);
   }
-  if (prm.kind == kSIoU) {
-    const R dx = ((t[0] + t[2]) - (p[0] + p[2])) * T(S(0.5));
-    const R dy = ((t[1] + t[3]) - (p[1] + p[3])) * T(S(0.5));
-    const R lam = T(S(2)) * abs_<T, S>(dx) * abs_<T, S>(dy) / (dx * dx + dy * dy + eps);  // sin(2 theta)
-    const R gam = T(S(2)) - lam;
-    const R rx = dx * dx / (cw * cw + eps);
-    const R ry = dy * dy / (ch * ch + eps);
-    const R dist = T(S(2)) - expn<T, S>(T(S(0)) - gam * rx) - expn<T, S>(T(S(0)) - gam * ry);
-    const R ow = abs_<T, S>(g.aw - g.bw) / (maxn<T, S>(g.aw, g.bw) + eps);
-    const R oh = abs_<T, S>(g.ah - g.bh) / (maxn<T, S>(g.ah, g.bh) + eps);
-    const R sw = one - expn<T, S>(T(S(0)) - ow);
-    const R sh = one - expn<T, S>(T(S(0)) - oh);
-    const R shape = sq(sq(sw)) + sq(sq(sh));
-    return one - iou_p + powp1<T, S>((dist + shape) * T(S(0.5)), pw);
-  }
-  const R c2 = cw * cw + ch * ch + eps;
-  const R diou = one - iou_p + powp1<T, S>(centre_dist2<T, S>(p, t) / c2, pw);
-  if (prm.kind == kDIoU) return diou;
-  if (prm.kind == kCIoU) {
-    const R v = aspect_v<T, S>(g.aw, g.ah, g.bw, g.bh);
-    const T alpha = val(v) / (one - val(g.iou) + val(v) + eps);  // a constant in the backward
-    return diou + powp1<T, S>(alpha * v, pw);
-  }
-  // EIoU and Focal-EIoU
-  const R eiou = diou + powp1<T, S>(sq(g.aw - g.bw) / (cw * cw + eps), pw) + powp1<T, S>(sq(g.ah - g.bh) / (ch * ch + eps), pw);
-  if (prm.kind == kEIoU) return eiou;
-  return powp<T, S>(g.iou, prm.gamma) * eiou;
+  return loss;
 }
 
-// Pairwise / aligned metric of box a (numbers A) and box b (numbers B), both in the user format.
-template <typename T, typename S, typename A, typename B>
-FL_HOST_DEVICE BX_INLINE decltype(A() + B()) pair_metric(const A a_in[4], const B b_in[4], int kind, int fmt, S eps_s) {
-  using R = decltype(A() + B());
-  A a[4];
-  B b[4];
-  to_xyxy<T, S>(a_in, fmt, a);
-  to_xyxy<T, S>(b_in, fmt, b);
-  const T one(S(1)), eps(eps_s);
-  const Geometry<T, S, A, B> g(a, b, eps_s);
-  if (kind == kMIoU) return g.iou;
-  if (kind == kMIoF) return g.inter / (g.area_a + eps);
-  R cw, ch;
-  enclosing<T, S>(a, b, cw, ch);
-  if (kind == kMGIoU) {
-    const R c = cw * ch;
-    return g.iou - (c - g.uni) / (c + eps);
+// Pairwise / aligned metric of box a against box b, both in the user format.
+// kGrad: also d metric / d a in ga and d metric / d b in gb.
+template <bool kGrad, typename T, typename S>
+FL_HOST_DEVICE BX_INLINE T pair_metric(const T a_in[4], const T b_in[4], int kind, int fmt, S eps, T ga[4], T gb[4]) {
+  Pair<T, S> g(a_in, b_in, fmt, eps);
+  Adj<T> d;
+  T m;
+  bool enclosed = false;
+  if (kind == kMIoF) {
+    // intersection over a's area (mmcv's "iof")
+    const T area = g.aw * g.ah;
+    const T inv = T(1) / (area + T(eps));
+    m = g.inter * inv;
+    if (kGrad) {
+      d.inter = inv;
+      const T garea = T(0) - m * inv;
+      d.aw = garea * g.ah;
+      d.ah = garea * g.aw;
+    }
+  } else {
+    m = g.iou;
+    if (kGrad) d.iou = T(1);
+    if (kind != kMIoU) {
+      g.enclose();
+      enclosed = true;
+      if (kind == kMGIoU) {
+        const GIoUTerm<T, S> term(g);
+        m = m - term.value;
+        if (kGrad) term.grad(g, T(-1), d);
+      } else {
+        const DIoUTerm<T, S> term(g);
+        m = m - term.value;
+        if (kGrad) term.grad(g, T(-1), d);
+        if (kind == kMCIoU) {
+          const CIoUTerm<T, S> aspect(g);
+          m = m - aspect.value;
+          if (kGrad) aspect.grad(g, T(-1), d);
+        }
+      }
+    }
   }
-  const R diou = g.iou - centre_dist2<T, S>(a, b) / (cw * cw + ch * ch + eps);
-  if (kind == kMDIoU) return diou;
-  const R v = aspect_v<T, S>(g.aw, g.ah, g.bw, g.bh);
-  const T alpha = val(v) / (one - val(g.iou) + val(v) + eps);
-  return diou - alpha * v;
+  if (kGrad) g.pullback(d, fmt, enclosed, ga, gb);
+  return m;
+}
+
+// forward only
+template <typename T, typename S>
+FL_HOST_DEVICE BX_INLINE T pair_metric(const T a_in[4], const T b_in[4], int kind, int fmt, S eps) {
+  return pair_metric<false>(a_in, b_in, kind, fmt, eps, static_cast<T*>(nullptr), static_cast<T*>(nullptr));
 }
 
 }  // namespace box

@@ -36,6 +36,28 @@ def no_grad_required(**tensors):
             raise ValueError(f"fastloss does not differentiate with respect to {name}; pass {name}.detach()")
 
 
+def scale_stored_grad(cache, scale, dtype, in_place):
+    """dL/dx from the gradient the forward stored (fastloss/_backend.py STORE_GRAD_IN_FORWARD):
+    ``cache * scale`` in ``dtype``.  ``in_place`` (the eager fast path's first backward, which
+    owns the cache): scale the cache itself, so the backward allocates no (n, ...) buffer, and
+    autograd then takes it as ``.grad`` without a copy."""
+    if in_place and cache.dtype == dtype:
+        return cache.mul_(scale)
+    return (cache * scale).to(dtype)
+
+
+def take_stored_grad(ctx):
+    """The eager fast path keeps the stored gradient on ctx (not save_for_backward, whose
+    version check would reject the in-place scaling).  Returns (cache, in_place): in place
+    when the engine frees the graph after this backward (AOTAutograd asks the engine the
+    same way); with retain_graph=True the cache stays intact, so every backward through the
+    retained graph gives the same bits (gradcheck's reentrancy check)."""
+    keep_graph = getattr(torch._C._autograd, "_get_current_graph_task_keep_graph", lambda: True)()
+    if keep_graph:
+        return ctx.stored_grad, False
+    return ctx.__dict__.pop("stored_grad"), True
+
+
 def finish(loss, input_dtype, reduction, avg_factor):
     """Apply mmdetection's avg_factor (mean -> sum / (avg_factor + eps), on the device) and
     return the loss in the input dtype."""

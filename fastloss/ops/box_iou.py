@@ -34,12 +34,13 @@ def _forward_impl(pred, target, weight, kind, fmt, eps, power, gamma, reduction,
     return forward(pred, target, weight, kind, fmt, eps, power, gamma, reduction, store_grad)
 
 
-def _backward_impl(grad, pred, target, weight, cache, kind, fmt, eps, power, gamma, reduction, backend):
+def _backward_impl(grad, pred, target, weight, cache, kind, fmt, eps, power, gamma, reduction, backend, in_place=False):
     if cache.shape == pred.shape:  # the forward stored dL/dpred * weight: only scale it
         if reduction == 0:
-            return (cache * grad.to(cache.dtype)[:, None]).to(pred.dtype)
-        scale = grad / pred.shape[0] if reduction == 2 else grad
-        return (cache * scale).to(pred.dtype)
+            scale = grad.to(cache.dtype)[:, None]
+        else:
+            scale = grad / pred.shape[0] if reduction == 2 else grad
+        return _common.scale_stored_grad(cache, scale, pred.dtype, in_place)
     _, backward = _backend.implementation(OP, pred.device, backend)
     return backward(grad, pred, target, weight, kind, fmt, eps, power, gamma, reduction)
 
@@ -72,11 +73,14 @@ def _(grad, pred, target, weight, cache, kind, fmt, eps, power, gamma, reduction
 def _setup_context(ctx, inputs, output):
     pred, target, weight, kind, fmt, eps, power, gamma, reduction, _store, backend = inputs
     ctx.mark_non_differentiable(output[1])
+    ctx.set_materialize_grads(False)  # no zero-filled (n, 4) gradient for the cache output
     ctx.save_for_backward(pred, target, weight, output[1])
     ctx.args = (kind, fmt, eps, power, gamma, reduction, _backend.resolve(OP, pred.device, backend))
 
 
 def _backward(ctx, grad, _grad_cache):
+    if grad is None:  # grads are not materialized: no gradient flowed into the loss
+        return (None,) * 11
     pred, target, weight, cache = ctx.saved_tensors
     kind, fmt, eps, power, gamma, reduction, backend = ctx.args
     g = box_iou_loss_backward_op(grad.contiguous(), pred, target, weight, cache, kind, fmt, eps, power, gamma, reduction, backend)
@@ -94,15 +98,20 @@ class BoxIoULossFunction(torch.autograd.Function):
     def forward(ctx, pred, target, weight, kind, fmt, eps, power, gamma, reduction, store_grad, backend):
         loss, cache = _forward_impl(pred, target, weight, kind, fmt, eps, power, gamma, reduction, store_grad, backend)
         ctx.mark_non_differentiable(cache)
-        ctx.save_for_backward(pred, target, weight, cache)
+        ctx.set_materialize_grads(False)  # no zero-filled (n, 4) gradient for the cache output
+        ctx.save_for_backward(pred, target, weight)
+        ctx.stored_grad = cache  # may be scaled in place by the backward (_common.take_stored_grad)
         ctx.args = (kind, fmt, eps, power, gamma, reduction, _backend.resolve(OP, pred.device, backend))
         return loss, cache
 
     @staticmethod
     def backward(ctx, grad, _grad_cache):
-        pred, target, weight, cache = ctx.saved_tensors
+        if grad is None:  # grads are not materialized: no gradient flowed into the loss
+            return (None,) * 11
+        pred, target, weight = ctx.saved_tensors
         kind, fmt, eps, power, gamma, reduction, backend = ctx.args
-        g = _backward_impl(grad.contiguous(), pred, target, weight, cache, kind, fmt, eps, power, gamma, reduction, backend)
+        cache, in_place = _common.take_stored_grad(ctx)
+        g = _backward_impl(grad.contiguous(), pred, target, weight, cache, kind, fmt, eps, power, gamma, reduction, backend, in_place)
         return (g,) + (None,) * 10
 
 

@@ -37,10 +37,10 @@ def _forward_impl(input, target, weight, alpha, gamma, reduction, store_grad, ba
     return forward(input, target, weight, alpha, gamma, reduction, store_grad)
 
 
-def _backward_impl(grad, input, target, weight, cache, alpha, gamma, reduction, backend):
+def _backward_impl(grad, input, target, weight, cache, alpha, gamma, reduction, backend, in_place=False):
     if cache.shape == input.shape:  # the forward stored dL/dx * weight: only scale it
-        scale = grad if reduction == 0 else (grad / input.numel() if reduction == 2 else grad)
-        return (cache * scale).to(input.dtype)
+        scale = grad / input.numel() if reduction == 2 else grad
+        return _common.scale_stored_grad(cache, scale, input.dtype, in_place)
     _, backward = _backend.implementation(OP, input.device, backend)
     return backward(grad, input, target, weight, alpha, gamma, reduction)
 
@@ -101,7 +101,8 @@ class SigmoidFocalLossFunction(torch.autograd.Function):
         loss, cache = _forward_impl(input, target, weight, alpha, gamma, reduction, store_grad, backend)
         ctx.mark_non_differentiable(cache)
         ctx.set_materialize_grads(False)  # no zero-filled gradient for the cache output
-        ctx.save_for_backward(input, target, weight, cache)
+        ctx.save_for_backward(input, target, weight)
+        ctx.stored_grad = cache  # may be scaled in place by the backward (_common.take_stored_grad)
         ctx.args = (alpha, gamma, reduction, _backend.resolve(OP, input.device, backend))
         return loss, cache
 
@@ -109,9 +110,10 @@ class SigmoidFocalLossFunction(torch.autograd.Function):
     def backward(ctx, grad, _grad_cache):
         if grad is None:  # grads are not materialized: no gradient flowed into the loss
             return None, None, None, None, None, None, None, None
-        input, target, weight, cache = ctx.saved_tensors
+        input, target, weight = ctx.saved_tensors
         alpha, gamma, reduction, backend = ctx.args
-        grad_input = _backward_impl(grad.contiguous(), input, target, weight, cache, alpha, gamma, reduction, backend)
+        cache, in_place = _common.take_stored_grad(ctx)
+        grad_input = _backward_impl(grad.contiguous(), input, target, weight, cache, alpha, gamma, reduction, backend, in_place)
         return grad_input, None, None, None, None, None, None, None
 
 
