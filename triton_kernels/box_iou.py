@@ -2,15 +2,12 @@
 per-box losses, optionally the stored gradient; backward recomputing from the inputs), the
 pairwise / aligned matrices with their two-pass backward, and the fused max.
 
-The math is fastloss/reference/box_iou.py; the forward mirrors csrc/kernels/box_iou.h term
-for term.  Gradients differ in method: here the geometry runs on forward-mode dual numbers
-(a value [BLOCK] and its 4 partial derivatives w.r.t. one box's coordinates [BLOCK, 4]), so
-the gradient is the exact chain rule of the forward; the C++ kernels use hand-written
-reverse mode (~2x the forward's arithmetic against ~5x here), which matters on CPUs.  On a
-GPU the paired loss moves 32 B per box and should stay bandwidth-bound either way; that is
-unmeasured (no GPU run yet).  Both follow the same kink conventions (relu'(0) = |x|'(0) =
-sqrt'(0) = (x^p)'(0) = atan2'(0, 0) = 0; min/max ties to the first argument) and are
-checked against autograd through the float64 reference.  atan2 of non-negative
+The math is fastloss/reference/box_iou.py, and this module mirrors csrc/kernels/box_iou.h
+term for term, gradients included: hand-written reverse mode (each term's value, then the
+adjoints it adds, then one pullback through the geometry to the corners of both boxes and
+the box format), one lane per box pair.  Same kink conventions as the C++ kernels
+(relu'(0) = |x|'(0) = sqrt'(0) = (x^p)'(0) = atan2'(0, 0) = 0; min/max ties to the first
+argument), checked against autograd through the float64 reference.  atan2 of non-negative
 widths/heights is computed here (no portable libdevice atan2 under the interpreter) by two
 argument reductions and an odd series accurate to fp64 rounding.  Deterministic: each
 program writes one partial sum and the launcher adds them with one torch.sum; no atomics.
@@ -23,103 +20,55 @@ from fastloss.ops._common import reduced_dtype
 
 BLOCK = 256
 
-# ----------------------------------------------------------------------------- dual numbers
-# A dual is (v, d): v [B], d [B, 4].
+# ----------------------------------------------------------------------------- lane math
+# Values are [BLOCK] tensors, one box pair per lane.
 
 
 @triton.jit
-def _add(av, ad, bv, bd):
-    return av + bv, ad + bd
+def _relu(x):
+    return tl.where(x < 0, 0.0, x)  # NaN propagates (tl.maximum may drop it)
 
 
 @triton.jit
-def _sub(av, ad, bv, bd):
-    return av - bv, ad - bd
+def _min(a, b):
+    return tl.where(b < a, b, a)  # ties and NaN in a: a
 
 
 @triton.jit
-def _mul(av, ad, bv, bd):
-    return av * bv, ad * bv[:, None] + av[:, None] * bd
+def _max(a, b):
+    return tl.where(b > a, b, a)
 
 
 @triton.jit
-def _div(av, ad, bv, bd):
-    inv = 1.0 / bv
-    r = av * inv
-    return r, (ad - r[:, None] * bd) * inv[:, None]
+def _sign(x):
+    return tl.where(x > 0, 1.0, tl.where(x < 0, -1.0, 0.0))
 
 
 @triton.jit
-def _scale(av, ad, c):
-    return av * c, ad * c
+def _inv_pos(x):
+    # 1 / x for x > 0, else 0
+    return tl.where(x > 0, 1.0 / tl.where(x > 0, x, 1.0), 0.0)
 
 
 @triton.jit
-def _shift(av, ad, c):
-    return av + c, ad
-
-
-@triton.jit
-def _chain(ad, fv, dfv):
-    return fv, ad * dfv[:, None]
-
-
-@triton.jit
-def _relu(av, ad):
-    return _chain(ad, tl.where(av < 0, 0.0, av), tl.where(av > 0, 1.0, 0.0))
-
-
-@triton.jit
-def _abs(av, ad):
-    return _chain(ad, tl.where(av < 0, -av, av), tl.where(av > 0, 1.0, tl.where(av < 0, -1.0, 0.0)))
-
-
-@triton.jit
-def _sqrt0(av, ad):
-    r = tl.sqrt(tl.where(av > 0, av, 0.0))
-    return _chain(ad, r, tl.where(r > 0, 0.5 / tl.where(r > 0, r, 1.0), 0.0))
-
-
-@triton.jit
-def _exp(av, ad):
-    e = tl.exp(av)
-    return _chain(ad, e, e)
-
-
-@triton.jit
-def _log(av, ad):
-    return _chain(ad, tl.log(av), 1.0 / av)
-
-
-@triton.jit
-def _pow(av, ad, p):
-    c = tl.where(av < 0, 0.0, av)
+def _powd(x, p):
+    # x^p of x clamped at 0, and its derivative p x^(p-1) (0 at x <= 0)
+    c = _relu(x)
     pos = c > 0
     safe = tl.where(pos, c, 1.0)
     r = tl.where(pos, tl.exp(p * tl.log(safe)), 0.0)
     if p == 0:
         r = tl.full(r.shape, 1.0, r.dtype)
-    return _chain(ad, r, tl.where(pos, p * r / safe, 0.0))
+    return r, tl.where(pos, p * r / safe, 0.0)
 
 
 @triton.jit
-def _powp1(av, ad, p, POWER_ONE: tl.constexpr):
+def _powd1(x, p, POWER_ONE: tl.constexpr):
+    # alpha-IoU's x^power: the identity when power == 1
     if POWER_ONE:
-        return av, ad
+        return x, x * 0.0 + 1.0
     else:
-        return _pow(av, ad, p)
-
-
-@triton.jit
-def _min(av, ad, bv, bd):
-    m = bv < av
-    return tl.where(m, bv, av), tl.where(m[:, None], bd, ad)
-
-
-@triton.jit
-def _max(av, ad, bv, bd):
-    m = bv > av
-    return tl.where(m, bv, av), tl.where(m[:, None], bd, ad)
+        return _powd(x, p)
 
 
 @triton.jit
@@ -156,14 +105,7 @@ def _atan2_pos(y, x):
     return tl.where(y > x, 1.5707963267948966 - a, a)
 
 
-@triton.jit
-def _atan2(yv, yd, xv, xd):
-    r2 = yv * yv + xv * xv
-    inv = tl.where(r2 > 0, 1.0 / tl.where(r2 > 0, r2, 1.0), 0.0)
-    return _atan2_pos(yv, xv), (xv[:, None] * yd - yv[:, None] * xd) * inv[:, None]
-
-
-# ----------------------------------------------------------------------------- the losses
+# ----------------------------------------------------------------------------- geometry
 
 
 @triton.jit
@@ -172,112 +114,305 @@ def _col(P, cols, k):
 
 
 @triton.jit
-def _to_xyxy(x0, d0, x1, d1, x2, d2, x3, d3, FMT: tl.constexpr):
-    if FMT == 1:
-        x2, d2 = _add(x0, d0, x2, d2)
-        x3, d3 = _add(x1, d1, x3, d3)
-    elif FMT == 2:
-        hw, hwd = _scale(x2, d2, 0.5)
-        hh, hhd = _scale(x3, d3, 0.5)
-        a0, ad0 = _sub(x0, d0, hw, hwd)
-        a1, ad1 = _sub(x1, d1, hh, hhd)
-        x2, d2 = _add(x0, d0, hw, hwd)
-        x3, d3 = _add(x1, d1, hh, hhd)
-        x0, d0, x1, d1 = a0, ad0, a1, ad1
-    return x0, d0, x1, d1, x2, d2, x3, d3
+def _cols4(g0, g1, g2, g3, cols):
+    # [BLOCK] x 4 -> [BLOCK, 4]
+    c = cols[None, :]
+    return tl.where(c == 0, g0[:, None], tl.where(c == 1, g1[:, None], tl.where(c == 2, g2[:, None], g3[:, None])))
 
 
 @triton.jit
-def _sq(av, ad):
-    return _mul(av, ad, av, ad)
+def _to_xyxy(x0, x1, x2, x3, FMT: tl.constexpr):
+    if FMT == 1:
+        return x0, x1, x0 + x2, x1 + x3
+    elif FMT == 2:
+        return x0 - x2 * 0.5, x1 - x3 * 0.5, x0 + x2 * 0.5, x1 + x3 * 0.5
+    else:
+        return x0, x1, x2, x3
+
+
+@triton.jit
+def _box(X, cols, FMT: tl.constexpr):
+    # [BLOCK, 4] boxes in the user's format -> 4 [BLOCK] xyxy coordinates
+    return _to_xyxy(_col(X, cols, 0), _col(X, cols, 1), _col(X, cols, 2), _col(X, cols, 3), FMT)
+
+
+@triton.jit
+def _from_xyxy_grad(g0, g1, g2, g3, FMT: tl.constexpr):
+    # the transpose of _to_xyxy
+    if FMT == 1:
+        return g0 + g2, g1 + g3, g2, g3
+    elif FMT == 2:
+        return g0 + g2, g1 + g3, (g2 - g0) * 0.5, (g3 - g1) * 0.5
+    else:
+        return g0, g1, g2, g3
+
+
+@triton.jit
+def _geometry(a0, a1, a2, a3, b0, b1, b2, b3, eps):
+    aw = _relu(a2 - a0)
+    ah = _relu(a3 - a1)
+    bw = _relu(b2 - b0)
+    bh = _relu(b3 - b1)
+    iw = _relu(_min(a2, b2) - _max(a0, b0))
+    ih = _relu(_min(a3, b3) - _max(a1, b1))
+    inter = iw * ih
+    uni = aw * ah + bw * bh - inter
+    return aw, ah, bw, bh, iw, ih, inter, uni, inter / (uni + eps)
+
+
+@triton.jit
+def _enclose(a0, a1, a2, a3, b0, b1, b2, b3):
+    return _relu(_max(a2, b2) - _min(a0, b0)), _relu(_max(a3, b3) - _min(a1, b1))
+
+
+@triton.jit
+def _corner(ga, gb, g, b_wins):
+    # the winner of a min / max (ties: a) takes the gradient g
+    return ga + tl.where(b_wins, 0.0, g), gb + tl.where(b_wins, g, 0.0)
+
+
+@triton.jit
+def _pullback(a0, a1, a2, a3, b0, b1, b2, b3, aw, ah, bw, bh, iw, ih, uni, iou, cw, ch, eps, d_iou, d_inter, d_uni, d_aw, d_ah, d_bw,
+              d_bh, d_cw, d_ch, d_dxc, d_dyc, da0, da1, da2, da3, db0, db1, db2, db3, ENCLOSED: tl.constexpr, FMT: tl.constexpr):
+    """Adjoints of the intermediates -> gradients w.r.t. both boxes in the user's format
+    (csrc/kernels/box_iou.h Pair::pullback, line for line)."""
+    inv = 1.0 / (uni + eps)
+    d_inter = d_inter + d_iou * inv
+    d_uni = d_uni - d_iou * iou * inv
+    d_aw = d_aw + d_uni * ah
+    d_ah = d_ah + d_uni * aw
+    d_bw = d_bw + d_uni * bh
+    d_bh = d_bh + d_uni * bw
+    d_inter = d_inter - d_uni
+    giw = tl.where(iw > 0, d_inter * ih, 0.0)
+    gih = tl.where(ih > 0, d_inter * iw, 0.0)
+    da2, db2 = _corner(da2, db2, giw, b2 < a2)
+    da0, db0 = _corner(da0, db0, -giw, b0 > a0)
+    da3, db3 = _corner(da3, db3, gih, b3 < a3)
+    da1, db1 = _corner(da1, db1, -gih, b1 > a1)
+    if ENCLOSED:
+        gcw = tl.where(cw > 0, d_cw, 0.0)
+        gch = tl.where(ch > 0, d_ch, 0.0)
+        da2, db2 = _corner(da2, db2, gcw, b2 > a2)
+        da0, db0 = _corner(da0, db0, -gcw, b0 < a0)
+        da3, db3 = _corner(da3, db3, gch, b3 > a3)
+        da1, db1 = _corner(da1, db1, -gch, b1 < a1)
+    gaw = tl.where(aw > 0, d_aw, 0.0)
+    gah = tl.where(ah > 0, d_ah, 0.0)
+    gbw = tl.where(bw > 0, d_bw, 0.0)
+    gbh = tl.where(bh > 0, d_bh, 0.0)
+    ga0, ga1, ga2, ga3 = _from_xyxy_grad(da0 - gaw + d_dxc, da1 - gah + d_dyc, da2 + gaw + d_dxc, da3 + gah + d_dyc, FMT)
+    gb0, gb1, gb2, gb3 = _from_xyxy_grad(db0 - gbw - d_dxc, db1 - gbh - d_dyc, db2 + gbw - d_dxc, db3 + gbh - d_dyc, FMT)
+    return ga0, ga1, ga2, ga3, gb0, gb1, gb2, gb3
+
+
+# ----------------------------------------------------------------------------- terms
+# Each term: (value, intermediates); its _grad adds up * d(value) to the adjoints it touches.
+
+
+@triton.jit
+def _giou_term(uni, cw, ch, eps):
+    # (C - U) / (C + eps), C the enclosing area (arXiv 1902.09630)
+    c = cw * ch
+    inv = 1.0 / (c + eps)
+    return (c - uni) * inv, inv
+
+
+@triton.jit
+def _giou_grad(up, uni, cw, ch, inv, eps, d_uni, d_cw, d_ch):
+    gc = up * (uni + eps) * inv * inv  # d value / dC = (U + eps) / (C + eps)^2
+    return d_uni - up * inv, d_cw + gc * ch, d_ch + gc * cw
+
+
+@triton.jit
+def _diou_term(dxc, dyc, cw, ch, eps):
+    # rho^2 / c^2 (arXiv 1911.08287); dxc, dyc are twice the centre offsets
+    inv = 1.0 / (cw * cw + ch * ch + eps)
+    return (dxc * dxc + dyc * dyc) * 0.25 * inv, inv
+
+
+@triton.jit
+def _diou_grad(up, value, inv, dxc, dyc, cw, ch, d_dxc, d_dyc, d_cw, d_ch):
+    gr = up * inv * 0.5
+    gc2 = -up * value * inv * 2.0
+    return d_dxc + gr * dxc, d_dyc + gr * dyc, d_cw + gc2 * cw, d_ch + gc2 * ch
+
+
+@triton.jit
+def _ciou_term(aw, ah, bw, bh, iou, eps):
+    # alpha v, v = 4/pi^2 (atan(wb/hb) - atan(wa/ha))^2, alpha = v / (1 - IoU + v + eps) a constant
+    dl = _atan2_pos(bw, bh) - _atan2_pos(aw, ah)
+    v = 0.40528473456935108578 * dl * dl
+    alpha = v / (1.0 - iou + v + eps)
+    return alpha * v, alpha, dl
+
+
+@triton.jit
+def _ciou_grad(up, alpha, dl, aw, ah, bw, bh, d_aw, d_ah, d_bw, d_bh):
+    gdl = up * alpha * (2.0 * 0.40528473456935108578) * dl
+    # d atan2(y, x) = (x dy - y dx) / (x^2 + y^2), 0 at (0, 0)
+    ra = gdl * _inv_pos(aw * aw + ah * ah)
+    rb = gdl * _inv_pos(bw * bw + bh * bh)
+    return d_aw - ra * ah, d_ah + ra * aw, d_bw + rb * bh, d_bh - rb * bw
+
+
+@triton.jit
+def _side_term(wa, wb, cw, eps):
+    # EIoU's (wa - wb)^2 / (cw^2 + eps) (arXiv 2101.08158)
+    diff = wa - wb
+    inv = 1.0 / (cw * cw + eps)
+    return diff * diff * inv, diff, inv
+
+
+@triton.jit
+def _side_grad(up, value, diff, inv, cw, d_wa, d_wb, d_cw):
+    gd = up * 2.0 * diff * inv
+    return d_wa + gd, d_wb - gd, d_cw - up * value * inv * 2.0 * cw
+
+
+@triton.jit
+def _siou_shape_grad(gs, wa, wb, o, im, e, d_wa, d_wb):
+    # (1 - exp(-o))^4 / 2, o = |wa - wb| / (max(wa, wb) + eps); max ties go to wa
+    s = 1.0 - e
+    go = gs * 4.0 * s * s * s * e
+    gnum = go * im * _sign(wa - wb)
+    gm = -go * o * im
+    b_max = wb > wa
+    return d_wa + gnum + tl.where(b_max, 0.0, gm), d_wb - gnum + tl.where(b_max, gm, 0.0)
+
+
+@triton.jit
+def _cd_grad(ge, e):
+    return ge * _inv_pos(e)
+
+
+# ----------------------------------------------------------------------------- the losses
 
 
 @triton.jit
 def _loss(P, T, cols, eps, power, gamma, KIND: tl.constexpr, FMT: tl.constexpr, POWER_ONE: tl.constexpr):
-    zero4 = P * 0.0
-    p0, p1, p2, p3 = _col(P, cols, 0), _col(P, cols, 1), _col(P, cols, 2), _col(P, cols, 3)
-    t0, t1, t2, t3 = _col(T, cols, 0), _col(T, cols, 1), _col(T, cols, 2), _col(T, cols, 3)
-    e0 = tl.where(cols[None, :] == 0, 1.0, 0.0) + zero4
-    e1 = tl.where(cols[None, :] == 1, 1.0, 0.0) + zero4
-    e2 = tl.where(cols[None, :] == 2, 1.0, 0.0) + zero4
-    e3 = tl.where(cols[None, :] == 3, 1.0, 0.0) + zero4
-    p0, e0, p1, e1, p2, e2, p3, e3 = _to_xyxy(p0, e0, p1, e1, p2, e2, p3, e3, FMT)
-    t0, z0, t1, z1, t2, z2, t3, z3 = _to_xyxy(t0, zero4, t1, zero4, t2, zero4, t3, zero4, FMT)
-    # geometry
-    aw, awd = _relu(*_sub(p2, e2, p0, e0))
-    ah, ahd = _relu(*_sub(p3, e3, p1, e1))
-    bw = tl.where(t2 - t0 < 0, 0.0, t2 - t0)  # NaN propagates (tl.maximum may drop it)
-    bh = tl.where(t3 - t1 < 0, 0.0, t3 - t1)
-    iw, iwd = _relu(*_sub(*_min(p2, e2, t2, z2), *_max(p0, e0, t0, z0)))
-    ih, ihd = _relu(*_sub(*_min(p3, e3, t3, z3), *_max(p1, e1, t1, z1)))
-    inter, interd = _mul(iw, iwd, ih, ihd)
-    area, aread = _mul(aw, awd, ah, ahd)
-    uni, unid = _sub(*_shift(area, aread, bw * bh), inter, interd)
-    iou, ioud = _div(inter, interd, uni + eps, unid)
-    if KIND == 1:  # log_iou
-        c, cd = _max(iou, ioud, iou * 0.0 + eps, zero4)
-        lv, ld = _log(c, cd)
-        return _scale(lv, ld, -power)
-    iou_p, iou_pd = _powp1(iou, ioud, power, POWER_ONE)
-    one_m, one_md = _scale(*_shift(-iou_p, -iou_pd, 1.0), 1.0)
-    if KIND == 0:
-        return one_m, one_md
-    cw, cwd = _relu(*_sub(*_max(p2, e2, t2, z2), *_min(p0, e0, t0, z0)))
-    ch, chd = _relu(*_sub(*_max(p3, e3, t3, z3), *_min(p1, e1, t1, z1)))
-    if KIND == 2:  # giou
-        c, cd = _mul(cw, cwd, ch, chd)
-        pen, pend = _div(*_sub(c, cd, uni, unid), c + eps, cd)
-        return _add(one_m, one_md, *_powp1(pen, pend, power, POWER_ONE))
-    elif KIND == 8:  # cdiou
-        q0, q0d = _sqrt0(*_add(*_sq(*_sub(p0, e0, t0, z0)), *_sq(*_sub(p1, e1, t1, z1))))
-        q1, q1d = _sqrt0(*_add(*_sq(*_sub(p2, e2, t2, z2)), *_sq(*_sub(p1, e1, t1, z1))))
-        q2, q2d = _sqrt0(*_add(*_sq(*_sub(p2, e2, t2, z2)), *_sq(*_sub(p3, e3, t3, z3))))
-        q3, q3d = _sqrt0(*_add(*_sq(*_sub(p0, e0, t0, z0)), *_sq(*_sub(p3, e3, t3, z3))))
-        s, sd = _add(*_add(q0, q0d, q1, q1d), *_add(q2, q2d, q3, q3d))
-        diag, diagd = _sqrt0(*_shift(*_add(*_sq(cw, cwd), *_sq(ch, chd)), eps))
-        pen, pend = _div(s, sd, *_scale(diag, diagd, 4.0))
-        return _add(one_m, one_md, *_powp1(pen, pend, power, POWER_ONE))
-    elif KIND == 7:  # siou
-        dx, dxd = _scale(*_sub(t0 + t2, z0, *_add(p0, e0, p2, e2)), 0.5)
-        dy, dyd = _scale(*_sub(t1 + t3, z1, *_add(p1, e1, p3, e3)), 0.5)
-        dx2, dx2d = _sq(dx, dxd)
-        dy2, dy2d = _sq(dy, dyd)
-        lam, lamd = _div(*_scale(*_mul(*_abs(dx, dxd), *_abs(dy, dyd)), 2.0), *_shift(*_add(dx2, dx2d, dy2, dy2d), eps))
-        gam, gamd = _shift(-lam, -lamd, 2.0)
-        rx, rxd = _div(dx2, dx2d, *_shift(*_sq(cw, cwd), eps))
-        ry, ryd = _div(dy2, dy2d, *_shift(*_sq(ch, chd), eps))
-        ex, exd = _exp(*_scale(*_mul(gam, gamd, rx, rxd), -1.0))
-        ey, eyd = _exp(*_scale(*_mul(gam, gamd, ry, ryd), -1.0))
-        dist, distd = _shift(-ex - ey, -exd - eyd, 2.0)
-        ow, owd = _div(*_abs(*_sub(aw, awd, bw, zero4)), *_shift(*_max(aw, awd, bw, zero4), eps))
-        oh, ohd = _div(*_abs(*_sub(ah, ahd, bh, zero4)), *_shift(*_max(ah, ahd, bh, zero4), eps))
-        sw, swd = _exp(-ow, -owd)
-        sw, swd = _shift(-sw, -swd, 1.0)
-        sh, shd = _exp(-oh, -ohd)
-        sh, shd = _shift(-sh, -shd, 1.0)
-        shape, shaped = _add(*_sq(*_sq(sw, swd)), *_sq(*_sq(sh, shd)))
-        tot, totd = _scale(*_add(dist, distd, shape, shaped), 0.5)
-        return _add(one_m, one_md, *_powp1(tot, totd, power, POWER_ONE))
+    """Paired loss per lane and its gradient w.r.t. the prediction [BLOCK, 4]
+    (csrc/kernels/box_iou.h paired_loss, term for term)."""
+    a0, a1, a2, a3 = _box(P, cols, FMT)
+    b0, b1, b2, b3 = _box(T, cols, FMT)
+    aw, ah, bw, bh, iw, ih, inter, uni, iou = _geometry(a0, a1, a2, a3, b0, b1, b2, b3, eps)
+    z = iou * 0.0
+    d_uni, d_aw, d_ah, d_bw, d_bh, d_cw, d_ch, d_dxc, d_dyc = z, z, z, z, z, z, z, z, z
+    da0, da1, da2, da3, cw, ch = z, z, z, z, z, z
+    if KIND == 1:  # log_iou: -power ln(max(IoU, eps)) (arXiv 1608.01471)
+        floor = eps > iou
+        loss = -power * tl.log(tl.where(floor, eps, iou))
+        d_iou = tl.where(floor, 0.0, -power / tl.where(floor, 1.0, iou))
     else:
-        c2, c2d = _shift(*_add(*_sq(cw, cwd), *_sq(ch, chd)), eps)
-        rho, rhod = _scale(*_add(*_sq(*_sub(*_add(p0, e0, p2, e2), t0 + t2, z0)), *_sq(*_sub(*_add(p1, e1, p3, e3), t1 + t3, z1))), 0.25)
-        diou, dioud = _add(one_m, one_md, *_powp1(*_div(rho, rhod, c2, c2d), power, POWER_ONE))
-        if KIND == 3:
-            return diou, dioud
-        elif KIND == 4:  # ciou
-            at, atd = _atan2(bw, zero4, bh, zero4)
-            ap, apd = _atan2(aw, awd, ah, ahd)
-            v, vd = _scale(*_sq(*_sub(at, atd, ap, apd)), 0.40528473456935108578)
-            alpha = v / (1.0 - iou + v + eps)  # a constant in the backward
-            return _add(diou, dioud, *_powp1(v * alpha, vd * alpha[:, None], power, POWER_ONE))
-        else:
-            ew, ewd = _div(*_sq(*_sub(aw, awd, bw, zero4)), *_shift(*_sq(cw, cwd), eps))
-            eh, ehd = _div(*_sq(*_sub(ah, ahd, bh, zero4)), *_shift(*_sq(ch, chd), eps))
-            eiou, eioud = _add(*_add(diou, dioud, *_powp1(ew, ewd, power, POWER_ONE)), *_powp1(eh, ehd, power, POWER_ONE))
-            if KIND == 5:
-                return eiou, eioud
-            else:
-                return _mul(*_pow(iou, ioud, gamma), eiou, eioud)
+        ip, dp = _powd1(iou, power, POWER_ONE)
+        loss = 1.0 - ip
+        d_iou = -dp
+        if KIND != 0:
+            cw, ch = _enclose(a0, a1, a2, a3, b0, b1, b2, b3)
+            if KIND == 2:  # giou
+                q, inv = _giou_term(uni, cw, ch, eps)
+                v, dp = _powd1(q, power, POWER_ONE)
+                loss = loss + v
+                d_uni, d_cw, d_ch = _giou_grad(dp, uni, cw, ch, inv, eps, d_uni, d_cw, d_ch)
+            elif KIND == 8:  # cdiou: mean corner distance over the enclosing diagonal (arXiv 2103.11696)
+                dx0 = a0 - b0
+                dy1 = a1 - b1
+                dx2 = a2 - b2
+                dy3 = a3 - b3
+                e0 = tl.sqrt(dx0 * dx0 + dy1 * dy1)
+                e1 = tl.sqrt(dx2 * dx2 + dy1 * dy1)
+                e2 = tl.sqrt(dx2 * dx2 + dy3 * dy3)
+                e3 = tl.sqrt(dx0 * dx0 + dy3 * dy3)
+                diag = tl.sqrt(cw * cw + ch * ch + eps)
+                q = (e0 + e1 + e2 + e3) / (diag * 4.0)
+                v, dp = _powd1(q, power, POWER_ONE)
+                loss = loss + v
+                ge = dp / (diag * 4.0)
+                gdiag = -dp * q * _inv_pos(diag) * _inv_pos(diag)
+                d_cw = gdiag * cw
+                d_ch = gdiag * ch
+                r0 = _cd_grad(ge, e0)
+                r1 = _cd_grad(ge, e1)
+                r2 = _cd_grad(ge, e2)
+                r3 = _cd_grad(ge, e3)
+                da0 = dx0 * (r0 + r3)
+                da1 = dy1 * (r0 + r1)
+                da2 = dx2 * (r1 + r2)
+                da3 = dy3 * (r2 + r3)
+            elif KIND == 7:  # siou (arXiv 2205.12740)
+                dx = ((a0 + a2) - (b0 + b2)) * -0.5
+                dy = ((a1 + a3) - (b1 + b3)) * -0.5
+                den = 1.0 / (dx * dx + dy * dy + eps)
+                lam = 2.0 * tl.abs(dx) * tl.abs(dy) * den  # sin(2 theta)
+                gam = 2.0 - lam
+                ix = 1.0 / (cw * cw + eps)
+                iy = 1.0 / (ch * ch + eps)
+                rx = dx * dx * ix
+                ry = dy * dy * iy
+                ex = tl.exp(-gam * rx)
+                ey = tl.exp(-gam * ry)
+                imw = 1.0 / (_max(aw, bw) + eps)
+                imh = 1.0 / (_max(ah, bh) + eps)
+                ow = tl.abs(aw - bw) * imw
+                oh = tl.abs(ah - bh) * imh
+                ew = tl.exp(-ow)
+                eh = tl.exp(-oh)
+                sw = 1.0 - ew
+                sh = 1.0 - eh
+                q = ((2.0 - ex - ey) + (sw * sw * sw * sw + sh * sh * sh * sh)) * 0.5
+                v, dp = _powd1(q, power, POWER_ONE)
+                loss = loss + v
+                gs = dp * 0.5
+                glam = -gs * (rx * ex + ry * ey)
+                grx = gs * gam * ex
+                gry = gs * gam * ey
+                gden = -glam * lam * den
+                gdx = glam * 2.0 * tl.abs(dy) * den * _sign(dx) + (gden + grx * ix) * 2.0 * dx
+                gdy = glam * 2.0 * tl.abs(dx) * den * _sign(dy) + (gden + gry * iy) * 2.0 * dy
+                d_dxc = -gdx * 0.5
+                d_dyc = -gdy * 0.5
+                d_cw = -grx * rx * ix * 2.0 * cw
+                d_ch = -gry * ry * iy * 2.0 * ch
+                d_aw, d_bw = _siou_shape_grad(gs, aw, bw, ow, imw, ew, d_aw, d_bw)
+                d_ah, d_bh = _siou_shape_grad(gs, ah, bh, oh, imh, eh, d_ah, d_bh)
+            else:  # diou and the kinds built on it
+                dxc = (a0 + a2) - (b0 + b2)
+                dyc = (a1 + a3) - (b1 + b3)
+                q, inv = _diou_term(dxc, dyc, cw, ch, eps)
+                v, dp = _powd1(q, power, POWER_ONE)
+                loss = loss + v
+                d_dxc, d_dyc, d_cw, d_ch = _diou_grad(dp, q, inv, dxc, dyc, cw, ch, d_dxc, d_dyc, d_cw, d_ch)
+                if KIND == 4:  # ciou
+                    q, alpha, dl = _ciou_term(aw, ah, bw, bh, iou, eps)
+                    v, dp = _powd1(q, power, POWER_ONE)
+                    loss = loss + v
+                    d_aw, d_ah, d_bw, d_bh = _ciou_grad(dp, alpha, dl, aw, ah, bw, bh, d_aw, d_ah, d_bw, d_bh)
+                elif KIND == 5 or KIND == 6:  # eiou, focal_eiou
+                    q, diff, inv = _side_term(aw, bw, cw, eps)
+                    v, dp = _powd1(q, power, POWER_ONE)
+                    loss = loss + v
+                    d_aw, d_bw, d_cw = _side_grad(dp, q, diff, inv, cw, d_aw, d_bw, d_cw)
+                    q, diff, inv = _side_term(ah, bh, ch, eps)
+                    v, dp = _powd1(q, power, POWER_ONE)
+                    loss = loss + v
+                    d_ah, d_bh, d_ch = _side_grad(dp, q, diff, inv, ch, d_ah, d_bh, d_ch)
+                    if KIND == 6:  # IoU^gamma * L_EIoU: every adjoint scales by IoU^gamma
+                        f, df = _powd(iou, gamma)
+                        d_iou = d_iou * f + df * loss
+                        d_uni = d_uni * f
+                        d_aw = d_aw * f
+                        d_ah = d_ah * f
+                        d_bw = d_bw * f
+                        d_bh = d_bh * f
+                        d_cw = d_cw * f
+                        d_ch = d_ch * f
+                        d_dxc = d_dxc * f
+                        d_dyc = d_dyc * f
+                        loss = f * loss
+    g0, g1, g2, g3, _0, _1, _2, _3 = _pullback(a0, a1, a2, a3, b0, b1, b2, b3, aw, ah, bw, bh, iw, ih, uni, iou, cw, ch, eps, d_iou, z, d_uni,
+                                               d_aw, d_ah, d_bw, d_bh, d_cw, d_ch, d_dxc, d_dyc, da0, da1, da2, da3, z, z, z, z, KIND > 1,
+                                               FMT)
+    return loss, _cols4(g0, g1, g2, g3, cols)
 
 
 @triton.jit
@@ -365,65 +500,50 @@ def loss_backward(grad, pred, target, weight, kind, fmt, eps, power, gamma, redu
 
 
 # ----------------------------------------------------------------------------- matrices
-# Both boxes are duals here: the seeded set (SEED 0: boxes1, 1: boxes2) carries unit partials,
-# the other zeros (SEED 2: forward only, all zeros -- the compiler drops them).
 
 
 @triton.jit
-def _seeds(X, cols, ON: tl.constexpr):
-    z = X * 0.0
-    if ON:
-        e0 = tl.where(cols[None, :] == 0, 1.0, 0.0) + z
-        e1 = tl.where(cols[None, :] == 1, 1.0, 0.0) + z
-        e2 = tl.where(cols[None, :] == 2, 1.0, 0.0) + z
-        e3 = tl.where(cols[None, :] == 3, 1.0, 0.0) + z
-        return e0, e1, e2, e3
+def _metric(A, B, cols, eps, KIND: tl.constexpr, FMT: tl.constexpr, GRAD: tl.constexpr):
+    """Pairwise / aligned metric per lane and, with GRAD, its gradients w.r.t. both boxes
+    ([BLOCK, 4] each; zeros without GRAD) (csrc/kernels/box_iou.h pair_metric)."""
+    a0, a1, a2, a3 = _box(A, cols, FMT)
+    b0, b1, b2, b3 = _box(B, cols, FMT)
+    aw, ah, bw, bh, iw, ih, inter, uni, iou = _geometry(a0, a1, a2, a3, b0, b1, b2, b3, eps)
+    z = iou * 0.0
+    d_iou = z + 1.0
+    d_inter, d_uni, d_aw, d_ah, d_bw, d_bh, d_cw, d_ch, d_dxc, d_dyc, cw, ch = z, z, z, z, z, z, z, z, z, z, z, z
+    if KIND == 1:  # iof: intersection over a's area (mmcv)
+        inv = 1.0 / (aw * ah + eps)
+        m = inter * inv
+        d_iou = z
+        d_inter = inv
+        d_aw = -m * inv * ah
+        d_ah = -m * inv * aw
     else:
-        return z, z, z, z
-
-
-@triton.jit
-def _metric(A, B, cols, eps, KIND: tl.constexpr, FMT: tl.constexpr, SEED: tl.constexpr):
-    a0, a1, a2, a3 = _col(A, cols, 0), _col(A, cols, 1), _col(A, cols, 2), _col(A, cols, 3)
-    b0, b1, b2, b3 = _col(B, cols, 0), _col(B, cols, 1), _col(B, cols, 2), _col(B, cols, 3)
-    ea0, ea1, ea2, ea3 = _seeds(A, cols, SEED == 0)
-    eb0, eb1, eb2, eb3 = _seeds(B, cols, SEED == 1)
-    a0, ea0, a1, ea1, a2, ea2, a3, ea3 = _to_xyxy(a0, ea0, a1, ea1, a2, ea2, a3, ea3, FMT)
-    b0, eb0, b1, eb1, b2, eb2, b3, eb3 = _to_xyxy(b0, eb0, b1, eb1, b2, eb2, b3, eb3, FMT)
-    aw, awd = _relu(*_sub(a2, ea2, a0, ea0))
-    ah, ahd = _relu(*_sub(a3, ea3, a1, ea1))
-    bw, bwd = _relu(*_sub(b2, eb2, b0, eb0))
-    bh, bhd = _relu(*_sub(b3, eb3, b1, eb1))
-    iw, iwd = _relu(*_sub(*_min(a2, ea2, b2, eb2), *_max(a0, ea0, b0, eb0)))
-    ih, ihd = _relu(*_sub(*_min(a3, ea3, b3, eb3), *_max(a1, ea1, b1, eb1)))
-    inter, interd = _mul(iw, iwd, ih, ihd)
-    area, aread = _mul(aw, awd, ah, ahd)
-    uni, unid = _sub(*_add(area, aread, *_mul(bw, bwd, bh, bhd)), inter, interd)
-    iou, ioud = _div(inter, interd, uni + eps, unid)
-    if KIND == 0:
-        return iou, ioud
-    elif KIND == 1:
-        return _div(inter, interd, area + eps, aread)
+        m = iou
+        if KIND != 0:
+            cw, ch = _enclose(a0, a1, a2, a3, b0, b1, b2, b3)
+            if KIND == 2:  # giou
+                q, inv = _giou_term(uni, cw, ch, eps)
+                m = m - q
+                d_uni, d_cw, d_ch = _giou_grad(z - 1.0, uni, cw, ch, inv, eps, d_uni, d_cw, d_ch)
+            else:  # diou, ciou
+                dxc = (a0 + a2) - (b0 + b2)
+                dyc = (a1 + a3) - (b1 + b3)
+                q, inv = _diou_term(dxc, dyc, cw, ch, eps)
+                m = m - q
+                d_dxc, d_dyc, d_cw, d_ch = _diou_grad(z - 1.0, q, inv, dxc, dyc, cw, ch, d_dxc, d_dyc, d_cw, d_ch)
+                if KIND == 4:
+                    q, alpha, dl = _ciou_term(aw, ah, bw, bh, iou, eps)
+                    m = m - q
+                    d_aw, d_ah, d_bw, d_bh = _ciou_grad(z - 1.0, alpha, dl, aw, ah, bw, bh, d_aw, d_ah, d_bw, d_bh)
+    if GRAD:
+        ga0, ga1, ga2, ga3, gb0, gb1, gb2, gb3 = _pullback(a0, a1, a2, a3, b0, b1, b2, b3, aw, ah, bw, bh, iw, ih, uni, iou, cw, ch, eps, d_iou,
+                                                           d_inter, d_uni, d_aw, d_ah, d_bw, d_bh, d_cw, d_ch, d_dxc, d_dyc, z, z, z, z, z, z,
+                                                           z, z, KIND > 1, FMT)
+        return m, _cols4(ga0, ga1, ga2, ga3, cols), _cols4(gb0, gb1, gb2, gb3, cols)
     else:
-        cw, cwd = _relu(*_sub(*_max(a2, ea2, b2, eb2), *_min(a0, ea0, b0, eb0)))
-        ch, chd = _relu(*_sub(*_max(a3, ea3, b3, eb3), *_min(a1, ea1, b1, eb1)))
-        if KIND == 2:
-            c, cd = _mul(cw, cwd, ch, chd)
-            pen, pend = _div(*_sub(c, cd, uni, unid), c + eps, cd)
-            return _sub(iou, ioud, pen, pend)
-        else:
-            c2, c2d = _shift(*_add(*_sq(cw, cwd), *_sq(ch, chd)), eps)
-            rho, rhod = _scale(*_add(*_sq(*_sub(*_add(a0, ea0, a2, ea2), *_add(b0, eb0, b2, eb2))),
-                                     *_sq(*_sub(*_add(a1, ea1, a3, ea3), *_add(b1, eb1, b3, eb3)))), 0.25)
-            diou, dioud = _sub(iou, ioud, *_div(rho, rhod, c2, c2d))
-            if KIND == 3:
-                return diou, dioud
-            else:
-                at, atd = _atan2(bw, bwd, bh, bhd)
-                ap, apd = _atan2(aw, awd, ah, ahd)
-                v, vd = _scale(*_sq(*_sub(at, atd, ap, apd)), 0.40528473456935108578)
-                alpha = v / (1.0 - iou + v + eps)
-                return diou - v * alpha, dioud - vd * alpha[:, None]
+        return m, A * 0.0, A * 0.0
 
 
 @triton.jit
@@ -442,7 +562,7 @@ def _matrix_kernel(b1_ptr, b2_ptr, out_ptr, total, N, M, eps, KIND: tl.constexpr
     m2 = mask[:, None] & (cols[None, :] < 4)
     A = tl.load(b1_ptr + r1[:, None] * 4 + cols[None, :], mask=m2, other=0.0).to(COMPUTE)
     B = tl.load(b2_ptr + r2[:, None] * 4 + cols[None, :], mask=m2, other=0.0).to(COMPUTE)
-    v, _ = _metric(A, B, cols, eps, KIND, FMT, 2)
+    v, _, _ = _metric(A, B, cols, eps, KIND, FMT, False)
     tl.store(out_ptr + i, v.to(out_ptr.dtype.element_ty), mask=mask)
 
 
@@ -457,8 +577,7 @@ def _aligned_backward_kernel(g_ptr, b1_ptr, b2_ptr, g1_ptr, g2_ptr, total, eps, 
     A = tl.load(b1_ptr + offs, mask=m2, other=0.0).to(COMPUTE)
     B = tl.load(b2_ptr + offs, mask=m2, other=0.0).to(COMPUTE)
     up = tl.load(g_ptr + i, mask=mask, other=0.0).to(COMPUTE)
-    _, d1 = _metric(A, B, cols, eps, KIND, FMT, 0)
-    _, d2 = _metric(A, B, cols, eps, KIND, FMT, 1)
+    _, d1, d2 = _metric(A, B, cols, eps, KIND, FMT, True)
     tl.store(g1_ptr + offs, (d1 * up[:, None]).to(g1_ptr.dtype.element_ty), mask=m2)
     tl.store(g2_ptr + offs, (d2 * up[:, None]).to(g2_ptr.dtype.element_ty), mask=m2)
 
@@ -479,7 +598,7 @@ def _rows_backward_kernel(g_ptr, b1_ptr, b2_ptr, g1_ptr, N, M, eps, KIND: tl.con
         m2 = mask[:, None] & (cols[None, :] < 4)
         B = tl.load(b2_ptr + (bb * M + m)[:, None] * 4 + cols[None, :], mask=m2, other=0.0).to(COMPUTE)
         up = tl.load(g_ptr + r * M + m, mask=mask, other=0.0).to(COMPUTE)
-        _, d = _metric(A, B, cols, eps, KIND, FMT, 0)
+        _, d, _ = _metric(A, B, cols, eps, KIND, FMT, True)
         acc += tl.where(m2, d * up[:, None], 0.0)
     tl.store(g1_ptr + r * 4 + cols, tl.sum(acc, axis=0).to(g1_ptr.dtype.element_ty))
 
@@ -501,7 +620,7 @@ def _cols_backward_kernel(g_ptr, b1_ptr, b2_ptr, g2_ptr, N, M, eps, KIND: tl.con
     for n in range(0, N):
         A = tl.load(b1_ptr + (bb * N + n) * 4 + cols).to(COMPUTE)[None, :] + tl.zeros((BLOCK, 4), COMPUTE)
         up = tl.load(g_ptr + (bb * N + n) * M + m, mask=mask, other=0.0).to(COMPUTE)
-        _, d = _metric(A, B, cols, eps, KIND, FMT, 1)
+        _, _, d = _metric(A, B, cols, eps, KIND, FMT, True)
         acc += d * up[:, None]
     tl.store(g2_ptr + offs, acc.to(g2_ptr.dtype.element_ty), mask=m2)
 
@@ -526,9 +645,9 @@ def _max_kernel(b1_ptr, b2_ptr, v_ptr, i_ptr, R, L, eps, KIND: tl.constexpr, FMT
     for l in range(0, L):
         Y = tl.load(other_ptr + (bb * L + l) * 4 + cols).to(COMPUTE)[None, :] + tl.zeros((BLOCK, 4), COMPUTE)
         if OVER_M:
-            v, _ = _metric(X, Y, cols, eps, KIND, FMT, 2)
+            v, _, _ = _metric(X, Y, cols, eps, KIND, FMT, False)
         else:
-            v, _ = _metric(Y, X, cols, eps, KIND, FMT, 2)
+            v, _, _ = _metric(Y, X, cols, eps, KIND, FMT, False)
         is_nan = v != v
         take = ((v > best) | is_nan) & (nan_seen == 0)
         best = tl.where(take, v, best)

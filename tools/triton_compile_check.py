@@ -1,0 +1,107 @@
+"""Compile every Triton kernel of fastloss for a GPU target without a GPU (PTX + cubin via
+Triton's bundled ptxas), over the constexpr variants the launchers use.
+
+The Triton interpreter (what the tests run on CPU) accepts programs the GPU compiler
+rejects (and the reverse); this is the CPU-side check of the compiled path.  Run:
+    python tools/triton_compile_check.py [--arch 90] [--quick]
+Must run without TRITON_INTERPRET=1 (tests/test_triton_compile.py runs it in a subprocess).
+"""
+import argparse
+import itertools
+import os
+import sys
+import time
+
+import triton
+import triton.language as tl
+from triton.backends.compiler import GPUTarget
+from triton.compiler import ASTSource
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+
+from fastloss.triton_kernels import box_iou, dice, sigmoid_focal_loss  # noqa: E402
+
+def grid(**axes):
+    """Every combination of the given constexpr values."""
+    keys = list(axes)
+    return [dict(zip(keys, vals)) for vals in itertools.product(*(axes[k] for k in keys))]
+
+
+def variants(quick):
+    kinds = range(9)
+    metrics = range(5)
+    fmts = (0, 2) if quick else (0, 1, 2)
+    box_common = dict(COMPUTE=[tl.float32], INT64=[False], BLOCK=[box_iou.BLOCK])
+    mat = dict(COMPUTE=[tl.float32], BLOCK=[box_iou.MATRIX_BLOCK])
+    return [
+        (box_iou._loss_forward_kernel, grid(KIND=kinds, FMT=fmts, POWER_ONE=[True, False], HAS_W=[True], REDUCE=[True], WITH_GRAD=[False],
+                                            **box_common)),
+        (box_iou._loss_backward_kernel, grid(KIND=kinds, FMT=fmts, POWER_ONE=[False], HAS_W=[False], PER_BOX_GRAD=[True], **box_common)),
+        (box_iou._matrix_kernel, grid(KIND=metrics, FMT=[0], ALIGNED=[False, True], **mat)),
+        (box_iou._aligned_backward_kernel, grid(KIND=metrics, FMT=[2], **mat)),
+        (box_iou._rows_backward_kernel, grid(KIND=metrics, FMT=[0], **mat)),
+        (box_iou._cols_backward_kernel, grid(KIND=metrics, FMT=[0], **mat)),
+        (box_iou._max_kernel, grid(KIND=[0, 4], FMT=[0], OVER_M=[True, False], **mat)),
+    ] + focal_variants() + dice_variants()
+
+
+def focal_variants():
+    common = dict(GAMMA_MODE=[0, 1, 2], USE_ALPHA=[True], LABELS=[True, False], WEIGHT_MODE=[1], COMPUTE=[tl.float32], INT64=[False],
+                  BLOCK=[sigmoid_focal_loss.BLOCK])
+    return [
+        (sigmoid_focal_loss._forward_kernel, grid(REDUCE=[True], WITH_GRAD=[True], **common)),
+        (sigmoid_focal_loss._backward_kernel, grid(PER_ELEM_GRAD=[False], **common)),
+    ]
+
+
+def dice_variants():
+    common = dict(ACT=[0, 1, 2], LABELS=[True], HAS_IGNORE=[True], SQUARED=[False], WITH_CE=[True], COMPUTE=[tl.float32], BLOCK_C=[32],
+                  BLOCK_S=[64])
+    return [(dice._sums_kernel, grid(**common)), (dice._grad_kernel, grid(**common))]
+
+
+def scalar_type(name):
+    if name.endswith("_ptr"):
+        if name == "i_ptr":
+            return "*i64"
+        return "*fp32"
+    if name in ("eps", "power", "gamma", "alpha", "scale"):
+        return "fp32"
+    return "i64" if name == "ignore_index" else "i32"
+
+
+def signature(fn, consts):
+    sig = {name: ("constexpr" if name in consts else scalar_type(name)) for name in fn.arg_names}
+    if consts.get("LABELS") and "t_ptr" in sig:
+        sig["t_ptr"] = "*i64"
+    return sig
+
+
+def compile_all(arch, quick):
+    target = GPUTarget("cuda", arch, 32)
+    count = 0
+    for fn, combos in variants(quick):
+        for consts in combos:
+            src = ASTSource(fn=fn, signature=signature(fn, consts), constexprs={(fn.arg_names.index(k),): v for k, v in consts.items()})
+            try:
+                triton.compile(src, target=target)
+            except Exception as exc:  # report which variant failed, then fail
+                raise SystemExit(f"FAILED {fn.__name__} {consts}: {type(exc).__name__}: {exc}")
+            count += 1
+    return count
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--arch", type=int, default=90, help="compute capability x 10 (90: H100/H200)")
+    ap.add_argument("--quick", action="store_true", help="fewer box formats")
+    args = ap.parse_args()
+    if os.environ.get("TRITON_INTERPRET") == "1":
+        raise SystemExit("unset TRITON_INTERPRET: this compiles for the GPU")
+    t0 = time.perf_counter()
+    n = compile_all(args.arch, args.quick)
+    print(f"compiled {n} Triton kernel variants for sm_{args.arch} (triton {triton.__version__}) in {time.perf_counter() - t0:.0f} s")
+
+
+if __name__ == "__main__":
+    main()
