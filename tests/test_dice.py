@@ -323,16 +323,17 @@ def _monai_dice_inline(x, y_onehot, smooth_nr=1e-5, smooth_dr=1e-5, batch=False,
 
 
 def _smp_dice_inline(x, y, smooth=0.0, eps=1e-7, log=False):
-    # smp DiceLoss(mode="multiclass", from_logits=True): sums over batch and space per class,
-    # classes absent from the target get loss 0 (mask), then the mean over classes
+    # smp >= 0.4 DiceLoss(mode="multiclass", from_logits=True) (smp PR #927: Dice is the Tversky
+    # score with alpha = beta = 1/2, intersection (|p|_1 + |g|_1 - |p - g|_1) / 2): sums over
+    # batch and space per class, classes absent from the target get loss 0, mean over classes
     N, C = x.shape[:2]
     p = x.log_softmax(1).exp().view(N, C, -1)
     g = F.one_hot(y.view(N, -1), C).permute(0, 2, 1).to(p.dtype)
-    inter = (p * g).sum((0, 2))
-    card = (p + g).sum((0, 2))
-    score = (2 * inter + smooth) / (card + smooth).clamp_min(eps)
+    ps, gs = p.sum((0, 2)), g.sum((0, 2))
+    inter = (ps + gs - (p - g).abs().sum((0, 2))) / 2
+    score = (inter + smooth) / (inter + 0.5 * (ps - inter) + 0.5 * (gs - inter) + smooth).clamp_min(eps)
     loss = -torch.log(score.clamp_min(eps)) if log else 1.0 - score
-    return (loss * (g.sum((0, 2)) > 0).to(loss.dtype)).mean()
+    return (loss * (gs > 0).to(loss.dtype)).mean()
 
 
 def test_matches_peer_formulas():
@@ -350,8 +351,8 @@ def test_matches_peer_formulas():
                                               include_background=bg, backend=backend)
                     torch.testing.assert_close(ours, _monai_dice_inline(x, oh, batch=batch, squared=squared, include_background=bg))
         # smp, every class present in the target: smooth = s in numerator and denominator
-        for smooth in (0.0, 1.0):
-            ours = fastloss.dice_loss(x, y, smooth_nr=smooth, smooth_dr=max(smooth, 1e-30), backend=backend)
+        for smooth in (0.0, 1.0):  # smp's smooth s enters (2 I + 2 s) / (P' + G' + 2 s)
+            ours = fastloss.dice_loss(x, y, smooth_nr=2 * smooth, smooth_dr=max(2 * smooth, 1e-30), backend=backend)
             torch.testing.assert_close(ours, _smp_dice_inline(x, y, smooth=smooth))
         # MONAI DiceCE = Dice + torch cross entropy (mean); ignore_index honoured in both terms
         yi = y.clone()
@@ -385,7 +386,7 @@ def test_smp_if_installed():
     x = torch.randn(2, 4, 6, 7, dtype=torch.float64)
     y = torch.randint(0, 4, (2, 6, 7))
     ref = smp_losses.DiceLoss("multiclass", smooth=1.0)(x, y)
-    torch.testing.assert_close(fastloss.dice_loss(x, y, smooth_nr=1.0, smooth_dr=1.0), ref)
+    torch.testing.assert_close(fastloss.dice_loss(x, y, smooth_nr=2.0, smooth_dr=2.0), ref)  # smp >= 0.4
     ref = smp_losses.JaccardLoss("multiclass", smooth=1.0)(x, y)
     torch.testing.assert_close(fastloss.jaccard_loss(x, y, smooth_nr=1.0, smooth_dr=1.0), ref)
 

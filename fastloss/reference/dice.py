@@ -40,12 +40,16 @@ Mapping to the peers (the tests check the formulas; the packages when installed)
   smooth_nr = smooth_dr = 1e-5; ``sigmoid=True`` == ``mode="multilabel"`` (or "binary").
   MONAI ``TverskyLoss(alpha, beta, ...)`` == ``tversky_loss(alpha, beta, ...)``.
   MONAI ``DiceCELoss`` == :func:`dice_ce_loss` (cross entropy mean over the pixels).
-* smp ``DiceLoss(mode, smooth=s, eps, ignore_index)`` == ``dice_loss(mode,
-  smooth_nr=s, smooth_dr=s, per_image=False, ignore_index)`` for classes present in the
-  target; smp additionally zeroes the loss of classes absent from the target of the batch
-  (and clamps the denominator to eps), which here follows the smooth rule above.
-  smp ``JaccardLoss`` == ``jaccard_loss``, smp ``TverskyLoss(alpha, beta, gamma)`` ==
-  ``tversky_loss(alpha, beta, gamma)`` under the same proviso.
+* smp (>= 0.4, whose Dice is the Tversky score with alpha = beta = 1/2, so its smooth s
+  enters as (2 I + 2 s) / (P' + G' + 2 s)) ``DiceLoss(mode, smooth=s, eps, ignore_index)`` ==
+  ``dice_loss(mode, smooth_nr=2 s, smooth_dr=2 s, per_image=False, ignore_index)`` for
+  classes present in the target (smp < 0.4: ``smooth_nr = smooth_dr = s``); smp
+  additionally zeroes the loss of classes absent from the target of the batch (and clamps
+  the denominator to eps), which here follows the smooth rule above.  smp ``JaccardLoss(smooth=s)``
+  == ``jaccard_loss(smooth_nr=s, smooth_dr=s)``, smp ``TverskyLoss(alpha, beta, gamma,
+  smooth=s)`` == ``tversky_loss(alpha, beta, gamma, smooth_nr=s, smooth_dr=s)`` under the
+  same proviso.  With soft (float) targets smp >= 0.4 takes the intersection as
+  sum min(p, g) ((|p|_1 + |g|_1 - |p - g|_1) / 2); here, as in MONAI, it is sum p g.
 """
 import torch
 import torch.nn.functional as F
