@@ -27,6 +27,7 @@ OPTION_SETS = [
     ("jaccard", dict(squared=True, per_image=True, ignore_index=255, reduction="sum")),
     ("dice_ce", dict(ignore_index=255)),
     ("dice_ce", dict(per_image=True, lambda_dice=0.3, lambda_ce=2.0, reduction="sum")),
+    ("dice", dict(zero_empty=True, per_image=True, reduction="none")),
 ]
 
 
@@ -354,6 +355,10 @@ def test_matches_peer_formulas():
         for smooth in (0.0, 1.0):  # smp's smooth s enters (2 I + 2 s) / (P' + G' + 2 s)
             ours = fastloss.dice_loss(x, y, smooth_nr=2 * smooth, smooth_dr=max(2 * smooth, 1e-30), backend=backend)
             torch.testing.assert_close(ours, _smp_dice_inline(x, y, smooth=smooth))
+            # a class absent from the batch: smp zeroes its loss (zero_empty=True)
+            y3 = y.clamp_max(2)
+            ours = fastloss.dice_loss(x, y3, smooth_nr=2 * smooth, smooth_dr=max(2 * smooth, 1e-30), zero_empty=True, backend=backend)
+            torch.testing.assert_close(ours, _smp_dice_inline(x, y3, smooth=smooth))
         # MONAI DiceCE = Dice + torch cross entropy (mean); ignore_index honoured in both terms
         yi = y.clone()
         yi[0, 0] = 255
@@ -385,10 +390,31 @@ def test_smp_if_installed():
                                      reason="segmentation_models_pytorch not installed; test_matches_peer_formulas checks its formula")
     x = torch.randn(2, 4, 6, 7, dtype=torch.float64)
     y = torch.randint(0, 4, (2, 6, 7))
-    ref = smp_losses.DiceLoss("multiclass", smooth=1.0)(x, y)
-    torch.testing.assert_close(fastloss.dice_loss(x, y, smooth_nr=2.0, smooth_dr=2.0), ref)  # smp >= 0.4
-    ref = smp_losses.JaccardLoss("multiclass", smooth=1.0)(x, y)
-    torch.testing.assert_close(fastloss.jaccard_loss(x, y, smooth_nr=1.0, smooth_dr=1.0), ref)
+    for labels in (y, y.clamp_max(2)):  # every class present / class 3 absent (smp zeroes its loss)
+        ref = smp_losses.DiceLoss("multiclass", smooth=1.0)(x, labels)
+        torch.testing.assert_close(fastloss.dice_loss(x, labels, smooth_nr=2.0, smooth_dr=2.0, zero_empty=True), ref)  # smp >= 0.4
+        ref = smp_losses.JaccardLoss("multiclass", smooth=1.0)(x, labels)
+        torch.testing.assert_close(fastloss.jaccard_loss(x, labels, smooth_nr=1.0, smooth_dr=1.0, zero_empty=True), ref)
+        ref = smp_losses.TverskyLoss("multiclass", smooth=1.0, alpha=0.3, beta=0.7)(x, labels)
+        torch.testing.assert_close(fastloss.tversky_loss(x, labels, 0.3, 0.7, smooth_nr=1.0, smooth_dr=1.0, zero_empty=True), ref)
+
+
+@pytest.mark.parametrize("device,backend", helpers.device_backend_params())
+def test_zero_empty(device, backend):
+    """zero_empty: a class with no target pixels gets loss 0 per image (per_image) or over the
+    batch, and no gradient through its score; the other classes are unchanged."""
+    helpers.require_backend(device, backend)
+    torch.manual_seed(3)
+    x = torch.randn(2, 4, 5, 6, device=device, requires_grad=True)
+    y = torch.randint(0, 3, (2, 5, 6), device=device)
+    y[1] = y[1].clamp_max(1)  # image 1 lacks class 2; no image has class 3
+    per = fastloss.dice_loss(x, y, per_image=True, reduction="none", backend=backend)
+    zeroed = fastloss.dice_loss(x, y, per_image=True, reduction="none", zero_empty=True, backend=backend)
+    present = torch.tensor([[True, True, True, False], [True, True, False, False]], device=device)
+    assert torch.equal(zeroed[present], per[present]) and (zeroed[~present] == 0).all()
+    batch = fastloss.dice_loss(x, y, reduction="none", zero_empty=True, backend=backend)
+    assert batch[3].item() == 0 and batch[2].item() > 0
+    check_vs_reference("jaccard", x.detach().requires_grad_(), y, backend, dict(zero_empty=True, log=True), msg="zero_empty")
 
 
 # ======================================================================================

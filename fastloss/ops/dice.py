@@ -198,18 +198,19 @@ def _sums(x, t, activation, squared, ignore_index, with_ce, backend):
 
 
 def _loss(input, target, a, alpha, beta, gamma, mode, from_logits, smooth_nr, smooth_dr, squared, ignore_index,
-          include_background, per_image, class_weights, log, reduction, backend, with_ce=False):
+          include_background, per_image, class_weights, log, reduction, zero_empty, backend, with_ce=False):
     _check_params(alpha, beta, gamma, smooth_nr, smooth_dr, reduction)
     x, t, activation = _prepare(input, target, mode, from_logits, ignore_index)
     w = _class_weights(class_weights, x.shape[1], x.device, _common.reduced_dtype(x.dtype))
     sums, ce = _sums(x, t, activation, squared, ignore_index, with_ce, backend)
-    loss = reference.finish(sums, alpha, beta, gamma, a, smooth_nr, smooth_dr, include_background, per_image, w, log, reduction)
+    loss = reference.finish(sums, alpha, beta, gamma, a, smooth_nr, smooth_dr, include_background, per_image, w, log, reduction,
+                            zero_empty)
     return loss, ce
 
 
 def tversky_loss(input, target, alpha=0.5, beta=0.5, gamma=1.0, mode="multiclass", from_logits=True, smooth_nr=0.0,
                  smooth_dr=1e-5, squared=False, ignore_index=None, include_background=True, per_image=False,
-                 class_weights=None, log=False, reduction="mean", *, backend=None):
+                 class_weights=None, log=False, reduction="mean", *, zero_empty=False, backend=None):
     """Tversky loss (Salehi et al. 2017), focal with ``gamma`` (Abraham & Khan 2019):
     score = (I + smooth_nr) / (I + alpha FP + beta FN + smooth_dr), loss = (1 - score) ** gamma
     (``log=True``: (-log score) ** gamma) per class, reduced over classes (and images).
@@ -236,38 +237,41 @@ def tversky_loss(input, target, alpha=0.5, beta=0.5, gamma=1.0, mode="multiclass
         class_weights: C weights of the per-class losses.
         log: loss = -log(score).
         reduction: "mean" | "sum" | "none" ((N, C') per image, else (C',)).
+        zero_empty: a class with no target pixels (in the image with ``per_image``, else in
+            the batch) gets loss 0, still counted in the mean (smp's rule); False: the smooth
+            terms decide its score (MONAI).
         backend: force a backend (see :mod:`fastloss._backend`).
 
     Semantics and the mapping to MONAI / smp: fastloss/reference/dice.py.
     """
     loss, _ = _loss(input, target, 1.0, alpha, beta, gamma, mode, from_logits, smooth_nr, smooth_dr, squared, ignore_index,
-                    include_background, per_image, class_weights, log, reduction, backend)
+                    include_background, per_image, class_weights, log, reduction, zero_empty, backend)
     return loss.to(input.dtype)
 
 
 def dice_loss(input, target, mode="multiclass", from_logits=True, smooth_nr=0.0, smooth_dr=1e-5, squared=False,
               ignore_index=None, include_background=True, per_image=False, class_weights=None, log=False, reduction="mean",
-              gamma=1.0, *, backend=None):
+              gamma=1.0, *, zero_empty=False, backend=None):
     """Soft Dice loss: score = (2 I + smooth_nr) / (P' + G' + smooth_dr) (MONAI / smp form);
     arguments as :func:`tversky_loss`."""
     loss, _ = _loss(input, target, 2.0, 0.5, 0.5, gamma, mode, from_logits, smooth_nr, smooth_dr, squared, ignore_index,
-                    include_background, per_image, class_weights, log, reduction, backend)
+                    include_background, per_image, class_weights, log, reduction, zero_empty, backend)
     return loss.to(input.dtype)
 
 
 def jaccard_loss(input, target, mode="multiclass", from_logits=True, smooth_nr=0.0, smooth_dr=1e-5, squared=False,
                  ignore_index=None, include_background=True, per_image=False, class_weights=None, log=False, reduction="mean",
-                 gamma=1.0, *, backend=None):
+                 gamma=1.0, *, zero_empty=False, backend=None):
     """Soft Jaccard (IoU) loss: score = (I + smooth_nr) / (P' + G' - I + smooth_dr) (Tversky with
     alpha = beta = 1); arguments as :func:`tversky_loss`."""
     loss, _ = _loss(input, target, 1.0, 1.0, 1.0, gamma, mode, from_logits, smooth_nr, smooth_dr, squared, ignore_index,
-                    include_background, per_image, class_weights, log, reduction, backend)
+                    include_background, per_image, class_weights, log, reduction, zero_empty, backend)
     return loss.to(input.dtype)
 
 
 def dice_ce_loss(input, target, mode="multiclass", lambda_dice=1.0, lambda_ce=1.0, smooth_nr=0.0, smooth_dr=1e-5,
                  squared=False, ignore_index=None, include_background=True, per_image=False, class_weights=None,
-                 log=False, reduction="mean", gamma=1.0, *, backend=None):
+                 log=False, reduction="mean", gamma=1.0, *, zero_empty=False, backend=None):
     """MONAI's DiceCE: lambda_dice * :func:`dice_loss` + lambda_ce * cross entropy, from ONE
     read of the logits per pass.  Cross entropy: softmax CE per pixel ("multiclass"; soft
     targets: -sum_c g_c log p_c) or BCE-with-logits per element (sigmoid modes), averaged
@@ -276,7 +280,7 @@ def dice_ce_loss(input, target, mode="multiclass", lambda_dice=1.0, lambda_ce=1.
     if reduction not in ("mean", "sum"):
         raise ValueError(f'dice_ce_loss reduction must be "mean" or "sum", got {reduction!r}')
     d, ce = _loss(input, target, 2.0, 0.5, 0.5, gamma, mode, True, smooth_nr, smooth_dr, squared, ignore_index,
-                  include_background, per_image, class_weights, log, reduction, backend, with_ce=True)
+                  include_background, per_image, class_weights, log, reduction, zero_empty, backend, with_ce=True)
     ce = ce.sum(0)
     ce_term = ce[0] / ce[1].clamp_min(1) if reduction == "mean" else ce[0]
     return (lambda_dice * d + lambda_ce * ce_term).to(input.dtype)

@@ -45,10 +45,11 @@ Mapping to the peers (the tests check the formulas; the packages when installed)
   ``dice_loss(mode, smooth_nr=2 s, smooth_dr=2 s, per_image=False, ignore_index)`` for
   classes present in the target (smp < 0.4: ``smooth_nr = smooth_dr = s``); smp
   additionally zeroes the loss of classes absent from the target of the batch (and clamps
-  the denominator to eps), which here follows the smooth rule above.  smp ``JaccardLoss(smooth=s)``
-  == ``jaccard_loss(smooth_nr=s, smooth_dr=s)``, smp ``TverskyLoss(alpha, beta, gamma,
-  smooth=s)`` == ``tversky_loss(alpha, beta, gamma, smooth_nr=s, smooth_dr=s)`` under the
-  same proviso.  With soft (float) targets smp >= 0.4 takes the intersection as
+  the denominator to eps): ``zero_empty=True`` does the same.  smp ``JaccardLoss(smooth=s)``
+  == ``jaccard_loss(smooth_nr=s, smooth_dr=s, zero_empty=True)``, smp ``TverskyLoss(alpha,
+  beta, gamma=1, smooth=s)`` == ``tversky_loss(alpha, beta, smooth_nr=s, smooth_dr=s,
+  zero_empty=True)``; smp raises the class mean to gamma (``loss.mean() ** gamma``), here
+  gamma applies to each class's loss (focal Tversky, Abraham & Khan 2019).  With soft (float) targets smp >= 0.4 takes the intersection as
   sum min(p, g) ((|p|_1 + |g|_1 - |p - g|_1) / 2); here, as in MONAI, it is sum p g.
 """
 import torch
@@ -150,9 +151,12 @@ def backward(grad_sums, grad_ce, input, target, activation, squared, ignore_inde
 # ------------------------------------------------------------------ the loss from the sums
 
 
-def finish(s, alpha, beta, gamma, a, smooth_nr, smooth_dr, include_background, per_image, class_weights, log, reduction):
+def finish(s, alpha, beta, gamma, a, smooth_nr, smooth_dr, include_background, per_image, class_weights, log, reduction,
+           zero_empty=False):
     """Loss from the per-(image, class) sums s (N, C, 3) (plain differentiable torch: the small
-    tail shared by every backend)."""
+    tail shared by every backend).  zero_empty: a class with G' = 0 (no target pixels in the
+    image, or in the batch when not per_image) gets loss 0 (smp's rule; it still counts in
+    the mean)."""
     if not per_image:
         s = s.sum(0, keepdim=True)
     I, P, G = s.unbind(-1)
@@ -160,6 +164,8 @@ def finish(s, alpha, beta, gamma, a, smooth_nr, smooth_dr, include_background, p
     den = a * I + a * alpha * (P - I) + a * beta * (G - I) + smooth_dr
     ok = den != 0
     score = torch.where(ok, num / torch.where(ok, den, torch.ones_like(den)), torch.ones_like(den))
+    if zero_empty:  # score 1 -> loss 0, and no NaN gradient through a log of a zero score
+        score = torch.where(G > 0, score, torch.ones_like(score))
     if log:
         loss = -torch.log(score)
     else:
@@ -197,13 +203,14 @@ def canonicalize(input, target, mode):
 
 def tversky_loss(input, target, alpha=0.5, beta=0.5, gamma=1.0, mode="multiclass", from_logits=True, smooth_nr=0.0,
                  smooth_dr=1e-5, squared=False, ignore_index=None, include_background=True, per_image=False,
-                 class_weights=None, log=False, reduction="mean", _a=1.0):
+                 class_weights=None, log=False, reduction="mean", zero_empty=False, _a=1.0):
     """Eager autograd reference of :func:`fastloss.tversky_loss` (same arguments, already
     validated shapes: see fastloss/ops/dice.py for the accepted forms)."""
     x, t = canonicalize(input, target, mode)
     activation = 0 if not from_logits else (2 if mode == "multiclass" else 1)
     s = sums(x, t, activation, squared, ignore_index)
-    return finish(s, alpha, beta, gamma, _a, smooth_nr, smooth_dr, include_background, per_image, class_weights, log, reduction)
+    return finish(s, alpha, beta, gamma, _a, smooth_nr, smooth_dr, include_background, per_image, class_weights, log, reduction,
+                  zero_empty)
 
 
 def dice_loss(input, target, mode="multiclass", **kwargs):
