@@ -92,7 +92,8 @@ box_iou_loss_op.register_autograd(_backward, setup_context=_setup_context)
 
 class BoxIoULossFunction(torch.autograd.Function):
     """The same forward/backward as the custom ops as an autograd.Function (eager fast path);
-    returns (loss, cache) like the op."""
+    returns (loss, cache) like the op; the backward may scale the cache in place
+    (_common.take_stored_grad)."""
 
     @staticmethod
     def forward(ctx, pred, target, weight, kind, fmt, eps, power, gamma, reduction, store_grad, backend):

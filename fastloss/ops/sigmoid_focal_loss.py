@@ -94,7 +94,8 @@ sigmoid_focal_loss_op.register_autograd(_backward, setup_context=_setup_context)
 
 class SigmoidFocalLossFunction(torch.autograd.Function):
     """The same forward/backward as the custom ops, as an autograd.Function (the eager fast
-    path).  Returns (loss, cache) like the op."""
+    path).  Returns (loss, cache) like the op; the backward may scale the cache in place
+    (_common.take_stored_grad)."""
 
     @staticmethod
     def forward(ctx, input, target, weight, alpha, gamma, reduction, store_grad, backend):
