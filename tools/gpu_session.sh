@@ -22,7 +22,7 @@ nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv | tee "$OUT
 MAX_JOBS=${MAX_JOBS:-16} $PY -m pip install --no-build-isolation --no-deps -e . > "$OUT/build.log" 2>&1 || { tail -50 "$OUT/build.log"; exit 1; }
 $PY -m fastloss | tee "$OUT/info.txt"
 if [ "$run_tests" = 1 ]; then
-  FASTLOSS_REQUIRE_GPU=1 $PY -m pytest tests -q -x -p no:cacheprovider > "$OUT/tests-gpu.log" 2>&1 || status=1
+  FASTLOSS_REQUIRE_GPU=1 $PY -m pytest tests -q --maxfail=30 -p no:cacheprovider > "$OUT/tests-gpu.log" 2>&1 || status=1
   tail -5 "$OUT/tests-gpu.log"
 fi
 if [ "$run_sanitizer" = 1 ] && command -v compute-sanitizer > /dev/null; then
