@@ -6,6 +6,9 @@
 * Tests marked ``gpu`` skip with a reason when no CUDA device is present; with
   ``FASTLOSS_REQUIRE_GPU=1`` (GPU machines) that skip is a failure instead.
 * Backend parametrization and tolerances live in tests/helpers.py.
+* Hypothesis: random examples by default (they found real numerics bugs);
+  ``HYPOTHESIS_PROFILE=ci`` (set by .ci/run) replays the same examples every run, so CI
+  is not red by chance.
 """
 import os
 import sys
@@ -20,8 +23,12 @@ if not torch.cuda.is_available() and "TRITON_INTERPRET" not in os.environ:
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # `import helpers` from any cwd
 
 import pytest  # noqa: E402
+from hypothesis import settings  # noqa: E402
 
 import helpers  # noqa: E402
+
+settings.register_profile("ci", derandomize=True, print_blob=True)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "default"))
 
 
 def pytest_configure(config):

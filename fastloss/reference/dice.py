@@ -53,7 +53,8 @@ Mapping to the peers (the tests check the formulas; the packages when installed)
   sum min(p, g) ((|p|_1 + |g|_1 - |p - g|_1) / 2); here, as in MONAI, it is sum p g.
 """
 import torch
-import torch.nn.functional as F
+
+from fastloss.reference.sigmoid_focal_loss import bce_with_logits
 
 ACTIVATIONS = {"none": 0, "sigmoid": 1, "softmax": 2}
 
@@ -95,7 +96,7 @@ def ce_terms(x, target, activation, ignore_index):
         ce = -(g * torch.log_softmax(x, dim=1)).sum(1)  # (N, S)
         mm = m[:, 0]
         return torch.stack([(ce * mm).sum(1), mm.sum(1)], dim=1)
-    ce = F.binary_cross_entropy_with_logits(x, g, reduction="none")
+    ce = bce_with_logits(x, g)
     return torch.stack([(ce * m).sum((1, 2)), m.sum((1, 2))], dim=1)
 
 

@@ -21,7 +21,6 @@ Two entry points:
   saturated sigmoid).
 """
 import torch
-import torch.nn.functional as F
 
 from fastloss.reference._reduce import reduce_loss
 
@@ -41,9 +40,21 @@ def _alpha_t(t, alpha):
     return alpha * t + (1 - alpha) * (1 - t) if alpha >= 0 else torch.ones_like(t)
 
 
+def bce_with_logits(x, t):
+    """Per-element BCE-with-logits, (1 - t) x + log(1 + e^-x) for x >= 0 and
+    log(1 + e^x) - t x below, with log1p: torch's fp32 F.binary_cross_entropy_with_logits
+    computes log(e^-m + e^(-x-m)) and loses ~1e-4 relative accuracy at x = -7, t = 0.
+    Each branch sees only its own sign of x (no overflow, no NaN through torch.where), so
+    autograd's gradient is sigmoid(x) - t everywhere, 0 included."""
+    pos = x >= 0
+    zero = torch.zeros_like(x)
+    xp, xn = torch.where(pos, x, zero), torch.where(pos, zero, x)  # (clamp's gradient is 0 at the bound)
+    return torch.where(pos, xp + torch.log1p(torch.exp(-xp)), torch.log1p(torch.exp(xn))) - x * t
+
+
 def loss_elements(x, t, alpha, gamma):
     """Per-element loss, numerically stable for any logit."""
-    ce = F.binary_cross_entropy_with_logits(x, t, reduction="none")
+    ce = bce_with_logits(x, t)
     # 1 - p_t from sigmoid(+-x) directly: 1 - sigmoid(x) would round to 0 for x > ~17 in fp32
     q = t * torch.sigmoid(-x) + (1 - t) * torch.sigmoid(x)
     return _alpha_t(t, alpha) * q.pow(gamma) * ce
@@ -52,7 +63,7 @@ def loss_elements(x, t, alpha, gamma):
 def grad_elements(x, t, alpha, gamma):
     """dL/dx in closed form: a_t q^gamma [(p - t) + gamma ce r], r = (dq/dx) / q,
     with r bounded (|r| <= 1) and r := 0 where q == 0 (its limit: dq/dx vanishes there)."""
-    ce = F.binary_cross_entropy_with_logits(x, t, reduction="none")
+    ce = bce_with_logits(x, t)
     s_pos, s_neg = torch.sigmoid(x), torch.sigmoid(-x)
     q = t * s_neg + (1 - t) * s_pos
     dq = (1 - 2 * t) * s_pos * s_neg
