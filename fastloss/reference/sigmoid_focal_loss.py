@@ -18,9 +18,11 @@ Two entry points:
 * :func:`forward` / :func:`backward` -- the calling convention of the compiled kernels
   (see csrc/fastloss.cpp), with the closed-form gradient that the kernels also use, so the
   fallback backend is finite where autograd through ``q ** gamma`` is not (gamma < 1 at a
-  saturated sigmoid).
+  saturated sigmoid), and with a log1p BCE (:func:`bce_with_logits`) as accurate in fp32 as
+  the kernels; the eager function keeps torch's BCE, the baseline a user would run.
 """
 import torch
+import torch.nn.functional as F
 
 from fastloss.reference._reduce import reduce_loss
 
@@ -52,9 +54,14 @@ def bce_with_logits(x, t):
     return torch.where(pos, xp + torch.log1p(torch.exp(-xp)), torch.log1p(torch.exp(xn))) - x * t
 
 
-def loss_elements(x, t, alpha, gamma):
-    """Per-element loss, numerically stable for any logit."""
-    ce = bce_with_logits(x, t)
+def torch_bce_with_logits(x, t):
+    """torch's BCE-with-logits, as torchvision's focal loss and eager user code call it."""
+    return F.binary_cross_entropy_with_logits(x, t, reduction="none")
+
+
+def loss_elements(x, t, alpha, gamma, bce=bce_with_logits):
+    """Per-element loss, numerically stable for any logit (``bce``: the BCE-with-logits)."""
+    ce = bce(x, t)
     # 1 - p_t from sigmoid(+-x) directly: 1 - sigmoid(x) would round to 0 for x > ~17 in fp32
     q = t * torch.sigmoid(-x) + (1 - t) * torch.sigmoid(x)
     return _alpha_t(t, alpha) * q.pow(gamma) * ce
@@ -119,7 +126,7 @@ def backward(grad, input, target, weight, alpha, gamma, reduction):
 def sigmoid_focal_loss(input, target, alpha=0.25, gamma=2.0, reduction="mean", weight=None, avg_factor=None):
     """Eager autograd reference of :func:`fastloss.sigmoid_focal_loss` (same arguments)."""
     t = float_targets(input, target)
-    loss = loss_elements(input, t, alpha, gamma)
+    loss = loss_elements(input, t, alpha, gamma, bce=torch_bce_with_logits)  # the eager baseline: torch's BCE
     if weight is not None:
         if weight.dim() > 0 and weight.shape == input.shape[:-1] and weight.shape != input.shape:
             weight = weight.unsqueeze(-1)  # one weight per row (anchor), mmdetection's convention
