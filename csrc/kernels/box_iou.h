@@ -20,9 +20,8 @@
 #pragma once
 
 #include "fastloss/common.h"
-
 #if !defined(__CUDACC__) && !defined(__HIPCC__)
-#include <ATen/cpu/vec/vec.h>
+#include "fastloss/cpu_vec.h"
 #endif
 
 // Forced inline on the CPU: a whole loss and its gradient must stay in vector registers,
@@ -38,71 +37,38 @@
 namespace fastloss {
 namespace box {
 
-// ------------------------------------------------------------------ lane math (scalars)
-FL_HOST_DEVICE BX_INLINE float sqrt_(float x) { return ::sqrtf(x); }
-FL_HOST_DEVICE BX_INLINE double sqrt_(double x) { return ::sqrt(x); }
-FL_HOST_DEVICE BX_INLINE float exp_(float x) { return ::expf(x); }
-FL_HOST_DEVICE BX_INLINE double exp_(double x) { return ::exp(x); }
-FL_HOST_DEVICE BX_INLINE float log_(float x) { return ::logf(x); }
-FL_HOST_DEVICE BX_INLINE double log_(double x) { return ::log(x); }
-FL_HOST_DEVICE BX_INLINE float pow_(float x, float p) { return ::powf(x, p); }
-FL_HOST_DEVICE BX_INLINE double pow_(double x, double p) { return ::pow(x, p); }
-FL_HOST_DEVICE BX_INLINE float atan2_(float y, float x) { return ::atan2f(y, x); }
-FL_HOST_DEVICE BX_INLINE double atan2_(double y, double x) { return ::atan2(y, x); }
-template <typename T>
-FL_HOST_DEVICE BX_INLINE T sel(bool c, T a, T b) { return c ? a : b; }
-
-#if !defined(__CUDACC__) && !defined(__HIPCC__)
-// ------------------------------------------------------------------ lane math (CPU vectors)
-template <typename S>
-using Vec = at::vec::Vectorized<S>;
-template <typename S>
-BX_INLINE Vec<S> sqrt_(const Vec<S>& x) { return x.sqrt(); }
-template <typename S>
-BX_INLINE Vec<S> exp_(const Vec<S>& x) { return x.exp(); }
-template <typename S>
-BX_INLINE Vec<S> log_(const Vec<S>& x) { return x.log(); }
-template <typename S>
-BX_INLINE Vec<S> pow_(const Vec<S>& x, S p) { return x.pow(Vec<S>(p)); }
-template <typename S>
-BX_INLINE Vec<S> atan2_(const Vec<S>& y, const Vec<S>& x) { return y.atan2(x); }
-// masks are all-ones / all-zeros lanes
-template <typename S>
-BX_INLINE Vec<S> sel(const Vec<S>& m, const Vec<S>& a, const Vec<S>& b) { return Vec<S>::blendv(b, a, m); }
-#endif
+// ------------------------------------------------------------------ lane math
+// fl:: (common.h, cpu_vec.h) has the functions of one lane; the helpers below add masks,
+// NaN-propagating min / max and the kinks' derivative conventions.
 
 // m ? x : 0 and m ? 0 : x (m a bool or a lane mask)
 template <typename T, typename M>
-FL_HOST_DEVICE BX_INLINE T take(const M& m, const T& x) { return sel(m, x, T(0)); }
+FL_HOST_DEVICE BX_INLINE T take(const M& m, const T& x) { return fl::select(m, x, T(0)); }
 template <typename T, typename M>
-FL_HOST_DEVICE BX_INLINE T drop(const M& m, const T& x) { return sel(m, T(0), x); }
+FL_HOST_DEVICE BX_INLINE T drop(const M& m, const T& x) { return fl::select(m, T(0), x); }
 // NaN-propagating min / max: a NaN in `a` wins (callers put the prediction / boxes1 first)
 template <typename T>
-FL_HOST_DEVICE BX_INLINE T min_(const T& a, const T& b) { return sel(b < a, b, a); }
+FL_HOST_DEVICE BX_INLINE T min_(const T& a, const T& b) { return fl::select(b < a, b, a); }
 template <typename T>
-FL_HOST_DEVICE BX_INLINE T max_(const T& a, const T& b) { return sel(b > a, b, a); }
-template <typename T>
-FL_HOST_DEVICE BX_INLINE T relu_(const T& x) { return sel(x < T(0), T(0), x); }
-template <typename T>
-FL_HOST_DEVICE BX_INLINE T abs_(const T& x) { return sel(x < T(0), T(0) - x, x); }
+FL_HOST_DEVICE BX_INLINE T max_(const T& a, const T& b) { return fl::select(b > a, b, a); }
 // |x|' = sign(x), 0 at 0
 template <typename T>
-FL_HOST_DEVICE BX_INLINE T sign_(const T& x) { return sel(x > T(0), T(1), sel(x < T(0), T(-1), T(0))); }
+FL_HOST_DEVICE BX_INLINE T sign_(const T& x) { return fl::select(x > T(0), T(1), fl::select(x < T(0), T(-1), T(0))); }
 // 1 / x for x > 0, else 0 (the derivative of sqrt(r^2) = r is x / r: 0 at r = 0 by convention)
 template <typename T>
 FL_HOST_DEVICE BX_INLINE T inv_pos(const T& x) {
   const auto pos = x > T(0);
-  return take(pos, T(1) / sel(pos, x, T(1)));
+  return take(pos, T(1) / fl::select(pos, x, T(1)));
 }
 template <typename T>
 FL_HOST_DEVICE BX_INLINE T sq(const T& x) { return x * x; }
 // x^p for x >= 0 (negative x clamped to 0) and its derivative p x^(p-1) in d (0 at x <= 0)
 template <typename T, typename S>
 FL_HOST_DEVICE BX_INLINE T powd(const T& x, S p, T& d) {
-  const T c = relu_(x);
+  const T c = fl::relu(x);
   const auto pos = c > T(0);
-  const T r = pow_(c, p);
-  d = take(pos, T(p) * r / sel(pos, c, T(1)));
+  const T r = fl::pow(c, p);
+  d = take(pos, T(p) * r / fl::select(pos, c, T(1)));
   return r;
 }
 // alpha-IoU's x^power: the identity (derivative 1, no clamp) when power == 1
@@ -205,19 +171,19 @@ struct Pair {
   FL_HOST_DEVICE BX_INLINE Pair(const T a_in[4], const T b_in[4], int fmt, S eps_) : eps(eps_) {
     to_xyxy(a_in, fmt, a);
     to_xyxy(b_in, fmt, b);
-    aw = relu_(a[2] - a[0]);
-    ah = relu_(a[3] - a[1]);
-    bw = relu_(b[2] - b[0]);
-    bh = relu_(b[3] - b[1]);
-    iw = relu_(min_(a[2], b[2]) - max_(a[0], b[0]));
-    ih = relu_(min_(a[3], b[3]) - max_(a[1], b[1]));
+    aw = fl::relu(a[2] - a[0]);
+    ah = fl::relu(a[3] - a[1]);
+    bw = fl::relu(b[2] - b[0]);
+    bh = fl::relu(b[3] - b[1]);
+    iw = fl::relu(min_(a[2], b[2]) - max_(a[0], b[0]));
+    ih = fl::relu(min_(a[3], b[3]) - max_(a[1], b[1]));
     inter = iw * ih;
     uni = aw * ah + bw * bh - inter;
     iou = inter / (uni + T(eps));
   }
   FL_HOST_DEVICE BX_INLINE void enclose() {
-    cw = relu_(max_(a[2], b[2]) - min_(a[0], b[0]));
-    ch = relu_(max_(a[3], b[3]) - min_(a[1], b[1]));
+    cw = fl::relu(max_(a[2], b[2]) - min_(a[0], b[0]));
+    ch = fl::relu(max_(a[3], b[3]) - min_(a[1], b[1]));
   }
   // differences of the doubled centres, a - b
   FL_HOST_DEVICE BX_INLINE T dxc() const { return (a[0] + a[2]) - (b[0] + b[2]); }
@@ -316,7 +282,7 @@ template <typename T, typename S>
 struct CIoUTerm {
   T dl, alpha, value;
   FL_HOST_DEVICE BX_INLINE explicit CIoUTerm(const Pair<T, S>& g) {
-    dl = atan2_(g.bw, g.bh) - atan2_(g.aw, g.ah);
+    dl = fl::atan2(g.bw, g.bh) - fl::atan2(g.aw, g.ah);
     const T v = T(0.40528473456935108578) * dl * dl;
     alpha = v / (T(1) - g.iou + v + T(g.eps));
     value = alpha * v;
@@ -364,20 +330,20 @@ struct SIoUTerm {
     dx = g.dxc() * T(-0.5);
     dy = g.dyc() * T(-0.5);
     den = T(1) / (dx * dx + dy * dy + eps);
-    lam = T(2) * abs_(dx) * abs_(dy) * den;
+    lam = T(2) * fl::abs(dx) * fl::abs(dy) * den;
     gam = T(2) - lam;
     ix = T(1) / (g.cw * g.cw + eps);
     iy = T(1) / (g.ch * g.ch + eps);
     rx = dx * dx * ix;
     ry = dy * dy * iy;
-    ex = exp_(T(0) - gam * rx);
-    ey = exp_(T(0) - gam * ry);
+    ex = fl::exp(T(0) - gam * rx);
+    ey = fl::exp(T(0) - gam * ry);
     imw = T(1) / (max_(g.aw, g.bw) + eps);
     imh = T(1) / (max_(g.ah, g.bh) + eps);
-    ow = abs_(g.aw - g.bw) * imw;
-    oh = abs_(g.ah - g.bh) * imh;
-    ew = exp_(T(0) - ow);
-    eh = exp_(T(0) - oh);
+    ow = fl::abs(g.aw - g.bw) * imw;
+    oh = fl::abs(g.ah - g.bh) * imh;
+    ew = fl::exp(T(0) - ow);
+    eh = fl::exp(T(0) - oh);
     const T sw = T(1) - ew, sh = T(1) - eh;
     value = ((T(2) - ex - ey) + (sq(sq(sw)) + sq(sq(sh)))) * T(0.5);
   }
@@ -387,8 +353,8 @@ struct SIoUTerm {
     const T glam = T(0) - gs * (rx * ex + ry * ey);
     const T grx = gs * gam * ex, gry = gs * gam * ey;
     const T gden = T(0) - glam * lam * den;  // Lambda = 2 |dx| |dy| * den, den = 1 / (...)
-    const T gdx = glam * T(2) * abs_(dy) * den * sign_(dx) + (gden + grx * ix) * T(2) * dx;
-    const T gdy = glam * T(2) * abs_(dx) * den * sign_(dy) + (gden + gry * iy) * T(2) * dy;
+    const T gdx = glam * T(2) * fl::abs(dy) * den * sign_(dx) + (gden + grx * ix) * T(2) * dx;
+    const T gdy = glam * T(2) * fl::abs(dx) * den * sign_(dy) + (gden + gry * iy) * T(2) * dy;
     d.dxc = d.dxc - gdx * T(0.5);
     d.dyc = d.dyc - gdy * T(0.5);
     d.cw = d.cw - grx * rx * ix * T(2) * g.cw;
@@ -415,11 +381,11 @@ struct CDIoUTerm {
   T dx0, dy1, dx2, dy3, e[4], diag, value;
   FL_HOST_DEVICE BX_INLINE explicit CDIoUTerm(const Pair<T, S>& g) {
     dx0 = g.a[0] - g.b[0], dy1 = g.a[1] - g.b[1], dx2 = g.a[2] - g.b[2], dy3 = g.a[3] - g.b[3];
-    e[0] = sqrt_(dx0 * dx0 + dy1 * dy1);  // (x1, y1)
-    e[1] = sqrt_(dx2 * dx2 + dy1 * dy1);  // (x2, y1)
-    e[2] = sqrt_(dx2 * dx2 + dy3 * dy3);  // (x2, y2)
-    e[3] = sqrt_(dx0 * dx0 + dy3 * dy3);  // (x1, y2)
-    diag = sqrt_(g.cw * g.cw + g.ch * g.ch + T(g.eps));
+    e[0] = fl::sqrt(dx0 * dx0 + dy1 * dy1);  // (x1, y1)
+    e[1] = fl::sqrt(dx2 * dx2 + dy1 * dy1);  // (x2, y1)
+    e[2] = fl::sqrt(dx2 * dx2 + dy3 * dy3);  // (x2, y2)
+    e[3] = fl::sqrt(dx0 * dx0 + dy3 * dy3);  // (x1, y2)
+    diag = fl::sqrt(g.cw * g.cw + g.ch * g.ch + T(g.eps));
     value = (e[0] + e[1] + e[2] + e[3]) / (diag * T(4));
   }
   FL_HOST_DEVICE BX_INLINE void grad(const Pair<T, S>& g, const T& up, Adj<T>& d) const {
@@ -449,7 +415,7 @@ FL_HOST_DEVICE BX_INLINE T paired_loss(const T p_in[4], const T t_in[4], const P
   if (prm.kind == kLogIoU) {
     // -power ln(max(IoU, eps)) (UnitBox, arXiv 1608.01471)
     const auto floor = eps > g.iou;
-    loss = T(-pw) * log_(sel(floor, eps, g.iou));
+    loss = T(-pw) * fl::log(fl::select(floor, eps, g.iou));
     if (kGrad) d.iou = drop(floor, T(-pw) / g.iou);
   } else {
     // 1 - IoU^power + the kind's penalty^power (alpha-IoU, arXiv 2110.13675)

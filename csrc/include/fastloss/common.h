@@ -25,6 +25,12 @@ FL_HOST_DEVICE FL_INLINE float exp(float x) { return ::expf(x); }
 FL_HOST_DEVICE FL_INLINE double exp(double x) { return ::exp(x); }
 FL_HOST_DEVICE FL_INLINE float log1p(float x) { return ::log1pf(x); }
 FL_HOST_DEVICE FL_INLINE double log1p(double x) { return ::log1p(x); }
+FL_HOST_DEVICE FL_INLINE float log(float x) { return ::logf(x); }
+FL_HOST_DEVICE FL_INLINE double log(double x) { return ::log(x); }
+FL_HOST_DEVICE FL_INLINE float sqrt(float x) { return ::sqrtf(x); }
+FL_HOST_DEVICE FL_INLINE double sqrt(double x) { return ::sqrt(x); }
+FL_HOST_DEVICE FL_INLINE float atan2(float y, float x) { return ::atan2f(y, x); }
+FL_HOST_DEVICE FL_INLINE double atan2(double y, double x) { return ::atan2(y, x); }
 FL_HOST_DEVICE FL_INLINE float abs(float x) { return ::fabsf(x); }
 FL_HOST_DEVICE FL_INLINE double abs(double x) { return ::fabs(x); }
 // x ** p for x >= 0 (p is a uniform scalar exponent).
@@ -35,9 +41,9 @@ FL_HOST_DEVICE FL_INLINE double pow(double x, double p) { return ::pow(x, p); }
 template <typename T>
 FL_HOST_DEVICE FL_INLINE T select(bool cond, T a, T b) { return cond ? a : b; }
 
-// max(x, 0) that propagates NaN (std::fmax would hide it).
+// max(x, 0) that propagates NaN (std::fmax would hide it): NaN < 0 is false, so x is kept.
 template <typename T>
-FL_HOST_DEVICE FL_INLINE T relu(T x) { return select(x > T(0), x, T(0)); }
+FL_HOST_DEVICE FL_INLINE T relu(T x) { return select(x < T(0), T(0), x); }
 
 }  // namespace fl
 

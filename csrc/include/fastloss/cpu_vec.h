@@ -18,6 +18,12 @@ inline Vec<S> exp(const Vec<S>& x) { return x.exp(); }
 template <typename S>
 inline Vec<S> log1p(const Vec<S>& x) { return x.log1p(); }
 template <typename S>
+inline Vec<S> log(const Vec<S>& x) { return x.log(); }
+template <typename S>
+inline Vec<S> sqrt(const Vec<S>& x) { return x.sqrt(); }
+template <typename S>
+inline Vec<S> atan2(const Vec<S>& y, const Vec<S>& x) { return y.atan2(x); }
+template <typename S>
 inline Vec<S> abs(const Vec<S>& x) { return x.abs(); }
 template <typename S>
 inline Vec<S> pow(const Vec<S>& x, S p) { return x.pow(Vec<S>(p)); }
@@ -25,7 +31,7 @@ inline Vec<S> pow(const Vec<S>& x, S p) { return x.pow(Vec<S>(p)); }
 template <typename S>
 inline Vec<S> select(const Vec<S>& mask, const Vec<S>& a, const Vec<S>& b) { return Vec<S>::blendv(b, a, mask); }
 template <typename S>
-inline Vec<S> relu(const Vec<S>& x) { return select(x > Vec<S>(S(0)), x, Vec<S>(S(0))); }
+inline Vec<S> relu(const Vec<S>& x) { return select(x < Vec<S>(S(0)), Vec<S>(S(0)), x); }
 
 }  // namespace fl
 }  // namespace fastloss
