@@ -253,6 +253,25 @@ inline void load_soa(const acc_t* base, int64_t M, int64_t m, int64_t cnt, Vec<a
   for (int k = 0; k < 4; ++k) out[k] = cpu::load<acc_t>(base + k * M + m, cnt);
 }
 
+// Aligned pairs boxes1[i] / boxes2[i], i over B * N: both are (B * N, 4) rows, so they are
+// read as the paired losses read pred / target (gather: in-register transposition), V pairs
+// at a time.  f(i, cnt, x, y).
+template <typename acc_t, typename scalar_t, typename F>
+void for_each_aligned(const MatrixArgs& a, const F& f) {
+  constexpr int64_t W = Vec<acc_t>::size();
+  const scalar_t* p1 = a.b1.const_data_ptr<scalar_t>();
+  const scalar_t* p2 = a.b2.const_data_ptr<scalar_t>();
+  at::parallel_for(0, a.B * a.N, 4096, [&](int64_t i0, int64_t i1) {
+    for (int64_t i = i0; i < i1; i += W) {
+      const int64_t cnt = std::min(W, i1 - i);
+      Vec<acc_t> x[4], y[4];
+      gather<acc_t>(p1, i, cnt, x);
+      gather<acc_t>(p2, i, cnt, y);
+      f(i, cnt, x, y);
+    }
+  });
+}
+
 template <typename scalar_t>
 at::Tensor matrix_forward_impl(const MatrixArgs& a, bool aligned) {
   using acc_t = at::opmath_type<scalar_t>;
@@ -262,23 +281,13 @@ at::Tensor matrix_forward_impl(const MatrixArgs& a, bool aligned) {
   if (out.numel() == 0) return out;
   scalar_t* o = out.mutable_data_ptr<scalar_t>();
   const acc_t eps = static_cast<acc_t>(a.eps);
-  const std::vector<acc_t> s2 = soa<acc_t, scalar_t>(a.b2);
   if (aligned) {
-    const std::vector<acc_t> s1 = soa<acc_t, scalar_t>(a.b1);
-    const int64_t N = a.N;
-    at::parallel_for(0, a.B * N, 4096, [&](int64_t i0, int64_t i1) {
-      for (int64_t i = i0; i < i1;) {
-        const int64_t bb = i / N, n = i - bb * N;
-        const int64_t cnt = std::min({W, N - n, i1 - i});
-        V x[4], y[4];
-        load_soa(s1.data() + bb * 4 * N, N, n, cnt, x);
-        load_soa(s2.data() + bb * 4 * N, N, n, cnt, y);
-        cpu::store<acc_t>(o + i, box::pair_metric(x, y, a.kind, a.fmt, eps), cnt);
-        i += cnt;
-      }
+    for_each_aligned<acc_t, scalar_t>(a, [&](int64_t i, int64_t cnt, const V* x, const V* y) {
+      cpu::store<acc_t>(o + i, box::pair_metric(x, y, a.kind, a.fmt, eps), cnt);
     });
     return out;
   }
+  const std::vector<acc_t> s2 = soa<acc_t, scalar_t>(a.b2);
   const scalar_t* p1 = a.b1.const_data_ptr<scalar_t>();
   const int64_t M = a.M;
   const int64_t grain = std::max<int64_t>(1, 32768 / std::max<int64_t>(M, 1));
@@ -318,31 +327,23 @@ std::tuple<at::Tensor, at::Tensor> matrix_backward_impl(const at::Tensor& grad, 
   scalar_t* o2 = g2.mutable_data_ptr<scalar_t>();
   const scalar_t* gp = grad.const_data_ptr<scalar_t>();
   const acc_t eps = static_cast<acc_t>(a.eps);
-  const std::vector<acc_t> s1 = soa<acc_t, scalar_t>(a.b1);
-  const std::vector<acc_t> s2 = soa<acc_t, scalar_t>(a.b2);
-  const int64_t N = a.N, M = a.M;
   if (aligned) {
-    at::parallel_for(0, a.B * N, 4096, [&](int64_t i0, int64_t i1) {
-      for (int64_t i = i0; i < i1;) {
-        const int64_t bb = i / N, n = i - bb * N;
-        const int64_t cnt = std::min({W, N - n, i1 - i});
-        V x[4], y[4];
-        load_soa(s1.data() + bb * 4 * N, N, n, cnt, x);
-        load_soa(s2.data() + bb * 4 * N, N, n, cnt, y);
-        const V up = cpu::load<acc_t>(gp + i, cnt);
-        V r1[4], r2[4];
-        box::pair_metric<true>(x, y, a.kind, a.fmt, eps, r1, r2);
-        for (int k = 0; k < 4; ++k) {
-          r1[k] = r1[k] * up;
-          r2[k] = r2[k] * up;
-        }
-        scatter<acc_t>(o1, i, cnt, r1);
-        scatter<acc_t>(o2, i, cnt, r2);
-        i += cnt;
+    for_each_aligned<acc_t, scalar_t>(a, [&](int64_t i, int64_t cnt, const V* x, const V* y) {
+      const V up = cpu::load<acc_t>(gp + i, cnt);
+      V r1[4], r2[4];
+      box::pair_metric<true>(x, y, a.kind, a.fmt, eps, r1, r2);
+      for (int k = 0; k < 4; ++k) {
+        r1[k] = r1[k] * up;
+        r2[k] = r2[k] * up;
       }
+      scatter<acc_t>(o1, i, cnt, r1);
+      scatter<acc_t>(o2, i, cnt, r2);
     });
     return {g1, g2};
   }
+  const std::vector<acc_t> s1 = soa<acc_t, scalar_t>(a.b1);
+  const std::vector<acc_t> s2 = soa<acc_t, scalar_t>(a.b2);
+  const int64_t N = a.N, M = a.M;
   // pass 1: grad1[b, n] = sum_m grad[b, n, m] d metric / d boxes1[b, n]   (lanes over m, fixed order)
   const int64_t grain1 = std::max<int64_t>(1, 8192 / std::max<int64_t>(M, 1));
   at::parallel_for(0, a.B * N, grain1, [&](int64_t r0, int64_t r1) {
