@@ -483,6 +483,19 @@ def test_compile_fullgraph_aot_eager(dynamo_reset, backend):
     assert torch.equal(out_e, out_c) and torch.equal(g_e, g_c)
 
 
+def test_compile_fullgraph_zero_empty(dynamo_reset):
+    x = torch.randn(2, 4, 5, 6)
+    t = torch.randint(0, 3, (2, 5, 6))  # class 3 absent
+
+    def fn(inp, target):
+        return fastloss.jaccard_loss(inp, target, zero_empty=True, log=True, per_image=True)
+
+    compiled = torch.compile(fn, backend="aot_eager", fullgraph=True)
+    out_e, g_e = _loss_and_grad(fn, x, t)
+    out_c, g_c = _loss_and_grad(compiled, x, t)
+    assert torch.equal(out_e, out_c) and torch.equal(g_e, g_c) and torch.isfinite(g_c).all()
+
+
 def test_compile_fullgraph_inductor(dynamo_reset):
     x = torch.randn(2, 4, 5, 6)
     t = torch.randint(0, 4, (2, 5, 6))
