@@ -5,8 +5,9 @@ device, a function building the providers).  For every provider and mode the har
 measures
 
 * time -- median (and p20 / p80) of repeated runs.  CUDA: CUDA events, the L2 cache flushed
-  (a 256 MiB buffer written) before every timed region.  CPU: ``time.perf_counter``.  The
-  number of repetitions comes from a time budget per (provider, mode), after a warm-up;
+  (a 256 MiB buffer written) before every timed region.  CPU: ``time.perf_counter``.  Every
+  (provider, mode) pair of a case is warmed up before any of them is timed (:func:`run_case`);
+  the number of repetitions comes from a time budget per (provider, mode);
 * peak extra memory of one call -- CUDA: ``torch.cuda.max_memory_allocated`` after
   ``reset_peak_memory_stats`` minus the memory allocated before.  CPU (torch keeps no
   allocator statistics there): the call runs once under ``torch.profiler`` with
@@ -30,6 +31,11 @@ Providers are plain callables ``fn(*inputs.args, **inputs.kwargs) -> loss``:
 (``torch.compile`` of that same function, compiled per case outside the timed region) and
 ``fastloss-<backend>`` for every fastloss backend available on the device (not the Triton
 interpreter on CPU, not ``reference``: it is the eager row's work behind the op wrapper).
+
+Output (:func:`write_csv`, :func:`summary_rows`, :func:`plot_cases`, :func:`plot_summary`):
+``results.csv`` (one row per case x provider x mode, plain CSV; the run's metadata goes to
+``metadata.json`` only), ``summary.csv`` / ``summary.png`` (per case, the training step:
+eager vs torch.compile vs the best fastloss backend) and per-case time / memory plots.
 
 Units: ms, MB = 1e6 bytes, GB/s = 1e9 bytes/s.
 """
@@ -390,8 +396,33 @@ def measure_bandwidth(device, quick=False):
 # --------------------------------------------------------------------------- running
 
 
+def _error_text(exc):
+    return f"{exc.__class__.__name__}: {exc}"
+
+
+def _first_line(text):
+    return text.splitlines()[0] if text else ""
+
+
+def _cleanup(inputs, device):
+    """After a failure (e.g. out of memory): drop gradients and cached memory, go on."""
+    for t in inputs.grad_inputs:
+        t.grad = None
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+
+
 def run_case(case: Case, settings: Settings, bandwidth_gbps: float, provider_filter=None, mode_filter=None, log=print):
-    """All providers x modes of one case.  Returns a list of row dicts."""
+    """All providers x modes of one case.  Returns a list of row dicts (a failed provider or
+    mode gives a row with ``error`` set; the run goes on).
+
+    Order: (1) one untimed forward+backward call of every provider (torch.compile compiles,
+    Triton JITs); (2) an untimed warm-up of every (provider, mode) pair, ``settings.warmup``
+    repetitions each, so that no timing pays for a first use (allocator growth, page faults,
+    lazy initialisation) that a later one does not -- without it eager ``fwd``, timed first,
+    measured slower than eager ``fwd+bwd``; (3) per pair: :func:`time_mode` (which warms up
+    once more to size the repetitions) and :func:`peak_extra_bytes`."""
     device = settings.device
     torch._dynamo.reset()  # torch.compile: fresh caches (no recompile limit across cases)
     inputs = case.make_inputs(device)
@@ -399,44 +430,68 @@ def run_case(case: Case, settings: Settings, bandwidth_gbps: float, provider_fil
     if provider_filter:
         providers = {k: v for k, v in providers.items() if k in provider_filter}
     modes = [m for m in case.modes if not mode_filter or m in mode_filter]
-    rows = []
-    for name, fn in providers.items():
-        # first call outside any measurement: torch.compile compiles, Triton JITs
+    errors = {}  # (provider, mode) -> error text
+
+    def failed(name, mode_list, exc, stage):
+        where = f"{name:18s} " + (f"{mode_list[0]:8s} " if len(mode_list) == 1 else "")
+        log(f"    {where}FAILED ({stage}): {_first_line(_error_text(exc))}")
+        for m in mode_list:
+            errors[(name, m)] = _error_text(exc)
+        _cleanup(inputs, device)
+
+    first = {}
+    for name, fn in providers.items():  # (1) first call outside any measurement
         t0 = time.perf_counter()
         try:
             _Runner(fn, inputs, "fwd+bwd", settings).once(lambda: None, lambda: None)
             _sync(device)
         except Exception as exc:  # noqa: BLE001 -- one broken provider must not end the run
-            log(f"    {name:18s} FAILED: {exc.__class__.__name__}: {str(exc).splitlines()[0] if str(exc) else ''}")
-            for mode in modes:
-                rows.append(_row(case, name, mode, inputs, None, None, bandwidth_gbps, error=f"{exc.__class__.__name__}: {exc}"))
+            failed(name, modes, exc, "first call")
             continue
-        first = time.perf_counter() - t0
+        first[name] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    for name, fn in providers.items():  # (2) warm up every pair before timing any
         for mode in modes:
+            if (name, mode) in errors:
+                continue
             try:
-                stats = time_mode(fn, inputs, mode, settings)
-                peak = peak_extra_bytes(fn, inputs, mode, settings)
-            except Exception as exc:  # noqa: BLE001 -- e.g. out of memory: record it, go on
-                log(f"    {name:18s} {mode:8s} FAILED: {exc.__class__.__name__}: {str(exc).splitlines()[0] if str(exc) else ''}")
-                rows.append(_row(case, name, mode, inputs, None, None, bandwidth_gbps, error=f"{exc.__class__.__name__}: {exc}"))
-                for t in inputs.grad_inputs:
-                    t.grad = None
-                gc.collect()
-                if device.type == "cuda":
-                    torch.cuda.empty_cache()
+                _Runner(fn, inputs, mode, settings).run(max(settings.warmup, 1))
+                _sync(device)
+            except Exception as exc:  # noqa: BLE001
+                failed(name, [mode], exc, "warm-up")
+    warmup_s = time.perf_counter() - t0
+    if warmup_s > 1.0:
+        log(f"    (warm-up of all providers and modes: {warmup_s:.1f} s)")
+    rows = []
+    for name, fn in providers.items():  # (3) time, measure memory
+        for mode in modes:
+            if (name, mode) not in errors:
+                try:
+                    stats = time_mode(fn, inputs, mode, settings)
+                    peak = peak_extra_bytes(fn, inputs, mode, settings)
+                except Exception as exc:  # noqa: BLE001 -- e.g. out of memory: record it, go on
+                    failed(name, [mode], exc, "timing")
+            if (name, mode) in errors:
+                rows.append(_row(case, name, mode, inputs, None, None, bandwidth_gbps, error=errors[(name, mode)]))
                 continue
             rows.append(_row(case, name, mode, inputs, stats, peak, bandwidth_gbps))
             r = rows[-1]
             log(f"    {name:18s} {mode:8s} median {r['median_ms']:9.3f} ms  [p20 {r['p20_ms']:.3f}, p80 {r['p80_ms']:.3f}, "
                 f"{r['reps']} reps]  peak extra {_fmt(r['peak_extra_MB'], '.1f')} MB"
                 + (f"  [other processes busy: {r['foreign_load']:.1f} cores]" if (r["foreign_load"] or 0) > 0.2 else "")
-                + (f"  (first call {first:.1f} s)" if mode == modes[0] and first > 1.0 else ""))
+                + (f"  (first call {first[name]:.1f} s)" if mode == modes[0] and first.get(name, 0) > 1.0 else ""))
     _add_relative(rows)
     del inputs
     gc.collect()
     if device.type == "cuda":
         torch.cuda.empty_cache()
     return rows
+
+
+def failures(rows):
+    """One line per row that failed: ``op case dtype provider mode: error`` (first line)."""
+    return [f"{r['op']} {r['case']} {r['dtype']} {r['provider']} {r['mode']}: {_first_line(r['error'])}"
+            for r in rows if r.get("error")]
 
 
 def _row(case, provider, mode, inputs, stats, peak, bandwidth_gbps, error=""):
@@ -652,16 +707,37 @@ def format_table(rows, columns=TABLE_COLUMNS):
     return "\n".join(out)
 
 
-def write_csv(path, rows, meta, columns=CSV_COLUMNS):
+def write_csv(path, rows, columns=CSV_COLUMNS):
+    """``results.csv``: a header line, then one line per row -- nothing else, so a plain CSV
+    reader (``csv.DictReader``) reads it; the run's metadata is in ``metadata.json``."""
     import csv
 
     with open(path, "w", newline="") as f:
-        for k, v in meta.items():
-            f.write(f"# {k}: {json.dumps(v) if not isinstance(v, str) else v}\n")
         w = csv.DictWriter(f, fieldnames=list(columns), extrasaction="ignore")
         w.writeheader()
         for r in rows:
             w.writerow({c: ("" if r.get(c) is None else (round(r[c], 6) if isinstance(r[c], float) else r[c])) for c in columns})
+
+
+def read_csv(path):
+    """The rows of a ``results.csv`` (or ``summary.csv``) as written by :func:`write_csv`:
+    empty cells become None, numeric ones numbers -- e.g. to redo the summary of a run."""
+    import csv
+
+    def value(v):
+        if v == "":
+            return None
+        try:
+            return int(v)
+        except ValueError:
+            try:
+                return float(v)
+            except ValueError:
+                return v
+
+    with open(path, newline="") as f:
+        return [{k: (v if k in ("op", "case", "dtype", "mode", "provider", "fastloss", "error") else value(v))
+                 for k, v in r.items()} for r in csv.DictReader(f)]
 
 
 def write_metadata(path, meta):
@@ -674,28 +750,34 @@ def _safe(name):
     return re.sub(r"[^A-Za-z0-9]+", "_", name).strip("_")
 
 
+def _short_commit(meta):
+    commit = meta.get("git_commit", "") or ""
+    return commit[:12] + ("-dirty" if commit.endswith("-dirty") else "")
+
+
+def _case_keys(rows):
+    return list(dict.fromkeys((r["op"], r["case"], r["dtype"]) for r in rows))
+
+
 def plot_cases(rows, meta, out_dir):
     """Per case two grouped bar charts (groups = modes, bars = providers): median time
-    (with p20-p80 whiskers) and peak extra memory.  Returns the written paths."""
+    (with p20-p80 whiskers, said in the legend) and peak extra memory.  Returns the written paths."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.lines import Line2D
 
     written = []
-    keys = []
-    for r in rows:
-        k = (r["op"], r["case"], r["dtype"])
-        if k not in keys:
-            keys.append(k)
-    commit = meta.get("git_commit", "")[:12] + ("-dirty" if meta.get("git_commit", "").endswith("-dirty") else "")
-    for op, case, dtype in keys:
+    commit = _short_commit(meta)
+    for op, case, dtype in _case_keys(rows):
         sub = [r for r in rows if (r["op"], r["case"], r["dtype"]) == (op, case, dtype)]
         modes = [m for m in MODES if any(r["mode"] == m for r in sub)]
         providers = list(dict.fromkeys(r["provider"] for r in sub))
         for metric, ylabel, suffix in (("median_ms", "median time (ms)", "time"), ("peak_extra_MB", "peak extra memory (MB)", "memory")):
             fig, ax = plt.subplots(figsize=(1.6 + 1.4 * len(modes) * max(len(providers), 1) * 0.45, 4.2))
             width = 0.8 / max(len(providers), 1)
+            reps = []
             for i, p in enumerate(providers):
                 xs, ys, lo, hi = [], [], [], []
                 for j, m in enumerate(modes):
@@ -707,15 +789,21 @@ def plot_cases(rows, meta, out_dir):
                     if metric == "median_ms":
                         lo.append(r[metric] - r["p20_ms"])
                         hi.append(r["p80_ms"] - r[metric])
+                        reps.append(r.get("reps") or 0)
                 bars = ax.bar(xs, ys, width, label=p, yerr=[lo, hi] if metric == "median_ms" and xs else None, capsize=2)
                 for b, y in zip(bars, ys):
                     text = f"{y:.3g}" if metric == "median_ms" or y >= 0.05 else "0"
                     ax.annotate(text, (b.get_x() + b.get_width() / 2, b.get_height()), ha="center", va="bottom", fontsize=7)
+            handles, labels = ax.get_legend_handles_labels()
+            if metric == "median_ms" and reps:
+                n = f"{min(reps)}" if min(reps) == max(reps) else f"{min(reps)}-{max(reps)}"
+                handles.append(Line2D([], [], color="black", marker="|", markersize=9, linestyle="none"))
+                labels.append(f"whiskers: p20–p80 of {n} reps")
             ax.set_xticks(range(len(modes)))
             ax.set_xticklabels(modes)
             ax.set_ylabel(ylabel)
             ax.set_title(f"{op} {case} {dtype}\n{meta.get('device', '')} | {commit}", fontsize=8)
-            ax.legend(fontsize=7)
+            ax.legend(handles, labels, fontsize=7)
             ax.margins(y=0.12)
             fig.tight_layout()
             path = os.path.join(out_dir, f"{_safe(op)}__{_safe(case)}__{dtype}__{suffix}.png")
@@ -723,3 +811,121 @@ def plot_cases(rows, meta, out_dir):
             plt.close(fig)
             written.append(path)
     return written
+
+
+# --------------------------------------------------------------------------- summary
+
+SUMMARY_MODE = "fwd+bwd"  # the training step
+SUMMARY_COLUMNS = ("op", "case", "dtype", "mode", "eager_ms", "compile_ms", "fastloss", "fastloss_ms",
+                   "speedup_vs_eager", "speedup_vs_compile", "mem_vs_eager")
+
+
+def _ratio(a, b):
+    return a / b if a is not None and b else None
+
+
+def summary_rows(rows, mode=SUMMARY_MODE):
+    """One row per (op, case, dtype): the median time of ``eager``, ``compile`` and the fastest
+    ``fastloss-*`` provider in ``mode`` (forward+backward = a training step; a forward-only
+    case gives its ``fwd`` row instead), the speedups of that fastloss provider over eager and
+    over torch.compile (baseline median / fastloss median) and its peak extra memory over
+    eager's.  Failed rows are skipped; what is missing stays None."""
+    out = []
+    for op, case, dtype in _case_keys(rows):
+        sub = [r for r in rows if (r["op"], r["case"], r["dtype"]) == (op, case, dtype)
+               and not r.get("error") and r.get("median_ms") is not None]
+        case_modes = [r["mode"] for r in sub]
+        m = mode if mode in case_modes else next((x for x in reversed(MODES) if x in case_modes), None)
+        if m is None:
+            continue
+        sub = [r for r in sub if r["mode"] == m]
+        eager = next((r for r in sub if r["provider"] == "eager"), None) or \
+            next((r for r in sub if r["provider"].startswith("eager")), None)  # e.g. "eager (matrix+max)"
+        compiled = next((r for r in sub if r["provider"] == "compile"), None)
+        fast = min((r for r in sub if r["provider"].startswith("fastloss")), key=lambda r: r["median_ms"], default=None)
+        e_ms = eager["median_ms"] if eager else None
+        c_ms = compiled["median_ms"] if compiled else None
+        f_ms = fast["median_ms"] if fast else None
+        out.append({
+            "op": op, "case": case, "dtype": dtype, "mode": m, "eager_ms": e_ms, "compile_ms": c_ms,
+            "fastloss": fast["provider"] if fast else None, "fastloss_ms": f_ms,
+            "speedup_vs_eager": _ratio(e_ms, f_ms), "speedup_vs_compile": _ratio(c_ms, f_ms),
+            "mem_vs_eager": _ratio(fast.get("peak_extra_MB") if fast else None, eager.get("peak_extra_MB") if eager else None),
+        })
+    return out
+
+
+def format_summary(summary):
+    """The summary rows as an aligned text table."""
+    def ms(v):
+        return _fmt(v, ".3g" if v is not None and v < 1 else (".2f" if v is not None and v < 100 else ".0f"))
+
+    def x(v):
+        return _fmt(v, ".2f" if v is not None and v < 10 else ".0f") + ("x" if v is not None else "")
+
+    header = ["op", "case", "dtype", "mode", "eager ms", "compile ms", "fastloss", "fastloss ms", "vs eager", "vs compile",
+              "mem vs eager"]
+    body = [[s["op"], s["case"], s["dtype"], s["mode"], ms(s["eager_ms"]), ms(s["compile_ms"]), s["fastloss"] or "-",
+             ms(s["fastloss_ms"]), x(s["speedup_vs_eager"]), x(s["speedup_vs_compile"]),
+             _fmt(s["mem_vs_eager"], ".2f" if (s["mem_vs_eager"] or 0) >= 0.1 else ".2g")
+             + ("x" if s["mem_vs_eager"] is not None else "")] for s in summary]
+    widths = [max(len(h), *(len(b[i]) for b in body)) if body else len(h) for i, h in enumerate(header)]
+    text = {0, 1, 2, 3, 6}
+
+    def line(cells):
+        return "  ".join(c.ljust(w) if i in text else c.rjust(w) for i, (c, w) in enumerate(zip(cells, widths)))
+
+    return "\n".join([line(header), line(["-" * w for w in widths])] + [line(b) for b in body])
+
+
+def write_summary_csv(path, summary):
+    write_csv(path, summary, SUMMARY_COLUMNS)
+
+
+def plot_summary(summary, meta, path):
+    """``summary.png``: per case two bars, the fastest fastloss provider's speedup over eager
+    PyTorch and over torch.compile (baseline median time / fastloss median time), on a log
+    axis; the bars start at the baselines' 1x line (up: fastloss faster, down: slower).
+    Returns ``path``, or None if there is nothing to plot."""
+    import textwrap
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    summary = [s for s in summary if s["speedup_vs_eager"] or s["speedup_vs_compile"]]
+    if not summary:
+        return None
+    n = len(summary)
+    fig, ax = plt.subplots(figsize=(max(6.0, 1.25 * n + 1.5), 5.2))
+    width = 0.38
+    values = []
+    ax.set_yscale("log")
+    for k, (key, label, color) in enumerate((("speedup_vs_eager", "vs eager PyTorch", "tab:blue"),
+                                             ("speedup_vs_compile", "vs torch.compile", "tab:orange"))):
+        xs = [i + (k - 0.5) * width for i, s in enumerate(summary) if s[key]]
+        ys = [s[key] for s in summary if s[key]]
+        values += ys
+        ax.bar(xs, [y - 1.0 for y in ys], width, bottom=1.0, label=f"fastloss {label}", color=color)
+        for x, y in zip(xs, ys):
+            ax.annotate(f"{y:.2g}x" if y < 10 else f"{y:.0f}x", (x, y), ha="center", va="bottom" if y >= 1 else "top",
+                        fontsize=7)
+        for i, s in enumerate(summary):
+            if not s[key]:
+                ax.annotate("n/a", (i + (k - 0.5) * width, 1.0), ha="center", va="bottom", fontsize=7, color=color)
+    ax.axhline(1.0, color="black", linewidth=1.2, linestyle="--", label="1x = baseline (eager / torch.compile time)")
+    lo, hi = min(values + [1.0]), max(values + [1.0])
+    ax.set_ylim(lo / 2.0, hi * 2.5)
+    ax.set_ylabel("speedup of fastloss (baseline median time / fastloss median time)", fontsize=8)
+    ax.set_xticks(range(n))
+    ax.set_xticklabels(["\n".join([f"{s['op']}"] + textwrap.wrap(f"{s['case']} {s['dtype']}", 20)
+                                  + ([s["mode"]] if s["mode"] != SUMMARY_MODE else [])) for s in summary], fontsize=7)
+    forward_only = "; cases marked fwd: forward only" if any(s["mode"] != SUMMARY_MODE for s in summary) else ""
+    ax.set_title(f"fastloss speedup per case, {SUMMARY_MODE} (a training step{forward_only}), fastest fastloss backend\n"
+                 f"{meta.get('device', '')} | torch {meta.get('torch', '?')} | commit {_short_commit(meta)}", fontsize=9)
+    ax.legend(fontsize=8, loc="upper left")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path

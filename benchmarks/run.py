@@ -3,10 +3,18 @@
     python -m benchmarks.run [--device cpu|cuda|auto] [--quick] [--ops sigmoid_focal_loss] [--out DIR]
 
 Runs every case of the chosen ops (providers eager / compile / fastloss-<backend>, modes
-fwd / bwd / fwd+bwd) and the eager dispatch benchmark, prints the table, and writes
-results.csv (with '#' metadata lines), metadata.json, dispatch.csv and PNG plots to --out
-(default benchmarks/out/<device>-<timestamp>/, git-ignored; use
---out benchmarks/results/<device-slug>/ for results to keep).
+fwd / bwd / fwd+bwd) and the eager dispatch benchmark, prints the full table and then a
+summary (per case, forward+backward: eager / torch.compile / best fastloss backend, speedups,
+memory), and writes to --out (default benchmarks/out/<device-slug>-<timestamp>/, git-ignored;
+use --out benchmarks/results/<device-slug>/ for results to keep):
+
+    summary.csv, summary.png   the summary table and its speedup bars
+    results.csv                every case x provider x mode (plain CSV)
+    metadata.json              device, versions, commit, bandwidth, load, arguments
+    dispatch.csv               the dispatch benchmark
+    <op>__<case>__<dtype>__time.png / __memory.png   per case
+
+Exits 1 if any case, provider, mode or dispatch path failed (listed at the end).
 """
 from __future__ import annotations
 
@@ -92,17 +100,26 @@ def main(argv=None):
     cases = []
     for op in args.ops:
         cases += importlib.import_module(OPS[op]).cases(device, quick=args.quick)
-    rows = []
+    rows, failed = [], []  # failed: what broke outside a row (a whole case, the dispatch benchmark)
     for i, case in enumerate(cases, 1):
-        print(f"[{i}/{len(cases)}] {case.op} {case.label} {harness._dtype_name(case.dtype)}  ({time.perf_counter() - t_start:.0f} s)",
-              flush=True)
-        rows += harness.run_case(case, settings, bandwidth, args.providers, args.modes,
-                                 log=lambda s: print(s, flush=True))
+        name = f"{case.op} {case.label} {harness._dtype_name(case.dtype)}"
+        print(f"[{i}/{len(cases)}] {name}  ({time.perf_counter() - t_start:.0f} s)", flush=True)
+        try:
+            rows += harness.run_case(case, settings, bandwidth, args.providers, args.modes,
+                                     log=lambda s: print(s, flush=True))
+        except Exception as exc:  # noqa: BLE001 -- e.g. building the inputs ran out of memory: record, go on
+            print(f"    case FAILED: {exc.__class__.__name__}: {exc}", flush=True)
+            failed.append(f"{name}: {exc.__class__.__name__}: {exc}")
 
     dispatch_rows = []
     if not args.no_dispatch:
         print(f"[dispatch] eager dispatch overhead  ({time.perf_counter() - t_start:.0f} s)", flush=True)
-        dispatch_rows = bench_dispatch.run_dispatch(device, args.quick, log=lambda s: print(s, flush=True))
+        try:
+            dispatch_rows = bench_dispatch.run_dispatch(device, args.quick, log=lambda s: print(s, flush=True))
+        except Exception as exc:  # noqa: BLE001 -- the results above are still written; the run fails at the end
+            print(f"    dispatch FAILED: {exc.__class__.__name__}: {exc}", flush=True)
+            failed.append(f"dispatch benchmark: {exc.__class__.__name__}: {exc}")
+    failed = harness.failures(rows) + bench_dispatch.dispatch_failures(dispatch_rows) + [f.splitlines()[0] for f in failed]
 
     meta["elapsed_s"] = round(time.perf_counter() - t_start, 1)
     loads = [r["foreign_load"] for r in rows if r.get("foreign_load") is not None]
@@ -110,11 +127,17 @@ def main(argv=None):
     meta["foreign_load_cores_mean"] = round(sum(loads) / len(loads), 2) if loads else None
     spare = max(0, (os.cpu_count() or 1) - torch.get_num_threads())  # cores our torch threads leave free
     noisy = device.type == "cpu" and loads and max(loads) > spare + 0.2
+    meta["failed"] = failed
+    summary = harness.summary_rows(rows)
     harness.write_metadata(os.path.join(out_dir, "metadata.json"), meta)
-    harness.write_csv(os.path.join(out_dir, "results.csv"), rows, meta)
+    harness.write_csv(os.path.join(out_dir, "results.csv"), rows)
+    harness.write_summary_csv(os.path.join(out_dir, "summary.csv"), summary)
     if dispatch_rows:
-        bench_dispatch.write_dispatch_csv(os.path.join(out_dir, "dispatch.csv"), dispatch_rows, meta)
-    plots = [] if args.no_plots else harness.plot_cases(rows, meta, out_dir)
+        bench_dispatch.write_dispatch_csv(os.path.join(out_dir, "dispatch.csv"), dispatch_rows)
+    plots, summary_png = [], None
+    if not args.no_plots:
+        plots = harness.plot_cases(rows, meta, out_dir)
+        summary_png = harness.plot_summary(summary, meta, os.path.join(out_dir, "summary.png"))
 
     print()
     print(f"device {meta['device']} | torch {meta['torch']} | triton {meta['triton']} | commit {meta['git_commit']} | "
@@ -123,9 +146,17 @@ def main(argv=None):
     if dispatch_rows:
         print()
         print("eager dispatch overhead (us per call)")
-        print(bench_dispatch.format_dispatch(dispatch_rows))
+        print(bench_dispatch.format_dispatch(dispatch_rows, warnings=False))
     print()
-    print(f"wrote {out_dir}/results.csv, metadata.json" + (", dispatch.csv" if dispatch_rows else "") + f", {len(plots)} PNG")
+    print(f"summary: {harness.SUMMARY_MODE} (a training step; forward-only cases: fwd), median ms; speedup = baseline / fastloss; "
+          "fastloss = its fastest backend")
+    print(harness.format_summary(summary))
+    print()
+    print(f"wrote to {out_dir}:")
+    print("  " + ", ".join(["summary.png"] * bool(summary_png) + ["summary.csv", "results.csv", "metadata.json"]
+                           + ["dispatch.csv"] * bool(dispatch_rows)) + f"; {len(plots)} per-case PNG")
+    if not args.no_plots and not summary_png:
+        print("  (no summary.png: no case has both a baseline and a fastloss result)")
     print(f"total {time.perf_counter() - t_start:.0f} s")
     if _extension.C is None:
         print(f"WARNING: fastloss._C was not loaded ({_extension.load_error})")
@@ -133,8 +164,14 @@ def main(argv=None):
         print(f"WARNING: other processes kept up to {max(loads):.1f} of {os.cpu_count()} cores busy during the timings while "
               f"torch used {torch.get_num_threads()} threads (CSV column foreign_load); CPU numbers from this run are not "
               "trustworthy -- rerun on a quiet machine (--wait-quiet S) or with fewer threads (--threads 1).")
-    failed = [r for r in rows if r.get("error")]
-    return 1 if failed else 0
+    for w in bench_dispatch.dispatch_warnings(dispatch_rows):
+        print(w)
+    if failed:
+        print(f"FAILED: {len(failed)} benchmark(s) did not run (error column of results.csv / dispatch.csv):")
+        for f in failed:
+            print(f"  {f}")
+        return 1
+    return 0
 
 
 if __name__ == "__main__":
