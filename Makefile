@@ -9,6 +9,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 MAX_JOBS ?= 2
 BENCH_ARGS ?=
+PYTEST_ARGS ?=
 export MAX_JOBS
 
 .PHONY: venv build test bench gpu-build gpu-test gpu-bench clean
@@ -21,14 +22,24 @@ $(VENV)/.installed: requirements-dev.txt
 
 venv: $(VENV)/.installed
 
-build: venv
+# The compiled extension is rebuilt only when a C++/CUDA source or the build files changed
+# (the stamp below); setup.py keeps ninja's objects in build/, so even then only the changed
+# files recompile.  `make clean` forces a full rebuild.
+BUILT := $(VENV)/.built
+BUILD_INPUTS := $(shell find csrc -type f) setup.py pyproject.toml fastloss/_sources.py
+
+$(BUILT): $(VENV)/.installed $(BUILD_INPUTS)
 	$(PY) -m pip install --no-build-isolation --no-deps -e .
+	touch $@
+
+build: $(BUILT)
+	@ls fastloss/_C*.so > /dev/null 2>&1 || { rm -f $(BUILT); $(MAKE) --no-print-directory $(BUILT); }
 	$(PY) -m fastloss
 
 # Triton kernels run on CPU tensors through the interpreter when there is no GPU
 # (tests/conftest.py sets TRITON_INTERPRET=1 then).
 test: build
-	$(PY) -m pytest tests
+	$(PY) -m pytest tests $(PYTEST_ARGS)
 
 bench: build
 	$(PY) -m benchmarks.run $(BENCH_ARGS)
@@ -44,4 +55,4 @@ gpu-bench: gpu-build
 	$(PYTHON) -m benchmarks.run --device cuda $(BENCH_ARGS)
 
 clean:
-	rm -rf build fastloss/_C*.so *.egg-info
+	rm -rf build fastloss/_C*.so *.egg-info $(BUILT)

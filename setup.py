@@ -14,6 +14,7 @@ import importlib.util
 import os
 import platform
 import sys
+import sysconfig
 
 from setuptools import setup
 
@@ -107,7 +108,21 @@ def extensions():
         ext = CppExtension("fastloss._C", sources, include_dirs=include_dirs, extra_compile_args={"cxx": cxx},
                            extra_link_args=link)
     print(f"fastloss: building _C with CUDA={with_cuda} avx2={avx2}", file=sys.stderr)
-    return [ext], {"build_ext": BuildExtension.with_options(use_ninja=True)}
+    return [ext], {"build_ext": _incremental(BuildExtension.with_options(use_ninja=True))}
+
+
+def _incremental(base):
+    """build_ext whose objects (and ninja's state) live in build/temp.<platform>-<python>/ of
+    the checkout: `pip install -e .` otherwise compiles in a fresh temporary folder each time,
+    so a rebuild with nothing changed recompiled every source.  Now ninja recompiles only what
+    changed (with header dependencies); the link and copy take seconds."""
+
+    class IncrementalBuildExt(base):
+        def finalize_options(self):
+            super().finalize_options()
+            self.build_temp = os.path.join(ROOT, "build", f"temp.{sysconfig.get_platform()}-{sys.implementation.cache_tag}")
+
+    return IncrementalBuildExt
 
 
 ext_modules, cmdclass = extensions()

@@ -1,36 +1,97 @@
 #!/usr/bin/env bash
-# One call's worth of GPU work on a lent machine (torch/triton preinstalled, no registry):
-#   build in place -> full test suite with FASTLOSS_REQUIRE_GPU=1 -> compute-sanitizer over the
-#   CUDA tests -> benchmarks on cuda into benchmarks/results/<device>/ -> logs under $OUT.
-# Usage (device tool): bash tools/gpu_session.sh [--skip-tests] [--skip-sanitizer] [--bench-args "..."]
+# GPU work on a lent machine (torch/triton preinstalled, no package registry), sized to its
+# budget: 15 minutes of device time in all, 10 minutes per command, a minute or more to start.
+#
+#   bash tools/gpu_session.sh            # default, ~6 min on an H200 (16 cores): build, GPU tests,
+#                                        # compute-sanitizer smoke run, quick benchmark
+#   bash tools/gpu_session.sh --full     # a second call: the rest of the suite (CPU tests under
+#                                        # FASTLOSS_REQUIRE_GPU=1) and the full benchmark
+#   bash tools/gpu_session.sh --stages "build bench-full"   # any subset, in this order
+#
+# Stages (each with its own time limit, so one that hangs cannot eat the whole call):
+#   build        pip install -e . (CUDA kernels for the GPU's own architecture only)
+#   gpu-tests    pytest -m gpu with FASTLOSS_REQUIRE_GPU=1, in parallel (pytest-xdist)
+#   sanitizer    compute-sanitizer memcheck and racecheck over tools/cuda_smoke.py (every CUDA
+#                and Triton kernel once per dtype, tail and empty sizes), not over pytest
+#   bench-quick  python -m benchmarks.run --device cuda --quick
+#   cpu-tests    the tests not marked gpu, FASTLOSS_REQUIRE_GPU=1, in parallel
+#   bench-full   python -m benchmarks.run --device cuda (full sizes)
+# Every log goes to $OUT as its stage ends (a call stopped at its limit still returns what
+# ran); $OUT/session.tsv lists stage, seconds, exit status.  $OUT returns at most 8 files:
+# session.tsv, info.txt, build.log, tests-gpu.log, sanitizer.log, tests-cpu.log, bench.log,
+# bench.tgz (the results folder, to commit under benchmarks/results/<device>/).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-/tmp/fastloss-gpu-out}
 mkdir -p "$OUT"
 PY=${PYTHON:-python3}
-run_tests=1; run_sanitizer=1; bench_args=""
+export PYTHONUNBUFFERED=1
+stages="build gpu-tests sanitizer bench-quick"
+sanitize() {
+  if ! command -v compute-sanitizer > /dev/null; then echo "compute-sanitizer not found"; return 1; fi
+  local tool rc=0
+  for tool in memcheck racecheck; do
+    echo "--- compute-sanitizer --tool $tool"
+    compute-sanitizer --tool "$tool" --error-exitcode 9 --print-limit 20 $PY tools/cuda_smoke.py --dtypes fp32 bf16 || rc=1
+  done
+  return $rc
+}
+
+bench() {  # bench [--quick]: into benchmarks/results/<device>/, then one tarball in $OUT
+  local slug dir rc
+  slug=$($PY -c "import torch, re; print(re.sub(r'[^a-z0-9]+', '-', torch.cuda.get_device_name().lower()).strip('-'))")
+  dir="benchmarks/results/$slug"
+  $PY -m benchmarks.run --device cuda --out "$dir" "$@"
+  rc=$?
+  tar czf "$OUT/bench.tgz" "$dir"
+  return $rc
+}
+
+case "${1:-}" in  # internal: a stage's body, run under `timeout` by stage() below
+  --run-sanitizer) sanitize; exit $? ;;
+  --run-bench) shift; bench "$@"; exit $? ;;
+esac
 while [ $# -gt 0 ]; do
   case "$1" in
-    --skip-tests) run_tests=0 ;;
-    --skip-sanitizer) run_sanitizer=0 ;;
-    --bench-args) bench_args="$2"; shift ;;
+    --full) stages="build cpu-tests bench-full" ;;
+    --stages) stages="$2"; shift ;;
+    *) echo "unknown argument $1"; exit 2 ;;
   esac
   shift
 done
+JOBS=${JOBS:-$(nproc)}
+xdist="-n $JOBS"
+$PY -c "import xdist" 2> /dev/null || xdist=""  # pytest-xdist is on the lent machines; run serially without it
 status=0
-nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv | tee "$OUT/nvidia-smi.txt"
-MAX_JOBS=${MAX_JOBS:-16} $PY -m pip install --no-build-isolation --no-deps -e . > "$OUT/build.log" 2>&1 || { tail -50 "$OUT/build.log"; exit 1; }
-$PY -m fastloss | tee "$OUT/info.txt"
-if [ "$run_tests" = 1 ]; then
-  FASTLOSS_REQUIRE_GPU=1 $PY -m pytest tests -q --maxfail=30 -p no:cacheprovider > "$OUT/tests-gpu.log" 2>&1 || status=1
-  tail -5 "$OUT/tests-gpu.log"
-fi
-if [ "$run_sanitizer" = 1 ] && command -v compute-sanitizer > /dev/null; then
-  FASTLOSS_REQUIRE_GPU=1 compute-sanitizer --tool memcheck --error-exitcode 9 \
-    $PY -m pytest tests -q -x -p no:cacheprovider -m gpu -k "cuda and not compile" > "$OUT/sanitizer.log" 2>&1 || status=1
-  tail -5 "$OUT/sanitizer.log"
-fi
-slug=$($PY -c "import torch; print(torch.cuda.get_device_name().replace(' ', '-'))")
-$PY -m benchmarks.run --device cuda --out "benchmarks/results/$slug" $bench_args 2>&1 | tee "$OUT/bench.log" || status=1
-tar czf "$OUT/results.tgz" "benchmarks/results/$slug"  # $OUT returns at most 8 files
+printf 'stage\tseconds\texit\n' > "$OUT/session.tsv"
+
+stage() {  # stage NAME LIMIT_S LOG COMMAND...
+  local name=$1 limit=$2 log=$3
+  shift 3
+  echo "=== $name (limit ${limit}s)"
+  local t0=$SECONDS rc
+  timeout --kill-after=10 "$limit" "$@" > "$OUT/$log" 2>&1
+  rc=$?
+  printf '%s\t%d\t%d\n' "$name" $((SECONDS - t0)) "$rc" >> "$OUT/session.tsv"
+  tail -n 15 "$OUT/$log"
+  [ "$rc" = 0 ] || status=1
+  return "$rc"
+}
+
+{ nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv; $PY -c "import torch, triton; print(torch.__version__, torch.version.cuda, triton.__version__)"; git log -1 --format='commit %H %s' 2>/dev/null; } > "$OUT/info.txt" 2>&1
+cat "$OUT/info.txt"
+arch=$($PY -c "import torch; print('%d.%d' % torch.cuda.get_device_capability())" 2>/dev/null || echo "9.0")
+for s in $stages; do
+  case "$s" in
+    build) stage build 300 build.log env MAX_JOBS="$JOBS" TORCH_CUDA_ARCH_LIST="$arch" $PY -m pip install --no-build-isolation --no-deps -e . \
+             && $PY -m fastloss >> "$OUT/info.txt" 2>&1 || { echo "build failed: stopping"; exit 1; } ;;
+    gpu-tests) stage gpu-tests 240 tests-gpu.log env FASTLOSS_REQUIRE_GPU=1 $PY -m pytest tests -m gpu -q $xdist --maxfail=50 -p no:cacheprovider ;;
+    sanitizer) stage sanitizer 150 sanitizer.log bash "$0" --run-sanitizer ;;
+    bench-quick) stage bench-quick 120 bench.log bash "$0" --run-bench --quick ;;
+    cpu-tests) stage cpu-tests 300 tests-cpu.log env FASTLOSS_REQUIRE_GPU=1 $PY -m pytest tests -m "not gpu" -q $xdist --maxfail=50 -p no:cacheprovider ;;
+    bench-full) stage bench-full 420 bench.log bash "$0" --run-bench ;;
+    *) echo "unknown stage $s"; status=1 ;;
+  esac
+done
+cat "$OUT/session.tsv"
 exit $status

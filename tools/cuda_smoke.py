@@ -1,0 +1,107 @@
+"""Every CUDA and Triton kernel of fastloss once per dtype (forward and backward), on small and
+odd sizes: the representative set that tools/gpu_session.sh runs under compute-sanitizer
+(memcheck, racecheck), where a full pytest run would take far too long.
+
+    python tools/cuda_smoke.py [--backends cuda triton] [--dtypes fp32 fp16 bf16]
+
+Each call is checked for finite results against the PyTorch reference on the same inputs
+(loose tolerances: this is a memory-safety run, the accuracy tests are in tests/); exits
+non-zero on the first mismatch or error.  Sizes include 1, an odd size that leaves partial
+blocks (4099) and empty inputs, so out-of-bounds accesses at the tails show up.
+"""
+import argparse
+import sys
+import time
+
+import torch
+
+import fastloss
+
+DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+def _check(name, out, ref, rtol):
+    out, ref = out.detach().double().cpu(), ref.detach().double().cpu()
+    if out.shape != ref.shape or not torch.allclose(out, ref, rtol=rtol, atol=rtol * (ref.abs().max().item() if ref.numel() else 0) + 1e-6,
+                                                    equal_nan=True):
+        raise SystemExit(f"MISMATCH {name}: max |diff| {(out - ref).abs().max().item() if out.shape == ref.shape else 'shape'}")
+
+
+def _fwd_bwd(fn, x, *args, **kwargs):
+    x = x.detach().requires_grad_()
+    loss = fn(x, *args, **kwargs)
+    loss.backward(torch.randn_like(loss) if loss.dim() else None)
+    return loss, x.grad, None
+
+
+def run(backend, dtype, device):
+    rtol = 2e-2 if dtype != torch.float32 else 1e-3
+    cases = 0
+    for n in (1, 4099, 0):
+        # focal: float targets and class labels, per-row weights, every reduction
+        x = torch.randn(n, 7, device=device, dtype=dtype) * 3
+        for target in ((torch.rand(n, 7, device=device) < 0.3).to(dtype), torch.randint(0, 8, (n,), device=device)):
+            for reduction in ("none", "mean"):
+                w = torch.rand(n, device=device)
+                loss, g, up = _fwd_bwd(fastloss.sigmoid_focal_loss, x, target, reduction=reduction, weight=w, backend=backend)
+                ref, rg, _ = _fwd_bwd(fastloss.sigmoid_focal_loss, x, target, reduction=reduction, weight=w, backend="reference")
+                _check(f"focal {backend} {dtype} n={n} {reduction}", loss, ref, rtol)
+                cases += 1
+        # boxes: every paired kind, per-box losses with an upstream gradient
+        p = torch.rand(n, 4, device=device) * 50
+        p[:, 2:] += p[:, :2]
+        t = p + torch.randn(n, 4, device=device) * 5
+        for kind in ("iou", "log_iou", "giou", "diou", "ciou", "eiou", "focal_eiou", "siou", "cdiou"):
+            loss, g, _ = _fwd_bwd(fastloss.box_iou_loss, p.to(dtype), t.to(dtype), kind=kind, reduction="sum", backend=backend)
+            ref, _, _ = _fwd_bwd(fastloss.box_iou_loss, p.to(dtype), t.to(dtype), kind=kind, reduction="sum", backend="reference")
+            _check(f"box {kind} {backend} {dtype} n={n}", loss, ref, rtol * 10)
+            cases += 1
+        # matrices, aligned and pairwise, and the fused max
+        for kind in ("iou", "giou", "ciou"):
+            b1, b2 = p[None, :37].to(dtype), t[None].to(dtype)
+            m, _, _ = _fwd_bwd(lambda a, b: fastloss.box_iou(a, b, kind, backend=backend), b1, b2)
+            _check(f"box_iou {kind} {backend} {dtype} n={n}", m, fastloss.box_iou(b1, b2, kind, backend="reference"), rtol)
+            _fwd_bwd(lambda a, b: fastloss.box_iou(a, b, kind, aligned=True, backend=backend), p.to(dtype), t.to(dtype))
+            if n:
+                v, _ = fastloss.box_iou_max(b1, b2, kind, dim=-2, backend=backend)
+                _check(f"box_iou_max {kind} {backend} {dtype} n={n}", v, fastloss.box_iou_max(b1, b2, kind, dim=-2, backend="reference")[0],
+                       rtol)
+            cases += 3
+    # Dice family: softmax over a label map with ignore_index (+ CE), sigmoid over float targets, identity
+    for shape in ((2, 5, 33, 31), (1, 1, 7), (0, 3, 4, 4)):
+        x = torch.randn(shape, device=device, dtype=dtype)
+        labels = torch.randint(0, shape[1], (shape[0],) + shape[2:], device=device, dtype=torch.uint8)
+        if labels.numel():
+            labels.view(-1)[::7] = 255
+        for fn, kwargs in ((fastloss.dice_ce_loss, dict(ignore_index=255)), (fastloss.dice_loss, dict(mode="multilabel", per_image=True)),
+                           (fastloss.tversky_loss, dict(mode="multilabel", from_logits=False, squared=True))):
+            target = labels if fn is fastloss.dice_ce_loss else (torch.rand(shape, device=device) < 0.5).to(dtype)
+            xin = x.sigmoid() if not kwargs.get("from_logits", True) else x
+            loss, g, _ = _fwd_bwd(fn, xin, target, backend=backend, **kwargs)
+            ref, _, _ = _fwd_bwd(fn, xin, target, backend="reference", **kwargs)
+            _check(f"{fn.__name__} {backend} {dtype} {shape}", loss, ref, rtol)
+            cases += 1
+    if device == "cuda":
+        torch.cuda.synchronize()
+    return cases
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--backends", nargs="+", default=["cuda", "triton"])
+    ap.add_argument("--dtypes", nargs="+", default=list(DTYPES), choices=list(DTYPES))
+    ap.add_argument("--device", default="cuda", help="cpu: a dry run of this script (backends cpu / triton under TRITON_INTERPRET=1)")
+    args = ap.parse_args()
+    if args.device == "cuda" and not torch.cuda.is_available():
+        sys.exit("cuda_smoke: no CUDA device")
+    for backend in args.backends:
+        if backend not in fastloss.available_backends(args.device):
+            sys.exit(f"cuda_smoke: backend {backend} unavailable: {fastloss.unavailable_backends(args.device).get(backend)}")
+        for name in args.dtypes:
+            t0 = time.perf_counter()
+            n = run(backend, DTYPES[name], args.device)
+            print(f"cuda_smoke: {backend} {name}: {n} calls ok ({time.perf_counter() - t0:.1f} s)", flush=True)
+
+
+if __name__ == "__main__":
+    main()
