@@ -11,8 +11,8 @@
 # Stages (each with its own time limit, so one that hangs cannot eat the whole call):
 #   build        pip install -e . (CUDA kernels for the GPU's own architecture only)
 #   gpu-tests    pytest -m gpu with FASTLOSS_REQUIRE_GPU=1, in parallel (pytest-xdist)
-#   sanitizer    compute-sanitizer memcheck and racecheck over tools/cuda_smoke.py (every CUDA
-#                and Triton kernel once per dtype, tail and empty sizes), not over pytest
+#   sanitizer    compute-sanitizer over tools/cuda_smoke.py (every CUDA and Triton kernel, tail
+#                and empty sizes; not over pytest): memcheck (fp32, bf16), racecheck (CUDA, fp32)
 #   bench-quick  python -m benchmarks.run --device cuda --quick
 #   cpu-tests    the tests not marked gpu, FASTLOSS_REQUIRE_GPU=1, in parallel
 #   bench-full   python -m benchmarks.run --device cuda (full sizes)
@@ -29,11 +29,11 @@ export PYTHONUNBUFFERED=1
 stages="build gpu-tests sanitizer bench-quick"
 sanitize() {
   if ! command -v compute-sanitizer > /dev/null; then echo "compute-sanitizer not found"; return 1; fi
-  local tool rc=0
-  for tool in memcheck racecheck; do
-    echo "--- compute-sanitizer --tool $tool"
-    compute-sanitizer --tool "$tool" --error-exitcode 9 --print-limit 20 $PY tools/cuda_smoke.py --dtypes fp32 bf16 || rc=1
-  done
+  local rc=0
+  echo "--- compute-sanitizer --tool memcheck (CUDA and Triton kernels, fp32 and bf16)"
+  compute-sanitizer --tool memcheck --error-exitcode 9 --print-limit 20 $PY tools/cuda_smoke.py --dtypes fp32 bf16 || rc=1
+  echo "--- compute-sanitizer --tool racecheck (the CUDA kernels' shared-memory reductions, fp32)"
+  compute-sanitizer --tool racecheck --error-exitcode 9 --print-limit 20 $PY tools/cuda_smoke.py --backends cuda --dtypes fp32 || rc=1
   return $rc
 }
 
@@ -86,7 +86,7 @@ for s in $stages; do
     build) stage build 300 build.log env MAX_JOBS="$JOBS" TORCH_CUDA_ARCH_LIST="$arch" $PY -m pip install --no-build-isolation --no-deps -e . \
              && $PY -m fastloss >> "$OUT/info.txt" 2>&1 || { echo "build failed: stopping"; exit 1; } ;;
     gpu-tests) stage gpu-tests 240 tests-gpu.log env FASTLOSS_REQUIRE_GPU=1 $PY -m pytest tests -m gpu -q $xdist --maxfail=50 -p no:cacheprovider ;;
-    sanitizer) stage sanitizer 150 sanitizer.log bash "$0" --run-sanitizer ;;
+    sanitizer) stage sanitizer 200 sanitizer.log bash "$0" --run-sanitizer ;;
     bench-quick) stage bench-quick 120 bench.log bash "$0" --run-bench --quick ;;
     cpu-tests) stage cpu-tests 300 tests-cpu.log env FASTLOSS_REQUIRE_GPU=1 $PY -m pytest tests -m "not gpu" -q $xdist --maxfail=50 -p no:cacheprovider ;;
     bench-full) stage bench-full 420 bench.log bash "$0" --run-bench ;;
