@@ -7,8 +7,9 @@ Backends (pure-PyTorch reference, C++ CPU, CUDA, Triton) are chosen per op and d
 fastloss/_backend.py; ``fastloss.use_backend(name)`` and ``FASTLOSS_BACKEND`` override it.
 """
 from fastloss import _extension  # noqa: F401  (loads fastloss._C first: it defines the op namespace)
-from fastloss._backend import available_backends, use_backend
+from fastloss._backend import available_backends, unavailable_backends, use_backend
 from fastloss._info import info
+from fastloss.ops._common import checked_labels
 from fastloss.ops.sigmoid_focal_loss import SigmoidFocalLossFunction, sigmoid_focal_loss
 from fastloss.ops.dice import DiceSumsFunction, dice_ce_loss, dice_loss, jaccard_loss, tversky_loss
 from fastloss.ops.box_iou import BoxIoUFunction, BoxIoULossFunction, box_iou, box_iou_loss, box_iou_max
@@ -16,4 +17,4 @@ from fastloss import nn  # noqa: E402
 
 __version__ = "0.1.0"
 
-__all__ = ["box_iou_loss", "BoxIoULossFunction", "box_iou", "BoxIoUFunction", "box_iou_max", "tversky_loss", "dice_loss", "jaccard_loss", "dice_ce_loss", "DiceSumsFunction", "sigmoid_focal_loss", "SigmoidFocalLossFunction", "available_backends", "use_backend", "info", "nn"]
+__all__ = ["box_iou_loss", "BoxIoULossFunction", "box_iou", "BoxIoUFunction", "box_iou_max", "tversky_loss", "dice_loss", "jaccard_loss", "dice_ce_loss", "DiceSumsFunction", "sigmoid_focal_loss", "SigmoidFocalLossFunction", "available_backends", "unavailable_backends", "use_backend", "checked_labels", "info", "nn"]

@@ -68,21 +68,46 @@ def _device_type(device):
     return torch.device(device).type
 
 
-def available_backends(device="cpu"):
-    """Backends that can run on ``device`` here (a device, a string such as "cuda:0")."""
+def _cuda_present():
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def unavailable_backends(device="cpu"):
+    """{backend: why it cannot run on ``device`` here} for the backends
+    :func:`available_backends` leaves out."""
     kind = _device_type(device)
-    names = ["reference"]
+    why = {}
+    if kind == "cuda" and not _cuda_present():
+        return {name: "no CUDA device is visible to torch (torch.cuda.is_available() is False)" for name in BACKENDS}
+    if kind not in ("cpu", "cuda"):
+        return {name: f"fastloss has no kernels for {kind} tensors" for name in BACKENDS}
     if kind == "cpu":
-        if _extension.has_cpu():
-            names.insert(0, "cpu")
-        if triton_available() and _triton_interpreting():
-            names.append("triton")
-    elif kind == "cuda":
-        if triton_available():
-            names.insert(0, "triton")
-        if _extension.has_cuda():
-            names.insert(0, "cuda")
-    return names
+        why["cuda"] = "the cuda backend runs on CUDA tensors only"
+        if not _extension.has_cpu():
+            why["cpu"] = f"fastloss._C is not loaded: {_extension.load_error}"
+        if not triton_available():
+            why["triton"] = "Triton is not importable"
+        elif not _triton_interpreting():
+            why["triton"] = "Triton runs on CPU tensors only under TRITON_INTERPRET=1 (its interpreter, for tests)"
+    else:
+        why["cpu"] = "the cpu backend runs on CPU tensors only"
+        if not _extension.has_cuda():
+            why["cuda"] = (f"fastloss._C is not loaded: {_extension.load_error}" if _extension.C is None else
+                           "fastloss._C was built without its CUDA kernels (rebuild with nvcc on PATH, or FASTLOSS_FORCE_CUDA=1)")
+        if not triton_available():
+            why["triton"] = "Triton is not importable"
+    return why
+
+
+def available_backends(device="cpu"):
+    """Backends that can run on ``device`` here (a device, a string such as "cuda:0"), in the
+    order of preference; empty for CUDA without a visible GPU.  :func:`unavailable_backends`
+    says why the others are missing."""
+    missing = unavailable_backends(device)
+    order = ("cpu", "reference", "triton") if _device_type(device) == "cpu" else ("cuda", "triton", "reference")
+    return [name for name in order if name not in missing]
 
 
 def _check_name(name):

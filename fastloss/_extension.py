@@ -23,13 +23,20 @@ def warn_once(key, message):
         warnings.warn(message, FastlossWarning, stacklevel=3)
 
 
+BUILD_HINT = "build it with `make build` or `pip install --no-build-isolation -e .` in the source checkout"
+
+
 def _load():
+    import importlib.util
+
     import torch  # noqa: F401  (loads libc10/libtorch, which _C links against)
 
+    if importlib.util.find_spec("fastloss._C") is None:  # never built (importing would say "circular import")
+        return None, "fastloss._C is not built (no compiled extension next to the fastloss package)"
     try:
         from fastloss import _C
-    except (ImportError, OSError) as exc:  # absent, or built against another torch
-        return None, f"fastloss._C is not available ({exc})"
+    except (ImportError, OSError) as exc:  # built against another torch / Python, or a broken file
+        return None, f"fastloss._C could not be loaded ({exc}); rebuild it"
     if getattr(_C, "ABI_VERSION", None) != ABI_VERSION:
         return None, f"fastloss._C has op ABI {getattr(_C, 'ABI_VERSION', '?')}, expected {ABI_VERSION}: rebuild it"
     csrc = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "csrc")
@@ -44,8 +51,7 @@ def _load():
 
 C, load_error = _load()
 if C is None:
-    warn_once("load", f"{load_error}; using the Triton (GPU) and PyTorch reference (CPU) backends instead. "
-              "Build it with: pip install --no-build-isolation -e .")
+    warn_once("load", f"{load_error}; using the Triton (GPU) and PyTorch reference (CPU) backends instead: {BUILD_HINT}")
 
 
 def has_cpu():

@@ -29,8 +29,17 @@ def info(file=None):
         lines.append(f"device        {torch.cuda.get_device_name()}")
     else:
         lines.append("device        no CUDA device")
-    for dev in devices:
+    if C is None:
+        lines.append(f"              {_extension.BUILD_HINT}")
+    for dev in ("cpu", "cuda"):
         lines.append(f"[{dev}] available backends: {_backend.available_backends(dev)}")
+        missing = _backend.unavailable_backends(dev)
+        if len(set(missing.values())) == 1 and len(missing) == len(_backend.BACKENDS):
+            lines.append(f"[{dev}]   none: {next(iter(missing.values()))}")
+        else:
+            lines += [f"[{dev}]   no {name}: {why}" for name, why in missing.items()]
+        if dev not in devices:
+            continue
         for op in _backend.PREFERENCE:
             try:
                 chosen = _backend.resolve(op, dev)

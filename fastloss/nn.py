@@ -1,72 +1,163 @@
-"""nn.Module wrappers of the functional losses."""
+"""``nn.Module`` forms of the functional losses.
+
+Every module has an explicit signature mirroring its function (an unknown argument is a
+``TypeError`` at construction), checks its arguments at construction (a parameter outside its
+domain is a ``ValueError`` there, not at the first forward), multiplies the loss by
+``loss_weight`` (mmdetection's convention) and lists its arguments in its ``repr``.  Shapes,
+dtypes, units and the errors of ``forward`` are those of the function it names.
+"""
+import torch
 from torch import nn
 
-from fastloss.ops.sigmoid_focal_loss import sigmoid_focal_loss
+from fastloss.ops import _common
+from fastloss.ops import box_iou as _box
 from fastloss.ops import dice as _dice
+from fastloss.ops import sigmoid_focal_loss as _focal
 
 
-class SigmoidFocalLoss(nn.Module):
-    """Module form of :func:`fastloss.sigmoid_focal_loss`; ``forward(input, target, weight=None, avg_factor=None)``."""
+class _Loss(nn.Module):
+    """Shared: ``loss_weight``, the repr of the arguments named in ``_repr_args``."""
 
-    def __init__(self, alpha=0.25, gamma=2.0, reduction="mean"):
+    _repr_args = ()
+
+    def __init__(self, loss_weight):
         super().__init__()
-        self.alpha, self.gamma, self.reduction = alpha, gamma, reduction
+        self.loss_weight = _common.check_param("loss_weight", loss_weight, lambda v: abs(v) < float("inf"), "finite")
+
+    def _scaled(self, loss):
+        return loss if self.loss_weight == 1.0 else loss * self.loss_weight
+
+    def extra_repr(self):
+        args = [f"{name}={getattr(self, name)!r}" for name in self._repr_args]
+        return ", ".join(args + [f"loss_weight={self.loss_weight!r}"])
+
+
+def _check_reduction(reduction, allowed=tuple(_common.REDUCTIONS)):
+    if reduction not in allowed:
+        raise ValueError(f"reduction must be one of {allowed}, got {reduction!r}")
+    return reduction
+
+
+class SigmoidFocalLoss(_Loss):
+    """Module form of :func:`fastloss.sigmoid_focal_loss`:
+    ``forward(input, target, weight=None, avg_factor=None)``."""
+
+    _repr_args = ("alpha", "gamma", "reduction")
+
+    def __init__(self, alpha=0.25, gamma=2.0, reduction="mean", loss_weight=1.0, *, backend=None):
+        super().__init__(loss_weight)
+        self.alpha = _common.check_param("alpha", alpha, lambda a: a <= 1, "in [0, 1], or negative to disable the alpha weighting")
+        self.gamma = _common.nonneg("gamma", gamma)
+        self.reduction = _check_reduction(reduction)
+        self.backend = backend
 
     def forward(self, input, target, weight=None, avg_factor=None):
-        return sigmoid_focal_loss(input, target, self.alpha, self.gamma, self.reduction, weight, avg_factor)
-
-    def extra_repr(self):
-        return f"alpha={self.alpha}, gamma={self.gamma}, reduction={self.reduction!r}"
+        return self._scaled(_focal.sigmoid_focal_loss(input, target, self.alpha, self.gamma, self.reduction, weight, avg_factor,
+                                                      backend=self.backend))
 
 
-class TverskyLoss(nn.Module):
-    """Module form of :func:`fastloss.tversky_loss`; ``forward(input, target)``; keyword
-    arguments as the function's."""
+class BoxIoULoss(_Loss):
+    """Module form of :func:`fastloss.box_iou_loss`: ``forward(pred, target, weight=None, avg_factor=None)``."""
 
-    _fn = staticmethod(_dice.tversky_loss)
+    _repr_args = ("kind", "reduction", "fmt", "eps", "power", "gamma")
 
-    def __init__(self, **kwargs):
-        super().__init__()
-        self.kwargs = kwargs
+    def __init__(self, kind="giou", reduction="mean", fmt="xyxy", eps=1e-7, power=1.0, gamma=0.5, loss_weight=1.0, *, backend=None):
+        super().__init__(loss_weight)
+        _box._check_choice("kind", kind, _box.KINDS)
+        _box._check_choice("fmt", fmt, _box.FMTS)
+        self.kind, self.fmt, self.reduction = kind, fmt, _check_reduction(reduction)
+        self.eps, self.power, self.gamma = _box._check_scalars(eps, power, gamma)
+        self.backend = backend
+
+    def forward(self, pred, target, weight=None, avg_factor=None):
+        return self._scaled(_box.box_iou_loss(pred, target, self.kind, self.reduction, weight, avg_factor, self.fmt, self.eps, self.power,
+                                              self.gamma, backend=self.backend))
+
+
+class _DiceFamily(_Loss):
+    """Shared construction of the Dice-family modules: checks, and ``class_weights`` as a
+    (non-persistent) buffer so that ``module.to(device)`` moves it."""
+
+    def _setup(self, mode, from_logits, smooth_nr, smooth_dr, squared, ignore_index, include_background, per_image, class_weights,
+               log, reduction, gamma, zero_empty, backend, alpha=0.5, beta=0.5):
+        if mode not in _dice.MODES:
+            raise ValueError(f"mode must be one of {_dice.MODES}, got {mode!r}")
+        if ignore_index is not None and (isinstance(ignore_index, bool) or not isinstance(ignore_index, int)):
+            raise ValueError(f"ignore_index must be an int or None, got {ignore_index!r}")
+        self.alpha, self.beta, self.gamma, self.smooth_nr, self.smooth_dr = _dice._check_params(alpha, beta, gamma, smooth_nr, smooth_dr,
+                                                                                             reduction)
+        self.mode, self.from_logits, self.squared, self.ignore_index = mode, bool(from_logits), bool(squared), ignore_index
+        self.include_background, self.per_image, self.log = bool(include_background), bool(per_image), bool(log)
+        self.reduction, self.zero_empty, self.backend = reduction, bool(zero_empty), backend
+        if isinstance(class_weights, torch.Tensor):
+            self.register_buffer("class_weights", class_weights.detach(), persistent=False)
+        else:
+            self.class_weights = None if class_weights is None else tuple(float(w) for w in class_weights)
+
+    def _common_kwargs(self):
+        return dict(smooth_nr=self.smooth_nr, smooth_dr=self.smooth_dr, squared=self.squared, ignore_index=self.ignore_index,
+                    include_background=self.include_background, per_image=self.per_image, class_weights=self.class_weights,
+                    log=self.log, reduction=self.reduction, gamma=self.gamma, zero_empty=self.zero_empty, backend=self.backend)
+
+
+class TverskyLoss(_DiceFamily):
+    """Module form of :func:`fastloss.tversky_loss`: ``forward(input, target)``."""
+
+    _repr_args = ("alpha", "beta", "gamma", "mode", "from_logits", "smooth_nr", "smooth_dr", "squared", "ignore_index", "include_background",
+                  "per_image", "log", "reduction", "zero_empty")
+
+    def __init__(self, alpha=0.5, beta=0.5, gamma=1.0, mode="multiclass", from_logits=True, smooth_nr=0.0, smooth_dr=1e-5, squared=False,
+                 ignore_index=None, include_background=True, per_image=False, class_weights=None, log=False, reduction="mean",
+                 loss_weight=1.0, *, zero_empty=False, backend=None):
+        super().__init__(loss_weight)
+        self._setup(mode, from_logits, smooth_nr, smooth_dr, squared, ignore_index, include_background, per_image, class_weights, log,
+                    reduction, gamma, zero_empty, backend, alpha, beta)
 
     def forward(self, input, target):
-        return self._fn(input, target, **self.kwargs)
-
-    def extra_repr(self):
-        return ", ".join(f"{k}={v!r}" for k, v in self.kwargs.items())
+        return self._scaled(_dice.tversky_loss(input, target, self.alpha, self.beta, mode=self.mode, from_logits=self.from_logits,
+                                               **self._common_kwargs()))
 
 
-class DiceLoss(TverskyLoss):
-    """Module form of :func:`fastloss.dice_loss`."""
+class DiceLoss(_DiceFamily):
+    """Module form of :func:`fastloss.dice_loss`: ``forward(input, target)``."""
 
+    _repr_args = ("mode", "from_logits", "smooth_nr", "smooth_dr", "squared", "ignore_index", "include_background", "per_image", "log",
+                  "reduction", "gamma", "zero_empty")
     _fn = staticmethod(_dice.dice_loss)
 
+    def __init__(self, mode="multiclass", from_logits=True, smooth_nr=0.0, smooth_dr=1e-5, squared=False, ignore_index=None,
+                 include_background=True, per_image=False, class_weights=None, log=False, reduction="mean", gamma=1.0, loss_weight=1.0,
+                 *, zero_empty=False, backend=None):
+        super().__init__(loss_weight)
+        self._setup(mode, from_logits, smooth_nr, smooth_dr, squared, ignore_index, include_background, per_image, class_weights, log,
+                    reduction, gamma, zero_empty, backend)
 
-class JaccardLoss(TverskyLoss):
-    """Module form of :func:`fastloss.jaccard_loss`."""
+    def forward(self, input, target):
+        return self._scaled(self._fn(input, target, mode=self.mode, from_logits=self.from_logits, **self._common_kwargs()))
+
+
+class JaccardLoss(DiceLoss):
+    """Module form of :func:`fastloss.jaccard_loss`: ``forward(input, target)``; the
+    arguments of :class:`DiceLoss`."""
 
     _fn = staticmethod(_dice.jaccard_loss)
 
 
-class DiceCELoss(TverskyLoss):
-    """Module form of :func:`fastloss.dice_ce_loss` (MONAI's DiceCELoss)."""
+class DiceCELoss(_DiceFamily):
+    """Module form of :func:`fastloss.dice_ce_loss` (MONAI's DiceCE): ``forward(input, target)``."""
 
-    _fn = staticmethod(_dice.dice_ce_loss)
+    _repr_args = ("mode", "lambda_dice", "lambda_ce", "smooth_nr", "smooth_dr", "squared", "ignore_index", "include_background",
+                  "per_image", "log", "reduction", "gamma", "zero_empty")
 
+    def __init__(self, mode="multiclass", lambda_dice=1.0, lambda_ce=1.0, smooth_nr=0.0, smooth_dr=1e-5, squared=False, ignore_index=None,
+                 include_background=True, per_image=False, class_weights=None, log=False, reduction="mean", gamma=1.0, loss_weight=1.0,
+                 *, zero_empty=False, backend=None):
+        super().__init__(loss_weight)
+        _check_reduction(reduction, ("mean", "sum"))
+        self.lambda_dice, self.lambda_ce = _common.nonneg("lambda_dice", lambda_dice), _common.nonneg("lambda_ce", lambda_ce)
+        self._setup(mode, True, smooth_nr, smooth_dr, squared, ignore_index, include_background, per_image, class_weights, log, reduction,
+                    gamma, zero_empty, backend)
 
-class BoxIoULoss(nn.Module):
-    """Module form of :func:`fastloss.box_iou_loss`; ``forward(pred, target, weight=None, avg_factor=None)``."""
-
-    def __init__(self, kind="giou", reduction="mean", fmt="xyxy", eps=1e-7, power=1.0, gamma=0.5, loss_weight=1.0):
-        super().__init__()
-        self.kind, self.reduction, self.fmt, self.eps, self.power, self.gamma = kind, reduction, fmt, eps, power, gamma
-        self.loss_weight = loss_weight
-
-    def forward(self, pred, target, weight=None, avg_factor=None):
-        from fastloss.ops.box_iou import box_iou_loss
-
-        loss = box_iou_loss(pred, target, self.kind, self.reduction, weight, avg_factor, self.fmt, self.eps, self.power, self.gamma)
-        return loss * self.loss_weight if self.loss_weight != 1.0 else loss
-
-    def extra_repr(self):
-        return f"kind={self.kind!r}, reduction={self.reduction!r}, fmt={self.fmt!r}, power={self.power}"
+    def forward(self, input, target):
+        return self._scaled(_dice.dice_ce_loss(input, target, mode=self.mode, lambda_dice=self.lambda_dice, lambda_ce=self.lambda_ce,
+                                               **self._common_kwargs()))

@@ -292,7 +292,12 @@ def test_degenerate_boxes_finite(grad_mode, device, backend, dtype):
             (g,) = torch.autograd.grad(out, p, torch.ones_like(out))
             bad = [n for n, ok in zip(names, torch.isfinite(out).tolist()) if not ok]
             assert not bad, f"{kind} p={power}: non-finite loss for {bad}"
-            bad = [n for n, ok in zip(names, torch.isfinite(g).all(-1).tolist()) if not ok]
+            # finite wherever the float64 value is representable in the dtype: identical zero-width
+            # boxes get GIoU gradients of order 1 / eps (3e8, as torchvision's), beyond fp16's range
+            p64, ref = reference(p, t, kind=kind, reduction="none", power=power)
+            (g64,) = torch.autograd.grad(ref, p64, torch.ones_like(ref))
+            representable = (g64.abs() <= torch.finfo(dtype).max).to(g.device)
+            bad = [n for n, ok in zip(names, (torch.isfinite(g) | ~representable).all(-1).tolist()) if not ok]
             assert not bad, f"{kind} p={power}: non-finite gradient for {bad}"
             if dtype == torch.float64:
                 _, ref = reference(p, t, kind=kind, reduction="none", power=power)
@@ -318,16 +323,80 @@ def test_ciou_point_boxes_finite_where_torchvision_is_nan():
 
 @pytest.mark.parametrize("device,backend", helpers.device_backend_params())
 def test_nan_propagates(grad_mode, device, backend):
+    """A NaN coordinate (of pred or target, any of the 4) makes its box's loss and all 4
+    gradient components NaN, and touches nothing else."""
     helpers.require_backend(device, backend)
-    p, t = make_pair((5,), "xyxy", torch.float32, device)
+    p, t = make_pair((9,), "xyxy", torch.float32, device)
     with torch.no_grad():
-        p[1, 2] = float("nan")
-        t[3, 0] = float("nan")
+        for k in range(4):
+            p[k, k] = float("nan")
+            t[4 + k, k] = float("nan")
     for kind in KINDS:
-        out = loss(p, t, backend=backend, kind=kind, reduction="none")
-        assert torch.isnan(out[1]) and torch.isnan(out[3]), kind
-        assert torch.isfinite(out[[0, 2, 4]]).all(), kind
-        assert torch.isnan(loss(p, t, backend=backend, kind=kind, reduction="sum"))
+        for power in (1.0, 0.5):
+            out = loss(p, t, backend=backend, kind=kind, reduction="none", power=power)
+            assert torch.isnan(out[:8]).all() and torch.isfinite(out[8]), f"{kind} p={power}: {out}"
+            (g,) = torch.autograd.grad(out, p, torch.ones_like(out))
+            assert torch.isnan(g[:8]).all() and torch.isfinite(g[8]).all(), f"{kind} p={power}: {g}"
+            assert torch.isnan(loss(p, t, backend=backend, kind=kind, reduction="sum"))
+    # the issue's example: NaN in x1 of an IoU loss, every component NaN (the C++ kernel gave [0, nan, 0, nan])
+    q = torch.tensor([[float("nan"), 0.0, 10.0, 10.0]], device=device, requires_grad=True)
+    (g,) = torch.autograd.grad(loss(q, torch.tensor([[0.0, 0.0, 10.0, 10.0]], device=device), backend=backend, kind="iou",
+                                    reduction="none").sum(), q)
+    assert torch.isnan(g).all(), g
+
+
+# Degenerate predictions and the gradient torchvision's autograd gives them (computed with
+# torchvision 0.29 in float64; NaN where torchvision's CIoU divides by a zero height -- there
+# fastloss gives the finite limit).  A collapsed box must get the direction that grows it back.
+TARGET = [0.0, 0.0, 20.0, 30.0]
+DEGENERATE_TV = {  # pred: {kind: gradient}
+    "collapsed_width": ([10.0, 10.0, 10.0, 20.0], {"giou": [1 / 60, 0, -1 / 60, 0], "diou": [0, 0, 0, 0],
+                                                    "ciou": [0.005857810856332817, 0, -0.005857810856332817, 0]}),
+    "collapsed_height": ([10.0, 10.0, 20.0, 10.0], {"giou": [0, 1 / 60, 0.025, -1 / 60],
+                                                     "diou": [0.003846153845857988, -0.003846153845857988, 0.00325443786961766,
+                                                              -0.003846153845857988]}),
+    "point": ([5.0, 5.0, 5.0, 5.0], {"giou": [0, 0, 0, 0], "diou": [-0.003846153845857988, -0.007692307691715976, -0.003846153845857988,
+                                                                     -0.007692307691715976]}),
+    "collapsed_off_centre": ([12.0, 3.0, 12.0, 20.0], {"giou": [0.028333333328611113, 0, -0.028333333328611113, 0],
+                                                        "diou": [0.0015384615383431952, -0.002692307692100592, 0.0015384615383431952,
+                                                                 -0.002692307692100592],
+                                                        "ciou": [0.0049842326303036755, -0.002692307692100592, -0.0019073095536172855,
+                                                                 -0.002692307692100592]}),
+}
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["f64", "f32"])
+@pytest.mark.parametrize("case", list(DEGENERATE_TV))
+@pytest.mark.parametrize("device,backend", helpers.device_backend_params())
+def test_degenerate_prediction_gets_torchvisions_gradient(grad_mode, device, backend, case, dtype):
+    helpers.require_backend(device, backend)
+    if dtype == torch.float64 and device == "cuda":
+        dtype = torch.float32
+    pred, grads = DEGENERATE_TV[case]
+    t = torch.tensor([TARGET], dtype=dtype, device=device)
+    for kind, expected in grads.items():
+        p = torch.tensor([pred], dtype=dtype, device=device, requires_grad=True)
+        (g,) = torch.autograd.grad(loss(p, t, backend=backend, kind=kind, reduction="sum"), p)
+        torch.testing.assert_close(g.double().cpu(), torch.tensor([expected], dtype=torch.float64), rtol=1e-5, atol=1e-7,
+                                   msg=lambda m: f"{case} {kind}: {m}")
+
+
+def test_degenerate_gradients_match_torchvision_live():
+    """The table above against the installed torchvision (and the zero-height CIoU, where
+    torchvision is NaN and fastloss finite)."""
+    tvops = pytest.importorskip("torchvision.ops", reason="torchvision is not installed (the table above holds its values)")
+    fns = {"giou": tvops.generalized_box_iou_loss, "diou": tvops.distance_box_iou_loss, "ciou": tvops.complete_box_iou_loss}
+    t = torch.tensor([TARGET], dtype=torch.float64)
+    for case, (pred, grads) in DEGENERATE_TV.items():
+        for kind, expected in grads.items():
+            p = torch.tensor([pred], dtype=torch.float64, requires_grad=True)
+            (g,) = torch.autograd.grad(fns[kind](p, t, reduction="sum"), p)
+            torch.testing.assert_close(g, torch.tensor([expected], dtype=torch.float64), rtol=1e-9, atol=1e-12)
+    p = torch.tensor([DEGENERATE_TV["collapsed_height"][0]], dtype=torch.float64, requires_grad=True)
+    (g,) = torch.autograd.grad(fns["ciou"](p, t, reduction="sum"), p)
+    assert torch.isnan(g).all()
+    (g,) = torch.autograd.grad(fastloss.box_iou_loss(p, t, "ciou", "sum"), p)
+    assert torch.isfinite(g).all() and g[0, 1] > 0 and g[0, 3] < 0  # the height grows back
 
 
 # ======================================================================================
@@ -556,8 +625,9 @@ def test_bad_inputs(backend):
         call(p, t, power=0.0)
     with pytest.raises(ValueError, match="gamma must be >= 0"):
         call(p, t, kind="focal_eiou", gamma=-1.0)
-    with pytest.raises(ValueError, match="eps must be >= 0"):
-        call(p, t, eps=-1.0)
+    for eps in (-1.0, 0.0):  # eps = 0 would make two point boxes 0 / 0
+        with pytest.raises(ValueError, match="eps must be > 0"):
+            call(p, t, eps=eps)
 
 
 # ======================================================================================
@@ -651,7 +721,12 @@ def test_matrix_padded_and_degenerate_boxes(device, backend, dtype):
             out = fastloss.box_iou(a, bb, kind, aligned=aligned, backend=backend)
             assert torch.isfinite(out).all(), kind
             g1, g2 = torch.autograd.grad(out, (a, bb), torch.ones_like(out))
-            assert torch.isfinite(g1).all() and torch.isfinite(g2).all(), kind
+            # finite wherever the float64 gradient is representable (GIoU of identical zero-width
+            # boxes: order 1 / eps, as torchvision's, beyond fp16's range)
+            a64, b64 = a.detach().double().cpu().requires_grad_(), bb.detach().double().cpu().requires_grad_()
+            r1, r2 = torch.autograd.grad(R.box_iou(a64, b64, kind, aligned=aligned).sum(), (a64, b64))
+            top = torch.finfo(dtype).max
+            assert (torch.isfinite(g1).cpu() | (r1.abs() > top)).all() and (torch.isfinite(g2).cpu() | (r2.abs() > top)).all(), kind
             if dtype == torch.float64:
                 ref = R.box_iou(a.detach().cpu(), bb.detach().cpu(), kind, aligned=aligned)
                 torch.testing.assert_close(out.cpu(), ref, rtol=1e-9, atol=1e-9)
@@ -790,8 +865,9 @@ def test_box_iou_bad_inputs():
         fastloss.box_iou(a, b, kind="siou")
     with pytest.raises(ValueError, match="fmt must be one of"):
         fastloss.box_iou(a, b, fmt="xyxy2")
-    with pytest.raises(ValueError, match="same dtype"):
-        fastloss.box_iou(a, b.double())
+    assert fastloss.box_iou(a, b.double()).dtype == torch.float64  # torch's type promotion (tests/test_rules.py)
+    with pytest.raises(ValueError, match="eps must be > 0"):
+        fastloss.box_iou(a, b, eps=0.0)
     with pytest.raises(ValueError, match="dim must be"):
         fastloss.box_iou_max(a, b, dim=0)
     with pytest.raises(ValueError, match="empty"):

@@ -65,7 +65,7 @@ def scalar_type(name):
         if name == "i_ptr":
             return "*i64"
         return "*fp32"
-    if name in ("eps", "power", "gamma", "alpha", "scale"):
+    if name in ("eps", "power", "gamma", "alpha", "one_minus_alpha", "scale"):
         return "fp32"
     return "i64" if name == "ignore_index" else "i32"
 

@@ -5,9 +5,10 @@ pairwise / aligned matrices with their two-pass backward, and the fused max.
 The math is fastloss/reference/box_iou.py, and this module mirrors csrc/kernels/box_iou.h
 term for term, gradients included: hand-written reverse mode (each term's value, then the
 adjoints it adds, then one pullback through the geometry to the corners of both boxes and
-the box format), one lane per box pair.  Same kink conventions as the C++ kernels
-(relu'(0) = |x|'(0) = sqrt'(0) = (x^p)'(0) = atan2'(0, 0) = 0; min/max ties to the first
-argument), checked against autograd through the float64 reference.  atan2 of non-negative
+the box format), one lane per box pair.  Same kink conventions as the C++ kernels (widths,
+heights and enclosing extents clamp'(0) = 1, intersection extents relu'(0) = 0, min/max ties
+split in halves, |x|'(0) = sqrt'(0) = (x^p)'(0) = atan2'(0, 0) = 0; a NaN value reaches every
+gradient component), checked against autograd through the float64 reference.  atan2 of non-negative
 widths/heights is computed here (no portable libdevice atan2 under the interpreter) by two
 argument reductions and an odd series accurate to fp64 rounding.  Deterministic: each
 program writes one partial sum and the launcher adds them with one torch.sum; no atomics.
@@ -17,6 +18,7 @@ import triton
 import triton.language as tl
 
 from fastloss.ops._common import reduced_dtype
+from fastloss.triton_kernels import _math
 
 BLOCK = 256
 
@@ -31,12 +33,35 @@ def _relu(x):
 
 @triton.jit
 def _min(a, b):
-    return tl.where(b < a, b, a)  # ties and NaN in a: a
+    return tl.where((b < a) | (b != b), b, a)  # NaN in either argument propagates
 
 
 @triton.jit
 def _max(a, b):
-    return tl.where(b > a, b, a)
+    return tl.where((b > a) | (b != b), b, a)
+
+
+@triton.jit
+def _share_min(a, b):
+    # a's share of the gradient of min(a, b): 1 / 0, 1/2 at a tie (torch.minimum's rule)
+    return tl.where(a < b, 1.0, tl.where(b < a, 0.0, 0.5))
+
+
+@triton.jit
+def _share_max(a, b):
+    return tl.where(a > b, 1.0, tl.where(b > a, 0.0, 0.5))
+
+
+@triton.jit
+def _step_pos(x):
+    # relu'(x), 0 at 0 (the intersection's extents)
+    return tl.where(x > 0, 1.0, 0.0)
+
+
+@triton.jit
+def _step_nonneg(x):
+    # clamp'(x) at the bound 0: 1 at 0 (widths, heights, enclosing extents)
+    return tl.where(x < 0, 0.0, 1.0)
 
 
 @triton.jit
@@ -56,7 +81,7 @@ def _powd(x, p):
     c = _relu(x)
     pos = c > 0
     safe = tl.where(pos, c, 1.0)
-    r = tl.where(pos, tl.exp(p * tl.log(safe)), 0.0)
+    r = tl.where(pos, _math.pow_pos(safe, p), c * 0.0)  # c * 0: 0, or NaN for NaN
     if p == 0:
         r = tl.full(r.shape, 1.0, r.dtype)
     return r, tl.where(pos, p * r / safe, 0.0)
@@ -166,9 +191,9 @@ def _enclose(a0, a1, a2, a3, b0, b1, b2, b3):
 
 
 @triton.jit
-def _corner(ga, gb, g, b_wins):
-    # the winner of a min / max (ties: a) takes the gradient g
-    return ga + tl.where(b_wins, 0.0, g), gb + tl.where(b_wins, g, 0.0)
+def _split(ga, gb, g, share):
+    # g * share to a, g * (1 - share) to b (multiplications: a NaN in g reaches both)
+    return ga + g * share, gb + g * (1.0 - share)
 
 
 @triton.jit
@@ -184,23 +209,23 @@ def _pullback(a0, a1, a2, a3, b0, b1, b2, b3, aw, ah, bw, bh, iw, ih, uni, iou, 
     d_bw = d_bw + d_uni * bh
     d_bh = d_bh + d_uni * bw
     d_inter = d_inter - d_uni
-    giw = tl.where(iw > 0, d_inter * ih, 0.0)
-    gih = tl.where(ih > 0, d_inter * iw, 0.0)
-    da2, db2 = _corner(da2, db2, giw, b2 < a2)
-    da0, db0 = _corner(da0, db0, -giw, b0 > a0)
-    da3, db3 = _corner(da3, db3, gih, b3 < a3)
-    da1, db1 = _corner(da1, db1, -gih, b1 > a1)
+    giw = d_inter * ih * _step_pos(iw)
+    gih = d_inter * iw * _step_pos(ih)
+    da2, db2 = _split(da2, db2, giw, _share_min(a2, b2))
+    da0, db0 = _split(da0, db0, -giw, _share_max(a0, b0))
+    da3, db3 = _split(da3, db3, gih, _share_min(a3, b3))
+    da1, db1 = _split(da1, db1, -gih, _share_max(a1, b1))
     if ENCLOSED:
-        gcw = tl.where(cw > 0, d_cw, 0.0)
-        gch = tl.where(ch > 0, d_ch, 0.0)
-        da2, db2 = _corner(da2, db2, gcw, b2 > a2)
-        da0, db0 = _corner(da0, db0, -gcw, b0 < a0)
-        da3, db3 = _corner(da3, db3, gch, b3 > a3)
-        da1, db1 = _corner(da1, db1, -gch, b1 < a1)
-    gaw = tl.where(aw > 0, d_aw, 0.0)
-    gah = tl.where(ah > 0, d_ah, 0.0)
-    gbw = tl.where(bw > 0, d_bw, 0.0)
-    gbh = tl.where(bh > 0, d_bh, 0.0)
+        gcw = d_cw * _step_nonneg(_max(a2, b2) - _min(a0, b0))
+        gch = d_ch * _step_nonneg(_max(a3, b3) - _min(a1, b1))
+        da2, db2 = _split(da2, db2, gcw, _share_max(a2, b2))
+        da0, db0 = _split(da0, db0, -gcw, _share_min(a0, b0))
+        da3, db3 = _split(da3, db3, gch, _share_max(a3, b3))
+        da1, db1 = _split(da1, db1, -gch, _share_min(a1, b1))
+    gaw = d_aw * _step_nonneg(a2 - a0)
+    gah = d_ah * _step_nonneg(a3 - a1)
+    gbw = d_bw * _step_nonneg(b2 - b0)
+    gbh = d_bh * _step_nonneg(b3 - b1)
     ga0, ga1, ga2, ga3 = _from_xyxy_grad(da0 - gaw + d_dxc, da1 - gah + d_dyc, da2 + gaw + d_dxc, da3 + gah + d_dyc, FMT)
     gb0, gb1, gb2, gb3 = _from_xyxy_grad(db0 - gbw - d_dxc, db1 - gbh - d_dyc, db2 + gbw - d_dxc, db3 + gbh - d_dyc, FMT)
     return ga0, ga1, ga2, ga3, gb0, gb1, gb2, gb3
@@ -272,13 +297,11 @@ def _side_grad(up, value, diff, inv, cw, d_wa, d_wb, d_cw):
 
 @triton.jit
 def _siou_shape_grad(gs, wa, wb, o, im, e, d_wa, d_wb):
-    # (1 - exp(-o))^4 / 2, o = |wa - wb| / (max(wa, wb) + eps); max ties go to wa
+    # (1 - exp(-o))^4 / 2, o = |wa - wb| / (max(wa, wb) + eps); max ties split
     s = 1.0 - e
     go = gs * 4.0 * s * s * s * e
     gnum = go * im * _sign(wa - wb)
-    gm = -go * o * im
-    b_max = wb > wa
-    return d_wa + gnum + tl.where(b_max, 0.0, gm), d_wb - gnum + tl.where(b_max, gm, 0.0)
+    return _split(d_wa + gnum, d_wb - gnum, -go * o * im, _share_max(wa, wb))
 
 
 @triton.jit
@@ -301,7 +324,7 @@ def _loss(P, T, cols, eps, power, gamma, KIND: tl.constexpr, FMT: tl.constexpr, 
     da0, da1, da2, da3, cw, ch = z, z, z, z, z, z
     if KIND == 1:  # log_iou: -power ln(max(IoU, eps)) (arXiv 1608.01471)
         floor = eps > iou
-        loss = -power * tl.log(tl.where(floor, eps, iou))
+        loss = -power * _math.log(tl.where(floor, eps, iou))
         d_iou = tl.where(floor, 0.0, -power / tl.where(floor, 1.0, iou))
     else:
         ip, dp = _powd1(iou, power, POWER_ONE)
@@ -349,14 +372,14 @@ def _loss(P, T, cols, eps, power, gamma, KIND: tl.constexpr, FMT: tl.constexpr, 
                 iy = 1.0 / (ch * ch + eps)
                 rx = dx * dx * ix
                 ry = dy * dy * iy
-                ex = tl.exp(-gam * rx)
-                ey = tl.exp(-gam * ry)
+                ex = _math.exp(-gam * rx)
+                ey = _math.exp(-gam * ry)
                 imw = 1.0 / (_max(aw, bw) + eps)
                 imh = 1.0 / (_max(ah, bh) + eps)
                 ow = tl.abs(aw - bw) * imw
                 oh = tl.abs(ah - bh) * imh
-                ew = tl.exp(-ow)
-                eh = tl.exp(-oh)
+                ew = _math.exp(-ow)
+                eh = _math.exp(-oh)
                 sw = 1.0 - ew
                 sh = 1.0 - eh
                 q = ((2.0 - ex - ey) + (sw * sw * sw * sw + sh * sh * sh * sh)) * 0.5
@@ -412,7 +435,8 @@ def _loss(P, T, cols, eps, power, gamma, KIND: tl.constexpr, FMT: tl.constexpr, 
     g0, g1, g2, g3, _0, _1, _2, _3 = _pullback(a0, a1, a2, a3, b0, b1, b2, b3, aw, ah, bw, bh, iw, ih, uni, iou, cw, ch, eps, d_iou, z, d_uni,
                                                d_aw, d_ah, d_bw, d_bh, d_cw, d_ch, d_dxc, d_dyc, da0, da1, da2, da3, z, z, z, z, KIND > 1,
                                                FMT)
-    return loss, _cols4(g0, g1, g2, g3, cols)
+    carrier = loss * 0.0  # NaN policy: a NaN loss reaches every gradient component
+    return loss, _cols4(g0 + carrier, g1 + carrier, g2 + carrier, g3 + carrier, cols)
 
 
 @triton.jit
@@ -485,7 +509,7 @@ def loss_forward(pred, target, weight, kind, fmt, eps, power, gamma, reduction, 
     if not reduce:
         return out, cache
     total = out.sum()
-    return (total / n if reduction == 2 else total), cache
+    return (total / max(n, 1) if reduction == 2 else total), cache  # mean of nothing: 0
 
 
 def loss_backward(grad, pred, target, weight, kind, fmt, eps, power, gamma, reduction):
@@ -493,7 +517,7 @@ def loss_backward(grad, pred, target, weight, kind, fmt, eps, power, gamma, redu
     out = torch.empty_like(pred)
     w = weight if weight is not None else pred
     if n:
-        scale = 1.0 / n if reduction == 2 else 1.0
+        scale = 1.0 / max(n, 1) if reduction == 2 else 1.0
         _loss_backward_kernel[(triton.cdiv(n, BLOCK),)](pred, target, w, grad, out, n, eps, power, gamma, scale, PER_BOX_GRAD=reduction == 0,
                                                          **_meta(pred, weight, kind, fmt, power))
     return out
@@ -541,7 +565,8 @@ def _metric(A, B, cols, eps, KIND: tl.constexpr, FMT: tl.constexpr, GRAD: tl.con
         ga0, ga1, ga2, ga3, gb0, gb1, gb2, gb3 = _pullback(a0, a1, a2, a3, b0, b1, b2, b3, aw, ah, bw, bh, iw, ih, uni, iou, cw, ch, eps, d_iou,
                                                            d_inter, d_uni, d_aw, d_ah, d_bw, d_bh, d_cw, d_ch, d_dxc, d_dyc, z, z, z, z, z, z,
                                                            z, z, KIND > 1, FMT)
-        return m, _cols4(ga0, ga1, ga2, ga3, cols), _cols4(gb0, gb1, gb2, gb3, cols)
+        c = m * 0.0  # NaN policy: a NaN metric reaches every gradient component
+        return m, _cols4(ga0 + c, ga1 + c, ga2 + c, ga3 + c, cols), _cols4(gb0 + c, gb1 + c, gb2 + c, gb3 + c, cols)
     else:
         return m, A * 0.0, A * 0.0
 

@@ -17,15 +17,9 @@ import triton.language as tl
 
 from fastloss import _backend
 from fastloss.ops._common import reduced_dtype
+from fastloss.triton_kernels import _math
 
 TILE = 4096  # elements per program (BLOCK_C * BLOCK_S)
-
-
-@triton.jit
-def _log1p_small(e):
-    # log(1 + e) for e in (0, 1], accurate for tiny e: log(u) * e / (u - 1), u = 1 + e
-    u = 1.0 + e
-    return tl.where(u == 1.0, e, tl.log(u) * e / (u - 1.0))
 
 
 @triton.jit
@@ -43,13 +37,13 @@ def _tile(x_ptr, t_ptr, n, blk, C, S, ignore_index, ACT: tl.constexpr, LABELS: t
         x = tl.load(x_ptr + offs, mask=valid, other=0.0).to(COMPUTE)
         x = tl.where(cmask[:, None], x, float("-inf"))
         mx = tl.max(x, axis=0)
-        e = tl.exp(x - mx[None, :])
+        e = _math.exp(x - mx[None, :])
         ssum = tl.sum(e, axis=0)
         p = e / ssum[None, :]
     else:
         x = tl.load(x_ptr + offs, mask=valid, other=0.0).to(COMPUTE)
         if ACT == 1:
-            p = 1.0 / (1.0 + tl.exp(-x))
+            p = 1.0 / (1.0 + _math.exp(-x))
         else:
             p = x
         mx = tl.zeros([BLOCK_S], COMPUTE)
@@ -99,12 +93,12 @@ def _sums_kernel(x_ptr, t_ptr, part_ptr, cepart_ptr, C, S, NBLK, ignore_index, A
     if WITH_CE:
         if ACT == 2:
             xs = tl.where(valid, x, 0.0)
-            lse = mx + tl.log(ssum)
+            lse = mx + _math.log(ssum)
             ce_px = tl.sum(g, axis=0) * lse - tl.sum(g * xs, axis=0)
             ce = tl.sum(tl.where(mp, ce_px, 0.0), axis=0)
             cnt = tl.sum(mp.to(COMPUTE), axis=0)
         else:
-            bce = tl.where(x > 0, x, 0.0) - x * g + _log1p_small(tl.exp(-tl.abs(x)))
+            bce = tl.where(x >= 0, x * (1.0 - g), -x * g) + _math.log1p(_math.exp(-tl.abs(x)))
             ce = tl.sum(tl.sum(tl.where(m > 0, bce, 0.0), axis=1), axis=0)
             cnt = tl.sum(tl.sum(m, axis=1), axis=0)
         cout = cepart_ptr + (n.to(tl.int64) * NBLK + blk) * 2
@@ -133,14 +127,19 @@ def _grad_kernel(x_ptr, t_ptr, coef_ptr, cecoef_ptr, out_ptr, C, S, ignore_index
         r = p * (d - dot[None, :])
         if WITH_CE:
             e = tl.load(cecoef_ptr + n.to(tl.int64) * 2).to(COMPUTE)
-            r = r + e * m * (tl.sum(g, axis=0)[None, :] * p - g)
+            # (sum g - g) p - g (1 - p); 1 - p of the (first) argmax class is the sum of the other
+            # classes' p (no cancellation for a confident pixel; padded classes have p = 0)
+            is_amax = c[:, None] == tl.argmax(x, axis=0)[None, :]
+            others = tl.sum(tl.where(is_amax, 0.0, p), axis=0)
+            q = tl.where(is_amax, others[None, :], 1.0 - p)
+            r = r + e * m * ((tl.sum(g, axis=0)[None, :] - g) * p - g * q)
     elif ACT == 1:
         # p (1 - p) without cancellation: sigmoid(x) sigmoid(-x)
-        sn = 1.0 / (1.0 + tl.exp(x))
+        sn = 1.0 / (1.0 + _math.exp(x))
         r = p * sn * d
         if WITH_CE:
             e = tl.load(cecoef_ptr + n.to(tl.int64) * 2).to(COMPUTE)
-            r = r + e * m * (p - g)
+            r = r + e * m * ((1.0 - g) * p - g * sn)  # p - g, exact for hard targets
     else:
         r = d
     tl.store(out_ptr + offs, r.to(out_ptr.dtype.element_ty), mask=valid)

@@ -8,6 +8,9 @@ Lin et al., "Focal Loss for Dense Object Detection", ICCV 2017 (arXiv 1708.02002
     L = a_t q^gamma ce
     dL/dx = a_t q^gamma [(p - t) + gamma ce r],   r = (1 - 2t) p (1 - p) / q  (0 where q = 0)
 
+p - t is evaluated as (1 - t) p - t sigmoid(-x) (no cancellation for confident positives) and
+1 - alpha is formed in double by the launcher.
+
 The same math as csrc/kernels/sigmoid_focal_loss.h.  Targets are float (one per logit)
 or int64 class labels (one per row of C logits, compared with the column in registers:
 no one-hot).  Reductions are deterministic: each program writes one fp32 partial sum and
@@ -19,40 +22,34 @@ import triton.language as tl
 
 from fastloss import _backend
 from fastloss.ops._common import reduced_dtype
+from fastloss.triton_kernels import _math
 
 BLOCK = 1024
 
 
 @triton.jit
-def _log1p_small(e):
-    # log(1 + e) for e in (0, 1], accurate for tiny e (no libdevice log1p in every Triton):
-    # log(u) * e / (u - 1) with u = 1 + e corrects the rounding of u.
-    u = 1.0 + e
-    return tl.where(u == 1.0, e, tl.log(u) * e / (u - 1.0))
-
-
-@triton.jit
-def _focal_terms(x, t, alpha, gamma, GAMMA_MODE: tl.constexpr, USE_ALPHA: tl.constexpr, NEED_GRAD: tl.constexpr):
-    e = tl.exp(-tl.abs(x))
+def _focal_terms(x, t, alpha, one_minus_alpha, gamma, GAMMA_MODE: tl.constexpr, USE_ALPHA: tl.constexpr, NEED_GRAD: tl.constexpr):
+    e = _math.exp(-tl.abs(x))
     inv = 1.0 / (1.0 + e)
     s_pos = tl.where(x >= 0, inv, e * inv)  # sigmoid(x)
     s_neg = tl.where(x >= 0, e * inv, inv)  # sigmoid(-x), no cancellation
-    ce = tl.where(x > 0, x, 0.0) - x * t + _log1p_small(e)
+    ce = tl.where(x >= 0, x * (1.0 - t), -x * t) + _math.log1p(e)  # max(x, 0) - x t, exact for t = 1
     q = t * s_neg + (1.0 - t) * s_pos
     if GAMMA_MODE == 0:
         qg = tl.full(q.shape, 1.0, q.dtype)
     elif GAMMA_MODE == 2:
         qg = q * q
     else:
-        qg = tl.where(q > 0, tl.exp(gamma * tl.log(q)), 0.0)
+        qg = tl.where(q > 0, _math.pow_pos(tl.where(q > 0, q, 1.0), gamma), 0.0)
     a_t = 1.0
     if USE_ALPHA:
-        a_t = alpha * t + (1.0 - alpha) * (1.0 - t)
+        a_t = alpha * t + one_minus_alpha * (1.0 - t)
     loss = a_t * qg * ce
     grad = loss
     if NEED_GRAD:
         r = tl.where(q > 0, (1.0 - 2.0 * t) * s_pos * s_neg / q, 0.0)
-        grad = a_t * qg * ((s_pos - t) + gamma * ce * r)
+        p_minus_t = (1.0 - t) * s_pos - t * s_neg  # p - t without cancellation
+        grad = a_t * qg * (p_minus_t + gamma * ce * r)
     return loss, grad
 
 
@@ -87,12 +84,12 @@ def _offsets(numel, BLOCK: tl.constexpr, INT64: tl.constexpr):
 
 
 @triton.jit
-def _forward_kernel(x_ptr, t_ptr, w_ptr, out_ptr, partial_ptr, cache_ptr, numel, C, alpha, gamma, GAMMA_MODE: tl.constexpr,
+def _forward_kernel(x_ptr, t_ptr, w_ptr, out_ptr, partial_ptr, cache_ptr, numel, C, alpha, one_minus_alpha, gamma, GAMMA_MODE: tl.constexpr,
                     USE_ALPHA: tl.constexpr, LABELS: tl.constexpr, WEIGHT_MODE: tl.constexpr, REDUCE: tl.constexpr,
                     WITH_GRAD: tl.constexpr, COMPUTE: tl.constexpr, INT64: tl.constexpr, BLOCK: tl.constexpr):
     offs, mask = _offsets(numel, BLOCK, INT64)
     x, t, w = _load_inputs(x_ptr, t_ptr, w_ptr, offs, mask, C, COMPUTE, LABELS, WEIGHT_MODE)
-    loss, grad = _focal_terms(x, t, alpha, gamma, GAMMA_MODE, USE_ALPHA, WITH_GRAD)
+    loss, grad = _focal_terms(x, t, alpha, one_minus_alpha, gamma, GAMMA_MODE, USE_ALPHA, WITH_GRAD)
     if WITH_GRAD:
         tl.store(cache_ptr + offs, grad * w, mask=mask)
     loss = tl.where(mask, loss * w, 0.0)
@@ -103,12 +100,12 @@ def _forward_kernel(x_ptr, t_ptr, w_ptr, out_ptr, partial_ptr, cache_ptr, numel,
 
 
 @triton.jit
-def _backward_kernel(x_ptr, t_ptr, w_ptr, g_ptr, out_ptr, numel, C, alpha, gamma, scale, GAMMA_MODE: tl.constexpr,
+def _backward_kernel(x_ptr, t_ptr, w_ptr, g_ptr, out_ptr, numel, C, alpha, one_minus_alpha, gamma, scale, GAMMA_MODE: tl.constexpr,
                      USE_ALPHA: tl.constexpr, LABELS: tl.constexpr, WEIGHT_MODE: tl.constexpr, PER_ELEM_GRAD: tl.constexpr,
                      COMPUTE: tl.constexpr, INT64: tl.constexpr, BLOCK: tl.constexpr):
     offs, mask = _offsets(numel, BLOCK, INT64)
     x, t, w = _load_inputs(x_ptr, t_ptr, w_ptr, offs, mask, C, COMPUTE, LABELS, WEIGHT_MODE)
-    _, grad = _focal_terms(x, t, alpha, gamma, GAMMA_MODE, USE_ALPHA, True)
+    _, grad = _focal_terms(x, t, alpha, one_minus_alpha, gamma, GAMMA_MODE, USE_ALPHA, True)
     if PER_ELEM_GRAD:
         up = tl.load(g_ptr + offs, mask=mask, other=0.0).to(COMPUTE)
     else:
@@ -138,12 +135,12 @@ def forward(input, target, weight, alpha, gamma, reduction, with_grad):
     reduce = reduction != 0
     out = torch.empty(grid[0], dtype=acc, device=input.device) if reduce else torch.empty_like(input)
     if numel:
-        _forward_kernel[grid](input, target, w, out, out, cache, numel, C, alpha, gamma, REDUCE=reduce, WITH_GRAD=with_grad,
+        _forward_kernel[grid](input, target, w, out, out, cache, numel, C, alpha, 1.0 - alpha, gamma, REDUCE=reduce, WITH_GRAD=with_grad,
                               **meta)
     if not reduce:
         return out, cache
     total = out.sum()
-    return (total / numel if reduction == 2 else total), cache
+    return (total / max(numel, 1) if reduction == 2 else total), cache  # mean of nothing: 0
 
 
 def backward(grad, input, target, weight, alpha, gamma, reduction):
@@ -151,7 +148,7 @@ def backward(grad, input, target, weight, alpha, gamma, reduction):
     out = torch.empty_like(input)
     if numel:
         scale = 1.0 / numel if reduction == 2 else 1.0
-        _backward_kernel[(triton.cdiv(numel, BLOCK),)](input, target, w, grad, out, numel, C, alpha, gamma, scale,
+        _backward_kernel[(triton.cdiv(numel, BLOCK),)](input, target, w, grad, out, numel, C, alpha, 1.0 - alpha, gamma, scale,
                                                        PER_ELEM_GRAD=reduction == 0, **meta)
     return out
 

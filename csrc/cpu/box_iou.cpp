@@ -135,7 +135,7 @@ double paired_cpu(const BoxLossArgs& a, const at::Tensor& upstream, at::Tensor& 
   acc_t g_scale = acc_t(1);
   if (kBackward && !per_box_upstream) {
     g_scale = upstream.item<acc_t>();  // a CPU scalar: no device sync
-    if (a.reduction == Reduction::Mean) g_scale /= static_cast<acc_t>(a.n);
+    if (a.reduction == Reduction::Mean) g_scale = static_cast<acc_t>(static_cast<double>(g_scale) / mean_count(a.n));
   }
   const box::Params<acc_t> prm{a.prm.kind, a.prm.fmt, static_cast<acc_t>(a.prm.eps), static_cast<acc_t>(a.prm.power),
                                static_cast<acc_t>(a.prm.gamma)};
@@ -182,7 +182,7 @@ std::tuple<at::Tensor, at::Tensor> loss_forward_cpu(const at::Tensor& pred, cons
                                   [&] { total = paired_cpu<scalar_t, false>(a, at::Tensor(), out, cache); });
   if (!with_grad) cache = at::empty({0}, acc_options);
   if (a.reduction == Reduction::None) return {out, cache};
-  if (a.reduction == Reduction::Mean) total /= static_cast<double>(a.n);
+  if (a.reduction == Reduction::Mean) total /= mean_count(a.n);
   return {at::scalar_tensor(total, acc_options), cache};
 }
 

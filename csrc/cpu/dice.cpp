@@ -31,8 +31,10 @@ using dice::Args;
 constexpr int64_t kPix = 4096;  // pixels per deterministic reduction block (a multiple of every Vec size)
 
 // Per chunk of <= V pixels: the label (as acc_t, -1 for ignored / tail lanes) and the mask.
+// Labels were validated by the op (fastloss/ops/dice.py) before any backend ran; an
+// out-of-range one matches no class here.
 template <typename acc_t, typename label_t>
-inline void load_labels(const Args& a, const label_t* lab, int64_t n, bool check, Vec<acc_t>& labf, Vec<acc_t>& mask) {
+inline void load_labels(const Args& a, const label_t* lab, int64_t n, Vec<acc_t>& labf, Vec<acc_t>& mask) {
   constexpr int64_t V = Vec<acc_t>::size();
   alignas(64) acc_t lb[V], mb[V];
   const bool binary = a.C == 1 && a.activation != dice::kSoftmax;
@@ -49,11 +51,6 @@ inline void load_labels(const Args& a, const label_t* lab, int64_t n, bool check
       mb[j] = acc_t(0);
       continue;
     }
-    if (check) {
-      TORCH_CHECK_VALUE(l >= 0 && l < hi, "dice: label ", l, " in `target` is out of range: labels must be in [0, ", hi, ")",
-                        a.has_ignore ? " or equal ignore_index" : "");
-    }
-    // out-of-range labels (unchecked pass 2 only sees checked ones) never match a class
     lb[j] = (l >= 0 && l < hi) ? static_cast<acc_t>(l) : acc_t(-1);
     mb[j] = acc_t(1);
   }
@@ -85,19 +82,28 @@ inline void load_float_target(const Args& a, const scalar_t* t, int64_t n, const
 
 // Softmax numerators of one chunk of k pixels over the C channels of image xn (channel
 // stride S): x[c] = the logits, e[c] = exp(x[c] - mx) (e may alias x), sum = sum_c e[c].
+// With `amax` / `rest`: the first argmax class (as a float lane) and the sum of e over the
+// other classes, so 1 - p of the argmax class is rest / sum without the cancellation of
+// 1 - p (dice::one_minus_p).
 template <typename acc_t, typename scalar_t>
 inline void softmax_exp(const scalar_t* xn, int64_t s, int64_t k, int64_t C, int64_t S, Vec<acc_t>* x, Vec<acc_t>* e, Vec<acc_t>& mx,
-                        Vec<acc_t>& sum) {
+                        Vec<acc_t>& sum, Vec<acc_t>* amax = nullptr, Vec<acc_t>* rest = nullptr) {
   mx = Vec<acc_t>(-std::numeric_limits<acc_t>::infinity());
+  Vec<acc_t> am(acc_t(0));
   for (int64_t c = 0; c < C; ++c) {
     x[c] = cpu::load<acc_t>(xn + c * S + s, k);
+    if (amax != nullptr) am = Vec<acc_t>::blendv(am, Vec<acc_t>(static_cast<acc_t>(c)), x[c] > mx);
     mx = at::vec::maximum(mx, x[c]);
   }
   sum = Vec<acc_t>(acc_t(0));
+  Vec<acc_t> others(acc_t(0));
   for (int64_t c = 0; c < C; ++c) {
     e[c] = (x[c] - mx).exp_u20();  // ATen softmax's exp (<= 2 ulp), argument <= 0
     sum = sum + e[c];
+    if (rest != nullptr) others = others + Vec<acc_t>::blendv(e[c], Vec<acc_t>(acc_t(0)), am == Vec<acc_t>(static_cast<acc_t>(c)));
   }
+  if (amax != nullptr) *amax = am;
+  if (rest != nullptr) *rest = others;
 }
 
 // ------------------------------------------------------------------ pass 1
@@ -127,7 +133,7 @@ void sums_cpu(const Args& a, bool with_ce, at::Tensor& sums, at::Tensor& ce) {
       for (int64_t s = s0; s < s1; s += V) {
         const int64_t k = std::min(V, s1 - s);
         Vec<acc_t> labf, m = tail01<acc_t>(k);
-        if (a.labels) load_labels<acc_t>(a, lab_ptr + n * S + s, k, true, labf, m);
+        if (a.labels) load_labels<acc_t>(a, lab_ptr + n * S + s, k, labf, m);
         auto target = [&](int64_t c, Vec<acc_t>& g, Vec<acc_t>& mc) {
           if (a.labels) {
             g = target_of(labf, c, binary);
@@ -235,7 +241,7 @@ void grad_cpu(const Args& a, const at::Tensor& gsums, const at::Tensor& gce, at:
       for (int64_t s = s0; s < s1; s += V) {
         const int64_t k = std::min(V, s1 - s);
         Vec<acc_t> labf, m = tail01<acc_t>(k);
-        if (a.labels) load_labels<acc_t>(a, lab_ptr + n * S + s, k, false, labf, m);
+        if (a.labels) load_labels<acc_t>(a, lab_ptr + n * S + s, k, labf, m);
         auto target = [&](int64_t c, Vec<acc_t>& g, Vec<acc_t>& mc) {
           if (a.labels) {
             g = target_of(labf, c, binary);
@@ -245,8 +251,8 @@ void grad_cpu(const Args& a, const at::Tensor& gsums, const at::Tensor& gce, at:
           }
         };
         if (softmax) {
-          Vec<acc_t> mx, sum;
-          softmax_exp<acc_t>(xn, s, k, C, S, pbuf.data(), pbuf.data(), mx, sum);
+          Vec<acc_t> mx, sum, amax, rest;
+          softmax_exp<acc_t>(xn, s, k, C, S, pbuf.data(), pbuf.data(), mx, sum, &amax, &rest);
           const Vec<acc_t> inv = Vec<acc_t>(acc_t(1)) / sum;
           Vec<acc_t> dot(acc_t(0)), gsum(acc_t(0));
           for (int64_t c = 0; c < C; ++c) {
@@ -262,7 +268,8 @@ void grad_cpu(const Args& a, const at::Tensor& gsums, const at::Tensor& gce, at:
             if (with_ce) {
               Vec<acc_t> g, mc;
               target(c, g, mc);
-              r = r + e_ce * mc * (gsum * pbuf[c] - g);
+              const Vec<acc_t> q = Vec<acc_t>::blendv(Vec<acc_t>(acc_t(1)) - pbuf[c], rest * inv, amax == Vec<acc_t>(static_cast<acc_t>(c)));
+              r = r + e_ce * mc * dice::ce_softmax_grad(pbuf[c], q, g, gsum);
             }
             cpu::store<acc_t>(on + c * S + s, r, k);
           }
@@ -276,7 +283,7 @@ void grad_cpu(const Args& a, const at::Tensor& gsums, const at::Tensor& gce, at:
               Vec<acc_t> sp, sn;
               dice::sigmoid2(x, sp, sn);
               r = sp * sn * dice::dloss_dp(sp, g, mc, Vec<acc_t>(cn[3 * c]), Vec<acc_t>(cn[3 * c + 1]), sq);
-              if (with_ce) r = r + e_ce * mc * (sp - g);
+              if (with_ce) r = r + e_ce * mc * dice::p_minus_t(sp, sn, g);
             } else {
               r = dice::dloss_dp(x, g, mc, Vec<acc_t>(cn[3 * c]), Vec<acc_t>(cn[3 * c + 1]), sq);
             }

@@ -4,7 +4,8 @@
 // dL/dx at the same time (with_grad) and the backward only scales it.
 // The math is csrc/kernels/sigmoid_focal_loss.h, shared with the CUDA kernels; the
 // calling convention (prepared by fastloss/ops/sigmoid_focal_loss.py) is in
-// csrc/fastloss.cpp.
+// csrc/fastloss.cpp.  Class labels are validated by the op before any backend runs; here
+// they are only compared with the column index (an out-of-range label matches no class).
 #include <ATen/Dispatch.h>
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
@@ -40,9 +41,9 @@ double focal_cpu(const FocalArgs& a, const at::Tensor& upstream, at::Tensor& out
   acc_t g_scale = acc_t(1);
   if (kBackward && !per_elem_upstream) {
     g_scale = upstream.item<acc_t>();  // a CPU scalar: no device sync
-    if (a.reduction == Reduction::Mean) g_scale /= static_cast<acc_t>(a.numel);
+    if (a.reduction == Reduction::Mean) g_scale = static_cast<acc_t>(static_cast<double>(g_scale) / mean_count(a.numel));
   }
-  const focal::Params<acc_t> prm{static_cast<acc_t>(a.alpha), static_cast<acc_t>(a.gamma)};
+  const focal::Params<acc_t> prm{static_cast<acc_t>(a.alpha), static_cast<acc_t>(1.0 - a.alpha), static_cast<acc_t>(a.gamma)};
   const bool row_data = labels || a.weight_mode == WeightMode::Row;
   const int64_t row_len = row_data ? a.C : a.numel;
 
@@ -76,20 +77,9 @@ double focal_cpu(const FocalArgs& a, const at::Tensor& upstream, at::Tensor& out
   });
 }
 
-void check_labels_cpu(const FocalArgs& a) {
-  if (!a.labels) return;
-  const int64_t* lab = a.target.const_data_ptr<int64_t>();
-  const int64_t rows = a.target.numel();
-  for (int64_t r = 0; r < rows; ++r) {
-    TORCH_CHECK_VALUE(lab[r] >= 0 && lab[r] <= a.C, "sigmoid_focal_loss: class label ", lab[r], " in `target` is out of range: labels must be in [0, ", a.C,
-                      "] (", a.C, " = background)");
-  }
-}
-
 std::tuple<at::Tensor, at::Tensor> forward_cpu(const at::Tensor& input, const at::Tensor& target, const c10::optional<at::Tensor>& weight,
                                                double alpha, double gamma, int64_t reduction, bool with_grad) {
   const FocalArgs a = make_focal_args(input, target, weight, alpha, gamma, reduction);
-  check_labels_cpu(a);
   const auto acc_options = input.options().dtype(reduced_dtype(input.scalar_type()));
   at::Tensor out = a.reduction == Reduction::None ? at::empty_like(input) : at::Tensor();
   at::Tensor cache = with_grad ? at::empty(input.sizes(), acc_options) : at::Tensor();
@@ -98,7 +88,7 @@ std::tuple<at::Tensor, at::Tensor> forward_cpu(const at::Tensor& input, const at
                                   [&] { total = focal_cpu<scalar_t, false>(a, at::Tensor(), out, cache); });
   if (!with_grad) cache = at::empty({0}, acc_options);
   if (a.reduction == Reduction::None) return {out, cache};
-  if (a.reduction == Reduction::Mean) total /= static_cast<double>(a.numel);
+  if (a.reduction == Reduction::Mean) total /= mean_count(a.numel);
   return {at::scalar_tensor(total, acc_options), cache};
 }
 
@@ -106,7 +96,6 @@ at::Tensor backward_cpu(const at::Tensor& grad, const at::Tensor& input, const a
                         double alpha, double gamma, int64_t reduction) {
   const FocalArgs a = make_focal_args(input, target, weight, alpha, gamma, reduction);
   check_upstream(grad, a);
-  check_labels_cpu(a);
   at::Tensor out = at::empty_like(input), no_cache;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), "sigmoid_focal_loss_backward_cpu",
                                   [&] { focal_cpu<scalar_t, true>(a, grad, out, no_cache); });

@@ -120,7 +120,7 @@ at::Tensor launch(const at::Tensor& pred, const at::Tensor& target, const c10::o
   p.w = (weight.has_value() && weight->defined()) ? weight->const_data_ptr<acc_t>() : nullptr;
   p.up = (kBackward && reduction == 0) ? upstream.const_data_ptr<scalar_t>() : nullptr;
   p.up_scalar = (kBackward && reduction != 0) ? upstream.const_data_ptr<acc_t>() : nullptr;
-  p.up_scale = reduction == 2 && n > 0 ? acc_t(1) / static_cast<acc_t>(n) : acc_t(1);
+  p.up_scale = static_cast<acc_t>(reduction == 2 ? 1.0 / mean_count(n) : 1.0);  // formed in double
   p.out = reduced_forward ? nullptr : out.mutable_data_ptr<scalar_t>();
   p.partial = reduced_forward ? partial.mutable_data_ptr<acc_t>() : nullptr;
   p.cache = cache.defined() ? cache.mutable_data_ptr<acc_t>() : nullptr;
@@ -134,7 +134,7 @@ at::Tensor launch(const at::Tensor& pred, const at::Tensor& target, const c10::o
   if (!reduced_forward) return out;
   if (n == 0) partial.zero_();
   at::Tensor total = at::sum(partial);
-  return reduction == 2 ? total.div_(static_cast<double>(n)) : total;
+  return reduction == 2 ? total.div_(mean_count(n)) : total;
 }
 
 std::tuple<at::Tensor, at::Tensor> loss_forward_cuda(const at::Tensor& pred, const at::Tensor& target, const c10::optional<at::Tensor>& weight,

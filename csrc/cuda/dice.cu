@@ -52,13 +52,16 @@ struct DiceDims {
   int64_t ignore_index;
 };
 
-// Per-pixel state of a thread: pixel mask, label, softmax max and 1/sum.
+// Per-pixel state of a thread: pixel mask, label, softmax max and 1/sum, and the first argmax
+// class with the sum of the other classes' exponentials (1 - p of the argmax class without
+// cancellation).
 template <typename acc_t>
 struct Pixel {
   bool in;
   acc_t m;
   int64_t lab;
-  acc_t mx, inv;
+  acc_t mx, inv, rest;
+  int64_t amax;
 };
 
 template <typename acc_t, typename scalar_t, typename label_t>
@@ -69,6 +72,8 @@ __device__ __forceinline__ void pixel_setup(const DicePtrs<scalar_t, label_t>& p
   px.lab = -1;
   px.mx = acc_t(0);
   px.inv = acc_t(1);
+  px.rest = acc_t(0);
+  px.amax = 0;
   if (!px.in) return;
   if (p.labels != nullptr) {
     const int64_t l = static_cast<int64_t>(p.labels[n * d.S + s]);
@@ -80,18 +85,24 @@ __device__ __forceinline__ void pixel_setup(const DicePtrs<scalar_t, label_t>& p
   }
   if (d.activation == dice::kSoftmax) {
     const scalar_t* xp = p.x + n * d.C * d.S + s;
-    acc_t mx = -static_cast<acc_t>(INFINITY), sum = acc_t(0);
-    for (int64_t c = 0; c < d.C; ++c) {  // online softmax: one read of the pixel's logits
+    // online softmax, one read of the pixel's logits; rest = the sum of exp(x - mx) over the
+    // classes other than the (first) argmax, whose own term is 1
+    acc_t mx = -static_cast<acc_t>(INFINITY), rest = acc_t(0);
+    int64_t amax = 0;
+    for (int64_t c = 0; c < d.C; ++c) {
       const acc_t v = static_cast<acc_t>(xp[c * d.S]);
       if (v > mx) {
-        sum = sum * fl::exp(mx - v) + acc_t(1);
+        rest = (rest + acc_t(1)) * fl::exp(mx - v);  // the old argmax joins the others (0 at the first class)
         mx = v;
+        amax = c;
       } else {
-        sum += fl::exp(v - mx);  // NaN v lands here: NaN propagates through sum
+        rest += fl::exp(v - mx);  // NaN v lands here: NaN propagates through the sum
       }
     }
     px.mx = mx;
-    px.inv = acc_t(1) / sum;
+    px.rest = rest;
+    px.amax = amax;
+    px.inv = acc_t(1) / (rest + acc_t(1));
   }
 }
 
@@ -215,7 +226,10 @@ __global__ void __launch_bounds__(kThreads) dice_grad_kernel(DicePtrs<scalar_t, 
         target_at(p, d, px, idx, c, g, mc);
         const acc_t pr = prob(static_cast<acc_t>(p.x[idx]), px, d.activation);
         acc_t r = pr * (dice::dloss_dp(pr, g, mc, cn[3 * c], cn[3 * c + 1], d.squared) - dot);
-        if (cecoef != nullptr) r += e * mc * (gs * pr - g);
+        if (cecoef != nullptr) {
+          const acc_t q = c == px.amax ? px.rest * px.inv : acc_t(1) - pr;  // 1 - p
+          r += e * mc * dice::ce_softmax_grad(pr, q, g, gs);
+        }
         out[idx] = static_cast<scalar_t>(r);
       }
     } else {
@@ -229,7 +243,7 @@ __global__ void __launch_bounds__(kThreads) dice_grad_kernel(DicePtrs<scalar_t, 
           acc_t sp, sn;
           dice::sigmoid2(x, sp, sn);
           r = sp * sn * dice::dloss_dp(sp, g, mc, cn[3 * c], cn[3 * c + 1], d.squared);
-          if (cecoef != nullptr) r += e * mc * (sp - g);
+          if (cecoef != nullptr) r += e * mc * dice::p_minus_t(sp, sn, g);
         } else {
           r = dice::dloss_dp(x, g, mc, cn[3 * c], cn[3 * c + 1], d.squared);
         }

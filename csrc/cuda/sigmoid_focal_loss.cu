@@ -101,7 +101,7 @@ at::Tensor launch(const FocalArgs& a, const at::Tensor& upstream, const at::Tens
   const int64_t blocks = std::max<int64_t>(1, std::min(kMaxBlocks, (a.numel + kThreads * kUnroll - 1) / (kThreads * kUnroll)));
   at::Tensor out = reduced_forward ? at::Tensor() : at::empty_like(a.input);
   at::Tensor partial = reduced_forward ? at::empty({blocks}, a.input.options().dtype(reduced_dtype(a.input.scalar_type()))) : at::Tensor();
-  const focal::Params<acc_t> prm{static_cast<acc_t>(a.alpha), static_cast<acc_t>(a.gamma)};
+  const focal::Params<acc_t> prm{static_cast<acc_t>(a.alpha), static_cast<acc_t>(1.0 - a.alpha), static_cast<acc_t>(a.gamma)};
   auto fill = [&](auto& p) {
     p.x = a.input.const_data_ptr<scalar_t>();
     p.t = a.labels ? nullptr : a.target.const_data_ptr<scalar_t>();
@@ -110,7 +110,7 @@ at::Tensor launch(const FocalArgs& a, const at::Tensor& upstream, const at::Tens
     p.w_row = a.weight_mode == WeightMode::Row;
     p.up = (kBackward && a.reduction == Reduction::None) ? upstream.const_data_ptr<scalar_t>() : nullptr;
     p.up_scalar = (kBackward && a.reduction != Reduction::None) ? upstream.const_data_ptr<acc_t>() : nullptr;
-    p.up_scale = a.reduction == Reduction::Mean ? acc_t(1) / static_cast<acc_t>(a.numel) : acc_t(1);
+    p.up_scale = static_cast<acc_t>(a.reduction == Reduction::Mean ? 1.0 / mean_count(a.numel) : 1.0);  // formed in double
     p.out = reduced_forward ? nullptr : out.mutable_data_ptr<scalar_t>();
     p.partial = reduced_forward ? partial.mutable_data_ptr<acc_t>() : nullptr;
     p.cache = cache.defined() ? cache.mutable_data_ptr<acc_t>() : nullptr;
@@ -134,7 +134,7 @@ at::Tensor launch(const FocalArgs& a, const at::Tensor& upstream, const at::Tens
   if (!reduced_forward) return out;
   if (a.numel == 0) partial.zero_();
   at::Tensor total = at::sum(partial);
-  return a.reduction == Reduction::Mean ? total.div_(static_cast<double>(a.numel)) : total;
+  return a.reduction == Reduction::Mean ? total.div_(mean_count(a.numel)) : total;
 }
 
 // with_grad is supported for completeness; fastloss/_backend.py recomputes on GPUs (fewer bytes).

@@ -13,9 +13,20 @@
 // (a forward-mode dual number with 4 directions cost ~5x).  The kernels' gradients are
 // checked against autograd through the float64 reference.
 //
-// Derivative conventions at kinks (the float64 reference uses the same):
-//   relu'(0) = 0, |x|'(0) = 0, sqrt'(0) = 0, (x^p)'(0) = 0, atan2'(0, 0) = 0, and min/max
-//   ties take the first argument (the prediction / boxes1), which gets the whole gradient.
+// Derivative conventions at kinks (the float64 reference uses the same; they are the ones
+// torch's autograd gives through torchvision's formulas wherever those are finite):
+//   * widths / heights and the enclosing box's extents are clamped at 0 (inverted boxes have
+//     zero area) with derivative 1 at the bound (as torchvision's unclamped x2 - x1), 0 below
+//     it -- so a collapsed prediction (zero width or height) still gets the gradient that
+//     grows it back;
+//   * the intersection is relu(iw) relu(ih) with relu'(0) = 0: no gradient through it unless
+//     the boxes overlap with positive area (torchvision's mask);
+//   * min / max ties split the gradient in halves between the arguments (torch.minimum /
+//     torch.maximum); a NaN in either argument propagates;
+//   * |x|'(0) = 0, sqrt'(0) = 0, (x^p)'(0) = 0, atan2'(0, 0) = 0: finite limits where
+//     torchvision's formulas give NaN (CIoU of a zero-height or point box).
+// Kink weights multiply the adjoints (never select them away), so a NaN reaches every
+// gradient component it touches.
 // CIoU's trade-off weight alpha is a constant in the backward (torchvision, ultralytics).
 #pragma once
 
@@ -46,11 +57,36 @@ template <typename T, typename M>
 FL_HOST_DEVICE BX_INLINE T take(const M& m, const T& x) { return fl::select(m, x, T(0)); }
 template <typename T, typename M>
 FL_HOST_DEVICE BX_INLINE T drop(const M& m, const T& x) { return fl::select(m, T(0), x); }
-// NaN-propagating min / max: a NaN in `a` wins (callers put the prediction / boxes1 first)
+// NaN-propagating min / max (torch.minimum / torch.maximum): a NaN in either argument wins
 template <typename T>
-FL_HOST_DEVICE BX_INLINE T min_(const T& a, const T& b) { return fl::select(b < a, b, a); }
+FL_HOST_DEVICE BX_INLINE T min_(const T& a, const T& b) { return fl::select((b < a) | (b != b), b, a); }
 template <typename T>
-FL_HOST_DEVICE BX_INLINE T max_(const T& a, const T& b) { return fl::select(b > a, b, a); }
+FL_HOST_DEVICE BX_INLINE T max_(const T& a, const T& b) { return fl::select((b > a) | (b != b), b, a); }
+// a's share of the gradient of min(a, b) / max(a, b): 1 where a wins, 0 where b wins, 1/2 at a
+// tie (torch's rule); b's share is 1 - that
+template <typename T>
+FL_HOST_DEVICE BX_INLINE T share_min(const T& a, const T& b) { return fl::select(a < b, T(1), fl::select(b < a, T(0), T(0.5))); }
+template <typename T>
+FL_HOST_DEVICE BX_INLINE T share_max(const T& a, const T& b) { return fl::select(a > b, T(1), fl::select(b > a, T(0), T(0.5))); }
+// kink weights: relu'(x) (0 at 0) and clamp'(x) at the bound 0 (1 at 0)
+template <typename T>
+FL_HOST_DEVICE BX_INLINE T step_pos(const T& x) { return fl::select(x > T(0), T(1), T(0)); }
+template <typename T>
+FL_HOST_DEVICE BX_INLINE T step_nonneg(const T& x) { return fl::select(x < T(0), T(0), T(1)); }
+// NaN policy: a NaN value (loss or metric) reaches every gradient component of the pair,
+// whatever the kink weights did with it (value * 0 is 0 for finite values)
+template <typename T>
+FL_HOST_DEVICE BX_INLINE void nan_reaches(const T& value, T g[4]) {
+  const T carrier = value * T(0);
+#pragma unroll
+  for (int k = 0; k < 4; ++k) g[k] = g[k] + carrier;
+}
+// adds g * s to da and g * (1 - s) to db (a multiplication: a NaN in g reaches both)
+template <typename T>
+FL_HOST_DEVICE BX_INLINE void split(const T& g, const T& s, T& da, T& db) {
+  da = da + g * s;
+  db = db + g * (T(1) - s);
+}
 // |x|' = sign(x), 0 at 0
 template <typename T>
 FL_HOST_DEVICE BX_INLINE T sign_(const T& x) { return fl::select(x > T(0), T(1), fl::select(x < T(0), T(-1), T(0))); }
@@ -192,7 +228,6 @@ struct Pair {
   // d -> dL/d(a) and dL/d(b) in the user's format.  `enclosed`: whether enclose() ran (and
   // d.cw / d.ch may be nonzero).
   FL_HOST_DEVICE BX_INLINE void pullback(Adj<T>& d, int fmt, bool enclosed, T ga[4], T gb[4]) const {
-    const T zero(0);
     // iou = inter / (uni + eps)
     const T inv = T(1) / (uni + T(eps));
     d.inter = d.inter + d.iou * inv;
@@ -203,28 +238,25 @@ struct Pair {
     d.bw = d.bw + d.uni * bh;
     d.bh = d.bh + d.uni * bw;
     d.inter = d.inter - d.uni;
-    // inter = relu(min(a2, b2) - max(a0, b0)) relu(min(a3, b3) - max(a1, b1)): the argument
-    // that wins each min / max gets the gradient (ties: a)
-    const T giw = take(iw > zero, d.inter * ih), gih = take(ih > zero, d.inter * iw);
-    {
-      const auto m2 = b[2] < a[2], m0 = b[0] > a[0], m3 = b[3] < a[3], m1 = b[1] > a[1];
-      d.a[2] = d.a[2] + drop(m2, giw), d.b[2] = d.b[2] + take(m2, giw);
-      d.a[0] = d.a[0] - drop(m0, giw), d.b[0] = d.b[0] - take(m0, giw);
-      d.a[3] = d.a[3] + drop(m3, gih), d.b[3] = d.b[3] + take(m3, gih);
-      d.a[1] = d.a[1] - drop(m1, gih), d.b[1] = d.b[1] - take(m1, gih);
-    }
-    // enclosing box: relu(max(a2, b2) - min(a0, b0)), ...
+    // inter = relu(min(a2, b2) - max(a0, b0)) relu(min(a3, b3) - max(a1, b1)), relu'(0) = 0;
+    // each min / max passes the gradient to its winner (ties: halves)
+    const T giw = d.inter * ih * step_pos(iw), gih = d.inter * iw * step_pos(ih);
+    split(giw, share_min(a[2], b[2]), d.a[2], d.b[2]);
+    split(T(0) - giw, share_max(a[0], b[0]), d.a[0], d.b[0]);
+    split(gih, share_min(a[3], b[3]), d.a[3], d.b[3]);
+    split(T(0) - gih, share_max(a[1], b[1]), d.a[1], d.b[1]);
+    // enclosing box: clamp(max(a2, b2) - min(a0, b0), 0), ... (clamp'(0) = 1)
     if (enclosed) {
-      const T gcw = take(cw > zero, d.cw), gch = take(ch > zero, d.ch);
-      const auto m2 = b[2] > a[2], m0 = b[0] < a[0], m3 = b[3] > a[3], m1 = b[1] < a[1];
-      d.a[2] = d.a[2] + drop(m2, gcw), d.b[2] = d.b[2] + take(m2, gcw);
-      d.a[0] = d.a[0] - drop(m0, gcw), d.b[0] = d.b[0] - take(m0, gcw);
-      d.a[3] = d.a[3] + drop(m3, gch), d.b[3] = d.b[3] + take(m3, gch);
-      d.a[1] = d.a[1] - drop(m1, gch), d.b[1] = d.b[1] - take(m1, gch);
+      const T gcw = d.cw * step_nonneg(max_(a[2], b[2]) - min_(a[0], b[0]));
+      const T gch = d.ch * step_nonneg(max_(a[3], b[3]) - min_(a[1], b[1]));
+      split(gcw, share_max(a[2], b[2]), d.a[2], d.b[2]);
+      split(T(0) - gcw, share_min(a[0], b[0]), d.a[0], d.b[0]);
+      split(gch, share_max(a[3], b[3]), d.a[3], d.b[3]);
+      split(T(0) - gch, share_min(a[1], b[1]), d.a[1], d.b[1]);
     }
-    // widths / heights: relu(x2 - x0)
-    const T gaw = take(aw > zero, d.aw), gah = take(ah > zero, d.ah);
-    const T gbw = take(bw > zero, d.bw), gbh = take(bh > zero, d.bh);
+    // widths / heights: clamp(x2 - x0, 0) (clamp'(0) = 1: a collapsed box can grow back)
+    const T gaw = d.aw * step_nonneg(a[2] - a[0]), gah = d.ah * step_nonneg(a[3] - a[1]);
+    const T gbw = d.bw * step_nonneg(b[2] - b[0]), gbh = d.bh * step_nonneg(b[3] - b[1]);
     // ... and the centre differences (a0 + a2) - (b0 + b2)
     d.a[0] = d.a[0] - gaw + d.dxc, d.a[2] = d.a[2] + gaw + d.dxc;
     d.a[1] = d.a[1] - gah + d.dyc, d.a[3] = d.a[3] + gah + d.dyc;
@@ -359,7 +391,7 @@ struct SIoUTerm {
     d.dyc = d.dyc - gdy * T(0.5);
     d.cw = d.cw - grx * rx * ix * T(2) * g.cw;
     d.ch = d.ch - gry * ry * iy * T(2) * g.ch;
-    // shape: (1 - exp(-o))^4, o = |wa - wb| / (max(wa, wb) + eps); max ties go to wa
+    // shape: (1 - exp(-o))^4, o = |wa - wb| / (max(wa, wb) + eps); max ties split
     side(g.aw, g.bw, ow, imw, ew, gs, d.aw, d.bw);
     side(g.ah, g.bh, oh, imh, eh, gs, d.ah, d.bh);
   }
@@ -368,9 +400,9 @@ struct SIoUTerm {
     const T go = gs * T(4) * s * s * s * e;
     const T gnum = go * im * sign_(wa - wb);
     const T gm = T(0) - go * o * im;
-    const auto b_max = wb > wa;
-    dwa = dwa + gnum + drop(b_max, gm);
-    dwb = dwb - gnum + take(b_max, gm);
+    dwa = dwa + gnum;
+    dwb = dwb - gnum;
+    split(gm, share_max(wa, wb), dwa, dwb);
   }
 };
 
@@ -466,6 +498,7 @@ FL_HOST_DEVICE BX_INLINE T paired_loss(const T p_in[4], const T t_in[4], const P
   if (kGrad) {
     T gt[4];
     g.pullback(d, prm.fmt, enclosed, gp, gt);
+    nan_reaches(loss, gp);
   }
   return loss;
 }
@@ -511,7 +544,11 @@ FL_HOST_DEVICE BX_INLINE T pair_metric(const T a_in[4], const T b_in[4], int kin
       }
     }
   }
-  if (kGrad) g.pullback(d, fmt, enclosed, ga, gb);
+  if (kGrad) {
+    g.pullback(d, fmt, enclosed, ga, gb);
+    nan_reaches(m, ga);
+    nan_reaches(m, gb);
+  }
   return m;
 }
 

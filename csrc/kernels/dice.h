@@ -12,7 +12,10 @@
 //   d_ci   = m (a g + b (2 p if squared else 1))                  dL/dp
 //   softmax: dL/dx_k = p_k (d_k - sum_c p_c d_c) + e m ((sum_c g_c) p_k - g_k)
 //   sigmoid: dL/dx   = p (1 - p) d + e m (p - g);  identity: dL/dx = d
-// (the softmax is recomputed from the logits, never stored).  The finalisation (score,
+// (the softmax is recomputed from the logits, never stored).  The CE terms are evaluated
+// without the cancellation of p - 1 for a confident pixel of its target class:
+//   p - g = (1 - g) p - g sigmoid(-x),  (sum g) p_k - g_k = (sum g - g_k) p_k - g_k (1 - p_k)
+// with 1 - p_k = (sum of the other classes' exponentials) / sum for the argmax class.  The finalisation (score,
 // log, gamma, class weights, reduction) is a few ops on the (N, C, 3) sums in Python.
 #pragma once
 
@@ -34,10 +37,25 @@ FL_HOST_DEVICE FL_INLINE void sigmoid2(T x, T& s_pos, T& s_neg) {
   s_neg = fl::select(nonneg, e * inv, inv);
 }
 
-// BCE-with-logits: max(x, 0) - x g + log(1 + exp(-|x|)).
+// BCE-with-logits: max(x, 0) - x g + log(1 + exp(-|x|)), with max(x, 0) - x g formed as
+// x (1 - g) or -x g by the sign of x (exact for hard targets, no cancellation for soft ones).
 template <typename T>
 FL_HOST_DEVICE FL_INLINE T bce(T x, T g) {
-  return fl::relu(x) - x * g + fl::log1p(fl::exp(-fl::abs(x)));
+  const T zero(0);
+  return fl::select(x >= zero, x * (T(1) - g), zero - x * g) + fl::log1p(fl::exp(-fl::abs(x)));
+}
+
+// p - g for p = sigmoid(x), s_neg = sigmoid(-x): exact for hard targets (no 1 - 1 + tiny).
+template <typename T>
+FL_HOST_DEVICE FL_INLINE T p_minus_t(T p, T s_neg, T g) {
+  return (T(1) - g) * p - g * s_neg;
+}
+
+// (sum_c g_c) p - g of softmax cross entropy, with q = 1 - p formed without cancellation by
+// the caller.
+template <typename T>
+FL_HOST_DEVICE FL_INLINE T ce_softmax_grad(T p, T q, T g, T gsum) {
+  return (gsum - g) * p - g * q;
 }
 
 // dL/dp of one element: m (a g + b dP'/dp).

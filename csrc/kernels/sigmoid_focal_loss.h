@@ -9,6 +9,10 @@
 // Derivative with respect to the logit x:
 //   dce/dx = p - t,  dq/dx = (1 - 2t) p (1 - p)
 //   dL/dx  = a_t q^gamma [ (p - t) + gamma ce r ],  r = (dq/dx) / q
+// No cancellation: p - t is evaluated as (1 - t) p - t (1 - p) with 1 - p = sigmoid(-x)
+// computed directly (exact for hard labels: a confident positive x = 20 gets -2.06e-9, not 0),
+// max(x, 0) - x t as x (1 - t) or -x t by the sign of x (exact for t = 1, and no cancellation
+// of x - x t for soft t), and 1 - alpha is formed in double on the host (Params).
 // r is computed as a ratio of bounded terms (|r| <= 1 for t in [0, 1]) instead of
 // q^(gamma - 1), which overflows for q -> 0 and gamma < 1; q == 0 only happens when the
 // sigmoid saturates, where dq/dx == 0 too, so r := 0 there is the exact limit.
@@ -22,8 +26,9 @@ namespace focal {
 // Uniform parameters of one call.
 template <typename S>
 struct Params {
-  S alpha;      // < 0 disables the alpha weighting (torchvision)
-  S gamma;      // >= 0
+  S alpha;            // < 0 disables the alpha weighting (torchvision)
+  S one_minus_alpha;  // 1 - alpha, formed in double before the cast to S (alpha = 0.99999 in fp32)
+  S gamma;            // >= 0
 };
 
 // q^gamma with the common exponents exact and cheap (gamma is uniform: no divergence).
@@ -45,15 +50,16 @@ FL_HOST_DEVICE FL_INLINE void loss_and_grad(T x, T t, const Params<S>& p, T& los
   const auto nonneg = x >= zero;
   const T s_pos = fl::select(nonneg, inv, e * inv);  // sigmoid(x)
   const T s_neg = fl::select(nonneg, e * inv, inv);  // sigmoid(-x) = 1 - p, without cancellation
-  const T ce = fl::relu(x) - x * t + fl::log1p(e);
+  const T ce = fl::select(nonneg, x * (one - t), zero - x * t) + fl::log1p(e);  // max(x, 0) - x t, no cancellation
   const T q = t * s_neg + (one - t) * s_pos;
   const T qg = pow_gamma(q, p.gamma);
   const T dq = (one - T(S(2)) * t) * s_pos * s_neg;
   const T r = fl::select(q > zero, dq / q, zero);
   T a_t = one;
-  if (p.alpha >= S(0)) a_t = T(p.alpha) * t + T(S(1) - p.alpha) * (one - t);
+  if (p.alpha >= S(0)) a_t = T(p.alpha) * t + T(p.one_minus_alpha) * (one - t);
   loss = a_t * qg * ce;
-  grad = a_t * qg * ((s_pos - t) + T(p.gamma) * ce * r);
+  const T p_minus_t = (one - t) * s_pos - t * s_neg;  // p - t without cancellation
+  grad = a_t * qg * (p_minus_t + T(p.gamma) * ce * r);
 }
 
 }  // namespace focal

@@ -1,7 +1,110 @@
-"""Argument checks and conversions shared by the op families' public wrappers."""
+"""Argument checks and conversions shared by the op families' public wrappers.
+
+Rules every op follows (written once, here):
+
+* dtypes -- the input and a float target follow torch's type promotion, as in torch's own
+  losses: they are computed in, and the result comes back in, ``torch.promote_types`` of the
+  two (:func:`compute_dtype`); a weight, like torch's ``weight=``, takes no part (it is cast),
+  nor do integer class labels.  Under ``torch.autocast`` on the input's device, fp16 / bf16
+  are computed and returned in fp32, as torch's own losses are.
+* scalar parameters -- real numbers inside their domain, else ``ValueError`` naming the
+  argument and the domain (:func:`check_param`).
+* class labels -- validated once per call, in the op itself, before any backend runs
+  (:func:`check_labels`): always for CPU tensors (no device sync), for CUDA tensors only in
+  checked mode (:func:`checked_labels`, ``FASTLOSS_CHECK_LABELS=1``), which syncs.
+"""
+import contextlib
+import contextvars
+import numbers
+import os
+
 import torch
 
 REDUCTIONS = {"none": 0, "sum": 1, "mean": 2}
+_LOW_PRECISION = (torch.float16, torch.bfloat16)
+
+
+def compute_dtype(input, *others):
+    """The dtype an op computes and returns: torch's promotion over ``input`` and the floating
+    tensors in ``others`` (the target, or the second box set; None and integer tensors are
+    skipped); fp32 for fp16 / bf16 under ``torch.autocast`` on input's device type."""
+    dtype = input.dtype
+    for t in others:
+        if isinstance(t, torch.Tensor) and t.is_floating_point():
+            dtype = torch.promote_types(dtype, t.dtype)
+    if dtype in _LOW_PRECISION and torch.is_autocast_enabled(input.device.type):
+        dtype = torch.float32
+    return dtype
+
+
+def register_autocast(op):
+    """Under ``torch.autocast`` (CPU and CUDA) the custom op computes in fp32: fp16 / bf16
+    floating inputs are cast up, fp64 is kept -- torch's rule for its losses.  The public
+    functions apply the same rule themselves (:func:`compute_dtype`), so this matters for
+    direct ``torch.ops.fastloss.*`` calls."""
+    for device_type in ("cpu", "cuda"):
+        op.register_autocast(device_type, torch.float32)
+
+
+def check_param(name, value, ok, domain):
+    """``value`` as a float if it is a real number with ``ok(value)`` true, else ValueError
+    ("gamma must be >= 0, got -1.0").  NaN fails every domain."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise ValueError(f"{name} must be a real number ({domain}), got {value!r}")
+    v = float(value)
+    if not (v == v and ok(v)):
+        raise ValueError(f"{name} must be {domain}, got {value!r}")
+    return v
+
+
+def nonneg(name, value):
+    return check_param(name, value, lambda v: 0 <= v < float("inf"), ">= 0 and finite")
+
+
+def positive(name, value):
+    return check_param(name, value, lambda v: 0 < v < float("inf"), "> 0 and finite")
+
+
+# ------------------------------------------------------------------ class labels
+
+_checked = contextvars.ContextVar("fastloss_check_labels", default=None)
+
+
+@contextlib.contextmanager
+def checked_labels(enabled=True):
+    """Inside the block, integer class labels on CUDA tensors are validated too (one device
+    sync per call: a debugging aid).  CPU tensors are always validated.  The environment
+    variable ``FASTLOSS_CHECK_LABELS=1`` turns it on for the whole process.  Works under
+    ``torch.compile``: the check runs inside the op, at run time."""
+    token = _checked.set(bool(enabled))
+    try:
+        yield
+    finally:
+        _checked.reset(token)
+
+
+def labels_checked_on(device):
+    if device.type == "cpu":
+        return True
+    mode = _checked.get()
+    if mode is None:
+        mode = os.environ.get("FASTLOSS_CHECK_LABELS", "").strip().lower() in ("1", "true", "yes", "on")
+    return mode
+
+
+def check_labels(op, labels, high, ignore_index=None, hint=""):
+    """ValueError if an integer label is outside [0, high) (and not ``ignore_index``), for
+    CPU tensors always and for CUDA tensors in checked mode; ``hint`` says how to do what the
+    bad label probably meant."""
+    if labels.is_floating_point() or labels.numel() == 0 or not labels_checked_on(labels.device):
+        return
+    bad = (labels < 0) | (labels >= high)
+    if ignore_index is not None:
+        bad &= labels != ignore_index
+    if bool(bad.any()):
+        first = labels[bad].reshape(-1)[0].item()
+        ok = f"[0, {high - 1}]" + (f" or ignore_index={ignore_index}" if ignore_index is not None else "")
+        raise ValueError(f"{op}: class label {first} in target is out of range: labels must be in {ok}{hint}")
 
 
 def reduced_dtype(dtype):

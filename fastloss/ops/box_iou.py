@@ -39,7 +39,7 @@ def _backward_impl(grad, pred, target, weight, cache, kind, fmt, eps, power, gam
         if reduction == 0:
             scale = grad.to(cache.dtype)[:, None]
         else:
-            scale = grad / pred.shape[0] if reduction == 2 else grad
+            scale = grad / max(pred.shape[0], 1) if reduction == 2 else grad
         return _common.scale_stored_grad(cache, scale, pred.dtype, in_place)
     _, backward = _backend.implementation(OP, pred.device, backend)
     return backward(grad, pred, target, weight, kind, fmt, eps, power, gamma, reduction)
@@ -88,6 +88,7 @@ def _backward(ctx, grad, _grad_cache):
 
 
 box_iou_loss_op.register_autograd(_backward, setup_context=_setup_context)
+_common.register_autocast(box_iou_loss_op)
 
 
 class BoxIoULossFunction(torch.autograd.Function):
@@ -135,12 +136,8 @@ def check_boxes(name, b):
 
 
 def _check_scalars(eps, power, gamma):
-    if not eps >= 0:
-        raise ValueError(f"eps must be >= 0, got {eps}")
-    if not power > 0:
-        raise ValueError(f"power must be > 0, got {power}")
-    if not gamma >= 0:
-        raise ValueError(f"gamma must be >= 0, got {gamma}")
+    """The scalar parameters as floats, each in its domain (ValueError naming it otherwise)."""
+    return _common.positive("eps", eps), _common.positive("power", power), _common.nonneg("gamma", gamma)
 
 
 def _prepare_weight(pred, weight):
@@ -181,10 +178,20 @@ def box_iou_loss(pred, target, kind="giou", reduction="mean", weight=None, avg_f
         avg_factor: mmdetection's normaliser ("mean" -> sum / (avg_factor + eps)); a number or
             a tensor kept on the device; error with "sum", ignored with "none".
         fmt: "xyxy" | "xywh" | "cxcywh" (torchvision's names) for both pred and target.
-        eps: stabiliser, placed as torchvision does (IoU = I / (U + eps), ...).
+        eps: stabiliser (> 0), placed as torchvision does (IoU = I / (U + eps), ...).
         power: alpha-IoU exponent (> 0; 1 = the plain losses).
         gamma: Focal-EIoU exponent (>= 0).
         backend: force a backend for this call.
+
+    Units: pixels (or any common unit) for the coordinates; the loss is unitless.  Returns
+    the loss in the promoted dtype of pred and target (torch's type promotion, as its own
+    losses; ``weight`` takes no part; fp32 for fp16/bf16 under ``torch.autocast``); the mean of
+    an empty input is 0.  Gradients at
+    degenerate boxes follow torchvision's autograd where it is finite (a collapsed prediction
+    gets the direction that grows it back; conventions in :mod:`fastloss.reference.box_iou`);
+    a NaN coordinate makes its box's loss and all 4 gradient components NaN.  Raises
+    ValueError for bad shapes, an unknown kind / fmt / reduction, a parameter outside its
+    domain, or a target / weight that requires grad.
     """
     check_boxes("pred", pred)
     check_boxes("target", target)
@@ -193,23 +200,25 @@ def box_iou_loss(pred, target, kind="giou", reduction="mean", weight=None, avg_f
     kind_code = _check_choice("kind", kind, KINDS)
     fmt_code = _check_choice("fmt", fmt, FMTS)
     code = _common.check_reduction(reduction, avg_factor)
-    _check_scalars(eps, power, gamma)
+    eps, power, gamma = _check_scalars(eps, power, gamma)
     _common.check_same_device("pred", pred, target=target, weight=weight, avg_factor=avg_factor)
     _common.no_grad_required(target=target)
+    dtype = _common.compute_dtype(pred, target)
+    pred = pred.to(dtype)
     w = _prepare_weight(pred, weight)
     if avg_factor is not None and reduction == "mean":
         code = _common.REDUCTIONS["sum"]
     p = pred.reshape(-1, 4).contiguous()
-    t = target.to(pred.dtype).reshape(-1, 4).contiguous()
+    t = target.to(dtype).reshape(-1, 4).contiguous()
     store_grad = pred.requires_grad and torch.is_grad_enabled() and _backend.store_grad_in_forward(pred.device)
-    args = (p, t, w, kind_code, fmt_code, float(eps), float(power), float(gamma), code, store_grad, backend)
+    args = (p, t, w, kind_code, fmt_code, eps, power, gamma, code, store_grad, backend)
     if torch.compiler.is_compiling():
         loss, _ = box_iou_loss_op(*args)
     else:
         loss, _ = BoxIoULossFunction.apply(*args)
     if reduction == "none":
         loss = loss.reshape(pred.shape[:-1])
-    return _common.finish(loss, pred.dtype, reduction, avg_factor)
+    return _common.finish(loss, dtype, reduction, avg_factor)
 
 
 def _reference_forward(pred, target, weight, kind, fmt, eps, power, gamma, reduction, with_grad):
@@ -314,6 +323,7 @@ def _matrix_backward(ctx, grad):
 
 
 box_iou_op.register_autograd(_matrix_backward, setup_context=_matrix_setup_context)
+_common.register_autocast(box_iou_op)
 
 
 class BoxIoUFunction(torch.autograd.Function):
@@ -338,8 +348,8 @@ def _prepare_pair_sets(boxes1, boxes2, aligned):
     check_boxes("boxes1", boxes1)
     check_boxes("boxes2", boxes2)
     _common.check_same_device("boxes1", boxes1, boxes2=boxes2)
-    if boxes1.dtype != boxes2.dtype:
-        raise ValueError(f"boxes1 and boxes2 must have the same dtype, got {boxes1.dtype} and {boxes2.dtype}")
+    dtype = _common.compute_dtype(boxes1, boxes2)  # torch's promotion; fp32 for fp16/bf16 under autocast
+    boxes1, boxes2 = boxes1.to(dtype), boxes2.to(dtype)
     if aligned:
         if boxes1.shape != boxes2.shape:
             raise ValueError(f"aligned=True needs boxes1 and boxes2 of the same shape, got {tuple(boxes1.shape)} and {tuple(boxes2.shape)}")
@@ -370,14 +380,15 @@ def box_iou(boxes1, boxes2, kind="iou", fmt="xyxy", aligned=False, eps=1e-7, *, 
             backward).
         fmt: "xyxy" | "xywh" | "cxcywh".
         aligned: False -> (..., N, M); True -> boxes of the same shape, (..., N).
-        eps: stabiliser (IoU = I / (U + eps)); padded all-zero boxes give 0, never NaN.
+        eps: stabiliser (> 0; IoU = I / (U + eps)); padded all-zero boxes give 0, never NaN.
 
-    Differentiable w.r.t. both box sets, with a deterministic backward.
+    Differentiable w.r.t. both box sets, with a deterministic backward.  Returns the promoted
+    dtype of boxes1 and boxes2 (torch's type promotion; fp32 for fp16/bf16 under
+    ``torch.autocast``).  Raises ValueError for bad shapes, unknown kind / fmt, eps <= 0.
     """
     kind_code = _check_choice("kind", kind, METRICS)
     fmt_code = _check_choice("fmt", fmt, FMTS)
-    if not eps >= 0:
-        raise ValueError(f"eps must be >= 0, got {eps}")
+    eps = _common.positive("eps", eps)
     b1, b2, lead = _prepare_pair_sets(boxes1, boxes2, aligned)
     args = (b1, b2, kind_code, fmt_code, float(eps), bool(aligned), backend)
     if torch.compiler.is_compiling():
@@ -428,6 +439,9 @@ def _(boxes1, boxes2, kind, fmt, eps, dim, backend):
     return boxes1.new_empty(shape), boxes1.new_empty(shape, dtype=torch.int64)
 
 
+_common.register_autocast(box_iou_max_op)
+
+
 def box_iou_max(boxes1, boxes2, kind="iou", dim=-1, fmt="xyxy", eps=1e-7, *, backend=None):
     """``box_iou(boxes1, boxes2, kind, fmt).max(dim)`` without writing the (..., N, M) matrix.
 
@@ -445,8 +459,7 @@ def box_iou_max(boxes1, boxes2, kind="iou", dim=-1, fmt="xyxy", eps=1e-7, *, bac
     """
     kind_code = _check_choice("kind", kind, METRICS)
     fmt_code = _check_choice("fmt", fmt, FMTS)
-    if not eps >= 0:
-        raise ValueError(f"eps must be >= 0, got {eps}")
+    eps = _common.positive("eps", eps)
     b1, b2, lead = _prepare_pair_sets(boxes1, boxes2, False)
     nd = boxes1.dim()
     if not isinstance(dim, int) or dim not in (-1, -2, nd - 1, nd - 2):

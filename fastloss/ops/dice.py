@@ -34,6 +34,10 @@ LABEL_DTYPES = (torch.uint8, torch.int32, torch.int64)
 
 
 def _forward_impl(input, target, activation, squared, ignore_index, with_ce, backend):
+    if not target.is_floating_point():  # once per call, every backend (CUDA: checked mode only)
+        high = 2 if (input.shape[1] == 1 and activation != 2) else input.shape[1]
+        _common.check_labels("dice", target, high, ignore_index,
+                             hint="; to leave such pixels out of the loss, pass ignore_index=<their label>")
     forward, _ = _backend.implementation(OP, input.device, backend)
     return forward(input, target, activation, squared, ignore_index, with_ce)
 
@@ -88,6 +92,7 @@ def _backward(ctx, grad_sums, grad_ce):
 
 
 dice_sums_op.register_autograd(_backward, setup_context=_setup_context)
+_common.register_autocast(dice_sums_op)
 
 
 class DiceSumsFunction(torch.autograd.Function):
@@ -119,7 +124,7 @@ def _prepare(input, target, mode, from_logits, ignore_index):
     if not isinstance(target, torch.Tensor):
         raise TypeError(f"target must be a torch.Tensor, got {type(target).__name__}")
     _common.check_same_device("input", input, target=target)
-    if ignore_index is not None and not isinstance(ignore_index, int):
+    if ignore_index is not None and (isinstance(ignore_index, bool) or not isinstance(ignore_index, int)):
         raise ValueError(f"ignore_index must be an int or None, got {ignore_index!r}")
     if target.is_complex():
         raise ValueError(f"target must be an integer label map or a float tensor, got {target.dtype}")
@@ -161,7 +166,7 @@ def _prepare(input, target, mode, from_logits, ignore_index):
                 target = target.to(input.dtype)
     if not target.is_floating_point() and target.dtype not in LABEL_DTYPES:
         target = target.to(torch.int64)
-    input = input.contiguous()
+    input = input.to(_common.compute_dtype(input, target)).contiguous()  # torch's promotion; fp32 under autocast
     if target.is_floating_point():
         target = target.to(input.dtype)
     x, t = reference.canonicalize(input, target, mode)
@@ -170,13 +175,11 @@ def _prepare(input, target, mode, from_logits, ignore_index):
 
 
 def _check_params(alpha, beta, gamma, smooth_nr, smooth_dr, reduction):
-    for name, v in (("alpha", alpha), ("beta", beta), ("smooth_nr", smooth_nr), ("smooth_dr", smooth_dr)):
-        if not v >= 0:
-            raise ValueError(f"{name} must be >= 0, got {v}")
-    if not gamma > 0:
-        raise ValueError(f"gamma must be > 0, got {gamma}")
+    """The scalar parameters as floats, each in its domain (ValueError naming it otherwise)."""
     if reduction not in _common.REDUCTIONS:
         raise ValueError(f"reduction must be one of {tuple(_common.REDUCTIONS)}, got {reduction!r}")
+    return (_common.nonneg("alpha", alpha), _common.nonneg("beta", beta), _common.positive("gamma", gamma),
+            _common.nonneg("smooth_nr", smooth_nr), _common.nonneg("smooth_dr", smooth_dr))
 
 
 def _class_weights(class_weights, C, device, dtype):
@@ -199,13 +202,13 @@ def _sums(x, t, activation, squared, ignore_index, with_ce, backend):
 
 def _loss(input, target, a, alpha, beta, gamma, mode, from_logits, smooth_nr, smooth_dr, squared, ignore_index,
           include_background, per_image, class_weights, log, reduction, zero_empty, backend, with_ce=False):
-    _check_params(alpha, beta, gamma, smooth_nr, smooth_dr, reduction)
+    alpha, beta, gamma, smooth_nr, smooth_dr = _check_params(alpha, beta, gamma, smooth_nr, smooth_dr, reduction)
     x, t, activation = _prepare(input, target, mode, from_logits, ignore_index)
     w = _class_weights(class_weights, x.shape[1], x.device, _common.reduced_dtype(x.dtype))
     sums, ce = _sums(x, t, activation, squared, ignore_index, with_ce, backend)
     loss = reference.finish(sums, alpha, beta, gamma, a, smooth_nr, smooth_dr, include_background, per_image, w, log, reduction,
-                            zero_empty)
-    return loss, ce
+                            zero_empty, empty=x.numel() == 0)
+    return loss.to(x.dtype), ce
 
 
 def tversky_loss(input, target, alpha=0.5, beta=0.5, gamma=1.0, mode="multiclass", from_logits=True, smooth_nr=0.0,
@@ -222,8 +225,10 @@ def tversky_loss(input, target, alpha=0.5, beta=0.5, gamma=1.0, mode="multiclass
         target: multiclass: an integer label map (N, *) (uint8/int32/int64; labels in
             [0, C)) or a float one-hot / soft target shaped like input; binary: a 0/1 label
             map or float target (N, *) or like input; multilabel: like input.  Integer labels
-            are expanded inside the kernel (no one-hot).  Out-of-range labels raise on CPU;
-            on GPU they match no class (no host sync).
+            are expanded inside the kernel (no one-hot).  Out-of-range labels raise ValueError
+            for CPU tensors; for CUDA tensors (no host sync) they match no class (the pixel
+            counts in P' only) unless checked mode is on (:func:`fastloss.checked_labels`,
+            ``FASTLOSS_CHECK_LABELS=1``).
         alpha, beta: weights of false positives / false negatives (>= 0).
         gamma: exponent (> 0) of the per-class loss (focal Tversky).
         smooth_nr, smooth_dr: added to numerator / denominator; they decide the score of a
@@ -242,11 +247,17 @@ def tversky_loss(input, target, alpha=0.5, beta=0.5, gamma=1.0, mode="multiclass
             terms decide its score (MONAI).
         backend: force a backend (see :mod:`fastloss._backend`).
 
+    Returns the loss in the promoted dtype of input and a float target (torch's type
+    promotion; fp32 for fp16/bf16 under ``torch.autocast``).  An input without elements (an
+    empty batch, no pixels) gives 0 (the mean of nothing), still connected to the graph.
+    Raises ValueError for bad shapes / modes, parameters outside their domain, out-of-range
+    labels (above) and a float target that requires grad.
+
     Semantics and the mapping to MONAI / smp: fastloss/reference/dice.py.
     """
     loss, _ = _loss(input, target, 1.0, alpha, beta, gamma, mode, from_logits, smooth_nr, smooth_dr, squared, ignore_index,
                     include_background, per_image, class_weights, log, reduction, zero_empty, backend)
-    return loss.to(input.dtype)
+    return loss
 
 
 def dice_loss(input, target, mode="multiclass", from_logits=True, smooth_nr=0.0, smooth_dr=1e-5, squared=False,
@@ -256,7 +267,7 @@ def dice_loss(input, target, mode="multiclass", from_logits=True, smooth_nr=0.0,
     arguments as :func:`tversky_loss`."""
     loss, _ = _loss(input, target, 2.0, 0.5, 0.5, gamma, mode, from_logits, smooth_nr, smooth_dr, squared, ignore_index,
                     include_background, per_image, class_weights, log, reduction, zero_empty, backend)
-    return loss.to(input.dtype)
+    return loss
 
 
 def jaccard_loss(input, target, mode="multiclass", from_logits=True, smooth_nr=0.0, smooth_dr=1e-5, squared=False,
@@ -266,7 +277,7 @@ def jaccard_loss(input, target, mode="multiclass", from_logits=True, smooth_nr=0
     alpha = beta = 1); arguments as :func:`tversky_loss`."""
     loss, _ = _loss(input, target, 1.0, 1.0, 1.0, gamma, mode, from_logits, smooth_nr, smooth_dr, squared, ignore_index,
                     include_background, per_image, class_weights, log, reduction, zero_empty, backend)
-    return loss.to(input.dtype)
+    return loss
 
 
 def dice_ce_loss(input, target, mode="multiclass", lambda_dice=1.0, lambda_ce=1.0, smooth_nr=0.0, smooth_dr=1e-5,
@@ -279,32 +290,18 @@ def dice_ce_loss(input, target, mode="multiclass", lambda_dice=1.0, lambda_ce=1.
     (all ignored: 0).  ``class_weights`` weight the Dice term only.  Logits only."""
     if reduction not in ("mean", "sum"):
         raise ValueError(f'dice_ce_loss reduction must be "mean" or "sum", got {reduction!r}')
+    lambda_dice, lambda_ce = _common.nonneg("lambda_dice", lambda_dice), _common.nonneg("lambda_ce", lambda_ce)
     d, ce = _loss(input, target, 2.0, 0.5, 0.5, gamma, mode, True, smooth_nr, smooth_dr, squared, ignore_index,
                   include_background, per_image, class_weights, log, reduction, zero_empty, backend, with_ce=True)
     ce = ce.sum(0)
     ce_term = ce[0] / ce[1].clamp_min(1) if reduction == "mean" else ce[0]
-    return (lambda_dice * d + lambda_ce * ce_term).to(input.dtype)
+    return (lambda_dice * d + lambda_ce * ce_term).to(d.dtype)
 
 
 # ------------------------------------------------------------------ backends
 
 
-def _check_labels(x, t, activation, ignore_index):
-    # CPU tensors only (no device sync); the C++ kernel checks in its pass 1.
-    if t.is_floating_point() or t.numel() == 0:
-        return
-    hi = 2 if (x.shape[1] == 1 and activation != 2) else x.shape[1]
-    lab = t.long()
-    bad = (lab < 0) | (lab >= hi)
-    if ignore_index is not None:
-        bad &= lab != ignore_index
-    if bool(bad.any()):
-        raise ValueError(f"dice: labels in target must be in [0, {hi})" + (" or equal ignore_index" if ignore_index is not None else ""))
-
-
 def _reference_forward(input, target, activation, squared, ignore_index, with_ce):
-    if input.device.type == "cpu":
-        _check_labels(input, target, activation, ignore_index)
     return reference.forward(input, target, activation, squared, ignore_index, with_ce)
 
 

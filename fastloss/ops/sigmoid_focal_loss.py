@@ -32,14 +32,21 @@ from fastloss.reference import sigmoid_focal_loss as reference
 OP = "sigmoid_focal_loss"
 
 
+_LABEL_HINT = ("; label C = {C} is the background, and an anchor to ignore keeps any label with weight 0 for its row "
+               "(mmdetection's label_weights)")
+
+
 def _forward_impl(input, target, weight, alpha, gamma, reduction, store_grad, backend):
+    if not target.is_floating_point():  # once per call, every backend (CUDA: checked mode only)
+        C = input.shape[-1] if input.dim() else 1
+        _common.check_labels(OP, target, C + 1, hint=_LABEL_HINT.format(C=C))
     forward, _ = _backend.implementation(OP, input.device, backend)
     return forward(input, target, weight, alpha, gamma, reduction, store_grad)
 
 
 def _backward_impl(grad, input, target, weight, cache, alpha, gamma, reduction, backend, in_place=False):
     if cache.shape == input.shape:  # the forward stored dL/dx * weight: only scale it
-        scale = grad / input.numel() if reduction == 2 else grad
+        scale = grad / max(input.numel(), 1) if reduction == 2 else grad
         return _common.scale_stored_grad(cache, scale, input.dtype, in_place)
     _, backward = _backend.implementation(OP, input.device, backend)
     return backward(grad, input, target, weight, alpha, gamma, reduction)
@@ -90,6 +97,7 @@ def _backward(ctx, grad, _grad_cache):
 
 
 sigmoid_focal_loss_op.register_autograd(_backward, setup_context=_setup_context)
+_common.register_autocast(sigmoid_focal_loss_op)
 
 
 class SigmoidFocalLossFunction(torch.autograd.Function):
@@ -123,7 +131,9 @@ def _prepare_target(input, target):
         raise TypeError(f"target must be a torch.Tensor, got {type(target).__name__}")
     if target.is_floating_point() or target.dtype == torch.bool:
         if target.shape != input.shape:
-            raise ValueError(f"float target must have input's shape {tuple(input.shape)}, got {tuple(target.shape)}")
+            raise ValueError(f"a float target must have input's shape {tuple(input.shape)}, got {tuple(target.shape)}; "
+                             f"integer class labels of shape input.shape[:-1] = {tuple(input.shape[:-1])} are accepted too "
+                             f"(labels in [0, C], C = input.shape[-1] meaning background)")
         _common.no_grad_required(target=target)
         return target.to(input.dtype).contiguous()
     if target.is_complex():
@@ -157,51 +167,49 @@ def sigmoid_focal_loss(input, target, alpha=0.25, gamma=2.0, reduction="mean", w
     """Sigmoid focal loss (Lin et al. 2017) over logits ``input`` (..., C).
 
     Args:
-        input: logits, fp16/bf16/fp32 (fp64 on CPU/reference).
-        target: float targets of input's shape (torchvision; soft targets allowed), or
-            integer class labels of shape ``input.shape[:-1]`` in [0, C] with C =
-            background (mmcv/mmdetection); labels are expanded inside the kernel.  Out-of-range
-            labels raise on CPU; on GPU they are treated as background (no host sync).
-        alpha: weight of the positive class in [0, 1]; ``alpha < 0`` disables it.
-        gamma: focusing exponent >= 0; 0 gives BCE-with-logits.
-        reduction: "none" | "mean" | "sum".
+        input: logits (..., C), fp16/bf16/fp32 (fp64 on CPU/reference).
+        target: float targets (probabilities in [0, 1]) of input's shape (torchvision; soft
+            targets allowed), or integer class labels of shape ``input.shape[:-1]`` in [0, C]
+            with C = background (mmcv/mmdetection); labels are expanded inside the kernel.
+            Out-of-range labels raise ValueError for CPU tensors; for CUDA tensors (no host
+            sync) they match no class, i.e. count as background, unless checked mode is on
+            (:func:`fastloss.checked_labels`, ``FASTLOSS_CHECK_LABELS=1``).
+        alpha: weight of the positive class, in [0, 1]; a negative value disables it (torchvision's -1).
+        gamma: focusing exponent, >= 0; 0 gives BCE-with-logits.
+        reduction: "none" | "mean" | "sum"; the mean of an empty input is 0.
         weight: per-element (input's shape, or broadcastable to it) or per-row
-            (``input.shape[:-1]``) weights.
+            (``input.shape[:-1]``, mmdetection's per-anchor) weights.
         avg_factor: mmdetection's normaliser: "mean" returns sum / (avg_factor + eps); a
             float or a tensor (kept on the device).  Error with "sum", ignored with "none".
         backend: force a backend for this call (see :mod:`fastloss._backend`).
 
-    Returns the loss in input's dtype: input's shape for "none", else a scalar.
+    Returns the loss in the promoted dtype of input and a float target (torch's type
+    promotion, as its own losses; ``weight`` takes no part; fp32 for fp16/bf16 under
+    ``torch.autocast``): input's shape for "none", else a scalar.  Raises ValueError for bad shapes, parameters outside their domain, out-of-range
+    labels (above) or a target / weight that requires grad (the gradient is taken w.r.t.
+    ``input`` only).
     """
     _common.check_logits("input", input)
     code = _common.check_reduction(reduction, avg_factor)
-    if not gamma >= 0:
-        raise ValueError(f"gamma must be >= 0, got {gamma}")
+    alpha = _common.check_param("alpha", alpha, lambda a: a <= 1, "in [0, 1], or negative to disable the alpha weighting")
+    gamma = _common.nonneg("gamma", gamma)
     _common.check_same_device("input", input, target=target, weight=weight, avg_factor=avg_factor)
+    dtype = _common.compute_dtype(input, target)
+    input = input.to(dtype)
     target = _prepare_target(input, target)
     weight = _prepare_weight(input, weight)
     if avg_factor is not None and reduction == "mean":
         code = _common.REDUCTIONS["sum"]
     store_grad = input.requires_grad and torch.is_grad_enabled() and _backend.store_grad_in_forward(input.device)
-    args = (input.contiguous(), target, weight, float(alpha), float(gamma), code, store_grad, backend)
+    args = (input.contiguous(), target, weight, alpha, gamma, code, store_grad, backend)
     if torch.compiler.is_compiling():
         loss, _ = sigmoid_focal_loss_op(*args)
     else:
         loss, _ = SigmoidFocalLossFunction.apply(*args)
-    return _common.finish(loss, input.dtype, reduction, avg_factor)
-
-
-def _check_labels(input, target):
-    # CPU tensors only: reading labels there costs no device sync.
-    if not target.is_floating_point() and target.numel() > 0:
-        C = input.shape[-1]
-        if bool(((target < 0) | (target > C)).any()):
-            raise ValueError(f"sigmoid_focal_loss: class labels in target must be in [0, {C}] ({C} = background)")
+    return _common.finish(loss, dtype, reduction, avg_factor)
 
 
 def _reference_forward(input, target, weight, alpha, gamma, reduction, with_grad):
-    if input.device.type == "cpu":
-        _check_labels(input, target)
     return reference.forward(input, target, weight, alpha, gamma, reduction, with_grad)
 
 

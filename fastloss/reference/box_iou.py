@@ -40,9 +40,23 @@ the IoU and to every penalty term (p = 1: the plain losses).  x^p is taken of ma
 Matrices (:func:`box_iou`): ``iou`` IoU, ``iof`` I / (area(a) + eps) (mmcv), ``giou``
 IoU - (C - U)/(C + eps), ``diou`` IoU - rho2/c2, ``ciou`` IoU - rho2/c2 - beta v.
 
-Derivative conventions at kinks (the kernels use the same): relu'(0) = 0, |x|'(0) = 0,
-sqrt'(0) = 0, (x^p)'(0) = 0, atan2'(0, 0) = 0; min/max ties take the first argument (the
-prediction, or boxes1), which gets the whole gradient (torch.minimum would split it in halves).
+Derivative conventions at kinks (the kernels use the same).  They are the ones torch's
+autograd gives through torchvision's loss formulas wherever those are finite, so a degenerate
+prediction gets torchvision's descent direction:
+
+* widths / heights and the enclosing box's extents are clamped at 0 (inverted boxes have zero
+  area) with derivative 1 at the bound, as torchvision's unclamped x2 - x1 has: a collapsed
+  prediction (zero width or height) still gets the gradient that grows it back (GIoU of [10, 10, 10, 20] against
+  [0, 0, 20, 30]: loss 1, gradient [+1/60, 0, -1/60, 0], as torchvision);
+* the intersection is ``relu(iw) * relu(ih)`` with relu'(0) = 0: no gradient through it unless
+  the boxes overlap with positive area (torchvision's mask in its losses; its matrix functions
+  clamp instead, which differs only for exactly touching boxes);
+* min / max are ``torch.minimum`` / ``torch.maximum``: ties split the gradient in halves, a NaN
+  in either argument propagates;
+* |x|'(0) = 0, sqrt'(0) = 0, (x^p)'(0) = 0, atan2'(0, 0) = 0: the finite limits where
+  torchvision's formulas give NaN (CIoU of a zero-height or point box).
+
+A NaN in a box propagates to its loss and to every gradient component it touches.
 
 Two groups of entry points:
 
@@ -75,18 +89,19 @@ def to_xyxy(b, fmt):
     return x - w * 0.5, y - h * 0.5, x + w * 0.5, y + h * 0.5
 
 
-def _min(a, b):
-    """min with the kernels' tie rule: at a tie the first argument (pred / boxes1) is taken
-    (and gets the whole gradient); a NaN in ``a`` propagates."""
-    return torch.where(b < a, b, a)
-
-
-def _max(a, b):
-    return torch.where(b > a, b, a)
+_min = torch.minimum  # ties split the gradient in halves; NaN propagates from either argument
+_max = torch.maximum
 
 
 def _relu(x):
+    """max(x, 0) with derivative 0 at 0 (the intersection's extents; torchvision's mask)."""
     return torch.relu(x)
+
+
+def _clamp0(x):
+    """max(x, 0) with derivative 1 at 0 (widths, heights, enclosing extents), written out:
+    torch.clamp's derivative at the bound changed across torch releases; NaN propagates."""
+    return torch.where(x < 0, torch.zeros_like(x), x)
 
 
 def _safe_sqrt(x):
@@ -95,12 +110,13 @@ def _safe_sqrt(x):
 
 
 def _powp(x, p):
-    """max(x, 0)^p with derivative 0 at 0 (finite for p < 1)."""
+    """max(x, 0)^p with derivative 0 at 0 (finite for p < 1); NaN propagates (0^0 = 1)."""
     if p == 1:
         return x
     c = _relu(x)
     pos = c > 0
-    return torch.where(pos, torch.where(pos, c, torch.ones_like(c)) ** p, torch.zeros_like(c) ** p if p == 0 else torch.zeros_like(c))
+    below = torch.ones_like(c) if p == 0 else c * 0  # c * 0: 0, or NaN for NaN
+    return torch.where(pos, torch.where(pos, c, torch.ones_like(c)) ** p, below)
 
 
 def _safe_atan2(y, x):
@@ -111,16 +127,16 @@ def _safe_atan2(y, x):
 def _geometry(a, b, eps):
     ax1, ay1, ax2, ay2 = a
     bx1, by1, bx2, by2 = b
-    aw, ah = _relu(ax2 - ax1), _relu(ay2 - ay1)
-    bw, bh = _relu(bx2 - bx1), _relu(by2 - by1)
+    aw, ah = _clamp0(ax2 - ax1), _clamp0(ay2 - ay1)
+    bw, bh = _clamp0(bx2 - bx1), _clamp0(by2 - by1)
     iw = _relu(_min(ax2, bx2) - _max(ax1, bx1))
     ih = _relu(_min(ay2, by2) - _max(ay1, by1))
     inter = iw * ih
     area_a = aw * ah
     union = area_a + bw * bh - inter
     iou = inter / (union + eps)
-    cw = _relu(_max(ax2, bx2) - _min(ax1, bx1))
-    ch = _relu(_max(ay2, by2) - _min(ay1, by1))
+    cw = _clamp0(_max(ax2, bx2) - _min(ax1, bx1))
+    ch = _clamp0(_max(ay2, by2) - _min(ay1, by1))
     rho2 = ((ax1 + ax2) - (bx1 + bx2)) ** 2 * 0.25 + ((ay1 + ay2) - (by1 + by2)) ** 2 * 0.25
     return dict(aw=aw, ah=ah, bw=bw, bh=bh, inter=inter, area_a=area_a, union=union, iou=iou, cw=cw, ch=ch, rho2=rho2)
 
@@ -279,7 +295,7 @@ def _loss_and_grad(pred, target, weight, kind, fmt, eps, power, gamma, need_grad
     if not need_grad:
         return fn(p), None
     loss, (grad,) = _value_and_vjp(fn, (p,), torch.ones_like)
-    return loss, grad
+    return loss, grad + (loss * 0)[:, None]  # NaN policy: a NaN loss reaches all 4 components
 
 
 def loss_forward(pred, target, weight, kind, fmt, eps, power, gamma, reduction, with_grad):
@@ -290,7 +306,7 @@ def loss_forward(pred, target, weight, kind, fmt, eps, power, gamma, reduction, 
     if reduction == 0:
         return loss.to(pred.dtype), cache
     total = loss.sum(dtype=acc)
-    return (total / pred.shape[0] if reduction == 2 else total), cache
+    return (total / max(pred.shape[0], 1) if reduction == 2 else total), cache  # mean of nothing: 0
 
 
 def loss_backward(grad, pred, target, weight, kind, fmt, eps, power, gamma, reduction):
@@ -299,7 +315,7 @@ def loss_backward(grad, pred, target, weight, kind, fmt, eps, power, gamma, redu
     if reduction == 0:
         g = g * grad.to(acc)[:, None]
     else:
-        g = g * (grad / pred.shape[0] if reduction == 2 else grad)
+        g = g * (grad / max(pred.shape[0], 1) if reduction == 2 else grad)
     return g.to(pred.dtype)
 
 
@@ -315,10 +331,17 @@ def matrix_forward(b1, b2, kind, fmt, eps, aligned):
 
 def matrix_backward(grad, b1, b2, kind, fmt, eps, aligned):
     acc = _compute_dtype(b1.dtype)
-    _, (g1, g2) = _value_and_vjp(lambda x1, x2: _metric_of(x1, x2, kind, fmt, eps, aligned), (b1.to(acc), b2.to(acc)),
-                                 lambda out: grad.to(acc))
+    up = grad.to(acc)
+    m, (g1, g2) = _value_and_vjp(lambda x1, x2: _metric_of(x1, x2, kind, fmt, eps, aligned), (b1.to(acc), b2.to(acc)),
+                                 lambda out: up)
     g1 = torch.zeros_like(b1, dtype=acc) if g1 is None else g1
     g2 = torch.zeros_like(b2, dtype=acc) if g2 is None else g2
+    # NaN policy: a NaN metric (or upstream value) reaches every gradient component of both boxes
+    carrier = up * m * 0
+    if aligned:
+        g1, g2 = g1 + carrier[..., None], g2 + carrier[..., None]
+    else:
+        g1, g2 = g1 + carrier.sum(2)[..., None], g2 + carrier.sum(1)[..., None]
     return g1.to(b1.dtype), g2.to(b2.dtype)
 
 

@@ -52,8 +52,11 @@ Mapping to the peers (the tests check the formulas; the packages when installed)
   gamma applies to each class's loss (focal Tversky, Abraham & Khan 2019).  With soft (float) targets smp >= 0.4 takes the intersection as
   sum min(p, g) ((|p|_1 + |g|_1 - |p - g|_1) / 2); here, as in MONAI, it is sum p g.
 """
+import math
+
 import torch
-import torch.nn.functional as F
+
+from fastloss.reference.sigmoid_focal_loss import bce_with_logits, torch_bce_with_logits
 
 ACTIVATIONS = {"none": 0, "sigmoid": 1, "softmax": 2}
 
@@ -86,16 +89,17 @@ def probs_targets_mask(x, target, activation, ignore_index):
     return p, g, m
 
 
-def ce_terms(x, target, activation, ignore_index):
+def ce_terms(x, target, activation, ignore_index, bce=bce_with_logits):
     """Per-image cross-entropy sum and count of what it averages over, (N, 2): softmax: CE
     per non-ignored pixel (soft targets: -sum_c g_c log p_c); sigmoid: BCE-with-logits per
-    non-ignored element."""
+    non-ignored element (``bce``: the accurate log1p form for the kernels' convention, torch's
+    for the eager baseline)."""
     p, g, m = probs_targets_mask(x, target, activation, ignore_index)
     if activation == 2:
         ce = -(g * torch.log_softmax(x, dim=1)).sum(1)  # (N, S)
         mm = m[:, 0]
         return torch.stack([(ce * mm).sum(1), mm.sum(1)], dim=1)
-    ce = F.binary_cross_entropy_with_logits(x, g, reduction="none")
+    ce = bce(x, g)
     return torch.stack([(ce * m).sum((1, 2)), m.sum((1, 2))], dim=1)
 
 
@@ -126,6 +130,10 @@ def backward(grad_sums, grad_ce, input, target, activation, squared, ignore_inde
         d_c = m (dL/dI g + dL/dP' (2 p if squared else 1))           (= dL/dp_c)
         softmax: dL/dx_k = p_k (d_k - sum_c p_c d_c) + e m ((sum_c g_c) p_k - g_k)
         sigmoid: dL/dx   = p (1 - p) d + e m (p - g);   identity: dL/dx = d
+
+    with the CE terms free of the cancellation of p - 1 at a confident pixel of its class:
+    p - g = (1 - g) p - g sigmoid(-x), and (sum g) p_k - g_k = (sum g - g_k) p_k - g_k (1 - p_k)
+    with 1 - p_k = the sum of the other classes' p for the (first) argmax class.
     """
     acc = _compute_dtype(input.dtype)
     x = input.detach().to(acc)
@@ -138,11 +146,14 @@ def backward(grad_sums, grad_ce, input, target, activation, squared, ignore_inde
     if activation == 2:
         gx = p * (d - (p * d).sum(1, keepdim=True))
         if with_ce:
-            gx = gx + e * m * (g.sum(1, keepdim=True) * p - g)
+            is_amax = torch.arange(x.shape[1], device=x.device).view(1, -1, 1) == x.argmax(1, keepdim=True)
+            q = torch.where(is_amax, torch.where(is_amax, 0, p).sum(1, keepdim=True), 1 - p)  # 1 - p
+            gx = gx + e * m * ((g.sum(1, keepdim=True) - g) * p - g * q)
     elif activation == 1:
-        gx = torch.sigmoid(x) * torch.sigmoid(-x) * d
+        s_neg = torch.sigmoid(-x)
+        gx = p * s_neg * d
         if with_ce:
-            gx = gx + e * m * (p - g)
+            gx = gx + e * m * ((1 - g) * p - g * s_neg)
     else:
         gx = d
     return gx.to(input.dtype)
@@ -152,11 +163,20 @@ def backward(grad_sums, grad_ce, input, target, activation, squared, ignore_inde
 
 
 def finish(s, alpha, beta, gamma, a, smooth_nr, smooth_dr, include_background, per_image, class_weights, log, reduction,
-           zero_empty=False):
+           zero_empty=False, empty=False):
     """Loss from the per-(image, class) sums s (N, C, 3) (plain differentiable torch: the small
     tail shared by every backend).  zero_empty: a class with G' = 0 (no target pixels in the
     image, or in the batch when not per_image) gets loss 0 (smp's rule; it still counts in
-    the mean)."""
+    the mean).  empty: the input has no elements (an empty batch or no pixels): the loss is 0
+    (the mean of nothing, as every fastloss op), connected to the graph, in the shape the
+    reduction gives."""
+    C = s.shape[1]
+    if empty:
+        kept = C - 1 if not include_background and C > 1 else C
+        zero = s.sum() * 0
+        if reduction != "none":
+            return zero
+        return zero.expand((s.shape[0], kept) if per_image else (kept,))
     if not per_image:
         s = s.sum(0, keepdim=True)
     I, P, G = s.unbind(-1)
@@ -173,7 +193,6 @@ def finish(s, alpha, beta, gamma, a, smooth_nr, smooth_dr, include_background, p
     if gamma != 1.0:
         pos = loss > 0
         loss = torch.where(pos, torch.where(pos, loss, torch.ones_like(loss)) ** gamma, torch.zeros_like(loss))
-    C = loss.shape[1]
     if class_weights is not None:
         loss = loss * class_weights.to(loss.dtype).view(1, C)
     if not include_background and C > 1:
@@ -193,12 +212,13 @@ def canonicalize(input, target, mode):
     if mode == "binary" and not (input.dim() >= 2 and input.shape[1] == 1):
         input = input.unsqueeze(1)
     N, C = input.shape[:2]
-    x = input.reshape(N, C, -1)
+    S = math.prod(input.shape[2:])  # explicit: reshape cannot infer -1 for an empty batch
+    x = input.reshape(N, C, S)
     if mode == "multilabel" and not target.is_floating_point():
         target = target.to(input.dtype)
     if target.is_floating_point():
-        return x, target.reshape(N, C, -1)
-    return x, target.reshape(N, -1)
+        return x, target.reshape(N, C, S)
+    return x, target.reshape(N, S)
 
 
 def tversky_loss(input, target, alpha=0.5, beta=0.5, gamma=1.0, mode="multiclass", from_logits=True, smooth_nr=0.0,
@@ -210,7 +230,7 @@ def tversky_loss(input, target, alpha=0.5, beta=0.5, gamma=1.0, mode="multiclass
     activation = 0 if not from_logits else (2 if mode == "multiclass" else 1)
     s = sums(x, t, activation, squared, ignore_index)
     return finish(s, alpha, beta, gamma, _a, smooth_nr, smooth_dr, include_background, per_image, class_weights, log, reduction,
-                  zero_empty)
+                  zero_empty, empty=x.numel() == 0)
 
 
 def dice_loss(input, target, mode="multiclass", **kwargs):
@@ -229,6 +249,6 @@ def dice_ce_loss(input, target, mode="multiclass", lambda_dice=1.0, lambda_ce=1.
     BCE-with-logits over non-ignored elements for sigmoid modes)."""
     d = dice_loss(input, target, mode=mode, ignore_index=ignore_index, **kwargs)
     x, t = canonicalize(input, target, mode)
-    ce = ce_terms(x, t, 2 if mode == "multiclass" else 1, ignore_index).sum(0)
+    ce = ce_terms(x, t, 2 if mode == "multiclass" else 1, ignore_index, bce=torch_bce_with_logits).sum(0)
     ce_term = ce[0] if kwargs.get("reduction", "mean") == "sum" else ce[0] / ce[1].clamp_min(1)
     return lambda_dice * d + lambda_ce * ce_term

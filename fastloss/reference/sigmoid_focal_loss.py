@@ -43,15 +43,18 @@ def _alpha_t(t, alpha):
 
 
 def bce_with_logits(x, t):
-    """Per-element BCE-with-logits, (1 - t) x + log(1 + e^-x) for x >= 0 and
-    log(1 + e^x) - t x below, with log1p: torch's fp32 F.binary_cross_entropy_with_logits
-    computes log(e^-m + e^(-x-m)) and loses ~1e-4 relative accuracy at x = -7, t = 0.
-    Each branch sees only its own sign of x (no overflow, no NaN through torch.where), so
-    autograd's gradient is sigmoid(x) - t everywhere, 0 included."""
+    """Per-element BCE-with-logits, (max(x, 0) - x t) + log(1 + e^-|x|), with log1p: torch's
+    fp32 F.binary_cross_entropy_with_logits computes log(e^-m + e^(-x-m)) and loses ~1e-4
+    relative accuracy at x = -7, t = 0.  max(x, 0) - x t is formed first, as x (1 - t) for
+    x >= 0 and -x t below: exactly 0 for a confident positive (t = 1) and without the
+    cancellation of x - x t for soft targets; then the small log term is added
+    ((x + log1p(e^-x)) - x t would round it away: x = 20, t = 1 gives 0, not 2.06e-9).  Each
+    branch sees only its own sign of x (no overflow, no NaN through torch.where), so autograd's
+    gradient is sigmoid(x) - t everywhere, 0 included."""
     pos = x >= 0
     zero = torch.zeros_like(x)
-    xp, xn = torch.where(pos, x, zero), torch.where(pos, zero, x)  # (clamp's gradient is 0 at the bound)
-    return torch.where(pos, xp + torch.log1p(torch.exp(-xp)), torch.log1p(torch.exp(xn))) - x * t
+    xp, xn = torch.where(pos, x, zero), torch.where(pos, zero, x)
+    return (xp * (1 - t) - xn * t) + torch.where(pos, torch.log1p(torch.exp(-xp)), torch.log1p(torch.exp(xn)))
 
 
 def torch_bce_with_logits(x, t):
@@ -69,13 +72,14 @@ def loss_elements(x, t, alpha, gamma, bce=bce_with_logits):
 
 def grad_elements(x, t, alpha, gamma):
     """dL/dx in closed form: a_t q^gamma [(p - t) + gamma ce r], r = (dq/dx) / q,
-    with r bounded (|r| <= 1) and r := 0 where q == 0 (its limit: dq/dx vanishes there)."""
+    with r bounded (|r| <= 1) and r := 0 where q == 0 (its limit: dq/dx vanishes there);
+    p - t = (1 - t) p - t sigmoid(-x), without the cancellation of sigmoid(x) - 1 at t = 1."""
     ce = bce_with_logits(x, t)
     s_pos, s_neg = torch.sigmoid(x), torch.sigmoid(-x)
     q = t * s_neg + (1 - t) * s_pos
     dq = (1 - 2 * t) * s_pos * s_neg
     r = torch.where(q > 0, dq / q, torch.zeros_like(q))
-    return _alpha_t(t, alpha) * q.pow(gamma) * ((s_pos - t) + gamma * ce * r)
+    return _alpha_t(t, alpha) * q.pow(gamma) * (((1 - t) * s_pos - t * s_neg) + gamma * ce * r)
 
 
 def _compute_dtype(dtype):
@@ -106,7 +110,7 @@ def forward(input, target, weight, alpha, gamma, reduction, with_grad):
     if reduction == 0:
         return loss.to(input.dtype), cache
     total = loss.sum(dtype=acc)
-    return (total / input.numel() if reduction == 2 else total), cache
+    return (total / max(input.numel(), 1) if reduction == 2 else total), cache  # mean of nothing: 0
 
 
 def backward(grad, input, target, weight, alpha, gamma, reduction):
@@ -119,7 +123,7 @@ def backward(grad, input, target, weight, alpha, gamma, reduction):
     if reduction == 0:
         g = g * grad.to(acc)
     else:
-        g = g * (grad / input.numel() if reduction == 2 else grad)
+        g = g * (grad / max(input.numel(), 1) if reduction == 2 else grad)
     return g.to(input.dtype)
 
 

@@ -50,4 +50,8 @@ FL_HOST_DEVICE FL_INLINE T relu(T x) { return select(x < T(0), T(0), x); }
 // Reduction codes shared by every op ("none" / "sum" / "mean").
 enum class Reduction : int64_t { None = 0, Sum = 1, Mean = 2 };
 
+// The divisor of a "mean": the element count, 1 for an empty input (the mean of nothing is 0,
+// not NaN: an image without positives must not turn the loss into NaN).
+FL_HOST_DEVICE FL_INLINE double mean_count(int64_t n) { return n > 0 ? static_cast<double>(n) : 1.0; }
+
 }  // namespace fastloss
