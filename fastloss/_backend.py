@@ -68,45 +68,46 @@ def _device_type(device):
     return torch.device(device).type
 
 
-def _cuda_present():
-    import torch
-
-    return torch.cuda.is_available()
-
-
 def unavailable_backends(device="cpu"):
     """{backend: why it cannot run on ``device`` here} for the backends
     :func:`available_backends` leaves out."""
-    kind = _device_type(device)
+    return dict(_unavailable(_device_type(device), _triton_interpreting()))
+
+
+@functools.lru_cache(maxsize=None)
+def _unavailable(kind, interpreting):
+    # cached per (device type, TRITON_INTERPRET): resolve() asks on every call
+    import torch
+
     why = {}
-    if kind == "cuda" and not _cuda_present():
-        return {name: "no CUDA device is visible to torch (torch.cuda.is_available() is False)" for name in BACKENDS}
-    if kind not in ("cpu", "cuda"):
-        return {name: f"fastloss has no kernels for {kind} tensors" for name in BACKENDS}
-    if kind == "cpu":
+    if kind == "cuda" and not torch.cuda.is_available():
+        return tuple((name, "no CUDA device is visible to torch (torch.cuda.is_available() is False)") for name in BACKENDS)
+    if kind != "cuda":
         why["cuda"] = "the cuda backend runs on CUDA tensors only"
-        if not _extension.has_cpu():
-            why["cpu"] = f"fastloss._C is not loaded: {_extension.load_error}"
-        if not triton_available():
-            why["triton"] = "Triton is not importable"
-        elif not _triton_interpreting():
-            why["triton"] = "Triton runs on CPU tensors only under TRITON_INTERPRET=1 (its interpreter, for tests)"
-    else:
+    if kind != "cpu":
         why["cpu"] = "the cpu backend runs on CPU tensors only"
-        if not _extension.has_cuda():
-            why["cuda"] = (f"fastloss._C is not loaded: {_extension.load_error}" if _extension.C is None else
-                           "fastloss._C was built without its CUDA kernels (rebuild with nvcc on PATH, or FASTLOSS_FORCE_CUDA=1)")
-        if not triton_available():
-            why["triton"] = "Triton is not importable"
-    return why
+    if kind == "cpu" and not _extension.has_cpu():
+        why["cpu"] = _extension.load_error
+    if kind == "cuda" and not _extension.has_cuda():
+        why["cuda"] = (_extension.load_error if _extension.C is None else
+                       "fastloss._C was built without its CUDA kernels (rebuild with nvcc on PATH, or FASTLOSS_FORCE_CUDA=1)")
+    if not triton_available():
+        why["triton"] = "Triton is not importable"
+    elif kind == "cpu" and not interpreting:
+        why["triton"] = "Triton runs on CPU tensors only under TRITON_INTERPRET=1 (its interpreter, for tests)"
+    elif kind not in ("cpu", "cuda"):
+        why["triton"] = f"Triton runs on CUDA tensors (and CPU ones under its interpreter), not {kind}"
+    return tuple(why.items())
 
 
 def available_backends(device="cpu"):
     """Backends that can run on ``device`` here (a device, a string such as "cuda:0"), in the
-    order of preference; empty for CUDA without a visible GPU.  :func:`unavailable_backends`
-    says why the others are missing."""
-    missing = unavailable_backends(device)
-    order = ("cpu", "reference", "triton") if _device_type(device) == "cpu" else ("cuda", "triton", "reference")
+    order of preference: the reference runs on any device type torch has (meta included);
+    nothing runs on CUDA without a visible GPU.  :func:`unavailable_backends` says why the
+    others are missing."""
+    kind = _device_type(device)
+    missing = dict(_unavailable(kind, _triton_interpreting()))
+    order = ("cpu", "reference", "triton") if kind == "cpu" else ("cuda", "triton", "reference")
     return [name for name in order if name not in missing]
 
 
@@ -135,7 +136,8 @@ def resolve(op, device, requested=None):
     if name is not None:
         _check_name(name)
         if name not in available:
-            raise RuntimeError(f"fastloss backend {name!r} is not available for {op} on {kind} tensors; "
+            why = unavailable_backends(device).get(name, "")
+            raise RuntimeError(f"fastloss backend {name!r} is not available for {op} on {kind} tensors ({why}); "
                                f"available here: {available}")
         return name
     for candidate in PREFERENCE[op].get(kind, ("reference",)):

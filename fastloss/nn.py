@@ -6,6 +6,8 @@ domain is a ``ValueError`` there, not at the first forward), multiplies the loss
 ``loss_weight`` (mmdetection's convention) and lists its arguments in its ``repr``.  Shapes,
 dtypes, units and the errors of ``forward`` are those of the function it names.
 """
+import numbers
+
 import torch
 from torch import nn
 
@@ -29,6 +31,8 @@ class _Loss(nn.Module):
 
     def extra_repr(self):
         args = [f"{name}={getattr(self, name)!r}" for name in self._repr_args]
+        if getattr(self, "backend", None) is not None:
+            args.append(f"backend={self.backend!r}")
         return ", ".join(args + [f"loss_weight={self.loss_weight!r}"])
 
 
@@ -75,20 +79,26 @@ class BoxIoULoss(_Loss):
 
 
 class _DiceFamily(_Loss):
-    """Shared construction of the Dice-family modules: checks, and ``class_weights`` as a
-    (non-persistent) buffer so that ``module.to(device)`` moves it."""
+    """Shared construction of the Dice-family modules: checks, and a tensor ``class_weights``
+    as a buffer so that ``module.to(device)`` moves it -- non-persistent: like the other
+    constructor arguments it is not part of ``state_dict`` (build the module with it)."""
 
     def _setup(self, mode, from_logits, smooth_nr, smooth_dr, squared, ignore_index, include_background, per_image, class_weights,
                log, reduction, gamma, zero_empty, backend, alpha=0.5, beta=0.5):
         if mode not in _dice.MODES:
             raise ValueError(f"mode must be one of {_dice.MODES}, got {mode!r}")
-        if ignore_index is not None and (isinstance(ignore_index, bool) or not isinstance(ignore_index, int)):
+        if ignore_index is not None and (isinstance(ignore_index, bool) or not isinstance(ignore_index, numbers.Integral)):
             raise ValueError(f"ignore_index must be an int or None, got {ignore_index!r}")
         self.alpha, self.beta, self.gamma, self.smooth_nr, self.smooth_dr = _dice._check_params(alpha, beta, gamma, smooth_nr, smooth_dr,
                                                                                              reduction)
-        self.mode, self.from_logits, self.squared, self.ignore_index = mode, bool(from_logits), bool(squared), ignore_index
+        self.mode, self.from_logits, self.squared = mode, bool(from_logits), bool(squared)
+        self.ignore_index = None if ignore_index is None else int(ignore_index)
         self.include_background, self.per_image, self.log = bool(include_background), bool(per_image), bool(log)
         self.reduction, self.zero_empty, self.backend = reduction, bool(zero_empty), backend
+        if class_weights is not None:
+            w = torch.as_tensor(class_weights, dtype=torch.float64).detach()
+            if w.dim() != 1 or not bool(torch.isfinite(w).all() & (w >= 0).all()):
+                raise ValueError(f"class_weights must be one finite value >= 0 per class, got {class_weights!r}")
         if isinstance(class_weights, torch.Tensor):
             self.register_buffer("class_weights", class_weights.detach(), persistent=False)
         else:
@@ -104,7 +114,7 @@ class TverskyLoss(_DiceFamily):
     """Module form of :func:`fastloss.tversky_loss`: ``forward(input, target)``."""
 
     _repr_args = ("alpha", "beta", "gamma", "mode", "from_logits", "smooth_nr", "smooth_dr", "squared", "ignore_index", "include_background",
-                  "per_image", "log", "reduction", "zero_empty")
+                  "per_image", "class_weights", "log", "reduction", "zero_empty")
 
     def __init__(self, alpha=0.5, beta=0.5, gamma=1.0, mode="multiclass", from_logits=True, smooth_nr=0.0, smooth_dr=1e-5, squared=False,
                  ignore_index=None, include_background=True, per_image=False, class_weights=None, log=False, reduction="mean",
@@ -121,8 +131,8 @@ class TverskyLoss(_DiceFamily):
 class DiceLoss(_DiceFamily):
     """Module form of :func:`fastloss.dice_loss`: ``forward(input, target)``."""
 
-    _repr_args = ("mode", "from_logits", "smooth_nr", "smooth_dr", "squared", "ignore_index", "include_background", "per_image", "log",
-                  "reduction", "gamma", "zero_empty")
+    _repr_args = ("mode", "from_logits", "smooth_nr", "smooth_dr", "squared", "ignore_index", "include_background", "per_image",
+                  "class_weights", "log", "reduction", "gamma", "zero_empty")
     _fn = staticmethod(_dice.dice_loss)
 
     def __init__(self, mode="multiclass", from_logits=True, smooth_nr=0.0, smooth_dr=1e-5, squared=False, ignore_index=None,
@@ -147,7 +157,7 @@ class DiceCELoss(_DiceFamily):
     """Module form of :func:`fastloss.dice_ce_loss` (MONAI's DiceCE): ``forward(input, target)``."""
 
     _repr_args = ("mode", "lambda_dice", "lambda_ce", "smooth_nr", "smooth_dr", "squared", "ignore_index", "include_background",
-                  "per_image", "log", "reduction", "gamma", "zero_empty")
+                  "per_image", "class_weights", "log", "reduction", "gamma", "zero_empty")
 
     def __init__(self, mode="multiclass", lambda_dice=1.0, lambda_ce=1.0, smooth_nr=0.0, smooth_dr=1e-5, squared=False, ignore_index=None,
                  include_background=True, per_image=False, class_weights=None, log=False, reduction="mean", gamma=1.0, loss_weight=1.0,

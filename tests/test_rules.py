@@ -365,3 +365,80 @@ def test_info_says_why_a_backend_is_missing():
     assert "[cuda]" in text
     for why in fastloss.unavailable_backends("cpu").values():
         assert why in text
+
+
+# ====================================================================== found in review
+
+
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+def test_dice_nan_survives_gamma_and_zero_empty(backend):
+    x = torch.zeros(1, 2, 3)
+    x[0, 0, 0] = float("nan")
+    t = torch.zeros(1, 3, dtype=torch.long)
+    for gamma in (0.5, 2.0):
+        assert torch.isnan(fastloss.dice_loss(x, t, gamma=gamma, reduction="none", backend=backend)).all(), gamma
+    tt = torch.zeros(1, 2, 3)
+    tt[0, 1, 0] = float("nan")
+    out = fastloss.dice_loss(torch.zeros(1, 2, 3), tt, mode="multilabel", zero_empty=True, reduction="none", backend=backend)
+    assert torch.isnan(out[1]) and out[0] == 0  # class 1 touched by the NaN target, class 0 empty -> 0
+
+
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+def test_uint8_labels_compare_with_ignore_index_in_int64(backend):
+    t = torch.tensor([[0, 1, 255, 2]], dtype=torch.uint8)
+    with pytest.raises(ValueError, match="class label 255"):  # 255 is not -1
+        fastloss.dice_loss(torch.randn(1, 3, 4), t, ignore_index=-1, backend=backend)
+    fastloss.dice_loss(torch.randn(1, 3, 4), t, ignore_index=255, backend=backend)
+    import numpy as np
+
+    fastloss.dice_loss(torch.randn(1, 3, 4), t, ignore_index=np.int64(255), backend=backend)  # any integer type
+
+
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+def test_dice_ce_confident_pixel_and_masked_logit(backend):
+    x = torch.tensor([20.0, 0.0, 0.0]).view(1, 3, 1)
+    t = torch.zeros(1, 1, dtype=torch.long)
+    ce = fastloss.dice_ce_loss(x, t, lambda_dice=0.0, backend=backend)
+    assert ce.item() == pytest.approx(math.log1p(2 * math.exp(-20)), rel=1e-5)  # 4.12e-9, not 0
+    xm = torch.tensor([2.0, float("-inf"), 0.5]).view(1, 3, 1).requires_grad_()
+    loss = fastloss.dice_ce_loss(xm, t, lambda_dice=0.0, backend=backend)
+    (g,) = torch.autograd.grad(loss, xm)
+    torch.testing.assert_close(loss, torch.nn.functional.cross_entropy(xm.detach().view(1, 3), t.view(1)))
+    assert torch.isfinite(g).all()
+
+
+def test_reference_backend_runs_on_any_device_type():
+    assert fastloss.available_backends("meta") == ["reference"]
+    x = torch.randn(3, 2, device="meta")
+    assert fastloss.sigmoid_focal_loss(x, torch.rand(3, 2, device="meta"), backend="reference").device.type == "meta"
+    with pytest.raises(RuntimeError, match="runs on CPU tensors only"):
+        fastloss.sigmoid_focal_loss(x, torch.rand(3, 2, device="meta"), backend="cpu")
+
+
+def test_more_argument_domains():
+    x, lab = torch.randn(4, 3), torch.randint(0, 4, (4,))
+    for bad in (-1.0, float("nan"), float("inf")):
+        with pytest.raises(ValueError, match="avg_factor"):
+            fastloss.sigmoid_focal_loss(x, lab, avg_factor=bad)
+    with pytest.raises(ValueError, match="avg_factor"):
+        fastloss.box_iou_loss(_boxes(2), _boxes(2), avg_factor="a")
+    for cw in ([-1.0, 1.0, 1.0], [float("nan"), 1.0, 1.0]):
+        with pytest.raises(ValueError, match="class_weights"):
+            fastloss.dice_loss(torch.randn(1, 3, 4), torch.zeros(1, 4, dtype=torch.long), class_weights=cw)
+        with pytest.raises(ValueError, match="class_weights"):
+            fastloss.nn.DiceLoss(class_weights=cw)
+    with pytest.raises(ValueError, match="class_weights"):
+        fastloss.nn.DiceLoss(class_weights=torch.ones(2, 2))
+    with pytest.raises(ValueError, match="dim must be"):
+        fastloss.box_iou_max(_boxes(2)[None], _boxes(3)[None], dim=True)
+    import numpy as np
+
+    assert fastloss.box_iou_max(_boxes(2)[None], _boxes(3)[None], dim=np.int64(-1))[0].shape == (1, 2)
+    with pytest.raises(ValueError, match="at least one class"):
+        fastloss.dice_loss(torch.zeros(2, 0, 4, 4), torch.zeros(2, 4, 4, dtype=torch.long))
+
+
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+def test_box_iou_max_empty_batch(backend):
+    v, i = fastloss.box_iou_max(torch.zeros(0, 2, 4), torch.zeros(0, 0, 4), backend=backend)
+    assert v.shape == (0, 2) and i.shape == (0, 2)

@@ -33,9 +33,13 @@ def variants(quick):
     fmts = (0, 2) if quick else (0, 1, 2)
     box_common = dict(COMPUTE=[tl.float32], INT64=[False], BLOCK=[box_iou.BLOCK])
     mat = dict(COMPUTE=[tl.float32], BLOCK=[box_iou.MATRIX_BLOCK])
+    box64 = dict(COMPUTE=[tl.float64], INT64=[False], BLOCK=[box_iou.BLOCK])
     return [
         (box_iou._loss_forward_kernel, grid(KIND=kinds, FMT=fmts, POWER_ONE=[True, False], HAS_W=[True], REDUCE=[True], WITH_GRAD=[False],
                                             **box_common)),
+        # fp64 (tests, and fp32 pred promoted by an fp64 target): the transcendental paths
+        (box_iou._loss_forward_kernel, grid(KIND=[1, 4, 6, 7], FMT=[0], POWER_ONE=[False], HAS_W=[False], REDUCE=[False], WITH_GRAD=[True],
+                                            **box64)),
         (box_iou._loss_backward_kernel, grid(KIND=kinds, FMT=fmts, POWER_ONE=[False], HAS_W=[False], PER_BOX_GRAD=[True], **box_common)),
         (box_iou._matrix_kernel, grid(KIND=metrics, FMT=[0], ALIGNED=[False, True], **mat)),
         (box_iou._aligned_backward_kernel, grid(KIND=metrics, FMT=[2], **mat)),
@@ -48,16 +52,20 @@ def variants(quick):
 def focal_variants():
     common = dict(GAMMA_MODE=[0, 1, 2], USE_ALPHA=[True], LABELS=[True, False], WEIGHT_MODE=[1], COMPUTE=[tl.float32], INT64=[False],
                   BLOCK=[sigmoid_focal_loss.BLOCK])
+    fp64 = dict(common, COMPUTE=[tl.float64], GAMMA_MODE=[1], LABELS=[False])
     return [
         (sigmoid_focal_loss._forward_kernel, grid(REDUCE=[True], WITH_GRAD=[True], **common)),
         (sigmoid_focal_loss._backward_kernel, grid(PER_ELEM_GRAD=[False], **common)),
+        (sigmoid_focal_loss._forward_kernel, grid(REDUCE=[False], WITH_GRAD=[True], **fp64)),
     ]
 
 
 def dice_variants():
     common = dict(ACT=[0, 1, 2], LABELS=[True], HAS_IGNORE=[True], SQUARED=[False], WITH_CE=[True], COMPUTE=[tl.float32], BLOCK_C=[32],
                   BLOCK_S=[64])
-    return [(dice._sums_kernel, grid(**common)), (dice._grad_kernel, grid(**common))]
+    fp64 = dict(common, ACT=[1, 2], COMPUTE=[tl.float64])
+    return [(dice._sums_kernel, grid(**common)), (dice._grad_kernel, grid(**common)), (dice._sums_kernel, grid(**fp64)),
+            (dice._grad_kernel, grid(**fp64))]
 
 
 def scalar_type(name):
@@ -72,6 +80,8 @@ def scalar_type(name):
 
 def signature(fn, consts):
     sig = {name: ("constexpr" if name in consts else scalar_type(name)) for name in fn.arg_names}
+    if consts.get("COMPUTE") == tl.float64:  # fp64 kernels read and write fp64 buffers
+        sig = {name: ("*fp64" if t == "*fp32" else t) for name, t in sig.items()}
     if consts.get("LABELS") and "t_ptr" in sig:
         sig["t_ptr"] = "*i64"
     return sig

@@ -52,4 +52,4 @@ def pow_pos(x, p):
     if INTERPRETED:  # exp(p log x) loses |p log x| ulp in fp32: form it in fp64 (numpy)
         return tl.exp(p * tl.log(x.to(tl.float64))).to(x.dtype)
     else:
-        return libdevice.pow(x, p)
+        return libdevice.pow(x, p + tl.zeros_like(x))  # the exponent in x's dtype: libdevice has no pow(fp64, fp32)

@@ -92,9 +92,13 @@ def _sums_kernel(x_ptr, t_ptr, part_ptr, cepart_ptr, C, S, NBLK, ignore_index, A
     tl.store(out + 2, gsum_c, mask=cmask)
     if WITH_CE:
         if ACT == 2:
-            xs = tl.where(valid, x, 0.0)
-            lse = mx + _math.log(ssum)
-            ce_px = tl.sum(g, axis=0) * lse - tl.sum(g * xs, axis=0)
+            # CE = sum_c g_c (mx - x_c) + (sum_c g_c) log1p(rest), rest = the other classes'
+            # share of the softmax sum: no cancellation for a confident pixel; 0 for classes
+            # without target mass, even at x = -inf (a masked logit)
+            is_amax = c[:, None] == tl.argmax(x, axis=0)[None, :]
+            rest = tl.sum(tl.where(is_amax, 0.0, p), axis=0) * ssum
+            gd = tl.sum(tl.where(g != 0, g * (mx[None, :] - x), 0.0), axis=0)
+            ce_px = gd + tl.sum(g, axis=0) * _math.log1p(rest)
             ce = tl.sum(tl.where(mp, ce_px, 0.0), axis=0)
             cnt = tl.sum(mp.to(COMPUTE), axis=0)
         else:

@@ -28,7 +28,9 @@ namespace {
 using cpu::Vec;
 using dice::Args;
 
-constexpr int64_t kPix = 4096;  // pixels per deterministic reduction block (a multiple of every Vec size)
+// pixels per deterministic reduction block (a multiple of every Vec size): each fp32 lane adds
+// at most kPix / V terms in sequence (64 with AVX2) before the block's partial goes to fp64
+constexpr int64_t kPix = 512;
 
 // Per chunk of <= V pixels: the label (as acc_t, -1 for ignored / tail lanes) and the mask.
 // Labels were validated by the op (fastloss/ops/dice.py) before any backend ran; an
@@ -143,10 +145,10 @@ void sums_cpu(const Args& a, bool with_ce, at::Tensor& sums, at::Tensor& ce) {
           }
         };
         if (softmax) {
-          Vec<acc_t> mx, sum;
-          softmax_exp<acc_t>(xn, s, k, C, S, xbuf.data(), ebuf.data(), mx, sum);
+          Vec<acc_t> mx, sum, amax, rest;
+          softmax_exp<acc_t>(xn, s, k, C, S, xbuf.data(), ebuf.data(), mx, sum, &amax, &rest);
           const Vec<acc_t> inv = Vec<acc_t>(acc_t(1)) / sum;
-          Vec<acc_t> gsum(acc_t(0)), gx(acc_t(0));
+          Vec<acc_t> gsum(acc_t(0)), gd(acc_t(0));
           for (int64_t c = 0; c < C; ++c) {
             const Vec<acc_t> p = ebuf[c] * inv;
             Vec<acc_t> g, mc;
@@ -156,13 +158,16 @@ void sums_cpu(const Args& a, bool with_ce, at::Tensor& sums, at::Tensor& ce) {
             acc[3 * c + 2] = acc[3 * c + 2] + mc * (sq ? g * g : g);
             if (with_ce) {
               gsum = gsum + g;
-              gx = gx + g * xbuf[c];
+              // g (mx - x): 0 for a class without target mass, even at x = -inf (a masked logit)
+              gd = gd + Vec<acc_t>::blendv(Vec<acc_t>(acc_t(0)), g * (mx - xbuf[c]), g != Vec<acc_t>(acc_t(0)));
             }
           }
           if (with_ce) {
-            const Vec<acc_t> lse = mx + sum.log();
+            // CE = sum_c g_c (lse - x_c) = sum_c g_c (mx - x_c) + (sum_c g_c) log1p(rest): no
+            // cancellation for a confident pixel (lse - x = log(1 + rest) ~ rest, not log(sum) - 0)
+            const Vec<acc_t> ce_px = gd + gsum * rest.log1p();
             // blend, not multiply: padded / ignored lanes must add exactly 0
-            ce_acc = ce_acc + Vec<acc_t>::blendv(Vec<acc_t>(acc_t(0)), gsum * lse - gx, (m != Vec<acc_t>(acc_t(0))));
+            ce_acc = ce_acc + Vec<acc_t>::blendv(Vec<acc_t>(acc_t(0)), ce_px, (m != Vec<acc_t>(acc_t(0))));
             cnt_acc = cnt_acc + m;
           }
         } else {

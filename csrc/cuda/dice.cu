@@ -35,9 +35,6 @@ constexpr int kThreads = 256;
 constexpr int kPPT = 4;                        // pixels per thread
 constexpr int64_t kPix = kThreads * kPPT;      // pixels per block
 
-__device__ __forceinline__ float dlog(float x) { return ::logf(x); }
-__device__ __forceinline__ double dlog(double x) { return ::log(x); }
-
 template <typename scalar_t, typename label_t>
 struct DicePtrs {
   const scalar_t* x;
@@ -95,7 +92,7 @@ __device__ __forceinline__ void pixel_setup(const DicePtrs<scalar_t, label_t>& p
         rest = (rest + acc_t(1)) * fl::exp(mx - v);  // the old argmax joins the others (0 at the first class)
         mx = v;
         amax = c;
-      } else {
+      } else if (!(v == -static_cast<acc_t>(INFINITY))) {  // a masked -inf logit adds 0 (exp of -inf - -inf would be NaN)
         rest += fl::exp(v - mx);  // NaN v lands here: NaN propagates through the sum
       }
     }
@@ -140,9 +137,9 @@ __global__ void __launch_bounds__(kThreads) dice_sums_kernel(DicePtrs<scalar_t, 
   Pixel<acc_t> px[kPPT];
 #pragma unroll
   for (int k = 0; k < kPPT; ++k) pixel_setup(p, d, n, blk * kPix + k * kThreads + threadIdx.x, px[k]);
-  acc_t ce = acc_t(0), cnt = acc_t(0), gsum[kPPT], gx[kPPT];
+  acc_t ce = acc_t(0), cnt = acc_t(0), gsum[kPPT], gd[kPPT];
 #pragma unroll
-  for (int k = 0; k < kPPT; ++k) gsum[k] = gx[k] = acc_t(0);
+  for (int k = 0; k < kPPT; ++k) gsum[k] = gd[k] = acc_t(0);
   acc_t* out = part + (n * d.nblk + blk) * d.C * 3;
   for (int64_t c = 0; c < d.C; ++c) {
     acc_t I = 0, P = 0, G = 0;
@@ -161,7 +158,7 @@ __global__ void __launch_bounds__(kThreads) dice_sums_kernel(DicePtrs<scalar_t, 
       if (with_ce) {
         if (d.activation == dice::kSoftmax) {
           gsum[k] += g;
-          gx[k] += g * x;
+          if (g != acc_t(0)) gd[k] += g * (px[k].mx - x);  // 0 for a class without target mass, even at x = -inf
         } else if (mc != acc_t(0)) {
           ce += dice::bce(x, g);
           cnt += mc;
@@ -182,7 +179,8 @@ __global__ void __launch_bounds__(kThreads) dice_sums_kernel(DicePtrs<scalar_t, 
 #pragma unroll
       for (int k = 0; k < kPPT; ++k) {
         if (px[k].in && px[k].m != acc_t(0)) {
-          ce += gsum[k] * (px[k].mx - dlog(px[k].inv)) - gx[k];  // lse = mx + log(sum)
+          // CE = sum_c g_c (mx - x_c) + (sum_c g_c) log1p(rest): no cancellation for a confident pixel
+          ce += gd[k] + gsum[k] * fl::log1p(px[k].rest);
           cnt += px[k].m;
         }
       }

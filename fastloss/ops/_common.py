@@ -98,11 +98,15 @@ def check_labels(op, labels, high, ignore_index=None, hint=""):
     bad label probably meant."""
     if labels.is_floating_point() or labels.numel() == 0 or not labels_checked_on(labels.device):
         return
-    bad = (labels < 0) | (labels >= high)
+    lo, hi = torch.aminmax(labels)  # one pass; the common all-valid case ends here
+    if lo.item() >= 0 and hi.item() < high:
+        return
+    lab = labels.long()  # compare in int64: a uint8 map against ignore_index=-1 must not wrap to 255
+    bad = (lab < 0) | (lab >= high)
     if ignore_index is not None:
-        bad &= labels != ignore_index
+        bad &= lab != ignore_index
     if bool(bad.any()):
-        first = labels[bad].reshape(-1)[0].item()
+        first = lab[bad].reshape(-1)[0].item()
         ok = f"[0, {high - 1}]" + (f" or ignore_index={ignore_index}" if ignore_index is not None else "")
         raise ValueError(f"{op}: class label {first} in target is out of range: labels must be in {ok}{hint}")
 
@@ -117,6 +121,8 @@ def check_reduction(reduction, avg_factor):
         raise ValueError(f"reduction must be one of {tuple(REDUCTIONS)}, got {reduction!r}")
     if avg_factor is not None and reduction == "sum":
         raise ValueError('avg_factor can not be used with reduction="sum" (mmdetection\'s contract)')
+    if avg_factor is not None and not isinstance(avg_factor, torch.Tensor):  # a tensor stays on its device, unchecked
+        check_param("avg_factor", avg_factor, lambda v: 0 <= v < float("inf"), "a tensor, or a number >= 0 and finite")
     return REDUCTIONS[reduction]
 
 

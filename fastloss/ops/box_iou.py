@@ -14,6 +14,7 @@ the backward re-reads pred/target and recomputes, which moves 32 B instead of 16
 keeps no (n, 4) buffer alive between forward and backward.
 """
 import math
+import numbers
 from typing import Optional
 
 import torch
@@ -374,7 +375,8 @@ def box_iou(boxes1, boxes2, kind="iou", fmt="xyxy", aligned=False, eps=1e-7, *, 
     """Pairwise (or aligned) IoU-family matrix.
 
     Args:
-        boxes1: (..., N, 4); boxes2: (..., M, 4) with the same leading (batch) dims and dtype.
+        boxes1: (..., N, 4); boxes2: (..., M, 4) with the same leading (batch) dims; coordinates
+            in pixels (any common unit).
         kind: "iou" | "iof" (intersection over boxes1's area, mmcv) | "giou" | "diou" | "ciou"
             (formulas in :mod:`fastloss.reference.box_iou`; CIoU's alpha is a constant in the
             backward).
@@ -446,12 +448,13 @@ def box_iou_max(boxes1, boxes2, kind="iou", dim=-1, fmt="xyxy", eps=1e-7, *, bac
     """``box_iou(boxes1, boxes2, kind, fmt).max(dim)`` without writing the (..., N, M) matrix.
 
     Args:
-        boxes1: (..., N, 4); boxes2: (..., M, 4), same leading (batch) dims and dtype.
+        boxes1: (..., N, 4); boxes2: (..., M, 4), same leading (batch) dims (dtypes promote as
+            torch's, fp32 for fp16/bf16 under ``torch.autocast``).
         dim: -1 (or the index of M): the max over boxes2 for each box of boxes1 -> (..., N)
             (an assigner's best anchor per ground truth when boxes1 are the ground truths);
             -2 (or the index of N): the max over boxes1 for each box of boxes2 -> (..., M)
             (each anchor's best ground truth).
-    Returns ``(values, indices)`` like ``torch.max(dim)``: values in the input dtype, int64
+    Returns ``(values, indices)`` like ``torch.max(dim)``: values in the promoted dtype, int64
     indices; ties give the first index; a NaN is the maximum (as in torch.max).
 
     Forward only: the result is not differentiable (assigners use it under no_grad); values
@@ -462,9 +465,9 @@ def box_iou_max(boxes1, boxes2, kind="iou", dim=-1, fmt="xyxy", eps=1e-7, *, bac
     eps = _common.positive("eps", eps)
     b1, b2, lead = _prepare_pair_sets(boxes1, boxes2, False)
     nd = boxes1.dim()
-    if not isinstance(dim, int) or dim not in (-1, -2, nd - 1, nd - 2):
+    if isinstance(dim, bool) or not isinstance(dim, numbers.Integral) or int(dim) not in (-1, -2, nd - 1, nd - 2):
         raise ValueError(f"dim must be -1 (over boxes2, the M axis) or -2 (over boxes1, the N axis), got {dim!r}")
-    over_m = dim in (-1, nd - 1)
+    over_m = int(dim) in (-1, nd - 1)
     if (b2.shape[1] if over_m else b1.shape[1]) == 0 and (b1.shape[1] if over_m else b2.shape[1]) > 0 and b1.shape[0] > 0:
         raise ValueError("box_iou_max: the set reduced over is empty (max of nothing)")
     values, indices = box_iou_max_op(b1.detach(), b2.detach(), kind_code, fmt_code, float(eps), 1 if over_m else 0, backend)

@@ -19,6 +19,7 @@ custom op); under torch.compile they call the custom op.
 Semantics, defaults and the mapping to MONAI / segmentation_models_pytorch:
 fastloss/reference/dice.py.  Limits: CUDA and Triton launch one grid row per image (N <= 65535).
 """
+import numbers
 from typing import Optional
 
 import torch
@@ -124,7 +125,7 @@ def _prepare(input, target, mode, from_logits, ignore_index):
     if not isinstance(target, torch.Tensor):
         raise TypeError(f"target must be a torch.Tensor, got {type(target).__name__}")
     _common.check_same_device("input", input, target=target)
-    if ignore_index is not None and (isinstance(ignore_index, bool) or not isinstance(ignore_index, int)):
+    if ignore_index is not None and (isinstance(ignore_index, bool) or not isinstance(ignore_index, numbers.Integral)):
         raise ValueError(f"ignore_index must be an int or None, got {ignore_index!r}")
     if target.is_complex():
         raise ValueError(f"target must be an integer label map or a float tensor, got {target.dtype}")
@@ -146,6 +147,8 @@ def _prepare(input, target, mode, from_logits, ignore_index):
         if input.dim() < 2:
             raise ValueError(f"{mode} input must be (N, C, *), got shape {tuple(input.shape)}")
         spatial = input.shape[:1] + input.shape[2:]
+        if input.shape[1] == 0:
+            raise ValueError(f"{mode} input must have at least one class (N, C >= 1, *), got shape {tuple(input.shape)}")
         if mode == "multiclass":
             if is_float:
                 if target.shape != input.shape:
@@ -190,6 +193,9 @@ def _class_weights(class_weights, C, device, dtype):
         _common.no_grad_required(class_weights=w)
     if w.shape != (C,):
         raise ValueError(f"class_weights must have one value per class (C = {C}), got shape {tuple(w.shape)}")
+    if w.device.type == "cpu" and not torch.compiler.is_compiling():  # no device sync, no graph break
+        if not bool(torch.isfinite(w).all() & (w >= 0).all()):
+            raise ValueError(f"class_weights must be finite and >= 0, got {w.tolist()}")
     return w
 
 
@@ -204,6 +210,7 @@ def _loss(input, target, a, alpha, beta, gamma, mode, from_logits, smooth_nr, sm
           include_background, per_image, class_weights, log, reduction, zero_empty, backend, with_ce=False):
     alpha, beta, gamma, smooth_nr, smooth_dr = _check_params(alpha, beta, gamma, smooth_nr, smooth_dr, reduction)
     x, t, activation = _prepare(input, target, mode, from_logits, ignore_index)
+    ignore_index = None if ignore_index is None else int(ignore_index)
     w = _class_weights(class_weights, x.shape[1], x.device, _common.reduced_dtype(x.dtype))
     sums, ce = _sums(x, t, activation, squared, ignore_index, with_ce, backend)
     loss = reference.finish(sums, alpha, beta, gamma, a, smooth_nr, smooth_dr, include_background, per_image, w, log, reduction,

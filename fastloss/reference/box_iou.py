@@ -75,7 +75,6 @@ from fastloss.reference._reduce import reduce_loss
 KINDS = ("iou", "log_iou", "giou", "diou", "ciou", "eiou", "focal_eiou", "siou", "cdiou")
 METRICS = ("iou", "iof", "giou", "diou", "ciou")
 FMTS = ("xyxy", "xywh", "cxcywh")
-REDUCTIONS = ("none", "sum", "mean")
 
 _FOUR_OVER_PI2 = 4.0 / math.pi ** 2
 
@@ -348,5 +347,8 @@ def matrix_backward(grad, b1, b2, kind, fmt, eps, aligned):
 def max_forward(b1, b2, kind, fmt, eps, dim):
     """Kernel convention of the fused max: dim 1 -> max over boxes2 (B, N); 0 -> over boxes1 (B, M)."""
     m = matrix_forward(b1, b2, kind, fmt, eps, False)
-    v, i = m.max(dim=2 if dim == 1 else 1)
-    return v, i
+    d = 2 if dim == 1 else 1
+    if m.shape[d] == 0:  # nothing to reduce (the op only lets this through when there are no results either)
+        shape = m.shape[:d] + m.shape[d + 1:]
+        return m.new_empty(shape), torch.empty(shape, dtype=torch.int64, device=m.device)
+    return m.max(dim=d)

@@ -58,9 +58,6 @@ import torch
 
 from fastloss.reference.sigmoid_focal_loss import bce_with_logits, torch_bce_with_logits
 
-ACTIVATIONS = {"none": 0, "sigmoid": 1, "softmax": 2}
-
-
 def _compute_dtype(dtype):
     return torch.float64 if dtype == torch.float64 else torch.float32
 
@@ -89,17 +86,27 @@ def probs_targets_mask(x, target, activation, ignore_index):
     return p, g, m
 
 
-def ce_terms(x, target, activation, ignore_index, bce=bce_with_logits):
+def ce_terms(x, target, activation, ignore_index, exact=True):
     """Per-image cross-entropy sum and count of what it averages over, (N, 2): softmax: CE
     per non-ignored pixel (soft targets: -sum_c g_c log p_c); sigmoid: BCE-with-logits per
-    non-ignored element (``bce``: the accurate log1p form for the kernels' convention, torch's
-    for the eager baseline)."""
+    non-ignored element.  ``exact``: the kernels' forms, as accurate as they are --
+    softmax CE = sum_c g_c (mx - x_c) + (sum_c g_c) log1p(rest) with rest the other classes'
+    share of the softmax sum (no cancellation for a confident pixel; a class without target
+    mass adds 0 even at x = -inf) and the log1p BCE; else torch's log_softmax and BCE, what a
+    user writes (the benchmarks' eager baseline)."""
     p, g, m = probs_targets_mask(x, target, activation, ignore_index)
     if activation == 2:
-        ce = -(g * torch.log_softmax(x, dim=1)).sum(1)  # (N, S)
+        if exact:
+            mx, amax = x.max(1, keepdim=True)
+            is_amax = torch.arange(x.shape[1], device=x.device).view(1, -1, 1) == amax
+            rest = torch.where(is_amax, torch.zeros_like(x), torch.exp(x - mx)).sum(1)
+            gd = torch.where(g != 0, g * (mx - x), torch.zeros_like(x)).sum(1)
+            ce = gd + g.sum(1) * torch.log1p(rest)  # (N, S)
+        else:
+            ce = -(g * torch.log_softmax(x, dim=1)).sum(1)
         mm = m[:, 0]
         return torch.stack([(ce * mm).sum(1), mm.sum(1)], dim=1)
-    ce = bce(x, g)
+    ce = bce_with_logits(x, g) if exact else torch_bce_with_logits(x, g)
     return torch.stack([(ce * m).sum((1, 2)), m.sum((1, 2))], dim=1)
 
 
@@ -176,7 +183,7 @@ def finish(s, alpha, beta, gamma, a, smooth_nr, smooth_dr, include_background, p
         zero = s.sum() * 0
         if reduction != "none":
             return zero
-        return zero.expand((s.shape[0], kept) if per_image else (kept,))
+        return zero.expand((s.shape[0], kept) if per_image else (kept,)).clone()  # a real tensor, writable
     if not per_image:
         s = s.sum(0, keepdim=True)
     I, P, G = s.unbind(-1)
@@ -184,15 +191,15 @@ def finish(s, alpha, beta, gamma, a, smooth_nr, smooth_dr, include_background, p
     den = a * I + a * alpha * (P - I) + a * beta * (G - I) + smooth_dr
     ok = den != 0
     score = torch.where(ok, num / torch.where(ok, den, torch.ones_like(den)), torch.ones_like(den))
-    if zero_empty:  # score 1 -> loss 0, and no NaN gradient through a log of a zero score
-        score = torch.where(G > 0, score, torch.ones_like(score))
+    if zero_empty:  # score 1 -> loss 0, and no NaN gradient through a log of a zero score (NaN G stays NaN)
+        score = torch.where(G != 0, score, torch.ones_like(score))
     if log:
         loss = -torch.log(score)
     else:
         loss = 1.0 - score
-    if gamma != 1.0:
-        pos = loss > 0
-        loss = torch.where(pos, torch.where(pos, loss, torch.ones_like(loss)) ** gamma, torch.zeros_like(loss))
+    if gamma != 1.0:  # loss^gamma with derivative 0 at 0 (finite for gamma < 1); NaN stays NaN
+        flat = loss <= 0
+        loss = torch.where(flat, torch.zeros_like(loss), torch.where(flat, torch.ones_like(loss), loss) ** gamma)
     if class_weights is not None:
         loss = loss * class_weights.to(loss.dtype).view(1, C)
     if not include_background and C > 1:
@@ -249,6 +256,6 @@ def dice_ce_loss(input, target, mode="multiclass", lambda_dice=1.0, lambda_ce=1.
     BCE-with-logits over non-ignored elements for sigmoid modes)."""
     d = dice_loss(input, target, mode=mode, ignore_index=ignore_index, **kwargs)
     x, t = canonicalize(input, target, mode)
-    ce = ce_terms(x, t, 2 if mode == "multiclass" else 1, ignore_index, bce=torch_bce_with_logits).sum(0)
+    ce = ce_terms(x, t, 2 if mode == "multiclass" else 1, ignore_index, exact=False).sum(0)
     ce_term = ce[0] if kwargs.get("reduction", "mean") == "sum" else ce[0] / ce[1].clamp_min(1)
     return lambda_dice * d + lambda_ce * ce_term
