@@ -1,12 +1,13 @@
-"""Eager dispatch overhead of fastloss.sigmoid_focal_loss at small sizes.
+"""Eager dispatch overhead of fastloss.sigmoid_focal_loss (a loss of the pointwise engine) at
+small sizes.
 
-Is the eager fast path (the public function calls ``SigmoidFocalLossFunction.apply``, a
+Is the eager fast path (the public function calls ``PointwiseFunction.apply``, a
 ``torch.autograd.Function``) worth it against calling the ``torch.library`` custom op
 ``torch.ops.fastloss.sigmoid_focal_loss`` (dispatcher + registered autograd)?  Paths, all on
 the device's default fastloss backend, int64 class labels, ``reduction="mean"``:
 
 * ``public``     -- ``fastloss.sigmoid_focal_loss(x, labels)``: argument checks + autograd.Function;
-* ``function``   -- ``SigmoidFocalLossFunction.apply(...)`` on the prepared arguments (captured
+* ``function``   -- ``PointwiseFunction.apply(...)`` on the prepared arguments (captured
   from a call of the public function, so this follows the op's signature);
 * ``custom_op``  -- ``torch.ops.fastloss.sigmoid_focal_loss(...)`` on the same arguments;
 * ``kernels``    -- the op module's ``_forward_impl`` / ``_backward_impl`` (the backend's
@@ -41,8 +42,8 @@ import torch
 import fastloss
 from benchmarks.harness import ForeignLoad, _quantile
 from fastloss import _backend
-from fastloss.ops import sigmoid_focal_loss as ops_focal
-from fastloss.reference.sigmoid_focal_loss import sigmoid_focal_loss as reference
+from fastloss.ops import pointwise as ops_pw
+from fastloss.reference.pointwise import sigmoid_focal_loss as reference
 
 SIZES = ((1, 1), (16, 64), (1024, 64))  # 1, 1k, 64k logits
 MODES = ("fwd", "fwd+bwd")
@@ -50,9 +51,9 @@ OVERHEAD_PATHS = ("public", "function", "custom_op")  # run the kernels plus som
 
 
 def _capture_args(x, labels):
-    """The prepared arguments that the public function passes to SigmoidFocalLossFunction.apply
+    """The prepared arguments that the public function passes to PointwiseFunction.apply
     (captured, so this benchmark follows the op's signature as it evolves)."""
-    real = ops_focal.SigmoidFocalLossFunction
+    real = ops_pw.PointwiseFunction
     captured = []
 
     class _Recorder:
@@ -61,13 +62,13 @@ def _capture_args(x, labels):
             captured.append(args)
             return real.apply(*args)
 
-    ops_focal.SigmoidFocalLossFunction = _Recorder
+    ops_pw.PointwiseFunction = _Recorder
     try:
         fastloss.sigmoid_focal_loss(x, labels, reduction="mean")
     finally:
-        ops_focal.SigmoidFocalLossFunction = real
+        ops_pw.PointwiseFunction = real
     if not captured:
-        raise RuntimeError("fastloss.sigmoid_focal_loss did not call SigmoidFocalLossFunction.apply in eager mode")
+        raise RuntimeError("fastloss.sigmoid_focal_loss did not call PointwiseFunction.apply in eager mode")
     return captured[0]
 
 
@@ -92,16 +93,27 @@ def _call_by_name(fn, values):
     return fn(**kwargs)
 
 
+def _function_arg_names():
+    return list(inspect.signature(ops_pw.PointwiseFunction.forward).parameters)[1:]  # drop ctx
+
+
+def _op_args(args):
+    """The custom op's arguments from the autograd.Function's: the same, less the loss code
+    (each loss's op binds its own)."""
+    named = dict(zip(_function_arg_names(), args))
+    return tuple(named[p] for p in ops_pw.OP_ARGS)
+
+
 def _kernels_path(args):
     """The backend's forward/backward implementations called directly (no autograd, no
     dispatcher): the floor.  Arguments are matched by name to the ops module's
     ``_forward_impl`` / ``_backward_impl`` (:func:`_call_by_name`): the autograd.Function's
     forward arguments, plus ``grad`` (a 0-d one) and ``cache`` (the forward's second output)
     for the backward; parameters with defaults that these do not provide keep the defaults."""
-    names = list(inspect.signature(ops_focal.SigmoidFocalLossFunction.forward).parameters)[1:]  # drop ctx
+    names = _function_arg_names()
     named = dict(zip(names, args))
     named["input"] = named["input"].detach()
-    fwd_impl, bwd_impl = ops_focal._forward_impl, ops_focal._backward_impl
+    fwd_impl, bwd_impl = ops_pw._forward_impl, ops_pw._backward_impl
     one = torch.ones((), dtype=torch.float32, device=named["input"].device)
 
     def make(mode):
@@ -134,8 +146,8 @@ def _paths(x, labels):
 
     paths = {
         "public": autograd_path(lambda: fastloss.sigmoid_focal_loss(x, labels, reduction="mean")),
-        "function": autograd_path(lambda: ops_focal.SigmoidFocalLossFunction.apply(*args)),
-        "custom_op": autograd_path(lambda: torch.ops.fastloss.sigmoid_focal_loss(*args)),
+        "function": autograd_path(lambda: ops_pw.PointwiseFunction.apply(*args)),
+        "custom_op": autograd_path(lambda: torch.ops.fastloss.sigmoid_focal_loss(*_op_args(args))),
     }
     errors = {}
     try:

@@ -639,7 +639,7 @@ def metadata(device, bandwidth_gbps, args=None):
         "fastloss": fastloss.__version__,
         "fastloss_C": ext,
         "available_backends": fastloss.available_backends(device),
-        "default_backends": {op: _backend.resolve(op, device) for op in _backend.PREFERENCE},
+        "default_backends": {op: _backend.resolve(op, device) for op in _backend.ops()},
         "git_commit": git_commit(),
         "bandwidth_GBps": round(bandwidth_gbps, 2),
         "bandwidth_method": ("cuda: dst.copy_(src) of 1 GiB uint8, CUDA events, GB/s = 2 * bytes / median" if device.type == "cuda"

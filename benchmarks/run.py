@@ -1,6 +1,6 @@
 """Main entry of the fastloss benchmarks.
 
-    python -m benchmarks.run [--device cpu|cuda|auto] [--quick] [--ops sigmoid_focal_loss] [--out DIR]
+    python -m benchmarks.run [--device cpu|cuda|auto] [--quick] [--ops pointwise] [--out DIR]
 
 Runs every case of the chosen ops (providers eager / compile / fastloss-<backend>, modes
 fwd / bwd / fwd+bwd) and the eager dispatch benchmark, prints the full table and then a
@@ -29,7 +29,7 @@ import torch
 from benchmarks import bench_dispatch, harness
 
 OPS = {
-    "sigmoid_focal_loss": "benchmarks.bench_sigmoid_focal_loss",
+    "pointwise": "benchmarks.bench_pointwise",
     "box_iou": "benchmarks.bench_box_iou",
     "dice": "benchmarks.bench_dice",
 }

@@ -10,11 +10,17 @@ from fastloss import _extension  # noqa: F401  (loads fastloss._C first: it defi
 from fastloss._backend import available_backends, unavailable_backends, use_backend
 from fastloss._info import info
 from fastloss.ops._common import checked_labels
-from fastloss.ops.sigmoid_focal_loss import SigmoidFocalLossFunction, sigmoid_focal_loss
+from fastloss.ops.pointwise import (PointwiseFunction, balanced_l1_loss, binary_cross_entropy, binary_cross_entropy_with_logits,
+                                    gaussian_focal_loss, hinge_loss, huber_loss, kl_div, l1_loss, mean_bias_error, mse_loss, poly1_bce_loss,
+                                    poly1_focal_loss, quality_focal_loss, rmse_loss, sigmoid_focal_loss, smooth_l1_loss, sse_loss,
+                                    varifocal_loss)
 from fastloss.ops.dice import DiceSumsFunction, dice_ce_loss, dice_loss, jaccard_loss, tversky_loss
 from fastloss.ops.box_iou import BoxIoUFunction, BoxIoULossFunction, box_iou, box_iou_loss, box_iou_max
 from fastloss import nn  # noqa: E402
 
 __version__ = "0.1.0"
 
-__all__ = ["box_iou_loss", "BoxIoULossFunction", "box_iou", "BoxIoUFunction", "box_iou_max", "tversky_loss", "dice_loss", "jaccard_loss", "dice_ce_loss", "DiceSumsFunction", "sigmoid_focal_loss", "SigmoidFocalLossFunction", "available_backends", "unavailable_backends", "use_backend", "checked_labels", "info", "nn"]
+__all__ = ["box_iou_loss", "BoxIoULossFunction", "box_iou", "BoxIoUFunction", "box_iou_max", "tversky_loss", "dice_loss", "jaccard_loss", "dice_ce_loss", "DiceSumsFunction", "sigmoid_focal_loss", "PointwiseFunction", "poly1_focal_loss",
+           "binary_cross_entropy_with_logits", "binary_cross_entropy", "poly1_bce_loss", "quality_focal_loss", "varifocal_loss",
+           "gaussian_focal_loss", "hinge_loss", "kl_div", "l1_loss", "mse_loss", "sse_loss", "rmse_loss", "mean_bias_error", "smooth_l1_loss",
+           "huber_loss", "balanced_l1_loss", "available_backends", "unavailable_backends", "use_backend", "checked_labels", "info", "nn"]

@@ -24,28 +24,42 @@ from fastloss import _extension
 
 BACKENDS = ("reference", "cpu", "cuda", "triton")
 
-# Default order per op and device type, fastest first.
+# Default order per op (or family of ops) and device type, fastest first.
 PREFERENCE = {
-    "sigmoid_focal_loss": {"cpu": ("cpu", "reference"), "cuda": ("cuda", "triton", "reference")},
+    "pointwise": {"cpu": ("cpu", "reference"), "cuda": ("cuda", "triton", "reference")},  # every loss of fastloss/ops/pointwise.py
     "box_iou_loss": {"cpu": ("cpu", "reference"), "cuda": ("cuda", "triton", "reference")},
     "box_iou": {"cpu": ("cpu", "reference"), "cuda": ("cuda", "triton", "reference")},
     "box_iou_max": {"cpu": ("cpu", "reference"), "cuda": ("cuda", "triton", "reference")},
     "dice": {"cpu": ("cpu", "reference"), "cuda": ("cuda", "triton", "reference")},
 }
 
-# Forward/backward fusion, per device type (see the docstring of fastloss/ops/sigmoid_focal_loss.py):
+# Forward/backward fusion, per device type (see the docstring of fastloss/ops/pointwise.py):
 # True: the forward also writes dL/dx and the backward only scales it (one pass of the math);
 # False: the backward recomputes from the inputs (fewest bytes moved).  CPUs are
 # compute-bound on these losses, GPUs bandwidth-bound.
 STORE_GRAD_IN_FORWARD = {"cpu": True, "cuda": False}
 
 _IMPLEMENTATIONS = {}  # op -> backend -> (forward, backward)
+_FAMILY = {}  # op -> the PREFERENCE entry it follows, for ops registered with a family
 _override = contextvars.ContextVar("fastloss_backend", default=None)
 
 
-def register(op, backend, forward, backward):
-    """Called by fastloss/ops/<family>.py for each backend of an op."""
+def preference(op):
+    """{device type: backends, fastest first} for ``op`` (its family's entry, if it has one)."""
+    return PREFERENCE[_FAMILY.get(op, op)]
+
+
+def ops():
+    """The names of the registered ops, in registration order."""
+    return list(_IMPLEMENTATIONS)
+
+
+def register(op, backend, forward, backward, family=None):
+    """Called by fastloss/ops/<family>.py for each backend of an op; ``family``: the
+    PREFERENCE entry of an engine whose ops share one order (the pointwise losses)."""
     _IMPLEMENTATIONS.setdefault(op, {})[backend] = (forward, backward)
+    if family is not None:
+        _FAMILY[op] = family
 
 
 @functools.lru_cache(maxsize=None)
@@ -140,7 +154,7 @@ def resolve(op, device, requested=None):
             raise RuntimeError(f"fastloss backend {name!r} is not available for {op} on {kind} tensors ({why}); "
                                f"available here: {available}")
         return name
-    for candidate in PREFERENCE[op].get(kind, ("reference",)):
+    for candidate in preference(op).get(kind, ("reference",)):
         if candidate in available:
             return candidate
     return "reference"

@@ -40,7 +40,7 @@ def info(file=None):
             lines += [f"[{dev}]   no {name}: {why}" for name, why in missing.items()]
         if dev not in devices:
             continue
-        for op in _backend.PREFERENCE:
+        for op in _backend.ops():
             try:
                 chosen = _backend.resolve(op, dev)
             except RuntimeError as exc:

@@ -14,7 +14,7 @@ from torch import nn
 from fastloss.ops import _common
 from fastloss.ops import box_iou as _box
 from fastloss.ops import dice as _dice
-from fastloss.ops import sigmoid_focal_loss as _focal
+from fastloss.ops import pointwise as _pw
 
 
 class _Loss(nn.Module):
@@ -56,7 +56,7 @@ class SigmoidFocalLoss(_Loss):
         self.backend = backend
 
     def forward(self, input, target, weight=None, avg_factor=None):
-        return self._scaled(_focal.sigmoid_focal_loss(input, target, self.alpha, self.gamma, self.reduction, weight, avg_factor,
+        return self._scaled(_pw.sigmoid_focal_loss(input, target, self.alpha, self.gamma, self.reduction, weight, avg_factor,
                                                       backend=self.backend))
 
 
@@ -171,3 +171,183 @@ class DiceCELoss(_DiceFamily):
     def forward(self, input, target):
         return self._scaled(_dice.dice_ce_loss(input, target, mode=self.mode, lambda_dice=self.lambda_dice, lambda_ce=self.lambda_ce,
                                                **self._common_kwargs()))
+
+
+# ---------------------------------------------------------------------- the pointwise engine's losses
+
+
+class _PointwiseLoss(_Loss):
+    """``forward(input, target, weight=None, avg_factor=None)`` of a pointwise loss: the
+    function ``_fn`` with the constructor's arguments (checked there, by a call of the function
+    on an empty input, so a bad value fails at construction)."""
+
+    _fn = None
+
+    def _setup(self, backend, **kwargs):
+        self.backend = backend
+        for name, value in kwargs.items():
+            setattr(self, name, value)
+        self._repr_args = tuple(kwargs)
+        self._validate()
+
+    def _validate(self):
+        self._call(torch.zeros(0), torch.zeros(0))  # the function's own checks, now
+
+    def _kwargs(self):
+        return {name: getattr(self, name) for name in self._repr_args}
+
+    def _call(self, input, target, weight=None, avg_factor=None, **extra):
+        return type(self)._fn(input, target, weight=weight, avg_factor=avg_factor, backend=self.backend, **self._kwargs(), **extra)
+
+    def forward(self, input, target, weight=None, avg_factor=None):
+        return self._scaled(self._call(input, target, weight, avg_factor))
+
+
+class Poly1FocalLoss(_PointwiseLoss):
+    """Module form of :func:`fastloss.poly1_focal_loss`."""
+
+    _fn = staticmethod(_pw.poly1_focal_loss)
+
+    def __init__(self, alpha=0.25, gamma=2.0, epsilon=1.0, reduction="mean", loss_weight=1.0, *, backend=None):
+        super().__init__(loss_weight)
+        self._setup(backend, alpha=alpha, gamma=gamma, epsilon=epsilon, reduction=reduction)
+
+
+class BCEWithLogitsLoss(_PointwiseLoss):
+    """Module form of :func:`fastloss.binary_cross_entropy_with_logits`; ``pos_weight`` (a
+    tensor) is a buffer, as in torch's module: ``module.to(device)`` moves it and
+    ``state_dict`` holds it."""
+
+    _fn = staticmethod(_pw.binary_cross_entropy_with_logits)
+
+    def __init__(self, pos_weight=None, label_smoothing=0.0, reduction="mean", loss_weight=1.0, *, backend=None):
+        super().__init__(loss_weight)
+        self.register_buffer("pos_weight", None if pos_weight is None else torch.as_tensor(pos_weight).detach())
+        self._setup(backend, label_smoothing=label_smoothing, reduction=reduction)
+
+    def _validate(self):
+        _pw.binary_cross_entropy_with_logits(torch.zeros(0), torch.zeros(0), **self._kwargs())
+
+    def _call(self, input, target, weight=None, avg_factor=None):
+        return _pw.binary_cross_entropy_with_logits(input, target, weight=weight, avg_factor=avg_factor, pos_weight=self.pos_weight,
+                                                   backend=self.backend, **self._kwargs())
+
+
+class BCELoss(_PointwiseLoss):
+    """Module form of :func:`fastloss.binary_cross_entropy` (probabilities)."""
+
+    _fn = staticmethod(_pw.binary_cross_entropy)
+
+    def __init__(self, reduction="mean", loss_weight=1.0, *, backend=None):
+        super().__init__(loss_weight)
+        self._setup(backend, reduction=reduction)
+
+
+class Poly1BCELoss(_PointwiseLoss):
+    """Module form of :func:`fastloss.poly1_bce_loss`."""
+
+    _fn = staticmethod(_pw.poly1_bce_loss)
+
+    def __init__(self, epsilon=1.0, reduction="mean", loss_weight=1.0, *, backend=None):
+        super().__init__(loss_weight)
+        self._setup(backend, epsilon=epsilon, reduction=reduction)
+
+
+class QualityFocalLoss(_PointwiseLoss):
+    """Module form of :func:`fastloss.quality_focal_loss`; ``target`` may be ``(labels, scores)``."""
+
+    _fn = staticmethod(_pw.quality_focal_loss)
+
+    def __init__(self, beta=2.0, reduction="mean", loss_weight=1.0, *, backend=None):
+        super().__init__(loss_weight)
+        self._setup(backend, beta=beta, reduction=reduction)
+
+
+class VarifocalLoss(_PointwiseLoss):
+    """Module form of :func:`fastloss.varifocal_loss`: ``forward(input, target, weight=None,
+    avg_factor=None, positive=None)``."""
+
+    _fn = staticmethod(_pw.varifocal_loss)
+
+    def __init__(self, alpha=0.75, gamma=2.0, iou_weighted=True, reduction="mean", loss_weight=1.0, *, backend=None):
+        super().__init__(loss_weight)
+        self._setup(backend, alpha=alpha, gamma=gamma, iou_weighted=bool(iou_weighted), reduction=reduction)
+
+    def forward(self, input, target, weight=None, avg_factor=None, positive=None):
+        return self._scaled(self._call(input, target, weight, avg_factor, positive=positive))
+
+
+class GaussianFocalLoss(_PointwiseLoss):
+    """Module form of :func:`fastloss.gaussian_focal_loss` (probabilities)."""
+
+    _fn = staticmethod(_pw.gaussian_focal_loss)
+
+    def __init__(self, alpha=2.0, gamma=4.0, reduction="mean", loss_weight=1.0, eps=1e-12, *, backend=None):
+        super().__init__(loss_weight)
+        self._setup(backend, alpha=alpha, gamma=gamma, reduction=reduction, eps=eps)
+
+
+class HingeLoss(_PointwiseLoss):
+    """Module form of :func:`fastloss.hinge_loss`."""
+
+    _fn = staticmethod(_pw.hinge_loss)
+
+    def __init__(self, margin=1.0, squared=False, reduction="mean", loss_weight=1.0, *, backend=None):
+        super().__init__(loss_weight)
+        self._setup(backend, margin=margin, squared=bool(squared), reduction=reduction)
+
+
+class KLDivLoss(_PointwiseLoss):
+    """Module form of :func:`fastloss.kl_div` (``reduction="batchmean"`` too)."""
+
+    _fn = staticmethod(_pw.kl_div)
+
+    def __init__(self, reduction="mean", log_target=False, loss_weight=1.0, *, backend=None):
+        super().__init__(loss_weight)
+        self._setup(backend, reduction=reduction, log_target=bool(log_target))
+
+
+class L1Loss(_PointwiseLoss):
+    """Module form of :func:`fastloss.l1_loss`."""
+
+    _fn = staticmethod(_pw.l1_loss)
+
+    def __init__(self, reduction="mean", loss_weight=1.0, *, backend=None):
+        super().__init__(loss_weight)
+        self._setup(backend, reduction=reduction)
+
+
+class MSELoss(L1Loss):
+    """Module form of :func:`fastloss.mse_loss`."""
+
+    _fn = staticmethod(_pw.mse_loss)
+
+
+class SmoothL1Loss(_PointwiseLoss):
+    """Module form of :func:`fastloss.smooth_l1_loss`."""
+
+    _fn = staticmethod(_pw.smooth_l1_loss)
+
+    def __init__(self, beta=1.0, reduction="mean", loss_weight=1.0, *, backend=None):
+        super().__init__(loss_weight)
+        self._setup(backend, beta=beta, reduction=reduction)
+
+
+class HuberLoss(_PointwiseLoss):
+    """Module form of :func:`fastloss.huber_loss`."""
+
+    _fn = staticmethod(_pw.huber_loss)
+
+    def __init__(self, delta=1.0, reduction="mean", loss_weight=1.0, *, backend=None):
+        super().__init__(loss_weight)
+        self._setup(backend, delta=delta, reduction=reduction)
+
+
+class BalancedL1Loss(_PointwiseLoss):
+    """Module form of :func:`fastloss.balanced_l1_loss`."""
+
+    _fn = staticmethod(_pw.balanced_l1_loss)
+
+    def __init__(self, alpha=0.5, gamma=1.5, beta=1.0, reduction="mean", loss_weight=1.0, *, backend=None):
+        super().__init__(loss_weight)
+        self._setup(backend, alpha=alpha, gamma=gamma, beta=beta, reduction=reduction)

@@ -27,7 +27,7 @@ def _no_env_backend(monkeypatch):
 def spy(monkeypatch):
     """Records which backend's forward/backward actually ran."""
     if "triton" in fastloss.available_backends("cpu"):
-        importlib.import_module("fastloss.triton_kernels.sigmoid_focal_loss")  # registers lazily
+        importlib.import_module("fastloss.triton_kernels.pointwise")  # loads lazily
     calls = []
     impls = _backend._IMPLEMENTATIONS[OP]
     for name, (fwd, bwd) in list(impls.items()):
@@ -70,8 +70,8 @@ def test_extension_metadata():
     from fastloss._sources import source_hash
 
     assert C.SOURCE_HASH == source_hash(os.path.join(ROOT, "csrc"))
-    assert hasattr(torch.ops.fastloss, "sigmoid_focal_loss_forward_native")
-    assert hasattr(torch.ops.fastloss, "sigmoid_focal_loss_backward_native")
+    assert hasattr(torch.ops.fastloss, "pointwise_forward_native")
+    assert hasattr(torch.ops.fastloss, "pointwise_backward_native")
 
 
 def test_import_without_extension_falls_back():
@@ -152,9 +152,9 @@ def test_gpu_backends_required():
 def test_triton_kernels_live_under_fastloss():
     if not _backend.triton_available():
         pytest.skip("triton is not importable")
-    mod = importlib.import_module("fastloss.triton_kernels.sigmoid_focal_loss")
+    mod = importlib.import_module("fastloss.triton_kernels.pointwise")
 
-    assert mod.__name__ == "fastloss.triton_kernels.sigmoid_focal_loss"
+    assert mod.__name__ == "fastloss.triton_kernels.pointwise"
     assert "triton" in _backend._IMPLEMENTATIONS[OP]
 
 
@@ -162,7 +162,7 @@ def test_triton_kernels_live_under_fastloss():
 
 
 def test_default_is_fastest_available():
-    expected = next(b for b in _backend.PREFERENCE[OP]["cpu"] if b in fastloss.available_backends("cpu"))
+    expected = next(b for b in _backend.preference(OP)["cpu"] if b in fastloss.available_backends("cpu"))
     assert _backend.resolve(OP, "cpu") == expected
     if _extension.C is not None:
         assert expected == "cpu"

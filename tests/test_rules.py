@@ -46,7 +46,31 @@ def _dice(fn, **extra):
     return make
 
 
+def _pw(fn, target="soft", input="logits", **kw):
+    """A loss of the pointwise engine on (n, 3) inputs."""
+    def make(n, dtype):
+        x = (torch.rand(n, 3) * 0.9 + 0.05).to(dtype) if input == "probs" else torch.randn(n, 3, dtype=dtype)
+        t = {"soft": lambda: torch.rand(n, 3) * (torch.rand(n, 3) < 0.5), "values": lambda: torch.randn(n, 3),
+             "sign": lambda: torch.randint(0, 2, (n, 3)).float() * 2 - 1}[target]().to(dtype)
+        if fn is fastloss.mean_bias_error:
+            return x, lambda x, reduction="mean", **k: fn(x, t, **kw, **k)
+        return x, lambda x, **k: fn(x, t, **kw, **k)
+    return make
+
+
+POINTWISE = {
+    "pw-l1": _pw(fastloss.l1_loss, "values"), "pw-mse": _pw(fastloss.mse_loss, "values"),
+    "pw-smooth_l1": _pw(fastloss.smooth_l1_loss, "values", beta=0.5), "pw-huber": _pw(fastloss.huber_loss, "values"),
+    "pw-balanced_l1": _pw(fastloss.balanced_l1_loss, "values"), "pw-mbe": _pw(fastloss.mean_bias_error, "values"),
+    "pw-bce_logits": _pw(fastloss.binary_cross_entropy_with_logits, pos_weight=torch.tensor([1.0, 2.0, 3.0])),
+    "pw-bce": _pw(fastloss.binary_cross_entropy, input="probs"), "pw-poly1_bce": _pw(fastloss.poly1_bce_loss),
+    "pw-poly1_focal": _pw(fastloss.poly1_focal_loss), "pw-qfl": _pw(fastloss.quality_focal_loss), "pw-vfl": _pw(fastloss.varifocal_loss),
+    "pw-gaussian": _pw(fastloss.gaussian_focal_loss, input="probs"), "pw-hinge": _pw(fastloss.hinge_loss, "sign"),
+    "pw-kl_div": _pw(fastloss.kl_div),
+}
+
 OPS = {
+    **POINTWISE,
     "focal": _focal,
     "focal-labels": lambda n, dtype: _focal(n, dtype, labels=True),
     **{f"box-{k}": _box(k) for k in ("iou", "log_iou", "giou", "diou", "ciou", "eiou", "focal_eiou", "siou", "cdiou")},
@@ -108,7 +132,7 @@ def test_nan_input_reaches_loss_and_gradient(op, backend):
     (g,) = torch.autograd.grad(loss, x)
     # what the NaN logit / coordinate touches: itself (focal is per element), its box (all 4
     # coordinates), its image (per-image Dice), every logit (the Dice sums over the batch)
-    touched = g[0, 0] if op.startswith("focal") else (g[0] if op.startswith("box") or op == "dice-per-image" else g)
+    touched = g[0, 0] if op.startswith(("focal", "pw-")) else (g[0] if op.startswith("box") or op == "dice-per-image" else g)
     assert torch.isnan(touched).all(), f"{op}: {touched}"
 
 
@@ -156,8 +180,9 @@ def test_autocast_registered_on_the_custom_ops():
     x = torch.randn(8, 3, dtype=torch.bfloat16)
     t = torch.randint(0, 4, (8,))
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        loss, _ = torch.ops.fastloss.sigmoid_focal_loss(x, t, None, 0.25, 2.0, 1, False, None)
-        loss64, _ = torch.ops.fastloss.sigmoid_focal_loss(x.double(), t, None, 0.25, 2.0, 1, False, None)
+        params = [0.25, 0.75, 2.0, 1.0]  # alpha, 1 - alpha, gamma, use alpha (fastloss/ops/pointwise.py)
+        loss, _ = torch.ops.fastloss.sigmoid_focal_loss(x, t, None, None, 0, None, 0, params, 1, False, None)
+        loss64, _ = torch.ops.fastloss.sigmoid_focal_loss(x.double(), t, None, None, 0, None, 0, params, 1, False, None)
         m = torch.ops.fastloss.box_iou(_boxes(3, torch.bfloat16)[None], _boxes(4, torch.bfloat16)[None], 0, 0, 1e-7, False, None)
     assert loss.dtype == torch.float32 and loss64.dtype == torch.float64 and m.dtype == torch.float32
 

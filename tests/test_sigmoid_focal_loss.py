@@ -16,8 +16,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import fastloss
-from fastloss.ops import sigmoid_focal_loss as ops_sfl
-from fastloss.reference import sigmoid_focal_loss as R
+from fastloss.ops import pointwise as ops_sfl
+from fastloss.reference import pointwise as R
 
 import helpers
 from helpers import Case, assert_close, make_logits, make_target, make_weight, random_upstream, reference_target, to64
@@ -53,6 +53,31 @@ def resolve_case(case, device, backend):
 
 def sfl(x, t, *, backend, alpha=0.25, gamma=2.0, reduction="mean", weight=None, avg_factor=None):
     return fastloss.sigmoid_focal_loss(x, t, alpha, gamma, reduction, weight, avg_factor, backend=backend)
+
+
+# The focal loss runs on the pointwise engine (fastloss/ops/pointwise.py): its custom op takes
+# the engine's arguments.  These give them from the focal's (alpha, gamma, a per-row weight).
+def op_args(x, t, w, alpha, gamma, code, store_grad, backend):
+    layout = 0 if w is None else (ops_sfl.LAYOUTS["elem"] if w.shape == x.shape else ops_sfl.LAYOUTS["row"])
+    return (x, t, None, w, layout, None, 0, ops_sfl._focal_params(alpha, gamma), code, store_grad, backend)
+
+
+def op_backward_args(grad, x, t, w, cache, alpha, gamma, code, backend):
+    _, _, _, w, layout, _, _, params, _, _, _ = op_args(x, t, w, alpha, gamma, code, False, backend)
+    return (grad, x, t, None, w, layout, None, 0, cache, params, code, backend)
+
+
+def focal_op(*args):
+    return torch.ops.fastloss.sigmoid_focal_loss(*op_args(*args))
+
+
+def reference_forward(x, t, w, alpha, gamma, code, with_grad):
+    """The reference backend's forward in the focal's terms (kernel convention)."""
+    return R.forward(x, t, None, w, 0 if w is None else 1, None, 0, 0, ops_sfl._focal_params(alpha, gamma), code, with_grad)
+
+
+def reference_backward(grad, x, t, w, alpha, gamma, code):
+    return R.backward(grad, x, t, None, w, 0 if w is None else 1, None, 0, 0, ops_sfl._focal_params(alpha, gamma), code)
 
 
 def reference_loss(x, t, *, alpha=0.25, gamma=2.0, reduction="mean", weight=None, avg_factor=None):
@@ -288,7 +313,7 @@ def test_gradcheck_fp64_custom_op(backend):
     for code in (0, 1, 2):
         for store_grad in (True, False):
             def fn(inp):
-                loss, _cache = torch.ops.fastloss.sigmoid_focal_loss(inp, t, w, 0.25, 2.0, code, store_grad, backend)
+                loss, _cache = focal_op(inp, t, w, 0.25, 2.0, code, store_grad, backend)
                 return loss
 
             assert torch.autograd.gradcheck(fn, (x,), eps=1e-6, atol=1e-8, rtol=1e-6)
@@ -313,12 +338,13 @@ def test_opcheck(backend, form):
             acc = ops_sfl._common.reduced_dtype(dtype)
             for w in (None, torch.rand(4, dtype=acc)):
                 for store_grad in (True, False):
-                    _opcheck(torch.ops.fastloss.sigmoid_focal_loss.default, (x, t, w, 0.25, 2.0, code, store_grad, backend))
+                    _opcheck(torch.ops.fastloss.sigmoid_focal_loss.default, op_args(x, t, w, 0.25, 2.0, code, store_grad, backend))
                 xd = x.detach()
                 grad = torch.randn_like(xd) if code == 0 else torch.randn((), dtype=acc)
-                _, cache = torch.ops.fastloss.sigmoid_focal_loss(xd, t, w, 0.25, 1.5, code, True, backend)
+                _, cache = focal_op(xd, t, w, 0.25, 1.5, code, True, backend)
                 for c in (cache, torch.empty(0, dtype=acc)):  # stored gradient / recompute
-                    _opcheck(torch.ops.fastloss.sigmoid_focal_loss_backward.default, (grad, xd, t, w, c, 0.25, 1.5, code, backend))
+                    _opcheck(torch.ops.fastloss.sigmoid_focal_loss_backward.default, op_backward_args(grad, xd, t, w, c, 0.25, 1.5, code,
+                                                                                                      backend))
 
 
 def _loss_and_grad(fn, x, *args):
@@ -373,7 +399,7 @@ def test_compile_fullgraph_inductor(dynamo_reset, backend):
 @pytest.mark.parametrize("device,backend,dtype", helpers.device_backend_dtype_params(dtypes=(torch.float32, torch.float16)))
 @pytest.mark.parametrize("store_grad", [True, False], ids=["store", "recompute"])
 def test_eager_fast_path_equals_custom_op(device, backend, dtype, form, reduction, store_grad):
-    """SigmoidFocalLossFunction (eager fast path) and torch.ops.fastloss.sigmoid_focal_loss
+    """PointwiseFunction (eager fast path) and torch.ops.fastloss.sigmoid_focal_loss
     (the custom op, with its registered autograd) agree bit for bit."""
     helpers.require_backend(device, backend)
     case = Case((17, 13))
@@ -381,10 +407,10 @@ def test_eager_fast_path_equals_custom_op(device, backend, dtype, form, reductio
     t = make_target(case, form, dtype, device)
     w = torch.rand(17, device=device)
     code = CODES[reduction]
-    args = (t, w, 0.25, 2.0, code, store_grad, backend)
+    args = op_args(x, t, w, 0.25, 2.0, code, store_grad, backend)
 
-    out_f, cache_f = fastloss.SigmoidFocalLossFunction.apply(x, *args)
-    out_o, cache_o = torch.ops.fastloss.sigmoid_focal_loss(x, *args)
+    out_f, cache_f = fastloss.PointwiseFunction.apply(*args[:7], 0, *args[7:])  # 0: the focal loss's code
+    out_o, cache_o = torch.ops.fastloss.sigmoid_focal_loss(*args)
     assert out_f.dtype == out_o.dtype and torch.equal(out_f, out_o)
     assert torch.equal(cache_f, cache_o)
     assert cache_f.shape == (x.shape if store_grad else (0,))
@@ -411,8 +437,8 @@ def test_stored_gradient_cache(device, backend, dtype, form):
     expected = R.grad_elements(x.double().cpu(), R.float_targets(x.double().cpu(), reference_target(t, dtype).cpu()), 0.25, 2.0)
     expected = expected * w.double().cpu()[:, None]
     for code in (0, 1, 2):
-        loss_s, cache = torch.ops.fastloss.sigmoid_focal_loss(x, t, w, 0.25, 2.0, code, True, backend)
-        loss_r, empty = torch.ops.fastloss.sigmoid_focal_loss(x, t, w, 0.25, 2.0, code, False, backend)
+        loss_s, cache = focal_op(x, t, w, 0.25, 2.0, code, True, backend)
+        loss_r, empty = focal_op(x, t, w, 0.25, 2.0, code, False, backend)
         assert cache.shape == x.shape and cache.dtype == acc
         assert empty.shape == (0,) and empty.dtype == acc
         assert torch.equal(loss_s, loss_r), "storing the gradient must not change the loss"
@@ -481,8 +507,8 @@ def test_saturated_logits(grad_mode, device, backend, dtype, gamma):
             assert torch.isfinite(out).all() and torch.isfinite(g).all(), (out, g)
             x64 = inp.detach().double().cpu()
             t64 = reference_target(tgt, dtype).cpu()
-            ref, _ = R.forward(x64, t64, None, alpha, gamma, 0, False)
-            gref = R.backward(up.double().cpu(), x64, t64, None, alpha, gamma, 0)
+            ref, _ = reference_forward(x64, t64, None, alpha, gamma, 0, False)
+            gref = reference_backward(up.double().cpu(), x64, t64, None, alpha, gamma, 0)
             assert torch.isfinite(ref).all() and torch.isfinite(gref).all()
             assert_close(out, ref, dtype, msg=f"saturated loss gamma={gamma} alpha={alpha}")
             assert_close(g, gref, dtype, msg=f"saturated grad gamma={gamma} alpha={alpha}")
@@ -567,8 +593,8 @@ def test_saturated_closed_forms_are_the_limits():
     t = torch.tensor([0.0, 1.0, 0.0, 1.0], dtype=torch.float64)
     alpha = 0.25
     for gamma in (0.0, 0.5, 1.0, 2.0, 2.5):
-        loss, cache = R.forward(x, t, None, alpha, gamma, 0, True)
-        grad = R.backward(torch.ones_like(x), x, t, None, alpha, gamma, 0)
+        loss, cache = reference_forward(x, t, None, alpha, gamma, 0, True)
+        grad = reference_backward(torch.ones_like(x), x, t, None, alpha, gamma, 0)
         torch.testing.assert_close(cache, grad)
         # confidently wrong: loss = a_t |x|, dL/dx = a_t sign; confidently right: 0, 0
         torch.testing.assert_close(loss, torch.tensor([0.75e4, 0.0, 0.0, 0.25e4], dtype=torch.float64))
@@ -987,7 +1013,7 @@ def test_backward_runs_on_forward_backend(monkeypatch, backend, path):
     if backend == "triton":
         import importlib
 
-        importlib.import_module("fastloss.triton_kernels.sigmoid_focal_loss")
+        importlib.import_module("fastloss.triton_kernels.pointwise")
     calls = []
     impls = _backend._IMPLEMENTATIONS["sigmoid_focal_loss"]
     for name, (fwd, bwd) in list(impls.items()):
@@ -1005,7 +1031,7 @@ def test_backward_runs_on_forward_backend(monkeypatch, backend, path):
         if path == "eager":
             loss = fastloss.sigmoid_focal_loss(x, t)
         else:
-            loss, _ = torch.ops.fastloss.sigmoid_focal_loss(x, t, None, 0.25, 2.0, 2, False, None)
+            loss, _ = focal_op(x, t, None, 0.25, 2.0, 2, False, None)
     loss.backward()
     assert calls == [backend], f"forward ran on {backend!r}, backward on {calls}"
 
@@ -1024,7 +1050,7 @@ def test_backward_inside_use_backend_on_cuda(monkeypatch, backend):
         pytest.skip(f"{backend} is the default on cuda here: the check needs a non-default backend")
     import importlib
 
-    importlib.import_module("fastloss.triton_kernels.sigmoid_focal_loss")
+    importlib.import_module("fastloss.triton_kernels.pointwise")
     calls = []
     impls = _backend._IMPLEMENTATIONS["sigmoid_focal_loss"]
     for name, (fwd, bwd) in list(impls.items()):

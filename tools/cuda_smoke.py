@@ -38,6 +38,19 @@ def run(backend, dtype, device):
     rtol = 2e-2 if dtype != torch.float32 else 1e-3
     cases = 0
     for n in (1, 4099, 0):
+        # the pointwise engine: every loss, float targets (class labels for the focal loss below)
+        xs, ts = torch.randn(n, 7, device=device, dtype=dtype) * 3, torch.rand(n, 7, device=device).to(dtype)
+        for fn, x, extra in ((fastloss.l1_loss, xs, {}), (fastloss.mse_loss, xs, {}), (fastloss.smooth_l1_loss, xs, {}),
+                             (fastloss.huber_loss, xs, {}), (fastloss.balanced_l1_loss, xs, {}), (fastloss.mean_bias_error, xs, {}),
+                             (fastloss.binary_cross_entropy_with_logits, xs, {"pos_weight": torch.rand(7, device=device)}),
+                             (fastloss.binary_cross_entropy, xs.sigmoid(), {}), (fastloss.poly1_bce_loss, xs, {}),
+                             (fastloss.poly1_focal_loss, xs, {}), (fastloss.quality_focal_loss, xs, {}), (fastloss.varifocal_loss, xs, {}),
+                             (fastloss.gaussian_focal_loss, xs.sigmoid(), {}), (fastloss.hinge_loss, xs, {}),
+                             (fastloss.kl_div, xs.log_softmax(-1), {})):
+            loss, _, _ = _fwd_bwd(fn, x, ts, backend=backend, **extra)
+            ref, _, _ = _fwd_bwd(fn, x, ts, backend="reference", **extra)
+            _check(f"{fn.__name__} {backend} {dtype} n={n}", loss, ref, rtol)
+            cases += 1
         # focal: float targets and class labels, per-row weights, every reduction
         x = torch.randn(n, 7, device=device, dtype=dtype) * 3
         for target in ((torch.rand(n, 7, device=device) < 0.3).to(dtype), torch.randint(0, 8, (n,), device=device)):

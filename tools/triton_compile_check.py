@@ -19,7 +19,7 @@ from triton.compiler import ASTSource
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
-from fastloss.triton_kernels import box_iou, dice, sigmoid_focal_loss  # noqa: E402
+from fastloss.triton_kernels import box_iou, dice, pointwise  # noqa: E402
 
 def grid(**axes):
     """Every combination of the given constexpr values."""
@@ -46,17 +46,22 @@ def variants(quick):
         (box_iou._rows_backward_kernel, grid(KIND=metrics, FMT=[0], **mat)),
         (box_iou._cols_backward_kernel, grid(KIND=metrics, FMT=[0], **mat)),
         (box_iou._max_kernel, grid(KIND=[0, 4], FMT=[0], OVER_M=[True, False], **mat)),
-    ] + focal_variants() + dice_variants()
+    ] + pointwise_variants(quick) + dice_variants()
 
 
-def focal_variants():
-    common = dict(GAMMA_MODE=[0, 1, 2], USE_ALPHA=[True], LABELS=[True, False], WEIGHT_MODE=[1], COMPUTE=[tl.float32], INT64=[False],
-                  BLOCK=[sigmoid_focal_loss.BLOCK])
-    fp64 = dict(common, COMPUTE=[tl.float64], GAMMA_MODE=[1], LABELS=[False])
+def pointwise_variants(quick):
+    """Every loss of the pointwise engine with class labels or float targets; the weight and
+    aux layouts and the fp64 transcendental paths on a few."""
+    losses = range(16)
+    common = dict(LABELS=[False], HAS_TV=[False], W_LAYOUT=[0], AUX_LAYOUT=[0], COMPUTE=[tl.float32], INT64=[False],
+                  BLOCK=[pointwise.BLOCK])
+    layouts = dict(common, LOSS=[0, 6, 10], LABELS=[True], HAS_TV=[True], W_LAYOUT=[1, 2, 3], AUX_LAYOUT=[3])
+    fp64 = dict(common, LOSS=[0, 5, 10, 11, 12], COMPUTE=[tl.float64])
     return [
-        (sigmoid_focal_loss._forward_kernel, grid(REDUCE=[True], WITH_GRAD=[True], **common)),
-        (sigmoid_focal_loss._backward_kernel, grid(PER_ELEM_GRAD=[False], **common)),
-        (sigmoid_focal_loss._forward_kernel, grid(REDUCE=[False], WITH_GRAD=[True], **fp64)),
+        (pointwise._forward_kernel, grid(LOSS=losses, REDUCE=[True], WITH_GRAD=[not quick], **common)),
+        (pointwise._backward_kernel, grid(LOSS=losses, PER_ELEM_GRAD=[False], **common)),
+        (pointwise._forward_kernel, grid(REDUCE=[False], WITH_GRAD=[True], **layouts)),
+        (pointwise._forward_kernel, grid(REDUCE=[False], WITH_GRAD=[False], **fp64)),
     ]
 
 
@@ -73,7 +78,7 @@ def scalar_type(name):
         if name == "i_ptr":
             return "*i64"
         return "*fp32"
-    if name in ("eps", "power", "gamma", "alpha", "one_minus_alpha", "scale"):
+    if name in ("eps", "power", "gamma", "scale") or (name[0] == "p" and name[1:].isdigit()):
         return "fp32"
     return "i64" if name == "ignore_index" else "i32"
 

@@ -92,6 +92,15 @@ def labels_checked_on(device):
     return mode
 
 
+def check_range(op, name, values, lo, hi):
+    """ValueError if a floating tensor has values outside [lo, hi] (NaN passes: it propagates),
+    for CPU tensors always and for CUDA tensors in checked mode (as :func:`check_labels`)."""
+    if values.numel() == 0 or not labels_checked_on(values.device):
+        return
+    if bool(((values < lo) | (values > hi)).any()):
+        raise ValueError(f"{op}: all elements of {name} should be between {lo:g} and {hi:g} (in [{lo:g}, {hi:g}])")
+
+
 def check_labels(op, labels, high, ignore_index=None, hint=""):
     """ValueError if an integer label is outside [0, high) (and not ``ignore_index``), for
     CPU tensors always and for CUDA tensors in checked mode; ``hint`` says how to do what the

@@ -56,7 +56,7 @@ import math
 
 import torch
 
-from fastloss.reference.sigmoid_focal_loss import bce_with_logits, torch_bce_with_logits
+from fastloss.reference.pointwise import bce_with_logits, torch_bce_with_logits
 
 def _compute_dtype(dtype):
     return torch.float64 if dtype == torch.float64 else torch.float32

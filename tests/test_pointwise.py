@@ -1,0 +1,366 @@
+"""The pointwise engine's losses on every backend of every device here: against
+torch.nn.functional where torch has the loss, against float64 formulas written from the papers
+(mmdetection's forms) for the others, gradients with a random upstream gradient, gradcheck,
+opcheck, torch.compile, weights in every layout, avg_factor, class-label targets, determinism,
+the worked values of the issue, and bad inputs.  The sigmoid focal loss has its own file
+(tests/test_sigmoid_focal_loss.py); the rules shared by every op are in tests/test_rules.py."""
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import fastloss
+from fastloss.ops import pointwise as ops_pw
+from fastloss.reference import pointwise as R
+
+import helpers
+from helpers import assert_close, random_upstream
+
+
+def _logits(shape, dtype, device, scale=3.0):
+    return (torch.randn(shape, dtype=torch.float64) * scale).to(dtype).to(device).requires_grad_()
+
+
+def _values(shape, dtype, device):
+    return _logits(shape, dtype, device).detach()
+
+
+def _probs(shape, dtype, device):
+    return torch.rand(shape, dtype=torch.float64).clamp(0.02, 0.98).to(dtype).to(device).requires_grad_()
+
+
+def _soft(shape, dtype, device):
+    t = torch.rand(shape, dtype=torch.float64)
+    t[t < 0.5] = 0.0  # many exact zeros (negatives), soft positives
+    return t.to(dtype).to(device)
+
+
+# Each loss: (fastloss function, input maker, target maker, kwargs, float64 eager formula (x, t, **kw) -> per-element loss).
+# The formula is the peer's: torch.nn.functional where torch has the loss, mmdetection's / the paper's otherwise.
+def _mmdet_balanced_l1(x, t, alpha=0.5, gamma=1.5, beta=1.0):
+    return R.balanced_l1_loss(x, t, alpha, gamma, beta, reduction="none")
+
+
+LOSSES = {
+    "l1": (fastloss.l1_loss, _logits, _values, {}, lambda x, t: F.l1_loss(x, t, reduction="none")),
+    "mse": (fastloss.mse_loss, _logits, _values, {}, lambda x, t: F.mse_loss(x, t, reduction="none")),
+    "smooth_l1": (fastloss.smooth_l1_loss, _logits, _values, {"beta": 0.7}, lambda x, t, beta: F.smooth_l1_loss(x, t, beta=beta, reduction="none")),
+    "smooth_l1_beta0": (fastloss.smooth_l1_loss, _logits, _values, {"beta": 0.0}, lambda x, t, beta: F.l1_loss(x, t, reduction="none")),
+    "huber": (fastloss.huber_loss, _logits, _values, {"delta": 1.3}, lambda x, t, delta: F.huber_loss(x, t, delta=delta, reduction="none")),
+    "balanced_l1": (fastloss.balanced_l1_loss, _logits, _values, {"alpha": 0.5, "gamma": 1.5, "beta": 1.0}, _mmdet_balanced_l1),
+    "bce_logits": (fastloss.binary_cross_entropy_with_logits, _logits, _soft, {},
+                   lambda x, t: F.binary_cross_entropy_with_logits(x, t, reduction="none")),
+    "bce_logits_smooth": (fastloss.binary_cross_entropy_with_logits, _logits, _soft, {"label_smoothing": 0.1},
+                          lambda x, t, label_smoothing: F.binary_cross_entropy_with_logits(
+                              x, t * (1 - label_smoothing) + label_smoothing / 2, reduction="none")),
+    "bce": (fastloss.binary_cross_entropy, _probs, _soft, {}, lambda x, t: F.binary_cross_entropy(x, t, reduction="none")),
+    "poly1_bce": (fastloss.poly1_bce_loss, _logits, _soft, {"epsilon": 0.7},
+                  lambda x, t, epsilon: F.binary_cross_entropy_with_logits(x, t, reduction="none")
+                  + epsilon * (t * (1 - x.sigmoid()) + (1 - t) * x.sigmoid())),
+    "poly1_focal": (fastloss.poly1_focal_loss, _logits, _soft, {"epsilon": -0.5, "gamma": 2.0},
+                    lambda x, t, epsilon, gamma: R.loss_elements(x, t, 0.25, gamma)
+                    + epsilon * (t * (1 - x.sigmoid()) + (1 - t) * x.sigmoid()) ** (gamma + 1)),
+    "quality_focal": (fastloss.quality_focal_loss, _logits, _soft, {"beta": 2.0},
+                      lambda x, t, beta: R.quality_focal_loss(x, t, beta, reduction="none")),
+    "varifocal": (fastloss.varifocal_loss, _logits, _soft, {"alpha": 0.75, "gamma": 2.0},
+                  lambda x, t, alpha, gamma: R.varifocal_loss(x, t, alpha, gamma, reduction="none")),
+    "varifocal_plain": (fastloss.varifocal_loss, _logits, _soft, {"iou_weighted": False},
+                        lambda x, t, iou_weighted: R.varifocal_loss(x, t, iou_weighted=False, reduction="none")),
+    "gaussian_focal": (fastloss.gaussian_focal_loss, _probs,
+                       lambda s, d, dev: torch.where(torch.rand(s) < 0.1, 1.0, torch.rand(s, dtype=torch.float64) * 0.9).to(d).to(dev),
+                       {}, lambda x, t: R.gaussian_focal_loss(x, t, reduction="none")),
+    "hinge": (fastloss.hinge_loss, _logits, lambda s, d, dev: (torch.rand(s) < 0.5).to(d).to(dev) * 2 - 1, {},
+              lambda x, t: torch.relu(1 - t * x)),
+    "hinge_sq01": (fastloss.hinge_loss, _logits, lambda s, d, dev: (torch.rand(s) < 0.5).to(d).to(dev), {"squared": True},
+                   lambda x, t, squared: torch.relu(1 - (2 * t - 1) * x) ** 2),
+    "kl_div": (fastloss.kl_div, lambda s, d, dev: torch.log_softmax(torch.randn(s, dtype=torch.float64), -1).to(d).to(dev).requires_grad_(),
+               lambda s, d, dev: torch.softmax(torch.randn(s, dtype=torch.float64), -1).to(d).to(dev), {},
+               lambda x, t: F.kl_div(x, t, reduction="none")),
+    "kl_div_log": (fastloss.kl_div, lambda s, d, dev: torch.log_softmax(torch.randn(s, dtype=torch.float64), -1).to(d).to(dev).requires_grad_(),
+                   lambda s, d, dev: torch.log_softmax(torch.randn(s, dtype=torch.float64), -1).to(d).to(dev), {"log_target": True},
+                   lambda x, t, log_target: F.kl_div(x, t, reduction="none", log_target=True)),
+    "mean_bias": (fastloss.mean_bias_error, _logits, _values, {}, lambda x, t: x - t),
+}
+NO_REDUCTION_ARG = ("mean_bias",)  # mean_bias_error: always the mean
+
+
+def _call(name, x, t, backend, **extra):
+    fn, _, _, kwargs, _ = LOSSES[name]
+    return fn(x, t, backend=backend, **kwargs, **extra)
+
+
+def _expected(name, x, t, weight=None, reduction="mean", avg_factor=None):
+    """float64 eager formula of the peer, with mmdetection's weight / avg_factor."""
+    _, _, _, kwargs, formula = LOSSES[name]
+    x64 = x.detach().double().cpu().requires_grad_()
+    loss = formula(x64, t.detach().double().cpu(), **kwargs)
+    if weight is not None:
+        w = weight.detach().double().cpu()
+        loss = loss * (w.unsqueeze(-1) if w.shape == x.shape[:-1] and w.shape != x.shape else w)
+    from fastloss.reference._reduce import reduce_loss
+
+    return x64, reduce_loss(loss, reduction, avg_factor)
+
+
+SHAPES = [(7,), (3, 37, 5), (4099,), (2, 0, 3)]
+
+
+@pytest.mark.parametrize("name", list(LOSSES))
+@pytest.mark.parametrize("device,backend,dtype", helpers.device_backend_dtype_params())
+def test_vs_peer_formula(grad_mode, device, backend, dtype, name):
+    """Value and gradient (random upstream gradient) against the float64 peer formula, every
+    reduction, shapes with tails and an empty one."""
+    helpers.require_backend(device, backend)
+    _, make_x, make_t, _, _ = LOSSES[name]
+    shapes = [(7,), (3, 11, 5)] if helpers.is_interpreted(device, backend) else SHAPES
+    for shape in shapes:
+        x = make_x(shape, dtype, device)
+        t = make_t(shape, dtype, device)
+        reductions = ("mean",) if name in NO_REDUCTION_ARG else ("none", "sum", "mean")
+        for reduction in reductions:
+            extra = {} if name in NO_REDUCTION_ARG else {"reduction": reduction}
+            out = _call(name, x, t, backend, **extra)
+            x64, ref = _expected(name, x, t, reduction=reduction)
+            assert out.dtype == dtype and out.shape == ref.shape
+            assert_close(out, ref, dtype, reduced=reduction != "none", msg=f"{name} {shape} {reduction}")
+            up = random_upstream(out)
+            (g,) = torch.autograd.grad(out, x, up)
+            (gr,) = torch.autograd.grad(ref, x64, up.double().cpu())
+            assert_close(g, gr, dtype, msg=f"{name} grad {shape} {reduction}")
+
+
+@pytest.mark.parametrize("layout", ["elem", "row", "col", "broadcast"])
+@pytest.mark.parametrize("name", ["smooth_l1", "bce_logits", "varifocal", "l1"])
+@pytest.mark.parametrize("device,backend", helpers.device_backend_params())
+def test_weight_layouts_and_avg_factor(grad_mode, device, backend, name, layout):
+    helpers.require_backend(device, backend)
+    _, make_x, make_t, _, _ = LOSSES[name]
+    shape = (6, 5, 4)
+    x, t = make_x(shape, torch.float32, device), make_t(shape, torch.float32, device)
+    w = {"elem": torch.rand(shape), "row": torch.rand(shape[:-1]), "col": torch.rand(4), "broadcast": torch.rand(6, 1, 4)}[layout].to(device)
+    for kw in (dict(reduction="none"), dict(reduction="sum"), dict(reduction="mean", avg_factor=7.0),
+               dict(reduction="mean", avg_factor=torch.tensor(7.0, device=device))):
+        out = _call(name, x, t, backend, weight=w, **kw)
+        x64, ref = _expected(name, x, t, weight=w.expand(shape) if layout in ("col", "broadcast") else w, reduction=kw["reduction"],
+                             avg_factor=kw.get("avg_factor") if not isinstance(kw.get("avg_factor"), torch.Tensor) else 7.0)
+        assert_close(out, ref, torch.float32, reduced=kw["reduction"] != "none", msg=f"{name} {layout} {kw}")
+        up = random_upstream(out)
+        (g,) = torch.autograd.grad(out, x, up)
+        (gr,) = torch.autograd.grad(ref, x64, up.double().cpu())
+        assert_close(g, gr, torch.float32, msg=f"{name} {layout} grad {kw}")
+
+
+def test_col_weight_is_not_copied():
+    x = torch.randn(5, 4)
+    w = torch.rand(4)
+    _, layout = ops_pw._prepare_operand("weight", x, w, torch.float32)
+    assert layout == ops_pw.LAYOUTS["col"]
+    _, layout = ops_pw._prepare_operand("weight", torch.randn(4, 4), torch.rand(4), torch.float32)
+    assert layout == ops_pw.LAYOUTS["row"]  # (C,) of a (C, C) input: per row wins (mmdetection's per-anchor weight)
+
+
+@pytest.mark.parametrize("device,backend", helpers.device_backend_params())
+def test_pos_weight_and_labels(device, backend):
+    helpers.require_backend(device, backend)
+    x = _logits((9, 5), torch.float32, device)
+    labels = torch.randint(0, 6, (9,), device=device)
+    onehot = (labels[:, None] == torch.arange(5, device=device)).float()
+    pw = torch.rand(5, device=device) * 3
+    for kw in ({}, {"pos_weight": pw}, {"pos_weight": pw[None].expand(9, 5).contiguous()}, {"label_smoothing": 0.2}):
+        a = fastloss.binary_cross_entropy_with_logits(x, labels, backend=backend, **kw)
+        b = fastloss.binary_cross_entropy_with_logits(x, onehot, backend=backend, **kw)
+        torch.testing.assert_close(a, b)
+    ref = F.binary_cross_entropy_with_logits(x.double(), onehot.double(), pos_weight=pw.double())
+    assert_close(fastloss.binary_cross_entropy_with_logits(x, onehot, pos_weight=pw, backend=backend), ref.detach(), torch.float32, reduced=True)
+    # quality focal: mmdetection's (labels, scores) == the dense soft target
+    scores = torch.rand(9, device=device)
+    dense = onehot * scores[:, None]
+    a = fastloss.quality_focal_loss(x, (labels, scores), backend=backend, reduction="none")
+    b = fastloss.quality_focal_loss(x, dense, backend=backend, reduction="none")
+    torch.testing.assert_close(a, b)
+    ga, = torch.autograd.grad(a.sum(), x)
+    gb, = torch.autograd.grad(b.sum(), x)
+    torch.testing.assert_close(ga, gb)
+
+
+@pytest.mark.parametrize("device,backend", helpers.device_backend_params())
+def test_varifocal_positive_mask_is_ultralytics(device, backend):
+    """ultralytics' VarifocalLoss per element: BCE(x, s) (label s + (1 - label) alpha sigmoid(x)^gamma)."""
+    helpers.require_backend(device, backend)
+    x = _logits((6, 8), torch.float32, device)
+    label = (torch.rand(6, 8, device=device) < 0.3).float()
+    score = torch.rand(6, 8, device=device) * label
+    score[0, 0], label[0, 0] = 0.0, 1.0  # a positive with score 0: loss 0 (mmdetection would call it a negative)
+    out = fastloss.varifocal_loss(x, score, positive=label, reduction="none", backend=backend)
+    x64 = x.detach().double().cpu()
+    w = 0.75 * x64.sigmoid().pow(2.0) * (1 - label.double().cpu()) + score.double().cpu() * label.double().cpu()
+    ref = F.binary_cross_entropy_with_logits(x64, score.double().cpu(), reduction="none") * w
+    assert_close(out, ref, torch.float32)
+
+
+def test_worked_values():
+    """The issue's worked values, on every CPU backend."""
+    for backend in fastloss.available_backends("cpu"):
+        ones, t = torch.ones(2, 2), torch.tensor([[0.0, 1.0], [2.0, 3.0]])
+        assert fastloss.l1_loss(ones, t, backend=backend).item() == pytest.approx(1.0)
+        assert fastloss.smooth_l1_loss(ones, t, backend=backend).item() == pytest.approx(0.625)
+        assert fastloss.mse_loss(ones, t, backend=backend).item() == pytest.approx(1.5)
+        x = torch.tensor([[1.9072, 1.1079, 1.4906], [-0.6584, -0.0512, 0.7608], [-0.0614, 0.6583, 0.1095]])
+        y = torch.tensor([[0.0, 1, 1], [1, 1, 1], [0, 0, 0]])
+        assert fastloss.binary_cross_entropy_with_logits(x, y, backend=backend).item() == pytest.approx(0.80001, abs=5e-5)
+        with pytest.raises(ValueError, match="between 0 and 1|in \\[0, 1\\]"):
+            fastloss.binary_cross_entropy(ones, t, backend=backend)
+
+
+@pytest.mark.parametrize("backend", helpers.CPU_BACKENDS)
+def test_bad_inputs(backend):
+    helpers.require_backend("cpu", backend)
+    x = torch.randn(4, 3)
+    with pytest.raises(ValueError, match="input's shape"):
+        fastloss.l1_loss(x, torch.randn(3), backend=backend)  # torch would broadcast with a warning
+    with pytest.raises(ValueError, match="float tensor of input's shape"):
+        fastloss.mse_loss(x, torch.randint(0, 3, (4,)), backend=backend)  # no class labels for regression
+    with pytest.raises(ValueError, match="beta"):
+        fastloss.smooth_l1_loss(x, x, beta=-1.0, backend=backend)
+    with pytest.raises(ValueError, match="delta"):
+        fastloss.huber_loss(x, x, delta=0.0, backend=backend)
+    with pytest.raises(ValueError, match="label_smoothing"):
+        fastloss.binary_cross_entropy_with_logits(x, x.sigmoid(), label_smoothing=1.5, backend=backend)
+    with pytest.raises(ValueError, match="input"):
+        fastloss.binary_cross_entropy(x, x.sigmoid(), backend=backend)  # input outside [0, 1]
+    with pytest.raises(ValueError, match="alpha"):
+        fastloss.varifocal_loss(x, x.sigmoid(), alpha=2.0, backend=backend)
+    with pytest.raises(ValueError, match="reduction"):
+        fastloss.kl_div(x, x, reduction="batchsum", backend=backend)
+    with pytest.raises(ValueError, match="class label 7"):
+        fastloss.binary_cross_entropy_with_logits(x, torch.tensor([0, 1, 7, 3]), backend=backend)
+
+
+def test_rmse_sse_mbe():
+    x = torch.randn(10, 4, dtype=torch.float64, requires_grad=True)
+    t = torch.randn(10, 4, dtype=torch.float64)
+    torch.testing.assert_close(fastloss.rmse_loss(x, t), F.mse_loss(x, t).sqrt())
+    torch.testing.assert_close(fastloss.sse_loss(x, t), F.mse_loss(x, t, reduction="sum"))
+    torch.testing.assert_close(fastloss.mean_bias_error(x, t), (x - t).mean())
+    z = x.detach().clone().requires_grad_()
+    (g,) = torch.autograd.grad(fastloss.rmse_loss(z, z.detach()), z)  # zero error: finite (0), not NaN
+    assert torch.equal(g, torch.zeros_like(g))
+    (g,) = torch.autograd.grad(fastloss.rmse_loss(x, t), x)
+    (gr,) = torch.autograd.grad(F.mse_loss(x, t).sqrt(), x)
+    torch.testing.assert_close(g, gr)
+
+
+def test_kl_div_batchmean():
+    x = torch.log_softmax(torch.randn(6, 5, dtype=torch.float64), -1)
+    t = torch.softmax(torch.randn(6, 5, dtype=torch.float64), -1)
+    for backend in fastloss.available_backends("cpu"):
+        torch.testing.assert_close(fastloss.kl_div(x, t, reduction="batchmean", backend=backend), F.kl_div(x, t, reduction="batchmean"))
+
+
+GRADCHECK = ["l1", "mse", "smooth_l1", "huber", "balanced_l1", "bce_logits", "bce", "poly1_bce", "poly1_focal", "quality_focal", "varifocal",
+             "gaussian_focal", "hinge", "kl_div", "mean_bias"]
+
+
+@pytest.mark.parametrize("name", GRADCHECK)
+@pytest.mark.parametrize("backend", ["cpu", "reference"])
+def test_gradcheck_fp64(backend, name):
+    helpers.require_backend("cpu", backend)
+    _, make_x, make_t, _, _ = LOSSES[name]
+    torch.manual_seed(3)
+    x = make_x((4, 3), torch.float64, "cpu")
+    t = make_t((4, 3), torch.float64, "cpu")
+    if name in ("l1", "smooth_l1", "huber", "balanced_l1", "mean_bias", "mse"):
+        t = (x.detach() + torch.sign(torch.randn(4, 3, dtype=torch.float64)) * (0.2 + torch.rand(4, 3, dtype=torch.float64))).detach()
+    if name == "hinge":  # away from the kink 1 - y x = 0
+        x = (torch.sign(torch.randn(4, 3, dtype=torch.float64)) * (0.3 + torch.rand(4, 3, dtype=torch.float64))).requires_grad_()
+    with fastloss.use_backend(backend):
+        assert torch.autograd.gradcheck(lambda inp: _call(name, inp, t, None, **({} if name in NO_REDUCTION_ARG else {"reduction": "sum"})),
+                                        (x,), eps=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("backend", helpers.CPU_BACKENDS)
+def test_opcheck(backend):
+    helpers.require_backend("cpu", backend)
+    x = torch.randn(6, 4, requires_grad=True)
+    t = torch.rand(6, 4)
+    for name, code in (("smooth_l1_loss", 3), ("varifocal_loss", 11), ("binary_cross_entropy_with_logits", 6)):
+        op = getattr(torch.ops.fastloss, name).default
+        params = {3: [0.5, 1.0, 0.25, 2.0], 11: [0.75, 2.0, 1.0, 0.0], 6: [1.0, 0.0]}[code]
+        for store in (False, True):
+            torch.library.opcheck(op, (x, t, None, torch.rand(6), 2, None, 0, params, 2, store, backend))
+
+
+@pytest.mark.parametrize("backend", helpers.CPU_BACKENDS)
+def test_compile_fullgraph(dynamo_reset, backend):
+    helpers.require_backend("cpu", backend)
+    x = torch.randn(8, 4, requires_grad=True)
+    t = torch.rand(8, 4)
+    w = torch.rand(8)
+
+    def fn(x, t, w):
+        return (fastloss.smooth_l1_loss(x, t, weight=w, avg_factor=3.0, backend=backend) + fastloss.varifocal_loss(x, t, backend=backend)
+                + fastloss.quality_focal_loss(x, t, backend=backend) + fastloss.kl_div(x.log_softmax(-1), t.softmax(-1), reduction="batchmean",
+                                                                                       backend=backend))
+
+    compiled = torch.compile(fn, fullgraph=True, backend="aot_eager")
+    a = compiled(x, t, w)
+    b = fn(x, t, w)
+    torch.testing.assert_close(a, b)
+    ga, = torch.autograd.grad(a, x)
+    gb, = torch.autograd.grad(b, x)
+    torch.testing.assert_close(ga, gb)
+
+
+@pytest.mark.parametrize("device,backend", helpers.device_backend_params())
+def test_deterministic(device, backend):
+    helpers.require_backend(device, backend)
+    n = 20000 if not helpers.is_interpreted(device, backend) else 3000
+    x = _logits((n, 4), torch.float32, device)
+    t = _soft((n, 4), torch.float32, device)
+
+    def run():
+        loss = fastloss.varifocal_loss(x, t, backend=backend, reduction="sum")
+        (g,) = torch.autograd.grad(loss, x)
+        return loss, g
+
+    (a, ga), (b, gb) = run(), run()
+    assert torch.equal(a, b) and torch.equal(ga, gb)
+
+
+@pytest.mark.parametrize("store", [True, False], ids=["store", "recompute"])
+@pytest.mark.parametrize("device,backend", helpers.device_backend_params())
+def test_eager_fast_path_equals_custom_op(device, backend, store):
+    helpers.require_backend(device, backend)
+    x = _logits((5, 7), torch.float32, device)
+    t = _soft((5, 7), torch.float32, device)
+    w = torch.rand(5, device=device)
+    args = (x, t, None, w, 2, None, 0)
+    params = [0.75, 2.0, 1.0, 0.0]
+    out_f, cache_f = ops_pw.PointwiseFunction.apply(*args, 11, params, 2, store, backend)
+    out_o, cache_o = torch.ops.fastloss.varifocal_loss(*args, params, 2, store, backend)
+    assert torch.equal(out_f, out_o) and torch.equal(cache_f, cache_o)
+    g_f, = torch.autograd.grad(out_f, x)
+    g_o, = torch.autograd.grad(out_o, x)
+    assert torch.equal(g_f, g_o)
+
+
+@pytest.mark.parametrize("device,backend", helpers.device_backend_params())
+def test_nn_modules(device, backend):
+    helpers.require_backend(device, backend)
+    x = _logits((6, 3), torch.float32, device)
+    t = _soft((6, 3), torch.float32, device)
+    mods = [(fastloss.nn.SmoothL1Loss(beta=0.5, loss_weight=2.0, backend=backend), lambda: 2 * fastloss.smooth_l1_loss(x, t, beta=0.5)),
+            (fastloss.nn.VarifocalLoss(alpha=0.5, backend=backend), lambda: fastloss.varifocal_loss(x, t, alpha=0.5)),
+            (fastloss.nn.BCEWithLogitsLoss(pos_weight=torch.full((3,), 2.0), backend=backend).to(device),
+             lambda: fastloss.binary_cross_entropy_with_logits(x, t, pos_weight=torch.full((3,), 2.0, device=device))),
+            (fastloss.nn.KLDivLoss(reduction="batchmean", backend=backend), lambda: fastloss.kl_div(x, t, reduction="batchmean"))]
+    for m, expected in mods:
+        torch.testing.assert_close(m(x, t), expected())
+        assert "loss_weight" in repr(m)
+    with pytest.raises(TypeError):
+        fastloss.nn.SmoothL1Loss(sigma=1.0)
+    with pytest.raises(ValueError, match="beta"):
+        fastloss.nn.SmoothL1Loss(beta=-1.0)
+    with pytest.raises(ValueError, match="reduction"):
+        fastloss.nn.L1Loss(reduction="avg")
