@@ -191,7 +191,8 @@ class _PointwiseLoss(_Loss):
         self._validate()
 
     def _validate(self):
-        self._call(torch.zeros(0), torch.zeros(0))  # the function's own checks, now
+        # the function's own checks, now (on the reference: the module's backend may need another device)
+        type(self)._fn(torch.zeros(0), torch.zeros(0), backend="reference", **self._kwargs())
 
     def _kwargs(self):
         return {name: getattr(self, name) for name in self._repr_args}
@@ -226,7 +227,7 @@ class BCEWithLogitsLoss(_PointwiseLoss):
         self._setup(backend, label_smoothing=label_smoothing, reduction=reduction)
 
     def _validate(self):
-        _pw.binary_cross_entropy_with_logits(torch.zeros(0), torch.zeros(0), **self._kwargs())
+        _pw.binary_cross_entropy_with_logits(torch.zeros(0), torch.zeros(0), backend="reference", **self._kwargs())
 
     def _call(self, input, target, weight=None, avg_factor=None):
         return _pw.binary_cross_entropy_with_logits(input, target, weight=weight, avg_factor=avg_factor, pos_weight=self.pos_weight,

@@ -364,3 +364,77 @@ def test_nn_modules(device, backend):
         fastloss.nn.SmoothL1Loss(beta=-1.0)
     with pytest.raises(ValueError, match="reduction"):
         fastloss.nn.L1Loss(reduction="avg")
+
+
+# ======================================================================================
+# found in review
+# ======================================================================================
+
+
+def test_modules_build_for_any_backend(monkeypatch):
+    for backend in ("cuda", "triton", "cpu", "reference"):
+        fastloss.nn.SmoothL1Loss(backend=backend)
+        fastloss.nn.BCEWithLogitsLoss(pos_weight=torch.ones(3), backend=backend)
+    with fastloss.use_backend("reference"):
+        fastloss.nn.L1Loss()
+    monkeypatch.setenv("FASTLOSS_BACKEND", "cuda")
+    fastloss.nn.VarifocalLoss()
+
+
+@pytest.mark.parametrize("backend", helpers.CPU_BACKENDS)
+def test_square_inputs_pos_weight_per_class_weight_per_row(backend):
+    helpers.require_backend("cpu", backend)
+    x, t, v = torch.randn(3, 3), torch.rand(3, 3), torch.tensor([1.0, 2.0, 3.0])
+    torch.testing.assert_close(fastloss.binary_cross_entropy_with_logits(x, t, pos_weight=v, reduction="none", backend=backend),
+                               F.binary_cross_entropy_with_logits(x, t, pos_weight=v, reduction="none"))
+    torch.testing.assert_close(fastloss.binary_cross_entropy_with_logits(x, t, weight=v, reduction="none", backend=backend),
+                               F.binary_cross_entropy_with_logits(x, t, reduction="none") * v[:, None])  # per anchor (mmdetection)
+
+
+@pytest.mark.parametrize("backend", helpers.CPU_BACKENDS)
+def test_quality_focal_score_reaches_its_class_only(backend):
+    helpers.require_backend("cpu", backend)
+    x = torch.zeros(2, 3, requires_grad=True)
+    out = fastloss.quality_focal_loss(x, (torch.tensor([1, 3]), torch.tensor([float("nan"), 0.5])), reduction="none", backend=backend)
+    assert torch.isnan(out[0, 1]) and torch.isfinite(out[0, [0, 2]]).all() and torch.isfinite(out[1]).all()
+    (g,) = torch.autograd.grad(out.nansum(), x)
+    assert torch.isfinite(g[0, [0, 2]]).all() and torch.isfinite(g[1]).all()
+
+
+@pytest.mark.parametrize("backend", helpers.CPU_BACKENDS)
+def test_infinite_logits_with_their_own_target(backend):
+    """A masked -inf logit with t = 0 (or +inf with t = 1) costs 0 with gradient 0 (torch: NaN)."""
+    helpers.require_backend("cpu", backend)
+    x = torch.tensor([float("-inf"), float("inf"), 0.3], requires_grad=True)
+    t = torch.tensor([0.0, 1.0, 1.0])
+    for fn in (fastloss.binary_cross_entropy_with_logits, fastloss.sigmoid_focal_loss, fastloss.varifocal_loss, fastloss.quality_focal_loss,
+               fastloss.poly1_bce_loss, fastloss.poly1_focal_loss):
+        out = fn(x, t, reduction="none", backend=backend)
+        (g,) = torch.autograd.grad(out.sum(), x)
+        assert out[0] == 0 and out[1] == 0 and torch.isfinite(out).all(), (fn.__name__, out)
+        assert (g[:2] == 0).all() and torch.isfinite(g).all(), (fn.__name__, g)
+
+
+def test_more_domains():
+    x = torch.randn(4, 3)
+    with pytest.raises(ValueError, match="gamma / alpha"):
+        fastloss.balanced_l1_loss(x, x, alpha=0.01, gamma=10.0)
+    assert fastloss.smooth_l1_loss(x, x, beta=1e-320).item() == 0  # subnormal beta: L1, not NaN
+    torch.testing.assert_close(fastloss.smooth_l1_loss(x, x + 1, beta=1e-39), F.l1_loss(x, x + 1))
+    for fn, kw in ((fastloss.varifocal_loss, {"iou_weighted": "no"}), (fastloss.hinge_loss, {"squared": "yes"}),
+                   (fastloss.kl_div, {"log_target": 2})):
+        with pytest.raises(ValueError, match=list(kw)[0]):
+            fn(x, x.sigmoid(), **kw)
+    with pytest.raises(ValueError, match="input"):
+        fastloss.gaussian_focal_loss(x, x.sigmoid())  # probabilities outside [0, 1]
+    with pytest.raises(ValueError, match="parameters"):  # a direct op call with the wrong parameter list
+        torch.ops.fastloss.sigmoid_focal_loss(x, x.sigmoid(), None, None, 0, None, 0, [0.25, 2.0], 2, False, None)
+    with pytest.raises(ValueError, match="layout"):
+        torch.ops.fastloss.l1_loss(x, x, None, torch.rand(5), 2, None, 0, [], 2, False, None)
+
+
+def test_no_silent_double_backward():
+    x = torch.randn(5, 3, requires_grad=True)
+    (g,) = torch.autograd.grad(fastloss.smooth_l1_loss(x, torch.zeros(5, 3)), x, create_graph=True)
+    with pytest.raises(RuntimeError):
+        torch.autograd.grad(g.sum(), x)

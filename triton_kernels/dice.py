@@ -102,7 +102,8 @@ def _sums_kernel(x_ptr, t_ptr, part_ptr, cepart_ptr, C, S, NBLK, ignore_index, A
             ce = tl.sum(tl.where(mp, ce_px, 0.0), axis=0)
             cnt = tl.sum(mp.to(COMPUTE), axis=0)
         else:
-            bce = tl.where(x >= 0, x * (1.0 - g), -x * g) + _math.log1p(_math.exp(-tl.abs(x)))
+            lin = tl.where(x >= 0, tl.where(g == 1.0, 0.0, x * (1.0 - g)), tl.where(g == 0, 0.0, -x * g))  # 0, not inf * 0
+            bce = lin + _math.log1p(_math.exp(-tl.abs(x)))
             ce = tl.sum(tl.sum(tl.where(m > 0, bce, 0.0), axis=1), axis=0)
             cnt = tl.sum(tl.sum(m, axis=1), axis=0)
         cout = cepart_ptr + (n.to(tl.int64) * NBLK + blk) * 2

@@ -36,9 +36,16 @@ def _sigmoid2(x):
 
 
 @triton.jit
+def _linear_part(x, c_pos, c_neg):
+    # max(x, 0) - c x as x c_pos or -x c_neg by the sign of x, 0 where the factor is 0 (also for
+    # an infinite x: inf * 0 would be NaN)
+    return tl.where(x >= 0, tl.where(c_pos == 0, 0.0, x * c_pos), tl.where(c_neg == 0, 0.0, -x * c_neg))
+
+
+@triton.jit
 def _bce_logits(x, t, e):
-    # max(x, 0) - x t (as x (1 - t) or -x t) + log(1 + e)
-    return tl.where(x >= 0, x * (1.0 - t), -x * t) + _math.log1p(e)
+    # max(x, 0) - x t + log(1 + e)
+    return _linear_part(x, 1.0 - t, t) + _math.log1p(e)
 
 
 @triton.jit
@@ -106,7 +113,7 @@ def _bce_with_logits(x, t_in, pw, p0, p1):
     t = t_in * p0 + p1
     e, s_pos, s_neg = _sigmoid2(x)
     pt = pw * t
-    loss = tl.where(x >= 0, x * (1.0 - t), -x * pt) + (pt + 1.0 - t) * _math.log1p(e)
+    loss = _linear_part(x, 1.0 - t, pt) + (pt + 1.0 - t) * _math.log1p(e)
     return loss, (1.0 - t) * s_pos - pt * s_neg
 
 
@@ -285,9 +292,10 @@ def _load_inputs(x_ptr, t_ptr, tv_ptr, w_ptr, aux_ptr, pid, numel, C, COMPUTE: t
     x = tl.load(x_ptr + offs, mask=mask, other=0.0).to(COMPUTE)
     if LABELS:
         label = tl.load(t_ptr + row, mask=mask, other=-1)
-        t = (label == col).to(COMPUTE)
-        if HAS_TV:
-            t = t * tl.load(tv_ptr + row, mask=mask, other=0.0).to(COMPUTE)
+        if HAS_TV:  # a select, not a product: the row's value (NaN included) reaches its label's class only
+            t = tl.where(label == col, tl.load(tv_ptr + row, mask=mask, other=0.0).to(COMPUTE), 0.0)
+        else:
+            t = (label == col).to(COMPUTE)
     else:
         t = tl.load(t_ptr + offs, mask=mask, other=0.0).to(COMPUTE)
     w = _operand(w_ptr, offs, row, col, mask, W_LAYOUT, COMPUTE)
@@ -339,7 +347,7 @@ def _meta(input, target, target_value, weight, weight_layout, aux, aux_layout, l
 
 
 def _params(params):
-    return tuple(float(v) for v in params) + (0.0,) * (7 - len(params))
+    return tuple(float(v) for v in params) + (0.0,) * (7 - len(params))  # p0..p6 (csrc/kernels/pointwise.h kNumParams)
 
 
 def forward(input, target, target_value, weight, weight_layout, aux, aux_layout, loss, params, reduction, with_grad):

@@ -69,8 +69,9 @@ double pointwise_cpu(const PointwiseArgs& a, const at::Tensor& upstream, at::Ten
     if (labels) {
       // one-hot target built in registers: 1 (or the row's target_value) where the lane's
       // class equals the row's label
-      t = Vec<acc_t>::arange(static_cast<acc_t>(col), 1).eq(Vec<acc_t>(static_cast<acc_t>(lab_ptr[row])));
-      if (tv_ptr != nullptr) t = t * Vec<acc_t>(tv_ptr[row]);
+      const auto hit = Vec<acc_t>::arange(static_cast<acc_t>(col), 1) == Vec<acc_t>(static_cast<acc_t>(lab_ptr[row]));
+      // a select, not a product: the row's value (NaN included) reaches its label's class only
+      t = Vec<acc_t>::blendv(Vec<acc_t>(acc_t(0)), tv_ptr != nullptr ? Vec<acc_t>(tv_ptr[row]) : Vec<acc_t>(acc_t(1)), hit);
     } else {
       t = cpu::load<acc_t>(t_ptr + j, n);
     }

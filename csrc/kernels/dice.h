@@ -42,7 +42,9 @@ FL_HOST_DEVICE FL_INLINE void sigmoid2(T x, T& s_pos, T& s_neg) {
 template <typename T>
 FL_HOST_DEVICE FL_INLINE T bce(T x, T g) {
   const T zero(0);
-  return fl::select(x >= zero, x * (T(1) - g), zero - x * g) + fl::log1p_unit(fl::exp(-fl::abs(x)));
+  const T c = T(1) - g;  // the factors are 0 for hard targets at an infinite logit: 0, not inf * 0
+  return fl::select(x >= zero, fl::select(c == zero, zero, x * c), fl::select(g == zero, zero, zero - x * g)) +
+         fl::log1p_unit(fl::exp(-fl::abs(x)));
 }
 
 // p - g for p = sigmoid(x), s_neg = sigmoid(-x): exact for hard targets (no 1 - 1 + tiny).

@@ -50,7 +50,7 @@ enum Loss : int {
   kNumLosses = 16
 };
 
-constexpr int kNumParams = 8;
+constexpr int kNumParams = 7;  // the most any loss uses (balanced L1); Triton passes p0..p6
 
 // The scalar parameters of one call; their meaning is the loss's (see each functor).
 template <typename S>
@@ -71,11 +71,19 @@ FL_HOST_DEVICE FL_INLINE void sigmoid2(const T& x, T& e, T& s_pos, T& s_neg) {
   s_neg = fl::select(nonneg, e * inv, inv);
 }
 
-// BCE-with-logits of x against t: max(x, 0) - x t + log(1 + e), e = exp(-|x|), with
-// max(x, 0) - x t formed as x (1 - t) or -x t (no cancellation for t = 1 or soft t).
+// max(x, 0) - c x for c = t (or pos_weight t): x (1 - c) or -x c by the sign of x -- no
+// cancellation for t = 1 or soft t -- and 0 where the factor is 0, also for an infinite x (a
+// masked -inf logit with t = 0, +inf with t = 1: inf * 0 would be NaN)
+template <typename T>
+FL_HOST_DEVICE FL_INLINE T linear_part(const T& x, const T& c_pos, const T& c_neg) {
+  const T zero(0);
+  return fl::select(x >= zero, fl::select(c_pos == zero, zero, x * c_pos), fl::select(c_neg == zero, zero, zero - x * c_neg));
+}
+
+// BCE-with-logits of x against t: max(x, 0) - x t + log(1 + e), e = exp(-|x|).
 template <typename T>
 FL_HOST_DEVICE FL_INLINE T bce_logits(const T& x, const T& t, const T& e) {
-  return fl::select(x >= T(0), x * (T(1) - t), T(0) - x * t) + fl::log1p_unit(e);
+  return linear_part(x, T(1) - t, t) + fl::log1p_unit(e);
 }
 
 // p - t for p = sigmoid(x): (1 - t) p - t (1 - p), exact for hard targets.
@@ -165,7 +173,7 @@ struct BCEWithLogits {
     sigmoid2(x, e, s_pos, s_neg);
     const T one(1);
     const T pt = pw * t;
-    loss = fl::select(x >= T(0), x * (one - t), T(0) - x * pt) + (pt + one - t) * fl::log1p_unit(e);
+    loss = linear_part(x, one - t, pt) + (pt + one - t) * fl::log1p_unit(e);
     grad = (one - t) * s_pos - pt * s_neg;
   }
 };

@@ -57,6 +57,14 @@ def check_param(name, value, ok, domain):
     return v
 
 
+def flag(name, value):
+    """A boolean argument as the 1.0 / 0.0 a kernel parameter slot holds: True / False (or 1 / 0)
+    only -- a string such as "no" is an error, not True."""
+    if isinstance(value, bool) or (isinstance(value, numbers.Integral) and int(value) in (0, 1)):
+        return 1.0 if value else 0.0
+    raise ValueError(f"{name} must be True or False, got {value!r}")
+
+
 def nonneg(name, value):
     return check_param(name, value, lambda v: 0 <= v < float("inf"), ">= 0 and finite")
 

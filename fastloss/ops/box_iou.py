@@ -108,6 +108,7 @@ class BoxIoULossFunction(torch.autograd.Function):
         return loss, cache
 
     @staticmethod
+    @torch.autograd.function.once_differentiable  # the kernels' gradient: no double backward (an error, not a silent zero)
     def backward(ctx, grad, _grad_cache):
         if grad is None:  # grads are not materialized: no gradient flowed into the loss
             return (None,) * 11
@@ -338,6 +339,7 @@ class BoxIoUFunction(torch.autograd.Function):
         return out
 
     @staticmethod
+    @torch.autograd.function.once_differentiable  # the kernels' gradient: no double backward (an error, not a silent zero)
     def backward(ctx, grad):
         b1, b2 = ctx.saved_tensors
         kind, fmt, eps, aligned, backend = ctx.args

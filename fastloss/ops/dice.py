@@ -107,6 +107,7 @@ class DiceSumsFunction(torch.autograd.Function):
         return sums, ce
 
     @staticmethod
+    @torch.autograd.function.once_differentiable  # the kernels' gradient: no double backward (an error, not a silent zero)
     def backward(ctx, grad_sums, grad_ce):
         input, target = ctx.saved_tensors
         activation, squared, ignore_index, backend = ctx.args

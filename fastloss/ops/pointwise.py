@@ -53,6 +53,8 @@ LOSSES = {
     "quality_focal_loss": 10, "varifocal_loss": 11, "gaussian_focal_loss": 12, "hinge_loss": 13, "kl_div": 14, "mean_bias_error": 15,
 }
 NAMES = {code: name for name, code in LOSSES.items()}
+# the number of parameter slots each loss reads (csrc/kernels/pointwise.h), checked by the ops
+N_PARAMS = {0: 4, 1: 0, 2: 0, 3: 4, 4: 2, 5: 7, 6: 2, 7: 0, 8: 1, 9: 5, 10: 1, 11: 4, 12: 3, 13: 2, 14: 1, 15: 0}
 LAYOUTS = {"elem": 1, "row": 2, "col": 3}  # csrc/include/fastloss/op_checks.h Layout
 # The arguments of every loss's custom op fastloss::<loss>, in order (PointwiseFunction takes
 # the same plus the loss code after aux_layout).
@@ -61,16 +63,29 @@ OP_ARGS = ("input", "target", "target_value", "weight", "weight_layout", "aux", 
 # ====================================================================== the custom ops
 
 
-def _validate(loss, input, target):
-    """Value checks, once per call before any backend runs, inside the op (so they also run
-    under torch.compile): class labels in [0, C] (C: background); binary_cross_entropy's
-    probabilities in [0, 1].  CPU tensors always; CUDA tensors in checked mode only (a host sync)."""
+def _validate(loss, input, target, target_value, weight, weight_layout, aux, aux_layout, params):
+    """Checks once per call before any backend runs, inside the op (so they also run under
+    torch.compile and guard direct ``torch.ops.fastloss.*`` calls): the parameter count, the
+    operands' sizes against their layouts (no kernel reads past them), class labels in [0, C]
+    (C: background), probabilities in [0, 1] for binary_cross_entropy and gaussian_focal_loss.
+    Value checks: CPU tensors always; CUDA tensors in checked mode only (a host sync)."""
+    op = NAMES[loss]
+    if len(params) != N_PARAMS[loss]:
+        raise ValueError(f"{op}: expected {N_PARAMS[loss]} parameters, got {len(params)} ({params})")
+    C = input.shape[-1] if input.dim() else 1
+    sizes = {1: input.numel(), 2: math.prod(input.shape[:-1]), 3: C}  # per element / row / column
+    for name, v, layout in (("weight", weight, weight_layout), ("aux", aux, aux_layout)):
+        if v is not None and (layout not in sizes or v.numel() != sizes[layout]):
+            raise ValueError(f"{op}: {name} of {v.numel()} values does not match layout {layout} of input {tuple(input.shape)}")
     if not target.is_floating_point():
-        C = input.shape[-1] if input.dim() else 1
-        _common.check_labels(NAMES[loss], target, C + 1, hint=_FOCAL_LABEL_HINT.format(C=C))
-    elif loss == LOSSES["binary_cross_entropy"]:
+        if target.numel() != sizes[2] or (target_value is not None and target_value.numel() != sizes[2]):
+            raise ValueError(f"{op}: class labels (and target values) must have one value per row of input {tuple(input.shape)}")
+        _common.check_labels(op, target, C + 1, hint=_FOCAL_LABEL_HINT.format(C=C))
+    elif target.numel() != input.numel():
+        raise ValueError(f"{op}: a float target must have input's size")
+    if loss in (LOSSES["binary_cross_entropy"], LOSSES["gaussian_focal_loss"]):
         for name, t in (("input", input), ("target", target)):
-            _common.check_range(NAMES[loss], name, t, 0.0, 1.0)
+            _common.check_range(op, name, t, 0.0, 1.0)
 
 
 _FOCAL_LABEL_HINT = ("; label C = {C} is the background, and an anchor to ignore keeps any label with weight 0 for its row "
@@ -78,7 +93,7 @@ _FOCAL_LABEL_HINT = ("; label C = {C} is the background, and an anchor to ignore
 
 
 def _forward_impl(input, target, target_value, weight, weight_layout, aux, aux_layout, loss, params, reduction, store_grad, backend):
-    _validate(loss, input, target)
+    _validate(loss, input, target, target_value, weight, weight_layout, aux, aux_layout, params)
     op = NAMES[loss]
     forward, _ = _backend.implementation(op, input.device, backend)
     return forward(input, target, target_value, weight, weight_layout, aux, aux_layout, loss, params, reduction, store_grad)
@@ -162,6 +177,7 @@ class PointwiseFunction(torch.autograd.Function):
         return out, cache
 
     @staticmethod
+    @torch.autograd.function.once_differentiable  # the kernels' gradient: no double backward (an error, not a silent zero)
     def backward(ctx, grad, _grad_cache):
         if grad is None:  # grads are not materialized: no gradient flowed into the loss
             return (None,) * 12
@@ -208,11 +224,12 @@ def _prepare_target(op, input, target, labels):
     return target.to(torch.int64).contiguous()
 
 
-def _prepare_operand(name, input, v, dtype):
+def _prepare_operand(name, input, v, dtype, per_class=False):
     """(tensor, layout code) of a weight / aux operand: per element (input's shape), per row
-    (input.shape[:-1], mmdetection's per-anchor weight; it wins when it is also (C,)), per
-    column ((C,) or (1, ..., 1, C): class weights, pos_weight; no copy), or anything else that
-    broadcasts to input (expanded to per element)."""
+    (input.shape[:-1], mmdetection's per-anchor weight), per column ((C,) or (1, ..., 1, C):
+    class weights, pos_weight; no copy), or anything else that broadcasts to input (expanded to
+    per element).  A (C,) operand of a square (C, C) input is per row, as mmdetection reads a
+    weight, unless ``per_class`` (torch's broadcasting: pos_weight)."""
     if v is None:
         return None, 0
     _check_tensor(name, v)
@@ -221,7 +238,7 @@ def _prepare_operand(name, input, v, dtype):
     v = v.to(dtype)
     if v.shape == input.shape:
         return v.contiguous(), LAYOUTS["elem"]
-    if input.dim() > 0 and v.shape == input.shape[:-1]:
+    if input.dim() > 0 and v.shape == input.shape[:-1] and not (per_class and v.shape == input.shape[-1:]):
         return v.contiguous(), LAYOUTS["row"]
     try:
         broadcast = torch.broadcast_shapes(v.shape, input.shape)
@@ -235,8 +252,8 @@ def _prepare_operand(name, input, v, dtype):
     return v.expand(input.shape).contiguous(), LAYOUTS["elem"]
 
 
-def _run(op, input, target, params, reduction, weight=None, avg_factor=None, *, aux=None, aux_name="aux", target_value=None, labels=False,
-         backend=None):
+def _run(op, input, target, params, reduction, weight=None, avg_factor=None, *, aux=None, aux_name="aux", aux_per_class=False,
+         target_value=None, labels=False, backend=None):
     """The engine's public path: checks, dtype rules, layouts, then the custom op (under
     torch.compile) or the eager fast path, then avg_factor.  Returns the loss in the promoted
     dtype of input and a float target (fp32 under autocast)."""
@@ -250,7 +267,7 @@ def _run(op, input, target, params, reduction, weight=None, avg_factor=None, *, 
         target = target.to(dtype).contiguous()
     acc = _common.reduced_dtype(dtype)
     weight, weight_layout = _prepare_operand("weight", input, weight, acc)
-    aux, aux_layout = _prepare_operand(aux_name, input, aux, acc)
+    aux, aux_layout = _prepare_operand(aux_name, input, aux, acc, per_class=aux_per_class)
     if target_value is not None:
         _check_tensor("target_value", target_value)
         _common.no_grad_required(target_value=target_value)
@@ -273,8 +290,11 @@ def _run(op, input, target, params, reduction, weight=None, avg_factor=None, *, 
 
 _REDUCTION_DOC = """reduction: "none" | "mean" | "sum"; the mean of an empty input is 0.
         weight: per element (input's shape), per row (input.shape[:-1], mmdetection's
-            per-anchor weight), per column ((C,), no copy), or anything that broadcasts to
-            input; it does not take part in dtype promotion (as torch's ``weight=``).
+            per-anchor weight; also for a (C,) weight of a square (C, C) input), per column
+            ((C,), no copy), or anything that broadcasts to input; it does not take part in dtype
+            promotion (as torch's ``weight=``).  "mean" divides the weighted sum by the number
+            of elements (mmdetection's rule; torch's ``F.l1_loss(weight=)`` / ``mse_loss``
+            divide by the sum of the weights instead).
         avg_factor: mmdetection's normaliser: "mean" returns sum / (avg_factor + eps); a
             number or a tensor kept on the device; an error with "sum", ignored with "none"."""
 
@@ -341,14 +361,15 @@ def binary_cross_entropy_with_logits(input, target, weight=None, reduction="mean
     ValueError for bad shapes or parameters."""
     s = _common.check_param("label_smoothing", label_smoothing, lambda v: 0 <= v <= 1, "in [0, 1]")
     return _run("binary_cross_entropy_with_logits", input, target, [1.0 - s, 0.5 * s], reduction, weight, avg_factor, aux=pos_weight,
-                aux_name="pos_weight", labels=True, backend=backend)
+                aux_name="pos_weight", aux_per_class=True, labels=True, backend=backend)
 
 
 def binary_cross_entropy(input, target, weight=None, reduction="mean", avg_factor=None, *, backend=None):
     """BCE over probabilities, torch's ``F.binary_cross_entropy``: each log clamped at -100
     and torch's gradient (p - t) / max(p (1 - p), 1e-12).  ``input`` and ``target`` must lie in
     [0, 1]: ValueError otherwise for CPU tensors (as torch); for CUDA tensors only in checked
-    mode (:func:`fastloss.checked_labels`; no host sync otherwise: values outside give NaN).
+    mode (:func:`fastloss.checked_labels`; no host sync otherwise: values outside give
+    meaningless numbers or NaN, unchecked).
     Under autocast, as torch, it computes in fp32 (torch refuses it under CUDA autocast:
     fastloss's kernel is safe there).  Other arguments as :func:`binary_cross_entropy_with_logits`."""
     return _run("binary_cross_entropy", input, target, [], reduction, weight, avg_factor, backend=backend)
@@ -402,8 +423,9 @@ def varifocal_loss(input, target, alpha=0.75, gamma=2.0, iou_weighted=True, weig
         alpha: in [0, 1]; gamma: >= 0.
         iou_weighted: positives weighted by their target (True) or by 1.
         positive: optional mask of input's shape marking the positives (ultralytics' ``label``:
-            its VarifocalLoss is ``positive=label`` with ``iou_weighted=True``); default t > 0
-            (mmdetection).
+            its ``VarifocalLoss()(pred, gt_score, label)`` is
+            ``varifocal_loss(pred, gt_score, positive=label, reduction="none").mean(1).sum()``);
+            default t > 0 (mmdetection).
         weight, reduction, avg_factor: as :func:`sigmoid_focal_loss`.
 
     Returns the loss (promoted dtype; fp32 under autocast); ValueError for bad shapes / parameters."""
@@ -414,7 +436,7 @@ def varifocal_loss(input, target, alpha=0.75, gamma=2.0, iou_weighted=True, weig
         if positive.shape != input.shape:
             raise ValueError(f"varifocal_loss: positive must have input's shape {tuple(input.shape)}, got {tuple(positive.shape)}")
         positive = positive.to(_common.reduced_dtype(input.dtype))
-    params = [alpha, gamma, 1.0 if iou_weighted else 0.0, 1.0 if positive is not None else 0.0]
+    params = [alpha, gamma, _common.flag("iou_weighted", iou_weighted), 1.0 if positive is not None else 0.0]
     return _run("varifocal_loss", input, target, params, reduction, weight, avg_factor, aux=positive, aux_name="positive", backend=backend)
 
 
@@ -433,7 +455,7 @@ def hinge_loss(input, target, margin=1.0, squared=False, weight=None, reduction=
     where target > 0 and -1 elsewhere: targets in {-1, 1} or {0, 1} of input's shape.
     margin: finite.  weight / reduction / avg_factor as :func:`sigmoid_focal_loss`."""
     margin = _common.check_param("margin", margin, math.isfinite, "finite")
-    return _run("hinge_loss", input, target, [margin, 1.0 if squared else 0.0], reduction, weight, avg_factor, backend=backend)
+    return _run("hinge_loss", input, target, [margin, _common.flag("squared", squared)], reduction, weight, avg_factor, backend=backend)
 
 
 def kl_div(input, target, reduction="mean", log_target=False, weight=None, avg_factor=None, *, backend=None):
@@ -445,9 +467,9 @@ def kl_div(input, target, reduction="mean", log_target=False, weight=None, avg_f
     if reduction == "batchmean":
         if avg_factor is not None:
             raise ValueError('kl_div: avg_factor can not be used with reduction="batchmean"')
-        total = _run("kl_div", input, target, [1.0 if log_target else 0.0], "sum", weight, None, backend=backend)
+        total = _run("kl_div", input, target, [_common.flag("log_target", log_target)], "sum", weight, None, backend=backend)
         return total / (input.shape[0] if input.dim() and input.shape[0] else 1)
-    return _run("kl_div", input, target, [1.0 if log_target else 0.0], reduction, weight, avg_factor, backend=backend)
+    return _run("kl_div", input, target, [_common.flag("log_target", log_target)], reduction, weight, avg_factor, backend=backend)
 
 
 # ---------------------------------------------------------------------- regression
@@ -492,6 +514,8 @@ def smooth_l1_loss(input, target, beta=1.0, reduction="mean", weight=None, avg_f
     0.5 d^2 / beta where |d| < beta, |d| - 0.5 beta elsewhere (d = input - target); beta >= 0,
     and beta = 0 is exactly L1 (never NaN).  Arguments as :func:`l1_loss`."""
     beta = _common.nonneg("beta", beta)
+    if beta > 0 and 1.0 / beta > torch.finfo(torch.float32).max:
+        beta = 0.0  # below fp32's range: the quadratic zone |d| < beta holds nothing representable -- exactly L1
     params = [beta, 0.5 / beta if beta > 0 else 0.0, 0.5 * beta, 1.0 / beta if beta > 0 else 0.0]
     return _run("smooth_l1_loss", input, target, params, reduction, weight, avg_factor, backend=backend)
 
@@ -509,6 +533,9 @@ def balanced_l1_loss(input, target, alpha=0.5, gamma=1.5, beta=1.0, reduction="m
     alpha a where a < beta, gamma a + gamma / b - alpha beta elsewhere.  alpha, gamma, beta > 0.
     Arguments as :func:`l1_loss`."""
     alpha, gamma, beta = _common.positive("alpha", alpha), _common.positive("gamma", gamma), _common.positive("beta", beta)
+    if gamma / alpha > 80:  # b = e^(gamma / alpha) - 1 must stay inside fp32's range (e^88)
+        raise ValueError(f"balanced_l1_loss: gamma / alpha must be <= 80 (b = e^(gamma / alpha) - 1 in fp32's range), got "
+                         f"gamma={gamma}, alpha={alpha}")
     b = math.exp(gamma / alpha) - 1  # every derived scalar in double
     params = [alpha, gamma, beta, b, alpha / b, gamma / b - alpha * beta, b / beta]
     return _run("balanced_l1_loss", input, target, params, reduction, weight, avg_factor, backend=backend)

@@ -30,6 +30,15 @@ def _sigmoid2(x):
     return torch.sigmoid(x), torch.sigmoid(-x)  # sigmoid(-x) = 1 - sigmoid(x), without cancellation
 
 
+def _linear_part(x, c_pos, c_neg):
+    """max(x, 0) - c x as x c_pos or -x c_neg by the sign of x, 0 where the factor is 0 (also for
+    an infinite x: a masked -inf logit with t = 0)."""
+    zero = torch.zeros_like(x)
+    pos = x >= 0
+    xp, xn = torch.where(pos, x, zero), torch.where(pos, zero, x)
+    return torch.where(pos, torch.where(c_pos == 0, zero, xp * c_pos), torch.where(c_neg == 0, zero, -xn * c_neg))
+
+
 def bce_with_logits(x, t):
     """Per-element BCE-with-logits, (max(x, 0) - x t) + log(1 + e^-|x|), with log1p: torch's
     fp32 F.binary_cross_entropy_with_logits computes log(e^-m + e^(-x-m)) and loses ~1e-4
@@ -42,7 +51,7 @@ def bce_with_logits(x, t):
     pos = x >= 0
     zero = torch.zeros_like(x)
     xp, xn = torch.where(pos, x, zero), torch.where(pos, zero, x)
-    return (xp * (1 - t) - xn * t) + torch.where(pos, torch.log1p(torch.exp(-xp)), torch.log1p(torch.exp(xn)))
+    return _linear_part(x, 1 - t, t) + torch.where(pos, torch.log1p(torch.exp(-xp)), torch.log1p(torch.exp(xn)))
 
 
 def torch_bce_with_logits(x, t):
@@ -100,9 +109,7 @@ def bce_with_logits_elements(x, t, pw, p):
     t = t * p[0] + p[1]
     s_pos, s_neg = _sigmoid2(x)
     pt = pw * t
-    pos = x >= 0
-    lin = torch.where(pos, x * (1 - t), -x * pt)
-    return lin + (pt + 1 - t) * torch.log1p(torch.exp(-x.abs())), (1 - t) * s_pos - pt * s_neg
+    return _linear_part(x, 1 - t, pt) + (pt + 1 - t) * torch.log1p(torch.exp(-x.abs())), (1 - t) * s_pos - pt * s_neg
 
 
 def poly1_bce_elements(x, t, aux, p):
@@ -240,10 +247,11 @@ def float_targets(x, target, target_value=None):
     if target.is_floating_point() or target.dtype == torch.bool:
         return target.to(x.dtype)
     classes = torch.arange(x.shape[-1] if x.dim() else 1, device=x.device)
-    t = (target.unsqueeze(-1) == classes).to(x.dtype)
-    if target_value is not None:
-        t = t * target_value.to(x.dtype).unsqueeze(-1)
-    return t.reshape(x.shape)
+    hit = target.unsqueeze(-1) == classes
+    if target_value is None:
+        return hit.to(x.dtype).reshape(x.shape)
+    # a select, not a product: the row's value (NaN included) reaches its label's class only
+    return torch.where(hit, target_value.to(x.dtype).unsqueeze(-1), torch.zeros((), dtype=x.dtype, device=x.device)).reshape(x.shape)
 
 
 def _elements(input, target, target_value, weight, weight_layout, aux, aux_layout, loss, params):
