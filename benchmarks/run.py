@@ -32,6 +32,7 @@ OPS = {
     "pointwise": "benchmarks.bench_pointwise",
     "box_iou": "benchmarks.bench_box_iou",
     "dice": "benchmarks.bench_dice",
+    "rowwise": "benchmarks.bench_rowwise",
 }
 
 

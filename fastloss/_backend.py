@@ -27,6 +27,7 @@ BACKENDS = ("reference", "cpu", "cuda", "triton")
 # Default order per op (or family of ops) and device type, fastest first.
 PREFERENCE = {
     "pointwise": {"cpu": ("cpu", "reference"), "cuda": ("cuda", "triton", "reference")},  # every loss of fastloss/ops/pointwise.py
+    "rowwise": {"cpu": ("cpu", "reference"), "cuda": ("cuda", "triton", "reference")},  # every loss of fastloss/ops/rowwise.py
     "box_iou_loss": {"cpu": ("cpu", "reference"), "cuda": ("cuda", "triton", "reference")},
     "box_iou": {"cpu": ("cpu", "reference"), "cuda": ("cuda", "triton", "reference")},
     "box_iou_max": {"cpu": ("cpu", "reference"), "cuda": ("cuda", "triton", "reference")},

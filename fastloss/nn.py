@@ -15,6 +15,7 @@ from fastloss.ops import _common
 from fastloss.ops import box_iou as _box
 from fastloss.ops import dice as _dice
 from fastloss.ops import pointwise as _pw
+from fastloss.ops import rowwise as _rw
 
 
 class _Loss(nn.Module):
@@ -352,3 +353,139 @@ class BalancedL1Loss(_PointwiseLoss):
     def __init__(self, alpha=0.5, gamma=1.5, beta=1.0, reduction="mean", loss_weight=1.0, *, backend=None):
         super().__init__(loss_weight)
         self._setup(backend, alpha=alpha, gamma=gamma, beta=beta, reduction=reduction)
+
+
+# ---------------------------------------------------------------------- the row-wise engine's losses
+
+
+class _RowwiseLoss(_Loss):
+    """A row-wise loss with its constructor's arguments (checked at construction by a call of
+    the function on an empty input); class vectors (``weight``, a tensor ``alpha``) are
+    buffers, as torch's modules keep ``weight``: ``module.to(device)`` moves them."""
+
+    _fn = None
+    _buffers_args = ()
+
+    def _setup(self, backend, buffers=None, **kwargs):
+        self.backend = backend
+        for name, value in (buffers or {}).items():
+            self.register_buffer(name, None if value is None else torch.as_tensor(value).detach())
+        self._buffers_args = tuple(buffers or {})
+        for name, value in kwargs.items():
+            setattr(self, name, value)
+        self._repr_args = tuple(kwargs)
+        self._validate()
+
+    def _kwargs(self):
+        kw = {name: getattr(self, name) for name in self._repr_args}
+        kw.update({name: getattr(self, name) for name in self._buffers_args})
+        return kw
+
+    def _validate(self):  # on the reference: the module's backend may need another device
+        C = next((getattr(self, n).numel() for n in self._buffers_args if isinstance(getattr(self, n), torch.Tensor)), 2)
+        type(self)._fn(torch.zeros(0, C), self._empty_target(C), backend="reference", **self._kwargs())
+
+    def _empty_target(self, C):
+        return torch.zeros(0, dtype=torch.long)
+
+
+class CrossEntropyLoss(_RowwiseLoss):
+    """Module form of :func:`fastloss.cross_entropy` (torch's ``nn.CrossEntropyLoss`` arguments):
+    ``forward(input, target, sample_weight=None, avg_factor=None)``."""
+
+    _fn = staticmethod(_rw.cross_entropy)
+
+    def __init__(self, weight=None, ignore_index=-100, reduction="mean", label_smoothing=0.0, avg_non_ignore=None, loss_weight=1.0, *,
+                 backend=None):
+        super().__init__(loss_weight)
+        self._setup(backend, {"weight": weight}, ignore_index=ignore_index, reduction=reduction, label_smoothing=label_smoothing,
+                    avg_non_ignore=avg_non_ignore)
+
+    def forward(self, input, target, sample_weight=None, avg_factor=None):
+        return self._scaled(type(self)._fn(input, target, sample_weight=sample_weight, avg_factor=avg_factor, backend=self.backend,
+                                           **self._kwargs()))
+
+
+class Poly1CrossEntropyLoss(CrossEntropyLoss):
+    """Module form of :func:`fastloss.poly1_cross_entropy`."""
+
+    _fn = staticmethod(_rw.poly1_cross_entropy)
+
+    def __init__(self, epsilon=1.0, weight=None, ignore_index=-100, reduction="mean", label_smoothing=0.0, avg_non_ignore=None,
+                 loss_weight=1.0, *, backend=None):
+        _Loss.__init__(self, loss_weight)
+        self._setup(backend, {"weight": weight}, epsilon=epsilon, ignore_index=ignore_index, reduction=reduction,
+                    label_smoothing=label_smoothing, avg_non_ignore=avg_non_ignore)
+
+
+class NLLLoss(_RowwiseLoss):
+    """Module form of :func:`fastloss.nll_loss` (log-probabilities in):
+    ``forward(input, target, sample_weight=None, avg_factor=None)``."""
+
+    _fn = staticmethod(_rw.nll_loss)
+
+    def __init__(self, weight=None, ignore_index=-100, reduction="mean", loss_weight=1.0, *, backend=None):
+        super().__init__(loss_weight)
+        self._setup(backend, {"weight": weight}, ignore_index=ignore_index, reduction=reduction)
+
+    def forward(self, input, target, sample_weight=None, avg_factor=None):
+        return self._scaled(_rw.nll_loss(input, target, sample_weight=sample_weight, avg_factor=avg_factor, backend=self.backend,
+                                         **self._kwargs()))
+
+
+class SoftmaxFocalLoss(_RowwiseLoss):
+    """Module form of :func:`fastloss.softmax_focal_loss` (and, with ``epsilon``, of
+    :func:`fastloss.poly1_softmax_focal_loss`): ``forward(input, target, sample_weight=None,
+    avg_factor=None)``."""
+
+    _fn = staticmethod(_rw.poly1_softmax_focal_loss)
+
+    def __init__(self, alpha=0.25, gamma=2.0, weight=None, reduction="mean", ignore_index=None, epsilon=0.0, loss_weight=1.0, *, backend=None):
+        super().__init__(loss_weight)
+        buffers = {"weight": weight}
+        kwargs = {"gamma": gamma, "epsilon": epsilon, "reduction": reduction, "ignore_index": ignore_index}
+        if isinstance(alpha, torch.Tensor):
+            buffers["alpha"] = alpha
+        else:
+            kwargs["alpha"] = alpha
+        self._setup(backend, buffers, **kwargs)
+
+    def forward(self, input, target, sample_weight=None, avg_factor=None):
+        return self._scaled(_rw.poly1_softmax_focal_loss(input, target, sample_weight=sample_weight, avg_factor=avg_factor,
+                                                         backend=self.backend, **self._kwargs()))
+
+
+class DistributionFocalLoss(_RowwiseLoss):
+    """Module form of :func:`fastloss.distribution_focal_loss`:
+    ``forward(pred, target, weight=None, avg_factor=None)``."""
+
+    _fn = staticmethod(_rw.distribution_focal_loss)
+
+    def __init__(self, reduction="mean", max_target=None, loss_weight=1.0, *, backend=None):
+        super().__init__(loss_weight)
+        self._setup(backend, reduction=reduction, max_target=max_target)
+
+    def _validate(self):
+        _rw.distribution_focal_loss(torch.zeros(0, 17), torch.zeros(0), backend="reference", **self._kwargs())
+
+    def forward(self, pred, target, weight=None, avg_factor=None):
+        return self._scaled(_rw.distribution_focal_loss(pred, target, weight=weight, avg_factor=avg_factor, backend=self.backend,
+                                                        **self._kwargs()))
+
+
+class DistillationKLDivLoss(_RowwiseLoss):
+    """Module form of :func:`fastloss.distillation_kl_div`:
+    ``forward(input, target, weight=None, avg_factor=None)`` (target: the teacher, detached)."""
+
+    _fn = staticmethod(_rw.distillation_kl_div)
+
+    def __init__(self, temperature=1.0, target_logits=True, t_squared=True, reduction="mean", loss_weight=1.0, *, backend=None):
+        super().__init__(loss_weight)
+        self._setup(backend, temperature=temperature, target_logits=target_logits, t_squared=t_squared, reduction=reduction)
+
+    def _validate(self):
+        _rw.distillation_kl_div(torch.zeros(0, 2), torch.zeros(0, 2), backend="reference", **self._kwargs())
+
+    def forward(self, input, target, weight=None, avg_factor=None):
+        return self._scaled(_rw.distillation_kl_div(input, target, weight=weight, avg_factor=avg_factor, backend=self.backend,
+                                                    **self._kwargs()))

@@ -277,3 +277,14 @@ def to64(t):
 def random_upstream(out):
     """A random upstream gradient for ``out`` (not ones), in out's dtype."""
     return torch.randn(out.shape, dtype=torch.float64).to(out.dtype).to(out.device)
+
+
+def assert_compiled_matches_eager(fn, args, wrt):
+    """torch.compile(fullgraph=True) of ``fn`` gives eager's value and gradient w.r.t. ``wrt``."""
+    compiled = torch.compile(fn, fullgraph=True, backend="aot_eager")
+    a = compiled(*args)
+    b = fn(*args)
+    torch.testing.assert_close(a, b)
+    ga, = torch.autograd.grad(a, wrt)
+    gb, = torch.autograd.grad(b, wrt)
+    torch.testing.assert_close(ga, gb)

@@ -303,13 +303,7 @@ def test_compile_fullgraph(dynamo_reset, backend):
                 + fastloss.quality_focal_loss(x, t, backend=backend) + fastloss.kl_div(x.log_softmax(-1), t.softmax(-1), reduction="batchmean",
                                                                                        backend=backend))
 
-    compiled = torch.compile(fn, fullgraph=True, backend="aot_eager")
-    a = compiled(x, t, w)
-    b = fn(x, t, w)
-    torch.testing.assert_close(a, b)
-    ga, = torch.autograd.grad(a, x)
-    gb, = torch.autograd.grad(b, x)
-    torch.testing.assert_close(ga, gb)
+    helpers.assert_compiled_matches_eager(fn, (x, t, w), x)
 
 
 @pytest.mark.parametrize("device,backend", helpers.device_backend_params())

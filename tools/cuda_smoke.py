@@ -80,6 +80,32 @@ def run(backend, dtype, device):
                 _check(f"box_iou_max {kind} {backend} {dtype} n={n}", v, fastloss.box_iou_max(b1, b2, kind, dim=-2, backend="reference")[0],
                        rtol)
             cases += 3
+    # row-wise engine: every softmax loss over (N, C) rows, an NCHW label map (class stride S),
+    # channels_last, a long class axis (chunked) and empty inputs
+    for shape, cl in (((4099, 81), False), ((2, 19, 33, 31), False), ((2, 19, 33, 31), True), ((3, 1030), False), ((0, 5), False)):
+        x = torch.randn(shape, device=device, dtype=dtype) * 3
+        if cl:
+            x = x.to(memory_format=torch.channels_last)
+        C = shape[1]
+        labels = torch.randint(0, C, (shape[0],) + shape[2:], device=device)
+        if labels.numel():
+            labels.view(-1)[::7] = 255
+        probs = torch.softmax(torch.randn(shape, device=device), 1).to(dtype)
+        rows = [(fastloss.cross_entropy, labels, dict(ignore_index=255, label_smoothing=0.1, weight=torch.rand(C, device=device))),
+                (fastloss.cross_entropy, probs, {}), (fastloss.nll_loss, labels, dict(ignore_index=255)),
+                (fastloss.poly1_cross_entropy, labels, dict(ignore_index=255)),
+                (fastloss.distillation_kl_div, torch.randn(shape, device=device, dtype=dtype), dict(temperature=2.0, target_logits=True))]
+        if len(shape) == 2:
+            rows.append((fastloss.softmax_focal_loss, labels.masked_fill(labels == 255, -1), dict(alpha=torch.rand(C, device=device))))
+            if C > 1:
+                rows.append((fastloss.distribution_focal_loss, torch.rand(shape[0], device=device) * (C - 1), {}))
+        for fn, target, kwargs in rows:
+            xin = x.log_softmax(1) if fn is fastloss.nll_loss else x
+            for reduction in ("none", "mean"):
+                loss, _, _ = _fwd_bwd(fn, xin, target, reduction=reduction, backend=backend, **kwargs)
+                ref, _, _ = _fwd_bwd(fn, xin, target, reduction=reduction, backend="reference", **kwargs)
+                _check(f"{fn.__name__} {backend} {dtype} {shape} cl={cl} {reduction}", loss, ref, rtol)
+                cases += 1
     # Dice family: softmax over a label map with ignore_index (+ CE), sigmoid over float targets, identity
     for shape in ((2, 5, 33, 31), (1, 1, 7), (0, 3, 4, 4)):
         x = torch.randn(shape, device=device, dtype=dtype)

@@ -19,7 +19,7 @@ from triton.compiler import ASTSource
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
-from fastloss.triton_kernels import box_iou, dice, pointwise  # noqa: E402
+from fastloss.triton_kernels import box_iou, dice, pointwise, rowwise  # noqa: E402
 
 def grid(**axes):
     """Every combination of the given constexpr values."""
@@ -46,7 +46,7 @@ def variants(quick):
         (box_iou._rows_backward_kernel, grid(KIND=metrics, FMT=[0], **mat)),
         (box_iou._cols_backward_kernel, grid(KIND=metrics, FMT=[0], **mat)),
         (box_iou._max_kernel, grid(KIND=[0, 4], FMT=[0], OVER_M=[True, False], **mat)),
-    ] + pointwise_variants(quick) + dice_variants()
+    ] + pointwise_variants(quick) + dice_variants() + rowwise_variants(quick)
 
 
 def pointwise_variants(quick):
@@ -73,11 +73,34 @@ def dice_variants():
             (dice._grad_kernel, grid(**fp64))]
 
 
+def rowwise_variants(quick):
+    """Every (loss, target) pair the row-wise ops launch, both tile shapes; the optional
+    operands, smoothing and the fp64 path on cross entropy."""
+    rw = rowwise
+    pairs = [(rw.CROSS_ENTROPY, rw.LABELS), (rw.CROSS_ENTROPY, rw.PROBS), (rw.CROSS_ENTROPY, rw.BINS), (rw.NLL, rw.LABELS),
+             (rw.NLL, rw.PROBS), (rw.SOFTMAX_FOCAL, rw.LABELS), (rw.POLY1_CROSS_ENTROPY, rw.LABELS), (rw.POLY1_CROSS_ENTROPY, rw.PROBS),
+             (rw.KL_DIV, rw.PROBS), (rw.KL_DIV, rw.TEACHER)]
+    shapes = [rw.TALL, (rw.WIDE[0], 64)] if quick else [rw.TALL, rw.WIDE, (rw.TILE // 64, 64)]
+    plain = dict(HAS_W=[False], HAS_ALPHA=[False], HAS_SW=[False], SMOOTH=[False], COMPUTE=[tl.float32])
+    out = []
+    for (loss, kind), (bs, bc) in itertools.product(pairs, shapes):
+        common = dict(plain, LOSS=[loss], TARGET=[kind], HAS_IGNORE=[kind == rw.LABELS], BLOCK_S=[bs], BLOCK_C=[bc])
+        out += [(rw._forward_kernel, grid(REDUCE=[True, False], WITH_GRAD=[True], **common)),
+                (rw._backward_kernel, grid(PER_ROW_UP=[False], **common))]
+    every = dict(HAS_W=[True], HAS_ALPHA=[True], HAS_SW=[True], HAS_IGNORE=[True], SMOOTH=[True], LOSS=[rw.CROSS_ENTROPY, rw.SOFTMAX_FOCAL],
+                 TARGET=[rw.LABELS], BLOCK_S=[rw.TALL[0]], BLOCK_C=[rw.TALL[1]])
+    out += [(rw._forward_kernel, grid(REDUCE=[False], WITH_GRAD=[False], COMPUTE=[tl.float32, tl.float64], **every)),
+            (rw._backward_kernel, grid(PER_ROW_UP=[True], COMPUTE=[tl.float32], **every))]
+    return out
+
+
 def scalar_type(name):
     if name.endswith("_ptr"):
         if name == "i_ptr":
             return "*i64"
         return "*fp32"
+    if name.startswith("p_"):  # the row-wise kernels' parameters arrive in float64
+        return "fp64"
     if name in ("eps", "power", "gamma", "scale") or (name[0] == "p" and name[1:].isdigit()):
         return "fp32"
     return "i64" if name == "ignore_index" else "i32"
@@ -87,7 +110,7 @@ def signature(fn, consts):
     sig = {name: ("constexpr" if name in consts else scalar_type(name)) for name in fn.arg_names}
     if consts.get("COMPUTE") == tl.float64:  # fp64 kernels read and write fp64 buffers
         sig = {name: ("*fp64" if t == "*fp32" else t) for name, t in sig.items()}
-    if consts.get("LABELS") and "t_ptr" in sig:
+    if (consts.get("LABELS") or consts.get("TARGET") == 0) and "t_ptr" in sig:  # integer class labels
         sig["t_ptr"] = "*i64"
     return sig
 

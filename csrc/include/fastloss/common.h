@@ -36,6 +36,8 @@ FL_HOST_DEVICE FL_INLINE double sqrt(double x) { return ::sqrt(x); }
 FL_HOST_DEVICE FL_INLINE float atan2(float y, float x) { return ::atan2f(y, x); }
 FL_HOST_DEVICE FL_INLINE double atan2(double y, double x) { return ::atan2(y, x); }
 FL_HOST_DEVICE FL_INLINE float abs(float x) { return ::fabsf(x); }
+FL_HOST_DEVICE FL_INLINE float floor(float x) { return ::floorf(x); }
+FL_HOST_DEVICE FL_INLINE double floor(double x) { return ::floor(x); }
 FL_HOST_DEVICE FL_INLINE double abs(double x) { return ::fabs(x); }
 // x ** p for x >= 0 (p is a uniform scalar exponent).
 FL_HOST_DEVICE FL_INLINE float pow(float x, float p) { return ::powf(x, p); }

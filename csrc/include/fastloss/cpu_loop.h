@@ -15,8 +15,13 @@
 #include <ATen/core/Tensor.h>
 
 #include <algorithm>
+#include <cstdint>
 #include <type_traits>
 #include <vector>
+
+#if defined(__linux__)
+#include <sys/mman.h>
+#endif
 
 #include "fastloss/cpu_vec.h"
 
@@ -28,6 +33,24 @@ constexpr int kInner = 32;         // chunks per first-level lane accumulator
 
 template <typename T>
 using Vec = at::vec::Vectorized<T>;
+
+// Asks the kernel to back a freshly allocated, not yet written output with 2 MiB pages
+// (transparent huge pages in "madvise" mode): a kernel's first write to a 4 KiB page costs a
+// page fault, ~20 ms for the 80 MB gradient of a (4, 19, 512, 512) input on the 2-core
+// machines -- more than computing it.  Only the 2 MiB-aligned interior of buffers of at least
+// 4 MiB is advised; a no-op elsewhere and where the kernel says no.
+inline void advise_huge_pages(const at::Tensor& t) {
+#if defined(__linux__) && defined(MADV_HUGEPAGE)
+  constexpr uintptr_t kHuge = uintptr_t(1) << 21;
+  const size_t bytes = t.nbytes();
+  if (bytes < 2 * kHuge) return;
+  const uintptr_t begin = reinterpret_cast<uintptr_t>(t.const_data_ptr());
+  const uintptr_t lo = (begin + kHuge - 1) & ~(kHuge - 1), hi = (begin + bytes) & ~(kHuge - 1);
+  if (hi > lo) madvise(reinterpret_cast<void*>(lo), hi - lo, MADV_HUGEPAGE);
+#else
+  (void)t;
+#endif
+}
 
 // Load n <= Vec::size() elements of src as compute-type lanes (the rest are zero).
 template <typename acc_t, typename scalar_t>

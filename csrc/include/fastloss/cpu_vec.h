@@ -45,6 +45,8 @@ inline Vec<S> atan2(const Vec<S>& y, const Vec<S>& x) { return y.atan2(x); }
 template <typename S>
 inline Vec<S> abs(const Vec<S>& x) { return x.abs(); }
 template <typename S>
+inline Vec<S> floor(const Vec<S>& x) { return x.floor(); }
+template <typename S>
 inline Vec<S> pow(const Vec<S>& x, S p) { return x.pow(Vec<S>(p)); }
 // mask lanes are all-ones where true (the result of a Vectorized comparison).
 template <typename S>

@@ -1,0 +1,428 @@
+// The row-wise (softmax) engine, C++ CPU kernels.  The math is csrc/kernels/rowwise.h (shared
+// with the CUDA kernels and the Dice family); the calling convention is in csrc/fastloss.cpp.
+//
+// The rows (pixels / boxes) are processed V at a time, one per lane of an ATen Vectorized
+// (8 fp32 lanes with AVX2): a tile holds the C logits of V rows, loaded straight from the
+// (B, C, S) view -- a vector load per class for contiguous NCHW (rows adjacent along S), 8 x 8
+// register transposes of whole row blocks for channels_last and (N, C) inputs (classes
+// adjacent, rows C apart; a gather for other strides) -- so every layout runs the same lane
+// code without a permute or a copy of the input.  Per tile: one sweep for the max, one
+// for the exponentials and the loss's sums (kept in the tile: the gradient pass needs no
+// second exp), the row's loss from finish_row(), then the gradient written in the same call
+// (the CPU is compute-bound here: fastloss/_backend.py STORE_GRAD_IN_FORWARD).  Work items are
+// fixed (image, block of kRows rows) pieces; their partial sums are added in item order in
+// fp64: bitwise identical results for any thread count.
+#include <ATen/Dispatch.h>
+#include <ATen/OpMathType.h>
+#include <ATen/Parallel.h>
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
+#include <ATen/ops/empty_like.h>
+#include <torch/library.h>
+
+#include <limits>
+#include <tuple>
+#include <type_traits>
+#include <vector>
+
+#include "fastloss/cpu_loop.h"
+#include "kernels/rowwise.h"
+
+namespace fastloss {
+namespace {
+
+using cpu::Vec;
+using rowwise::Args;
+using rowwise::View;
+
+constexpr int64_t kRows = 256;     // rows per work item / deterministic reduction block (a multiple of V)
+constexpr int64_t kPrefetch = 64;  // elements ahead (4 cache lines of fp32) in each class row
+
+// n <= V values at base, base + stride, ... as compute-type lanes (zeros past n).
+template <typename acc_t, typename scalar_t>
+inline Vec<acc_t> load_rows(const scalar_t* base, int64_t stride, int64_t n) {
+  if (stride == 1) return cpu::load<acc_t>(base, n);
+  alignas(64) acc_t buf[Vec<acc_t>::size()] = {};
+  for (int64_t j = 0; j < n; ++j) buf[j] = static_cast<acc_t>(base[j * stride]);
+  return Vec<acc_t>::loadu(buf);
+}
+
+template <typename acc_t, typename scalar_t>
+inline void store_rows(scalar_t* base, int64_t stride, const Vec<acc_t>& v, int64_t n) {
+  if (stride == 1) return cpu::store<acc_t>(base, v, n);
+  alignas(64) acc_t buf[Vec<acc_t>::size()];
+  v.store(buf);
+  for (int64_t j = 0; j < n; ++j) base[j * stride] = static_cast<scalar_t>(buf[j]);
+}
+
+// Row-major layouts ((N, C), channels_last: the classes of a row adjacent, class stride 1):
+// the n <= V rows x C classes at src (row stride ld) into the (C, V) tile buffer -- class c of
+// row j at tile[c V + j], zeros in the lanes past n -- by 8 x 8 register transposes where the
+// block is whole (fp32), instead of a gather per class.
+template <typename acc_t, typename scalar_t>
+inline void rows_to_tile(const scalar_t* src, int64_t ld, int64_t n, int64_t C, acc_t* tile) {
+  constexpr int64_t V = Vec<acc_t>::size();
+  int64_t c0 = 0;
+  if constexpr (std::is_same_v<scalar_t, float> && std::is_same_v<acc_t, float> && V == 8) {
+    if (n == V)
+      for (; c0 + 8 <= C; c0 += 8) at::vec::transpose_mxn<float, 8, 8>(src + c0, ld, tile + c0 * V, V);
+  }
+  for (int64_t c = c0; c < C; ++c)
+    for (int64_t j = 0; j < V; ++j) tile[c * V + j] = j < n ? static_cast<acc_t>(src[j * ld + c]) : acc_t(0);
+}
+
+// The reverse: the first n lanes of the (C, V) tile into n rows at dst (row stride ld).
+template <typename acc_t, typename scalar_t>
+inline void tile_to_rows(const acc_t* tile, int64_t n, int64_t C, scalar_t* dst, int64_t ld) {
+  constexpr int64_t V = Vec<acc_t>::size();
+  int64_t c0 = 0;
+  if constexpr (std::is_same_v<scalar_t, float> && std::is_same_v<acc_t, float> && V == 8) {
+    if (n == V)
+      for (; c0 + 8 <= C; c0 += 8) at::vec::transpose_mxn<float, 8, 8>(tile + c0 * V, V, dst + c0, ld);
+  }
+  for (int64_t j = 0; j < n; ++j)
+    for (int64_t c = c0; c < C; ++c) dst[j * ld + c] = static_cast<scalar_t>(tile[c * V + j]);
+}
+
+// The per-row data of a tile of n rows starting at row index r0 (= b S + s).
+template <typename acc_t>
+struct RowData {
+  Vec<acc_t> valid;   // 1.0 / 0.0 lanes
+  Vec<acc_t> y;       // label (labels), left bin (bins); -1 where invalid
+  Vec<acc_t> wy, ay;  // class weight and focal alpha at the label
+  Vec<acc_t> r;       // sample weight, 0 where invalid
+  Vec<acc_t> wl, wr;  // bins' weights
+};
+
+// The per-row operands of a call, resolved once.
+template <typename acc_t, typename label_t>
+struct RowOperands {
+  const label_t* labels = nullptr;
+  const acc_t* bins = nullptr;
+  const acc_t* w = nullptr;
+  const acc_t* alpha = nullptr;
+  const acc_t* sw = nullptr;
+  int64_t C = 0, ignore_index = 0;
+  bool has_ignore = false;
+  acc_t alpha0 = 1, bins_hi = 0;
+
+  RowOperands(const Args& a, const rowwise::Params<acc_t>& p) {
+    if (a.target_kind == rowwise::kLabels) labels = a.target.const_data_ptr<label_t>();
+    if (a.target_kind == rowwise::kBins) bins = a.target.const_data_ptr<acc_t>();
+    if (a.class_weight.defined()) w = a.class_weight.const_data_ptr<acc_t>();
+    if (a.class_alpha.defined()) alpha = a.class_alpha.const_data_ptr<acc_t>();
+    if (a.sample_weight.defined()) sw = a.sample_weight.const_data_ptr<acc_t>();
+    C = a.C;
+    has_ignore = a.has_ignore;
+    ignore_index = a.ignore_index;
+    alpha0 = p.alpha;
+    bins_hi = std::min(p.bins_hi, static_cast<acc_t>(a.C - 1));  // never past the last bin
+  }
+
+  RowData<acc_t> load(int64_t r0, int64_t n) const {
+    constexpr int64_t V = Vec<acc_t>::size();
+    RowData<acc_t> d;
+    alignas(64) acc_t valid[V], y[V], wy[V], ay[V], r[V];
+    for (int64_t j = 0; j < V; ++j) {
+      bool ok = j < n;
+      y[j] = acc_t(-1);
+      wy[j] = acc_t(1);
+      ay[j] = alpha0;
+      if (ok && labels != nullptr) {
+        const int64_t l = static_cast<int64_t>(labels[r0 + j]);
+        // labels were validated by the op (fastloss/ops/rowwise.py) before any backend ran; an
+        // out-of-range one (the unchecked CUDA rule) leaves its row out, as an ignored one
+        ok = !(has_ignore && l == ignore_index) && l >= 0 && l < C;
+        if (ok) {
+          y[j] = static_cast<acc_t>(l);
+          if (w != nullptr) wy[j] = w[l];
+          if (alpha != nullptr) ay[j] = alpha[l];
+        }
+      }
+      valid[j] = ok ? acc_t(1) : acc_t(0);
+      r[j] = ok ? (sw != nullptr ? sw[r0 + j] : acc_t(1)) : acc_t(0);
+    }
+    d.valid = Vec<acc_t>::loadu(valid);
+    d.y = Vec<acc_t>::loadu(y);
+    d.wy = Vec<acc_t>::loadu(wy);
+    d.ay = Vec<acc_t>::loadu(ay);
+    d.r = Vec<acc_t>::loadu(r);
+    d.wl = d.wr = Vec<acc_t>(acc_t(0));
+    if (bins != nullptr) rowwise::bins_of(cpu::load<acc_t>(bins + r0, n), Vec<acc_t>(bins_hi), d.y, d.wl, d.wr);
+    return d;
+  }
+};
+
+// Sums of a work item: [loss, class weight of the counted rows, counted rows].
+struct Partial {
+  double loss = 0, weight = 0, count = 0;
+};
+
+// Forward (kBackward = false): per-row losses into `out` (reduction none) or the item's
+// sums, and dL/dx of the summed loss into `grad_out` if defined.  Backward (kBackward = true):
+// dL/dx times the upstream gradient (a scalar, or one per row) into `grad_out`.
+// The target kind (kKind) and, for labels, whether the dense sums are needed (kDense: smoothing
+// or Poly-1) are template parameters: each instance keeps only its own statistics live in
+// registers (with every path in one loop, the unused accumulators spilled to the stack).
+template <typename scalar_t, typename label_t, bool kBackward, int kKind, bool kDense>
+std::vector<Partial> rowwise_cpu(const Args& a, const at::Tensor& upstream, at::Tensor& out, at::Tensor& grad_out) {
+  using acc_t = at::opmath_type<scalar_t>;
+  constexpr int64_t V = Vec<acc_t>::size();
+  const int64_t B = a.B, C = a.C, S = a.S;
+  const int64_t nblk = (S + kRows - 1) / kRows;
+  const rowwise::Params<acc_t> p = rowwise::params_from<acc_t>(a.params);
+  const int loss = a.loss, kind = kKind;
+  const bool softmax = loss != rowwise::kNLL;
+  constexpr bool labels = kKind == rowwise::kLabels, probs = kKind == rowwise::kProbs, bins = kKind == rowwise::kBins,
+                 teacher = kKind == rowwise::kTeacher;
+  constexpr bool label_dense = labels && kDense;  // the dense target sums (dsum, dmass, dexp) of smoothed labels / Poly-1
+  const bool scaled = p.in_scale != acc_t(1);
+  const scalar_t* x_ptr = a.input.const_data_ptr<scalar_t>();
+  const scalar_t* t_ptr = (probs || teacher) ? a.target.const_data_ptr<scalar_t>() : nullptr;
+  const acc_t* w_ptr = a.class_weight.defined() ? a.class_weight.const_data_ptr<acc_t>() : nullptr;
+  const View xv = a.x, tv = a.t;
+  const View gv = grad_out.defined() ? rowwise::view_of(grad_out, a.fold) : View{};
+  acc_t* g_ptr = nullptr;      // the forward's stored gradient: the accumulation dtype
+  scalar_t* gs_ptr = nullptr;  // the backward's: input's dtype
+  if constexpr (kBackward) {
+    gs_ptr = grad_out.mutable_data_ptr<scalar_t>();
+  } else if (grad_out.defined()) {
+    g_ptr = grad_out.mutable_data_ptr<acc_t>();
+  }
+  scalar_t* o_ptr = (!kBackward && !a.reduced) ? out.mutable_data_ptr<scalar_t>() : nullptr;
+  const bool per_row_up = kBackward && !a.reduced;
+  const scalar_t* up_ptr = per_row_up ? upstream.const_data_ptr<scalar_t>() : nullptr;
+  acc_t up_scalar = acc_t(1);
+  if (kBackward && a.reduced) up_scalar = upstream.item<acc_t>();  // a CPU scalar: no device sync
+  const bool write_grad = kBackward || g_ptr != nullptr;
+  const acc_t grad_scale = p.in_scale * p.out_scale;
+
+  const RowOperands<acc_t, label_t> rows(a, p);
+  std::vector<Partial> parts(static_cast<size_t>(B * nblk));
+  // classes adjacent in memory (row-major): whole tiles moved by transposes (rows_to_tile)
+  const bool x_rows = xv.sc == 1 && xv.ss != 1;
+  const bool g_rows = write_grad && gv.sc == 1 && gv.ss != 1;
+  // by value: the loop-invariant flags and pointers stay in registers (a reference capture is
+  // re-read after every store the compiler cannot prove unrelated)
+  at::parallel_for(0, B * nblk, 1, [=, &parts](int64_t w0, int64_t w1) {
+    std::vector<Vec<acc_t>> xb(static_cast<size_t>(C)), db(static_cast<size_t>((probs || teacher) ? C : 0));
+    std::vector<acc_t> tile(static_cast<size_t>((x_rows || g_rows) ? C * V : 0));
+    for (int64_t w = w0; w < w1; ++w) {
+      const int64_t b = w / nblk, blk = w % nblk;
+      const int64_t s0 = blk * kRows, s1 = std::min(S, s0 + kRows);
+      Vec<acc_t> acc_loss(acc_t(0)), acc_w(acc_t(0)), acc_n(acc_t(0));
+      for (int64_t s = s0; s < s1; s += V) {
+        const int64_t n = std::min(V, s1 - s);
+        const int64_t r0 = b * S + s;
+        const RowData<acc_t> d = rows.load(r0, n);
+        const auto valid = d.valid != Vec<acc_t>(acc_t(0));
+        const scalar_t* xr = x_ptr + b * xv.sb + s * xv.ss;
+        rowwise::Stats<Vec<acc_t>> st;
+        const Vec<acc_t> zero(acc_t(0));
+        st.m = Vec<acc_t>(-std::numeric_limits<acc_t>::infinity());
+        st.amax = st.xa = st.xb = st.rest = st.dsum = st.dmass = st.dexp = st.ent = zero;
+        st.mz = st.m;
+        st.restz = st.ez = zero;
+        Vec<acc_t> amaxz = zero;
+        // sweep 1: the logits into the tile, their max and first argmax (teacher: the same for z)
+        if (x_rows) rows_to_tile(xr, xv.ss, n, C, tile.data());
+        for (int64_t c = 0; c < C; ++c) {
+          // the class rows are C streams kRows apart in memory (NCHW: S apart): more than the
+          // hardware prefetchers follow, so fetch each a few tiles ahead
+          if (xv.ss == 1 && s + kPrefetch < s1) __builtin_prefetch(xr + c * xv.sc + kPrefetch);
+          Vec<acc_t> x = x_rows ? Vec<acc_t>::loadu(tile.data() + c * V) : load_rows<acc_t>(xr + c * xv.sc, xv.ss, n);
+          if (scaled) x = x * Vec<acc_t>(p.in_scale);
+          xb[c] = x;
+          if (!softmax) continue;
+          const Vec<acc_t> cf(static_cast<acc_t>(c));
+          st.amax = Vec<acc_t>::blendv(st.amax, cf, x > st.m);
+          st.m = at::vec::maximum(st.m, x);
+          if constexpr (teacher) {
+            Vec<acc_t> z = load_rows<acc_t>(t_ptr + b * tv.sb + s * tv.ss + c * tv.sc, tv.ss, n);
+            if (scaled) z = z * Vec<acc_t>(p.in_scale);
+            db[c] = z;
+            amaxz = Vec<acc_t>::blendv(amaxz, cf, z > st.mz);
+            st.mz = at::vec::maximum(st.mz, z);
+          }
+        }
+        // sweep 2: exponentials (kept in the tile), the rest sum, the target's terms
+        for (int64_t c = 0; c < C; ++c) {
+          const Vec<acc_t> cf(static_cast<acc_t>(c));
+          const Vec<acc_t> x = xb[c];
+          if constexpr (labels || bins) st.xa = Vec<acc_t>::blendv(st.xa, x, d.y == cf);
+          if constexpr (bins) st.xb = Vec<acc_t>::blendv(st.xb, x, (d.y + Vec<acc_t>(acc_t(1))) == cf);
+          if (!softmax) continue;
+          const Vec<acc_t> e = (x - st.m).exp_u20();  // ATen softmax's exp (<= 20 ulp), argument <= 0
+          st.rest = st.rest + Vec<acc_t>::blendv(e, zero, st.amax == cf);
+          if constexpr (label_dense) {
+            const Vec<acc_t> dc(w_ptr != nullptr ? w_ptr[c] : acc_t(1));
+            st.dsum = st.dsum + rowwise::dense_term(dc, st.m, x);
+            st.dmass = st.dmass + dc;
+            st.dexp = st.dexp + dc * e;
+          } else if constexpr (probs) {
+            const Vec<acc_t> t = load_rows<acc_t>(t_ptr + b * tv.sb + s * tv.ss + c * tv.sc, tv.ss, n);
+            Vec<acc_t> dc = t;
+            if (loss == rowwise::kKLDiv) {
+              st.ent = st.ent + rowwise::xlogx(t);
+            } else {
+              dc = t * Vec<acc_t>(p.keep) + Vec<acc_t>(p.uniform);
+              if (w_ptr != nullptr) dc = dc * Vec<acc_t>(w_ptr[c]);
+            }
+            db[c] = dc;
+            st.dsum = st.dsum + rowwise::dense_term(dc, st.m, x);
+            st.dmass = st.dmass + dc;
+            st.dexp = st.dexp + dc * e;
+          } else if constexpr (teacher) {
+            const Vec<acc_t> z = db[c];
+            const Vec<acc_t> ez = (z - st.mz).exp_u20();
+            st.restz = st.restz + Vec<acc_t>::blendv(ez, zero, amaxz == cf);
+            st.ez = st.ez + ez * (z - x);
+            db[c] = ez;
+          }
+          xb[c] = e;
+        }
+        const rowwise::Row<Vec<acc_t>> o = rowwise::finish_row(loss, kind, p, st, valid, d.r, d.y, d.wy, d.ay, d.wl, d.wr);
+        if constexpr (!kBackward) {
+          if (o_ptr != nullptr) {
+            cpu::store<acc_t>(o_ptr + r0, o.loss, n);
+          } else {
+            acc_loss = acc_loss + o.loss;  // lanes past n are invalid: exactly 0
+            acc_w = acc_w + Vec<acc_t>::blendv(zero, d.wy, valid);
+            acc_n = acc_n + d.valid;
+          }
+        }
+        if (!write_grad) continue;
+        // the gradient pass, from the tile
+        Vec<acc_t> scale(grad_scale * up_scalar);
+        if (per_row_up) scale = scale * cpu::load<acc_t>(up_ptr + r0, n);
+        const Vec<acc_t> hard = Vec<acc_t>(p.keep) * d.wy * d.r;  // keep = 1 for the focal loss and NLL
+        const Vec<acc_t> uni = Vec<acc_t>(p.uniform) * d.r;
+        const Vec<acc_t> rest_z = st.rest * o.inv_z;
+        const Vec<acc_t> teacher_scale = d.r / (Vec<acc_t>(acc_t(1)) + st.restz);
+        for (int64_t c = 0; c < C; ++c) {
+          const Vec<acc_t> cf(static_cast<acc_t>(c));
+          Vec<acc_t> coef;
+          if constexpr (labels) {
+            const bool with_uni = label_dense && p.uniform != acc_t(0);
+            coef = rowwise::label_coef(cf, d.y, hard, with_uni ? uni * Vec<acc_t>(w_ptr != nullptr ? w_ptr[c] : acc_t(1)) : zero);
+          } else if constexpr (probs) {
+            coef = d.r * db[c];
+          } else if constexpr (bins) {
+            coef = rowwise::bins_coef(cf, d.y, d.r * d.wl, d.r * d.wr);
+          } else {
+            coef = teacher_scale * db[c];
+          }
+          Vec<acc_t> g;
+          if (softmax) {
+            const Vec<acc_t> pk = xb[c] * o.inv_z;
+            const Vec<acc_t> qk = Vec<acc_t>::blendv(Vec<acc_t>(acc_t(1)) - pk, rest_z, st.amax == cf);
+            g = rowwise::grad_elem(o, pk, qk, coef);
+          } else {
+            g = zero - coef;
+          }
+          g = Vec<acc_t>::blendv(zero, g * scale, valid);  // an ignored row: exactly 0, also over NaN logits
+          if (g_rows) {
+            g.store(tile.data() + c * V);
+          } else if constexpr (kBackward) {
+            store_rows<acc_t>(gs_ptr + b * gv.sb + s * gv.ss + c * gv.sc, gv.ss, g, n);
+          } else {
+            store_rows<acc_t>(g_ptr + b * gv.sb + s * gv.ss + c * gv.sc, gv.ss, g, n);
+          }
+        }
+        if (g_rows) {
+          if constexpr (kBackward) {
+            tile_to_rows(tile.data(), n, C, gs_ptr + b * gv.sb + s * gv.ss, gv.ss);
+          } else {
+            tile_to_rows(tile.data(), n, C, g_ptr + b * gv.sb + s * gv.ss, gv.ss);
+          }
+        }
+      }
+      Partial& pt = parts[static_cast<size_t>(w)];
+      pt.loss = cpu::hsum(acc_loss);
+      pt.weight = cpu::hsum(acc_w);
+      pt.count = cpu::hsum(acc_n);
+    }
+  });
+  return parts;
+}
+
+// rowwise_cpu<scalar_t, label_t, kBackward, kind, dense> for the call's target kind and label dtype.
+template <typename scalar_t, bool kBackward>
+std::vector<Partial> dispatch_target(const Args& a, const at::Tensor& upstream, at::Tensor& out, at::Tensor& grad_out) {
+  using namespace rowwise;
+  switch (a.target_kind) {
+    case kProbs: return rowwise_cpu<scalar_t, int64_t, kBackward, kProbs, false>(a, upstream, out, grad_out);
+    case kBins: return rowwise_cpu<scalar_t, int64_t, kBackward, kBins, false>(a, upstream, out, grad_out);
+    case kTeacher: return rowwise_cpu<scalar_t, int64_t, kBackward, kTeacher, false>(a, upstream, out, grad_out);
+    default: break;
+  }
+  const bool dense = a.loss != kNLL && a.loss != kSoftmaxFocal && (a.params[1] != 0.0 || a.loss == kPoly1CrossEntropy);  // params[1]: uniform
+  auto run = [&](auto* tag) {
+    using label_t = std::remove_pointer_t<decltype(tag)>;
+    return dense ? rowwise_cpu<scalar_t, label_t, kBackward, kLabels, true>(a, upstream, out, grad_out)
+                 : rowwise_cpu<scalar_t, label_t, kBackward, kLabels, false>(a, upstream, out, grad_out);
+  };
+  switch (a.target.scalar_type()) {
+    case at::kByte: return run(static_cast<uint8_t*>(nullptr));
+    case at::kInt: return run(static_cast<int32_t*>(nullptr));
+    default: return run(static_cast<int64_t*>(nullptr));
+  }
+}
+
+std::tuple<at::Tensor, at::Tensor> forward_cpu(const at::Tensor& input, const at::Tensor& target, const c10::optional<at::Tensor>& class_weight,
+                                               const c10::optional<at::Tensor>& class_alpha, const c10::optional<at::Tensor>& sample_weight,
+                                               int64_t loss, int64_t target_kind, c10::ArrayRef<double> params,
+                                               c10::optional<int64_t> ignore_index, int64_t reduction, bool with_grad) {
+  const Args a = rowwise::make_args(input, target, class_weight, class_alpha, sample_weight, loss, target_kind, params, ignore_index, reduction);
+  const auto acc_opt = input.options().dtype(input.scalar_type() == at::kDouble ? at::kDouble : at::kFloat);
+  at::Tensor out = a.reduced ? at::Tensor() : at::empty({input.size(0), input.size(2)}, input.options());
+  at::Tensor grad = with_grad ? at::empty_like(input, acc_opt) : at::Tensor();
+  if (with_grad) cpu::advise_huge_pages(grad);
+  std::vector<Partial> parts;
+  if (input.numel() > 0 || (!a.reduced && out.numel() > 0)) {
+    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), "rowwise_forward_cpu",
+                                    [&] { parts = dispatch_target<scalar_t, false>(a, at::Tensor(), out, grad); });
+  }
+  if (!with_grad) grad = at::empty({0}, acc_opt);
+  if (!a.reduced) return {out, grad};
+  double s[3] = {0, 0, 0};
+  for (const Partial& pt : parts) {
+    s[0] += pt.loss;
+    s[1] += pt.weight;
+    s[2] += pt.count;
+  }
+  at::Tensor sums = at::empty({3}, acc_opt);
+  AT_DISPATCH_FLOATING_TYPES(sums.scalar_type(), "rowwise_sums", [&] {
+    for (int i = 0; i < 3; ++i) sums.mutable_data_ptr<scalar_t>()[i] = static_cast<scalar_t>(s[i]);
+  });
+  return {sums, grad};
+}
+
+at::Tensor backward_cpu(const at::Tensor& grad, const at::Tensor& input, const at::Tensor& target, const c10::optional<at::Tensor>& class_weight,
+                        const c10::optional<at::Tensor>& class_alpha, const c10::optional<at::Tensor>& sample_weight, int64_t loss,
+                        int64_t target_kind, c10::ArrayRef<double> params, c10::optional<int64_t> ignore_index, int64_t reduction) {
+  const Args a = rowwise::make_args(input, target, class_weight, class_alpha, sample_weight, loss, target_kind, params, ignore_index, reduction);
+  const auto acc = input.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+  if (a.reduced) {
+    TORCH_CHECK(grad.numel() == 1 && grad.scalar_type() == acc, "fastloss rowwise: the upstream gradient of the sums must be a scalar in the accumulation dtype");
+  } else {
+    TORCH_CHECK(grad.is_contiguous() && grad.numel() == a.B * a.S && grad.scalar_type() == input.scalar_type(),
+                "fastloss rowwise: the upstream gradient must be one contiguous value per row in input's dtype");
+  }
+  at::Tensor out = at::empty_like(input);
+  if (out.numel() == 0) return out;
+  cpu::advise_huge_pages(out);
+  at::Tensor none;
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), "rowwise_backward_cpu",
+                                  [&] { dispatch_target<scalar_t, true>(a, grad, none, out); });
+  return out;
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(fastloss, CPU, m) {
+  m.impl("rowwise_forward_native", &forward_cpu);
+  m.impl("rowwise_backward_native", &backward_cpu);
+}
+
+}  // namespace fastloss

@@ -1,0 +1,522 @@
+"""The row-wise (softmax) engine: cross entropy, NLL, softmax focal (+ Poly-1), Poly-1 cross
+entropy, distribution focal, distillation KL -- against torch's own functions and the peers'
+formulas (mmcv, mmdetection, ultralytics, PolyLoss), on every backend, plus the hardening rules,
+gradcheck, opcheck, torch.compile, determinism and bad inputs."""
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import fastloss
+import helpers
+from fastloss.ops import rowwise as ops_rw
+
+# (shape, layout): contiguous, channels_last (4-D), "t" (a transposed (N, C): class stride N),
+# "sliced" (every other class: not dense), unbatched (C,), one class, a long class axis
+CASES = [((7, 5), "c"), ((6, 1), "c"), ((3, 4, 6), "c"), ((2, 3, 4, 5), "c"), ((2, 3, 4, 5), "cl"), ((2, 3, 2, 2, 3), "c"),
+         ((13, 6), "t"), ((4, 9), "sliced"), ((5,), "c"), ((3, 1030), "c")]
+CASE_IDS = ["x".join(map(str, s)) + ("" if lay == "c" else "-" + lay) for s, lay in CASES]
+OPTIONS = [{}, {"weight": True}, {"label_smoothing": 0.2}, {"weight": True, "label_smoothing": 0.3}]
+
+
+def _make_logits(shape, layout, dtype, device, scale=3.0):
+    base = torch.randn(shape, dtype=torch.float64) * scale
+    if layout == "cl":
+        x = base.to(memory_format=torch.channels_last)
+    elif layout == "t":
+        x = base.t().contiguous().t()
+    elif layout == "sliced":
+        x = torch.stack([base, base], -1).flatten(-2)[..., ::2]
+    else:
+        x = base
+    return x.to(dtype).to(device).requires_grad_()
+
+
+def _labels(shape, device, ignore=True):
+    C = shape[1] if len(shape) > 1 else shape[0]
+    rows = shape[:1] + shape[2:] if len(shape) > 1 else ()
+    y = torch.randint(0, C, rows)
+    if ignore and y.dim():
+        y.view(-1)[::4] = -100
+    return y.to(device)
+
+
+def _probs(shape, device):
+    dim = 1 if len(shape) > 1 else 0
+    return torch.softmax(torch.randn(shape, dtype=torch.float64) * 2, dim).to(device)
+
+
+def _kwargs(opt, C, dtype, device):
+    kw = {}
+    if opt.get("weight"):
+        kw["weight"] = (torch.rand(C, dtype=torch.float64) + 0.1).to(device)
+    if "label_smoothing" in opt:
+        kw["label_smoothing"] = opt["label_smoothing"]
+    return kw
+
+
+def _grid_dtypes(device, backend):
+    if helpers.is_interpreted(device, backend):
+        return (torch.float32, torch.bfloat16)
+    return helpers.CPU_DTYPES if device == "cpu" else helpers.CUDA_DTYPES
+
+
+@pytest.mark.parametrize("target_kind", ["labels", "probs"])
+@pytest.mark.parametrize("shape,layout", CASES, ids=CASE_IDS)
+@pytest.mark.parametrize("device,backend", helpers.device_backend_params())
+def test_cross_entropy_matches_torch(grad_mode, device, backend, shape, layout, target_kind):
+    """fastloss.cross_entropy == F.cross_entropy (float64) for every option x reduction, with a
+    random upstream gradient; the gradient keeps input's strides (no permuted copy)."""
+    helpers.require_backend(device, backend)
+    if target_kind == "probs" and len(shape) == 1:
+        pytest.skip("torch's unbatched probabilities are (C,): covered by the labels form")
+    C = shape[1] if len(shape) > 1 else shape[0]
+    for dtype in _grid_dtypes(device, backend):
+        torch.manual_seed(1)
+        x = _make_logits(shape, layout, dtype, device)
+        t = _labels(shape, device) if target_kind == "labels" else _probs(shape, device).to(dtype)
+        x64 = x.detach().double().requires_grad_()
+        t64 = t if target_kind == "labels" else t.double()
+        for opt in OPTIONS:
+            kw = _kwargs(opt, C, dtype, device)
+            for reduction in ("mean", "sum", "none"):
+                msg = f"{dtype} {opt} {reduction}"
+                out = fastloss.cross_entropy(x, t, reduction=reduction, backend=backend, **kw)
+                exp = F.cross_entropy(x64, t64, reduction=reduction, **kw)
+                helpers.assert_close(out, exp, dtype, reduced=reduction != "none", msg=msg)
+                up = helpers.random_upstream(exp)
+                (g,) = torch.autograd.grad(out, x, up.to(out.dtype))
+                (g64,) = torch.autograd.grad(exp, x64, up.double())
+                helpers.assert_close(g, g64, dtype, msg=msg + " grad")
+                if layout != "sliced":  # a dense input's gradient has its strides (not dense: contiguous)
+                    assert g.stride() == x.stride(), (g.stride(), x.stride())
+
+
+@pytest.mark.parametrize("shape,layout", [((7, 5), "c"), ((2, 3, 4, 5), "cl"), ((2, 3, 2, 2, 3), "c"), ((5,), "c")], ids=str)
+@pytest.mark.parametrize("device,backend,dtype", helpers.device_backend_dtype_params(dtypes=(torch.float64, torch.float32, torch.float16)))
+def test_nll_loss_matches_torch(device, backend, dtype, shape, layout):
+    helpers.require_backend(device, backend)
+    C = shape[1] if len(shape) > 1 else shape[0]
+    x = _make_logits(shape, layout, torch.float64, "cpu")
+    lp = torch.log_softmax(x.detach(), 1 if len(shape) > 1 else 0).to(dtype).to(device).requires_grad_()
+    lp64 = lp.detach().double().requires_grad_()
+    y = _labels(shape, device)
+    for weight in (None, (torch.rand(C, dtype=torch.float64) + 0.1).to(device)):
+        for reduction in ("mean", "sum", "none"):
+            out = fastloss.nll_loss(lp, y, weight=weight, reduction=reduction, backend=backend)
+            exp = F.nll_loss(lp64, y, weight=weight, reduction=reduction)
+            helpers.assert_close(out, exp, dtype, reduced=reduction != "none", msg=f"{reduction}")
+            up = helpers.random_upstream(exp)
+            (g,) = torch.autograd.grad(out, lp, up.to(out.dtype))
+            (g64,) = torch.autograd.grad(exp, lp64, up.double())
+            helpers.assert_close(g, g64, dtype, msg=f"{reduction} grad")
+
+
+@pytest.mark.parametrize("label_dtype", [torch.uint8, torch.int32, torch.int64])
+@pytest.mark.parametrize("device,backend", helpers.device_backend_params())
+def test_label_dtypes_and_ignore_255(device, backend, label_dtype):
+    """Segmentation label maps: uint8 / int32 / int64 with ignore_index 255, read as they are."""
+    helpers.require_backend(device, backend)
+    x = _make_logits((2, 5, 3, 4), "c", torch.float32, device)
+    y = torch.randint(0, 5, (2, 3, 4))
+    y[0, 0] = 255
+    exp = F.cross_entropy(x.detach().double(), y, ignore_index=255, label_smoothing=0.1)
+    out = fastloss.cross_entropy(x, y.to(label_dtype).to(device), ignore_index=255, label_smoothing=0.1, backend=backend)
+    helpers.assert_close(out, exp, torch.float32, reduced=True)
+
+
+@pytest.mark.parametrize("device,backend", helpers.device_backend_params())
+def test_mmdetection_normalisers(device, backend):
+    """avg_non_ignore (mmdetection: mean over the non-ignored rows / over all rows), avg_factor,
+    and a per-row sample weight multiplying the row losses."""
+    helpers.require_backend(device, backend)
+    x = _make_logits((20, 6), "c", torch.float32, device)
+    y = _labels((20, 6), device)
+    w = (torch.rand(6) + 0.1).to(device)
+    sw = torch.rand(20, device=device)
+    x64 = x.detach().double()
+    rows = F.cross_entropy(x64, y, weight=w.double(), reduction="none") * sw
+    valid = (y != -100).sum()
+    cases = [({"avg_non_ignore": True}, rows.sum() / valid), ({"avg_non_ignore": False}, rows.sum() / 20),
+             ({"avg_factor": 7.0}, rows.sum() / (7.0 + torch.finfo(torch.float32).eps)),
+             ({"avg_factor": torch.tensor(7.0, device=device)}, rows.sum() / (7.0 + torch.finfo(torch.float32).eps)),
+             ({}, rows.sum() / w[y[y != -100]].sum())]
+    for kw, exp in cases:
+        out = fastloss.cross_entropy(x, y, weight=w, sample_weight=sw, backend=backend, **kw)
+        helpers.assert_close(out, exp, torch.float32, reduced=True, msg=str(kw))
+
+
+# ====================================================================== the peers' formulas
+
+
+def _mmcv_softmax_focal(x, y, alpha, gamma, weight):
+    """mmcv.ops.softmax_focal_loss's formula (its CUDA kernel), reduction "none"."""
+    p = torch.softmax(x, 1)
+    yy = y.clamp(min=0)
+    py = p.gather(1, yy[:, None])[:, 0]
+    a = alpha[yy] if isinstance(alpha, torch.Tensor) else alpha
+    loss = -a * (1 - py) ** gamma * torch.log(py.clamp_min(torch.finfo(torch.float32).tiny))
+    if weight is not None:
+        loss = loss * weight[yy]
+    return torch.where(y >= 0, loss, torch.zeros_like(loss))
+
+
+@pytest.mark.parametrize("device,backend", helpers.device_backend_params())
+def test_softmax_focal_matches_mmcv(grad_mode, device, backend):
+    helpers.require_backend(device, backend)
+    torch.manual_seed(5)
+    x = _make_logits((40, 7), "c", torch.float32, device)
+    y = torch.randint(-1, 7, (40,), device=device)
+    x64 = x.detach().double().requires_grad_()
+    for alpha in (0.25, torch.rand(7, dtype=torch.float64).to(device)):
+        for gamma in (0.0, 0.5, 2.0):
+            for weight in (None, torch.rand(7, dtype=torch.float64).to(device)):
+                exp = _mmcv_softmax_focal(x64, y, alpha, gamma, weight)
+                for reduction in ("none", "sum", "mean"):
+                    out = fastloss.softmax_focal_loss(x, y, alpha=alpha, gamma=gamma, weight=weight, reduction=reduction, backend=backend)
+                    e = {"none": exp, "sum": exp.sum(), "mean": exp.sum() / 40}[reduction]  # mmcv's mean: over the rows
+                    helpers.assert_close(out, e, torch.float32, reduced=reduction != "none", msg=f"{gamma} {reduction}")
+                up = helpers.random_upstream(exp)
+                out = fastloss.softmax_focal_loss(x, y, alpha=alpha, gamma=gamma, weight=weight, reduction="none", backend=backend)
+                (g,) = torch.autograd.grad(out, x, up.float())
+                (g64,) = torch.autograd.grad(exp, x64, up)
+                helpers.assert_close(g, g64, torch.float32, msg=f"{gamma} grad")
+
+
+@pytest.mark.parametrize("device,backend", helpers.device_backend_params())
+def test_poly1_forms_match_polyloss(device, backend):
+    """Poly-1 CE: CE + eps (1 - sum_c t_c p_c) (the PolyLoss paper's code, smoothed one-hot);
+    Poly-1 softmax focal: FL + eps (1 - p_y)^(gamma + 1)."""
+    helpers.require_backend(device, backend)
+    x = _make_logits((30, 6), "c", torch.float32, device)
+    y = torch.randint(0, 6, (30,), device=device)
+    x64 = x.detach().double().requires_grad_()
+    for s in (0.0, 0.1):
+        p = torch.softmax(x64, 1)
+        onehot = F.one_hot(y, 6).double() * (1 - s) + s / 6
+        exp = F.cross_entropy(x64, y, label_smoothing=s, reduction="none") + 0.7 * (1 - (onehot * p).sum(1))
+        out = fastloss.poly1_cross_entropy(x, y, epsilon=0.7, label_smoothing=s, reduction="none", backend=backend)
+        helpers.assert_close(out, exp, torch.float32)
+        up = helpers.random_upstream(exp)
+        (g,) = torch.autograd.grad(out, x, up.float())
+        (g64,) = torch.autograd.grad(exp, x64, up)
+        helpers.assert_close(g, g64, torch.float32)
+    probs = _probs((30, 6), device)
+    p = torch.softmax(x64, 1)
+    exp = F.cross_entropy(x64, probs, reduction="none") - 0.4 * (1 - (probs * p).sum(1))
+    helpers.assert_close(fastloss.poly1_cross_entropy(x, probs.float(), epsilon=-0.4, reduction="none", backend=backend), exp, torch.float32)
+    py = p.gather(1, y[:, None])[:, 0]
+    exp = _mmcv_softmax_focal(x64, y, 0.25, 2.0, None) + 1.5 * (1 - py) ** 3
+    out = fastloss.poly1_softmax_focal_loss(x, y, alpha=0.25, gamma=2.0, epsilon=1.5, reduction="none", backend=backend)
+    helpers.assert_close(out, exp, torch.float32)
+    (g,) = torch.autograd.grad(out.sum(), x)
+    (g64,) = torch.autograd.grad(exp.sum(), x64)
+    helpers.assert_close(g, g64, torch.float32)
+
+
+def _mmdet_dfl(pred, label):
+    dis_left = label.long()
+    dis_right = dis_left + 1
+    weight_left = dis_right.double() - label
+    weight_right = label - dis_left.double()
+    return (F.cross_entropy(pred, dis_left, reduction="none") * weight_left
+            + F.cross_entropy(pred, dis_right.clamp(max=pred.shape[-1] - 1), reduction="none") * weight_right)
+
+
+def _ultralytics_dfl(pred_dist, target, reg_max):
+    target = target.clamp(0, reg_max - 1 - 0.01)
+    tl_ = target.long()
+    tr = tl_ + 1
+    wl = tr - target
+    wr = 1 - wl
+    return (F.cross_entropy(pred_dist, tl_.view(-1), reduction="none").view(tl_.shape) * wl
+            + F.cross_entropy(pred_dist, tr.view(-1), reduction="none").view(tl_.shape) * wr).mean(-1, keepdim=True)
+
+
+@pytest.mark.parametrize("device,backend", helpers.device_backend_params())
+def test_distribution_focal_matches_mmdet_and_ultralytics(grad_mode, device, backend):
+    helpers.require_backend(device, backend)
+    torch.manual_seed(2)
+    n_bins = 17  # reg_max 16 (mmdetection), 17 bins
+    pred = _make_logits((24, n_bins), "c", torch.float32, device)
+    v = (torch.rand(24, dtype=torch.float64) * 16).to(device)
+    v[0], v[1], v[2] = 16.0, 0.0, 3.0  # the last bin exactly, the first, an integer
+    p64 = pred.detach().double().requires_grad_()
+    exp = _mmdet_dfl(p64, v)
+    w = torch.rand(24, device=device)
+    for reduction in ("none", "sum", "mean"):
+        out = fastloss.distribution_focal_loss(pred, v.float(), weight=w, reduction=reduction, backend=backend)
+        e = exp * w.double()
+        e = {"none": e, "sum": e.sum(), "mean": e.mean()}[reduction]
+        helpers.assert_close(out, e, torch.float32, reduced=reduction != "none", msg=reduction)
+    out = fastloss.distribution_focal_loss(pred, v.float(), reduction="none", backend=backend)
+    up = helpers.random_upstream(exp)
+    (g,) = torch.autograd.grad(out, pred, up.float())
+    (g64,) = torch.autograd.grad(exp, p64, up)
+    helpers.assert_close(g, g64, torch.float32)
+    # ultralytics: (n, 4) sides, reg_max bins, targets clamped to reg_max - 1.01, mean over the sides
+    reg_max = 16
+    pd = _make_logits((6 * 4, reg_max), "c", torch.float32, device)
+    tgt = (torch.rand(6, 4, dtype=torch.float64) * 17 - 0.5).to(device)
+    exp = _ultralytics_dfl(pd.detach().double(), tgt, reg_max)
+    out = fastloss.distribution_focal_loss(pd.view(6, 4, reg_max), tgt.float(), reduction="none", max_target=reg_max - 1.01,
+                                           backend=backend).mean(-1, keepdim=True)
+    helpers.assert_close(out, exp, torch.float32)
+
+
+@pytest.mark.parametrize("device,backend", helpers.device_backend_params())
+def test_distillation_kl_matches_mmdet(device, backend):
+    """mmdetection's knowledge_distillation_kl_div_loss: KL(softmax(t / T) || softmax(x / T))
+    averaged over the classes, times T^2 -- fastloss sums over the classes (the KL divergence)."""
+    helpers.require_backend(device, backend)
+    x = _make_logits((12, 9), "c", torch.float32, device)
+    z = (torch.randn(12, 9, dtype=torch.float64) * 2).to(device)
+    x64 = x.detach().double().requires_grad_()
+    for T in (1.0, 4.0):
+        mmdet = F.kl_div(F.log_softmax(x64 / T, 1), F.softmax(z / T, 1), reduction="none").mean(1) * (T * T)
+        for logits in (True, False):
+            teacher = z if logits else F.softmax(z / T, 1)
+            out = fastloss.distillation_kl_div(x, teacher.float(), temperature=T, target_logits=logits, reduction="none", backend=backend)
+            helpers.assert_close(out / 9, mmdet, torch.float32, msg=f"T={T} logits={logits}")
+            (g,) = torch.autograd.grad(out.sum(), x)
+            (g64,) = torch.autograd.grad(mmdet.sum() * 9, x64, retain_graph=True)
+            helpers.assert_close(g, g64, torch.float32, msg=f"T={T} grad")
+    out = fastloss.distillation_kl_div(x, z.float(), temperature=2.0, t_squared=False, backend=backend)
+    exp = F.kl_div(F.log_softmax(x64 / 2, 1), F.softmax(z / 2, 1), reduction="batchmean")
+    helpers.assert_close(out, exp, torch.float32, reduced=True)
+
+
+# ====================================================================== hardening rules
+
+
+@pytest.mark.parametrize("device,backend", helpers.device_backend_params())
+def test_empty_and_all_ignored_means_are_zero(device, backend):
+    helpers.require_backend(device, backend)
+    x = torch.randn(0, 4, device=device, requires_grad=True)
+    for fn in (lambda: fastloss.cross_entropy(x, torch.zeros(0, dtype=torch.long, device=device), backend=backend),
+               lambda: fastloss.softmax_focal_loss(x, torch.zeros(0, dtype=torch.long, device=device), backend=backend),
+               lambda: fastloss.distribution_focal_loss(x, torch.zeros(0, device=device), backend=backend)):
+        out = fn()
+        assert out.item() == 0
+        (g,) = torch.autograd.grad(out, x)
+        assert g.shape == x.shape
+    x = torch.randn(5, 3, 2, device=device, requires_grad=True)
+    y = torch.full((5, 2), -100, device=device)
+    out = fastloss.cross_entropy(x, y, label_smoothing=0.1, backend=backend)
+    assert out.item() == 0  # torch: NaN
+    (g,) = torch.autograd.grad(out, x)
+    assert (g == 0).all()
+    assert fastloss.cross_entropy(x, y, reduction="none", backend=backend).shape == (5, 2)
+
+
+@pytest.mark.parametrize("device,backend", helpers.device_backend_params())
+def test_confident_rows_without_cancellation(device, backend):
+    """-log p of a confident correct row is log1p(rest), not log(1 + tiny) - 0 = 0: x = (30, 0)
+    costs 9.3576e-14 with gradient (-9.3576e-14, 9.3576e-14), in fp32 on every backend."""
+    helpers.require_backend(device, backend)
+    x = torch.tensor([[30.0, 0.0], [0.0, -1e4], [1e4, -1e4]], device=device, requires_grad=True)
+    y = torch.tensor([0, 0, 0], device=device)
+    out = fastloss.cross_entropy(x, y, reduction="none", backend=backend)
+    e30 = math.exp(-30.0)
+    torch.testing.assert_close(out[0].double().cpu(), torch.tensor(math.log1p(e30), dtype=torch.float64), rtol=1e-6, atol=0)
+    assert out[1].item() == 0 and out[2].item() == 0
+    (g,) = torch.autograd.grad(out.sum(), x)
+    torch.testing.assert_close(g[0].double().cpu(), torch.tensor([-e30 / (1 + e30), e30 / (1 + e30)], dtype=torch.float64), rtol=1e-6, atol=0)
+    assert torch.isfinite(g).all()
+    out = fastloss.softmax_focal_loss(x, y, gamma=0.5, reduction="none", backend=backend)
+    assert torch.isfinite(out).all() and out[0] > 0
+    (g,) = torch.autograd.grad(out.sum(), x)
+    assert torch.isfinite(g).all() and g[0, 0] < 0
+
+
+@pytest.mark.parametrize("device,backend", helpers.device_backend_params())
+def test_masked_logits_and_nan(device, backend):
+    """A masked -inf logit costs nothing and gets gradient 0 (soft targets with no mass there
+    too: torch gives NaN); NaN in a counted row reaches its loss and its whole gradient row;
+    an ignored row contributes exactly 0."""
+    helpers.require_backend(device, backend)
+    inf, nan = float("inf"), float("nan")
+    x = torch.tensor([[-inf, 1.0, 2.0], [0.5, nan, 0.1], [nan, 0.0, 0.0]], device=device, requires_grad=True)
+    y = torch.tensor([2, 0, -100], device=device)
+    out = fastloss.cross_entropy(x, y, reduction="none", backend=backend)
+    assert torch.isfinite(out[0]) and torch.isnan(out[1]) and out[2] == 0
+    (g,) = torch.autograd.grad(out.nansum(), x)
+    assert g[0, 0] == 0 and torch.isfinite(g[0]).all() and torch.isnan(g[1]).all() and (g[2] == 0).all()
+    t = torch.tensor([[0.0, 0.5, 0.5]], device=device)
+    out = fastloss.cross_entropy(x[:1], t, reduction="none", backend=backend)
+    assert torch.isfinite(out).all()
+
+
+def test_autocast_computes_in_fp32():
+    x = torch.randn(64, 10).half().requires_grad_()
+    y = torch.randint(0, 10, (64,))
+    with torch.autocast("cpu", dtype=torch.float16):
+        out = fastloss.cross_entropy(x, y, reduction="sum")
+    assert out.dtype == torch.float32
+    torch.testing.assert_close(out, F.cross_entropy(x.float(), y, reduction="sum"), rtol=1e-5, atol=1e-5)
+
+
+# ====================================================================== bad inputs
+
+
+def test_bad_inputs():
+    x = torch.randn(4, 3)
+    y = torch.tensor([0, 1, 2, 1])
+    with pytest.raises(ValueError, match="out of range"):
+        fastloss.cross_entropy(x, torch.tensor([0, 1, 3, 1]))
+    with pytest.raises(ValueError, match="out of range"):
+        fastloss.cross_entropy(x, torch.tensor([0, -1, 2, 1]))
+    fastloss.cross_entropy(x, torch.tensor([0, -1, 2, 1]), ignore_index=-1)
+    with pytest.raises(ValueError, match="shape"):
+        fastloss.cross_entropy(x, torch.tensor([0, 1, 2]))
+    with pytest.raises(ValueError, match="probabilities"):
+        fastloss.cross_entropy(x, torch.rand(4, 2))
+    with pytest.raises(ValueError, match="weight"):
+        fastloss.cross_entropy(x, y, weight=torch.ones(2))
+    with pytest.raises(ValueError, match="floating"):
+        fastloss.cross_entropy(torch.ones(4, 3, dtype=torch.long), y)
+    with pytest.raises(ValueError, match="label_smoothing"):
+        fastloss.cross_entropy(x, y, label_smoothing=1.5)
+    with pytest.raises(ValueError, match="reduction"):
+        fastloss.cross_entropy(x, y, reduction="avg")
+    with pytest.raises(ValueError, match="sum"):
+        fastloss.cross_entropy(x, y, reduction="sum", avg_factor=2.0)
+    with pytest.raises(ValueError, match="at least one class"):
+        fastloss.cross_entropy(torch.randn(4, 0), torch.zeros(4, dtype=torch.long))
+    with pytest.raises(ValueError, match="integer class labels"):
+        fastloss.nll_loss(x, torch.rand(4, 3))
+    with pytest.raises(ValueError, match="out of range"):
+        fastloss.softmax_focal_loss(x, torch.tensor([0, 3, -1, 1]))
+    fastloss.softmax_focal_loss(x, torch.tensor([0, 2, -1, 1]))  # negative labels: ignored rows (mmcv)
+    with pytest.raises(ValueError, match="gamma"):
+        fastloss.softmax_focal_loss(x, y, gamma=-1.0)
+    with pytest.raises(ValueError, match="target"):
+        fastloss.distribution_focal_loss(x, torch.tensor([0.5, 2.5, 1.0, 0.0]))  # > n = 2
+    with pytest.raises(ValueError, match="temperature"):
+        fastloss.distillation_kl_div(x, x, temperature=0.0)
+    with pytest.raises(ValueError, match="detach"):
+        fastloss.cross_entropy(x, torch.rand(4, 3, requires_grad=True).softmax(1))
+
+
+# ====================================================================== machinery
+
+
+_W = torch.tensor([0.3, 1.2, 0.7, 2.0], dtype=torch.float64)
+GRADCHECK = {
+    "ce": lambda x, y, p, v, z: fastloss.cross_entropy(x, y, weight=_W, label_smoothing=0.2),
+    "ce_probs": lambda x, y, p, v, z: fastloss.cross_entropy(x, p, label_smoothing=0.1),
+    "nll": lambda x, y, p, v, z: fastloss.nll_loss(x, y, reduction="sum"),
+    "focal": lambda x, y, p, v, z: fastloss.softmax_focal_loss(x, y, gamma=1.5, reduction="sum"),
+    "poly1_focal": lambda x, y, p, v, z: fastloss.poly1_softmax_focal_loss(x, y, gamma=0.5, epsilon=0.5),
+    "poly1": lambda x, y, p, v, z: fastloss.poly1_cross_entropy(x, y, label_smoothing=0.1, epsilon=2.0),
+    "dfl": lambda x, y, p, v, z: fastloss.distribution_focal_loss(x, v, reduction="sum"),
+    "kd": lambda x, y, p, v, z: fastloss.distillation_kl_div(x, z, temperature=2.0),
+    "kd_probs": lambda x, y, p, v, z: fastloss.distillation_kl_div(x, p, target_logits=False),
+}
+
+
+@pytest.mark.parametrize("name", list(GRADCHECK))
+@pytest.mark.parametrize("backend", ["cpu", "reference"])
+def test_gradcheck_fp64(backend, name):
+    helpers.require_backend("cpu", backend)
+    torch.manual_seed(3)
+    x = torch.randn(5, 4, 3, dtype=torch.float64, requires_grad=True) if name not in ("dfl",) else torch.randn(6, 4, dtype=torch.float64,
+                                                                                                            requires_grad=True)
+    y = torch.randint(0, 4, (5, 3))
+    p = torch.softmax(torch.randn(5, 4, 3, dtype=torch.float64), 1)
+    v = torch.rand(6, dtype=torch.float64) * 2.8 + 0.1
+    z = torch.randn(5, 4, 3, dtype=torch.float64)
+    fn = GRADCHECK[name]
+    with fastloss.use_backend(backend):
+        assert torch.autograd.gradcheck(lambda inp: fn(inp, y, p, v, z), (x,), eps=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("backend", helpers.CPU_BACKENDS)
+def test_opcheck(backend):
+    helpers.require_backend("cpu", backend)
+    x = torch.randn(3, 5, 4, requires_grad=True)
+    y = torch.randint(0, 5, (3, 4))
+    params = ops_rw._params(keep=0.9, uniform=0.02)
+    for store in (False, True):
+        for reduction in (0, 1):
+            torch.library.opcheck(torch.ops.fastloss.cross_entropy.default,
+                                  (x, y, torch.rand(5), None, torch.rand(12), 0, params, -100, reduction, store, backend))
+    torch.library.opcheck(torch.ops.fastloss.distillation_kl_div.default,
+                          (x, torch.randn(3, 5, 4), None, None, None, 3, ops_rw._params(in_scale=0.5, out_scale=4.0), None, 1, False, backend))
+
+
+@pytest.mark.parametrize("backend", helpers.CPU_BACKENDS)
+def test_compile_fullgraph(dynamo_reset, backend):
+    helpers.require_backend("cpu", backend)
+    x = torch.randn(2, 5, 3, 3, requires_grad=True)
+    y = torch.randint(0, 5, (2, 3, 3))
+    y[0, 0, 0] = 255
+    w = torch.rand(5)
+
+    def fn(x, y, w):
+        return (fastloss.cross_entropy(x, y, weight=w, ignore_index=255, label_smoothing=0.1, backend=backend)
+                + fastloss.softmax_focal_loss(x, y.clamp(max=4), backend=backend)
+                + fastloss.distribution_focal_loss(x.flatten(1), torch.rand(2) * 40, backend=backend) * 0
+                + fastloss.distillation_kl_div(x, x.detach() * 0.5, temperature=2.0, backend=backend))
+
+    torch.manual_seed(0)
+    helpers.assert_compiled_matches_eager(fn, (x, y, w), x)
+
+
+@pytest.mark.parametrize("device,backend", helpers.device_backend_params())
+def test_deterministic(device, backend):
+    helpers.require_backend(device, backend)
+    n = 3000 if helpers.is_interpreted(device, backend) else 40000
+    x = torch.randn(n, 19, device=device, requires_grad=True)
+    y = torch.randint(0, 19, (n,), device=device)
+
+    def run():
+        loss = fastloss.cross_entropy(x, y, label_smoothing=0.1, backend=backend)
+        (g,) = torch.autograd.grad(loss, x)
+        return loss, g
+
+    (a, ga), (b, gb) = run(), run()
+    assert torch.equal(a, b) and torch.equal(ga, gb)
+
+
+@pytest.mark.parametrize("store", [True, False], ids=["store", "recompute"])
+@pytest.mark.parametrize("device,backend", helpers.device_backend_params())
+def test_eager_fast_path_equals_custom_op(device, backend, store):
+    helpers.require_backend(device, backend)
+    x = torch.randn(4, 6, 5, device=device, requires_grad=True)
+    y = torch.randint(0, 6, (4, 5), device=device)
+    args = (x, y, torch.rand(6, device=device), None, None)
+    params = ops_rw._params(keep=0.9, uniform=0.1 / 6)
+    out_f, cache_f = ops_rw.RowwiseFunction.apply(*args, "cross_entropy", 0, params, -100, 1, store, backend)
+    out_o, cache_o = torch.ops.fastloss.cross_entropy(*args, 0, params, -100, 1, store, backend)
+    assert torch.equal(out_f, out_o) and torch.equal(cache_f, cache_o)
+    g_f, = torch.autograd.grad(out_f[0], x)
+    g_o, = torch.autograd.grad(out_o[0], x)
+    assert torch.equal(g_f, g_o)
+
+
+@pytest.mark.parametrize("device,backend", helpers.device_backend_params())
+def test_nn_modules(device, backend):
+    helpers.require_backend(device, backend)
+    x = _make_logits((6, 4, 3), "c", torch.float32, device)
+    y = torch.randint(0, 4, (6, 3), device=device)
+    w = torch.rand(4, device=device)
+    mods = [(fastloss.nn.CrossEntropyLoss(weight=w, label_smoothing=0.1, loss_weight=2.0, backend=backend),
+             lambda: 2 * fastloss.cross_entropy(x, y, weight=w, label_smoothing=0.1)),
+            (fastloss.nn.NLLLoss(backend=backend), lambda: fastloss.nll_loss(x, y)),
+            (fastloss.nn.SoftmaxFocalLoss(gamma=1.0, backend=backend), lambda: fastloss.softmax_focal_loss(x, y, gamma=1.0)),
+            (fastloss.nn.Poly1CrossEntropyLoss(epsilon=0.5, backend=backend), lambda: fastloss.poly1_cross_entropy(x, y, epsilon=0.5)),
+            (fastloss.nn.DistillationKLDivLoss(temperature=2.0, backend=backend),
+             lambda: fastloss.distillation_kl_div(x, x.detach() * 0.3, temperature=2.0))]
+    for m, expected in mods:
+        t = x.detach() * 0.3 if isinstance(m, fastloss.nn.DistillationKLDivLoss) else y
+        torch.testing.assert_close(m(x, t), expected())
+        assert "loss_weight" in repr(m)
+    v = torch.rand(6, 3, device=device) * 3
+    torch.testing.assert_close(fastloss.nn.DistributionFocalLoss(backend=backend)(x.transpose(1, 2), v),
+                               fastloss.distribution_focal_loss(x.transpose(1, 2), v))
+    with pytest.raises(TypeError):
+        fastloss.nn.CrossEntropyLoss(use_sigmoid=True)
+    with pytest.raises(ValueError, match="label_smoothing"):
+        fastloss.nn.CrossEntropyLoss(label_smoothing=-0.1)
