@@ -158,20 +158,28 @@ class DiceCELoss(_DiceFamily):
     """Module form of :func:`fastloss.dice_ce_loss` (MONAI's DiceCE): ``forward(input, target)``."""
 
     _repr_args = ("mode", "lambda_dice", "lambda_ce", "smooth_nr", "smooth_dr", "squared", "ignore_index", "include_background",
-                  "per_image", "class_weights", "log", "reduction", "gamma", "zero_empty")
+                  "per_image", "class_weights", "log", "reduction", "gamma", "ce_weight", "zero_empty")
 
     def __init__(self, mode="multiclass", lambda_dice=1.0, lambda_ce=1.0, smooth_nr=0.0, smooth_dr=1e-5, squared=False, ignore_index=None,
                  include_background=True, per_image=False, class_weights=None, log=False, reduction="mean", gamma=1.0, loss_weight=1.0,
-                 *, zero_empty=False, backend=None):
+                 *, ce_weight=None, zero_empty=False, backend=None):
         super().__init__(loss_weight)
         _check_reduction(reduction, ("mean", "sum"))
         self.lambda_dice, self.lambda_ce = _common.nonneg("lambda_dice", lambda_dice), _common.nonneg("lambda_ce", lambda_ce)
         self._setup(mode, True, smooth_nr, smooth_dr, squared, ignore_index, include_background, per_image, class_weights, log, reduction,
                     gamma, zero_empty, backend)
+        if ce_weight is not None:
+            if mode != "multiclass":
+                raise ValueError(f'ce_weight weights the softmax cross entropy of mode "multiclass"; got mode {mode!r}')
+            w = torch.as_tensor(ce_weight, dtype=torch.float32).detach()
+            if w.dim() != 1 or not bool(torch.isfinite(w).all() & (w >= 0).all()):
+                raise ValueError(f"ce_weight must be one finite value >= 0 per class, got {ce_weight!r}")
+            ce_weight = w  # a buffer: module.to(device) moves it
+        self.register_buffer("ce_weight", ce_weight, persistent=False)
 
     def forward(self, input, target):
         return self._scaled(_dice.dice_ce_loss(input, target, mode=self.mode, lambda_dice=self.lambda_dice, lambda_ce=self.lambda_ce,
-                                               **self._common_kwargs()))
+                                               ce_weight=self.ce_weight, **self._common_kwargs()))
 
 
 # ---------------------------------------------------------------------- the pointwise engine's losses

@@ -597,3 +597,33 @@ def test_triton_batch_limit_is_a_clear_error():
     t = torch.zeros(65536, 1, dtype=torch.int64)
     with pytest.raises(ValueError, match="65535"):
         triton_dice._meta(x, t, 2, False, None)
+
+
+@pytest.mark.parametrize("device,backend", helpers.device_backend_params())
+@pytest.mark.parametrize("reduction", ["mean", "sum"])
+def test_dice_ce_class_weights(device, backend, reduction):
+    """ce_weight: the CE term is F.cross_entropy(weight=) (torch's weighted mean), the Dice term
+    unchanged; labels with ignore_index, and soft targets."""
+    helpers.require_backend(device, backend)
+    torch.manual_seed(0)
+    x = torch.randn(2, 4, 5, 6, dtype=torch.float64, device=device, requires_grad=True)
+    y = torch.randint(0, 4, (2, 5, 6), device=device)
+    y[0, 0] = 255
+    w = torch.tensor([0.5, 2.0, 0.0, 1.5], dtype=torch.float64, device=device)
+    soft = torch.softmax(torch.randn(2, 4, 5, 6, dtype=torch.float64, device=device), 1)
+    for target, kwargs in ((y, dict(ignore_index=255)), (soft, {})):
+        got = fastloss.dice_ce_loss(x, target, ce_weight=w, lambda_ce=0.7, reduction=reduction, backend=backend, **kwargs)
+        want = (fastloss.dice_loss(x, target, reduction=reduction, backend="reference", **kwargs)
+                + 0.7 * F.cross_entropy(x, target, weight=w, ignore_index=kwargs.get("ignore_index", -100), reduction=reduction))
+        helpers.assert_close(got, want, torch.float64)
+        g, = torch.autograd.grad(got, x)
+        gw, = torch.autograd.grad(want, x)
+        helpers.assert_close(g, gw, torch.float64)
+    # the module: same numbers, the weight moves with the module, other modes refused
+    m = fastloss.nn.DiceCELoss(ce_weight=[0.5, 2.0, 0.0, 1.5], ignore_index=255, reduction=reduction, backend=backend).to(device)
+    helpers.assert_close(m(x, y), fastloss.dice_ce_loss(x, y, ce_weight=w, ignore_index=255, reduction=reduction, backend=backend),
+                         torch.float64)
+    with pytest.raises(ValueError, match="ce_weight"):
+        fastloss.dice_ce_loss(x, (soft > 0.3).double(), mode="multilabel", ce_weight=w, backend=backend)
+    with pytest.raises(ValueError, match="ce_weight"):
+        fastloss.nn.DiceCELoss(mode="multilabel", ce_weight=[1.0, 2.0])

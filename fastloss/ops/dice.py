@@ -26,7 +26,7 @@ import torch
 from torch import Tensor
 
 from fastloss import _backend, _extension
-from fastloss.ops import _common
+from fastloss.ops import _common, rowwise
 from fastloss.reference import dice as reference
 
 OP = "dice"
@@ -290,15 +290,32 @@ def jaccard_loss(input, target, mode="multiclass", from_logits=True, smooth_nr=0
 
 def dice_ce_loss(input, target, mode="multiclass", lambda_dice=1.0, lambda_ce=1.0, smooth_nr=0.0, smooth_dr=1e-5,
                  squared=False, ignore_index=None, include_background=True, per_image=False, class_weights=None,
-                 log=False, reduction="mean", gamma=1.0, *, zero_empty=False, backend=None):
+                 log=False, reduction="mean", gamma=1.0, *, ce_weight=None, zero_empty=False, backend=None):
     """MONAI's DiceCE: lambda_dice * :func:`dice_loss` + lambda_ce * cross entropy, from ONE
     read of the logits per pass.  Cross entropy: softmax CE per pixel ("multiclass"; soft
     targets: -sum_c g_c log p_c) or BCE-with-logits per element (sigmoid modes), averaged
     ("mean") or summed ("sum") over the pixels / elements not equal to ``ignore_index``
-    (all ignored: 0).  ``class_weights`` weight the Dice term only.  Logits only."""
+    (all ignored: 0).  ``class_weights`` weight the Dice term only.  Logits only.
+
+    ``ce_weight`` (C,) (mode "multiclass" only; MONAI's ``DiceCELoss(weight=)`` for its CE
+    term): class weights of the cross entropy with torch's semantics -- "mean" divides by the
+    summed weights of the counted pixels' labels (soft targets: by the pixel count), as
+    ``F.cross_entropy(weight=)``.  The CE term then comes from :func:`fastloss.cross_entropy`
+    (the row-wise engine): one more read of the logits per pass."""
     if reduction not in ("mean", "sum"):
         raise ValueError(f'dice_ce_loss reduction must be "mean" or "sum", got {reduction!r}')
     lambda_dice, lambda_ce = _common.nonneg("lambda_dice", lambda_dice), _common.nonneg("lambda_ce", lambda_ce)
+    if ce_weight is not None:
+        if mode != "multiclass":
+            raise ValueError(f'dice_ce_loss: ce_weight weights the softmax cross entropy of mode "multiclass"; got mode {mode!r}')
+        d, _ = _loss(input, target, 2.0, 0.5, 0.5, gamma, mode, True, smooth_nr, smooth_dr, squared, ignore_index,
+                     include_background, per_image, class_weights, log, reduction, zero_empty, backend)
+        x, t, _ = _prepare(input, target, mode, True, ignore_index)
+        if not isinstance(ce_weight, torch.Tensor):
+            ce_weight = torch.as_tensor(ce_weight, dtype=_common.reduced_dtype(x.dtype), device=x.device)
+        ce_term = rowwise.cross_entropy(x, t, weight=ce_weight, ignore_index=-100 if ignore_index is None else int(ignore_index),
+                                        reduction=reduction, backend=backend)
+        return (lambda_dice * d + lambda_ce * ce_term).to(d.dtype)
     d, ce = _loss(input, target, 2.0, 0.5, 0.5, gamma, mode, True, smooth_nr, smooth_dr, squared, ignore_index,
                   include_background, per_image, class_weights, log, reduction, zero_empty, backend, with_ce=True)
     ce = ce.sum(0)
