@@ -20,10 +20,15 @@
 #include <ATen/ops/empty_like.h>
 #include <torch/library.h>
 
+#include <cstdint>
 #include <limits>
 #include <tuple>
 #include <type_traits>
 #include <vector>
+
+#if defined(CPU_CAPABILITY_AVX2)
+#include <immintrin.h>
+#endif
 
 #include "fastloss/cpu_loop.h"
 #include "kernels/rowwise.h"
@@ -82,6 +87,34 @@ inline void tile_to_rows(const acc_t* tile, int64_t n, int64_t C, scalar_t* dst,
   }
   for (int64_t j = 0; j < n; ++j)
     for (int64_t c = c0; c < C; ++c) dst[j * ld + c] = static_cast<scalar_t>(tile[c * V + j]);
+}
+
+// Dense rows (ld == C, fp32): the tile's n rows are one contiguous run of n C values; it is
+// formed in `stage` (L1) and streamed out with non-temporal stores -- the gradient is not read
+// again before it leaves the cache, and a streaming store skips the read of each output line
+// that a plain store first makes (a third of the pass's memory traffic).  The caller fences
+// (stream_fence) before its results are used.
+template <typename acc_t, typename scalar_t>
+inline void tile_to_dense_rows(const acc_t* tile, int64_t n, int64_t C, scalar_t* dst, acc_t* stage) {
+#if defined(CPU_CAPABILITY_AVX2)
+  if constexpr (std::is_same_v<scalar_t, float> && std::is_same_v<acc_t, float>) {
+    tile_to_rows(tile, n, C, stage, C);
+    const int64_t len = n * C;
+    int64_t i = 0;
+    for (; i < len && (reinterpret_cast<uintptr_t>(dst + i) & 31) != 0; ++i) dst[i] = stage[i];
+    for (; i + 8 <= len; i += 8) _mm256_stream_ps(dst + i, _mm256_loadu_ps(stage + i));
+    for (; i < len; ++i) dst[i] = stage[i];
+    return;
+  }
+#endif
+  (void)stage;
+  tile_to_rows(tile, n, C, dst, C);
+}
+
+inline void stream_fence() {
+#if defined(CPU_CAPABILITY_AVX2)
+  _mm_sfence();
+#endif
 }
 
 // The per-row data of a tile of n rows starting at row index r0 (= b S + s).
@@ -202,11 +235,12 @@ std::vector<Partial> rowwise_cpu(const Args& a, const at::Tensor& upstream, at::
   // classes adjacent in memory (row-major): whole tiles moved by transposes (rows_to_tile)
   const bool x_rows = xv.sc == 1 && xv.ss != 1;
   const bool g_rows = write_grad && gv.sc == 1 && gv.ss != 1;
+  const bool g_dense = g_rows && gv.ss == C;  // the rows of a tile are one contiguous run (tile_to_dense_rows)
   // by value: the loop-invariant flags and pointers stay in registers (a reference capture is
   // re-read after every store the compiler cannot prove unrelated)
   at::parallel_for(0, B * nblk, 1, [=, &parts](int64_t w0, int64_t w1) {
     std::vector<Vec<acc_t>> xb(static_cast<size_t>(C)), db(static_cast<size_t>((probs || teacher) ? C : 0));
-    std::vector<acc_t> tile(static_cast<size_t>((x_rows || g_rows) ? C * V : 0));
+    std::vector<acc_t> tile(static_cast<size_t>((x_rows || g_rows) ? C * V : 0)), stage(static_cast<size_t>(g_dense ? C * V : 0));
     for (int64_t w = w0; w < w1; ++w) {
       const int64_t b = w / nblk, blk = w % nblk;
       const int64_t s0 = blk * kRows, s1 = std::min(S, s0 + kRows);
@@ -217,15 +251,12 @@ std::vector<Partial> rowwise_cpu(const Args& a, const at::Tensor& upstream, at::
         const RowData<acc_t> d = rows.load(r0, n);
         const auto valid = d.valid != Vec<acc_t>(acc_t(0));
         const scalar_t* xr = x_ptr + b * xv.sb + s * xv.ss;
-        rowwise::Stats<Vec<acc_t>> st;
-        const Vec<acc_t> zero(acc_t(0));
-        st.m = Vec<acc_t>(-std::numeric_limits<acc_t>::infinity());
-        st.amax = st.xa = st.xb = st.rest = st.dsum = st.dmass = st.dexp = st.ent = zero;
-        st.mz = st.m;
-        st.restz = st.ez = zero;
-        Vec<acc_t> amaxz = zero;
-        // sweep 1: the logits into the tile, their max and first argmax (teacher: the same for z)
+        const Vec<acc_t> zero(acc_t(0)), minus_inf(-std::numeric_limits<acc_t>::infinity());
+        // sweep 1: the logits into the tile, their max and first argmax (teacher: the same for z).
+        // The sweeps accumulate in locals (st is formed after them): a struct member whose
+        // address reaches finish_row() would be kept on the stack across the loop.
         if (x_rows) rows_to_tile(xr, xv.ss, n, C, tile.data());
+        Vec<acc_t> m = minus_inf, amax = zero, mz = minus_inf, amaxz = zero;
         for (int64_t c = 0; c < C; ++c) {
           // the class rows are C streams kRows apart in memory (NCHW: S apart): more than the
           // hardware prefetchers follow, so fetch each a few tiles ahead
@@ -235,52 +266,54 @@ std::vector<Partial> rowwise_cpu(const Args& a, const at::Tensor& upstream, at::
           xb[c] = x;
           if (!softmax) continue;
           const Vec<acc_t> cf(static_cast<acc_t>(c));
-          st.amax = Vec<acc_t>::blendv(st.amax, cf, x > st.m);
-          st.m = at::vec::maximum(st.m, x);
+          amax = Vec<acc_t>::blendv(amax, cf, x > m);
+          m = at::vec::maximum(m, x);
           if constexpr (teacher) {
             Vec<acc_t> z = load_rows<acc_t>(t_ptr + b * tv.sb + s * tv.ss + c * tv.sc, tv.ss, n);
             if (scaled) z = z * Vec<acc_t>(p.in_scale);
             db[c] = z;
-            amaxz = Vec<acc_t>::blendv(amaxz, cf, z > st.mz);
-            st.mz = at::vec::maximum(st.mz, z);
+            amaxz = Vec<acc_t>::blendv(amaxz, cf, z > mz);
+            mz = at::vec::maximum(mz, z);
           }
         }
         // sweep 2: exponentials (kept in the tile), the rest sum, the target's terms
+        Vec<acc_t> rest = zero, xa = zero, xbin = zero, dsum = zero, dmass = zero, dexp = zero, ent = zero, restz = zero, ez = zero;
         for (int64_t c = 0; c < C; ++c) {
           const Vec<acc_t> cf(static_cast<acc_t>(c));
           const Vec<acc_t> x = xb[c];
-          if constexpr (labels || bins) st.xa = Vec<acc_t>::blendv(st.xa, x, d.y == cf);
-          if constexpr (bins) st.xb = Vec<acc_t>::blendv(st.xb, x, (d.y + Vec<acc_t>(acc_t(1))) == cf);
+          if constexpr (labels || bins) xa = Vec<acc_t>::blendv(xa, x, d.y == cf);
+          if constexpr (bins) xbin = Vec<acc_t>::blendv(xbin, x, (d.y + Vec<acc_t>(acc_t(1))) == cf);
           if (!softmax) continue;
-          const Vec<acc_t> e = (x - st.m).exp_u20();  // ATen softmax's exp (<= 20 ulp), argument <= 0
-          st.rest = st.rest + Vec<acc_t>::blendv(e, zero, st.amax == cf);
+          const Vec<acc_t> e = (x - m).exp_u20();  // ATen softmax's exp (<= 20 ulp), argument <= 0
+          rest = rest + Vec<acc_t>::blendv(e, zero, amax == cf);
           if constexpr (label_dense) {
             const Vec<acc_t> dc(w_ptr != nullptr ? w_ptr[c] : acc_t(1));
-            st.dsum = st.dsum + rowwise::dense_term(dc, st.m, x);
-            st.dmass = st.dmass + dc;
-            st.dexp = st.dexp + dc * e;
+            dsum = dsum + rowwise::dense_term(dc, m, x);
+            dmass = dmass + dc;
+            dexp = dexp + dc * e;
           } else if constexpr (probs) {
             const Vec<acc_t> t = load_rows<acc_t>(t_ptr + b * tv.sb + s * tv.ss + c * tv.sc, tv.ss, n);
             Vec<acc_t> dc = t;
             if (loss == rowwise::kKLDiv) {
-              st.ent = st.ent + rowwise::xlogx(t);
+              ent = ent + rowwise::xlogx(t);
             } else {
               dc = t * Vec<acc_t>(p.keep) + Vec<acc_t>(p.uniform);
               if (w_ptr != nullptr) dc = dc * Vec<acc_t>(w_ptr[c]);
             }
             db[c] = dc;
-            st.dsum = st.dsum + rowwise::dense_term(dc, st.m, x);
-            st.dmass = st.dmass + dc;
-            st.dexp = st.dexp + dc * e;
+            dsum = dsum + rowwise::dense_term(dc, m, x);
+            dmass = dmass + dc;
+            dexp = dexp + dc * e;
           } else if constexpr (teacher) {
             const Vec<acc_t> z = db[c];
-            const Vec<acc_t> ez = (z - st.mz).exp_u20();
-            st.restz = st.restz + Vec<acc_t>::blendv(ez, zero, amaxz == cf);
-            st.ez = st.ez + ez * (z - x);
-            db[c] = ez;
+            const Vec<acc_t> e_z = (z - mz).exp_u20();
+            restz = restz + Vec<acc_t>::blendv(e_z, zero, amaxz == cf);
+            ez = ez + e_z * (z - x);
+            db[c] = e_z;
           }
           xb[c] = e;
         }
+        const rowwise::Stats<Vec<acc_t>> st{m, rest, amax, xa, xbin, dsum, dmass, dexp, ent, mz, restz, ez};
         const rowwise::Row<Vec<acc_t>> o = rowwise::finish_row(loss, kind, p, st, valid, d.r, d.y, d.wy, d.ay, d.wl, d.wr);
         if constexpr (!kBackward) {
           if (o_ptr != nullptr) {
@@ -331,9 +364,17 @@ std::vector<Partial> rowwise_cpu(const Args& a, const at::Tensor& upstream, at::
         }
         if (g_rows) {
           if constexpr (kBackward) {
-            tile_to_rows(tile.data(), n, C, gs_ptr + b * gv.sb + s * gv.ss, gv.ss);
+            if (g_dense) {
+              tile_to_dense_rows(tile.data(), n, C, gs_ptr + b * gv.sb + s * gv.ss, stage.data());
+            } else {
+              tile_to_rows(tile.data(), n, C, gs_ptr + b * gv.sb + s * gv.ss, gv.ss);
+            }
           } else {
-            tile_to_rows(tile.data(), n, C, g_ptr + b * gv.sb + s * gv.ss, gv.ss);
+            if (g_dense) {
+              tile_to_dense_rows(tile.data(), n, C, g_ptr + b * gv.sb + s * gv.ss, stage.data());
+            } else {
+              tile_to_rows(tile.data(), n, C, g_ptr + b * gv.sb + s * gv.ss, gv.ss);
+            }
           }
         }
       }
@@ -342,6 +383,7 @@ std::vector<Partial> rowwise_cpu(const Args& a, const at::Tensor& upstream, at::
       pt.weight = cpu::hsum(acc_w);
       pt.count = cpu::hsum(acc_n);
     }
+    if (g_dense) stream_fence();  // this thread's streaming stores, visible before parallel_for returns
   });
   return parts;
 }
