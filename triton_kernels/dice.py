@@ -18,6 +18,7 @@ import triton.language as tl
 from fastloss import _backend
 from fastloss.ops._common import reduced_dtype
 from fastloss.triton_kernels import _math
+from fastloss.triton_kernels import rowwise as _rowwise
 
 TILE = 4096  # elements per program (BLOCK_C * BLOCK_S)
 
@@ -97,8 +98,8 @@ def _sums_kernel(x_ptr, t_ptr, part_ptr, cepart_ptr, C, S, NBLK, ignore_index, A
             # without target mass, even at x = -inf (a masked logit)
             is_amax = c[:, None] == tl.argmax(x, axis=0)[None, :]
             rest = tl.sum(tl.where(is_amax, 0.0, p), axis=0) * ssum
-            gd = tl.sum(tl.where(g != 0, g * (mx[None, :] - x), 0.0), axis=0)
-            ce_px = gd + tl.sum(g, axis=0) * _math.log1p(rest)
+            gd = tl.sum(_rowwise._dense_term(g, mx[None, :], x), axis=0)
+            ce_px = _rowwise._dense_cross_entropy(gd, tl.sum(g, axis=0), _math.log1p(rest))
             ce = tl.sum(tl.where(mp, ce_px, 0.0), axis=0)
             cnt = tl.sum(mp.to(COMPUTE), axis=0)
         else:
@@ -137,7 +138,7 @@ def _grad_kernel(x_ptr, t_ptr, coef_ptr, cecoef_ptr, out_ptr, C, S, ignore_index
             is_amax = c[:, None] == tl.argmax(x, axis=0)[None, :]
             others = tl.sum(tl.where(is_amax, 0.0, p), axis=0)
             q = tl.where(is_amax, others[None, :], 1.0 - p)
-            r = r + e * m * ((tl.sum(g, axis=0)[None, :] - g) * p - g * q)
+            r = r + e * m * _rowwise._grad_elem(tl.sum(g, axis=0)[None, :], 0.0, 1.0, g, p, q)  # cross_entropy_row()
     elif ACT == 1:
         # p (1 - p) without cancellation: sigmoid(x) sigmoid(-x)
         sn = 1.0 / (1.0 + _math.exp(x))

@@ -101,6 +101,25 @@ def _row_data(t_ptr, w_ptr, al_ptr, sw_ptr, row, rmask, C, ignore_index, alpha, 
 
 
 @triton.jit
+def _dense_term(d, m, x):
+    """dense_term(): d (m - x), 0 where d = 0 (also at a masked -inf logit)."""
+    return tl.where(d == 0.0, 0.0, d * (m - x))
+
+
+@triton.jit
+def _dense_cross_entropy(dsum, dmass, log_z):
+    """dense_cross_entropy(): sum_c d_c (lse - x_c) = dsum + dmass log Z -- the one softmax cross
+    entropy of the project (the Dice family's CE term, triton_kernels/dice.py, uses it too)."""
+    return dsum + dmass * log_z
+
+
+@triton.jit
+def _grad_elem(U, E, F, a, p, q):
+    """grad_elem(): (U - (E + F) a) p - F a q; cross entropy: U = sum a, E = 0, F = 1."""
+    return (U - (E + F) * a) * p - F * a * q
+
+
+@triton.jit
 def _load_tile(ptr, rows, c, stride_c, rmask, cmask, scale, COMPUTE: tl.constexpr):
     """A [BLOCK_S, BLOCK_C] tile of logits times ``scale``; -inf on the padded classes (no
     term of the softmax), 0 on the rows past S (finite, never stored)."""
@@ -197,7 +216,7 @@ def _row_stats(x_ptr, t_ptr, w_ptr, xrow, trow, rmask, y, yl, C, sxc, stc, keep,
                     ent = ent + tl.sum(tl.where(t == 0.0, 0.0, t * _math.log(tl.where(t == 0.0, 1.0, t))), axis=1)
             # dense_term: d (m - x), 0 where d = 0 (also at a masked -inf logit); the old sum
             # moves to the new reference point by dmass (ref - ref_old) >= 0
-            dsum = dsum + dmass * (ref - ref_old) + tl.sum(tl.where(d == 0.0, 0.0, d * (ref[:, None] - x)), axis=1)
+            dsum = dsum + dmass * (ref - ref_old) + tl.sum(_dense_term(d, ref[:, None], x), axis=1)
             dmass = dmass + tl.sum(d, axis=1)
             dexp = dexp * scale + tl.sum(d * e, axis=1)
         if TARGET == 3:
@@ -248,7 +267,7 @@ def _finish_row(m, rest, amax, xa, xb, dsum, dmass, dexp, ent, mz, restz, valid,
             L = hard * lse_y
             U = hard
             if SMOOTH:
-                L = L + uni * (dsum + dmass * log_z)
+                L = L + uni * _dense_cross_entropy(dsum, dmass, log_z)
                 U = U + uni * dmass
             if LOSS == 3:
                 P = hard * py + uni * dexp * inv_z
@@ -257,7 +276,7 @@ def _finish_row(m, rest, amax, xa, xb, dsum, dmass, dexp, ent, mz, restz, valid,
                 U = U + eps * P
                 E = zero + eps
     elif TARGET == 1:
-        L = r * (dsum + dmass * log_z)
+        L = r * _dense_cross_entropy(dsum, dmass, log_z)
         U = r * dmass
         if LOSS == 4:
             L = L + r * ent
@@ -312,7 +331,7 @@ def _grad_pass(x_ptr, t_ptr, w_ptr, g_ptr, xrow, trow, grow, rmask, valid, y, yl
             x = _load_tile(x_ptr, xrow, c, sxc, rmask, cmask, in_scale, COMPUTE)
             p = _math.exp(x - m[:, None]) * inv_z[:, None]
             q = tl.where(c[None, :] == amax[:, None], q_amax, 1.0 - p)  # 1 - p <= 1/2 off the argmax: no cancellation
-            g = (U[:, None] - (E + F)[:, None] * a) * p - F[:, None] * a * q  # grad_elem()
+            g = _grad_elem(U[:, None], E[:, None], F[:, None], a, p, q)
         g = tl.where(valid[:, None], g * scale[:, None], 0.0)  # an ignored row: exactly 0, also over NaN logits
         tl.store(g_ptr + grow[:, None] + c[None, :].to(tl.int64) * sgc, g.to(g_ptr.dtype.element_ty), mask=mask)
 

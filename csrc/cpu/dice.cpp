@@ -158,14 +158,12 @@ void sums_cpu(const Args& a, bool with_ce, at::Tensor& sums, at::Tensor& ce) {
             acc[3 * c + 2] = acc[3 * c + 2] + mc * (sq ? g * g : g);
             if (with_ce) {
               gsum = gsum + g;
-              // g (mx - x): 0 for a class without target mass, even at x = -inf (a masked logit)
-              gd = gd + Vec<acc_t>::blendv(Vec<acc_t>(acc_t(0)), g * (mx - xbuf[c]), g != Vec<acc_t>(acc_t(0)));
+              gd = gd + rowwise::dense_term(g, mx, xbuf[c]);  // 0 for a class without target mass, even at x = -inf
             }
           }
           if (with_ce) {
-            // CE = sum_c g_c (lse - x_c) = sum_c g_c (mx - x_c) + (sum_c g_c) log1p(rest): no
-            // cancellation for a confident pixel (lse - x = log(1 + rest) ~ rest, not log(sum) - 0)
-            const Vec<acc_t> ce_px = gd + gsum * rest.log1p();
+            // CE = sum_c g_c (mx - x_c) + (sum_c g_c) log1p(rest): no cancellation for a confident pixel
+            const Vec<acc_t> ce_px = rowwise::dense_cross_entropy(gd, gsum, rest.log1p());
             // blend, not multiply: padded / ignored lanes must add exactly 0
             ce_acc = ce_acc + Vec<acc_t>::blendv(Vec<acc_t>(acc_t(0)), ce_px, (m != Vec<acc_t>(acc_t(0))));
             cnt_acc = cnt_acc + m;
@@ -268,13 +266,14 @@ void grad_cpu(const Args& a, const at::Tensor& gsums, const at::Tensor& gce, at:
             dot = dot + pbuf[c] * dbuf[c];
             if (with_ce) gsum = gsum + g;
           }
+          const rowwise::Row<Vec<acc_t>> ce_row = rowwise::cross_entropy_row(gsum);
           for (int64_t c = 0; c < C; ++c) {
             Vec<acc_t> r = pbuf[c] * (dbuf[c] - dot);
             if (with_ce) {
               Vec<acc_t> g, mc;
               target(c, g, mc);
               const Vec<acc_t> q = Vec<acc_t>::blendv(Vec<acc_t>(acc_t(1)) - pbuf[c], rest * inv, amax == Vec<acc_t>(static_cast<acc_t>(c)));
-              r = r + e_ce * mc * dice::ce_softmax_grad(pbuf[c], q, g, gsum);
+              r = r + e_ce * mc * rowwise::grad_elem(ce_row, pbuf[c], q, g);
             }
             cpu::store<acc_t>(on + c * S + s, r, k);
           }

@@ -158,7 +158,7 @@ __global__ void __launch_bounds__(kThreads) dice_sums_kernel(DicePtrs<scalar_t, 
       if (with_ce) {
         if (d.activation == dice::kSoftmax) {
           gsum[k] += g;
-          if (g != acc_t(0)) gd[k] += g * (px[k].mx - x);  // 0 for a class without target mass, even at x = -inf
+          gd[k] += rowwise::dense_term(g, px[k].mx, x);  // 0 for a class without target mass, even at x = -inf
         } else if (mc != acc_t(0)) {
           ce += dice::bce(x, g);
           cnt += mc;
@@ -180,7 +180,7 @@ __global__ void __launch_bounds__(kThreads) dice_sums_kernel(DicePtrs<scalar_t, 
       for (int k = 0; k < kPPT; ++k) {
         if (px[k].in && px[k].m != acc_t(0)) {
           // CE = sum_c g_c (mx - x_c) + (sum_c g_c) log1p(rest): no cancellation for a confident pixel
-          ce += gd[k] + gsum[k] * fl::log1p(px[k].rest);
+          ce += rowwise::dense_cross_entropy(gd[k], gsum[k], fl::log1p(px[k].rest));
           cnt += px[k].m;
         }
       }
@@ -218,6 +218,7 @@ __global__ void __launch_bounds__(kThreads) dice_grad_kernel(DicePtrs<scalar_t, 
         dot += pr * dice::dloss_dp(pr, g, mc, cn[3 * c], cn[3 * c + 1], d.squared);
         gs += g;
       }
+      const rowwise::Row<acc_t> ce_row = rowwise::cross_entropy_row(gs);
       for (int64_t c = 0; c < d.C; ++c) {
         const int64_t idx = (n * d.C + c) * d.S + s;
         acc_t g, mc;
@@ -226,7 +227,7 @@ __global__ void __launch_bounds__(kThreads) dice_grad_kernel(DicePtrs<scalar_t, 
         acc_t r = pr * (dice::dloss_dp(pr, g, mc, cn[3 * c], cn[3 * c + 1], d.squared) - dot);
         if (cecoef != nullptr) {
           const acc_t q = c == px.amax ? px.rest * px.inv : acc_t(1) - pr;  // 1 - p
-          r += e * mc * dice::ce_softmax_grad(pr, q, g, gs);
+          r += e * mc * rowwise::grad_elem(ce_row, pr, q, g);
         }
         out[idx] = static_cast<scalar_t>(r);
       }

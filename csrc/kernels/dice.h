@@ -15,11 +15,14 @@
 // (the softmax is recomputed from the logits, never stored).  The CE terms are evaluated
 // without the cancellation of p - 1 for a confident pixel of its target class:
 //   p - g = (1 - g) p - g sigmoid(-x),  (sum g) p_k - g_k = (sum g - g_k) p_k - g_k (1 - p_k)
-// with 1 - p_k = (sum of the other classes' exponentials) / sum for the argmax class.  The finalisation (score,
-// log, gamma, class weights, reduction) is a few ops on the (N, C, 3) sums in Python.
+// with 1 - p_k = (sum of the other classes' exponentials) / sum for the argmax class.  The softmax
+// cross entropy and its gradient are the row-wise engine's (csrc/kernels/rowwise.h: dense_term,
+// dense_cross_entropy, cross_entropy_row, grad_elem).  The finalisation (score, log, gamma, class
+// weights, reduction) is a few ops on the (N, C, 3) sums in Python.
 #pragma once
 
 #include "fastloss/common.h"
+#include "kernels/rowwise.h"
 
 namespace fastloss {
 namespace dice {
@@ -51,13 +54,6 @@ FL_HOST_DEVICE FL_INLINE T bce(T x, T g) {
 template <typename T>
 FL_HOST_DEVICE FL_INLINE T p_minus_t(T p, T s_neg, T g) {
   return (T(1) - g) * p - g * s_neg;
-}
-
-// (sum_c g_c) p - g of softmax cross entropy, with q = 1 - p formed without cancellation by
-// the caller.
-template <typename T>
-FL_HOST_DEVICE FL_INLINE T ce_softmax_grad(T p, T q, T g, T gsum) {
-  return (gsum - g) * p - g * q;
 }
 
 // dL/dp of one element: m (a g + b dP'/dp).

@@ -1,8 +1,8 @@
 // The row-wise (softmax) engine's losses: the math of one row of C logits -- the class axis
 // of (N, C, d1, ..., dk) -- shared by csrc/cpu/rowwise.cpp and csrc/cuda/rowwise.cu.  The
 // Triton twins are in triton_kernels/rowwise.py, the float64 spec in
-// fastloss/reference/rowwise.py.  (The Dice family's softmax passes still run their own
-// softmax: csrc/kernels/dice.h.)
+// fastloss/reference/rowwise.py.  The Dice family's softmax passes take their cross-entropy
+// terms from here (dense_term, dense_cross_entropy, cross_entropy_row, grad_elem).
 //
 // A row is x_0 .. x_{C-1} (times the input scale s_in = 1 / T: a temperature), its target is
 //   labels   one class y per row (uint8 / int32 / int64), ignore_index, class weights w_c
@@ -111,6 +111,15 @@ FL_HOST_DEVICE FL_INLINE T dense_term(const T& d, const T& m, const T& x) {
   return fl::select(d == zero, zero, d * (m - x));
 }
 
+// The cross entropy of a row against a dense target vector d, sum_c d_c (lse - x_c), from
+// dsum, dmass and log Z = log1p(rest) (no cancellation for a confident row).  With
+// cross_entropy_row() and grad_elem() below this is the one softmax cross entropy of the
+// project: the Dice family's CE term (csrc/cpu/dice.cpp, csrc/cuda/dice.cu) uses it too.
+template <typename T>
+FL_HOST_DEVICE FL_INLINE T dense_cross_entropy(const T& dsum, const T& dmass, const T& log_z) {
+  return dsum + dmass * log_z;
+}
+
 // t log t, 0 at t = 0 (torch's xlogy)
 template <typename T>
 FL_HOST_DEVICE FL_INLINE T xlogx(const T& t) {
@@ -160,7 +169,7 @@ FL_HOST_DEVICE FL_INLINE Row<T> finish_row(int loss, int target, const Params<S>
       L = hard * lse_y;
       U = hard;
       if (p.uniform != S(0)) {
-        L = L + uni * (st.dsum + st.dmass * log_z);
+        L = L + uni * dense_cross_entropy(st.dsum, st.dmass, log_z);
         U = U + uni * st.dmass;
       }
       if (loss == kPoly1CrossEntropy) {
@@ -172,7 +181,7 @@ FL_HOST_DEVICE FL_INLINE Row<T> finish_row(int loss, int target, const Params<S>
       }
     }
   } else if (target == kProbs) {
-    L = r * (st.dsum + st.dmass * log_z);
+    L = r * dense_cross_entropy(st.dsum, st.dmass, log_z);
     U = r * st.dmass;
     if (loss == kKLDiv) L = L + r * st.ent;
     if (loss == kPoly1CrossEntropy) {
@@ -205,6 +214,19 @@ FL_HOST_DEVICE FL_INLINE T label_coef(const T& k, const T& y, const T& hard, con
 template <typename T>
 FL_HOST_DEVICE FL_INLINE T bins_coef(const T& k, const T& yl, const T& rwl, const T& rwr) {
   return fl::select(k == yl, rwl, fl::select(k == yl + T(1), rwr, T(0)));
+}
+
+// The gradient scalars of dense_cross_entropy() against a target of mass A = sum_c d_c:
+// U = A, E = 0, F = 1 (grad_elem() is then (A - d_k) p_k - d_k q_k).
+template <typename T>
+FL_HOST_DEVICE FL_INLINE Row<T> cross_entropy_row(const T& mass) {
+  Row<T> o;
+  o.loss = T(0);
+  o.U = mass;
+  o.E = T(0);
+  o.F = T(1);
+  o.inv_z = T(0);
+  return o;
 }
 
 // d loss / d x_k before the scales: (U - (E + F) a) p - F a q, with q = 1 - p formed by the
