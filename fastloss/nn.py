@@ -6,6 +6,7 @@ domain is a ``ValueError`` there, not at the first forward), multiplies the loss
 ``loss_weight`` (mmdetection's convention) and lists its arguments in its ``repr``.  Shapes,
 dtypes, units and the errors of ``forward`` are those of the function it names.
 """
+import math
 import numbers
 
 import torch
@@ -448,10 +449,15 @@ class SoftmaxFocalLoss(_RowwiseLoss):
 
     _fn = staticmethod(_rw.poly1_softmax_focal_loss)
 
-    def __init__(self, alpha=0.25, gamma=2.0, weight=None, reduction="mean", ignore_index=None, epsilon=0.0, loss_weight=1.0, *, backend=None):
+    def __init__(self, *, alpha=0.25, gamma=2.0, weight=None, reduction="mean", ignore_index=None, epsilon=0.0, loss_weight=1.0,
+                 backend=None):
+        # keyword-only: mmcv's SoftmaxFocalLoss takes (gamma, alpha), torchvision-style code (alpha,
+        # gamma) -- a positional call would silently swap them
         super().__init__(loss_weight)
         buffers = {"weight": weight}
         kwargs = {"gamma": gamma, "epsilon": epsilon, "reduction": reduction, "ignore_index": ignore_index}
+        if not isinstance(alpha, (numbers.Real, torch.Tensor)):  # a per-class sequence, like weight
+            alpha = torch.as_tensor(alpha, dtype=torch.float32)
         if isinstance(alpha, torch.Tensor):
             buffers["alpha"] = alpha
         else:
@@ -474,7 +480,11 @@ class DistributionFocalLoss(_RowwiseLoss):
         self._setup(backend, reduction=reduction, max_target=max_target)
 
     def _validate(self):
-        _rw.distribution_focal_loss(torch.zeros(0, 17), torch.zeros(0), backend="reference", **self._kwargs())
+        # enough bins for any valid max_target (the function checks max_target <= n)
+        bins = 17
+        if isinstance(self.max_target, numbers.Real) and math.isfinite(self.max_target):
+            bins = max(bins, math.ceil(self.max_target) + 1)
+        _rw.distribution_focal_loss(torch.zeros(0, bins), torch.zeros(0), backend="reference", **self._kwargs())
 
     def forward(self, pred, target, weight=None, avg_factor=None):
         return self._scaled(_rw.distribution_focal_loss(pred, target, weight=weight, avg_factor=avg_factor, backend=self.backend,

@@ -520,3 +520,79 @@ def test_nn_modules(device, backend):
         fastloss.nn.CrossEntropyLoss(use_sigmoid=True)
     with pytest.raises(ValueError, match="label_smoothing"):
         fastloss.nn.CrossEntropyLoss(label_smoothing=-0.1)
+
+
+@pytest.mark.parametrize("device,backend", helpers.device_backend_params())
+def test_masked_teacher_class(device, backend):
+    """A teacher logit of -inf (a masked class) is a finite KL: 0 * -inf must not turn it NaN."""
+    helpers.require_backend(device, backend)
+    s = torch.tensor([[0.5, 1.0, -0.3], [2.0, -1.0, 0.0]], device=device, requires_grad=True)
+    te = torch.tensor([[1.0, float("-inf"), 0.0], [0.0, 0.5, float("-inf")]], device=device)
+    got = fastloss.distillation_kl_div(s, te, backend=backend)
+    want = F.kl_div(F.log_softmax(s, 1), F.softmax(te, 1), reduction="batchmean")
+    helpers.assert_close(got, want, torch.float32)
+    helpers.assert_close(torch.autograd.grad(got, s)[0], torch.autograd.grad(want, s)[0], torch.float32)
+
+
+@pytest.mark.parametrize("smoothing", [0.0, 1e-3])
+@pytest.mark.parametrize("device,backend", helpers.device_backend_params())
+def test_poly1_confident_rows_fp32(device, backend, smoothing):
+    """Poly-1's gradient at the label of a confident row: eps (P - a_y) p_y with P - a_y formed
+    from q_y, not by cancelling U - (E + F) a_y (which lost it all in fp32: half the value)."""
+    helpers.require_backend(device, backend)
+    torch.manual_seed(0)
+    x64 = torch.cat([torch.tensor([[20.0, 0.0, 0.0], [0.0, 25.0, -3.0]]), torch.randn(30, 3) * 12], 0).double()
+    y = torch.cat([torch.tensor([0, 1]), torch.randint(0, 3, (30,))])
+    y[2:] = x64[2:].argmax(1)  # mostly confident rows
+    grads = []
+    for dt in (torch.float32, torch.float64):
+        x = x64.to(dt).to(device).requires_grad_()
+        loss = fastloss.poly1_cross_entropy(x, y.to(device), epsilon=1.0, label_smoothing=smoothing,
+                                            backend=backend if dt == torch.float32 else "reference")
+        grads.append(torch.autograd.grad(loss, x)[0].double().cpu())
+    g32, g64 = grads
+    at_label = g64.gather(1, y[:, None])
+    torch.testing.assert_close(g32.gather(1, y[:, None]), at_label, rtol=1e-4, atol=0)
+
+
+@pytest.mark.parametrize("device,backend", helpers.device_backend_params())
+def test_infinite_logit_gives_nan_not_inf(device, backend):
+    """A +inf logit makes the softmax NaN; every backend says so (no silent +inf gradient)."""
+    helpers.require_backend(device, backend)
+    for dt in (torch.float32, torch.float64):
+        x = torch.tensor([[0.3, 0.1, float("inf")], [0.2, -1.0, 0.5]], dtype=dt, device=device, requires_grad=True)
+        g, = torch.autograd.grad(fastloss.cross_entropy(x, torch.tensor([0, 2], device=device), backend=backend), x)
+        assert not torch.isinf(g).any(), g
+        assert torch.isnan(g[0]).all(), g
+        assert torch.isfinite(g[1]).all(), g
+
+
+def test_reference_bins_clamp_matches_kernel():
+    """An out-of-range bins target (an unchecked CUDA call) is clamped to the last bin by every
+    backend, the reference included: its gradient then sums to 0 like the loss's."""
+    from fastloss.reference import rowwise as R
+    x = torch.randn(1, 4, 1, dtype=torch.float64)
+    v = torch.tensor([[3.3]], dtype=torch.float64)
+    params = ops_rw._params(bins_hi=3.5)  # the op's "checked range" sentinel C - 1/2
+    _, g = R.forward(x, v, None, None, None, ops_rw.LOSSES["distribution_focal_loss"], ops_rw.TARGETS["bins"], params, None, 0, True)
+    assert abs(float(g.sum())) < 1e-12
+    if "cpu" in fastloss.available_backends("cpu"):
+        _, gn = torch.ops.fastloss.rowwise_forward_native(x, v, None, None, None, ops_rw.LOSSES["distribution_focal_loss"],
+                                                          ops_rw.TARGETS["bins"], params, None, 0, True)
+        torch.testing.assert_close(g, gn)
+
+
+def test_review_api_regressions():
+    # alpha / gamma are keyword-only (mmcv's positional order is (gamma, alpha))
+    x, y = torch.randn(4, 5), torch.randint(0, 5, (4,))
+    with pytest.raises(TypeError):
+        fastloss.softmax_focal_loss(x, y, 2.0, 0.25)
+    with pytest.raises(TypeError):
+        fastloss.nn.SoftmaxFocalLoss(2.0, 0.25)
+    # per-class alpha as a list, like weight
+    m = fastloss.nn.SoftmaxFocalLoss(alpha=[0.1, 0.2, 0.3, 0.4, 0.5])
+    helpers.assert_close(m(x, y), fastloss.softmax_focal_loss(x, y, alpha=torch.tensor([0.1, 0.2, 0.3, 0.4, 0.5])), torch.float32)
+    # the DFL module takes any max_target its input's bins allow (reg_max > 17 included)
+    pred, t = torch.randn(6, 32), torch.rand(6) * 40
+    m = fastloss.nn.DistributionFocalLoss(max_target=30.99)
+    helpers.assert_close(m(pred, t), fastloss.distribution_focal_loss(pred, t, max_target=30.99), torch.float32)

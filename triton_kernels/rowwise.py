@@ -226,7 +226,7 @@ def _row_stats(x_ptr, t_ptr, w_ptr, xrow, trow, rmask, y, yl, C, sxc, stc, keep,
             ownz = takez[:, None] & (c[None, :] == idz[:, None])
             restz = (restz + tl.where(takez, 1.0, 0.0)) * scalez + tl.sum(tl.where(ownz, 0.0, ezc), axis=1)
             # sum exp(z - mz) (z - x); padded classes out (-inf - -inf)
-            ez = ez * scalez + tl.sum(tl.where(cmask[None, :], ezc * (z - x), 0.0), axis=1)
+            ez = ez * scalez + tl.sum(tl.where(cmask[None, :], _dense_term(ezc, z, x), 0.0), axis=1)  # 0 at a masked z = -inf
             mz = mz_new
         m = m_new
     return m, rest, amax, xa, xb, dsum, dmass, dexp, ent, mz, restz, ez
@@ -239,14 +239,17 @@ def _row_stats(x_ptr, t_ptr, w_ptr, xrow, trow, rmask, y, yl, C, sxc, stc, keep,
 def _finish_row(m, rest, amax, xa, xb, dsum, dmass, dexp, ent, mz, restz, valid, r, y, wy, ay, wl, wr, ez, keep, uniform, eps, gamma,
                 eps_g1, out_scale, LOSS: tl.constexpr, TARGET: tl.constexpr, SMOOTH: tl.constexpr):
     """csrc/kernels/rowwise.h finish_row(): the row's loss (times s_out, 0 where not valid)
-    and U, E, F of its gradient, and 1 / Z.  eps_g1 = eps (gamma + 1) (formed in double)."""
+    and U, E, F of its gradient, 1 / Z, and Cy (the label class's coefficient for smoothed / Poly-1
+    labels).  eps_g1 = eps (gamma + 1) (formed in double)."""
     inv_z = 1.0 / (1.0 + rest)
+    inv_z = tl.where(m == float("inf"), float("nan"), inv_z)  # a +inf logit: NaN softmax, as the header
     log_z = _math.log1p(rest)
     zero = m * 0.0
     L = zero
     U = zero
     E = zero
     F = zero + 1.0
+    Cy = zero
     if LOSS == 1:  # NLL over log-probabilities: L = -a_y x_y, g_k = -a_k
         L = -(r * wy * xa)
     elif TARGET == 0:
@@ -266,15 +269,19 @@ def _finish_row(m, rest, amax, xa, xb, dsum, dmass, dexp, ent, mz, restz, valid,
             uni = uniform * r
             L = hard * lse_y
             U = hard
+            wyu = zero
             if SMOOTH:
+                wyu = wy  # the smoothing's w_y (a_y = hard + uni w_y)
                 L = L + uni * _dense_cross_entropy(dsum, dmass, log_z)
                 U = U + uni * dmass
+                Cy = uni * (dmass - wyu)  # U - a_y: hard - hard cancels exactly
             if LOSS == 3:
                 P = hard * py + uni * dexp * inv_z
                 a_minus_p = hard * qy + uni * (dmass - dexp * inv_z)  # sum_c a_c (1 - p_c)
                 L = L + eps * a_minus_p
                 U = U + eps * P
                 E = zero + eps
+                Cy = Cy + eps * ((uni * dexp * inv_z - hard * qy) - uni * wyu)  # P - a_y with p_y - 1 = -q_y
     elif TARGET == 1:
         L = r * _dense_cross_entropy(dsum, dmass, log_z)
         U = r * dmass
@@ -292,7 +299,7 @@ def _finish_row(m, rest, amax, xa, xb, dsum, dmass, dexp, ent, mz, restz, valid,
         L = r * (ez / (1.0 + restz) + (m - mz) + (log_z - _math.log1p(restz)))
         U = r
     loss = tl.where(valid, L * out_scale, 0.0)
-    return loss, tl.where(valid, U, 0.0), tl.where(valid, E, 0.0), tl.where(valid, F, 0.0), inv_z
+    return loss, tl.where(valid, U, 0.0), tl.where(valid, E, 0.0), tl.where(valid, F, 0.0), inv_z, tl.where(valid, Cy, 0.0)
 
 
 # ----------------------------------------------------------------------------- pass 2: the gradient
@@ -300,7 +307,7 @@ def _finish_row(m, rest, amax, xa, xb, dsum, dmass, dexp, ent, mz, restz, valid,
 
 @triton.jit
 def _grad_pass(x_ptr, t_ptr, w_ptr, g_ptr, xrow, trow, grow, rmask, valid, y, yl, wy, r, wl, wr, m, rest, amax, mz, restz, U, E, F, inv_z,
-               scale, C, sxc, stc, sgc, keep, uniform, in_scale, LOSS: tl.constexpr, TARGET: tl.constexpr, HAS_W: tl.constexpr,
+               Cy, scale, C, sxc, stc, sgc, keep, uniform, in_scale, LOSS: tl.constexpr, TARGET: tl.constexpr, HAS_W: tl.constexpr,
                SMOOTH: tl.constexpr, COMPUTE: tl.constexpr, BLOCK_C: tl.constexpr):
     """g_k = [(U - (E + F) a_k) p_k - F a_k q_k] * scale (NLL: -a_k * scale) into g_ptr, with p_k,
     q_k (rest / Z at the argmax) and a_k recomputed chunk by chunk; 0 on rows not valid."""
@@ -332,6 +339,8 @@ def _grad_pass(x_ptr, t_ptr, w_ptr, g_ptr, xrow, trow, grow, rmask, valid, y, yl
             p = _math.exp(x - m[:, None]) * inv_z[:, None]
             q = tl.where(c[None, :] == amax[:, None], q_amax, 1.0 - p)  # 1 - p <= 1/2 off the argmax: no cancellation
             g = _grad_elem(U[:, None], E[:, None], F[:, None], a, p, q)
+            if TARGET == 0 and (SMOOTH or LOSS == 3) and LOSS != 2:  # label_grad_elem(): Cy at the label class
+                g = tl.where(c[None, :] == y[:, None], Cy[:, None] * p - F[:, None] * a * q, g)
         g = tl.where(valid[:, None], g * scale[:, None], 0.0)  # an ignored row: exactly 0, also over NaN logits
         tl.store(g_ptr + grow[:, None] + c[None, :].to(tl.int64) * sgc, g.to(g_ptr.dtype.element_ty), mask=mask)
 
@@ -355,7 +364,7 @@ def _rows(pid, NBLK, S, sxb, sxs, stb, sts, sgb, sgs, BLOCK_S: tl.constexpr):
 def _row_loss(x_ptr, t_ptr, w_ptr, xrow, trow, rmask, valid, y, yl, wy, ay, r, wl, wr, C, sxc, stc, keep, uniform, in_scale, p_eps, p_gamma,
               p_eps_g1, p_out, LOSS: tl.constexpr, TARGET: tl.constexpr, HAS_W: tl.constexpr, SMOOTH: tl.constexpr, COMPUTE: tl.constexpr,
               BLOCK_S: tl.constexpr, BLOCK_C: tl.constexpr):
-    """Pass 1 and finish_row: (loss, U, E, F, 1 / Z) and the statistics the gradient pass needs."""
+    """Pass 1 and finish_row: (loss, U, E, F, 1 / Z, Cy) and the statistics the gradient pass needs."""
     if LOSS == 1:  # no softmax: x at the label is all NLL reads
         zero = tl.zeros([BLOCK_S], COMPUTE)
         xa = tl.load(x_ptr + xrow + y.to(tl.int64) * sxc, mask=valid, other=0.0).to(COMPUTE)
@@ -364,10 +373,10 @@ def _row_loss(x_ptr, t_ptr, w_ptr, xrow, trow, rmask, valid, y, yl, wy, ay, r, w
         m, rest, amax, xa, xb, dsum, dmass, dexp, ent, mz, restz, ez = _row_stats(x_ptr, t_ptr, w_ptr, xrow, trow, rmask, y, yl, C, sxc, stc,
                                                                                  keep, uniform, in_scale, LOSS, TARGET, HAS_W, SMOOTH,
                                                                                  COMPUTE, BLOCK_S, BLOCK_C)
-    loss, U, E, F, inv_z = _finish_row(m, rest, amax, xa, xb, dsum, dmass, dexp, ent, mz, restz, valid, r, y, wy, ay, wl, wr, ez, keep,
+    loss, U, E, F, inv_z, Cy = _finish_row(m, rest, amax, xa, xb, dsum, dmass, dexp, ent, mz, restz, valid, r, y, wy, ay, wl, wr, ez, keep,
                                        uniform, tl.full((), p_eps, COMPUTE), tl.full((), p_gamma, COMPUTE),
                                        tl.full((), p_eps_g1, COMPUTE), tl.full((), p_out, COMPUTE), LOSS, TARGET, SMOOTH)
-    return loss, U, E, F, inv_z, m, rest, amax, mz, restz
+    return loss, U, E, F, inv_z, Cy, m, rest, amax, mz, restz
 
 
 @triton.jit
@@ -386,7 +395,7 @@ def _forward_kernel(x_ptr, t_ptr, w_ptr, al_ptr, sw_ptr, out_ptr, g_ptr, C, S, N
     row, rmask, xrow, trow, grow = _rows(pid, NBLK, S, sxb, sxs, stb, sts, sgb, sgs, BLOCK_S)
     valid, y, yl, wy, ay, r, wl, wr = _row_data(t_ptr, w_ptr, al_ptr, sw_ptr, row, rmask, C, ignore_index, tl.full((), p_alpha, COMPUTE),
                                                 tl.full((), p_hi, COMPUTE), TARGET, HAS_W, HAS_ALPHA, HAS_SW, HAS_IGNORE, COMPUTE, BLOCK_S)
-    loss, U, E, F, inv_z, m, rest, amax, mz, restz = _row_loss(x_ptr, t_ptr, w_ptr, xrow, trow, rmask, valid, y, yl, wy, ay, r, wl, wr, C, sxc,
+    loss, U, E, F, inv_z, Cy, m, rest, amax, mz, restz = _row_loss(x_ptr, t_ptr, w_ptr, xrow, trow, rmask, valid, y, yl, wy, ay, r, wl, wr, C, sxc,
                                                                stc, keep, uniform, in_scale, p_eps, p_gamma, p_eps_g1, p_out, LOSS, TARGET,
                                                                HAS_W, SMOOTH, COMPUTE, BLOCK_S, BLOCK_C)
     if REDUCE:  # [loss, class weight at the label of the counted rows, counted rows]: fixed-order tree sums
@@ -398,7 +407,7 @@ def _forward_kernel(x_ptr, t_ptr, w_ptr, al_ptr, sw_ptr, out_ptr, g_ptr, C, S, N
     if WITH_GRAD:
         scale = tl.zeros([BLOCK_S], COMPUTE) + tl.full((), p_grad, COMPUTE)
         _grad_pass(x_ptr, t_ptr, w_ptr, g_ptr, xrow, trow, grow, rmask, valid, y, yl, wy, r, wl, wr, m, rest, amax, mz, restz, U, E, F, inv_z,
-                   scale, C, sxc, stc, sgc, keep, uniform, in_scale, LOSS, TARGET, HAS_W, SMOOTH, COMPUTE, BLOCK_C)
+                   Cy, scale, C, sxc, stc, sgc, keep, uniform, in_scale, LOSS, TARGET, HAS_W, SMOOTH, COMPUTE, BLOCK_C)
 
 
 @triton.jit
@@ -417,7 +426,7 @@ def _backward_kernel(x_ptr, t_ptr, w_ptr, al_ptr, sw_ptr, up_ptr, g_ptr, C, S, N
     row, rmask, xrow, trow, grow = _rows(pid, NBLK, S, sxb, sxs, stb, sts, sgb, sgs, BLOCK_S)
     valid, y, yl, wy, ay, r, wl, wr = _row_data(t_ptr, w_ptr, al_ptr, sw_ptr, row, rmask, C, ignore_index, tl.full((), p_alpha, COMPUTE),
                                                 tl.full((), p_hi, COMPUTE), TARGET, HAS_W, HAS_ALPHA, HAS_SW, HAS_IGNORE, COMPUTE, BLOCK_S)
-    _, U, E, F, inv_z, m, rest, amax, mz, restz = _row_loss(x_ptr, t_ptr, w_ptr, xrow, trow, rmask, valid, y, yl, wy, ay, r, wl, wr, C, sxc, stc,
+    _, U, E, F, inv_z, Cy, m, rest, amax, mz, restz = _row_loss(x_ptr, t_ptr, w_ptr, xrow, trow, rmask, valid, y, yl, wy, ay, r, wl, wr, C, sxc, stc,
                                                             keep, uniform, in_scale, p_eps, p_gamma, p_eps_g1, p_out, LOSS, TARGET, HAS_W,
                                                             SMOOTH, COMPUTE, BLOCK_S, BLOCK_C)
     if PER_ROW_UP:
@@ -425,7 +434,7 @@ def _backward_kernel(x_ptr, t_ptr, w_ptr, al_ptr, sw_ptr, up_ptr, g_ptr, C, S, N
     else:
         up = tl.zeros([BLOCK_S], COMPUTE) + tl.load(up_ptr).to(COMPUTE)
     _grad_pass(x_ptr, t_ptr, w_ptr, g_ptr, xrow, trow, grow, rmask, valid, y, yl, wy, r, wl, wr, m, rest, amax, mz, restz, U, E, F, inv_z,
-               up * tl.full((), p_grad, COMPUTE), C, sxc, stc, sgc, keep, uniform, in_scale, LOSS, TARGET, HAS_W, SMOOTH, COMPUTE, BLOCK_C)
+               Cy, up * tl.full((), p_grad, COMPUTE), C, sxc, stc, sgc, keep, uniform, in_scale, LOSS, TARGET, HAS_W, SMOOTH, COMPUTE, BLOCK_C)
 
 
 # ----------------------------------------------------------------------------- launchers

@@ -308,7 +308,7 @@ std::vector<Partial> rowwise_cpu(const Args& a, const at::Tensor& upstream, at::
             const Vec<acc_t> z = db[c];
             const Vec<acc_t> e_z = (z - mz).exp_u20();
             restz = restz + Vec<acc_t>::blendv(e_z, zero, amaxz == cf);
-            ez = ez + e_z * (z - x);
+            ez = ez + rowwise::dense_term(e_z, z, x);  // 0 for a masked teacher class (z = -inf: e_z = 0), not 0 * -inf
             db[c] = e_z;
           }
           xb[c] = e;
@@ -349,7 +349,9 @@ std::vector<Partial> rowwise_cpu(const Args& a, const at::Tensor& upstream, at::
           if (softmax) {
             const Vec<acc_t> pk = xb[c] * o.inv_z;
             const Vec<acc_t> qk = Vec<acc_t>::blendv(Vec<acc_t>(acc_t(1)) - pk, rest_z, st.amax == cf);
-            g = rowwise::grad_elem(o, pk, qk, coef);
+            // dense labels (smoothing, Poly-1): the label class's coefficient from finish_row (Cy);
+            // for plain labels U - a_y is exactly 0 either way
+            g = label_dense ? rowwise::label_grad_elem(o, cf, d.y, pk, qk, coef) : rowwise::grad_elem(o, pk, qk, coef);
           } else {
             g = zero - coef;
           }

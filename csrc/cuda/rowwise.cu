@@ -185,7 +185,7 @@ __device__ __forceinline__ void push_z(State<acc_t>& s, int64_t c, acc_t z, acc_
     e = z == neg_inf<acc_t>() ? acc_t(0) : fl::exp(z - s.mz);
     s.restz = s.restz + e;
   }
-  s.ez = s.ez + e * (z - x);
+  s.ez = s.ez + rowwise::dense_term(e, z, x);  // 0 for a masked teacher class (z = -inf: e = 0), not 0 * -inf
 }
 
 // The header's merge rule for two lanes' states.  Which one is "hi" (the larger max; on a tie
@@ -391,7 +391,8 @@ __global__ void __launch_bounds__(kThreads) rowwise_kernel(Ptrs<scalar_t, label_
           if (softmax) {
             const acc_t pk = fl::exp(xs[k] - st.m) * o.inv_z;
             const acc_t qk = c == st.amax ? rest_z : acc_t(1) - pk;
-            g = rowwise::grad_elem(o, pk, qk, coef);
+            // dense labels (smoothing, Poly-1): the label class's coefficient from finish_row (Cy)
+            g = labels && d.label_dense ? rowwise::label_grad_elem(o, cf, in.y, pk, qk, coef) : rowwise::grad_elem(o, pk, qk, coef);
           } else {
             g = acc_t(0) - coef;
           }

@@ -55,6 +55,8 @@
 // and the gradient.  NaN in a row's logits propagates to its loss and gradient.
 #pragma once
 
+#include <limits>
+
 #include "fastloss/common.h"
 #include "kernels/pointwise.h"  // pow_q
 
@@ -102,6 +104,7 @@ struct Row {
   T loss;      // the row's loss, times s_out (exactly 0 for an ignored row)
   T U, E, F;   // g_k = (U - (E + F) a_k) p_k - F a_k q_k
   T inv_z;     // 1 / Z
+  T Cy;        // labels: U - (E + F) a_y of the label class, formed without cancellation (label_grad_elem)
 };
 
 // d (m - x) for the dense sums: 0 where d = 0 (even for x = -inf, a masked logit)
@@ -147,9 +150,12 @@ FL_HOST_DEVICE FL_INLINE Row<T> finish_row(int loss, int target, const Params<S>
   const T zero(0), one(1);
   Row<T> o;
   o.inv_z = one / (one + st.rest);
+  // a +inf logit: the softmax is NaN (+inf - +inf), on every backend the same -- not an
+  // infinite gradient from an exp of NaN that some vector exps return as +inf
+  o.inv_z = fl::select(st.m == T(std::numeric_limits<S>::infinity()), T(std::numeric_limits<S>::quiet_NaN()), o.inv_z);
   const T log_z = fl::log1p(st.rest);
   const T eps(p.epsilon);
-  T L = zero, U = zero, E = zero, F = one;
+  T L = zero, U = zero, E = zero, F = one, Cy = zero;
   if (loss == kNLL) {  // log-probabilities in: L = -a_y x_y, g_k = -a_k
     L = zero - r * wy * st.xa;
   } else if (target == kLabels) {
@@ -166,11 +172,13 @@ FL_HOST_DEVICE FL_INLINE Row<T> finish_row(int loss, int target, const Params<S>
       F = g;
     } else {  // cross entropy, Poly-1
       const T hard = T(p.keep) * wy * r, uni = T(p.uniform) * r;
+      const T wyu = p.uniform != S(0) ? wy : zero;  // the smoothing's w_y (a_y = hard + uni w_y)
       L = hard * lse_y;
       U = hard;
       if (p.uniform != S(0)) {
         L = L + uni * dense_cross_entropy(st.dsum, st.dmass, log_z);
         U = U + uni * st.dmass;
+        Cy = uni * (st.dmass - wyu);  // U - a_y: hard - hard cancels exactly here, not in rounding
       }
       if (loss == kPoly1CrossEntropy) {
         const T P = hard * py + uni * st.dexp * o.inv_z;
@@ -178,6 +186,9 @@ FL_HOST_DEVICE FL_INLINE Row<T> finish_row(int loss, int target, const Params<S>
         L = L + eps * a_minus_p;
         U = U + eps * P;
         E = eps;
+        // + eps (P - a_y), with P - hard = -hard q_y + uni dexp / Z (p_y - 1 = -q_y: no cancellation
+        // for a confident row, where U - (E + F) a_y would lose it all)
+        Cy = Cy + eps * ((uni * st.dexp * o.inv_z - hard * qy) - uni * wyu);
       }
     }
   } else if (target == kProbs) {
@@ -201,6 +212,7 @@ FL_HOST_DEVICE FL_INLINE Row<T> finish_row(int loss, int target, const Params<S>
   o.U = fl::select(valid, U, zero);
   o.E = fl::select(valid, E, zero);
   o.F = fl::select(valid, F, zero);
+  o.Cy = fl::select(valid, Cy, zero);
   return o;
 }
 
@@ -226,6 +238,7 @@ FL_HOST_DEVICE FL_INLINE Row<T> cross_entropy_row(const T& mass) {
   o.E = T(0);
   o.F = T(1);
   o.inv_z = T(0);
+  o.Cy = T(0);
   return o;
 }
 
@@ -234,6 +247,12 @@ FL_HOST_DEVICE FL_INLINE Row<T> cross_entropy_row(const T& mass) {
 template <typename T>
 FL_HOST_DEVICE FL_INLINE T grad_elem(const Row<T>& o, const T& p, const T& q, const T& a) {
   return (o.U - (o.E + o.F) * a) * p - o.F * a * q;
+}
+
+// grad_elem() of a labels row: the label class k = y takes its coefficient Cy from finish_row().
+template <typename T>
+FL_HOST_DEVICE FL_INLINE T label_grad_elem(const Row<T>& o, const T& k, const T& y, const T& p, const T& q, const T& a) {
+  return fl::select(k == y, o.Cy * p - o.F * a * q, grad_elem(o, p, q, a));
 }
 
 }  // namespace rowwise

@@ -428,7 +428,7 @@ def nll_loss(input, target, weight=None, ignore_index=-100, reduction="mean", av
     return loss.squeeze(0) if unbatched and reduction == "none" else loss
 
 
-def softmax_focal_loss(input, target, alpha=0.25, gamma=2.0, weight=None, reduction="mean", avg_factor=None, *, ignore_index=None,
+def softmax_focal_loss(input, target, *, alpha=0.25, gamma=2.0, weight=None, reduction="mean", avg_factor=None, ignore_index=None,
                        sample_weight=None, backend=None):
     """Softmax focal loss (Lin et al., arXiv 1708.02002) with mmcv's semantics
     (``mmcv.ops.softmax_focal_loss``): per row -alpha_y (1 - p_y)^gamma log p_y, times the class
@@ -439,7 +439,8 @@ def softmax_focal_loss(input, target, alpha=0.25, gamma=2.0, weight=None, reduct
         target: integer class indices (N, ...) in [0, C); a negative label (mmcv) or
             ``ignore_index`` leaves its row out (loss and gradient 0).
         alpha: a number >= 0 (mmcv's scalar), or a tensor (C,) of per-class alphas.
-        gamma: >= 0 (0 gives alpha-weighted cross entropy).
+        gamma: >= 0 (0 gives alpha-weighted cross entropy).  alpha and gamma are keyword-only:
+            mmcv's positional order is (gamma, alpha), torchvision's sigmoid form (alpha, gamma).
         weight: class weights (C,), mmcv's ``weight``.
         reduction: "none" | "sum" | "mean" -- mmcv's mean: the sum over the number of rows
             (ignored rows included).  avg_factor: mmdetection's normaliser.
@@ -451,7 +452,7 @@ def softmax_focal_loss(input, target, alpha=0.25, gamma=2.0, weight=None, reduct
     return _focal("softmax_focal_loss", input, target, alpha, gamma, 0.0, weight, reduction, avg_factor, ignore_index, sample_weight, backend)
 
 
-def poly1_softmax_focal_loss(input, target, alpha=0.25, gamma=2.0, epsilon=1.0, weight=None, reduction="mean", avg_factor=None, *,
+def poly1_softmax_focal_loss(input, target, *, alpha=0.25, gamma=2.0, epsilon=1.0, weight=None, reduction="mean", avg_factor=None,
                              ignore_index=None, sample_weight=None, backend=None):
     """Poly-1 softmax focal loss (PolyLoss, arXiv 2204.12511): :func:`softmax_focal_loss` plus
     epsilon (1 - p_y)^(gamma + 1) per row (times the class and sample weights, not alpha, as

@@ -66,6 +66,7 @@ def _rows(input, target, class_weight, class_alpha, sample_weight, loss, kind, p
     q = torch.where(is_amax, rest * inv_z, 1.0 - p)
     U = E = None
     F = torch.ones_like(m)
+    Cy = None  # labels with smoothing / Poly-1: the label class's coefficient (header: Row::Cy)
     r1 = r.unsqueeze(1)
 
     def dense_sums(d):
@@ -94,13 +95,17 @@ def _rows(input, target, class_weight, class_alpha, sample_weight, loss, kind, p
             w = class_weight.to(acc).view(1, C, 1) if class_weight is not None else x.new_ones((1, C, 1))
             L, U, E = hard * lse_y, hard, torch.zeros_like(m)
             dsum, dmass, dexp = dense_sums(w.expand_as(x))
+            wyu = w.expand(1, C, 1).reshape(C)[y].unsqueeze(1) if uniform != 0 else zero
+            Cy = torch.zeros_like(m)
             if uniform != 0:
                 L = L + uni * (dsum + dmass * log_z)
                 U = U + uni * dmass
+                Cy = uni * (dmass - wyu)
             if loss == POLY1_CROSS_ENTROPY:
                 P = hard * py + uni * dexp * inv_z
                 L = L + eps * (hard * qy + uni * (dmass - dexp * inv_z))
                 U, E = U + eps * P, torch.full_like(m, eps)
+                Cy = Cy + eps * ((uni * dexp * inv_z - hard * qy) - uni * wyu)  # P - a_y with p_y - 1 = -q_y
             a = torch.where(k == y1, hard, zero) + uni * w
     elif kind == PROBS:
         t = target.to(acc)
@@ -116,7 +121,8 @@ def _rows(input, target, class_weight, class_alpha, sample_weight, loss, kind, p
         a = r1 * d
     elif kind == BINS:
         v = target.to(acc).reshape(B, 1, S)
-        v = torch.where(v < 0, zero, torch.where(v > bins_hi, torch.full_like(v, bins_hi), v))
+        hi = min(bins_hi, C - 1.0)  # never past the last bin (bins_hi may be the op's C - 1/2 sentinel)
+        v = torch.where(v < 0, zero, torch.where(v > hi, torch.full_like(v, hi), v))
         yl = torch.floor(v)
         wl, wr = (yl + 1.0) - v, v - yl
         yl_i = torch.where(torch.isfinite(yl), yl, 0.0).long().clamp(0, C - 1)
@@ -132,14 +138,19 @@ def _rows(input, target, class_weight, class_alpha, sample_weight, loss, kind, p
         mz, amaxz = z.max(dim=1, keepdim=True)
         ez_ = torch.exp(z - mz)
         restz = torch.where(k == amaxz, zero, ez_).sum(1, keepdim=True)
-        ez = (ez_ * (z - x)).sum(1, keepdim=True)
+        ez = torch.where(ez_ == 0, zero, ez_ * (z - x)).sum(1, keepdim=True)  # a masked teacher class (z = -inf): 0, not 0 * -inf
         L = r1 * (ez / (1.0 + restz) + (m - mz) + (log_z - torch.log1p(restz)))
         U, E = r1.expand_as(m), torch.zeros_like(m)
         a = r1 * ez_ / (1.0 + restz)
     v1 = valid.unsqueeze(1)
     L = torch.where(v1, L * out_scale, zero)
     U, E, F = (torch.where(v1, t_, zero) for t_ in (U, E, F))
+    inv_z = torch.where(m == float("inf"), float("nan"), inv_z)  # a +inf logit: NaN softmax (header: finish_row)
+    p = e * inv_z
     g = (U - (E + F) * a) * p - F * a * q
+    if Cy is not None:  # label_grad_elem()
+        Cy = torch.where(v1, Cy, zero)
+        g = torch.where(k == y.unsqueeze(1), Cy * p - F * a * q, g)
     g = torch.where(v1, g * (in_scale * out_scale), zero)
     return L.squeeze(1), g, norm, valid
 
