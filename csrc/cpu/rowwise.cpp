@@ -210,6 +210,13 @@ std::vector<Partial> rowwise_cpu(const Args& a, const at::Tensor& upstream, at::
                  teacher = kKind == rowwise::kTeacher;
   constexpr bool label_dense = labels && kDense;  // the dense target sums (dsum, dmass, dexp) of smoothed labels / Poly-1
   const bool scaled = p.in_scale != acc_t(1);
+  const bool poly1 = loss == rowwise::kPoly1CrossEntropy;  // only Poly-1 needs dexp
+  // dmass of smoothed labels: sum_c w_c (C without class weights), the same for every row
+  acc_t mass = acc_t(0);
+  if constexpr (label_dense) {
+    for (int64_t c = 0; c < C; ++c) mass += a.class_weight.defined() ? a.class_weight.const_data_ptr<acc_t>()[c] : acc_t(1);
+  }
+  const Vec<acc_t> label_mass(mass);
   const scalar_t* x_ptr = a.input.const_data_ptr<scalar_t>();
   const scalar_t* t_ptr = (probs || teacher) ? a.target.const_data_ptr<scalar_t>() : nullptr;
   const acc_t* w_ptr = a.class_weight.defined() ? a.class_weight.const_data_ptr<acc_t>() : nullptr;
@@ -286,11 +293,10 @@ std::vector<Partial> rowwise_cpu(const Args& a, const at::Tensor& upstream, at::
           if (!softmax) continue;
           const Vec<acc_t> e = (x - m).exp_u20();  // ATen softmax's exp (<= 20 ulp), argument <= 0
           rest = rest + Vec<acc_t>::blendv(e, zero, amax == cf);
-          if constexpr (label_dense) {
+          if constexpr (label_dense) {  // d_c = w_c: dmass is the call's constant (below)
             const Vec<acc_t> dc(w_ptr != nullptr ? w_ptr[c] : acc_t(1));
             dsum = dsum + rowwise::dense_term(dc, m, x);
-            dmass = dmass + dc;
-            dexp = dexp + dc * e;
+            if (poly1) dexp = dexp + dc * e;
           } else if constexpr (probs) {
             const Vec<acc_t> t = load_rows<acc_t>(t_ptr + b * tv.sb + s * tv.ss + c * tv.sc, tv.ss, n);
             Vec<acc_t> dc = t;
@@ -313,6 +319,7 @@ std::vector<Partial> rowwise_cpu(const Args& a, const at::Tensor& upstream, at::
           }
           xb[c] = e;
         }
+        if constexpr (label_dense) dmass = label_mass;
         const rowwise::Stats<Vec<acc_t>> st{m, rest, amax, xa, xbin, dsum, dmass, dexp, ent, mz, restz, ez};
         const rowwise::Row<Vec<acc_t>> o = rowwise::finish_row(loss, kind, p, st, valid, d.r, d.y, d.wy, d.ay, d.wl, d.wr);
         if constexpr (!kBackward) {
