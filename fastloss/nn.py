@@ -12,11 +12,20 @@ import numbers
 import torch
 from torch import nn
 
+from fastloss import _backend
 from fastloss.ops import _common
 from fastloss.ops import box_iou as _box
 from fastloss.ops import dice as _dice
 from fastloss.ops import pointwise as _pw
 from fastloss.ops import rowwise as _rw
+
+
+def _checked_backend(backend):
+    """A module's ``backend`` argument: None or a known backend name (ValueError at
+    construction, not at the first forward)."""
+    if backend is not None:
+        _backend._check_name(backend)
+    return backend
 
 
 class _Loss(nn.Module):
@@ -55,7 +64,7 @@ class SigmoidFocalLoss(_Loss):
         self.alpha = _common.check_param("alpha", alpha, lambda a: a <= 1, "in [0, 1], or negative to disable the alpha weighting")
         self.gamma = _common.nonneg("gamma", gamma)
         self.reduction = _check_reduction(reduction)
-        self.backend = backend
+        self.backend = _checked_backend(backend)
 
     def forward(self, input, target, weight=None, avg_factor=None):
         return self._scaled(_pw.sigmoid_focal_loss(input, target, self.alpha, self.gamma, self.reduction, weight, avg_factor,
@@ -73,7 +82,7 @@ class BoxIoULoss(_Loss):
         _box._check_choice("fmt", fmt, _box.FMTS)
         self.kind, self.fmt, self.reduction = kind, fmt, _check_reduction(reduction)
         self.eps, self.power, self.gamma = _box._check_scalars(eps, power, gamma)
-        self.backend = backend
+        self.backend = _checked_backend(backend)
 
     def forward(self, pred, target, weight=None, avg_factor=None):
         return self._scaled(_box.box_iou_loss(pred, target, self.kind, self.reduction, weight, avg_factor, self.fmt, self.eps, self.power,
@@ -96,7 +105,7 @@ class _DiceFamily(_Loss):
         self.mode, self.from_logits, self.squared = mode, bool(from_logits), bool(squared)
         self.ignore_index = None if ignore_index is None else int(ignore_index)
         self.include_background, self.per_image, self.log = bool(include_background), bool(per_image), bool(log)
-        self.reduction, self.zero_empty, self.backend = reduction, bool(zero_empty), backend
+        self.reduction, self.zero_empty, self.backend = reduction, bool(zero_empty), _checked_backend(backend)
         if class_weights is not None:
             w = torch.as_tensor(class_weights, dtype=torch.float64).detach()
             if w.dim() != 1 or not bool(torch.isfinite(w).all() & (w >= 0).all()):
@@ -194,7 +203,7 @@ class _PointwiseLoss(_Loss):
     _fn = None
 
     def _setup(self, backend, **kwargs):
-        self.backend = backend
+        self.backend = _checked_backend(backend)
         for name, value in kwargs.items():
             setattr(self, name, value)
         self._repr_args = tuple(kwargs)
@@ -376,9 +385,12 @@ class _RowwiseLoss(_Loss):
     _buffers_args = ()
 
     def _setup(self, backend, buffers=None, **kwargs):
-        self.backend = backend
+        self.backend = _checked_backend(backend)
         for name, value in (buffers or {}).items():
-            self.register_buffer(name, None if value is None else torch.as_tensor(value).detach())
+            value = None if value is None else torch.as_tensor(value).detach()
+            if value is not None and value.dim() != 1:
+                raise ValueError(f"{name} must be one value per class (a 1-D tensor), got shape {tuple(value.shape)}")
+            self.register_buffer(name, value)
         self._buffers_args = tuple(buffers or {})
         for name, value in kwargs.items():
             setattr(self, name, value)

@@ -596,3 +596,18 @@ def test_review_api_regressions():
     pred, t = torch.randn(6, 32), torch.rand(6) * 40
     m = fastloss.nn.DistributionFocalLoss(max_target=30.99)
     helpers.assert_close(m(pred, t), fastloss.distribution_focal_loss(pred, t, max_target=30.99), torch.float32)
+
+
+def test_dfl_dtype_promotion_and_module_checks():
+    # the float target takes part in the dtype promotion (mmdetection: fp16 pred, fp32 target -> fp32)
+    p = torch.randn(5, 4, 17).half().requires_grad_()
+    loss = fastloss.distribution_focal_loss(p, torch.rand(5, 4) * 16)
+    assert loss.dtype == torch.float32
+    loss.backward()
+    assert p.grad.dtype == torch.float16
+    assert fastloss.distribution_focal_loss(torch.randn(5, 17), torch.rand(5, dtype=torch.float64) * 16).dtype == torch.float64
+    # module arguments fail at construction: an unknown backend, a class vector that is not 1-D
+    for make in (lambda: fastloss.nn.CrossEntropyLoss(backend="gpu"), lambda: fastloss.nn.L1Loss(backend="gpu"),
+                 lambda: fastloss.nn.DiceLoss(backend="gpu"), lambda: fastloss.nn.CrossEntropyLoss(weight=torch.ones(2, 5))):
+        with pytest.raises(ValueError):
+            make()

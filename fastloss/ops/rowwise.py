@@ -264,7 +264,7 @@ def _run(op, input, target, kind, params, reduction, *, class_weight=None, class
     the counted rows), "count" (the counted rows: mmdetection's avg_non_ignore) or "rows" (all
     rows, ignored ones included)."""
     code = _common.check_reduction(reduction, avg_factor)
-    dtype = _common.compute_dtype(input, target if kind in (TARGETS["probs"], TARGETS["teacher"]) else None)
+    dtype = _common.compute_dtype(input, None if kind == TARGETS["labels"] else target)  # a float target takes part (DESIGN)
     x = input.to(dtype)
     rows_shape = x.shape[:class_dim] + x.shape[class_dim + 1:] if class_dim == 1 else x.shape[:-1]
     x3 = _view(x, class_dim)
@@ -499,7 +499,8 @@ def distribution_focal_loss(pred, target, weight=None, reduction="mean", avg_fac
             ``distribution_focal_loss(pred.view(-1, 4, reg_max), target, reduction="none",
             max_target=reg_max - 1.01).mean(-1, keepdim=True)``.
 
-    Returns the loss in pred's dtype (fp32 under autocast)."""
+    Returns the loss in the promoted dtype of pred and target (mmdetection: fp16 pred with an
+    fp32 target gives fp32), fp32 under autocast."""
     op = "distribution_focal_loss"
     _common.check_logits("pred", pred)
     _check_tensor("target", target)
