@@ -339,8 +339,40 @@ std::vector<Partial> rowwise_cpu(const Args& a, const at::Tensor& upstream, at::
         const Vec<acc_t> uni = Vec<acc_t>(p.uniform) * d.r;
         const Vec<acc_t> rest_z = st.rest * o.inv_z;
         const Vec<acc_t> teacher_scale = d.r / (Vec<acc_t>(acc_t(1)) + st.restz);
+        // labels, every loss but Poly-1: off the label a_k = uni w_k (0 without smoothing) and
+        // E = 0, so there g_k = U p_k - a_k -- one multiply (and a subtract when smoothing) per
+        // logit; the label class's g_y (from its own p_y -- the bits the loop would form -- and
+        // q_y, with finish_row's Cy when smoothing) is blended in
+        const bool label_fast = labels && softmax && !poly1;
+        Vec<acc_t> off_label = zero, at_label = zero, uni_s = zero;
+        if constexpr (labels) {
+          if (label_fast) {
+            off_label = o.U * o.inv_z * scale;
+            uni_s = uni * scale;
+            const Vec<acc_t> py = (st.xa - st.m).exp_u20() * o.inv_z;
+            const Vec<acc_t> qy = Vec<acc_t>::blendv(Vec<acc_t>(acc_t(1)) - py, rest_z, st.amax == d.y);
+            const Vec<acc_t> ay = label_dense ? hard + uni * d.wy : hard;
+            const Vec<acc_t> cy = label_dense ? o.Cy : o.U - (o.E + o.F) * ay;  // plain labels: exactly 0
+            at_label = (cy * py - o.F * ay * qy) * scale;
+          }
+        }
         for (int64_t c = 0; c < C; ++c) {
           const Vec<acc_t> cf(static_cast<acc_t>(c));
+          if constexpr (labels) {
+            if (label_fast) {
+              Vec<acc_t> g = xb[c] * off_label;
+              if constexpr (label_dense) g = g - uni_s * Vec<acc_t>(w_ptr != nullptr ? w_ptr[c] : acc_t(1));
+              g = Vec<acc_t>::blendv(zero, Vec<acc_t>::blendv(g, at_label, cf == d.y), valid);  // ignored rows: exactly 0
+              if (g_rows) {
+                g.store(tile.data() + c * V);
+              } else if constexpr (kBackward) {
+                store_rows<acc_t>(gs_ptr + b * gv.sb + s * gv.ss + c * gv.sc, gv.ss, g, n);
+              } else {
+                store_rows<acc_t>(g_ptr + b * gv.sb + s * gv.ss + c * gv.sc, gv.ss, g, n);
+              }
+              continue;
+            }
+          }
           Vec<acc_t> coef;
           if constexpr (labels) {
             const bool with_uni = label_dense && p.uniform != acc_t(0);
