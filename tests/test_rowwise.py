@@ -611,3 +611,28 @@ def test_dfl_dtype_promotion_and_module_checks():
                  lambda: fastloss.nn.DiceLoss(backend="gpu"), lambda: fastloss.nn.CrossEntropyLoss(weight=torch.ones(2, 5))):
         with pytest.raises(ValueError):
             make()
+
+
+@pytest.mark.parametrize("device,backend", helpers.device_backend_params())
+def test_masked_student_and_teacher_classes(device, backend):
+    """A masked student class (x = -inf) whose teacher mass underflows to 0 only against a max
+    that comes later (an online rescale of exp(-200) = 0 in fp32, after the term was +inf) is
+    finite, as the fp32 spec; an all-masked teacher row is NaN."""
+    helpers.require_backend(device, backend)
+    x = torch.randn(3, 1030, device=device)
+    x[:, 0] = float("-inf")
+    z = torch.randn(3, 1030, device=device)
+    z[:, 0] = 0.0
+    z[:, 1000] = 200.0  # a later chunk (Triton: 512 classes per chunk) / lane
+    got = fastloss.distillation_kl_div(x, z, backend=backend)
+    want = fastloss.distillation_kl_div(x.cpu(), z.cpu(), backend="reference")
+    assert torch.isfinite(got)
+    torch.testing.assert_close(got.cpu(), want, rtol=1e-4, atol=1e-5)
+    z_all = torch.full((2, 5), float("-inf"), device=device)
+    assert torch.isnan(fastloss.distillation_kl_div(torch.randn(2, 5, device=device), z_all, reduction="none", backend=backend)).all()
+
+
+def test_class_axis_limit():
+    x = torch.zeros(1).expand(1, 2**24 + 1)  # stride 0: no memory
+    with pytest.raises(ValueError, match="2\\^24"):
+        fastloss.cross_entropy(x, torch.zeros(1, dtype=torch.long))

@@ -15,7 +15,7 @@ exp(x_c - m) over c != amax (Z = 1 + rest: q at the argmax is rest / Z, log Z = 
 no cancellation for a confident row), x at the label / bins, the dense-target sums dsum / dmass
 / dexp / ent, and the teacher's mz / restz / ez.
 
-Online softmax: the class axis is read in chunks of BLOCK_C (no limit on C) and each chunk is
+Online softmax: the class axis is read in chunks of BLOCK_C (any C up to the op's 2^24) and each chunk is
 merged into the running state as the header says -- the old sums are rescaled by
 exp(m_old - m_new), the old max's own term (1) joins rest when a chunk holds a strictly larger
 max (the earlier chunk keeps amax on a tie), dsum shifts by dmass (m_new - m_old) (every term
@@ -226,7 +226,8 @@ def _row_stats(x_ptr, t_ptr, w_ptr, xrow, trow, rmask, y, yl, C, sxc, stc, keep,
             ownz = takez[:, None] & (c[None, :] == idz[:, None])
             restz = (restz + tl.where(takez, 1.0, 0.0)) * scalez + tl.sum(tl.where(ownz, 0.0, ezc), axis=1)
             # sum exp(z - mz) (z - x); padded classes out (-inf - -inf)
-            ez = ez * scalez + tl.sum(tl.where(cmask[None, :], _dense_term(ezc, z, x), 0.0), axis=1)  # 0 at a masked z = -inf
+            # an underflowed rescale drops the old ez (+inf from a masked student class: not inf * 0)
+            ez = tl.where(scalez == 0.0, 0.0, ez * scalez) + tl.sum(tl.where(cmask[None, :], _dense_term(ezc, z, x), 0.0), axis=1)
             mz = mz_new
         m = m_new
     return m, rest, amax, xa, xb, dsum, dmass, dexp, ent, mz, restz, ez
@@ -297,6 +298,7 @@ def _finish_row(m, rest, amax, xa, xb, dsum, dmass, dexp, ent, mz, restz, valid,
         U = r * (wl + wr)
     else:  # teacher logits: sum_c t_c (z_c - x_c) + (m + log Z) - (mz + log Zz)
         L = r * (ez / (1.0 + restz) + (m - mz) + (log_z - _math.log1p(restz)))
+        L = tl.where(mz == float("-inf"), float("nan"), L)  # an all-masked teacher row: no distribution
         U = r
     loss = tl.where(valid, L * out_scale, 0.0)
     return loss, tl.where(valid, U, 0.0), tl.where(valid, E, 0.0), tl.where(valid, F, 0.0), inv_z, tl.where(valid, Cy, 0.0)

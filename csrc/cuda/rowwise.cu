@@ -8,7 +8,7 @@
 //             adjacent threads own adjacent pixels, so every class step is a coalesced load.
 //   G = 2-32  class axis contiguous ((N, C), channels_last): the next power of two >= C, at
 //             most a warp; lane j owns classes j, j + G, j + 2G, ... (a warp load covers G
-//             adjacent classes of 32 / G rows).  Long class axes are plain loops: no limit on C.
+//             adjacent classes of 32 / G rows).  Long class axes are plain loops (C up to 2^24: the op checks).
 // Each lane runs an online softmax over its classes, loading kUnroll classes before using them
 // (memory-level parallelism): running max m and first argmax, rest = the sum of the other
 // exponentials (rescaled by exp(m_old - m_new) on a max change), and the dense-target sums of
@@ -170,14 +170,16 @@ __device__ __forceinline__ void push_dense(State<acc_t>& s, acc_t d, acc_t x, ac
 }
 
 // A teacher logit z_c (with the student's x_c) joins the teacher sums, as push_x does for x;
-// ez takes exp(z - mz) (z - x) as the spec does (NaN for z = -inf, as the reference).
+// ez takes exp(z - mz) (z - x) as the spec does (0 for a masked class z = -inf).  A rescale
+// factor that underflowed to 0 drops the old ez outright: a masked student class (x = -inf)
+// makes it +inf, and inf * 0 would be NaN where the spec (final max first) has 0.
 template <typename acc_t>
 __device__ __forceinline__ void push_z(State<acc_t>& s, int64_t c, acc_t z, acc_t x) {
   acc_t e;
   if (z > s.mz) {
     const acc_t sc = fl::exp(s.mz - z);
     s.restz = (s.restz + acc_t(1)) * sc;
-    s.ez = s.ez * sc;
+    s.ez = sc == acc_t(0) ? acc_t(0) : s.ez * sc;
     s.mz = z;
     s.amaxz = c;
     e = acc_t(1);
@@ -222,7 +224,7 @@ __device__ __forceinline__ State<acc_t> merge(const State<acc_t>& a, const State
     o.mz = hz.mz;
     o.amaxz = hz.amaxz;
     o.restz = hz.restz + (lz.restz + acc_t(1)) * ez;
-    o.ez = hz.ez + lz.ez * ez;
+    o.ez = hz.ez + (ez == acc_t(0) ? acc_t(0) : lz.ez * ez);  // as push_z: an underflowed scale drops the term
   }
   return o;
 }

@@ -206,6 +206,8 @@ FL_HOST_DEVICE FL_INLINE Row<T> finish_row(int loss, int target, const Params<S>
     U = r * (wl + wr);
   } else {  // teacher logits: sum_c t_c (z_c - x_c) + (m + log Z) - (mz + log Zz)
     L = r * (st.ez / (one + st.restz) + (st.m - st.mz) + (log_z - fl::log1p(st.restz)));
+    // an all-masked teacher row (every z = -inf) has no distribution: NaN, as the spec
+    L = fl::select(st.mz == T(-std::numeric_limits<S>::infinity()), T(std::numeric_limits<S>::quiet_NaN()), L);
     U = r;
   }
   o.loss = fl::select(valid, L * T(p.out_scale), zero);

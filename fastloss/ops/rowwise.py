@@ -51,6 +51,7 @@ from fastloss.reference import rowwise as reference
 LOSSES = {"cross_entropy": 0, "nll_loss": 1, "softmax_focal_loss": 2, "poly1_cross_entropy": 3, "distillation_kl_div": 4,
           "distribution_focal_loss": 0}
 TARGETS = {"labels": 0, "probs": 1, "bins": 2, "teacher": 3}
+MAX_CLASSES = 2**24  # class indices are exact in fp32 lanes up to here (CPU vector lanes, CUDA's label compare)
 N_PARAMS = 8
 LABEL_DTYPES = (torch.uint8, torch.int32, torch.int64)
 OP_ARGS = ("input", "target", "class_weight", "class_alpha", "sample_weight", "target_kind", "params", "ignore_index", "reduction",
@@ -269,6 +270,8 @@ def _run(op, input, target, kind, params, reduction, *, class_weight=None, class
     rows_shape = x.shape[:class_dim] + x.shape[class_dim + 1:] if class_dim == 1 else x.shape[:-1]
     x3 = _view(x, class_dim)
     B, C, S = x3.shape
+    if C > MAX_CLASSES:
+        raise ValueError(f"{op}: at most 2^24 = {MAX_CLASSES} classes (the kernels compare class indices in fp32), got C = {C}")
     if kind == TARGETS["labels"]:
         t = target if target.dtype in LABEL_DTYPES else target.to(torch.int64)
         t = t.reshape(B, S).contiguous()
