@@ -28,7 +28,7 @@
 // Bins targets are clamped to [0, min(bins_hi, C - 1)] before they pick classes.
 // Deterministic: each thread adds its rows' losses in a fixed order, block_sum() (fixed-order
 // shuffles) gives one partial per block, and one at::sum in double adds the partials -- their
-// count depends on the problem size only; no float atomics.  The backward's scalar upstream
+// count depends on the problem (shape and class stride: G) only, not the GPU; no float atomics.  The backward's scalar upstream
 // gradient is read on the device (no host sync).
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
@@ -58,7 +58,7 @@ using rowwise::View;
 constexpr int kThreads = 256;
 constexpr int kUnroll = 4;            // classes a lane loads before it uses them
 constexpr int kWarp = 32;
-constexpr int64_t kMaxBlocks = 8192;  // fixed cap (not SM-dependent): the partial count depends on the problem size only
+constexpr int64_t kMaxBlocks = 8192;  // fixed cap (not SM-dependent): the partial count depends on the problem, not the GPU
 
 // The kernel's pointers (nullptr where absent).
 template <typename scalar_t, typename label_t>
