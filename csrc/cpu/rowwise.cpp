@@ -356,6 +356,17 @@ std::vector<Partial> rowwise_cpu(const Args& a, const at::Tensor& upstream, at::
             at_label = (cy * py - o.F * ay * qy) * scale;
           }
         }
+        // class c's gradient lanes: into the tile (row-major output, transposed out below) or
+        // straight to the output (the forward's stored gradient, or the backward's)
+        auto store_class = [&](int64_t c, const Vec<acc_t>& g) {
+          if (g_rows) {
+            g.store(tile.data() + c * V);
+          } else if constexpr (kBackward) {
+            store_rows<acc_t>(gs_ptr + b * gv.sb + s * gv.ss + c * gv.sc, gv.ss, g, n);
+          } else {
+            store_rows<acc_t>(g_ptr + b * gv.sb + s * gv.ss + c * gv.sc, gv.ss, g, n);
+          }
+        };
         for (int64_t c = 0; c < C; ++c) {
           const Vec<acc_t> cf(static_cast<acc_t>(c));
           if constexpr (labels) {
@@ -363,13 +374,7 @@ std::vector<Partial> rowwise_cpu(const Args& a, const at::Tensor& upstream, at::
               Vec<acc_t> g = xb[c] * off_label;
               if constexpr (label_dense) g = g - uni_s * Vec<acc_t>(w_ptr != nullptr ? w_ptr[c] : acc_t(1));
               g = Vec<acc_t>::blendv(zero, Vec<acc_t>::blendv(g, at_label, cf == d.y), valid);  // ignored rows: exactly 0
-              if (g_rows) {
-                g.store(tile.data() + c * V);
-              } else if constexpr (kBackward) {
-                store_rows<acc_t>(gs_ptr + b * gv.sb + s * gv.ss + c * gv.sc, gv.ss, g, n);
-              } else {
-                store_rows<acc_t>(g_ptr + b * gv.sb + s * gv.ss + c * gv.sc, gv.ss, g, n);
-              }
+              store_class(c, g);
               continue;
             }
           }
@@ -394,28 +399,20 @@ std::vector<Partial> rowwise_cpu(const Args& a, const at::Tensor& upstream, at::
           } else {
             g = zero - coef;
           }
-          g = Vec<acc_t>::blendv(zero, g * scale, valid);  // an ignored row: exactly 0, also over NaN logits
-          if (g_rows) {
-            g.store(tile.data() + c * V);
-          } else if constexpr (kBackward) {
-            store_rows<acc_t>(gs_ptr + b * gv.sb + s * gv.ss + c * gv.sc, gv.ss, g, n);
-          } else {
-            store_rows<acc_t>(g_ptr + b * gv.sb + s * gv.ss + c * gv.sc, gv.ss, g, n);
-          }
+          store_class(c, Vec<acc_t>::blendv(zero, g * scale, valid));  // an ignored row: exactly 0, also over NaN logits
         }
-        if (g_rows) {
+        if (g_rows) {  // the tile's rows out to the gradient (input's dtype in the backward, acc_t in the forward)
+          auto rows_out = [&](auto* dst) {
+            if (g_dense) {
+              tile_to_dense_rows(tile.data(), n, C, dst, stage.data());
+            } else {
+              tile_to_rows(tile.data(), n, C, dst, gv.ss);
+            }
+          };
           if constexpr (kBackward) {
-            if (g_dense) {
-              tile_to_dense_rows(tile.data(), n, C, gs_ptr + b * gv.sb + s * gv.ss, stage.data());
-            } else {
-              tile_to_rows(tile.data(), n, C, gs_ptr + b * gv.sb + s * gv.ss, gv.ss);
-            }
+            rows_out(gs_ptr + b * gv.sb + s * gv.ss);
           } else {
-            if (g_dense) {
-              tile_to_dense_rows(tile.data(), n, C, g_ptr + b * gv.sb + s * gv.ss, stage.data());
-            } else {
-              tile_to_rows(tile.data(), n, C, g_ptr + b * gv.sb + s * gv.ss, gv.ss);
-            }
+            rows_out(g_ptr + b * gv.sb + s * gv.ss);
           }
         }
       }
