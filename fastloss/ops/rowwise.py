@@ -561,24 +561,6 @@ def distillation_kl_div(input, target, temperature=1.0, target_logits=True, t_sq
 # ====================================================================== backends
 
 
-def _reference_forward(input, target, class_weight, class_alpha, sample_weight, loss, kind, params, ignore_index, reduction, with_grad):
-    return reference.forward(input, target, class_weight, class_alpha, sample_weight, loss, kind, params, ignore_index, reduction, with_grad)
-
-
-def _reference_backward(grad, input, target, class_weight, class_alpha, sample_weight, loss, kind, params, ignore_index, reduction):
-    return reference.backward(grad, input, target, class_weight, class_alpha, sample_weight, loss, kind, params, ignore_index, reduction)
-
-
-def _native_forward(input, target, class_weight, class_alpha, sample_weight, loss, kind, params, ignore_index, reduction, with_grad):
-    return torch.ops.fastloss.rowwise_forward_native(input, target, class_weight, class_alpha, sample_weight, loss, kind, params, ignore_index,
-                                                     reduction, with_grad)
-
-
-def _native_backward(grad, input, target, class_weight, class_alpha, sample_weight, loss, kind, params, ignore_index, reduction):
-    return torch.ops.fastloss.rowwise_backward_native(grad, input, target, class_weight, class_alpha, sample_weight, loss, kind, params,
-                                                      ignore_index, reduction)
-
-
 def _triton_forward(*args):
     from fastloss.triton_kernels import rowwise as tk
 
@@ -591,10 +573,14 @@ def _triton_backward(*args):
     return tk.backward(*args)
 
 
+# every backend takes the compiled ops' calling convention (csrc/fastloss.cpp): the reference and
+# the native ops are registered as they are
+_native = hasattr(torch.ops.fastloss, "rowwise_forward_native")
 for _name in LOSSES:
-    _backend.register(_name, "reference", _reference_forward, _reference_backward, family="rowwise")
-    if _extension.has_cpu() and hasattr(torch.ops.fastloss, "rowwise_forward_native"):
-        _backend.register(_name, "cpu", _native_forward, _native_backward, family="rowwise")
-    if _extension.has_cuda() and hasattr(torch.ops.fastloss, "rowwise_forward_native"):
-        _backend.register(_name, "cuda", _native_forward, _native_backward, family="rowwise")
+    _backend.register(_name, "reference", reference.forward, reference.backward, family="rowwise")
+    if _extension.has_cpu() and _native:
+        _backend.register(_name, "cpu", torch.ops.fastloss.rowwise_forward_native, torch.ops.fastloss.rowwise_backward_native, family="rowwise")
+    if _extension.has_cuda() and _native:
+        _backend.register(_name, "cuda", torch.ops.fastloss.rowwise_forward_native, torch.ops.fastloss.rowwise_backward_native,
+                          family="rowwise")
     _backend.register(_name, "triton", _triton_forward, _triton_backward, family="rowwise")
