@@ -352,8 +352,8 @@ std::vector<Partial> rowwise_cpu(const Args& a, const at::Tensor& upstream, at::
             const Vec<acc_t> py = (st.xa - st.m).exp_u20() * o.inv_z;
             const Vec<acc_t> qy = Vec<acc_t>::blendv(Vec<acc_t>(acc_t(1)) - py, rest_z, st.amax == d.y);
             const Vec<acc_t> ay = label_dense ? hard + uni * d.wy : hard;
-            const Vec<acc_t> cy = label_dense ? o.Cy : o.U - (o.E + o.F) * ay;  // plain labels: exactly 0
-            at_label = (cy * py - o.F * ay * qy) * scale;
+            // the header's label-class gradient (Cy when smoothing; plain labels: U - (E + F) a_y = 0 exactly)
+            at_label = (label_dense ? rowwise::label_grad_elem(o, d.y, d.y, py, qy, ay) : rowwise::grad_elem(o, py, qy, ay)) * scale;
           }
         }
         // class c's gradient lanes: into the tile (row-major output, transposed out below) or
