@@ -367,7 +367,7 @@ def cross_entropy(input, target, weight=None, ignore_index=-100, reduction="mean
     Returns the loss in the promoted dtype of input and a float target (fp32 under autocast).
     Raises ValueError for bad shapes, labels outside [0, C) that are not ignore_index (CPU
     tensors; CUDA tensors in checked mode, :func:`fastloss.checked_labels`: unchecked, such a
-    row counts as ignored), parameters outside their domain."""
+    row counts as ignored), more than 2^24 classes, parameters outside their domain."""
     return _cross_entropy("cross_entropy", input, target, weight, ignore_index, reduction, label_smoothing, avg_factor, sample_weight,
                           avg_non_ignore, backend)
 
