@@ -128,7 +128,7 @@ def _incremental(base):
 ext_modules, cmdclass = extensions()
 
 setup(
-    packages=["fastloss", "fastloss.reference", "fastloss.ops", "fastloss.triton_kernels"],
+    packages=["fastloss", "fastloss.reference", "fastloss.ops", "fastloss.compat", "fastloss.triton_kernels"],
     package_dir={"fastloss": "fastloss", "fastloss.triton_kernels": "triton_kernels"},
     ext_modules=ext_modules,
     cmdclass=cmdclass,
