@@ -5,6 +5,14 @@ Every module has an explicit signature mirroring its function (an unknown argume
 domain is a ``ValueError`` there, not at the first forward), multiplies the loss by
 ``loss_weight`` (mmdetection's convention) and lists its arguments in its ``repr``.  Shapes,
 dtypes, units and the errors of ``forward`` are those of the function it names.
+
+Every module whose ``forward`` takes ``avg_factor`` takes the keyword-only constructor
+argument ``sync_avg_factor=False``: True makes ``forward`` divide by the mean of avg_factor over
+the ranks of torch.distributed's default group (mmdetection's ``reduce_mean``,
+:mod:`fastloss.distributed`), the same normaliser on every rank under DistributedDataParallel;
+nothing is communicated without an initialised process group.  ``forward`` then needs
+avg_factor (ValueError without); a reduction that cannot take avg_factor ("sum", "batchmean")
+with ``sync_avg_factor=True`` is a ValueError at construction.
 """
 import math
 import numbers
@@ -37,11 +45,20 @@ class _Loss(nn.Module):
         super().__init__()
         self.loss_weight = _common.check_param("loss_weight", loss_weight, lambda v: abs(v) < float("inf"), "finite")
 
+    def _set_sync(self, sync_avg_factor, reduction):
+        """Check and keep ``sync_avg_factor`` (modules whose forward takes avg_factor)."""
+        self.sync_avg_factor = bool(_common.flag("sync_avg_factor", sync_avg_factor))
+        if self.sync_avg_factor and reduction in ("sum", "batchmean"):
+            raise ValueError(f"sync_avg_factor=True synchronises avg_factor, which reduction={reduction!r} does not take; use "
+                             f'reduction="mean"')
+
     def _scaled(self, loss):
         return loss if self.loss_weight == 1.0 else loss * self.loss_weight
 
     def extra_repr(self):
         args = [f"{name}={getattr(self, name)!r}" for name in self._repr_args]
+        if getattr(self, "sync_avg_factor", False):
+            args.append("sync_avg_factor=True")
         if getattr(self, "backend", None) is not None:
             args.append(f"backend={self.backend!r}")
         return ", ".join(args + [f"loss_weight={self.loss_weight!r}"])
@@ -59,16 +76,17 @@ class SigmoidFocalLoss(_Loss):
 
     _repr_args = ("alpha", "gamma", "reduction")
 
-    def __init__(self, alpha=0.25, gamma=2.0, reduction="mean", loss_weight=1.0, *, backend=None):
+    def __init__(self, alpha=0.25, gamma=2.0, reduction="mean", loss_weight=1.0, *, sync_avg_factor=False, backend=None):
         super().__init__(loss_weight)
         self.alpha = _common.check_param("alpha", alpha, lambda a: a <= 1, "in [0, 1], or negative to disable the alpha weighting")
         self.gamma = _common.nonneg("gamma", gamma)
         self.reduction = _check_reduction(reduction)
+        self._set_sync(sync_avg_factor, self.reduction)
         self.backend = _checked_backend(backend)
 
     def forward(self, input, target, weight=None, avg_factor=None):
         return self._scaled(_pw.sigmoid_focal_loss(input, target, self.alpha, self.gamma, self.reduction, weight, avg_factor,
-                                                      backend=self.backend))
+                                                      sync_avg_factor=self.sync_avg_factor, backend=self.backend))
 
 
 class BoxIoULoss(_Loss):
@@ -76,17 +94,19 @@ class BoxIoULoss(_Loss):
 
     _repr_args = ("kind", "reduction", "fmt", "eps", "power", "gamma")
 
-    def __init__(self, kind="giou", reduction="mean", fmt="xyxy", eps=1e-7, power=1.0, gamma=0.5, loss_weight=1.0, *, backend=None):
+    def __init__(self, kind="giou", reduction="mean", fmt="xyxy", eps=1e-7, power=1.0, gamma=0.5, loss_weight=1.0, *, sync_avg_factor=False,
+                 backend=None):
         super().__init__(loss_weight)
         _box._check_choice("kind", kind, _box.KINDS)
         _box._check_choice("fmt", fmt, _box.FMTS)
         self.kind, self.fmt, self.reduction = kind, fmt, _check_reduction(reduction)
         self.eps, self.power, self.gamma = _box._check_scalars(eps, power, gamma)
+        self._set_sync(sync_avg_factor, self.reduction)
         self.backend = _checked_backend(backend)
 
     def forward(self, pred, target, weight=None, avg_factor=None):
         return self._scaled(_box.box_iou_loss(pred, target, self.kind, self.reduction, weight, avg_factor, self.fmt, self.eps, self.power,
-                                              self.gamma, backend=self.backend))
+                                              self.gamma, sync_avg_factor=self.sync_avg_factor, backend=self.backend))
 
 
 class _DiceFamily(_Loss):
@@ -202,8 +222,9 @@ class _PointwiseLoss(_Loss):
 
     _fn = None
 
-    def _setup(self, backend, **kwargs):
+    def _setup(self, backend, sync_avg_factor, **kwargs):
         self.backend = _checked_backend(backend)
+        self._set_sync(sync_avg_factor, kwargs["reduction"])
         for name, value in kwargs.items():
             setattr(self, name, value)
         self._repr_args = tuple(kwargs)
@@ -217,7 +238,8 @@ class _PointwiseLoss(_Loss):
         return {name: getattr(self, name) for name in self._repr_args}
 
     def _call(self, input, target, weight=None, avg_factor=None, **extra):
-        return type(self)._fn(input, target, weight=weight, avg_factor=avg_factor, backend=self.backend, **self._kwargs(), **extra)
+        return type(self)._fn(input, target, weight=weight, avg_factor=avg_factor, sync_avg_factor=self.sync_avg_factor,
+                              backend=self.backend, **self._kwargs(), **extra)
 
     def forward(self, input, target, weight=None, avg_factor=None):
         return self._scaled(self._call(input, target, weight, avg_factor))
@@ -228,9 +250,9 @@ class Poly1FocalLoss(_PointwiseLoss):
 
     _fn = staticmethod(_pw.poly1_focal_loss)
 
-    def __init__(self, alpha=0.25, gamma=2.0, epsilon=1.0, reduction="mean", loss_weight=1.0, *, backend=None):
+    def __init__(self, alpha=0.25, gamma=2.0, epsilon=1.0, reduction="mean", loss_weight=1.0, *, sync_avg_factor=False, backend=None):
         super().__init__(loss_weight)
-        self._setup(backend, alpha=alpha, gamma=gamma, epsilon=epsilon, reduction=reduction)
+        self._setup(backend, sync_avg_factor, alpha=alpha, gamma=gamma, epsilon=epsilon, reduction=reduction)
 
 
 class BCEWithLogitsLoss(_PointwiseLoss):
@@ -240,17 +262,17 @@ class BCEWithLogitsLoss(_PointwiseLoss):
 
     _fn = staticmethod(_pw.binary_cross_entropy_with_logits)
 
-    def __init__(self, pos_weight=None, label_smoothing=0.0, reduction="mean", loss_weight=1.0, *, backend=None):
+    def __init__(self, pos_weight=None, label_smoothing=0.0, reduction="mean", loss_weight=1.0, *, sync_avg_factor=False, backend=None):
         super().__init__(loss_weight)
         self.register_buffer("pos_weight", None if pos_weight is None else torch.as_tensor(pos_weight).detach())
-        self._setup(backend, label_smoothing=label_smoothing, reduction=reduction)
+        self._setup(backend, sync_avg_factor, label_smoothing=label_smoothing, reduction=reduction)
 
     def _validate(self):
         _pw.binary_cross_entropy_with_logits(torch.zeros(0), torch.zeros(0), backend="reference", **self._kwargs())
 
     def _call(self, input, target, weight=None, avg_factor=None):
         return _pw.binary_cross_entropy_with_logits(input, target, weight=weight, avg_factor=avg_factor, pos_weight=self.pos_weight,
-                                                   backend=self.backend, **self._kwargs())
+                                                   sync_avg_factor=self.sync_avg_factor, backend=self.backend, **self._kwargs())
 
 
 class BCELoss(_PointwiseLoss):
@@ -258,9 +280,9 @@ class BCELoss(_PointwiseLoss):
 
     _fn = staticmethod(_pw.binary_cross_entropy)
 
-    def __init__(self, reduction="mean", loss_weight=1.0, *, backend=None):
+    def __init__(self, reduction="mean", loss_weight=1.0, *, sync_avg_factor=False, backend=None):
         super().__init__(loss_weight)
-        self._setup(backend, reduction=reduction)
+        self._setup(backend, sync_avg_factor, reduction=reduction)
 
 
 class Poly1BCELoss(_PointwiseLoss):
@@ -268,9 +290,9 @@ class Poly1BCELoss(_PointwiseLoss):
 
     _fn = staticmethod(_pw.poly1_bce_loss)
 
-    def __init__(self, epsilon=1.0, reduction="mean", loss_weight=1.0, *, backend=None):
+    def __init__(self, epsilon=1.0, reduction="mean", loss_weight=1.0, *, sync_avg_factor=False, backend=None):
         super().__init__(loss_weight)
-        self._setup(backend, epsilon=epsilon, reduction=reduction)
+        self._setup(backend, sync_avg_factor, epsilon=epsilon, reduction=reduction)
 
 
 class QualityFocalLoss(_PointwiseLoss):
@@ -278,9 +300,9 @@ class QualityFocalLoss(_PointwiseLoss):
 
     _fn = staticmethod(_pw.quality_focal_loss)
 
-    def __init__(self, beta=2.0, reduction="mean", loss_weight=1.0, *, backend=None):
+    def __init__(self, beta=2.0, reduction="mean", loss_weight=1.0, *, sync_avg_factor=False, backend=None):
         super().__init__(loss_weight)
-        self._setup(backend, beta=beta, reduction=reduction)
+        self._setup(backend, sync_avg_factor, beta=beta, reduction=reduction)
 
 
 class VarifocalLoss(_PointwiseLoss):
@@ -289,9 +311,9 @@ class VarifocalLoss(_PointwiseLoss):
 
     _fn = staticmethod(_pw.varifocal_loss)
 
-    def __init__(self, alpha=0.75, gamma=2.0, iou_weighted=True, reduction="mean", loss_weight=1.0, *, backend=None):
+    def __init__(self, alpha=0.75, gamma=2.0, iou_weighted=True, reduction="mean", loss_weight=1.0, *, sync_avg_factor=False, backend=None):
         super().__init__(loss_weight)
-        self._setup(backend, alpha=alpha, gamma=gamma, iou_weighted=bool(iou_weighted), reduction=reduction)
+        self._setup(backend, sync_avg_factor, alpha=alpha, gamma=gamma, iou_weighted=bool(iou_weighted), reduction=reduction)
 
     def forward(self, input, target, weight=None, avg_factor=None, positive=None):
         return self._scaled(self._call(input, target, weight, avg_factor, positive=positive))
@@ -302,9 +324,9 @@ class GaussianFocalLoss(_PointwiseLoss):
 
     _fn = staticmethod(_pw.gaussian_focal_loss)
 
-    def __init__(self, alpha=2.0, gamma=4.0, reduction="mean", loss_weight=1.0, eps=1e-12, *, backend=None):
+    def __init__(self, alpha=2.0, gamma=4.0, reduction="mean", loss_weight=1.0, eps=1e-12, *, sync_avg_factor=False, backend=None):
         super().__init__(loss_weight)
-        self._setup(backend, alpha=alpha, gamma=gamma, reduction=reduction, eps=eps)
+        self._setup(backend, sync_avg_factor, alpha=alpha, gamma=gamma, reduction=reduction, eps=eps)
 
 
 class HingeLoss(_PointwiseLoss):
@@ -312,9 +334,9 @@ class HingeLoss(_PointwiseLoss):
 
     _fn = staticmethod(_pw.hinge_loss)
 
-    def __init__(self, margin=1.0, squared=False, reduction="mean", loss_weight=1.0, *, backend=None):
+    def __init__(self, margin=1.0, squared=False, reduction="mean", loss_weight=1.0, *, sync_avg_factor=False, backend=None):
         super().__init__(loss_weight)
-        self._setup(backend, margin=margin, squared=bool(squared), reduction=reduction)
+        self._setup(backend, sync_avg_factor, margin=margin, squared=bool(squared), reduction=reduction)
 
 
 class KLDivLoss(_PointwiseLoss):
@@ -322,9 +344,9 @@ class KLDivLoss(_PointwiseLoss):
 
     _fn = staticmethod(_pw.kl_div)
 
-    def __init__(self, reduction="mean", log_target=False, loss_weight=1.0, *, backend=None):
+    def __init__(self, reduction="mean", log_target=False, loss_weight=1.0, *, sync_avg_factor=False, backend=None):
         super().__init__(loss_weight)
-        self._setup(backend, reduction=reduction, log_target=bool(log_target))
+        self._setup(backend, sync_avg_factor, reduction=reduction, log_target=bool(log_target))
 
 
 class L1Loss(_PointwiseLoss):
@@ -332,9 +354,9 @@ class L1Loss(_PointwiseLoss):
 
     _fn = staticmethod(_pw.l1_loss)
 
-    def __init__(self, reduction="mean", loss_weight=1.0, *, backend=None):
+    def __init__(self, reduction="mean", loss_weight=1.0, *, sync_avg_factor=False, backend=None):
         super().__init__(loss_weight)
-        self._setup(backend, reduction=reduction)
+        self._setup(backend, sync_avg_factor, reduction=reduction)
 
 
 class MSELoss(L1Loss):
@@ -348,9 +370,9 @@ class SmoothL1Loss(_PointwiseLoss):
 
     _fn = staticmethod(_pw.smooth_l1_loss)
 
-    def __init__(self, beta=1.0, reduction="mean", loss_weight=1.0, *, backend=None):
+    def __init__(self, beta=1.0, reduction="mean", loss_weight=1.0, *, sync_avg_factor=False, backend=None):
         super().__init__(loss_weight)
-        self._setup(backend, beta=beta, reduction=reduction)
+        self._setup(backend, sync_avg_factor, beta=beta, reduction=reduction)
 
 
 class HuberLoss(_PointwiseLoss):
@@ -358,9 +380,9 @@ class HuberLoss(_PointwiseLoss):
 
     _fn = staticmethod(_pw.huber_loss)
 
-    def __init__(self, delta=1.0, reduction="mean", loss_weight=1.0, *, backend=None):
+    def __init__(self, delta=1.0, reduction="mean", loss_weight=1.0, *, sync_avg_factor=False, backend=None):
         super().__init__(loss_weight)
-        self._setup(backend, delta=delta, reduction=reduction)
+        self._setup(backend, sync_avg_factor, delta=delta, reduction=reduction)
 
 
 class BalancedL1Loss(_PointwiseLoss):
@@ -368,9 +390,9 @@ class BalancedL1Loss(_PointwiseLoss):
 
     _fn = staticmethod(_pw.balanced_l1_loss)
 
-    def __init__(self, alpha=0.5, gamma=1.5, beta=1.0, reduction="mean", loss_weight=1.0, *, backend=None):
+    def __init__(self, alpha=0.5, gamma=1.5, beta=1.0, reduction="mean", loss_weight=1.0, *, sync_avg_factor=False, backend=None):
         super().__init__(loss_weight)
-        self._setup(backend, alpha=alpha, gamma=gamma, beta=beta, reduction=reduction)
+        self._setup(backend, sync_avg_factor, alpha=alpha, gamma=gamma, beta=beta, reduction=reduction)
 
 
 # ---------------------------------------------------------------------- the row-wise engine's losses
@@ -384,8 +406,9 @@ class _RowwiseLoss(_Loss):
     _fn = None
     _buffers_args = ()
 
-    def _setup(self, backend, buffers=None, **kwargs):
+    def _setup(self, backend, sync_avg_factor, buffers=None, **kwargs):
         self.backend = _checked_backend(backend)
+        self._set_sync(sync_avg_factor, kwargs["reduction"])
         for name, value in (buffers or {}).items():
             value = None if value is None else torch.as_tensor(value).detach()
             if value is not None and value.dim() != 1:
@@ -417,14 +440,14 @@ class CrossEntropyLoss(_RowwiseLoss):
     _fn = staticmethod(_rw.cross_entropy)
 
     def __init__(self, weight=None, ignore_index=-100, reduction="mean", label_smoothing=0.0, avg_non_ignore=None, loss_weight=1.0, *,
-                 backend=None):
+                 sync_avg_factor=False, backend=None):
         super().__init__(loss_weight)
-        self._setup(backend, {"weight": weight}, ignore_index=ignore_index, reduction=reduction, label_smoothing=label_smoothing,
-                    avg_non_ignore=avg_non_ignore)
+        self._setup(backend, sync_avg_factor, {"weight": weight}, ignore_index=ignore_index, reduction=reduction,
+                    label_smoothing=label_smoothing, avg_non_ignore=avg_non_ignore)
 
     def forward(self, input, target, sample_weight=None, avg_factor=None):
-        return self._scaled(type(self)._fn(input, target, sample_weight=sample_weight, avg_factor=avg_factor, backend=self.backend,
-                                           **self._kwargs()))
+        return self._scaled(type(self)._fn(input, target, sample_weight=sample_weight, avg_factor=avg_factor,
+                                           sync_avg_factor=self.sync_avg_factor, backend=self.backend, **self._kwargs()))
 
 
 class Poly1CrossEntropyLoss(CrossEntropyLoss):
@@ -433,9 +456,9 @@ class Poly1CrossEntropyLoss(CrossEntropyLoss):
     _fn = staticmethod(_rw.poly1_cross_entropy)
 
     def __init__(self, epsilon=1.0, weight=None, ignore_index=-100, reduction="mean", label_smoothing=0.0, avg_non_ignore=None,
-                 loss_weight=1.0, *, backend=None):
+                 loss_weight=1.0, *, sync_avg_factor=False, backend=None):
         _Loss.__init__(self, loss_weight)
-        self._setup(backend, {"weight": weight}, epsilon=epsilon, ignore_index=ignore_index, reduction=reduction,
+        self._setup(backend, sync_avg_factor, {"weight": weight}, epsilon=epsilon, ignore_index=ignore_index, reduction=reduction,
                     label_smoothing=label_smoothing, avg_non_ignore=avg_non_ignore)
 
 
@@ -445,13 +468,13 @@ class NLLLoss(_RowwiseLoss):
 
     _fn = staticmethod(_rw.nll_loss)
 
-    def __init__(self, weight=None, ignore_index=-100, reduction="mean", loss_weight=1.0, *, backend=None):
+    def __init__(self, weight=None, ignore_index=-100, reduction="mean", loss_weight=1.0, *, sync_avg_factor=False, backend=None):
         super().__init__(loss_weight)
-        self._setup(backend, {"weight": weight}, ignore_index=ignore_index, reduction=reduction)
+        self._setup(backend, sync_avg_factor, {"weight": weight}, ignore_index=ignore_index, reduction=reduction)
 
     def forward(self, input, target, sample_weight=None, avg_factor=None):
-        return self._scaled(_rw.nll_loss(input, target, sample_weight=sample_weight, avg_factor=avg_factor, backend=self.backend,
-                                         **self._kwargs()))
+        return self._scaled(_rw.nll_loss(input, target, sample_weight=sample_weight, avg_factor=avg_factor,
+                                         sync_avg_factor=self.sync_avg_factor, backend=self.backend, **self._kwargs()))
 
 
 class SoftmaxFocalLoss(_RowwiseLoss):
@@ -462,7 +485,7 @@ class SoftmaxFocalLoss(_RowwiseLoss):
     _fn = staticmethod(_rw.poly1_softmax_focal_loss)
 
     def __init__(self, *, alpha=0.25, gamma=2.0, weight=None, reduction="mean", ignore_index=None, epsilon=0.0, loss_weight=1.0,
-                 backend=None):
+                 sync_avg_factor=False, backend=None):
         # keyword-only: mmcv's SoftmaxFocalLoss takes (gamma, alpha), torchvision-style code (alpha,
         # gamma) -- a positional call would silently swap them
         super().__init__(loss_weight)
@@ -474,11 +497,11 @@ class SoftmaxFocalLoss(_RowwiseLoss):
             buffers["alpha"] = alpha
         else:
             kwargs["alpha"] = alpha
-        self._setup(backend, buffers, **kwargs)
+        self._setup(backend, sync_avg_factor, buffers, **kwargs)
 
     def forward(self, input, target, sample_weight=None, avg_factor=None):
         return self._scaled(_rw.poly1_softmax_focal_loss(input, target, sample_weight=sample_weight, avg_factor=avg_factor,
-                                                         backend=self.backend, **self._kwargs()))
+                                                         sync_avg_factor=self.sync_avg_factor, backend=self.backend, **self._kwargs()))
 
 
 class DistributionFocalLoss(_RowwiseLoss):
@@ -487,9 +510,9 @@ class DistributionFocalLoss(_RowwiseLoss):
 
     _fn = staticmethod(_rw.distribution_focal_loss)
 
-    def __init__(self, reduction="mean", max_target=None, loss_weight=1.0, *, backend=None):
+    def __init__(self, reduction="mean", max_target=None, loss_weight=1.0, *, sync_avg_factor=False, backend=None):
         super().__init__(loss_weight)
-        self._setup(backend, reduction=reduction, max_target=max_target)
+        self._setup(backend, sync_avg_factor, reduction=reduction, max_target=max_target)
 
     def _validate(self):
         # enough bins for any valid max_target (the function checks max_target <= n)
@@ -499,8 +522,8 @@ class DistributionFocalLoss(_RowwiseLoss):
         _rw.distribution_focal_loss(torch.zeros(0, bins), torch.zeros(0), backend="reference", **self._kwargs())
 
     def forward(self, pred, target, weight=None, avg_factor=None):
-        return self._scaled(_rw.distribution_focal_loss(pred, target, weight=weight, avg_factor=avg_factor, backend=self.backend,
-                                                        **self._kwargs()))
+        return self._scaled(_rw.distribution_focal_loss(pred, target, weight=weight, avg_factor=avg_factor,
+                                                        sync_avg_factor=self.sync_avg_factor, backend=self.backend, **self._kwargs()))
 
 
 class DistillationKLDivLoss(_RowwiseLoss):
@@ -509,13 +532,15 @@ class DistillationKLDivLoss(_RowwiseLoss):
 
     _fn = staticmethod(_rw.distillation_kl_div)
 
-    def __init__(self, temperature=1.0, target_logits=True, t_squared=True, reduction="mean", loss_weight=1.0, *, backend=None):
+    def __init__(self, temperature=1.0, target_logits=True, t_squared=True, reduction="mean", loss_weight=1.0, *, sync_avg_factor=False,
+                 backend=None):
         super().__init__(loss_weight)
-        self._setup(backend, temperature=temperature, target_logits=target_logits, t_squared=t_squared, reduction=reduction)
+        self._setup(backend, sync_avg_factor, temperature=temperature, target_logits=target_logits, t_squared=t_squared,
+                    reduction=reduction)
 
     def _validate(self):
         _rw.distillation_kl_div(torch.zeros(0, 2), torch.zeros(0, 2), backend="reference", **self._kwargs())
 
     def forward(self, input, target, weight=None, avg_factor=None):
-        return self._scaled(_rw.distillation_kl_div(input, target, weight=weight, avg_factor=avg_factor, backend=self.backend,
-                                                    **self._kwargs()))
+        return self._scaled(_rw.distillation_kl_div(input, target, weight=weight, avg_factor=avg_factor,
+                                                    sync_avg_factor=self.sync_avg_factor, backend=self.backend, **self._kwargs()))

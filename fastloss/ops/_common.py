@@ -20,6 +20,8 @@ import os
 
 import torch
 
+from fastloss import distributed
+
 REDUCTIONS = {"none": 0, "sum": 1, "mean": 2}
 _LOW_PRECISION = (torch.float16, torch.bfloat16)
 
@@ -133,14 +135,38 @@ def reduced_dtype(dtype):
     return torch.float64 if dtype == torch.float64 else torch.float32
 
 
-def check_reduction(reduction, avg_factor):
+def check_reduction(reduction, avg_factor, sync_avg_factor=False):
+    """The reduction's code; ValueError for an unknown reduction, avg_factor with "sum"
+    (mmdetection's contract), a number avg_factor outside [0, inf), a ``sync_avg_factor``
+    that is not a bool, or ``sync_avg_factor=True`` without an avg_factor."""
     if reduction not in REDUCTIONS:
         raise ValueError(f"reduction must be one of {tuple(REDUCTIONS)}, got {reduction!r}")
     if avg_factor is not None and reduction == "sum":
         raise ValueError('avg_factor can not be used with reduction="sum" (mmdetection\'s contract)')
     if avg_factor is not None and not isinstance(avg_factor, torch.Tensor):  # a tensor stays on its device, unchecked
         check_param("avg_factor", avg_factor, lambda v: 0 <= v < float("inf"), "a tensor, or a number >= 0 and finite")
+    if flag("sync_avg_factor", sync_avg_factor) and avg_factor is None:
+        raise ValueError("sync_avg_factor=True needs avg_factor: it averages the avg_factor over the ranks (pass this rank's "
+                         "count, e.g. its number of positives, as avg_factor)")
     return REDUCTIONS[reduction]
+
+
+def global_avg_factor(avg_factor, sync_avg_factor, reduction, dtype, device):
+    """The avg_factor the loss divides by -- written once for every loss.  With
+    ``sync_avg_factor`` and reduction "mean" under an initialised process group: its mean
+    over the ranks (:func:`fastloss.distributed.reduce_mean`'s rule), detached, a tensor on
+    ``device`` (a number or an integer count as a ``reduced_dtype(dtype)`` tensor; a floating
+    tensor keeps its dtype), returned before the all-reduce completes so that it runs behind
+    the loss kernel (the division waits for it).  Without a process group: avg_factor itself,
+    a tensor detached (the loss and its input gradient have the bits they have without
+    ``sync_avg_factor``; avg_factor gets no gradient either way).  Unchanged otherwise
+    ("none" ignores avg_factor and communicates nothing)."""
+    if not sync_avg_factor or reduction != "mean":
+        return avg_factor
+    if not distributed.is_initialized():
+        return avg_factor.detach() if isinstance(avg_factor, torch.Tensor) else avg_factor
+    # a 0-d CPU count beside CUDA logits moves to their device (NCCL reduces CUDA tensors only)
+    return distributed._all_reduce_mean(distributed._as_float_tensor(avg_factor, device, reduced_dtype(dtype)).to(device))
 
 
 def check_logits(name, x):

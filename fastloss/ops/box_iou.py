@@ -165,7 +165,7 @@ def _prepare_weight(pred, weight):
 
 
 def box_iou_loss(pred, target, kind="giou", reduction="mean", weight=None, avg_factor=None, fmt="xyxy", eps=1e-7, power=1.0, gamma=0.5, *,
-                 backend=None):
+                 sync_avg_factor=False, backend=None):
     """Paired IoU-family loss of ``pred`` against ``target``, both (..., 4).
 
     Args:
@@ -183,6 +183,11 @@ def box_iou_loss(pred, target, kind="giou", reduction="mean", weight=None, avg_f
         eps: stabiliser (> 0), placed as torchvision does (IoU = I / (U + eps), ...).
         power: alpha-IoU exponent (> 0; 1 = the plain losses).
         gamma: Focal-EIoU exponent (>= 0).
+        sync_avg_factor: True: divide by the mean of avg_factor over the ranks of
+            torch.distributed's default group (mmdetection's ``reduce_mean``, see
+            :mod:`fastloss.distributed`), the same normaliser on every rank of a
+            DistributedDataParallel job; detached (no gradient through it); no communication
+            without an initialised process group or with "none".  ValueError without avg_factor.
         backend: force a backend for this call.
 
     Units: pixels (or any common unit) for the coordinates; the loss is unitless.  Returns
@@ -201,7 +206,7 @@ def box_iou_loss(pred, target, kind="giou", reduction="mean", weight=None, avg_f
         raise ValueError(f"target must have pred's shape {tuple(pred.shape)}, got {tuple(target.shape)}")
     kind_code = _check_choice("kind", kind, KINDS)
     fmt_code = _check_choice("fmt", fmt, FMTS)
-    code = _common.check_reduction(reduction, avg_factor)
+    code = _common.check_reduction(reduction, avg_factor, sync_avg_factor)
     eps, power, gamma = _check_scalars(eps, power, gamma)
     _common.check_same_device("pred", pred, target=target, weight=weight, avg_factor=avg_factor)
     _common.no_grad_required(target=target)
@@ -210,6 +215,7 @@ def box_iou_loss(pred, target, kind="giou", reduction="mean", weight=None, avg_f
     w = _prepare_weight(pred, weight)
     if avg_factor is not None and reduction == "mean":
         code = _common.REDUCTIONS["sum"]
+        avg_factor = _common.global_avg_factor(avg_factor, sync_avg_factor, reduction, dtype, pred.device)
     p = pred.reshape(-1, 4).contiguous()
     t = target.to(dtype).reshape(-1, 4).contiguous()
     store_grad = pred.requires_grad and torch.is_grad_enabled() and _backend.store_grad_in_forward(pred.device)

@@ -253,12 +253,12 @@ def _prepare_operand(name, input, v, dtype, per_class=False):
 
 
 def _run(op, input, target, params, reduction, weight=None, avg_factor=None, *, aux=None, aux_name="aux", aux_per_class=False,
-         target_value=None, labels=False, backend=None):
+         target_value=None, labels=False, sync_avg_factor=False, backend=None):
     """The engine's public path: checks, dtype rules, layouts, then the custom op (under
     torch.compile) or the eager fast path, then avg_factor.  Returns the loss in the promoted
     dtype of input and a float target (fp32 under autocast)."""
     _common.check_logits("input", input)
-    code = _common.check_reduction(reduction, avg_factor)
+    code = _common.check_reduction(reduction, avg_factor, sync_avg_factor)
     _common.check_same_device("input", input, target=target, weight=weight, avg_factor=avg_factor)
     target = _prepare_target(op, input, target, labels)
     dtype = _common.compute_dtype(input, target)
@@ -275,6 +275,7 @@ def _run(op, input, target, params, reduction, weight=None, avg_factor=None, *, 
         target_value = target_value.to(acc).reshape(-1).contiguous()
     if avg_factor is not None and reduction == "mean":
         code = _common.REDUCTIONS["sum"]
+        avg_factor = _common.global_avg_factor(avg_factor, sync_avg_factor, reduction, dtype, input.device)
     store_grad = input.requires_grad and torch.is_grad_enabled() and _backend.store_grad_in_forward(input.device)
     params = [float(p) for p in params]
     args = (input, target, target_value, weight, weight_layout, aux, aux_layout)
@@ -296,7 +297,12 @@ _REDUCTION_DOC = """reduction: "none" | "mean" | "sum"; the mean of an empty inp
             of elements (mmdetection's rule; torch's ``F.l1_loss(weight=)`` / ``mse_loss``
             divide by the sum of the weights instead).
         avg_factor: mmdetection's normaliser: "mean" returns sum / (avg_factor + eps); a
-            number or a tensor kept on the device; an error with "sum", ignored with "none"."""
+            number or a tensor kept on the device; an error with "sum", ignored with "none".
+        sync_avg_factor: (keyword) True: divide by the mean of avg_factor over the ranks of
+            torch.distributed's default group (mmdetection's ``reduce_mean``, see
+            :mod:`fastloss.distributed`), the same normaliser on every rank of a
+            DistributedDataParallel job; detached (no gradient through it); no communication
+            without an initialised process group or with "none".  ValueError without avg_factor."""
 
 
 def _focal_params(alpha, gamma):
@@ -305,7 +311,8 @@ def _focal_params(alpha, gamma):
     return [alpha, 1.0 - alpha, gamma, 1.0 if alpha >= 0 else 0.0]  # 1 - alpha formed in double
 
 
-def sigmoid_focal_loss(input, target, alpha=0.25, gamma=2.0, reduction="mean", weight=None, avg_factor=None, *, backend=None):
+def sigmoid_focal_loss(input, target, alpha=0.25, gamma=2.0, reduction="mean", weight=None, avg_factor=None, *, sync_avg_factor=False,
+                       backend=None):
     """Sigmoid focal loss (Lin et al., arXiv 1708.02002) over logits ``input`` (..., C).
 
     Args:
@@ -327,23 +334,26 @@ def sigmoid_focal_loss(input, target, alpha=0.25, gamma=2.0, reduction="mean", w
     shapes, parameters outside their domain, out-of-range labels (above) or a target / weight
     that requires grad (the gradient is taken w.r.t. ``input`` only).
     """
-    return _run("sigmoid_focal_loss", input, target, _focal_params(alpha, gamma), reduction, weight, avg_factor, labels=True, backend=backend)
+    return _run("sigmoid_focal_loss", input, target, _focal_params(alpha, gamma), reduction, weight, avg_factor, labels=True,
+                sync_avg_factor=sync_avg_factor, backend=backend)
 
 
 sigmoid_focal_loss.__doc__ = sigmoid_focal_loss.__doc__.format(reduction=_REDUCTION_DOC)
 
 
-def poly1_focal_loss(input, target, alpha=0.25, gamma=2.0, epsilon=1.0, reduction="mean", weight=None, avg_factor=None, *, backend=None):
+def poly1_focal_loss(input, target, alpha=0.25, gamma=2.0, epsilon=1.0, reduction="mean", weight=None, avg_factor=None, *,
+                     sync_avg_factor=False, backend=None):
     """Poly-1 focal loss (PolyLoss, Leng et al., arXiv 2204.12511): the sigmoid focal loss
     plus ``epsilon (1 - p_t)^(gamma + 1)`` per element.  Arguments, targets (float or class
     labels), returns and errors as :func:`sigmoid_focal_loss`; ``epsilon`` any real number
     (the paper uses -1 to 1)."""
     params = _focal_params(alpha, gamma) + [_common.check_param("epsilon", epsilon, math.isfinite, "finite")]
-    return _run("poly1_focal_loss", input, target, params, reduction, weight, avg_factor, labels=True, backend=backend)
+    return _run("poly1_focal_loss", input, target, params, reduction, weight, avg_factor, labels=True, sync_avg_factor=sync_avg_factor,
+                backend=backend)
 
 
 def binary_cross_entropy_with_logits(input, target, weight=None, reduction="mean", pos_weight=None, label_smoothing=0.0, avg_factor=None, *,
-                                     backend=None):
+                                     sync_avg_factor=False, backend=None):
     """BCE with logits, torch's ``F.binary_cross_entropy_with_logits`` (same ``weight`` and
     ``pos_weight`` semantics), plus binary label smoothing and mmdetection's avg_factor.
 
@@ -355,16 +365,16 @@ def binary_cross_entropy_with_logits(input, target, weight=None, reduction="mean
         pos_weight: weight of the positive term per class ((C,) or broadcastable to input,
             torch's semantics): -[pos_weight t log p + (1 - t) log(1 - p)].
         label_smoothing: s in [0, 1]: targets become t (1 - s) + s / 2 (YOLOv5's smooth_BCE).
-        reduction, avg_factor: as :func:`sigmoid_focal_loss`.
+        reduction, avg_factor, sync_avg_factor: as :func:`sigmoid_focal_loss`.
 
     Returns the loss (promoted dtype of input and a float target; fp32 under autocast);
     ValueError for bad shapes or parameters."""
     s = _common.check_param("label_smoothing", label_smoothing, lambda v: 0 <= v <= 1, "in [0, 1]")
     return _run("binary_cross_entropy_with_logits", input, target, [1.0 - s, 0.5 * s], reduction, weight, avg_factor, aux=pos_weight,
-                aux_name="pos_weight", aux_per_class=True, labels=True, backend=backend)
+                aux_name="pos_weight", aux_per_class=True, labels=True, sync_avg_factor=sync_avg_factor, backend=backend)
 
 
-def binary_cross_entropy(input, target, weight=None, reduction="mean", avg_factor=None, *, backend=None):
+def binary_cross_entropy(input, target, weight=None, reduction="mean", avg_factor=None, *, sync_avg_factor=False, backend=None):
     """BCE over probabilities, torch's ``F.binary_cross_entropy``: each log clamped at -100
     and torch's gradient (p - t) / max(p (1 - p), 1e-12).  ``input`` and ``target`` must lie in
     [0, 1]: ValueError otherwise for CPU tensors (as torch); for CUDA tensors only in checked
@@ -372,18 +382,19 @@ def binary_cross_entropy(input, target, weight=None, reduction="mean", avg_facto
     meaningless numbers or NaN, unchecked).
     Under autocast, as torch, it computes in fp32 (torch refuses it under CUDA autocast:
     fastloss's kernel is safe there).  Other arguments as :func:`binary_cross_entropy_with_logits`."""
-    return _run("binary_cross_entropy", input, target, [], reduction, weight, avg_factor, backend=backend)
+    return _run("binary_cross_entropy", input, target, [], reduction, weight, avg_factor, sync_avg_factor=sync_avg_factor, backend=backend)
 
 
-def poly1_bce_loss(input, target, epsilon=1.0, weight=None, reduction="mean", avg_factor=None, *, backend=None):
+def poly1_bce_loss(input, target, epsilon=1.0, weight=None, reduction="mean", avg_factor=None, *, sync_avg_factor=False, backend=None):
     """Poly-1 BCE (PolyLoss, arXiv 2204.12511): BCE-with-logits + epsilon (1 - p_t) per
     element.  Targets (float or class labels), returns and errors as
     :func:`binary_cross_entropy_with_logits`."""
     eps = _common.check_param("epsilon", epsilon, math.isfinite, "finite")
-    return _run("poly1_bce_loss", input, target, [eps], reduction, weight, avg_factor, labels=True, backend=backend)
+    return _run("poly1_bce_loss", input, target, [eps], reduction, weight, avg_factor, labels=True, sync_avg_factor=sync_avg_factor,
+                backend=backend)
 
 
-def quality_focal_loss(input, target, beta=2.0, weight=None, reduction="mean", avg_factor=None, *, backend=None):
+def quality_focal_loss(input, target, beta=2.0, weight=None, reduction="mean", avg_factor=None, *, sync_avg_factor=False, backend=None):
     """Quality focal loss (Generalized Focal Loss, Li et al., arXiv 2006.04388), mmdetection's
     form: BCE(x, q) |sigmoid(x) - q|^beta per element, q the IoU-quality target.
 
@@ -394,7 +405,7 @@ def quality_focal_loss(input, target, beta=2.0, weight=None, reduction="mean", a
             label's class, 0 elsewhere); or dense soft targets q of input's shape
             (``quality_focal_loss_tensor_target``).
         beta: >= 0.
-        weight, reduction, avg_factor: as :func:`sigmoid_focal_loss`; mmdetection sums over the
+        weight, reduction, avg_factor, sync_avg_factor: as :func:`sigmoid_focal_loss`; mmdetection sums over the
             classes first, so its "mean" (over anchors) is this "sum" / N, and with avg_factor
             the two agree.
 
@@ -409,11 +420,12 @@ def quality_focal_loss(input, target, beta=2.0, weight=None, reduction="mean", a
         if score.shape != target.shape or target.is_floating_point():
             raise ValueError(f"quality_focal_loss: (labels, scores) must be integer labels and float scores of one shape, got "
                              f"{target.dtype} {tuple(target.shape)} and {score.dtype} {tuple(score.shape)}")
-    return _run("quality_focal_loss", input, target, [beta], reduction, weight, avg_factor, target_value=score, labels=True, backend=backend)
+    return _run("quality_focal_loss", input, target, [beta], reduction, weight, avg_factor, target_value=score, labels=True,
+                sync_avg_factor=sync_avg_factor, backend=backend)
 
 
 def varifocal_loss(input, target, alpha=0.75, gamma=2.0, iou_weighted=True, weight=None, reduction="mean", avg_factor=None, *, positive=None,
-                   backend=None):
+                   sync_avg_factor=False, backend=None):
     """Varifocal loss (VarifocalNet, Zhang et al., arXiv 2008.13367), mmdetection's form:
     BCE(x, t) weighted by t (``iou_weighted``) or 1 on positives, alpha |sigmoid(x) - t|^gamma on
     negatives (that weight differentiated, as mmdetection's autograd does).
@@ -426,7 +438,7 @@ def varifocal_loss(input, target, alpha=0.75, gamma=2.0, iou_weighted=True, weig
             its ``VarifocalLoss()(pred, gt_score, label)`` is
             ``varifocal_loss(pred, gt_score, positive=label, reduction="none").mean(1).sum()``);
             default t > 0 (mmdetection).
-        weight, reduction, avg_factor: as :func:`sigmoid_focal_loss`.
+        weight, reduction, avg_factor, sync_avg_factor: as :func:`sigmoid_focal_loss`.
 
     Returns the loss (promoted dtype; fp32 under autocast); ValueError for bad shapes / parameters."""
     alpha = _common.check_param("alpha", alpha, lambda a: 0 <= a <= 1, "in [0, 1]")
@@ -437,55 +449,64 @@ def varifocal_loss(input, target, alpha=0.75, gamma=2.0, iou_weighted=True, weig
             raise ValueError(f"varifocal_loss: positive must have input's shape {tuple(input.shape)}, got {tuple(positive.shape)}")
         positive = positive.to(_common.reduced_dtype(input.dtype))
     params = [alpha, gamma, _common.flag("iou_weighted", iou_weighted), 1.0 if positive is not None else 0.0]
-    return _run("varifocal_loss", input, target, params, reduction, weight, avg_factor, aux=positive, aux_name="positive", backend=backend)
+    return _run("varifocal_loss", input, target, params, reduction, weight, avg_factor, aux=positive, aux_name="positive",
+                sync_avg_factor=sync_avg_factor, backend=backend)
 
 
-def gaussian_focal_loss(input, target, alpha=2.0, gamma=4.0, weight=None, reduction="mean", avg_factor=None, eps=1e-12, *, backend=None):
+def gaussian_focal_loss(input, target, alpha=2.0, gamma=4.0, weight=None, reduction="mean", avg_factor=None, eps=1e-12, *,
+                        sync_avg_factor=False, backend=None):
     """Gaussian focal loss (CenterNet, Zhou et al., arXiv 1904.07850; mmdetection's form) over
     probabilities ``input`` (a sigmoid already applied, as CenterNet's heads do) against a
     Gaussian heatmap ``target`` in [0, 1] of the same shape:
     -[t == 1] log(p + eps) (1 - p)^alpha - (1 - t)^gamma log(1 - p + eps) p^alpha.
-    alpha, gamma >= 0, eps > 0.  weight / reduction / avg_factor as :func:`sigmoid_focal_loss`."""
+    alpha, gamma >= 0, eps > 0.  weight / reduction / avg_factor / sync_avg_factor as
+    :func:`sigmoid_focal_loss`."""
     params = [_common.nonneg("alpha", alpha), _common.nonneg("gamma", gamma), _common.positive("eps", eps)]
-    return _run("gaussian_focal_loss", input, target, params, reduction, weight, avg_factor, backend=backend)
+    return _run("gaussian_focal_loss", input, target, params, reduction, weight, avg_factor, sync_avg_factor=sync_avg_factor,
+                backend=backend)
 
 
-def hinge_loss(input, target, margin=1.0, squared=False, weight=None, reduction="mean", avg_factor=None, *, backend=None):
+def hinge_loss(input, target, margin=1.0, squared=False, weight=None, reduction="mean", avg_factor=None, *, sync_avg_factor=False,
+               backend=None):
     """Binary SVM hinge loss max(0, margin - y x) (``squared``: its square, the L2-SVM), y = +1
     where target > 0 and -1 elsewhere: targets in {-1, 1} or {0, 1} of input's shape.
-    margin: finite.  weight / reduction / avg_factor as :func:`sigmoid_focal_loss`."""
+    margin: finite.  weight / reduction / avg_factor / sync_avg_factor as :func:`sigmoid_focal_loss`."""
     margin = _common.check_param("margin", margin, math.isfinite, "finite")
-    return _run("hinge_loss", input, target, [margin, _common.flag("squared", squared)], reduction, weight, avg_factor, backend=backend)
+    return _run("hinge_loss", input, target, [margin, _common.flag("squared", squared)], reduction, weight, avg_factor,
+                sync_avg_factor=sync_avg_factor, backend=backend)
 
 
-def kl_div(input, target, reduction="mean", log_target=False, weight=None, avg_factor=None, *, backend=None):
+def kl_div(input, target, reduction="mean", log_target=False, weight=None, avg_factor=None, *, sync_avg_factor=False, backend=None):
     """KL divergence, torch's pointwise ``F.kl_div``: ``input`` log-probabilities, ``target``
     probabilities (or log-probabilities with ``log_target``), t (log t - input) per element.
     reduction: "none" | "mean" (over elements) | "sum" | "batchmean" (sum / input.size(0),
-    the mathematical KL; torch's recommended one).  weight / avg_factor as
-    :func:`sigmoid_focal_loss`."""
+    the mathematical KL; torch's recommended one; no avg_factor, so no sync_avg_factor).
+    weight / avg_factor / sync_avg_factor as :func:`sigmoid_focal_loss`."""
     if reduction == "batchmean":
         if avg_factor is not None:
             raise ValueError('kl_div: avg_factor can not be used with reduction="batchmean"')
-        total = _run("kl_div", input, target, [_common.flag("log_target", log_target)], "sum", weight, None, backend=backend)
+        total = _run("kl_div", input, target, [_common.flag("log_target", log_target)], "sum", weight, None,
+                     sync_avg_factor=sync_avg_factor, backend=backend)
         return total / (input.shape[0] if input.dim() and input.shape[0] else 1)
-    return _run("kl_div", input, target, [_common.flag("log_target", log_target)], reduction, weight, avg_factor, backend=backend)
+    return _run("kl_div", input, target, [_common.flag("log_target", log_target)], reduction, weight, avg_factor,
+                sync_avg_factor=sync_avg_factor, backend=backend)
 
 
 # ---------------------------------------------------------------------- regression
 
 
-def l1_loss(input, target, reduction="mean", weight=None, avg_factor=None, *, backend=None):
+def l1_loss(input, target, reduction="mean", weight=None, avg_factor=None, *, sync_avg_factor=False, backend=None):
     """L1 loss (MAE) |input - target| per element, torch's ``F.l1_loss`` (no broadcasting:
     input and target of one shape, e.g. (..., 4) box deltas), with mmdetection's weight and
-    avg_factor.  Gradient sign(input - target), 0 at 0.  Returns the loss in the promoted dtype
-    of input and target (fp32 under autocast); ValueError for a shape mismatch."""
-    return _run("l1_loss", input, target, [], reduction, weight, avg_factor, backend=backend)
+    avg_factor (``sync_avg_factor`` as :func:`sigmoid_focal_loss`).  Gradient sign(input -
+    target), 0 at 0.  Returns the loss in the promoted dtype of input and target (fp32 under
+    autocast); ValueError for a shape mismatch."""
+    return _run("l1_loss", input, target, [], reduction, weight, avg_factor, sync_avg_factor=sync_avg_factor, backend=backend)
 
 
-def mse_loss(input, target, reduction="mean", weight=None, avg_factor=None, *, backend=None):
+def mse_loss(input, target, reduction="mean", weight=None, avg_factor=None, *, sync_avg_factor=False, backend=None):
     """MSE (L2) loss (input - target)^2 per element, torch's ``F.mse_loss``; arguments as :func:`l1_loss`."""
-    return _run("mse_loss", input, target, [], reduction, weight, avg_factor, backend=backend)
+    return _run("mse_loss", input, target, [], reduction, weight, avg_factor, sync_avg_factor=sync_avg_factor, backend=backend)
 
 
 def sse_loss(input, target, weight=None, *, backend=None):
@@ -493,23 +514,23 @@ def sse_loss(input, target, weight=None, *, backend=None):
     return _run("mse_loss", input, target, [], "sum", weight, None, backend=backend)
 
 
-def rmse_loss(input, target, weight=None, avg_factor=None, *, backend=None):
+def rmse_loss(input, target, weight=None, avg_factor=None, *, sync_avg_factor=False, backend=None):
     """Root mean squared error sqrt(mean((input - target)^2)) (with avg_factor: sqrt(sum /
-    avg_factor)).  Its gradient is finite at zero error: 0 there (the limit along any path is
-    bounded and 0 is the subgradient's minimum-norm element), where sqrt's derivative is
-    infinite."""
-    m = _run("mse_loss", input, target, [], "mean", weight, avg_factor, backend=backend)
+    avg_factor); ``sync_avg_factor`` as :func:`sigmoid_focal_loss`).  Its gradient is finite
+    at zero error: 0 there (the limit along any path is bounded and 0 is the subgradient's
+    minimum-norm element), where sqrt's derivative is infinite."""
+    m = _run("mse_loss", input, target, [], "mean", weight, avg_factor, sync_avg_factor=sync_avg_factor, backend=backend)
     pos = m > 0
     return torch.where(pos, torch.sqrt(torch.where(pos, m, torch.ones_like(m))), m * 0)
 
 
-def mean_bias_error(input, target, weight=None, avg_factor=None, *, backend=None):
+def mean_bias_error(input, target, weight=None, avg_factor=None, *, sync_avg_factor=False, backend=None):
     """Mean bias error: the signed mean of input - target (with avg_factor: sum / avg_factor);
-    gradient 1 / n per element.  Arguments as :func:`l1_loss`."""
-    return _run("mean_bias_error", input, target, [], "mean", weight, avg_factor, backend=backend)
+    gradient 1 / n per element.  Arguments (``sync_avg_factor`` too) as :func:`l1_loss`."""
+    return _run("mean_bias_error", input, target, [], "mean", weight, avg_factor, sync_avg_factor=sync_avg_factor, backend=backend)
 
 
-def smooth_l1_loss(input, target, beta=1.0, reduction="mean", weight=None, avg_factor=None, *, backend=None):
+def smooth_l1_loss(input, target, beta=1.0, reduction="mean", weight=None, avg_factor=None, *, sync_avg_factor=False, backend=None):
     """Smooth L1 (Fast R-CNN, Girshick, arXiv 1504.08083), torch's ``F.smooth_l1_loss``:
     0.5 d^2 / beta where |d| < beta, |d| - 0.5 beta elsewhere (d = input - target); beta >= 0,
     and beta = 0 is exactly L1 (never NaN).  Arguments as :func:`l1_loss`."""
@@ -517,17 +538,19 @@ def smooth_l1_loss(input, target, beta=1.0, reduction="mean", weight=None, avg_f
     if beta > 0 and 1.0 / beta > torch.finfo(torch.float32).max:
         beta = 0.0  # below fp32's range: the quadratic zone |d| < beta holds nothing representable -- exactly L1
     params = [beta, 0.5 / beta if beta > 0 else 0.0, 0.5 * beta, 1.0 / beta if beta > 0 else 0.0]
-    return _run("smooth_l1_loss", input, target, params, reduction, weight, avg_factor, backend=backend)
+    return _run("smooth_l1_loss", input, target, params, reduction, weight, avg_factor, sync_avg_factor=sync_avg_factor, backend=backend)
 
 
-def huber_loss(input, target, delta=1.0, reduction="mean", weight=None, avg_factor=None, *, backend=None):
+def huber_loss(input, target, delta=1.0, reduction="mean", weight=None, avg_factor=None, *, sync_avg_factor=False, backend=None):
     """Huber loss, torch's ``F.huber_loss``: 0.5 d^2 where |d| < delta, delta (|d| - 0.5 delta)
     elsewhere; delta > 0.  Arguments as :func:`l1_loss`."""
     delta = _common.positive("delta", delta)
-    return _run("huber_loss", input, target, [delta, 0.5 * delta], reduction, weight, avg_factor, backend=backend)
+    return _run("huber_loss", input, target, [delta, 0.5 * delta], reduction, weight, avg_factor, sync_avg_factor=sync_avg_factor,
+                backend=backend)
 
 
-def balanced_l1_loss(input, target, alpha=0.5, gamma=1.5, beta=1.0, reduction="mean", weight=None, avg_factor=None, *, backend=None):
+def balanced_l1_loss(input, target, alpha=0.5, gamma=1.5, beta=1.0, reduction="mean", weight=None, avg_factor=None, *,
+                     sync_avg_factor=False, backend=None):
     """Balanced L1 (Libra R-CNN, Pang et al., arXiv 1904.02701), mmdetection's form: with
     a = |input - target| and b = e^(gamma / alpha) - 1, alpha / b (b a + 1) ln(b a / beta + 1) -
     alpha a where a < beta, gamma a + gamma / b - alpha beta elsewhere.  alpha, gamma, beta > 0.
@@ -538,7 +561,7 @@ def balanced_l1_loss(input, target, alpha=0.5, gamma=1.5, beta=1.0, reduction="m
                          f"gamma={gamma}, alpha={alpha}")
     b = math.exp(gamma / alpha) - 1  # every derived scalar in double
     params = [alpha, gamma, beta, b, alpha / b, gamma / b - alpha * beta, b / beta]
-    return _run("balanced_l1_loss", input, target, params, reduction, weight, avg_factor, backend=backend)
+    return _run("balanced_l1_loss", input, target, params, reduction, weight, avg_factor, sync_avg_factor=sync_avg_factor, backend=backend)
 
 
 # ====================================================================== backends

@@ -257,14 +257,14 @@ def _params(keep=1.0, uniform=0.0, epsilon=0.0, gamma=0.0, alpha=1.0, in_scale=1
 
 
 def _run(op, input, target, kind, params, reduction, *, class_weight=None, class_alpha=None, sample_weight=None, ignore_index=None,
-         class_dim=1, mean="weight", avg_factor=None, backend=None):
+         class_dim=1, mean="weight", avg_factor=None, sync_avg_factor=False, backend=None):
     """The engine's public path after the loss's own checks: dtype rules, the (B, C, S) view,
     the custom op (under torch.compile) or the eager fast path, then the reduction.
 
     ``mean``: the normaliser of reduction "mean": "weight" (torch: the summed class weights of
     the counted rows), "count" (the counted rows: mmdetection's avg_non_ignore) or "rows" (all
     rows, ignored ones included)."""
-    code = _common.check_reduction(reduction, avg_factor)
+    code = _common.check_reduction(reduction, avg_factor, sync_avg_factor)
     dtype = _common.compute_dtype(input, None if kind == TARGETS["labels"] else target)  # a float target takes part (DESIGN)
     x = input.to(dtype)
     rows_shape = x.shape[:class_dim] + x.shape[class_dim + 1:] if class_dim == 1 else x.shape[:-1]
@@ -279,6 +279,8 @@ def _run(op, input, target, kind, params, reduction, *, class_weight=None, class
         t = target.to(_common.reduced_dtype(dtype)).reshape(B, S).contiguous()
     else:
         t = _view(target.to(dtype), class_dim)
+    if avg_factor is not None and reduction == "mean":
+        avg_factor = _common.global_avg_factor(avg_factor, sync_avg_factor, reduction, dtype, x.device)
     store_grad = x.requires_grad and torch.is_grad_enabled() and _backend.store_grad_in_forward(x.device)
     args = (x3, t, class_weight, class_alpha, sample_weight)
     rest = (kind, [float(p) for p in params], ignore_index, 0 if code == 0 else 1, store_grad, backend)
@@ -344,7 +346,7 @@ _MEAN_DOC = """reduction: "none" (a loss per row, shape (N, d1, ..., dk)) | "mea
 
 
 def cross_entropy(input, target, weight=None, ignore_index=-100, reduction="mean", label_smoothing=0.0, avg_factor=None, *,
-                  sample_weight=None, avg_non_ignore=None, backend=None):
+                  sample_weight=None, avg_non_ignore=None, sync_avg_factor=False, backend=None):
     """Softmax cross entropy over the class axis (dim 1), torch's ``F.cross_entropy``: the same
     numbers in every case torch supports, from one read of the logits per pass.
 
@@ -358,6 +360,11 @@ def cross_entropy(input, target, weight=None, ignore_index=-100, reduction="mean
         {reduction}
         label_smoothing: s in [0, 1], torch's definition (targets (1 - s) onehot + s / C).
         avg_factor: mmdetection's normaliser: "mean" returns sum / (avg_factor + eps).
+        sync_avg_factor: True: divide by the mean of avg_factor over the ranks of
+            torch.distributed's default group (mmdetection's ``reduce_mean``, see
+            :mod:`fastloss.distributed`), the same normaliser on every rank of a
+            DistributedDataParallel job; detached (no gradient through it); no communication
+            without an initialised process group or with "none".  ValueError without avg_factor.
         sample_weight: a weight per row (N, d1, ..., dk) (mmdetection's ``weight``): multiplies
             each row's loss, not the mean's normaliser.
         avg_non_ignore: mmdetection's flag: with True "mean" divides by the number of
@@ -369,7 +376,7 @@ def cross_entropy(input, target, weight=None, ignore_index=-100, reduction="mean
     tensors; CUDA tensors in checked mode, :func:`fastloss.checked_labels`: unchecked, such a
     row counts as ignored), more than 2^24 classes, parameters outside their domain."""
     return _cross_entropy("cross_entropy", input, target, weight, ignore_index, reduction, label_smoothing, avg_factor, sample_weight,
-                          avg_non_ignore, backend)
+                          avg_non_ignore, backend, sync_avg_factor=sync_avg_factor)
 
 
 cross_entropy.__doc__ = cross_entropy.__doc__.format(reduction=_MEAN_DOC)
@@ -382,7 +389,7 @@ def _mean_rule(avg_non_ignore):
 
 
 def _cross_entropy(op, input, target, weight, ignore_index, reduction, label_smoothing, avg_factor, sample_weight, avg_non_ignore, backend,
-                   epsilon=0.0):
+                   epsilon=0.0, sync_avg_factor=False):
     _common.check_logits("input", input)
     _check_tensor("target", target)
     input, target, unbatched = _unbatched(input, target)
@@ -397,12 +404,13 @@ def _cross_entropy(op, input, target, weight, ignore_index, reduction, label_smo
     params = _params(keep=1.0 - s, uniform=s / C, epsilon=epsilon)
     mean = _mean_rule(avg_non_ignore) if kind == TARGETS["labels"] else "rows"
     loss = _run(op, input, target, kind, params, reduction, class_weight=w, sample_weight=sw,
-                ignore_index=ignore_index if kind == TARGETS["labels"] else None, mean=mean, avg_factor=avg_factor, backend=backend)
+                ignore_index=ignore_index if kind == TARGETS["labels"] else None, mean=mean, avg_factor=avg_factor,
+                sync_avg_factor=sync_avg_factor, backend=backend)
     return loss.squeeze(0) if unbatched and reduction == "none" else loss
 
 
 def poly1_cross_entropy(input, target, epsilon=1.0, weight=None, ignore_index=-100, reduction="mean", label_smoothing=0.0, avg_factor=None,
-                        *, sample_weight=None, avg_non_ignore=None, backend=None):
+                        *, sample_weight=None, avg_non_ignore=None, sync_avg_factor=False, backend=None):
     """Poly-1 cross entropy (PolyLoss, Leng et al., arXiv 2204.12511): per row
     CE + epsilon sum_c a_c (1 - p_c), with a the row's (smoothed, weighted) target -- for an
     unweighted hard label epsilon (1 - p_y), for smoothed or soft targets epsilon (1 - sum_c t_c p_c)
@@ -410,10 +418,11 @@ def poly1_cross_entropy(input, target, epsilon=1.0, weight=None, ignore_index=-1
     and errors as :func:`cross_entropy` (the mean's normaliser is cross entropy's)."""
     eps = _common.check_param("epsilon", epsilon, math.isfinite, "finite")
     return _cross_entropy("poly1_cross_entropy", input, target, weight, ignore_index, reduction, label_smoothing, avg_factor, sample_weight,
-                          avg_non_ignore, backend, epsilon=eps)
+                          avg_non_ignore, backend, epsilon=eps, sync_avg_factor=sync_avg_factor)
 
 
-def nll_loss(input, target, weight=None, ignore_index=-100, reduction="mean", avg_factor=None, *, sample_weight=None, backend=None):
+def nll_loss(input, target, weight=None, ignore_index=-100, reduction="mean", avg_factor=None, *, sample_weight=None, sync_avg_factor=False,
+             backend=None):
     """Negative log-likelihood over log-probabilities ``input`` (N, C, d1, ..., dk) (or (C,)),
     torch's ``F.nll_loss`` (the 2-D "NLLLoss2d" case included): -w_y input[y] per row.
     Integer class indices only; other arguments, returns and errors as :func:`cross_entropy`."""
@@ -427,12 +436,12 @@ def nll_loss(input, target, weight=None, ignore_index=-100, reduction="mean", av
     w = _per_class(op, "weight", weight, input.shape[1], input)
     sw = _per_row(op, "sample_weight", sample_weight, input.shape[:1] + input.shape[2:], input)
     loss = _run(op, input, target, kind, _params(), reduction, class_weight=w, sample_weight=sw, ignore_index=ignore_index,
-                avg_factor=avg_factor, backend=backend)
+                avg_factor=avg_factor, sync_avg_factor=sync_avg_factor, backend=backend)
     return loss.squeeze(0) if unbatched and reduction == "none" else loss
 
 
 def softmax_focal_loss(input, target, *, alpha=0.25, gamma=2.0, weight=None, reduction="mean", avg_factor=None, ignore_index=None,
-                       sample_weight=None, backend=None):
+                       sample_weight=None, sync_avg_factor=False, backend=None):
     """Softmax focal loss (Lin et al., arXiv 1708.02002) with mmcv's semantics
     (``mmcv.ops.softmax_focal_loss``): per row -alpha_y (1 - p_y)^gamma log p_y, times the class
     weight ``weight[y]``.
@@ -447,24 +456,28 @@ def softmax_focal_loss(input, target, *, alpha=0.25, gamma=2.0, weight=None, red
         weight: class weights (C,), mmcv's ``weight``.
         reduction: "none" | "sum" | "mean" -- mmcv's mean: the sum over the number of rows
             (ignored rows included).  avg_factor: mmdetection's normaliser.
+        sync_avg_factor: as :func:`cross_entropy`.
         sample_weight: a weight per row.
 
     log p_y is formed as x_y - logsumexp(x) (no underflow: mmcv's log(max(p, FLT_MIN)) caps
     at 87.3 for a logit margin over 87).  Returns the loss in input's dtype (fp32 under
     autocast); ValueError for bad shapes, labels >= C, parameters outside their domain."""
-    return _focal("softmax_focal_loss", input, target, alpha, gamma, 0.0, weight, reduction, avg_factor, ignore_index, sample_weight, backend)
+    return _focal("softmax_focal_loss", input, target, alpha, gamma, 0.0, weight, reduction, avg_factor, ignore_index, sample_weight, backend,
+                  sync_avg_factor)
 
 
 def poly1_softmax_focal_loss(input, target, *, alpha=0.25, gamma=2.0, epsilon=1.0, weight=None, reduction="mean", avg_factor=None,
-                             ignore_index=None, sample_weight=None, backend=None):
+                             ignore_index=None, sample_weight=None, sync_avg_factor=False, backend=None):
     """Poly-1 softmax focal loss (PolyLoss, arXiv 2204.12511): :func:`softmax_focal_loss` plus
     epsilon (1 - p_y)^(gamma + 1) per row (times the class and sample weights, not alpha, as
-    :func:`fastloss.poly1_focal_loss`).  epsilon: finite."""
+    :func:`fastloss.poly1_focal_loss`).  epsilon: finite; the other arguments as
+    :func:`softmax_focal_loss`."""
     eps = _common.check_param("epsilon", epsilon, math.isfinite, "finite")
-    return _focal("softmax_focal_loss", input, target, alpha, gamma, eps, weight, reduction, avg_factor, ignore_index, sample_weight, backend)
+    return _focal("softmax_focal_loss", input, target, alpha, gamma, eps, weight, reduction, avg_factor, ignore_index, sample_weight, backend,
+                  sync_avg_factor)
 
 
-def _focal(op, input, target, alpha, gamma, epsilon, weight, reduction, avg_factor, ignore_index, sample_weight, backend):
+def _focal(op, input, target, alpha, gamma, epsilon, weight, reduction, avg_factor, ignore_index, sample_weight, backend, sync_avg_factor):
     _check_input(op, input)
     kind = _class_target(op, input, target, ignore_index, probs_ok=False)
     ignore_index = _check_ignore_index(ignore_index)
@@ -479,10 +492,12 @@ def _focal(op, input, target, alpha, gamma, epsilon, weight, reduction, avg_fact
     w = _per_class(op, "weight", weight, C, input)
     sw = _per_row(op, "sample_weight", sample_weight, input.shape[:1] + input.shape[2:], input)
     return _run(op, input, target, kind, _params(epsilon=epsilon, gamma=gamma, alpha=alpha), reduction, class_weight=w,
-                class_alpha=class_alpha, sample_weight=sw, ignore_index=ignore_index, mean="rows", avg_factor=avg_factor, backend=backend)
+                class_alpha=class_alpha, sample_weight=sw, ignore_index=ignore_index, mean="rows", avg_factor=avg_factor,
+                sync_avg_factor=sync_avg_factor, backend=backend)
 
 
-def distribution_focal_loss(pred, target, weight=None, reduction="mean", avg_factor=None, *, max_target=None, backend=None):
+def distribution_focal_loss(pred, target, weight=None, reduction="mean", avg_factor=None, *, max_target=None, sync_avg_factor=False,
+                            backend=None):
     """Distribution focal loss (Generalized Focal Loss, Li et al., arXiv 2006.04388): cross
     entropy of the logits over n + 1 bins against the two bins around a continuous target v,
     (floor(v) + 1 - v) CE(floor(v)) + (v - floor(v)) CE(floor(v) + 1) -- mmdetection's
@@ -496,7 +511,7 @@ def distribution_focal_loss(pred, target, weight=None, reduction="mean", avg_fac
             on, :func:`fastloss.checked_labels`) unless ``max_target`` is given.
         weight: a weight per row (...) (mmdetection's).
         reduction: "none" (pred's shape without the bins axis) | "mean" (over rows) | "sum";
-            avg_factor: mmdetection's normaliser.
+            avg_factor: mmdetection's normaliser; sync_avg_factor: as :func:`cross_entropy`.
         max_target: clamp the target to [0, max_target] first -- ultralytics' ``DFLoss`` clamps
             to n - 0.01 (reg_max - 1 - 0.01 with reg_max = n + 1 bins): its value is
             ``distribution_focal_loss(pred.view(-1, 4, reg_max), target, reduction="none",
@@ -522,11 +537,11 @@ def distribution_focal_loss(pred, target, weight=None, reduction="mean", avg_fac
     # without max_target the op checks the range; bins_hi past the last bin says so (the kernels clamp to C - 1)
     params = _params(bins_hi=hi if max_target is not None else C - 0.5)
     return _run(op, pred, target, TARGETS["bins"], params, reduction, sample_weight=sw, class_dim=-1, mean="rows", avg_factor=avg_factor,
-                backend=backend)
+                sync_avg_factor=sync_avg_factor, backend=backend)
 
 
 def distillation_kl_div(input, target, temperature=1.0, target_logits=True, t_squared=True, reduction="mean", weight=None, avg_factor=None,
-                        *, backend=None):
+                        *, sync_avg_factor=False, backend=None):
     """KL divergence over the class axis for knowledge distillation (Hinton et al., arXiv
     1503.02531): KL(t || softmax(input / T)) per row, t = softmax(target / T) (teacher logits) or
     the probabilities ``target``; times T^2 with ``t_squared`` (the gradient scale of the
@@ -538,7 +553,8 @@ def distillation_kl_div(input, target, temperature=1.0, target_logits=True, t_sq
         temperature: T > 0.
         reduction: "none" (per row) | "mean" (over rows: torch's "batchmean" for (N, C)) |
             "sum"; mmdetection's loss is this mean / C (it averages over the classes).
-        weight: a weight per row; avg_factor: mmdetection's normaliser.
+        weight: a weight per row; avg_factor: mmdetection's normaliser; sync_avg_factor: as
+            :func:`cross_entropy`.
 
     The teacher is not differentiated (pass it detached).  Returns the loss in input's dtype
     (fp32 under autocast)."""
@@ -555,7 +571,7 @@ def distillation_kl_div(input, target, temperature=1.0, target_logits=True, t_sq
     scale = T * T if _common.flag("t_squared", t_squared) else 1.0
     sw = _per_row(op, "weight", weight, input.shape[:1] + input.shape[2:], input)
     return _run(op, input, target, kind, _params(in_scale=1.0 / T, out_scale=scale), reduction, sample_weight=sw, mean="rows",
-                avg_factor=avg_factor, backend=backend)
+                avg_factor=avg_factor, sync_avg_factor=sync_avg_factor, backend=backend)
 
 
 # ====================================================================== backends
