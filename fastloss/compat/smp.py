@@ -1,0 +1,445 @@
+"""segmentation_models_pytorch's losses (``segmentation_models_pytorch.losses``, smp 0.6.0) over
+fastloss's kernels, with smp's exact names, signatures, defaults, return shapes and dtypes::
+
+    from fastloss.compat import smp as fl_smp       # instead of segmentation_models_pytorch.losses
+    loss_fn = fl_smp.DiceLoss("multiclass", ignore_index=255)
+
+or ``fastloss.patch("smp")`` swaps them into ``segmentation_models_pytorch.losses`` in place.
+
+Mapping:
+
+* ``DiceLoss`` / ``JaccardLoss`` / ``TverskyLoss``: ONE pass of fastloss's dice kernel gives the
+  per-(image, class) sums I, P', G' (softmax for "multiclass", sigmoid for "binary" /
+  "multilabel" when ``from_logits``, inside the kernel; integer label maps expanded inside the
+  kernel; ``ignore_index`` pixels -- elements for "binary" / "multilabel" -- left out of every
+  sum); smp's score (I + smooth) / (I + alpha FP + beta FN + smooth).clamp_min(eps) over the
+  batch, the zeroing of classes absent from the target, ``classes``, ``log_loss``, the
+  weighted class mean sum(w l) / sum(w) (= fastloss's class weights C w / sum(w)) and
+  Tversky's ``** gamma`` of the mean are torch ops on the (N, C, 3) sums.
+* ``FocalLoss``: :func:`fastloss.sigmoid_focal_loss` per element (integer labels expanded in the
+  kernel for "multiclass"), smp's per-class means and class weights folded into the element
+  weights; ``from_logits=False`` applies smp's clamp-and-logit (or log) in PyTorch first.
+* ``SoftBCEWithLogitsLoss``: :func:`fastloss.binary_cross_entropy_with_logits` (``weight``,
+  ``pos_weight``; ``smooth_factor`` f is the kernel's label smoothing 2 f; ignored elements
+  weight 0, the mean over all elements as smp).
+* ``SoftCrossEntropyLoss``: :func:`fastloss.cross_entropy` with ``label_smoothing`` (smp's
+  label-smoothed NLL is torch's smoothing) and the mean over all positions, ignored included
+  (smp's rule; ``avg_non_ignore=False``).
+
+Differences from smp (documented, deliberate):
+
+* Soft (non 0 / 1) float targets raise ValueError in ``DiceLoss`` / ``JaccardLoss`` /
+  ``TverskyLoss`` / ``FocalLoss``: smp's intersection for soft targets is sum min(p, g) and its
+  focal term exp(-BCE); fastloss's kernels form sum p g and (1 - p_t).  Both agree for hard
+  targets.  Checked for CPU tensors; for CUDA tensors in fastloss's checked mode
+  (:func:`fastloss.checked_labels`; unchecked, soft targets give fastloss's forms).
+* ``FocalLoss``: ``normalized=True`` and ``reduced_threshold`` raise ValueError (no fastloss
+  kernel forms them); "multilabel" with ``ignore_index`` and "none" / "batchwise_mean" with
+  ``class_weights`` in the multi-class modes raise ValueError (smp itself fails there with a
+  shape error); a mean over zero non-ignored pixels is 0 (smp: NaN).
+* ``SoftBCEWithLogitsLoss``: ``smooth_factor`` must lie in [0, 0.5] (ValueError otherwise).
+* ``SoftCrossEntropyLoss()`` with the default ``smooth_factor=None`` works (no smoothing);
+  smp raises TypeError there.
+* Bad ``mode`` values raise ValueError (smp: AssertionError).
+"""
+from typing import List, Optional
+
+import torch
+from torch import nn
+from torch.nn.modules.loss import _Loss
+
+from fastloss.ops import _common
+from fastloss.ops import dice as _dice
+from fastloss.ops.pointwise import binary_cross_entropy_with_logits, sigmoid_focal_loss
+from fastloss.ops.rowwise import cross_entropy
+
+__all__ = ["DiceLoss", "JaccardLoss", "TverskyLoss", "FocalLoss", "SoftBCEWithLogitsLoss", "SoftCrossEntropyLoss"]
+
+BINARY_MODE = "binary"
+MULTICLASS_MODE = "multiclass"
+MULTILABEL_MODE = "multilabel"
+_MODES = (BINARY_MODE, MULTICLASS_MODE, MULTILABEL_MODE)
+
+
+def _check_mode(mode):
+    if mode not in _MODES:
+        raise ValueError(f"mode must be one of {_MODES}, got {mode!r}")
+
+
+def _float32(values):
+    """smp keeps classes' weights as an fp32 tensor (to_tensor(..., torch.float))."""
+    return torch.as_tensor(values).to(torch.float32)
+
+
+def _check_hard(name, t, ignore_index):
+    """ValueError for a float target with values other than 0, 1 (and ignore_index) -- CPU
+    tensors; CUDA tensors in fastloss's checked mode (the check syncs)."""
+    if not t.is_floating_point() or t.numel() == 0 or not _common.labels_checked_on(t.device):
+        return
+    bad = (t != 0) & (t != 1)
+    if ignore_index is not None:
+        bad &= t != ignore_index
+    if bool(bad.any()):
+        raise ValueError(f"{name}: fastloss needs hard (0 / 1) float targets; smp's formula for soft targets differs "
+                         "(see fastloss.compat.smp)")
+
+
+class _SoftScore(_Loss):
+    """smp's Dice / Jaccard / Tversky (alpha, beta) over the dice kernel's sums."""
+
+    _alpha = _beta = 0.5
+
+    def _setup(self, mode, classes, log_loss, from_logits, smooth, ignore_index, eps, class_weights):
+        _check_mode(mode)
+        if class_weights is not None and mode == BINARY_MODE:
+            raise ValueError("class_weights are not supported with mode=binary")
+        if classes is not None:
+            if mode == BINARY_MODE:
+                raise ValueError("Masking classes is not supported with mode=binary")
+            classes = torch.as_tensor(classes).to(torch.long)
+        self.mode = mode
+        self.classes = classes
+        self.from_logits = from_logits
+        self.smooth = smooth
+        self.eps = eps
+        self.log_loss = log_loss
+        self.ignore_index = ignore_index
+        self.class_weights = _float32(class_weights) if class_weights is not None else None
+
+    def _class_losses(self, y_pred, y_true):
+        """Per-class loss (C,) after smp's zeroing of empty classes and its ``classes`` filter."""
+        if y_true.size(0) != y_pred.size(0):
+            raise ValueError(f"y_true and y_pred must have the same batch size, got {y_true.size(0)} and {y_pred.size(0)}")
+        bs = y_true.size(0)
+        activation = 0
+        if self.from_logits:
+            activation = 2 if self.mode == MULTICLASS_MODE else 1
+        if self.mode == BINARY_MODE:
+            x, t, mode = y_pred.reshape(bs, 1, -1), y_true.reshape(bs, 1, -1).to(y_pred.dtype), "multilabel"
+        elif self.mode == MULTICLASS_MODE:
+            x, t, mode = y_pred.reshape(bs, y_pred.size(1), -1), y_true.reshape(bs, -1), "multiclass"
+            if t.is_floating_point():
+                raise ValueError(f"multiclass y_true must be an integer label map, got {t.dtype}")
+        else:
+            x, mode = y_pred.reshape(bs, y_pred.size(1), -1), "multilabel"
+            t = y_true.reshape(bs, y_pred.size(1), -1).to(y_pred.dtype)
+        _check_hard(type(self).__name__, t, self.ignore_index)
+        xk, tk, _ = _dice._prepare(x, t, mode, False, self.ignore_index)
+        ii = None if self.ignore_index is None else int(self.ignore_index)
+        sums, _ = _dice._sums(xk, tk, activation, False, ii, False, None)
+        I, P, G = sums.sum(0).unbind(-1)  # over the batch and space, per class (smp's dims (0, 2))
+        den = (I + self._alpha * (P - I) + self._beta * (G - I) + self.smooth).clamp_min(self.eps)
+        score = (I + self.smooth) / den
+        loss = -torch.log(score.clamp_min(self.eps)) if self.log_loss else 1.0 - score
+        loss = loss * (G > 0).to(loss.dtype)  # smp: a class without target pixels contributes 0
+        if self.classes is not None:
+            loss = loss[self.classes]
+        return loss.to(xk.dtype)
+
+    def aggregate_loss(self, loss: torch.Tensor) -> torch.Tensor:
+        """smp's class mean (weighted: sum(w loss) / sum(w))."""
+        if self.class_weights is not None:
+            weights = self.class_weights.to(loss.device)
+            if self.classes is not None:
+                weights = weights[self.classes]
+            return (loss * weights).sum() / weights.sum()
+        return loss.mean()
+
+    def forward(self, y_pred: torch.Tensor, y_true: torch.Tensor) -> torch.Tensor:
+        return self.aggregate_loss(self._class_losses(y_pred, y_true))
+
+
+_SCORE_DOC = """smp's ``{name}`` (segmentation_models_pytorch.losses, smp 0.6.0) on fastloss's dice kernel:
+    per class over the whole batch, score = (I + smooth) / (I + {terms} + smooth).clamp_min(eps),
+    loss = 1 - score (``log_loss``: -log(score.clamp_min(eps))), 0 for classes absent from the
+    target, then the (weighted) class mean{gamma}.
+
+    y_pred (N, C, *) logits (probabilities with ``from_logits=False``), fp16/bf16/fp32 (fp64 on
+    CPU); y_true: "binary" (N, *) or (N, 1, *) 0/1 values, "multiclass" an integer label map
+    (N, *), "multilabel" (N, C, *) 0/1 values.  Returns a scalar in y_pred's dtype.  Raises
+    ValueError for a bad mode, classes / class_weights with "binary", soft targets and labels
+    out of range (CPU tensors; module docstring)."""
+
+
+class DiceLoss(_SoftScore):
+    __doc__ = _SCORE_DOC.format(name="DiceLoss", terms="FP / 2 + FN / 2", gamma="")
+
+    def __init__(
+        self,
+        mode: str,
+        classes: Optional[List[int]] = None,
+        log_loss: bool = False,
+        from_logits: bool = True,
+        smooth: float = 0.0,
+        ignore_index: Optional[int] = None,
+        eps: float = 1e-7,
+        class_weights: Optional[List[float]] = None,
+    ):
+        super().__init__()
+        self._setup(mode, classes, log_loss, from_logits, smooth, ignore_index, eps, class_weights)
+
+    def forward(self, y_pred: torch.Tensor, y_true: torch.Tensor) -> torch.Tensor:
+        return self.aggregate_loss(self._class_losses(y_pred, y_true))
+
+
+class JaccardLoss(_SoftScore):
+    __doc__ = _SCORE_DOC.format(name="JaccardLoss", terms="FP + FN", gamma="")
+    _alpha = _beta = 1.0
+
+    def __init__(
+        self,
+        mode: str,
+        classes: Optional[List[int]] = None,
+        log_loss: bool = False,
+        from_logits: bool = True,
+        smooth: float = 0.0,
+        ignore_index: Optional[int] = None,
+        eps: float = 1e-7,
+        class_weights: Optional[List[float]] = None,
+    ):
+        super().__init__()
+        self._setup(mode, classes, log_loss, from_logits, smooth, ignore_index, eps, class_weights)
+
+    def forward(self, y_pred: torch.Tensor, y_true: torch.Tensor) -> torch.Tensor:
+        return self.aggregate_loss(self._class_losses(y_pred, y_true))
+
+
+class TverskyLoss(DiceLoss):
+    __doc__ = _SCORE_DOC.format(name="TverskyLoss", terms="alpha FP + beta FN", gamma=", raised to ``gamma``")
+
+    def __init__(
+        self,
+        mode: str,
+        classes: Optional[List[int]] = None,
+        log_loss: bool = False,
+        from_logits: bool = True,
+        smooth: float = 0.0,
+        ignore_index: Optional[int] = None,
+        eps: float = 1e-7,
+        alpha: float = 0.5,
+        beta: float = 0.5,
+        gamma: float = 1.0,
+        class_weights: Optional[List[float]] = None,
+    ):
+        super().__init__(mode, classes, log_loss, from_logits, smooth, ignore_index, eps, class_weights)
+        self.alpha = self._alpha = alpha
+        self.beta = self._beta = beta
+        self.gamma = gamma
+
+    def aggregate_loss(self, loss: torch.Tensor) -> torch.Tensor:
+        """The (weighted) class mean, raised to ``gamma`` (smp's focal Tversky)."""
+        return super().aggregate_loss(loss) ** self.gamma
+
+
+class FocalLoss(_Loss):
+    """smp's ``FocalLoss`` (segmentation_models_pytorch.losses, smp 0.6.0) on
+    :func:`fastloss.sigmoid_focal_loss`: per element (1 - p_t)^gamma BCE (times
+    alpha t + (1 - alpha)(1 - t) when ``alpha`` is given), "multiclass" scoring each class
+    against its one-vs-rest target.  "binary": ``reduction`` over the non-ignored elements
+    ("none": their 1-D vector, as smp); "multiclass" / "multilabel": ``reduction`` per class,
+    then the (``class_weights``-weighted) class mean, as smp.
+
+    y_pred (N, C, *) logits (probabilities with ``from_logits=False``: smp's clamp to
+    [eps, 1 - eps] and logit -- or log for "multiclass" -- are applied in PyTorch); y_true as
+    :class:`DiceLoss`.  Returns a tensor in y_pred's dtype.  Raises ValueError for the
+    arguments listed in the module docstring, soft targets and labels out of range.
+    """
+
+    def __init__(
+        self,
+        mode: str,
+        alpha: Optional[float] = None,
+        gamma: Optional[float] = 2.0,
+        ignore_index: Optional[int] = None,
+        from_logits: bool = True,
+        eps: float = 1e-7,
+        reduction: Optional[str] = "mean",
+        normalized: bool = False,
+        reduced_threshold: Optional[float] = None,
+        class_weights: Optional[List[float]] = None,
+    ):
+        super().__init__()
+        _check_mode(mode)
+        if class_weights is not None and mode == BINARY_MODE:
+            raise ValueError("class_weights are not supported with mode=binary")
+        if normalized:
+            raise ValueError("FocalLoss(normalized=True) is not supported by fastloss (no kernel forms the normalised focal loss)")
+        if reduced_threshold is not None:
+            raise ValueError("FocalLoss(reduced_threshold=...) is not supported by fastloss (no kernel forms the reduced focal loss)")
+        if reduction not in ("mean", "sum", "none", "batchwise_mean"):
+            raise ValueError(f"reduction must be 'mean', 'sum', 'none' or 'batchwise_mean', got {reduction!r}")
+        if mode != BINARY_MODE and class_weights is not None and reduction in ("none", "batchwise_mean"):
+            raise ValueError(f"FocalLoss: class_weights with reduction={reduction!r} fail in smp (a shape error); not supported")
+        if mode == MULTILABEL_MODE and ignore_index is not None:
+            raise ValueError("FocalLoss: mode='multilabel' with ignore_index fails in smp (a shape error); not supported")
+        self.mode = mode
+        self.alpha = alpha
+        self.gamma = _common.nonneg("gamma", gamma)
+        self.from_logits = from_logits
+        self.ignore_index = ignore_index
+        self.reduction = reduction
+        self.eps = eps
+        self.class_weights = _float32(class_weights) if class_weights is not None else None
+
+    def forward(self, y_pred: torch.Tensor, y_true: torch.Tensor) -> torch.Tensor:
+        if not self.from_logits:
+            y_pred = torch.clamp(y_pred, self.eps, 1 - self.eps)
+            y_pred = torch.log(y_pred) if self.mode == MULTICLASS_MODE else torch.log(y_pred / (1 - y_pred))
+        alpha = -1.0 if self.alpha is None else float(self.alpha)  # fastloss: a negative alpha disables the balance
+        dtype = y_pred.dtype
+        if self.mode == BINARY_MODE:
+            x, t = y_pred.reshape(-1), y_true.reshape(-1)
+            valid = t != self.ignore_index if self.ignore_index is not None else None
+            t = t.to(dtype)
+            if valid is not None:
+                t = torch.where(valid, t, torch.zeros_like(t))
+            _check_hard("FocalLoss", t, None)
+            if self.reduction == "none":
+                loss = sigmoid_focal_loss(x, t, alpha=alpha, gamma=self.gamma, reduction="none")
+                return loss if valid is None else loss[valid]
+            w = None if valid is None else valid.to(dtype)
+            total = sigmoid_focal_loss(x, t, alpha=alpha, gamma=self.gamma, reduction="sum", weight=w)
+            if self.reduction == "mean":
+                count = t.numel() if valid is None else valid.sum().clamp_min(1)
+                return total / count
+            return total  # "sum"; "batchwise_mean" of the 1-D vector is its sum
+
+        C = y_pred.size(1)
+        x = y_pred.movedim(1, -1)  # (N, *, C): the class axis last, as the pointwise kernel's labels expect
+        if self.mode == MULTICLASS_MODE:
+            if y_true.is_floating_point():
+                raise ValueError(f"multiclass y_true must be an integer label map, got {y_true.dtype}")
+            valid = y_true != self.ignore_index if self.ignore_index is not None else torch.ones_like(y_true, dtype=torch.bool)
+            _common.check_labels("FocalLoss", y_true, C, self.ignore_index)
+            # an ignored pixel's label points at no class (C = background); its weight is 0
+            t = torch.where(valid, y_true.long(), torch.full_like(y_true, C, dtype=torch.long))
+        else:
+            t = y_true.to(dtype).movedim(1, -1)
+            valid = torch.ones(x.shape[:-1], dtype=torch.bool, device=x.device)
+            _check_hard("FocalLoss", t, None)
+        cw = torch.ones(C, dtype=dtype, device=x.device) if self.class_weights is None else self.class_weights.to(x.device).to(dtype)
+        class_norm = cw / cw.sum()  # the (weighted) mean over the classes
+        per_pixel = valid.to(dtype).unsqueeze(-1)
+        if self.reduction in ("mean", "none"):  # smp's "none" stacks the class vectors and takes their mean
+            per_pixel = per_pixel / valid.sum().clamp_min(1).to(dtype)
+        elif self.reduction == "batchwise_mean" and self.ignore_index is None:  # per class a sum over the batch, then a mean
+            per_pixel = per_pixel / (valid[0].numel())
+        w = per_pixel * class_norm
+        return sigmoid_focal_loss(x, t, alpha=alpha, gamma=self.gamma, reduction="sum", weight=w.expand(x.shape))
+
+
+class SoftBCEWithLogitsLoss(nn.Module):
+    """smp's ``SoftBCEWithLogitsLoss`` (segmentation_models_pytorch.losses, smp 0.6.0) on
+    :func:`fastloss.binary_cross_entropy_with_logits`: BCE-with-logits against the smoothed
+    target (1 - y) f + y (1 - f) (f = ``smooth_factor``, the kernel's label smoothing 2 f),
+    ``weight`` and ``pos_weight`` as torch's, elements equal to ``ignore_index`` weighted 0.
+
+    y_pred and y_true of one shape (any), fp16/bf16/fp32 (fp64 on CPU).  "mean": over all
+    elements (ignored ones included, as smp), "sum"; any other ``reduction``: the per-element
+    losses.  Raises ValueError for ``smooth_factor`` outside [0, 0.5] and bad shapes."""
+
+    __constants__ = ["weight", "pos_weight", "reduction", "ignore_index", "smooth_factor"]
+
+    def __init__(
+        self,
+        weight: Optional[torch.Tensor] = None,
+        ignore_index: Optional[int] = -100,
+        reduction: str = "mean",
+        smooth_factor: Optional[float] = None,
+        pos_weight: Optional[torch.Tensor] = None,
+    ):
+        super().__init__()
+        if smooth_factor is not None:
+            _common.check_param("smooth_factor", smooth_factor, lambda v: 0 <= v <= 0.5,
+                                "in [0, 0.5] (fastloss's label smoothing is 2 * smooth_factor)")
+        self.ignore_index = ignore_index
+        self.reduction = reduction
+        self.smooth_factor = smooth_factor
+        self.register_buffer("weight", weight)
+        self.register_buffer("pos_weight", pos_weight)
+
+    def forward(self, y_pred: torch.Tensor, y_true: torch.Tensor) -> torch.Tensor:
+        t = y_true if y_true.is_floating_point() else y_true.to(y_pred.dtype)
+        w = self.weight
+        if self.ignore_index is not None:
+            valid = y_true != self.ignore_index
+            t = torch.where(valid, t, torch.zeros_like(t))
+            mask = valid.to(y_pred.dtype)
+            w = mask if w is None else w * mask
+        reduction = self.reduction if self.reduction in ("mean", "sum") else "none"
+        s = 0.0 if self.smooth_factor is None else 2.0 * self.smooth_factor
+        return binary_cross_entropy_with_logits(y_pred, t, weight=w, reduction=reduction, pos_weight=self.pos_weight,
+                                                label_smoothing=s)
+
+
+class SoftCrossEntropyLoss(nn.Module):
+    """smp's ``SoftCrossEntropyLoss`` (segmentation_models_pytorch.losses, smp 0.6.0) on
+    :func:`fastloss.cross_entropy`: per position (1 - f) NLL + (f / C) sum_c -log p_c (torch's
+    label smoothing f = ``smooth_factor``; None = 0), ignored positions 0.
+
+    y_pred logits with the classes on axis ``dim``; y_true integer labels with that axis removed
+    (or of size 1).  "mean": over ALL positions (ignored ones included, smp's rule); "sum";
+    otherwise the per-position losses, shaped like y_true with a size-1 class axis when
+    ``ignore_index`` is set (smp's shapes).  Returns y_pred's dtype; ValueError for labels out of
+    range (CPU tensors)."""
+
+    __constants__ = ["reduction", "ignore_index", "smooth_factor"]
+
+    def __init__(
+        self,
+        reduction: str = "mean",
+        smooth_factor: Optional[float] = None,
+        ignore_index: Optional[int] = -100,
+        dim: int = 1,
+    ):
+        super().__init__()
+        self.smooth_factor = smooth_factor
+        self.ignore_index = ignore_index
+        self.reduction = reduction
+        self.dim = dim
+
+    def forward(self, y_pred: torch.Tensor, y_true: torch.Tensor) -> torch.Tensor:
+        dim = self.dim % y_pred.dim()
+        if y_true.dim() == y_pred.dim():
+            if y_true.shape[dim] != 1:
+                raise ValueError(f"y_true must have y_pred's shape without axis {self.dim} (or 1 there), got {tuple(y_true.shape)}")
+            y_true = y_true.squeeze(dim)
+        x = y_pred.movedim(dim, 1)
+        C = x.shape[1]
+        if self.ignore_index is None:
+            _common.check_labels("SoftCrossEntropyLoss", y_true, C)
+        ii = -100 if self.ignore_index is None else int(self.ignore_index)
+        reduction = self.reduction if self.reduction in ("mean", "sum") else "none"
+        s = 0.0 if self.smooth_factor is None else self.smooth_factor
+        loss = cross_entropy(x, y_true, ignore_index=ii, reduction=reduction, label_smoothing=s,
+                             avg_non_ignore=False if reduction == "mean" else None)
+        if reduction == "none" and self.ignore_index is not None:
+            loss = loss.unsqueeze(dim)
+        return loss
+
+
+_REPLACED = {"DiceLoss": DiceLoss, "JaccardLoss": JaccardLoss, "TverskyLoss": TverskyLoss, "FocalLoss": FocalLoss,
+             "SoftBCEWithLogitsLoss": SoftBCEWithLogitsLoss, "SoftCrossEntropyLoss": SoftCrossEntropyLoss}
+
+
+def _patch(handle):
+    """Replace smp's DiceLoss, JaccardLoss, TverskyLoss, FocalLoss, SoftBCEWithLogitsLoss and
+    SoftCrossEntropyLoss with this module's classes in ``segmentation_models_pytorch.losses``,
+    its defining submodules (.dice, .jaccard, .tversky, .focal, .soft_bce, .soft_ce) and every
+    other already-imported ``segmentation_models_pytorch.*`` module holding an original."""
+    import sys
+
+    import segmentation_models_pytorch.losses as losses
+
+    originals = {}
+    for name, ours in _REPLACED.items():
+        current = getattr(losses, name)
+        if current is not ours:
+            originals[current] = ours
+    for mod_name, mod in list(sys.modules.items()):
+        if mod is None or not (mod_name == "segmentation_models_pytorch" or mod_name.startswith("segmentation_models_pytorch.")):
+            continue
+        for name in _REPLACED:
+            value = vars(mod).get(name) if hasattr(mod, "__dict__") else None
+            if isinstance(value, type) and value in originals:
+                handle.setattr(mod, name, originals[value])
