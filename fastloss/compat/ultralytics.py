@@ -1,0 +1,366 @@
+"""ultralytics' box IoU and detection losses over fastloss's kernels.
+
+Peer: ultralytics 8.4 (checked against 8.4.190): ``ultralytics.utils.metrics.bbox_iou`` /
+``box_iou`` and ``ultralytics.utils.loss.VarifocalLoss`` / ``FocalLoss`` / ``DFLoss`` /
+``BboxLoss``, with their names, signatures, defaults, return shapes and dtypes::
+
+    from fastloss.compat import ultralytics as ul     # instead of ultralytics.utils.loss / metrics
+    iou = ul.bbox_iou(pred_xywh, gt_xywh, GIoU=True)  # (..., 1), gradients for both boxes
+
+or patch ultralytics in place (before its loss / trainer is built)::
+
+    fastloss.patch("ultralytics")
+
+This module imports ultralytics only in :func:`_patch` and in ``BboxLoss.forward`` (below).
+
+What runs where:
+
+* ``bbox_iou`` (``xywh=True``), ``box_iou``: fastloss's box kernels (:func:`fastloss.box_iou`,
+  differentiable w.r.t. both box sets; IoU, GIoU, DIoU and CIoU are symmetric in the two
+  boxes, CIoU's alpha held constant in the backward as ultralytics does).
+* ``VarifocalLoss``, ``FocalLoss``: the pointwise engine (:func:`fastloss.varifocal_loss`
+  with ``positive=label``, :func:`fastloss.sigmoid_focal_loss`), summed in the kernel:
+  ultralytics' ``.mean(1).sum()`` is the total over ``pred.shape[1]``.
+* ``DFLoss``: the row-wise engine (:func:`fastloss.distribution_focal_loss` with
+  ``max_target = reg_max - 1 - 0.01``, ultralytics' clamp), mean over the 4 sides.
+* ``BboxLoss``: its DFL (or, for ``reg_max <= 1``, L1) term on fastloss; its CIoU term is
+  ultralytics' own ``bbox_iou(..., xywh=False, CIoU=True)`` -- see the first difference below.
+
+Differences from ultralytics (each deliberate; the tests check the rest is equal):
+
+* ``bbox_iou(xywh=False)`` raises ValueError: in (x1, y1, x2, y2) form ultralytics adds
+  ``eps`` to each box's height (h = y2 - y1 + eps, in the union and in CIoU's aspect term),
+  which fastloss's box kernels (eps only in the denominators, as torchvision) do not compute;
+  the two differ by about eps (w1 + w2) / union relative (1e-7 for unit boxes), far above
+  float64 rounding.  For the same reason ``BboxLoss`` keeps ultralytics' CIoU, and
+  :func:`_patch` leaves every (x1, y1, x2, y2) caller of ``bbox_iou`` alone.
+* Boxes with a negative width or height are clamped to zero area (ultralytics multiplies the
+  signed sides: a box inverted in both axes gets a positive area and can score a match).
+* CIoU of a box with zero width and height is finite (its aspect angle is 0); ultralytics'
+  ``atan(w / h)`` gives NaN there.
+* Exactly touching boxes (zero-width overlap): the intersection's derivative is 0 there
+  (fastloss's relu convention); ultralytics' ``clamp_(0)`` passes 1.  Values agree.
+* ``eps`` must be > 0 (ValueError); ultralytics accepts 0 and returns NaN for an empty union.
+* Integer boxes are computed in the default float dtype (ultralytics mixes integer areas with
+  float corners; the values agree while areas fit the float's mantissa).
+* ``VarifocalLoss``: ``label`` must be 0 / 1 and ``gt_score`` 0 where ``label`` is 0 (how
+  ultralytics' RT-DETR loss calls it); anything else raises ValueError for CPU tensors (for
+  CUDA tensors only in checked mode, :func:`fastloss.checked_labels`, which syncs; unchecked,
+  an element counts as positive where label > 0 and its negative weight is
+  alpha |sigmoid(x) - gt_score|^gamma).  Its BCE is computed in the result dtype (float64
+  for float64 inputs) where ultralytics casts it to float32 first.
+* ``FocalLoss``: ``alpha`` must be one number (ultralytics' tensor also takes a per-class
+  list); alpha <= 0 disables the alpha factor as in ultralytics; 0 < alpha <= 1 required
+  otherwise (alpha > 1 gives negative weights in ultralytics: ValueError here).  ``gamma``
+  must be >= 0.
+* ``DFLoss``: ``target`` is not clamped in place (ultralytics' ``clamp_`` rewrites the
+  caller's tensor) and is not differentiated (ValueError if it requires grad; ultralytics
+  differentiates its interpolation weights).  It defines ``forward`` (module hooks run);
+  ultralytics overrides ``__call__`` with the same signature.
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+import fastloss
+from fastloss.ops import _common
+
+__all__ = ["bbox_iou", "box_iou", "VarifocalLoss", "FocalLoss", "DFLoss", "BboxLoss"]
+
+
+def _float_boxes(name, b):
+    if not isinstance(b, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(b).__name__}")
+    if b.dim() == 0 or b.shape[-1] != 4:
+        raise ValueError(f"{name} must have shape (..., 4), got {tuple(b.shape)}")
+    return b if b.is_floating_point() else b.to(torch.get_default_dtype())
+
+
+def bbox_iou(
+    box1: torch.Tensor,
+    box2: torch.Tensor,
+    xywh: bool = True,
+    GIoU: bool = False,
+    DIoU: bool = False,
+    CIoU: bool = False,
+    eps: float = 1e-7,
+) -> torch.Tensor:
+    """IoU, GIoU, DIoU or CIoU of ``box1`` and ``box2``, element by element with broadcasting
+    (ultralytics 8.4 ``ultralytics.utils.metrics.bbox_iou``).
+
+    Args:
+        box1, box2: (..., 4) boxes (cx, cy, w, h) whose leading dims broadcast ((4,), (N, 4),
+            (B, N, 1, 4) against (B, 1, M, 4), ...); any unit, fp16/bf16/fp32/fp64.
+        xywh: must be True (centre form).  False raises ValueError: ultralytics' corner form
+            adds eps to the heights, which fastloss's kernels do not (module docstring).
+        GIoU, DIoU, CIoU: the metric; CIoU wins over DIoU over GIoU, none set gives IoU.
+        eps: > 0; placed as ultralytics' centre form (IoU = I / (U + eps), GIoU's
+            (C - U) / (C + eps), c2 = cw^2 + ch^2 + eps, CIoU alpha = v / (1 - IoU + v + eps)).
+
+    Returns the metric, shape broadcast(box1.shape[:-1], box2.shape[:-1]) + (1,), in the
+    promoted dtype of the boxes; differentiable w.r.t. both.  Raises ValueError for
+    ``xywh=False``, a last dim other than 4, non-broadcasting shapes, eps <= 0.
+    """
+    if not xywh:
+        raise ValueError("bbox_iou: xywh=False is not supported: ultralytics' (x1, y1, x2, y2) form adds eps to each box's height "
+                         "(area and aspect ratio), which fastloss's box kernels do not compute; pass (cx, cy, w, h) boxes with "
+                         "xywh=True, or use fastloss.box_iou(box1, box2, kind, aligned=True) (eps only in the denominators)")
+    box1, box2 = _float_boxes("box1", box1), _float_boxes("box2", box2)
+    try:
+        box1, box2 = torch.broadcast_tensors(box1, box2)
+    except RuntimeError as e:
+        raise ValueError(f"bbox_iou: box1 {tuple(box1.shape)} and box2 {tuple(box2.shape)} do not broadcast") from e
+    kind = "ciou" if CIoU else "diou" if DIoU else "giou" if GIoU else "iou"
+    return fastloss.box_iou(box1, box2, kind=kind, fmt="cxcywh", aligned=True, eps=eps).unsqueeze(-1)
+
+
+def box_iou(box1: torch.Tensor, box2: torch.Tensor, eps: float = 1e-7) -> torch.Tensor:
+    """Pairwise IoU of (x1, y1, x2, y2) boxes (ultralytics 8.4 ``ultralytics.utils.metrics.box_iou``).
+
+    Args:
+        box1: (N, 4); box2: (M, 4); computed in float32 whatever their dtype, as ultralytics
+            does (its ``.float()``).
+        eps: > 0; IoU = I / (area1 + area2 - I + eps).
+
+    Returns (N, M) float32, differentiable w.r.t. both box sets.  Raises ValueError for inputs
+    that are not 2-D (..., 4) or eps <= 0.
+    """
+    for name, b in (("box1", box1), ("box2", box2)):
+        if not isinstance(b, torch.Tensor) or b.dim() != 2 or b.shape[-1] != 4:
+            raise ValueError(f"box_iou: {name} must be an (n, 4) tensor, got {getattr(b, 'shape', type(b).__name__)}")
+    return fastloss.box_iou(box1.float(), box2.float(), kind="iou", fmt="xyxy", eps=eps)
+
+
+def _sum_over_dim1(name, pred):
+    """ultralytics' ``loss.mean(1).sum()`` is the total over pred.shape[1]: check it has a dim 1."""
+    if not isinstance(pred, torch.Tensor) or pred.dim() < 2:
+        raise ValueError(f"{name} must have at least 2 dims (the loss is averaged over dim 1), got "
+                         f"{getattr(pred, 'shape', type(pred).__name__)}")
+    return pred.shape[1]
+
+
+class VarifocalLoss(nn.Module):
+    """Varifocal loss (Zhang et al., arXiv 2008.13367), ultralytics 8.4's form
+    (``ultralytics.utils.loss.VarifocalLoss``), on fastloss's pointwise engine.
+
+    Per element BCE(x, q) * (alpha sigmoid(x)^gamma (1 - label) + q label), the weight
+    differentiated; the result is ``.mean(1).sum()`` of that.
+
+    Args:
+        gamma: focusing exponent (>= 0); alpha: weight of the negatives, in [0, 1].
+    """
+
+    def __init__(self, gamma: float = 2.0, alpha: float = 0.75):
+        super().__init__()
+        _common.nonneg("gamma", gamma)
+        _common.check_param("alpha", alpha, lambda a: 0 <= a <= 1, "in [0, 1]")
+        self.gamma = gamma
+        self.alpha = alpha
+
+    def forward(self, pred_score: torch.Tensor, gt_score: torch.Tensor, label: torch.Tensor) -> torch.Tensor:
+        """Args:
+            pred_score: logits (B, N, C) (any shape with a dim 1); differentiable.
+            gt_score: the IoU-aware target q in [0, 1], pred_score's shape, 0 where label is 0.
+            label: 1 for the positives, 0 elsewhere (any dtype), pred_score's shape or
+                broadcastable to it.
+
+        Returns a 0-dim loss: the sum over elements / pred_score.shape[1], in float32 or the
+        promoted dtype of the inputs if wider (ultralytics' float32 BCE times its weight).
+        Raises ValueError for bad shapes, a label other than 0 / 1 or a nonzero gt_score where
+        label is 0 (CPU tensors; CUDA in checked mode).
+        """
+        n = _sum_over_dim1("pred_score", pred_score)
+        for name, t in (("gt_score", gt_score), ("label", label)):
+            if not isinstance(t, torch.Tensor):
+                raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+        if gt_score.shape != pred_score.shape:
+            raise ValueError(f"VarifocalLoss: gt_score must have pred_score's shape {tuple(pred_score.shape)}, got {tuple(gt_score.shape)}")
+        try:
+            label = label.expand(pred_score.shape)
+        except RuntimeError as e:
+            raise ValueError(f"VarifocalLoss: label of shape {tuple(label.shape)} does not broadcast to pred_score's "
+                             f"{tuple(pred_score.shape)}") from e
+        dtype = torch.promote_types(torch.float32, torch.promote_types(pred_score.dtype, gt_score.dtype))
+        if label.is_floating_point():
+            dtype = torch.promote_types(dtype, label.dtype)
+        if _common.labels_checked_on(label.device) and label.numel():
+            neg = label == 0
+            if bool((~neg & (label != 1)).any()):
+                raise ValueError("VarifocalLoss: label must be 0 or 1 (fastloss weights an element either as a positive or a negative)")
+            if bool((neg & (gt_score != 0)).any()):
+                raise ValueError("VarifocalLoss: gt_score must be 0 where label is 0 (fastloss's negative weight is "
+                                 "alpha |sigmoid(x) - gt_score|^gamma, ultralytics' alpha sigmoid(x)^gamma: equal only there)")
+        loss = fastloss.varifocal_loss(pred_score.to(dtype), gt_score.to(dtype), alpha=self.alpha, gamma=self.gamma,
+                                       iou_weighted=True, reduction="sum", positive=label.to(dtype))
+        return loss / n
+
+
+class FocalLoss(nn.Module):
+    """Sigmoid focal loss (Lin et al., arXiv 1708.02002), ultralytics 8.4's form
+    (``ultralytics.utils.loss.FocalLoss``), on fastloss's pointwise engine.
+
+    Per element BCE(x, t) (1 - p_t)^gamma alpha_t (alpha_t = t alpha + (1 - t)(1 - alpha),
+    only when alpha > 0); the result is ``.mean(1).sum()`` of that.
+
+    Args:
+        gamma: focusing exponent (>= 0).
+        alpha: one number; <= 0 disables the alpha factor; else in (0, 1].  Kept as
+            ``self.alpha = torch.tensor(alpha)`` like ultralytics (the default dtype's rounding
+            of alpha is the value used, as there).
+    """
+
+    def __init__(self, gamma: float = 1.5, alpha: float = 0.25):
+        super().__init__()
+        _common.nonneg("gamma", gamma)
+        self.gamma = gamma
+        self.alpha = torch.tensor(alpha)
+        if self.alpha.numel() != 1:
+            raise ValueError(f"FocalLoss: alpha must be one number (a per-class alpha is not supported), got {alpha!r}")
+        if self.alpha.item() > 1:
+            raise ValueError(f"FocalLoss: alpha must be <= 1 (or <= 0 to disable it), got {alpha!r}")
+
+    def forward(self, pred: torch.Tensor, label: torch.Tensor) -> torch.Tensor:
+        """Args:
+            pred: logits (B, N, C) (any shape with a dim 1); differentiable.
+            label: float targets in [0, 1] (soft allowed) of pred's shape.
+
+        Returns a 0-dim loss, the sum over elements / pred.shape[1], in the promoted dtype of
+        pred and label.  Raises ValueError for bad shapes or a non-float label.
+        """
+        n = _sum_over_dim1("pred", pred)
+        if not isinstance(label, torch.Tensor) or not label.is_floating_point() or label.shape != pred.shape:
+            raise ValueError(f"FocalLoss: label must be a float tensor of pred's shape {tuple(pred.shape)}, got "
+                             f"{getattr(label, 'dtype', type(label).__name__)} {tuple(getattr(label, 'shape', ()))}")
+        alpha = self.alpha.item()
+        loss = fastloss.sigmoid_focal_loss(pred, label, alpha=alpha if alpha > 0 else -1.0, gamma=self.gamma, reduction="sum")
+        return loss / n
+
+
+class DFLoss(nn.Module):
+    """Distribution focal loss (Li et al., arXiv 2006.04388), ultralytics 8.4's form
+    (``ultralytics.utils.loss.DFLoss``), on fastloss's row-wise engine.
+
+    Args:
+        reg_max: number of bins (>= 2 for a usable loss); targets are clamped to
+            [0, reg_max - 1 - 0.01] as in ultralytics.
+    """
+
+    def __init__(self, reg_max: int = 16) -> None:
+        super().__init__()
+        self.reg_max = reg_max
+
+    def forward(self, pred_dist: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """Args:
+            pred_dist: logits (target.numel(), C) over C >= reg_max bins; differentiable.
+            target: distances in bins, (..., 4) (any shape; not modified, not differentiated).
+
+        Returns the loss averaged over target's last dim, shape target.shape[:-1] + (1,), in
+        the promoted dtype of pred_dist and target.  Raises ValueError for bad shapes, a
+        reg_max past the bins, or a target that requires grad.
+        """
+        if not isinstance(pred_dist, torch.Tensor) or not isinstance(target, torch.Tensor):
+            raise TypeError("DFLoss: pred_dist and target must be torch.Tensors")
+        if pred_dist.dim() != 2 or target.dim() == 0 or pred_dist.shape[0] != target.numel():
+            raise ValueError(f"DFLoss: pred_dist must be (target.numel(), bins) = ({target.numel()}, bins), got {tuple(pred_dist.shape)} "
+                             f"for target {tuple(target.shape)}")
+        loss = fastloss.distribution_focal_loss(pred_dist.view(*target.shape, pred_dist.shape[1]), target, reduction="none",
+                                                max_target=self.reg_max - 1 - 0.01)
+        return loss.mean(-1, keepdim=True)
+
+
+def _ltrb(anchor_points, boxes, hi=None):
+    """Distances (left, top, right, bottom) from each anchor point (..., 2) to the sides of
+    its (x1, y1, x2, y2) box (..., 4), clamped to [0, hi - 0.01] when ``hi`` is given
+    (ultralytics' ``bbox2dist``)."""
+    dist = torch.cat((anchor_points - boxes[..., :2], boxes[..., 2:] - anchor_points), -1)
+    return dist if hi is None else dist.clamp(0, hi - 0.01)
+
+
+class BboxLoss(nn.Module):
+    """YOLO box-regression losses (ultralytics 8.4 ``ultralytics.utils.loss.BboxLoss``): the
+    CIoU loss and the DFL (``reg_max > 1``) or L1 (``reg_max <= 1``) loss over the
+    foreground anchors, each weighted by the anchor's summed target score and divided by
+    ``target_scores_sum``.
+
+    The DFL / L1 term runs on fastloss (``self.dfl_loss`` is this module's :class:`DFLoss`);
+    the CIoU term is ultralytics' own ``bbox_iou`` (its corner form puts eps where fastloss's
+    kernels do not; module docstring), so ultralytics must be installed to call it.
+
+    Args:
+        reg_max: bins of the distance distribution; DFL when > 1, else L1 on distances
+            normalised by the image size.
+    """
+
+    def __init__(self, reg_max: int = 16):
+        super().__init__()
+        self.dfl_loss = DFLoss(reg_max) if reg_max > 1 else None
+
+    def forward(
+        self,
+        pred_dist: torch.Tensor,
+        pred_bboxes: torch.Tensor,
+        anchor_points: torch.Tensor,
+        target_bboxes: torch.Tensor,
+        target_scores: torch.Tensor,
+        target_scores_sum: torch.Tensor,
+        fg_mask: torch.Tensor,
+        imgsz: torch.Tensor,
+        stride: torch.Tensor,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Args (B images, A anchors, units of the feature grid unless said):
+            pred_dist: (B, A, 4 reg_max) distribution logits (reg_max > 1) or (B, A, 4)
+                distances; differentiable.
+            pred_bboxes: (B, A, 4) decoded (x1, y1, x2, y2) boxes; differentiable.
+            anchor_points: (A, 2); target_bboxes: (B, A, 4) assigned boxes;
+            target_scores: (B, A, nc); target_scores_sum: 0-dim normaliser;
+            fg_mask: (B, A) bool; imgsz: (2,) (h, w) in pixels; stride: (A, 1) pixels per cell.
+
+        Returns ``(loss_iou, loss_dfl)``, two 0-dim tensors (0 without foreground anchors,
+        still connected to the predictions).
+        """
+        from ultralytics.utils.metrics import bbox_iou as ultralytics_bbox_iou
+
+        fg = fg_mask.nonzero(as_tuple=True)
+        weight = target_scores[fg].sum(-1, keepdim=True)
+        iou = ultralytics_bbox_iou(pred_bboxes[fg], target_bboxes[fg], xywh=False, CIoU=True)
+        loss_iou = ((1.0 - iou) * weight).sum() / target_scores_sum
+        if self.dfl_loss:
+            reg_max = self.dfl_loss.reg_max
+            target_ltrb = _ltrb(anchor_points, target_bboxes, reg_max - 1)
+            loss_dfl = self.dfl_loss(pred_dist[fg].view(-1, reg_max), target_ltrb[fg]) * weight
+        else:
+            # distances in pixels over the image size: x sides by the width, y sides by the height
+            size = imgsz[[1, 0, 1, 0]]
+            target_ltrb = _ltrb(anchor_points, target_bboxes) * stride / size
+            pred_ltrb = pred_dist * stride / size
+            loss_dfl = fastloss.l1_loss(pred_ltrb[fg], target_ltrb[fg], reduction="none").mean(-1, keepdim=True) * weight
+        return loss_iou, loss_dfl.sum() / target_scores_sum
+
+
+def _patch(handle):
+    """``fastloss.patch("ultralytics")``: replaces, in place,
+
+    * in ``ultralytics.utils.loss`` (its module globals): ``VarifocalLoss``, ``FocalLoss``,
+      ``DFLoss``, ``BboxLoss`` -- the detection losses (v8DetectionLoss and its subclasses)
+      and the original ``RotatedBboxLoss`` (whose inherited ``__init__`` builds ``DFLoss``)
+      built after the patch use them;
+    * in ``ultralytics.models.utils.loss`` (RT-DETR's ``DETRLoss``): ``FocalLoss``,
+      ``VarifocalLoss`` and ``bbox_iou`` (called there in centre form only: its GIoU loss
+      and the IoU targets of the varifocal loss).
+
+    Left alone, on purpose: ``ultralytics.utils.metrics.bbox_iou`` / ``box_iou`` (the
+    public functions, called with ``xywh=False`` by the task-aligned assigner, ``BboxLoss``
+    and users: fastloss's kernels place eps differently there), ``ultralytics.utils.tal``'s
+    ``bbox_iou`` (the assigner's CIoU chooses anchors by top-k / argmax: any difference, even
+    in the last bit, can change an assignment and with it the whole loss) and
+    ``ultralytics.models.utils.ops``' (the Hungarian matcher's GIoU cost, the same reason).
+    Loss objects built before the patch keep the classes they were built with.
+    """
+    import ultralytics.models.utils.loss as detr_loss
+    import ultralytics.utils.loss as yolo_loss
+
+    for name in ("VarifocalLoss", "FocalLoss", "DFLoss", "BboxLoss"):
+        handle.setattr(yolo_loss, name, globals()[name])
+    for name in ("FocalLoss", "VarifocalLoss", "bbox_iou"):
+        handle.setattr(detr_loss, name, globals()[name])
