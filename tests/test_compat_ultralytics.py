@@ -197,6 +197,13 @@ def test_varifocal_loss_float64(gamma, alpha):
     _compare(FU.VarifocalLoss(gamma, alpha), formula, [x], gt, label.double())
 
 
+def test_varifocal_loss_label_broadcasts():
+    x, _, _ = _vfl_data(seed=4)
+    label = (torch.rand(2, 7, 1, generator=_gen(6)) < 0.5).long()  # whole rows positive
+    gt = torch.rand(2, 7, 5, generator=_gen(7), dtype=torch.float64) * label
+    _compare(FU.VarifocalLoss(), ORIGINAL["VarifocalLoss"](), [x.float()], gt.float(), label, tol=F32)
+
+
 def test_varifocal_loss_in_rtdetr_shape_and_dtype():
     x, gt, label = _vfl_data(shape=(3, 4, 6), seed=5)
     out = FU.VarifocalLoss()(x.half(), gt.half(), label)

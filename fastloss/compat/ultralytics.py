@@ -41,8 +41,9 @@ Differences from ultralytics (each deliberate; the tests check the rest is equal
 * Exactly touching boxes (zero-width overlap): the intersection's derivative is 0 there
   (fastloss's relu convention); ultralytics' ``clamp_(0)`` passes 1.  Values agree.
 * ``eps`` must be > 0 (ValueError); ultralytics accepts 0 and returns NaN for an empty union.
-* Integer boxes are computed in the default float dtype (ultralytics mixes integer areas with
-  float corners; the values agree while areas fit the float's mantissa).
+* fp16 / bf16 boxes are computed in float32 and returned in their dtype (ultralytics computes
+  in fp16 / bf16); integer boxes are computed in the default float dtype (ultralytics mixes
+  integer areas with float corners; the values agree while areas fit the float's mantissa).
 * ``VarifocalLoss``: ``label`` must be 0 / 1 and ``gt_score`` 0 where ``label`` is 0 (how
   ultralytics' RT-DETR loss calls it); anything else raises ValueError for CPU tensors (for
   CUDA tensors only in checked mode, :func:`fastloss.checked_labels`, which syncs; unchecked,
