@@ -1,0 +1,863 @@
+"""mmdetection 3.x losses (and the mmcv op they call) with their exact names and signatures,
+over fastloss's kernels.
+
+Peer: mmdetection 3.3.0 (``mmdet/models/losses/*.py``, ``mmdet/structures/bbox/bbox_overlaps.py``)
+and mmcv 2.1 (``mmcv/ops/focal_loss.py``).  Every module follows mmdetection's convention:
+``loss_weight`` scales the result; ``forward(pred, target, weight=None, avg_factor=None,
+reduction_override=None)`` (each class keeps its own order and extra arguments); "mean" with
+``avg_factor`` is ``sum / (avg_factor + eps)`` (eps = fp32's machine epsilon); ``avg_factor``
+with "sum" raises ValueError.  Shapes and dtypes are mmdetection's: the returned loss has the
+dtype of ``pred`` (promoted with a floating ``weight``, as mmdetection's ``loss * weight``).
+
+Importing this module does not import mmdetection; :func:`_patch` does.
+
+=========================  ==================================================================
+name                       fastloss op underneath
+=========================  ==================================================================
+``FocalLoss``              :func:`fastloss.sigmoid_focal_loss` (labels expanded in the kernel)
+``L1Loss``                 :func:`fastloss.l1_loss`
+``SmoothL1Loss``           :func:`fastloss.smooth_l1_loss`
+``BalancedL1Loss``         :func:`fastloss.balanced_l1_loss`
+``MSELoss``                :func:`fastloss.mse_loss`
+``CrossEntropyLoss``       :func:`fastloss.cross_entropy` / :func:`fastloss.binary_cross_entropy_with_logits`
+``QualityFocalLoss``       :func:`fastloss.quality_focal_loss`
+``VarifocalLoss``          :func:`fastloss.varifocal_loss`
+``DistributionFocalLoss``  :func:`fastloss.distribution_focal_loss`
+``GaussianFocalLoss``      :func:`fastloss.gaussian_focal_loss`
+``DiceLoss``               :func:`fastloss.dice_loss` (binary, per image)
+``IoULoss``                :func:`fastloss.box_iou_loss` ("iou", power 1 / 2, "log_iou")
+``GIoULoss``, ``DIoULoss`` :func:`fastloss.box_iou_loss` ("giou", "diou")
+``bbox_overlaps``          :func:`fastloss.box_iou` ("iou", "iof", "giou")
+``smooth_l1_loss``         :func:`fastloss.smooth_l1_loss` (mmdetection's functional form)
+``SigmoidFocalLoss``       mmcv.ops' raw op (its "mean" divides by the rows, not the elements)
+=========================  ==================================================================
+
+Not provided (they need box math fastloss's kernels do not have): ``CIoULoss`` (mmdetection
+gates its trade-off weight on IoU > 0.5, uses atan(w / (h + eps)) and clamps the CIoU to
+[-1, 1]), ``EIoULoss`` (Extended-IoU with ``smooth_point``, not fastloss's Efficient-IoU),
+``SIoULoss`` (its own eps placement and ``neg_gamma``), ``BoundedIoULoss``, and mmcv's
+compiled ``bbox_overlaps`` (``offset``).
+
+Arguments the compat layer cannot honour raise ValueError: ``FocalLoss(activated=True)`` and
+``QualityFocalLoss(activated=True)`` (focal losses over probabilities: no kernel), any
+``use_sigmoid=False`` (mmdetection raises too, later), ``**kwargs`` given to a ``forward``,
+``CrossEntropyLoss(use_mask=True)`` with ``class_weight``, ``GaussianFocalLoss`` with
+``gamma=0`` and ``pos_weight != neg_weight`` or ``pos_inds``.
+
+Differences from mmdetection, kept on purpose (fastloss's numerical policy):
+
+* IoU eps placement: mmdetection's ``bbox_overlaps`` (used by ``IoULoss``, ``GIoULoss``)
+  divides by ``max(union, eps)`` and ``max(enclosing area, eps)``; fastloss by ``union + eps``
+  and ``enclosing area + eps``.  The results differ by a relative eps / union (at most 1e-6
+  for boxes of 1 px^2 at the default eps, below fp32 rounding for boxes of 20 px^2 and more)
+  and are equal for disjoint boxes.  ``IoULoss`` clamps the IoU at its ``eps`` in every mode
+  (mmdetection: "linear" and "square" too, with a union eps fixed at 1e-6); fastloss clamps
+  only in "log" mode, so "linear" / "square" differ by at most eps where IoU < eps.
+  ``DIoULoss`` places eps as mmdetection does (same formula).
+* Inverted boxes (x2 < x1) have zero area here; mmdetection multiplies the signed extents
+  (an inverted box gets a negative, or for two inverted extents a positive, area).
+* ``bbox_overlaps`` with no boxes returns zeros (mmdetection: an uninitialised tensor); its box
+  math runs in fp32 for fp16 boxes on the CPU too.
+* The mean of an empty input is 0 (mmdetection: NaN for ``MSELoss``, ``QualityFocalLoss``,
+  ``DiceLoss``, mmcv's ``SigmoidFocalLoss``, and for ``L1Loss`` / ``SmoothL1Loss`` with an
+  empty weight); "none" on an empty input returns an empty tensor (mmdetection's ``L1Loss``,
+  ``SmoothL1Loss``, ``BalancedL1Loss``: a 0-d zero).
+* Class labels outside [0, C] raise ValueError for CPU tensors (``FocalLoss``; mmdetection's
+  one-hot raises too, mmcv's CUDA op scores them as background).  ``QualityFocalLoss``,
+  ``CrossEntropyLoss(use_sigmoid=True)`` and ``SigmoidFocalLoss`` map them to background as
+  their peers do.
+* mmcv's focal op clamps log(p) at log(FLT_MIN) (logits beyond about +-87 saturate); fastloss
+  computes the exact log-sigmoid.
+* Scalars outside their domain raise (negative ``avg_factor`` numbers, ``alpha`` outside
+  [0, 1] in ``VarifocalLoss``, ...) where mmdetection computes on.
+"""
+import warnings
+from typing import Optional, Union
+
+import torch
+from torch import Tensor, nn
+
+from fastloss.ops import box_iou as _box_iou
+from fastloss.ops import dice as _dice
+from fastloss.ops import pointwise as _pointwise
+from fastloss.ops import rowwise as _rowwise
+
+_AVG_EPS = torch.finfo(torch.float32).eps  # mmdetection's weight_reduce_loss: sum / (avg_factor + eps)
+
+__all__ = ["FocalLoss", "L1Loss", "SmoothL1Loss", "BalancedL1Loss", "MSELoss", "CrossEntropyLoss", "QualityFocalLoss", "VarifocalLoss",
+           "DistributionFocalLoss", "GaussianFocalLoss", "DiceLoss", "IoULoss", "GIoULoss", "DIoULoss", "bbox_overlaps", "smooth_l1_loss",
+           "SigmoidFocalLoss"]
+
+
+# ====================================================================== shared rules
+
+
+def _reduction(name, reduction_override, default):
+    """mmdetection's ``reduction_override if reduction_override else self.reduction``."""
+    if reduction_override not in (None, "none", "mean", "sum"):
+        raise ValueError(f"{name}: reduction_override must be None, 'none', 'mean' or 'sum', got {reduction_override!r}")
+    return reduction_override if reduction_override else default
+
+
+def _no_kwargs(name, kwargs):
+    if kwargs:
+        raise ValueError(f"{name}.forward: extra keyword arguments {sorted(kwargs)} are not supported by fastloss's compat layer")
+
+
+def _promote(loss, weight):
+    """mmdetection multiplies the loss by ``weight``: a floating weight promotes the dtype."""
+    if weight is not None and weight.is_floating_point():
+        return loss.to(torch.promote_types(loss.dtype, weight.dtype))
+    return loss
+
+
+def _broadcast_weight(name, weight, shape):
+    """A weight that multiplies a loss of ``shape`` by torch's broadcasting (mmdetection's
+    ``loss * weight``), made explicit: fastloss reads a (N,) weight of an (N, C) loss per row,
+    torch per column."""
+    if weight is None or weight.shape == shape:
+        return weight
+    try:
+        ok = torch.broadcast_shapes(weight.shape, shape) == shape
+    except RuntimeError:
+        ok = False
+    if not ok:
+        raise ValueError(f"{name}: weight of shape {tuple(weight.shape)} does not broadcast to the loss's shape {tuple(shape)}")
+    return weight.expand(shape)
+
+
+def _zero_weight_shortcut(pred, weight):
+    """mmdetection's box losses return ``(pred * weight).sum()`` (a graph-connected 0, whatever
+    the reduction) when no weight is positive; None otherwise.  Reads the weight on the host."""
+    if weight is not None and not torch.any(weight > 0):
+        if pred.dim() == weight.dim() + 1:
+            weight = weight.unsqueeze(1)
+        return (pred * weight).sum()
+    return None
+
+
+def _weight_reduce(name, loss, weight, reduction, avg_factor):
+    """mmdetection's ``weight_reduce_loss`` over a small per-sample loss (N values)."""
+    if weight is not None:
+        loss = loss * weight
+    if avg_factor is None:
+        if reduction == "mean":
+            return loss.sum() / max(loss.numel(), 1)  # the mean of nothing is 0
+        return loss.sum() if reduction == "sum" else loss
+    if reduction == "sum":
+        raise ValueError(f'{name}: avg_factor can not be used with reduction="sum"')
+    return loss.sum() / (avg_factor + _AVG_EPS) if reduction == "mean" else loss
+
+
+def _background_labels(label, num_classes):
+    """Labels outside [0, C) become the background C (mmdetection's QFL / one-hot BCE, mmcv)."""
+    label = label.long()
+    return torch.where((label >= 0) & (label < num_classes), label, torch.full_like(label, num_classes))
+
+
+# ====================================================================== classification
+
+
+class FocalLoss(nn.Module):
+    """mmdetection's ``FocalLoss`` (sigmoid focal loss, Lin et al. 2017) over
+    :func:`fastloss.sigmoid_focal_loss`.
+
+    Args:
+        use_sigmoid: must be True (mmdetection has only the sigmoid form).
+        gamma: focusing exponent (>= 0); alpha: weight of the positives (in [0, 1]).
+        reduction: "none" | "mean" | "sum"; loss_weight: scales the loss.
+        activated: must be False (a focal loss over probabilities has no fastloss kernel).
+
+    forward(pred, target, weight=None, avg_factor=None, reduction_override=None):
+        pred: logits (N, C); target: class labels (N,) int64 in [0, C] (C = background,
+            expanded in the kernel -- mmdetection one-hot encodes them, or calls mmcv's CUDA
+            op) or float targets (N, C) (cast to pred's dtype).
+        weight: per element (N, C), per anchor (N,) (or any N-first tensor of N values), or N * C
+            values (mmdetection's rules).
+    Returns the loss in pred's dtype: (N, C) for "none", else a scalar.  Raises ValueError for
+    the arguments above, bad shapes, out-of-range labels (CPU tensors).
+    """
+
+    def __init__(self, use_sigmoid=True, gamma=2.0, alpha=0.25, reduction='mean', loss_weight=1.0, activated=False):
+        super().__init__()
+        if use_sigmoid is not True:
+            raise ValueError("FocalLoss: only use_sigmoid=True exists (mmdetection's softmax focal loss is not implemented either)")
+        if activated:
+            raise ValueError("FocalLoss: activated=True (a focal loss over probabilities) is not supported by fastloss's compat layer")
+        self.use_sigmoid = use_sigmoid
+        self.gamma = gamma
+        self.alpha = alpha
+        self.reduction = reduction
+        self.loss_weight = loss_weight
+        self.activated = activated
+
+    def forward(self, pred, target, weight=None, avg_factor=None, reduction_override=None):
+        reduction = _reduction("FocalLoss", reduction_override, self.reduction)
+        if pred.dim() == target.dim():
+            target = target.to(pred.dtype)  # mmdetection: target.type_as(pred)
+        w = _focal_weight(weight, pred)
+        loss = _pointwise.sigmoid_focal_loss(pred, target, self.alpha, self.gamma, reduction, weight=w, avg_factor=avg_factor)
+        return self.loss_weight * _promote(loss, w)
+
+
+def _focal_weight(weight, pred):
+    """mmdetection's focal weight rules: the loss's shape, or N values (one per anchor), or
+    N * C values read as (N, C)."""
+    if weight is None or weight.shape == pred.shape:
+        return weight
+    if pred.dim() == 2 and weight.dim() > 0:
+        if weight.size(0) == pred.size(0) and weight.numel() == pred.size(0):
+            return weight.reshape(pred.shape[:1])  # one weight per anchor (row)
+        if weight.size(0) != pred.size(0) and weight.numel() == pred.numel():
+            return weight.reshape(pred.shape)
+    raise ValueError(f"FocalLoss: weight of shape {tuple(weight.shape)} fits neither pred {tuple(pred.shape)}, nor one value per "
+                     f"row, nor pred.numel() values")
+
+
+class SigmoidFocalLoss(nn.Module):
+    """mmcv's raw ``SigmoidFocalLoss`` op (``mmcv.ops``; mmcv 2.1), the one mmdetection's
+    ``sigmoid_focal_loss`` calls on CUDA, over :func:`fastloss.sigmoid_focal_loss`.
+
+    Args:
+        gamma, alpha: as :class:`FocalLoss`.
+        weight: optional per-class weights (C,): each row's loss is scaled by the weight of its
+            label's class (mmcv's ``weight[target]``; rows labelled background have no such
+            weight: ValueError).
+        reduction: "none" (N, C) | "sum" | "mean": mmcv's mean divides by the number of rows
+            N, not of elements (0 for N = 0; mmcv: NaN).
+
+    forward(input, target): input logits (N, C); target int64 labels (N,), any label outside
+    [0, C) counting as background (all-negative row).  Returns the loss in input's dtype.
+    """
+
+    def __init__(self, gamma: float, alpha: float, weight: Optional[torch.Tensor] = None, reduction: str = 'mean'):
+        super().__init__()
+        self.gamma = gamma
+        self.alpha = alpha
+        self.register_buffer('weight', weight)
+        self.reduction = reduction
+
+    def forward(self, input: torch.Tensor, target: Union[torch.LongTensor, torch.cuda.LongTensor]) -> torch.Tensor:
+        if target.dtype != torch.long or input.dim() != 2 or target.dim() != 1 or input.size(0) != target.size(0):
+            raise ValueError(f"SigmoidFocalLoss: input must be (N, C) and target int64 labels (N,), got {tuple(input.shape)} and "
+                             f"{target.dtype} {tuple(target.shape)}")
+        if self.reduction not in ("none", "mean", "sum"):
+            raise ValueError(f"SigmoidFocalLoss: reduction must be 'none', 'mean' or 'sum', got {self.reduction!r}")
+        C = input.size(1)
+        labels = _background_labels(target, C)
+        row_weight = None
+        if self.weight is not None:
+            if self.weight.dim() != 1 or self.weight.numel() != C:
+                raise ValueError(f"SigmoidFocalLoss: weight must be (C,) = ({C},), got {tuple(self.weight.shape)}")
+            if bool((labels == C).any()):
+                raise ValueError("SigmoidFocalLoss: a per-class weight needs every label in [0, C) (mmcv reads past the weight "
+                                 "for background rows)")
+            row_weight = self.weight[labels]
+        reduction = "none" if self.reduction == "none" else "sum"
+        loss = _pointwise.sigmoid_focal_loss(input, labels, self.alpha, self.gamma, reduction, weight=row_weight)
+        if self.reduction == "mean":
+            loss = loss / max(input.size(0), 1)  # mmcv: the sum over the rows
+        return loss.to(input.dtype)
+
+    def __repr__(self):
+        return f"{self.__class__.__name__}(gamma={self.gamma}, alpha={self.alpha}, reduction={self.reduction})"
+
+
+class CrossEntropyLoss(nn.Module):
+    """mmdetection's ``CrossEntropyLoss``: softmax cross entropy (:func:`fastloss.cross_entropy`),
+    with ``use_sigmoid`` per-class BCE with logits, with ``use_mask`` the mask BCE of Mask R-CNN
+    (:func:`fastloss.binary_cross_entropy_with_logits`).
+
+    Args:
+        use_sigmoid, use_mask: the form (not both).
+        reduction: "none" | "mean" | "sum"; loss_weight: scales the loss.
+        class_weight: per-class weights (list of C floats): softmax -- torch's ``weight``;
+            sigmoid -- BCE's ``pos_weight``; with use_mask -- not supported (ValueError).
+        ignore_index: label to ignore (None: -100); rows with it add 0 to the loss.
+        avg_non_ignore: "mean" divides by the non-ignored rows (sigmoid: their elements)
+            instead of all rows; ``avg_factor`` wins over it (mmdetection's rules).
+
+    forward(cls_score, label, weight=None, avg_factor=None, reduction_override=None,
+    ignore_index=None): softmax -- cls_score (N, C, *), label (N, *) int; sigmoid -- cls_score
+    (N, C) with labels (N,) in [0, C] (others count as background; ignored rows get weight 0) or
+    targets of cls_score's shape; use_mask -- cls_score (R, C, H, W) mask logits, label (R, H, W)
+    mask targets, weight (R,) the class of each RoI, "mean" only.  ``weight``: one value per row
+    (softmax), per row or per element (sigmoid).  Returns pred's dtype promoted with fp32 where a
+    weight is given (mmdetection's ``weight.float()``); fp32 with use_sigmoid whatever pred's
+    dtype (mmdetection's ``label.float()`` target decides torch's result dtype there); (1,) with
+    use_mask.
+    """
+
+    def __init__(self, use_sigmoid=False, use_mask=False, reduction='mean', class_weight=None, ignore_index=None, loss_weight=1.0,
+                 avg_non_ignore=False):
+        super().__init__()
+        if use_sigmoid and use_mask:
+            raise ValueError("CrossEntropyLoss: use_sigmoid and use_mask can not both be True")
+        if use_mask and class_weight is not None:
+            raise ValueError("CrossEntropyLoss: class_weight with use_mask=True is not supported by fastloss's compat layer "
+                             "(mmdetection broadcasts it against the mask's last axis)")
+        self.use_sigmoid = use_sigmoid
+        self.use_mask = use_mask
+        self.reduction = reduction
+        self.loss_weight = loss_weight
+        self.class_weight = class_weight
+        self.ignore_index = ignore_index
+        self.avg_non_ignore = avg_non_ignore
+        if ignore_index is not None and not avg_non_ignore and reduction == 'mean':
+            warnings.warn("CrossEntropyLoss: with ignore_index set and avg_non_ignore=False (the default), the mean counts the "
+                          "ignored labels too; set avg_non_ignore=True for PyTorch's mean over the non-ignored labels.")
+
+    def extra_repr(self):
+        return f'avg_non_ignore={self.avg_non_ignore}'
+
+    def forward(self, cls_score, label, weight=None, avg_factor=None, reduction_override=None, ignore_index=None, **kwargs):
+        _no_kwargs("CrossEntropyLoss", kwargs)
+        reduction = _reduction("CrossEntropyLoss", reduction_override, self.reduction)
+        if ignore_index is None:
+            ignore_index = self.ignore_index
+        class_weight = None if self.class_weight is None else cls_score.new_tensor(self.class_weight, device=cls_score.device)
+        if self.use_mask:
+            loss = self._mask(cls_score, label, weight, reduction, avg_factor, ignore_index)
+        elif self.use_sigmoid:
+            loss = self._sigmoid(cls_score, label, weight, reduction, avg_factor, class_weight, ignore_index)
+        else:
+            loss = self._softmax(cls_score, label, weight, reduction, avg_factor, class_weight, ignore_index)
+        return self.loss_weight * loss
+
+    def _softmax(self, pred, label, weight, reduction, avg_factor, class_weight, ignore_index):
+        ignore_index = -100 if ignore_index is None else ignore_index
+        if avg_factor is None and self.avg_non_ignore and reduction == 'mean':
+            # a float64 tensor (no host sync); mmdetection's Python int + eps is formed in double too
+            avg_factor = (label.numel() - (label == ignore_index).sum()).to(torch.float64)
+        w = None if weight is None else weight.float()
+        loss = _rowwise.cross_entropy(pred, label, weight=class_weight, ignore_index=ignore_index, reduction=reduction,
+                                      avg_factor=avg_factor, sample_weight=w, avg_non_ignore=False)
+        return _promote(loss, w)
+
+    def _sigmoid(self, pred, label, weight, reduction, avg_factor, class_weight, ignore_index):
+        ignore_index = -100 if ignore_index is None else ignore_index
+        if pred.dim() != label.dim():
+            # labels (N,): one-hot in the kernel; ignored rows weigh 0, labels past C-1 are background
+            C = pred.size(-1)
+            valid = (label >= 0) & (label != ignore_index)
+            target = _background_labels(torch.where(valid, label, torch.full_like(label, C)), C)
+            w = valid.float() if weight is None else weight.reshape(-1).float() * valid
+            n_valid = valid.sum().to(torch.float64) * C
+        else:
+            valid = (label >= 0) & (label != ignore_index)
+            target = torch.where(valid, label, torch.zeros_like(label)).to(pred.dtype)
+            w = (valid.float() if weight is None else weight * valid).float()
+            w = _broadcast_weight("CrossEntropyLoss", w, pred.shape)
+            n_valid = valid.sum().to(torch.float64)
+        if avg_factor is None and self.avg_non_ignore and reduction == 'mean':
+            avg_factor = n_valid
+        loss = _pointwise.binary_cross_entropy_with_logits(pred, target, weight=w, reduction=reduction, pos_weight=class_weight,
+                                                           avg_factor=avg_factor)
+        # mmdetection passes label.float(): torch's BCE-with-logits returns the target's dtype, fp32
+        return loss.to(torch.float32)
+
+    def _mask(self, pred, target, roi_label, reduction, avg_factor, ignore_index):
+        if ignore_index is not None:
+            raise ValueError("CrossEntropyLoss(use_mask=True): ignore_index is not supported (mmdetection asserts it is None)")
+        if reduction != 'mean' or avg_factor is not None:
+            raise ValueError("CrossEntropyLoss(use_mask=True): only reduction 'mean' without avg_factor (mmdetection's assertion)")
+        rois = torch.arange(pred.size(0), dtype=torch.long, device=pred.device)
+        logits = pred[rois, roi_label].squeeze(1)  # each RoI's mask of its class
+        return _pointwise.binary_cross_entropy_with_logits(logits, target, reduction='mean')[None]
+
+
+class QualityFocalLoss(nn.Module):
+    """mmdetection's ``QualityFocalLoss`` (GFL, Li et al. 2020) over
+    :func:`fastloss.quality_focal_loss`: per element BCE(x, q) |sigmoid(x) - q|^beta, summed
+    over the classes per anchor, then weighted and reduced over the anchors.
+
+    Args:
+        use_sigmoid: must be True; beta: >= 0; reduction, loss_weight as mmdetection.
+        activated: must be False (QFL over probabilities: no fastloss kernel).
+
+    forward(pred, target, weight=None, avg_factor=None, reduction_override=None):
+        pred: logits (N, C); target: ``(labels (N,), scores (N,))`` -- a label outside [0, C)
+            is background -- or dense quality targets (N, C).  weight: (N,) per anchor.
+    Returns (N,) for "none", else a scalar, in pred's dtype.
+    """
+
+    def __init__(self, use_sigmoid=True, beta=2.0, reduction='mean', loss_weight=1.0, activated=False):
+        super().__init__()
+        if use_sigmoid is not True:
+            raise ValueError("QualityFocalLoss: only use_sigmoid=True exists")
+        if activated:
+            raise ValueError("QualityFocalLoss: activated=True (QFL over probabilities) is not supported by fastloss's compat layer")
+        self.use_sigmoid = use_sigmoid
+        self.beta = beta
+        self.reduction = reduction
+        self.loss_weight = loss_weight
+        self.activated = activated
+
+    def forward(self, pred, target, weight=None, avg_factor=None, reduction_override=None):
+        reduction = _reduction("QualityFocalLoss", reduction_override, self.reduction)
+        if isinstance(target, torch.Tensor):
+            target = target.to(pred.dtype)
+        else:
+            if len(target) != 2:
+                raise ValueError("QualityFocalLoss: target must be a tensor or (labels, scores)")
+            label, score = target
+            target = (_background_labels(label, pred.size(1)), score)
+        if weight is not None and weight.shape != pred.shape[:1]:
+            raise ValueError(f"QualityFocalLoss: weight must be one value per anchor {tuple(pred.shape[:1])}, got {tuple(weight.shape)}")
+        if reduction == "none":
+            loss = _pointwise.quality_focal_loss(pred, target, self.beta, reduction="none").sum(dim=1)
+            loss = loss if weight is None else loss * weight
+        elif reduction == "sum" or avg_factor is not None:
+            loss = _pointwise.quality_focal_loss(pred, target, self.beta, weight=weight, reduction=reduction, avg_factor=avg_factor)
+        else:  # mmdetection's mean is over the anchors, after the sum over the classes
+            loss = _pointwise.quality_focal_loss(pred, target, self.beta, weight=weight, reduction="sum") / max(pred.size(0), 1)
+        return self.loss_weight * _promote(loss.to(pred.dtype), weight)
+
+
+class VarifocalLoss(nn.Module):
+    """mmdetection's ``VarifocalLoss`` (VarifocalNet, Zhang et al. 2021) over
+    :func:`fastloss.varifocal_loss`.
+
+    Args: use_sigmoid must be True; alpha in [0, 1]; gamma >= 0; iou_weighted; reduction;
+    loss_weight.  forward(pred (N, C) logits, target (N, C) IoU-aware scores, weight
+    broadcasting to (N, C) as torch does, avg_factor, reduction_override).  Returns (N, C) for
+    "none", else a scalar, in pred's dtype."""
+
+    def __init__(self, use_sigmoid: bool = True, alpha: float = 0.75, gamma: float = 2.0, iou_weighted: bool = True,
+                 reduction: str = 'mean', loss_weight: float = 1.0) -> None:
+        super().__init__()
+        if use_sigmoid is not True:
+            raise ValueError("VarifocalLoss: only use_sigmoid=True exists")
+        if not 0.0 <= alpha <= 1.0:
+            raise ValueError(f"VarifocalLoss: alpha must be in [0, 1], got {alpha}")
+        self.use_sigmoid = use_sigmoid
+        self.alpha = alpha
+        self.gamma = gamma
+        self.iou_weighted = iou_weighted
+        self.reduction = reduction
+        self.loss_weight = loss_weight
+
+    def forward(self, pred: Tensor, target: Tensor, weight: Optional[Tensor] = None, avg_factor: Optional[int] = None,
+                reduction_override: Optional[str] = None) -> Tensor:
+        reduction = _reduction("VarifocalLoss", reduction_override, self.reduction)
+        w = _broadcast_weight("VarifocalLoss", weight, pred.shape)
+        loss = _pointwise.varifocal_loss(pred, target.to(pred.dtype), self.alpha, self.gamma, self.iou_weighted, weight=w,
+                                         reduction=reduction, avg_factor=avg_factor)
+        return self.loss_weight * _promote(loss, w)
+
+
+class DistributionFocalLoss(nn.Module):
+    """mmdetection's ``DistributionFocalLoss`` (GFL) over :func:`fastloss.distribution_focal_loss`.
+
+    forward(pred (N, n + 1) logits over the bins, target (N,) distances in [0, n), weight (N,),
+    avg_factor, reduction_override).  Returns (N,) for "none", else a scalar, in the promoted
+    dtype of pred and target (as mmdetection).  A target outside [0, n] raises ValueError (CPU
+    tensors); mmdetection truncates it with ``long()`` and fails only past n."""
+
+    def __init__(self, reduction='mean', loss_weight=1.0):
+        super().__init__()
+        self.reduction = reduction
+        self.loss_weight = loss_weight
+
+    def forward(self, pred, target, weight=None, avg_factor=None, reduction_override=None):
+        reduction = _reduction("DistributionFocalLoss", reduction_override, self.reduction)
+        loss = _rowwise.distribution_focal_loss(pred, target, weight, reduction, avg_factor)
+        return self.loss_weight * _promote(loss, weight)
+
+
+class GaussianFocalLoss(nn.Module):
+    """mmdetection's ``GaussianFocalLoss`` (CenterNet heatmaps) over
+    :func:`fastloss.gaussian_focal_loss`: per element ``pos_weight * pos + neg_weight * neg``,
+    pos = -[t == 1] log(p + 1e-12) (1 - p)^alpha, neg = -(1 - t)^gamma log(1 - p + 1e-12) p^alpha.
+    For gamma > 0 the two terms never share an element, so unequal pos / neg weights become a
+    per-element weight (exact); gamma = 0 with unequal weights, or with ``pos_inds``, raises
+    ValueError.
+
+    forward(pred, target, pos_inds=None, pos_labels=None, weight=None, avg_factor=None,
+    reduction_override=None): pred probabilities in [0, 1], target heatmap of pred's shape;
+    with ``pos_inds`` / ``pos_labels`` the positive term is taken at
+    ``pred[pos_inds].gather(1, pos_labels[:, None])`` and each term is reduced on its own
+    (mmdetection's ``gaussian_focal_loss_with_pos_inds``; ``weight`` is not used there, as in
+    mmdetection).  Returns pred's shape for "none" (with pos_inds: their broadcast sum), else a
+    scalar."""
+
+    def __init__(self, alpha: float = 2.0, gamma: float = 4.0, reduction: str = 'mean', loss_weight: float = 1.0, pos_weight: float = 1.0,
+                 neg_weight: float = 1.0) -> None:
+        super().__init__()
+        if gamma == 0 and pos_weight != neg_weight:
+            raise ValueError("GaussianFocalLoss: gamma=0 with pos_weight != neg_weight is not supported by fastloss's compat layer")
+        self.alpha = alpha
+        self.gamma = gamma
+        self.reduction = reduction
+        self.loss_weight = loss_weight
+        self.pos_weight = pos_weight
+        self.neg_weight = neg_weight
+
+    def forward(self, pred: Tensor, target: Tensor, pos_inds: Optional[Tensor] = None, pos_labels: Optional[Tensor] = None,
+                weight: Optional[Tensor] = None, avg_factor: Optional[Union[int, float]] = None,
+                reduction_override: Optional[str] = None) -> Tensor:
+        reduction = _reduction("GaussianFocalLoss", reduction_override, self.reduction)
+        if pos_inds is not None:
+            return self.loss_weight * self._with_pos_inds(pred, target, pos_inds, pos_labels, reduction, avg_factor)
+        w = _broadcast_weight("GaussianFocalLoss", weight, pred.shape)
+        if self.pos_weight == self.neg_weight:
+            loss = _pointwise.gaussian_focal_loss(pred, target, self.alpha, self.gamma, weight=w, reduction=reduction,
+                                                  avg_factor=avg_factor)
+            loss = self.pos_weight * loss
+        else:
+            split = torch.where(target == 1, torch.full_like(target, self.pos_weight), torch.full_like(target, self.neg_weight))
+            w2 = split if w is None else w * split
+            loss = _pointwise.gaussian_focal_loss(pred, target, self.alpha, self.gamma, weight=w2, reduction=reduction,
+                                                  avg_factor=avg_factor)
+        return self.loss_weight * _promote(loss, w)
+
+    def _with_pos_inds(self, pred, target, pos_inds, pos_labels, reduction, avg_factor):
+        if pos_labels is None:
+            raise ValueError("GaussianFocalLoss: pos_inds needs pos_labels")
+        if self.gamma == 0:
+            raise ValueError("GaussianFocalLoss: pos_inds with gamma=0 is not supported by fastloss's compat layer")
+        pos_pred = pred[pos_inds].gather(1, pos_labels.unsqueeze(1))
+        # the positive term alone: at t = 1 the negative term carries (1 - t)^gamma = 0
+        pos = _pointwise.gaussian_focal_loss(pos_pred, torch.ones_like(pos_pred), self.alpha, self.gamma, reduction=reduction,
+                                             avg_factor=avg_factor)
+        # the negative term alone: weight 0 where t = 1 (its value there is 0 for gamma > 0)
+        neg = _pointwise.gaussian_focal_loss(pred, target, self.alpha, self.gamma, weight=(target != 1), reduction=reduction,
+                                             avg_factor=avg_factor)
+        return self.pos_weight * pos + self.neg_weight * neg
+
+
+# ====================================================================== segmentation
+
+
+class DiceLoss(nn.Module):
+    """mmdetection's ``DiceLoss`` (V-Net form; Mask2Former, K-Net) over :func:`fastloss.dice_loss`:
+    one Dice per sample over all its elements.
+
+    Args:
+        use_sigmoid: with ``activate``, pred is sigmoid-activated (use_sigmoid=False with
+            activate=True: ValueError, mmdetection raises NotImplementedError).
+        activate: apply the activation (False: pred are probabilities).
+        naive_dice: 1 - (2 sum(p t) + eps) / (sum(p) + sum(t) + eps); else (V-Net)
+            1 - 2 sum(p t) / (sum(p^2) + sum(t^2) + 2 eps).
+        eps: > 0; reduction, loss_weight as mmdetection.
+
+    forward(pred (N, *), target (N, *) of pred's element count per sample, weight (N,) per
+    sample, reduction_override, avg_factor): returns (N,) for "none", else a scalar, in the
+    promoted dtype of pred and fp32 (mmdetection's ``target.float()``)."""
+
+    def __init__(self, use_sigmoid=True, activate=True, reduction='mean', naive_dice=False, loss_weight=1.0, eps=1e-3):
+        super().__init__()
+        if activate and not use_sigmoid:
+            raise ValueError("DiceLoss: activate=True needs use_sigmoid=True (mmdetection has no other activation)")
+        self.use_sigmoid = use_sigmoid
+        self.reduction = reduction
+        self.naive_dice = naive_dice
+        self.loss_weight = loss_weight
+        self.eps = eps
+        self.activate = activate
+
+    def forward(self, pred, target, weight=None, reduction_override=None, avg_factor=None):
+        reduction = _reduction("DiceLoss", reduction_override, self.reduction)
+        n = pred.size(0)
+        if weight is not None and (weight.dim() != 1 or weight.numel() != n):
+            raise ValueError(f"DiceLoss: weight must be one value per sample ({n},), got {tuple(weight.shape)}")
+        if self.naive_dice:
+            smooth_nr, smooth_dr, squared = self.eps, self.eps, False
+        else:  # mmdetection adds eps to each of the two squared sums
+            smooth_nr, smooth_dr, squared = 0.0, 2 * self.eps, True
+        x = pred.reshape(n, 1, -1)
+        t = target.reshape(n, 1, -1).float()
+        per_sample = _dice.dice_loss(x, t, mode="binary", from_logits=self.activate, smooth_nr=smooth_nr, smooth_dr=smooth_dr,
+                                     squared=squared, per_image=True, reduction="none").reshape(n)
+        return self.loss_weight * _weight_reduce("DiceLoss", per_sample, weight, reduction, avg_factor)
+
+
+# ====================================================================== regression
+
+
+def _regression(name, op, pred, target, weight, reduction, avg_factor, *params):
+    w = _broadcast_weight(name, weight, pred.shape)
+    loss = op(pred, target, *params, reduction=reduction, weight=w, avg_factor=avg_factor)
+    return _promote(loss, w)
+
+
+class L1Loss(nn.Module):
+    """mmdetection's ``L1Loss`` over :func:`fastloss.l1_loss`.  forward(pred, target (same
+    shape), weight broadcasting to pred, avg_factor, reduction_override); an all-non-positive
+    weight returns ``(pred * weight).sum()`` (mmdetection's shortcut).  Returns pred's shape for
+    "none", else a scalar."""
+
+    def __init__(self, reduction: str = 'mean', loss_weight: float = 1.0) -> None:
+        super().__init__()
+        self.reduction = reduction
+        self.loss_weight = loss_weight
+
+    def forward(self, pred: Tensor, target: Tensor, weight: Optional[Tensor] = None, avg_factor: Optional[int] = None,
+                reduction_override: Optional[str] = None) -> Tensor:
+        zero = _zero_weight_shortcut(pred, weight)
+        if zero is not None:
+            return zero
+        reduction = _reduction("L1Loss", reduction_override, self.reduction)
+        return self.loss_weight * _regression("L1Loss", _pointwise.l1_loss, pred, target, weight, reduction, avg_factor)
+
+
+class SmoothL1Loss(nn.Module):
+    """mmdetection's ``SmoothL1Loss`` over :func:`fastloss.smooth_l1_loss` (beta > 0); arguments
+    and the zero-weight shortcut as :class:`L1Loss`."""
+
+    def __init__(self, beta: float = 1.0, reduction: str = 'mean', loss_weight: float = 1.0) -> None:
+        super().__init__()
+        if not beta > 0:
+            raise ValueError(f"SmoothL1Loss: beta must be > 0, got {beta}")
+        self.beta = beta
+        self.reduction = reduction
+        self.loss_weight = loss_weight
+
+    def forward(self, pred: Tensor, target: Tensor, weight: Optional[Tensor] = None, avg_factor: Optional[int] = None,
+                reduction_override: Optional[str] = None, **kwargs) -> Tensor:
+        _no_kwargs("SmoothL1Loss", kwargs)
+        zero = _zero_weight_shortcut(pred, weight)
+        if zero is not None:
+            return zero
+        reduction = _reduction("SmoothL1Loss", reduction_override, self.reduction)
+        return self.loss_weight * _regression("SmoothL1Loss", _pointwise.smooth_l1_loss, pred, target, weight, reduction, avg_factor,
+                                              self.beta)
+
+
+def smooth_l1_loss(pred: Tensor, target: Tensor, weight=None, reduction='mean', avg_factor=None, **kwargs) -> Tensor:
+    """mmdetection's functional ``smooth_l1_loss`` (``mmdet.models.losses``; the SSD head calls it
+    by name) over :func:`fastloss.smooth_l1_loss`: the signature of mmdetection's
+    ``weighted_loss`` wrapper, whose only extra keyword is ``beta`` (> 0, default 1.0; any other
+    raises ValueError).  pred, target: one shape; weight: broadcasts to it; reduction "none" |
+    "mean" | "sum"; avg_factor: mmdetection's normaliser.  No zero-weight shortcut (that is the
+    module's).  Returns pred's shape for "none", else a scalar."""
+    beta = kwargs.pop('beta', 1.0)
+    _no_kwargs("smooth_l1_loss", kwargs)
+    if not beta > 0:
+        raise ValueError(f"smooth_l1_loss: beta must be > 0, got {beta}")
+    if reduction not in ("none", "mean", "sum"):
+        raise ValueError(f"smooth_l1_loss: reduction must be 'none', 'mean' or 'sum', got {reduction!r}")
+    return _regression("smooth_l1_loss", _pointwise.smooth_l1_loss, pred, target, weight, reduction, avg_factor, beta)
+
+
+class BalancedL1Loss(nn.Module):
+    """mmdetection's ``BalancedL1Loss`` (Libra R-CNN) over :func:`fastloss.balanced_l1_loss`
+    (alpha, gamma, beta > 0, gamma / alpha <= 80).  forward as :class:`L1Loss`, without the
+    zero-weight shortcut (as mmdetection)."""
+
+    def __init__(self, alpha=0.5, gamma=1.5, beta=1.0, reduction='mean', loss_weight=1.0):
+        super().__init__()
+        self.alpha = alpha
+        self.gamma = gamma
+        self.beta = beta
+        self.reduction = reduction
+        self.loss_weight = loss_weight
+
+    def forward(self, pred, target, weight=None, avg_factor=None, reduction_override=None, **kwargs):
+        _no_kwargs("BalancedL1Loss", kwargs)
+        reduction = _reduction("BalancedL1Loss", reduction_override, self.reduction)
+        return self.loss_weight * _regression("BalancedL1Loss", _pointwise.balanced_l1_loss, pred, target, weight, reduction, avg_factor,
+                                              self.alpha, self.gamma, self.beta)
+
+
+class MSELoss(nn.Module):
+    """mmdetection's ``MSELoss`` over :func:`fastloss.mse_loss`; arguments as :class:`L1Loss`
+    (no zero-weight shortcut, as mmdetection; shapes must match: no broadcasting)."""
+
+    def __init__(self, reduction: str = 'mean', loss_weight: float = 1.0) -> None:
+        super().__init__()
+        self.reduction = reduction
+        self.loss_weight = loss_weight
+
+    def forward(self, pred: Tensor, target: Tensor, weight: Optional[Tensor] = None, avg_factor: Optional[int] = None,
+                reduction_override: Optional[str] = None) -> Tensor:
+        reduction = _reduction("MSELoss", reduction_override, self.reduction)
+        return self.loss_weight * _regression("MSELoss", _pointwise.mse_loss, pred, target, weight, reduction, avg_factor)
+
+
+# ====================================================================== boxes
+
+
+def _box_weight(name, pred, weight):
+    """mmdetection's box-loss weights: per box (N,), or per coordinate (N, 4) averaged."""
+    if weight is not None and weight.dim() > 1:
+        if weight.shape != pred.shape:
+            raise ValueError(f"{name}: a weight of more than one dim must have pred's shape {tuple(pred.shape)}, got {tuple(weight.shape)}")
+        weight = weight.mean(-1)
+    return weight
+
+
+class IoULoss(nn.Module):
+    """mmdetection's ``IoULoss`` (UnitBox) over :func:`fastloss.box_iou_loss`: mode "linear"
+    1 - IoU, "square" 1 - IoU^2, "log" -ln(max(IoU, eps)); ``linear=True`` is the deprecated
+    spelling of mode "linear" (with mmdetection's warning).  IoU's eps placement: see the
+    module docstring.
+
+    forward(pred (N, 4) xyxy, target (N, 4), weight (N,) or (N, 4) (averaged), avg_factor,
+    reduction_override): returns (N,) for "none", else a scalar, in pred's dtype; an
+    all-non-positive weight returns ``(pred * weight).sum()`` unless reduction is "none"."""
+
+    _KINDS = {"linear": ("iou", 1.0), "square": ("iou", 2.0), "log": ("log_iou", 1.0)}
+
+    def __init__(self, linear: bool = False, eps: float = 1e-6, reduction: str = 'mean', loss_weight: float = 1.0,
+                 mode: str = 'log') -> None:
+        super().__init__()
+        if mode not in self._KINDS:
+            raise ValueError(f"IoULoss: mode must be 'linear', 'square' or 'log', got {mode!r}")
+        if linear:
+            mode = 'linear'
+            warnings.warn('IoULoss: linear=True is deprecated; use mode="linear"', DeprecationWarning)
+        self.mode = mode
+        self.linear = linear
+        self.eps = eps
+        self.reduction = reduction
+        self.loss_weight = loss_weight
+
+    def forward(self, pred: Tensor, target: Tensor, weight: Optional[Tensor] = None, avg_factor: Optional[int] = None,
+                reduction_override: Optional[str] = None, **kwargs) -> Tensor:
+        _no_kwargs("IoULoss", kwargs)
+        reduction = _reduction("IoULoss", reduction_override, self.reduction)
+        if reduction != 'none':
+            zero = _zero_weight_shortcut(pred, weight)
+            if zero is not None:
+                return zero
+        weight = _box_weight("IoULoss", pred, weight)
+        kind, power = self._KINDS[self.mode]
+        loss = _box_iou.box_iou_loss(pred, target, kind, reduction, weight, avg_factor, eps=self.eps, power=power)
+        return self.loss_weight * _promote(loss, weight)
+
+
+class _PairedIoULoss(nn.Module):
+    _KIND = None
+
+    def __init__(self, eps: float = 1e-6, reduction: str = 'mean', loss_weight: float = 1.0) -> None:
+        super().__init__()
+        self.eps = eps
+        self.reduction = reduction
+        self.loss_weight = loss_weight
+
+    def forward(self, pred: Tensor, target: Tensor, weight: Optional[Tensor] = None, avg_factor: Optional[int] = None,
+                reduction_override: Optional[str] = None, **kwargs) -> Tensor:
+        name = type(self).__name__
+        _no_kwargs(name, kwargs)
+        zero = _zero_weight_shortcut(pred, weight)
+        if zero is not None:
+            return zero
+        reduction = _reduction(name, reduction_override, self.reduction)
+        weight = _box_weight(name, pred, weight)
+        loss = _box_iou.box_iou_loss(pred, target, self._KIND, reduction, weight, avg_factor, eps=self.eps)
+        return self.loss_weight * _promote(loss, weight)
+
+
+class GIoULoss(_PairedIoULoss):
+    """mmdetection's ``GIoULoss`` over :func:`fastloss.box_iou_loss` (kind "giou"): 1 - GIoU;
+    eps placement: see the module docstring.  Arguments, shapes and the zero-weight shortcut
+    as :class:`IoULoss` (the shortcut for every reduction)."""
+
+    _KIND = "giou"
+
+
+class DIoULoss(_PairedIoULoss):
+    """mmdetection's ``DIoULoss`` over :func:`fastloss.box_iou_loss` (kind "diou"):
+    1 - IoU + rho^2 / (c^2 + eps), IoU = I / (U + eps) -- mmdetection's eps placement.  Arguments
+    as :class:`GIoULoss`."""
+
+    _KIND = "diou"
+
+
+def bbox_overlaps(bboxes1, bboxes2, mode='iou', is_aligned=False, eps=1e-6):
+    """mmdetection's ``bbox_overlaps`` (``mmdet.structures.bbox``) over :func:`fastloss.box_iou`.
+
+    Args:
+        bboxes1: (..., m, 4) xyxy boxes (pixels); bboxes2: (..., n, 4), the same leading dims.
+        mode: "iou" | "iof" (intersection over bboxes1's area) | "giou".
+        is_aligned: False -> (..., m, n); True -> m == n and (..., m).
+        eps: > 0, the stabiliser (placement: see the module docstring).
+    Returns the overlaps in the promoted dtype of the boxes, differentiable w.r.t. both; zeros
+    when there are no boxes.  Raises ValueError for an unknown mode, bad shapes, eps <= 0."""
+    if mode not in ('iou', 'iof', 'giou'):
+        raise ValueError(f"bbox_overlaps: mode must be 'iou', 'iof' or 'giou', got {mode!r}")
+    for name, b in (("bboxes1", bboxes1), ("bboxes2", bboxes2)):
+        if b.dim() < 2 or not (b.size(-1) == 4 or b.size(0) == 0):
+            raise ValueError(f"bbox_overlaps: {name} must be (..., n, 4), got {tuple(b.shape)}")
+    if bboxes1.shape[:-2] != bboxes2.shape[:-2]:
+        raise ValueError(f"bbox_overlaps: leading dims differ, {tuple(bboxes1.shape[:-2])} and {tuple(bboxes2.shape[:-2])}")
+    rows, cols = bboxes1.size(-2), bboxes2.size(-2)
+    if is_aligned and rows != cols:
+        raise ValueError(f"bbox_overlaps: is_aligned needs as many boxes in each set, got {rows} and {cols}")
+    if rows * cols == 0:
+        shape = bboxes1.shape[:-2] + ((rows,) if is_aligned else (rows, cols))
+        return bboxes1.new_zeros(shape)
+    return _box_iou.box_iou(bboxes1, bboxes2, mode, aligned=is_aligned, eps=eps)
+
+
+# ====================================================================== patching
+
+_CLASSES = ("FocalLoss", "L1Loss", "SmoothL1Loss", "BalancedL1Loss", "MSELoss", "CrossEntropyLoss", "QualityFocalLoss", "VarifocalLoss",
+            "DistributionFocalLoss", "GaussianFocalLoss", "DiceLoss", "IoULoss", "GIoULoss", "DIoULoss")
+
+
+def _replace_everywhere(handle, prefix, original, replacement):
+    """Point every loaded module under ``prefix`` that holds ``original`` by some name at
+    ``replacement`` instead (code that did ``from ... import name``)."""
+    import sys
+
+    for mod_name, mod in list(sys.modules.items()):
+        if mod is None or not (mod_name == prefix or mod_name.startswith(prefix + ".")):
+            continue
+        for attr, value in list(vars(mod).items()):
+            if value is original:
+                handle.setattr(mod, attr, replacement)
+
+
+def _patch(handle):
+    """Swap mmdetection's losses for these, in place, through ``handle`` (:func:`fastloss.patch`):
+
+    * ``mmdet.registry.MODELS``: each class of ``_CLASSES`` is registered under its own name
+      (configs such as ``dict(type='GIoULoss')`` build fastloss's); the old entries come back
+      on undo;
+    * every loaded ``mmdet.*`` module's reference to those classes (``mmdet.models.losses.GIoULoss``,
+      ``from ..losses import QualityFocalLoss`` in the DETR heads, ...) and to
+      ``mmdet.structures.bbox.bbox_overlaps`` (the assigners' IoU calculator, ...) and to
+      ``mmdet.models.losses.smooth_l1_loss`` (the SSD head calls it by name);
+    * ``mmcv.ops.SigmoidFocalLoss`` (and ``mmcv.ops.focal_loss.SigmoidFocalLoss``).
+
+    Imports ``mmdet.models`` first (it registers mmdetection's own classes; with mmcv-lite,
+    whose compiled ops are missing, that import fails with mmcv's ImportError).  Patching twice
+    is harmless: entries that already hold fastloss's classes are left alone."""
+    try:
+        import mmcv.ops
+        import mmdet.models  # noqa: F401  (registers mmdetection's losses before we replace them)
+    except ImportError as e:
+        raise ImportError(f"fastloss.patch('mmdet'): mmdetection's models do not import ({e}); they need mmcv's compiled ops "
+                          f"(a full mmcv, not mmcv-lite)") from e
+    import mmdet.models.losses
+    import mmdet.structures.bbox
+    from mmdet.registry import MODELS
+
+    here = globals()
+    for name in _CLASSES:
+        ours = here[name]
+        old = MODELS.module_dict.get(name)
+        if old is ours:
+            continue
+        MODELS.register_module(name=name, module=ours, force=True)
+        handle.on_undo(_restore_entry(MODELS, name, old))
+        if old is not None:
+            _replace_everywhere(handle, "mmdet", old, ours)
+    for old_fn, ours in ((mmdet.structures.bbox.bbox_overlaps, bbox_overlaps), (mmdet.models.losses.smooth_l1_loss, smooth_l1_loss)):
+        if old_fn is not ours:
+            _replace_everywhere(handle, "mmdet", old_fn, ours)
+    old_focal = mmcv.ops.SigmoidFocalLoss
+    if old_focal is not SigmoidFocalLoss:
+        _replace_everywhere(handle, "mmcv", old_focal, SigmoidFocalLoss)
+
+
+def _restore_entry(registry, name, old):
+    def restore():
+        if old is None:
+            registry.module_dict.pop(name, None)
+        else:
+            registry.module_dict[name] = old
+
+    return restore

@@ -1,0 +1,527 @@
+"""fastloss.compat.mmdet against the installed mmdetection 3.x (mmdet 3.3.0 with mmcv-lite 2.1.0,
+mmengine 0.10): values and gradients in float64 over each class's argument grid, signatures,
+the patch, and the errors for arguments the compat layer cannot honour.
+
+mmcv-lite has no compiled ops, and ``mmdet.models`` imports ``mmcv.ops``, which loads them at
+import time; the test gives mmcv an empty ``mmcv._ext`` (each compiled op raises when called)
+so that mmdetection's pure-PyTorch losses import.  mmcv's compiled sigmoid focal op cannot run
+here: ``SigmoidFocalLoss`` is checked against its formula, written from open-mmlab/mmcv
+``mmcv/ops/csrc/common/cuda/sigmoid_focal_loss_cuda_kernel.cuh`` (commit
+491966e3dac316163000644cc020cd59a528ca9f) and ``mmcv/ops/focal_loss.py`` (v2.1.0).
+"""
+import inspect
+import sys
+import types
+import warnings
+
+import pytest
+import torch
+
+pytest.importorskip("mmdet")
+pytest.importorskip("mmengine")
+mmcv = pytest.importorskip("mmcv")
+
+try:
+    import mmcv._ext  # noqa: F401  (a full mmcv build)
+except ImportError:
+    _ext = types.ModuleType("mmcv._ext")
+
+    def _missing(name):
+        if name.startswith("__"):
+            raise AttributeError(name)
+
+        def op(*args, **kwargs):
+            raise RuntimeError(f"mmcv compiled op {name} is not available (mmcv-lite)")
+
+        return op
+
+    _ext.__getattr__ = _missing
+    sys.modules["mmcv._ext"] = _ext
+
+with warnings.catch_warnings():
+    warnings.simplefilter("ignore")
+    try:
+        import mmdet.models.losses as L
+    except ImportError as e:  # pragma: no cover - depends on the installed mmcv
+        pytest.skip(f"mmdet.models.losses does not import here: {e}", allow_module_level=True)
+import mmcv.ops  # noqa: E402
+from mmdet.registry import MODELS  # noqa: E402
+from mmdet.structures.bbox import bbox_overlaps as peer_bbox_overlaps  # noqa: E402
+
+import fastloss  # noqa: E402
+from fastloss.compat import mmdet as C  # noqa: E402
+
+D = torch.float64
+CLASSES = ["FocalLoss", "L1Loss", "SmoothL1Loss", "BalancedL1Loss", "MSELoss", "CrossEntropyLoss", "QualityFocalLoss", "VarifocalLoss",
+           "DistributionFocalLoss", "GaussianFocalLoss", "DiceLoss", "IoULoss", "GIoULoss", "DIoULoss"]
+
+
+def _gen(seed=0):
+    return torch.Generator().manual_seed(seed)
+
+
+def _check(ours, peer, pred, *args, rtol=1e-10, atol=1e-12, **kwargs):
+    """Same values and gradients (random upstream gradient) of ours(pred, ...) and peer(pred, ...)."""
+    p1 = pred.detach().clone().requires_grad_(True)
+    p2 = pred.detach().clone().requires_grad_(True)
+    a = ours(p1, *args, **kwargs)
+    b = peer(p2, *args, **kwargs)
+    assert a.shape == b.shape and a.dtype == b.dtype, (a.shape, b.shape, a.dtype, b.dtype)
+    torch.testing.assert_close(a, b, rtol=rtol, atol=atol)
+    up = torch.rand(a.shape, generator=_gen(7), dtype=a.dtype) + 0.5
+    (g1,) = torch.autograd.grad(a, p1, up)
+    (g2,) = torch.autograd.grad(b, p2, up)
+    torch.testing.assert_close(g1, g2, rtol=rtol, atol=atol)
+
+
+def _boxes(n, seed, min_size=5.0):
+    g = _gen(seed)
+    xy = torch.rand(n, 2, generator=g, dtype=D) * 50
+    wh = torch.rand(n, 2, generator=g, dtype=D) * 40 + min_size
+    return torch.cat([xy, xy + wh], -1)
+
+
+def _paired_boxes(n, seed):
+    """Targets and overlapping (jittered) predictions, plus a few disjoint pairs."""
+    t = _boxes(n, seed)
+    g = _gen(seed + 1)
+    p = t + torch.randn(n, 4, generator=g, dtype=D) * 3
+    p[:, 2:] = torch.maximum(p[:, 2:], p[:, :2] + 1)
+    return p, t
+
+
+REDUCTIONS = [None, "none", "mean", "sum"]
+
+
+# ---------------------------------------------------------------------- signatures
+
+
+@pytest.mark.parametrize("name", CLASSES)
+def test_signatures(name):
+    ours, peer = getattr(C, name), getattr(L, name)
+    assert inspect.signature(ours.__init__) == inspect.signature(peer.__init__)
+    assert inspect.signature(ours.forward) == inspect.signature(peer.forward)
+
+
+def test_signatures_functions_and_mmcv():
+    assert inspect.signature(C.bbox_overlaps) == inspect.signature(peer_bbox_overlaps)
+    # the callable's own signature: mmdetection's weighted_loss wrapper (functools.wraps points inspect at the inner one)
+    assert inspect.signature(C.smooth_l1_loss) == inspect.signature(L.smooth_l1_loss, follow_wrapped=False)
+    assert inspect.signature(C.SigmoidFocalLoss.__init__) == inspect.signature(mmcv.ops.SigmoidFocalLoss.__init__)
+    assert inspect.signature(C.SigmoidFocalLoss.forward) == inspect.signature(mmcv.ops.SigmoidFocalLoss.forward)
+
+
+# ---------------------------------------------------------------------- classification
+
+
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+@pytest.mark.parametrize("target_kind", ["labels", "onehot", "soft"])
+@pytest.mark.parametrize("weight_kind", [None, "row", "elem", "flat"])
+def test_focal_loss(reduction, target_kind, weight_kind):
+    N, K = 13, 5
+    g = _gen(1)
+    pred = torch.randn(N, K, generator=g, dtype=D) * 3
+    labels = torch.randint(0, K + 1, (N,), generator=g)
+    target = {"labels": labels, "onehot": torch.nn.functional.one_hot(labels, K + 1)[:, :K], "soft": torch.rand(N, K, generator=g, dtype=D)}
+    weight = {None: None, "row": torch.rand(N, generator=g, dtype=D), "elem": torch.rand(N, K, generator=g, dtype=D),
+              "flat": torch.rand(N * K, generator=g, dtype=D)}[weight_kind]
+    for kw in ({}, dict(gamma=0.0, alpha=0.5, loss_weight=2.0)):
+        ours, peer = C.FocalLoss(**kw), L.FocalLoss(**kw)
+        _check(ours, peer, pred, target[target_kind], weight, reduction_override=reduction)
+    if reduction != "sum":
+        _check(C.FocalLoss(), L.FocalLoss(), pred, target[target_kind], weight, avg_factor=7.5, reduction_override=reduction)
+
+
+def _mmcv_focal_formula(x, t, gamma, alpha, weight, reduction):
+    """mmcv's sigmoid_focal_loss_forward_cuda_kernel (commit 491966e3) and focal_loss.py's reduction."""
+    N, K = x.shape
+    p = torch.sigmoid(x)
+    cls = torch.arange(K)
+    flag_p = (t[:, None] == cls).to(x.dtype)
+    tiny = torch.finfo(torch.float32).tiny
+    term_p = (1 - p) ** gamma * torch.log(torch.clamp(p, min=tiny))
+    term_n = p ** gamma * torch.log(torch.clamp(1 - p, min=tiny))
+    out = -flag_p * alpha * term_p - (1 - flag_p) * (1 - alpha) * term_n
+    if weight is not None:
+        out = out * weight[t][:, None]
+    if reduction == "mean":
+        return out.sum() / N
+    return out.sum() if reduction == "sum" else out
+
+
+@pytest.mark.parametrize("reduction", ["none", "mean", "sum"])
+@pytest.mark.parametrize("with_weight", [False, True])
+def test_mmcv_sigmoid_focal_loss(reduction, with_weight):
+    N, K = 11, 4
+    g = _gen(2)
+    x = torch.randn(N, K, generator=g, dtype=D) * 4
+    t = torch.randint(0, K if with_weight else K + 1, (N,), generator=g)
+    w = torch.rand(K, generator=g, dtype=D) if with_weight else None
+    _check(C.SigmoidFocalLoss(2.0, 0.25, w, reduction), lambda p, tt: _mmcv_focal_formula(p, tt, 2.0, 0.25, w, reduction), x, t)
+
+
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+@pytest.mark.parametrize("avg_non_ignore", [False, True])
+@pytest.mark.parametrize("with_weight", [False, True])
+def test_cross_entropy_softmax(reduction, avg_non_ignore, with_weight):
+    N, K = 12, 6
+    g = _gen(3)
+    pred = torch.randn(N, K, generator=g, dtype=D)
+    label = torch.randint(0, K, (N,), generator=g)
+    label[::4] = 255
+    weight = torch.rand(N, generator=g, dtype=D) if with_weight else None
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for kw in (dict(ignore_index=255), dict(ignore_index=255, class_weight=[0.5, 1, 2, 1, 1, 3], loss_weight=0.7)):
+            ours = C.CrossEntropyLoss(avg_non_ignore=avg_non_ignore, **kw)
+            peer = L.CrossEntropyLoss(avg_non_ignore=avg_non_ignore, **kw)
+            _check(ours, peer, pred, label, weight, reduction_override=reduction)
+        if reduction != "sum":
+            _check(ours, peer, pred, label, weight, avg_factor=5.0, reduction_override=reduction)
+    # dense (N, C, H, W) logits, ignore_index passed to forward
+    pred4 = torch.randn(2, 3, 4, 5, generator=g, dtype=D)
+    label4 = torch.randint(0, 3, (2, 4, 5), generator=g)
+    label4[0, 0] = -100
+    _check(C.CrossEntropyLoss(avg_non_ignore=avg_non_ignore), L.CrossEntropyLoss(avg_non_ignore=avg_non_ignore), pred4, label4,
+           reduction_override=reduction)
+
+
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+@pytest.mark.parametrize("avg_non_ignore", [False, True])
+@pytest.mark.parametrize("target_kind", ["labels", "dense"])
+def test_cross_entropy_sigmoid(reduction, avg_non_ignore, target_kind):
+    N, K = 10, 4
+    g = _gen(4)
+    pred = torch.randn(N, K, generator=g, dtype=D)
+    if target_kind == "labels":
+        label = torch.randint(0, K + 1, (N,), generator=g)
+        label[1] = -1
+        label[2] = 7
+        weight = torch.rand(N, generator=g, dtype=D)
+    else:
+        label = torch.randint(0, 2, (N, K), generator=g).to(D)
+        label[0, 1] = -100
+        weight = torch.rand(N, K, generator=g, dtype=D)
+    # mmdetection's label.float() makes torch return fp32 (the target's dtype): fp32 results
+    tol = dict(rtol=1e-6, atol=1e-7)
+    for kw in (dict(), dict(class_weight=[1.0, 2.0, 0.5, 1.5], loss_weight=1.5)):
+        ours = C.CrossEntropyLoss(use_sigmoid=True, avg_non_ignore=avg_non_ignore, **kw)
+        peer = L.CrossEntropyLoss(use_sigmoid=True, avg_non_ignore=avg_non_ignore, **kw)
+        _check(ours, peer, pred, label, reduction_override=reduction, **tol)
+        _check(ours, peer, pred, label, weight, reduction_override=reduction, **tol)
+        if reduction != "sum":
+            _check(ours, peer, pred, label, weight, avg_factor=3.5, reduction_override=reduction, **tol)
+
+
+def test_cross_entropy_mask():
+    g = _gen(5)
+    pred = torch.randn(6, 3, 7, 7, generator=g, dtype=D)
+    target = torch.randint(0, 2, (6, 7, 7), generator=g).to(D)
+    roi_label = torch.randint(0, 3, (6,), generator=g)
+    _check(C.CrossEntropyLoss(use_mask=True, loss_weight=2.0), L.CrossEntropyLoss(use_mask=True, loss_weight=2.0), pred, target, roi_label)
+
+
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+@pytest.mark.parametrize("target_kind", ["tuple", "dense"])
+@pytest.mark.parametrize("with_weight", [False, True])
+def test_quality_focal_loss(reduction, target_kind, with_weight):
+    N, K = 9, 5
+    g = _gen(6)
+    pred = torch.randn(N, K, generator=g, dtype=D) * 2
+    if target_kind == "tuple":
+        label = torch.randint(0, K + 1, (N,), generator=g)
+        label[0] = -1
+        target = (label, torch.rand(N, generator=g, dtype=D))
+    else:
+        target = torch.rand(N, K, generator=g, dtype=D) * (torch.rand(N, K, generator=g) > 0.6)
+    weight = torch.rand(N, generator=g, dtype=D) if with_weight else None
+    for kw in ({}, dict(beta=1.0, loss_weight=0.5)):
+        _check(C.QualityFocalLoss(**kw), L.QualityFocalLoss(**kw), pred, target, weight, reduction_override=reduction)
+    if reduction != "sum":
+        _check(C.QualityFocalLoss(), L.QualityFocalLoss(), pred, target, weight, avg_factor=4.0, reduction_override=reduction)
+
+
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+@pytest.mark.parametrize("iou_weighted", [True, False])
+@pytest.mark.parametrize("weight_kind", [None, "elem", "col"])
+def test_varifocal_loss(reduction, iou_weighted, weight_kind):
+    N, K = 8, 3
+    g = _gen(8)
+    pred = torch.randn(N, K, generator=g, dtype=D) * 2
+    target = torch.rand(N, K, generator=g, dtype=D) * (torch.rand(N, K, generator=g) > 0.5)
+    weight = {None: None, "elem": torch.rand(N, K, generator=g, dtype=D), "col": torch.rand(K, generator=g, dtype=D)}[weight_kind]
+    kw = dict(alpha=0.6, gamma=1.5, iou_weighted=iou_weighted, loss_weight=1.3)
+    _check(C.VarifocalLoss(**kw), L.VarifocalLoss(**kw), pred, target, weight, reduction_override=reduction)
+    if reduction != "sum":
+        _check(C.VarifocalLoss(), L.VarifocalLoss(), pred, target, weight, avg_factor=3, reduction_override=reduction)
+
+
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+@pytest.mark.parametrize("with_weight", [False, True])
+def test_distribution_focal_loss(reduction, with_weight):
+    N, n = 12, 8
+    g = _gen(9)
+    pred = torch.randn(N, n + 1, generator=g, dtype=D)
+    target = torch.rand(N, generator=g, dtype=D) * (n - 0.01)
+    weight = torch.rand(N, generator=g, dtype=D) if with_weight else None
+    _check(C.DistributionFocalLoss(loss_weight=0.25), L.DistributionFocalLoss(loss_weight=0.25), pred, target, weight,
+           reduction_override=reduction)
+    if reduction != "sum":
+        _check(C.DistributionFocalLoss(), L.DistributionFocalLoss(), pred, target, weight, avg_factor=6, reduction_override=reduction)
+
+
+def _heatmap(g, shape):
+    t = torch.rand(shape, generator=g, dtype=D) * 0.9
+    t.view(-1)[::7] = 1.0
+    return t
+
+
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+@pytest.mark.parametrize("kw", [{}, dict(alpha=1.5, gamma=3.0, pos_weight=2.0, neg_weight=0.5, loss_weight=0.8), dict(pos_weight=0.3, neg_weight=0.3)])
+@pytest.mark.parametrize("with_weight", [False, True])
+def test_gaussian_focal_loss(reduction, kw, with_weight):
+    g = _gen(10)
+    pred = torch.rand(2, 3, 5, 5, generator=g, dtype=D) * 0.98 + 0.01
+    target = _heatmap(g, (2, 3, 5, 5))
+    weight = torch.rand(2, 3, 5, 5, generator=g, dtype=D) if with_weight else None
+    _check(C.GaussianFocalLoss(**kw), L.GaussianFocalLoss(**kw), pred, target, weight=weight, reduction_override=reduction)
+    if reduction != "sum":
+        _check(C.GaussianFocalLoss(**kw), L.GaussianFocalLoss(**kw), pred, target, weight=weight, avg_factor=9.0,
+               reduction_override=reduction)
+
+
+@pytest.mark.parametrize("reduction", [None, "mean", "sum"])  # "none": mmdetection adds (P, 1) and (N, C) and fails
+def test_gaussian_focal_loss_pos_inds(reduction):
+    g = _gen(11)
+    pred = torch.rand(20, 4, generator=g, dtype=D) * 0.98 + 0.01
+    target = torch.rand(20, 4, generator=g, dtype=D) * 0.9
+    pos_inds = torch.tensor([1, 5, 9])
+    pos_labels = torch.tensor([0, 3, 2])
+    target[pos_inds, pos_labels] = 1.0
+    kw = dict(pos_weight=1.5, neg_weight=0.5)
+    _check(C.GaussianFocalLoss(**kw), L.GaussianFocalLoss(**kw), pred, target, pos_inds, pos_labels, reduction_override=reduction)
+
+
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+@pytest.mark.parametrize("naive_dice", [False, True])
+@pytest.mark.parametrize("activate", [True, False])
+@pytest.mark.parametrize("with_weight", [False, True])
+def test_dice_loss(reduction, naive_dice, activate, with_weight):
+    g = _gen(12)
+    pred = torch.randn(4, 3, 6, 5, generator=g, dtype=D)
+    if not activate:
+        pred = torch.sigmoid(pred)
+    target = (torch.rand(4, 3, 6, 5, generator=g) > 0.5).to(D)
+    target[1] = 0  # an empty mask
+    weight = torch.rand(4, generator=g, dtype=D) if with_weight else None
+    kw = dict(naive_dice=naive_dice, activate=activate, eps=1e-2, loss_weight=1.5)
+    # mmdetection's target.float() makes its sum(t^2) + eps an fp32 value (rounded at ~6e-8 relative)
+    tol = {} if naive_dice else dict(rtol=1e-6, atol=1e-8)
+    _check(C.DiceLoss(**kw), L.DiceLoss(**kw), pred, target, weight, reduction_override=reduction, **tol)
+    if reduction != "sum":
+        _check(C.DiceLoss(**kw), L.DiceLoss(**kw), pred, target, weight, reduction_override=reduction, avg_factor=3, **tol)
+
+
+# ---------------------------------------------------------------------- regression
+
+
+@pytest.mark.parametrize("name,kw", [("L1Loss", {}), ("SmoothL1Loss", dict(beta=0.5)), ("SmoothL1Loss", {}), ("MSELoss", {}),
+                                     ("BalancedL1Loss", {}), ("BalancedL1Loss", dict(alpha=0.3, gamma=2.0, beta=0.7))])
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+@pytest.mark.parametrize("weight_kind", [None, "elem", "col"])
+def test_regression(name, kw, reduction, weight_kind):
+    g = _gen(13)
+    pred = torch.randn(10, 4, generator=g, dtype=D) * 2
+    target = torch.randn(10, 4, generator=g, dtype=D)
+    weight = {None: None, "elem": torch.rand(10, 4, generator=g, dtype=D), "col": torch.rand(4, generator=g, dtype=D)}[weight_kind]
+    ours, peer = getattr(C, name)(loss_weight=0.9, **kw), getattr(L, name)(loss_weight=0.9, **kw)
+    _check(ours, peer, pred, target, weight, reduction_override=reduction)
+    if reduction != "sum":
+        _check(ours, peer, pred, target, weight, avg_factor=torch.tensor(6.0, dtype=D), reduction_override=reduction)
+
+
+@pytest.mark.parametrize("reduction", ["none", "mean", "sum"])
+@pytest.mark.parametrize("beta", [None, 0.3])
+def test_smooth_l1_loss_function(reduction, beta):
+    g = _gen(23)
+    pred = torch.randn(9, 4, generator=g, dtype=D)
+    target = torch.randn(9, 4, generator=g, dtype=D)
+    weight = torch.rand(9, 4, generator=g, dtype=D)
+    kw = {} if beta is None else {"beta": beta}
+    _check(C.smooth_l1_loss, L.smooth_l1_loss, pred, target, weight, reduction, **kw)
+    _check(C.smooth_l1_loss, L.smooth_l1_loss, pred, target, None, reduction, **kw)
+    if reduction != "sum":
+        _check(C.smooth_l1_loss, L.smooth_l1_loss, pred, target, weight, reduction, 5.0, **kw)
+
+
+@pytest.mark.parametrize("name", ["L1Loss", "SmoothL1Loss", "GIoULoss", "DIoULoss", "IoULoss"])
+def test_zero_weight_shortcut(name):
+    pred, target = _paired_boxes(6, 14)
+    weight = torch.zeros(6, 4, dtype=D)
+    _check(getattr(C, name)(), getattr(L, name)(), pred, target, weight)
+
+
+# ---------------------------------------------------------------------- boxes
+
+
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+@pytest.mark.parametrize("weight_kind", [None, "box", "coord"])
+def test_diou_loss(reduction, weight_kind):
+    pred, target = _paired_boxes(16, 15)
+    g = _gen(16)
+    weight = {None: None, "box": torch.rand(16, generator=g, dtype=D), "coord": torch.rand(16, 4, generator=g, dtype=D)}[weight_kind]
+    for kw in ({}, dict(eps=1e-3, loss_weight=2.0)):
+        _check(C.DIoULoss(**kw), L.DIoULoss(**kw), pred, target, weight, reduction_override=reduction)
+    if reduction != "sum":
+        _check(C.DIoULoss(), L.DIoULoss(), pred, target, weight, avg_factor=10, reduction_override=reduction)
+
+
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+@pytest.mark.parametrize("weight_kind", [None, "box", "coord"])
+def test_giou_loss(reduction, weight_kind):
+    pred, target = _paired_boxes(16, 17)
+    pred[0] = target[0] + 100  # disjoint
+    g = _gen(18)
+    weight = {None: None, "box": torch.rand(16, generator=g, dtype=D), "coord": torch.rand(16, 4, generator=g, dtype=D)}[weight_kind]
+    # tiny eps: the two eps placements (max(U, eps) vs U + eps) agree to float64 rounding
+    _check(C.GIoULoss(eps=1e-12), L.GIoULoss(eps=1e-12), pred, target, weight, reduction_override=reduction)
+    # the default eps: the documented relative difference eps / U (U >= 25 px^2 here)
+    _check(C.GIoULoss(loss_weight=3.0), L.GIoULoss(loss_weight=3.0), pred, target, weight, reduction_override=reduction, rtol=1e-7, atol=1e-8)
+    if reduction != "sum":
+        _check(C.GIoULoss(eps=1e-12), L.GIoULoss(eps=1e-12), pred, target, weight, avg_factor=10, reduction_override=reduction)
+
+
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+@pytest.mark.parametrize("mode", ["linear", "square", "log"])
+def test_iou_loss(reduction, mode):
+    pred, target = _paired_boxes(16, 19)
+    weight = torch.rand(16, generator=_gen(20), dtype=D)
+    # mmdetection's union eps is bbox_overlaps' fixed 1e-6; ours is the module's eps: at eps 1e-6 both agree up to eps / U
+    kw = dict(mode=mode, loss_weight=1.2)
+    _check(C.IoULoss(**kw), L.IoULoss(**kw), pred, target, weight, reduction_override=reduction, rtol=1e-7, atol=1e-8)
+    if reduction != "sum":
+        _check(C.IoULoss(**kw), L.IoULoss(**kw), pred, target, weight, avg_factor=8.0, reduction_override=reduction, rtol=1e-7, atol=1e-8)
+    if mode == "log":  # disjoint boxes: both clamp at eps
+        far = target + 200
+        _check(C.IoULoss(eps=1e-3), L.IoULoss(eps=1e-3), far, target, reduction_override=reduction, rtol=1e-7, atol=1e-8)
+
+
+def test_iou_loss_linear_disjoint_difference_is_bounded_by_eps():
+    """Documented difference: mmdetection clamps IoU at eps in "linear" mode too."""
+    target = _boxes(4, 21)
+    far = target + 200
+    ours = C.IoULoss(mode="linear", eps=1e-3, reduction="none")(far, target)
+    peer = L.IoULoss(mode="linear", eps=1e-3, reduction="none")(far, target)
+    torch.testing.assert_close(ours, torch.ones_like(ours))
+    torch.testing.assert_close(peer, torch.full_like(peer, 1 - 1e-3))
+
+
+@pytest.mark.parametrize("mode", ["iou", "iof", "giou"])
+@pytest.mark.parametrize("is_aligned", [False, True])
+@pytest.mark.parametrize("batch", [(), (2,)])
+def test_bbox_overlaps(mode, is_aligned, batch):
+    b1 = torch.stack([_boxes(6, 22 + i) for i in range(2)])[: batch[0] if batch else 1].reshape(*batch, 6, 4)
+    b2 = torch.stack([_boxes(6 if is_aligned else 5, 30 + i) for i in range(2)])[: batch[0] if batch else 1]
+    b2 = b2.reshape(*batch, b2.shape[-2], 4)
+    for eps, tol in ((1e-12, dict()), (1e-6, dict(rtol=1e-7, atol=1e-8))):
+        x1, x2 = b1.clone().requires_grad_(True), b2.clone().requires_grad_(True)
+        y1, y2 = b1.clone().requires_grad_(True), b2.clone().requires_grad_(True)
+        a = C.bbox_overlaps(x1, x2, mode, is_aligned, eps)
+        b = peer_bbox_overlaps(y1, y2, mode, is_aligned, eps)
+        assert a.shape == b.shape and a.dtype == b.dtype
+        torch.testing.assert_close(a, b, **({"rtol": 1e-10, "atol": 1e-12} | tol))
+        up = torch.rand(a.shape, generator=_gen(40), dtype=D)
+        ga = torch.autograd.grad(a, (x1, x2), up)
+        gb = torch.autograd.grad(b, (y1, y2), up)
+        for u, v in zip(ga, gb):
+            torch.testing.assert_close(u, v, **({"rtol": 1e-8, "atol": 1e-10} | tol))
+    empty = C.bbox_overlaps(b1[..., :0, :], b2, mode, is_aligned=False)
+    assert empty.shape == peer_bbox_overlaps(b1[..., :0, :], b2, mode, is_aligned=False).shape and not empty.any()
+
+
+# ---------------------------------------------------------------------- errors
+
+
+@pytest.mark.parametrize("build,match", [
+    (lambda: C.FocalLoss(activated=True), "activated"),
+    (lambda: C.FocalLoss(use_sigmoid=False), "use_sigmoid"),
+    (lambda: C.QualityFocalLoss(activated=True), "activated"),
+    (lambda: C.VarifocalLoss(use_sigmoid=False), "use_sigmoid"),
+    (lambda: C.DiceLoss(use_sigmoid=False), "use_sigmoid"),
+    (lambda: C.CrossEntropyLoss(use_sigmoid=True, use_mask=True), "use_mask"),
+    (lambda: C.CrossEntropyLoss(use_mask=True, class_weight=[1.0]), "class_weight"),
+    (lambda: C.GaussianFocalLoss(gamma=0.0, pos_weight=2.0), "pos_weight"),
+    (lambda: C.IoULoss(mode="cube"), "mode"),
+    (lambda: C.SmoothL1Loss(beta=0.0), "beta"),
+])
+def test_unsupported_arguments_raise(build, match):
+    with pytest.raises(ValueError, match=match):
+        build()
+
+
+def test_forward_errors():
+    pred, target = _paired_boxes(4, 41)
+    with pytest.raises(ValueError, match="keyword"):
+        C.GIoULoss()(pred, target, something=1)
+    with pytest.raises(ValueError, match="reduction_override"):
+        C.L1Loss()(pred, target, reduction_override="max")
+    with pytest.raises(ValueError, match="avg_factor"):
+        C.DIoULoss()(pred, target, avg_factor=2.0, reduction_override="sum")
+    with pytest.raises(ValueError, match="ignore_index"):
+        C.CrossEntropyLoss(use_mask=True)(torch.zeros(2, 3, 4, 4), torch.zeros(2, 4, 4), torch.zeros(2, dtype=torch.long), ignore_index=1)
+    with pytest.raises(ValueError, match="weight"):
+        C.FocalLoss()(torch.zeros(4, 3), torch.zeros(4, dtype=torch.long), torch.ones(5))
+    with pytest.raises(ValueError, match="mode"):
+        C.bbox_overlaps(pred, target, mode="diou")
+    with pytest.raises(ValueError, match="gamma"):
+        C.smooth_l1_loss(pred, target, gamma=2.0)
+    with pytest.raises(ValueError, match="background"):
+        C.SigmoidFocalLoss(2.0, 0.25, torch.ones(3))(torch.zeros(2, 3), torch.tensor([0, 3]))
+
+
+# ---------------------------------------------------------------------- patch
+
+
+def _snapshot():
+    iou_mod = sys.modules["mmdet.models.losses.iou_loss"]  # the package's attribute of that name is the function
+    calc = sys.modules["mmdet.models.task_modules.assigners.iou2d_calculator"]
+
+    return {name: MODELS.module_dict[name] for name in CLASSES} | {
+        "losses.GIoULoss": L.GIoULoss, "iou_loss.bbox_overlaps": iou_mod.bbox_overlaps, "calc.bbox_overlaps": calc.bbox_overlaps,
+        "mmcv.SigmoidFocalLoss": mmcv.ops.SigmoidFocalLoss, "ssd.smooth_l1_loss": sys.modules["mmdet.models.dense_heads.ssd_head"].smooth_l1_loss}
+
+
+def test_patch_and_undo():
+    from mmdet.models.task_modules import BboxOverlaps2D
+
+    calc = sys.modules["mmdet.models.task_modules.assigners.iou2d_calculator"]
+
+    before = _snapshot()
+    pred, target = _paired_boxes(8, 42)
+    expected = MODELS.build(dict(type="DIoULoss", loss_weight=2.0))(pred, target)
+    expected_overlaps = BboxOverlaps2D()(pred, target)
+    handle = fastloss.patch("mmdet")
+    try:
+        for name in CLASSES:
+            assert MODELS.module_dict[name] is getattr(C, name)
+        assert L.GIoULoss is C.GIoULoss and calc.bbox_overlaps is C.bbox_overlaps and mmcv.ops.SigmoidFocalLoss is C.SigmoidFocalLoss
+        assert sys.modules["mmdet.models.dense_heads.ssd_head"].smooth_l1_loss is C.smooth_l1_loss
+        loss = MODELS.build(dict(type="DIoULoss", loss_weight=2.0))
+        assert isinstance(loss, C.DIoULoss)
+        torch.testing.assert_close(loss(pred, target), expected, rtol=1e-10, atol=1e-12)
+        torch.testing.assert_close(BboxOverlaps2D()(pred, target), expected_overlaps, rtol=1e-7, atol=1e-8)
+        again = fastloss.patch("mmdetection")  # harmless: nothing left to change
+        assert not again.active
+        again.undo()
+        assert MODELS.module_dict["DIoULoss"] is C.DIoULoss
+    finally:
+        handle.undo()
+    assert _snapshot() == before
+
+
+def test_patch_context_manager():
+    before = _snapshot()
+    with fastloss.patch("mmdet"):
+        assert MODELS.module_dict["FocalLoss"] is C.FocalLoss
+        assert isinstance(MODELS.build(dict(type="FocalLoss")), C.FocalLoss)
+    assert _snapshot() == before
