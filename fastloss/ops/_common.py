@@ -151,17 +151,18 @@ def check_reduction(reduction, avg_factor, sync_avg_factor=False):
     return REDUCTIONS[reduction]
 
 
-def global_avg_factor(avg_factor, sync_avg_factor, reduction, dtype, device):
-    """The avg_factor the loss divides by -- written once for every loss.  With
-    ``sync_avg_factor`` and reduction "mean" under an initialised process group: its mean
+def global_avg_factor(avg_factor, sync_avg_factor, dtype, device):
+    """The avg_factor a loss with reduction "mean" divides by -- written once for every loss
+    (the engines call it for "mean" only: "none" ignores avg_factor and communicates
+    nothing).  With ``sync_avg_factor`` under an initialised process group: its mean
     over the ranks (:func:`fastloss.distributed.reduce_mean`'s rule), detached, a tensor on
     ``device`` (a number or an integer count as a ``reduced_dtype(dtype)`` tensor; a floating
     tensor keeps its dtype), returned before the all-reduce completes so that it runs behind
     the loss kernel (the division waits for it).  Without a process group: avg_factor itself,
     a tensor detached (the loss and its input gradient have the bits they have without
-    ``sync_avg_factor``; avg_factor gets no gradient either way).  Unchanged otherwise
-    ("none" ignores avg_factor and communicates nothing)."""
-    if not sync_avg_factor or reduction != "mean":
+    ``sync_avg_factor``; a synchronised avg_factor gets no gradient, with a group or without).
+    Without ``sync_avg_factor``: avg_factor unchanged."""
+    if not sync_avg_factor:
         return avg_factor
     if not distributed.is_initialized():
         return avg_factor.detach() if isinstance(avg_factor, torch.Tensor) else avg_factor

@@ -215,7 +215,7 @@ def box_iou_loss(pred, target, kind="giou", reduction="mean", weight=None, avg_f
     w = _prepare_weight(pred, weight)
     if avg_factor is not None and reduction == "mean":
         code = _common.REDUCTIONS["sum"]
-        avg_factor = _common.global_avg_factor(avg_factor, sync_avg_factor, reduction, dtype, pred.device)
+        avg_factor = _common.global_avg_factor(avg_factor, sync_avg_factor, dtype, pred.device)
     p = pred.reshape(-1, 4).contiguous()
     t = target.to(dtype).reshape(-1, 4).contiguous()
     store_grad = pred.requires_grad and torch.is_grad_enabled() and _backend.store_grad_in_forward(pred.device)

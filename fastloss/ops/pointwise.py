@@ -275,7 +275,7 @@ def _run(op, input, target, params, reduction, weight=None, avg_factor=None, *, 
         target_value = target_value.to(acc).reshape(-1).contiguous()
     if avg_factor is not None and reduction == "mean":
         code = _common.REDUCTIONS["sum"]
-        avg_factor = _common.global_avg_factor(avg_factor, sync_avg_factor, reduction, dtype, input.device)
+        avg_factor = _common.global_avg_factor(avg_factor, sync_avg_factor, dtype, input.device)
     store_grad = input.requires_grad and torch.is_grad_enabled() and _backend.store_grad_in_forward(input.device)
     params = [float(p) for p in params]
     args = (input, target, target_value, weight, weight_layout, aux, aux_layout)

@@ -280,7 +280,7 @@ def _run(op, input, target, kind, params, reduction, *, class_weight=None, class
     else:
         t = _view(target.to(dtype), class_dim)
     if avg_factor is not None and reduction == "mean":
-        avg_factor = _common.global_avg_factor(avg_factor, sync_avg_factor, reduction, dtype, x.device)
+        avg_factor = _common.global_avg_factor(avg_factor, sync_avg_factor, dtype, x.device)
     store_grad = x.requires_grad and torch.is_grad_enabled() and _backend.store_grad_in_forward(x.device)
     args = (x3, t, class_weight, class_alpha, sample_weight)
     rest = (kind, [float(p) for p in params], ignore_index, 0 if code == 0 else 1, store_grad, backend)
