@@ -19,7 +19,7 @@ from fastloss.ops.rowwise import (RowwiseFunction, cross_entropy, distillation_k
 from fastloss.ops.dice import DiceSumsFunction, dice_ce_loss, dice_loss, jaccard_loss, tversky_loss
 from fastloss.ops.box_iou import BoxIoUFunction, BoxIoULossFunction, box_iou, box_iou_loss, box_iou_max
 from fastloss import nn  # noqa: E402
-from fastloss import compat  # noqa: E402
+from fastloss import compat, distributed  # noqa: E402
 from fastloss._patch import PatchHandle, patch  # noqa: E402
 
 __version__ = "0.1.0"
@@ -28,4 +28,4 @@ __all__ = ["box_iou_loss", "BoxIoULossFunction", "box_iou", "BoxIoUFunction", "b
            "binary_cross_entropy_with_logits", "binary_cross_entropy", "poly1_bce_loss", "quality_focal_loss", "varifocal_loss",
            "gaussian_focal_loss", "hinge_loss", "kl_div", "l1_loss", "mse_loss", "sse_loss", "rmse_loss", "mean_bias_error", "smooth_l1_loss",
            "huber_loss", "balanced_l1_loss", "cross_entropy", "nll_loss", "softmax_focal_loss", "poly1_softmax_focal_loss", "poly1_cross_entropy",
-           "distribution_focal_loss", "distillation_kl_div", "RowwiseFunction", "available_backends", "unavailable_backends", "use_backend", "checked_labels", "info", "nn", "compat", "patch", "PatchHandle"]
+           "distribution_focal_loss", "distillation_kl_div", "RowwiseFunction", "available_backends", "unavailable_backends", "use_backend", "checked_labels", "info", "nn", "compat", "distributed", "patch", "PatchHandle"]
