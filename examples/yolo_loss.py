@@ -8,8 +8,9 @@ and evaluates both on the same synthetic head outputs and targets:
 1. in float64: the loss components (box, cls, dfl) and the gradients of both prediction
    tensors must agree to 1e-9 relative (components elementwise; each gradient in max norm),
    or the script exits with status 1;
-2. the time of one loss step (criterion forward + backward), median over ``--steps`` (the variants interleaved), in
-   ``--dtype`` on ``--device``, patched and unpatched.
+2. the time of one loss step (criterion forward + backward) and of its ``BboxLoss`` call
+   alone, median over ``--steps`` (the variants interleaved), in ``--dtype`` on ``--device``,
+   patched and unpatched.
 
 What the patch changes in this loss: ``BboxLoss`` (its DFL term runs on fastloss's row-wise
 kernel; its CIoU term stays ultralytics' own, see :mod:`fastloss.compat.ultralytics`).  The
@@ -132,24 +133,41 @@ def compare(args, model):
     return failures
 
 
+def _timed(fn, sync):
+    sync()
+    t0 = time.perf_counter()
+    fn()
+    sync()
+    return time.perf_counter() - t0
+
+
+def bbox_loss_step(crit, inputs):
+    """The part the patch replaces: BboxLoss forward + backward on the inputs it got."""
+    pred_dist, pred_bboxes, *rest = inputs
+    leaves = pred_dist.detach().requires_grad_(), pred_bboxes.detach().requires_grad_()
+    loss_iou, loss_dfl = crit.bbox_loss(*leaves, *rest)
+    (loss_iou + loss_dfl).backward()
+
+
 def time_steps(args, model):
-    """Median loss-step time of each variant; the two run alternately (A/B interleaved) so
+    """Median times of each variant: the whole loss step, and its BboxLoss call alone (with
+    the inputs the criterion gave it).  The variants run alternately (A/B interleaved) so
     that a load change on the machine hits both alike."""
     dtype = getattr(torch, args.dtype)
     preds, batch = synthetic_inputs(model, args, dtype)
     sync = torch.cuda.synchronize if torch.device(args.device).type == "cuda" else (lambda: None)
     crits = {patched: criterion(model, patched) for patched in (False, True)}
-    times = {False: [], True: []}
-    for crit in crits.values():
-        loss_step(crit, preds, batch)  # warm-up (allocations, first-call dispatch)
+    bbox_inputs = {}
+    for patched, crit in crits.items():  # warm-up (allocations, first-call dispatch); keep BboxLoss's inputs
+        hook = crit.bbox_loss.register_forward_pre_hook(lambda module, inputs, key=patched: bbox_inputs.setdefault(key, inputs))
+        loss_step(crit, preds, batch)
+        hook.remove()
+    times = {(part, patched): [] for part in ("step", "bbox") for patched in crits}
     for _ in range(args.steps):
         for patched, crit in crits.items():
-            sync()
-            t0 = time.perf_counter()
-            loss_step(crit, preds, batch)
-            sync()
-            times[patched].append(time.perf_counter() - t0)
-    return {patched: statistics.median(t) for patched, t in times.items()}
+            times["step", patched].append(_timed(lambda: loss_step(crit, preds, batch), sync))
+            times["bbox", patched].append(_timed(lambda: bbox_loss_step(crit, bbox_inputs[patched]), sync))
+    return {key: statistics.median(t) for key, t in times.items()}
 
 
 def main(argv=None):
@@ -162,8 +180,10 @@ def main(argv=None):
     print("float64, patched vs unpatched:")
     failures = compare(args, model)
     medians = time_steps(args, model)
-    print(f"loss step ({args.dtype}, forward + backward, median of {args.steps}): unpatched {medians[False] * 1e3:.2f} ms, "
-          f"patched {medians[True] * 1e3:.2f} ms ({medians[False] / medians[True]:.2f}x)")
+    print(f"{args.dtype}, forward + backward, median of {args.steps} (variants interleaved):")
+    for part, label in (("step", "loss step (whole criterion)"), ("bbox", "its BboxLoss (what the patch replaces)")):
+        before, after = medians[part, False], medians[part, True]
+        print(f"  {label:<40} unpatched {before * 1e3:8.2f} ms  patched {after * 1e3:8.2f} ms  ({before / after:.2f}x)")
     if failures:
         print("MISMATCH: " + "; ".join(failures))
         return 1

@@ -326,16 +326,16 @@ class BboxLoss(nn.Module):
         weight = target_scores[fg].sum(-1, keepdim=True)
         iou = ultralytics_bbox_iou(pred_bboxes[fg], target_bboxes[fg], xywh=False, CIoU=True)
         loss_iou = ((1.0 - iou) * weight).sum() / target_scores_sum
+        # the target distances of the foreground anchors only (ultralytics encodes every anchor, then selects)
+        anchors, boxes = anchor_points[fg[-1]], target_bboxes[fg]
         if self.dfl_loss:
             reg_max = self.dfl_loss.reg_max
-            target_ltrb = _ltrb(anchor_points, target_bboxes, reg_max - 1)
-            loss_dfl = self.dfl_loss(pred_dist[fg].view(-1, reg_max), target_ltrb[fg]) * weight
+            loss_dfl = self.dfl_loss(pred_dist[fg].view(-1, reg_max), _ltrb(anchors, boxes, reg_max - 1)) * weight
         else:
             # distances in pixels over the image size: x sides by the width, y sides by the height
-            size = imgsz[[1, 0, 1, 0]]
-            target_ltrb = _ltrb(anchor_points, target_bboxes) * stride / size
-            pred_ltrb = pred_dist * stride / size
-            loss_dfl = fastloss.l1_loss(pred_ltrb[fg], target_ltrb[fg], reduction="none").mean(-1, keepdim=True) * weight
+            size, scale = imgsz[[1, 0, 1, 0]], stride[fg[-1]]
+            target_ltrb = _ltrb(anchors, boxes) * scale / size
+            loss_dfl = fastloss.l1_loss(pred_dist[fg] * scale / size, target_ltrb, reduction="none").mean(-1, keepdim=True) * weight
         return loss_iou, loss_dfl.sum() / target_scores_sum
 
 
