@@ -123,6 +123,15 @@ def test_bbox_iou_point_boxes_finite_where_ultralytics_is_nan():
     assert torch.isfinite(out).all() and torch.isfinite(b1.grad).all()
 
 
+def test_bbox_iou_inverted_box_is_no_match():
+    """Documented difference: ultralytics' GIoU of a box inverted in both axes is ~1."""
+    inverted = torch.tensor([[2.0, 2.0, -1.0, -1.0]], dtype=torch.float64)
+    other = torch.tensor([[2.0, 2.0, 1.0, 1.0]], dtype=torch.float64)
+    assert PEER_BBOX_IOU(inverted, other, GIoU=True).item() > 0.99
+    assert FU.bbox_iou(inverted, other, GIoU=True).item() == 0.0
+    assert FU.bbox_iou(inverted, other).item() == 0.0
+
+
 def test_bbox_iou_corner_form_raises_and_says_why():
     b = _cxcywh((3,), 0)
     with pytest.raises(ValueError, match="xywh=False"):

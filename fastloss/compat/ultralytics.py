@@ -35,7 +35,8 @@ Differences from ultralytics (each deliberate; the tests check the rest is equal
   float64 rounding.  For the same reason ``BboxLoss`` keeps ultralytics' CIoU, and
   :func:`_patch` leaves every (x1, y1, x2, y2) caller of ``bbox_iou`` alone.
 * Boxes with a negative width or height are clamped to zero area (ultralytics multiplies the
-  signed sides: a box inverted in both axes gets a positive area and can score a match).
+  signed sides: a box inverted in both axes gets a positive area, and its GIoU against any
+  box comes out as a perfect match, 1 - eps).
 * CIoU of a box with zero width and height is finite (its aspect angle is 0); ultralytics'
   ``atan(w / h)`` gives NaN there.
 * Exactly touching boxes (zero-width overlap): the intersection's derivative is 0 there
