@@ -2,7 +2,6 @@
 computes in the input dtype; fp32 tolerances where MONAI casts to fp32: FocalLoss, BoxGIoULoss),
 signatures, the patch, and the errors for what fastloss cannot honour."""
 import inspect
-import itertools
 import warnings
 
 import pytest
@@ -175,6 +174,62 @@ def test_box_giou(reduction):
     b = torch.cat([xy, xy + torch.rand(9, 2, generator=g, dtype=torch.float64) * 5 + 0.1], 1)
     b[0] = a[0]  # identical pair
     _compare(FM.BoxGIoULoss(reduction), ORIGINAL["BoxGIoULoss"](reduction), a, b, rtol=1e-5, atol=1e-6)
+    # MONAI differentiates the target boxes too
+    pa, ta, pb, tb = (v.clone().requires_grad_(True) for v in (a, b, a, b))
+    la, lb = FM.BoxGIoULoss(reduction)(pa, ta), ORIGINAL["BoxGIoULoss"](reduction)(pb, tb)
+    assert la.dtype == lb.dtype == torch.float64
+    torch.testing.assert_close(la, lb, rtol=1e-5, atol=1e-6)
+    up = torch.rand(la.shape, dtype=la.dtype, generator=g) + 0.5
+    for ga, gb in zip(torch.autograd.grad(la, (pa, ta), up), torch.autograd.grad(lb, (pb, tb), up)):
+        torch.testing.assert_close(ga, gb, rtol=1e-4, atol=1e-6)
+
+
+def test_box_giou_inverted_and_point_boxes():
+    """fastloss's finite answers where MONAI raises: an inverted box has zero area; point boxes."""
+    inv = torch.tensor([[2.0, 2.0, 0.0, 0.0], [1.0, 1.0, 1.0, 1.0]], requires_grad=True)
+    tgt = torch.tensor([[0.0, 0.0, 1.0, 1.0], [1.0, 1.0, 1.0, 1.0]])
+    loss = FM.BoxGIoULoss("none")(inv, tgt)
+    torch.testing.assert_close(loss.detach(), torch.ones(2))  # no overlap, enclosure = union: GIoU 0
+    grad, = torch.autograd.grad(loss.sum(), inv)
+    assert torch.isfinite(grad).all()
+    with pytest.raises(ValueError):
+        ORIGINAL["BoxGIoULoss"]("none")(inv, tgt)
+
+
+@pytest.mark.parametrize("name,kw", [
+    ("DiceLoss", dict(softmax=True, to_onehot_y=True, reduction="none")), ("DiceCELoss", dict(softmax=True, to_onehot_y=True)),
+    ("GeneralizedDiceLoss", dict(softmax=True, to_onehot_y=True, reduction="none")),
+    ("TverskyLoss", dict(sigmoid=True, to_onehot_y=True, reduction="none", batch=True)),
+    ("FocalLoss", dict(to_onehot_y=True, reduction="none")), ("DiceFocalLoss", dict(sigmoid=True, to_onehot_y=True, reduction="none"))])
+def test_float32_volumes(name, kw):
+    """fp32 3-D volumes (B, N, D, H, W): MONAI's dtypes and "none" shapes."""
+    g = torch.Generator().manual_seed(11)
+    x = torch.randn(2, 3, 4, 5, 3, generator=g)
+    t = torch.randint(0, 3, (2, 1, 4, 5, 3), generator=g)
+    _compare(getattr(FM, name)(**kw), ORIGINAL[name](**kw), x, t, rtol=2e-5, atol=1e-6)
+
+
+def test_dice_ce_single_pass(monkeypatch):
+    """softmax=True without weight / label_smoothing / jaccard: Dice and CE from ONE kernel pass
+    (no separate cross_entropy call)."""
+    calls = []
+    inner = FM._dice._sums
+
+    def spy(*args):
+        calls.append(args[5])  # with_ce
+        return inner(*args)
+
+    def no_ce(*args, **kwargs):
+        raise AssertionError("the fused pass should give the cross entropy")
+
+    monkeypatch.setattr(FM._dice, "_sums", spy)
+    monkeypatch.setattr(FM, "cross_entropy", no_ce)
+    monkeypatch.setattr(FM, "binary_cross_entropy_with_logits", no_ce)
+    x, t = _data()
+    FM.DiceCELoss(softmax=True, to_onehot_y=True, include_background=False)(x, t)
+    x1 = x[:, :1]
+    FM.DiceCELoss(sigmoid=True)(x1, (t > 0).double())
+    assert calls == [True, True]
 
 
 # ------------------------------------------------------------------ errors for what fastloss cannot honour

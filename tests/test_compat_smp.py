@@ -78,7 +78,9 @@ def test_class_weights_as_fastloss_weights():
 @pytest.mark.parametrize("mode", ["binary", "multiclass", "multilabel"])
 @pytest.mark.parametrize("reduction", ["mean", "sum", "none", "batchwise_mean"])
 def test_focal(mode, reduction):
-    for kw in (dict(), dict(alpha=0.25, gamma=1.5), dict(from_logits=False), dict(ignore_index=IGNORE), dict(class_weights=[1.0, 2.0, 0.5, 1.5])):
+    grid = (dict(), dict(alpha=0.25, gamma=1.5), dict(from_logits=False), dict(ignore_index=IGNORE),
+            dict(class_weights=[1.0, 2.0, 0.5, 1.5]))
+    for kw in grid:
         if mode == "binary" and "class_weights" in kw:
             continue
         if mode == "multilabel" and "ignore_index" in kw:
@@ -98,7 +100,8 @@ def test_soft_bce(reduction):
     for kw in (dict(), dict(smooth_factor=0.1), dict(weight=torch.rand(3, 1, 1, generator=g, dtype=torch.float64)),
                dict(pos_weight=torch.rand(4, generator=g, dtype=torch.float64) * 3, smooth_factor=0.2), dict(ignore_index=None)):
         target = t.clamp(min=0) if kw.get("ignore_index", -100) is None else t
-        _compare(FS.SoftBCEWithLogitsLoss(reduction=reduction, **kw), ORIGINAL["SoftBCEWithLogitsLoss"](reduction=reduction, **kw), x, target)
+        ours, peer = FS.SoftBCEWithLogitsLoss(reduction=reduction, **kw), ORIGINAL["SoftBCEWithLogitsLoss"](reduction=reduction, **kw)
+        _compare(ours, peer, x, target)
 
 
 @pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
@@ -107,7 +110,9 @@ def test_soft_ce(reduction):
     x = torch.randn(2, 5, 4, 3, generator=g, dtype=torch.float64) * 3
     t = torch.randint(0, 5, (2, 4, 3), generator=g)
     t[0, 0] = -100
-    for kw in (dict(smooth_factor=0.0), dict(smooth_factor=0.1), dict(smooth_factor=0.2, ignore_index=None), dict(smooth_factor=0.1, ignore_index=3)):
+    grid = (dict(smooth_factor=0.0), dict(smooth_factor=0.1), dict(smooth_factor=0.2, ignore_index=None),
+            dict(smooth_factor=0.1, ignore_index=3))
+    for kw in grid:
         target = t if kw.get("ignore_index", -100) == -100 else t.clamp(min=0)
         _compare(FS.SoftCrossEntropyLoss(reduction=reduction, **kw), ORIGINAL["SoftCrossEntropyLoss"](reduction=reduction, **kw), x, target)
     xl = x.movedim(1, -1).contiguous()  # classes on the last axis

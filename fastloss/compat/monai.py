@@ -56,7 +56,6 @@ Differences from MONAI (documented, deliberate):
 from __future__ import annotations
 
 import math
-import numbers
 import warnings
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
@@ -67,7 +66,7 @@ from torch.nn.modules.loss import _Loss
 
 from fastloss.ops import _common
 from fastloss.ops import dice as _dice
-from fastloss.ops.box_iou import box_iou_loss
+from fastloss.ops.box_iou import box_iou, box_iou_loss
 from fastloss.ops.pointwise import binary_cross_entropy_with_logits, sigmoid_focal_loss
 from fastloss.ops.rowwise import cross_entropy, softmax_focal_loss
 
@@ -765,7 +764,8 @@ class BoxGIoULoss(_Loss):
     """MONAI's ``BoxGIoULoss`` (monai.losses.BoxGIoULoss, MONAI 1.6.1): 1 - GIoU of paired
     boxes (N, 4) in MONAI's StandardMode (x1, y1, x2, y2), computed in fp32 (MONAI's
     COMPUTE_DTYPE) with eps = fp32 machine epsilon placed as MONAI (I / (U + eps), (E - U) /
-    (E + eps)) and returned in input's dtype: a scalar, or (N,) for "none".  Raises ValueError
+    (E + eps)) and returned in input's dtype: a scalar, or (N,) for "none".  Differentiable
+    w.r.t. both box sets, as MONAI.  Raises ValueError
     for different shapes and for 3-D boxes (N, 6) (fastloss's box kernels are 2-D); inverted
     boxes count as zero area (module docstring)."""
 
@@ -781,8 +781,15 @@ class BoxGIoULoss(_Loss):
         if input.dim() != 2 or input.shape[1] != 4:
             raise ValueError(f"BoxGIoULoss: boxes must be (N, 4), got {tuple(input.shape)}")
         box_dtype = input.dtype
-        loss = box_iou_loss(input.to(torch.float32), target.to(torch.float32), kind="giou", reduction=self.reduction,
-                            eps=_FP32_EPS)
+        a, b = input.to(torch.float32), target.to(torch.float32)
+        if not b.requires_grad:
+            return box_iou_loss(a, b, kind="giou", reduction=self.reduction, eps=_FP32_EPS).to(box_dtype)
+        # MONAI differentiates both box sets: the aligned GIoU op gives both gradients
+        loss = 1.0 - box_iou(a, b, kind="giou", aligned=True, eps=_FP32_EPS)
+        if self.reduction == "mean":
+            loss = loss.mean()
+        elif self.reduction == "sum":
+            loss = loss.sum()
         return loss.to(box_dtype)
 
 
