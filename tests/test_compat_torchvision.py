@@ -8,7 +8,7 @@ import sys
 import pytest
 import torch
 
-tv = pytest.importorskip("torchvision", reason="torchvision is not installed (the compat module's peer)")
+pytest.importorskip("torchvision", reason="torchvision is not installed (the compat module's peer)")
 tvops = pytest.importorskip("torchvision.ops")
 
 import fastloss  # noqa: E402
@@ -182,21 +182,17 @@ DEGENERATE = {
     "touching": ([0.0, 0.0, 10.0, 10.0], [10.0, 0.0, 20.0, 10.0]),
     "inverted": ([50.0, 80.0, 10.0, 20.0], [10.0, 20.0, 50.0, 80.0]),
 }
-# documented differences (module docstring): inverted boxes have zero area in fastloss;
-# exactly touching boxes pass no gradient through the matrices' intersection
+# documented difference (module docstring): inverted boxes have zero area in fastloss
 DIFFERS = {"inverted"}
-MATRIX_GRAD_DIFFERS = {"touching"}
 
 
-def _degenerate_check(name, case, ours, theirs, ours_grads, their_grads, grads_may_differ=False):
+def _degenerate_check(name, case, ours, theirs, ours_grads, their_grads):
     assert torch.isfinite(ours).all(), f"{name} {case}: non-finite value"
     assert all(torch.isfinite(x).all() for x in ours_grads), f"{name} {case}: non-finite gradient"
     if case in DIFFERS:
         return
     if torch.isfinite(theirs).all():
         torch.testing.assert_close(ours, theirs, **F64)
-    if grads_may_differ:
-        return
     for x, y in zip(ours_grads, their_grads):
         if torch.isfinite(y).all():
             torch.testing.assert_close(x, y, rtol=1e-9, atol=1e-12)
@@ -303,7 +299,7 @@ def test_matrices_degenerate(name, case):
     finite everywhere, torchvision's numbers where they are finite (a pair with zero union or
     enclosing area is NaN there)."""
     a, b = (torch.tensor([v], dtype=torch.float64) for v in DEGENERATE[case])
-    _degenerate_check(name, case, *run_both(name, a, b), grads_may_differ=case in MATRIX_GRAD_DIFFERS)
+    _degenerate_check(name, case, *run_both(name, a, b))
 
 
 # ======================================================================================
@@ -539,3 +535,15 @@ def test_patched_entry_points_run_fastloss_with_the_same_numbers():
         torch.testing.assert_close(patched[key][0], v, **F64, msg=key)
         if g is not None:
             torch.testing.assert_close(patched[key][1], g, rtol=1e-9, atol=1e-12, msg=key)
+
+
+def test_documented_differences():
+    """The module docstring's differences, pinned: torchvision scores an inverted box against
+    its proper twin as a perfect match and is NaN on zero-area pairs; fastloss is not."""
+    inverted, proper = torch.tensor([[50.0, 80.0, 10.0, 20.0]]), torch.tensor([[10.0, 20.0, 50.0, 80.0]])
+    assert tvops.generalized_box_iou_loss(inverted, proper).item() < 1e-6
+    assert C.generalized_box_iou_loss(inverted, proper).item() == pytest.approx(1.0)
+    point = torch.tensor([[5.0, 5.0, 5.0, 5.0]])
+    assert torch.isnan(tvops.complete_box_iou_loss(point, point)).all()
+    assert C.complete_box_iou_loss(point, point).item() == pytest.approx(1.0)
+    assert torch.isnan(tvops.box_iou(point, point)).all() and C.box_iou(point, point).item() == 0.0

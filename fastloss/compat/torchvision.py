@@ -66,16 +66,25 @@ Differences from torchvision 0.29 (by design; fastloss's numerical policy):
   (torchvision: NaN).
 * inverted boxes (x2 < x1 or y2 < y1) have zero area (torchvision: a negative area, which
   can score an inverted box as a match).
-* exactly touching boxes (zero-width intersection) in the matrices: no gradient through the
-  intersection (torchvision's clamp passes one at 0; its losses agree with fastloss).
+* exactly touching boxes (zero-width intersection): no gradient through the intersection, as
+  torchvision's losses (its matrices' clamp agrees with torch 2.14; torch's derivative of
+  clamp at the bound has changed across releases).
 * ``sigmoid_focal_loss``: the mean of an empty input is 0 (torchvision: NaN); fp16 / bf16 are
   computed in fp32 and rounded once (torchvision computes in fp16 / bf16); ``gamma`` must be
   >= 0 and ``targets`` a float tensor of ``inputs``' shape that does not require grad
   (ValueError otherwise; torchvision would differentiate soft targets).
 * ``xywh`` / ``cxcywh`` in ``box_iou``: areas come from the converted corners, equal to
-  torchvision's w * h up to rounding; mixed fp32 / fp64 boxes are computed wholly in fp64.
+  torchvision's w * h up to rounding.
+* fp16 / bf16 boxes in ``box_iou`` / ``generalized_box_iou``: fastloss upcasts the coordinates
+  first; torchvision subtracts the corners in fp16 / bf16 and upcasts the difference (one
+  rounding more).
+* mixed fp32 / fp64 boxes are computed wholly in fp64 (torchvision's losses raise on them: an
+  index_put of fp64 values into fp32).
+* the losses broadcast any two shapes (torchvision's only when ``boxes1`` has the broadcast
+  shape: its intersection is indexed by a mask of that shape).
 * integer boxes are converted to fp32 (fp64 beside an fp64 set) before the math; torchvision
-  forms areas in integers -- the same numbers while coordinate products stay below 2^24.
+  forms areas in integers -- the same numbers while coordinate products stay below 2^24 --
+  and subtracts uint8 coordinates in uint8 (wrapping around for boxes apart).
 * the backward is not differentiable again (double backward raises), and the functions are
   not TorchScript-scriptable (torchvision's are); they work under ``torch.compile(fullgraph=True)``.
 * rotated formats of ``box_iou`` (``cxcywhr``, ``xywhr``, ``xyxyxyxy``): fastloss has no
@@ -413,7 +422,10 @@ def _patch(handle):
     this = sys.modules[__name__]
     originals = {}
     for name, module_name in _DEFINED_IN.items():
-        originals[name] = getattr(importlib.import_module(module_name), name)
+        try:
+            originals[name] = getattr(importlib.import_module(module_name), name)
+        except (ImportError, AttributeError):  # an older torchvision without this function
+            continue
     modules = [m for key, m in list(sys.modules.items())
                if m is not None and any(key == p or key.startswith(p + ".") for p in _REFERENCING_PACKAGES)]
     for module in modules:
