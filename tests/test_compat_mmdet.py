@@ -525,3 +525,110 @@ def test_patch_context_manager():
         assert MODELS.module_dict["FocalLoss"] is C.FocalLoss
         assert isinstance(MODELS.build(dict(type="FocalLoss")), C.FocalLoss)
     assert _snapshot() == before
+
+
+# ---------------------------------------------------------------------- dtypes
+
+
+def _fp32_cases():
+    g = _gen(50)
+    logits = torch.randn(8, 4, generator=g)
+    labels = torch.randint(0, 5, (8,), generator=g)
+    boxes_p, boxes_t = (b.float() for b in _paired_boxes(8, 51))
+    dense = torch.rand(8, 4, generator=g) * (torch.rand(8, 4, generator=g) > 0.5)
+    reg_p, reg_t = torch.randn(8, 4, generator=g), torch.randn(8, 4, generator=g)
+    return [
+        ("FocalLoss", {}, (logits, labels)),
+        ("CrossEntropyLoss", {}, (logits, labels.clamp(max=3))),
+        ("CrossEntropyLoss", dict(use_sigmoid=True), (logits, labels)),
+        ("QualityFocalLoss", {}, (logits, (labels, torch.rand(8, generator=g)))),
+        ("VarifocalLoss", {}, (logits, dense)),
+        ("DistributionFocalLoss", {}, (logits, torch.rand(8, generator=g) * 2.9)),
+        ("GaussianFocalLoss", {}, (torch.sigmoid(logits), dense)),
+        ("DiceLoss", {}, (logits, dense > 0)),
+        ("L1Loss", {}, (reg_p, reg_t)), ("SmoothL1Loss", {}, (reg_p, reg_t)), ("BalancedL1Loss", {}, (reg_p, reg_t)),
+        ("MSELoss", {}, (reg_p, reg_t)), ("IoULoss", {}, (boxes_p, boxes_t)), ("GIoULoss", {}, (boxes_p, boxes_t)),
+        ("DIoULoss", {}, (boxes_p, boxes_t)),
+    ]
+
+
+@pytest.mark.parametrize("case", _fp32_cases(), ids=lambda c: c[0] + ("_sigmoid" if c[1] else ""))
+@pytest.mark.parametrize("reduction", ["none", "mean"])
+def test_float32(case, reduction):
+    """fp32 inputs (what training runs use): the same dtype and fp32-close values and gradients."""
+    name, kw, (pred, *rest) = case
+    _check(getattr(C, name)(**kw), getattr(L, name)(**kw), pred, *rest, reduction_override=reduction, rtol=2e-5, atol=1e-6)
+
+
+# ---------------------------------------------------------------------- real heads, patched and unpatched
+
+_TRAIN_ANCHOR = dict(allowed_border=-1, pos_weight=-1, debug=False)
+HEADS = {
+    # RetinaNet: FocalLoss + L1Loss, MaxIoUAssigner over bbox_overlaps; float64 throughout
+    "retina": (dict(type="RetinaHead", num_classes=3, in_channels=8, feat_channels=8, stacked_convs=1,
+                    anchor_generator=dict(type="AnchorGenerator", octave_base_scale=4, scales_per_octave=1, ratios=[0.5, 1.0, 2.0],
+                                          strides=[8, 16]),
+                    bbox_coder=dict(type="DeltaXYWHBBoxCoder", target_means=[0.0] * 4, target_stds=[1.0] * 4),
+                    loss_cls=dict(type="FocalLoss", use_sigmoid=True, gamma=2.0, alpha=0.25, loss_weight=1.0),
+                    loss_bbox=dict(type="L1Loss", loss_weight=1.0),
+                    train_cfg=dict(assigner=dict(type="MaxIoUAssigner", pos_iou_thr=0.5, neg_iou_thr=0.4, min_pos_iou=0, ignore_iof_thr=-1),
+                                   sampler=dict(type="PseudoSampler"), **_TRAIN_ANCHOR)), dict(rtol=1e-10, atol=1e-12)),
+    # GFL: QualityFocalLoss + DistributionFocalLoss + GIoULoss, ATSSAssigner; mmdetection builds its box
+    # targets in fp32 (the tolerance: its fp32 DFL weights and GIoU's eps placement)
+    "gfl": (dict(type="GFLHead", num_classes=3, in_channels=8, feat_channels=8, stacked_convs=1, reg_max=4,
+                 norm_cfg=dict(type="GN", num_groups=4, requires_grad=True),
+                 anchor_generator=dict(type="AnchorGenerator", ratios=[1.0], octave_base_scale=3, scales_per_octave=1, strides=[8, 16]),
+                 loss_cls=dict(type="QualityFocalLoss", use_sigmoid=True, beta=2.0, loss_weight=1.0),
+                 loss_dfl=dict(type="DistributionFocalLoss", loss_weight=0.25), loss_bbox=dict(type="GIoULoss", loss_weight=2.0),
+                 train_cfg=dict(assigner=dict(type="ATSSAssigner", topk=9), **_TRAIN_ANCHOR)), dict(rtol=1e-6, atol=1e-9)),
+    # FCOS: FocalLoss + IoULoss + CrossEntropyLoss(use_sigmoid) for the centerness (fp32 by mmdetection's label.float())
+    "fcos": (dict(type="FCOSHead", num_classes=3, in_channels=8, feat_channels=8, stacked_convs=1, strides=[8, 16],
+                  regress_ranges=((-1, 32), (32, 1e8)), norm_cfg=dict(type="GN", num_groups=4, requires_grad=True),
+                  loss_cls=dict(type="FocalLoss", use_sigmoid=True, gamma=2.0, alpha=0.25, loss_weight=1.0),
+                  loss_bbox=dict(type="IoULoss", loss_weight=1.0),
+                  loss_centerness=dict(type="CrossEntropyLoss", use_sigmoid=True, loss_weight=1.0)), dict(rtol=1e-6, atol=1e-8)),
+}
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning")  # mmdetection's own deprecation notes and torch.meshgrid's
+@pytest.mark.parametrize("head", sorted(HEADS))
+def test_patched_head_same_losses(head):
+    """mmdetection's own head, built from its config with and without the patch: fastloss's
+    classes inside, the same losses and the same gradients w.r.t. the features."""
+    from mmengine.config import ConfigDict
+    from mmengine.structures import InstanceData
+    from mmdet.utils import register_all_modules
+
+    register_all_modules()
+    cfg, tol = HEADS[head]
+    cfg = ConfigDict(cfg)
+    torch.manual_seed(0)
+    peer = MODELS.build(cfg).double()
+    with fastloss.patch("mmdet"):
+        ours = MODELS.build(cfg).double()
+    ours.load_state_dict(peer.state_dict())
+    assert type(ours.loss_cls) is getattr(C, cfg.loss_cls.type) and type(peer.loss_cls) is getattr(L, cfg.loss_cls.type)
+    g = _gen(60)
+    feats = tuple(torch.randn(2, 8, s, s, generator=g, dtype=D) for s in (8, 4))
+    metas = [dict(img_shape=(64, 64), pad_shape=(64, 64), batch_input_shape=(64, 64)) for _ in range(2)]
+    gts = []
+    for _ in range(2):
+        xy = torch.rand(3, 2, generator=g, dtype=D) * 30
+        wh = torch.rand(3, 2, generator=g, dtype=D) * 25 + 8
+        gts.append(InstanceData(bboxes=torch.cat([xy, xy + wh], -1).float(), labels=torch.randint(0, 3, (3,), generator=g)))
+
+    def run(model):
+        x = tuple(f.clone().requires_grad_(True) for f in feats)
+        losses = model.loss_by_feat(*model(x), gts, metas)
+        values = [v for value in losses.values() for v in (value if isinstance(value, list) else [value])]
+        box = losses["loss_bbox"]
+        assert float(sum(box).detach() if isinstance(box, list) else box.detach()) > 0  # positives were assigned
+        return values, torch.autograd.grad(sum(values), x)
+
+    (lp, gp), (lo, go) = run(peer), run(ours)
+    assert len(lp) == len(lo)
+    for a, b in zip(lo, lp):
+        assert a.dtype == b.dtype
+        torch.testing.assert_close(a, b, **tol)
+    for a, b in zip(go, gp):
+        torch.testing.assert_close(a, b, **tol)
