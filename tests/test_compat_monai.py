@@ -143,6 +143,7 @@ def test_dice_ce(kw):
     dict(), dict(alpha=0.25, reduction="sum"), dict(gamma=0.0, reduction="none", include_background=False),
     dict(alpha=[0.2, 0.5, 0.9], weight=[1.0, 2.0, 0.5]), dict(weight=2.0, reduction="sum", to_onehot_y=True),
     dict(to_onehot_y=True, ignore_index=1, reduction="sum"), dict(to_onehot_y=True, ignore_index=-1),
+    dict(ignore_index=1, reduction="sum"), dict(ignore_index=2, alpha=0.4),
     dict(use_softmax=True, to_onehot_y=True), dict(use_softmax=True, to_onehot_y=True, alpha=0.25, reduction="sum"),
     dict(use_softmax=True, to_onehot_y=True, include_background=False, alpha=[0.3, 0.7], reduction="none", weight=[1.0, 3.0]),
     dict(use_softmax=True, to_onehot_y=True, ignore_index=2, weight=0.5), dict(use_softmax=True, to_onehot_y=True, ignore_index=-1,

@@ -471,14 +471,15 @@ class TverskyLoss(_Loss):
 # ------------------------------------------------------------------ focal
 
 
-def _ignore_mask(original_target, ignore_index, dtype):
-    """MONAI's create_ignore_mask: (B, 1, *spatial), 1 = counted, 0 = ignored."""
+def _ignore_mask(original_target, ignore_index):
+    """MONAI's create_ignore_mask: (B, 1, *spatial), 1 = counted, 0 = ignored, in MONAI's dtype
+    (fp32, or a floating one-hot target's dtype when ignore_index is one of its classes)."""
     if original_target.shape[1] == 1:
-        return (original_target != ignore_index).to(dtype)
+        return (original_target != ignore_index).float()
     C = original_target.shape[1]
     if 0 <= ignore_index < C:
-        return 1.0 - original_target[:, ignore_index:ignore_index + 1].to(dtype)
-    return (original_target.sum(dim=1, keepdim=True) > 0).to(dtype)
+        return 1.0 - original_target[:, ignore_index:ignore_index + 1]
+    return (original_target.sum(dim=1, keepdim=True) > 0).float()
 
 
 def _focal(input, target, *, include_background, to_onehot_y, gamma, alpha, class_weight, reduction, use_softmax, ignore_index,
@@ -496,7 +497,11 @@ def _focal(input, target, *, include_background, to_onehot_y, gamma, alpha, clas
     if use_softmax and not to_onehot_y:
         raise ValueError("FocalLoss(use_softmax=True) needs to_onehot_y=True and a label map: fastloss's softmax focal kernel "
                          "takes class labels, not a one-hot float target")
-    mask = _ignore_mask(original_target, ignore_index, torch.float32) if ignore_index is not None else None
+    mask = _ignore_mask(original_target, ignore_index) if ignore_index is not None else None
+    # MONAI multiplies its fp32 loss by the mask: the result takes the mask's dtype when wider
+    out_dtype = torch.float32 if mask is None else torch.promote_types(torch.float32, mask.dtype)
+    if mask is not None:
+        mask = mask.float()
     x = input.float()  # MONAI computes its focal loss in fp32
     if to_onehot_y:
         if target.dim() != input.dim() or target.shape[1] != 1:
@@ -553,10 +558,10 @@ def _focal(input, target, *, include_background, to_onehot_y, gamma, alpha, clas
             rows = rows * cw
         if reduction == "none":
             onehot = F.one_hot(row_lab.clamp(min=0), n_kept).movedim(-1, 1).to(rows.dtype) * (row_lab >= 0).unsqueeze(1)
-            return onehot * rows.unsqueeze(1)
+            return (onehot * rows.unsqueeze(1)).to(out_dtype)
         if reduction == "mean":
-            return rows.sum() * norm
-        return (rows.unsqueeze(1).sum(dim=spatial, keepdim=True) * norm).sum()
+            return (rows.sum() * norm).to(out_dtype)
+        return (rows.unsqueeze(1).sum(dim=spatial, keepdim=True) * norm).sum().to(out_dtype)
 
     t = F.one_hot(lab, C).movedim(-1, 1).float() if to_onehot_y else target.float()
     if not include_background:
@@ -580,12 +585,13 @@ def _focal(input, target, *, include_background, to_onehot_y, gamma, alpha, clas
         if factor is not None:
             w = factor if w is None else w * factor
     if reduction == "none":
-        return sigmoid_focal_loss(x, t, alpha=a_arg, gamma=gamma, reduction="none", weight=None if w is None else w.expand_as(x))
+        loss = sigmoid_focal_loss(x, t, alpha=a_arg, gamma=gamma, reduction="none", weight=None if w is None else w.expand_as(x))
+        return loss.to(out_dtype)
     if not isinstance(norm, float):
         w = norm if w is None else w * norm
         norm = 1.0
     total = sigmoid_focal_loss(x, t, alpha=a_arg, gamma=gamma, reduction="sum", weight=None if w is None else w.expand_as(x))
-    return total * norm
+    return (total * norm).to(out_dtype)
 
 
 class FocalLoss(_Loss):
@@ -593,7 +599,8 @@ class FocalLoss(_Loss):
 
     input (B, N, *spatial) logits; target (B, N, *spatial) hard one-hot, or a label map
     (B, 1, *spatial) with ``to_onehot_y=True``.  Computed in fp32 and returned in fp32, as MONAI
-    does (it casts input and target with ``.float()``).  "mean": sum over the elements / their
+    does (it casts input and target with ``.float()``; with ``ignore_index`` on an fp64 one-hot
+    target MONAI's mask, and so the result, is fp64).  "mean": sum over the elements / their
     count (with ``ignore_index``: / the counted pixels); "sum": per image and class the spatial
     mean, summed (MONAI's rule); "none": (B, N', *spatial).  Raises ValueError for
     ``use_softmax=True`` without ``to_onehot_y`` and for soft targets (module docstring), bad

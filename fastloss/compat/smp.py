@@ -178,9 +178,6 @@ class DiceLoss(_SoftScore):
         super().__init__()
         self._setup(mode, classes, log_loss, from_logits, smooth, ignore_index, eps, class_weights)
 
-    def forward(self, y_pred: torch.Tensor, y_true: torch.Tensor) -> torch.Tensor:
-        return self.aggregate_loss(self._class_losses(y_pred, y_true))
-
 
 class JaccardLoss(_SoftScore):
     __doc__ = _SCORE_DOC.format(name="JaccardLoss", terms="FP + FN", gamma="")
@@ -199,9 +196,6 @@ class JaccardLoss(_SoftScore):
     ):
         super().__init__()
         self._setup(mode, classes, log_loss, from_logits, smooth, ignore_index, eps, class_weights)
-
-    def forward(self, y_pred: torch.Tensor, y_true: torch.Tensor) -> torch.Tensor:
-        return self.aggregate_loss(self._class_losses(y_pred, y_true))
 
 
 class TverskyLoss(DiceLoss):
