@@ -354,6 +354,24 @@ def test_smooth_l1_loss_function(reduction, beta):
         _check(C.smooth_l1_loss, L.smooth_l1_loss, pred, target, weight, reduction, 5.0, **kw)
 
 
+@pytest.mark.parametrize("name", ["L1Loss", "SmoothL1Loss", "BalancedL1Loss", "MSELoss"])
+@pytest.mark.parametrize("reduction", ["none", "sum"])  # "mean": see test_empty_mean_is_zero
+@pytest.mark.parametrize("with_weight", [False, True])
+def test_empty_input_shapes(name, reduction, with_weight):
+    pred = torch.zeros(0, 4, dtype=D)
+    weight = torch.zeros(0, 4, dtype=D) if with_weight else None
+    _check(getattr(C, name)(), getattr(L, name)(), pred, torch.zeros(0, 4, dtype=D), weight, reduction_override=reduction)
+
+
+@pytest.mark.parametrize("name", ["MSELoss", "IoULoss", "GIoULoss", "DIoULoss"])
+def test_empty_mean_is_zero(name):
+    """Documented difference: mmdetection's mean over no boxes is NaN; fastloss's is a graph-connected 0."""
+    pred = torch.zeros(0, 4, dtype=D, requires_grad=True)
+    assert torch.isnan(getattr(L, name)()(pred, torch.zeros(0, 4, dtype=D)))
+    loss = getattr(C, name)()(pred, torch.zeros(0, 4, dtype=D))
+    assert loss.item() == 0 and loss.requires_grad
+
+
 @pytest.mark.parametrize("name", ["L1Loss", "SmoothL1Loss", "GIoULoss", "DIoULoss", "IoULoss"])
 def test_zero_weight_shortcut(name):
     pred, target = _paired_boxes(6, 14)
@@ -393,27 +411,21 @@ def test_giou_loss(reduction, weight_kind):
 
 @pytest.mark.parametrize("reduction", REDUCTIONS)
 @pytest.mark.parametrize("mode", ["linear", "square", "log"])
-def test_iou_loss(reduction, mode):
+@pytest.mark.parametrize("eps", [1e-6, 1e-2, 1e-9])
+def test_iou_loss(reduction, mode, eps):
     pred, target = _paired_boxes(16, 19)
+    pred[:3] = target[:3] + 200  # disjoint: IoU clamped at eps
+    pred[3, 2] = pred[3, 0] + 1e-3  # a sliver: 0 < IoU < 1e-2
     weight = torch.rand(16, generator=_gen(20), dtype=D)
-    # mmdetection's union eps is bbox_overlaps' fixed 1e-6; ours is the module's eps: at eps 1e-6 both agree up to eps / U
-    kw = dict(mode=mode, loss_weight=1.2)
-    _check(C.IoULoss(**kw), L.IoULoss(**kw), pred, target, weight, reduction_override=reduction, rtol=1e-7, atol=1e-8)
+    weight[0] = 0
+    # the union eps: mmdetection's max(U, 1e-6), ours U + 1e-6 -- a relative 1e-6 / U (U >= 25 px^2 here)
+    tol = dict(rtol=1e-7, atol=1e-8)
+    kw = dict(mode=mode, loss_weight=1.2, eps=eps)
+    _check(C.IoULoss(**kw), L.IoULoss(**kw), pred, target, weight, reduction_override=reduction, **tol)
+    _check(C.IoULoss(**kw), L.IoULoss(**kw), pred, target, torch.rand(16, 4, generator=_gen(24), dtype=D), reduction_override=reduction,
+           **tol)
     if reduction != "sum":
-        _check(C.IoULoss(**kw), L.IoULoss(**kw), pred, target, weight, avg_factor=8.0, reduction_override=reduction, rtol=1e-7, atol=1e-8)
-    if mode == "log":  # disjoint boxes: both clamp at eps
-        far = target + 200
-        _check(C.IoULoss(eps=1e-3), L.IoULoss(eps=1e-3), far, target, reduction_override=reduction, rtol=1e-7, atol=1e-8)
-
-
-def test_iou_loss_linear_disjoint_difference_is_bounded_by_eps():
-    """Documented difference: mmdetection clamps IoU at eps in "linear" mode too."""
-    target = _boxes(4, 21)
-    far = target + 200
-    ours = C.IoULoss(mode="linear", eps=1e-3, reduction="none")(far, target)
-    peer = L.IoULoss(mode="linear", eps=1e-3, reduction="none")(far, target)
-    torch.testing.assert_close(ours, torch.ones_like(ours))
-    torch.testing.assert_close(peer, torch.full_like(peer, 1 - 1e-3))
+        _check(C.IoULoss(**kw), L.IoULoss(**kw), pred, target, weight, avg_factor=8.0, reduction_override=reduction, **tol)
 
 
 @pytest.mark.parametrize("mode", ["iou", "iof", "giou"])

@@ -48,20 +48,20 @@ Differences from mmdetection, kept on purpose (fastloss's numerical policy):
 
 * IoU eps placement: mmdetection's ``bbox_overlaps`` (used by ``IoULoss``, ``GIoULoss``)
   divides by ``max(union, eps)`` and ``max(enclosing area, eps)``; fastloss by ``union + eps``
-  and ``enclosing area + eps``.  The results differ by a relative eps / union (at most 1e-6
-  for boxes of 1 px^2 at the default eps, below fp32 rounding for boxes of 20 px^2 and more)
-  and are equal for disjoint boxes.  ``IoULoss`` clamps the IoU at its ``eps`` in every mode
-  (mmdetection: "linear" and "square" too, with a union eps fixed at 1e-6); fastloss clamps
-  only in "log" mode, so "linear" / "square" differ by at most eps where IoU < eps.
-  ``DIoULoss`` places eps as mmdetection does (same formula).
+  and ``enclosing area + eps``.  The results differ by a relative eps / union (and eps /
+  enclosing area for GIoU): at most 1e-6 for boxes of 1 px^2 at the default eps, below fp32
+  rounding for boxes of 20 px^2 and more.  ``IoULoss`` keeps mmdetection's two eps: the union's is
+  ``bbox_overlaps``' default 1e-6 whatever the module's ``eps``, which only clamps the IoU
+  (from below, in every mode) -- except in "log" mode with ``eps`` < 1e-6, where the union eps
+  is ``eps`` too (a relative difference below 1e-6 / union).  ``DIoULoss`` places eps as
+  mmdetection does (same formula).
 * Inverted boxes (x2 < x1) have zero area here; mmdetection multiplies the signed extents
   (an inverted box gets a negative, or for two inverted extents a positive, area).
 * ``bbox_overlaps`` with no boxes returns zeros (mmdetection: an uninitialised tensor); its box
   math runs in fp32 for fp16 boxes on the CPU too.
-* The mean of an empty input is 0 (mmdetection: NaN for ``MSELoss``, ``QualityFocalLoss``,
-  ``DiceLoss``, mmcv's ``SigmoidFocalLoss``, and for ``L1Loss`` / ``SmoothL1Loss`` with an
-  empty weight); "none" on an empty input returns an empty tensor (mmdetection's ``L1Loss``,
-  ``SmoothL1Loss``, ``BalancedL1Loss``: a 0-d zero).
+* The mean of an empty input is 0, connected to the graph (mmdetection: NaN for ``MSELoss``,
+  ``IoULoss``, ``GIoULoss``, ``DIoULoss``, ``QualityFocalLoss``, ``DiceLoss``, mmcv's
+  ``SigmoidFocalLoss``, and ``BalancedL1Loss`` with an empty weight).
 * Class labels outside [0, C] raise ValueError for CPU tensors (``FocalLoss``; mmdetection's
   one-hot raises too, mmcv's CUDA op scores them as background).  ``QualityFocalLoss``,
   ``CrossEntropyLoss(use_sigmoid=True)`` and ``SigmoidFocalLoss`` map them to background as
@@ -71,6 +71,7 @@ Differences from mmdetection, kept on purpose (fastloss's numerical policy):
 * Scalars outside their domain raise (negative ``avg_factor`` numbers, ``alpha`` outside
   [0, 1] in ``VarifocalLoss``, ...) where mmdetection computes on.
 """
+import math
 import warnings
 from typing import Optional, Union
 
@@ -83,6 +84,7 @@ from fastloss.ops import pointwise as _pointwise
 from fastloss.ops import rowwise as _rowwise
 
 _AVG_EPS = torch.finfo(torch.float32).eps  # mmdetection's weight_reduce_loss: sum / (avg_factor + eps)
+_OVERLAPS_EPS = 1e-6  # mmdetection's bbox_overlaps default eps, the union eps of its iou_loss
 
 __all__ = ["FocalLoss", "L1Loss", "SmoothL1Loss", "BalancedL1Loss", "MSELoss", "CrossEntropyLoss", "QualityFocalLoss", "VarifocalLoss",
            "DistributionFocalLoss", "GaussianFocalLoss", "DiceLoss", "IoULoss", "GIoULoss", "DIoULoss", "bbox_overlaps", "smooth_l1_loss",
@@ -575,7 +577,9 @@ class DiceLoss(nn.Module):
 # ====================================================================== regression
 
 
-def _regression(name, op, pred, target, weight, reduction, avg_factor, *params):
+def _regression(name, op, pred, target, weight, reduction, avg_factor, *params, empty_scalar=True):
+    if empty_scalar and target.numel() == 0:  # mmdetection's L1 / smooth L1 / balanced L1: a 0-d zero, then its weighting
+        return _weight_reduce(name, pred.sum() * 0, weight, reduction, avg_factor)
     w = _broadcast_weight(name, weight, pred.shape)
     loss = op(pred, target, *params, reduction=reduction, weight=w, avg_factor=avg_factor)
     return _promote(loss, w)
@@ -672,7 +676,8 @@ class MSELoss(nn.Module):
     def forward(self, pred: Tensor, target: Tensor, weight: Optional[Tensor] = None, avg_factor: Optional[int] = None,
                 reduction_override: Optional[str] = None) -> Tensor:
         reduction = _reduction("MSELoss", reduction_override, self.reduction)
-        return self.loss_weight * _regression("MSELoss", _pointwise.mse_loss, pred, target, weight, reduction, avg_factor)
+        return self.loss_weight * _regression("MSELoss", _pointwise.mse_loss, pred, target, weight, reduction, avg_factor,
+                                              empty_scalar=False)
 
 
 # ====================================================================== boxes
@@ -688,10 +693,12 @@ def _box_weight(name, pred, weight):
 
 
 class IoULoss(nn.Module):
-    """mmdetection's ``IoULoss`` (UnitBox) over :func:`fastloss.box_iou_loss`: mode "linear"
-    1 - IoU, "square" 1 - IoU^2, "log" -ln(max(IoU, eps)); ``linear=True`` is the deprecated
-    spelling of mode "linear" (with mmdetection's warning).  IoU's eps placement: see the
-    module docstring.
+    """mmdetection's ``IoULoss`` (UnitBox) over :func:`fastloss.box_iou_loss`: with
+    c = max(IoU, eps), mode "linear" 1 - c, "square" 1 - c^2, "log" -ln c; ``linear=True`` is the
+    deprecated spelling of mode "linear" (with mmdetection's warning).  The kernel gives the
+    per-box loss (IoU's union eps 1e-6, as mmdetection's ``bbox_overlaps``; see the module
+    docstring); the clamp at eps is the cap 1 - eps, 1 - eps^2 or -ln eps on it (zero gradient
+    there, as mmdetection's clamp), then mmdetection's weighting and reduction.
 
     forward(pred (N, 4) xyxy, target (N, 4), weight (N,) or (N, 4) (averaged), avg_factor,
     reduction_override): returns (N,) for "none", else a scalar, in pred's dtype; an
@@ -723,8 +730,14 @@ class IoULoss(nn.Module):
                 return zero
         weight = _box_weight("IoULoss", pred, weight)
         kind, power = self._KINDS[self.mode]
-        loss = _box_iou.box_iou_loss(pred, target, kind, reduction, weight, avg_factor, eps=self.eps, power=power)
-        return self.loss_weight * _promote(loss, weight)
+        if kind == "log_iou":  # the kernel clamps at its eps: the smaller of the two, then the cap
+            union_eps, cap = min(self.eps, _OVERLAPS_EPS), -math.log(self.eps)
+        else:
+            union_eps, cap = _OVERLAPS_EPS, 1.0 - self.eps ** power
+        per_box = _box_iou.box_iou_loss(pred, target, kind, "none", eps=union_eps, power=power)
+        per_box = torch.clamp(per_box, max=cap)
+        loss = _weight_reduce("IoULoss", per_box, weight, reduction, avg_factor)
+        return self.loss_weight * loss
 
 
 class _PairedIoULoss(nn.Module):
