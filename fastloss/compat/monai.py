@@ -119,22 +119,22 @@ def _check_hard(name, t):
 # ------------------------------------------------------------------ the dice engine's sums
 
 
-def _sums(module, input, target, to_onehot_y, ignore_index, squared, with_ce=False, pre_activated=False):
+def _sums(module, input, target, to_onehot_y, ignore_index, squared, with_ce=False):
     """MONAI's activation / one-hot / ignore_index handling of DiceLoss-like losses, run by the
-    fused dice kernel.  Returns (sums (N, C, 3) = [I, P', G'], ce (N, 2) or empty, fused) where
-    fused tells whether the kernel applied softmax/sigmoid itself (with_ce is only honoured then)."""
+    fused dice kernel.  Returns (sums (N, C, 3) = [I, P', G'], ce (N, 2) = [CE sum, count] or
+    empty, fused, the computed dtype): fused tells whether the kernel applied softmax / sigmoid
+    itself (``with_ce`` is only honoured then; its CE is softmax CE for softmax, BCE for sigmoid)."""
     if not isinstance(input, torch.Tensor) or input.dim() < 2:
         raise ValueError(f"input must be a tensor (B, N, *spatial), got {getattr(input, 'shape', type(input))}")
     C = input.shape[1]
-    activation = 0
-    if not pre_activated:
-        if module.sigmoid:
-            activation = 1
-        elif module.softmax:
-            if C == 1:
-                warnings.warn("single channel prediction, `softmax=True` ignored.", stacklevel=3)
-            else:
-                activation = 2
+    activation = 0  # the kernel's: 0 none, 1 sigmoid, 2 softmax
+    if module.sigmoid:
+        activation = 1
+    elif module.softmax:
+        if C == 1:
+            warnings.warn("single channel prediction, `softmax=True` ignored.", stacklevel=3)
+        else:
+            activation = 2
     labels = False
     if to_onehot_y:
         if C == 1:
@@ -155,7 +155,7 @@ def _sums(module, input, target, to_onehot_y, ignore_index, squared, with_ce=Fal
         t, mode = target, "multilabel"
     x = input
     kernel_ignore = ignore_index
-    if not pre_activated and module.other_act is not None:
+    if module.other_act is not None:
         x, activation = module.other_act(x), 0
     if ignore_index is not None and not labels and C > 1:
         # a one-hot target: MONAI masks whole pixels (the ignored class's pixels, or all-zero ones)
@@ -218,45 +218,7 @@ def _tversky_from_sums(sums, include_background, batch, a, alpha, beta, smooth_n
     return 1.0 - (I + smooth_nr) / (I + alpha * fp + beta * fn + smooth_dr)
 
 
-class _DiceBase(_Loss):
-    """The attributes MONAI's DiceLoss keeps (so code reading them keeps working)."""
-
-    def _init_dice(self, include_background, to_onehot_y, sigmoid, softmax, other_act, squared_pred, jaccard, reduction,
-                   smooth_nr, smooth_dr, batch, weight, soft_label, ignore_index):
-        _check_act(sigmoid, softmax, other_act)
-        _check_soft_label(soft_label, squared_pred)
-        self.include_background = include_background
-        self.to_onehot_y = to_onehot_y
-        self.sigmoid = sigmoid
-        self.softmax = softmax
-        self.other_act = other_act
-        self.squared_pred = squared_pred
-        self.jaccard = jaccard
-        self.smooth_nr = float(smooth_nr)
-        self.smooth_dr = float(smooth_dr)
-        self.batch = batch
-        self.ignore_index = ignore_index
-        self.register_buffer("class_weight", torch.as_tensor(weight) if weight is not None else None)
-        self.soft_label = soft_label
-
-    def _per_class(self, input, target, with_ce=False, pre_activated=False, to_onehot_y=None):
-        """(per-(image, class) loss (B, C') or (C',), ce (N, 2) or empty, fused, dtype)."""
-        to_onehot_y = self.to_onehot_y if to_onehot_y is None else to_onehot_y
-        sums, ce, fused, dtype = _sums(self, input, target, to_onehot_y, self.ignore_index, self.squared_pred, with_ce,
-                                       pre_activated)
-        C = input.shape[1]
-        if not self.include_background and C == 1:
-            warnings.warn("single channel prediction, `include_background=False` ignored.", stacklevel=3)
-        f = _tversky_from_sums(sums, self.include_background, self.batch, 2, 0.5, 0.5, self.smooth_nr, self.smooth_dr,
-                               self.jaccard)
-        n_kept = C - 1 if (not self.include_background and C > 1) else C
-        w = _class_weight(self.class_weight, n_kept, f.dtype, f.device)
-        if w is not None:
-            f = f * w
-        return f.to(dtype), ce, fused, dtype
-
-
-class DiceLoss(_DiceBase):
+class DiceLoss(_Loss):
     """MONAI's ``DiceLoss`` (monai.losses.DiceLoss, MONAI 1.6.1) on fastloss's dice kernel.
 
     input (B, N, *spatial) logits or probabilities (fp16/bf16/fp32, fp64 on CPU); target
@@ -286,8 +248,37 @@ class DiceLoss(_DiceBase):
         ignore_index: int | None = None,
     ) -> None:
         super().__init__(reduction=_reduction(reduction))
-        self._init_dice(include_background, to_onehot_y, sigmoid, softmax, other_act, squared_pred, jaccard, reduction,
-                        smooth_nr, smooth_dr, batch, weight, soft_label, ignore_index)
+        _check_act(sigmoid, softmax, other_act)
+        _check_soft_label(soft_label, squared_pred)
+        self.include_background = include_background
+        self.to_onehot_y = to_onehot_y
+        self.sigmoid = sigmoid
+        self.softmax = softmax
+        self.other_act = other_act
+        self.squared_pred = squared_pred
+        self.jaccard = jaccard
+        self.smooth_nr = float(smooth_nr)
+        self.smooth_dr = float(smooth_dr)
+        self.batch = batch
+        self.ignore_index = ignore_index
+        self.register_buffer("class_weight", torch.as_tensor(weight) if weight is not None else None)
+        self.soft_label = soft_label
+
+    def _per_class(self, input, target, with_ce=False, to_onehot_y=None):
+        """(per-(image, class) loss (B, N') or (N',) with ``batch``, after class weights; ce
+        (N, 2) or empty; fused; the computed dtype) -- see :func:`_sums`."""
+        to_onehot_y = self.to_onehot_y if to_onehot_y is None else to_onehot_y
+        sums, ce, fused, dtype = _sums(self, input, target, to_onehot_y, self.ignore_index, self.squared_pred, with_ce)
+        C = input.shape[1]
+        if not self.include_background and C == 1:
+            warnings.warn("single channel prediction, `include_background=False` ignored.", stacklevel=3)
+        f = _tversky_from_sums(sums, self.include_background, self.batch, 2, 0.5, 0.5, self.smooth_nr, self.smooth_dr,
+                               self.jaccard)
+        n_kept = C - 1 if (not self.include_background and C > 1) else C
+        w = _class_weight(self.class_weight, n_kept, f.dtype, f.device)
+        if w is not None:
+            f = f * w
+        return f.to(dtype), ce, fused, dtype
 
     def forward(self, input: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         f, _, _, _ = self._per_class(input, target)
@@ -316,20 +307,23 @@ class MaskedDiceLoss(DiceLoss):
         soft_label: bool = False,
     ) -> None:
         _check_act(sigmoid, softmax, other_act)
-        super().__init__(include_background=include_background, to_onehot_y=to_onehot_y, sigmoid=sigmoid, softmax=softmax,
-                         other_act=other_act, squared_pred=squared_pred, jaccard=jaccard, reduction=reduction,
+        super().__init__(include_background=include_background, to_onehot_y=to_onehot_y, sigmoid=False, softmax=False,
+                         other_act=None, squared_pred=squared_pred, jaccard=jaccard, reduction=reduction,
                          smooth_nr=smooth_nr, smooth_dr=smooth_dr, batch=batch, weight=weight, soft_label=soft_label)
+        self.pre_sigmoid = sigmoid  # applied in forward, before the mask (MONAI's attribute names)
+        self.pre_softmax = softmax
+        self.pre_other_act = other_act
 
     def forward(self, input: torch.Tensor, target: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
-        if self.sigmoid:
+        if self.pre_sigmoid:
             input = torch.sigmoid(input)
-        elif self.softmax:
+        elif self.pre_softmax:
             if input.shape[1] == 1:
                 warnings.warn("single channel prediction, `softmax=True` ignored.", stacklevel=2)
             else:
                 input = torch.softmax(input, 1)
-        if self.other_act is not None:
-            input = self.other_act(input)
+        if self.pre_other_act is not None:
+            input = self.pre_other_act(input)
         if mask is None:
             warnings.warn("No mask value specified for the MaskedLoss.", stacklevel=2)
         else:
@@ -343,7 +337,7 @@ class MaskedDiceLoss(DiceLoss):
                 if input.shape[2:] != mask.shape[2:]:
                     warnings.warn(f"Spatial size of input ({input.shape}) is different from mask ({mask.shape}).", stacklevel=2)
             input, target = input * mask, target * mask
-        f, _, _, _ = self._per_class(input, target, pre_activated=True)
+        f, _, _, _ = self._per_class(input, target)
         return _reduce(f, self.reduction, input.dim() - 2)
 
 
