@@ -457,6 +457,8 @@ def test_bbox_overlaps(mode, is_aligned, batch):
 @pytest.mark.parametrize("build,match", [
     (lambda: C.FocalLoss(activated=True), "activated"),
     (lambda: C.FocalLoss(use_sigmoid=False), "use_sigmoid"),
+    (lambda: C.FocalLoss(alpha=-1.0), "alpha"),
+    (lambda: C.SigmoidFocalLoss(2.0, 1.5), "alpha"),
     (lambda: C.QualityFocalLoss(activated=True), "activated"),
     (lambda: C.VarifocalLoss(use_sigmoid=False), "use_sigmoid"),
     (lambda: C.DiceLoss(use_sigmoid=False), "use_sigmoid"),
@@ -485,6 +487,9 @@ def test_forward_errors():
         C.FocalLoss()(torch.zeros(4, 3), torch.zeros(4, dtype=torch.long), torch.ones(5))
     with pytest.raises(ValueError, match="mode"):
         C.bbox_overlaps(pred, target, mode="diou")
+    for module in (C.IoULoss(reduction="batchmean"), C.DiceLoss(reduction="max")):
+        with pytest.raises(ValueError, match="reduction"):
+            module(pred, target)
     with pytest.raises(ValueError, match="gamma"):
         C.smooth_l1_loss(pred, target, gamma=2.0)
     with pytest.raises(ValueError, match="background"):

@@ -140,6 +140,8 @@ def _zero_weight_shortcut(pred, weight):
 
 def _weight_reduce(name, loss, weight, reduction, avg_factor):
     """mmdetection's ``weight_reduce_loss`` over a small per-sample loss (N values)."""
+    if reduction not in ("none", "mean", "sum"):
+        raise ValueError(f"{name}: reduction must be 'none', 'mean' or 'sum', got {reduction!r}")
     if weight is not None:
         loss = loss * weight
     if avg_factor is None:
@@ -186,6 +188,7 @@ class FocalLoss(nn.Module):
             raise ValueError("FocalLoss: only use_sigmoid=True exists (mmdetection's softmax focal loss is not implemented either)")
         if activated:
             raise ValueError("FocalLoss: activated=True (a focal loss over probabilities) is not supported by fastloss's compat layer")
+        _check_alpha("FocalLoss", alpha)
         self.use_sigmoid = use_sigmoid
         self.gamma = gamma
         self.alpha = alpha
@@ -200,6 +203,13 @@ class FocalLoss(nn.Module):
         w = _focal_weight(weight, pred)
         loss = _pointwise.sigmoid_focal_loss(pred, target, self.alpha, self.gamma, reduction, weight=w, avg_factor=avg_factor)
         return self.loss_weight * _promote(loss, w)
+
+
+def _check_alpha(name, alpha):
+    """alpha in [0, 1]: fastloss reads a negative alpha as "no alpha weighting" (torchvision's -1),
+    mmdetection / mmcv put it in their formula as is -- so a negative one is refused."""
+    if not 0.0 <= alpha <= 1.0:
+        raise ValueError(f"{name}: alpha must be in [0, 1], got {alpha}")
 
 
 def _focal_weight(weight, pred):
@@ -234,6 +244,7 @@ class SigmoidFocalLoss(nn.Module):
 
     def __init__(self, gamma: float, alpha: float, weight: Optional[torch.Tensor] = None, reduction: str = 'mean'):
         super().__init__()
+        _check_alpha("SigmoidFocalLoss", alpha)
         self.gamma = gamma
         self.alpha = alpha
         self.register_buffer('weight', weight)
