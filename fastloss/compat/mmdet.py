@@ -42,7 +42,8 @@ Arguments the compat layer cannot honour raise ValueError: ``FocalLoss(activated
 ``QualityFocalLoss(activated=True)`` (focal losses over probabilities: no kernel), any
 ``use_sigmoid=False`` (mmdetection raises too, later), ``**kwargs`` given to a ``forward``,
 ``CrossEntropyLoss(use_mask=True)`` with ``class_weight``, ``GaussianFocalLoss`` with
-``gamma=0`` and ``pos_weight != neg_weight`` or ``pos_inds``.
+``gamma=0`` and ``pos_weight != neg_weight`` or ``pos_inds``, a focal ``alpha`` outside [0, 1]
+(fastloss reads a negative alpha as "no alpha weighting", mmdetection as a number).
 
 Differences from mmdetection, kept on purpose (fastloss's numerical policy):
 
