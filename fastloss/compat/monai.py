@@ -814,7 +814,8 @@ def _patch(handle):
     generalized_dice, giou) with this module's classes: in ``monai.losses``, in the defining
     submodules (monai.losses.dice, .tversky, .focal_loss, .giou_loss) and in every other
     already-imported ``monai.*`` module holding a reference to an original class (e.g.
-    monai.apps.pathology.losses.hovernet_loss)."""
+    monai.apps.pathology.losses.hovernet_loss).  A module first imported while the patch is
+    active binds fastloss's class by name and keeps it after undo."""
     import sys
 
     import monai.losses as losses

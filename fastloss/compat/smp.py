@@ -420,7 +420,9 @@ def _patch(handle):
     """Replace smp's DiceLoss, JaccardLoss, TverskyLoss, FocalLoss, SoftBCEWithLogitsLoss and
     SoftCrossEntropyLoss with this module's classes in ``segmentation_models_pytorch.losses``,
     its defining submodules (.dice, .jaccard, .tversky, .focal, .soft_bce, .soft_ce) and every
-    other already-imported ``segmentation_models_pytorch.*`` module holding an original."""
+    other already-imported ``segmentation_models_pytorch.*`` module holding an original.
+    A module first imported while the patch is active binds fastloss's class by name and keeps
+    it after undo."""
     import sys
 
     import segmentation_models_pytorch.losses as losses
