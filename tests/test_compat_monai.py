@@ -254,6 +254,8 @@ def test_errors():
         FM.FocalLoss()(x, soft)
     with pytest.raises(ValueError, match="reduction"):
         FM.DiceCELoss(reduction="none")
+    with pytest.raises(ValueError, match="alpha"):
+        FM.FocalLoss(alpha=1.5)
     with pytest.raises(ValueError, match="Incompatible"):
         FM.DiceLoss(sigmoid=True, softmax=True)
     with pytest.raises(ValueError, match="different shape"):

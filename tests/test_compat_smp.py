@@ -135,6 +135,8 @@ def test_errors():
         FS.FocalLoss("multilabel")(x, t * 0.5)
     with pytest.raises(ValueError, match="normalized"):
         FS.FocalLoss("binary", normalized=True)
+    with pytest.raises(ValueError, match="alpha"):
+        FS.FocalLoss("binary", alpha=-0.5)
     with pytest.raises(ValueError, match="reduced_threshold"):
         FS.FocalLoss("binary", reduced_threshold=0.5)
     with pytest.raises(ValueError, match="multilabel"):

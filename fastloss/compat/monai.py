@@ -45,6 +45,8 @@ Differences from MONAI (documented, deliberate):
   soft-label intersection sum min(p, g) is not a sum the dice kernel forms (with hard labels it
   equals the default ``soft_label=False``, so only soft targets need it).  With
   ``squared_pred=True`` both forms are sum p g and the flag is accepted.
+* ``FocalLoss`` / ``DiceFocalLoss``: a scalar ``alpha`` outside MONAI's documented [0, 1]
+  raises ValueError (fastloss's kernels read a negative alpha as "no balance").
 * ``FocalLoss`` with ``use_softmax=True`` needs ``to_onehot_y=True`` (fastloss's softmax focal
   kernel takes class labels); with a float one-hot target it raises ValueError.
   ``FocalLoss`` / ``DiceFocalLoss`` targets must be hard (0 / 1): MONAI's sigmoid focal term
@@ -621,7 +623,8 @@ class FocalLoss(_Loss):
         if alpha is None:
             self.alpha = None
         elif isinstance(alpha, (float, int)):
-            self.alpha = float(alpha)
+            # fastloss's kernels read a negative alpha as "no balance": refuse what MONAI's [0, 1] excludes
+            self.alpha = _common.check_param("alpha", alpha, lambda v: 0 <= v <= 1, "in [0, 1]")
         else:
             self.alpha = torch.as_tensor(alpha)
         self.register_buffer("class_weight", torch.as_tensor(weight) if weight is not None else None)

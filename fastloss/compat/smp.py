@@ -33,8 +33,8 @@ Differences from smp (documented, deliberate):
   focal term exp(-BCE); fastloss's kernels form sum p g and (1 - p_t).  Both agree for hard
   targets.  Checked for CPU tensors; for CUDA tensors in fastloss's checked mode
   (:func:`fastloss.checked_labels`; unchecked, soft targets give fastloss's forms).
-* ``FocalLoss``: ``normalized=True`` and ``reduced_threshold`` raise ValueError (no fastloss
-  kernel forms them); "multilabel" with ``ignore_index`` and "none" / "batchwise_mean" with
+* ``FocalLoss``: ``normalized=True``, ``reduced_threshold`` and an ``alpha`` outside [0, 1]
+  raise ValueError (no fastloss kernel forms them); "multilabel" with ``ignore_index`` and "none" / "batchwise_mean" with
   ``class_weights`` in the multi-class modes raise ValueError (smp itself fails there with a
   shape error); a mean over zero non-ignored pixels is 0 (smp: NaN).
 * ``SoftBCEWithLogitsLoss``: ``smooth_factor`` must lie in [0, 0.5] (ValueError otherwise).
@@ -267,7 +267,8 @@ class FocalLoss(_Loss):
         if mode == MULTILABEL_MODE and ignore_index is not None:
             raise ValueError("FocalLoss: mode='multilabel' with ignore_index fails in smp (a shape error); not supported")
         self.mode = mode
-        self.alpha = alpha
+        # fastloss's kernel reads a negative alpha as "no balance": only smp's documented [0, 1] is accepted
+        self.alpha = alpha if alpha is None else _common.check_param("alpha", alpha, lambda v: 0 <= v <= 1, "in [0, 1] or None")
         self.gamma = _common.nonneg("gamma", gamma)
         self.from_logits = from_logits
         self.ignore_index = ignore_index
