@@ -92,21 +92,23 @@ class SigmoidFocalLoss(_Loss):
 class BoxIoULoss(_Loss):
     """Module form of :func:`fastloss.box_iou_loss`: ``forward(pred, target, weight=None, avg_factor=None)``."""
 
-    _repr_args = ("kind", "reduction", "fmt", "eps", "power", "gamma")
+    _repr_args = ("kind", "reduction", "fmt", "eps", "power", "gamma", "convention")
 
-    def __init__(self, kind="giou", reduction="mean", fmt="xyxy", eps=1e-7, power=1.0, gamma=0.5, loss_weight=1.0, *, sync_avg_factor=False,
-                 backend=None):
+    def __init__(self, kind="giou", reduction="mean", fmt="xyxy", eps=1e-7, power=1.0, gamma=0.5, loss_weight=1.0, *, convention="fastloss",
+                 sync_avg_factor=False, backend=None):
         super().__init__(loss_weight)
         _box._check_choice("kind", kind, _box.KINDS)
         _box._check_choice("fmt", fmt, _box.FMTS)
-        self.kind, self.fmt, self.reduction = kind, fmt, _check_reduction(reduction)
+        _box._check_convention(convention, kind, _box.reference.CONVENTION_KINDS)
+        self.kind, self.fmt, self.convention, self.reduction = kind, fmt, convention, _check_reduction(reduction)
         self.eps, self.power, self.gamma = _box._check_scalars(eps, power, gamma)
         self._set_sync(sync_avg_factor, self.reduction)
         self.backend = _checked_backend(backend)
 
     def forward(self, pred, target, weight=None, avg_factor=None):
         return self._scaled(_box.box_iou_loss(pred, target, self.kind, self.reduction, weight, avg_factor, self.fmt, self.eps, self.power,
-                                              self.gamma, sync_avg_factor=self.sync_avg_factor, backend=self.backend))
+                                              self.gamma, convention=self.convention, sync_avg_factor=self.sync_avg_factor,
+                                              backend=self.backend))
 
 
 class _DiceFamily(_Loss):

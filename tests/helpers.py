@@ -288,3 +288,47 @@ def assert_compiled_matches_eager(fn, args, wrt):
     ga, = torch.autograd.grad(a, wrt)
     gb, = torch.autograd.grad(b, wrt)
     torch.testing.assert_close(ga, gb)
+
+
+# --------------------------------------------------------------------------------------
+# Peers that need help to import.
+# --------------------------------------------------------------------------------------
+
+
+def import_mmdet_losses():
+    """(mmdet.models.losses, mmdet.structures.bbox.bbox_overlaps), or a pytest skip.
+
+    mmcv-lite has no compiled ops and ``mmdet.models`` imports ``mmcv.ops``, which loads them
+    at import time: without a full mmcv build, mmcv gets an empty ``mmcv._ext`` whose ops raise
+    when called, so that mmdetection's pure-PyTorch losses import."""
+    import sys
+    import types
+    import warnings
+
+    pytest.importorskip("mmdet")
+    pytest.importorskip("mmengine")
+    pytest.importorskip("mmcv")
+    try:
+        import mmcv._ext  # noqa: F401  (a full mmcv build)
+    except ImportError:
+        ext = types.ModuleType("mmcv._ext")
+
+        def missing(name):
+            if name.startswith("__"):
+                raise AttributeError(name)
+
+            def op(*args, **kwargs):
+                raise RuntimeError(f"mmcv compiled op {name} is not available (mmcv-lite)")
+
+            return op
+
+        ext.__getattr__ = missing
+        sys.modules["mmcv._ext"] = ext
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            import mmdet.models.losses as losses
+            from mmdet.structures.bbox import bbox_overlaps
+        except ImportError as e:  # pragma: no cover - depends on the installed mmcv
+            pytest.skip(f"mmdet.models.losses does not import here: {e}")
+    return losses, bbox_overlaps

@@ -443,12 +443,12 @@ def test_opcheck(backend):
             for code in ((0, 2) if small else (0, 1, 2)):
                 for w in ((torch.rand(6, dtype=acc),) if small else (None, torch.rand(6, dtype=acc)) if kind == 4 else (None,)):
                     for store in (True, False):
-                        _opcheck(torch.ops.fastloss.box_iou_loss.default, (p, t, w, kind, 0, 1e-7, 1.0, 0.5, code, store, backend))
+                        _opcheck(torch.ops.fastloss.box_iou_loss.default, (p, t, w, kind, 0, 0, 1e-7, 1.0, 0.5, code, store, backend))
                 pd = p.detach()
                 grad = torch.randn(6, dtype=dtype) if code == 0 else torch.randn((), dtype=acc)
-                _, cache = torch.ops.fastloss.box_iou_loss(pd, t, None, kind, 0, 1e-7, 1.0, 0.5, code, True, backend)
+                _, cache = torch.ops.fastloss.box_iou_loss(pd, t, None, kind, 0, 0, 1e-7, 1.0, 0.5, code, True, backend)
                 for c in (cache, torch.empty(0, dtype=acc)):
-                    _opcheck(torch.ops.fastloss.box_iou_loss_backward.default, (grad, pd, t, None, c, kind, 0, 1e-7, 1.0, 0.5, code, backend))
+                    _opcheck(torch.ops.fastloss.box_iou_loss_backward.default, (grad, pd, t, None, c, kind, 0, 0, 1e-7, 1.0, 0.5, code, backend))
 
 
 def _loss_and_grad(fn, x, *args):
@@ -497,7 +497,7 @@ def test_eager_fast_path_equals_custom_op(device, backend, dtype, store):
     p, t = make_pair((17,), "xyxy", dtype, device)
     w = torch.rand(17, device=device)
     for code in (0, 1, 2):
-        args = (t, w, 4, 0, 1e-7, 1.0, 0.5, code, store, backend)
+        args = (t, w, 4, 0, 0, 1e-7, 1.0, 0.5, code, store, backend)
         out_f, cache_f = fastloss.BoxIoULossFunction.apply(p, *args)
         out_o, cache_o = torch.ops.fastloss.box_iou_loss(p, *args)
         assert torch.equal(out_f, out_o) and torch.equal(cache_f, cache_o)
@@ -759,13 +759,13 @@ def test_matrix_opcheck(backend):
     for dtype in ((torch.float32,) if small else (torch.float32, torch.float64)):
         a, b = make_sets((2,), 3, 5, "xyxy", dtype, "cpu")
         for kind in ((4,) if small else (0, 2, 4)):
-            _opcheck(torch.ops.fastloss.box_iou.default, (a, b, kind, 0, 1e-7, False, backend))
+            _opcheck(torch.ops.fastloss.box_iou.default, (a, b, kind, 0, 0, 1e-7, False, backend))
             c, d = make_sets((2,), 4, 4, "xyxy", dtype, "cpu")
-            _opcheck(torch.ops.fastloss.box_iou.default, (c, d, kind, 1, 1e-7, True, backend))
+            _opcheck(torch.ops.fastloss.box_iou.default, (c, d, kind, 1, 0, 1e-7, True, backend))
             g = torch.randn(2, 3, 5, dtype=dtype)
-            _opcheck(torch.ops.fastloss.box_iou_backward.default, (g, a.detach(), b.detach(), kind, 0, 1e-7, False, backend))
+            _opcheck(torch.ops.fastloss.box_iou_backward.default, (g, a.detach(), b.detach(), kind, 0, 0, 1e-7, False, backend))
             for dim in (0, 1):
-                _opcheck(torch.ops.fastloss.box_iou_max.default, (a.detach(), b.detach(), kind, 0, 1e-7, dim, backend))
+                _opcheck(torch.ops.fastloss.box_iou_max.default, (a.detach(), b.detach(), kind, 0, 0, 1e-7, dim, backend))
 
 
 @pytest.mark.parametrize("backend", helpers.CPU_BACKENDS)
@@ -874,3 +874,206 @@ def test_box_iou_bad_inputs():
         fastloss.box_iou_max(a, torch.rand(2, 0, 4), dim=-1)
     with pytest.raises(ValueError, match=r"\(\.\.\., N, 4\)"):
         fastloss.box_iou(torch.rand(4), torch.rand(4))
+
+
+# ======================================================================================
+# conventions: the peers' eps placements, against the peers themselves (float64)
+# ======================================================================================
+
+D = torch.float64
+ULTRA_FLAGS = {"iou": {}, "giou": dict(GIoU=True), "diou": dict(DIoU=True), "ciou": dict(CIoU=True)}
+
+
+def conv_boxes(n, seed):
+    """(pred, target) float64 xyxy pairs (n >= 4): mostly overlapping (IoU on both sides of
+    mmdetection's 0.5 gate), plus a disjoint pair, an identical pair and tiny boxes whose
+    union is below eps = 0.5 (mmdetection's max(U, eps) branch)."""
+    g = torch.Generator().manual_seed(seed)
+    xy = torch.rand(n, 2, generator=g, dtype=D) * 20
+    wh = torch.rand(n, 2, generator=g, dtype=D) * 8 + 0.5
+    t = torch.cat([xy, xy + wh], -1)
+    p = t + (torch.rand(n, 4, generator=g, dtype=D) - 0.5) * wh.repeat(1, 2) * 0.6
+    p = torch.cat([torch.minimum(p[:, :2], p[:, 2:]), torch.maximum(p[:, :2], p[:, 2:])], -1)
+    p[0] = t[0] + 40.0  # disjoint
+    p[1] = t[1]  # identical
+    t[2] = torch.tensor([3.0, 4.0, 3.3, 4.2], dtype=D)  # tiny: union < 0.5
+    p[2] = torch.tensor([3.1, 4.05, 3.45, 4.3], dtype=D)
+    return p, t
+
+
+def close64(ours, theirs, msg):
+    scale = max(theirs.detach().abs().max().item(), 1.0) if theirs.numel() else 1.0
+    torch.testing.assert_close(ours.detach(), theirs.detach(), rtol=1e-12, atol=1e-13 * scale, msg=lambda m: f"{msg}\n{m}")
+
+
+def _peers():
+    ultra = pytest.importorskip("ultralytics.utils.metrics")
+    tvops = pytest.importorskip("torchvision.ops")
+    losses, overlaps = helpers.import_mmdet_losses()
+    from mmdet.models.losses.iou_loss import ciou_loss, diou_loss, giou_loss, iou_loss
+
+    def ultra_metric(kind, eps):
+        return lambda a, b: ultra.bbox_iou(a, b, xywh=False, eps=eps, **ULTRA_FLAGS[kind]).squeeze(-1)
+
+    def mmdet_metric(kind, eps):  # aligned rows
+        if kind in ("iou", "iof", "giou"):
+            return lambda a, b: overlaps(a, b, kind, is_aligned=True, eps=eps)
+        fn = {"diou": diou_loss, "ciou": ciou_loss}[kind]
+        return lambda a, b: 1 - fn(a, b, eps=eps, reduction="none")
+
+    def mmdet_loss(kind, eps):
+        if kind == "log_iou":  # iou_loss's union eps is bbox_overlaps' default 1e-6 whatever its eps
+            assert eps == 1e-6
+            return lambda a, b: iou_loss(a, b, mode="log", eps=eps, reduction="none")
+        if kind == "iou":
+            return lambda a, b: 1 - overlaps(a, b, "iou", is_aligned=True, eps=eps)
+        fn = {"giou": giou_loss, "diou": diou_loss, "ciou": ciou_loss}[kind]
+        return lambda a, b: fn(a, b, eps=eps, reduction="none")
+
+    tv_matrix = {"iou": lambda eps: tvops.box_iou, "giou": lambda eps: tvops.generalized_box_iou,
+                 "diou": lambda eps: (lambda a, b: tvops.distance_box_iou(a, b, eps=eps)),
+                 "ciou": lambda eps: (lambda a, b: tvops.complete_box_iou(a, b, eps=eps))}
+    return ultra_metric, mmdet_metric, mmdet_loss, tv_matrix
+
+
+# (convention, kind, eps values): eps 0.5 makes every placement visible at box sizes ~1..10
+CONV_LOSSES = ([("ultralytics", k, (1e-7, 0.5)) for k in ULTRA_FLAGS] + [("mmdet", "log_iou", (1e-6,))]
+               + [("mmdet", k, (1e-6, 0.5)) for k in ("iou", "giou", "diou", "ciou")])
+CONV_METRICS = ([("ultralytics", k, (1e-7, 0.5)) for k in ULTRA_FLAGS] + [("mmdet", k, (1e-6, 0.5)) for k in R.METRICS]
+                + [("torchvision_matrix", k, (1e-7, 0.5)) for k in ("iou", "giou", "diou", "ciou")])
+
+
+def _small(backend):
+    return helpers.is_interpreted("cpu", backend)
+
+
+@pytest.mark.parametrize("backend", helpers.CPU_BACKENDS)
+def test_convention_losses_match_peers(backend):
+    helpers.require_backend("cpu", backend)
+    ultra_metric, _, mmdet_loss, _ = _peers()
+    p, t = conv_boxes(6 if _small(backend) else 40, seed=1)
+    for conv, kind, epss in CONV_LOSSES:
+        for eps in epss[-1:] if _small(backend) else epss:
+            peer = mmdet_loss(kind, eps) if conv == "mmdet" else (lambda a, b: 1 - ultra_metric(kind, eps)(a, b))
+            x, y = p.clone().requires_grad_(), p.clone().requires_grad_()
+            ours = fastloss.box_iou_loss(x, t, kind, "none", eps=eps, convention=conv, backend=backend)
+            theirs = peer(y, t)
+            msg = f"{backend} {conv} {kind} eps={eps}"
+            close64(ours, theirs, msg)
+            up = torch.randn(ours.shape, dtype=D, generator=torch.Generator().manual_seed(2))
+            (g,) = torch.autograd.grad(ours, x, up)
+            (gr,) = torch.autograd.grad(theirs, y, up)
+            close64(g, gr, "gradient " + msg)
+
+
+@pytest.mark.parametrize("backend", helpers.CPU_BACKENDS)
+def test_convention_metrics_match_peers(backend):
+    helpers.require_backend("cpu", backend)
+    ultra_metric, mmdet_metric, _, tv_matrix = _peers()
+    p, t = conv_boxes(5 if _small(backend) else 24, seed=3)
+    N = 3 if _small(backend) else 9
+    for conv, kind, epss in CONV_METRICS:
+        for eps in epss[-1:] if _small(backend) else epss:
+            msg = f"{backend} {conv} {kind} eps={eps}"
+            if conv == "torchvision_matrix":
+                matrix = tv_matrix[kind](eps)
+
+                def aligned(a, b):
+                    return torch.diagonal(matrix(a, b))
+            else:
+                aligned = ultra_metric(kind, eps) if conv == "ultralytics" else mmdet_metric(kind, eps)
+
+                def matrix(a, b):  # every (i, j) pair as aligned rows
+                    n, m = a.shape[0], b.shape[0]
+                    return aligned(a[:, None].expand(n, m, 4).reshape(-1, 4), b[None].expand(n, m, 4).reshape(-1, 4)).reshape(n, m)
+            for is_aligned, (a, b) in ((True, (p, t)), (False, (p[:N], t))):
+                xs = [a.clone().requires_grad_(), b.clone().requires_grad_()]
+                ys = [a.clone().requires_grad_(), b.clone().requires_grad_()]
+                ours = fastloss.box_iou(*xs, kind, aligned=is_aligned, eps=eps, convention=conv, backend=backend)
+                theirs = (aligned if is_aligned else matrix)(*ys)
+                close64(ours, theirs, f"{msg} aligned={is_aligned}")
+                up = torch.randn(ours.shape, dtype=D, generator=torch.Generator().manual_seed(4))
+                for g, gr in zip(torch.autograd.grad(ours, xs, up), torch.autograd.grad(theirs, ys, up)):
+                    close64(g, gr, f"gradient {msg} aligned={is_aligned}")
+                if not is_aligned and not _small(backend):
+                    v, i = fastloss.box_iou_max(a, b, kind, eps=eps, convention=conv, backend=backend)
+                    assert torch.equal(v, ours.detach().max(-1).values) and torch.equal(i, ours.detach().max(-1).indices), msg
+
+
+def test_ultralytics_centre_form_is_fastloss_cxcywh():
+    """ultralytics' bbox_iou(xywh=True) has no eps in the heights: convention "fastloss" with
+    fmt cxcywh (equal up to the rounding of the corners)."""
+    ultra = pytest.importorskip("ultralytics.utils.metrics")
+    p, t = conv_boxes(30, seed=5)
+    p, t = xyxy_to(p, "cxcywh"), xyxy_to(t, "cxcywh")
+    for kind, flags in ULTRA_FLAGS.items():
+        x, y = p.clone().requires_grad_(), p.clone().requires_grad_()
+        ours = fastloss.box_iou(x, t, kind, "cxcywh", aligned=True, eps=0.5)
+        theirs = ultra.bbox_iou(y, t, xywh=True, eps=0.5, **flags).squeeze(-1)
+        close64(ours, theirs, kind)
+        up = torch.randn(ours.shape, dtype=D)
+        close64(torch.autograd.grad(ours, x, up)[0], torch.autograd.grad(theirs, y, up)[0], "gradient " + kind)
+
+
+CONV_GRADCHECK = [("ultralytics", "giou"), ("ultralytics", "diou"), ("mmdet", "iou"), ("mmdet", "log_iou"), ("mmdet", "giou")]
+
+
+@pytest.mark.parametrize("backend", ("cpu", "reference"))
+def test_convention_gradcheck_fp64(backend):
+    """Every convention's gradient is the derivative of its forward (CIoU aside: its alpha is
+    a constant in the backward by design, checked against the peers above)."""
+    helpers.require_backend("cpu", backend)
+    p, t = conv_boxes(5, seed=6)
+    p[2] = p[2] + 0.01  # off the kinks of the tiny pair
+    for conv, kind in CONV_GRADCHECK:
+        for eps in (1e-6, 0.5) if kind != "log_iou" else (1e-6,):
+            assert torch.autograd.gradcheck(lambda x: fastloss.box_iou_loss(x, t, kind, "none", eps=eps, convention=conv, backend=backend),
+                                            (p.clone().requires_grad_(),), eps=1e-7, atol=1e-7, rtol=1e-5)
+    for conv, kind in (("mmdet", "iof"), ("mmdet", "giou"), ("torchvision_matrix", "giou"), ("torchvision_matrix", "diou"),
+                       ("ultralytics", "iou")):
+        assert torch.autograd.gradcheck(lambda a, b: fastloss.box_iou(a, b, kind, eps=0.5, convention=conv, backend=backend),
+                                        (p[:3].clone().requires_grad_(), t.clone().requires_grad_()), eps=1e-7, atol=1e-7, rtol=1e-5)
+
+
+@pytest.mark.parametrize("backend", ("cpu", "reference"))
+def test_convention_opcheck(backend):
+    helpers.require_backend("cpu", backend)
+    p, t = conv_boxes(6, seed=7)
+    p = p.float().requires_grad_()
+    t = t.float()
+    for kind, conv in ((4, 1), (4, 2), (2, 2)):
+        _opcheck(torch.ops.fastloss.box_iou_loss.default, (p, t, None, kind, 0, conv, 0.5, 1.0, 0.5, 0, True, backend))
+    a = p[None, :4].detach().requires_grad_()
+    b = t[None].requires_grad_()
+    for kind, conv in ((2, 3), (4, 2), (1, 2)):
+        _opcheck(torch.ops.fastloss.box_iou.default, (a, b, kind, 0, conv, 0.5, False, backend))
+        _opcheck(torch.ops.fastloss.box_iou_max.default, (a.detach(), b.detach(), kind, 0, conv, 0.5, 1, backend))
+
+
+def test_convention_fastloss_is_the_default():
+    p, t = conv_boxes(12, seed=8)
+    for kind in KINDS:
+        assert torch.equal(fastloss.box_iou_loss(p, t, kind, "none"), fastloss.box_iou_loss(p, t, kind, "none", convention="fastloss"))
+    for kind in METRICS:
+        assert torch.equal(fastloss.box_iou(p, t, kind), fastloss.box_iou(p, t, kind, convention="fastloss"))
+    m = fastloss.nn.BoxIoULoss("ciou", convention="mmdet", eps=1e-6)
+    assert "convention='mmdet'" in repr(m)
+    assert torch.equal(m(p, t), fastloss.box_iou_loss(p, t, "ciou", eps=1e-6, convention="mmdet"))
+
+
+def test_convention_bad_inputs():
+    p, t = conv_boxes(4, seed=9)
+    with pytest.raises(ValueError, match="convention must be one of"):
+        fastloss.box_iou_loss(p, t, convention="yolo")
+    with pytest.raises(ValueError, match="convention 'ultralytics' defines the kinds"):
+        fastloss.box_iou_loss(p, t, "eiou", convention="ultralytics")
+    with pytest.raises(ValueError, match="convention 'torchvision_matrix' defines the kinds"):
+        fastloss.box_iou_loss(p, t, "giou", convention="torchvision_matrix")
+    with pytest.raises(ValueError, match="convention 'ultralytics' defines the metrics"):
+        fastloss.box_iou(p, t, "iof", convention="ultralytics")
+    with pytest.raises(ValueError, match="convention 'torchvision_matrix' defines the metrics"):
+        fastloss.box_iou_max(p, t, "iof", convention="torchvision_matrix")
+    with pytest.raises(ValueError, match="convention must be one of"):
+        fastloss.nn.BoxIoULoss(convention="torchvision")
+    with pytest.raises(ValueError, match="convention 'mmdet' defines the kinds"):
+        fastloss.nn.BoxIoULoss("siou", convention="mmdet")

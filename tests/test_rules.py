@@ -183,7 +183,7 @@ def test_autocast_registered_on_the_custom_ops():
         params = [0.25, 0.75, 2.0, 1.0]  # alpha, 1 - alpha, gamma, use alpha (fastloss/ops/pointwise.py)
         loss, _ = torch.ops.fastloss.sigmoid_focal_loss(x, t, None, None, 0, None, 0, params, 1, False, None)
         loss64, _ = torch.ops.fastloss.sigmoid_focal_loss(x.double(), t, None, None, 0, None, 0, params, 1, False, None)
-        m = torch.ops.fastloss.box_iou(_boxes(3, torch.bfloat16)[None], _boxes(4, torch.bfloat16)[None], 0, 0, 1e-7, False, None)
+        m = torch.ops.fastloss.box_iou(_boxes(3, torch.bfloat16)[None], _boxes(4, torch.bfloat16)[None], 0, 0, 0, 1e-7, False, None)
     assert loss.dtype == torch.float32 and loss64.dtype == torch.float64 and m.dtype == torch.float32
 
 

@@ -69,16 +69,24 @@ def run(backend, dtype, device):
             ref, _, _ = _fwd_bwd(fastloss.box_iou_loss, p.to(dtype), t.to(dtype), kind=kind, reduction="sum", backend="reference")
             _check(f"box {kind} {backend} {dtype} n={n}", loss, ref, rtol * 10)
             cases += 1
-        # matrices, aligned and pairwise, and the fused max
-        for kind in ("iou", "giou", "ciou"):
+        # the peers' eps placements (conventions) of the paired losses
+        for conv, kind in (("ultralytics", "ciou"), ("mmdet", "giou"), ("mmdet", "ciou")):
+            kw = dict(kind=kind, reduction="sum", eps=0.5, convention=conv)
+            loss, g, _ = _fwd_bwd(fastloss.box_iou_loss, p.to(dtype), t.to(dtype), backend=backend, **kw)
+            ref, _, _ = _fwd_bwd(fastloss.box_iou_loss, p.to(dtype), t.to(dtype), backend="reference", **kw)
+            _check(f"box {conv} {kind} {backend} {dtype} n={n}", loss, ref, rtol * 10)
+            cases += 1
+        # matrices, aligned and pairwise, and the fused max (with the conventions)
+        for kind, conv in (("iou", "fastloss"), ("giou", "fastloss"), ("ciou", "fastloss"), ("giou", "torchvision_matrix"),
+                           ("ciou", "mmdet"), ("iof", "mmdet")):
             b1, b2 = p[None, :37].to(dtype), t[None].to(dtype)
-            m, _, _ = _fwd_bwd(lambda a, b: fastloss.box_iou(a, b, kind, backend=backend), b1, b2)
-            _check(f"box_iou {kind} {backend} {dtype} n={n}", m, fastloss.box_iou(b1, b2, kind, backend="reference"), rtol)
-            _fwd_bwd(lambda a, b: fastloss.box_iou(a, b, kind, aligned=True, backend=backend), p.to(dtype), t.to(dtype))
+            m, _, _ = _fwd_bwd(lambda a, b: fastloss.box_iou(a, b, kind, convention=conv, backend=backend), b1, b2)
+            _check(f"box_iou {kind} {conv} {backend} {dtype} n={n}", m, fastloss.box_iou(b1, b2, kind, convention=conv, backend="reference"), rtol)
+            _fwd_bwd(lambda a, b: fastloss.box_iou(a, b, kind, aligned=True, convention=conv, backend=backend), p.to(dtype), t.to(dtype))
             if n:
-                v, _ = fastloss.box_iou_max(b1, b2, kind, dim=-2, backend=backend)
-                _check(f"box_iou_max {kind} {backend} {dtype} n={n}", v, fastloss.box_iou_max(b1, b2, kind, dim=-2, backend="reference")[0],
-                       rtol)
+                v, _ = fastloss.box_iou_max(b1, b2, kind, dim=-2, convention=conv, backend=backend)
+                _check(f"box_iou_max {kind} {conv} {backend} {dtype} n={n}", v,
+                       fastloss.box_iou_max(b1, b2, kind, dim=-2, convention=conv, backend="reference")[0], rtol)
             cases += 3
     # row-wise engine: every softmax loss over (N, C) rows, an NCHW label map (class stride S),
     # channels_last, a long class axis (chunked) and empty inputs

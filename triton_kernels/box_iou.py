@@ -12,6 +12,11 @@ gradient component), checked against autograd through the float64 reference.  at
 widths/heights is computed here (no portable libdevice atan2 under the interpreter) by two
 argument reductions and an odd series accurate to fp64 rounding.  Deterministic: each
 program writes one partial sum and the launcher adds them with one torch.sum; no atomics.
+
+The peers' eps placements (``convention``, fastloss/reference/box_iou.py "Conventions") are the
+constexprs CONV (0 fastloss, 1 ultralytics, 2 mmdet, 3 torchvision_matrix) and UMODE, the
+union mode the launcher derives from the convention and the kind (csrc/kernels/box_iou.h
+union_of_loss / union_of_metric: 0 U + eps, 1 max(U, eps), 2 U with 0 / 0 = 0).
 """
 import torch
 import triton
@@ -21,6 +26,15 @@ from fastloss.ops._common import reduced_dtype
 from fastloss.triton_kernels import _math
 
 BLOCK = 256
+
+_MMDET, _TORCHVISION = 2, 3  # convention codes (fastloss/ops/box_iou.py CONVENTIONS)
+
+
+def _union_mode(conv, kind, metric):
+    """csrc/kernels/box_iou.h union_of_loss / union_of_metric."""
+    if metric and conv == _TORCHVISION:
+        return 2
+    return 1 if conv == _MMDET and kind in (0, 1, 2) else 0  # iou, log_iou / iof, giou
 
 # ----------------------------------------------------------------------------- lane math
 # Values are [BLOCK] tensors, one box pair per lane.
@@ -173,16 +187,31 @@ def _from_xyxy_grad(g0, g1, g2, g3, FMT: tl.constexpr):
 
 
 @triton.jit
-def _geometry(a0, a1, a2, a3, b0, b1, b2, b3, eps):
+def _geometry(a0, a1, a2, a3, b0, b1, b2, b3, eps, CONV: tl.constexpr, UMODE: tl.constexpr):
+    # widths / heights (ultralytics: heights + eps), intersection, area sum S, union U (S or
+    # max(S, eps)), the IoU's denominator (U + eps or U) and the IoU (0 / 0 = 0)
     aw = _relu(a2 - a0)
     ah = _relu(a3 - a1)
     bw = _relu(b2 - b0)
     bh = _relu(b3 - b1)
+    if CONV == 1:
+        ah = ah + eps
+        bh = bh + eps
     iw = _relu(_min(a2, b2) - _max(a0, b0))
     ih = _relu(_min(a3, b3) - _max(a1, b1))
     inter = iw * ih
     uni = aw * ah + bw * bh - inter
-    return aw, ah, bw, bh, iw, ih, inter, uni, inter / (uni + eps)
+    if UMODE == 1:
+        um = _max(uni, uni * 0.0 + eps)
+    else:
+        um = uni
+    if UMODE == 0:
+        den = um + eps
+        iou = inter / den
+    else:
+        den = um
+        iou = tl.where(den == 0, 0.0, inter / tl.where(den == 0, 1.0, den))
+    return aw, ah, bw, bh, iw, ih, inter, uni, um, den, iou
 
 
 @triton.jit
@@ -197,13 +226,21 @@ def _split(ga, gb, g, share):
 
 
 @triton.jit
-def _pullback(a0, a1, a2, a3, b0, b1, b2, b3, aw, ah, bw, bh, iw, ih, uni, iou, cw, ch, eps, d_iou, d_inter, d_uni, d_aw, d_ah, d_bw,
-              d_bh, d_cw, d_ch, d_dxc, d_dyc, da0, da1, da2, da3, db0, db1, db2, db3, ENCLOSED: tl.constexpr, FMT: tl.constexpr):
-    """Adjoints of the intermediates -> gradients w.r.t. both boxes in the user's format
-    (csrc/kernels/box_iou.h Pair::pullback, line for line)."""
-    inv = 1.0 / (uni + eps)
+def _pullback(a0, a1, a2, a3, b0, b1, b2, b3, aw, ah, bw, bh, iw, ih, uni, den, iou, cw, ch, eps, d_iou, d_inter, d_um, d_aw, d_ah, d_bw,
+              d_bh, d_cw, d_ch, d_dxc, d_dyc, da0, da1, da2, da3, db0, db1, db2, db3, ENCLOSED: tl.constexpr, FMT: tl.constexpr,
+              UMODE: tl.constexpr):
+    """Adjoints of the intermediates (d_um: of the union U) -> gradients w.r.t. both boxes in
+    the user's format (csrc/kernels/box_iou.h Pair::pullback, line for line)."""
+    if UMODE == 2:
+        inv = _inv_pos(den)
+    else:
+        inv = 1.0 / den
     d_inter = d_inter + d_iou * inv
-    d_uni = d_uni - d_iou * iou * inv
+    d_um = d_um - d_iou * iou * inv
+    if UMODE == 1:
+        d_uni = d_um * _share_max(uni, uni * 0.0 + eps)
+    else:
+        d_uni = d_um
     d_aw = d_aw + d_uni * ah
     d_ah = d_ah + d_uni * aw
     d_bw = d_bw + d_uni * bh
@@ -236,17 +273,29 @@ def _pullback(a0, a1, a2, a3, b0, b1, b2, b3, aw, ah, bw, bh, iw, ih, uni, iou, 
 
 
 @triton.jit
-def _giou_term(uni, cw, ch, eps):
-    # (C - U) / (C + eps), C the enclosing area (arXiv 1902.09630)
+def _giou_term(um, cw, ch, eps, UMODE: tl.constexpr):
+    # (C - U) / (C + eps), C the enclosing area (arXiv 1902.09630); union modes 1, 2:
+    # (max(C, eps) - U) / max(C, eps), (C - U) / C with 0 / 0 = 0
     c = cw * ch
-    inv = 1.0 / (c + eps)
-    return (c - uni) * inv, inv
+    if UMODE == 0:
+        inv = 1.0 / (c + eps)
+        value = (c - um) * inv
+    elif UMODE == 1:
+        cm = _max(c, c * 0.0 + eps)
+        inv = 1.0 / cm
+        value = (cm - um) * inv
+    else:
+        inv = _inv_pos(c)
+        value = (c - um) * inv
+    return value, inv, c
 
 
 @triton.jit
-def _giou_grad(up, uni, cw, ch, inv, eps, d_uni, d_cw, d_ch):
-    gc = up * (uni + eps) * inv * inv  # d value / dC = (U + eps) / (C + eps)^2
-    return d_uni - up * inv, d_cw + gc * ch, d_ch + gc * cw
+def _giou_grad(up, den, c, cw, ch, inv, eps, d_um, d_cw, d_ch, UMODE: tl.constexpr):
+    gc = up * den * inv * inv  # d value / dC = den / denominator^2 (times max's share)
+    if UMODE == 1:
+        gc = gc * _share_max(c, c * 0.0 + eps)
+    return d_um - up * inv, d_cw + gc * ch, d_ch + gc * cw
 
 
 @triton.jit
@@ -264,12 +313,27 @@ def _diou_grad(up, value, inv, dxc, dyc, cw, ch, d_dxc, d_dyc, d_cw, d_ch):
 
 
 @triton.jit
-def _ciou_term(aw, ah, bw, bh, iou, eps):
-    # alpha v, v = 4/pi^2 (atan(wb/hb) - atan(wa/ha))^2, alpha = v / (1 - IoU + v + eps) a constant
+def _ciou_term(aw, ah, bw, bh, iou, eps, CONV: tl.constexpr):
+    # alpha v, v = 4/pi^2 (atan(wb/hb) - atan(wa/ha))^2, alpha = v / (1 - IoU + v + eps) a constant;
+    # mmdetection: heights + eps in v, alpha = [IoU > 0.5] v / (1 - IoU + v).  Returns v's heights.
+    if CONV == 2:
+        ah = ah + eps
+        bh = bh + eps
     dl = _atan2_pos(bw, bh) - _atan2_pos(aw, ah)
     v = 0.40528473456935108578 * dl * dl
-    alpha = v / (1.0 - iou + v + eps)
-    return alpha * v, alpha, dl
+    if CONV == 2:
+        den = 1.0 - iou + v
+        alpha = tl.where(iou > 0.5, v / tl.where(den > 0, den, 1.0), 0.0)
+    else:
+        alpha = v / (1.0 - iou + v + eps)
+    return alpha * v, alpha, dl, ah, bh
+
+
+@triton.jit
+def _clamp_scale(x, lo, hi):
+    # clamp(x, lo, hi) and torch.clamp's derivative (0 strictly outside); a NaN passes
+    out = (x > hi) | (x < lo)
+    return tl.where(x > hi, hi, tl.where(x < lo, lo, x)), tl.where(out, 0.0, 1.0)
 
 
 @triton.jit
@@ -313,12 +377,13 @@ def _cd_grad(ge, e):
 
 
 @triton.jit
-def _loss(P, T, cols, eps, power, gamma, KIND: tl.constexpr, FMT: tl.constexpr, POWER_ONE: tl.constexpr):
+def _loss(P, T, cols, eps, power, gamma, KIND: tl.constexpr, FMT: tl.constexpr, POWER_ONE: tl.constexpr, CONV: tl.constexpr,
+          UMODE: tl.constexpr):
     """Paired loss per lane and its gradient w.r.t. the prediction [BLOCK, 4]
     (csrc/kernels/box_iou.h paired_loss, term for term)."""
     a0, a1, a2, a3 = _box(P, cols, FMT)
     b0, b1, b2, b3 = _box(T, cols, FMT)
-    aw, ah, bw, bh, iw, ih, inter, uni, iou = _geometry(a0, a1, a2, a3, b0, b1, b2, b3, eps)
+    aw, ah, bw, bh, iw, ih, inter, uni, um, den, iou = _geometry(a0, a1, a2, a3, b0, b1, b2, b3, eps, CONV, UMODE)
     z = iou * 0.0
     d_uni, d_aw, d_ah, d_bw, d_bh, d_cw, d_ch, d_dxc, d_dyc = z, z, z, z, z, z, z, z, z
     da0, da1, da2, da3, cw, ch = z, z, z, z, z, z
@@ -333,10 +398,10 @@ def _loss(P, T, cols, eps, power, gamma, KIND: tl.constexpr, FMT: tl.constexpr, 
         if KIND != 0:
             cw, ch = _enclose(a0, a1, a2, a3, b0, b1, b2, b3)
             if KIND == 2:  # giou
-                q, inv = _giou_term(uni, cw, ch, eps)
+                q, inv, c = _giou_term(um, cw, ch, eps, UMODE)
                 v, dp = _powd1(q, power, POWER_ONE)
                 loss = loss + v
-                d_uni, d_cw, d_ch = _giou_grad(dp, uni, cw, ch, inv, eps, d_uni, d_cw, d_ch)
+                d_uni, d_cw, d_ch = _giou_grad(dp, den, c, cw, ch, inv, eps, d_uni, d_cw, d_ch, UMODE)
             elif KIND == 8:  # cdiou: mean corner distance over the enclosing diagonal (arXiv 2103.11696)
                 dx0 = a0 - b0
                 dy1 = a1 - b1
@@ -406,10 +471,21 @@ def _loss(P, T, cols, eps, power, gamma, KIND: tl.constexpr, FMT: tl.constexpr, 
                 loss = loss + v
                 d_dxc, d_dyc, d_cw, d_ch = _diou_grad(dp, q, inv, dxc, dyc, cw, ch, d_dxc, d_dyc, d_cw, d_ch)
                 if KIND == 4:  # ciou
-                    q, alpha, dl = _ciou_term(aw, ah, bw, bh, iou, eps)
+                    q, alpha, dl, hva, hvb = _ciou_term(aw, ah, bw, bh, iou, eps, CONV)
                     v, dp = _powd1(q, power, POWER_ONE)
                     loss = loss + v
-                    d_aw, d_ah, d_bw, d_bh = _ciou_grad(dp, alpha, dl, aw, ah, bw, bh, d_aw, d_ah, d_bw, d_bh)
+                    d_aw, d_ah, d_bw, d_bh = _ciou_grad(dp, alpha, dl, aw, hva, bw, hvb, d_aw, d_ah, d_bw, d_bh)
+                    if CONV == 2:  # mmdetection: 1 - clamp(CIoU, -1, 1)
+                        loss, k = _clamp_scale(loss, 0.0, 2.0)
+                        d_iou = d_iou * k
+                        d_aw = d_aw * k
+                        d_ah = d_ah * k
+                        d_bw = d_bw * k
+                        d_bh = d_bh * k
+                        d_cw = d_cw * k
+                        d_ch = d_ch * k
+                        d_dxc = d_dxc * k
+                        d_dyc = d_dyc * k
                 elif KIND == 5 or KIND == 6:  # eiou, focal_eiou
                     q, diff, inv = _side_term(aw, bw, cw, eps)
                     v, dp = _powd1(q, power, POWER_ONE)
@@ -432,9 +508,9 @@ def _loss(P, T, cols, eps, power, gamma, KIND: tl.constexpr, FMT: tl.constexpr, 
                         d_dxc = d_dxc * f
                         d_dyc = d_dyc * f
                         loss = f * loss
-    g0, g1, g2, g3, _0, _1, _2, _3 = _pullback(a0, a1, a2, a3, b0, b1, b2, b3, aw, ah, bw, bh, iw, ih, uni, iou, cw, ch, eps, d_iou, z, d_uni,
-                                               d_aw, d_ah, d_bw, d_bh, d_cw, d_ch, d_dxc, d_dyc, da0, da1, da2, da3, z, z, z, z, KIND > 1,
-                                               FMT)
+    g0, g1, g2, g3, _0, _1, _2, _3 = _pullback(a0, a1, a2, a3, b0, b1, b2, b3, aw, ah, bw, bh, iw, ih, uni, den, iou, cw, ch, eps, d_iou, z,
+                                               d_uni, d_aw, d_ah, d_bw, d_bh, d_cw, d_ch, d_dxc, d_dyc, da0, da1, da2, da3, z, z, z, z, KIND > 1,
+                                               FMT, UMODE)
     carrier = loss * 0.0  # NaN policy: a NaN loss reaches every gradient component
     return loss, _cols4(g0 + carrier, g1 + carrier, g2 + carrier, g3 + carrier, cols)
 
@@ -461,10 +537,10 @@ def _load(p_ptr, t_ptr, w_ptr, n, COMPUTE: tl.constexpr, HAS_W: tl.constexpr, IN
 
 @triton.jit
 def _loss_forward_kernel(p_ptr, t_ptr, w_ptr, out_ptr, partial_ptr, cache_ptr, n, eps, power, gamma, KIND: tl.constexpr, FMT: tl.constexpr,
-                         POWER_ONE: tl.constexpr, HAS_W: tl.constexpr, REDUCE: tl.constexpr, WITH_GRAD: tl.constexpr, COMPUTE: tl.constexpr,
+                         CONV: tl.constexpr, UMODE: tl.constexpr, POWER_ONE: tl.constexpr, HAS_W: tl.constexpr, REDUCE: tl.constexpr, WITH_GRAD: tl.constexpr, COMPUTE: tl.constexpr,
                          INT64: tl.constexpr, BLOCK: tl.constexpr):
     rows, cols, mask, offs, m2, P, T, w = _load(p_ptr, t_ptr, w_ptr, n, COMPUTE, HAS_W, INT64, BLOCK)
-    lv, ld = _loss(P, T, cols, eps, power, gamma, KIND, FMT, POWER_ONE)
+    lv, ld = _loss(P, T, cols, eps, power, gamma, KIND, FMT, POWER_ONE, CONV, UMODE)
     if WITH_GRAD:
         tl.store(cache_ptr + offs, ld * w[:, None], mask=m2)
     lv = tl.where(mask, lv * w, 0.0)
@@ -476,10 +552,10 @@ def _loss_forward_kernel(p_ptr, t_ptr, w_ptr, out_ptr, partial_ptr, cache_ptr, n
 
 @triton.jit
 def _loss_backward_kernel(p_ptr, t_ptr, w_ptr, g_ptr, out_ptr, n, eps, power, gamma, scale, KIND: tl.constexpr, FMT: tl.constexpr,
-                          POWER_ONE: tl.constexpr, HAS_W: tl.constexpr, PER_BOX_GRAD: tl.constexpr, COMPUTE: tl.constexpr,
+                          CONV: tl.constexpr, UMODE: tl.constexpr, POWER_ONE: tl.constexpr, HAS_W: tl.constexpr, PER_BOX_GRAD: tl.constexpr, COMPUTE: tl.constexpr,
                           INT64: tl.constexpr, BLOCK: tl.constexpr):
     rows, cols, mask, offs, m2, P, T, w = _load(p_ptr, t_ptr, w_ptr, n, COMPUTE, HAS_W, INT64, BLOCK)
-    lv, ld = _loss(P, T, cols, eps, power, gamma, KIND, FMT, POWER_ONE)
+    lv, ld = _loss(P, T, cols, eps, power, gamma, KIND, FMT, POWER_ONE, CONV, UMODE)
     if PER_BOX_GRAD:
         up = tl.load(g_ptr + rows, mask=mask, other=0.0).to(COMPUTE)
     else:
@@ -487,13 +563,13 @@ def _loss_backward_kernel(p_ptr, t_ptr, w_ptr, g_ptr, out_ptr, n, eps, power, ga
     tl.store(out_ptr + offs, (ld * (w * up)[:, None]).to(out_ptr.dtype.element_ty), mask=m2)
 
 
-def _meta(pred, weight, kind, fmt, power):
+def _meta(pred, weight, kind, fmt, conv, power):
     n = pred.shape[0]
-    return dict(KIND=kind, FMT=fmt, POWER_ONE=power == 1.0, HAS_W=weight is not None,
+    return dict(KIND=kind, FMT=fmt, CONV=conv, UMODE=_union_mode(conv, kind, False), POWER_ONE=power == 1.0, HAS_W=weight is not None,
                 COMPUTE=tl.float64 if pred.dtype == torch.float64 else tl.float32, INT64=4 * (n + BLOCK) >= 2**31, BLOCK=BLOCK)
 
 
-def loss_forward(pred, target, weight, kind, fmt, eps, power, gamma, reduction, with_grad):
+def loss_forward(pred, target, weight, kind, fmt, conv, eps, power, gamma, reduction, with_grad):
     n = pred.shape[0]
     grid = (max(triton.cdiv(n, BLOCK), 1),)
     acc = reduced_dtype(pred.dtype)
@@ -503,7 +579,7 @@ def loss_forward(pred, target, weight, kind, fmt, eps, power, gamma, reduction, 
     w = weight if weight is not None else pred
     if n:
         _loss_forward_kernel[grid](pred, target, w, out, out, cache, n, eps, power, gamma, REDUCE=reduce, WITH_GRAD=with_grad,
-                                   **_meta(pred, weight, kind, fmt, power))
+                                   **_meta(pred, weight, kind, fmt, conv, power))
     elif reduce:
         out.zero_()
     if not reduce:
@@ -512,14 +588,14 @@ def loss_forward(pred, target, weight, kind, fmt, eps, power, gamma, reduction, 
     return (total / max(n, 1) if reduction == 2 else total), cache  # mean of nothing: 0
 
 
-def loss_backward(grad, pred, target, weight, kind, fmt, eps, power, gamma, reduction):
+def loss_backward(grad, pred, target, weight, kind, fmt, conv, eps, power, gamma, reduction):
     n = pred.shape[0]
     out = torch.empty_like(pred)
     w = weight if weight is not None else pred
     if n:
         scale = 1.0 / max(n, 1) if reduction == 2 else 1.0
         _loss_backward_kernel[(triton.cdiv(n, BLOCK),)](pred, target, w, grad, out, n, eps, power, gamma, scale, PER_BOX_GRAD=reduction == 0,
-                                                         **_meta(pred, weight, kind, fmt, power))
+                                                         **_meta(pred, weight, kind, fmt, conv, power))
     return out
 
 
@@ -527,30 +603,37 @@ def loss_backward(grad, pred, target, weight, kind, fmt, eps, power, gamma, redu
 
 
 @triton.jit
-def _metric(A, B, cols, eps, KIND: tl.constexpr, FMT: tl.constexpr, GRAD: tl.constexpr):
+def _metric(A, B, cols, eps, KIND: tl.constexpr, FMT: tl.constexpr, GRAD: tl.constexpr, CONV: tl.constexpr, UMODE: tl.constexpr):
     """Pairwise / aligned metric per lane and, with GRAD, its gradients w.r.t. both boxes
     ([BLOCK, 4] each; zeros without GRAD) (csrc/kernels/box_iou.h pair_metric)."""
     a0, a1, a2, a3 = _box(A, cols, FMT)
     b0, b1, b2, b3 = _box(B, cols, FMT)
-    aw, ah, bw, bh, iw, ih, inter, uni, iou = _geometry(a0, a1, a2, a3, b0, b1, b2, b3, eps)
+    aw, ah, bw, bh, iw, ih, inter, uni, um, den, iou = _geometry(a0, a1, a2, a3, b0, b1, b2, b3, eps, CONV, UMODE)
     z = iou * 0.0
     d_iou = z + 1.0
     d_inter, d_uni, d_aw, d_ah, d_bw, d_bh, d_cw, d_ch, d_dxc, d_dyc, cw, ch = z, z, z, z, z, z, z, z, z, z, z, z
-    if KIND == 1:  # iof: intersection over a's area (mmcv)
-        inv = 1.0 / (aw * ah + eps)
+    if KIND == 1:  # iof: intersection over a's area (mmcv): I / (area + eps), mmdetection I / max(area, eps)
+        area = aw * ah
+        if UMODE == 1:
+            inv = 1.0 / _max(area, area * 0.0 + eps)
+        else:
+            inv = 1.0 / (area + eps)
         m = inter * inv
+        garea = -m * inv
+        if UMODE == 1:
+            garea = garea * _share_max(area, area * 0.0 + eps)
         d_iou = z
         d_inter = inv
-        d_aw = -m * inv * ah
-        d_ah = -m * inv * aw
+        d_aw = garea * ah
+        d_ah = garea * aw
     else:
         m = iou
         if KIND != 0:
             cw, ch = _enclose(a0, a1, a2, a3, b0, b1, b2, b3)
             if KIND == 2:  # giou
-                q, inv = _giou_term(uni, cw, ch, eps)
+                q, inv, c = _giou_term(um, cw, ch, eps, UMODE)
                 m = m - q
-                d_uni, d_cw, d_ch = _giou_grad(z - 1.0, uni, cw, ch, inv, eps, d_uni, d_cw, d_ch)
+                d_uni, d_cw, d_ch = _giou_grad(z - 1.0, den, c, cw, ch, inv, eps, d_uni, d_cw, d_ch, UMODE)
             else:  # diou, ciou
                 dxc = (a0 + a2) - (b0 + b2)
                 dyc = (a1 + a3) - (b1 + b3)
@@ -558,13 +641,24 @@ def _metric(A, B, cols, eps, KIND: tl.constexpr, FMT: tl.constexpr, GRAD: tl.con
                 m = m - q
                 d_dxc, d_dyc, d_cw, d_ch = _diou_grad(z - 1.0, q, inv, dxc, dyc, cw, ch, d_dxc, d_dyc, d_cw, d_ch)
                 if KIND == 4:
-                    q, alpha, dl = _ciou_term(aw, ah, bw, bh, iou, eps)
+                    q, alpha, dl, hva, hvb = _ciou_term(aw, ah, bw, bh, iou, eps, CONV)
                     m = m - q
-                    d_aw, d_ah, d_bw, d_bh = _ciou_grad(z - 1.0, alpha, dl, aw, ah, bw, bh, d_aw, d_ah, d_bw, d_bh)
+                    d_aw, d_ah, d_bw, d_bh = _ciou_grad(z - 1.0, alpha, dl, aw, hva, bw, hvb, d_aw, d_ah, d_bw, d_bh)
+                    if CONV == 2:  # mmdetection's clamp(CIoU, -1, 1)
+                        m, k = _clamp_scale(m, -1.0, 1.0)
+                        d_iou = d_iou * k
+                        d_aw = d_aw * k
+                        d_ah = d_ah * k
+                        d_bw = d_bw * k
+                        d_bh = d_bh * k
+                        d_cw = d_cw * k
+                        d_ch = d_ch * k
+                        d_dxc = d_dxc * k
+                        d_dyc = d_dyc * k
     if GRAD:
-        ga0, ga1, ga2, ga3, gb0, gb1, gb2, gb3 = _pullback(a0, a1, a2, a3, b0, b1, b2, b3, aw, ah, bw, bh, iw, ih, uni, iou, cw, ch, eps, d_iou,
-                                                           d_inter, d_uni, d_aw, d_ah, d_bw, d_bh, d_cw, d_ch, d_dxc, d_dyc, z, z, z, z, z, z,
-                                                           z, z, KIND > 1, FMT)
+        ga0, ga1, ga2, ga3, gb0, gb1, gb2, gb3 = _pullback(a0, a1, a2, a3, b0, b1, b2, b3, aw, ah, bw, bh, iw, ih, uni, den, iou, cw, ch, eps,
+                                                           d_iou, d_inter, d_uni, d_aw, d_ah, d_bw, d_bh, d_cw, d_ch, d_dxc, d_dyc, z, z, z, z, z,
+                                                           z, z, z, KIND > 1, FMT, UMODE)
         c = m * 0.0  # NaN policy: a NaN metric reaches every gradient component
         return m, _cols4(ga0 + c, ga1 + c, ga2 + c, ga3 + c, cols), _cols4(gb0 + c, gb1 + c, gb2 + c, gb3 + c, cols)
     else:
@@ -572,7 +666,7 @@ def _metric(A, B, cols, eps, KIND: tl.constexpr, FMT: tl.constexpr, GRAD: tl.con
 
 
 @triton.jit
-def _matrix_kernel(b1_ptr, b2_ptr, out_ptr, total, N, M, eps, KIND: tl.constexpr, FMT: tl.constexpr, ALIGNED: tl.constexpr,
+def _matrix_kernel(b1_ptr, b2_ptr, out_ptr, total, N, M, eps, KIND: tl.constexpr, FMT: tl.constexpr, CONV: tl.constexpr, UMODE: tl.constexpr, ALIGNED: tl.constexpr,
                    COMPUTE: tl.constexpr, BLOCK: tl.constexpr):
     i = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK).to(tl.int64)
     cols = tl.arange(0, 4)
@@ -587,12 +681,13 @@ def _matrix_kernel(b1_ptr, b2_ptr, out_ptr, total, N, M, eps, KIND: tl.constexpr
     m2 = mask[:, None] & (cols[None, :] < 4)
     A = tl.load(b1_ptr + r1[:, None] * 4 + cols[None, :], mask=m2, other=0.0).to(COMPUTE)
     B = tl.load(b2_ptr + r2[:, None] * 4 + cols[None, :], mask=m2, other=0.0).to(COMPUTE)
-    v, _, _ = _metric(A, B, cols, eps, KIND, FMT, False)
+    v, _, _ = _metric(A, B, cols, eps, KIND, FMT, False, CONV, UMODE)
     tl.store(out_ptr + i, v.to(out_ptr.dtype.element_ty), mask=mask)
 
 
 @triton.jit
-def _aligned_backward_kernel(g_ptr, b1_ptr, b2_ptr, g1_ptr, g2_ptr, total, eps, KIND: tl.constexpr, FMT: tl.constexpr, COMPUTE: tl.constexpr,
+def _aligned_backward_kernel(g_ptr, b1_ptr, b2_ptr, g1_ptr, g2_ptr, total, eps, KIND: tl.constexpr, FMT: tl.constexpr, CONV: tl.constexpr, UMODE: tl.constexpr,
+                             COMPUTE: tl.constexpr,
                              BLOCK: tl.constexpr):
     i = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK).to(tl.int64)
     cols = tl.arange(0, 4)
@@ -602,13 +697,14 @@ def _aligned_backward_kernel(g_ptr, b1_ptr, b2_ptr, g1_ptr, g2_ptr, total, eps, 
     A = tl.load(b1_ptr + offs, mask=m2, other=0.0).to(COMPUTE)
     B = tl.load(b2_ptr + offs, mask=m2, other=0.0).to(COMPUTE)
     up = tl.load(g_ptr + i, mask=mask, other=0.0).to(COMPUTE)
-    _, d1, d2 = _metric(A, B, cols, eps, KIND, FMT, True)
+    _, d1, d2 = _metric(A, B, cols, eps, KIND, FMT, True, CONV, UMODE)
     tl.store(g1_ptr + offs, (d1 * up[:, None]).to(g1_ptr.dtype.element_ty), mask=m2)
     tl.store(g2_ptr + offs, (d2 * up[:, None]).to(g2_ptr.dtype.element_ty), mask=m2)
 
 
 @triton.jit
-def _rows_backward_kernel(g_ptr, b1_ptr, b2_ptr, g1_ptr, N, M, eps, KIND: tl.constexpr, FMT: tl.constexpr, COMPUTE: tl.constexpr,
+def _rows_backward_kernel(g_ptr, b1_ptr, b2_ptr, g1_ptr, N, M, eps, KIND: tl.constexpr, FMT: tl.constexpr, CONV: tl.constexpr, UMODE: tl.constexpr,
+                             COMPUTE: tl.constexpr,
                           BLOCK: tl.constexpr):
     # one program per box of boxes1: sum over m in a fixed order
     r = tl.program_id(0).to(tl.int64)
@@ -623,13 +719,14 @@ def _rows_backward_kernel(g_ptr, b1_ptr, b2_ptr, g1_ptr, N, M, eps, KIND: tl.con
         m2 = mask[:, None] & (cols[None, :] < 4)
         B = tl.load(b2_ptr + (bb * M + m)[:, None] * 4 + cols[None, :], mask=m2, other=0.0).to(COMPUTE)
         up = tl.load(g_ptr + r * M + m, mask=mask, other=0.0).to(COMPUTE)
-        _, d, _ = _metric(A, B, cols, eps, KIND, FMT, True)
+        _, d, _ = _metric(A, B, cols, eps, KIND, FMT, True, CONV, UMODE)
         acc += tl.where(m2, d * up[:, None], 0.0)
     tl.store(g1_ptr + r * 4 + cols, tl.sum(acc, axis=0).to(g1_ptr.dtype.element_ty))
 
 
 @triton.jit
-def _cols_backward_kernel(g_ptr, b1_ptr, b2_ptr, g2_ptr, N, M, eps, KIND: tl.constexpr, FMT: tl.constexpr, COMPUTE: tl.constexpr,
+def _cols_backward_kernel(g_ptr, b1_ptr, b2_ptr, g2_ptr, N, M, eps, KIND: tl.constexpr, FMT: tl.constexpr, CONV: tl.constexpr, UMODE: tl.constexpr,
+                             COMPUTE: tl.constexpr,
                           BLOCK: tl.constexpr):
     # one program per BLOCK boxes of boxes2 (one batch): loop over n in order
     chunks = tl.cdiv(M, BLOCK)
@@ -645,13 +742,14 @@ def _cols_backward_kernel(g_ptr, b1_ptr, b2_ptr, g2_ptr, N, M, eps, KIND: tl.con
     for n in range(0, N):
         A = tl.load(b1_ptr + (bb * N + n) * 4 + cols).to(COMPUTE)[None, :] + tl.zeros((BLOCK, 4), COMPUTE)
         up = tl.load(g_ptr + (bb * N + n) * M + m, mask=mask, other=0.0).to(COMPUTE)
-        _, _, d = _metric(A, B, cols, eps, KIND, FMT, True)
+        _, _, d = _metric(A, B, cols, eps, KIND, FMT, True, CONV, UMODE)
         acc += d * up[:, None]
     tl.store(g2_ptr + offs, acc.to(g2_ptr.dtype.element_ty), mask=m2)
 
 
 @triton.jit
-def _max_kernel(b1_ptr, b2_ptr, v_ptr, i_ptr, R, L, eps, KIND: tl.constexpr, FMT: tl.constexpr, OVER_M: tl.constexpr, COMPUTE: tl.constexpr,
+def _max_kernel(b1_ptr, b2_ptr, v_ptr, i_ptr, R, L, eps, KIND: tl.constexpr, FMT: tl.constexpr, CONV: tl.constexpr, UMODE: tl.constexpr,
+                OVER_M: tl.constexpr, COMPUTE: tl.constexpr,
                 BLOCK: tl.constexpr):
     # one program per BLOCK results of one batch; loop over the reduced boxes in order
     chunks = tl.cdiv(R, BLOCK)
@@ -670,9 +768,9 @@ def _max_kernel(b1_ptr, b2_ptr, v_ptr, i_ptr, R, L, eps, KIND: tl.constexpr, FMT
     for l in range(0, L):
         Y = tl.load(other_ptr + (bb * L + l) * 4 + cols).to(COMPUTE)[None, :] + tl.zeros((BLOCK, 4), COMPUTE)
         if OVER_M:
-            v, _, _ = _metric(X, Y, cols, eps, KIND, FMT, False)
+            v, _, _ = _metric(X, Y, cols, eps, KIND, FMT, False, CONV, UMODE)
         else:
-            v, _, _ = _metric(Y, X, cols, eps, KIND, FMT, False)
+            v, _, _ = _metric(Y, X, cols, eps, KIND, FMT, False, CONV, UMODE)
         is_nan = v != v
         take = ((v > best) | is_nan) & (nan_seen == 0)
         best = tl.where(take, v, best)
@@ -689,21 +787,22 @@ def _compute(dtype):
 MATRIX_BLOCK = 128
 
 
-def matrix_forward(b1, b2, kind, fmt, eps, aligned):
+def matrix_forward(b1, b2, kind, fmt, conv, eps, aligned):
     B, N, M = b1.shape[0], b1.shape[1], b2.shape[1]
     out = torch.empty((B, N) if aligned else (B, N, M), dtype=b1.dtype, device=b1.device)
     total = out.numel()
     if total:
-        _matrix_kernel[(triton.cdiv(total, MATRIX_BLOCK),)](b1, b2, out, total, N, max(M, 1), eps, KIND=kind, FMT=fmt, ALIGNED=aligned,
+        _matrix_kernel[(triton.cdiv(total, MATRIX_BLOCK),)](b1, b2, out, total, N, max(M, 1), eps, KIND=kind, FMT=fmt, CONV=conv,
+                                                           UMODE=_union_mode(conv, kind, True), ALIGNED=aligned,
                                                            COMPUTE=_compute(b1.dtype), BLOCK=MATRIX_BLOCK)
     return out
 
 
-def matrix_backward(grad, b1, b2, kind, fmt, eps, aligned):
+def matrix_backward(grad, b1, b2, kind, fmt, conv, eps, aligned):
     B, N, M = b1.shape[0], b1.shape[1], b2.shape[1]
     g1 = torch.empty_like(b1)
     g2 = torch.empty_like(b2)
-    meta = dict(KIND=kind, FMT=fmt, COMPUTE=_compute(b1.dtype), BLOCK=MATRIX_BLOCK)
+    meta = dict(KIND=kind, FMT=fmt, CONV=conv, UMODE=_union_mode(conv, kind, True), COMPUTE=_compute(b1.dtype), BLOCK=MATRIX_BLOCK)
     if aligned:
         if B * N:
             _aligned_backward_kernel[(triton.cdiv(B * N, MATRIX_BLOCK),)](grad, b1, b2, g1, g2, B * N, eps, **meta)
@@ -715,13 +814,14 @@ def matrix_backward(grad, b1, b2, kind, fmt, eps, aligned):
     return g1, g2
 
 
-def max_forward(b1, b2, kind, fmt, eps, dim):
+def max_forward(b1, b2, kind, fmt, conv, eps, dim):
     B, N, M = b1.shape[0], b1.shape[1], b2.shape[1]
     over_m = dim == 1
     R, L = (N, M) if over_m else (M, N)
     vals = torch.empty((B, R), dtype=b1.dtype, device=b1.device)
     idx = torch.empty((B, R), dtype=torch.int64, device=b1.device)
     if B * R:
-        _max_kernel[(B * triton.cdiv(R, MATRIX_BLOCK),)](b1, b2, vals, idx, R, L, eps, KIND=kind, FMT=fmt, OVER_M=over_m,
+        _max_kernel[(B * triton.cdiv(R, MATRIX_BLOCK),)](b1, b2, vals, idx, R, L, eps, KIND=kind, FMT=fmt, CONV=conv,
+                                                        UMODE=_union_mode(conv, kind, True), OVER_M=over_m,
                                                         COMPUTE=_compute(b1.dtype), BLOCK=MATRIX_BLOCK)
     return vals, idx

@@ -37,13 +37,14 @@ struct BoxLossArgs {
   Reduction reduction = Reduction::Mean;
 };
 
-void check_kind_fmt(int64_t kind, int64_t max_kind, int64_t fmt) {
+void check_kind_fmt(int64_t kind, int64_t max_kind, int64_t fmt, int64_t convention) {
   TORCH_CHECK(kind >= 0 && kind <= max_kind, "fastloss: box kind code out of range");
   TORCH_CHECK(fmt >= 0 && fmt <= 2, "fastloss: box fmt code must be 0 (xyxy), 1 (xywh) or 2 (cxcywh)");
+  TORCH_CHECK(convention >= box::kConvFastloss && convention <= box::kConvTorchvision, "fastloss: box convention code out of range");
 }
 
 BoxLossArgs make_args(const at::Tensor& pred, const at::Tensor& target, const c10::optional<at::Tensor>& weight, int64_t kind, int64_t fmt,
-                      double eps, double power, double gamma, int64_t reduction) {
+                      int64_t convention, double eps, double power, double gamma, int64_t reduction) {
   BoxLossArgs a;
   TORCH_CHECK(pred.is_floating_point() && pred.is_contiguous() && pred.dim() == 2 && pred.size(1) == 4,
               "fastloss: `pred` must be a contiguous floating (n, 4) tensor");
@@ -51,11 +52,11 @@ BoxLossArgs make_args(const at::Tensor& pred, const at::Tensor& target, const c1
                   target.device() == pred.device(),
               "fastloss: `target` must match `pred` in shape, dtype and device and be contiguous");
   TORCH_CHECK(reduction >= 0 && reduction <= 2, "fastloss: reduction code must be 0 (none), 1 (sum) or 2 (mean)");
-  check_kind_fmt(kind, box::kCDIoU, fmt);
+  check_kind_fmt(kind, box::kCDIoU, fmt, convention);
   a.pred = pred;
   a.target = target;
   a.n = pred.size(0);
-  a.prm = box::Params<double>{static_cast<int>(kind), static_cast<int>(fmt), eps, power, gamma};
+  a.prm = box::Params<double>{static_cast<int>(kind), static_cast<int>(fmt), eps, power, gamma, static_cast<int>(convention)};
   a.reduction = static_cast<Reduction>(reduction);
   if (weight.has_value() && weight->defined()) {
     const at::Tensor& w = *weight;
@@ -119,7 +120,9 @@ inline void scatter(out_t* dst, int64_t j, int64_t cnt, const Vec<acc_t> g[4]) {
 
 // forward (kBackward = false): per-box loss into `out` or its sum, dL/dpred * weight into
 // `cache` if defined; backward: dL/dpred * weight * upstream into `out` (n, 4).
-template <typename scalar_t, bool kBackward>
+// kGeneric: the box math's instantiation (box_iou.h Pair), false for convention "fastloss";
+// chosen once per call, outside the loops.
+template <typename scalar_t, bool kBackward, bool kGeneric>
 double paired_cpu(const BoxLossArgs& a, const at::Tensor& upstream, at::Tensor& out, at::Tensor& cache) {
   using acc_t = at::opmath_type<scalar_t>;
   using V = Vec<acc_t>;
@@ -138,7 +141,7 @@ double paired_cpu(const BoxLossArgs& a, const at::Tensor& upstream, at::Tensor& 
     if (a.reduction == Reduction::Mean) g_scale = static_cast<acc_t>(static_cast<double>(g_scale) / mean_count(a.n));
   }
   const box::Params<acc_t> prm{a.prm.kind, a.prm.fmt, static_cast<acc_t>(a.prm.eps), static_cast<acc_t>(a.prm.power),
-                               static_cast<acc_t>(a.prm.gamma)};
+                               static_cast<acc_t>(a.prm.gamma), a.prm.conv};
 
   return cpu::for_each_chunk<acc_t>(a.n, a.n, [&](int64_t, int64_t, int64_t j, int64_t cnt) {
     V p[4], t[4];
@@ -148,7 +151,7 @@ double paired_cpu(const BoxLossArgs& a, const at::Tensor& upstream, at::Tensor& 
     V loss;
     if (need_grad) {
       V g[4];
-      loss = box::paired_loss<true>(p, t, prm, g);
+      loss = box::paired_loss_impl<true, kGeneric>(p, t, prm, g);
       if constexpr (kBackward) {
         const V up = per_box_upstream ? cpu::load<acc_t>(g_ptr + j, cnt) : V(g_scale);
         for (int k = 0; k < 4; ++k) g[k] = g[k] * w * up;
@@ -159,7 +162,7 @@ double paired_cpu(const BoxLossArgs& a, const at::Tensor& upstream, at::Tensor& 
         scatter<acc_t>(c_ptr, j, cnt, g);
       }
     } else {
-      loss = box::paired_loss<false>(p, t, prm, static_cast<V*>(nullptr));
+      loss = box::paired_loss_impl<false, kGeneric>(p, t, prm, static_cast<V*>(nullptr));
     }
     loss = loss * w;
     if (store) {
@@ -171,15 +174,18 @@ double paired_cpu(const BoxLossArgs& a, const at::Tensor& upstream, at::Tensor& 
 }
 
 std::tuple<at::Tensor, at::Tensor> loss_forward_cpu(const at::Tensor& pred, const at::Tensor& target, const c10::optional<at::Tensor>& weight,
-                                                    int64_t kind, int64_t fmt, double eps, double power, double gamma, int64_t reduction,
-                                                    bool with_grad) {
-  const BoxLossArgs a = make_args(pred, target, weight, kind, fmt, eps, power, gamma, reduction);
+                                                    int64_t kind, int64_t fmt, int64_t convention, double eps, double power, double gamma,
+                                                    int64_t reduction, bool with_grad) {
+  const BoxLossArgs a = make_args(pred, target, weight, kind, fmt, convention, eps, power, gamma, reduction);
   const auto acc_options = pred.options().dtype(reduced_dtype(pred.scalar_type()));
   at::Tensor out = a.reduction == Reduction::None ? at::empty({a.n}, pred.options()) : at::Tensor();
   at::Tensor cache = with_grad ? at::empty({a.n, 4}, acc_options) : at::Tensor();
   double total = 0;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, pred.scalar_type(), "box_iou_loss_forward_cpu",
-                                  [&] { total = paired_cpu<scalar_t, false>(a, at::Tensor(), out, cache); });
+                                  [&] {
+    total = a.prm.conv == box::kConvFastloss ? paired_cpu<scalar_t, false, false>(a, at::Tensor(), out, cache)
+                                             : paired_cpu<scalar_t, false, true>(a, at::Tensor(), out, cache);
+  });
   if (!with_grad) cache = at::empty({0}, acc_options);
   if (a.reduction == Reduction::None) return {out, cache};
   if (a.reduction == Reduction::Mean) total /= mean_count(a.n);
@@ -187,8 +193,8 @@ std::tuple<at::Tensor, at::Tensor> loss_forward_cpu(const at::Tensor& pred, cons
 }
 
 at::Tensor loss_backward_cpu(const at::Tensor& grad, const at::Tensor& pred, const at::Tensor& target, const c10::optional<at::Tensor>& weight,
-                             int64_t kind, int64_t fmt, double eps, double power, double gamma, int64_t reduction) {
-  const BoxLossArgs a = make_args(pred, target, weight, kind, fmt, eps, power, gamma, reduction);
+                             int64_t kind, int64_t fmt, int64_t convention, double eps, double power, double gamma, int64_t reduction) {
+  const BoxLossArgs a = make_args(pred, target, weight, kind, fmt, convention, eps, power, gamma, reduction);
   TORCH_CHECK(grad.device() == pred.device() && grad.is_contiguous(), "fastloss: upstream gradient must be contiguous on pred's device");
   if (a.reduction == Reduction::None) {
     TORCH_CHECK(grad.numel() == a.n && grad.scalar_type() == pred.scalar_type(), "fastloss: upstream gradient must have one value per box");
@@ -197,7 +203,13 @@ at::Tensor loss_backward_cpu(const at::Tensor& grad, const at::Tensor& pred, con
   }
   at::Tensor out = at::empty({a.n, 4}, pred.options()), no_cache;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, pred.scalar_type(), "box_iou_loss_backward_cpu",
-                                  [&] { paired_cpu<scalar_t, true>(a, grad, out, no_cache); });
+                                  [&] {
+    if (a.prm.conv == box::kConvFastloss) {
+      paired_cpu<scalar_t, true, false>(a, grad, out, no_cache);
+    } else {
+      paired_cpu<scalar_t, true, true>(a, grad, out, no_cache);
+    }
+  });
   return out;
 }
 
@@ -209,18 +221,18 @@ at::Tensor loss_backward_cpu(const at::Tensor& grad, const at::Tensor& pred, con
 struct MatrixArgs {
   at::Tensor b1, b2;
   int64_t B = 0, N = 0, M = 0;
-  int kind = 0, fmt = 0;
+  int kind = 0, fmt = 0, conv = 0;
   double eps = 0;
 };
 
-MatrixArgs make_matrix_args(const at::Tensor& b1, const at::Tensor& b2, int64_t kind, int64_t fmt, double eps, bool aligned) {
+MatrixArgs make_matrix_args(const at::Tensor& b1, const at::Tensor& b2, int64_t kind, int64_t fmt, int64_t convention, double eps, bool aligned) {
   TORCH_CHECK(b1.is_floating_point() && b1.is_contiguous() && b1.dim() == 3 && b1.size(2) == 4,
               "fastloss: `boxes1` must be a contiguous floating (B, N, 4) tensor");
   TORCH_CHECK(b2.is_contiguous() && b2.dim() == 3 && b2.size(2) == 4 && b2.size(0) == b1.size(0) && b2.scalar_type() == b1.scalar_type() &&
                   b2.device() == b1.device(),
               "fastloss: `boxes2` must be a contiguous (B, M, 4) tensor of boxes1's dtype and device");
   TORCH_CHECK(!aligned || b2.size(1) == b1.size(1), "fastloss: aligned boxes need N == M");
-  check_kind_fmt(kind, box::kMCIoU, fmt);
+  check_kind_fmt(kind, box::kMCIoU, fmt, convention);
   MatrixArgs a;
   a.b1 = b1;
   a.b2 = b2;
@@ -229,6 +241,7 @@ MatrixArgs make_matrix_args(const at::Tensor& b1, const at::Tensor& b2, int64_t 
   a.M = b2.size(1);
   a.kind = static_cast<int>(kind);
   a.fmt = static_cast<int>(fmt);
+  a.conv = static_cast<int>(convention);
   a.eps = eps;
   return a;
 }
@@ -272,7 +285,7 @@ void for_each_aligned(const MatrixArgs& a, const F& f) {
   });
 }
 
-template <typename scalar_t>
+template <typename scalar_t, bool kGeneric>
 at::Tensor matrix_forward_impl(const MatrixArgs& a, bool aligned) {
   using acc_t = at::opmath_type<scalar_t>;
   using V = Vec<acc_t>;
@@ -283,7 +296,7 @@ at::Tensor matrix_forward_impl(const MatrixArgs& a, bool aligned) {
   const acc_t eps = static_cast<acc_t>(a.eps);
   if (aligned) {
     for_each_aligned<acc_t, scalar_t>(a, [&](int64_t i, int64_t cnt, const V* x, const V* y) {
-      cpu::store<acc_t>(o + i, box::pair_metric(x, y, a.kind, a.fmt, eps), cnt);
+      cpu::store<acc_t>(o + i, box::metric_value<kGeneric>(x, y, a.kind, a.fmt, a.conv, eps), cnt);
     });
     return out;
   }
@@ -302,21 +315,23 @@ at::Tensor matrix_forward_impl(const MatrixArgs& a, bool aligned) {
         const int64_t cnt = std::min(W, M - m);
         V y[4];
         load_soa(base, M, m, cnt, y);
-        cpu::store<acc_t>(orow + m, box::pair_metric(x, y, a.kind, a.fmt, eps), cnt);
+        cpu::store<acc_t>(orow + m, box::metric_value<kGeneric>(x, y, a.kind, a.fmt, a.conv, eps), cnt);
       }
     }
   });
   return out;
 }
 
-at::Tensor matrix_forward_cpu(const at::Tensor& b1, const at::Tensor& b2, int64_t kind, int64_t fmt, double eps, bool aligned) {
-  const MatrixArgs a = make_matrix_args(b1, b2, kind, fmt, eps, aligned);
+at::Tensor matrix_forward_cpu(const at::Tensor& b1, const at::Tensor& b2, int64_t kind, int64_t fmt, int64_t convention, double eps, bool aligned) {
+  const MatrixArgs a = make_matrix_args(b1, b2, kind, fmt, convention, eps, aligned);
   at::Tensor out;
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, b1.scalar_type(), "box_iou_cpu", [&] { out = matrix_forward_impl<scalar_t>(a, aligned); });
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, b1.scalar_type(), "box_iou_cpu", [&] {
+    out = a.conv == box::kConvFastloss ? matrix_forward_impl<scalar_t, false>(a, aligned) : matrix_forward_impl<scalar_t, true>(a, aligned);
+  });
   return out;
 }
 
-template <typename scalar_t>
+template <typename scalar_t, bool kGeneric>
 std::tuple<at::Tensor, at::Tensor> matrix_backward_impl(const at::Tensor& grad, const MatrixArgs& a, bool aligned) {
   using acc_t = at::opmath_type<scalar_t>;
   using V = Vec<acc_t>;
@@ -331,7 +346,7 @@ std::tuple<at::Tensor, at::Tensor> matrix_backward_impl(const at::Tensor& grad, 
     for_each_aligned<acc_t, scalar_t>(a, [&](int64_t i, int64_t cnt, const V* x, const V* y) {
       const V up = cpu::load<acc_t>(gp + i, cnt);
       V r1[4], r2[4];
-      box::pair_metric<true>(x, y, a.kind, a.fmt, eps, r1, r2);
+      box::pair_metric_impl<true, kGeneric>(x, y, a.kind, a.fmt, a.conv, eps, r1, r2);
       for (int k = 0; k < 4; ++k) {
         r1[k] = r1[k] * up;
         r2[k] = r2[k] * up;
@@ -360,7 +375,7 @@ std::tuple<at::Tensor, at::Tensor> matrix_backward_impl(const at::Tensor& grad, 
         load_soa(base, M, m, cnt, y);
         const V up = cpu::load<acc_t>(grow + m, cnt);  // zero past cnt
         V dx[4], dy[4];
-        box::pair_metric<true>(x, y, a.kind, a.fmt, eps, dx, dy);
+        box::pair_metric_impl<true, kGeneric>(x, y, a.kind, a.fmt, a.conv, eps, dx, dy);
         for (int k = 0; k < 4; ++k) acc[k] = acc[k] + V::set(V(acc_t(0)), dx[k] * up, cnt);
       }
       for (int k = 0; k < 4; ++k) o1[r * 4 + k] = static_cast<scalar_t>(cpu::hsum(acc[k]));
@@ -380,7 +395,7 @@ std::tuple<at::Tensor, at::Tensor> matrix_backward_impl(const at::Tensor& grad, 
         for (int k = 0; k < 4; ++k) x[k] = V(s1[static_cast<size_t>((bb * 4 + k) * N + n)]);
         const V up = cpu::load<acc_t>(gp + (bb * N + n) * M + m, cnt);
         V dx[4], dy[4];
-        box::pair_metric<true>(x, y, a.kind, a.fmt, eps, dx, dy);
+        box::pair_metric_impl<true, kGeneric>(x, y, a.kind, a.fmt, a.conv, eps, dx, dy);
         for (int k = 0; k < 4; ++k) acc[k] = acc[k] + dy[k] * up;
       }
       scatter<acc_t>(o2, bb * M + m, cnt, acc);
@@ -390,21 +405,23 @@ std::tuple<at::Tensor, at::Tensor> matrix_backward_impl(const at::Tensor& grad, 
 }
 
 std::tuple<at::Tensor, at::Tensor> matrix_backward_cpu(const at::Tensor& grad, const at::Tensor& b1, const at::Tensor& b2, int64_t kind, int64_t fmt,
-                                                       double eps, bool aligned) {
-  const MatrixArgs a = make_matrix_args(b1, b2, kind, fmt, eps, aligned);
+                                                       int64_t convention, double eps, bool aligned) {
+  const MatrixArgs a = make_matrix_args(b1, b2, kind, fmt, convention, eps, aligned);
   TORCH_CHECK(grad.is_contiguous() && grad.scalar_type() == b1.scalar_type() && grad.device() == b1.device() &&
                   grad.numel() == (aligned ? a.B * a.N : a.B * a.N * a.M),
               "fastloss: upstream gradient of box_iou must be contiguous and match the output");
   std::tuple<at::Tensor, at::Tensor> out;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, b1.scalar_type(), "box_iou_backward_cpu",
-                                  [&] { out = matrix_backward_impl<scalar_t>(grad, a, aligned); });
+                                  [&] {
+    out = a.conv == box::kConvFastloss ? matrix_backward_impl<scalar_t, false>(grad, a, aligned) : matrix_backward_impl<scalar_t, true>(grad, a, aligned);
+  });
   return out;
 }
 
 // max over dim: dim_code 1 -> over boxes2 (one result per box of boxes1, (B, N));
 // dim_code 0 -> over boxes1 (one result per box of boxes2, (B, M)).  The first index wins ties;
 // NaN is the maximum (as torch.max); values in the input dtype, indices int64.
-template <typename scalar_t>
+template <typename scalar_t, bool kGeneric>
 std::tuple<at::Tensor, at::Tensor> max_impl(const MatrixArgs& a, int64_t dim_code) {
   using acc_t = at::opmath_type<scalar_t>;
   using V = Vec<acc_t>;
@@ -442,7 +459,7 @@ std::tuple<at::Tensor, at::Tensor> max_impl(const MatrixArgs& a, int64_t dim_cod
         for (int64_t l = l0; l < l1; ++l) {
           V y[4];
           for (int k = 0; k < 4; ++k) y[k] = V(other[k * L + l]);
-          const V v = dim_code == 1 ? box::pair_metric(x, y, a.kind, a.fmt, eps) : box::pair_metric(y, x, a.kind, a.fmt, eps);
+          const V v = dim_code == 1 ? box::metric_value<kGeneric>(x, y, a.kind, a.fmt, a.conv, eps) : box::metric_value<kGeneric>(y, x, a.kind, a.fmt, a.conv, eps);
           const V win = ((v > best) | (v != v)) & (found_nan == V(acc_t(0)));
           best = V::blendv(best, v, win);
           best_blk = V::blendv(best_blk, blk, win);
@@ -463,11 +480,14 @@ std::tuple<at::Tensor, at::Tensor> max_impl(const MatrixArgs& a, int64_t dim_cod
   return {vals, idx};
 }
 
-std::tuple<at::Tensor, at::Tensor> max_cpu(const at::Tensor& b1, const at::Tensor& b2, int64_t kind, int64_t fmt, double eps, int64_t dim_code) {
-  const MatrixArgs a = make_matrix_args(b1, b2, kind, fmt, eps, false);
+std::tuple<at::Tensor, at::Tensor> max_cpu(const at::Tensor& b1, const at::Tensor& b2, int64_t kind, int64_t fmt, int64_t convention, double eps,
+                                           int64_t dim_code) {
+  const MatrixArgs a = make_matrix_args(b1, b2, kind, fmt, convention, eps, false);
   TORCH_CHECK(dim_code == 0 || dim_code == 1, "fastloss: box_iou_max dim code must be 0 (over boxes1) or 1 (over boxes2)");
   std::tuple<at::Tensor, at::Tensor> out;
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, b1.scalar_type(), "box_iou_max_cpu", [&] { out = max_impl<scalar_t>(a, dim_code); });
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, b1.scalar_type(), "box_iou_max_cpu", [&] {
+    out = a.conv == box::kConvFastloss ? max_impl<scalar_t, false>(a, dim_code) : max_impl<scalar_t, true>(a, dim_code);
+  });
   return out;
 }
 

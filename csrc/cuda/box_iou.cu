@@ -49,7 +49,8 @@ __device__ FL_INLINE void load_box(const scalar_t* src, int64_t i, acc_t b[4]) {
   for (int k = 0; k < 4; ++k) b[k] = static_cast<acc_t>(src[i * 4 + k]);
 }
 
-template <bool kBackward, typename acc_t, typename scalar_t>
+// kGeneric: the box math's instantiation (box_iou.h Pair), false for convention "fastloss"
+template <bool kBackward, bool kGeneric, typename acc_t, typename scalar_t>
 __global__ void __launch_bounds__(kThreads) loss_kernel(LossPtrs<acc_t, scalar_t> ptr, box::Params<acc_t> prm) {
   const acc_t up_scalar = (kBackward && ptr.up_scalar != nullptr) ? *ptr.up_scalar * ptr.up_scale : acc_t(1);
   const bool need_grad = kBackward || ptr.cache != nullptr;
@@ -63,7 +64,7 @@ __global__ void __launch_bounds__(kThreads) loss_kernel(LossPtrs<acc_t, scalar_t
     acc_t loss;
     if (need_grad) {
       acc_t g[4];
-      loss = box::paired_loss<true>(p, t, prm, g);
+      loss = box::paired_loss_impl<true, kGeneric>(p, t, prm, g);
       if constexpr (kBackward) {
         const acc_t up = ptr.up != nullptr ? static_cast<acc_t>(ptr.up[i]) : up_scalar;
 #pragma unroll
@@ -74,7 +75,7 @@ __global__ void __launch_bounds__(kThreads) loss_kernel(LossPtrs<acc_t, scalar_t
         for (int k = 0; k < 4; ++k) ptr.cache[i * 4 + k] = g[k] * w;
       }
     } else {
-      loss = box::paired_loss<false>(p, t, prm, static_cast<acc_t*>(nullptr));
+      loss = box::paired_loss_impl<false, kGeneric>(p, t, prm, static_cast<acc_t*>(nullptr));
     }
     if (ptr.out != nullptr) {
       ptr.out[i] = static_cast<scalar_t>(loss * w);
@@ -89,7 +90,7 @@ __global__ void __launch_bounds__(kThreads) loss_kernel(LossPtrs<acc_t, scalar_t
 }
 
 void check_args(const at::Tensor& pred, const at::Tensor& target, const c10::optional<at::Tensor>& weight, int64_t kind, int64_t fmt,
-                int64_t reduction) {
+                int64_t convention, int64_t reduction) {
   TORCH_CHECK(pred.is_floating_point() && pred.is_contiguous() && pred.dim() == 2 && pred.size(1) == 4,
               "fastloss: `pred` must be a contiguous floating (n, 4) tensor");
   TORCH_CHECK(target.sizes() == pred.sizes() && target.scalar_type() == pred.scalar_type() && target.is_contiguous() &&
@@ -97,6 +98,7 @@ void check_args(const at::Tensor& pred, const at::Tensor& target, const c10::opt
               "fastloss: `target` must match `pred` in shape, dtype and device and be contiguous");
   TORCH_CHECK(reduction >= 0 && reduction <= 2, "fastloss: reduction code must be 0, 1 or 2");
   TORCH_CHECK(kind >= 0 && kind <= box::kCDIoU && fmt >= 0 && fmt <= 2, "fastloss: box kind / fmt code out of range");
+  TORCH_CHECK(convention >= box::kConvFastloss && convention <= box::kConvTorchvision, "fastloss: box convention code out of range");
   if (weight.has_value() && weight->defined()) {
     TORCH_CHECK(weight->device() == pred.device() && weight->is_contiguous() && weight->scalar_type() == reduced_dtype(pred.scalar_type()) &&
                     weight->numel() == pred.size(0),
@@ -106,7 +108,7 @@ void check_args(const at::Tensor& pred, const at::Tensor& target, const c10::opt
 
 template <bool kBackward, typename scalar_t>
 at::Tensor launch(const at::Tensor& pred, const at::Tensor& target, const c10::optional<at::Tensor>& weight, int64_t kind, int64_t fmt,
-                  double eps, double power, double gamma, int64_t reduction, const at::Tensor& upstream, const at::Tensor& cache) {
+                  int64_t convention, double eps, double power, double gamma, int64_t reduction, const at::Tensor& upstream, const at::Tensor& cache) {
   using acc_t = at::opmath_type<scalar_t>;
   const int64_t n = pred.size(0);
   const bool reduced_forward = !kBackward && reduction != 0;
@@ -126,9 +128,13 @@ at::Tensor launch(const at::Tensor& pred, const at::Tensor& target, const c10::o
   p.cache = cache.defined() ? cache.mutable_data_ptr<acc_t>() : nullptr;
   p.n = n;
   const box::Params<acc_t> prm{static_cast<int>(kind), static_cast<int>(fmt), static_cast<acc_t>(eps), static_cast<acc_t>(power),
-                               static_cast<acc_t>(gamma)};
+                               static_cast<acc_t>(gamma), static_cast<int>(convention)};
   if (n > 0) {
-    loss_kernel<kBackward><<<blocks, kThreads, 0, c10::cuda::getCurrentCUDAStream()>>>(p, prm);
+    if (convention == box::kConvFastloss) {
+      loss_kernel<kBackward, false><<<blocks, kThreads, 0, c10::cuda::getCurrentCUDAStream()>>>(p, prm);
+    } else {
+      loss_kernel<kBackward, true><<<blocks, kThreads, 0, c10::cuda::getCurrentCUDAStream()>>>(p, prm);
+    }
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   }
   if (!reduced_forward) return out;
@@ -138,30 +144,30 @@ at::Tensor launch(const at::Tensor& pred, const at::Tensor& target, const c10::o
 }
 
 std::tuple<at::Tensor, at::Tensor> loss_forward_cuda(const at::Tensor& pred, const at::Tensor& target, const c10::optional<at::Tensor>& weight,
-                                                     int64_t kind, int64_t fmt, double eps, double power, double gamma, int64_t reduction,
-                                                     bool with_grad) {
+                                                     int64_t kind, int64_t fmt, int64_t convention, double eps, double power, double gamma,
+                                                     int64_t reduction, bool with_grad) {
   const c10::cuda::CUDAGuard guard(pred.device());
-  check_args(pred, target, weight, kind, fmt, reduction);
+  check_args(pred, target, weight, kind, fmt, convention, reduction);
   const auto acc_options = pred.options().dtype(reduced_dtype(pred.scalar_type()));
   at::Tensor cache = at::empty(with_grad ? std::vector<int64_t>{pred.size(0), 4} : std::vector<int64_t>{0}, acc_options);
   at::Tensor out;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, pred.scalar_type(), "box_iou_loss_forward_cuda", [&] {
-    out = launch<false, scalar_t>(pred, target, weight, kind, fmt, eps, power, gamma, reduction, at::Tensor(), with_grad ? cache : at::Tensor());
+    out = launch<false, scalar_t>(pred, target, weight, kind, fmt, convention, eps, power, gamma, reduction, at::Tensor(), with_grad ? cache : at::Tensor());
   });
   return {out, cache};
 }
 
 at::Tensor loss_backward_cuda(const at::Tensor& grad, const at::Tensor& pred, const at::Tensor& target, const c10::optional<at::Tensor>& weight,
-                              int64_t kind, int64_t fmt, double eps, double power, double gamma, int64_t reduction) {
+                              int64_t kind, int64_t fmt, int64_t convention, double eps, double power, double gamma, int64_t reduction) {
   const c10::cuda::CUDAGuard guard(pred.device());
-  check_args(pred, target, weight, kind, fmt, reduction);
+  check_args(pred, target, weight, kind, fmt, convention, reduction);
   TORCH_CHECK(grad.device() == pred.device() && grad.is_contiguous(), "fastloss: upstream gradient must be contiguous on pred's device");
   TORCH_CHECK(reduction == 0 ? (grad.numel() == pred.size(0) && grad.scalar_type() == pred.scalar_type())
                              : (grad.numel() == 1 && grad.scalar_type() == reduced_dtype(pred.scalar_type())),
               "fastloss: upstream gradient: one value per box (reduction none) or a scalar in the reduced dtype");
   at::Tensor out;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, pred.scalar_type(), "box_iou_loss_backward_cuda", [&] {
-    out = launch<true, scalar_t>(pred, target, weight, kind, fmt, eps, power, gamma, reduction, grad, at::Tensor());
+    out = launch<true, scalar_t>(pred, target, weight, kind, fmt, convention, eps, power, gamma, reduction, grad, at::Tensor());
   });
   return out;
 }
@@ -173,10 +179,10 @@ at::Tensor loss_backward_cuda(const at::Tensor& grad, const at::Tensor& pred, co
 
 struct MatrixShape {
   int64_t B, N, M;
-  int kind, fmt;
+  int kind, fmt, conv;
 };
 
-void check_matrix(const at::Tensor& b1, const at::Tensor& b2, int64_t kind, int64_t fmt, bool aligned) {
+void check_matrix(const at::Tensor& b1, const at::Tensor& b2, int64_t kind, int64_t fmt, int64_t convention, bool aligned) {
   TORCH_CHECK(b1.is_floating_point() && b1.is_contiguous() && b1.dim() == 3 && b1.size(2) == 4,
               "fastloss: `boxes1` must be a contiguous floating (B, N, 4) tensor");
   TORCH_CHECK(b2.is_contiguous() && b2.dim() == 3 && b2.size(2) == 4 && b2.size(0) == b1.size(0) && b2.scalar_type() == b1.scalar_type() &&
@@ -184,9 +190,10 @@ void check_matrix(const at::Tensor& b1, const at::Tensor& b2, int64_t kind, int6
               "fastloss: `boxes2` must be a contiguous (B, M, 4) tensor of boxes1's dtype and device");
   TORCH_CHECK(!aligned || b2.size(1) == b1.size(1), "fastloss: aligned boxes need N == M");
   TORCH_CHECK(kind >= 0 && kind <= box::kMCIoU && fmt >= 0 && fmt <= 2, "fastloss: box kind / fmt code out of range");
+  TORCH_CHECK(convention >= box::kConvFastloss && convention <= box::kConvTorchvision, "fastloss: box convention code out of range");
 }
 
-template <typename acc_t, typename scalar_t>
+template <bool kGeneric, typename acc_t, typename scalar_t>
 __global__ void __launch_bounds__(kThreads) matrix_kernel(const scalar_t* b1, const scalar_t* b2, scalar_t* out, MatrixShape s, bool aligned,
                                                           acc_t eps) {
   const int64_t total = aligned ? s.B * s.N : s.B * s.N * s.M;
@@ -203,12 +210,12 @@ __global__ void __launch_bounds__(kThreads) matrix_kernel(const scalar_t* b1, co
     acc_t x[4], y[4];
     load_box(b1, r1, x);
     load_box(b2, r2, y);
-    out[i] = static_cast<scalar_t>(box::pair_metric(x, y, s.kind, s.fmt, eps));
+    out[i] = static_cast<scalar_t>(box::metric_value<kGeneric>(x, y, s.kind, s.fmt, s.conv, eps));
   }
 }
 
 // aligned backward: both gradients per pair
-template <typename acc_t, typename scalar_t>
+template <bool kGeneric, typename acc_t, typename scalar_t>
 __global__ void __launch_bounds__(kThreads) aligned_backward_kernel(const scalar_t* grad, const scalar_t* b1, const scalar_t* b2, scalar_t* g1,
                                                                     scalar_t* g2, MatrixShape s, acc_t eps) {
   const int64_t total = s.B * s.N;
@@ -219,7 +226,7 @@ __global__ void __launch_bounds__(kThreads) aligned_backward_kernel(const scalar
     load_box(b2, i, y);
     const acc_t up = static_cast<acc_t>(grad[i]);
     acc_t dx[4], dy[4];
-    box::pair_metric<true>(x, y, s.kind, s.fmt, eps, dx, dy);
+    box::pair_metric_impl<true, kGeneric>(x, y, s.kind, s.fmt, s.conv, eps, dx, dy);
 #pragma unroll
     for (int k = 0; k < 4; ++k) {
       g1[i * 4 + k] = static_cast<scalar_t>(dx[k] * up);
@@ -229,7 +236,7 @@ __global__ void __launch_bounds__(kThreads) aligned_backward_kernel(const scalar
 }
 
 // pass 1: one block per row (b, n) of boxes1; threads stride over m; fixed-order block sums
-template <typename acc_t, typename scalar_t>
+template <bool kGeneric, typename acc_t, typename scalar_t>
 __global__ void __launch_bounds__(kThreads) rows_backward_kernel(const scalar_t* grad, const scalar_t* b1, const scalar_t* b2, scalar_t* g1,
                                                                  MatrixShape s, acc_t eps) {
   for (int64_t r = blockIdx.x; r < s.B * s.N; r += gridDim.x) {
@@ -242,7 +249,7 @@ __global__ void __launch_bounds__(kThreads) rows_backward_kernel(const scalar_t*
       load_box(b2, bb * s.M + m, y);
       const acc_t up = static_cast<acc_t>(grad[r * s.M + m]);
       acc_t dx[4], dy[4];
-      box::pair_metric<true>(x, y, s.kind, s.fmt, eps, dx, dy);
+      box::pair_metric_impl<true, kGeneric>(x, y, s.kind, s.fmt, s.conv, eps, dx, dy);
 #pragma unroll
       for (int k = 0; k < 4; ++k) acc[k] += dx[k] * up;
     }
@@ -255,7 +262,7 @@ __global__ void __launch_bounds__(kThreads) rows_backward_kernel(const scalar_t*
 }
 
 // pass 2: one thread per box (b, m) of boxes2, looping over n in order
-template <typename acc_t, typename scalar_t>
+template <bool kGeneric, typename acc_t, typename scalar_t>
 __global__ void __launch_bounds__(kThreads) cols_backward_kernel(const scalar_t* grad, const scalar_t* b1, const scalar_t* b2, scalar_t* g2,
                                                                  MatrixShape s, acc_t eps) {
   const int64_t stride = static_cast<int64_t>(gridDim.x) * kThreads;
@@ -269,7 +276,7 @@ __global__ void __launch_bounds__(kThreads) cols_backward_kernel(const scalar_t*
       load_box(b1, bb * s.N + n, x);
       const acc_t up = static_cast<acc_t>(grad[(bb * s.N + n) * s.M + m]);
       acc_t dx[4], dy[4];
-      box::pair_metric<true>(x, y, s.kind, s.fmt, eps, dx, dy);
+      box::pair_metric_impl<true, kGeneric>(x, y, s.kind, s.fmt, s.conv, eps, dx, dy);
 #pragma unroll
       for (int k = 0; k < 4; ++k) acc[k] += dy[k] * up;
     }
@@ -279,7 +286,7 @@ __global__ void __launch_bounds__(kThreads) cols_backward_kernel(const scalar_t*
 }
 
 // fused max: one thread per result, looping over the reduced set in order (first max wins, NaN wins)
-template <typename acc_t, typename scalar_t>
+template <bool kGeneric, typename acc_t, typename scalar_t>
 __global__ void __launch_bounds__(kThreads) max_kernel(const scalar_t* b1, const scalar_t* b2, scalar_t* vals, int64_t* idx, MatrixShape s,
                                                        bool over_m, acc_t eps) {
   const int64_t R = over_m ? s.N : s.M, L = over_m ? s.M : s.N;
@@ -294,7 +301,7 @@ __global__ void __launch_bounds__(kThreads) max_kernel(const scalar_t* b1, const
     for (int64_t l = 0; l < L; ++l) {
       acc_t y[4];
       load_box(other, bb * L + l, y);
-      const acc_t v = over_m ? box::pair_metric(own, y, s.kind, s.fmt, eps) : box::pair_metric(y, own, s.kind, s.fmt, eps);
+      const acc_t v = over_m ? box::metric_value<kGeneric>(own, y, s.kind, s.fmt, s.conv, eps) : box::metric_value<kGeneric>(y, own, s.kind, s.fmt, s.conv, eps);
       if (v != v) {
         best = v;
         best_i = l;
@@ -312,15 +319,16 @@ __global__ void __launch_bounds__(kThreads) max_kernel(const scalar_t* b1, const
 
 int64_t grid_for(int64_t n) { return std::max<int64_t>(1, std::min<int64_t>(65535 * 8, (n + kThreads - 1) / kThreads)); }
 
-at::Tensor matrix_forward_cuda(const at::Tensor& b1, const at::Tensor& b2, int64_t kind, int64_t fmt, double eps, bool aligned) {
+at::Tensor matrix_forward_cuda(const at::Tensor& b1, const at::Tensor& b2, int64_t kind, int64_t fmt, int64_t convention, double eps, bool aligned) {
   const c10::cuda::CUDAGuard guard(b1.device());
-  check_matrix(b1, b2, kind, fmt, aligned);
-  const MatrixShape s{b1.size(0), b1.size(1), b2.size(1), static_cast<int>(kind), static_cast<int>(fmt)};
+  check_matrix(b1, b2, kind, fmt, convention, aligned);
+  const MatrixShape s{b1.size(0), b1.size(1), b2.size(1), static_cast<int>(kind), static_cast<int>(fmt), static_cast<int>(convention)};
   at::Tensor out = aligned ? at::empty({s.B, s.N}, b1.options()) : at::empty({s.B, s.N, s.M}, b1.options());
   if (out.numel() == 0) return out;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, b1.scalar_type(), "box_iou_cuda", [&] {
     using acc_t = at::opmath_type<scalar_t>;
-    matrix_kernel<acc_t, scalar_t><<<grid_for(out.numel()), kThreads, 0, c10::cuda::getCurrentCUDAStream()>>>(
+    auto kernel = s.conv == box::kConvFastloss ? matrix_kernel<false, acc_t, scalar_t> : matrix_kernel<true, acc_t, scalar_t>;
+    kernel<<<grid_for(out.numel()), kThreads, 0, c10::cuda::getCurrentCUDAStream()>>>(
         b1.const_data_ptr<scalar_t>(), b2.const_data_ptr<scalar_t>(), out.mutable_data_ptr<scalar_t>(), s, aligned, static_cast<acc_t>(eps));
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
@@ -328,10 +336,10 @@ at::Tensor matrix_forward_cuda(const at::Tensor& b1, const at::Tensor& b2, int64
 }
 
 std::tuple<at::Tensor, at::Tensor> matrix_backward_cuda(const at::Tensor& grad, const at::Tensor& b1, const at::Tensor& b2, int64_t kind, int64_t fmt,
-                                                        double eps, bool aligned) {
+                                                        int64_t convention, double eps, bool aligned) {
   const c10::cuda::CUDAGuard guard(b1.device());
-  check_matrix(b1, b2, kind, fmt, aligned);
-  const MatrixShape s{b1.size(0), b1.size(1), b2.size(1), static_cast<int>(kind), static_cast<int>(fmt)};
+  check_matrix(b1, b2, kind, fmt, convention, aligned);
+  const MatrixShape s{b1.size(0), b1.size(1), b2.size(1), static_cast<int>(kind), static_cast<int>(fmt), static_cast<int>(convention)};
   TORCH_CHECK(grad.is_contiguous() && grad.scalar_type() == b1.scalar_type() && grad.device() == b1.device() &&
                   grad.numel() == (aligned ? s.B * s.N : s.B * s.N * s.M),
               "fastloss: upstream gradient of box_iou must be contiguous and match the output");
@@ -348,28 +356,32 @@ std::tuple<at::Tensor, at::Tensor> matrix_backward_cuda(const at::Tensor& grad, 
     const acc_t e = static_cast<acc_t>(eps);
     if (aligned) {
       if (s.B * s.N > 0) {
-        aligned_backward_kernel<acc_t, scalar_t><<<grid_for(s.B * s.N), kThreads, 0, stream>>>(gp, p1, p2, o1, o2, s, e);
+        auto kernel = s.conv == box::kConvFastloss ? aligned_backward_kernel<false, acc_t, scalar_t> : aligned_backward_kernel<true, acc_t, scalar_t>;
+        kernel<<<grid_for(s.B * s.N), kThreads, 0, stream>>>(gp, p1, p2, o1, o2, s, e);
         C10_CUDA_KERNEL_LAUNCH_CHECK();
       }
       return;
     }
     if (s.B * s.N > 0) {
-      rows_backward_kernel<acc_t, scalar_t><<<std::min<int64_t>(s.B * s.N, 65535 * 16), kThreads, 0, stream>>>(gp, p1, p2, o1, s, e);
+      auto kernel = s.conv == box::kConvFastloss ? rows_backward_kernel<false, acc_t, scalar_t> : rows_backward_kernel<true, acc_t, scalar_t>;
+      kernel<<<std::min<int64_t>(s.B * s.N, 65535 * 16), kThreads, 0, stream>>>(gp, p1, p2, o1, s, e);
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     }
     if (s.B * s.M > 0) {
-      cols_backward_kernel<acc_t, scalar_t><<<grid_for(s.B * s.M), kThreads, 0, stream>>>(gp, p1, p2, o2, s, e);
+      auto kernel = s.conv == box::kConvFastloss ? cols_backward_kernel<false, acc_t, scalar_t> : cols_backward_kernel<true, acc_t, scalar_t>;
+      kernel<<<grid_for(s.B * s.M), kThreads, 0, stream>>>(gp, p1, p2, o2, s, e);
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     }
   });
   return {g1, g2};
 }
 
-std::tuple<at::Tensor, at::Tensor> max_cuda(const at::Tensor& b1, const at::Tensor& b2, int64_t kind, int64_t fmt, double eps, int64_t dim_code) {
+std::tuple<at::Tensor, at::Tensor> max_cuda(const at::Tensor& b1, const at::Tensor& b2, int64_t kind, int64_t fmt, int64_t convention, double eps,
+                                            int64_t dim_code) {
   const c10::cuda::CUDAGuard guard(b1.device());
-  check_matrix(b1, b2, kind, fmt, false);
+  check_matrix(b1, b2, kind, fmt, convention, false);
   TORCH_CHECK(dim_code == 0 || dim_code == 1, "fastloss: box_iou_max dim code must be 0 or 1");
-  const MatrixShape s{b1.size(0), b1.size(1), b2.size(1), static_cast<int>(kind), static_cast<int>(fmt)};
+  const MatrixShape s{b1.size(0), b1.size(1), b2.size(1), static_cast<int>(kind), static_cast<int>(fmt), static_cast<int>(convention)};
   const bool over_m = dim_code == 1;
   const int64_t R = over_m ? s.N : s.M;
   at::Tensor vals = at::empty({s.B, R}, b1.options());
@@ -378,7 +390,8 @@ std::tuple<at::Tensor, at::Tensor> max_cuda(const at::Tensor& b1, const at::Tens
   TORCH_CHECK((over_m ? s.M : s.N) > 0, "fastloss: box_iou_max over an empty set of boxes");
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, b1.scalar_type(), "box_iou_max_cuda", [&] {
     using acc_t = at::opmath_type<scalar_t>;
-    max_kernel<acc_t, scalar_t><<<grid_for(vals.numel()), kThreads, 0, c10::cuda::getCurrentCUDAStream()>>>(
+    auto kernel = s.conv == box::kConvFastloss ? max_kernel<false, acc_t, scalar_t> : max_kernel<true, acc_t, scalar_t>;
+    kernel<<<grid_for(vals.numel()), kThreads, 0, c10::cuda::getCurrentCUDAStream()>>>(
         b1.const_data_ptr<scalar_t>(), b2.const_data_ptr<scalar_t>(), vals.mutable_data_ptr<scalar_t>(), idx.mutable_data_ptr<int64_t>(), s, over_m,
         static_cast<acc_t>(eps));
     C10_CUDA_KERNEL_LAUNCH_CHECK();

@@ -28,6 +28,21 @@
 // Kink weights multiply the adjoints (never select them away), so a NaN reaches every
 // gradient component it touches.
 // CIoU's trade-off weight alpha is a constant in the backward (torchvision, ultralytics).
+//
+// Conventions (Convention below): where the peers place eps.  The formulas of each, with the
+// peer's source it reproduces, are in fastloss/reference/box_iou.py ("Conventions"); in short,
+// with S = w h + w' h' - I the union and C the enclosing area:
+//   kConvFastloss     IoU = I / (S + eps), GIoU (C - S) / (C + eps), c2 + eps,
+//                     alpha = v / (1 - IoU + v + eps)                          (torchvision's losses)
+//   kConvUltralytics  as fastloss, every height h + eps (areas and v)    (ultralytics bbox_iou xyxy)
+//   kConvMMDet        iou / log_iou / giou / iof: U = max(S, eps), C -> max(C, eps), iof's
+//                     area max(area, eps) (bbox_overlaps); diou as fastloss; ciou: v of heights
+//                     h + eps, alpha = [IoU > 0.5] v / (1 - IoU + v), CIoU clamped to [-1, 1]
+//                     (gradient 0 outside)                                 (mmdetection ciou_loss)
+//   kConvTorchvision  matrices: IoU = I / S, GIoU (C - S) / C (0 where the denominator is 0),
+//                     c2 + eps, alpha = v / (1 - IoU + v + eps)        (torchvision's box matrices)
+// The union mode (UnionMode) is what differs in I / U and in GIoU's penalty; it follows from the
+// convention and the kind (union_of_loss, union_of_metric).
 #pragma once
 
 #include "fastloss/common.h"
@@ -131,7 +146,21 @@ struct Params {
   S eps;
   S power;  // alpha-IoU exponent (1: plain)
   S gamma;  // focal-EIoU exponent
+  int conv;  // Convention
 };
+
+// Where the peers place eps (see the header comment); codes of fastloss/ops/box_iou.py.
+enum Convention : int { kConvFastloss = 0, kConvUltralytics = 1, kConvMMDet = 2, kConvTorchvision = 3 };
+// The IoU's union U and denominator: S + eps | max(S, eps) (also C -> max(C, eps)) | S (0 / 0 = 0)
+enum UnionMode : int { kUnionPlusEps = 0, kUnionMaxEps = 1, kUnionExact = 2 };
+
+FL_HOST_DEVICE BX_INLINE int union_of_loss(int conv, int kind) {
+  return conv == kConvMMDet && (kind == kIoU || kind == kLogIoU || kind == kGIoU) ? kUnionMaxEps : kUnionPlusEps;
+}
+FL_HOST_DEVICE BX_INLINE int union_of_metric(int conv, int kind) {
+  if (conv == kConvTorchvision) return kUnionExact;
+  return conv == kConvMMDet && (kind == kMIoU || kind == kMIoF || kind == kMGIoU) ? kUnionMaxEps : kUnionPlusEps;
+}
 
 // Box in xyxy from the user's format.
 template <typename T>
@@ -178,16 +207,16 @@ FL_HOST_DEVICE BX_INLINE void from_xyxy_grad(const T g[4], int fmt, T o[4]) {
 // dL/d(corners).  `a`, `b`: direct adjoints of the xyxy corners (CDIoU uses the corners).
 template <typename T>
 struct Adj {
-  T iou, inter, uni, aw, ah, bw, bh, cw, ch, dxc, dyc;
+  T iou, inter, uni, um, aw, ah, bw, bh, cw, ch, dxc, dyc;
   T a[4], b[4];
   FL_HOST_DEVICE BX_INLINE Adj() {
-    iou = inter = uni = aw = ah = bw = bh = cw = ch = dxc = dyc = T(0);
+    iou = inter = uni = um = aw = ah = bw = bh = cw = ch = dxc = dyc = T(0);
 #pragma unroll
     for (int k = 0; k < 4; ++k) a[k] = b[k] = T(0);
   }
   // every adjoint times s (Focal-EIoU scales the whole EIoU by IoU^gamma)
   FL_HOST_DEVICE BX_INLINE void scale(const T& s) {
-    iou = iou * s, inter = inter * s, uni = uni * s, aw = aw * s, ah = ah * s, bw = bw * s, bh = bh * s;
+    iou = iou * s, inter = inter * s, uni = uni * s, um = um * s, aw = aw * s, ah = ah * s, bw = bw * s, bh = bh * s;
     cw = cw * s, ch = ch * s, dxc = dxc * s, dyc = dyc * s;
 #pragma unroll
     for (int k = 0; k < 4; ++k) a[k] = a[k] * s, b[k] = b[k] * s;
@@ -195,28 +224,51 @@ struct Adj {
 };
 
 // Boxes a and b (user format in, xyxy kept) and everything the IoU kinds are built from.
-template <typename T, typename S>
+// kGeneric: the convention and union mode are the runtime ones; false: convention "fastloss"
+// known at compile time (its code is then exactly the expressions it had before conventions
+// existed: the same contractions into FMAs, the same bits).
+template <typename T, typename S, bool kGeneric = true>
 struct Pair {
   T a[4], b[4];        // xyxy corners
-  T aw, ah, bw, bh;    // widths / heights, inverted boxes clamped to 0
+  T aw, ah, bw, bh;    // widths / heights, inverted boxes clamped to 0 (ultralytics: heights + eps)
   T iw, ih;            // intersection width / height
-  T inter, uni, iou;   // iou = inter / (uni + eps)
+  T inter, uni;        // intersection, area sum S = aw ah + bw bh - inter
+  T um, den, iou;      // union U (S or max(S, eps)), IoU's denominator (U + eps or U), inter / den
   T cw, ch;            // enclosing box width / height (after enclose())
   S eps;
+  int conv_, umode_;   // Convention, UnionMode (through convention() / mode())
 
-  FL_HOST_DEVICE BX_INLINE Pair(const T a_in[4], const T b_in[4], int fmt, S eps_) : eps(eps_) {
+  FL_HOST_DEVICE BX_INLINE int convention() const { return kGeneric ? conv_ : int(kConvFastloss); }
+  FL_HOST_DEVICE BX_INLINE int mode() const { return kGeneric ? umode_ : int(kUnionPlusEps); }
+
+  FL_HOST_DEVICE BX_INLINE Pair(const T a_in[4], const T b_in[4], int fmt, S eps_, int conv, int umode) : eps(eps_), conv_(conv), umode_(umode) {
     to_xyxy(a_in, fmt, a);
     to_xyxy(b_in, fmt, b);
     aw = fl::relu(a[2] - a[0]);
     ah = fl::relu(a[3] - a[1]);
     bw = fl::relu(b[2] - b[0]);
     bh = fl::relu(b[3] - b[1]);
+    if (convention() == kConvUltralytics) {  // h = y2 - y1 + eps
+      ah = ah + T(eps);
+      bh = bh + T(eps);
+    }
     iw = fl::relu(min_(a[2], b[2]) - max_(a[0], b[0]));
     ih = fl::relu(min_(a[3], b[3]) - max_(a[1], b[1]));
     inter = iw * ih;
     uni = aw * ah + bw * bh - inter;
-    iou = inter / (uni + T(eps));
+    if (mode() == kUnionPlusEps) {
+      um = uni;
+      den = uni + T(eps);
+      iou = inter / den;
+    } else {
+      um = mode() == kUnionMaxEps ? max_(uni, T(eps)) : uni;  // den >= eps > 0, or S (then 0 / 0 = 0; a NaN passes: NaN != 0)
+      den = um;
+      const auto zero = den == T(0);
+      iou = drop(zero, inter / fl::select(zero, T(1), den));
+    }
   }
+  // 1 / den (0 where den = 0: the finite limit of the eps-free IoU)
+  FL_HOST_DEVICE BX_INLINE T inv_den() const { return mode() == kUnionExact ? inv_pos(den) : T(1) / den; }
   FL_HOST_DEVICE BX_INLINE void enclose() {
     cw = fl::relu(max_(a[2], b[2]) - min_(a[0], b[0]));
     ch = fl::relu(max_(a[3], b[3]) - min_(a[1], b[1]));
@@ -228,10 +280,16 @@ struct Pair {
   // d -> dL/d(a) and dL/d(b) in the user's format.  `enclosed`: whether enclose() ran (and
   // d.cw / d.ch may be nonzero).
   FL_HOST_DEVICE BX_INLINE void pullback(Adj<T>& d, int fmt, bool enclosed, T ga[4], T gb[4]) const {
-    // iou = inter / (uni + eps)
-    const T inv = T(1) / (uni + T(eps));
+    // iou = inter / den, den = um (+ eps), um = uni or max(uni, eps) (ties split); with U + eps
+    // (um = uni) the union's adjoint accumulates in d.uni directly
+    const T inv = inv_den();
     d.inter = d.inter + d.iou * inv;
-    d.uni = d.uni - d.iou * iou * inv;
+    if (mode() == kUnionPlusEps) {
+      d.uni = d.uni - d.iou * iou * inv;
+    } else {
+      d.um = d.um - d.iou * iou * inv;
+      d.uni = d.uni + (mode() == kUnionMaxEps ? d.um * share_max(uni, T(eps)) : d.um);
+    }
     // uni = aw ah + bw bh - inter
     d.aw = d.aw + d.uni * ah;
     d.ah = d.ah + d.uni * aw;
@@ -270,20 +328,39 @@ struct Pair {
 // ------------------------------------------------------------------ terms of the losses
 // Each term: its value, and grad(up, d) adding up * d(value)/d(intermediates) into d.
 
-// GIoU's penalty (C - U) / (C + eps), C the enclosing area (arXiv 1902.09630)
+// GIoU's penalty (C - U) / (C + eps), C the enclosing area (arXiv 1902.09630); with the union
+// modes: (max(C, eps) - U) / max(C, eps) (mmdetection) and (C - U) / C, 0 at C = 0 (torchvision)
 template <typename T, typename S>
 struct GIoUTerm {
   T c, inv, value;
-  FL_HOST_DEVICE BX_INLINE explicit GIoUTerm(const Pair<T, S>& g) {
+  template <bool kG>
+  FL_HOST_DEVICE BX_INLINE explicit GIoUTerm(const Pair<T, S, kG>& g) {
     c = g.cw * g.ch;
-    inv = T(1) / (c + T(g.eps));
-    value = (c - g.uni) * inv;
+    if (g.mode() == kUnionPlusEps) {
+      inv = T(1) / (c + T(g.eps));
+      value = (c - g.uni) * inv;
+    } else {
+      const T cm = g.mode() == kUnionMaxEps ? max_(c, T(g.eps)) : c;
+      inv = g.mode() == kUnionMaxEps ? T(1) / cm : inv_pos(cm);
+      value = (cm - g.um) * inv;
+    }
   }
-  FL_HOST_DEVICE BX_INLINE void grad(const Pair<T, S>& g, const T& up, Adj<T>& d) const {
-    const T gc = up * (g.uni + T(g.eps)) * inv * inv;  // d value / dC = (U + eps) / (C + eps)^2
+  template <bool kG>
+  FL_HOST_DEVICE BX_INLINE void grad(const Pair<T, S, kG>& g, const T& up, Adj<T>& d) const {
+    // d value / dC = den / denominator^2: (U + eps) / (C + eps)^2, U / max(C, eps)^2 (times
+    // max's share), U / C^2
+    if (g.mode() == kUnionPlusEps) {
+      const T gc = up * (g.uni + T(g.eps)) * inv * inv;
+      d.cw = d.cw + gc * g.ch;
+      d.ch = d.ch + gc * g.cw;
+      d.uni = d.uni - up * inv;
+      return;
+    }
+    T gc = up * g.den * inv * inv;
+    if (g.mode() == kUnionMaxEps) gc = gc * share_max(c, T(g.eps));
     d.cw = d.cw + gc * g.ch;
     d.ch = d.ch + gc * g.cw;
-    d.uni = d.uni - up * inv;
+    d.um = d.um - up * inv;
   }
 };
 
@@ -292,13 +369,15 @@ struct GIoUTerm {
 template <typename T, typename S>
 struct DIoUTerm {
   T dx, dy, inv, value;
-  FL_HOST_DEVICE BX_INLINE explicit DIoUTerm(const Pair<T, S>& g) {
+  template <bool kG>
+  FL_HOST_DEVICE BX_INLINE explicit DIoUTerm(const Pair<T, S, kG>& g) {
     dx = g.dxc();
     dy = g.dyc();
     inv = T(1) / (g.cw * g.cw + g.ch * g.ch + T(g.eps));
     value = (dx * dx + dy * dy) * T(0.25) * inv;  // dxc is twice the centre distance
   }
-  FL_HOST_DEVICE BX_INLINE void grad(const Pair<T, S>& g, const T& up, Adj<T>& d) const {
+  template <bool kG>
+  FL_HOST_DEVICE BX_INLINE void grad(const Pair<T, S, kG>& g, const T& up, Adj<T>& d) const {
     const T gr = up * inv * T(0.5);                // d value / d dxc = dxc / 2 * inv
     const T gc2 = T(0) - up * value * inv * T(2);  // d value / d cw = -value * inv * 2 cw
     d.dxc = d.dxc + gr * dx;
@@ -309,26 +388,47 @@ struct DIoUTerm {
 };
 
 // CIoU's aspect term alpha v, v = 4/pi^2 (atan(wb/hb) - atan(wa/ha))^2 (atan2: finite for
-// w = h = 0), alpha = v / (1 - IoU + v + eps) held constant in the backward
+// w = h = 0), alpha = v / (1 - IoU + v + eps) held constant in the backward.  mmdetection:
+// heights h + eps in v (not in the areas), alpha = [IoU > 0.5] v / (1 - IoU + v).
 template <typename T, typename S>
 struct CIoUTerm {
-  T dl, alpha, value;
-  FL_HOST_DEVICE BX_INLINE explicit CIoUTerm(const Pair<T, S>& g) {
-    dl = fl::atan2(g.bw, g.bh) - fl::atan2(g.aw, g.ah);
+  T ha, hb, dl, alpha, value;
+  template <bool kG>
+  FL_HOST_DEVICE BX_INLINE CIoUTerm(const Pair<T, S, kG>& g, int conv) {
+    const bool mm = conv == kConvMMDet;
+    ha = mm ? g.ah + T(g.eps) : g.ah;
+    hb = mm ? g.bh + T(g.eps) : g.bh;
+    dl = fl::atan2(g.bw, hb) - fl::atan2(g.aw, ha);
     const T v = T(0.40528473456935108578) * dl * dl;
-    alpha = v / (T(1) - g.iou + v + T(g.eps));
+    if (mm) {
+      const T den = T(1) - g.iou + v;  // 0 only for IoU = 1, v = 0: alpha 0 (mmdetection: NaN)
+      alpha = take(g.iou > T(0.5), v / fl::select(den > T(0), den, T(1)));
+    } else {
+      alpha = v / (T(1) - g.iou + v + T(g.eps));
+    }
     value = alpha * v;
   }
-  FL_HOST_DEVICE BX_INLINE void grad(const Pair<T, S>& g, const T& up, Adj<T>& d) const {
+  template <bool kG>
+  FL_HOST_DEVICE BX_INLINE void grad(const Pair<T, S, kG>& g, const T& up, Adj<T>& d) const {
     const T gdl = up * alpha * T(2 * 0.40528473456935108578) * dl;
     // d atan2(y, x) = (x dy - y dx) / (x^2 + y^2), 0 at (0, 0)
-    const T ra = gdl * inv_pos(g.aw * g.aw + g.ah * g.ah), rb = gdl * inv_pos(g.bw * g.bw + g.bh * g.bh);
-    d.aw = d.aw - ra * g.ah;
+    const T ra = gdl * inv_pos(g.aw * g.aw + ha * ha), rb = gdl * inv_pos(g.bw * g.bw + hb * hb);
+    d.aw = d.aw - ra * ha;
     d.ah = d.ah + ra * g.aw;
-    d.bw = d.bw + rb * g.bh;
+    d.bw = d.bw + rb * hb;
     d.bh = d.bh - rb * g.bw;
   }
 };
+
+// clamp(x, lo, hi) with torch.clamp's derivative (0 strictly outside: every adjoint so far
+// is scaled by it); a NaN passes.  mmdetection's CIoU loss 1 - clamp(CIoU, -1, 1) is the loss
+// clamped to [0, 2].
+template <typename T>
+FL_HOST_DEVICE BX_INLINE T clamp_scaled(const T& x, double lo, double hi, Adj<T>& d, bool grad) {
+  const auto above = x > T(hi), below = x < T(lo);
+  if (grad) d.scale(drop(above | below, T(1)));
+  return fl::select(above, T(hi), fl::select(below, T(lo), x));
+}
 
 // EIoU's width (or height) term (wa - wb)^2 / (cw^2 + eps) (arXiv 2101.08158)
 template <typename T, typename S>
@@ -357,7 +457,8 @@ struct SIoUTerm {
   T dx, dy, den, lam, gam, ix, iy, rx, ry, ex, ey;  // angle and distance costs
   T ow, oh, imw, imh, ew, eh;                       // shape cost
   T value;
-  FL_HOST_DEVICE BX_INLINE explicit SIoUTerm(const Pair<T, S>& g) {
+  template <bool kG>
+  FL_HOST_DEVICE BX_INLINE explicit SIoUTerm(const Pair<T, S, kG>& g) {
     const T eps(g.eps);
     dx = g.dxc() * T(-0.5);
     dy = g.dyc() * T(-0.5);
@@ -379,7 +480,8 @@ struct SIoUTerm {
     const T sw = T(1) - ew, sh = T(1) - eh;
     value = ((T(2) - ex - ey) + (sq(sq(sw)) + sq(sq(sh)))) * T(0.5);
   }
-  FL_HOST_DEVICE BX_INLINE void grad(const Pair<T, S>& g, const T& up, Adj<T>& d) const {
+  template <bool kG>
+  FL_HOST_DEVICE BX_INLINE void grad(const Pair<T, S, kG>& g, const T& up, Adj<T>& d) const {
     const T gs = up * T(0.5);  // d value / d distance = d value / d shape
     // distance: exp(-gamma r) depends on gamma (through Lambda) and on r
     const T glam = T(0) - gs * (rx * ex + ry * ey);
@@ -411,7 +513,8 @@ struct SIoUTerm {
 template <typename T, typename S>
 struct CDIoUTerm {
   T dx0, dy1, dx2, dy3, e[4], diag, value;
-  FL_HOST_DEVICE BX_INLINE explicit CDIoUTerm(const Pair<T, S>& g) {
+  template <bool kG>
+  FL_HOST_DEVICE BX_INLINE explicit CDIoUTerm(const Pair<T, S, kG>& g) {
     dx0 = g.a[0] - g.b[0], dy1 = g.a[1] - g.b[1], dx2 = g.a[2] - g.b[2], dy3 = g.a[3] - g.b[3];
     e[0] = fl::sqrt(dx0 * dx0 + dy1 * dy1);  // (x1, y1)
     e[1] = fl::sqrt(dx2 * dx2 + dy1 * dy1);  // (x2, y1)
@@ -420,7 +523,8 @@ struct CDIoUTerm {
     diag = fl::sqrt(g.cw * g.cw + g.ch * g.ch + T(g.eps));
     value = (e[0] + e[1] + e[2] + e[3]) / (diag * T(4));
   }
-  FL_HOST_DEVICE BX_INLINE void grad(const Pair<T, S>& g, const T& up, Adj<T>& d) const {
+  template <bool kG>
+  FL_HOST_DEVICE BX_INLINE void grad(const Pair<T, S, kG>& g, const T& up, Adj<T>& d) const {
     const T ge = up / (diag * T(4));  // d value / d e_k
     // d value / d diag = -value / diag, d diag / d cw = cw / diag (0 at diag = 0)
     const T gdiag = (T(0) - up * value) * sq(inv_pos(diag));
@@ -436,9 +540,9 @@ struct CDIoUTerm {
 
 // ------------------------------------------------------------------ the losses and the metrics
 // Paired loss of prediction p against target t (user format).  kGrad: also dL/dp in gp.
-template <bool kGrad, typename T, typename S>
-FL_HOST_DEVICE BX_INLINE T paired_loss(const T p_in[4], const T t_in[4], const Params<S>& prm, T gp[4]) {
-  Pair<T, S> g(p_in, t_in, prm.fmt, prm.eps);
+template <bool kGrad, bool kGeneric, typename T, typename S>
+FL_HOST_DEVICE BX_INLINE T paired_loss_impl(const T p_in[4], const T t_in[4], const Params<S>& prm, T gp[4]) {
+  Pair<T, S, kGeneric> g(p_in, t_in, prm.fmt, prm.eps, prm.conv, union_of_loss(prm.conv, prm.kind));
   Adj<T> d;
   const T one(1), eps(prm.eps);
   const S pw = prm.power;
@@ -473,9 +577,10 @@ FL_HOST_DEVICE BX_INLINE T paired_loss(const T p_in[4], const T t_in[4], const P
         loss = loss + powd1(term.value, pw, dp);
         if (kGrad) term.grad(g, dp, d);
         if (prm.kind == kCIoU) {
-          const CIoUTerm<T, S> aspect(g);
+          const CIoUTerm<T, S> aspect(g, g.convention());
           loss = loss + powd1(aspect.value, pw, dp);
           if (kGrad) aspect.grad(g, dp, d);
+          if (g.convention() == kConvMMDet) loss = clamp_scaled(loss, 0.0, 2.0, d, kGrad);
         } else if (prm.kind == kEIoU || prm.kind == kFocalEIoU) {
           const SideTerm<T, S> w(g.aw, g.bw, g.cw, prm.eps), h(g.ah, g.bh, g.ch, prm.eps);
           loss = loss + powd1(w.value, pw, dp);
@@ -503,22 +608,30 @@ FL_HOST_DEVICE BX_INLINE T paired_loss(const T p_in[4], const T t_in[4], const P
   return loss;
 }
 
+template <bool kGrad, typename T, typename S>
+FL_HOST_DEVICE BX_INLINE T paired_loss(const T p_in[4], const T t_in[4], const Params<S>& prm, T gp[4]) {
+  if (prm.conv == kConvFastloss) return paired_loss_impl<kGrad, false>(p_in, t_in, prm, gp);
+  return paired_loss_impl<kGrad, true>(p_in, t_in, prm, gp);
+}
+
 // Pairwise / aligned metric of box a against box b, both in the user format.
 // kGrad: also d metric / d a in ga and d metric / d b in gb.
-template <bool kGrad, typename T, typename S>
-FL_HOST_DEVICE BX_INLINE T pair_metric(const T a_in[4], const T b_in[4], int kind, int fmt, S eps, T ga[4], T gb[4]) {
-  Pair<T, S> g(a_in, b_in, fmt, eps);
+template <bool kGrad, bool kGeneric, typename T, typename S>
+FL_HOST_DEVICE BX_INLINE T pair_metric_impl(const T a_in[4], const T b_in[4], int kind, int fmt, int conv, S eps, T ga[4], T gb[4]) {
+  Pair<T, S, kGeneric> g(a_in, b_in, fmt, eps, conv, union_of_metric(conv, kind));
+  const int umode = g.mode();
   Adj<T> d;
   T m;
   bool enclosed = false;
   if (kind == kMIoF) {
-    // intersection over a's area (mmcv's "iof")
+    // intersection over a's area (mmcv's "iof"): I / (area + eps), mmdetection I / max(area, eps)
     const T area = g.aw * g.ah;
-    const T inv = T(1) / (area + T(eps));
+    const T inv = T(1) / (umode == kUnionMaxEps ? max_(area, T(eps)) : area + T(eps));
     m = g.inter * inv;
     if (kGrad) {
       d.inter = inv;
-      const T garea = T(0) - m * inv;
+      T garea = T(0) - m * inv;
+      if (umode == kUnionMaxEps) garea = garea * share_max(area, T(eps));
       d.aw = garea * g.ah;
       d.ah = garea * g.aw;
     }
@@ -537,9 +650,10 @@ FL_HOST_DEVICE BX_INLINE T pair_metric(const T a_in[4], const T b_in[4], int kin
         m = m - term.value;
         if (kGrad) term.grad(g, T(-1), d);
         if (kind == kMCIoU) {
-          const CIoUTerm<T, S> aspect(g);
+          const CIoUTerm<T, S> aspect(g, g.convention());
           m = m - aspect.value;
           if (kGrad) aspect.grad(g, T(-1), d);
+          if (g.convention() == kConvMMDet) m = clamp_scaled(m, -1.0, 1.0, d, kGrad);
         }
       }
     }
@@ -552,10 +666,22 @@ FL_HOST_DEVICE BX_INLINE T pair_metric(const T a_in[4], const T b_in[4], int kin
   return m;
 }
 
+template <bool kGrad, typename T, typename S>
+FL_HOST_DEVICE BX_INLINE T pair_metric(const T a_in[4], const T b_in[4], int kind, int fmt, int conv, S eps, T ga[4], T gb[4]) {
+  if (conv == kConvFastloss) return pair_metric_impl<kGrad, false>(a_in, b_in, kind, fmt, conv, eps, ga, gb);
+  return pair_metric_impl<kGrad, true>(a_in, b_in, kind, fmt, conv, eps, ga, gb);
+}
+
 // forward only
 template <typename T, typename S>
-FL_HOST_DEVICE BX_INLINE T pair_metric(const T a_in[4], const T b_in[4], int kind, int fmt, S eps) {
-  return pair_metric<false>(a_in, b_in, kind, fmt, eps, static_cast<T*>(nullptr), static_cast<T*>(nullptr));
+FL_HOST_DEVICE BX_INLINE T pair_metric(const T a_in[4], const T b_in[4], int kind, int fmt, int conv, S eps) {
+  return pair_metric<false>(a_in, b_in, kind, fmt, conv, eps, static_cast<T*>(nullptr), static_cast<T*>(nullptr));
+}
+// forward only, the instantiation chosen by the caller (kGeneric == (conv != kConvFastloss)):
+// kernels hoist that choice out of their loops
+template <bool kGeneric, typename T, typename S>
+FL_HOST_DEVICE BX_INLINE T metric_value(const T a_in[4], const T b_in[4], int kind, int fmt, int conv, S eps) {
+  return pair_metric_impl<false, kGeneric>(a_in, b_in, kind, fmt, conv, eps, static_cast<T*>(nullptr), static_cast<T*>(nullptr));
 }
 
 }  // namespace box

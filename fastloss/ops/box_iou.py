@@ -28,14 +28,15 @@ OP = "box_iou_loss"
 KINDS = {k: i for i, k in enumerate(reference.KINDS)}
 METRICS = {k: i for i, k in enumerate(reference.METRICS)}
 FMTS = {k: i for i, k in enumerate(reference.FMTS)}
+CONVENTIONS = {k: i for i, k in enumerate(reference.CONVENTIONS)}
 
 
-def _forward_impl(pred, target, weight, kind, fmt, eps, power, gamma, reduction, store_grad, backend):
+def _forward_impl(pred, target, weight, kind, fmt, convention, eps, power, gamma, reduction, store_grad, backend):
     forward, _ = _backend.implementation(OP, pred.device, backend)
-    return forward(pred, target, weight, kind, fmt, eps, power, gamma, reduction, store_grad)
+    return forward(pred, target, weight, kind, fmt, convention, eps, power, gamma, reduction, store_grad)
 
 
-def _backward_impl(grad, pred, target, weight, cache, kind, fmt, eps, power, gamma, reduction, backend, in_place=False):
+def _backward_impl(grad, pred, target, weight, cache, kind, fmt, convention, eps, power, gamma, reduction, backend, in_place=False):
     if cache.shape == pred.shape:  # the forward stored dL/dpred * weight: only scale it
         if reduction == 0:
             scale = grad.to(cache.dtype)[:, None]
@@ -43,49 +44,49 @@ def _backward_impl(grad, pred, target, weight, cache, kind, fmt, eps, power, gam
             scale = grad / max(pred.shape[0], 1) if reduction == 2 else grad
         return _common.scale_stored_grad(cache, scale, pred.dtype, in_place)
     _, backward = _backend.implementation(OP, pred.device, backend)
-    return backward(grad, pred, target, weight, kind, fmt, eps, power, gamma, reduction)
+    return backward(grad, pred, target, weight, kind, fmt, convention, eps, power, gamma, reduction)
 
 
 @torch.library.custom_op("fastloss::box_iou_loss", mutates_args=())
-def box_iou_loss_op(pred: Tensor, target: Tensor, weight: Optional[Tensor], kind: int, fmt: int, eps: float, power: float, gamma: float,
+def box_iou_loss_op(pred: Tensor, target: Tensor, weight: Optional[Tensor], kind: int, fmt: int, convention: int, eps: float, power: float, gamma: float,
                     reduction: int, store_grad: bool, backend: Optional[str]) -> tuple[Tensor, Tensor]:
     """pred/target (n, 4); returns (loss, cache): cache = dL/dpred * weight if store_grad, else empty."""
-    return _forward_impl(pred, target, weight, kind, fmt, eps, power, gamma, reduction, store_grad, backend)
+    return _forward_impl(pred, target, weight, kind, fmt, convention, eps, power, gamma, reduction, store_grad, backend)
 
 
 @box_iou_loss_op.register_fake
-def _(pred, target, weight, kind, fmt, eps, power, gamma, reduction, store_grad, backend):
+def _(pred, target, weight, kind, fmt, convention, eps, power, gamma, reduction, store_grad, backend):
     acc = _common.reduced_dtype(pred.dtype)
     loss = pred.new_empty(pred.shape[:1]) if reduction == 0 else pred.new_empty((), dtype=acc)
     return loss, pred.new_empty(pred.shape if store_grad else (0,), dtype=acc)
 
 
 @torch.library.custom_op("fastloss::box_iou_loss_backward", mutates_args=())
-def box_iou_loss_backward_op(grad: Tensor, pred: Tensor, target: Tensor, weight: Optional[Tensor], cache: Tensor, kind: int, fmt: int, eps: float,
+def box_iou_loss_backward_op(grad: Tensor, pred: Tensor, target: Tensor, weight: Optional[Tensor], cache: Tensor, kind: int, fmt: int, convention: int, eps: float,
                              power: float, gamma: float, reduction: int, backend: Optional[str]) -> Tensor:
-    return _backward_impl(grad, pred, target, weight, cache, kind, fmt, eps, power, gamma, reduction, backend)
+    return _backward_impl(grad, pred, target, weight, cache, kind, fmt, convention, eps, power, gamma, reduction, backend)
 
 
 @box_iou_loss_backward_op.register_fake
-def _(grad, pred, target, weight, cache, kind, fmt, eps, power, gamma, reduction, backend):
+def _(grad, pred, target, weight, cache, kind, fmt, convention, eps, power, gamma, reduction, backend):
     return torch.empty_like(pred)
 
 
 def _setup_context(ctx, inputs, output):
-    pred, target, weight, kind, fmt, eps, power, gamma, reduction, _store, backend = inputs
+    pred, target, weight, kind, fmt, convention, eps, power, gamma, reduction, _store, backend = inputs
     ctx.mark_non_differentiable(output[1])
     ctx.set_materialize_grads(False)  # no zero-filled (n, 4) gradient for the cache output
     ctx.save_for_backward(pred, target, weight, output[1])
-    ctx.args = (kind, fmt, eps, power, gamma, reduction, _backend.resolve(OP, pred.device, backend))
+    ctx.args = (kind, fmt, convention, eps, power, gamma, reduction, _backend.resolve(OP, pred.device, backend))
 
 
 def _backward(ctx, grad, _grad_cache):
     if grad is None:  # grads are not materialized: no gradient flowed into the loss
-        return (None,) * 11
+        return (None,) * 12
     pred, target, weight, cache = ctx.saved_tensors
-    kind, fmt, eps, power, gamma, reduction, backend = ctx.args
-    g = box_iou_loss_backward_op(grad.contiguous(), pred, target, weight, cache, kind, fmt, eps, power, gamma, reduction, backend)
-    return (g,) + (None,) * 10
+    kind, fmt, convention, eps, power, gamma, reduction, backend = ctx.args
+    g = box_iou_loss_backward_op(grad.contiguous(), pred, target, weight, cache, kind, fmt, convention, eps, power, gamma, reduction, backend)
+    return (g,) + (None,) * 11
 
 
 box_iou_loss_op.register_autograd(_backward, setup_context=_setup_context)
@@ -98,25 +99,25 @@ class BoxIoULossFunction(torch.autograd.Function):
     (_common.take_stored_grad)."""
 
     @staticmethod
-    def forward(ctx, pred, target, weight, kind, fmt, eps, power, gamma, reduction, store_grad, backend):
-        loss, cache = _forward_impl(pred, target, weight, kind, fmt, eps, power, gamma, reduction, store_grad, backend)
+    def forward(ctx, pred, target, weight, kind, fmt, convention, eps, power, gamma, reduction, store_grad, backend):
+        loss, cache = _forward_impl(pred, target, weight, kind, fmt, convention, eps, power, gamma, reduction, store_grad, backend)
         ctx.mark_non_differentiable(cache)
         ctx.set_materialize_grads(False)  # no zero-filled (n, 4) gradient for the cache output
         ctx.save_for_backward(pred, target, weight)
         ctx.stored_grad = cache  # may be scaled in place by the backward (_common.take_stored_grad)
-        ctx.args = (kind, fmt, eps, power, gamma, reduction, _backend.resolve(OP, pred.device, backend))
+        ctx.args = (kind, fmt, convention, eps, power, gamma, reduction, _backend.resolve(OP, pred.device, backend))
         return loss, cache
 
     @staticmethod
     @torch.autograd.function.once_differentiable  # the kernels' gradient: no double backward (an error, not a silent zero)
     def backward(ctx, grad, _grad_cache):
         if grad is None:  # grads are not materialized: no gradient flowed into the loss
-            return (None,) * 11
+            return (None,) * 12
         pred, target, weight = ctx.saved_tensors
-        kind, fmt, eps, power, gamma, reduction, backend = ctx.args
+        kind, fmt, convention, eps, power, gamma, reduction, backend = ctx.args
         cache, in_place = _common.take_stored_grad(ctx)
-        g = _backward_impl(grad.contiguous(), pred, target, weight, cache, kind, fmt, eps, power, gamma, reduction, backend, in_place)
-        return (g,) + (None,) * 10
+        g = _backward_impl(grad.contiguous(), pred, target, weight, cache, kind, fmt, convention, eps, power, gamma, reduction, backend, in_place)
+        return (g,) + (None,) * 11
 
 
 # ------------------------------------------------------------------------- argument checks
@@ -126,6 +127,15 @@ def _check_choice(name, value, choices):
     if value not in choices:
         raise ValueError(f"{name} must be one of {tuple(choices)}, got {value!r}")
     return choices[value]
+
+
+def _check_convention(convention, kind, defined):
+    """The convention's code; ValueError for an unknown convention or a kind it does not define."""
+    code = _check_choice("convention", convention, CONVENTIONS)
+    if kind not in defined[convention]:
+        what = "kinds" if defined is reference.CONVENTION_KINDS else "metrics"
+        raise ValueError(f"convention {convention!r} defines the {what} {defined[convention]}, not kind {kind!r}")
+    return code
 
 
 def check_boxes(name, b):
@@ -165,7 +175,7 @@ def _prepare_weight(pred, weight):
 
 
 def box_iou_loss(pred, target, kind="giou", reduction="mean", weight=None, avg_factor=None, fmt="xyxy", eps=1e-7, power=1.0, gamma=0.5, *,
-                 sync_avg_factor=False, backend=None):
+                 convention="fastloss", sync_avg_factor=False, backend=None):
     """Paired IoU-family loss of ``pred`` against ``target``, both (..., 4).
 
     Args:
@@ -183,6 +193,12 @@ def box_iou_loss(pred, target, kind="giou", reduction="mean", weight=None, avg_f
         eps: stabiliser (> 0), placed as torchvision does (IoU = I / (U + eps), ...).
         power: alpha-IoU exponent (> 0; 1 = the plain losses).
         gamma: Focal-EIoU exponent (>= 0).
+        convention: where eps goes, as a peer places it (formulas in
+            :mod:`fastloss.reference.box_iou`, "Conventions"): "fastloss" (the default, as
+            above), "ultralytics" (its ``bbox_iou`` corner form: heights + eps; kinds iou, giou,
+            diou, ciou), "mmdet" (mmdetection 3.3: ``bbox_overlaps``' max(U, eps) for iou /
+            log_iou / giou, its ``ciou_loss`` with the IoU > 0.5 gate and clamp; kinds iou,
+            log_iou, giou, diou, ciou).  ValueError for another kind.
         sync_avg_factor: True: divide by the mean of avg_factor over the ranks of
             torch.distributed's default group (mmdetection's ``reduce_mean``, see
             :mod:`fastloss.distributed`), the same normaliser on every rank of a
@@ -197,8 +213,9 @@ def box_iou_loss(pred, target, kind="giou", reduction="mean", weight=None, avg_f
     degenerate boxes follow torchvision's autograd where it is finite (a collapsed prediction
     gets the direction that grows it back; conventions in :mod:`fastloss.reference.box_iou`);
     a NaN coordinate makes its box's loss and all 4 gradient components NaN.  Raises
-    ValueError for bad shapes, an unknown kind / fmt / reduction, a parameter outside its
-    domain, or a target / weight that requires grad.
+    ValueError for bad shapes, an unknown kind / fmt / reduction / convention (or a kind the
+    convention does not define), a parameter outside its domain, or a target / weight that
+    requires grad.
     """
     check_boxes("pred", pred)
     check_boxes("target", target)
@@ -206,6 +223,7 @@ def box_iou_loss(pred, target, kind="giou", reduction="mean", weight=None, avg_f
         raise ValueError(f"target must have pred's shape {tuple(pred.shape)}, got {tuple(target.shape)}")
     kind_code = _check_choice("kind", kind, KINDS)
     fmt_code = _check_choice("fmt", fmt, FMTS)
+    conv_code = _check_convention(convention, kind, reference.CONVENTION_KINDS)
     code = _common.check_reduction(reduction, avg_factor, sync_avg_factor)
     eps, power, gamma = _check_scalars(eps, power, gamma)
     _common.check_same_device("pred", pred, target=target, weight=weight, avg_factor=avg_factor)
@@ -219,7 +237,7 @@ def box_iou_loss(pred, target, kind="giou", reduction="mean", weight=None, avg_f
     p = pred.reshape(-1, 4).contiguous()
     t = target.to(dtype).reshape(-1, 4).contiguous()
     store_grad = pred.requires_grad and torch.is_grad_enabled() and _backend.store_grad_in_forward(pred.device)
-    args = (p, t, w, kind_code, fmt_code, eps, power, gamma, code, store_grad, backend)
+    args = (p, t, w, kind_code, fmt_code, conv_code, eps, power, gamma, code, store_grad, backend)
     if torch.compiler.is_compiling():
         loss, _ = box_iou_loss_op(*args)
     else:
@@ -229,20 +247,20 @@ def box_iou_loss(pred, target, kind="giou", reduction="mean", weight=None, avg_f
     return _common.finish(loss, dtype, reduction, avg_factor)
 
 
-def _reference_forward(pred, target, weight, kind, fmt, eps, power, gamma, reduction, with_grad):
-    return reference.loss_forward(pred, target, weight, kind, fmt, eps, power, gamma, reduction, with_grad)
+def _reference_forward(pred, target, weight, kind, fmt, convention, eps, power, gamma, reduction, with_grad):
+    return reference.loss_forward(pred, target, weight, kind, fmt, convention, eps, power, gamma, reduction, with_grad)
 
 
-def _reference_backward(grad, pred, target, weight, kind, fmt, eps, power, gamma, reduction):
-    return reference.loss_backward(grad, pred, target, weight, kind, fmt, eps, power, gamma, reduction)
+def _reference_backward(grad, pred, target, weight, kind, fmt, convention, eps, power, gamma, reduction):
+    return reference.loss_backward(grad, pred, target, weight, kind, fmt, convention, eps, power, gamma, reduction)
 
 
-def _native_forward(pred, target, weight, kind, fmt, eps, power, gamma, reduction, with_grad):
-    return torch.ops.fastloss.box_iou_loss_forward_native(pred, target, weight, kind, fmt, eps, power, gamma, reduction, with_grad)
+def _native_forward(pred, target, weight, kind, fmt, convention, eps, power, gamma, reduction, with_grad):
+    return torch.ops.fastloss.box_iou_loss_forward_native(pred, target, weight, kind, fmt, convention, eps, power, gamma, reduction, with_grad)
 
 
-def _native_backward(grad, pred, target, weight, kind, fmt, eps, power, gamma, reduction):
-    return torch.ops.fastloss.box_iou_loss_backward_native(grad, pred, target, weight, kind, fmt, eps, power, gamma, reduction)
+def _native_backward(grad, pred, target, weight, kind, fmt, convention, eps, power, gamma, reduction):
+    return torch.ops.fastloss.box_iou_loss_backward_native(grad, pred, target, weight, kind, fmt, convention, eps, power, gamma, reduction)
 
 
 def _has_native(name):
@@ -285,49 +303,49 @@ MATRIX_OP = "box_iou"
 MAX_OP = "box_iou_max"
 
 
-def _matrix_forward_impl(b1, b2, kind, fmt, eps, aligned, backend):
+def _matrix_forward_impl(b1, b2, kind, fmt, convention, eps, aligned, backend):
     forward, _ = _backend.implementation(MATRIX_OP, b1.device, backend)
-    return forward(b1, b2, kind, fmt, eps, aligned)
+    return forward(b1, b2, kind, fmt, convention, eps, aligned)
 
 
-def _matrix_backward_impl(grad, b1, b2, kind, fmt, eps, aligned, backend):
+def _matrix_backward_impl(grad, b1, b2, kind, fmt, convention, eps, aligned, backend):
     _, backward = _backend.implementation(MATRIX_OP, b1.device, backend)
-    return backward(grad, b1, b2, kind, fmt, eps, aligned)
+    return backward(grad, b1, b2, kind, fmt, convention, eps, aligned)
 
 
 @torch.library.custom_op("fastloss::box_iou", mutates_args=())
-def box_iou_op(boxes1: Tensor, boxes2: Tensor, kind: int, fmt: int, eps: float, aligned: bool, backend: Optional[str]) -> Tensor:
-    return _matrix_forward_impl(boxes1, boxes2, kind, fmt, eps, aligned, backend)
+def box_iou_op(boxes1: Tensor, boxes2: Tensor, kind: int, fmt: int, convention: int, eps: float, aligned: bool, backend: Optional[str]) -> Tensor:
+    return _matrix_forward_impl(boxes1, boxes2, kind, fmt, convention, eps, aligned, backend)
 
 
 @box_iou_op.register_fake
-def _(boxes1, boxes2, kind, fmt, eps, aligned, backend):
+def _(boxes1, boxes2, kind, fmt, convention, eps, aligned, backend):
     shape = boxes1.shape[:2] if aligned else (boxes1.shape[0], boxes1.shape[1], boxes2.shape[1])
     return boxes1.new_empty(shape)
 
 
 @torch.library.custom_op("fastloss::box_iou_backward", mutates_args=())
-def box_iou_backward_op(grad: Tensor, boxes1: Tensor, boxes2: Tensor, kind: int, fmt: int, eps: float, aligned: bool,
+def box_iou_backward_op(grad: Tensor, boxes1: Tensor, boxes2: Tensor, kind: int, fmt: int, convention: int, eps: float, aligned: bool,
                         backend: Optional[str]) -> tuple[Tensor, Tensor]:
-    return _matrix_backward_impl(grad, boxes1, boxes2, kind, fmt, eps, aligned, backend)
+    return _matrix_backward_impl(grad, boxes1, boxes2, kind, fmt, convention, eps, aligned, backend)
 
 
 @box_iou_backward_op.register_fake
-def _(grad, boxes1, boxes2, kind, fmt, eps, aligned, backend):
+def _(grad, boxes1, boxes2, kind, fmt, convention, eps, aligned, backend):
     return torch.empty_like(boxes1), torch.empty_like(boxes2)
 
 
 def _matrix_setup_context(ctx, inputs, output):
-    b1, b2, kind, fmt, eps, aligned, backend = inputs
+    b1, b2, kind, fmt, convention, eps, aligned, backend = inputs
     ctx.save_for_backward(b1, b2)
-    ctx.args = (kind, fmt, eps, aligned, _backend.resolve(MATRIX_OP, b1.device, backend))
+    ctx.args = (kind, fmt, convention, eps, aligned, _backend.resolve(MATRIX_OP, b1.device, backend))
 
 
 def _matrix_backward(ctx, grad):
     b1, b2 = ctx.saved_tensors
-    kind, fmt, eps, aligned, backend = ctx.args
-    g1, g2 = box_iou_backward_op(grad.contiguous(), b1, b2, kind, fmt, eps, aligned, backend)
-    return g1, g2, None, None, None, None, None
+    kind, fmt, convention, eps, aligned, backend = ctx.args
+    g1, g2 = box_iou_backward_op(grad.contiguous(), b1, b2, kind, fmt, convention, eps, aligned, backend)
+    return g1, g2, None, None, None, None, None, None
 
 
 box_iou_op.register_autograd(_matrix_backward, setup_context=_matrix_setup_context)
@@ -338,19 +356,19 @@ class BoxIoUFunction(torch.autograd.Function):
     """Eager fast path of the pairwise/aligned matrices (the same impls as the custom ops)."""
 
     @staticmethod
-    def forward(ctx, b1, b2, kind, fmt, eps, aligned, backend):
-        out = _matrix_forward_impl(b1, b2, kind, fmt, eps, aligned, backend)
+    def forward(ctx, b1, b2, kind, fmt, convention, eps, aligned, backend):
+        out = _matrix_forward_impl(b1, b2, kind, fmt, convention, eps, aligned, backend)
         ctx.save_for_backward(b1, b2)
-        ctx.args = (kind, fmt, eps, aligned, _backend.resolve(MATRIX_OP, b1.device, backend))
+        ctx.args = (kind, fmt, convention, eps, aligned, _backend.resolve(MATRIX_OP, b1.device, backend))
         return out
 
     @staticmethod
     @torch.autograd.function.once_differentiable  # the kernels' gradient: no double backward (an error, not a silent zero)
     def backward(ctx, grad):
         b1, b2 = ctx.saved_tensors
-        kind, fmt, eps, aligned, backend = ctx.args
-        g1, g2 = _matrix_backward_impl(grad.contiguous(), b1, b2, kind, fmt, eps, aligned, backend)
-        return g1, g2, None, None, None, None, None
+        kind, fmt, convention, eps, aligned, backend = ctx.args
+        g1, g2 = _matrix_backward_impl(grad.contiguous(), b1, b2, kind, fmt, convention, eps, aligned, backend)
+        return g1, g2, None, None, None, None, None, None
 
 
 def _prepare_pair_sets(boxes1, boxes2, aligned):
@@ -379,7 +397,7 @@ def _prepare_pair_sets(boxes1, boxes2, aligned):
     return b1, b2, lead
 
 
-def box_iou(boxes1, boxes2, kind="iou", fmt="xyxy", aligned=False, eps=1e-7, *, backend=None):
+def box_iou(boxes1, boxes2, kind="iou", fmt="xyxy", aligned=False, eps=1e-7, *, convention="fastloss", backend=None):
     """Pairwise (or aligned) IoU-family matrix.
 
     Args:
@@ -391,16 +409,24 @@ def box_iou(boxes1, boxes2, kind="iou", fmt="xyxy", aligned=False, eps=1e-7, *, 
         fmt: "xyxy" | "xywh" | "cxcywh".
         aligned: False -> (..., N, M); True -> boxes of the same shape, (..., N).
         eps: stabiliser (> 0; IoU = I / (U + eps)); padded all-zero boxes give 0, never NaN.
+        convention: where eps goes (:mod:`fastloss.reference.box_iou`, "Conventions"):
+            "fastloss" (default), "ultralytics" (heights + eps; iou, giou, diou, ciou), "mmdet"
+            (``bbox_overlaps``: max(U, eps), max(C, eps), iof max(area, eps); diou / ciou as its
+            losses), "torchvision_matrix" (torchvision's ``box_iou`` / ``generalized_box_iou``
+            without eps, 0 for 0 / 0; ``distance_box_iou`` / ``complete_box_iou``; iou, giou,
+            diou, ciou).
 
     Differentiable w.r.t. both box sets, with a deterministic backward.  Returns the promoted
     dtype of boxes1 and boxes2 (torch's type promotion; fp32 for fp16/bf16 under
-    ``torch.autocast``).  Raises ValueError for bad shapes, unknown kind / fmt, eps <= 0.
+    ``torch.autocast``).  Raises ValueError for bad shapes, unknown kind / fmt / convention (or
+    a kind the convention does not define), eps <= 0.
     """
     kind_code = _check_choice("kind", kind, METRICS)
     fmt_code = _check_choice("fmt", fmt, FMTS)
+    conv_code = _check_convention(convention, kind, reference.CONVENTION_METRICS)
     eps = _common.positive("eps", eps)
     b1, b2, lead = _prepare_pair_sets(boxes1, boxes2, aligned)
-    args = (b1, b2, kind_code, fmt_code, float(eps), bool(aligned), backend)
+    args = (b1, b2, kind_code, fmt_code, conv_code, float(eps), bool(aligned), backend)
     if torch.compiler.is_compiling():
         out = box_iou_op(*args)
     else:
@@ -410,23 +436,23 @@ def box_iou(boxes1, boxes2, kind="iou", fmt="xyxy", aligned=False, eps=1e-7, *, 
     return out.reshape(tuple(lead) + (boxes1.shape[-2], boxes2.shape[-2]))
 
 
-def _ref_matrix_forward(b1, b2, kind, fmt, eps, aligned):
-    return reference.matrix_forward(b1, b2, kind, fmt, eps, aligned)
+def _ref_matrix_forward(b1, b2, kind, fmt, convention, eps, aligned):
+    return reference.matrix_forward(b1, b2, kind, fmt, convention, eps, aligned)
 
 
-def _ref_matrix_backward(grad, b1, b2, kind, fmt, eps, aligned):
-    return reference.matrix_backward(grad, b1, b2, kind, fmt, eps, aligned)
+def _ref_matrix_backward(grad, b1, b2, kind, fmt, convention, eps, aligned):
+    return reference.matrix_backward(grad, b1, b2, kind, fmt, convention, eps, aligned)
 
 
 _backend.register(MATRIX_OP, "reference", _ref_matrix_forward, _ref_matrix_backward)
 
 
-def _native_matrix_forward(b1, b2, kind, fmt, eps, aligned):
-    return torch.ops.fastloss.box_iou_native(b1, b2, kind, fmt, eps, aligned)
+def _native_matrix_forward(b1, b2, kind, fmt, convention, eps, aligned):
+    return torch.ops.fastloss.box_iou_native(b1, b2, kind, fmt, convention, eps, aligned)
 
 
-def _native_matrix_backward(grad, b1, b2, kind, fmt, eps, aligned):
-    return torch.ops.fastloss.box_iou_backward_native(grad, b1, b2, kind, fmt, eps, aligned)
+def _native_matrix_backward(grad, b1, b2, kind, fmt, convention, eps, aligned):
+    return torch.ops.fastloss.box_iou_backward_native(grad, b1, b2, kind, fmt, convention, eps, aligned)
 
 
 if _extension.has_cpu() and _has_native("box_iou_native"):
@@ -437,14 +463,14 @@ if _extension.has_cpu() and _has_native("box_iou_native"):
 
 
 @torch.library.custom_op("fastloss::box_iou_max", mutates_args=())
-def box_iou_max_op(boxes1: Tensor, boxes2: Tensor, kind: int, fmt: int, eps: float, dim: int, backend: Optional[str]) -> tuple[Tensor, Tensor]:
+def box_iou_max_op(boxes1: Tensor, boxes2: Tensor, kind: int, fmt: int, convention: int, eps: float, dim: int, backend: Optional[str]) -> tuple[Tensor, Tensor]:
     """dim 1: max over boxes2 -> (B, N); dim 0: max over boxes1 -> (B, M).  Forward only."""
     forward, _ = _backend.implementation(MAX_OP, boxes1.device, backend)
-    return forward(boxes1, boxes2, kind, fmt, eps, dim)
+    return forward(boxes1, boxes2, kind, fmt, convention, eps, dim)
 
 
 @box_iou_max_op.register_fake
-def _(boxes1, boxes2, kind, fmt, eps, dim, backend):
+def _(boxes1, boxes2, kind, fmt, convention, eps, dim, backend):
     shape = (boxes1.shape[0], boxes1.shape[1] if dim == 1 else boxes2.shape[1])
     return boxes1.new_empty(shape), boxes1.new_empty(shape, dtype=torch.int64)
 
@@ -452,7 +478,7 @@ def _(boxes1, boxes2, kind, fmt, eps, dim, backend):
 _common.register_autocast(box_iou_max_op)
 
 
-def box_iou_max(boxes1, boxes2, kind="iou", dim=-1, fmt="xyxy", eps=1e-7, *, backend=None):
+def box_iou_max(boxes1, boxes2, kind="iou", dim=-1, fmt="xyxy", eps=1e-7, *, convention="fastloss", backend=None):
     """``box_iou(boxes1, boxes2, kind, fmt).max(dim)`` without writing the (..., N, M) matrix.
 
     Args:
@@ -464,12 +490,14 @@ def box_iou_max(boxes1, boxes2, kind="iou", dim=-1, fmt="xyxy", eps=1e-7, *, bac
             (each anchor's best ground truth).
     Returns ``(values, indices)`` like ``torch.max(dim)``: values in the promoted dtype, int64
     indices; ties give the first index; a NaN is the maximum (as in torch.max).
+    ``convention``: as in :func:`box_iou`.
 
     Forward only: the result is not differentiable (assigners use it under no_grad); values
     are returned detached.  Raises ValueError for an empty reduced set.
     """
     kind_code = _check_choice("kind", kind, METRICS)
     fmt_code = _check_choice("fmt", fmt, FMTS)
+    conv_code = _check_convention(convention, kind, reference.CONVENTION_METRICS)
     eps = _common.positive("eps", eps)
     b1, b2, lead = _prepare_pair_sets(boxes1, boxes2, False)
     nd = boxes1.dim()
@@ -478,17 +506,17 @@ def box_iou_max(boxes1, boxes2, kind="iou", dim=-1, fmt="xyxy", eps=1e-7, *, bac
     over_m = int(dim) in (-1, nd - 1)
     if (b2.shape[1] if over_m else b1.shape[1]) == 0 and (b1.shape[1] if over_m else b2.shape[1]) > 0 and b1.shape[0] > 0:
         raise ValueError("box_iou_max: the set reduced over is empty (max of nothing)")
-    values, indices = box_iou_max_op(b1.detach(), b2.detach(), kind_code, fmt_code, float(eps), 1 if over_m else 0, backend)
+    values, indices = box_iou_max_op(b1.detach(), b2.detach(), kind_code, fmt_code, conv_code, float(eps), 1 if over_m else 0, backend)
     shape = tuple(lead) + ((boxes1.shape[-2],) if over_m else (boxes2.shape[-2],))
     return values.reshape(shape), indices.reshape(shape)
 
 
-def _ref_max(b1, b2, kind, fmt, eps, dim):
-    return reference.max_forward(b1, b2, kind, fmt, eps, dim)
+def _ref_max(b1, b2, kind, fmt, convention, eps, dim):
+    return reference.max_forward(b1, b2, kind, fmt, convention, eps, dim)
 
 
-def _native_max(b1, b2, kind, fmt, eps, dim):
-    return torch.ops.fastloss.box_iou_max_native(b1, b2, kind, fmt, eps, dim)
+def _native_max(b1, b2, kind, fmt, convention, eps, dim):
+    return torch.ops.fastloss.box_iou_max_native(b1, b2, kind, fmt, convention, eps, dim)
 
 
 _backend.register(MAX_OP, "reference", _ref_max, None)

@@ -40,6 +40,39 @@ the IoU and to every penalty term (p = 1: the plain losses).  x^p is taken of ma
 Matrices (:func:`box_iou`): ``iou`` IoU, ``iof`` I / (area(a) + eps) (mmcv), ``giou``
 IoU - (C - U)/(C + eps), ``diou`` IoU - rho2/c2, ``ciou`` IoU - rho2/c2 - beta v.
 
+Conventions (``convention``): where the peers place eps, so that their compat layers run one
+kernel call.  Everything not listed is as above (S = w h + w' h' - I is the union above).
+
+* ``fastloss`` (default): the formulas above (torchvision's losses).
+* ``ultralytics`` (ultralytics 8.4 ``utils/metrics.py::bbox_iou`` with ``xywh=False``): every
+  height carries eps, h = max(y2 - y1, 0) + eps, in the areas (so U = w h + w' h' - I and
+  IoU = I / (U + eps) as ultralytics' ``union = w1 h1 + w2 h2 - inter + eps``) and in CIoU's v;
+  GIoU (C - U) / (C + eps) (ultralytics' ``(c_area - union) / c_area`` with
+  c_area = C + eps); c2, beta as above.  Kinds / metrics iou, giou, diou, ciou.  (Its centre
+  form ``xywh=True`` has no eps in the heights: convention ``fastloss`` with fmt cxcywh, equal
+  up to the rounding of the corners.)
+* ``mmdet`` (mmdetection 3.3 ``structures/bbox/bbox_overlaps.py``, ``models/losses/iou_loss.py``):
+
+  - iou, log_iou, giou (``bbox_overlaps``, ``iou_loss``, ``giou_loss``) and the metrics iou, iof,
+    giou: U = max(S, eps), IoU = I / U; GIoU's penalty (max(C, eps) - U) / max(C, eps); iof
+    I / max(area(a), eps) (max ties split the gradient);
+  - diou: as fastloss (``diou_loss``: IoU = I / (S + eps), rho2 / (c2 + eps));
+  - ciou (``ciou_loss``): IoU = I / (S + eps), c2 + eps, v = 4/pi^2 (atan2(w_t, h_t + eps) -
+    atan2(w_p, h_p + eps))^2 (eps in v's heights only, not in the areas),
+    beta = [IoU > 0.5] v / (1 - IoU + v) (constant in the backward; 0 where 1 - IoU + v = 0,
+    mmdetection NaN), and the loss 1 - clamp(CIoU, -1, 1), i.e. clamped to [0, 2] with zero
+    gradient strictly outside (the ``ciou`` metric is clamp(CIoU, -1, 1)).
+
+  Kinds iou, log_iou, giou, diou, ciou; metrics iou, iof, giou, diou, ciou.  mmdetection
+  multiplies signed extents (an inverted box has a negative area); fastloss keeps inverted
+  boxes at zero area.
+* ``torchvision_matrix`` (torchvision 0.29 ``ops/boxes.py`` matrices, metrics only): IoU = I / S
+  (``box_iou``), GIoU's penalty (C - S) / C (``generalized_box_iou``), both 0 where their
+  denominator is 0 (torchvision: NaN); ``distance_box_iou`` / ``complete_box_iou``: that
+  eps-free IoU with c2 + eps and beta = v / (1 - IoU + v + eps).  Metrics iou, giou, diou, ciou.
+
+Combinations outside these lists raise ValueError in the public functions.
+
 Derivative conventions at kinks (the kernels use the same).  They are the ones torch's
 autograd gives through torchvision's loss formulas wherever those are finite, so a degenerate
 prediction gets torchvision's descent direction:
@@ -75,6 +108,12 @@ from fastloss.reference._reduce import reduce_loss
 KINDS = ("iou", "log_iou", "giou", "diou", "ciou", "eiou", "focal_eiou", "siou", "cdiou")
 METRICS = ("iou", "iof", "giou", "diou", "ciou")
 FMTS = ("xyxy", "xywh", "cxcywh")
+CONVENTIONS = ("fastloss", "ultralytics", "mmdet", "torchvision_matrix")
+# the kinds (paired losses) and metrics each convention defines
+CONVENTION_KINDS = {"fastloss": KINDS, "ultralytics": ("iou", "giou", "diou", "ciou"), "mmdet": ("iou", "log_iou", "giou", "diou", "ciou"),
+                    "torchvision_matrix": ()}
+CONVENTION_METRICS = {"fastloss": METRICS, "ultralytics": ("iou", "giou", "diou", "ciou"), "mmdet": METRICS,
+                      "torchvision_matrix": ("iou", "giou", "diou", "ciou")}
 
 _FOUR_OVER_PI2 = 4.0 / math.pi ** 2
 
@@ -123,32 +162,85 @@ def _safe_atan2(y, x):
     return torch.where(zero, torch.zeros_like(y), torch.atan2(y, torch.where(zero, torch.ones_like(x), x)))
 
 
-def _geometry(a, b, eps):
+def _ratio0(num, den):
+    """num / den, 0 where den == 0 (the finite limit of the eps-free ratios; a NaN passes)."""
+    zero = den == 0
+    return torch.where(zero, torch.zeros_like(num), num / torch.where(zero, torch.ones_like(den), den))
+
+
+def _eps_max(x, eps):
+    """max(x, eps) as mmdetection's torch.max(x, eps_tensor): ties split the gradient."""
+    return _max(x, torch.full_like(x, eps))
+
+
+# the union modes of the conventions (csrc/kernels/box_iou.h UnionMode): U + eps, max(U, eps), U
+_PLUS_EPS, _MAX_EPS, _EXACT = 0, 1, 2
+
+
+def _union_mode(convention, kind, metric):
+    if convention == "torchvision_matrix":
+        return _EXACT
+    if convention == "mmdet" and kind in (("iou", "iof", "giou") if metric else ("iou", "log_iou", "giou")):
+        return _MAX_EPS
+    return _PLUS_EPS
+
+
+def _geometry(a, b, eps, convention="fastloss", umode=_PLUS_EPS):
     ax1, ay1, ax2, ay2 = a
     bx1, by1, bx2, by2 = b
     aw, ah = _clamp0(ax2 - ax1), _clamp0(ay2 - ay1)
     bw, bh = _clamp0(bx2 - bx1), _clamp0(by2 - by1)
+    if convention == "ultralytics":  # h = y2 - y1 + eps
+        ah, bh = ah + eps, bh + eps
     iw = _relu(_min(ax2, bx2) - _max(ax1, bx1))
     ih = _relu(_min(ay2, by2) - _max(ay1, by1))
     inter = iw * ih
     area_a = aw * ah
     union = area_a + bw * bh - inter
-    iou = inter / (union + eps)
+    if umode == _MAX_EPS:
+        union = _eps_max(union, eps)
+    iou = inter / (union + eps) if umode == _PLUS_EPS else _ratio0(inter, union)
     cw = _clamp0(_max(ax2, bx2) - _min(ax1, bx1))
     ch = _clamp0(_max(ay2, by2) - _min(ay1, by1))
     rho2 = ((ax1 + ax2) - (bx1 + bx2)) ** 2 * 0.25 + ((ay1 + ay2) - (by1 + by2)) ** 2 * 0.25
-    return dict(aw=aw, ah=ah, bw=bw, bh=bh, inter=inter, area_a=area_a, union=union, iou=iou, cw=cw, ch=ch, rho2=rho2)
+    return dict(aw=aw, ah=ah, bw=bw, bh=bh, inter=inter, area_a=area_a, union=union, iou=iou, cw=cw, ch=ch, rho2=rho2, umode=umode)
 
 
-def _aspect_v(g):
+def _giou_penalty(g, eps):
+    c = g["cw"] * g["ch"]
+    if g["umode"] == _PLUS_EPS:
+        return (c - g["union"]) / (c + eps)
+    if g["umode"] == _MAX_EPS:
+        c = _eps_max(c, eps)
+    return _ratio0(c - g["union"], c)
+
+
+def _aspect_v(g, convention="fastloss", eps=0.0):
+    if convention == "mmdet":  # atan(w / (h + eps)), eps in v's heights only
+        return _FOUR_OVER_PI2 * (_safe_atan2(g["bw"], g["bh"] + eps) - _safe_atan2(g["aw"], g["ah"] + eps)) ** 2
     return _FOUR_OVER_PI2 * (_safe_atan2(g["bw"], g["bh"]) - _safe_atan2(g["aw"], g["ah"])) ** 2
 
 
-def paired_loss_elements(pred, target, kind="giou", fmt="xyxy", eps=1e-7, power=1.0, gamma=0.5):
-    """Per-box loss (shape pred.shape[:-1]) of the kinds documented above."""
+def _ciou_beta(g, v, convention, eps):
+    """CIoU's trade-off weight (no gradient)."""
+    with torch.no_grad():
+        if convention == "mmdet":  # [IoU > 0.5] v / (1 - IoU + v); 0 where that is 0 / 0
+            beta = _ratio0(v, 1 - g["iou"] + v)
+            return torch.where(g["iou"] > 0.5, beta, torch.zeros_like(beta))
+        return v / (1 - g["iou"] + v + eps)
+
+
+def _clamp_grad0(x, lo, hi):
+    """clamp(x, lo, hi) with torch.clamp's derivative (1 inside, bounds included; 0 outside);
+    a NaN passes."""
+    return torch.where(x > hi, torch.full_like(x, hi), torch.where(x < lo, torch.full_like(x, lo), x))
+
+
+def paired_loss_elements(pred, target, kind="giou", fmt="xyxy", eps=1e-7, power=1.0, gamma=0.5, convention="fastloss"):
+    """Per-box loss (shape pred.shape[:-1]) of the kinds and conventions documented above."""
     p = to_xyxy(pred, fmt)
     t = to_xyxy(target, fmt)
-    g = _geometry(p, t, eps)
+    g = _geometry(p, t, eps, convention, _union_mode(convention, kind, False))
     iou = g["iou"]
     if kind == "log_iou":
         return -power * torch.log(torch.clamp(iou, min=eps))
@@ -157,8 +249,7 @@ def paired_loss_elements(pred, target, kind="giou", fmt="xyxy", eps=1e-7, power=
         return 1 - iou_p
     cw, ch = g["cw"], g["ch"]
     if kind == "giou":
-        c = cw * ch
-        return 1 - iou_p + _powp((c - g["union"]) / (c + eps), power)
+        return 1 - iou_p + _powp(_giou_penalty(g, eps), power)
     if kind == "cdiou":
         (px1, py1, px2, py2), (tx1, ty1, tx2, ty2) = p, t
         e = (_safe_sqrt((px1 - tx1) ** 2 + (py1 - ty1) ** 2) + _safe_sqrt((px2 - tx2) ** 2 + (py1 - ty1) ** 2)
@@ -181,10 +272,9 @@ def paired_loss_elements(pred, target, kind="giou", fmt="xyxy", eps=1e-7, power=
     if kind == "diou":
         return diou
     if kind == "ciou":
-        v = _aspect_v(g)
-        with torch.no_grad():
-            alpha = v / (1 - iou + v + eps)
-        return diou + _powp(alpha * v, power)
+        v = _aspect_v(g, convention, eps)
+        loss = diou + _powp(_ciou_beta(g, v, convention, eps) * v, power)
+        return _clamp_grad0(loss, 0.0, 2.0) if convention == "mmdet" else loss
     eiou = diou + _powp((g["aw"] - g["bw"]) ** 2 / (cw * cw + eps), power) + _powp((g["ah"] - g["bh"]) ** 2 / (ch * ch + eps), power)
     if kind == "eiou":
         return eiou
@@ -193,27 +283,26 @@ def paired_loss_elements(pred, target, kind="giou", fmt="xyxy", eps=1e-7, power=
     raise ValueError(f"unknown kind {kind!r}")
 
 
-def pair_metric(boxes1, boxes2, kind="iou", fmt="xyxy", eps=1e-7):
+def pair_metric(boxes1, boxes2, kind="iou", fmt="xyxy", eps=1e-7, convention="fastloss"):
     """Elementwise (broadcasting) metric of boxes1 and boxes2 (..., 4)."""
     a = to_xyxy(boxes1, fmt)
     b = to_xyxy(boxes2, fmt)
-    g = _geometry(a, b, eps)
+    g = _geometry(a, b, eps, convention, _union_mode(convention, kind, True))
     if kind == "iou":
         return g["iou"]
     if kind == "iof":
-        return g["inter"] / (g["area_a"] + eps)
+        area = _eps_max(g["area_a"], eps) if g["umode"] == _MAX_EPS else g["area_a"] + eps
+        return g["inter"] / area
     cw, ch = g["cw"], g["ch"]
     if kind == "giou":
-        c = cw * ch
-        return g["iou"] - (c - g["union"]) / (c + eps)
+        return g["iou"] - _giou_penalty(g, eps)
     diou = g["iou"] - g["rho2"] / (cw * cw + ch * ch + eps)
     if kind == "diou":
         return diou
     if kind == "ciou":
-        v = _aspect_v(g)
-        with torch.no_grad():
-            alpha = v / (1 - g["iou"] + v + eps)
-        return diou - alpha * v
+        v = _aspect_v(g, convention, eps)
+        m = diou - _ciou_beta(g, v, convention, eps) * v
+        return _clamp_grad0(m, -1.0, 1.0) if convention == "mmdet" else m
     raise ValueError(f"unknown kind {kind!r}")
 
 
@@ -228,27 +317,28 @@ def _box_weight(weight, pred):
     return weight
 
 
-def box_iou_loss(pred, target, kind="giou", reduction="mean", weight=None, avg_factor=None, fmt="xyxy", eps=1e-7, power=1.0, gamma=0.5):
+def box_iou_loss(pred, target, kind="giou", reduction="mean", weight=None, avg_factor=None, fmt="xyxy", eps=1e-7, power=1.0, gamma=0.5, *,
+                 convention="fastloss"):
     """Eager autograd reference of :func:`fastloss.box_iou_loss` (same arguments)."""
-    loss = paired_loss_elements(pred, target, kind, fmt, eps, power, gamma)
+    loss = paired_loss_elements(pred, target, kind, fmt, eps, power, gamma, convention)
     w = _box_weight(weight, pred)
     if w is not None:
         loss = loss * w
     return reduce_loss(loss, reduction, avg_factor)
 
 
-def box_iou(boxes1, boxes2, kind="iou", fmt="xyxy", aligned=False, eps=1e-7):
+def box_iou(boxes1, boxes2, kind="iou", fmt="xyxy", aligned=False, eps=1e-7, *, convention="fastloss"):
     """Eager reference of :func:`fastloss.box_iou`: (..., N, 4) x (..., M, 4) -> (..., N, M)
     (``aligned``: (..., N, 4) x (..., N, 4) -> (..., N))."""
     if aligned:
-        return pair_metric(boxes1, boxes2, kind, fmt, eps)
-    return pair_metric(boxes1.unsqueeze(-2), boxes2.unsqueeze(-3), kind, fmt, eps)
+        return pair_metric(boxes1, boxes2, kind, fmt, eps, convention)
+    return pair_metric(boxes1.unsqueeze(-2), boxes2.unsqueeze(-3), kind, fmt, eps, convention)
 
 
-def box_iou_max(boxes1, boxes2, kind="iou", dim=-1, fmt="xyxy", eps=1e-7):
+def box_iou_max(boxes1, boxes2, kind="iou", dim=-1, fmt="xyxy", eps=1e-7, *, convention="fastloss"):
     """Eager reference of :func:`fastloss.box_iou_max`: the matrix, then max over ``dim``
     (-1: over boxes2, one result per box of boxes1; -2: over boxes1, one per box of boxes2)."""
-    m = box_iou(boxes1, boxes2, kind, fmt, False, eps)
+    m = box_iou(boxes1, boxes2, kind, fmt, False, eps, convention=convention)
     return m.max(dim=dim)
 
 
@@ -282,13 +372,13 @@ def _value_and_vjp(fn, inputs, cotangent):
     return result
 
 
-def _loss_and_grad(pred, target, weight, kind, fmt, eps, power, gamma, need_grad):
+def _loss_and_grad(pred, target, weight, kind, fmt, conv, eps, power, gamma, need_grad):
     acc = _compute_dtype(pred.dtype)
     p = pred.detach().to(acc)
     t = target.detach().to(acc)
 
     def fn(x):
-        loss = paired_loss_elements(x, t, kind, fmt, eps, power, gamma)
+        loss = paired_loss_elements(x, t, kind, fmt, eps, power, gamma, conv)
         return loss * weight.to(acc) if weight is not None else loss
 
     if not need_grad:
@@ -297,10 +387,10 @@ def _loss_and_grad(pred, target, weight, kind, fmt, eps, power, gamma, need_grad
     return loss, grad + (loss * 0)[:, None]  # NaN policy: a NaN loss reaches all 4 components
 
 
-def loss_forward(pred, target, weight, kind, fmt, eps, power, gamma, reduction, with_grad):
+def loss_forward(pred, target, weight, kind, fmt, conv, eps, power, gamma, reduction, with_grad):
     """Kernel convention: pred/target (n, 4); weight None or (n,); returns (loss, cache)."""
     acc = _compute_dtype(pred.dtype)
-    loss, grad = _loss_and_grad(pred, target, weight, KINDS[kind], FMTS[fmt], eps, power, gamma, with_grad)
+    loss, grad = _loss_and_grad(pred, target, weight, KINDS[kind], FMTS[fmt], CONVENTIONS[conv], eps, power, gamma, with_grad)
     cache = grad if with_grad else pred.new_empty((0,), dtype=acc)
     if reduction == 0:
         return loss.to(pred.dtype), cache
@@ -308,9 +398,9 @@ def loss_forward(pred, target, weight, kind, fmt, eps, power, gamma, reduction, 
     return (total / max(pred.shape[0], 1) if reduction == 2 else total), cache  # mean of nothing: 0
 
 
-def loss_backward(grad, pred, target, weight, kind, fmt, eps, power, gamma, reduction):
+def loss_backward(grad, pred, target, weight, kind, fmt, conv, eps, power, gamma, reduction):
     acc = _compute_dtype(pred.dtype)
-    _, g = _loss_and_grad(pred, target, weight, KINDS[kind], FMTS[fmt], eps, power, gamma, True)
+    _, g = _loss_and_grad(pred, target, weight, KINDS[kind], FMTS[fmt], CONVENTIONS[conv], eps, power, gamma, True)
     if reduction == 0:
         g = g * grad.to(acc)[:, None]
     else:
@@ -318,20 +408,20 @@ def loss_backward(grad, pred, target, weight, kind, fmt, eps, power, gamma, redu
     return g.to(pred.dtype)
 
 
-def _metric_of(b1, b2, kind, fmt, eps, aligned):
-    return box_iou(b1, b2, METRICS[kind], FMTS[fmt], aligned, eps)
+def _metric_of(b1, b2, kind, fmt, conv, eps, aligned):
+    return box_iou(b1, b2, METRICS[kind], FMTS[fmt], aligned, eps, convention=CONVENTIONS[conv])
 
 
-def matrix_forward(b1, b2, kind, fmt, eps, aligned):
+def matrix_forward(b1, b2, kind, fmt, conv, eps, aligned):
     """Kernel convention: b1 (B, N, 4), b2 (B, M, 4) -> (B, N, M) or (B, N) (aligned), input dtype."""
     acc = _compute_dtype(b1.dtype)
-    return _metric_of(b1.to(acc), b2.to(acc), kind, fmt, eps, aligned).to(b1.dtype)
+    return _metric_of(b1.to(acc), b2.to(acc), kind, fmt, conv, eps, aligned).to(b1.dtype)
 
 
-def matrix_backward(grad, b1, b2, kind, fmt, eps, aligned):
+def matrix_backward(grad, b1, b2, kind, fmt, conv, eps, aligned):
     acc = _compute_dtype(b1.dtype)
     up = grad.to(acc)
-    m, (g1, g2) = _value_and_vjp(lambda x1, x2: _metric_of(x1, x2, kind, fmt, eps, aligned), (b1.to(acc), b2.to(acc)),
+    m, (g1, g2) = _value_and_vjp(lambda x1, x2: _metric_of(x1, x2, kind, fmt, conv, eps, aligned), (b1.to(acc), b2.to(acc)),
                                  lambda out: up)
     g1 = torch.zeros_like(b1, dtype=acc) if g1 is None else g1
     g2 = torch.zeros_like(b2, dtype=acc) if g2 is None else g2
@@ -344,9 +434,9 @@ def matrix_backward(grad, b1, b2, kind, fmt, eps, aligned):
     return g1.to(b1.dtype), g2.to(b2.dtype)
 
 
-def max_forward(b1, b2, kind, fmt, eps, dim):
+def max_forward(b1, b2, kind, fmt, conv, eps, dim):
     """Kernel convention of the fused max: dim 1 -> max over boxes2 (B, N); 0 -> over boxes1 (B, M)."""
-    m = matrix_forward(b1, b2, kind, fmt, eps, False)
+    m = matrix_forward(b1, b2, kind, fmt, conv, eps, False)
     d = 2 if dim == 1 else 1
     if m.shape[d] == 0:  # nothing to reduce (the op only lets this through when there are no results either)
         shape = m.shape[:d] + m.shape[d + 1:]
