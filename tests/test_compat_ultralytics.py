@@ -132,20 +132,30 @@ def test_bbox_iou_inverted_box_is_no_match():
     assert FU.bbox_iou(inverted, other).item() == 0.0
 
 
-def test_bbox_iou_corner_form_raises_and_says_why():
-    b = _cxcywh((3,), 0)
-    with pytest.raises(ValueError, match="xywh=False"):
-        FU.bbox_iou(b, b, xywh=False, CIoU=True)
+def _xyxy(c):
+    return torch.cat((c[..., :2] - c[..., 2:] / 2, c[..., :2] + c[..., 2:] / 2), -1)
 
 
-def test_bbox_iou_corner_form_is_not_fastloss_eps_placement():
-    """Why xywh=False raises: ultralytics' corner form puts eps into the heights; fastloss's
-    kernels (eps only in the denominators) differ from it far above float64 rounding."""
-    c = _cxcywh((50,), 5)
-    xyxy = torch.cat((c[:, :2] - c[:, 2:] / 2, c[:, :2] + c[:, 2:] / 2), -1)
-    ours = fastloss.box_iou(xyxy, xyxy.flip(0), kind="iou", aligned=True)
-    peer = PEER_BBOX_IOU(xyxy, xyxy.flip(0), xywh=False).squeeze(-1)
-    assert (ours - peer).abs().max() > 1e-9
+@pytest.mark.parametrize("flags", FLAGS, ids=lambda f: "+".join(f) or "IoU")
+@pytest.mark.parametrize("eps", [1e-7, 0.25])
+@pytest.mark.parametrize("shapes", SHAPES[1:4], ids=lambda s: f"{s[0]}x{s[1]}")
+def test_bbox_iou_corner_form_values_and_both_gradients(flags, eps, shapes):
+    """xywh=False: ultralytics adds eps to each height (fastloss's convention "ultralytics")."""
+    b1, b2 = _xyxy(_cxcywh(shapes[0][:-1], 6)), _xyxy(_cxcywh(shapes[1][:-1], 7))
+    if b1.shape == b2.shape and len(b1) > 2:
+        b2[:2] = b1[:2]  # identical pairs
+    _compare(lambda a, b: FU.bbox_iou(a, b, xywh=False, eps=eps, **flags), lambda a, b: PEER_BBOX_IOU(a, b, xywh=False, eps=eps, **flags),
+             [b1, b2])
+
+
+def test_bbox_iou_corner_form_differs_from_the_centre_form():
+    """The two forms of ultralytics place eps differently (heights + eps in corner form only):
+    the compat layer follows each (at eps 0.25 the difference is far above rounding)."""
+    c = _cxcywh((20,), 5)
+    a = FU.bbox_iou(_xyxy(c), _xyxy(c.flip(0)), xywh=False, eps=0.25)
+    b = FU.bbox_iou(c, c.flip(0), eps=0.25)
+    assert (a - b).abs().max() > 1e-3
+    _close(a, PEER_BBOX_IOU(_xyxy(c), _xyxy(c.flip(0)), xywh=False, eps=0.25), **F64)
 
 
 @pytest.mark.parametrize("call,match", [

@@ -11,34 +11,34 @@ or patch ultralytics in place (before its loss / trainer is built)::
 
     fastloss.patch("ultralytics")
 
-This module imports ultralytics only in :func:`_patch` and in ``BboxLoss.forward`` (below).
+This module imports ultralytics only in :func:`_patch`.
 
 What runs where:
 
-* ``bbox_iou`` (``xywh=True``), ``box_iou``: fastloss's box kernels (:func:`fastloss.box_iou`,
-  differentiable w.r.t. both box sets; IoU, GIoU, DIoU and CIoU are symmetric in the two
-  boxes, CIoU's alpha held constant in the backward as ultralytics does).
+* ``bbox_iou``, ``box_iou``: fastloss's box kernels (:func:`fastloss.box_iou`, differentiable
+  w.r.t. both box sets; IoU, GIoU, DIoU and CIoU are symmetric in the two boxes, CIoU's alpha
+  held constant in the backward as ultralytics does).  ``bbox_iou``'s centre form
+  (``xywh=True``) is fastloss's convention "fastloss" in fmt cxcywh (ultralytics puts eps only
+  in the denominators there); its corner form (``xywh=False``) is convention "ultralytics",
+  which adds eps to each box's height (h = y2 - y1 + eps) in the union and in CIoU's aspect
+  term, as ultralytics does.
 * ``VarifocalLoss``, ``FocalLoss``: the pointwise engine (:func:`fastloss.varifocal_loss`
   with ``positive=label``, :func:`fastloss.sigmoid_focal_loss`), summed in the kernel:
   ultralytics' ``.mean(1).sum()`` is the total over ``pred.shape[1]``.
 * ``DFLoss``: the row-wise engine (:func:`fastloss.distribution_focal_loss` with
   ``max_target = reg_max - 1 - 0.01``, ultralytics' clamp), mean over the 4 sides.
-* ``BboxLoss``: its DFL (or, for ``reg_max <= 1``, L1) term on fastloss; its CIoU term is
-  ultralytics' own ``bbox_iou(..., xywh=False, CIoU=True)`` -- see the first difference below.
+* ``BboxLoss``: its CIoU term is the paired kernel (:func:`fastloss.box_iou_loss`, kind "ciou",
+  convention "ultralytics": ultralytics' ``1 - bbox_iou(..., xywh=False, CIoU=True)``), its DFL
+  (or, for ``reg_max <= 1``, L1) term the row-wise / pointwise engine.
 
 Differences from ultralytics (each deliberate; the tests check the rest is equal):
 
-* ``bbox_iou(xywh=False)`` raises ValueError: in (x1, y1, x2, y2) form ultralytics adds
-  ``eps`` to each box's height (h = y2 - y1 + eps, in the union and in CIoU's aspect term),
-  which fastloss's box kernels (eps only in the denominators, as torchvision) do not compute;
-  the two differ by about eps (w1 + w2) / union relative (1e-7 for unit boxes), far above
-  float64 rounding.  For the same reason ``BboxLoss`` keeps ultralytics' CIoU, and
-  :func:`_patch` leaves every (x1, y1, x2, y2) caller of ``bbox_iou`` alone.
 * Boxes with a negative width or height are clamped to zero area (ultralytics multiplies the
   signed sides: a box inverted in both axes gets a positive area, and its GIoU against any
-  box comes out as a perfect match, 1 - eps).
+  box comes out as a perfect match, 1 - eps).  In corner form the height is clamped first,
+  then carries eps: max(y2 - y1, 0) + eps.
 * CIoU of a box with zero width and height is finite (its aspect angle is 0); ultralytics'
-  ``atan(w / h)`` gives NaN there.
+  ``atan(w / h)`` gives NaN there (centre form; the corner form's h + eps is never 0).
 * Exactly touching boxes (zero-width overlap): the intersection's derivative is 0 there
   (fastloss's relu convention); ultralytics' ``clamp_(0)`` passes 1.  Values agree.
 * ``eps`` must be > 0 (ValueError); ultralytics accepts 0 and returns NaN for an empty union.
@@ -92,29 +92,26 @@ def bbox_iou(
     (ultralytics 8.4 ``ultralytics.utils.metrics.bbox_iou``).
 
     Args:
-        box1, box2: (..., 4) boxes (cx, cy, w, h) whose leading dims broadcast ((4,), (N, 4),
-            (B, N, 1, 4) against (B, 1, M, 4), ...); any unit, fp16/bf16/fp32/fp64.
-        xywh: must be True (centre form).  False raises ValueError: ultralytics' corner form
-            adds eps to the heights, which fastloss's kernels do not (module docstring).
+        box1, box2: (..., 4) boxes whose leading dims broadcast ((4,), (N, 4), (B, N, 1, 4)
+            against (B, 1, M, 4), ...); any unit, fp16/bf16/fp32/fp64.
+        xywh: True: (cx, cy, w, h) boxes; False: (x1, y1, x2, y2).
         GIoU, DIoU, CIoU: the metric; CIoU wins over DIoU over GIoU, none set gives IoU.
-        eps: > 0; placed as ultralytics' centre form (IoU = I / (U + eps), GIoU's
-            (C - U) / (C + eps), c2 = cw^2 + ch^2 + eps, CIoU alpha = v / (1 - IoU + v + eps)).
+        eps: > 0; placed as ultralytics does: IoU = I / (U + eps), GIoU's (C - U) / (C + eps),
+            c2 = cw^2 + ch^2 + eps, CIoU alpha = v / (1 - IoU + v + eps); with ``xywh=False``
+            also h = y2 - y1 + eps for both boxes (in U and in CIoU's v).
 
     Returns the metric, shape broadcast(box1.shape[:-1], box2.shape[:-1]) + (1,), in the
-    promoted dtype of the boxes; differentiable w.r.t. both.  Raises ValueError for
-    ``xywh=False``, a last dim other than 4, non-broadcasting shapes, eps <= 0.
+    promoted dtype of the boxes; differentiable w.r.t. both.  Raises ValueError for a last
+    dim other than 4, non-broadcasting shapes, eps <= 0.
     """
-    if not xywh:
-        raise ValueError("bbox_iou: xywh=False is not supported: ultralytics' (x1, y1, x2, y2) form adds eps to each box's height "
-                         "(area and aspect ratio), which fastloss's box kernels do not compute; pass (cx, cy, w, h) boxes with "
-                         "xywh=True, or use fastloss.box_iou(box1, box2, kind, aligned=True) (eps only in the denominators)")
     box1, box2 = _float_boxes("box1", box1), _float_boxes("box2", box2)
     try:
         box1, box2 = torch.broadcast_tensors(box1, box2)
     except RuntimeError as e:
         raise ValueError(f"bbox_iou: box1 {tuple(box1.shape)} and box2 {tuple(box2.shape)} do not broadcast") from e
     kind = "ciou" if CIoU else "diou" if DIoU else "giou" if GIoU else "iou"
-    return fastloss.box_iou(box1, box2, kind=kind, fmt="cxcywh", aligned=True, eps=eps).unsqueeze(-1)
+    fmt, convention = ("cxcywh", "fastloss") if xywh else ("xyxy", "ultralytics")
+    return fastloss.box_iou(box1, box2, kind=kind, fmt=fmt, aligned=True, eps=eps, convention=convention).unsqueeze(-1)
 
 
 def box_iou(box1: torch.Tensor, box2: torch.Tensor, eps: float = 1e-7) -> torch.Tensor:
@@ -285,9 +282,9 @@ class BboxLoss(nn.Module):
     foreground anchors, each weighted by the anchor's summed target score and divided by
     ``target_scores_sum``.
 
-    The DFL / L1 term runs on fastloss (``self.dfl_loss`` is this module's :class:`DFLoss`);
-    the CIoU term is ultralytics' own ``bbox_iou`` (its corner form puts eps where fastloss's
-    kernels do not; module docstring), so ultralytics must be installed to call it.
+    Both terms run on fastloss: the CIoU term is the paired kernel in ultralytics' corner-form
+    eps placement (convention "ultralytics", eps 1e-7), the DFL / L1 term
+    (``self.dfl_loss`` is this module's :class:`DFLoss`) the row-wise / pointwise engine.
 
     Args:
         reg_max: bins of the distance distribution; DFL when > 1, else L1 on distances
@@ -321,12 +318,11 @@ class BboxLoss(nn.Module):
         Returns ``(loss_iou, loss_dfl)``, two 0-dim tensors (0 without foreground anchors,
         still connected to the predictions).
         """
-        from ultralytics.utils.metrics import bbox_iou as ultralytics_bbox_iou
-
         fg = fg_mask.nonzero(as_tuple=True)
         weight = target_scores[fg].sum(-1, keepdim=True)
-        iou = ultralytics_bbox_iou(pred_bboxes[fg], target_bboxes[fg], xywh=False, CIoU=True)
-        loss_iou = ((1.0 - iou) * weight).sum() / target_scores_sum
+        # 1 - CIoU per foreground anchor: ultralytics' 1 - bbox_iou(..., xywh=False, CIoU=True)
+        loss_ciou = fastloss.box_iou_loss(pred_bboxes[fg], target_bboxes[fg], "ciou", "none", convention="ultralytics")
+        loss_iou = (loss_ciou.unsqueeze(-1) * weight).sum() / target_scores_sum
         # the target distances of the foreground anchors only (ultralytics encodes every anchor, then selects)
         anchors, boxes = anchor_points[fg[-1]], target_bboxes[fg]
         if self.dfl_loss:
@@ -352,8 +348,9 @@ def _patch(handle):
       and the IoU targets of the varifocal loss).
 
     Left alone, on purpose: ``ultralytics.utils.metrics.bbox_iou`` / ``box_iou`` (the
-    public functions, called with ``xywh=False`` by the task-aligned assigner, ``BboxLoss``
-    and users: fastloss's kernels place eps differently there), ``ultralytics.utils.tal``'s
+    public functions, called by the task-aligned assigner, validation and users: the same
+    formulas, but not the same rounding, and fastloss's finite answers where ultralytics
+    gives NaN), ``ultralytics.utils.tal``'s
     ``bbox_iou`` (the assigner's CIoU chooses anchors by top-k / argmax: any difference, even
     in the last bit, can change an assignment and with it the whole loss) and
     ``ultralytics.models.utils.ops``' (the Hungarian matcher's GIoU cost, the same reason).
