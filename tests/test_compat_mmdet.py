@@ -53,7 +53,7 @@ from fastloss.compat import mmdet as C  # noqa: E402
 
 D = torch.float64
 CLASSES = ["FocalLoss", "L1Loss", "SmoothL1Loss", "BalancedL1Loss", "MSELoss", "CrossEntropyLoss", "QualityFocalLoss", "VarifocalLoss",
-           "DistributionFocalLoss", "GaussianFocalLoss", "DiceLoss", "IoULoss", "GIoULoss", "DIoULoss"]
+           "DistributionFocalLoss", "GaussianFocalLoss", "DiceLoss", "IoULoss", "GIoULoss", "DIoULoss", "CIoULoss"]
 
 
 def _gen(seed=0):
@@ -363,7 +363,7 @@ def test_empty_input_shapes(name, reduction, with_weight):
     _check(getattr(C, name)(), getattr(L, name)(), pred, torch.zeros(0, 4, dtype=D), weight, reduction_override=reduction)
 
 
-@pytest.mark.parametrize("name", ["MSELoss", "IoULoss", "GIoULoss", "DIoULoss"])
+@pytest.mark.parametrize("name", ["MSELoss", "IoULoss", "GIoULoss", "DIoULoss", "CIoULoss"])
 def test_empty_mean_is_zero(name):
     """Documented difference: mmdetection's mean over no boxes is NaN; fastloss's is a graph-connected 0."""
     pred = torch.zeros(0, 4, dtype=D, requires_grad=True)
@@ -372,7 +372,7 @@ def test_empty_mean_is_zero(name):
     assert loss.item() == 0 and loss.requires_grad
 
 
-@pytest.mark.parametrize("name", ["L1Loss", "SmoothL1Loss", "GIoULoss", "DIoULoss", "IoULoss"])
+@pytest.mark.parametrize("name", ["L1Loss", "SmoothL1Loss", "GIoULoss", "DIoULoss", "CIoULoss", "IoULoss"])
 def test_zero_weight_shortcut(name):
     pred, target = _paired_boxes(6, 14)
     weight = torch.zeros(6, 4, dtype=D)
@@ -401,10 +401,10 @@ def test_giou_loss(reduction, weight_kind):
     pred[0] = target[0] + 100  # disjoint
     g = _gen(18)
     weight = {None: None, "box": torch.rand(16, generator=g, dtype=D), "coord": torch.rand(16, 4, generator=g, dtype=D)}[weight_kind]
-    # tiny eps: the two eps placements (max(U, eps) vs U + eps) agree to float64 rounding
-    _check(C.GIoULoss(eps=1e-12), L.GIoULoss(eps=1e-12), pred, target, weight, reduction_override=reduction)
-    # the default eps: the documented relative difference eps / U (U >= 25 px^2 here)
-    _check(C.GIoULoss(loss_weight=3.0), L.GIoULoss(loss_weight=3.0), pred, target, weight, reduction_override=reduction, rtol=1e-7, atol=1e-8)
+    # mmdetection's eps placement (max(U, eps), max(C, eps)): equal at any eps (30: above the
+    # smallest unions here, so both sides of the max are exercised)
+    for kw in (dict(eps=1e-12), dict(loss_weight=3.0), dict(eps=30.0)):
+        _check(C.GIoULoss(**kw), L.GIoULoss(**kw), pred, target, weight, reduction_override=reduction)
     if reduction != "sum":
         _check(C.GIoULoss(eps=1e-12), L.GIoULoss(eps=1e-12), pred, target, weight, avg_factor=10, reduction_override=reduction)
 
@@ -418,8 +418,7 @@ def test_iou_loss(reduction, mode, eps):
     pred[3, 2] = pred[3, 0] + 1e-3  # a sliver: 0 < IoU < 1e-2
     weight = torch.rand(16, generator=_gen(20), dtype=D)
     weight[0] = 0
-    # the union eps: mmdetection's max(U, 1e-6), ours U + 1e-6 -- a relative 1e-6 / U (U >= 25 px^2 here)
-    tol = dict(rtol=1e-7, atol=1e-8)
+    tol = dict()  # the union eps: mmdetection's max(U, 1e-6) (convention "mmdet")
     kw = dict(mode=mode, loss_weight=1.2, eps=eps)
     _check(C.IoULoss(**kw), L.IoULoss(**kw), pred, target, weight, reduction_override=reduction, **tol)
     _check(C.IoULoss(**kw), L.IoULoss(**kw), pred, target, torch.rand(16, 4, generator=_gen(24), dtype=D), reduction_override=reduction,
@@ -435,7 +434,7 @@ def test_bbox_overlaps(mode, is_aligned, batch):
     b1 = torch.stack([_boxes(6, 22 + i) for i in range(2)])[: batch[0] if batch else 1].reshape(*batch, 6, 4)
     b2 = torch.stack([_boxes(6 if is_aligned else 5, 30 + i) for i in range(2)])[: batch[0] if batch else 1]
     b2 = b2.reshape(*batch, b2.shape[-2], 4)
-    for eps, tol in ((1e-12, dict()), (1e-6, dict(rtol=1e-7, atol=1e-8))):
+    for eps, tol in ((1e-12, dict()), (1e-6, dict()), (30.0, dict())):  # eps 30: max(U, eps) binds for some pairs
         x1, x2 = b1.clone().requires_grad_(True), b2.clone().requires_grad_(True)
         y1, y2 = b1.clone().requires_grad_(True), b2.clone().requires_grad_(True)
         a = C.bbox_overlaps(x1, x2, mode, is_aligned, eps)
@@ -449,6 +448,22 @@ def test_bbox_overlaps(mode, is_aligned, batch):
             torch.testing.assert_close(u, v, **({"rtol": 1e-8, "atol": 1e-10} | tol))
     empty = C.bbox_overlaps(b1[..., :0, :], b2, mode, is_aligned=False)
     assert empty.shape == peer_bbox_overlaps(b1[..., :0, :], b2, mode, is_aligned=False).shape and not empty.any()
+
+
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+@pytest.mark.parametrize("weight_kind", [None, "box", "coord"])
+def test_ciou_loss(reduction, weight_kind):
+    pred, target = _paired_boxes(16, 41)
+    pred[0] = target[0] + 100  # disjoint
+    pred[1] = target[1]  # identical: IoU ~ 1, v = 0
+    g = _gen(42)
+    weight = {None: None, "box": torch.rand(16, generator=g, dtype=D), "coord": torch.rand(16, 4, generator=g, dtype=D)}[weight_kind]
+    ious = peer_bbox_overlaps(pred, target, is_aligned=True)
+    assert bool((ious > 0.5).any()) and bool((ious < 0.5).any())  # both sides of alpha's IoU > 0.5 gate
+    for kw in ({}, dict(eps=1e-3, loss_weight=2.0), dict(eps=5.0)):
+        _check(C.CIoULoss(**kw), L.CIoULoss(**kw), pred, target, weight, reduction_override=reduction)
+    if reduction != "sum":
+        _check(C.CIoULoss(), L.CIoULoss(), pred, target, weight, avg_factor=10, reduction_override=reduction)
 
 
 # ---------------------------------------------------------------------- errors
@@ -565,7 +580,7 @@ def _fp32_cases():
         ("DiceLoss", {}, (logits, dense > 0)),
         ("L1Loss", {}, (reg_p, reg_t)), ("SmoothL1Loss", {}, (reg_p, reg_t)), ("BalancedL1Loss", {}, (reg_p, reg_t)),
         ("MSELoss", {}, (reg_p, reg_t)), ("IoULoss", {}, (boxes_p, boxes_t)), ("GIoULoss", {}, (boxes_p, boxes_t)),
-        ("DIoULoss", {}, (boxes_p, boxes_t)),
+        ("DIoULoss", {}, (boxes_p, boxes_t)), ("CIoULoss", {}, (boxes_p, boxes_t)),
     ]
 
 

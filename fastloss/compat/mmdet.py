@@ -27,14 +27,22 @@ name                       fastloss op underneath
 ``DiceLoss``               :func:`fastloss.dice_loss` (binary, per image)
 ``IoULoss``                :func:`fastloss.box_iou_loss` ("iou", power 1 / 2, "log_iou")
 ``GIoULoss``, ``DIoULoss`` :func:`fastloss.box_iou_loss` ("giou", "diou")
+``CIoULoss``               :func:`fastloss.box_iou_loss` ("ciou")
 ``bbox_overlaps``          :func:`fastloss.box_iou` ("iou", "iof", "giou")
 ``smooth_l1_loss``         :func:`fastloss.smooth_l1_loss` (mmdetection's functional form)
 ``SigmoidFocalLoss``       mmcv.ops' raw op (its "mean" divides by the rows, not the elements)
 =========================  ==================================================================
 
-Not provided (they need box math fastloss's kernels do not have): ``CIoULoss`` (mmdetection
-gates its trade-off weight on IoU > 0.5, uses atan(w / (h + eps)) and clamps the CIoU to
-[-1, 1]), ``EIoULoss`` (Extended-IoU with ``smooth_point``, not fastloss's Efficient-IoU),
+The box losses and ``bbox_overlaps`` run fastloss's box kernels in convention "mmdet"
+(:mod:`fastloss.reference.box_iou`, "Conventions"): mmdetection's eps placement, one kernel
+call each -- ``bbox_overlaps`` (and so ``IoULoss``, ``GIoULoss``) divide by max(union, eps) and
+max(enclosing area, eps) (iof: max(area, eps)); ``DIoULoss`` by union + eps and c^2 + eps;
+``CIoULoss`` is mmdetection's ``ciou_loss``: IoU = I / (U + eps), v from atan(w / (h + eps)),
+alpha = [IoU > 0.5] v / (1 - IoU + v) held constant in the backward, and the loss
+1 - clamp(CIoU, -1, 1) (zero gradient outside the clamp).
+
+Not provided (they need box math fastloss's kernels do not have): ``EIoULoss`` (Extended-IoU
+with ``smooth_point``, not fastloss's Efficient-IoU),
 ``SIoULoss`` (its own eps placement and ``neg_gamma``), ``BoundedIoULoss``, and mmcv's
 compiled ``bbox_overlaps`` (``offset``).
 
@@ -47,17 +55,16 @@ Arguments the compat layer cannot honour raise ValueError: ``FocalLoss(activated
 
 Differences from mmdetection, kept on purpose (fastloss's numerical policy):
 
-* IoU eps placement: mmdetection's ``bbox_overlaps`` (used by ``IoULoss``, ``GIoULoss``)
-  divides by ``max(union, eps)`` and ``max(enclosing area, eps)``; fastloss by ``union + eps``
-  and ``enclosing area + eps``.  The results differ by a relative eps / union (and eps /
-  enclosing area for GIoU): at most 1e-6 for boxes of 1 px^2 at the default eps, below fp32
-  rounding for boxes of 20 px^2 and more.  ``IoULoss`` keeps mmdetection's two eps: the union's is
-  ``bbox_overlaps``' default 1e-6 whatever the module's ``eps``, which only clamps the IoU
-  (from below, in every mode) -- except in "log" mode with ``eps`` < 1e-6, where the union eps
-  is ``eps`` too (a relative difference below 1e-6 / union).  ``DIoULoss`` places eps as
-  mmdetection does (same formula).
+* ``IoULoss`` keeps mmdetection's two eps: the union's is ``bbox_overlaps``' default 1e-6
+  whatever the module's ``eps``, which only clamps the IoU (from below, in every mode) --
+  except in "log" mode with ``eps`` < 1e-6, where the kernel's one eps serves both: the union
+  is max(union, ``eps``) instead of max(union, 1e-6), a difference only for unions below
+  1e-6 px^2.
 * Inverted boxes (x2 < x1) have zero area here; mmdetection multiplies the signed extents
-  (an inverted box gets a negative, or for two inverted extents a positive, area).
+  (an inverted box gets a negative, or for two inverted extents a positive, area, and in
+  ``CIoULoss`` a negative width in its aspect term).
+* ``CIoULoss`` where 1 - IoU + v = 0 (identical boxes whose IoU rounds to 1): alpha is 0
+  (mmdetection: 0 / 0 = NaN).
 * ``bbox_overlaps`` with no boxes returns zeros (mmdetection: an uninitialised tensor); its box
   math runs in fp32 for fp16 boxes on the CPU too.
 * The mean of an empty input is 0, connected to the graph (mmdetection: NaN for ``MSELoss``,
@@ -88,8 +95,8 @@ _AVG_EPS = torch.finfo(torch.float32).eps  # mmdetection's weight_reduce_loss: s
 _OVERLAPS_EPS = 1e-6  # mmdetection's bbox_overlaps default eps, the union eps of its iou_loss
 
 __all__ = ["FocalLoss", "L1Loss", "SmoothL1Loss", "BalancedL1Loss", "MSELoss", "CrossEntropyLoss", "QualityFocalLoss", "VarifocalLoss",
-           "DistributionFocalLoss", "GaussianFocalLoss", "DiceLoss", "IoULoss", "GIoULoss", "DIoULoss", "bbox_overlaps", "smooth_l1_loss",
-           "SigmoidFocalLoss"]
+           "DistributionFocalLoss", "GaussianFocalLoss", "DiceLoss", "IoULoss", "GIoULoss", "DIoULoss", "CIoULoss", "bbox_overlaps",
+           "smooth_l1_loss", "SigmoidFocalLoss"]
 
 
 # ====================================================================== shared rules
@@ -708,9 +715,10 @@ class IoULoss(nn.Module):
     """mmdetection's ``IoULoss`` (UnitBox) over :func:`fastloss.box_iou_loss`: with
     c = max(IoU, eps), mode "linear" 1 - c, "square" 1 - c^2, "log" -ln c; ``linear=True`` is the
     deprecated spelling of mode "linear" (with mmdetection's warning).  The kernel gives the
-    per-box loss (IoU's union eps 1e-6, as mmdetection's ``bbox_overlaps``; see the module
-    docstring); the clamp at eps is the cap 1 - eps, 1 - eps^2 or -ln eps on it (zero gradient
-    there, as mmdetection's clamp), then mmdetection's weighting and reduction.
+    per-box loss (convention "mmdet": IoU = I / max(U, 1e-6), as mmdetection's
+    ``bbox_overlaps``; see the module docstring); the clamp at eps is the cap 1 - eps,
+    1 - eps^2 or -ln eps on it (zero gradient there, as mmdetection's clamp), then
+    mmdetection's weighting and reduction.
 
     forward(pred (N, 4) xyxy, target (N, 4), weight (N,) or (N, 4) (averaged), avg_factor,
     reduction_override): returns (N,) for "none", else a scalar, in pred's dtype; an
@@ -746,7 +754,7 @@ class IoULoss(nn.Module):
             union_eps, cap = min(self.eps, _OVERLAPS_EPS), -math.log(self.eps)
         else:
             union_eps, cap = _OVERLAPS_EPS, 1.0 - self.eps ** power
-        per_box = _box_iou.box_iou_loss(pred, target, kind, "none", eps=union_eps, power=power)
+        per_box = _box_iou.box_iou_loss(pred, target, kind, "none", eps=union_eps, power=power, convention="mmdet")
         per_box = torch.clamp(per_box, max=cap)
         loss = _weight_reduce("IoULoss", per_box, weight, reduction, avg_factor)
         return self.loss_weight * loss
@@ -770,14 +778,15 @@ class _PairedIoULoss(nn.Module):
             return zero
         reduction = _reduction(name, reduction_override, self.reduction)
         weight = _box_weight(name, pred, weight)
-        loss = _box_iou.box_iou_loss(pred, target, self._KIND, reduction, weight, avg_factor, eps=self.eps)
+        loss = _box_iou.box_iou_loss(pred, target, self._KIND, reduction, weight, avg_factor, eps=self.eps, convention="mmdet")
         return self.loss_weight * _promote(loss, weight)
 
 
 class GIoULoss(_PairedIoULoss):
-    """mmdetection's ``GIoULoss`` over :func:`fastloss.box_iou_loss` (kind "giou"): 1 - GIoU;
-    eps placement: see the module docstring.  Arguments, shapes and the zero-weight shortcut
-    as :class:`IoULoss` (the shortcut for every reduction)."""
+    """mmdetection's ``GIoULoss`` over :func:`fastloss.box_iou_loss` (kind "giou", convention
+    "mmdet"): 1 - GIoU, IoU = I / max(U, eps), penalty (max(C, eps) - max(U, eps)) / max(C, eps).
+    Arguments, shapes and the zero-weight shortcut as :class:`IoULoss` (the shortcut for every
+    reduction)."""
 
     _KIND = "giou"
 
@@ -790,6 +799,17 @@ class DIoULoss(_PairedIoULoss):
     _KIND = "diou"
 
 
+class CIoULoss(_PairedIoULoss):
+    """mmdetection's ``CIoULoss`` (``ciou_loss``, arXiv 2005.03572) over
+    :func:`fastloss.box_iou_loss` (kind "ciou", convention "mmdet"): 1 - clamp(CIoU, -1, 1),
+    CIoU = IoU - rho^2 / (c^2 + eps) - alpha v, IoU = I / (U + eps),
+    v = 4/pi^2 (atan(w_t / (h_t + eps)) - atan(w_p / (h_p + eps)))^2,
+    alpha = [IoU > 0.5] v / (1 - IoU + v) (a constant in the backward); zero gradient where the
+    clamp binds.  Arguments, shapes and the zero-weight shortcut as :class:`GIoULoss`."""
+
+    _KIND = "ciou"
+
+
 def bbox_overlaps(bboxes1, bboxes2, mode='iou', is_aligned=False, eps=1e-6):
     """mmdetection's ``bbox_overlaps`` (``mmdet.structures.bbox``) over :func:`fastloss.box_iou`.
 
@@ -797,7 +817,8 @@ def bbox_overlaps(bboxes1, bboxes2, mode='iou', is_aligned=False, eps=1e-6):
         bboxes1: (..., m, 4) xyxy boxes (pixels); bboxes2: (..., n, 4), the same leading dims.
         mode: "iou" | "iof" (intersection over bboxes1's area) | "giou".
         is_aligned: False -> (..., m, n); True -> m == n and (..., m).
-        eps: > 0, the stabiliser (placement: see the module docstring).
+        eps: > 0, the stabiliser, placed as mmdetection's: I / max(U, eps) (iof: over
+            max(area, eps)), GIoU's (max(C, eps) - max(U, eps)) / max(C, eps).
     Returns the overlaps in the promoted dtype of the boxes, differentiable w.r.t. both; zeros
     when there are no boxes.  Raises ValueError for an unknown mode, bad shapes, eps <= 0."""
     if mode not in ('iou', 'iof', 'giou'):
@@ -813,13 +834,13 @@ def bbox_overlaps(bboxes1, bboxes2, mode='iou', is_aligned=False, eps=1e-6):
     if rows * cols == 0:
         shape = bboxes1.shape[:-2] + ((rows,) if is_aligned else (rows, cols))
         return bboxes1.new_zeros(shape)
-    return _box_iou.box_iou(bboxes1, bboxes2, mode, aligned=is_aligned, eps=eps)
+    return _box_iou.box_iou(bboxes1, bboxes2, mode, aligned=is_aligned, eps=eps, convention="mmdet")
 
 
 # ====================================================================== patching
 
 _CLASSES = ("FocalLoss", "L1Loss", "SmoothL1Loss", "BalancedL1Loss", "MSELoss", "CrossEntropyLoss", "QualityFocalLoss", "VarifocalLoss",
-            "DistributionFocalLoss", "GaussianFocalLoss", "DiceLoss", "IoULoss", "GIoULoss", "DIoULoss")
+            "DistributionFocalLoss", "GaussianFocalLoss", "DiceLoss", "IoULoss", "GIoULoss", "DIoULoss", "CIoULoss")
 
 
 def _replace_everywhere(handle, prefix, original, replacement):
