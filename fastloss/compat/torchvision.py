@@ -17,10 +17,10 @@ sigmoid_focal_loss            fastloss.sigmoid_focal_loss (pointwise engine)
 generalized_box_iou_loss      fastloss's paired ``giou`` loss op, once per box argument
 distance_box_iou_loss         the paired ``diou`` loss op
 complete_box_iou_loss         the paired ``ciou`` loss op (eps != 1e-7: composed, below)
-box_iou                       fastloss.box_iou ``iou`` matrix
-generalized_box_iou           the ``giou`` matrix
-distance_box_iou              ``diou`` + ``iou`` matrices (composed, below)
-complete_box_iou              ``ciou`` + ``diou`` + ``iou`` matrices (composed, below)
+box_iou                       fastloss.box_iou ``iou`` matrix, convention "torchvision_matrix"
+generalized_box_iou           the ``giou`` matrix, same convention
+distance_box_iou              the ``diou`` matrix, same convention
+complete_box_iou              the ``ciou`` matrix, same convention
 ============================  ==========================================================
 
 Semantics kept from torchvision:
@@ -37,33 +37,28 @@ Semantics kept from torchvision:
   rho^2 / (c^2 + eps); ``complete_box_iou_loss`` uses eps only in its alpha
   (v / (1 - IoU + v + eps)), its IoU and DIoU terms keep 1e-7.  The matrices: ``box_iou`` and
   ``generalized_box_iou`` have no eps (I / U, (C - U) / C); ``distance_box_iou`` /
-  ``complete_box_iou`` use eps in c^2 and alpha only, over the eps-free IoU.
+  ``complete_box_iou`` use eps in c^2 and alpha only, over the eps-free IoU -- fastloss's
+  convention "torchvision_matrix" (:mod:`fastloss.reference.box_iou`), one kernel call each.
 * CIoU's alpha is a constant in the backward (torchvision computes it under no_grad).
 * reductions "none" | "mean" | "sum"; anything else is a ValueError; the box losses' mean of
   no boxes is 0 (graph-connected), as torchvision's.
 * broadcasting -- the losses broadcast their two box sets against each other, the matrices
   their leading (batch) dimensions, as torchvision's elementwise formulas do.
 
-Where no fastloss kernel computes torchvision's eps placement directly, the functions
-compose fastloss's kernels exactly (equal up to rounding, about 2 ulp of 1):
-
-* eps-free ratios: the kernels' eps is set to 1e-30 (:data:`_NO_EPS`), and U + 1e-30 == U in
-  floating point for any union or enclosing area above 1e-14 (fp64) / 2e-23 (fp32);
-* ``distance_box_iou``: DIoU_eps + (IoU_0 - IoU_eps) -- three matrix kernels;
-* ``complete_box_iou``: the above, minus CIoU's aspect term alpha v taken from
-  (DIoU_eps - CIoU_eps) = alpha_eps v and rescaled (no grad) to torchvision's alpha, with v
-  solved from alpha_eps v = v^2 / (1 - IoU_eps + v + eps) -- four matrix kernels;
-* ``complete_box_iou_loss`` with eps != 1e-7: DIoU_1e-7 + (CIoU_1e-7 - DIoU_1e-7) rescaled
-  the same way (three paired kernels; eps == 1e-7, the default, is one kernel).
+``complete_box_iou_loss`` with eps != 1e-7, where no fastloss kernel computes torchvision's
+eps placement directly (its IoU and DIoU terms keep 1e-7), composes fastloss's kernels
+exactly (equal up to rounding, about 2 ulp of 1): DIoU_1e-7 + (CIoU_1e-7 - DIoU_1e-7)
+rescaled (no grad) to torchvision's alpha, with v solved from
+alpha_1e-7 v = v^2 / (1 - IoU + v + 1e-7) -- three paired kernels (eps == 1e-7, the default,
+is one kernel).
 
 Differences from torchvision 0.29 (by design; fastloss's numerical policy):
 
 * degenerate boxes: where torchvision divides 0 by 0 or takes atan(w / 0) it returns NaN;
   fastloss returns the finite limit: ``box_iou`` / ``generalized_box_iou`` / ``distance_box_iou``
   / ``complete_box_iou`` of a pair whose union (or enclosing box) has zero area give 0 for
-  that ratio, CIoU of a zero-height or point box is finite (v uses atan2, 0 for w = h = 0).
-  The gradients at such pairs are finite but may be as large as 1 / 1e-30 times a coordinate
-  (torchvision: NaN).
+  that ratio (and 0 gradient through it), CIoU of a zero-height or point box is finite (v uses
+  atan2, 0 for w = h = 0; torchvision: NaN).
 * inverted boxes (x2 < x1 or y2 < y1) have zero area (torchvision: a negative area, which
   can score an inverted box as a match).
 * exactly touching boxes (zero-width intersection): no gradient through the intersection, as
@@ -107,9 +102,9 @@ __all__ = ["sigmoid_focal_loss", "generalized_box_iou_loss", "distance_box_iou_l
 _REDUCTIONS = ("none", "mean", "sum")
 _AXIS_ALIGNED_FMTS = ("xyxy", "xywh", "cxcywh")
 _ROTATED_FMTS = ("cxcywhr", "xywhr", "xyxyxyxy")
-# eps of the kernels where torchvision divides without one: U + 1e-30 rounds to U for any
-# area above 1e-14 (fp64) / 2e-23 (fp32), and 0 / 1e-30 keeps an empty pair finite
-_NO_EPS = 1e-30
+# the kernels' eps where torchvision's matrices have none (convention "torchvision_matrix"
+# does not use it in box_iou / generalized_box_iou)
+_UNUSED_EPS = 1e-7
 # the eps torchvision's complete_box_iou_loss uses in its IoU and DIoU terms whatever its eps
 _CIOU_LOSS_DIOU_EPS = 1e-7
 
@@ -152,7 +147,7 @@ class _SymmetricBoxLoss(torch.autograd.Function):
         # the registered custom op under torch.compile; its implementation directly in eager
         # mode (no custom-op dispatch: the same kernels, as fastloss's own eager fast path)
         _forward = _box_ops.box_iou_loss_op if torch.compiler.is_compiling() else _box_ops._forward_impl
-        loss, cache = _forward(boxes1, boxes2, None, kind, 0, eps, 1.0, 0.5, reduction, store, backend)
+        loss, cache = _forward(boxes1, boxes2, None, kind, 0, 0, eps, 1.0, 0.5, reduction, store, backend)
         ctx.save_for_backward(boxes1, boxes2, cache)
         ctx.args = (kind, eps, reduction, backend)
         return loss
@@ -166,9 +161,9 @@ class _SymmetricBoxLoss(torch.autograd.Function):
         g1 = g2 = None
         backward = _box_ops.box_iou_loss_backward_op if torch.compiler.is_compiling() else _box_ops._backward_impl
         if ctx.needs_input_grad[0]:
-            g1 = backward(grad, boxes1, boxes2, None, cache, kind, 0, eps, 1.0, 0.5, reduction, backend)
+            g1 = backward(grad, boxes1, boxes2, None, cache, kind, 0, 0, eps, 1.0, 0.5, reduction, backend)
         if ctx.needs_input_grad[1]:  # no stored gradient for boxes2: the kernel recomputes it
-            g2 = backward(grad, boxes2, boxes1, None, cache.new_empty((0,)), kind, 0, eps, 1.0, 0.5, reduction, backend)
+            g2 = backward(grad, boxes2, boxes1, None, cache.new_empty((0,)), kind, 0, 0, eps, 1.0, 0.5, reduction, backend)
         return g1, g2, None, None, None
 
 
@@ -199,20 +194,20 @@ def _reduce(loss, reduction):
     return loss
 
 
-def _rescaled_ciou_term(k, one_minus_iou_have, eps_have, one_minus_iou_want, eps_want):
+def _rescaled_ciou_term(k, one_minus_iou, eps_have, eps_want):
     """CIoU's aspect term alpha v with torchvision's alpha, from what a kernel computed.
 
-    ``k`` = alpha_have v, alpha_have = v / (1 - IoU_have + v + eps_have) a constant in the
-    backward (so dk = alpha_have dv).  Returns k * r with r = alpha_want / alpha_have held
-    constant, r = (1 - IoU_have + v + eps_have) / (1 - IoU_want + v + eps_want): the value
-    alpha_want v and the gradient alpha_want dv, as torchvision's no-grad alpha gives.  v is
-    the positive root of v^2 = k (d + v), d = 1 - IoU_have + eps_have (no cancellation: both
-    terms positive); k is clamped at 0 against rounding in the difference that formed it."""
+    ``k`` = alpha_have v, alpha_have = v / (1 - IoU + v + eps_have) a constant in the backward
+    (so dk = alpha_have dv).  Returns k * r with r = alpha_want / alpha_have held constant,
+    r = (1 - IoU + v + eps_have) / (1 - IoU + v + eps_want): the value alpha_want v and the
+    gradient alpha_want dv, as torchvision's no-grad alpha gives.  v is the positive root of
+    v^2 = k (d + v), d = 1 - IoU + eps_have (no cancellation: both terms positive); k is
+    clamped at 0 against rounding in the difference that formed it."""
     with torch.no_grad():
         kk = k.detach().clamp(min=0)
-        d = one_minus_iou_have.detach() + eps_have
+        d = one_minus_iou.detach() + eps_have
         v = (kk + torch.sqrt(kk * kk + 4 * kk * d)) * 0.5
-        r = (d + v) / (one_minus_iou_want.detach() + v + eps_want)
+        r = (d + v) / (one_minus_iou.detach() + v + eps_want)
     return k * r
 
 
@@ -303,7 +298,7 @@ def complete_box_iou_loss(
     diou = _paired_loss(boxes1, boxes2, "diou", "none", e7)
     k = _paired_loss(boxes1, boxes2, "ciou", "none", e7) - diou  # alpha_1e-7 v
     one_minus_iou = _paired_loss(boxes1, boxes2, "iou", "none", e7)  # 1 - I / (U + 1e-7)
-    return _reduce(diou + _rescaled_ciou_term(k, one_minus_iou, e7, one_minus_iou, eps), reduction)
+    return _reduce(diou + _rescaled_ciou_term(k, one_minus_iou, e7, eps), reduction)
 
 
 # ------------------------------------------------------------------------------ matrices
@@ -347,7 +342,7 @@ def box_iou(boxes1: Tensor, boxes2: Tensor, fmt: str = "xyxy") -> Tensor:
     if fmt not in _AXIS_ALIGNED_FMTS:
         raise ValueError(f"Unsupported format {fmt!r}; supported: {_AXIS_ALIGNED_FMTS + _ROTATED_FMTS}")
     boxes1, boxes2 = _matrix_sets(boxes1, boxes2)
-    return fastloss.box_iou(boxes1, boxes2, "iou", fmt, eps=_NO_EPS)
+    return fastloss.box_iou(boxes1, boxes2, "iou", fmt, eps=_UNUSED_EPS, convention="torchvision_matrix")
 
 
 def generalized_box_iou(boxes1: Tensor, boxes2: Tensor) -> Tensor:
@@ -356,34 +351,27 @@ def generalized_box_iou(boxes1: Tensor, boxes2: Tensor) -> Tensor:
     union or enclosing area gives a finite value (torchvision: NaN).  dtypes, gradients and
     errors as :func:`box_iou`."""
     boxes1, boxes2 = _matrix_sets(boxes1, boxes2)
-    return fastloss.box_iou(boxes1, boxes2, "giou", "xyxy", eps=_NO_EPS)
+    return fastloss.box_iou(boxes1, boxes2, "giou", "xyxy", eps=_UNUSED_EPS, convention="torchvision_matrix")
 
 
 def distance_box_iou(boxes1: Tensor, boxes2: Tensor, eps: float = 1e-7) -> Tensor:
     """torchvision.ops.distance_box_iou (0.29): I / U - rho^2 / (c^2 + eps) over xyxy boxes
-    (..., N, 4) x (..., M, 4) -> (..., N, M) (eps in the diagonal term only).  Computed as
-    DIoU_eps + (IoU_0 - IoU_eps) from three fastloss matrices.  dtypes, gradients and errors
-    as :func:`box_iou`; ValueError for eps <= 0."""
+    (..., N, 4) x (..., M, 4) -> (..., N, M) (eps in the diagonal term only).  dtypes,
+    gradients and errors as :func:`box_iou`; ValueError for eps <= 0."""
     eps = _common.positive("eps", eps)
     boxes1, boxes2 = _matrix_sets(boxes1, boxes2)
-    iou_eps = fastloss.box_iou(boxes1, boxes2, "iou", eps=eps)
-    diou_eps = fastloss.box_iou(boxes1, boxes2, "diou", eps=eps)
-    return diou_eps + (fastloss.box_iou(boxes1, boxes2, "iou", eps=_NO_EPS) - iou_eps)
+    return fastloss.box_iou(boxes1, boxes2, "diou", eps=eps, convention="torchvision_matrix")
 
 
 def complete_box_iou(boxes1: Tensor, boxes2: Tensor, eps: float = 1e-7) -> Tensor:
     """torchvision.ops.complete_box_iou (0.29): :func:`distance_box_iou` - alpha v over xyxy
     boxes (..., N, 4) x (..., M, 4) -> (..., N, M); v = 4 / pi^2 (atan(w1 / h1) - atan(w2 / h2))^2,
-    alpha = v / (1 - I / U + v + eps) a constant in the backward.  Computed from four fastloss
-    matrices (module docstring).  Finite for zero-height and point boxes (torchvision: NaN).
-    dtypes, gradients and errors as :func:`box_iou`; ValueError for eps <= 0."""
+    alpha = v / (1 - I / U + v + eps) a constant in the backward.  Finite for zero-height and
+    point boxes (torchvision: NaN).  dtypes, gradients and errors as :func:`box_iou`;
+    ValueError for eps <= 0."""
     eps = _common.positive("eps", eps)
     boxes1, boxes2 = _matrix_sets(boxes1, boxes2)
-    iou_eps = fastloss.box_iou(boxes1, boxes2, "iou", eps=eps)
-    iou_0 = fastloss.box_iou(boxes1, boxes2, "iou", eps=_NO_EPS)
-    diou_eps = fastloss.box_iou(boxes1, boxes2, "diou", eps=eps)
-    k = diou_eps - fastloss.box_iou(boxes1, boxes2, "ciou", eps=eps)  # alpha_eps v
-    return diou_eps + (iou_0 - iou_eps) - _rescaled_ciou_term(k, 1 - iou_eps, eps, 1 - iou_0, eps)
+    return fastloss.box_iou(boxes1, boxes2, "ciou", eps=eps, convention="torchvision_matrix")
 
 
 # --------------------------------------------------------------------------------- patch
