@@ -31,10 +31,12 @@ def variants(quick):
     kinds = range(9)
     metrics = range(5)
     fmts = (0, 2) if quick else (0, 1, 2)
+    fastloss = dict(CONV=[0], UMODE=[0])  # convention "fastloss" (the variants below: the peers')
     box_common = dict(COMPUTE=[tl.float32], INT64=[False], BLOCK=[box_iou.BLOCK])
     mat = dict(COMPUTE=[tl.float32], BLOCK=[box_iou.MATRIX_BLOCK])
     box64 = dict(COMPUTE=[tl.float64], INT64=[False], BLOCK=[box_iou.BLOCK])
-    return [
+    box_common, mat, box64 = (dict(d, **fastloss) for d in (box_common, mat, box64))
+    return conventions() + [
         (box_iou._loss_forward_kernel, grid(KIND=kinds, FMT=fmts, POWER_ONE=[True, False], HAS_W=[True], REDUCE=[True], WITH_GRAD=[False],
                                             **box_common)),
         # fp64 (tests, and fp32 pred promoted by an fp64 target): the transcendental paths
@@ -47,6 +49,26 @@ def variants(quick):
         (box_iou._cols_backward_kernel, grid(KIND=metrics, FMT=[0], **mat)),
         (box_iou._max_kernel, grid(KIND=[0, 4], FMT=[0], OVER_M=[True, False], **mat)),
     ] + pointwise_variants(quick) + dice_variants() + rowwise_variants(quick)
+
+
+def conventions():
+    """The peers' eps placements: each (convention, union mode) with the kinds it defines
+    (fastloss/ops/box_iou.py, triton_kernels/box_iou.py _union_mode)."""
+    loss = [(1, 0, [0, 2, 3, 4]), (2, 1, [0, 1, 2]), (2, 0, [3, 4])]
+    metric = [(1, 0, [0, 2, 3, 4]), (2, 1, [0, 1, 2]), (2, 0, [3, 4]), (3, 2, [0, 2, 3, 4])]
+    common = dict(COMPUTE=[tl.float32], INT64=[False], BLOCK=[box_iou.BLOCK])
+    mat = dict(COMPUTE=[tl.float32], BLOCK=[box_iou.MATRIX_BLOCK], FMT=[0])
+    out = []
+    for conv, umode, kinds in loss:
+        c = dict(CONV=[conv], UMODE=[umode], KIND=kinds, FMT=[0], POWER_ONE=[True], HAS_W=[False], **common)
+        out += [(box_iou._loss_forward_kernel, grid(REDUCE=[True], WITH_GRAD=[False], **c)),
+                (box_iou._loss_backward_kernel, grid(PER_BOX_GRAD=[True], **c))]
+    for conv, umode, kinds in metric:
+        c = dict(CONV=[conv], UMODE=[umode], KIND=kinds, **mat)
+        out += [(box_iou._matrix_kernel, grid(ALIGNED=[False], **c)), (box_iou._aligned_backward_kernel, grid(**c)),
+                (box_iou._rows_backward_kernel, grid(**c)), (box_iou._cols_backward_kernel, grid(**c)),
+                (box_iou._max_kernel, grid(OVER_M=[True], **c))]
+    return out
 
 
 def pointwise_variants(quick):
