@@ -383,7 +383,7 @@ def _loss(P, T, cols, eps, power, gamma, KIND: tl.constexpr, FMT: tl.constexpr, 
     (csrc/kernels/box_iou.h paired_loss, term for term)."""
     a0, a1, a2, a3 = _box(P, cols, FMT)
     b0, b1, b2, b3 = _box(T, cols, FMT)
-    aw, ah, bw, bh, iw, ih, inter, uni, um, den, iou = _geometry(a0, a1, a2, a3, b0, b1, b2, b3, eps, CONV, UMODE)
+    aw, ah, bw, bh, iw, ih, inter, uni, um, uden, iou = _geometry(a0, a1, a2, a3, b0, b1, b2, b3, eps, CONV, UMODE)
     z = iou * 0.0
     d_uni, d_aw, d_ah, d_bw, d_bh, d_cw, d_ch, d_dxc, d_dyc = z, z, z, z, z, z, z, z, z
     da0, da1, da2, da3, cw, ch = z, z, z, z, z, z
@@ -401,7 +401,7 @@ def _loss(P, T, cols, eps, power, gamma, KIND: tl.constexpr, FMT: tl.constexpr, 
                 q, inv, c = _giou_term(um, cw, ch, eps, UMODE)
                 v, dp = _powd1(q, power, POWER_ONE)
                 loss = loss + v
-                d_uni, d_cw, d_ch = _giou_grad(dp, den, c, cw, ch, inv, eps, d_uni, d_cw, d_ch, UMODE)
+                d_uni, d_cw, d_ch = _giou_grad(dp, uden, c, cw, ch, inv, eps, d_uni, d_cw, d_ch, UMODE)
             elif KIND == 8:  # cdiou: mean corner distance over the enclosing diagonal (arXiv 2103.11696)
                 dx0 = a0 - b0
                 dy1 = a1 - b1
@@ -508,7 +508,7 @@ def _loss(P, T, cols, eps, power, gamma, KIND: tl.constexpr, FMT: tl.constexpr, 
                         d_dxc = d_dxc * f
                         d_dyc = d_dyc * f
                         loss = f * loss
-    g0, g1, g2, g3, _0, _1, _2, _3 = _pullback(a0, a1, a2, a3, b0, b1, b2, b3, aw, ah, bw, bh, iw, ih, uni, den, iou, cw, ch, eps, d_iou, z,
+    g0, g1, g2, g3, _0, _1, _2, _3 = _pullback(a0, a1, a2, a3, b0, b1, b2, b3, aw, ah, bw, bh, iw, ih, uni, uden, iou, cw, ch, eps, d_iou, z,
                                                d_uni, d_aw, d_ah, d_bw, d_bh, d_cw, d_ch, d_dxc, d_dyc, da0, da1, da2, da3, z, z, z, z, KIND > 1,
                                                FMT, UMODE)
     carrier = loss * 0.0  # NaN policy: a NaN loss reaches every gradient component
@@ -608,7 +608,7 @@ def _metric(A, B, cols, eps, KIND: tl.constexpr, FMT: tl.constexpr, GRAD: tl.con
     ([BLOCK, 4] each; zeros without GRAD) (csrc/kernels/box_iou.h pair_metric)."""
     a0, a1, a2, a3 = _box(A, cols, FMT)
     b0, b1, b2, b3 = _box(B, cols, FMT)
-    aw, ah, bw, bh, iw, ih, inter, uni, um, den, iou = _geometry(a0, a1, a2, a3, b0, b1, b2, b3, eps, CONV, UMODE)
+    aw, ah, bw, bh, iw, ih, inter, uni, um, uden, iou = _geometry(a0, a1, a2, a3, b0, b1, b2, b3, eps, CONV, UMODE)
     z = iou * 0.0
     d_iou = z + 1.0
     d_inter, d_uni, d_aw, d_ah, d_bw, d_bh, d_cw, d_ch, d_dxc, d_dyc, cw, ch = z, z, z, z, z, z, z, z, z, z, z, z
@@ -633,7 +633,7 @@ def _metric(A, B, cols, eps, KIND: tl.constexpr, FMT: tl.constexpr, GRAD: tl.con
             if KIND == 2:  # giou
                 q, inv, c = _giou_term(um, cw, ch, eps, UMODE)
                 m = m - q
-                d_uni, d_cw, d_ch = _giou_grad(z - 1.0, den, c, cw, ch, inv, eps, d_uni, d_cw, d_ch, UMODE)
+                d_uni, d_cw, d_ch = _giou_grad(z - 1.0, uden, c, cw, ch, inv, eps, d_uni, d_cw, d_ch, UMODE)
             else:  # diou, ciou
                 dxc = (a0 + a2) - (b0 + b2)
                 dyc = (a1 + a3) - (b1 + b3)
@@ -656,7 +656,7 @@ def _metric(A, B, cols, eps, KIND: tl.constexpr, FMT: tl.constexpr, GRAD: tl.con
                         d_dxc = d_dxc * k
                         d_dyc = d_dyc * k
     if GRAD:
-        ga0, ga1, ga2, ga3, gb0, gb1, gb2, gb3 = _pullback(a0, a1, a2, a3, b0, b1, b2, b3, aw, ah, bw, bh, iw, ih, uni, den, iou, cw, ch, eps,
+        ga0, ga1, ga2, ga3, gb0, gb1, gb2, gb3 = _pullback(a0, a1, a2, a3, b0, b1, b2, b3, aw, ah, bw, bh, iw, ih, uni, uden, iou, cw, ch, eps,
                                                            d_iou, d_inter, d_uni, d_aw, d_ah, d_bw, d_bh, d_cw, d_ch, d_dxc, d_dyc, z, z, z, z, z,
                                                            z, z, z, KIND > 1, FMT, UMODE)
         c = m * 0.0  # NaN policy: a NaN metric reaches every gradient component
