@@ -151,7 +151,7 @@ def _define_ops(name, code):
         ctx.save_for_backward(input, target, target_value, weight, aux, output[1])
         # the backward runs on the forward's backend (autograd may run it on another thread,
         # outside the caller's use_backend context)
-        ctx.args = (weight_layout, aux_layout, params, reduction, _backend.resolve(name, input.device, backend))
+        ctx.args = (weight_layout, aux_layout, params, reduction, _backend.backward_backend(name, input.device, backend))
 
     def grad_fn(ctx, grad, _grad_cache):
         if grad is None:  # grads are not materialized: no gradient flowed into the loss
@@ -179,7 +179,7 @@ class PointwiseFunction(torch.autograd.Function):
         ctx.set_materialize_grads(False)  # no zero-filled gradient for the cache output
         ctx.save_for_backward(input, target, target_value, weight, aux)
         ctx.stored_grad = cache  # may be scaled in place by the backward (_common.take_stored_grad)
-        ctx.args = (weight_layout, aux_layout, loss, params, reduction, _backend.resolve(NAMES[loss], input.device, backend))
+        ctx.args = (weight_layout, aux_layout, loss, params, reduction, _backend.backward_backend(NAMES[loss], input.device, backend))
         return out, cache
 
     @staticmethod
