@@ -20,6 +20,8 @@ import functools
 import importlib
 import os
 
+import torch
+
 from fastloss import _extension
 
 BACKENDS = ("reference", "cpu", "cuda", "triton")
@@ -159,6 +161,17 @@ def resolve(op, device, requested=None):
         if candidate in available:
             return candidate
     return "reference"
+
+
+def backward_backend(op, device, requested=None):
+    """The backend a call's backward runs on, fixed when its forward runs.  Eager: the one
+    resolved now (a ``use_backend`` block may have ended by the time backward runs).  While
+    torch.compile traces: the request itself (None for the default), resolved when the compiled
+    backward runs, as the compiled forward's is -- a graph never bakes in the backend one
+    process chose (a cached graph may run in another)."""
+    if torch.compiler.is_compiling():
+        return requested
+    return resolve(op, device, requested)
 
 
 def store_grad_in_forward(device):

@@ -307,6 +307,26 @@ class QualityFocalLoss(_PointwiseLoss):
         self._setup(backend, sync_avg_factor, beta=beta, reduction=reduction)
 
 
+class FocalLossWithProb(_PointwiseLoss):
+    """Module form of :func:`fastloss.focal_loss_with_prob` (probabilities)."""
+
+    _fn = staticmethod(_pw.focal_loss_with_prob)
+
+    def __init__(self, alpha=0.25, gamma=2.0, reduction="mean", loss_weight=1.0, *, sync_avg_factor=False, backend=None):
+        super().__init__(loss_weight)
+        self._setup(backend, sync_avg_factor, alpha=alpha, gamma=gamma, reduction=reduction)
+
+
+class QualityFocalLossWithProb(_PointwiseLoss):
+    """Module form of :func:`fastloss.quality_focal_loss_with_prob` (probabilities);
+    ``target`` may be ``(labels, scores)``."""
+
+    _fn = staticmethod(_pw.quality_focal_loss_with_prob)
+
+    def __init__(self, beta=2.0, reduction="mean", loss_weight=1.0, *, sync_avg_factor=False, backend=None):
+        super().__init__(loss_weight)
+        self._setup(backend, sync_avg_factor, beta=beta, reduction=reduction)
+
 class VarifocalLoss(_PointwiseLoss):
     """Module form of :func:`fastloss.varifocal_loss`: ``forward(input, target, weight=None,
     avg_factor=None, positive=None)``."""

@@ -309,3 +309,31 @@ def test_warn_once():
         _extension.warn_once("test-key-fastloss", "second")
     messages = [str(x.message) for x in w if issubclass(x.category, _extension.FastlossWarning)]
     assert messages == ["first"]
+
+
+def test_compiled_backward_resolves_its_backend_when_it_runs(monkeypatch, dynamo_reset):
+    """A graph traced inside ``use_backend("reference")`` carries the request (None), not the
+    backend resolved while tracing: run later outside the block, forward and backward both run
+    the default; inside a block, both run the block's.  (The box matrix's backward always calls
+    its backend: nothing is stored in the forward.)"""
+    from fastloss.ops import box_iou as box_ops
+
+    calls = []
+    impls = _backend._IMPLEMENTATIONS[box_ops.MATRIX_OP]
+    for name, (fwd, bwd) in list(impls.items()):
+        def wrap(fn, tag):
+            def wrapped(*args, **kwargs):
+                calls.append(tag)
+                return fn(*args, **kwargs)
+            return wrapped
+        monkeypatch.setitem(impls, name, (wrap(fwd, (name, "forward")), wrap(bwd, (name, "backward"))))
+    a = torch.tensor([[0.0, 0.0, 4.0, 5.0], [1.0, 2.0, 3.0, 6.0]], requires_grad=True)
+    b = torch.tensor([[1.0, 1.0, 5.0, 4.0]])
+    f = torch.compile(lambda a, b: fastloss.box_iou(a, b, "giou").sum(), fullgraph=True, backend="aot_eager")
+    with fastloss.use_backend("reference"):
+        f(a, b).backward()
+    assert calls == [("reference", "forward"), ("reference", "backward")]
+    calls.clear()
+    f(a, b).backward()
+    default = _backend.resolve(box_ops.MATRIX_OP, "cpu")
+    assert calls == [(default, "forward"), (default, "backward")]

@@ -125,11 +125,14 @@ def test_focal_loss(reduction, target_kind, weight_kind):
     target = {"labels": labels, "onehot": torch.nn.functional.one_hot(labels, K + 1)[:, :K], "soft": torch.rand(N, K, generator=g, dtype=D)}
     weight = {None: None, "row": torch.rand(N, generator=g, dtype=D), "elem": torch.rand(N, K, generator=g, dtype=D),
               "flat": torch.rand(N * K, generator=g, dtype=D)}[weight_kind]
-    for kw in ({}, dict(gamma=0.0, alpha=0.5, loss_weight=2.0)):
+    for kw in ({}, dict(gamma=0.0, alpha=0.5, loss_weight=2.0), dict(activated=True), dict(activated=True, gamma=1.5, alpha=0.3)):
         ours, peer = C.FocalLoss(**kw), L.FocalLoss(**kw)
-        _check(ours, peer, pred, target[target_kind], weight, reduction_override=reduction)
+        x = pred.sigmoid() if kw.get("activated") else pred  # activated: probabilities
+        _check(ours, peer, x, target[target_kind], weight, reduction_override=reduction)
     if reduction != "sum":
         _check(C.FocalLoss(), L.FocalLoss(), pred, target[target_kind], weight, avg_factor=7.5, reduction_override=reduction)
+        _check(C.FocalLoss(activated=True), L.FocalLoss(activated=True), pred.sigmoid(), target[target_kind], weight, avg_factor=7.5,
+               reduction_override=reduction)
 
 
 def _mmcv_focal_formula(x, t, gamma, alpha, weight, reduction):
@@ -235,8 +238,9 @@ def test_quality_focal_loss(reduction, target_kind, with_weight):
     else:
         target = torch.rand(N, K, generator=g, dtype=D) * (torch.rand(N, K, generator=g) > 0.6)
     weight = torch.rand(N, generator=g, dtype=D) if with_weight else None
-    for kw in ({}, dict(beta=1.0, loss_weight=0.5)):
-        _check(C.QualityFocalLoss(**kw), L.QualityFocalLoss(**kw), pred, target, weight, reduction_override=reduction)
+    for kw in ({}, dict(beta=1.0, loss_weight=0.5), dict(activated=True), dict(activated=True, beta=1.5)):
+        x = pred.sigmoid() if kw.get("activated") else pred  # activated: probabilities
+        _check(C.QualityFocalLoss(**kw), L.QualityFocalLoss(**kw), x, target, weight, reduction_override=reduction)
     if reduction != "sum":
         _check(C.QualityFocalLoss(), L.QualityFocalLoss(), pred, target, weight, avg_factor=4.0, reduction_override=reduction)
 
@@ -470,11 +474,9 @@ def test_ciou_loss(reduction, weight_kind):
 
 
 @pytest.mark.parametrize("build,match", [
-    (lambda: C.FocalLoss(activated=True), "activated"),
     (lambda: C.FocalLoss(use_sigmoid=False), "use_sigmoid"),
     (lambda: C.FocalLoss(alpha=-1.0), "alpha"),
     (lambda: C.SigmoidFocalLoss(2.0, 1.5), "alpha"),
-    (lambda: C.QualityFocalLoss(activated=True), "activated"),
     (lambda: C.VarifocalLoss(use_sigmoid=False), "use_sigmoid"),
     (lambda: C.DiceLoss(use_sigmoid=False), "use_sigmoid"),
     (lambda: C.CrossEntropyLoss(use_sigmoid=True, use_mask=True), "use_mask"),

@@ -180,3 +180,103 @@ def test_patch():
     assert SL.soft_ce.SoftCrossEntropyLoss is FS.SoftCrossEntropyLoss
     handle.undo()
     assert SL.soft_ce.SoftCrossEntropyLoss is ORIGINAL["SoftCrossEntropyLoss"]
+
+
+# ------------------------------------------------------------------ review fixes
+
+
+@pytest.mark.parametrize("name", ["DiceLoss", "JaccardLoss", "TverskyLoss"])
+def test_hard_target_gradients_at_ties(name):
+    """smp's intersection (sum p + sum g - ||p - g||_1) / 2 has derivative 1/2 where p == g and
+    differs from sum p g outside [0, 1]: with from_logits=False fastloss adds the exact
+    correction, so values AND gradients are smp's (the reviewer's repro and more)."""
+    y = torch.tensor([[[[1.0, 0.0, 1.0, 0.0]]]], dtype=torch.float64)
+    for pv in ([1.0, 0.0, 1.0, 0.0], [0.9, 0.2, 0.5, 0.0], [1.2, -0.1, 1.0, 0.3]):
+        p = torch.tensor([[[pv]]], dtype=torch.float64)
+        _compare(getattr(FS, name)("binary", from_logits=False), ORIGINAL[name]("binary", from_logits=False), p, y)
+    a = FS.DiceLoss("binary", from_logits=False)
+    pa = y.clone().requires_grad_(True)
+    g, = torch.autograd.grad(a(pa, y), pa)
+    assert torch.equal(g, torch.zeros_like(g))  # smp: [0, 0, 0, 0] (the kernel alone: [-.25, .25, -.25, .25])
+    # hard probabilities with ties in every mode, ignore_index and class weights included
+    for mode in ("binary", "multiclass", "multilabel"):
+        for ignore in (False, True):
+            x, t = _data(mode, ignore, probs=True)
+            x = torch.where(x > 0.5, torch.ones_like(x), torch.where(x < 0.2, torch.zeros_like(x), x))  # exact 0 / 1 entries
+            kw = dict(from_logits=False, ignore_index=IGNORE if ignore else None, smooth=0.5)
+            if mode != "binary":
+                kw["class_weights"] = [0.5, 1.0, 2.0, 3.0]
+            _compare(getattr(FS, name)(mode, **kw), ORIGINAL[name](mode, **kw), x, t)
+
+
+def test_saturated_logits_gradient_bound():
+    """from_logits=True: where smp's probability rounds to exactly 1 the two gradients may differ,
+    by no more than the documented bound (dp/dx < 2^-53 in fp64); everywhere else they agree."""
+    x, t = _data("multilabel")
+    x = x.clone()
+    x[0, 0, 0, :3] = 40.0  # sigmoid(40) == 1 in fp64
+    t = t.clone()
+    t[0, 0, 0, :3] = 1.0
+    _compare(FS.DiceLoss("multilabel"), ORIGINAL["DiceLoss"]("multilabel"), x, t, rtol=1e-10, atol=1e-15)
+
+
+def _assert_same_state(ours, peer):
+    sa, sb = ours.state_dict(), peer.state_dict()
+    assert list(sa) == list(sb), (list(sa), list(sb))
+    for key in sa:
+        assert sa[key].dtype == sb[key].dtype and torch.equal(sa[key], sb[key]), key
+
+
+STATE_GRID = [("DiceLoss", ("multiclass",), dict(class_weights=[1.0, 2.0, 3.0, 4.0])), ("JaccardLoss", ("multilabel",), {}),
+              ("TverskyLoss", ("binary",), dict(alpha=0.3)), ("FocalLoss", ("multiclass",), dict(alpha=0.25)),
+              ("SoftBCEWithLogitsLoss", (), dict(weight=torch.rand(3, 1, 1, dtype=torch.float64), pos_weight=torch.rand(4))),
+              ("SoftBCEWithLogitsLoss", (), {}), ("SoftCrossEntropyLoss", (), dict(smooth_factor=0.1))]
+
+
+@pytest.mark.parametrize("name,args,kw", STATE_GRID)
+def test_state_dict_matches_smp(name, args, kw):
+    """The same state_dict keys and values as smp's; a checkpoint saved unpatched loads patched
+    (and back), strictly."""
+    ours, peer = getattr(FS, name)(*args, **kw), ORIGINAL[name](*args, **kw)
+    _assert_same_state(ours, peer)
+    ours.load_state_dict(ORIGINAL[name](*args, **kw).state_dict())
+    peer.load_state_dict(getattr(FS, name)(*args, **kw).state_dict())
+    with fastloss.patch("smp"):
+        patched = getattr(SL, name)(*args, **kw)
+    patched.load_state_dict(peer.state_dict())
+
+
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none", "batchwise_mean"])
+def test_focal_loss_fn(reduction):
+    """FocalLoss.focal_loss_fn is smp's attribute: the per-element focal function with the
+    loss's alpha / gamma / reduction (smp's focal_loss_with_logits semantics)."""
+    from segmentation_models_pytorch.losses._functional import focal_loss_with_logits
+
+    assert inspect.signature(FS.focal_loss_with_logits) == inspect.signature(focal_loss_with_logits)
+    x, t = _data("multilabel")
+    for kw in (dict(), dict(alpha=0.25, gamma=1.5)):
+        ours, peer = FS.FocalLoss("multilabel", reduction=reduction, **kw), ORIGINAL["FocalLoss"]("multilabel", reduction=reduction, **kw)
+        _compare(ours.focal_loss_fn, peer.focal_loss_fn, x, t)
+    with pytest.raises(ValueError, match="normalized"):
+        FS.focal_loss_with_logits(x, t, normalized=True)
+
+
+@pytest.mark.parametrize("name,mode", [("FocalLoss", "multiclass"), ("FocalLoss", "binary"), ("DiceLoss", "multilabel"),
+                                       ("DiceLoss", "multiclass"), ("JaccardLoss", "binary"), ("SoftCrossEntropyLoss", None)])
+def test_compile_fullgraph(name, mode):
+    """The value checks (soft targets, labels) read the host: skipped while torch.compile traces,
+    so fullgraph=True compiles; same values and gradients as eager."""
+    x, t = _data(mode or "multiclass")
+    if mode == "binary":
+        t = t.to(torch.float64)
+    loss = getattr(FS, name)(mode) if mode else getattr(FS, name)(smooth_factor=0.1)
+    torch._dynamo.reset()
+    compiled = torch.compile(loss, fullgraph=True, backend="aot_eager")
+    _compare(compiled, loss, x, t)
+
+
+def test_targets_requiring_grad_raise():
+    x, t = _data("multilabel")
+    with pytest.raises(ValueError, match="target"):
+        FS.DiceLoss("multilabel")(x, t.clone().requires_grad_(True))
+    assert "require grad raise ValueError" in FS.__doc__.replace("\n  ", " ")

@@ -262,6 +262,8 @@ def _calls():
         "quality_focal_loss": (lambda x, **kw: f.quality_focal_loss(x, (labels, score), **kw), x),
         "varifocal_loss": (lambda x, **kw: f.varifocal_loss(x, t * 0.7, **kw), x),
         "gaussian_focal_loss": (lambda x, **kw: f.gaussian_focal_loss(x, t * 0.5, **kw), p),
+        "focal_loss_with_prob": (lambda x, **kw: f.focal_loss_with_prob(x, labels, **kw), p),
+        "quality_focal_loss_with_prob": (lambda x, **kw: f.quality_focal_loss_with_prob(x, (labels, score), **kw), p),
         "hinge_loss": (lambda x, **kw: f.hinge_loss(x, t, **kw), x),
         "kl_div": (lambda x, **kw: f.kl_div(x, p, **kw), x.log_softmax(-1)),
         "l1_loss": (lambda x, **kw: f.l1_loss(x, y, **kw), x),

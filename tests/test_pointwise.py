@@ -81,6 +81,12 @@ LOSSES = {
                    lambda s, d, dev: torch.log_softmax(torch.randn(s, dtype=torch.float64), -1).to(d).to(dev), {"log_target": True},
                    lambda x, t, log_target: F.kl_div(x, t, reduction="none", log_target=True)),
     "mean_bias": (fastloss.mean_bias_error, _logits, _values, {}, lambda x, t: x - t),
+    # mmdetection's py_focal_loss_with_prob / quality_focal_loss_with_prob (activated=True)
+    "focal_prob": (fastloss.focal_loss_with_prob, _probs, _soft, {"alpha": 0.3, "gamma": 1.5},
+                   lambda x, t, alpha, gamma: F.binary_cross_entropy(x, t, reduction="none") * (alpha * t + (1 - alpha) * (1 - t))
+                   * ((1 - x) * t + x * (1 - t)).pow(gamma)),
+    "quality_focal_prob": (fastloss.quality_focal_loss_with_prob, _probs, _soft, {"beta": 2.0},
+                           lambda x, t, beta: F.binary_cross_entropy(x, t, reduction="none") * (x - t).abs().pow(beta)),
 }
 NO_REDUCTION_ARG = ("mean_bias",)  # mean_bias_error: always the mean
 
@@ -259,7 +265,7 @@ def test_kl_div_batchmean():
 
 
 GRADCHECK = ["l1", "mse", "smooth_l1", "huber", "balanced_l1", "bce_logits", "bce", "poly1_bce", "poly1_focal", "quality_focal", "varifocal",
-             "gaussian_focal", "hinge", "kl_div", "mean_bias"]
+             "gaussian_focal", "hinge", "kl_div", "mean_bias", "focal_prob", "quality_focal_prob"]
 
 
 @pytest.mark.parametrize("name", GRADCHECK)
@@ -407,6 +413,41 @@ def test_infinite_logits_with_their_own_target(backend):
         (g,) = torch.autograd.grad(out.sum(), x)
         assert out[0] == 0 and out[1] == 0 and torch.isfinite(out).all(), (fn.__name__, out)
         assert (g[:2] == 0).all() and torch.isfinite(g).all(), (fn.__name__, g)
+
+
+@pytest.mark.parametrize("backend", helpers.CPU_BACKENDS)
+def test_focal_with_prob_labels_and_saturated_probabilities(backend):
+    """Class labels (C = background) expand as the dense one-hot targets do, QFL's (labels,
+    scores) as mmdetection's quality_focal_loss_with_prob; probabilities of exactly 0 and 1
+    give torch's clamped BCE (finite loss and gradient)."""
+    torch.manual_seed(3)
+    x = torch.rand(6, 4, dtype=torch.float64).clamp(0.02, 0.98).requires_grad_()
+    labels = torch.tensor([0, 3, 4, 1, 4, 2])  # 4 = background
+    dense = F.one_hot(labels, 5)[:, :4].double()
+    a = fastloss.focal_loss_with_prob(x, labels, reduction="none", backend=backend)
+    b = fastloss.focal_loss_with_prob(x, dense, reduction="none", backend=backend)
+    torch.testing.assert_close(a, b, rtol=0, atol=0)
+    scores = torch.rand(6, dtype=torch.float64)
+    q = fastloss.quality_focal_loss_with_prob(x, (labels, scores), reduction="none", backend=backend)
+    expected = F.binary_cross_entropy(x, torch.zeros_like(x), reduction="none") * x.pow(2)  # negatives: BCE(p, 0) p^beta
+    for i, c in enumerate(labels.tolist()):
+        if c < 4:
+            expected[i, c] = F.binary_cross_entropy(x[i, c], scores[i]) * (scores[i] - x[i, c]).abs().pow(2)
+    torch.testing.assert_close(q, expected, rtol=1e-12, atol=1e-15)
+    xe = torch.tensor([[0.0, 1.0, 0.0, 1.0]], requires_grad=True)
+    te = torch.tensor([[0.0, 1.0, 1.0, 0.0]])
+    for name in ("focal_prob", "quality_focal_prob"):
+        fn, _, _, kwargs, formula = LOSSES[name]
+        out = fn(xe, te, reduction="none", backend=backend, **kwargs)
+        g, = torch.autograd.grad(out.sum(), xe)
+        xr = xe.detach().clone().requires_grad_()
+        r = formula(xr, te, **kwargs)
+        gr, = torch.autograd.grad(r.sum(), xr)
+        torch.testing.assert_close(out, r)
+        torch.testing.assert_close(g, gr)
+        assert torch.isfinite(out).all() and torch.isfinite(g).all()
+    with pytest.raises(ValueError, match="between 0 and 1"):
+        fastloss.focal_loss_with_prob(torch.full((2, 3), 1.5), torch.zeros(2, 3), backend=backend)
 
 
 def test_more_domains():

@@ -46,7 +46,8 @@ def run(backend, dtype, device):
                              (fastloss.binary_cross_entropy, xs.sigmoid(), {}), (fastloss.poly1_bce_loss, xs, {}),
                              (fastloss.poly1_focal_loss, xs, {}), (fastloss.quality_focal_loss, xs, {}), (fastloss.varifocal_loss, xs, {}),
                              (fastloss.gaussian_focal_loss, xs.sigmoid(), {}), (fastloss.hinge_loss, xs, {}),
-                             (fastloss.kl_div, xs.log_softmax(-1), {})):
+                             (fastloss.kl_div, xs.log_softmax(-1), {}), (fastloss.focal_loss_with_prob, xs.sigmoid(), {}),
+                             (fastloss.quality_focal_loss_with_prob, xs.sigmoid(), {})):
             loss, _, _ = _fwd_bwd(fn, x, ts, backend=backend, **extra)
             ref, _, _ = _fwd_bwd(fn, x, ts, backend="reference", **extra)
             _check(f"{fn.__name__} {backend} {dtype} n={n}", loss, ref, rtol)

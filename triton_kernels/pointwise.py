@@ -21,7 +21,7 @@ BLOCK = 1024
 
 # Loss codes (csrc/kernels/pointwise.h Loss, fastloss/ops/pointwise.py LOSSES).
 SIGMOID_FOCAL, L1, MSE, SMOOTH_L1, HUBER, BALANCED_L1, BCE_WITH_LOGITS, BCE, POLY1_BCE, POLY1_FOCAL, QUALITY_FOCAL, VARIFOCAL, \
-    GAUSSIAN_FOCAL, HINGE, KL_DIV, BIAS = range(16)
+    GAUSSIAN_FOCAL, HINGE, KL_DIV, BIAS, FOCAL_WITH_PROB, QUALITY_FOCAL_WITH_PROB = range(18)
 
 # ----------------------------------------------------------------------------- shared pieces
 
@@ -173,6 +173,23 @@ def _bce(x, t):
 
 
 @triton.jit
+def _focal_with_prob(x, t, p0, p1, p2, p3, p4):
+    # csrc/kernels/pointwise.h FocalWithProb: BCE(p, t) a_t m^gamma over probabilities
+    ce, dce = _bce(x, t)
+    if p4 != 0:  # quality form: m = |p - t|
+        d = x - t
+        m = tl.abs(d)
+        dm = _sign_nan(d)
+    else:  # focal form: m = 1 - p_t
+        m = (1.0 - x) * t + x * (1.0 - t)
+        dm = 1.0 - 2.0 * t
+    mg = _pow_q(m, p2)
+    mg_over_m = tl.where(m > 0, mg / tl.where(m > 0, m, 1.0), m * 0.0)
+    a_t = tl.where(p3 != 0, p0 * t + p1 * (1.0 - t), 1.0)
+    return a_t * ce * mg, a_t * (dce * mg + p2 * ce * mg_over_m * dm)
+
+
+@triton.jit
 def _hinge(x, t, p0, p1):
     y = tl.where(t > 0, 1.0, tl.where(t != t, t, -1.0))
     m = p0 - y * x
@@ -257,9 +274,11 @@ def _loss(x, t, aux, p0, p1, p2, p3, p4, p5, p6, LOSS: tl.constexpr):
         return _hinge(x, t, p0, p1)
     elif LOSS == 14:
         return _kl_div(x, t, p0)
-    else:  # 15: the signed error x - t (mean bias error)
+    elif LOSS == 15:  # the signed error x - t (mean bias error)
         d = x - t
         return d, 1.0 + d * 0.0
+    else:  # 16, 17: the focal losses over probabilities
+        return _focal_with_prob(x, t, p0, p1, p2, p3, p4)
 
 
 # ----------------------------------------------------------------------------- the engine

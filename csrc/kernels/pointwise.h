@@ -47,7 +47,9 @@ enum Loss : int {
   kHinge = 13,
   kKLDiv = 14,
   kBias = 15,
-  kNumLosses = 16
+  kFocalWithProb = 16,
+  kQualityFocalWithProb = 17,
+  kNumLosses = 18
 };
 
 constexpr int kNumParams = 7;  // the most any loss uses (balanced L1); Triton passes p0..p6
@@ -274,6 +276,39 @@ struct BCE {
   }
 };
 
+// Focal losses over probabilities x = p (a sigmoid already applied: mmdetection's
+// ``activated=True``), py_focal_loss_with_prob and quality_focal_loss_with_prob:
+//   L = BCE(p, t) a_t m^gamma,  BCE as torch's binary_cross_entropy (logs clamped at -100)
+//   focal:   m = 1 - p_t = (1 - p) t + p (1 - t),  a_t = alpha t + (1 - alpha) (1 - t) (1 without alpha)
+//   quality: m = |p - t| (GFL's |y - sigma|), a_t = 1
+//   dL/dp = a_t [dBCE/dp m^gamma + gamma BCE m^gamma / m dm/dp],
+//   dm/dp = 1 - 2t (focal) or sign(p - t) (quality); m^gamma / m is 0 at m = 0 (the project's
+//   (x^g)'(0) = 0).  Both factors are differentiated, as mmdetection's autograd does.
+// p: [0] alpha, [1] 1 - alpha, [2] gamma, [3] 1 to use alpha, [4] 1 for the quality form.
+struct FocalWithProb {
+  template <typename T, typename S>
+  static FL_HOST_DEVICE FL_INLINE void eval(const T& x, const T& t, const T& aux, const Params<S>& p, T& loss, T& grad) {
+    const T one(1), zero(0);
+    T ce, dce;
+    BCE::eval(x, t, aux, p, ce, dce);
+    T m, dm;
+    if (p.p[4] != S(0)) {
+      const T d = x - t;
+      m = fl::abs(d);
+      dm = sign_nan(d);
+    } else {
+      m = (one - x) * t + x * (one - t);
+      dm = one - T(2) * t;
+    }
+    const T mg = pow_q(m, p.p[2]);
+    const T mg_over_m = fl::select(m > zero, mg / fl::select(m > zero, m, one), m * zero);
+    T a_t = one;
+    if (p.p[3] != S(0)) a_t = T(p.p[0]) * t + T(p.p[1]) * (one - t);
+    loss = a_t * ce * mg;
+    grad = a_t * (dce * mg + T(p.p[2]) * ce * mg_over_m * dm);
+  }
+};
+
 // Binary hinge loss max(0, m - y x) (squared: its square), y = 1 for t > 0 and -1 otherwise
 // (targets in {-1, 1} or {0, 1}); d/dx = -y where m - y x > 0 (0 at the kink), squared:
 // -2 y max(0, m - y x).   p: [0] margin, [1] 1 for the squared hinge.
@@ -406,6 +441,8 @@ inline bool dispatch_loss(int64_t loss, const F& f) {
     case kHinge: f(Hinge{}); return true;
     case kKLDiv: f(KLDiv{}); return true;
     case kBias: f(Bias{}); return true;
+    case kFocalWithProb:
+    case kQualityFocalWithProb: f(FocalWithProb{}); return true;
     default: return false;
   }
 }

@@ -46,8 +46,7 @@ with ``smooth_point``, not fastloss's Efficient-IoU),
 ``SIoULoss`` (its own eps placement and ``neg_gamma``), ``BoundedIoULoss``, and mmcv's
 compiled ``bbox_overlaps`` (``offset``).
 
-Arguments the compat layer cannot honour raise ValueError: ``FocalLoss(activated=True)`` and
-``QualityFocalLoss(activated=True)`` (focal losses over probabilities: no kernel), any
+Arguments the compat layer cannot honour raise ValueError: any
 ``use_sigmoid=False`` (mmdetection raises too, later), ``**kwargs`` given to a ``forward``,
 ``CrossEntropyLoss(use_mask=True)`` with ``class_weight``, ``GaussianFocalLoss`` with
 ``gamma=0`` and ``pos_weight != neg_weight`` or ``pos_inds``, a focal ``alpha`` outside [0, 1]
@@ -178,10 +177,11 @@ class FocalLoss(nn.Module):
         use_sigmoid: must be True (mmdetection has only the sigmoid form).
         gamma: focusing exponent (>= 0); alpha: weight of the positives (in [0, 1]).
         reduction: "none" | "mean" | "sum"; loss_weight: scales the loss.
-        activated: must be False (a focal loss over probabilities has no fastloss kernel).
+        activated: True: ``pred`` holds probabilities (mmdetection's ``py_focal_loss_with_prob``,
+            over :func:`fastloss.focal_loss_with_prob`); False: logits.
 
     forward(pred, target, weight=None, avg_factor=None, reduction_override=None):
-        pred: logits (N, C); target: class labels (N,) int64 in [0, C] (C = background,
+        pred: logits (N, C), or probabilities in [0, 1] with ``activated``; target: class labels (N,) int64 in [0, C] (C = background,
             expanded in the kernel -- mmdetection one-hot encodes them, or calls mmcv's CUDA
             op) or float targets (N, C) (cast to pred's dtype).
         weight: per element (N, C), per anchor (N,) (or any N-first tensor of N values), or N * C
@@ -194,8 +194,6 @@ class FocalLoss(nn.Module):
         super().__init__()
         if use_sigmoid is not True:
             raise ValueError("FocalLoss: only use_sigmoid=True exists (mmdetection's softmax focal loss is not implemented either)")
-        if activated:
-            raise ValueError("FocalLoss: activated=True (a focal loss over probabilities) is not supported by fastloss's compat layer")
         _check_alpha("FocalLoss", alpha)
         self.use_sigmoid = use_sigmoid
         self.gamma = gamma
@@ -209,7 +207,8 @@ class FocalLoss(nn.Module):
         if pred.dim() == target.dim():
             target = target.to(pred.dtype)  # mmdetection: target.type_as(pred)
         w = _focal_weight(weight, pred)
-        loss = _pointwise.sigmoid_focal_loss(pred, target, self.alpha, self.gamma, reduction, weight=w, avg_factor=avg_factor)
+        fn = _pointwise.focal_loss_with_prob if self.activated else _pointwise.sigmoid_focal_loss
+        loss = fn(pred, target, self.alpha, self.gamma, reduction, weight=w, avg_factor=avg_factor)
         return self.loss_weight * _promote(loss, w)
 
 
@@ -390,14 +389,15 @@ class CrossEntropyLoss(nn.Module):
 class QualityFocalLoss(nn.Module):
     """mmdetection's ``QualityFocalLoss`` (GFL, Li et al. 2020) over
     :func:`fastloss.quality_focal_loss`: per element BCE(x, q) |sigmoid(x) - q|^beta, summed
-    over the classes per anchor, then weighted and reduced over the anchors.
+    over the classes per anchor, then weighted and reduced over the anchors (``activated``:
+    BCE(p, q) |p - q|^beta over probabilities, :func:`fastloss.quality_focal_loss_with_prob`).
 
     Args:
         use_sigmoid: must be True; beta: >= 0; reduction, loss_weight as mmdetection.
-        activated: must be False (QFL over probabilities: no fastloss kernel).
+        activated: True: ``pred`` holds probabilities in [0, 1]; False: logits.
 
     forward(pred, target, weight=None, avg_factor=None, reduction_override=None):
-        pred: logits (N, C); target: ``(labels (N,), scores (N,))`` -- a label outside [0, C)
+        pred: logits (N, C) (probabilities with ``activated``); target: ``(labels (N,), scores (N,))`` -- a label outside [0, C)
             is background -- or dense quality targets (N, C).  weight: (N,) per anchor.
     Returns (N,) for "none", else a scalar, in pred's dtype.
     """
@@ -406,8 +406,6 @@ class QualityFocalLoss(nn.Module):
         super().__init__()
         if use_sigmoid is not True:
             raise ValueError("QualityFocalLoss: only use_sigmoid=True exists")
-        if activated:
-            raise ValueError("QualityFocalLoss: activated=True (QFL over probabilities) is not supported by fastloss's compat layer")
         self.use_sigmoid = use_sigmoid
         self.beta = beta
         self.reduction = reduction
@@ -425,13 +423,14 @@ class QualityFocalLoss(nn.Module):
             target = (_background_labels(label, pred.size(1)), score)
         if weight is not None and weight.shape != pred.shape[:1]:
             raise ValueError(f"QualityFocalLoss: weight must be one value per anchor {tuple(pred.shape[:1])}, got {tuple(weight.shape)}")
+        qfl = _pointwise.quality_focal_loss_with_prob if self.activated else _pointwise.quality_focal_loss
         if reduction == "none":
-            loss = _pointwise.quality_focal_loss(pred, target, self.beta, reduction="none").sum(dim=1)
+            loss = qfl(pred, target, self.beta, reduction="none").sum(dim=1)
             loss = loss if weight is None else loss * weight
         elif reduction == "sum" or avg_factor is not None:
-            loss = _pointwise.quality_focal_loss(pred, target, self.beta, weight=weight, reduction=reduction, avg_factor=avg_factor)
+            loss = qfl(pred, target, self.beta, weight=weight, reduction=reduction, avg_factor=avg_factor)
         else:  # mmdetection's mean is over the anchors, after the sum over the classes
-            loss = _pointwise.quality_focal_loss(pred, target, self.beta, weight=weight, reduction="sum") / max(pred.size(0), 1)
+            loss = qfl(pred, target, self.beta, weight=weight, reduction="sum") / max(pred.size(0), 1)
         return self.loss_weight * _promote(loss.to(pred.dtype), weight)
 
 

@@ -15,7 +15,13 @@ Mapping:
   sum); smp's score (I + smooth) / (I + alpha FP + beta FN + smooth).clamp_min(eps) over the
   batch, the zeroing of classes absent from the target, ``classes``, ``log_loss``, the
   weighted class mean sum(w l) / sum(w) (= fastloss's class weights C w / sum(w)) and
-  Tversky's ``** gamma`` of the mean are torch ops on the (N, C, 3) sums.
+  Tversky's ``** gamma`` of the mean are torch ops on the (N, C, 3) sums.  smp's intersection
+  is (sum p + sum g - ||p - g||_1) / 2 = sum min(p, g), the kernel's sum p g: equal in value
+  for hard targets and p in [0, 1], but smp's derivative where p == g exactly is 1/2 (torch's
+  |.|'(0) = 0), the kernel's g.  With ``from_logits=False`` (the input is p, so exact ties and
+  values outside [0, 1] are ordinary) a torch term sum min(p, g) - p g over the counted
+  elements -- zero in value for p in [0, 1], with exactly the missing gradient -- is added to
+  the kernel's intersection: values and gradients are smp's.
 * ``FocalLoss``: :func:`fastloss.sigmoid_focal_loss` per element (integer labels expanded in the
   kernel for "multiclass"), smp's per-class means and class weights folded into the element
   weights; ``from_logits=False`` applies smp's clamp-and-logit (or log) in PyTorch first.
@@ -30,9 +36,22 @@ Differences from smp (documented, deliberate):
 
 * Soft (non 0 / 1) float targets raise ValueError in ``DiceLoss`` / ``JaccardLoss`` /
   ``TverskyLoss`` / ``FocalLoss``: smp's intersection for soft targets is sum min(p, g) and its
-  focal term exp(-BCE); fastloss's kernels form sum p g and (1 - p_t).  Both agree for hard
-  targets.  Checked for CPU tensors; for CUDA tensors in fastloss's checked mode
-  (:func:`fastloss.checked_labels`; unchecked, soft targets give fastloss's forms).
+  focal term exp(-BCE); fastloss's kernels form sum p g and (1 - p_t).  For hard targets the
+  values agree.  Checked for CPU tensors; for CUDA tensors in fastloss's checked mode
+  (:func:`fastloss.checked_labels`; unchecked, soft targets give fastloss's forms); under
+  ``torch.compile`` the value checks (soft targets, labels out of range) are skipped (they
+  read the host; a compiled graph cannot).
+* ``DiceLoss`` / ``JaccardLoss`` / ``TverskyLoss`` with ``from_logits=True`` (the default):
+  the gradient w.r.t. a logit whose probability smp rounds to exactly 0 or 1 in the input dtype
+  (sigmoid: a logit above about 17 in fp32, 37 in fp64, 8 in fp16; softmax likewise for a
+  class whose probability rounds to 1) differs from smp's: there smp's d min(p, g) / dp is 1/2,
+  the kernel's g; the two gradients at that element are both of the size of dp/dx there
+  (smp's p sigmoid(-x) < 2^-24 in fp32, 2^-53 in fp64, 2^-11 in fp16) times |dL/dI| + |dL/dP|,
+  and they differ by up to that much.  Every other element, and
+  every value, is smp's.  Reproducing it would need the probabilities in PyTorch (the pass the
+  fused kernel saves); ``from_logits=False`` is exact (see the mapping).
+* Targets that require grad raise ValueError (fastloss does not differentiate w.r.t. the
+  target; smp does): pass ``y_true.detach()``.
 * ``FocalLoss``: ``normalized=True``, ``reduced_threshold`` and an ``alpha`` outside [0, 1]
   raise ValueError (no fastloss kernel forms them); "multilabel" with ``ignore_index`` and "none" / "batchwise_mean" with
   ``class_weights`` in the multi-class modes raise ValueError (smp itself fails there with a
@@ -42,6 +61,7 @@ Differences from smp (documented, deliberate):
   smp raises TypeError there.
 * Bad ``mode`` values raise ValueError (smp: AssertionError).
 """
+from functools import partial
 from typing import List, Optional
 
 import torch
@@ -53,7 +73,8 @@ from fastloss.ops import dice as _dice
 from fastloss.ops.pointwise import binary_cross_entropy_with_logits, sigmoid_focal_loss
 from fastloss.ops.rowwise import cross_entropy
 
-__all__ = ["DiceLoss", "JaccardLoss", "TverskyLoss", "FocalLoss", "SoftBCEWithLogitsLoss", "SoftCrossEntropyLoss"]
+__all__ = ["DiceLoss", "JaccardLoss", "TverskyLoss", "FocalLoss", "SoftBCEWithLogitsLoss", "SoftCrossEntropyLoss",
+           "focal_loss_with_logits"]
 
 BINARY_MODE = "binary"
 MULTICLASS_MODE = "multiclass"
@@ -71,10 +92,18 @@ def _float32(values):
     return torch.as_tensor(values).to(torch.float32)
 
 
+def _eager():
+    """False while torch.compile traces: the value checks below read the host (a sync, and a
+    graph break that fullgraph=True refuses), so a compiled graph skips them -- as fastloss's
+    ops leave their label checks to the kernels at run time."""
+    return not torch.compiler.is_compiling()
+
+
 def _check_hard(name, t, ignore_index):
     """ValueError for a float target with values other than 0, 1 (and ignore_index) -- CPU
-    tensors; CUDA tensors in fastloss's checked mode (the check syncs)."""
-    if not t.is_floating_point() or t.numel() == 0 or not _common.labels_checked_on(t.device):
+    tensors; CUDA tensors in fastloss's checked mode (the check syncs); skipped under
+    torch.compile."""
+    if not t.is_floating_point() or t.numel() == 0 or not _eager() or not _common.labels_checked_on(t.device):
         return
     bad = (t != 0) & (t != 1)
     if ignore_index is not None:
@@ -128,6 +157,8 @@ class _SoftScore(_Loss):
         ii = None if self.ignore_index is None else int(self.ignore_index)
         sums, _ = _dice._sums(xk, tk, activation, False, ii, False, None)
         I, P, G = sums.sum(0).unbind(-1)  # over the batch and space, per class (smp's dims (0, 2))
+        if not self.from_logits:
+            I = I + self._intersection_correction(x, t, mode, sums.dtype)
         den = (I + self._alpha * (P - I) + self._beta * (G - I) + self.smooth).clamp_min(self.eps)
         score = (I + self.smooth) / den
         loss = -torch.log(score.clamp_min(self.eps)) if self.log_loss else 1.0 - score
@@ -135,6 +166,28 @@ class _SoftScore(_Loss):
         if self.classes is not None:
             loss = loss[self.classes]
         return loss.to(xk.dtype)
+
+    def _intersection_correction(self, p, t, mode, dtype):
+        """smp's intersection minus the kernel's, per class (C,), for probabilities p (N, C, S).
+
+        smp forms the intersection as (sum p + sum g - ||p - g||_1) / 2 = sum min(p, g); the
+        kernel forms sum p g.  For a hard g and p in [0, 1] the VALUES agree, but the derivative
+        differs where p == g exactly (torch's |.|' (0) = 0 makes smp's d min / dp = 1/2 there;
+        the kernel's d(p g)/dp = g) and the values differ for p outside [0, 1].  This term,
+        sum over the counted elements of min(p, g) - p g, is 0 or the exact value difference,
+        and its gradient (torch.minimum splits a tie 1/2 : 1/2) is exactly smp's minus the
+        kernel's, so kernel sums + correction give smp's values and gradients."""
+        if mode == "multiclass":
+            valid = torch.ones_like(t, dtype=torch.bool) if self.ignore_index is None else t != self.ignore_index
+            lab = torch.where(valid, t, torch.zeros_like(t)).unsqueeze(1)
+            classes = torch.arange(p.shape[1], device=p.device).view(1, -1, 1)
+            g = (lab == classes).to(p.dtype)  # the one-hot target of the counted pixels (smp's y_true)
+            valid = valid.unsqueeze(1)
+        else:
+            valid = torch.ones_like(t, dtype=torch.bool) if self.ignore_index is None else t != self.ignore_index
+            g = torch.where(valid, t, torch.zeros_like(t))
+        diff = torch.where(valid, torch.minimum(p, g) - p * g, torch.zeros((), dtype=p.dtype, device=p.device))
+        return diff.sum((0, 2), dtype=dtype)
 
     def aggregate_loss(self, loss: torch.Tensor) -> torch.Tensor:
         """smp's class mean (weighted: sum(w loss) / sum(w))."""
@@ -225,6 +278,38 @@ class TverskyLoss(DiceLoss):
         return super().aggregate_loss(loss) ** self.gamma
 
 
+def focal_loss_with_logits(
+    output: torch.Tensor,
+    target: torch.Tensor,
+    gamma: float = 2.0,
+    alpha: Optional[float] = 0.25,
+    reduction: str = "mean",
+    normalized: bool = False,
+    reduced_threshold: Optional[float] = None,
+    eps: float = 1e-6,
+) -> torch.Tensor:
+    """smp's ``focal_loss_with_logits`` (segmentation_models_pytorch.losses._functional, smp
+    0.6.0) on :func:`fastloss.sigmoid_focal_loss`: per element (1 - p_t)^gamma BCE(output,
+    target), times alpha t + (1 - alpha)(1 - t) when ``alpha`` is not None; "mean" over all
+    elements, "sum", "batchwise_mean" (the sum over dim 0, smp's rule), anything else: the
+    per-element losses.  output logits of any shape, target of its shape (hard 0 / 1: soft
+    targets raise ValueError, see the module docstring); returns output's dtype.  What
+    :attr:`FocalLoss.focal_loss_fn` holds, as in smp.  ``normalized=True`` and
+    ``reduced_threshold`` raise ValueError (no fastloss kernel forms them); a target that
+    requires grad raises ValueError."""
+    if normalized:
+        raise ValueError("focal_loss_with_logits(normalized=True) is not supported by fastloss (no kernel forms it)")
+    if reduced_threshold is not None:
+        raise ValueError("focal_loss_with_logits(reduced_threshold=...) is not supported by fastloss (no kernel forms it)")
+    target = target.to(dtype=output.dtype, device=output.device)
+    _check_hard("focal_loss_with_logits", target, None)
+    a = -1.0 if alpha is None else float(alpha)  # fastloss: a negative alpha disables the balance
+    if reduction in ("mean", "sum"):
+        return sigmoid_focal_loss(output, target, alpha=a, gamma=gamma, reduction=reduction)
+    loss = sigmoid_focal_loss(output, target, alpha=a, gamma=gamma, reduction="none")
+    return loss.sum(0) if reduction == "batchwise_mean" else loss
+
+
 class FocalLoss(_Loss):
     """smp's ``FocalLoss`` (segmentation_models_pytorch.losses, smp 0.6.0) on
     :func:`fastloss.sigmoid_focal_loss`: per element (1 - p_t)^gamma BCE (times
@@ -274,6 +359,10 @@ class FocalLoss(_Loss):
         self.ignore_index = ignore_index
         self.reduction = reduction
         self.eps = eps
+        # smp's attribute: the per-element focal function with this loss's settings (forward itself
+        # folds smp's per-class means into one weighted kernel call)
+        self.focal_loss_fn = partial(focal_loss_with_logits, alpha=alpha, gamma=gamma, reduced_threshold=reduced_threshold,
+                                     reduction=reduction, normalized=normalized)
         self.class_weights = _float32(class_weights) if class_weights is not None else None
 
     def forward(self, y_pred: torch.Tensor, y_true: torch.Tensor) -> torch.Tensor:
@@ -305,7 +394,8 @@ class FocalLoss(_Loss):
             if y_true.is_floating_point():
                 raise ValueError(f"multiclass y_true must be an integer label map, got {y_true.dtype}")
             valid = y_true != self.ignore_index if self.ignore_index is not None else torch.ones_like(y_true, dtype=torch.bool)
-            _common.check_labels("FocalLoss", y_true, C, self.ignore_index)
+            if _eager():
+                _common.check_labels("FocalLoss", y_true, C, self.ignore_index)
             # an ignored pixel's label points at no class (C = background); its weight is 0
             t = torch.where(valid, y_true.long(), torch.full_like(y_true, C, dtype=torch.long))
         else:
@@ -401,7 +491,7 @@ class SoftCrossEntropyLoss(nn.Module):
             y_true = y_true.squeeze(dim)
         x = y_pred.movedim(dim, 1)
         C = x.shape[1]
-        if self.ignore_index is None:
+        if self.ignore_index is None and _eager():
             _common.check_labels("SoftCrossEntropyLoss", y_true, C)
         ii = -100 if self.ignore_index is None else int(self.ignore_index)
         reduction = self.reduction if self.reduction in ("mean", "sum") else "none"

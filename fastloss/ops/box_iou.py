@@ -77,7 +77,7 @@ def _setup_context(ctx, inputs, output):
     ctx.mark_non_differentiable(output[1])
     ctx.set_materialize_grads(False)  # no zero-filled (n, 4) gradient for the cache output
     ctx.save_for_backward(pred, target, weight, output[1])
-    ctx.args = (kind, fmt, convention, eps, power, gamma, reduction, _backend.resolve(OP, pred.device, backend))
+    ctx.args = (kind, fmt, convention, eps, power, gamma, reduction, _backend.backward_backend(OP, pred.device, backend))
 
 
 def _backward(ctx, grad, _grad_cache):
@@ -105,7 +105,7 @@ class BoxIoULossFunction(torch.autograd.Function):
         ctx.set_materialize_grads(False)  # no zero-filled (n, 4) gradient for the cache output
         ctx.save_for_backward(pred, target, weight)
         ctx.stored_grad = cache  # may be scaled in place by the backward (_common.take_stored_grad)
-        ctx.args = (kind, fmt, convention, eps, power, gamma, reduction, _backend.resolve(OP, pred.device, backend))
+        ctx.args = (kind, fmt, convention, eps, power, gamma, reduction, _backend.backward_backend(OP, pred.device, backend))
         return loss, cache
 
     @staticmethod
@@ -338,7 +338,7 @@ def _(grad, boxes1, boxes2, kind, fmt, convention, eps, aligned, backend):
 def _matrix_setup_context(ctx, inputs, output):
     b1, b2, kind, fmt, convention, eps, aligned, backend = inputs
     ctx.save_for_backward(b1, b2)
-    ctx.args = (kind, fmt, convention, eps, aligned, _backend.resolve(MATRIX_OP, b1.device, backend))
+    ctx.args = (kind, fmt, convention, eps, aligned, _backend.backward_backend(MATRIX_OP, b1.device, backend))
 
 
 def _matrix_backward(ctx, grad):
@@ -359,7 +359,7 @@ class BoxIoUFunction(torch.autograd.Function):
     def forward(ctx, b1, b2, kind, fmt, convention, eps, aligned, backend):
         out = _matrix_forward_impl(b1, b2, kind, fmt, convention, eps, aligned, backend)
         ctx.save_for_backward(b1, b2)
-        ctx.args = (kind, fmt, convention, eps, aligned, _backend.resolve(MATRIX_OP, b1.device, backend))
+        ctx.args = (kind, fmt, convention, eps, aligned, _backend.backward_backend(MATRIX_OP, b1.device, backend))
         return out
 
     @staticmethod

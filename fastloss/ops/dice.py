@@ -79,7 +79,7 @@ def _(grad_sums, grad_ce, input, target, activation, squared, ignore_index, back
 def _setup_context(ctx, inputs, output):
     input, target, activation, squared, ignore_index, _with_ce, backend = inputs
     ctx.save_for_backward(input, target)
-    ctx.args = (activation, squared, ignore_index, _backend.resolve(OP, input.device, backend))
+    ctx.args = (activation, squared, ignore_index, _backend.backward_backend(OP, input.device, backend))
 
 
 def _backward(ctx, grad_sums, grad_ce):
@@ -103,7 +103,7 @@ class DiceSumsFunction(torch.autograd.Function):
     def forward(ctx, input, target, activation, squared, ignore_index, with_ce, backend):
         sums, ce = _forward_impl(input, target, activation, squared, ignore_index, with_ce, backend)
         ctx.save_for_backward(input, target)
-        ctx.args = (activation, squared, ignore_index, _backend.resolve(OP, input.device, backend))
+        ctx.args = (activation, squared, ignore_index, _backend.backward_backend(OP, input.device, backend))
         return sums, ce
 
     @staticmethod

@@ -51,10 +51,11 @@ LOSSES = {
     "sigmoid_focal_loss": 0, "l1_loss": 1, "mse_loss": 2, "smooth_l1_loss": 3, "huber_loss": 4, "balanced_l1_loss": 5,
     "binary_cross_entropy_with_logits": 6, "binary_cross_entropy": 7, "poly1_bce_loss": 8, "poly1_focal_loss": 9,
     "quality_focal_loss": 10, "varifocal_loss": 11, "gaussian_focal_loss": 12, "hinge_loss": 13, "kl_div": 14, "mean_bias_error": 15,
+    "focal_loss_with_prob": 16, "quality_focal_loss_with_prob": 17,
 }
 NAMES = {code: name for name, code in LOSSES.items()}
 # the number of parameter slots each loss reads (csrc/kernels/pointwise.h), checked by the ops
-N_PARAMS = {0: 4, 1: 0, 2: 0, 3: 4, 4: 2, 5: 7, 6: 2, 7: 0, 8: 1, 9: 5, 10: 1, 11: 4, 12: 3, 13: 2, 14: 1, 15: 0}
+N_PARAMS = {0: 4, 1: 0, 2: 0, 3: 4, 4: 2, 5: 7, 6: 2, 7: 0, 8: 1, 9: 5, 10: 1, 11: 4, 12: 3, 13: 2, 14: 1, 15: 0, 16: 5, 17: 5}
 LAYOUTS = {"elem": 1, "row": 2, "col": 3}  # csrc/include/fastloss/op_checks.h Layout
 # The arguments of every loss's custom op fastloss::<loss>, in order (PointwiseFunction takes
 # the same plus the loss code after aux_layout).
@@ -67,7 +68,7 @@ def _validate(loss, input, target, target_value, weight, weight_layout, aux, aux
     """Checks once per call before any backend runs, inside the op (so they also run under
     torch.compile and guard direct ``torch.ops.fastloss.*`` calls): the parameter count, the
     operands' sizes against their layouts (no kernel reads past them), class labels in [0, C]
-    (C: background), probabilities in [0, 1] for binary_cross_entropy and gaussian_focal_loss.
+    (C: background), probabilities in [0, 1] for the losses over probabilities (:data:`_PROBABILITY_LOSSES`).
     Value checks: CPU tensors always; CUDA tensors in checked mode only (a host sync)."""
     op = NAMES[loss]
     if len(params) != N_PARAMS[loss]:
@@ -83,10 +84,15 @@ def _validate(loss, input, target, target_value, weight, weight_layout, aux, aux
         _common.check_labels(op, target, C + 1, hint=_FOCAL_LABEL_HINT.format(C=C))
     elif target.numel() != input.numel():
         raise ValueError(f"{op}: a float target must have input's size")
-    if loss in (LOSSES["binary_cross_entropy"], LOSSES["gaussian_focal_loss"]):
-        for name, t in (("input", input), ("target", target)):
-            _common.check_range(op, name, t, 0.0, 1.0)
+    if loss in _PROBABILITY_LOSSES:
+        for name, t in (("input", input), ("target", target), ("scores", target_value)):
+            if t is not None and t.is_floating_point():  # class labels were checked above
+                _common.check_range(op, name, t, 0.0, 1.0)
 
+
+# losses whose input (and float target) are probabilities, checked to lie in [0, 1]
+_PROBABILITY_LOSSES = tuple(LOSSES[n] for n in ("binary_cross_entropy", "gaussian_focal_loss", "focal_loss_with_prob",
+                                                 "quality_focal_loss_with_prob"))
 
 _FOCAL_LABEL_HINT = ("; label C = {C} is the background, and an anchor to ignore keeps any label with weight 0 for its row "
                      "(mmdetection's label_weights)")
@@ -145,7 +151,7 @@ def _define_ops(name, code):
         ctx.save_for_backward(input, target, target_value, weight, aux, output[1])
         # the backward runs on the forward's backend (autograd may run it on another thread,
         # outside the caller's use_backend context)
-        ctx.args = (weight_layout, aux_layout, params, reduction, _backend.resolve(name, input.device, backend))
+        ctx.args = (weight_layout, aux_layout, params, reduction, _backend.backward_backend(name, input.device, backend))
 
     def grad_fn(ctx, grad, _grad_cache):
         if grad is None:  # grads are not materialized: no gradient flowed into the loss
@@ -173,7 +179,7 @@ class PointwiseFunction(torch.autograd.Function):
         ctx.set_materialize_grads(False)  # no zero-filled gradient for the cache output
         ctx.save_for_backward(input, target, target_value, weight, aux)
         ctx.stored_grad = cache  # may be scaled in place by the backward (_common.take_stored_grad)
-        ctx.args = (weight_layout, aux_layout, loss, params, reduction, _backend.resolve(NAMES[loss], input.device, backend))
+        ctx.args = (weight_layout, aux_layout, loss, params, reduction, _backend.backward_backend(NAMES[loss], input.device, backend))
         return out, cache
 
     @staticmethod
@@ -411,17 +417,68 @@ def quality_focal_loss(input, target, beta=2.0, weight=None, reduction="mean", a
 
     Returns the loss (promoted dtype; fp32 under autocast); ValueError for bad shapes / beta."""
     beta = _common.nonneg("beta", beta)
-    score = None
-    if isinstance(target, (tuple, list)):
-        if len(target) != 2:
-            raise ValueError("quality_focal_loss: a tuple target must be (labels, scores)")
-        target, score = target
-        _check_tensor("scores", score)
-        if score.shape != target.shape or target.is_floating_point():
-            raise ValueError(f"quality_focal_loss: (labels, scores) must be integer labels and float scores of one shape, got "
-                             f"{target.dtype} {tuple(target.shape)} and {score.dtype} {tuple(score.shape)}")
+    target, score = _quality_target("quality_focal_loss", target)
     return _run("quality_focal_loss", input, target, [beta], reduction, weight, avg_factor, target_value=score, labels=True,
                 sync_avg_factor=sync_avg_factor, backend=backend)
+
+
+def _quality_target(op, target):
+    """QFL's target: mmdetection's ``(labels, scores)`` split into labels and per-row scores,
+    or a dense float target (scores None)."""
+    if not isinstance(target, (tuple, list)):
+        return target, None
+    if len(target) != 2:
+        raise ValueError(f"{op}: a tuple target must be (labels, scores)")
+    labels, score = target
+    _check_tensor("scores", score)
+    if score.shape != labels.shape or labels.is_floating_point():
+        raise ValueError(f"{op}: (labels, scores) must be integer labels and float scores of one shape, got "
+                         f"{labels.dtype} {tuple(labels.shape)} and {score.dtype} {tuple(score.shape)}")
+    return labels, score
+
+
+def focal_loss_with_prob(input, target, alpha=0.25, gamma=2.0, reduction="mean", weight=None, avg_factor=None, *, sync_avg_factor=False,
+                         backend=None):
+    """Focal loss (Lin et al., arXiv 1708.02002) over probabilities: mmdetection's
+    ``FocalLoss(activated=True)`` (``py_focal_loss_with_prob``), for heads that apply the
+    sigmoid themselves (TOOD, DDOD).  Per element
+    ``BCE(p, t) (alpha t + (1 - alpha)(1 - t)) ((1 - p) t + p (1 - t))^gamma`` with torch's
+    binary_cross_entropy (each log clamped at -100); both factors are differentiated.
+
+    Args:
+        input: probabilities (..., C) in [0, 1], fp16/bf16/fp32 (fp64 on CPU/reference).
+        target: float targets in [0, 1] of input's shape, or integer class labels of shape
+            ``input.shape[:-1]`` in [0, C] with C = background (expanded inside the kernel).
+        alpha, gamma, weight, reduction, avg_factor, sync_avg_factor, backend: as
+            :func:`sigmoid_focal_loss`.
+
+    Returns the loss as :func:`sigmoid_focal_loss`.  Raises ValueError as it does, and for
+    an input or float target outside [0, 1] (CPU tensors; CUDA tensors in checked mode).
+    Prefer :func:`sigmoid_focal_loss` on logits where the head allows: it is exact where
+    p saturates at 0 or 1, this form clamps the logs as torch does.
+    """
+    return _run("focal_loss_with_prob", input, target, _focal_params(alpha, gamma) + [0.0], reduction, weight, avg_factor, labels=True,
+                sync_avg_factor=sync_avg_factor, backend=backend)
+
+
+def quality_focal_loss_with_prob(input, target, beta=2.0, weight=None, reduction="mean", avg_factor=None, *, sync_avg_factor=False,
+                                 backend=None):
+    """Quality focal loss (Generalized Focal Loss, arXiv 2006.04388) over probabilities:
+    mmdetection's ``QualityFocalLoss(activated=True)`` (``quality_focal_loss_with_prob``),
+    ``BCE(p, q) |p - q|^beta`` per element with torch's binary_cross_entropy.
+
+    Args:
+        input: probabilities (N, C) in [0, 1] (any leading dims).
+        target: ``(labels, scores)`` or dense soft targets q in [0, 1], as
+            :func:`quality_focal_loss`.
+        beta, weight, reduction, avg_factor, sync_avg_factor, backend: as :func:`quality_focal_loss`.
+
+    Returns the loss (promoted dtype; fp32 under autocast); ValueError for bad shapes / beta,
+    or an input or dense target outside [0, 1] (CPU tensors; CUDA tensors in checked mode)."""
+    beta = _common.nonneg("beta", beta)
+    target, score = _quality_target("quality_focal_loss_with_prob", target)
+    return _run("quality_focal_loss_with_prob", input, target, [0.0, 1.0, beta, 0.0, 1.0], reduction, weight, avg_factor,
+                target_value=score, labels=True, sync_avg_factor=sync_avg_factor, backend=backend)
 
 
 def varifocal_loss(input, target, alpha=0.75, gamma=2.0, iou_weighted=True, weight=None, reduction="mean", avg_factor=None, *, positive=None,

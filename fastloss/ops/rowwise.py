@@ -155,7 +155,7 @@ def _define_ops(name):
         ctx.mark_non_differentiable(output[1])
         ctx.set_materialize_grads(False)
         ctx.save_for_backward(input, target, class_weight, class_alpha, sample_weight, output[1])
-        ctx.args = (target_kind, params, ignore_index, reduction, _backend.resolve(name, input.device, backend))
+        ctx.args = (target_kind, params, ignore_index, reduction, _backend.backward_backend(name, input.device, backend))
 
     def grad_fn(ctx, grad, _grad_cache):
         if grad is None:
@@ -184,7 +184,7 @@ class RowwiseFunction(torch.autograd.Function):
         ctx.set_materialize_grads(False)
         ctx.save_for_backward(input, target, class_weight, class_alpha, sample_weight)
         ctx.stored_grad = cache
-        ctx.args = (op, target_kind, params, ignore_index, reduction, _backend.resolve(op, input.device, backend))
+        ctx.args = (op, target_kind, params, ignore_index, reduction, _backend.backward_backend(op, input.device, backend))
         return out, cache
 
     @staticmethod

@@ -21,7 +21,7 @@ from fastloss.reference._reduce import reduce_loss
 
 # Loss codes: csrc/kernels/pointwise.h Loss.
 SIGMOID_FOCAL, L1, MSE, SMOOTH_L1, HUBER, BALANCED_L1, BCE_WITH_LOGITS, BCE, POLY1_BCE, POLY1_FOCAL, QUALITY_FOCAL, VARIFOCAL, \
-    GAUSSIAN_FOCAL, HINGE, KL_DIV, BIAS = range(16)
+    GAUSSIAN_FOCAL, HINGE, KL_DIV, BIAS, FOCAL_WITH_PROB, QUALITY_FOCAL_WITH_PROB = range(18)
 
 # ------------------------------------------------------------------ shared pieces
 
@@ -158,6 +158,20 @@ def bce_elements(x, t, aux, p):
     return -(t * cp + (1 - t) * cq), (x - t) / torch.clamp(x * (1 - x), min=1e-12)
 
 
+def focal_with_prob_elements(x, t, aux, p):
+    """BCE(p, t) a_t m^gamma over probabilities (csrc/kernels/pointwise.h FocalWithProb)."""
+    ce, dce = bce_elements(x, t, aux, p)
+    if p[4]:  # quality form: m = |p - t|
+        d = x - t
+        m, dm = d.abs(), _sign_nan(d)
+    else:  # focal form: m = 1 - p_t
+        m, dm = (1 - x) * t + x * (1 - t), 1 - 2 * t
+    mg = _pow_q(m, p[2])
+    mg_over_m = torch.where(m > 0, mg / torch.where(m > 0, m, torch.ones_like(m)), m * 0)
+    a_t = p[0] * t + p[1] * (1 - t) if p[3] else torch.ones_like(t)
+    return a_t * ce * mg, a_t * (dce * mg + p[2] * ce * mg_over_m * dm)
+
+
 def hinge_elements(x, t, aux, p):
     y = torch.where(t > 0, torch.ones_like(t), torch.where(t != t, t, -torch.ones_like(t)))
     h = torch.relu(p[0] - y * x)
@@ -219,6 +233,7 @@ ELEMENTS = {
     BALANCED_L1: balanced_l1_elements, BCE_WITH_LOGITS: bce_with_logits_elements, BCE: bce_elements, POLY1_BCE: poly1_bce_elements,
     POLY1_FOCAL: poly1_focal_elements, QUALITY_FOCAL: quality_focal_elements, VARIFOCAL: varifocal_elements,
     GAUSSIAN_FOCAL: gaussian_focal_elements, HINGE: hinge_elements, KL_DIV: kl_div_elements, BIAS: bias_elements,
+    FOCAL_WITH_PROB: focal_with_prob_elements, QUALITY_FOCAL_WITH_PROB: focal_with_prob_elements,
 }
 
 # ------------------------------------------------------------------ the engine's calling convention
@@ -357,6 +372,21 @@ def quality_focal_loss(input, target, beta=2.0, reduction="mean", weight=None, a
     """mmdetection's quality_focal_loss_tensor_target (dense soft targets)."""
     p = input.sigmoid()
     loss = F.binary_cross_entropy_with_logits(input, target, reduction="none") * (p - target).abs().pow(beta)
+    return reduce_loss(_weighted(loss, weight, input), reduction, avg_factor)
+
+
+def focal_loss_with_prob(input, target, alpha=0.25, gamma=2.0, reduction="mean", weight=None, avg_factor=None):
+    """mmdetection's py_focal_loss_with_prob (focal loss over probabilities)."""
+    t = float_targets(input, target)
+    pt = (1 - input) * t + input * (1 - t)
+    a_t = alpha * t + (1 - alpha) * (1 - t) if alpha >= 0 else 1
+    loss = F.binary_cross_entropy(input, t, reduction="none") * a_t * pt.pow(gamma)
+    return reduce_loss(_weighted(loss, weight, input), reduction, avg_factor)
+
+
+def quality_focal_loss_with_prob(input, target, beta=2.0, reduction="mean", weight=None, avg_factor=None):
+    """mmdetection's quality_focal_loss_with_prob over dense soft targets."""
+    loss = F.binary_cross_entropy(input, target, reduction="none") * (input - target).abs().pow(beta)
     return reduce_loss(_weighted(loss, weight, input), reduction, avg_factor)
 
 
