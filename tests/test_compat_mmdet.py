@@ -608,13 +608,14 @@ HEADS = {
                     train_cfg=dict(assigner=dict(type="MaxIoUAssigner", pos_iou_thr=0.5, neg_iou_thr=0.4, min_pos_iou=0, ignore_iof_thr=-1),
                                    sampler=dict(type="PseudoSampler"), **_TRAIN_ANCHOR)), dict(rtol=1e-10, atol=1e-12)),
     # GFL: QualityFocalLoss + DistributionFocalLoss + GIoULoss, ATSSAssigner; mmdetection builds its box
-    # targets in fp32 (the tolerance: its fp32 DFL weights and GIoU's eps placement)
+    # targets in fp32 and its GIoU runs on fp32 boxes (the tolerance: its fp32 DFL weights, and the fp32
+    # GIoU, where fastloss's CPU kernel and torch's eager ops round differently: ~1 ulp, FMA contraction)
     "gfl": (dict(type="GFLHead", num_classes=3, in_channels=8, feat_channels=8, stacked_convs=1, reg_max=4,
                  norm_cfg=dict(type="GN", num_groups=4, requires_grad=True),
                  anchor_generator=dict(type="AnchorGenerator", ratios=[1.0], octave_base_scale=3, scales_per_octave=1, strides=[8, 16]),
                  loss_cls=dict(type="QualityFocalLoss", use_sigmoid=True, beta=2.0, loss_weight=1.0),
                  loss_dfl=dict(type="DistributionFocalLoss", loss_weight=0.25), loss_bbox=dict(type="GIoULoss", loss_weight=2.0),
-                 train_cfg=dict(assigner=dict(type="ATSSAssigner", topk=9), **_TRAIN_ANCHOR)), dict(rtol=1e-6, atol=1e-9)),
+                 train_cfg=dict(assigner=dict(type="ATSSAssigner", topk=9), **_TRAIN_ANCHOR)), dict(rtol=1e-6, atol=1e-8)),
     # FCOS: FocalLoss + IoULoss + CrossEntropyLoss(use_sigmoid) for the centerness (fp32 by mmdetection's label.float())
     "fcos": (dict(type="FCOSHead", num_classes=3, in_channels=8, feat_channels=8, stacked_convs=1, strides=[8, 16],
                   regress_ranges=((-1, 32), (32, 1e8)), norm_cfg=dict(type="GN", num_groups=4, requires_grad=True),
