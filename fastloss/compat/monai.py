@@ -252,9 +252,12 @@ class DiceLoss(_Loss):
 
     input (B, N, *spatial) logits or probabilities (fp16/bf16/fp32, fp64 on CPU); target
     (B, N, *spatial) one-hot / probabilities, or a label map (B, 1, *spatial) with
-    ``to_onehot_y=True``.  Returns the loss in the promoted dtype of input and a float target:
-    a scalar for "mean" / "sum", (B, N', 1, ..., 1) for "none" ((N', 1, ..., 1) with
-    ``batch=True``), N' = N - 1 without background.  Raises ValueError for shapes that do not
+    ``to_onehot_y=True``.  Returns the loss in the promoted dtype of input and the target (a
+    label map counts as fp32: MONAI's one-hot is fp32): a scalar for "mean" / "sum",
+    (B, N', 1, ..., 1) for "none" ((N', 1, ..., 1) with ``batch=True``), N' = N - 1 without
+    background; input (B, N) without spatial dims scores all images and classes at once, as
+    MONAI (module docstring).  State as MONAI's: the ``class_weight`` buffer (a scalar weight
+    is expanded to (N',) at the first forward, as MONAI does).  Raises ValueError for shapes that do not
     match, a bad ``weight``, ``soft_label=True`` (module docstring) and labels out of range
     (CPU tensors).  Arguments as MONAI's; see the module docstring for the mapping.
     """
@@ -349,8 +352,9 @@ class MaskedLoss(_Loss):
 
 class MaskedDiceLoss(DiceLoss):
     """MONAI's ``MaskedDiceLoss``: the activation, then input and target multiplied by ``mask``
-    (B or 1, 1, *spatial) in PyTorch, exactly as MONAI does; then fastloss's no-activation dice
-    pass.  Arguments, returns and errors as :class:`DiceLoss` (MONAI 1.6.1)."""
+    (B or 1, 1, *spatial) in PyTorch, exactly as MONAI does (through ``spatial_weighted``, a
+    :class:`MaskedLoss` around :meth:`DiceLoss.forward`, MONAI's attribute); then fastloss's
+    no-activation dice pass.  Arguments, returns and errors as :class:`DiceLoss` (MONAI 1.6.1)."""
 
     def __init__(
         self,
@@ -395,7 +399,9 @@ class GeneralizedDiceLoss(_Loss):
     weights w = 1 / G'^2 ("square"), 1 / G' ("simple") or 1 ("uniform") from the target sums
     (formed in fp32, as MONAI does; an empty class takes the largest weight), over the dice
     kernel's sums.  Returns a scalar, or (B, 1, 1, ..., 1) for "none" ((1, 1, ..., 1) with
-    ``batch=True``).  Arguments and errors as :class:`DiceLoss`."""
+    ``batch=True``), in at least fp32 (MONAI's fp32 weights promote half input).  Arguments and
+    errors as :class:`DiceLoss`; input (B, N) without spatial dims needs ``batch=True``
+    (ValueError; MONAI fails with an IndexError)."""
 
     def __init__(
         self,
@@ -651,7 +657,9 @@ class FocalLoss(_Loss):
     does (it casts input and target with ``.float()``; with ``ignore_index`` on an fp64 one-hot
     target MONAI's mask, and so the result, is fp64).  "mean": sum over the elements / their
     count (with ``ignore_index``: / the counted pixels); "sum": per image and class the spatial
-    mean, summed (MONAI's rule); "none": (B, N', *spatial).  Raises ValueError for
+    mean, summed (MONAI's rule; without spatial dims MONAI's mean over dim=[] averages over
+    everything: the "mean" value); "none": (B, N', *spatial); an empty input gives 0
+    (MONAI: NaN).  Raises ValueError for
     ``use_softmax=True`` without ``to_onehot_y`` and for soft targets (module docstring), bad
     ``weight`` / ``alpha`` lengths, negative weights, labels out of range (CPU tensors).
     """
@@ -709,8 +717,13 @@ class DiceCELoss(_Loss):
     one channel).  ``reduction`` "mean" | "sum" only (as MONAI).  Note MONAI's default
     ``softmax=False``: the Dice term then scores the raw logits.  Dice + CE come from ONE fused
     kernel pass when ``softmax=True`` (N > 1) or ``sigmoid=True`` (N = 1) and no ``weight``,
-    ``label_smoothing`` or ``jaccard`` (module docstring).  Returns a scalar in the promoted
-    dtype; raises ValueError as MONAI (dims / channels, "none") and as :class:`DiceLoss`."""
+    ``label_smoothing`` or ``jaccard`` (module docstring).  Returns a scalar in MONAI's dtype
+    (the Dice term's, see :class:`DiceLoss`, promoted with torch's CE / BCE dtype); raises
+    ValueError as MONAI (dims / channels, "none") and as :class:`DiceLoss`, and TypeError for a
+    ``weight`` that is not a tensor (as MONAI: torch's losses take tensor weights only).  State
+    and attributes as MONAI's: ``dice``, and torch's ``cross_entropy`` (``weight``,
+    ``label_smoothing``, ``reduction``) and ``binary_cross_entropy`` (``pos_weight``) modules,
+    which forward reads (a loaded state_dict takes effect)."""
 
     def __init__(
         self,
