@@ -517,3 +517,14 @@ def test_targets_requiring_grad_raise():
     with pytest.raises(ValueError, match="target"):
         FM.DiceLoss(softmax=True)(x, t.clone().requires_grad_(True))
     assert "require grad raise ValueError" in " ".join(FM.__doc__.split())
+
+
+def _public_names(module):
+    names = {k for k in vars(module) if not k.startswith("_") and k != "training"}
+    return names | set(module._modules) | set(module._buffers) | set(module._parameters)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_public_attribute_names(name):
+    """Every attribute, submodule and buffer a MONAI loss object has, ours has too."""
+    assert _public_names(ORIGINAL[name]()) <= _public_names(getattr(FM, name)())
