@@ -158,6 +158,18 @@ def train(model, init_state, batches, lr, device):
     return trajectory, timer.times, timer.first
 
 
+def check_patched():
+    """The losses FCOS's head calls (looked up in its module at call time) are fastloss's while
+    patched: otherwise the comparison below would compare torchvision with itself."""
+    from torchvision.models.detection import fcos
+
+    from fastloss.compat import torchvision as compat
+
+    for name in ("sigmoid_focal_loss", "generalized_box_iou_loss"):
+        if getattr(fcos, name) is not getattr(compat, name):
+            raise RuntimeError(f"fastloss.patch('torchvision') did not replace torchvision.models.detection.fcos.{name}")
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--steps", type=int, default=6, help="SGD steps per run")
@@ -187,6 +199,7 @@ def main(argv=None):
 
     plain, plain_times, first_call = train(model, init_state, batches, args.lr, device)
     with fastloss.patch("torchvision"):
+        check_patched()
         patched, patched_times, _ = train(model, init_state, batches, args.lr, device)
 
     print(f"FCOS, tiny CNN + FPN, {args.batch} x {args.size} x {args.size} images, {args.classes} classes, {args.dtype} on {device} "

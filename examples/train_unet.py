@@ -6,7 +6,9 @@ as targets.  The loss is MONAI's ``DiceCELoss(to_onehot_y=True, softmax=True)`` 
 segmentation_models_pytorch's ``DiceLoss("multiclass")`` (``--loss`` picks one or both), built
 through the peers' own entry points (``monai.losses.DiceCELoss``,
 ``segmentation_models_pytorch.losses.DiceLoss``), so the patched run uses fastloss's compat
-classes without a change to the training code.  Both runs start from the same initial state
+classes without a change to the training code; the script checks that each loss object is
+fastloss's compat class in the patched run and the peer's own in the plain one (RuntimeError
+otherwise).  Both runs start from the same initial state
 and see the same batches; the script checks that the loss trajectories agree (float64:
 relative 1e-9) and prints the time of the loss step (forward + backward of the loss w.r.t.
 the logits, isolated from the network) with and without the patch.
@@ -69,18 +71,35 @@ def synthetic_batches(steps, batch, size, num_classes, dtype, device, seed):
 
 
 def build_criterion(which):
-    """The loss, built through the peers' own classes (whatever the patch put there)."""
-    parts = []
+    """The loss, built through the peers' own classes (whatever the patch put there); the loss
+    objects are kept on ``criterion.losses`` ({library: loss module}) for :func:`check_losses`."""
+    parts, losses = [], {}
     if which in ("monai", "both"):
-        parts.append(monai.losses.DiceCELoss(to_onehot_y=True, softmax=True))
+        losses["monai"] = monai.losses.DiceCELoss(to_onehot_y=True, softmax=True)
+        parts.append(losses["monai"])
     if which in ("smp", "both"):
-        dice = smp.losses.DiceLoss("multiclass")
+        dice = losses["smp"] = smp.losses.DiceLoss("multiclass")
         parts.append(lambda logits, labels: dice(logits, labels[:, 0]))
 
     def criterion(logits, labels):
         return sum(part(logits, labels) for part in parts)
 
+    criterion.losses = losses
     return criterion
+
+
+def check_losses(criterion, patched):
+    """RuntimeError unless every loss object of ``criterion`` is fastloss's compat class
+    (``patched``) or the peer's own (not ``patched``): a run that silently trained with the
+    wrong losses would make the comparison meaningless.  A real check, not an ``assert``
+    (``python -O`` drops those)."""
+    for library, loss in criterion.losses.items():
+        module = type(loss).__module__
+        is_fastloss = module == f"fastloss.compat.{library}"
+        if is_fastloss != patched:
+            want = f"fastloss.compat.{library}" if patched else f"{library}'s own"
+            raise RuntimeError(f"{'patched' if patched else 'unpatched'} run: the {library} loss is {module}.{type(loss).__name__}, "
+                               f"expected {want} class -- fastloss.patch did not {'take effect' if patched else 'undo'}")
 
 
 def _sync(device):
@@ -99,11 +118,13 @@ def loss_step(criterion, logits, labels, device):
     return loss, leaf.grad, time.perf_counter() - t0
 
 
-def train(model, init_state, batches, which, lr, device):
-    """Adam from ``init_state`` over ``batches``; returns (loss per step, loss-step seconds)."""
+def train(model, init_state, batches, which, lr, device, patched):
+    """Adam from ``init_state`` over ``batches``; returns (loss per step, loss-step seconds).
+    Raises RuntimeError if the losses are not fastloss's (``patched``) / the peers' (not)."""
     model.load_state_dict(init_state)
     model.train()
     criterion = build_criterion(which)
+    check_losses(criterion, patched)
     opt = torch.optim.Adam(model.parameters(), lr=lr)
     trajectory, times = [], []
     for images, labels in batches:
@@ -166,12 +187,12 @@ def main(argv=None):
     init_state = copy.deepcopy(model.state_dict())
     batches = synthetic_batches(args.steps, args.batch, args.size, args.classes, dtype, device, args.seed)
 
-    plain, plain_times = train(model, init_state, batches, args.loss, args.lr, device)
+    plain, plain_times = train(model, init_state, batches, args.loss, args.lr, device, patched=False)
     with fastloss.patch(*libraries):
-        assert monai.losses.DiceCELoss.__module__ == "fastloss.compat.monai"
-        patched, patched_times = train(model, init_state, batches, args.loss, args.lr, device)
+        patched, patched_times = train(model, init_state, batches, args.loss, args.lr, device, patched=True)
 
     versions = f"torch {torch.__version__}, monai {monai.__version__}" + (f", smp {smp.__version__}" if smp is not None else "")
+    print(f"losses checked: unpatched run on the peers' classes, patched run on fastloss.compat ({', '.join(libraries)})")
     print(f"MONAI UNet ({ch}, {2 * ch}, {4 * ch}), {args.batch} x {args.size} x {args.size} images, {args.classes} classes, "
           f"loss {args.loss}, {args.dtype} on {device} ({versions}, fastloss {fastloss.__version__})")
     worst = 0.0

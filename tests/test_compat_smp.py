@@ -280,3 +280,15 @@ def test_targets_requiring_grad_raise():
     with pytest.raises(ValueError, match="target"):
         FS.DiceLoss("multilabel")(x, t.clone().requires_grad_(True))
     assert "require grad raise ValueError" in FS.__doc__.replace("\n  ", " ")
+
+
+def _public_names(module):
+    names = {k for k in vars(module) if not k.startswith("_") and k != "training"}
+    return names | set(module._modules) | set(module._buffers) | set(module._parameters)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_public_attribute_names(name):
+    """Every attribute, submodule and buffer an smp loss object has, ours has too (focal_loss_fn included)."""
+    args = () if name.startswith("Soft") else ("multiclass",)
+    assert _public_names(ORIGINAL[name](*args)) <= _public_names(getattr(FS, name)(*args))

@@ -38,3 +38,20 @@ def test_fcos_patch_is_undone_after_the_example():
     assert example.main(["--steps", "1", "--size", "64", "--batch", "1", "--classes", "3", "--bench-reps", "0", "--device", "cpu"]) == 0
     assert (fcos.sigmoid_focal_loss, fcos.generalized_box_iou_loss) == before
     assert before[0].__module__.startswith("torchvision")
+
+
+def test_fcos_example_detects_a_patch_that_did_nothing(monkeypatch):
+    import fastloss
+
+    example = _load_example()
+
+    class Inert:
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            return False
+
+    monkeypatch.setattr(fastloss, "patch", lambda *names: Inert())
+    with pytest.raises(RuntimeError, match="did not replace"):
+        example.main(["--steps", "1", "--size", "64", "--batch", "1", "--classes", "3", "--bench-reps", "0", "--device", "cpu"])

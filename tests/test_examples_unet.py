@@ -25,6 +25,7 @@ def test_train_unet_patched_equals_unpatched(capsys):
     assert rc == 0, out
     assert "trajectories agree" in out and "tolerance 1e-09" in out, out
     assert "loss step in isolation" in out and "loss both, float64 on cpu" in out, out
+    assert "losses checked: unpatched run on the peers' classes, patched run on fastloss.compat (monai, smp)" in out, out
     assert out.count("\n") >= 7, out  # header, 3 steps, two timing lines, the verdict
 
 
@@ -32,3 +33,21 @@ def test_train_unet_rejects_bad_sizes(capsys):
     with pytest.raises(SystemExit):
         _load().main(["--size", "30"])
     assert "multiple of 4" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("which", ["monai", "smp"])
+def test_train_unet_check_losses_is_real(which):
+    """The example's patch check fires for each library: the peers' classes where fastloss's are
+    expected (and the reverse) raise RuntimeError -- not an assert, so python -O keeps it."""
+    import fastloss
+
+    module = _load()
+    plain = module.build_criterion(which)
+    module.check_losses(plain, patched=False)
+    with pytest.raises(RuntimeError, match=f"{which} loss .* did not take effect"):
+        module.check_losses(plain, patched=True)
+    with fastloss.patch("monai", "smp"):
+        patched = module.build_criterion(which)
+    module.check_losses(patched, patched=True)
+    with pytest.raises(RuntimeError, match="did not undo"):
+        module.check_losses(patched, patched=False)

@@ -53,6 +53,18 @@ Differences from MONAI (documented, deliberate):
   for a soft target, sigmoid(-x (2 t - 1))^gamma, is not fastloss's (1 - p_t)^gamma; soft
   targets raise ValueError for CPU tensors (for CUDA tensors in fastloss's checked mode,
   :func:`fastloss.checked_labels`; unchecked, they give fastloss's form).
+* ``FocalLoss`` / ``DiceFocalLoss`` on an empty input (a spatial size 0): 0, graph-connected,
+  with a gradient of the input's shape (fastloss's rule: a mean over nothing is 0); MONAI's
+  mean over nothing gives NaN.
+* ``GeneralizedDiceLoss`` on input without spatial dims (B, N) and ``batch=False`` raises
+  ValueError (MONAI fails there with an IndexError).  The other losses on (B, N) input keep
+  MONAI's semantics: its sums over the (empty) spatial axes run over every axis, so Dice /
+  Tversky score all images and classes at once and FocalLoss "sum" averages over everything.
+* Targets that require grad raise ValueError (fastloss does not differentiate w.r.t. the
+  target; MONAI does): pass ``target.detach()`` (``BoxGIoULoss`` differentiates both box sets,
+  as MONAI).
+* Under ``torch.compile`` the value checks (soft targets, labels out of range, negative
+  weights) are skipped: they read the host, which a compiled graph cannot.
 * Shape errors that MONAI raises as AssertionError are ValueError here.
 """
 from __future__ import annotations
@@ -64,6 +76,7 @@ from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 from torch.nn.modules.loss import _Loss
 
 from fastloss.ops import _common
@@ -110,10 +123,17 @@ def _lambda(name, value):
     return value
 
 
+def _eager():
+    """False while torch.compile traces: the value checks below read the host (a sync, and a
+    graph break that fullgraph=True refuses), so a compiled graph skips them -- as fastloss's
+    ops leave their label checks to the kernels at run time."""
+    return not torch.compiler.is_compiling()
+
+
 def _check_hard(name, t):
     """ValueError if the float target ``t`` holds values other than 0 and 1 (CPU tensors; CUDA
-    tensors in fastloss's checked mode -- the check syncs)."""
-    if t.numel() and _common.labels_checked_on(t.device) and bool(((t != 0) & (t != 1)).any()):
+    tensors in fastloss's checked mode -- the check syncs; skipped under torch.compile)."""
+    if t.numel() and _eager() and _common.labels_checked_on(t.device) and bool(((t != 0) & (t != 1)).any()):
         raise ValueError(f"{name}: fastloss needs a hard (0 / 1) target here; MONAI's formula for soft targets differs "
                          "(see fastloss.compat.monai)")
 
@@ -175,7 +195,9 @@ def _sums(module, input, target, to_onehot_y, ignore_index, squared, with_ce=Fal
     fused = activation != 0
     sums, ce = _dice._sums(xk, tk, activation, bool(squared), None if kernel_ignore is None else int(kernel_ignore),
                            bool(with_ce and fused), None)
-    return sums, ce, fused, xk.dtype
+    # MONAI's result dtype: input's promoted with the target's, and its one-hot of a label map is fp32
+    dtype = torch.promote_types(xk.dtype, torch.float32) if labels else xk.dtype
+    return sums, ce, fused, dtype
 
 
 def _class_weight(weight, n_classes, dtype, device):
@@ -188,7 +210,7 @@ def _class_weight(weight, n_classes, dtype, device):
     elif w.shape[0] != n_classes:
         raise ValueError("The length of the `weight` sequence should be the same as the number of classes. "
                          "If `include_background=False`, the weight should not include the background category class 0.")
-    if w.min() < 0:
+    if _eager() and w.min() < 0:
         raise ValueError("the value/values of the `weight` should be no less than 0.")
     return w
 
@@ -203,12 +225,17 @@ def _reduce(f, reduction, spatial_ndim):
     return f.view(list(f.shape[0:2]) + [1] * spatial_ndim)
 
 
-def _tversky_from_sums(sums, include_background, batch, a, alpha, beta, smooth_nr, smooth_dr, jaccard=False):
-    """Per-(image, class) loss 1 - score, MONAI's Dice (a = 2) / Jaccard / Tversky (a = 1) forms."""
+def _tversky_from_sums(sums, include_background, batch, a, alpha, beta, smooth_nr, smooth_dr, jaccard=False, collapse=False):
+    """Per-(image, class) loss 1 - score, MONAI's Dice (a = 2) / Jaccard / Tversky (a = 1) forms.
+    ``collapse``: input without spatial dims and no ``batch`` -- MONAI's sums over the empty
+    list of spatial axes, torch.sum(x, dim=[]), sum over EVERY axis, so one score over all
+    images and (kept) classes: a scalar (MONAI 1.6.1's behaviour, kept)."""
     if not include_background and sums.shape[1] > 1:
         sums = sums[:, 1:]
     if batch:
         sums = sums.sum(0)
+    elif collapse:
+        sums = sums.sum((0, 1))
     I, P, G = sums.unbind(-1)
     fp, fn = P - I, G - I  # false positives / negatives
     if a == 2:
@@ -225,9 +252,12 @@ class DiceLoss(_Loss):
 
     input (B, N, *spatial) logits or probabilities (fp16/bf16/fp32, fp64 on CPU); target
     (B, N, *spatial) one-hot / probabilities, or a label map (B, 1, *spatial) with
-    ``to_onehot_y=True``.  Returns the loss in the promoted dtype of input and a float target:
-    a scalar for "mean" / "sum", (B, N', 1, ..., 1) for "none" ((N', 1, ..., 1) with
-    ``batch=True``), N' = N - 1 without background.  Raises ValueError for shapes that do not
+    ``to_onehot_y=True``.  Returns the loss in the promoted dtype of input and the target (a
+    label map counts as fp32: MONAI's one-hot is fp32): a scalar for "mean" / "sum",
+    (B, N', 1, ..., 1) for "none" ((N', 1, ..., 1) with ``batch=True``), N' = N - 1 without
+    background; input (B, N) without spatial dims scores all images and classes at once, as
+    MONAI (module docstring).  State as MONAI's: the ``class_weight`` buffer (a scalar weight
+    is expanded to (N',) at the first forward, as MONAI does).  Raises ValueError for shapes that do not
     match, a bad ``weight``, ``soft_label=True`` (module docstring) and labels out of range
     (CPU tensors).  Arguments as MONAI's; see the module docstring for the mapping.
     """
@@ -275,8 +305,12 @@ class DiceLoss(_Loss):
         if not self.include_background and C == 1:
             warnings.warn("single channel prediction, `include_background=False` ignored.", stacklevel=3)
         f = _tversky_from_sums(sums, self.include_background, self.batch, 2, 0.5, 0.5, self.smooth_nr, self.smooth_dr,
-                               self.jaccard)
+                               self.jaccard, collapse=input.dim() == 2)
         n_kept = C - 1 if (not self.include_background and C > 1) else C
+        if self.class_weight is not None and self.class_weight.ndim == 0 and n_kept != 1:
+            # MONAI replaces a scalar weight buffer by its per-class expansion at the first forward:
+            # the same here, so state_dicts saved after training load both ways
+            self.class_weight = self.class_weight.expand(n_kept).clone()
         w = _class_weight(self.class_weight, n_kept, f.dtype, f.device)
         if w is not None:
             f = f * w
@@ -287,10 +321,40 @@ class DiceLoss(_Loss):
         return _reduce(f, self.reduction, input.dim() - 2)
 
 
+class MaskedLoss(_Loss):
+    """MONAI's ``MaskedLoss`` wrapper (monai.losses.spatial_mask, MONAI 1.6.1), what
+    ``MaskedDiceLoss.spatial_weighted`` holds: ``forward(input, target, mask=None)`` multiplies
+    input (B, N, *spatial) and target by ``mask`` (B or 1, 1, *spatial) and calls ``loss``.
+    Warns as MONAI for a missing mask or different dims / spatial sizes; raises ValueError for
+    a mask batch that is neither 1 nor B and for a mask with more than one channel."""
+
+    def __init__(self, loss: Callable) -> None:
+        super().__init__()
+        if not callable(loss):
+            raise ValueError("The loss function is not callable.")
+        self.loss = loss
+
+    def forward(self, input: torch.Tensor, target: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        if mask is None:
+            warnings.warn("No mask value specified for the MaskedLoss.", stacklevel=2)
+            return self.loss(input, target)
+        if input.dim() != mask.dim():
+            warnings.warn(f"Dim of input ({input.shape}) is different from mask ({mask.shape}).", stacklevel=2)
+        if input.shape[0] != mask.shape[0] and mask.shape[0] != 1:
+            raise ValueError(f"Batch size of mask ({mask.shape}) must be one or equal to input ({input.shape}).")
+        if target.dim() > 1:
+            if mask.shape[1] != 1:
+                raise ValueError(f"Mask ({mask.shape}) must have only one channel.")
+            if input.shape[2:] != mask.shape[2:]:
+                warnings.warn(f"Spatial size of input ({input.shape}) is different from mask ({mask.shape}).", stacklevel=2)
+        return self.loss(input * mask, target * mask)
+
+
 class MaskedDiceLoss(DiceLoss):
     """MONAI's ``MaskedDiceLoss``: the activation, then input and target multiplied by ``mask``
-    (B or 1, 1, *spatial) in PyTorch, exactly as MONAI does; then fastloss's no-activation dice
-    pass.  Arguments, returns and errors as :class:`DiceLoss` (MONAI 1.6.1)."""
+    (B or 1, 1, *spatial) in PyTorch, exactly as MONAI does (through ``spatial_weighted``, a
+    :class:`MaskedLoss` around :meth:`DiceLoss.forward`, MONAI's attribute); then fastloss's
+    no-activation dice pass.  Arguments, returns and errors as :class:`DiceLoss` (MONAI 1.6.1)."""
 
     def __init__(
         self,
@@ -315,6 +379,7 @@ class MaskedDiceLoss(DiceLoss):
         self.pre_sigmoid = sigmoid  # applied in forward, before the mask (MONAI's attribute names)
         self.pre_softmax = softmax
         self.pre_other_act = other_act
+        self.spatial_weighted = MaskedLoss(loss=super().forward)  # MONAI's attribute: the mask, then DiceLoss
 
     def forward(self, input: torch.Tensor, target: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
         if self.pre_sigmoid:
@@ -326,21 +391,7 @@ class MaskedDiceLoss(DiceLoss):
                 input = torch.softmax(input, 1)
         if self.pre_other_act is not None:
             input = self.pre_other_act(input)
-        if mask is None:
-            warnings.warn("No mask value specified for the MaskedLoss.", stacklevel=2)
-        else:
-            if input.dim() != mask.dim():
-                warnings.warn(f"Dim of input ({input.shape}) is different from mask ({mask.shape}).", stacklevel=2)
-            if input.shape[0] != mask.shape[0] and mask.shape[0] != 1:
-                raise ValueError(f"Batch size of mask ({mask.shape}) must be one or equal to input ({input.shape}).")
-            if target.dim() > 1:
-                if mask.shape[1] != 1:
-                    raise ValueError(f"Mask ({mask.shape}) must have only one channel.")
-                if input.shape[2:] != mask.shape[2:]:
-                    warnings.warn(f"Spatial size of input ({input.shape}) is different from mask ({mask.shape}).", stacklevel=2)
-            input, target = input * mask, target * mask
-        f, _, _, _ = self._per_class(input, target)
-        return _reduce(f, self.reduction, input.dim() - 2)
+        return self.spatial_weighted(input=input, target=target, mask=mask)
 
 
 class GeneralizedDiceLoss(_Loss):
@@ -348,7 +399,9 @@ class GeneralizedDiceLoss(_Loss):
     weights w = 1 / G'^2 ("square"), 1 / G' ("simple") or 1 ("uniform") from the target sums
     (formed in fp32, as MONAI does; an empty class takes the largest weight), over the dice
     kernel's sums.  Returns a scalar, or (B, 1, 1, ..., 1) for "none" ((1, 1, ..., 1) with
-    ``batch=True``).  Arguments and errors as :class:`DiceLoss`."""
+    ``batch=True``), in at least fp32 (MONAI's fp32 weights promote half input).  Arguments and
+    errors as :class:`DiceLoss`; input (B, N) without spatial dims needs ``batch=True``
+    (ValueError; MONAI fails with an IndexError)."""
 
     def __init__(
         self,
@@ -389,6 +442,9 @@ class GeneralizedDiceLoss(_Loss):
         return torch.ones_like(grnd)
 
     def forward(self, input: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        if input.dim() == 2 and not self.batch:
+            raise ValueError("GeneralizedDiceLoss: input without spatial dims (B, N) needs batch=True (MONAI 1.6.1 "
+                             "sums over every axis there and then fails with an IndexError)")
         sums, _, _, dtype = _sums(self, input, target, self.to_onehot_y, None, False)
         if not self.include_background:
             if input.shape[1] == 1:
@@ -408,7 +464,7 @@ class GeneralizedDiceLoss(_Loss):
         dim = 0 if self.batch else 1
         numer = 2.0 * (I * w).sum(dim, keepdim=True) + self.smooth_nr
         denom = ((P + G) * w).sum(dim, keepdim=True) + self.smooth_dr
-        f = (1.0 - numer / denom).to(dtype)
+        f = (1.0 - numer / denom).to(torch.promote_types(dtype, torch.float32))  # MONAI's fp32 weights promote
         return _reduce(f, self.reduction, input.dim() - 2)
 
 
@@ -456,7 +512,7 @@ class TverskyLoss(_Loss):
         if not self.include_background and input.shape[1] == 1:
             warnings.warn("single channel prediction, `include_background=False` ignored.", stacklevel=2)
         f = _tversky_from_sums(sums, self.include_background, self.batch, 1, self.alpha, self.beta, self.smooth_nr,
-                               self.smooth_dr).to(dtype)
+                               self.smooth_dr, collapse=input.dim() == 2).to(dtype)
         if self.reduction == "sum":
             return f.sum()
         if self.reduction == "mean":
@@ -506,7 +562,8 @@ def _focal(input, target, *, include_background, to_onehot_y, gamma, alpha, clas
         lab = target[:, 0].long()
         if ignore_index is not None and (ignore_index < 0 or ignore_index >= C):
             lab = torch.where(lab == ignore_index, torch.zeros_like(lab), lab)
-        _common.check_labels("FocalLoss", lab, C)
+        if _eager():
+            _common.check_labels("FocalLoss", lab, C)
     if not include_background:
         x = x[:, 1:]
     n_kept = x.shape[1]
@@ -520,13 +577,15 @@ def _focal(input, target, *, include_background, to_onehot_y, gamma, alpha, clas
                 raise ValueError("Per-class class_weight is not supported for single-channel outputs.")
             if cw.numel() != n_kept:
                 raise ValueError(f"The number of class_weight ({cw.numel()}) must match the number of output channels ({n_kept}).")
-        if (cw < 0).any():
+        if _eager() and (cw < 0).any():
             raise ValueError("class_weight values must be non-negative.")
-    # normaliser per pixel of image b: "mean" -> 1 / count, "sum" -> 1 / (spatial count of b)
-    if reduction == "mean":
-        norm = 1.0 / (mask.sum().clamp(min=_FP32_EPS) if mask is not None else x.numel())
+    # normaliser per pixel of image b: "mean" -> 1 / count, "sum" -> 1 / (spatial count of b); without
+    # spatial dims MONAI's "sum" averages over dim=[], i.e. over everything: the "mean" normaliser.
+    # An empty input: the sum is 0 and so is the loss (MONAI: NaN, a mean over nothing)
+    if reduction == "mean" or (reduction == "sum" and not spatial):
+        norm = 1.0 / (mask.sum().clamp(min=_FP32_EPS) if mask is not None else max(x.numel(), 1))
     elif reduction == "sum":
-        norm = 1.0 / (mask.sum(dim=spatial, keepdim=True).clamp(min=_FP32_EPS) if mask is not None else S)
+        norm = 1.0 / (mask.sum(dim=spatial, keepdim=True).clamp(min=_FP32_EPS) if mask is not None else max(S, 1))
     else:
         norm = 1.0
 
@@ -555,7 +614,7 @@ def _focal(input, target, *, include_background, to_onehot_y, gamma, alpha, clas
         if reduction == "none":
             onehot = F.one_hot(row_lab.clamp(min=0), n_kept).movedim(-1, 1).to(rows.dtype) * (row_lab >= 0).unsqueeze(1)
             return (onehot * rows.unsqueeze(1)).to(out_dtype)
-        if reduction == "mean":
+        if reduction == "mean" or not spatial:
             return (rows.sum() * norm).to(out_dtype)
         return (rows.unsqueeze(1).sum(dim=spatial, keepdim=True) * norm).sum().to(out_dtype)
 
@@ -598,7 +657,9 @@ class FocalLoss(_Loss):
     does (it casts input and target with ``.float()``; with ``ignore_index`` on an fp64 one-hot
     target MONAI's mask, and so the result, is fp64).  "mean": sum over the elements / their
     count (with ``ignore_index``: / the counted pixels); "sum": per image and class the spatial
-    mean, summed (MONAI's rule); "none": (B, N', *spatial).  Raises ValueError for
+    mean, summed (MONAI's rule; without spatial dims MONAI's mean over dim=[] averages over
+    everything: the "mean" value); "none": (B, N', *spatial); an empty input gives 0
+    (MONAI: NaN).  Raises ValueError for
     ``use_softmax=True`` without ``to_onehot_y`` and for soft targets (module docstring), bad
     ``weight`` / ``alpha`` lengths, negative weights, labels out of range (CPU tensors).
     """
@@ -656,8 +717,13 @@ class DiceCELoss(_Loss):
     one channel).  ``reduction`` "mean" | "sum" only (as MONAI).  Note MONAI's default
     ``softmax=False``: the Dice term then scores the raw logits.  Dice + CE come from ONE fused
     kernel pass when ``softmax=True`` (N > 1) or ``sigmoid=True`` (N = 1) and no ``weight``,
-    ``label_smoothing`` or ``jaccard`` (module docstring).  Returns a scalar in the promoted
-    dtype; raises ValueError as MONAI (dims / channels, "none") and as :class:`DiceLoss`."""
+    ``label_smoothing`` or ``jaccard`` (module docstring).  Returns a scalar in MONAI's dtype
+    (the Dice term's, see :class:`DiceLoss`, promoted with torch's CE / BCE dtype); raises
+    ValueError as MONAI (dims / channels, "none") and as :class:`DiceLoss`, and TypeError for a
+    ``weight`` that is not a tensor (as MONAI: torch's losses take tensor weights only).  State
+    and attributes as MONAI's: ``dice``, and torch's ``cross_entropy`` (``weight``,
+    ``label_smoothing``, ``reduction``) and ``binary_cross_entropy`` (``pos_weight``) modules,
+    which forward reads (a loaded state_dict takes effect)."""
 
     def __init__(
         self,
@@ -679,37 +745,49 @@ class DiceCELoss(_Loss):
     ) -> None:
         super().__init__()
         reduction = _reduction(reduction, ("mean", "sum"))
+        _common.check_param("label_smoothing", label_smoothing, lambda v: 0 <= v <= 1, "in [0, 1]")
+        # MONAI's order, so a float or list weight raises MONAI's TypeError (slicing a float; torch's
+        # losses take a tensor weight only)
         dice_weight = weight[1:] if weight is not None and not include_background else weight
         self.dice = DiceLoss(include_background=include_background, to_onehot_y=to_onehot_y, sigmoid=sigmoid, softmax=softmax,
                              other_act=other_act, squared_pred=squared_pred, jaccard=jaccard, reduction=reduction,
                              smooth_nr=smooth_nr, smooth_dr=smooth_dr, batch=batch, weight=dice_weight)
-        self.weight = weight
-        self.label_smoothing = _common.check_param("label_smoothing", label_smoothing, lambda v: 0 <= v <= 1, "in [0, 1]")
+        # MONAI's submodules, kept as the holders of the CE settings and of the state_dict entries
+        # cross_entropy.weight / binary_cross_entropy.pos_weight; forward reads them from here, so a
+        # loaded state_dict or .to(device) takes effect (the computation is fastloss's)
+        self.cross_entropy = nn.CrossEntropyLoss(weight=weight, reduction=reduction, label_smoothing=label_smoothing)
+        self.binary_cross_entropy = nn.BCEWithLogitsLoss(pos_weight=weight, reduction=reduction)
         self.lambda_dice = _lambda("lambda_dice", lambda_dice)
         self.lambda_ce = _lambda("lambda_ce", lambda_ce)
-        self.reduction = reduction
 
     def forward(self, input: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         _check_pair(input, target)
         C = input.shape[1]
-        fusable = (self.weight is None and self.label_smoothing == 0 and not self.dice.jaccard and self.dice.other_act is None
+        reduction = self.dice.reduction
+        weight, label_smoothing = self.cross_entropy.weight, self.cross_entropy.label_smoothing
+        fusable = (weight is None and label_smoothing == 0 and not self.dice.jaccard and self.dice.other_act is None
                    and ((C > 1 and self.dice.softmax and (target.shape[1] == 1) == bool(self.dice.to_onehot_y))
                         or (C == 1 and self.dice.sigmoid)))
         f, ce, fused, dtype = self.dice._per_class(input, target, with_ce=fusable)
-        dice = f.mean() if self.reduction == "mean" else f.sum()
+        dice = f.mean() if reduction == "mean" else f.sum()
+        labels = C > 1 and target.shape[1] == 1
+        if labels:
+            t = target[:, 0].long()
+        else:
+            t = target if target.is_floating_point() else target.to(input.dtype)
+        # the dtype of MONAI's CE term: torch's CE / BCE of input, a float target and the weight
+        ce_dtype = input.dtype if labels else torch.promote_types(input.dtype, t.dtype)
+        if weight is not None and not labels:
+            ce_dtype = torch.promote_types(ce_dtype, weight.dtype)
         if fusable and fused:
             ce = ce.sum(0)
-            ce_term = ce[0] / ce[1].clamp_min(1) if self.reduction == "mean" else ce[0]
+            ce_term = ce[0] / ce[1].clamp_min(1) if reduction == "mean" else ce[0]
         elif C == 1:
-            t = target if target.is_floating_point() else target.to(input.dtype)
-            ce_term = binary_cross_entropy_with_logits(input, t, reduction=self.reduction, pos_weight=self.weight)
+            ce_term = binary_cross_entropy_with_logits(input, t, reduction=reduction, pos_weight=self.binary_cross_entropy.pos_weight)
         else:
-            if target.shape[1] == 1:
-                t = target[:, 0].long()
-            else:
-                t = target if target.is_floating_point() else target.to(input.dtype)
-            ce_term = cross_entropy(input, t, weight=self.weight, reduction=self.reduction, label_smoothing=self.label_smoothing)
-        return (self.lambda_dice * dice + self.lambda_ce * ce_term).to(torch.promote_types(dtype, ce_term.dtype))
+            ce_term = cross_entropy(input, t, weight=weight, reduction=reduction, label_smoothing=label_smoothing)
+        ce_term = ce_term.to(ce_dtype)
+        return (self.lambda_dice * dice + self.lambda_ce * ce_term).to(torch.promote_types(dtype, ce_dtype))
 
 
 class DiceFocalLoss(_Loss):

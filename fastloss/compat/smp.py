@@ -322,6 +322,8 @@ class FocalLoss(_Loss):
     [eps, 1 - eps] and logit -- or log for "multiclass" -- are applied in PyTorch); y_true as
     :class:`DiceLoss`.  Returns a tensor in y_pred's dtype.  Raises ValueError for the
     arguments listed in the module docstring, soft targets and labels out of range.
+    ``focal_loss_fn`` is smp's attribute: :func:`focal_loss_with_logits` with this loss's
+    ``alpha``, ``gamma`` and ``reduction``.
     """
 
     def __init__(
