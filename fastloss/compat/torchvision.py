@@ -7,8 +7,10 @@ against torchvision 0.29; importing this module does not import torchvision)::
     loss = tvl.sigmoid_focal_loss(logits, targets, reduction="sum")
     loss = tvl.generalized_box_iou_loss(pred_boxes, gt_boxes, reduction="sum")
 
-or, for torchvision's own models (FCOS, RetinaNet, ...), ``fastloss.patch("torchvision")``
-(:func:`_patch` lists what it replaces).
+or, for torchvision's own models (FCOS, RetinaNet, ...), ``fastloss.patch("torchvision")``,
+which replaces the four losses only (:func:`_patch`): the box matrices decide the matchers'
+assignments and are not bit-equal to torchvision's, so the patch leaves them alone; call them
+from here explicitly where a matrix is wanted.
 
 ============================  ==========================================================
 function                      kernels
@@ -43,7 +45,9 @@ Semantics kept from torchvision:
 * reductions "none" | "mean" | "sum"; anything else is a ValueError; the box losses' mean of
   no boxes is 0 (graph-connected), as torchvision's.
 * broadcasting -- the losses broadcast their two box sets against each other, the matrices
-  their leading (batch) dimensions, as torchvision's elementwise formulas do.
+  their leading (batch) dimensions, as torchvision's elementwise formulas do.  A 1-D
+  ``boxes1`` (4,) is one box, (1, 4), as torchvision's indexing reads it (``boxes2`` must have
+  at least 2 dims, as there: ValueError here, IndexError there).
 
 ``complete_box_iou_loss`` with eps != 1e-7, where no fastloss kernel computes torchvision's
 eps placement directly (its IoU and DIoU terms keep 1e-7), composes fastloss's kernels
@@ -64,6 +68,9 @@ Differences from torchvision 0.29 (by design; fastloss's numerical policy):
 * exactly touching boxes (zero-width intersection): no gradient through the intersection, as
   torchvision's losses (its matrices' clamp agrees with torch 2.14; torch's derivative of
   clamp at the bound has changed across releases).
+* the matrices are not bit-equal to torchvision's in fp32 (the C++ CPU kernel rounds
+  differently from torch's eager ops; a few ulp): an IoU of 0.49999994 there can be 0.50000006
+  here, flipping a Matcher's 0.5 threshold -- why :func:`_patch` does not replace them.
 * ``sigmoid_focal_loss``: the mean of an empty input is 0 (torchvision: NaN); fp16 / bf16 are
   computed in fp32 and rounded once (torchvision computes in fp16 / bf16); ``gamma`` must be
   >= 0 and ``targets`` a float tensor of ``inputs``' shape that does not require grad
@@ -226,16 +233,23 @@ def sigmoid_focal_loss(
     Args:
         inputs: logits of any shape, floating point.
         targets: float tensor of ``inputs``' shape, the binary (or soft) label of each element.
-        alpha: weight of the positive class in [0, 1], or -1 for none.
+        alpha: weight of the positive class in [0, 1], or -1 for none; a number or a 0-dim
+            tensor (read on the host, so under torch.compile a graph break; not differentiated).
         gamma: focusing exponent (>= 0).
         reduction: "none" (``inputs``' shape) | "mean" | "sum" (scalars).
 
     Returns the loss in torch's promotion of the two dtypes (fp16 logits with fp16 targets:
     fp16, computed in fp32).  The mean of an empty input is 0 (torchvision: NaN).  Gradient
-    with respect to ``inputs`` only.  Raises ValueError for alpha outside [0, 1] and not -1,
+    with respect to ``inputs`` only.  Raises ValueError for alpha outside [0, 1] and not -1
+    (or a tensor alpha that is not 0-dim or requires grad),
     an unknown reduction, gamma < 0, targets that are not a float tensor of inputs' shape or
     that require grad.
     """
+    if isinstance(alpha, torch.Tensor):
+        # torchvision multiplies by a tensor alpha; fastloss's kernel takes the number (a host read)
+        if alpha.dim() != 0 or alpha.requires_grad or alpha.is_complex():
+            raise ValueError(f"alpha must be a number or a 0-dim real tensor that does not require grad, got {alpha!r}")
+        alpha = float(alpha)
     if not (0 <= alpha <= 1) and alpha != -1:
         raise ValueError(f"Invalid alpha value: {alpha}. alpha must be in the range [0,1] or -1 for ignore.")
     _check_reduction(reduction)
@@ -305,10 +319,14 @@ def complete_box_iou_loss(
 
 
 def _matrix_sets(boxes1, boxes2):
-    """Upcast (torchvision's rule) and broadcast the leading (batch) dims of (..., N, 4) and (..., M, 4)."""
+    """Upcast (torchvision's rule) and broadcast the leading (batch) dims of (..., N, 4) and
+    (..., M, 4); a 1-D ``boxes1`` (4,) is one box, (1, 4) (torchvision's ``boxes1[..., None, :2]``
+    reads it so; a 1-D ``boxes2`` fails there with an IndexError)."""
     boxes1, boxes2 = _upcast_pair(boxes1, boxes2)
+    if boxes1.dim() == 1:
+        boxes1 = boxes1.unsqueeze(0)
     if boxes1.dim() < 2 or boxes2.dim() < 2 or boxes1.shape[-1] != 4 or boxes2.shape[-1] != 4:
-        raise ValueError(f"boxes1 and boxes2 must be (..., N, 4) and (..., M, 4), got {tuple(boxes1.shape)} and {tuple(boxes2.shape)}")
+        raise ValueError(f"boxes1 and boxes2 must be (..., N, 4) (or (4,)) and (..., M, 4), got {tuple(boxes1.shape)} and {tuple(boxes2.shape)}")
     try:
         lead = torch.broadcast_shapes(boxes1.shape[:-2], boxes2.shape[:-2])
     except RuntimeError:
@@ -329,7 +347,7 @@ def box_iou(boxes1: Tensor, boxes2: Tensor, fmt: str = "xyxy") -> Tensor:
     """torchvision.ops.box_iou (0.29): the (..., N, M) matrix of I / U (no eps).
 
     Args:
-        boxes1: (..., N, 4); boxes2: (..., M, 4), leading dims broadcast; coordinates in any
+        boxes1: (..., N, 4), or (4,) for one box; boxes2: (..., M, 4), leading dims broadcast; coordinates in any
             common unit, fp16 / bf16 / integer computed in fp32.  Both differentiable.
         fmt: "xyxy" | "xywh" | "cxcywh"; the rotated formats ("cxcywhr", "xywhr",
             "xyxyxyxy") are passed to torchvision's own op.
@@ -376,34 +394,42 @@ def complete_box_iou(boxes1: Tensor, boxes2: Tensor, eps: float = 1e-7) -> Tenso
 
 # --------------------------------------------------------------------------------- patch
 
-# torchvision module that defines each name (the others import it from there)
+# torchvision module that defines each loss (the others import it from there); the box
+# matrices (box_iou, ...) are left alone: see _patch
 _DEFINED_IN = {
     "sigmoid_focal_loss": "torchvision.ops.focal_loss",
     "generalized_box_iou_loss": "torchvision.ops.giou_loss",
     "distance_box_iou_loss": "torchvision.ops.diou_loss",
     "complete_box_iou_loss": "torchvision.ops.ciou_loss",
-    "box_iou": "torchvision.ops.boxes",
-    "generalized_box_iou": "torchvision.ops.boxes",
-    "distance_box_iou": "torchvision.ops.boxes",
-    "complete_box_iou": "torchvision.ops.boxes",
 }
 # packages whose modules' references to those functions are replaced too
 _REFERENCING_PACKAGES = ("torchvision.ops", "torchvision.models.detection")
 
 
 def _patch(handle):
-    """Replace torchvision's losses and box matrices with this module's, in place.
+    """Replace torchvision's four losses with this module's, in place.
 
-    Replaced: the eight functions in ``torchvision.ops`` and in the modules that define them
-    (``torchvision.ops.focal_loss`` / ``giou_loss`` / ``diou_loss`` / ``ciou_loss`` /
-    ``boxes``), and every reference to them held by a module of ``torchvision.ops`` or
-    ``torchvision.models.detection`` -- FCOS's and RetinaNet's focal and GIoU losses,
-    ``_utils._box_loss``'s GIoU / DIoU / CIoU losses (RetinaNet's ``bbox_reg_loss_type``), and
-    ``box_ops.box_iou`` of the RetinaNet / SSD / Faster R-CNN matchers (looked up at call
-    time).  Models built before the patch keep the ``box_similarity`` they bound at
-    construction (RPN, RoIHeads); models built after it get fastloss's.  Modules outside those
-    packages that imported a name themselves (``torchvision.transforms.v2``'s RandomIoUCrop)
-    keep torchvision's.
+    Replaced: ``sigmoid_focal_loss``, ``generalized_box_iou_loss``, ``distance_box_iou_loss``
+    and ``complete_box_iou_loss`` in ``torchvision.ops`` and in the modules that define them
+    (``torchvision.ops.focal_loss`` / ``giou_loss`` / ``diou_loss`` / ``ciou_loss``), and every
+    reference to them held by a module of ``torchvision.ops`` or
+    ``torchvision.models.detection`` -- FCOS's and RetinaNet's focal and GIoU losses and
+    ``_utils._box_loss``'s GIoU / DIoU / CIoU losses (RetinaNet's ``bbox_reg_loss_type``), all
+    looked up at call time.
+
+    Not replaced, on purpose: the box matrices ``box_iou``, ``generalized_box_iou``,
+    ``distance_box_iou``, ``complete_box_iou``.  They decide assignments (``box_ops.box_iou``
+    feeds the RetinaNet / SSD / Faster R-CNN Matchers, RPN's and RoIHeads' ``box_similarity``),
+    and fastloss's fp32 matrices are not bit-equal to torchvision's: an IoU of 0.49999994 there
+    can be 0.50000006 here, and the Matcher's 0.5 threshold flips -- a patch must change how
+    losses are computed, never which anchor is matched to which box.  Use this module's
+    matrices explicitly where they are wanted.
+
+    Objects keep what they captured: the references are module globals, so anything that
+    copied one of the four functions while patched (``f = torchvision.ops.sigmoid_focal_loss``)
+    keeps fastloss's after undo, and code outside the two packages that imported a name
+    itself keeps torchvision's while patched.  (torchvision's own models capture none of the
+    four at construction.)
     """
     importlib.import_module("torchvision.ops")
     importlib.import_module("torchvision.models.detection")
