@@ -7,9 +7,13 @@ and mmcv 2.1 (``mmcv/ops/focal_loss.py``).  Every module follows mmdetection's c
 reduction_override=None)`` (each class keeps its own order and extra arguments); "mean" with
 ``avg_factor`` is ``sum / (avg_factor + eps)`` (eps = fp32's machine epsilon); ``avg_factor``
 with "sum" raises ValueError.  Shapes and dtypes are mmdetection's: the returned loss has the
-dtype of ``pred`` (promoted with a floating ``weight``, as mmdetection's ``loss * weight``).
+dtype of ``pred`` (promoted with a floating ``weight``, as mmdetection's ``loss * weight``;
+with a tensor ``avg_factor``, "mean" promotes with ``avg_factor + eps``, as its 0-dim division;
+fp32 at least where mmdetection forms an fp32 factor -- ``VarifocalLoss``,
+``DistributionFocalLoss``, ``CIoULoss`` -- the kernel then runs on fp32 inputs).
 
-Importing this module does not import mmdetection; :func:`_patch` does.
+Importing this module does not import mmdetection; :func:`_patch` does.  The patch replaces
+losses only: ``bbox_overlaps`` (the assigners' IoU) stays mmdetection's, see :func:`_patch`.
 
 =========================  ==================================================================
 name                       fastloss op underneath
@@ -46,7 +50,9 @@ with ``smooth_point``, not fastloss's Efficient-IoU),
 ``SIoULoss`` (its own eps placement and ``neg_gamma``), ``BoundedIoULoss``, and mmcv's
 compiled ``bbox_overlaps`` (``offset``).
 
-Arguments the compat layer cannot honour raise ValueError: any
+Arguments the compat layer cannot honour raise ValueError: a float target or quality score
+that requires grad (every class but the label forms of ``FocalLoss`` / ``CrossEntropyLoss``;
+mmdetection differentiates it, fastloss's kernels do not), any
 ``use_sigmoid=False`` (mmdetection raises too, later), ``**kwargs`` given to a ``forward``,
 ``CrossEntropyLoss(use_mask=True)`` with ``class_weight``, ``GaussianFocalLoss`` with
 ``gamma=0`` and ``pos_weight != neg_weight`` or ``pos_inds``, a focal ``alpha`` outside [0, 1]
@@ -65,10 +71,18 @@ Differences from mmdetection, kept on purpose (fastloss's numerical policy):
 * ``CIoULoss`` where 1 - IoU + v = 0 (identical boxes whose IoU rounds to 1): alpha is 0
   (mmdetection: 0 / 0 = NaN).
 * ``bbox_overlaps`` with no boxes returns zeros (mmdetection: an uninitialised tensor); its box
-  math runs in fp32 for fp16 boxes on the CPU too.
+  math runs in fp32 for fp16 boxes on the CPU too.  Its fp32 values are not bit-equal to
+  mmdetection's (a few ulp), which is why :func:`_patch` leaves mmdetection's in place.
 * The mean of an empty input is 0, connected to the graph (mmdetection: NaN for ``MSELoss``,
-  ``IoULoss``, ``GIoULoss``, ``DIoULoss``, ``QualityFocalLoss``, ``DiceLoss``, mmcv's
-  ``SigmoidFocalLoss``, and ``BalancedL1Loss`` with an empty weight).
+  ``IoULoss``, ``GIoULoss``, ``DIoULoss``, ``QualityFocalLoss``, ``DiceLoss`` -- also of an
+  empty batch (0, ...) --, mmcv's ``SigmoidFocalLoss``, and ``BalancedL1Loss`` with an empty
+  weight).
+* The zero-weight shortcut of ``L1Loss``, ``SmoothL1Loss`` and the box losses (an
+  all-non-positive ``weight`` returns ``(pred * weight).sum()``) reads the weight on the host
+  in eager mode, as mmdetection's (whose ``if`` breaks a ``torch.compile`` graph there).  Under
+  ``torch.compile`` it is branch-free instead (``torch.where`` over the two results): the same
+  values and gradients, but with reduction "none" the result keeps the per-element shape (the
+  0-dim shortcut value broadcast over it) where eager returns a 0-dim tensor.
 * Class labels outside [0, C] raise ValueError for CPU tensors (``FocalLoss``; mmdetection's
   one-hot raises too, mmcv's CUDA op scores them as background).  ``QualityFocalLoss``,
   ``CrossEntropyLoss(use_sigmoid=True)`` and ``SigmoidFocalLoss`` map them to background as
@@ -145,6 +159,35 @@ def _zero_weight_shortcut(pred, weight):
     return None
 
 
+def _or_zero_weight_shortcut(pred, weight, compute):
+    """``compute()`` unless mmdetection's zero-weight shortcut applies (:func:`_zero_weight_shortcut`).
+
+    Eager: the weight is read on the host (mmdetection's ``if``).  Under torch.compile,
+    branch-free: ``torch.where(any(weight > 0), compute(), (pred * weight).sum())`` -- the
+    same value and gradient (where routes the gradient to the chosen result only), but a
+    reduction "none" result keeps compute()'s shape (the shortcut's scalar broadcast over it)."""
+    if weight is None:
+        return compute()
+    if not torch.compiler.is_compiling():
+        zero = _zero_weight_shortcut(pred, weight)
+        return compute() if zero is None else zero
+    w = weight.unsqueeze(1) if pred.dim() == weight.dim() + 1 else weight
+    return torch.where((weight > 0).any(), compute(), (pred * w).sum())
+
+
+def _avg_dtype(loss, reduction, avg_factor):
+    """mmdetection's "mean" with a tensor ``avg_factor``: ``loss.sum() / (avg_factor + eps)``
+    divides two 0-dim tensors, so their dtypes promote (an fp64 avg_factor gives fp64)."""
+    if reduction == "mean" and isinstance(avg_factor, torch.Tensor):
+        return loss.to(torch.promote_types(loss.dtype, torch.result_type(avg_factor, _AVG_EPS)))
+    return loss
+
+
+def _at_least_fp32(t):
+    """mmdetection's ``.float()`` factors make fp16 / bf16 losses fp32 (fp64 stays fp64)."""
+    return t.to(torch.promote_types(t.dtype, torch.float32)) if t.is_floating_point() else t
+
+
 def _weight_reduce(name, loss, weight, reduction, avg_factor):
     """mmdetection's ``weight_reduce_loss`` over a small per-sample loss (N values)."""
     if reduction not in ("none", "mean", "sum"):
@@ -209,7 +252,7 @@ class FocalLoss(nn.Module):
         w = _focal_weight(weight, pred)
         fn = _pointwise.focal_loss_with_prob if self.activated else _pointwise.sigmoid_focal_loss
         loss = fn(pred, target, self.alpha, self.gamma, reduction, weight=w, avg_factor=avg_factor)
-        return self.loss_weight * _promote(loss, w)
+        return self.loss_weight * _avg_dtype(_promote(loss, w), reduction, avg_factor)
 
 
 def _check_alpha(name, alpha):
@@ -342,7 +385,7 @@ class CrossEntropyLoss(nn.Module):
             loss = self._sigmoid(cls_score, label, weight, reduction, avg_factor, class_weight, ignore_index)
         else:
             loss = self._softmax(cls_score, label, weight, reduction, avg_factor, class_weight, ignore_index)
-        return self.loss_weight * loss
+        return self.loss_weight * _avg_dtype(loss, reduction, avg_factor)
 
     def _softmax(self, pred, label, weight, reduction, avg_factor, class_weight, ignore_index):
         ignore_index = -100 if ignore_index is None else ignore_index
@@ -431,7 +474,7 @@ class QualityFocalLoss(nn.Module):
             loss = qfl(pred, target, self.beta, weight=weight, reduction=reduction, avg_factor=avg_factor)
         else:  # mmdetection's mean is over the anchors, after the sum over the classes
             loss = qfl(pred, target, self.beta, weight=weight, reduction="sum") / max(pred.size(0), 1)
-        return self.loss_weight * _promote(loss.to(pred.dtype), weight)
+        return self.loss_weight * _avg_dtype(_promote(loss.to(pred.dtype), weight), reduction, avg_factor)
 
 
 class VarifocalLoss(nn.Module):
@@ -461,9 +504,10 @@ class VarifocalLoss(nn.Module):
                 reduction_override: Optional[str] = None) -> Tensor:
         reduction = _reduction("VarifocalLoss", reduction_override, self.reduction)
         w = _broadcast_weight("VarifocalLoss", weight, pred.shape)
+        pred = _at_least_fp32(pred)  # mmdetection's focal weight is formed with (target > 0).float(): fp32 at least
         loss = _pointwise.varifocal_loss(pred, target.to(pred.dtype), self.alpha, self.gamma, self.iou_weighted, weight=w,
                                          reduction=reduction, avg_factor=avg_factor)
-        return self.loss_weight * _promote(loss, w)
+        return self.loss_weight * _avg_dtype(_promote(loss, w), reduction, avg_factor)
 
 
 class DistributionFocalLoss(nn.Module):
@@ -481,8 +525,9 @@ class DistributionFocalLoss(nn.Module):
 
     def forward(self, pred, target, weight=None, avg_factor=None, reduction_override=None):
         reduction = _reduction("DistributionFocalLoss", reduction_override, self.reduction)
+        pred = _at_least_fp32(pred)  # mmdetection's bin weights are dis_right.float() - label: fp32 at least
         loss = _rowwise.distribution_focal_loss(pred, target, weight, reduction, avg_factor)
-        return self.loss_weight * _promote(loss, weight)
+        return self.loss_weight * _avg_dtype(_promote(loss, weight), reduction, avg_factor)
 
 
 class GaussianFocalLoss(nn.Module):
@@ -518,7 +563,8 @@ class GaussianFocalLoss(nn.Module):
                 reduction_override: Optional[str] = None) -> Tensor:
         reduction = _reduction("GaussianFocalLoss", reduction_override, self.reduction)
         if pos_inds is not None:
-            return self.loss_weight * self._with_pos_inds(pred, target, pos_inds, pos_labels, reduction, avg_factor)
+            return self.loss_weight * _avg_dtype(self._with_pos_inds(pred, target, pos_inds, pos_labels, reduction, avg_factor),
+                                                 reduction, avg_factor)
         w = _broadcast_weight("GaussianFocalLoss", weight, pred.shape)
         if self.pos_weight == self.neg_weight:
             loss = _pointwise.gaussian_focal_loss(pred, target, self.alpha, self.gamma, weight=w, reduction=reduction,
@@ -529,7 +575,7 @@ class GaussianFocalLoss(nn.Module):
             w2 = split if w is None else w * split
             loss = _pointwise.gaussian_focal_loss(pred, target, self.alpha, self.gamma, weight=w2, reduction=reduction,
                                                   avg_factor=avg_factor)
-        return self.loss_weight * _promote(loss, w)
+        return self.loss_weight * _avg_dtype(_promote(loss, w), reduction, avg_factor)
 
     def _with_pos_inds(self, pred, target, pos_inds, pos_labels, reduction, avg_factor):
         if pos_labels is None:
@@ -585,11 +631,14 @@ class DiceLoss(nn.Module):
             smooth_nr, smooth_dr, squared = self.eps, self.eps, False
         else:  # mmdetection adds eps to each of the two squared sums
             smooth_nr, smooth_dr, squared = 0.0, 2 * self.eps, True
-        x = pred.reshape(n, 1, -1)
-        t = target.reshape(n, 1, -1).float()
-        per_sample = _dice.dice_loss(x, t, mode="binary", from_logits=self.activate, smooth_nr=smooth_nr, smooth_dr=smooth_dr,
-                                     squared=squared, per_image=True, reduction="none").reshape(n)
-        return self.loss_weight * _weight_reduce("DiceLoss", per_sample, weight, reduction, avg_factor)
+        if n == 0:  # no samples: an empty (0,) per-sample loss, connected to pred (the kernel needs a shape to reshape to)
+            per_sample = pred.flatten(1).sum(1) * 0 + target.new_zeros(0, dtype=torch.float32)
+        else:
+            x = pred.reshape(n, 1, -1)
+            t = target.reshape(n, 1, -1).float()
+            per_sample = _dice.dice_loss(x, t, mode="binary", from_logits=self.activate, smooth_nr=smooth_nr, smooth_dr=smooth_dr,
+                                         squared=squared, per_image=True, reduction="none").reshape(n)
+        return self.loss_weight * _avg_dtype(_weight_reduce("DiceLoss", per_sample, weight, reduction, avg_factor), reduction, avg_factor)
 
 
 # ====================================================================== regression
@@ -616,11 +665,9 @@ class L1Loss(nn.Module):
 
     def forward(self, pred: Tensor, target: Tensor, weight: Optional[Tensor] = None, avg_factor: Optional[int] = None,
                 reduction_override: Optional[str] = None) -> Tensor:
-        zero = _zero_weight_shortcut(pred, weight)
-        if zero is not None:
-            return zero
         reduction = _reduction("L1Loss", reduction_override, self.reduction)
-        return self.loss_weight * _regression("L1Loss", _pointwise.l1_loss, pred, target, weight, reduction, avg_factor)
+        return _or_zero_weight_shortcut(pred, weight, lambda: self.loss_weight * _avg_dtype(
+            _regression("L1Loss", _pointwise.l1_loss, pred, target, weight, reduction, avg_factor), reduction, avg_factor))
 
 
 class SmoothL1Loss(nn.Module):
@@ -638,12 +685,10 @@ class SmoothL1Loss(nn.Module):
     def forward(self, pred: Tensor, target: Tensor, weight: Optional[Tensor] = None, avg_factor: Optional[int] = None,
                 reduction_override: Optional[str] = None, **kwargs) -> Tensor:
         _no_kwargs("SmoothL1Loss", kwargs)
-        zero = _zero_weight_shortcut(pred, weight)
-        if zero is not None:
-            return zero
         reduction = _reduction("SmoothL1Loss", reduction_override, self.reduction)
-        return self.loss_weight * _regression("SmoothL1Loss", _pointwise.smooth_l1_loss, pred, target, weight, reduction, avg_factor,
-                                              self.beta)
+        return _or_zero_weight_shortcut(pred, weight, lambda: self.loss_weight * _avg_dtype(
+            _regression("SmoothL1Loss", _pointwise.smooth_l1_loss, pred, target, weight, reduction, avg_factor, self.beta),
+            reduction, avg_factor))
 
 
 def smooth_l1_loss(pred: Tensor, target: Tensor, weight=None, reduction='mean', avg_factor=None, **kwargs) -> Tensor:
@@ -659,7 +704,8 @@ def smooth_l1_loss(pred: Tensor, target: Tensor, weight=None, reduction='mean', 
         raise ValueError(f"smooth_l1_loss: beta must be > 0, got {beta}")
     if reduction not in ("none", "mean", "sum"):
         raise ValueError(f"smooth_l1_loss: reduction must be 'none', 'mean' or 'sum', got {reduction!r}")
-    return _regression("smooth_l1_loss", _pointwise.smooth_l1_loss, pred, target, weight, reduction, avg_factor, beta)
+    return _avg_dtype(_regression("smooth_l1_loss", _pointwise.smooth_l1_loss, pred, target, weight, reduction, avg_factor, beta),
+                      reduction, avg_factor)
 
 
 class BalancedL1Loss(nn.Module):
@@ -678,13 +724,15 @@ class BalancedL1Loss(nn.Module):
     def forward(self, pred, target, weight=None, avg_factor=None, reduction_override=None, **kwargs):
         _no_kwargs("BalancedL1Loss", kwargs)
         reduction = _reduction("BalancedL1Loss", reduction_override, self.reduction)
-        return self.loss_weight * _regression("BalancedL1Loss", _pointwise.balanced_l1_loss, pred, target, weight, reduction, avg_factor,
-                                              self.alpha, self.gamma, self.beta)
+        return self.loss_weight * _avg_dtype(_regression("BalancedL1Loss", _pointwise.balanced_l1_loss, pred, target, weight, reduction,
+                                                         avg_factor, self.alpha, self.gamma, self.beta), reduction, avg_factor)
 
 
 class MSELoss(nn.Module):
     """mmdetection's ``MSELoss`` over :func:`fastloss.mse_loss`; arguments as :class:`L1Loss`
-    (no zero-weight shortcut, as mmdetection; shapes must match: no broadcasting)."""
+    (no zero-weight shortcut, as mmdetection); ``pred`` and ``target`` broadcast against each
+    other (torch's ``mse_loss``, which mmdetection calls, does -- with a warning), and the
+    loss has the broadcast shape.  ValueError if they do not broadcast."""
 
     def __init__(self, reduction: str = 'mean', loss_weight: float = 1.0) -> None:
         super().__init__()
@@ -694,8 +742,13 @@ class MSELoss(nn.Module):
     def forward(self, pred: Tensor, target: Tensor, weight: Optional[Tensor] = None, avg_factor: Optional[int] = None,
                 reduction_override: Optional[str] = None) -> Tensor:
         reduction = _reduction("MSELoss", reduction_override, self.reduction)
-        return self.loss_weight * _regression("MSELoss", _pointwise.mse_loss, pred, target, weight, reduction, avg_factor,
-                                              empty_scalar=False)
+        if target.shape != pred.shape:
+            try:
+                pred, target = torch.broadcast_tensors(pred, target)  # pred's gradient sums back over the expansion
+            except RuntimeError as e:
+                raise ValueError(f"MSELoss: pred {tuple(pred.shape)} and target {tuple(target.shape)} do not broadcast") from e
+        return self.loss_weight * _avg_dtype(_regression("MSELoss", _pointwise.mse_loss, pred, target, weight, reduction, avg_factor,
+                                                         empty_scalar=False), reduction, avg_factor)
 
 
 # ====================================================================== boxes
@@ -744,9 +797,10 @@ class IoULoss(nn.Module):
         _no_kwargs("IoULoss", kwargs)
         reduction = _reduction("IoULoss", reduction_override, self.reduction)
         if reduction != 'none':
-            zero = _zero_weight_shortcut(pred, weight)
-            if zero is not None:
-                return zero
+            return _or_zero_weight_shortcut(pred, weight, lambda: self._loss(pred, target, weight, reduction, avg_factor))
+        return self._loss(pred, target, weight, reduction, avg_factor)
+
+    def _loss(self, pred, target, weight, reduction, avg_factor):
         weight = _box_weight("IoULoss", pred, weight)
         kind, power = self._KINDS[self.mode]
         if kind == "log_iou":  # the kernel clamps at its eps: the smaller of the two, then the cap
@@ -756,7 +810,7 @@ class IoULoss(nn.Module):
         per_box = _box_iou.box_iou_loss(pred, target, kind, "none", eps=union_eps, power=power, convention="mmdet")
         per_box = torch.clamp(per_box, max=cap)
         loss = _weight_reduce("IoULoss", per_box, weight, reduction, avg_factor)
-        return self.loss_weight * loss
+        return self.loss_weight * _avg_dtype(loss, reduction, avg_factor)
 
 
 class _PairedIoULoss(nn.Module):
@@ -772,13 +826,15 @@ class _PairedIoULoss(nn.Module):
                 reduction_override: Optional[str] = None, **kwargs) -> Tensor:
         name = type(self).__name__
         _no_kwargs(name, kwargs)
-        zero = _zero_weight_shortcut(pred, weight)
-        if zero is not None:
-            return zero
         reduction = _reduction(name, reduction_override, self.reduction)
+        return _or_zero_weight_shortcut(pred, weight, lambda: self._loss(name, pred, target, weight, reduction, avg_factor))
+
+    def _loss(self, name, pred, target, weight, reduction, avg_factor):
         weight = _box_weight(name, pred, weight)
+        if self._KIND == "ciou":  # mmdetection's alpha is (ious > 0.5).float() ...: fp32 at least
+            pred, target = _at_least_fp32(pred), _at_least_fp32(target)
         loss = _box_iou.box_iou_loss(pred, target, self._KIND, reduction, weight, avg_factor, eps=self.eps, convention="mmdet")
-        return self.loss_weight * _promote(loss, weight)
+        return self.loss_weight * _avg_dtype(_promote(loss, weight), reduction, avg_factor)
 
 
 class GIoULoss(_PairedIoULoss):
@@ -863,9 +919,21 @@ def _patch(handle):
       on undo;
     * every loaded ``mmdet.*`` module's reference to those classes (``mmdet.models.losses.GIoULoss``,
       ``from ..losses import QualityFocalLoss`` in the DETR heads, ...) and to
-      ``mmdet.structures.bbox.bbox_overlaps`` (the assigners' IoU calculator, ...) and to
       ``mmdet.models.losses.smooth_l1_loss`` (the SSD head calls it by name);
     * ``mmcv.ops.SigmoidFocalLoss`` (and ``mmcv.ops.focal_loss.SigmoidFocalLoss``).
+
+    Not replaced, on purpose: ``mmdet.structures.bbox.bbox_overlaps`` (this module's
+    :func:`bbox_overlaps` stays available for explicit use).  It is what the assigners decide
+    with (``BboxOverlaps2D`` in MaxIoU / ATSS / SimOTA / dynamic-soft-label / task-aligned
+    assigners, the Hungarian matcher's ``IoUCost``), and also the GFL / VFNet heads' IoU
+    targets, NMS and the evaluation; fastloss's fp32 overlaps are not bit-equal to
+    mmdetection's (a few ulp), so a threshold such as MaxIoUAssigner's 0.5 could flip for a
+    near-tie -- a patch must change how losses are computed, never which anchor is assigned to
+    which box.  No replaced class feeds an assigner (the match costs compute their own terms).
+
+    Objects keep what they captured: a loss module built while patched (``MODELS.build`` of a
+    head's config) is fastloss's and stays fastloss's after undo, and one built before the
+    patch stays mmdetection's; undo restores the registry and module attributes only.
 
     Imports ``mmdet.models`` first (it registers mmdetection's own classes; with mmcv-lite,
     whose compiled ops are missing, that import fails with mmcv's ImportError).  Patching twice
@@ -877,7 +945,6 @@ def _patch(handle):
         raise ImportError(f"fastloss.patch('mmdet'): mmdetection's models do not import ({e}); they need mmcv's compiled ops "
                           f"(a full mmcv, not mmcv-lite)") from e
     import mmdet.models.losses
-    import mmdet.structures.bbox
     from mmdet.registry import MODELS
 
     here = globals()
@@ -890,9 +957,8 @@ def _patch(handle):
         handle.on_undo(_restore_entry(MODELS, name, old))
         if old is not None:
             _replace_everywhere(handle, "mmdet", old, ours)
-    for old_fn, ours in ((mmdet.structures.bbox.bbox_overlaps, bbox_overlaps), (mmdet.models.losses.smooth_l1_loss, smooth_l1_loss)):
-        if old_fn is not ours:
-            _replace_everywhere(handle, "mmdet", old_fn, ours)
+    if mmdet.models.losses.smooth_l1_loss is not smooth_l1_loss:
+        _replace_everywhere(handle, "mmdet", mmdet.models.losses.smooth_l1_loss, smooth_l1_loss)
     old_focal = mmcv.ops.SigmoidFocalLoss
     if old_focal is not SigmoidFocalLoss:
         _replace_everywhere(handle, "mmcv", old_focal, SigmoidFocalLoss)
