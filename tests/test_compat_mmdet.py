@@ -668,3 +668,177 @@ def test_patched_head_same_losses(head):
         torch.testing.assert_close(a, b, **tol)
     for a, b in zip(go, gp):
         torch.testing.assert_close(a, b, **tol)
+
+
+# ---------------------------------------------------------------------- review fixes
+
+
+def test_patch_leaves_the_assigners_overlaps_alone():
+    """The functions assigners and matchers decide with stay mmdetection's own while patched
+    (fastloss's fp32 overlaps are not bit-equal: a MaxIoUAssigner threshold could flip)."""
+    import mmdet.structures.bbox as sb
+
+    holders = [sys.modules[m] for m in ("mmdet.structures.bbox", "mmdet.structures.bbox.bbox_overlaps",
+                                         "mmdet.models.task_modules.assigners.iou2d_calculator",
+                                         "mmdet.models.task_modules.assigners.match_cost", "mmdet.models.losses.iou_loss")]
+    with fastloss.patch("mmdet"):
+        assert sb.bbox_overlaps is peer_bbox_overlaps
+        for mod in holders:
+            assert mod.bbox_overlaps is peer_bbox_overlaps, mod.__name__
+        # nothing in any loaded mmdet module points at fastloss's bbox_overlaps
+        assert not [k for k, m in list(sys.modules.items()) if k.startswith("mmdet") and m is not None
+                    and any(v is C.bbox_overlaps for v in vars(m).values())]
+
+
+def test_patched_max_iou_assignment_bitwise_unchanged():
+    """MaxIoUAssigner on fp32 near-0.5 boxes: the same assignment patched and unpatched."""
+    from mmengine.structures import InstanceData
+    from mmdet.models.task_modules import MaxIoUAssigner
+
+    g = _gen(70)
+    xy = torch.rand(32, 2, generator=g, dtype=D) * 100
+    wh = torch.rand(32, 2, generator=g, dtype=D) * 50 + 5
+    gt = torch.cat([xy, xy + wh], -1)
+    wide = gt.clone()
+    wide[:, 2] = gt[:, 0] + 2 * wh[:, 0] * (1 + (torch.rand(32, generator=g, dtype=D) - 0.5) * 1e-6)  # IoU ~ 0.5
+    # first a pair where mmdetection's fp32 IoU is 0.49999991 and fastloss's 0.5
+    gt = torch.cat([torch.tensor([[24.4227352142334, 9.079850196838379, 38.81455612182617, 33.0263786315918]], dtype=D), gt]).float()
+    wide = torch.cat([torch.tensor([[24.4227352142334, 9.079850196838379, 53.20637893676758, 33.0263786315918]], dtype=D), wide]).float()
+    assert peer_bbox_overlaps(gt[:1], wide[:1]).item() < 0.5 <= C.bbox_overlaps(gt[:1], wide[:1]).item()
+    priors = torch.cat([wide, gt])
+
+    def assign():
+        a = MaxIoUAssigner(pos_iou_thr=0.5, neg_iou_thr=0.4, min_pos_iou=0.0)
+        r = a.assign(InstanceData(priors=priors), InstanceData(bboxes=gt, labels=torch.zeros(len(gt), dtype=torch.long)))
+        return r.gt_inds, r.max_overlaps
+
+    plain = assign()
+    with fastloss.patch("mmdet"):
+        patched = assign()
+    for p, q in zip(plain, patched):
+        assert torch.equal(p, q)
+    assert plain[0][0].item() == -1  # mmdetection's 0.49999991: between the thresholds, ignored
+    # the sensitivity of this test: fastloss's overlaps in the assigners' calculator assign it
+    calc = sys.modules["mmdet.models.task_modules.assigners.iou2d_calculator"]
+    calc.bbox_overlaps = C.bbox_overlaps
+    try:
+        flipped = assign()
+    finally:
+        calc.bbox_overlaps = peer_bbox_overlaps
+    assert flipped[0][0].item() == 1 and not torch.equal(flipped[0], plain[0])
+
+
+def _lowp_cases():
+    """Every class (mmcv's op excepted: its compiled op does not run here) with and without a
+    weight; (name, kwargs, args, weight)."""
+    out = []
+    for name, kw, args in _fp32_cases():
+        pred = args[0]
+        row = name in ("QualityFocalLoss", "DistributionFocalLoss", "DiceLoss", "IoULoss", "GIoULoss", "DIoULoss", "CIoULoss") or (
+            name == "CrossEntropyLoss")
+        w = torch.rand(pred.shape[0] if row else pred.shape, generator=_gen(71)) + 0.1
+        out += [(name, kw, args, None), (name, kw, args, w)]
+    return out
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float64])
+@pytest.mark.parametrize("case", _lowp_cases(), ids=lambda c: c[0] + ("_sigmoid" if c[1] else "") + ("_w" if c[3] is not None else ""))
+def test_dtype_grid(case, dtype):
+    """Every class x dtype (pred, float targets and weight in it): mmdetection's result dtype for
+    "none" and "mean", and for "mean" with a tensor avg_factor (fp64 / fp32 / int64: its 0-dim
+    division promotes), with values close to the peer's."""
+    name, kw, (pred, *rest), w = case
+    cast = lambda t: t.to(dtype) if isinstance(t, torch.Tensor) and t.is_floating_point() else t  # noqa: E731
+    rest = [(r[0], cast(r[1])) if isinstance(r, tuple) else cast(r) for r in rest]
+    tol = dict(rtol=1e-2, atol=1e-2) if dtype != torch.float64 else dict(rtol=1e-6, atol=1e-7)
+    calls = [dict(reduction_override="none"), dict(reduction_override="mean")]
+    calls += [dict(reduction_override="mean", avg_factor=af) for af in (torch.tensor(5.0, dtype=D), torch.tensor(5.0), torch.tensor(5))]
+    for call in calls:
+        if w is not None:
+            call["weight"] = cast(w)
+        a = getattr(C, name)(**kw)(cast(pred), *rest, **call)
+        b = getattr(L, name)(**kw)(cast(pred), *rest, **call)
+        assert a.dtype == b.dtype and a.shape == b.shape, (call, a.dtype, b.dtype)
+        torch.testing.assert_close(a.double(), b.double(), **tol)
+
+
+@pytest.mark.parametrize("kw", [{}, dict(naive_dice=True), dict(activate=False)])
+@pytest.mark.parametrize("reduction", ["none", "mean", "sum"])
+def test_dice_loss_empty_batch(kw, reduction):
+    """No samples: mmdetection's (0,) for "none", 0 for "sum" (and "mean" with avg_factor);
+    its NaN "mean" is 0 here (documented); connected to the graph either way."""
+    x = torch.randn(0, 7, 7, requires_grad=True)
+    t = torch.zeros(0, 7, 7)
+    ours = C.DiceLoss(**kw)(x, t, reduction_override=reduction)
+    peer = L.DiceLoss(**kw)(x, t, reduction_override=reduction)
+    assert ours.shape == peer.shape and ours.dtype == peer.dtype
+    if reduction == "mean":
+        assert torch.isnan(peer) and ours.item() == 0.0
+        af = C.DiceLoss(**kw)(x, t, avg_factor=2.0)
+        torch.testing.assert_close(af, L.DiceLoss(**kw)(x, t, avg_factor=2.0))
+    else:
+        torch.testing.assert_close(ours, peer)
+    (g,) = torch.autograd.grad(ours.sum(), x)
+    assert g.shape == x.shape
+
+
+@pytest.mark.filterwarnings("ignore:Using a target size")
+@pytest.mark.parametrize("shapes", [((4, 3), (3,)), ((4, 3), (1, 3)), ((3,), (4, 3)), ((4, 1), (4, 3))])
+@pytest.mark.parametrize("reduction", ["none", "mean", "sum"])
+def test_mse_loss_broadcasts(shapes, reduction):
+    g = _gen(72)
+    pred, target = torch.randn(shapes[0], generator=g, dtype=D), torch.randn(shapes[1], generator=g, dtype=D)
+    _check(C.MSELoss(), L.MSELoss(), pred, target, reduction_override=reduction)
+    with pytest.raises(ValueError, match="broadcast"):
+        C.MSELoss()(pred, torch.randn(5, 2, dtype=D))
+
+
+@pytest.mark.parametrize("name", ["GIoULoss", "L1Loss", "IoULoss"])
+@pytest.mark.parametrize("reduction", ["none", "mean", "sum"])
+@pytest.mark.parametrize("weight_kind", ["positive", "zero", "negative"])
+def test_compile_zero_weight_shortcut(name, reduction, weight_kind):
+    """torch.compile(fullgraph=True, backend="aot_eager") with a weight: the shortcut is
+    branch-free there; the eager values and gradients (and mmdetection's), except that "none"
+    with an all-non-positive weight keeps the per-element shape (documented)."""
+    torch._dynamo.reset()
+    pred, target = (b.float() for b in _paired_boxes(6, 73))
+    w = {"positive": torch.rand(6, generator=_gen(74)) + 0.1, "zero": torch.zeros(6), "negative": -torch.rand(6, generator=_gen(74))}[weight_kind]
+    if name in ("L1Loss", "SmoothL1Loss"):
+        w = w[:, None].expand(6, 4).contiguous()
+    loss = getattr(C, name)(loss_weight=2.0)
+
+    def run(fn):
+        p = pred.clone().requires_grad_()
+        v = fn(p, target, w, reduction_override=reduction)
+        return v, torch.autograd.grad(v.sum(), p)[0]
+
+    eager = run(loss)
+    compiled = run(torch.compile(loss, fullgraph=True, backend="aot_eager"))
+    peer = run(getattr(L, name)(loss_weight=2.0))
+    shortcut = weight_kind != "positive" and not (name == "IoULoss" and reduction == "none")
+    if shortcut and reduction == "none":
+        full = (6, 4) if name in ("L1Loss", "SmoothL1Loss") else (6,)
+        assert eager[0].dim() == 0 and compiled[0].shape == full  # the documented shape difference
+        torch.testing.assert_close(compiled[0], eager[0].expand(full))
+    else:
+        torch.testing.assert_close(compiled[0], eager[0], rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(eager[0], peer[0], rtol=1e-5, atol=1e-5)
+    if not (shortcut and reduction == "none"):  # the expanded scalar's gradient is 6x the eager one
+        torch.testing.assert_close(compiled[1], eager[1], rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(eager[1], peer[1], rtol=1e-5, atol=1e-5)
+
+
+def test_built_while_patched_keeps_fastloss_class():
+    """The documented rule: what was built while patched keeps what it captured."""
+    with fastloss.patch("mmdet"):
+        inside = MODELS.build(dict(type="GIoULoss"))
+    assert isinstance(inside, C.GIoULoss) and MODELS.module_dict["GIoULoss"] is L.GIoULoss
+    assert "built while patched" in C._patch.__doc__.replace("\n    ", " ")
+
+
+def test_float_targets_requiring_grad_raise():
+    """Documented: fastloss does not differentiate targets (mmdetection does)."""
+    pred, target = _paired_boxes(4, 75)
+    with pytest.raises(ValueError, match="target"):
+        C.GIoULoss()(pred, target.clone().requires_grad_())
+    assert "requires grad" in C.__doc__
