@@ -431,3 +431,57 @@ def test_patched_detection_loss_matches_in_float64():
     for a, b in zip(ours(pred_dist, pred_bboxes, *rest), peer(pred_dist, pred_bboxes, *rest)):
         _close(a, b, **F64)
 
+
+
+# ------------------------------------------------------------------------------ review fixes
+
+
+def test_compile_fullgraph_focal_and_varifocal():
+    """torch.compile(fullgraph=True, backend="aot_eager"): FocalLoss has no .item() in its
+    forward (alpha's number is read when set) and VarifocalLoss's value checks (host reads)
+    are skipped while compiling: the eager values and gradients."""
+    x, gt, label = _vfl_data(seed=20)
+    x, gt, label = x.float(), gt.float(), label.float()
+    for loss, rest in ((FU.FocalLoss(1.5, 0.25), (label,)), (FU.FocalLoss(2.0, 0.0), (label,)), (FU.VarifocalLoss(), (gt, label))):
+        torch._dynamo.reset()
+        results = []
+        for fn in (loss, torch.compile(loss, fullgraph=True, backend="aot_eager")):
+            xx = x.clone().requires_grad_()
+            v = fn(xx, *rest)
+            results.append((v,) + torch.autograd.grad(v, xx))
+        for e, c in zip(*results):
+            torch.testing.assert_close(c, e, rtol=1e-6, atol=1e-7)
+
+
+def test_focal_loss_alpha_reassigned():
+    """self.alpha stays ultralytics' tensor; setting it again is validated and used."""
+    x, _, label = _vfl_data(seed=21)
+    loss = FU.FocalLoss(1.5, 0.25)
+    assert isinstance(loss.alpha, torch.Tensor) and loss.alpha.item() == 0.25
+    loss.alpha = torch.tensor(0.5)
+    _compare(loss, ORIGINAL["FocalLoss"](1.5, 0.5), [x], label.double())
+    with pytest.raises(ValueError, match="alpha must be <= 1"):
+        loss.alpha = 2.0
+    with pytest.raises(ValueError, match="one number"):
+        loss.alpha = [0.25, 0.5]
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_varifocal_loss_low_precision_documented(dtype):
+    """fp16 / bf16 inputs: fastloss computes the focal weight in float32, ultralytics in
+    fp16 / bf16 (the module docstring): float32 out, within that rounding."""
+    x, gt, label = _vfl_data(shape=(4, 50, 5), seed=22)
+    x, gt = x.to(dtype), gt.to(dtype)
+    ours, peer = FU.VarifocalLoss()(x, gt, label), ORIGINAL["VarifocalLoss"]()(x, gt, label)
+    assert ours.dtype == peer.dtype == torch.float32
+    torch.testing.assert_close(ours, peer, rtol=1e-2 if dtype == torch.bfloat16 else 2e-3, atol=0)
+    exact = FU.VarifocalLoss()(x.double(), gt.double(), label)
+    assert (ours.double() - exact).abs() <= (peer.double() - exact).abs() + 1e-6  # fp32 weight: no further from the exact value
+
+
+def test_built_while_patched_keep_what_they_captured():
+    """The documented rule: a loss built while patched keeps fastloss's classes after undo."""
+    with fastloss.patch("ultralytics"):
+        bbox_loss = UL.BboxLoss(16)
+    assert isinstance(bbox_loss, FU.BboxLoss) and isinstance(bbox_loss.dfl_loss, FU.DFLoss) and UL.BboxLoss is ORIGINAL["BboxLoss"]
+    assert "built while patched" in FU._patch.__doc__.replace("\n    ", " ")

@@ -50,11 +50,17 @@ Differences from ultralytics (each deliberate; the tests check the rest is equal
   CUDA tensors only in checked mode, :func:`fastloss.checked_labels`, which syncs; unchecked,
   an element counts as positive where label > 0 and its negative weight is
   alpha |sigmoid(x) - gt_score|^gamma).  Its BCE is computed in the result dtype (float64
-  for float64 inputs) where ultralytics casts it to float32 first.
+  for float64 inputs) where ultralytics casts it to float32 first.  For fp16 / bf16 inputs
+  the whole loss, focal weight included, is computed in float32; ultralytics forms the weight
+  alpha sigmoid(x)^gamma (1 - label) + gt_score label in fp16 / bf16 and multiplies its
+  float32 BCE by it (a relative difference of about fp16's rounding, ~1e-3, e.g. 8e-4 on a
+  sum of a few hundred elements).  The value checks are skipped under torch.compile.
 * ``FocalLoss``: ``alpha`` must be one number (ultralytics' tensor also takes a per-class
   list); alpha <= 0 disables the alpha factor as in ultralytics; 0 < alpha <= 1 required
   otherwise (alpha > 1 gives negative weights in ultralytics: ValueError here).  ``gamma``
-  must be >= 0.
+  must be >= 0.  alpha's number is read when ``self.alpha`` is set, not in the forward (no
+  ``.item()`` in a compiled graph); ultralytics also moves ``self.alpha`` to pred's device and
+  dtype in its forward, this module leaves the attribute as set.
 * ``DFLoss``: ``target`` is not clamped in place (ultralytics' ``clamp_`` rewrites the
   caller's tensor) and is not differentiated (ValueError if it requires grad; ultralytics
   differentiates its interpolation weights).  It defines ``forward`` (module hooks run);
@@ -167,7 +173,8 @@ class VarifocalLoss(nn.Module):
         Returns a 0-dim loss: the sum over elements / pred_score.shape[1], in float32 or the
         promoted dtype of the inputs if wider (ultralytics' float32 BCE times its weight).
         Raises ValueError for bad shapes, a label other than 0 / 1 or a nonzero gt_score where
-        label is 0 (CPU tensors; CUDA in checked mode).
+        label is 0 (CPU tensors; CUDA in checked mode; not under torch.compile, where the
+        checks, host reads, are skipped).
         """
         n = _sum_over_dim1("pred_score", pred_score)
         for name, t in (("gt_score", gt_score), ("label", label)):
@@ -183,7 +190,8 @@ class VarifocalLoss(nn.Module):
         dtype = torch.promote_types(torch.float32, torch.promote_types(pred_score.dtype, gt_score.dtype))
         if label.is_floating_point():
             dtype = torch.promote_types(dtype, label.dtype)
-        if _common.labels_checked_on(label.device) and label.numel():
+        # value checks read the tensors on the host: eager only (no graph break under torch.compile)
+        if _common.labels_checked_on(label.device) and label.numel() and not torch.compiler.is_compiling():
             neg = label == 0
             if bool((~neg & (label != 1)).any()):
                 raise ValueError("VarifocalLoss: label must be 0 or 1 (fastloss weights an element either as a positive or a negative)")
@@ -206,7 +214,10 @@ class FocalLoss(nn.Module):
         gamma: focusing exponent (>= 0).
         alpha: one number; <= 0 disables the alpha factor; else in (0, 1].  Kept as
             ``self.alpha = torch.tensor(alpha)`` like ultralytics (the default dtype's rounding
-            of alpha is the value used, as there).
+            of alpha is the value used, as there).  Its number is read on the host when it is
+            set (here and on any later ``self.alpha = ...``), so the forward holds no
+            ``.item()`` (torch.compile(fullgraph=True) traces it; ultralytics' own forward
+            branches on ``(self.alpha > 0).any()``, a graph break).
     """
 
     def __init__(self, gamma: float = 1.5, alpha: float = 0.25):
@@ -214,10 +225,20 @@ class FocalLoss(nn.Module):
         _common.nonneg("gamma", gamma)
         self.gamma = gamma
         self.alpha = torch.tensor(alpha)
-        if self.alpha.numel() != 1:
-            raise ValueError(f"FocalLoss: alpha must be one number (a per-class alpha is not supported), got {alpha!r}")
-        if self.alpha.item() > 1:
-            raise ValueError(f"FocalLoss: alpha must be <= 1 (or <= 0 to disable it), got {alpha!r}")
+
+    @property
+    def alpha(self) -> torch.Tensor:
+        return self._alpha
+
+    @alpha.setter
+    def alpha(self, value) -> None:
+        value = torch.as_tensor(value)
+        if value.numel() != 1:
+            raise ValueError(f"FocalLoss: alpha must be one number (a per-class alpha is not supported), got {value!r}")
+        number = value.item()  # the kernel's alpha, read once here rather than in the forward
+        if number > 1:
+            raise ValueError(f"FocalLoss: alpha must be <= 1 (or <= 0 to disable it), got {number!r}")
+        self._alpha, self._alpha_number = value, number
 
     def forward(self, pred: torch.Tensor, label: torch.Tensor) -> torch.Tensor:
         """Args:
@@ -231,7 +252,7 @@ class FocalLoss(nn.Module):
         if not isinstance(label, torch.Tensor) or not label.is_floating_point() or label.shape != pred.shape:
             raise ValueError(f"FocalLoss: label must be a float tensor of pred's shape {tuple(pred.shape)}, got "
                              f"{getattr(label, 'dtype', type(label).__name__)} {tuple(getattr(label, 'shape', ()))}")
-        alpha = self.alpha.item()
+        alpha = self._alpha_number
         loss = fastloss.sigmoid_focal_loss(pred, label, alpha=alpha if alpha > 0 else -1.0, gamma=self.gamma, reduction="sum")
         return loss / n
 
@@ -354,7 +375,9 @@ def _patch(handle):
     ``bbox_iou`` (the assigner's CIoU chooses anchors by top-k / argmax: any difference, even
     in the last bit, can change an assignment and with it the whole loss) and
     ``ultralytics.models.utils.ops``' (the Hungarian matcher's GIoU cost, the same reason).
-    Loss objects built before the patch keep the classes they were built with.
+    Objects keep what they captured: loss objects (``v8DetectionLoss``, ``DETRLoss``, ...)
+    built before the patch keep ultralytics' classes, and those built while patched keep
+    fastloss's after undo (undo restores the module attributes only).
     """
     import ultralytics.models.utils.loss as detr_loss
     import ultralytics.utils.loss as yolo_loss
