@@ -146,8 +146,16 @@ def test_forward_backward_vs_reference(grad_mode, device, backend, dtype, kind):
             assert out.shape == (p.shape[:-1] if reduction == "none" else ())
 
 
+# kinds with the alpha-IoU exponent (extended_iou has none: power must be 1)
+POWER_KINDS = [k for k in KINDS if k != "extended_iou"]
+
+
+def powers_of(kind, powers):
+    return powers if kind in POWER_KINDS else (1.0,)
+
+
 @pytest.mark.parametrize("power", [2.0, 3.0, 0.7])
-@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("kind", POWER_KINDS)
 @pytest.mark.parametrize("device,backend,dtype", helpers.device_backend_dtype_params(dtypes=(torch.float64, torch.float32)))
 def test_power_and_gamma_vs_reference(device, backend, dtype, kind, power):
     """alpha-IoU exponents (and Focal-EIoU's gamma)."""
@@ -287,7 +295,7 @@ def test_degenerate_boxes_finite(grad_mode, device, backend, dtype):
     p = p.to(dtype).to(device).requires_grad_()
     t = t.to(dtype).to(device)
     for kind in KINDS:
-        for power in (1.0, 0.5, 3.0):
+        for power in powers_of(kind, (1.0, 0.5, 3.0)):
             out = loss(p, t, backend=backend, kind=kind, reduction="none", power=power)
             (g,) = torch.autograd.grad(out, p, torch.ones_like(out))
             bad = [n for n, ok in zip(names, torch.isfinite(out).tolist()) if not ok]
@@ -332,7 +340,7 @@ def test_nan_propagates(grad_mode, device, backend):
             p[k, k] = float("nan")
             t[4 + k, k] = float("nan")
     for kind in KINDS:
-        for power in (1.0, 0.5):
+        for power in powers_of(kind, (1.0, 0.5)):
             out = loss(p, t, backend=backend, kind=kind, reduction="none", power=power)
             assert torch.isnan(out[:8]).all() and torch.isfinite(out[8]), f"{kind} p={power}: {out}"
             (g,) = torch.autograd.grad(out, p, torch.ones_like(out))
@@ -417,7 +425,7 @@ def test_gradcheck_fp64(backend, kind):
     for fmt in (("cxcywh",) if small else ("xyxy", "cxcywh")):
         p, t = make_pair((4,), fmt, torch.float64, "cpu", jitter=4.0)
         w = torch.rand(4, dtype=torch.float64)
-        for power, reduction in (((2.0, "none"),) if small else ((1.0, "mean"), (2.0, "none"))):
+        for power, reduction in (((powers_of(kind, (2.0,))[0], "none"),) if small else ((1.0, "mean"), (powers_of(kind, (2.0,))[0], "none"))):
             def fn(x):
                 return fastloss.box_iou_loss(x, t, kind, reduction, w, fmt=fmt, power=power, backend=backend)
 
@@ -1076,4 +1084,92 @@ def test_convention_bad_inputs():
     with pytest.raises(ValueError, match="convention must be one of"):
         fastloss.nn.BoxIoULoss(convention="torchvision")
     with pytest.raises(ValueError, match="convention 'mmdet' defines the kinds"):
-        fastloss.nn.BoxIoULoss("siou", convention="mmdet")
+        fastloss.nn.BoxIoULoss("eiou", convention="mmdet")
+    with pytest.raises(ValueError, match="neg_gamma is a parameter of kind 'siou' under convention 'mmdet'"):
+        fastloss.box_iou_loss(p, t, "siou", neg_gamma=True)
+    with pytest.raises(ValueError, match="power must be 1 for kind 'siou'"):
+        fastloss.box_iou_loss(p, t, "siou", power=2.0, convention="mmdet")
+    with pytest.raises(ValueError, match="power must be 1 for kind 'extended_iou'"):
+        fastloss.box_iou_loss(p, t, "extended_iou", power=0.5)
+    with pytest.raises(ValueError, match="smooth_point"):
+        fastloss.box_iou_loss(p, t, "extended_iou", smooth_point=0.0)
+
+
+# mmdetection's siou_loss (neg_gamma False / True) and eiou_loss (Extended-IoU, smooth_point)
+MMDET_EXTRA = [("siou", dict(neg_gamma=False)), ("siou", dict(neg_gamma=True)), ("extended_iou", dict(smooth_point=0.1)),
+               ("extended_iou", dict(smooth_point=0.7))]
+
+
+def _mmdet_extra_peer(kind, eps, kw):
+    helpers.import_mmdet_losses()
+    from mmdet.models.losses.iou_loss import eiou_loss, siou_loss
+
+    if kind == "siou":
+        return lambda a, b: siou_loss(a, b, eps=eps, reduction="none", **kw)
+    return lambda a, b: eiou_loss(a, b, eps=eps, reduction="none", **kw)
+
+
+@pytest.mark.parametrize("backend", helpers.CPU_BACKENDS)
+def test_mmdet_siou_and_extended_iou_match_peers(backend):
+    """Kinds siou (convention mmdet) and extended_iou against mmdetection's own functions in
+    float64: values and gradients (random upstream gradient), eps 1e-6 / 1e-7 and 0.5."""
+    helpers.require_backend("cpu", backend)
+    p, t = conv_boxes(6 if _small(backend) else 40, seed=11)
+    for kind, kw in MMDET_EXTRA:
+        for eps in (0.5,) if _small(backend) else (1e-6, 1e-7, 0.5):
+            peer = _mmdet_extra_peer(kind, eps, kw)
+            x, y = p.clone().requires_grad_(), p.clone().requires_grad_()
+            ours = fastloss.box_iou_loss(x, t, kind, "none", eps=eps, convention="mmdet", backend=backend, **kw)
+            theirs = peer(y, t)
+            msg = f"{backend} mmdet {kind} {kw} eps={eps}"
+            close64(ours, theirs, msg)
+            up = torch.randn(ours.shape, dtype=D, generator=torch.Generator().manual_seed(12))
+            (g,) = torch.autograd.grad(ours, x, up)
+            (gr,) = torch.autograd.grad(theirs, y, up)
+            close64(g, gr, "gradient " + msg)
+    if kind == "extended_iou":  # the same loss under convention fastloss
+        assert torch.equal(fastloss.box_iou_loss(p, t, kind, "none", backend=backend),
+                           fastloss.box_iou_loss(p, t, kind, "none", convention="mmdet", backend=backend))
+
+
+@pytest.mark.parametrize("backend", helpers.CPU_BACKENDS)
+def test_mmdet_siou_and_extended_iou_kernels_vs_reference(backend):
+    """Both kinds (and every neg_gamma / smooth_point) against the float64 reference in fp32
+    and fp64, all formats, with weights; the clamp of mmdetection's SIoU binding (far-apart
+    boxes under neg_gamma=False: SIoU < -1)."""
+    helpers.require_backend("cpu", backend)
+    small = _small(backend)
+    for dtype in (torch.float32,) if small else (torch.float64, torch.float32):
+        for fmt in ("xyxy",) if small else FMTS:
+            p, t = make_pair((7,) if small else (300,), fmt, dtype, "cpu")
+            with torch.no_grad():
+                p[0] = t[0] + torch.tensor([200.0, 150.0, 200.0, 150.0], dtype=dtype) if fmt == "xyxy" else t[0]
+            for kind, kw in MMDET_EXTRA:
+                for reduction in ("none",) if small else ("none", "sum"):
+                    check(p, t, backend, msg=f"{kind} {kw} {fmt}", kind=kind, fmt=fmt, reduction=reduction, convention="mmdet",
+                          eps=1e-6, **kw)
+
+
+@pytest.mark.parametrize("backend", ("cpu", "reference", "triton"))
+def test_mmdet_siou_and_extended_iou_gradcheck_fp64(backend):
+    helpers.require_backend("cpu", backend)
+    p, t = conv_boxes(5, seed=13)
+    p[1] = p[1] + 0.01  # off the identical pair's kinks
+    p[2] = p[2] + 0.01
+    for kind, kw in MMDET_EXTRA[:3] if _small(backend) else MMDET_EXTRA:
+        assert torch.autograd.gradcheck(lambda x: fastloss.box_iou_loss(x, t, kind, "none", eps=1e-6, convention="mmdet", backend=backend, **kw),
+                                        (p.clone().requires_grad_(),), eps=1e-7, atol=1e-7, rtol=1e-5)
+
+
+def test_mmdet_siou_finite_where_mmdet_is_nan():
+    """The eps-shifted centre offset at (0, 0) (angle cost 0 / 0) and two zero-width boxes
+    (shape cost 0 / 0): mmdetection gives NaN, fastloss the finite limits."""
+    eps = 2.0 ** -20  # exact offsets: the prediction's centre is the target's + eps
+    t = torch.tensor([[0.0, 0.0, 0.0, 10.0], [0.0, 0.0, 4.0, 10.0]], dtype=D)
+    p = torch.tensor([[0.0, 0.0, 0.0, 10.0], [eps, eps, 4.0 + eps, 10.0 + eps]], dtype=D, requires_grad=True)
+    peer = _mmdet_extra_peer("siou", eps, {})(p, t)
+    assert torch.isnan(peer).all()
+    for backend in fastloss.available_backends("cpu"):
+        out = fastloss.box_iou_loss(p, t, "siou", "none", eps=eps, convention="mmdet", backend=backend)
+        (g,) = torch.autograd.grad(out.sum(), p)
+        assert torch.isfinite(out).all() and torch.isfinite(g).all(), (backend, out, g)

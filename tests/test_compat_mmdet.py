@@ -53,7 +53,8 @@ from fastloss.compat import mmdet as C  # noqa: E402
 
 D = torch.float64
 CLASSES = ["FocalLoss", "L1Loss", "SmoothL1Loss", "BalancedL1Loss", "MSELoss", "CrossEntropyLoss", "QualityFocalLoss", "VarifocalLoss",
-           "DistributionFocalLoss", "GaussianFocalLoss", "DiceLoss", "IoULoss", "GIoULoss", "DIoULoss", "CIoULoss"]
+           "DistributionFocalLoss", "GaussianFocalLoss", "DiceLoss", "IoULoss", "GIoULoss", "DIoULoss", "CIoULoss",
+           "EIoULoss", "SIoULoss"]
 
 
 def _gen(seed=0):
@@ -367,7 +368,7 @@ def test_empty_input_shapes(name, reduction, with_weight):
     _check(getattr(C, name)(), getattr(L, name)(), pred, torch.zeros(0, 4, dtype=D), weight, reduction_override=reduction)
 
 
-@pytest.mark.parametrize("name", ["MSELoss", "IoULoss", "GIoULoss", "DIoULoss", "CIoULoss"])
+@pytest.mark.parametrize("name", ["MSELoss", "IoULoss", "GIoULoss", "DIoULoss", "CIoULoss", "EIoULoss", "SIoULoss"])
 def test_empty_mean_is_zero(name):
     """Documented difference: mmdetection's mean over no boxes is NaN; fastloss's is a graph-connected 0."""
     pred = torch.zeros(0, 4, dtype=D, requires_grad=True)
@@ -376,7 +377,7 @@ def test_empty_mean_is_zero(name):
     assert loss.item() == 0 and loss.requires_grad
 
 
-@pytest.mark.parametrize("name", ["L1Loss", "SmoothL1Loss", "GIoULoss", "DIoULoss", "CIoULoss", "IoULoss"])
+@pytest.mark.parametrize("name", ["L1Loss", "SmoothL1Loss", "GIoULoss", "DIoULoss", "CIoULoss", "IoULoss", "EIoULoss", "SIoULoss"])
 def test_zero_weight_shortcut(name):
     pred, target = _paired_boxes(6, 14)
     weight = torch.zeros(6, 4, dtype=D)
@@ -468,6 +469,37 @@ def test_ciou_loss(reduction, weight_kind):
         _check(C.CIoULoss(**kw), L.CIoULoss(**kw), pred, target, weight, reduction_override=reduction)
     if reduction != "sum":
         _check(C.CIoULoss(), L.CIoULoss(), pred, target, weight, avg_factor=10, reduction_override=reduction)
+
+
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+@pytest.mark.parametrize("weight_kind", [None, "box", "coord"])
+def test_eiou_loss(reduction, weight_kind):
+    """Extended-IoU: both sides of smooth_point (near matches and disjoint pairs)."""
+    pred, target = _paired_boxes(16, 43)
+    pred[0] = target[0] + 100  # disjoint: a negative extended intersection
+    pred[1] = target[1] + 0.01  # x below smooth_point
+    g = _gen(44)
+    weight = {None: None, "box": torch.rand(16, generator=g, dtype=D), "coord": torch.rand(16, 4, generator=g, dtype=D)}[weight_kind]
+    for kw in ({}, dict(eps=1e-3, loss_weight=2.0, smooth_point=0.5), dict(eps=5.0, smooth_point=2.0)):
+        _check(C.EIoULoss(**kw), L.EIoULoss(**kw), pred, target, weight, reduction_override=reduction)
+    if reduction != "sum":
+        _check(C.EIoULoss(), L.EIoULoss(), pred, target, weight, avg_factor=10, reduction_override=reduction)
+
+
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+@pytest.mark.parametrize("weight_kind", [None, "box", "coord"])
+def test_siou_loss(reduction, weight_kind):
+    """mmdetection's SIoU, both signs of gamma; far-apart pairs make the clamp at SIoU = -1 bind."""
+    pred, target = _paired_boxes(16, 45)
+    pred[0] = target[0] + 300  # far apart: the clamp binds (neg_gamma=False)
+    pred[1] = target[1] + 0.01  # nearly identical
+    pred[2] = target[2] + torch.tensor([30.0, 2.0, 30.0, 2.0], dtype=D)  # sin_alpha on the other side of the threshold
+    g = _gen(46)
+    weight = {None: None, "box": torch.rand(16, generator=g, dtype=D), "coord": torch.rand(16, 4, generator=g, dtype=D)}[weight_kind]
+    for kw in ({}, dict(neg_gamma=True), dict(eps=1e-3, loss_weight=2.0), dict(eps=5.0, neg_gamma=True)):
+        _check(C.SIoULoss(**kw), L.SIoULoss(**kw), pred, target, weight, reduction_override=reduction)
+    if reduction != "sum":
+        _check(C.SIoULoss(neg_gamma=True), L.SIoULoss(neg_gamma=True), pred, target, weight, avg_factor=10, reduction_override=reduction)
 
 
 # ---------------------------------------------------------------------- errors
@@ -584,6 +616,7 @@ def _fp32_cases():
         ("L1Loss", {}, (reg_p, reg_t)), ("SmoothL1Loss", {}, (reg_p, reg_t)), ("BalancedL1Loss", {}, (reg_p, reg_t)),
         ("MSELoss", {}, (reg_p, reg_t)), ("IoULoss", {}, (boxes_p, boxes_t)), ("GIoULoss", {}, (boxes_p, boxes_t)),
         ("DIoULoss", {}, (boxes_p, boxes_t)), ("CIoULoss", {}, (boxes_p, boxes_t)),
+        ("EIoULoss", {}, (boxes_p, boxes_t)), ("SIoULoss", {}, (boxes_p, boxes_t)),
     ]
 
 

@@ -65,17 +65,18 @@ def run(backend, dtype, device):
         p = torch.rand(n, 4, device=device) * 50
         p[:, 2:] += p[:, :2]
         t = p + torch.randn(n, 4, device=device) * 5
-        for kind in ("iou", "log_iou", "giou", "diou", "ciou", "eiou", "focal_eiou", "siou", "cdiou"):
+        for kind in ("iou", "log_iou", "giou", "diou", "ciou", "eiou", "focal_eiou", "siou", "cdiou", "extended_iou"):
             loss, g, _ = _fwd_bwd(fastloss.box_iou_loss, p.to(dtype), t.to(dtype), kind=kind, reduction="sum", backend=backend)
             ref, _, _ = _fwd_bwd(fastloss.box_iou_loss, p.to(dtype), t.to(dtype), kind=kind, reduction="sum", backend="reference")
             _check(f"box {kind} {backend} {dtype} n={n}", loss, ref, rtol * 10)
             cases += 1
         # the peers' eps placements (conventions) of the paired losses
-        for conv, kind in (("ultralytics", "ciou"), ("mmdet", "giou"), ("mmdet", "ciou")):
-            kw = dict(kind=kind, reduction="sum", eps=0.5, convention=conv)
+        for conv, kind, extra in (("ultralytics", "ciou", {}), ("mmdet", "giou", {}), ("mmdet", "ciou", {}), ("mmdet", "siou", {}),
+                                  ("mmdet", "siou", dict(neg_gamma=True)), ("mmdet", "extended_iou", dict(smooth_point=0.5))):
+            kw = dict(kind=kind, reduction="sum", eps=0.5, convention=conv, **extra)
             loss, g, _ = _fwd_bwd(fastloss.box_iou_loss, p.to(dtype), t.to(dtype), backend=backend, **kw)
             ref, _, _ = _fwd_bwd(fastloss.box_iou_loss, p.to(dtype), t.to(dtype), backend="reference", **kw)
-            _check(f"box {conv} {kind} {backend} {dtype} n={n}", loss, ref, rtol * 10)
+            _check(f"box {conv} {kind} {extra} {backend} {dtype} n={n}", loss, ref, rtol * 10)
             cases += 1
         # matrices, aligned and pairwise, and the fused max (with the conventions)
         for kind, conv in (("iou", "fastloss"), ("giou", "fastloss"), ("ciou", "fastloss"), ("giou", "torchvision_matrix"),

@@ -369,6 +369,108 @@ def _siou_shape_grad(gs, wa, wb, o, im, e, d_wa, d_wb):
 
 
 @triton.jit
+def _siou_mmdet(a0, a1, a2, a3, b0, b1, b2, b3, aw, ah, bw, bh, cw, ch, eps, neg):
+    # mmdetection's siou_loss term (csrc/kernels/box_iou.h SIoUMMDetTerm) and its adjoints for
+    # an upstream 1: sx, sy = target - prediction centre + eps, angle = 2 |sx| |sy| / sigma^2,
+    # gamma = s (2 - angle) (s = -1 for neg_gamma: neg is 0 or 1), distance
+    # 2 - exp(gamma (sx / max(cw, eps))^2) - ..., shape over widths and heights + eps
+    sx = ((a0 + a2) - (b0 + b2)) * -0.5 + eps
+    sy = ((a1 + a3) - (b1 + b3)) * -0.5 + eps
+    q = _inv_pos(sx * sx + sy * sy)
+    ang = 2.0 * tl.abs(sx) * tl.abs(sy) * q
+    sgn = 1.0 - 2.0 * neg
+    gam = sgn * (2.0 - ang)
+    cwm = tl.where(cw < eps, eps, cw)  # a NaN passes
+    chm = tl.where(ch < eps, eps, ch)
+    icw = 1.0 / cwm
+    ich = 1.0 / chm
+    tx = sx * icw
+    ty = sy * ich
+    rx = tx * tx
+    ry = ty * ty
+    ex = _math.exp(gam * rx)
+    ey = _math.exp(gam * ry)
+    ha = ah + eps
+    hb = bh + eps
+    imw = _inv_pos(_max(aw, bw))
+    imh = _inv_pos(_max(ha, hb))
+    ow = tl.abs(aw - bw) * imw
+    oh = tl.abs(ha - hb) * imh
+    ew = _math.exp(-ow)
+    eh = _math.exp(-oh)
+    sw = 1.0 - ew
+    sh = 1.0 - eh
+    sw2 = sw * sw
+    sh2 = sh * sh
+    value = ((2.0 - ex - ey) + (sw2 * sw2 + sh2 * sh2)) * 0.5
+    gs = ex * 0.0 + 0.5
+    ggam = -gs * (ex * rx + ey * ry)
+    grx = -gs * ex * gam
+    gry = -gs * ey * gam
+    gang = -ggam * sgn
+    gsx = gang * 2.0 * (_sign(sx) * tl.abs(sy) - ang * sx) * q + grx * 2.0 * sx * icw * icw
+    gsy = gang * 2.0 * (_sign(sy) * tl.abs(sx) - ang * sy) * q + gry * 2.0 * sy * ich * ich
+    d_cw = -tl.where(cw >= eps, grx * rx * icw * 2.0, 0.0)
+    d_ch = -tl.where(ch >= eps, gry * ry * ich * 2.0, 0.0)
+    z = gs * 0.0
+    d_aw, d_bw = _siou_shape_grad(gs, aw, bw, ow, imw, ew, z, z)
+    d_ah, d_bh = _siou_shape_grad(gs, ha, hb, oh, imh, eh, z, z)
+    return value, -gsx * 0.5, -gsy * 0.5, d_cw, d_ch, d_aw, d_ah, d_bw, d_bh
+
+
+@triton.jit
+def _extended_iou(a0, a1, a2, a3, b0, b1, b2, b3, aw, ah, bw, bh, eps, sp):
+    # Extended-IoU (IEEE 9429909; csrc/kernels/box_iou.h ExtIoU): the extended intersection,
+    # x = 1 - I / (areas - I + eps) smoothed at sp; returns the loss, the adjoints of the
+    # prediction's width / height and of its xyxy corners (upstream 1)
+    ex1 = _min(a0, b0)
+    ey1 = _min(a1, b1)
+    ix1 = _max(a0, b0)
+    iy1 = _max(a1, b1)
+    ix2 = _min(a2, b2)
+    iy2 = _min(a3, b3)
+    xmin = _min(ix1, ix2)
+    ymin = _min(iy1, iy2)
+    xmax = _max(ix1, ix2)
+    ymax = _max(iy1, iy2)
+    u = ix2 - ex1
+    v = iy2 - ey1
+    p = xmin - ex1
+    q = ymin - ey1
+    r = ix1 - ex1
+    s = ymax - ey1
+    t = xmax - ex1
+    w = iy1 - ey1
+    inter = u * v + p * q - r * s - t * w
+    inv = 1.0 / (aw * ah + bw * bh - inter + eps)
+    x = 1.0 - inter * inv
+    low = x < sp
+    loss = tl.where(low, 0.5 * x * x / sp, x - 0.5 * sp)
+    gx = tl.where(low, x / sp, 1.0)
+    gu = gx * inter * inv * inv
+    gi = -gx * inv - gu
+    gix2 = gi * v
+    giy2 = gi * u
+    gxmin = gi * q
+    gymin = gi * p
+    gix1 = -gi * s
+    gymax = -gi * r
+    gxmax = -gi * w
+    giy1 = -gi * t
+    gex1 = -(gix2 + gxmin + gix1 + gxmax)
+    gey1 = -(giy2 + gymin + gymax + giy1)
+    gix1, gix2 = _split(gix1, gix2, gxmin, _share_min(ix1, ix2))
+    gix1, gix2 = _split(gix1, gix2, gxmax, _share_max(ix1, ix2))
+    giy1, giy2 = _split(giy1, giy2, gymin, _share_min(iy1, iy2))
+    giy1, giy2 = _split(giy1, giy2, gymax, _share_max(iy1, iy2))
+    da0 = gex1 * _share_min(a0, b0) + gix1 * _share_max(a0, b0)
+    da1 = gey1 * _share_min(a1, b1) + giy1 * _share_max(a1, b1)
+    da2 = gix2 * _share_min(a2, b2)
+    da3 = giy2 * _share_min(a3, b3)
+    return loss, gu * ah, gu * aw, da0, da1, da2, da3
+
+
+@triton.jit
 def _cd_grad(ge, e):
     return ge * _inv_pos(e)
 
@@ -387,7 +489,10 @@ def _loss(P, T, cols, eps, power, gamma, KIND: tl.constexpr, FMT: tl.constexpr, 
     z = iou * 0.0
     d_uni, d_aw, d_ah, d_bw, d_bh, d_cw, d_ch, d_dxc, d_dyc = z, z, z, z, z, z, z, z, z
     da0, da1, da2, da3, cw, ch = z, z, z, z, z, z
-    if KIND == 1:  # log_iou: -power ln(max(IoU, eps)) (arXiv 1608.01471)
+    if KIND == 9:  # extended_iou (IEEE 9429909); gamma carries smooth_point
+        loss, d_aw, d_ah, da0, da1, da2, da3 = _extended_iou(a0, a1, a2, a3, b0, b1, b2, b3, aw, ah, bw, bh, eps, gamma)
+        d_iou = z
+    elif KIND == 1:  # log_iou: -power ln(max(IoU, eps)) (arXiv 1608.01471)
         floor = eps > iou
         loss = -power * _math.log(tl.where(floor, eps, iou))
         d_iou = tl.where(floor, 0.0, -power / tl.where(floor, 1.0, iou))
@@ -427,6 +532,18 @@ def _loss(P, T, cols, eps, power, gamma, KIND: tl.constexpr, FMT: tl.constexpr, 
                 da1 = dy1 * (r0 + r1)
                 da2 = dx2 * (r1 + r2)
                 da3 = dy3 * (r2 + r3)
+            elif KIND == 7 and CONV == 2:  # mmdetection's siou_loss: 1 - clamp(IoU - term, -1, 1); gamma carries neg_gamma
+                q, d_dxc, d_dyc, d_cw, d_ch, d_aw, d_ah, d_bw, d_bh = _siou_mmdet(a0, a1, a2, a3, b0, b1, b2, b3, aw, ah, bw, bh, cw, ch, eps, gamma)
+                loss, k = _clamp_scale(loss + q, 0.0, 2.0)
+                d_iou = d_iou * k
+                d_aw = d_aw * k
+                d_ah = d_ah * k
+                d_bw = d_bw * k
+                d_bh = d_bh * k
+                d_cw = d_cw * k
+                d_ch = d_ch * k
+                d_dxc = d_dxc * k
+                d_dyc = d_dyc * k
             elif KIND == 7:  # siou (arXiv 2205.12740)
                 dx = ((a0 + a2) - (b0 + b2)) * -0.5
                 dy = ((a1 + a3) - (b1 + b3)) * -0.5

@@ -39,6 +39,7 @@
 //                     area max(area, eps) (bbox_overlaps); diou as fastloss; ciou: v of heights
 //                     h + eps, alpha = [IoU > 0.5] v / (1 - IoU + v), CIoU clamped to [-1, 1]
 //                     (gradient 0 outside)                                 (mmdetection ciou_loss)
+//                     siou: mmdetection's own form (SIoUMMDetTerm), clamped as ciou   (siou_loss)
 //   kConvTorchvision  matrices: IoU = I / S, GIoU (C - S) / C (0 where the denominator is 0),
 //                     c2 + eps, alpha = v / (1 - IoU + v + eps)        (torchvision's box matrices)
 // The union mode (UnionMode) is what differs in I / U and in GIoU's penalty; it follows from the
@@ -135,7 +136,8 @@ FL_HOST_DEVICE BX_INLINE T powd1(const T& x, S p, T& d) {
 // ------------------------------------------------------------------ kinds, formats, parameters
 enum Fmt : int { kXYXY = 0, kXYWH = 1, kCXCYWH = 2 };
 // paired losses
-enum LossKind : int { kIoU = 0, kLogIoU = 1, kGIoU = 2, kDIoU = 3, kCIoU = 4, kEIoU = 5, kFocalEIoU = 6, kSIoU = 7, kCDIoU = 8 };
+// kExtIoU: Extended-IoU (IEEE 9429909; mmdetection's EIoULoss, not Efficient-IoU kEIoU)
+enum LossKind : int { kIoU = 0, kLogIoU = 1, kGIoU = 2, kDIoU = 3, kCIoU = 4, kEIoU = 5, kFocalEIoU = 6, kSIoU = 7, kCDIoU = 8, kExtIoU = 9 };
 // pairwise / aligned metrics
 enum MetricKind : int { kMIoU = 0, kMIoF = 1, kMGIoU = 2, kMDIoU = 3, kMCIoU = 4 };
 
@@ -145,7 +147,8 @@ struct Params {
   int fmt;
   S eps;
   S power;  // alpha-IoU exponent (1: plain)
-  S gamma;  // focal-EIoU exponent
+  S gamma;  // the kind's extra parameter: focal-EIoU's exponent; mmdet SIoU: neg_gamma (1) or not
+            // (0); Extended-IoU: smooth_point
   int conv;  // Convention
 };
 
@@ -508,6 +511,125 @@ struct SIoUTerm {
   }
 };
 
+// mmdetection 3.3's SIoU (siou_loss; arXiv 2205.12740 with its own eps placement): with
+//   sx, sy = target centre - prediction centre + eps;  sigma^2 = sx^2 + sy^2;
+//   angle = cos(2 asin(sin_alpha) - pi/2) = 2 |sx| |sy| / sigma^2  (mmdetection's branch on
+//           sin_alpha > sqrt(2)/2 picks the same value; 0 at sigma = 0, mmdetection NaN);
+//   gamma = s (2 - angle), s = -1 with neg_gamma (the paper's sign), +1 without;
+//   distance = 2 - exp(gamma (sx / cw')^2) - exp(gamma (sy / ch')^2), cw' = max(cw, eps) (clamp:
+//           derivative 1 at the bound);
+//   shape = sum over w, h of (1 - exp(-|wa - wb| / max(wa, wb)))^4, heights h + eps (0 / 0 = 0
+//           for two zero widths, mmdetection NaN);
+// value = (distance + shape) / 2 (the loss 1 - IoU + value is then clamped to [0, 2]).
+template <typename T, typename S>
+struct SIoUMMDetTerm {
+  T sx, sy, q, ang, sgn, gam, cwm, chm, icw, ich, rx, ry, ex, ey;  // angle and distance costs
+  T ha, hb, ow, oh, imw, imh, ew, eh;                             // shape cost
+  T value;
+  template <bool kG>
+  FL_HOST_DEVICE BX_INLINE SIoUMMDetTerm(const Pair<T, S, kG>& g, S neg) {
+    const T eps(g.eps);
+    sx = g.dxc() * T(-0.5) + eps;
+    sy = g.dyc() * T(-0.5) + eps;
+    q = inv_pos(sx * sx + sy * sy);
+    ang = T(2) * fl::abs(sx) * fl::abs(sy) * q;
+    sgn = T(neg != S(0) ? -1 : 1);
+    gam = sgn * (T(2) - ang);
+    cwm = fl::select(g.cw < eps, eps, g.cw);  // a NaN passes
+    chm = fl::select(g.ch < eps, eps, g.ch);
+    icw = T(1) / cwm;
+    ich = T(1) / chm;
+    rx = sq(sx * icw);
+    ry = sq(sy * ich);
+    ex = fl::exp(gam * rx);
+    ey = fl::exp(gam * ry);
+    ha = g.ah + eps;
+    hb = g.bh + eps;
+    imw = inv_pos(max_(g.aw, g.bw));
+    imh = inv_pos(max_(ha, hb));
+    ow = fl::abs(g.aw - g.bw) * imw;
+    oh = fl::abs(ha - hb) * imh;
+    ew = fl::exp(T(0) - ow);
+    eh = fl::exp(T(0) - oh);
+    const T sw = T(1) - ew, sh = T(1) - eh;
+    value = ((T(2) - ex - ey) + (sq(sq(sw)) + sq(sq(sh)))) * T(0.5);
+  }
+  template <bool kG>
+  FL_HOST_DEVICE BX_INLINE void grad(const Pair<T, S, kG>& g, const T& up, Adj<T>& d) const {
+    const T gs = up * T(0.5);  // d value / d distance = d value / d shape
+    // distance = 2 - exp(gamma rx) - exp(gamma ry)
+    const T ggam = T(0) - gs * (ex * rx + ey * ry);
+    const T grx = T(0) - gs * ex * gam, gry = T(0) - gs * ey * gam;
+    const T gang = T(0) - ggam * sgn;
+    // angle = 2 |sx| |sy| q, q = 1 / (sx^2 + sy^2); rx = sx^2 / cw'^2
+    const T gsx = gang * T(2) * (sign_(sx) * fl::abs(sy) - ang * sx) * q + grx * T(2) * sx * icw * icw;
+    const T gsy = gang * T(2) * (sign_(sy) * fl::abs(sx) - ang * sy) * q + gry * T(2) * sy * ich * ich;
+    d.dxc = d.dxc - gsx * T(0.5);
+    d.dyc = d.dyc - gsy * T(0.5);
+    // clamp(cw, eps)' = 1 at and above the bound (torch.clamp), 0 below
+    d.cw = d.cw - take(g.cw >= T(g.eps), grx * rx * icw * T(2));
+    d.ch = d.ch - take(g.ch >= T(g.eps), gry * ry * ich * T(2));
+    SIoUTerm<T, S>::side(g.aw, g.bw, ow, imw, ew, gs, d.aw, d.bw);
+    SIoUTerm<T, S>::side(ha, hb, oh, imh, eh, gs, d.ah, d.bh);
+  }
+};
+
+// Extended-IoU's intersection (IEEE 9429909, mmdetection's eiou_loss): with the corner
+// extremes ex1 = min(x1, x1'), ix1 = max(x1, x1'), ix2 = min(x2, x2') (y alike) and
+// xmin / xmax = min / max(ix1, ix2),
+//   I = (ix2 - ex1)(iy2 - ey1) + (xmin - ex1)(ymin - ey1) - (ix1 - ex1)(ymax - ey1) - (xmax - ex1)(iy1 - ey1),
+// the intersection's area where the boxes overlap and a negative extension where they do not.
+// The loss: x = 1 - I / (w h + w' h' - I + eps), smoothed 0.5 x^2 / sp below sp = smooth_point,
+// x - 0.5 sp from sp on (the branch is not differentiated).  Widths / heights clamped at 0.
+template <typename T, typename S>
+struct ExtIoU {
+  T ex1, ey1, ix1, iy1, ix2, iy2, xmin, ymin, xmax, ymax, inter, inv, x, value;
+  template <bool kG>
+  FL_HOST_DEVICE BX_INLINE ExtIoU(const Pair<T, S, kG>& g, S sp) {
+    ex1 = min_(g.a[0], g.b[0]);
+    ey1 = min_(g.a[1], g.b[1]);
+    ix1 = max_(g.a[0], g.b[0]);
+    iy1 = max_(g.a[1], g.b[1]);
+    ix2 = min_(g.a[2], g.b[2]);
+    iy2 = min_(g.a[3], g.b[3]);
+    xmin = min_(ix1, ix2);
+    ymin = min_(iy1, iy2);
+    xmax = max_(ix1, ix2);
+    ymax = max_(iy1, iy2);
+    inter = (ix2 - ex1) * (iy2 - ey1) + (xmin - ex1) * (ymin - ey1) - (ix1 - ex1) * (ymax - ey1) - (xmax - ex1) * (iy1 - ey1);
+    inv = T(1) / (g.aw * g.ah + g.bw * g.bh - inter + T(g.eps));
+    x = T(1) - inter * inv;
+    const auto low = x < T(sp);
+    value = fl::select(low, T(0.5) * x * x / T(sp), x - T(0.5 * sp));
+  }
+  template <bool kG>
+  FL_HOST_DEVICE BX_INLINE void grad(const Pair<T, S, kG>& g, S sp, const T& up, Adj<T>& d) const {
+    const T gx = up * fl::select(x < T(sp), x / T(sp), T(1));
+    // x = 1 - I / U, U = areas - I + eps: dx/dI = -(U + I) / U^2, dx/d(areas) = I / U^2
+    const T gu = gx * inter * inv * inv;
+    const T gi = T(0) - gx * inv - gu;
+    d.aw = d.aw + gu * g.ah;
+    d.ah = d.ah + gu * g.aw;
+    d.bw = d.bw + gu * g.bh;
+    d.bh = d.bh + gu * g.bw;
+    // I's partial derivatives
+    const T u = ix2 - ex1, v = iy2 - ey1, p = xmin - ex1, q = ymin - ey1, r = ix1 - ex1, s = ymax - ey1, t = xmax - ex1, w = iy1 - ey1;
+    T gix2 = gi * v, giy2 = gi * u, gxmin = gi * q, gymin = gi * p;
+    T gix1 = T(0) - gi * s, gymax = T(0) - gi * r, gxmax = T(0) - gi * w, giy1 = T(0) - gi * t;
+    const T gex1 = T(0) - (gix2 + gxmin + gix1 + gxmax), gey1 = T(0) - (giy2 + gymin + gymax + giy1);
+    split(gxmin, share_min(ix1, ix2), gix1, gix2);
+    split(gxmax, share_max(ix1, ix2), gix1, gix2);
+    split(gymin, share_min(iy1, iy2), giy1, giy2);
+    split(gymax, share_max(iy1, iy2), giy1, giy2);
+    split(gex1, share_min(g.a[0], g.b[0]), d.a[0], d.b[0]);
+    split(gey1, share_min(g.a[1], g.b[1]), d.a[1], d.b[1]);
+    split(gix1, share_max(g.a[0], g.b[0]), d.a[0], d.b[0]);
+    split(giy1, share_max(g.a[1], g.b[1]), d.a[1], d.b[1]);
+    split(gix2, share_min(g.a[2], g.b[2]), d.a[2], d.b[2]);
+    split(giy2, share_min(g.a[3], g.b[3]), d.a[3], d.b[3]);
+  }
+};
+
 // CDIoU's penalty: mean distance of the 4 corner pairs over the enclosing diagonal
 // (arXiv 2103.11696): (sum_k |corner_k(p) - corner_k(t)|) / (4 sqrt(cw^2 + ch^2 + eps))
 template <typename T, typename S>
@@ -548,7 +670,11 @@ FL_HOST_DEVICE BX_INLINE T paired_loss_impl(const T p_in[4], const T t_in[4], co
   const S pw = prm.power;
   T loss, dp;  // dp: the derivative of x^power at the current term
   bool enclosed = false;
-  if (prm.kind == kLogIoU) {
+  if (prm.kind == kExtIoU) {
+    const ExtIoU<T, S> e(g, prm.gamma);
+    loss = e.value;
+    if (kGrad) e.grad(g, prm.gamma, one, d);
+  } else if (prm.kind == kLogIoU) {
     // -power ln(max(IoU, eps)) (UnitBox, arXiv 1608.01471)
     const auto floor = eps > g.iou;
     loss = T(-pw) * fl::log(fl::select(floor, eps, g.iou));
@@ -568,6 +694,12 @@ FL_HOST_DEVICE BX_INLINE T paired_loss_impl(const T p_in[4], const T t_in[4], co
         const CDIoUTerm<T, S> term(g);
         loss = loss + powd1(term.value, pw, dp);
         if (kGrad) term.grad(g, dp, d);
+      } else if (prm.kind == kSIoU && g.convention() == kConvMMDet) {
+        // mmdetection: 1 - clamp(IoU - value, -1, 1) (power 1)
+        const SIoUMMDetTerm<T, S> term(g, prm.gamma);
+        loss = loss + term.value;
+        if (kGrad) term.grad(g, one, d);
+        loss = clamp_scaled(loss, 0.0, 2.0, d, kGrad);
       } else if (prm.kind == kSIoU) {
         const SIoUTerm<T, S> term(g);
         loss = loss + powd1(term.value, pw, dp);

@@ -32,6 +32,8 @@ name                       fastloss op underneath
 ``IoULoss``                :func:`fastloss.box_iou_loss` ("iou", power 1 / 2, "log_iou")
 ``GIoULoss``, ``DIoULoss`` :func:`fastloss.box_iou_loss` ("giou", "diou")
 ``CIoULoss``               :func:`fastloss.box_iou_loss` ("ciou")
+``EIoULoss``               :func:`fastloss.box_iou_loss` ("extended_iou": Extended-IoU)
+``SIoULoss``               :func:`fastloss.box_iou_loss` ("siou", ``neg_gamma``)
 ``bbox_overlaps``          :func:`fastloss.box_iou` ("iou", "iof", "giou")
 ``smooth_l1_loss``         :func:`fastloss.smooth_l1_loss` (mmdetection's functional form)
 ``SigmoidFocalLoss``       mmcv.ops' raw op (its "mean" divides by the rows, not the elements)
@@ -43,12 +45,12 @@ call each -- ``bbox_overlaps`` (and so ``IoULoss``, ``GIoULoss``) divide by max(
 max(enclosing area, eps) (iof: max(area, eps)); ``DIoULoss`` by union + eps and c^2 + eps;
 ``CIoULoss`` is mmdetection's ``ciou_loss``: IoU = I / (U + eps), v from atan(w / (h + eps)),
 alpha = [IoU > 0.5] v / (1 - IoU + v) held constant in the backward, and the loss
-1 - clamp(CIoU, -1, 1) (zero gradient outside the clamp).
+1 - clamp(CIoU, -1, 1) (zero gradient outside the clamp); ``SIoULoss`` is ``siou_loss`` with its
+own eps placement (enclosing extents clamped at eps, heights + eps, centre offsets + eps) and
+``neg_gamma``; ``EIoULoss`` is ``eiou_loss``, Extended-IoU with ``smooth_point``.
 
-Not provided (they need box math fastloss's kernels do not have): ``EIoULoss`` (Extended-IoU
-with ``smooth_point``, not fastloss's Efficient-IoU),
-``SIoULoss`` (its own eps placement and ``neg_gamma``), ``BoundedIoULoss``, and mmcv's
-compiled ``bbox_overlaps`` (``offset``).
+Not provided: ``BoundedIoULoss`` (a per-coordinate (N, 4) loss: the box kernels give one loss
+per box) and mmcv's compiled ``bbox_overlaps`` (``offset``).
 
 Arguments the compat layer cannot honour raise ValueError: a float target or quality score
 that requires grad (every class but the label forms of ``FocalLoss`` / ``CrossEntropyLoss``;
@@ -68,6 +70,10 @@ Differences from mmdetection, kept on purpose (fastloss's numerical policy):
 * Inverted boxes (x2 < x1) have zero area here; mmdetection multiplies the signed extents
   (an inverted box gets a negative, or for two inverted extents a positive, area, and in
   ``CIoULoss`` a negative width in its aspect term).
+* ``SIoULoss`` where the eps-shifted centre offset is (0, 0): the angle cost is 0 (mmdetection:
+  0 / 0 = NaN); two zero-width boxes: the width's shape cost is 0 (mmdetection: NaN).
+  ``SIoULoss`` and ``EIoULoss`` of inverted boxes: zero widths / heights here (mmdetection
+  multiplies the signed extents), as above.
 * ``CIoULoss`` where 1 - IoU + v = 0 (identical boxes whose IoU rounds to 1): alpha is 0
   (mmdetection: 0 / 0 = NaN).
 * ``bbox_overlaps`` with no boxes returns zeros (mmdetection: an uninitialised tensor); its box
@@ -108,7 +114,8 @@ _AVG_EPS = torch.finfo(torch.float32).eps  # mmdetection's weight_reduce_loss: s
 _OVERLAPS_EPS = 1e-6  # mmdetection's bbox_overlaps default eps, the union eps of its iou_loss
 
 __all__ = ["FocalLoss", "L1Loss", "SmoothL1Loss", "BalancedL1Loss", "MSELoss", "CrossEntropyLoss", "QualityFocalLoss", "VarifocalLoss",
-           "DistributionFocalLoss", "GaussianFocalLoss", "DiceLoss", "IoULoss", "GIoULoss", "DIoULoss", "CIoULoss", "bbox_overlaps",
+           "DistributionFocalLoss", "GaussianFocalLoss", "DiceLoss", "IoULoss", "GIoULoss", "DIoULoss", "CIoULoss", "EIoULoss", "SIoULoss",
+           "bbox_overlaps",
            "smooth_l1_loss", "SigmoidFocalLoss"]
 
 
@@ -816,6 +823,10 @@ class IoULoss(nn.Module):
 class _PairedIoULoss(nn.Module):
     _KIND = None
 
+    def _kind_args(self):
+        """The kind's own keyword arguments of :func:`fastloss.box_iou_loss`."""
+        return {}
+
     def __init__(self, eps: float = 1e-6, reduction: str = 'mean', loss_weight: float = 1.0) -> None:
         super().__init__()
         self.eps = eps
@@ -833,7 +844,8 @@ class _PairedIoULoss(nn.Module):
         weight = _box_weight(name, pred, weight)
         if self._KIND == "ciou":  # mmdetection's alpha is (ious > 0.5).float() ...: fp32 at least
             pred, target = _at_least_fp32(pred), _at_least_fp32(target)
-        loss = _box_iou.box_iou_loss(pred, target, self._KIND, reduction, weight, avg_factor, eps=self.eps, convention="mmdet")
+        loss = _box_iou.box_iou_loss(pred, target, self._KIND, reduction, weight, avg_factor, eps=self.eps, convention="mmdet",
+                                     **self._kind_args())
         return self.loss_weight * _avg_dtype(_promote(loss, weight), reduction, avg_factor)
 
 
@@ -863,6 +875,46 @@ class CIoULoss(_PairedIoULoss):
     clamp binds.  Arguments, shapes and the zero-weight shortcut as :class:`GIoULoss`."""
 
     _KIND = "ciou"
+
+
+class EIoULoss(_PairedIoULoss):
+    """mmdetection's ``EIoULoss`` (``eiou_loss``: Extended-IoU, IEEE 9429909 -- not fastloss's
+    Efficient-IoU "eiou") over :func:`fastloss.box_iou_loss` (kind "extended_iou"): with the
+    extended intersection I_e (the overlap's area, negative for disjoint boxes; formula in
+    :mod:`fastloss.reference.box_iou`) and x = 1 - I_e / (w h + w' h' - I_e + eps), the loss is
+    0.5 x^2 / smooth_point for x < smooth_point, else x - 0.5 smooth_point (the branch is not
+    differentiated).  Arguments, shapes and the zero-weight shortcut as :class:`GIoULoss`;
+    ``smooth_point`` > 0 (ValueError otherwise)."""
+
+    _KIND = "extended_iou"
+
+    def __init__(self, eps: float = 1e-6, reduction: str = 'mean', loss_weight: float = 1.0, smooth_point: float = 0.1) -> None:
+        super().__init__(eps, reduction, loss_weight)
+        self.smooth_point = smooth_point
+
+    def _kind_args(self):
+        return {"smooth_point": self.smooth_point}
+
+
+class SIoULoss(_PairedIoULoss):
+    """mmdetection's ``SIoULoss`` (``siou_loss``, arXiv 2205.12740 in mmdetection's form) over
+    :func:`fastloss.box_iou_loss` (kind "siou", convention "mmdet"): 1 - clamp(SIoU, -1, 1),
+    SIoU = IoU - (distance + shape) / 2, IoU = I / (U + eps); with sx, sy = target centre -
+    prediction centre + eps, angle = cos(2 asin(sin_alpha) - pi/2) = 2 |sx| |sy| / (sx^2 + sy^2),
+    gamma = 2 - angle (``neg_gamma=True``: angle - 2, the paper's sign),
+    distance = 2 - exp(gamma (sx / max(cw, eps))^2) - exp(gamma (sy / max(ch, eps))^2),
+    shape = sum over w, h of (1 - exp(-|w_p - w_t| / max(w_p, w_t)))^4 with heights h + eps.
+    Zero gradient where the clamp binds.  Arguments, shapes and the zero-weight shortcut as
+    :class:`GIoULoss`."""
+
+    _KIND = "siou"
+
+    def __init__(self, eps: float = 1e-6, reduction: str = 'mean', loss_weight: float = 1.0, neg_gamma: bool = False) -> None:
+        super().__init__(eps, reduction, loss_weight)
+        self.neg_gamma = neg_gamma
+
+    def _kind_args(self):
+        return {"neg_gamma": bool(self.neg_gamma)}
 
 
 def bbox_overlaps(bboxes1, bboxes2, mode='iou', is_aligned=False, eps=1e-6):
@@ -895,7 +947,7 @@ def bbox_overlaps(bboxes1, bboxes2, mode='iou', is_aligned=False, eps=1e-6):
 # ====================================================================== patching
 
 _CLASSES = ("FocalLoss", "L1Loss", "SmoothL1Loss", "BalancedL1Loss", "MSELoss", "CrossEntropyLoss", "QualityFocalLoss", "VarifocalLoss",
-            "DistributionFocalLoss", "GaussianFocalLoss", "DiceLoss", "IoULoss", "GIoULoss", "DIoULoss", "CIoULoss")
+            "DistributionFocalLoss", "GaussianFocalLoss", "DiceLoss", "IoULoss", "GIoULoss", "DIoULoss", "CIoULoss", "EIoULoss", "SIoULoss")
 
 
 def _replace_everywhere(handle, prefix, original, replacement):

@@ -174,8 +174,23 @@ def _prepare_weight(pred, weight):
     return weight.reshape(-1).contiguous()
 
 
+def _kind_parameter(kind, convention, power, gamma, neg_gamma, smooth_point):
+    """The kernels' one slot for the kind's extra parameter (csrc/kernels/box_iou.h Params::gamma):
+    focal_eiou's gamma, mmdet siou's neg_gamma (1 / 0), extended_iou's smooth_point."""
+    mmdet_siou = kind == "siou" and convention == "mmdet"
+    if neg_gamma and not mmdet_siou:
+        raise ValueError(f"neg_gamma is a parameter of kind 'siou' under convention 'mmdet', not of kind {kind!r} / convention {convention!r}")
+    if (mmdet_siou or kind == "extended_iou") and power != 1:
+        raise ValueError(f"power must be 1 for kind {kind!r} (convention {convention!r}), got {power!r}")
+    if mmdet_siou:
+        return 1.0 if neg_gamma else 0.0
+    if kind == "extended_iou":
+        return _common.positive("smooth_point", smooth_point)
+    return gamma
+
+
 def box_iou_loss(pred, target, kind="giou", reduction="mean", weight=None, avg_factor=None, fmt="xyxy", eps=1e-7, power=1.0, gamma=0.5, *,
-                 convention="fastloss", sync_avg_factor=False, backend=None):
+                 convention="fastloss", neg_gamma=False, smooth_point=0.1, sync_avg_factor=False, backend=None):
     """Paired IoU-family loss of ``pred`` against ``target``, both (..., 4).
 
     Args:
@@ -183,7 +198,8 @@ def box_iou_loss(pred, target, kind="giou", reduction="mean", weight=None, avg_f
             runs in fp32 (fp64 for fp64).  Differentiable.
         target: target boxes of pred's shape (not differentiated).
         kind: "iou" | "log_iou" | "giou" | "diou" | "ciou" | "eiou" | "focal_eiou" | "siou" |
-            "cdiou" -- formulas in :mod:`fastloss.reference.box_iou`.
+            "cdiou" | "extended_iou" (Extended-IoU, IEEE 9429909; not Efficient-IoU "eiou") --
+            formulas in :mod:`fastloss.reference.box_iou`.
         reduction: "none" (pred.shape[:-1]) | "mean" | "sum".
         weight: per box (pred.shape[:-1], or broadcastable) or per coordinate ((..., 4),
             averaged over the coordinates as mmdetection does).
@@ -198,7 +214,11 @@ def box_iou_loss(pred, target, kind="giou", reduction="mean", weight=None, avg_f
             above), "ultralytics" (its ``bbox_iou`` corner form: heights + eps; kinds iou, giou,
             diou, ciou), "mmdet" (mmdetection 3.3: ``bbox_overlaps``' max(U, eps) for iou /
             log_iou / giou, its ``ciou_loss`` with the IoU > 0.5 gate and clamp; kinds iou,
-            log_iou, giou, diou, ciou).  ValueError for another kind.
+            log_iou, giou, diou, ciou, and ``siou_loss`` for siou, ``eiou_loss`` for
+            extended_iou).  ValueError for another kind.
+        neg_gamma: mmdetection's SIoU flag (kind "siou", convention "mmdet" only): the paper's
+            negative exponent gamma = angle - 2 instead of mmdetection's default 2 - angle.
+        smooth_point: Extended-IoU's smoothing point (> 0; kind "extended_iou" only).
         sync_avg_factor: True: divide by the mean of avg_factor over the ranks of
             torch.distributed's default group (mmdetection's ``reduce_mean``, see
             :mod:`fastloss.distributed`), the same normaliser on every rank of a
@@ -226,6 +246,7 @@ def box_iou_loss(pred, target, kind="giou", reduction="mean", weight=None, avg_f
     conv_code = _check_convention(convention, kind, reference.CONVENTION_KINDS)
     code = _common.check_reduction(reduction, avg_factor, sync_avg_factor)
     eps, power, gamma = _check_scalars(eps, power, gamma)
+    gamma = _kind_parameter(kind, convention, power, gamma, neg_gamma, smooth_point)
     _common.check_same_device("pred", pred, target=target, weight=weight, avg_factor=avg_factor)
     _common.no_grad_required(target=target)
     dtype = _common.compute_dtype(pred, target)

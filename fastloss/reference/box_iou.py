@@ -36,6 +36,15 @@ the IoU and to every penalty term (p = 1: the plain losses).  x^p is taken of ma
                 (the paper's theta = 4)
 * ``cdiou``     1 - IoU^p + (sum_k |corner_k(p) - corner_k(t)| / (4 sqrt(cw^2 + ch^2 + eps)))^p
                 over the 4 corresponding corners           (Control Distance IoU, arXiv 2103.11696)
+* ``extended_iou`` Extended-IoU (Peng and Yu, IEEE 9429909; mmdetection's ``EIoULoss``, a different
+                loss from Efficient-IoU ``eiou``), with the corner extremes ex1 = min(x1, x1'),
+                ix1 = max(x1, x1'), ix2 = min(x2, x2') (y alike), xmin / xmax = min / max(ix1, ix2):
+                I_e = (ix2 - ex1)(iy2 - ey1) + (xmin - ex1)(ymin - ey1) - (ix1 - ex1)(ymax - ey1)
+                      - (xmax - ex1)(iy1 - ey1)
+                (the intersection where the boxes overlap, negative where they do not);
+                x = 1 - I_e / (w h + w' h' - I_e + eps); loss 0.5 x^2 / sp for x < sp, else
+                x - 0.5 sp, sp = ``smooth_point`` (the branch itself is not differentiated).
+                ``power`` must be 1.  The same under conventions fastloss and mmdet.
 
 Matrices (:func:`box_iou`): ``iou`` IoU, ``iof`` I / (area(a) + eps) (mmcv), ``giou``
 IoU - (C - U)/(C + eps), ``diou`` IoU - rho2/c2, ``ciou`` IoU - rho2/c2 - beta v.
@@ -57,13 +66,23 @@ kernel call.  Everything not listed is as above (S = w h + w' h' - I is the unio
     giou: U = max(S, eps), IoU = I / U; GIoU's penalty (max(C, eps) - U) / max(C, eps); iof
     I / max(area(a), eps) (max ties split the gradient);
   - diou: as fastloss (``diou_loss``: IoU = I / (S + eps), rho2 / (c2 + eps));
+  - siou (``siou_loss``; ``power`` must be 1): IoU = I / (S + eps); sx, sy = target centre -
+    prediction centre + eps; angle = cos(2 asin(sin_alpha) - pi/2) = 2 |sx| |sy| / (sx^2 + sy^2)
+    (either branch of mmdetection's sin_alpha threshold gives this; 0 at sx = sy = 0, mmdetection
+    NaN); gamma = angle - 2 with ``neg_gamma`` (the paper's sign), 2 - angle without;
+    distance = 2 - exp(gamma (sx / cw')^2) - exp(gamma (sy / ch')^2), cw' = max(cw, eps) (derivative
+    1 at the bound, torch.clamp's); shape = sum_{w,h} (1 - exp(-|w_p - w_t| / max(w_p, w_t)))^4
+    with heights h + eps (0 for two zero widths, mmdetection NaN); loss
+    1 - clamp(IoU - (distance + shape) / 2, -1, 1), zero gradient strictly outside;
   - ciou (``ciou_loss``): IoU = I / (S + eps), c2 + eps, v = 4/pi^2 (atan2(w_t, h_t + eps) -
     atan2(w_p, h_p + eps))^2 (eps in v's heights only, not in the areas),
     beta = [IoU > 0.5] v / (1 - IoU + v) (constant in the backward; 0 where 1 - IoU + v = 0,
     mmdetection NaN), and the loss 1 - clamp(CIoU, -1, 1), i.e. clamped to [0, 2] with zero
     gradient strictly outside (the ``ciou`` metric is clamp(CIoU, -1, 1)).
 
-  Kinds iou, log_iou, giou, diou, ciou; metrics iou, iof, giou, diou, ciou.  mmdetection
+  - extended_iou: as above (``eiou_loss``).
+
+  Kinds iou, log_iou, giou, diou, ciou, siou, extended_iou; metrics iou, iof, giou, diou, ciou.  mmdetection
   multiplies signed extents (an inverted box has a negative area); fastloss keeps inverted
   boxes at zero area.
 * ``torchvision_matrix`` (torchvision 0.29 ``ops/boxes.py`` matrices, metrics only): IoU = I / S
@@ -105,12 +124,12 @@ import torch
 
 from fastloss.reference._reduce import reduce_loss
 
-KINDS = ("iou", "log_iou", "giou", "diou", "ciou", "eiou", "focal_eiou", "siou", "cdiou")
+KINDS = ("iou", "log_iou", "giou", "diou", "ciou", "eiou", "focal_eiou", "siou", "cdiou", "extended_iou")
 METRICS = ("iou", "iof", "giou", "diou", "ciou")
 FMTS = ("xyxy", "xywh", "cxcywh")
 CONVENTIONS = ("fastloss", "ultralytics", "mmdet", "torchvision_matrix")
 # the kinds (paired losses) and metrics each convention defines
-CONVENTION_KINDS = {"fastloss": KINDS, "ultralytics": ("iou", "giou", "diou", "ciou"), "mmdet": ("iou", "log_iou", "giou", "diou", "ciou"),
+CONVENTION_KINDS = {"fastloss": KINDS, "ultralytics": ("iou", "giou", "diou", "ciou"), "mmdet": ("iou", "log_iou", "giou", "diou", "ciou", "siou", "extended_iou"),
                     "torchvision_matrix": ()}
 CONVENTION_METRICS = {"fastloss": METRICS, "ultralytics": ("iou", "giou", "diou", "ciou"), "mmdet": METRICS,
                       "torchvision_matrix": ("iou", "giou", "diou", "ciou")}
@@ -236,11 +255,44 @@ def _clamp_grad0(x, lo, hi):
     return torch.where(x > hi, torch.full_like(x, hi), torch.where(x < lo, torch.full_like(x, lo), x))
 
 
+def _extended_iou(p, t, g, eps, smooth_point):
+    (px1, py1, px2, py2), (tx1, ty1, tx2, ty2) = p, t
+    ex1, ey1 = _min(px1, tx1), _min(py1, ty1)
+    ix1, iy1, ix2, iy2 = _max(px1, tx1), _max(py1, ty1), _min(px2, tx2), _min(py2, ty2)
+    xmin, ymin, xmax, ymax = _min(ix1, ix2), _min(iy1, iy2), _max(ix1, ix2), _max(iy1, iy2)
+    inter = (ix2 - ex1) * (iy2 - ey1) + (xmin - ex1) * (ymin - ey1) - (ix1 - ex1) * (ymax - ey1) - (xmax - ex1) * (iy1 - ey1)
+    x = 1 - inter / (g["aw"] * g["ah"] + g["bw"] * g["bh"] - inter + eps)
+    low = (x < smooth_point).detach()
+    return torch.where(low, 0.5 * x * x / smooth_point, x - 0.5 * smooth_point)
+
+
+def _siou_mmdet(p, t, g, eps, neg_gamma):
+    (px1, py1, px2, py2), (tx1, ty1, tx2, ty2) = p, t
+    sx = ((tx1 + tx2) - (px1 + px2)) * 0.5 + eps
+    sy = ((ty1 + ty2) - (py1 + py2)) * 0.5 + eps
+    angle = _ratio0(2 * sx.abs() * sy.abs(), sx * sx + sy * sy)
+    gam = angle - 2 if neg_gamma else 2 - angle
+    cw = torch.where(g["cw"] < eps, torch.full_like(g["cw"], eps), g["cw"])  # torch.clamp(min=eps), derivative 1 at the bound
+    ch = torch.where(g["ch"] < eps, torch.full_like(g["ch"], eps), g["ch"])
+    dist = 2 - torch.exp(gam * (sx / cw) ** 2) - torch.exp(gam * (sy / ch) ** 2)
+    ha, hb = g["ah"] + eps, g["bh"] + eps
+    ow = _ratio0((g["aw"] - g["bw"]).abs(), _max(g["aw"], g["bw"]))
+    oh = (ha - hb).abs() / _max(ha, hb)
+    shape = (1 - torch.exp(-ow)) ** 4 + (1 - torch.exp(-oh)) ** 4
+    return _clamp_grad0(1 - g["iou"] + 0.5 * (dist + shape), 0.0, 2.0)
+
+
 def paired_loss_elements(pred, target, kind="giou", fmt="xyxy", eps=1e-7, power=1.0, gamma=0.5, convention="fastloss"):
-    """Per-box loss (shape pred.shape[:-1]) of the kinds and conventions documented above."""
+    """Per-box loss (shape pred.shape[:-1]) of the kinds and conventions documented above.
+    ``gamma`` is the kind's extra parameter: focal_eiou's exponent, mmdet siou's neg_gamma
+    (nonzero: True), extended_iou's smooth_point."""
     p = to_xyxy(pred, fmt)
     t = to_xyxy(target, fmt)
     g = _geometry(p, t, eps, convention, _union_mode(convention, kind, False))
+    if kind == "extended_iou":
+        return _extended_iou(p, t, g, eps, gamma)
+    if kind == "siou" and convention == "mmdet":
+        return _siou_mmdet(p, t, g, eps, gamma != 0)
     iou = g["iou"]
     if kind == "log_iou":
         return -power * torch.log(torch.clamp(iou, min=eps))
@@ -318,8 +370,12 @@ def _box_weight(weight, pred):
 
 
 def box_iou_loss(pred, target, kind="giou", reduction="mean", weight=None, avg_factor=None, fmt="xyxy", eps=1e-7, power=1.0, gamma=0.5, *,
-                 convention="fastloss"):
+                 convention="fastloss", neg_gamma=False, smooth_point=0.1):
     """Eager autograd reference of :func:`fastloss.box_iou_loss` (same arguments)."""
+    if kind == "siou" and convention == "mmdet":
+        gamma = 1.0 if neg_gamma else 0.0
+    elif kind == "extended_iou":
+        gamma = smooth_point
     loss = paired_loss_elements(pred, target, kind, fmt, eps, power, gamma, convention)
     w = _box_weight(weight, pred)
     if w is not None:
