@@ -106,7 +106,14 @@ def check(p, t, backend, msg="", **kw):
     (g,) = torch.autograd.grad(out, p, up)
     (gr,) = torch.autograd.grad(ref, p64, up.to(torch.float64).cpu())
     assert g.shape == p.shape and g.dtype == p.dtype
-    close(g, gr, p.dtype, msg=f"gradient {msg} {kw}")
+    floor = 0.0
+    if kw.get("kind") == "bounded_iou" and p.dtype != torch.float64:
+        # its smooth-L1 branch's derivative l / beta amplifies the rounding of the extents
+        # (x2 - x1 of coordinates ~200, FP32_CONDITION) by 1 / beta, and its size term's
+        # min(w_t / w_p, w_p / w_t) switches branch at equal widths, where the low-precision
+        # tie decision may differ from fp64's: an absolute floor of 1e-3 per box
+        floor = 1e-3 / (max(p.numel() // 4, 1) if kw.get("reduction", "mean") == "mean" else 1)
+    close(g, gr, p.dtype, msg=f"gradient {msg} {kw}", floor=floor)
     return out, g
 
 
@@ -147,7 +154,7 @@ def test_forward_backward_vs_reference(grad_mode, device, backend, dtype, kind):
 
 
 # kinds with the alpha-IoU exponent (extended_iou has none: power must be 1)
-POWER_KINDS = [k for k in KINDS if k != "extended_iou"]
+POWER_KINDS = [k for k in KINDS if k not in ("extended_iou", "bounded_iou")]
 
 
 def powers_of(kind, powers):
@@ -1097,21 +1104,23 @@ def test_convention_bad_inputs():
 
 # mmdetection's siou_loss (neg_gamma False / True) and eiou_loss (Extended-IoU, smooth_point)
 MMDET_EXTRA = [("siou", dict(neg_gamma=False)), ("siou", dict(neg_gamma=True)), ("extended_iou", dict(smooth_point=0.1)),
-               ("extended_iou", dict(smooth_point=0.7))]
+               ("extended_iou", dict(smooth_point=0.7)), ("bounded_iou", dict(smooth_point=0.2)), ("bounded_iou", dict(smooth_point=0.05))]
 
 
 def _mmdet_extra_peer(kind, eps, kw):
     helpers.import_mmdet_losses()
-    from mmdet.models.losses.iou_loss import eiou_loss, siou_loss
+    from mmdet.models.losses.iou_loss import bounded_iou_loss, eiou_loss, siou_loss
 
     if kind == "siou":
         return lambda a, b: siou_loss(a, b, eps=eps, reduction="none", **kw)
+    if kind == "bounded_iou":  # the per-box sum of its (N, 4) terms
+        return lambda a, b: bounded_iou_loss(a, b, eps=eps, beta=kw["smooth_point"], reduction="none").sum(-1)
     return lambda a, b: eiou_loss(a, b, eps=eps, reduction="none", **kw)
 
 
 @pytest.mark.parametrize("backend", helpers.CPU_BACKENDS)
 def test_mmdet_siou_and_extended_iou_match_peers(backend):
-    """Kinds siou (convention mmdet) and extended_iou against mmdetection's own functions in
+    """Kinds siou (convention mmdet), extended_iou and bounded_iou (summed over coordinates) against mmdetection's own functions in
     float64: values and gradients (random upstream gradient), eps 1e-6 / 1e-7 and 0.5."""
     helpers.require_backend("cpu", backend)
     p, t = conv_boxes(6 if _small(backend) else 40, seed=11)
@@ -1127,7 +1136,7 @@ def test_mmdet_siou_and_extended_iou_match_peers(backend):
             (g,) = torch.autograd.grad(ours, x, up)
             (gr,) = torch.autograd.grad(theirs, y, up)
             close64(g, gr, "gradient " + msg)
-    if kind == "extended_iou":  # the same loss under convention fastloss
+    for kind in ("extended_iou", "bounded_iou"):  # the same losses under convention fastloss
         assert torch.equal(fastloss.box_iou_loss(p, t, kind, "none", backend=backend),
                            fastloss.box_iou_loss(p, t, kind, "none", convention="mmdet", backend=backend))
 
@@ -1154,9 +1163,8 @@ def test_mmdet_siou_and_extended_iou_kernels_vs_reference(backend):
 def test_mmdet_siou_and_extended_iou_gradcheck_fp64(backend):
     helpers.require_backend("cpu", backend)
     p, t = conv_boxes(5, seed=13)
-    p[1] = p[1] + 0.01  # off the identical pair's kinks
-    p[2] = p[2] + 0.01
-    for kind, kw in MMDET_EXTRA[:3] if _small(backend) else MMDET_EXTRA:
+    p = p + torch.tensor([0.01, 0.02, 0.037, 0.051], dtype=D)  # off the kinks of equal extents (min / max ties)
+    for kind, kw in MMDET_EXTRA[::2] if _small(backend) else MMDET_EXTRA:
         assert torch.autograd.gradcheck(lambda x: fastloss.box_iou_loss(x, t, kind, "none", eps=1e-6, convention="mmdet", backend=backend, **kw),
                                         (p.clone().requires_grad_(),), eps=1e-7, atol=1e-7, rtol=1e-5)
 

@@ -54,7 +54,7 @@ from fastloss.compat import mmdet as C  # noqa: E402
 D = torch.float64
 CLASSES = ["FocalLoss", "L1Loss", "SmoothL1Loss", "BalancedL1Loss", "MSELoss", "CrossEntropyLoss", "QualityFocalLoss", "VarifocalLoss",
            "DistributionFocalLoss", "GaussianFocalLoss", "DiceLoss", "IoULoss", "GIoULoss", "DIoULoss", "CIoULoss",
-           "EIoULoss", "SIoULoss"]
+           "EIoULoss", "SIoULoss", "BoundedIoULoss"]
 
 
 def _gen(seed=0):
@@ -368,7 +368,7 @@ def test_empty_input_shapes(name, reduction, with_weight):
     _check(getattr(C, name)(), getattr(L, name)(), pred, torch.zeros(0, 4, dtype=D), weight, reduction_override=reduction)
 
 
-@pytest.mark.parametrize("name", ["MSELoss", "IoULoss", "GIoULoss", "DIoULoss", "CIoULoss", "EIoULoss", "SIoULoss"])
+@pytest.mark.parametrize("name", ["MSELoss", "IoULoss", "GIoULoss", "DIoULoss", "CIoULoss", "EIoULoss", "SIoULoss", "BoundedIoULoss"])
 def test_empty_mean_is_zero(name):
     """Documented difference: mmdetection's mean over no boxes is NaN; fastloss's is a graph-connected 0."""
     pred = torch.zeros(0, 4, dtype=D, requires_grad=True)
@@ -377,7 +377,7 @@ def test_empty_mean_is_zero(name):
     assert loss.item() == 0 and loss.requires_grad
 
 
-@pytest.mark.parametrize("name", ["L1Loss", "SmoothL1Loss", "GIoULoss", "DIoULoss", "CIoULoss", "IoULoss", "EIoULoss", "SIoULoss"])
+@pytest.mark.parametrize("name", ["L1Loss", "SmoothL1Loss", "GIoULoss", "DIoULoss", "CIoULoss", "IoULoss", "EIoULoss", "SIoULoss", "BoundedIoULoss"])
 def test_zero_weight_shortcut(name):
     pred, target = _paired_boxes(6, 14)
     weight = torch.zeros(6, 4, dtype=D)
@@ -500,6 +500,39 @@ def test_siou_loss(reduction, weight_kind):
         _check(C.SIoULoss(**kw), L.SIoULoss(**kw), pred, target, weight, reduction_override=reduction)
     if reduction != "sum":
         _check(C.SIoULoss(neg_gamma=True), L.SIoULoss(neg_gamma=True), pred, target, weight, avg_factor=10, reduction_override=reduction)
+
+
+@pytest.mark.parametrize("reduction", [None, "mean", "sum"])
+@pytest.mark.parametrize("weight_kind", [None, "box1", "coord_equal"])
+def test_bounded_iou_loss(reduction, weight_kind):
+    """Bounded IoU: the reductions and weights that are exact over the kernel's per-box sum."""
+    pred, target = _paired_boxes(16, 47)
+    pred[0] = target[0] + 100  # far apart: the centre terms' max(., 0) binds
+    pred[1] = target[1] + 0.01  # below beta
+    g = _gen(48)
+    col = torch.rand(16, 1, generator=g, dtype=D)
+    weight = {None: None, "box1": col, "coord_equal": col.expand(16, 4).contiguous()}[weight_kind]
+    for kw in ({}, dict(beta=0.05, eps=1e-6, loss_weight=2.0), dict(beta=1.0, eps=0.5)):
+        _check(C.BoundedIoULoss(**kw), L.BoundedIoULoss(**kw), pred, target, weight, reduction_override=reduction)
+    if reduction != "sum":
+        _check(C.BoundedIoULoss(), L.BoundedIoULoss(), pred, target, weight, avg_factor=10, reduction_override=reduction)
+    t = target.clone().requires_grad_()  # mmdetection does not differentiate the target
+    _check(lambda p, *a, **k: C.BoundedIoULoss()(p, t, *a, **k), lambda p, *a, **k: L.BoundedIoULoss()(p, t, *a, **k), pred,
+           weight, reduction_override=reduction)
+
+
+def test_bounded_iou_loss_errors():
+    pred, target = _paired_boxes(6, 49)
+    with pytest.raises(ValueError, match="reduction 'none'"):
+        C.BoundedIoULoss(reduction="none")(pred, target)
+    with pytest.raises(ValueError, match="differs across a box's 4 coordinates"):
+        C.BoundedIoULoss()(pred, target, torch.rand(6, 4, dtype=D))
+    with pytest.raises(ValueError, match="must be"):
+        C.BoundedIoULoss()(pred, target, torch.rand(6, dtype=D))
+    with pytest.raises(ValueError, match="beta"):
+        C.BoundedIoULoss(beta=0.0)(pred, target)
+    with pytest.raises(ValueError, match="smooth_point"):
+        C.EIoULoss(smooth_point=-1.0)(pred, target)
 
 
 # ---------------------------------------------------------------------- errors

@@ -65,14 +65,15 @@ def run(backend, dtype, device):
         p = torch.rand(n, 4, device=device) * 50
         p[:, 2:] += p[:, :2]
         t = p + torch.randn(n, 4, device=device) * 5
-        for kind in ("iou", "log_iou", "giou", "diou", "ciou", "eiou", "focal_eiou", "siou", "cdiou", "extended_iou"):
+        for kind in ("iou", "log_iou", "giou", "diou", "ciou", "eiou", "focal_eiou", "siou", "cdiou", "extended_iou", "bounded_iou"):
             loss, g, _ = _fwd_bwd(fastloss.box_iou_loss, p.to(dtype), t.to(dtype), kind=kind, reduction="sum", backend=backend)
             ref, _, _ = _fwd_bwd(fastloss.box_iou_loss, p.to(dtype), t.to(dtype), kind=kind, reduction="sum", backend="reference")
             _check(f"box {kind} {backend} {dtype} n={n}", loss, ref, rtol * 10)
             cases += 1
         # the peers' eps placements (conventions) of the paired losses
         for conv, kind, extra in (("ultralytics", "ciou", {}), ("mmdet", "giou", {}), ("mmdet", "ciou", {}), ("mmdet", "siou", {}),
-                                  ("mmdet", "siou", dict(neg_gamma=True)), ("mmdet", "extended_iou", dict(smooth_point=0.5))):
+                                  ("mmdet", "siou", dict(neg_gamma=True)), ("mmdet", "extended_iou", dict(smooth_point=0.5)),
+                                  ("mmdet", "bounded_iou", dict(smooth_point=0.2))):
             kw = dict(kind=kind, reduction="sum", eps=0.5, convention=conv, **extra)
             loss, g, _ = _fwd_bwd(fastloss.box_iou_loss, p.to(dtype), t.to(dtype), backend=backend, **kw)
             ref, _, _ = _fwd_bwd(fastloss.box_iou_loss, p.to(dtype), t.to(dtype), backend="reference", **kw)

@@ -28,7 +28,7 @@ def grid(**axes):
 
 
 def variants(quick):
-    kinds = range(10)
+    kinds = range(11)
     metrics = range(5)
     fmts = (0, 2) if quick else (0, 1, 2)
     fastloss = dict(CONV=[0], UMODE=[0])  # convention "fastloss" (the variants below: the peers')
@@ -40,7 +40,7 @@ def variants(quick):
         (box_iou._loss_forward_kernel, grid(KIND=kinds, FMT=fmts, POWER_ONE=[True, False], HAS_W=[True], REDUCE=[True], WITH_GRAD=[False],
                                             **box_common)),
         # fp64 (tests, and fp32 pred promoted by an fp64 target): the transcendental paths
-        (box_iou._loss_forward_kernel, grid(KIND=[1, 4, 6, 7, 9], FMT=[0], POWER_ONE=[False], HAS_W=[False], REDUCE=[False], WITH_GRAD=[True],
+        (box_iou._loss_forward_kernel, grid(KIND=[1, 4, 6, 7, 9, 10], FMT=[0], POWER_ONE=[False], HAS_W=[False], REDUCE=[False], WITH_GRAD=[True],
                                             **box64)),
         (box_iou._loss_backward_kernel, grid(KIND=kinds, FMT=fmts, POWER_ONE=[False], HAS_W=[False], PER_BOX_GRAD=[True], **box_common)),
         (box_iou._matrix_kernel, grid(KIND=metrics, FMT=[0], ALIGNED=[False, True], **mat)),
@@ -54,7 +54,7 @@ def variants(quick):
 def conventions():
     """The peers' eps placements: each (convention, union mode) with the kinds it defines
     (fastloss/ops/box_iou.py, triton_kernels/box_iou.py _union_mode)."""
-    loss = [(1, 0, [0, 2, 3, 4]), (2, 1, [0, 1, 2]), (2, 0, [3, 4, 7, 9])]  # mmdet 7: its siou_loss, 9: extended_iou
+    loss = [(1, 0, [0, 2, 3, 4]), (2, 1, [0, 1, 2]), (2, 0, [3, 4, 7, 9, 10])]  # mmdet 7: its siou_loss, 9: extended_iou, 10: bounded_iou
     metric = [(1, 0, [0, 2, 3, 4]), (2, 1, [0, 1, 2]), (2, 0, [3, 4]), (3, 2, [0, 2, 3, 4])]
     common = dict(COMPUTE=[tl.float32], INT64=[False], BLOCK=[box_iou.BLOCK])
     mat = dict(COMPUTE=[tl.float32], BLOCK=[box_iou.MATRIX_BLOCK], FMT=[0])

@@ -471,6 +471,35 @@ def _extended_iou(a0, a1, a2, a3, b0, b1, b2, b3, aw, ah, bw, bh, eps, sp):
 
 
 @triton.jit
+def _smooth_beta(l, beta):
+    # 0.5 l^2 / beta below beta, l - 0.5 beta from beta on, and its derivative
+    low = l < beta
+    return tl.where(low, 0.5 * l * l / beta, l - 0.5 * beta), tl.where(low, l / beta, 1.0)
+
+
+@triton.jit
+def _bounded_centre(c, t, eps, beta):
+    # 1 - max((t - 2|c|) / (t + 2|c| + eps), 0) smoothed, and d / dc (csrc/kernels/box_iou.h BoundedIoU)
+    a = 2.0 * tl.abs(c)
+    inv = 1.0 / (t + a + eps)
+    r = (t - a) * inv
+    v, ds = _smooth_beta(1.0 - _max(r, r * 0.0), beta)
+    return v, -ds * _share_max(r, r * 0.0) * (-(r + 1.0) * inv) * 2.0 * _sign(c)
+
+
+@triton.jit
+def _bounded_size(p, t, eps, beta):
+    # 1 - min(t / (p + eps), p / (t + eps)) smoothed, and d / dp
+    ip = 1.0 / (p + eps)
+    it = 1.0 / (t + eps)
+    q1 = t * ip
+    q2 = p * it
+    v, ds = _smooth_beta(1.0 - _min(q1, q2), beta)
+    s = _share_min(q1, q2)
+    return v, -ds * (s * (-q1 * ip) + (1.0 - s) * it)
+
+
+@triton.jit
 def _cd_grad(ge, e):
     return ge * _inv_pos(e)
 
@@ -489,7 +518,16 @@ def _loss(P, T, cols, eps, power, gamma, KIND: tl.constexpr, FMT: tl.constexpr, 
     z = iou * 0.0
     d_uni, d_aw, d_ah, d_bw, d_bh, d_cw, d_ch, d_dxc, d_dyc = z, z, z, z, z, z, z, z, z
     da0, da1, da2, da3, cw, ch = z, z, z, z, z, z
-    if KIND == 9:  # extended_iou (IEEE 9429909); gamma carries smooth_point
+    if KIND == 10:  # bounded_iou (arXiv 1711.00164): the sum of its 4 terms; gamma carries beta
+        vx, gdx = _bounded_centre(((a0 + a2) - (b0 + b2)) * -0.5, bw, eps, gamma)
+        vy, gdy = _bounded_centre(((a1 + a3) - (b1 + b3)) * -0.5, bh, eps, gamma)
+        vw, d_aw = _bounded_size(aw, bw, eps, gamma)
+        vh, d_ah = _bounded_size(ah, bh, eps, gamma)
+        loss = ((vx + vy) + vw) + vh
+        d_dxc = -gdx * 0.5
+        d_dyc = -gdy * 0.5
+        d_iou = z
+    elif KIND == 9:  # extended_iou (IEEE 9429909); gamma carries smooth_point
         loss, d_aw, d_ah, da0, da1, da2, da3 = _extended_iou(a0, a1, a2, a3, b0, b1, b2, b3, aw, ah, bw, bh, eps, gamma)
         d_iou = z
     elif KIND == 1:  # log_iou: -power ln(max(IoU, eps)) (arXiv 1608.01471)

@@ -52,7 +52,7 @@ BoxLossArgs make_args(const at::Tensor& pred, const at::Tensor& target, const c1
                   target.device() == pred.device(),
               "fastloss: `target` must match `pred` in shape, dtype and device and be contiguous");
   TORCH_CHECK(reduction >= 0 && reduction <= 2, "fastloss: reduction code must be 0 (none), 1 (sum) or 2 (mean)");
-  check_kind_fmt(kind, box::kExtIoU, fmt, convention);
+  check_kind_fmt(kind, box::kBoundedIoU, fmt, convention);
   a.pred = pred;
   a.target = target;
   a.n = pred.size(0);

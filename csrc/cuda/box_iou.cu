@@ -97,7 +97,7 @@ void check_args(const at::Tensor& pred, const at::Tensor& target, const c10::opt
                   target.device() == pred.device(),
               "fastloss: `target` must match `pred` in shape, dtype and device and be contiguous");
   TORCH_CHECK(reduction >= 0 && reduction <= 2, "fastloss: reduction code must be 0, 1 or 2");
-  TORCH_CHECK(kind >= 0 && kind <= box::kExtIoU && fmt >= 0 && fmt <= 2, "fastloss: box kind / fmt code out of range");
+  TORCH_CHECK(kind >= 0 && kind <= box::kBoundedIoU && fmt >= 0 && fmt <= 2, "fastloss: box kind / fmt code out of range");
   TORCH_CHECK(convention >= box::kConvFastloss && convention <= box::kConvTorchvision, "fastloss: box convention code out of range");
   if (weight.has_value() && weight->defined()) {
     TORCH_CHECK(weight->device() == pred.device() && weight->is_contiguous() && weight->scalar_type() == reduced_dtype(pred.scalar_type()) &&

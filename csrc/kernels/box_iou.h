@@ -137,7 +137,9 @@ FL_HOST_DEVICE BX_INLINE T powd1(const T& x, S p, T& d) {
 enum Fmt : int { kXYXY = 0, kXYWH = 1, kCXCYWH = 2 };
 // paired losses
 // kExtIoU: Extended-IoU (IEEE 9429909; mmdetection's EIoULoss, not Efficient-IoU kEIoU)
-enum LossKind : int { kIoU = 0, kLogIoU = 1, kGIoU = 2, kDIoU = 3, kCIoU = 4, kEIoU = 5, kFocalEIoU = 6, kSIoU = 7, kCDIoU = 8, kExtIoU = 9 };
+// kBoundedIoU: Bounded IoU (arXiv 1711.00164; mmdetection's BoundedIoULoss), the sum of its 4 terms
+enum LossKind : int { kIoU = 0, kLogIoU = 1, kGIoU = 2, kDIoU = 3, kCIoU = 4, kEIoU = 5, kFocalEIoU = 6, kSIoU = 7, kCDIoU = 8, kExtIoU = 9,
+                      kBoundedIoU = 10 };
 // pairwise / aligned metrics
 enum MetricKind : int { kMIoU = 0, kMIoF = 1, kMGIoU = 2, kMDIoU = 3, kMCIoU = 4 };
 
@@ -148,7 +150,7 @@ struct Params {
   S eps;
   S power;  // alpha-IoU exponent (1: plain)
   S gamma;  // the kind's extra parameter: focal-EIoU's exponent; mmdet SIoU: neg_gamma (1) or not
-            // (0); Extended-IoU: smooth_point
+            // (0); Extended-IoU: smooth_point; Bounded IoU: beta
   int conv;  // Convention
 };
 
@@ -630,6 +632,56 @@ struct ExtIoU {
   }
 };
 
+// Bounded IoU (arXiv 1711.00164, mmdetection's bounded_iou_loss), per box the sum of 4 terms
+// smoothed as smooth-L1 with beta (0.5 l^2 / beta below beta, l - 0.5 beta from beta on):
+//   l_x = 1 - max((w_t - 2 |dx|) / (w_t + 2 |dx| + eps), 0),  dx = target - prediction centre x
+//   l_w = 1 - min(w_t / (w_p + eps), w_p / (w_t + eps))      (y, h alike; widths clamped at 0)
+// max / min ties split the gradient (torch.maximum / torch.minimum).
+template <typename T, typename S>
+struct BoundedIoU {
+  T value;
+  T gdx, gdy, gw, gh;  // d value / d (target - prediction centre), d value / d w_p, h_p
+  FL_HOST_DEVICE BX_INLINE static T smooth(const T& l, S beta, T& d) {
+    const auto low = l < T(beta);
+    d = fl::select(low, l / T(beta), T(1));
+    return fl::select(low, T(0.5) * l * l / T(beta), l - T(0.5 * beta));
+  }
+  // centre term of offset c against the target extent t; d: d term / d c
+  FL_HOST_DEVICE BX_INLINE static T centre(const T& c, const T& t, S eps, S beta, T& d) {
+    const T a = T(2) * fl::abs(c);
+    const T inv = T(1) / (t + a + T(eps));
+    const T r = (t - a) * inv;
+    T ds;
+    const T v = smooth(T(1) - max_(r, T(0)), beta, ds);
+    // dr / da = -((t - a) + (t + a + eps)) / (t + a + eps)^2 = -(r + 1) inv, da / dc = 2 sign(c)
+    d = (T(0) - ds) * share_max(r, T(0)) * (T(0) - (r + T(1)) * inv) * T(2) * sign_(c);
+    return v;
+  }
+  // size term of the prediction's extent p against the target's t; d: d term / d p
+  FL_HOST_DEVICE BX_INLINE static T size(const T& p, const T& t, S eps, S beta, T& d) {
+    const T ip = T(1) / (p + T(eps)), it = T(1) / (t + T(eps));
+    const T q1 = t * ip, q2 = p * it;
+    T ds;
+    const T v = smooth(T(1) - min_(q1, q2), beta, ds);
+    const T s = share_min(q1, q2);
+    d = (T(0) - ds) * (s * (T(0) - q1 * ip) + (T(1) - s) * it);
+    return v;
+  }
+  template <bool kG>
+  FL_HOST_DEVICE BX_INLINE BoundedIoU(const Pair<T, S, kG>& g, S beta) {
+    const S eps = g.eps;
+    const T dx = g.dxc() * T(-0.5), dy = g.dyc() * T(-0.5);
+    value = centre(dx, g.bw, eps, beta, gdx) + centre(dy, g.bh, eps, beta, gdy);
+    value = value + size(g.aw, g.bw, eps, beta, gw) + size(g.ah, g.bh, eps, beta, gh);
+  }
+  FL_HOST_DEVICE BX_INLINE void grad(const T& up, Adj<T>& d) const {
+    d.dxc = d.dxc - up * gdx * T(0.5);  // dx = -dxc / 2
+    d.dyc = d.dyc - up * gdy * T(0.5);
+    d.aw = d.aw + up * gw;
+    d.ah = d.ah + up * gh;
+  }
+};
+
 // CDIoU's penalty: mean distance of the 4 corner pairs over the enclosing diagonal
 // (arXiv 2103.11696): (sum_k |corner_k(p) - corner_k(t)|) / (4 sqrt(cw^2 + ch^2 + eps))
 template <typename T, typename S>
@@ -670,7 +722,11 @@ FL_HOST_DEVICE BX_INLINE T paired_loss_impl(const T p_in[4], const T t_in[4], co
   const S pw = prm.power;
   T loss, dp;  // dp: the derivative of x^power at the current term
   bool enclosed = false;
-  if (prm.kind == kExtIoU) {
+  if (prm.kind == kBoundedIoU) {
+    const BoundedIoU<T, S> b(g, prm.gamma);
+    loss = b.value;
+    if (kGrad) b.grad(one, d);
+  } else if (prm.kind == kExtIoU) {
     const ExtIoU<T, S> e(g, prm.gamma);
     loss = e.value;
     if (kGrad) e.grad(g, prm.gamma, one, d);

@@ -34,6 +34,7 @@ name                       fastloss op underneath
 ``CIoULoss``               :func:`fastloss.box_iou_loss` ("ciou")
 ``EIoULoss``               :func:`fastloss.box_iou_loss` ("extended_iou": Extended-IoU)
 ``SIoULoss``               :func:`fastloss.box_iou_loss` ("siou", ``neg_gamma``)
+``BoundedIoULoss``         :func:`fastloss.box_iou_loss` ("bounded_iou": its per-box sum; "mean" / "sum")
 ``bbox_overlaps``          :func:`fastloss.box_iou` ("iou", "iof", "giou")
 ``smooth_l1_loss``         :func:`fastloss.smooth_l1_loss` (mmdetection's functional form)
 ``SigmoidFocalLoss``       mmcv.ops' raw op (its "mean" divides by the rows, not the elements)
@@ -49,8 +50,11 @@ alpha = [IoU > 0.5] v / (1 - IoU + v) held constant in the backward, and the los
 own eps placement (enclosing extents clamped at eps, heights + eps, centre offsets + eps) and
 ``neg_gamma``; ``EIoULoss`` is ``eiou_loss``, Extended-IoU with ``smooth_point``.
 
-Not provided: ``BoundedIoULoss`` (a per-coordinate (N, 4) loss: the box kernels give one loss
-per box) and mmcv's compiled ``bbox_overlaps`` (``offset``).
+``BoundedIoULoss`` runs the kernel's per-box sum of its 4 coordinate terms: its reductions
+"mean" and "sum" are exact with no weight or a weight equal across a box's coordinates;
+reduction "none" (mmdetection's (N, 4) loss) and other weights raise ValueError.
+
+Not provided: mmcv's compiled ``bbox_overlaps`` (``offset``).
 
 Arguments the compat layer cannot honour raise ValueError: a float target or quality score
 that requires grad (every class but the label forms of ``FocalLoss`` / ``CrossEntropyLoss``;
@@ -115,7 +119,7 @@ _OVERLAPS_EPS = 1e-6  # mmdetection's bbox_overlaps default eps, the union eps o
 
 __all__ = ["FocalLoss", "L1Loss", "SmoothL1Loss", "BalancedL1Loss", "MSELoss", "CrossEntropyLoss", "QualityFocalLoss", "VarifocalLoss",
            "DistributionFocalLoss", "GaussianFocalLoss", "DiceLoss", "IoULoss", "GIoULoss", "DIoULoss", "CIoULoss", "EIoULoss", "SIoULoss",
-           "bbox_overlaps",
+           "BoundedIoULoss", "bbox_overlaps",
            "smooth_l1_loss", "SigmoidFocalLoss"]
 
 
@@ -842,7 +846,7 @@ class _PairedIoULoss(nn.Module):
 
     def _loss(self, name, pred, target, weight, reduction, avg_factor):
         weight = _box_weight(name, pred, weight)
-        if self._KIND == "ciou":  # mmdetection's alpha is (ious > 0.5).float() ...: fp32 at least
+        if self._KIND in ("ciou", "extended_iou"):  # mmdetection's (ious > 0.5).float() / (ious < smooth_point).float(): fp32 at least
             pred, target = _at_least_fp32(pred), _at_least_fp32(target)
         loss = _box_iou.box_iou_loss(pred, target, self._KIND, reduction, weight, avg_factor, eps=self.eps, convention="mmdet",
                                      **self._kind_args())
@@ -917,6 +921,60 @@ class SIoULoss(_PairedIoULoss):
         return {"neg_gamma": bool(self.neg_gamma)}
 
 
+class BoundedIoULoss(nn.Module):
+    """mmdetection's ``BoundedIoULoss`` (``bounded_iou_loss``, arXiv 1711.00164) over
+    :func:`fastloss.box_iou_loss` (kind "bounded_iou", ``smooth_point=beta``): per coordinate
+    l_x = 1 - max((w_t - 2 |dx|) / (w_t + 2 |dx| + eps), 0) (dx: target - prediction centre),
+    l_w = 1 - min(w_t / (w_p + eps), w_p / (w_t + eps)) (y, h alike), each smoothed as smooth-L1
+    with ``beta``; the target is not differentiated.
+
+    The box kernel gives the per-box sum of the 4 terms, so exact here are: reductions "mean"
+    (the sum over boxes and coordinates / (4 N), or / (avg_factor + eps)) and "sum", with no
+    weight or a weight that is the same for the 4 coordinates of a box ((N, 1), or (N, 4) with
+    equal columns).  ValueError for reduction "none" (mmdetection's (N, 4) per-coordinate
+    loss), a weight that differs across a box's coordinates, and a 1-D weight (mmdetection
+    multiplies the (N, 4) loss by it along the coordinates).  forward(pred (N, 4) xyxy, target
+    (N, 4), weight, avg_factor, reduction_override) returns a scalar in pred's dtype (promoted
+    with a floating weight); an all-non-positive weight returns ``(pred * weight).sum()``."""
+
+    def __init__(self, beta: float = 0.2, eps: float = 1e-3, reduction: str = 'mean', loss_weight: float = 1.0) -> None:
+        super().__init__()
+        self.beta = beta
+        self.eps = eps
+        self.reduction = reduction
+        self.loss_weight = loss_weight
+
+    def forward(self, pred: Tensor, target: Tensor, weight: Optional[Tensor] = None, avg_factor: Optional[int] = None,
+                reduction_override: Optional[str] = None, **kwargs) -> Tensor:
+        _no_kwargs("BoundedIoULoss", kwargs)
+        reduction = _reduction("BoundedIoULoss", reduction_override, self.reduction)
+        return _or_zero_weight_shortcut(pred, weight, lambda: self._loss(pred, target, weight, reduction, avg_factor))
+
+    def _loss(self, pred, target, weight, reduction, avg_factor):
+        name = "BoundedIoULoss"
+        if reduction == "none":
+            raise ValueError(f"{name}: reduction 'none' is mmdetection's per-coordinate (N, 4) loss; fastloss's box kernel gives "
+                             f"the per-box sum of the 4 terms (reductions 'mean' and 'sum' are exact)")
+        if not 0 < self.beta < math.inf:  # mmdetection divides by beta
+            raise ValueError(f"{name}: beta must be > 0 and finite, got {self.beta!r}")
+        w = weight
+        if w is not None:
+            if w.dim() != 2 or w.shape[0] != pred.shape[0] or w.shape[1] not in (1, 4):
+                raise ValueError(f"{name}: weight must be (N, 1) or (N, 4) (mmdetection multiplies its (N, 4) loss by it), "
+                                 f"got {tuple(w.shape)}")
+            if not torch.equal(w, w[:, :1].expand_as(w)):
+                raise ValueError(f"{name}: a weight that differs across a box's 4 coordinates needs the per-coordinate loss; "
+                                 f"fastloss's box kernel gives the per-box sum")
+            w = w[:, 0]
+        # mmdetection computes the target's terms under no_grad
+        per_box = _box_iou.box_iou_loss(pred, target.detach(), "bounded_iou", "none", eps=self.eps, smooth_point=self.beta,
+                                        convention="mmdet")
+        loss = _weight_reduce(name, per_box, w, reduction, avg_factor)
+        if reduction == "mean" and avg_factor is None:
+            loss = loss / 4  # the mean over the 4 N coordinates
+        return self.loss_weight * _avg_dtype(_promote(loss, weight), reduction, avg_factor)
+
+
 def bbox_overlaps(bboxes1, bboxes2, mode='iou', is_aligned=False, eps=1e-6):
     """mmdetection's ``bbox_overlaps`` (``mmdet.structures.bbox``) over :func:`fastloss.box_iou`.
 
@@ -947,7 +1005,8 @@ def bbox_overlaps(bboxes1, bboxes2, mode='iou', is_aligned=False, eps=1e-6):
 # ====================================================================== patching
 
 _CLASSES = ("FocalLoss", "L1Loss", "SmoothL1Loss", "BalancedL1Loss", "MSELoss", "CrossEntropyLoss", "QualityFocalLoss", "VarifocalLoss",
-            "DistributionFocalLoss", "GaussianFocalLoss", "DiceLoss", "IoULoss", "GIoULoss", "DIoULoss", "CIoULoss", "EIoULoss", "SIoULoss")
+            "DistributionFocalLoss", "GaussianFocalLoss", "DiceLoss", "IoULoss", "GIoULoss", "DIoULoss", "CIoULoss", "EIoULoss", "SIoULoss",
+            "BoundedIoULoss")
 
 
 def _replace_everywhere(handle, prefix, original, replacement):

@@ -176,15 +176,16 @@ def _prepare_weight(pred, weight):
 
 def _kind_parameter(kind, convention, power, gamma, neg_gamma, smooth_point):
     """The kernels' one slot for the kind's extra parameter (csrc/kernels/box_iou.h Params::gamma):
-    focal_eiou's gamma, mmdet siou's neg_gamma (1 / 0), extended_iou's smooth_point."""
+    focal_eiou's gamma, mmdet siou's neg_gamma (1 / 0), extended_iou's smooth_point, bounded_iou's
+    beta (smooth_point)."""
     mmdet_siou = kind == "siou" and convention == "mmdet"
     if neg_gamma and not mmdet_siou:
         raise ValueError(f"neg_gamma is a parameter of kind 'siou' under convention 'mmdet', not of kind {kind!r} / convention {convention!r}")
-    if (mmdet_siou or kind == "extended_iou") and power != 1:
+    if (mmdet_siou or kind in ("extended_iou", "bounded_iou")) and power != 1:
         raise ValueError(f"power must be 1 for kind {kind!r} (convention {convention!r}), got {power!r}")
     if mmdet_siou:
         return 1.0 if neg_gamma else 0.0
-    if kind == "extended_iou":
+    if kind in ("extended_iou", "bounded_iou"):
         return _common.positive("smooth_point", smooth_point)
     return gamma
 
@@ -198,8 +199,9 @@ def box_iou_loss(pred, target, kind="giou", reduction="mean", weight=None, avg_f
             runs in fp32 (fp64 for fp64).  Differentiable.
         target: target boxes of pred's shape (not differentiated).
         kind: "iou" | "log_iou" | "giou" | "diou" | "ciou" | "eiou" | "focal_eiou" | "siou" |
-            "cdiou" | "extended_iou" (Extended-IoU, IEEE 9429909; not Efficient-IoU "eiou") --
-            formulas in :mod:`fastloss.reference.box_iou`.
+            "cdiou" | "extended_iou" (Extended-IoU, IEEE 9429909; not Efficient-IoU "eiou") |
+            "bounded_iou" (arXiv 1711.00164, the sum of its 4 per-coordinate terms) -- formulas
+            in :mod:`fastloss.reference.box_iou`.
         reduction: "none" (pred.shape[:-1]) | "mean" | "sum".
         weight: per box (pred.shape[:-1], or broadcastable) or per coordinate ((..., 4),
             averaged over the coordinates as mmdetection does).
@@ -215,10 +217,12 @@ def box_iou_loss(pred, target, kind="giou", reduction="mean", weight=None, avg_f
             diou, ciou), "mmdet" (mmdetection 3.3: ``bbox_overlaps``' max(U, eps) for iou /
             log_iou / giou, its ``ciou_loss`` with the IoU > 0.5 gate and clamp; kinds iou,
             log_iou, giou, diou, ciou, and ``siou_loss`` for siou, ``eiou_loss`` for
-            extended_iou).  ValueError for another kind.
+            extended_iou, ``bounded_iou_loss`` summed over the coordinates for bounded_iou).
+            ValueError for another kind.
         neg_gamma: mmdetection's SIoU flag (kind "siou", convention "mmdet" only): the paper's
             negative exponent gamma = angle - 2 instead of mmdetection's default 2 - angle.
-        smooth_point: Extended-IoU's smoothing point (> 0; kind "extended_iou" only).
+        smooth_point: the smoothing point (> 0) of kinds "extended_iou" and "bounded_iou" (the
+            latter's beta, mmdetection's default 0.2).
         sync_avg_factor: True: divide by the mean of avg_factor over the ranks of
             torch.distributed's default group (mmdetection's ``reduce_mean``, see
             :mod:`fastloss.distributed`), the same normaliser on every rank of a

@@ -45,6 +45,12 @@ the IoU and to every penalty term (p = 1: the plain losses).  x^p is taken of ma
                 x = 1 - I_e / (w h + w' h' - I_e + eps); loss 0.5 x^2 / sp for x < sp, else
                 x - 0.5 sp, sp = ``smooth_point`` (the branch itself is not differentiated).
                 ``power`` must be 1.  The same under conventions fastloss and mmdet.
+* ``bounded_iou`` Bounded IoU (Tychsen-Smith and Petersson, arXiv 1711.00164; mmdetection's
+                ``BoundedIoULoss``), per box the sum of 4 terms smoothed with beta = ``smooth_point``
+                (0.5 l^2 / beta for l < beta, else l - 0.5 beta):
+                l_x = 1 - max((w_t - 2 |dx|) / (w_t + 2 |dx| + eps), 0), dx = target - prediction
+                centre x; l_w = 1 - min(w_t / (w_p + eps), w_p / (w_t + eps)); y, h alike.
+                ``power`` must be 1.  The same under conventions fastloss and mmdet.
 
 Matrices (:func:`box_iou`): ``iou`` IoU, ``iof`` I / (area(a) + eps) (mmcv), ``giou``
 IoU - (C - U)/(C + eps), ``diou`` IoU - rho2/c2, ``ciou`` IoU - rho2/c2 - beta v.
@@ -80,9 +86,10 @@ kernel call.  Everything not listed is as above (S = w h + w' h' - I is the unio
     mmdetection NaN), and the loss 1 - clamp(CIoU, -1, 1), i.e. clamped to [0, 2] with zero
     gradient strictly outside (the ``ciou`` metric is clamp(CIoU, -1, 1)).
 
-  - extended_iou: as above (``eiou_loss``).
+  - extended_iou, bounded_iou: as above (``eiou_loss``, ``bounded_iou_loss`` summed over the 4
+    coordinates).
 
-  Kinds iou, log_iou, giou, diou, ciou, siou, extended_iou; metrics iou, iof, giou, diou, ciou.  mmdetection
+  Kinds iou, log_iou, giou, diou, ciou, siou, extended_iou, bounded_iou; metrics iou, iof, giou, diou, ciou.  mmdetection
   multiplies signed extents (an inverted box has a negative area); fastloss keeps inverted
   boxes at zero area.
 * ``torchvision_matrix`` (torchvision 0.29 ``ops/boxes.py`` matrices, metrics only): IoU = I / S
@@ -124,12 +131,12 @@ import torch
 
 from fastloss.reference._reduce import reduce_loss
 
-KINDS = ("iou", "log_iou", "giou", "diou", "ciou", "eiou", "focal_eiou", "siou", "cdiou", "extended_iou")
+KINDS = ("iou", "log_iou", "giou", "diou", "ciou", "eiou", "focal_eiou", "siou", "cdiou", "extended_iou", "bounded_iou")
 METRICS = ("iou", "iof", "giou", "diou", "ciou")
 FMTS = ("xyxy", "xywh", "cxcywh")
 CONVENTIONS = ("fastloss", "ultralytics", "mmdet", "torchvision_matrix")
 # the kinds (paired losses) and metrics each convention defines
-CONVENTION_KINDS = {"fastloss": KINDS, "ultralytics": ("iou", "giou", "diou", "ciou"), "mmdet": ("iou", "log_iou", "giou", "diou", "ciou", "siou", "extended_iou"),
+CONVENTION_KINDS = {"fastloss": KINDS, "ultralytics": ("iou", "giou", "diou", "ciou"), "mmdet": ("iou", "log_iou", "giou", "diou", "ciou", "siou", "extended_iou", "bounded_iou"),
                     "torchvision_matrix": ()}
 CONVENTION_METRICS = {"fastloss": METRICS, "ultralytics": ("iou", "giou", "diou", "ciou"), "mmdet": METRICS,
                       "torchvision_matrix": ("iou", "giou", "diou", "ciou")}
@@ -266,6 +273,18 @@ def _extended_iou(p, t, g, eps, smooth_point):
     return torch.where(low, 0.5 * x * x / smooth_point, x - 0.5 * smooth_point)
 
 
+def _bounded_iou(p, t, g, eps, beta):
+    (px1, py1, px2, py2), (tx1, ty1, tx2, ty2) = p, t
+    dx = ((tx1 + tx2) - (px1 + px2)) * 0.5
+    dy = ((ty1 + ty2) - (py1 + py2)) * 0.5
+    zero = torch.zeros_like(dx)
+    terms = (1 - _max((g["bw"] - 2 * dx.abs()) / (g["bw"] + 2 * dx.abs() + eps), zero),
+             1 - _max((g["bh"] - 2 * dy.abs()) / (g["bh"] + 2 * dy.abs() + eps), zero),
+             1 - _min(g["bw"] / (g["aw"] + eps), g["aw"] / (g["bw"] + eps)),
+             1 - _min(g["bh"] / (g["ah"] + eps), g["ah"] / (g["bh"] + eps)))
+    return sum(torch.where(x < beta, 0.5 * x * x / beta, x - 0.5 * beta) for x in terms)
+
+
 def _siou_mmdet(p, t, g, eps, neg_gamma):
     (px1, py1, px2, py2), (tx1, ty1, tx2, ty2) = p, t
     sx = ((tx1 + tx2) - (px1 + px2)) * 0.5 + eps
@@ -285,12 +304,14 @@ def _siou_mmdet(p, t, g, eps, neg_gamma):
 def paired_loss_elements(pred, target, kind="giou", fmt="xyxy", eps=1e-7, power=1.0, gamma=0.5, convention="fastloss"):
     """Per-box loss (shape pred.shape[:-1]) of the kinds and conventions documented above.
     ``gamma`` is the kind's extra parameter: focal_eiou's exponent, mmdet siou's neg_gamma
-    (nonzero: True), extended_iou's smooth_point."""
+    (nonzero: True), extended_iou's smooth_point, bounded_iou's beta."""
     p = to_xyxy(pred, fmt)
     t = to_xyxy(target, fmt)
     g = _geometry(p, t, eps, convention, _union_mode(convention, kind, False))
     if kind == "extended_iou":
         return _extended_iou(p, t, g, eps, gamma)
+    if kind == "bounded_iou":
+        return _bounded_iou(p, t, g, eps, gamma)
     if kind == "siou" and convention == "mmdet":
         return _siou_mmdet(p, t, g, eps, gamma != 0)
     iou = g["iou"]
@@ -374,7 +395,7 @@ def box_iou_loss(pred, target, kind="giou", reduction="mean", weight=None, avg_f
     """Eager autograd reference of :func:`fastloss.box_iou_loss` (same arguments)."""
     if kind == "siou" and convention == "mmdet":
         gamma = 1.0 if neg_gamma else 0.0
-    elif kind == "extended_iou":
+    elif kind in ("extended_iou", "bounded_iou"):
         gamma = smooth_point
     loss = paired_loss_elements(pred, target, kind, fmt, eps, power, gamma, convention)
     w = _box_weight(weight, pred)
