@@ -1074,6 +1074,15 @@ def test_convention_fastloss_is_the_default():
     m = fastloss.nn.BoxIoULoss("ciou", convention="mmdet", eps=1e-6)
     assert "convention='mmdet'" in repr(m)
     assert torch.equal(m(p, t), fastloss.box_iou_loss(p, t, "ciou", eps=1e-6, convention="mmdet"))
+    m = fastloss.nn.BoxIoULoss("siou", convention="mmdet", eps=1e-6, neg_gamma=True)
+    assert "neg_gamma=True" in repr(m)
+    assert torch.equal(m(p, t), fastloss.box_iou_loss(p, t, "siou", eps=1e-6, convention="mmdet", neg_gamma=True))
+    m = fastloss.nn.BoxIoULoss("extended_iou", smooth_point=0.3)
+    assert torch.equal(m(p, t), fastloss.box_iou_loss(p, t, "extended_iou", smooth_point=0.3))
+    with pytest.raises(ValueError, match="neg_gamma"):  # the kind-specific arguments fail at construction
+        fastloss.nn.BoxIoULoss("giou", neg_gamma=True)
+    with pytest.raises(ValueError, match="smooth_point"):
+        fastloss.nn.BoxIoULoss("extended_iou", smooth_point=0.0)
 
 
 def test_convention_bad_inputs():
