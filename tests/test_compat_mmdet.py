@@ -11,42 +11,17 @@ here: ``SigmoidFocalLoss`` is checked against its formula, written from open-mml
 """
 import inspect
 import sys
-import types
 import warnings
 
 import pytest
 import torch
 
-pytest.importorskip("mmdet")
-pytest.importorskip("mmengine")
-mmcv = pytest.importorskip("mmcv")
+import helpers
 
-try:
-    import mmcv._ext  # noqa: F401  (a full mmcv build)
-except ImportError:
-    _ext = types.ModuleType("mmcv._ext")
-
-    def _missing(name):
-        if name.startswith("__"):
-            raise AttributeError(name)
-
-        def op(*args, **kwargs):
-            raise RuntimeError(f"mmcv compiled op {name} is not available (mmcv-lite)")
-
-        return op
-
-    _ext.__getattr__ = _missing
-    sys.modules["mmcv._ext"] = _ext
-
-with warnings.catch_warnings():
-    warnings.simplefilter("ignore")
-    try:
-        import mmdet.models.losses as L
-    except ImportError as e:  # pragma: no cover - depends on the installed mmcv
-        pytest.skip(f"mmdet.models.losses does not import here: {e}", allow_module_level=True)
-import mmcv.ops  # noqa: E402
+# mmdetection's losses (with a stand-in for mmcv-lite's missing compiled ops: helpers.import_mmdet_losses)
+L, peer_bbox_overlaps = helpers.import_mmdet_losses()
+import mmcv.ops  # noqa: E402  (binds mmcv too)
 from mmdet.registry import MODELS  # noqa: E402
-from mmdet.structures.bbox import bbox_overlaps as peer_bbox_overlaps  # noqa: E402
 
 import fastloss  # noqa: E402
 from fastloss.compat import mmdet as C  # noqa: E402
