@@ -332,3 +332,15 @@ def import_mmdet_losses():
         except ImportError as e:  # pragma: no cover - depends on the installed mmcv
             pytest.skip(f"mmdet.models.losses does not import here: {e}", allow_module_level=True)
     return losses, bbox_overlaps
+
+
+def load_example(name):
+    """examples/<name>.py imported as a module (the examples are scripts, not a package)."""
+    import importlib.util
+    import pathlib
+
+    path = pathlib.Path(__file__).resolve().parents[1] / "examples" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(f"{name}_example", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

@@ -23,13 +23,10 @@ def _no_env_backend(monkeypatch):
     monkeypatch.delenv("FASTLOSS_BACKEND", raising=False)
 
 
-@pytest.fixture
-def spy(monkeypatch):
-    """Records which backend's forward/backward actually ran."""
-    if "triton" in fastloss.available_backends("cpu"):
-        importlib.import_module("fastloss.triton_kernels.pointwise")  # loads lazily
+def _spy_on(monkeypatch, op):
+    """Records (backend, "forward" | "backward") for each of op's implementations that runs."""
     calls = []
-    impls = _backend._IMPLEMENTATIONS[OP]
+    impls = _backend._IMPLEMENTATIONS[op]
     for name, (fwd, bwd) in list(impls.items()):
         def wrap(fn, tag):
             def wrapped(*args, **kwargs):
@@ -38,6 +35,14 @@ def spy(monkeypatch):
             return wrapped
         monkeypatch.setitem(impls, name, (wrap(fwd, (name, "forward")), wrap(bwd, (name, "backward"))))
     return calls
+
+
+@pytest.fixture
+def spy(monkeypatch):
+    """Records which backend's forward/backward actually ran."""
+    if "triton" in fastloss.available_backends("cpu"):
+        importlib.import_module("fastloss.triton_kernels.pointwise")  # loads lazily
+    return _spy_on(monkeypatch, OP)
 
 
 def _small():
@@ -318,15 +323,7 @@ def test_compiled_backward_resolves_its_backend_when_it_runs(monkeypatch, dynamo
     its backend: nothing is stored in the forward.)"""
     from fastloss.ops import box_iou as box_ops
 
-    calls = []
-    impls = _backend._IMPLEMENTATIONS[box_ops.MATRIX_OP]
-    for name, (fwd, bwd) in list(impls.items()):
-        def wrap(fn, tag):
-            def wrapped(*args, **kwargs):
-                calls.append(tag)
-                return fn(*args, **kwargs)
-            return wrapped
-        monkeypatch.setitem(impls, name, (wrap(fwd, (name, "forward")), wrap(bwd, (name, "backward"))))
+    calls = _spy_on(monkeypatch, box_ops.MATRIX_OP)
     a = torch.tensor([[0.0, 0.0, 4.0, 5.0], [1.0, 2.0, 3.0, 6.0]], requires_grad=True)
     b = torch.tensor([[1.0, 1.0, 5.0, 4.0]])
     f = torch.compile(lambda a, b: fastloss.box_iou(a, b, "giou").sum(), fullgraph=True, backend="aot_eager")

@@ -1,25 +1,15 @@
 """examples/train_fcos.py in CI: a few float64 SGD steps of torchvision's FCOS with and
 without ``fastloss.patch("torchvision")`` from the same initial state; the example itself
 asserts that the loss trajectories agree to 1e-9 (relative) and prints the loss-step times."""
-import importlib.util
-import pathlib
-
 import pytest
+
+import helpers
 
 pytest.importorskip("torchvision", reason="torchvision is not installed (the FCOS example's peer)")
 
-EXAMPLE = pathlib.Path(__file__).resolve().parent.parent / "examples" / "train_fcos.py"
-
-
-def _load_example():
-    spec = importlib.util.spec_from_file_location("train_fcos_example", EXAMPLE)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
 
 def test_fcos_trajectories_agree_patched_and_unpatched(capsys):
-    example = _load_example()
+    example = helpers.load_example("train_fcos")
     status = example.main(["--steps", "3", "--size", "64", "--batch", "2", "--classes", "4", "--bench-reps", "2", "--device", "cpu"])
     out = capsys.readouterr().out
     assert status == 0, out
@@ -33,7 +23,7 @@ def test_fcos_trajectories_agree_patched_and_unpatched(capsys):
 def test_fcos_patch_is_undone_after_the_example():
     import torchvision.models.detection.fcos as fcos
 
-    example = _load_example()
+    example = helpers.load_example("train_fcos")
     before = (fcos.sigmoid_focal_loss, fcos.generalized_box_iou_loss)
     assert example.main(["--steps", "1", "--size", "64", "--batch", "1", "--classes", "3", "--bench-reps", "0", "--device", "cpu"]) == 0
     assert (fcos.sigmoid_focal_loss, fcos.generalized_box_iou_loss) == before
@@ -43,7 +33,7 @@ def test_fcos_patch_is_undone_after_the_example():
 def test_fcos_example_detects_a_patch_that_did_nothing(monkeypatch):
     import fastloss
 
-    example = _load_example()
+    example = helpers.load_example("train_fcos")
 
     class Inert:
         def __enter__(self):

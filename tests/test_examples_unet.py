@@ -1,26 +1,16 @@
 """examples/train_unet.py: a MONAI U-Net trained with MONAI's DiceCELoss + smp's DiceLoss,
 patched vs unpatched from the same initial state (float64, 1e-9 relative; the script's own
 check), run in-process at a small size."""
-import importlib.util
-import pathlib
-
 import pytest
+
+import helpers
 
 pytest.importorskip("monai")
 pytest.importorskip("segmentation_models_pytorch")
 
-SCRIPT = pathlib.Path(__file__).resolve().parents[1] / "examples" / "train_unet.py"
-
-
-def _load():
-    spec = importlib.util.spec_from_file_location("train_unet_example", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
 
 def test_train_unet_patched_equals_unpatched(capsys):
-    rc = _load().main(["--steps", "3", "--size", "16", "--batch", "2", "--channels", "4", "--bench-reps", "1", "--device", "cpu"])
+    rc = helpers.load_example("train_unet").main(["--steps", "3", "--size", "16", "--batch", "2", "--channels", "4", "--bench-reps", "1", "--device", "cpu"])
     out = capsys.readouterr().out
     assert rc == 0, out
     assert "trajectories agree" in out and "tolerance 1e-09" in out, out
@@ -31,7 +21,7 @@ def test_train_unet_patched_equals_unpatched(capsys):
 
 def test_train_unet_rejects_bad_sizes(capsys):
     with pytest.raises(SystemExit):
-        _load().main(["--size", "30"])
+        helpers.load_example("train_unet").main(["--size", "30"])
     assert "multiple of 4" in capsys.readouterr().err
 
 
@@ -41,7 +31,7 @@ def test_train_unet_check_losses_is_real(which):
     expected (and the reverse) raise RuntimeError -- not an assert, so python -O keeps it."""
     import fastloss
 
-    module = _load()
+    module = helpers.load_example("train_unet")
     plain = module.build_criterion(which)
     module.check_losses(plain, patched=False)
     with pytest.raises(RuntimeError, match=f"{which} loss .* did not take effect"):
