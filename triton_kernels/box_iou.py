@@ -337,6 +337,12 @@ def _clamp_scale(x, lo, hi):
 
 
 @triton.jit
+def _scale_adjoints(k, d_iou, d_aw, d_ah, d_bw, d_bh, d_cw, d_ch, d_dxc, d_dyc):
+    # every adjoint of the loss's geometry times k (the clamp's derivative: the header's Adj::scale)
+    return d_iou * k, d_aw * k, d_ah * k, d_bw * k, d_bh * k, d_cw * k, d_ch * k, d_dxc * k, d_dyc * k
+
+
+@triton.jit
 def _ciou_grad(up, alpha, dl, aw, ah, bw, bh, d_aw, d_ah, d_bw, d_bh):
     gdl = up * alpha * (2.0 * 0.40528473456935108578) * dl
     # d atan2(y, x) = (x dy - y dx) / (x^2 + y^2), 0 at (0, 0)
@@ -573,15 +579,8 @@ def _loss(P, T, cols, eps, power, gamma, KIND: tl.constexpr, FMT: tl.constexpr, 
             elif KIND == 7 and CONV == 2:  # mmdetection's siou_loss: 1 - clamp(IoU - term, -1, 1); gamma carries neg_gamma
                 q, d_dxc, d_dyc, d_cw, d_ch, d_aw, d_ah, d_bw, d_bh = _siou_mmdet(a0, a1, a2, a3, b0, b1, b2, b3, aw, ah, bw, bh, cw, ch, eps, gamma)
                 loss, k = _clamp_scale(loss + q, 0.0, 2.0)
-                d_iou = d_iou * k
-                d_aw = d_aw * k
-                d_ah = d_ah * k
-                d_bw = d_bw * k
-                d_bh = d_bh * k
-                d_cw = d_cw * k
-                d_ch = d_ch * k
-                d_dxc = d_dxc * k
-                d_dyc = d_dyc * k
+                d_iou, d_aw, d_ah, d_bw, d_bh, d_cw, d_ch, d_dxc, d_dyc = _scale_adjoints(
+                    k, d_iou, d_aw, d_ah, d_bw, d_bh, d_cw, d_ch, d_dxc, d_dyc)
             elif KIND == 7:  # siou (arXiv 2205.12740)
                 dx = ((a0 + a2) - (b0 + b2)) * -0.5
                 dy = ((a1 + a3) - (b1 + b3)) * -0.5
@@ -632,15 +631,8 @@ def _loss(P, T, cols, eps, power, gamma, KIND: tl.constexpr, FMT: tl.constexpr, 
                     d_aw, d_ah, d_bw, d_bh = _ciou_grad(dp, alpha, dl, aw, hva, bw, hvb, d_aw, d_ah, d_bw, d_bh)
                     if CONV == 2:  # mmdetection: 1 - clamp(CIoU, -1, 1)
                         loss, k = _clamp_scale(loss, 0.0, 2.0)
-                        d_iou = d_iou * k
-                        d_aw = d_aw * k
-                        d_ah = d_ah * k
-                        d_bw = d_bw * k
-                        d_bh = d_bh * k
-                        d_cw = d_cw * k
-                        d_ch = d_ch * k
-                        d_dxc = d_dxc * k
-                        d_dyc = d_dyc * k
+                        d_iou, d_aw, d_ah, d_bw, d_bh, d_cw, d_ch, d_dxc, d_dyc = _scale_adjoints(
+                            k, d_iou, d_aw, d_ah, d_bw, d_bh, d_cw, d_ch, d_dxc, d_dyc)
                 elif KIND == 5 or KIND == 6:  # eiou, focal_eiou
                     q, diff, inv = _side_term(aw, bw, cw, eps)
                     v, dp = _powd1(q, power, POWER_ONE)
@@ -801,15 +793,8 @@ def _metric(A, B, cols, eps, KIND: tl.constexpr, FMT: tl.constexpr, GRAD: tl.con
                     d_aw, d_ah, d_bw, d_bh = _ciou_grad(z - 1.0, alpha, dl, aw, hva, bw, hvb, d_aw, d_ah, d_bw, d_bh)
                     if CONV == 2:  # mmdetection's clamp(CIoU, -1, 1)
                         m, k = _clamp_scale(m, -1.0, 1.0)
-                        d_iou = d_iou * k
-                        d_aw = d_aw * k
-                        d_ah = d_ah * k
-                        d_bw = d_bw * k
-                        d_bh = d_bh * k
-                        d_cw = d_cw * k
-                        d_ch = d_ch * k
-                        d_dxc = d_dxc * k
-                        d_dyc = d_dyc * k
+                        d_iou, d_aw, d_ah, d_bw, d_bh, d_cw, d_ch, d_dxc, d_dyc = _scale_adjoints(
+                            k, d_iou, d_aw, d_ah, d_bw, d_bh, d_cw, d_ch, d_dxc, d_dyc)
     if GRAD:
         ga0, ga1, ga2, ga3, gb0, gb1, gb2, gb3 = _pullback(a0, a1, a2, a3, b0, b1, b2, b3, aw, ah, bw, bh, iw, ih, uni, uden, iou, cw, ch, eps,
                                                            d_iou, d_inter, d_uni, d_aw, d_ah, d_bw, d_bh, d_cw, d_ch, d_dxc, d_dyc, z, z, z, z, z,
