@@ -1190,3 +1190,27 @@ def test_mmdet_siou_finite_where_mmdet_is_nan():
         out = fastloss.box_iou_loss(p, t, "siou", "none", eps=eps, convention="mmdet", backend=backend)
         (g,) = torch.autograd.grad(out.sum(), p)
         assert torch.isfinite(out).all() and torch.isfinite(g).all(), (backend, out, g)
+
+
+@pytest.mark.parametrize("backend", helpers.CPU_BACKENDS)
+def test_peer_kinds_opcheck_and_compile(dynamo_reset, backend):
+    """The kinds and conventions added for the peers (mmdetection's CIoU / SIoU / Extended-IoU /
+    Bounded IoU, ultralytics' CIoU): opcheck of the paired op (stored and recomputed gradient)
+    and torch.compile(fullgraph=True) parity."""
+    helpers.require_backend("cpu", backend)
+    p, t = conv_boxes(6, seed=21)
+    p = p.float().requires_grad_()
+    t = t.float()
+    cases = (("ciou", "mmdet", 1e-6, 0.5), ("siou", "mmdet", 1e-6, 1.0), ("extended_iou", "mmdet", 1e-6, 0.1),
+             ("bounded_iou", "fastloss", 1e-3, 0.2), ("ciou", "ultralytics", 1e-7, 0.5))
+    for kind, conv, eps, gamma in cases:  # gamma: the slot carrying neg_gamma / smooth_point / beta
+        for store in (False, True):
+            _opcheck(torch.ops.fastloss.box_iou_loss.default,
+                     (p, t, None, ops_box.KINDS[kind], 0, ops_box.CONVENTIONS[conv], eps, 1.0, gamma, 2, store, backend))
+
+    def fn(p, t):
+        return (fastloss.box_iou_loss(p, t, "siou", eps=1e-6, convention="mmdet", neg_gamma=True, backend=backend)
+                + fastloss.box_iou_loss(p, t, "extended_iou", eps=1e-6, smooth_point=0.2, backend=backend)
+                + fastloss.box_iou_loss(p, t, "ciou", convention="ultralytics", reduction="sum", backend=backend))
+
+    helpers.assert_compiled_matches_eager(fn, (p, t), p)

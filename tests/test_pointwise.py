@@ -312,6 +312,29 @@ def test_compile_fullgraph(dynamo_reset, backend):
     helpers.assert_compiled_matches_eager(fn, (x, t, w), x)
 
 
+@pytest.mark.parametrize("backend", helpers.CPU_BACKENDS)
+def test_losses_over_probabilities_opcheck_compile_autocast(dynamo_reset, backend):
+    """focal_loss_with_prob / quality_focal_loss_with_prob: opcheck of their custom ops (stored
+    and recomputed gradient), torch.compile(fullgraph=True) parity, fp32 under autocast."""
+    helpers.require_backend("cpu", backend)
+    p = torch.rand(6, 4).clamp(0.05, 0.95).requires_grad_()
+    t = torch.rand(6, 4)
+    labels = torch.tensor([0, 4, 2, 1, 4, 3])
+    for name, params in (("focal_loss_with_prob", [0.25, 0.75, 2.0, 1.0, 0.0]), ("quality_focal_loss_with_prob", [0.0, 1.0, 2.0, 0.0, 1.0])):
+        op = getattr(torch.ops.fastloss, name).default
+        for store in (False, True):
+            torch.library.opcheck(op, (p, t, None, torch.rand(6), 2, None, 0, params, 2, store, backend))
+
+    def fn(p, t):
+        return (fastloss.focal_loss_with_prob(p, labels, avg_factor=3.0, backend=backend)
+                + fastloss.quality_focal_loss_with_prob(p, t, reduction="sum", backend=backend))
+
+    helpers.assert_compiled_matches_eager(fn, (p, t), p)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = fastloss.focal_loss_with_prob(p.detach().bfloat16(), labels, backend=backend)
+    assert out.dtype == torch.float32
+
+
 @pytest.mark.parametrize("device,backend", helpers.device_backend_params())
 def test_deterministic(device, backend):
     helpers.require_backend(device, backend)
