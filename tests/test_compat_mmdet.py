@@ -4,10 +4,7 @@ the patch, and the errors for arguments the compat layer cannot honour.
 
 mmcv-lite has no compiled ops, and ``mmdet.models`` imports ``mmcv.ops``, which loads them at
 import time; the test gives mmcv an empty ``mmcv._ext`` (each compiled op raises when called)
-so that mmdetection's pure-PyTorch losses import.  mmcv's compiled sigmoid focal op cannot run
-here: ``SigmoidFocalLoss`` is checked against its formula, written from open-mmlab/mmcv
-``mmcv/ops/csrc/common/cuda/sigmoid_focal_loss_cuda_kernel.cuh`` (commit
-491966e3dac316163000644cc020cd59a528ca9f) and ``mmcv/ops/focal_loss.py`` (v2.1.0).
+so that mmdetection's pure-PyTorch losses import.  mmcv's own ops: tests/test_compat_mmcv.py.
 """
 import inspect
 import sys
@@ -24,6 +21,7 @@ import mmcv.ops  # noqa: E402  (binds mmcv too)
 from mmdet.registry import MODELS  # noqa: E402
 
 import fastloss  # noqa: E402
+from fastloss.compat import mmcv as CM  # noqa: E402
 from fastloss.compat import mmdet as C  # noqa: E402
 
 D = torch.float64
@@ -79,12 +77,10 @@ def test_signatures(name):
     assert inspect.signature(ours.forward) == inspect.signature(peer.forward)
 
 
-def test_signatures_functions_and_mmcv():
+def test_signatures_functions():
     assert inspect.signature(C.bbox_overlaps) == inspect.signature(peer_bbox_overlaps)
     # the callable's own signature: mmdetection's weighted_loss wrapper (functools.wraps points inspect at the inner one)
     assert inspect.signature(C.smooth_l1_loss) == inspect.signature(L.smooth_l1_loss, follow_wrapped=False)
-    assert inspect.signature(C.SigmoidFocalLoss.__init__) == inspect.signature(mmcv.ops.SigmoidFocalLoss.__init__)
-    assert inspect.signature(C.SigmoidFocalLoss.forward) == inspect.signature(mmcv.ops.SigmoidFocalLoss.forward)
 
 
 # ---------------------------------------------------------------------- classification
@@ -109,34 +105,6 @@ def test_focal_loss(reduction, target_kind, weight_kind):
         _check(C.FocalLoss(), L.FocalLoss(), pred, target[target_kind], weight, avg_factor=7.5, reduction_override=reduction)
         _check(C.FocalLoss(activated=True), L.FocalLoss(activated=True), pred.sigmoid(), target[target_kind], weight, avg_factor=7.5,
                reduction_override=reduction)
-
-
-def _mmcv_focal_formula(x, t, gamma, alpha, weight, reduction):
-    """mmcv's sigmoid_focal_loss_forward_cuda_kernel (commit 491966e3) and focal_loss.py's reduction."""
-    N, K = x.shape
-    p = torch.sigmoid(x)
-    cls = torch.arange(K)
-    flag_p = (t[:, None] == cls).to(x.dtype)
-    tiny = torch.finfo(torch.float32).tiny
-    term_p = (1 - p) ** gamma * torch.log(torch.clamp(p, min=tiny))
-    term_n = p ** gamma * torch.log(torch.clamp(1 - p, min=tiny))
-    out = -flag_p * alpha * term_p - (1 - flag_p) * (1 - alpha) * term_n
-    if weight is not None:
-        out = out * weight[t][:, None]
-    if reduction == "mean":
-        return out.sum() / N
-    return out.sum() if reduction == "sum" else out
-
-
-@pytest.mark.parametrize("reduction", ["none", "mean", "sum"])
-@pytest.mark.parametrize("with_weight", [False, True])
-def test_mmcv_sigmoid_focal_loss(reduction, with_weight):
-    N, K = 11, 4
-    g = _gen(2)
-    x = torch.randn(N, K, generator=g, dtype=D) * 4
-    t = torch.randint(0, K if with_weight else K + 1, (N,), generator=g)
-    w = torch.rand(K, generator=g, dtype=D) if with_weight else None
-    _check(C.SigmoidFocalLoss(2.0, 0.25, w, reduction), lambda p, tt: _mmcv_focal_formula(p, tt, 2.0, 0.25, w, reduction), x, t)
 
 
 @pytest.mark.parametrize("reduction", REDUCTIONS)
@@ -562,7 +530,10 @@ def _snapshot():
 
     return {name: MODELS.module_dict[name] for name in CLASSES} | {
         "losses.GIoULoss": L.GIoULoss, "iou_loss.bbox_overlaps": iou_mod.bbox_overlaps, "calc.bbox_overlaps": calc.bbox_overlaps,
-        "mmcv.SigmoidFocalLoss": mmcv.ops.SigmoidFocalLoss, "ssd.smooth_l1_loss": sys.modules["mmdet.models.dense_heads.ssd_head"].smooth_l1_loss}
+        "mmcv.SigmoidFocalLoss": mmcv.ops.SigmoidFocalLoss, "mmcv.softmax_focal_loss": mmcv.ops.softmax_focal_loss,
+        "mmcv.focal_loss.SoftmaxFocalLoss": mmcv.ops.focal_loss.SoftmaxFocalLoss,
+        "focal_loss._sigmoid_focal_loss": sys.modules["mmdet.models.losses.focal_loss"]._sigmoid_focal_loss,
+        "ssd.smooth_l1_loss": sys.modules["mmdet.models.dense_heads.ssd_head"].smooth_l1_loss}
 
 
 def test_patch_and_undo():
@@ -579,6 +550,9 @@ def test_patch_and_undo():
         for name in CLASSES:
             assert MODELS.module_dict[name] is getattr(C, name)
         assert L.GIoULoss is C.GIoULoss and mmcv.ops.SigmoidFocalLoss is C.SigmoidFocalLoss
+        assert mmcv.ops.softmax_focal_loss is CM.softmax_focal_loss and mmcv.ops.focal_loss.SoftmaxFocalLoss is CM.SoftmaxFocalLoss
+        assert sys.modules["mmdet.models.losses.focal_loss"]._sigmoid_focal_loss is CM.sigmoid_focal_loss
+        assert mmcv.ops.bbox_overlaps is not CM.bbox_overlaps  # overlaps decide assignments: left alone
         assert calc.bbox_overlaps is peer_bbox_overlaps  # the assigners' IoU is left alone
         assert sys.modules["mmdet.models.dense_heads.ssd_head"].smooth_l1_loss is C.smooth_l1_loss
         loss = MODELS.build(dict(type="DIoULoss", loss_weight=2.0))

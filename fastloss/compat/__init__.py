@@ -14,7 +14,8 @@ without the peer installed unless their docstring says otherwise.
 submodule          peer
 =================  =======================================
 ``torchvision``    torchvision.ops (+ detection models)
-``mmdet``          mmdetection 3.x losses, mmcv ops
+``mmdet``          mmdetection 3.x losses
+``mmcv``           mmcv.ops (focal ops, ``bbox_overlaps``)
 ``ultralytics``    ultralytics.utils.loss / metrics
 ``smp``            segmentation_models_pytorch.losses
 ``monai``          monai.losses

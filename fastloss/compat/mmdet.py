@@ -37,7 +37,7 @@ name                       fastloss op underneath
 ``BoundedIoULoss``         :func:`fastloss.box_iou_loss` ("bounded_iou": its per-box sum; "mean" / "sum")
 ``bbox_overlaps``          :func:`fastloss.box_iou` ("iou", "iof", "giou")
 ``smooth_l1_loss``         :func:`fastloss.smooth_l1_loss` (mmdetection's functional form)
-``SigmoidFocalLoss``       mmcv.ops' raw op (its "mean" divides by the rows, not the elements)
+``SigmoidFocalLoss``       mmcv.ops' raw op, from :mod:`fastloss.compat.mmcv` (its "mean" divides by the rows)
 =========================  ==================================================================
 
 The box losses and ``bbox_overlaps`` run fastloss's box kernels in convention "mmdet"
@@ -54,7 +54,8 @@ own eps placement (enclosing extents clamped at eps, heights + eps, centre offse
 "mean" and "sum" are exact with no weight or a weight equal across a box's coordinates;
 reduction "none" (mmdetection's (N, 4) loss) and other weights raise ValueError.
 
-Not provided: mmcv's compiled ``bbox_overlaps`` (``offset``).
+mmcv's own ops (its ``bbox_overlaps`` with ``offset``, the sigmoid and softmax focal ops) are in
+:mod:`fastloss.compat.mmcv`.
 
 Arguments the compat layer cannot honour raise ValueError: a float target or quality score
 that requires grad (every class but the label forms of ``FocalLoss`` / ``CrossEntropyLoss``;
@@ -109,6 +110,8 @@ from typing import Optional, Union
 import torch
 from torch import Tensor, nn
 
+from fastloss.compat import mmcv as _mmcv
+from fastloss.compat.mmcv import SigmoidFocalLoss, _background_labels, _check_alpha
 from fastloss.ops import box_iou as _box_iou
 from fastloss.ops import dice as _dice
 from fastloss.ops import pointwise as _pointwise
@@ -214,12 +217,6 @@ def _weight_reduce(name, loss, weight, reduction, avg_factor):
     return loss.sum() / (avg_factor + _AVG_EPS) if reduction == "mean" else loss
 
 
-def _background_labels(label, num_classes):
-    """Labels outside [0, C) become the background C (mmdetection's QFL / one-hot BCE, mmcv)."""
-    label = label.long()
-    return torch.where((label >= 0) & (label < num_classes), label, torch.full_like(label, num_classes))
-
-
 # ====================================================================== classification
 
 
@@ -266,13 +263,6 @@ class FocalLoss(nn.Module):
         return self.loss_weight * _avg_dtype(_promote(loss, w), reduction, avg_factor)
 
 
-def _check_alpha(name, alpha):
-    """alpha in [0, 1]: fastloss reads a negative alpha as "no alpha weighting" (torchvision's -1),
-    mmdetection / mmcv put it in their formula as is -- so a negative one is refused."""
-    if not 0.0 <= alpha <= 1.0:
-        raise ValueError(f"{name}: alpha must be in [0, 1], got {alpha}")
-
-
 def _focal_weight(weight, pred):
     """mmdetection's focal weight rules: the loss's shape, or N values (one per anchor), or
     N * C values read as (N, C)."""
@@ -285,56 +275,6 @@ def _focal_weight(weight, pred):
             return weight.reshape(pred.shape)
     raise ValueError(f"FocalLoss: weight of shape {tuple(weight.shape)} fits neither pred {tuple(pred.shape)}, nor one value per "
                      f"row, nor pred.numel() values")
-
-
-class SigmoidFocalLoss(nn.Module):
-    """mmcv's raw ``SigmoidFocalLoss`` op (``mmcv.ops``; mmcv 2.1), the one mmdetection's
-    ``sigmoid_focal_loss`` calls on CUDA, over :func:`fastloss.sigmoid_focal_loss`.
-
-    Args:
-        gamma, alpha: as :class:`FocalLoss`.
-        weight: optional per-class weights (C,): each row's loss is scaled by the weight of its
-            label's class (mmcv's ``weight[target]``; rows labelled background have no such
-            weight: ValueError).
-        reduction: "none" (N, C) | "sum" | "mean": mmcv's mean divides by the number of rows
-            N, not of elements (0 for N = 0; mmcv: NaN).
-
-    forward(input, target): input logits (N, C); target int64 labels (N,), any label outside
-    [0, C) counting as background (all-negative row).  Returns the loss in input's dtype.
-    """
-
-    def __init__(self, gamma: float, alpha: float, weight: Optional[torch.Tensor] = None, reduction: str = 'mean'):
-        super().__init__()
-        _check_alpha("SigmoidFocalLoss", alpha)
-        self.gamma = gamma
-        self.alpha = alpha
-        self.register_buffer('weight', weight)
-        self.reduction = reduction
-
-    def forward(self, input: torch.Tensor, target: Union[torch.LongTensor, torch.cuda.LongTensor]) -> torch.Tensor:
-        if target.dtype != torch.long or input.dim() != 2 or target.dim() != 1 or input.size(0) != target.size(0):
-            raise ValueError(f"SigmoidFocalLoss: input must be (N, C) and target int64 labels (N,), got {tuple(input.shape)} and "
-                             f"{target.dtype} {tuple(target.shape)}")
-        if self.reduction not in ("none", "mean", "sum"):
-            raise ValueError(f"SigmoidFocalLoss: reduction must be 'none', 'mean' or 'sum', got {self.reduction!r}")
-        C = input.size(1)
-        labels = _background_labels(target, C)
-        row_weight = None
-        if self.weight is not None:
-            if self.weight.dim() != 1 or self.weight.numel() != C:
-                raise ValueError(f"SigmoidFocalLoss: weight must be (C,) = ({C},), got {tuple(self.weight.shape)}")
-            if bool((labels == C).any()):
-                raise ValueError("SigmoidFocalLoss: a per-class weight needs every label in [0, C) (mmcv reads past the weight "
-                                 "for background rows)")
-            row_weight = self.weight[labels]
-        reduction = "none" if self.reduction == "none" else "sum"
-        loss = _pointwise.sigmoid_focal_loss(input, labels, self.alpha, self.gamma, reduction, weight=row_weight)
-        if self.reduction == "mean":
-            loss = loss / max(input.size(0), 1)  # mmcv: the sum over the rows
-        return loss.to(input.dtype)
-
-    def __repr__(self):
-        return f"{self.__class__.__name__}(gamma={self.gamma}, alpha={self.alpha}, reduction={self.reduction})"
 
 
 class CrossEntropyLoss(nn.Module):
@@ -1031,7 +971,10 @@ def _patch(handle):
     * every loaded ``mmdet.*`` module's reference to those classes (``mmdet.models.losses.GIoULoss``,
       ``from ..losses import QualityFocalLoss`` in the DETR heads, ...) and to
       ``mmdet.models.losses.smooth_l1_loss`` (the SSD head calls it by name);
-    * ``mmcv.ops.SigmoidFocalLoss`` (and ``mmcv.ops.focal_loss.SigmoidFocalLoss``).
+    * mmcv's focal ops ``SigmoidFocalLoss``, ``sigmoid_focal_loss``, ``SoftmaxFocalLoss``,
+      ``softmax_focal_loss`` wherever a loaded ``mmcv.*`` / ``mmdet.*`` module holds them
+      (``mmcv.ops``, ``mmcv.ops.focal_loss``, mmdetection's ``focal_loss`` module) by
+      :mod:`fastloss.compat.mmcv`'s.
 
     Not replaced, on purpose: ``mmdet.structures.bbox.bbox_overlaps`` (this module's
     :func:`bbox_overlaps` stays available for explicit use).  It is what the assigners decide
@@ -1070,9 +1013,11 @@ def _patch(handle):
             _replace_everywhere(handle, "mmdet", old, ours)
     if mmdet.models.losses.smooth_l1_loss is not smooth_l1_loss:
         _replace_everywhere(handle, "mmdet", mmdet.models.losses.smooth_l1_loss, smooth_l1_loss)
-    old_focal = mmcv.ops.SigmoidFocalLoss
-    if old_focal is not SigmoidFocalLoss:
-        _replace_everywhere(handle, "mmcv", old_focal, SigmoidFocalLoss)
+    for name in ("SigmoidFocalLoss", "sigmoid_focal_loss", "SoftmaxFocalLoss", "softmax_focal_loss"):
+        old, new = getattr(mmcv.ops, name), getattr(_mmcv, name)
+        if old is not new:
+            for prefix in ("mmcv", "mmdet"):
+                _replace_everywhere(handle, prefix, old, new)
 
 
 def _restore_entry(registry, name, old):
