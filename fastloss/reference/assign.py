@@ -1,0 +1,172 @@
+"""Label assigners in pure PyTorch, gt-chunked: the specification of the fused assigners
+(family ``assign``; design and the peers' algorithms: ../shared/assigners.md).
+
+Task-aligned assignment (TOOD, Feng et al., arXiv 2108.07755) with ultralytics' semantics
+(``ultralytics.utils.tal.TaskAlignedAssigner``, release 8.4.190), without the dense
+(B images, M padded ground truths, A anchors) tensors ultralytics builds (about 14 bytes per
+(image, gt, anchor) pair at its peak): the ground truths are taken ``chunk`` at a time, and
+per anchor a running state (claims, the overlap argmax) carries the decisions across chunks.
+
+For image b, ground truth g (label l_g, box G_g, valid v_g) and anchor a (point c_a,
+predicted box P_a, class scores s_a):
+
+1. candidates: c_a strictly inside G_g (each side by more than 1e-9 px), where a side of a
+   valid G_g shorter than ``stride_val`` is first widened to ``stride_val`` about its centre
+   (through ultralytics' xyxy -> xywh -> xyxy round trip, the same float operations), and
+   v_g.
+2. overlap o_ga = max(CIoU(G_g, P_a), 0) for candidates, else 0 -- ultralytics' CIoU
+   (``bbox_iou(..., CIoU=True)``, eps 1e-7: heights + eps, union + eps, atan(w / h)), not
+   fastloss's ``ciou``; alignment t_ga = s_a[l_g]^alpha o_ga^beta (0 for non-candidates).
+3. each valid g claims the anchors among the ``topk`` largest t_ga of its row (torch.topk's
+   own tie rule on the device, so zero-metric anchors fill short rows) that are candidates.
+4. an anchor claimed once goes to its claimant; one claimed by several goes to the first
+   argmax over ALL M ground truths of o_ga (which may be a gt that did not claim it, or gt 0
+   when all its overlaps are 0); unclaimed anchors are background with gt index 0.
+5. targets: label and box of the assigned gt (gt 0's for background); score = for a
+   foreground anchor of gt g, t_ga * max_a'(o_ga') / (max_a'(t_ga') + eps) over g's
+   foreground anchors a' (two roundings in this order, eps = 1e-9 in fp32), times the one-hot
+   of the label; 0 for background.
+
+Memory: O(chunk * A) temporaries plus O(B * (A + M)) state, instead of O(B * M * A).  No host
+synchronisation: every shape is static (no ``nonzero``).  The alignment is computed densely
+over each chunk, so on the CPU torch's position-dependent vectorised ``pow`` can round a value
+differently from ultralytics (which evaluates it on the flat candidate list): scores may
+differ by an ulp or two; assignments follow unless such a value sits exactly at a top-k tie.
+"""
+import math
+
+import torch
+
+# ultralytics' constants (tal.py / metrics.py, release 8.4.190)
+_CIOU_EPS = 1e-7     # bbox_iou's eps
+_IN_GT_EPS = 1e-9    # select_candidates_in_gts' margin
+_FOUR_OVER_PI2 = 4 / math.pi ** 2
+
+
+def ciou_ultralytics(gt, pd, eps=_CIOU_EPS):
+    """CIoU of aligned xyxy boxes (..., 4) in ultralytics' arithmetic (``bbox_iou(gt, pd,
+    xywh=False, CIoU=True)``: the same operations in the same order), clamped at 0.  (...)."""
+    g1, g2, g3, g4 = gt.unbind(-1)
+    p1, p2, p3, p4 = pd.unbind(-1)
+    w1, h1 = g3 - g1, g4 - g2 + eps  # the heights carry eps (ultralytics)
+    w2, h2 = p3 - p1, p4 - p2 + eps
+    inter = (torch.minimum(g3, p3) - torch.maximum(g1, p1)).clamp(min=0) * (torch.minimum(g4, p4) - torch.maximum(g2, p2)).clamp(min=0)
+    union = w1 * h1 + w2 * h2 - inter + eps
+    iou = inter / union
+    cw = torch.maximum(g3, p3) - torch.minimum(g1, p1)  # enclosing box
+    ch = torch.maximum(g4, p4) - torch.minimum(g2, p2)
+    c2 = cw * cw + ch * ch + eps
+    rho2 = ((p1 + p3 - g1 - g3) * (p1 + p3 - g1 - g3) + (p2 + p4 - g2 - g4) * (p2 + p4 - g2 - g4)) / 4  # centre distance^2
+    dv = torch.atan(w2 / h2) - torch.atan(w1 / h1)
+    v = _FOUR_OVER_PI2 * (dv * dv)  # aspect-ratio consistency
+    alpha = v / (1 - iou + v + eps)
+    return (iou - (rho2 / c2 + v * alpha)).clamp(min=0)
+
+
+def _widened(gt_bboxes, valid, stride_val):
+    """ultralytics' select_candidates_in_gts box: sides of valid boxes below stride_val set to
+    it about the centre, through xyxy -> xywh -> xyxy (the round trip's roundings included)."""
+    x1, y1, x2, y2 = gt_bboxes.unbind(-1)
+    cx, cy = (x1 + x2) / 2, (y1 + y2) / 2
+    wh = torch.stack([x2 - x1, y2 - y1], -1)
+    floor = torch.tensor(stride_val, dtype=wh.dtype, device=wh.device)
+    wh = torch.where((wh < stride_val) & valid[..., None], floor, wh)
+    half = wh / 2
+    return torch.stack([cx - half[..., 0], cy - half[..., 1], cx + half[..., 0], cy + half[..., 1]], -1)
+
+
+def _point_in_box(points, boxes):
+    """Anchor point (A, 2) strictly inside boxes (..., A, 4) by more than 1e-9 on every side
+    (ultralytics' four float tests), broadcast: (..., A) bool."""
+    x, y = points[:, 0], points[:, 1]
+    return ((x - boxes[..., 0] > _IN_GT_EPS) & (y - boxes[..., 1] > _IN_GT_EPS) & (boxes[..., 2] - x > _IN_GT_EPS)
+            & (boxes[..., 3] - y > _IN_GT_EPS))
+
+
+def _align(scores, overlaps, alpha, beta):
+    """ultralytics' alignment metric s^alpha o^beta (each power in its operand's dtype)."""
+    return scores.pow(alpha) * overlaps.pow(beta)
+
+
+def task_aligned_assign(pd_scores, pd_bboxes, anc_points, gt_labels, gt_bboxes, mask_gt, *, topk=13, num_classes=80, alpha=1.0,
+                        beta=6.0, stride_val=16, eps=1e-9, chunk=None):
+    """ultralytics' ``TaskAlignedAssigner.forward`` (8.4.190), gt-chunked (module docstring).
+
+    Args:
+        pd_scores: (B, A, nc) class probabilities (sigmoid of the logits), floating.
+        pd_bboxes: (B, A, 4) predicted boxes, xyxy pixels, floating (gt_bboxes' dtype).
+        anc_points: (A, 2) anchor points (cell centres), pixels.
+        gt_labels: (B, M, 1) class indices (float or integer) in [0, nc).
+        gt_bboxes: (B, M, 4) xyxy pixels; mask_gt: (B, M, 1), non-zero for real ground truths.
+        topk: candidates per ground truth (<= A); num_classes: nc; alpha, beta: the metric's
+            exponents; stride_val: the smallest box side of the candidate test (ultralytics:
+            its second stride); eps: the normalisation's.
+        chunk: ground truths per step (default: as many as keep a step near 2^22 pairs).
+
+    Returns (target_labels (B, A) int64, target_bboxes (B, A, 4), target_scores (B, A, nc),
+    fg_mask (B, A) bool, target_gt_idx (B, A) int64) -- for M = 0 ultralytics' early return:
+    labels nc and gt indices 0 in pd_scores' dtype.
+    Raises ValueError for topk > A and labels outside [0, nc) on real ground truths."""
+    B, A, nc = pd_scores.shape
+    M = gt_bboxes.shape[1]
+    dev = pd_scores.device
+    if M == 0:
+        return (torch.full_like(pd_scores[..., 0], num_classes), torch.zeros_like(pd_bboxes), torch.zeros_like(pd_scores),
+                torch.zeros_like(pd_scores[..., 0], dtype=torch.bool), torch.zeros_like(pd_scores[..., 0]))
+    if topk > A:
+        raise ValueError(f"task_aligned_assign: topk = {topk} exceeds the {A} anchors")
+    valid = mask_gt[..., 0].bool()
+    labels = gt_labels[..., 0].long()
+    if bool(((labels < 0) | (labels >= num_classes))[valid].any()):
+        raise ValueError(f"task_aligned_assign: gt labels must lie in [0, num_classes = {num_classes})")
+    boxes_in = _widened(gt_bboxes, valid, stride_val)
+    chunk = chunk or max(1, (1 << 22) // max(1, B * A))
+    scores_t = pd_scores.transpose(1, 2)  # (B, nc, A): a gather of each gt's class row
+    claims = torch.zeros(B, A, dtype=torch.int64, device=dev)
+    claim_gsum = torch.zeros(B, A, dtype=torch.int64, device=dev)  # the claimant of a once-claimed anchor
+    best_ov = torch.full((B, A), -1.0, dtype=gt_bboxes.dtype, device=dev)
+    best_g = torch.zeros(B, A, dtype=torch.int64, device=dev)
+    for g0 in range(0, M, chunk):
+        g1 = min(M, g0 + chunk)
+        m = g1 - g0
+        cand = _point_in_box(anc_points, boxes_in[:, g0:g1, None, :]) & valid[:, g0:g1, None]  # (B, m, A)
+        ov = ciou_ultralytics(gt_bboxes[:, g0:g1, None, :].expand(B, m, A, 4), pd_bboxes[:, None, :, :].expand(B, m, A, 4))
+        ov = torch.where(cand, ov, torch.zeros_like(ov))
+        s = scores_t.gather(1, labels[:, g0:g1, None].clamp(0, nc - 1).expand(B, m, A))
+        t = _align(s, ov, alpha, beta)
+        t = torch.where(cand, t, torch.zeros_like(t))
+        idx = torch.topk(t, topk, dim=-1).indices  # (B, m, k): torch's tie rule, zero-metric fill
+        claimed = cand.gather(-1, idx)  # a top-k slot claims its anchor if it is a candidate
+        g_ids = torch.arange(g0, g1, device=dev)[None, :, None].expand_as(idx)
+        claims.scatter_add_(1, idx.reshape(B, -1), claimed.reshape(B, -1).long())
+        claim_gsum.scatter_add_(1, idx.reshape(B, -1), (claimed * g_ids).reshape(B, -1))
+        cmax, carg = ov.max(dim=1)  # first index on ties, as ultralytics' overlaps.max(1)
+        better = cmax > best_ov  # strict: an earlier chunk keeps its tie
+        best_ov = torch.where(better, cmax, best_ov)
+        best_g = torch.where(better, carg + g0, best_g)
+    fg = claims > 0
+    gt_idx = torch.where(claims > 1, best_g, torch.where(fg, claim_gsum, torch.zeros_like(claim_gsum)))
+
+    # the assigned pair's metrics (0 where the assigned gt does not hold the anchor as a candidate)
+    bi = torch.arange(B, device=dev)[:, None]
+    g_box = gt_bboxes[bi, gt_idx]  # (B, A, 4)
+    g_lab = labels[bi, gt_idx]
+    pair_cand = fg & valid[bi, gt_idx] & _point_in_box(anc_points, boxes_in[bi, gt_idx])
+    ov_a = torch.where(pair_cand, ciou_ultralytics(g_box, pd_bboxes), torch.zeros_like(best_ov))
+    s_a = pd_scores.gather(2, g_lab.clamp(0, nc - 1)[..., None])[..., 0]
+    t_a = _align(s_a, ov_a, alpha, beta)
+    t_a = torch.where(pair_cand, t_a, torch.zeros_like(t_a))
+
+    # per gt: the largest metric and overlap over its foreground anchors (scatter max: order-free)
+    gfg = torch.where(fg, gt_idx, torch.full_like(gt_idx, M))  # background to a dump slot M
+    pos_t = torch.zeros(B, M + 1, dtype=t_a.dtype, device=dev).scatter_reduce_(1, gfg, t_a, "amax")
+    pos_o = torch.zeros(B, M + 1, dtype=ov_a.dtype, device=dev).scatter_reduce_(1, gfg, ov_a, "amax")
+    norm = t_a * pos_o.gather(1, gfg) / (pos_t.gather(1, gfg) + eps)
+    norm = torch.where(fg, norm, torch.zeros_like(norm))
+
+    target_labels = labels[bi, gt_idx].clamp(min=0)
+    target_bboxes = g_box
+    onehot = torch.zeros(B, A, num_classes, dtype=torch.int8, device=dev).scatter_(2, target_labels[..., None], 1)
+    target_scores = onehot * fg[..., None] * norm[..., None]
+    return target_labels, target_bboxes, target_scores, fg, gt_idx
+

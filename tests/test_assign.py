@@ -1,0 +1,200 @@
+"""The gt-chunked task-aligned assigner (fastloss/reference/assign.py, the spec of the fused
+kernels of issue 12) against ultralytics 8.4.190's ``TaskAlignedAssigner`` (installed), on
+seeded cases of the kinds ../shared/assigners.md section 13 lists: dense, initialisation-like
+(constant scores, identical box shapes), crowds in one corner, boxes smaller than the stride,
+nested boxes, all-padded images; M in {0, 1, 5, 30, 120, 400}; grids of 160 px (A = 525 < 64 k:
+torch's CPU top-k takes its nth_element path), 640 and 1280 px; nc 1 / 80 / 365; (topk, alpha,
+beta) in {(10, 0.5, 6), (13, 1, 6)}.  Labels, boxes, fg mask and gt index bit-equal; scores
+bit-equal except at most 4 ulp on at most 1 % of the positives (torch's CPU ``pow`` rounds by
+position, and an ulp in a gt's largest metric moves all its anchors' scores; measured: 0.05 -
+0.25 %); plus invariance to padding, batch splitting and the chunk size, determinism across
+thread counts, ultralytics' CIoU arithmetic bit for bit, and bad inputs.
+"""
+import math
+
+import pytest
+import torch
+
+pytest.importorskip("ultralytics")
+from ultralytics.utils.metrics import bbox_iou as ul_bbox_iou  # noqa: E402
+from ultralytics.utils.tal import TaskAlignedAssigner  # noqa: E402
+
+from fastloss.reference import assign  # noqa: E402
+
+STRIDES = (8, 16, 32)
+CONFIGS = [(10, 0.5, 6.0), (13, 1.0, 6.0)]
+KINDS = ["dense", "init", "crowd", "tiny", "nested", "padded"]
+
+
+def _anchors(imgsz):
+    """Cell centres of the three levels (pixels) and each anchor's stride: (A, 2), (A,)."""
+    pts, st = [], []
+    for s in STRIDES:
+        n = imgsz // s
+        ys, xs = torch.meshgrid(torch.arange(n) + 0.5, torch.arange(n) + 0.5, indexing="ij")
+        pts.append(torch.stack([xs.flatten(), ys.flatten()], -1) * s)
+        st.append(torch.full((n * n,), float(s)))
+    return torch.cat(pts), torch.cat(st)
+
+
+def _case(seed, B, M, imgsz, nc, kind):
+    """(pd_scores, pd_bboxes, anc_points, gt_labels, gt_bboxes, mask_gt) as v8DetectionLoss
+    passes them: images padded to M ground truths (image 0 full, the others 0..M)."""
+    g = torch.Generator().manual_seed(seed)
+    pts, st = _anchors(imgsz)
+    A = pts.shape[0]
+
+    def r(*shape):
+        return torch.rand(*shape, generator=g)
+
+    counts = [M] + [int(r(1) * (M + 1)) for _ in range(B - 1)]
+    if kind == "padded":  # every image but one without ground truths (image 0 too when B > 1)
+        counts = [0] * (B - 1) + [M]
+    gt, lab, mask = torch.zeros(B, M, 4), torch.zeros(B, M, 1), torch.zeros(B, M, 1)
+    for b, n in enumerate(counts):
+        if n == 0:
+            continue
+        side = torch.exp(math.log(4) + r(n, 2) * (math.log(imgsz / 2) - math.log(4)))  # log-uniform 4 px .. imgsz / 2
+        ctr = r(n, 2) * imgsz
+        if kind == "tiny":  # below the 16 px stride_val: widened by the candidate test
+            side = 2 + r(n, 2) * 14
+        elif kind == "crowd":
+            ctr = r(n, 2) * imgsz * 0.15
+        elif kind == "nested":
+            ctr = imgsz / 2 + (r(n, 2) - 0.5) * 20
+            side = torch.linspace(20, imgsz * 0.9, n)[:, None].expand(n, 2).clone()
+        lo = (ctr - side / 2).clamp(0, imgsz)
+        hi = torch.maximum((ctr + side / 2).clamp(0, imgsz), lo + 1)
+        gt[b, :n] = torch.cat([lo, hi], -1)
+        lab[b, :n, 0] = torch.randint(0, nc, (n,), generator=g).float()
+        mask[b, :n] = 1.0
+    if kind == "init":  # constant scores and identical box shapes: ties everywhere
+        scores = torch.full((B, A, nc), 0.01)
+        ltrb = st[:, None].expand(A, 4) * 2.5
+        pd = torch.cat([pts - ltrb[:, :2], pts + ltrb[:, 2:]], -1)[None].expand(B, A, 4).clone()
+        return scores, pd, pts, lab, gt, mask
+    scores = torch.sigmoid(torch.randn(B, A, nc, generator=g) * 2 - 3)
+    ltrb = r(B, A, 4) * st[None, :, None] * 6
+    pd = torch.cat([pts - ltrb[..., :2], pts + ltrb[..., 2:]], -1)
+    for b, n in enumerate(counts):  # anchors inside a gt predict a jittered copy of it
+        for box in gt[b, :n]:
+            inside = (pts[:, 0] > box[0]) & (pts[:, 0] < box[2]) & (pts[:, 1] > box[1]) & (pts[:, 1] < box[3])
+            k = int(inside.sum())
+            if k:
+                pd[b, inside] = box + torch.randn(k, 4, generator=g) * (box[2:] - box[:2]).repeat(2) * 0.1
+    return scores, pd, pts, lab, gt, mask
+
+
+def _peer(case, topk, alpha, beta, nc):
+    return TaskAlignedAssigner(topk=topk, num_classes=nc, alpha=alpha, beta=beta, stride=list(STRIDES))(*case)
+
+
+def _ours(case, topk, alpha, beta, nc, **kw):
+    return assign.task_aligned_assign(*case, topk=topk, num_classes=nc, alpha=alpha, beta=beta, stride_val=STRIDES[1], **kw)
+
+
+def _ulp_diff(a, b):
+    """|a - b| in units of the last place of fp32 (as integers of the bit patterns; values >= 0)."""
+    return (a.view(torch.int32).long() - b.view(torch.int32).long()).abs()
+
+
+def _assert_matches(got, expected, stats):
+    names = ("target_labels", "target_bboxes", "target_scores", "fg_mask", "target_gt_idx")
+    for name, x, y in zip(names, got, expected):
+        assert x.dtype == y.dtype and x.shape == y.shape, (name, x.dtype, y.dtype, x.shape, y.shape)
+        if name != "target_scores":
+            assert torch.equal(x, y), f"{name} differs in {int((x != y).sum())} places"
+    # torch's CPU pow rounds by position (Sleef in the vector body, the scalar pow in the
+    # remainder); an ulp in a gt's largest metric moves the scores of all its anchors
+    ulps = _ulp_diff(got[2], expected[2])
+    assert int(ulps.max()) <= 4, f"target_scores differ by {int(ulps.max())} ulp"
+    stats["differ"] += int((ulps > 0).sum())
+    stats["positives"] += int(expected[3].sum())
+
+
+# 6 kinds x 3 sizes x 2 class counts x 6 seeds = 216 cases per configuration
+SHAPES = [(2, 5, 320), (2, 30, 320), (1, 120, 640)]
+
+
+@pytest.mark.parametrize("topk, alpha, beta", CONFIGS)
+@pytest.mark.parametrize("kind", KINDS)
+def test_task_aligned_matches_ultralytics(topk, alpha, beta, kind):
+    stats = {"differ": 0, "positives": 0}
+    seed = 1000 * KINDS.index(kind) + 100 * CONFIGS.index((topk, alpha, beta))
+    for B, M, imgsz in SHAPES:
+        for nc in (1, 80):
+            for _ in range(6):
+                seed += 1
+                case = _case(seed, B, M, imgsz, nc, kind)
+                _assert_matches(_ours(case, topk, alpha, beta, nc, chunk=7), _peer(case, topk, alpha, beta, nc), stats)
+    assert stats["differ"] <= max(2, stats["positives"] // 100), stats
+
+
+@pytest.mark.parametrize("topk, alpha, beta", CONFIGS)
+@pytest.mark.parametrize("B, M, imgsz, nc", [(1, 1, 160, 365), (4, 5, 160, 80), (2, 400, 640, 80), (1, 60, 1280, 365)])
+def test_task_aligned_sizes(topk, alpha, beta, B, M, imgsz, nc):
+    """Grids of 160 px (A = 525: CPU top-k's nth_element path), 1280 px, M = 400, nc = 365."""
+    stats = {"differ": 0, "positives": 0}
+    for seed in range(3):
+        case = _case(seed + 7 * M, B, M, imgsz, nc, "dense" if seed != 1 else "crowd")
+        _assert_matches(_ours(case, topk, alpha, beta, nc), _peer(case, topk, alpha, beta, nc), stats)
+    assert stats["differ"] <= max(2, stats["positives"] // 100), stats
+
+
+def test_no_ground_truths():
+    """M = 0: ultralytics' early return, dtypes included (labels and gt index in the scores' dtype)."""
+    case = _case(0, 2, 0, 160, 80, "dense")
+    got, expected = _ours(case, 10, 0.5, 6.0, 80), _peer(case, 10, 0.5, 6.0, 80)
+    for x, y in zip(got, expected):
+        assert x.dtype == y.dtype and torch.equal(x, y)
+
+
+def test_invariances():
+    """More padding, batch splitting and the chunk size change nothing, bit for bit."""
+    case = _case(5, 3, 30, 640, 80, "crowd")
+    base = _ours(case, 10, 0.5, 6.0, 80)
+    sc, pd, pts, lab, gt, mask = case
+    padded = (sc, pd, pts, torch.cat([lab, torch.zeros(3, 9, 1)], 1), torch.cat([gt, torch.zeros(3, 9, 4)], 1),
+              torch.cat([mask, torch.zeros(3, 9, 1)], 1))
+    for other in (_ours(padded, 10, 0.5, 6.0, 80), _ours(case, 10, 0.5, 6.0, 80, chunk=1), _ours(case, 10, 0.5, 6.0, 80, chunk=1000)):
+        for x, y in zip(other, base):
+            assert torch.equal(x, y)
+    for b in range(3):
+        single = _ours(tuple(t[b:b + 1] if t is not pts else t for t in case), 10, 0.5, 6.0, 80)
+        for x, y in zip(single, base):
+            assert torch.equal(x[0], y[b])
+
+
+def test_deterministic_across_threads():
+    case = _case(11, 2, 120, 640, 80, "dense")
+    threads = torch.get_num_threads()
+    try:
+        runs = []
+        for n in (1, 2, 1):
+            torch.set_num_threads(n)
+            runs.append(_ours(case, 13, 1.0, 6.0, 80))
+    finally:
+        torch.set_num_threads(threads)
+    for run in runs[1:]:
+        for x, y in zip(run, runs[0]):
+            assert torch.equal(x, y)
+
+
+def test_ciou_is_ultralytics_bit_for_bit():
+    g = torch.Generator().manual_seed(3)
+    gt = torch.rand(5000, 2, generator=g) * 600
+    gt = torch.cat([gt, gt + torch.rand(5000, 2, generator=g) * 100], -1)
+    pd = gt + torch.randn(5000, 4, generator=g) * 20
+    pd[:10] = gt[:10]  # identical pairs
+    pd[10:20, 2:] = pd[10:20, :2]  # point predictions
+    expected = ul_bbox_iou(gt, pd, xywh=False, CIoU=True).squeeze(-1).clamp_(0)
+    assert torch.equal(assign.ciou_ultralytics(gt, pd), expected)
+
+
+def test_bad_inputs():
+    case = _case(0, 1, 3, 160, 4, "dense")
+    with pytest.raises(ValueError, match="topk"):
+        _ours(case, 600, 0.5, 6.0, 4)
+    sc, pd, pts, lab, gt, mask = case
+    with pytest.raises(ValueError, match="labels"):
+        _ours((sc, pd, pts, lab + 4, gt, mask), 10, 0.5, 6.0, 4)
