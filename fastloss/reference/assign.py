@@ -1,5 +1,7 @@
 """Label assigners in pure PyTorch, gt-chunked: the specification of the fused assigners
-(family ``assign``; design and the peers' algorithms: ../shared/assigners.md).
+(family ``assign``; design and the peers' algorithms: ../shared/assigners.md).  Two so far:
+:func:`task_aligned_assign` (ultralytics) and :func:`max_iou_assign` (mmdetection's
+MaxIoUAssigner, batched over padded ground truths; its docstring has the rules).
 
 Task-aligned assignment (TOOD, Feng et al., arXiv 2108.07755) with ultralytics' semantics
 (``ultralytics.utils.tal.TaskAlignedAssigner``, release 8.4.190), without the dense
@@ -170,3 +172,105 @@ def task_aligned_assign(pd_scores, pd_bboxes, anc_points, gt_labels, gt_bboxes, 
     target_scores = onehot * fg[..., None] * norm[..., None]
     return target_labels, target_bboxes, target_scores, fg, gt_idx
 
+
+
+# ====================================================================== max-IoU (mmdetection)
+
+_OVERLAPS_EPS = 1e-6  # mmdetection's bbox_overlaps default eps
+
+
+def iou_mmdet(boxes1, boxes2, mode="iou"):
+    """mmdetection's ``bbox_overlaps(boxes1, boxes2, mode)`` matrix in its arithmetic (the same
+    operations in the same order: signed areas, I / max(U, 1e-6) or I / max(area1, 1e-6)):
+    (..., m, 4) x (..., n, 4) -> (..., m, n)."""
+    area1 = (boxes1[..., 2] - boxes1[..., 0]) * (boxes1[..., 3] - boxes1[..., 1])
+    area2 = (boxes2[..., 2] - boxes2[..., 0]) * (boxes2[..., 3] - boxes2[..., 1])
+    lt = torch.maximum(boxes1[..., :, None, :2], boxes2[..., None, :, :2])
+    rb = torch.minimum(boxes1[..., :, None, 2:], boxes2[..., None, :, 2:])
+    wh = (rb - lt).clamp(min=0)
+    overlap = wh[..., 0] * wh[..., 1]
+    union = area1[..., None] + area2[..., None, :] - overlap if mode == "iou" else area1[..., None]
+    return overlap / torch.maximum(union, union.new_tensor([_OVERLAPS_EPS]))
+
+
+def max_iou_assign(priors, gt_bboxes, gt_labels, gt_valid, *, pos_iou_thr, neg_iou_thr, min_pos_iou=0.0, gt_max_assign_all=True,
+                   match_low_quality=True, ignore_bboxes=None, ignore_valid=None, ignore_iof_thr=-1.0, ignore_wrt_candidates=True,
+                   chunk=None):
+    """mmdetection's ``MaxIoUAssigner`` (3.3.0, ``max_iou_assigner.py``) for a batch of images
+    with padded ground truths, gt-chunked: memory O(chunk * A + B * (A + M)).
+
+    Args:
+        priors: (B, A, 4) or (A, 4) anchors / proposals, xyxy pixels.
+        gt_bboxes: (B, M, 4) xyxy; gt_labels: (B, M) int64; gt_valid: (B, M) bool (padding
+            False: a padded box never claims or blocks a prior).
+        pos_iou_thr, neg_iou_thr (a float, or a (low, high) tuple), min_pos_iou,
+            gt_max_assign_all, match_low_quality, ignore_iof_thr, ignore_wrt_candidates:
+            mmdetection's arguments, with its semantics.
+        ignore_bboxes: (B, K, 4) boxes to ignore, with ignore_valid (B, K) bool.
+        chunk: ground truths per step.
+
+    Per anchor (mmdetection's steps, in its order): -1 (ignore) everywhere; 0 where the best
+    IoU lies in the negative range; g + 1 where it is >= pos_iou_thr (g the first argmax);
+    then with match_low_quality, for g = 0, 1, ... with its best IoU >= min_pos_iou, the
+    anchors attaining it (all of them, or its first argmax) become g + 1, a later g winning.
+    IoU: :func:`iou_mmdet`; an ignored prior (IoF with an ignore box > ignore_iof_thr) has
+    IoU -1 with every gt.
+
+    Returns (gt_inds (B, A) int64 in {-1, 0, g + 1} (g the padded index), max_overlaps (B, A)
+    (the best IoU; 0 for images without ground truths), labels (B, A) int64 (-1 but for
+    positives))."""
+    B, M = gt_bboxes.shape[:2]
+    priors = priors.expand(B, *priors.shape[-2:]) if priors.dim() == 2 else priors
+    A = priors.shape[1]
+    dev, dtype = priors.device, torch.promote_types(priors.dtype, gt_bboxes.dtype)
+    chunk = chunk or max(1, (1 << 22) // max(1, B * A))
+    ignored = torch.zeros(B, A, dtype=torch.bool, device=dev)
+    if ignore_iof_thr > 0 and ignore_bboxes is not None and ignore_bboxes.shape[1] > 0:
+        if ignore_wrt_candidates:  # IoF over the prior's area
+            iof = iou_mmdet(priors, ignore_bboxes, "iof").masked_fill(~ignore_valid[:, None, :], -math.inf)
+            ignored = iof.max(dim=2).values > ignore_iof_thr
+        else:  # over the ignore box's area
+            iof = iou_mmdet(ignore_bboxes, priors, "iof").masked_fill(~ignore_valid[:, :, None], -math.inf)
+            ignored = iof.max(dim=1).values > ignore_iof_thr
+
+    def overlaps(g0, g1):  # (B, m, A): ignored priors -1, padded gts -inf (never a max)
+        iou = iou_mmdet(gt_bboxes[:, g0:g1], priors).to(dtype)
+        iou = iou.masked_fill(ignored[:, None, :], -1.0)
+        return iou.masked_fill(~gt_valid[:, g0:g1, None], -math.inf)
+
+    best = torch.full((B, A), -math.inf, dtype=dtype, device=dev)
+    best_g = torch.zeros(B, A, dtype=torch.int64, device=dev)
+    gt_max = torch.full((B, M), -math.inf, dtype=dtype, device=dev)
+    gt_arg = torch.zeros(B, M, dtype=torch.int64, device=dev)
+    for g0 in range(0, M, chunk):
+        g1 = min(M, g0 + chunk)
+        iou = overlaps(g0, g1)
+        cmax, carg = iou.max(dim=1)  # first gt on ties
+        better = cmax > best  # strict: an earlier chunk keeps its tie
+        best, best_g = torch.where(better, cmax, best), torch.where(better, carg + g0, best_g)
+        gt_max[:, g0:g1], gt_arg[:, g0:g1] = iou.max(dim=2)  # first prior on ties
+
+    gt_inds = torch.full((B, A), -1, dtype=torch.int64, device=dev)
+    if isinstance(neg_iou_thr, tuple):
+        low, high = neg_iou_thr
+        gt_inds = torch.where((best >= low) & (best < high), torch.zeros_like(gt_inds), gt_inds)
+    else:
+        gt_inds = torch.where((best >= 0) & (best < neg_iou_thr), torch.zeros_like(gt_inds), gt_inds)
+    gt_inds = torch.where(best >= pos_iou_thr, best_g + 1, gt_inds)
+    if match_low_quality:
+        qualifies = gt_valid & (gt_max >= min_pos_iou)  # (B, M)
+        g_plus_1 = torch.arange(1, M + 1, device=dev).expand(B, M)
+        last = torch.zeros(B, A, dtype=torch.int64, device=dev)  # the last qualifying g + 1 per prior (0: none)
+        if gt_max_assign_all:
+            for g0 in range(0, M, chunk):  # the same IoU again, bit for bit
+                g1 = min(M, g0 + chunk)
+                hit = (overlaps(g0, g1) == gt_max[:, g0:g1, None]) & qualifies[:, g0:g1, None]
+                last = torch.maximum(last, (hit * g_plus_1[:, g0:g1, None]).amax(dim=1))
+        else:
+            last.scatter_reduce_(1, gt_arg, torch.where(qualifies, g_plus_1, torch.zeros_like(g_plus_1)), "amax")
+        gt_inds = torch.where(last > 0, last, gt_inds)
+    none = ~gt_valid.any(dim=1, keepdim=True)  # mmdetection: no gts -> every prior background, overlaps 0
+    gt_inds = torch.where(none, torch.zeros_like(gt_inds), gt_inds)
+    max_overlaps = torch.where(none, torch.zeros_like(best), best)
+    labels = torch.where(gt_inds > 0, gt_labels.gather(1, (gt_inds - 1).clamp(min=0)), torch.full_like(gt_inds, -1))
+    return gt_inds, max_overlaps, labels
