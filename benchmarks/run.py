@@ -33,6 +33,7 @@ OPS = {
     "box_iou": "benchmarks.bench_box_iou",
     "dice": "benchmarks.bench_dice",
     "rowwise": "benchmarks.bench_rowwise",
+    "assign": "benchmarks.bench_assign",
 }
 
 

@@ -34,6 +34,7 @@ PREFERENCE = {
     "box_iou": {"cpu": ("cpu", "reference"), "cuda": ("cuda", "triton", "reference")},
     "box_iou_max": {"cpu": ("cpu", "reference"), "cuda": ("cuda", "triton", "reference")},
     "dice": {"cpu": ("cpu", "reference"), "cuda": ("cuda", "triton", "reference")},
+    "max_iou_assign": {"cpu": ("cpu", "reference"), "cuda": ("cuda", "reference")},
 }
 
 # Forward/backward fusion, per device type (see the docstring of fastloss/ops/pointwise.py):

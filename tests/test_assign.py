@@ -24,6 +24,7 @@ pytest.importorskip("ultralytics")
 from ultralytics.utils.metrics import bbox_iou as ul_bbox_iou  # noqa: E402
 from ultralytics.utils.tal import TaskAlignedAssigner  # noqa: E402
 
+import fastloss  # noqa: E402
 from fastloss.reference import assign  # noqa: E402
 
 STRIDES = (8, 16, 32)
@@ -250,25 +251,38 @@ MAXIOU_CONFIGS = {
 }
 
 
-@pytest.mark.parametrize("config", sorted(MAXIOU_CONFIGS))
-@pytest.mark.parametrize("small", [False, True])
-def test_max_iou_matches_mmdet(config, small):
-    """Against mmdetection 3.3.0's MaxIoUAssigner image by image: gt_inds, labels and
-    max_overlaps bit-equal (small integer boxes: exact IoU ties for the tie-sharing rule)."""
+BACKENDS = [pytest.param("cpu", "reference", id="cpu-reference"), pytest.param("cpu", "cpu", id="cpu-cpu"),
+            pytest.param("cuda", "cuda", id="cuda-cuda", marks=pytest.mark.gpu),
+            pytest.param("cuda", "reference", id="cuda-reference", marks=pytest.mark.gpu)]
+
+
+def _mmdet_assigner(cfg):
     import helpers
 
     helpers.import_mmdet_losses()  # mmcv-lite: a stand-in mmcv._ext so that mmdet imports
     from mmdet.models.task_modules.assigners import MaxIoUAssigner
+
+    return MaxIoUAssigner(**cfg)
+
+
+@pytest.mark.parametrize("device, backend", BACKENDS)
+@pytest.mark.parametrize("config", sorted(MAXIOU_CONFIGS))
+@pytest.mark.parametrize("small", [False, True])
+def test_max_iou_matches_mmdet(device, backend, config, small):
+    """Against mmdetection 3.3.0's MaxIoUAssigner image by image: gt_inds, labels and
+    max_overlaps bit-equal (small integer boxes: exact IoU ties for the tie-sharing rule)."""
+    import helpers
     from mmengine.structures import InstanceData
 
+    helpers.require_backend(device, backend)
     cfg = MAXIOU_CONFIGS[config]
-    peer = MaxIoUAssigner(**cfg)
+    peer = _mmdet_assigner(cfg)
     anchors = _grid_anchors(320)
     ties = 0
     for seed in range(4):
         boxes, labels, valid, ign = _gt_batch(seed, 3, 12, 320, small)
-        gt_inds, max_ov, lab = assign.max_iou_assign(anchors, boxes, labels, valid, ignore_bboxes=ign,
-                                                     ignore_valid=torch.ones(ign.shape[:2], dtype=torch.bool), chunk=5, **cfg)
+        gt_inds, max_ov, lab = (t.cpu() for t in fastloss.max_iou_assign(
+            anchors.to(device), boxes.to(device), labels.to(device), valid.to(device), ignore_bboxes=ign.to(device), backend=backend, **cfg))
         for b in range(3):
             n = int(valid[b].sum())
             res = peer.assign(InstanceData(priors=anchors), InstanceData(bboxes=boxes[b, :n], labels=labels[b, :n]),
@@ -282,29 +296,84 @@ def test_max_iou_matches_mmdet(config, small):
         assert ties > 0  # the tie-sharing rule was exercised
 
 
+@pytest.mark.parametrize("device, backend", BACKENDS)
+def test_max_iou_backends_agree_and_deterministic(device, backend):
+    """Random and degenerate boxes (points, inverted, identical, empty images), proposals per
+    image, fp64: every backend gives the reference's bits, twice, at 1 and 2 threads."""
+    import helpers
+
+    helpers.require_backend(device, backend)
+    g = torch.Generator().manual_seed(4)
+    B, M, A = 3, 40, 1100  # A not a multiple of the CPU block or vector
+    for dtype in (torch.float32, torch.float64):
+        xy = torch.rand(B, A, 2, generator=g, dtype=dtype) * 200
+        priors = torch.cat([xy, xy + torch.rand(B, A, 2, generator=g, dtype=dtype) * 60], -1)
+        priors[:, :5, 2:] = priors[:, :5, :2]  # point priors
+        priors[:, 5:8, :2], priors[:, 5:8, 2:] = priors[:, 5:8, 2:].clone(), priors[:, 5:8, :2].clone()  # inverted
+        boxes = priors[:, torch.randint(0, A, (M,), generator=g)] + torch.randn(B, M, 4, generator=g, dtype=dtype)
+        boxes[:, :4] = priors[:, 10:14]  # exact copies: IoU 1 ties
+        valid = torch.rand(B, M, generator=g) > 0.3
+        valid[2] = False  # an image without gts
+        labels = torch.randint(0, 5, (B, M), generator=g)
+        for cfg in (MAXIOU_CONFIGS["retinanet"], MAXIOU_CONFIGS["argmax_only"], MAXIOU_CONFIGS["roi"]):
+            args = (priors.to(device), boxes.to(device), labels.to(device), valid.to(device))
+            expected = fastloss.max_iou_assign(*args, backend="reference", **cfg)
+            threads = torch.get_num_threads()
+            try:
+                for n in (1, 2):
+                    torch.set_num_threads(n)
+                    got = fastloss.max_iou_assign(*args, backend=backend, **cfg)
+                    for x, y in zip(got, expected):
+                        assert x.dtype == y.dtype and torch.equal(x, y)
+            finally:
+                torch.set_num_threads(threads)
+
+
 def test_max_iou_padding_anywhere_and_chunks():
     """Padding between real gts, chunk sizes and batch splitting change nothing but the
     indices (padded index + 1)."""
-    anchors = _grid_anchors(320)
+    anchors = _grid_anchors(320)[None]
     boxes, labels, valid, _ = _gt_batch(9, 2, 10, 320, small=True)
-    base = assign.max_iou_assign(anchors, boxes, labels, valid, pos_iou_thr=0.5, neg_iou_thr=0.4)
+    none = torch.zeros(2, anchors.shape[1], dtype=torch.bool)
+
+    def core(b, v, chunk=None):
+        return assign.max_iou_core(anchors, b, v, none[:b.shape[0]], 0.5, 0.0, 0.4, 0.0, True, True, chunk=chunk)
+
+    base = core(boxes, valid)
     perm = torch.tensor([3, 0, 7, 1, 2, 9, 4, 5, 6, 8])
-    shuffled = assign.max_iou_assign(anchors, boxes[:, perm], labels[:, perm], valid[:, perm], pos_iou_thr=0.5, neg_iou_thr=0.4,
-                                     chunk=3)
+    shuffled = core(boxes[:, perm], valid[:, perm], chunk=3)
     # padded slots between the real gts change nothing but the indices
     spaced = torch.zeros(2, 20, 4)
     spaced[:, ::2] = boxes
     sv = torch.zeros(2, 20, dtype=torch.bool)
     sv[:, ::2] = valid
-    sl = torch.zeros(2, 20, dtype=torch.int64)
-    sl[:, ::2] = labels
-    wide = assign.max_iou_assign(anchors, spaced, sl, sv, pos_iou_thr=0.5, neg_iou_thr=0.4, chunk=1)
+    wide = core(spaced, sv, chunk=1)
     assert torch.equal(torch.where(wide[0] > 0, (wide[0] - 1) // 2 + 1, wide[0]), base[0])
-    assert torch.equal(wide[1], base[1]) and torch.equal(wide[2], base[2])
+    assert torch.equal(wide[1], base[1])
     # another gt order: the best IoU per prior and the foreground do not change (which gt
     # wins a tie may: mmdetection's rules are order-dependent)
     assert torch.equal(shuffled[1], base[1]) and torch.equal(shuffled[0] > 0, base[0] > 0)
     for b in range(2):
-        single = assign.max_iou_assign(anchors, boxes[b:b + 1], labels[b:b + 1], valid[b:b + 1], pos_iou_thr=0.5, neg_iou_thr=0.4)
+        single = core(boxes[b:b + 1], valid[b:b + 1])
         for x, y in zip(single, base):
             assert torch.equal(x[0], y[b])
+
+
+def test_max_iou_compiles_and_rejects_bad_inputs():
+    anchors = _grid_anchors(160)
+    boxes, labels, valid, _ = _gt_batch(2, 2, 6, 160)
+    fn = torch.compile(lambda *a: fastloss.max_iou_assign(*a, pos_iou_thr=0.5, neg_iou_thr=0.4), fullgraph=True)
+    for x, y in zip(fn(anchors, boxes, labels, valid), fastloss.max_iou_assign(anchors, boxes, labels, valid, pos_iou_thr=0.5,
+                                                                               neg_iou_thr=0.4)):
+        assert torch.equal(x, y)
+    bad = [
+        (lambda: fastloss.max_iou_assign(anchors[:, :3], boxes, labels, valid, pos_iou_thr=0.5, neg_iou_thr=0.4), "priors"),
+        (lambda: fastloss.max_iou_assign(anchors, boxes, labels.float(), valid, pos_iou_thr=0.5, neg_iou_thr=0.4), "gt_labels"),
+        (lambda: fastloss.max_iou_assign(anchors, boxes, labels, valid.long(), pos_iou_thr=0.5, neg_iou_thr=0.4), "gt_valid"),
+        (lambda: fastloss.max_iou_assign(anchors, boxes, labels, valid, pos_iou_thr=0.5, neg_iou_thr=(0.1, 0.2, 0.3)), "neg_iou_thr"),
+        (lambda: fastloss.max_iou_assign(anchors, boxes, labels, valid, pos_iou_thr="0.5", neg_iou_thr=0.4), "pos_iou_thr"),
+        (lambda: fastloss.max_iou_assign(anchors[None].expand(3, -1, -1), boxes, labels, valid, pos_iou_thr=0.5, neg_iou_thr=0.4), "B = 2"),
+    ]
+    for call, match in bad:
+        with pytest.raises(ValueError, match=match):
+            call()

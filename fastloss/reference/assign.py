@@ -1,7 +1,8 @@
 """Label assigners in pure PyTorch, gt-chunked: the specification of the fused assigners
 (family ``assign``; design and the peers' algorithms: ../shared/assigners.md).  Two so far:
-:func:`task_aligned_assign` (ultralytics) and :func:`max_iou_assign` (mmdetection's
-MaxIoUAssigner, batched over padded ground truths; its docstring has the rules).
+:func:`task_aligned_assign` (ultralytics) and :func:`max_iou_core` (mmdetection's
+MaxIoUAssigner, batched over padded ground truths; its docstring has the rules; the public
+entry point is :func:`fastloss.max_iou_assign`).
 
 Task-aligned assignment (TOOD, Feng et al., arXiv 2108.07755) with ultralytics' semantics
 (``ultralytics.utils.tal.TaskAlignedAssigner``, release 8.4.190), without the dense
@@ -193,48 +194,52 @@ def iou_mmdet(boxes1, boxes2, mode="iou"):
     return overlap / torch.maximum(union, union.new_tensor([_OVERLAPS_EPS]))
 
 
-def max_iou_assign(priors, gt_bboxes, gt_labels, gt_valid, *, pos_iou_thr, neg_iou_thr, min_pos_iou=0.0, gt_max_assign_all=True,
-                   match_low_quality=True, ignore_bboxes=None, ignore_valid=None, ignore_iof_thr=-1.0, ignore_wrt_candidates=True,
-                   chunk=None):
-    """mmdetection's ``MaxIoUAssigner`` (3.3.0, ``max_iou_assigner.py``) for a batch of images
-    with padded ground truths, gt-chunked: memory O(chunk * A + B * (A + M)).
+def ignored_priors(priors, ignore_bboxes, ignore_valid, ignore_iof_thr, ignore_wrt_candidates):
+    """(B, A) bool: mmdetection's ignored priors -- IoF with some valid ignore box above
+    ignore_iof_thr, the IoF over the prior's area (``ignore_wrt_candidates``) or over the
+    ignore box's; none without ignore boxes or with ignore_iof_thr <= 0.  priors (B, A, 4),
+    ignore_bboxes (B, K, 4), ignore_valid (B, K) bool (None: all valid)."""
+    B, A = priors.shape[:2]
+    if not (ignore_iof_thr > 0 and ignore_bboxes is not None and ignore_bboxes.shape[1] > 0):
+        return torch.zeros(B, A, dtype=torch.bool, device=priors.device)
+    if ignore_valid is None:
+        ignore_valid = torch.ones(ignore_bboxes.shape[:2], dtype=torch.bool, device=priors.device)
+    if ignore_wrt_candidates:  # IoF over the prior's area
+        iof = iou_mmdet(priors, ignore_bboxes, "iof").masked_fill(~ignore_valid[:, None, :], -math.inf)
+        return iof.max(dim=2).values > ignore_iof_thr
+    iof = iou_mmdet(ignore_bboxes, priors, "iof").masked_fill(~ignore_valid[:, :, None], -math.inf)  # over the ignore box's area
+    return iof.max(dim=1).values > ignore_iof_thr
+
+
+def max_iou_core(priors, gt_bboxes, gt_valid, ignored, pos_iou_thr, neg_lo, neg_hi, min_pos_iou, match_low_quality, gt_max_assign_all,
+                 chunk=None):
+    """mmdetection's ``MaxIoUAssigner.assign_wrt_overlaps`` (3.3.0) for a batch of images with
+    padded ground truths, gt-chunked (memory O(chunk * A + B * (A + M))); the kernels'
+    calling convention (csrc/fastloss.cpp ``max_iou_assign_native``).
 
     Args:
-        priors: (B, A, 4) or (A, 4) anchors / proposals, xyxy pixels.
-        gt_bboxes: (B, M, 4) xyxy; gt_labels: (B, M) int64; gt_valid: (B, M) bool (padding
-            False: a padded box never claims or blocks a prior).
-        pos_iou_thr, neg_iou_thr (a float, or a (low, high) tuple), min_pos_iou,
-            gt_max_assign_all, match_low_quality, ignore_iof_thr, ignore_wrt_candidates:
-            mmdetection's arguments, with its semantics.
-        ignore_bboxes: (B, K, 4) boxes to ignore, with ignore_valid (B, K) bool.
-        chunk: ground truths per step.
+        priors: (B or 1, A, 4) anchors / proposals, xyxy pixels; gt_bboxes: (B, M, 4), one
+            floating dtype; gt_valid: (B, M) bool (padding False: a padded box never claims
+            or blocks a prior); ignored: (B, A) bool (:func:`ignored_priors`).
+        pos_iou_thr; negatives: best IoU in [neg_lo, neg_hi); min_pos_iou, match_low_quality,
+            gt_max_assign_all: mmdetection's; chunk: ground truths per step.
 
-    Per anchor (mmdetection's steps, in its order): -1 (ignore) everywhere; 0 where the best
-    IoU lies in the negative range; g + 1 where it is >= pos_iou_thr (g the first argmax);
-    then with match_low_quality, for g = 0, 1, ... with its best IoU >= min_pos_iou, the
-    anchors attaining it (all of them, or its first argmax) become g + 1, a later g winning.
-    IoU: :func:`iou_mmdet`; an ignored prior (IoF with an ignore box > ignore_iof_thr) has
-    IoU -1 with every gt.
+    Per prior (mmdetection's steps, in its order): -1 (ignore) everywhere; 0 where the best
+    IoU is a negative; g + 1 where it is >= pos_iou_thr (g the first argmax); then with
+    match_low_quality, for g = 0, 1, ... with its best IoU >= min_pos_iou, the priors
+    attaining it (all of them, or its first argmax) become g + 1, a later g winning.  IoU:
+    :func:`iou_mmdet`, -1 for an ignored prior.  Thresholds compare in the boxes' dtype.
 
-    Returns (gt_inds (B, A) int64 in {-1, 0, g + 1} (g the padded index), max_overlaps (B, A)
-    (the best IoU; 0 for images without ground truths), labels (B, A) int64 (-1 but for
-    positives))."""
+    Returns (gt_inds (B, A) int64 in {-1, 0, g + 1} (g the padded index), max_overlaps (B, A):
+    the best IoU, 0 for images without ground truths)."""
     B, M = gt_bboxes.shape[:2]
-    priors = priors.expand(B, *priors.shape[-2:]) if priors.dim() == 2 else priors
+    priors = priors.expand(B, *priors.shape[-2:])
     A = priors.shape[1]
-    dev, dtype = priors.device, torch.promote_types(priors.dtype, gt_bboxes.dtype)
+    dev, dtype = priors.device, priors.dtype
     chunk = chunk or max(1, (1 << 22) // max(1, B * A))
-    ignored = torch.zeros(B, A, dtype=torch.bool, device=dev)
-    if ignore_iof_thr > 0 and ignore_bboxes is not None and ignore_bboxes.shape[1] > 0:
-        if ignore_wrt_candidates:  # IoF over the prior's area
-            iof = iou_mmdet(priors, ignore_bboxes, "iof").masked_fill(~ignore_valid[:, None, :], -math.inf)
-            ignored = iof.max(dim=2).values > ignore_iof_thr
-        else:  # over the ignore box's area
-            iof = iou_mmdet(ignore_bboxes, priors, "iof").masked_fill(~ignore_valid[:, :, None], -math.inf)
-            ignored = iof.max(dim=1).values > ignore_iof_thr
 
     def overlaps(g0, g1):  # (B, m, A): ignored priors -1, padded gts -inf (never a max)
-        iou = iou_mmdet(gt_bboxes[:, g0:g1], priors).to(dtype)
+        iou = iou_mmdet(gt_bboxes[:, g0:g1], priors)
         iou = iou.masked_fill(ignored[:, None, :], -1.0)
         return iou.masked_fill(~gt_valid[:, g0:g1, None], -math.inf)
 
@@ -251,11 +256,7 @@ def max_iou_assign(priors, gt_bboxes, gt_labels, gt_valid, *, pos_iou_thr, neg_i
         gt_max[:, g0:g1], gt_arg[:, g0:g1] = iou.max(dim=2)  # first prior on ties
 
     gt_inds = torch.full((B, A), -1, dtype=torch.int64, device=dev)
-    if isinstance(neg_iou_thr, tuple):
-        low, high = neg_iou_thr
-        gt_inds = torch.where((best >= low) & (best < high), torch.zeros_like(gt_inds), gt_inds)
-    else:
-        gt_inds = torch.where((best >= 0) & (best < neg_iou_thr), torch.zeros_like(gt_inds), gt_inds)
+    gt_inds = torch.where((best >= neg_lo) & (best < neg_hi), torch.zeros_like(gt_inds), gt_inds)
     gt_inds = torch.where(best >= pos_iou_thr, best_g + 1, gt_inds)
     if match_low_quality:
         qualifies = gt_valid & (gt_max >= min_pos_iou)  # (B, M)
@@ -271,6 +272,4 @@ def max_iou_assign(priors, gt_bboxes, gt_labels, gt_valid, *, pos_iou_thr, neg_i
         gt_inds = torch.where(last > 0, last, gt_inds)
     none = ~gt_valid.any(dim=1, keepdim=True)  # mmdetection: no gts -> every prior background, overlaps 0
     gt_inds = torch.where(none, torch.zeros_like(gt_inds), gt_inds)
-    max_overlaps = torch.where(none, torch.zeros_like(best), best)
-    labels = torch.where(gt_inds > 0, gt_labels.gather(1, (gt_inds - 1).clamp(min=0)), torch.full_like(gt_inds, -1))
-    return gt_inds, max_overlaps, labels
+    return gt_inds, torch.where(none, torch.zeros_like(best), best)

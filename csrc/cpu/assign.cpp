@@ -1,0 +1,230 @@
+// Label assigners, C++ CPU kernels (math: csrc/kernels/assign.h; spec:
+// fastloss/reference/assign.py; calling convention: csrc/fastloss.cpp).
+//
+// Max-IoU assignment (mmdetection's MaxIoUAssigner) for B images of A priors and M padded
+// ground truths, without the (M, A) IoU matrix: work items are (image, block of kBlock priors);
+// a block's priors sit in L1 as columns (x1, y1, x2, y2, area), and the valid ground truths are
+// swept over them V priors per vector.
+//   pass 1: per prior the best IoU and its first gt; per (gt, block) the best IoU over the
+//           block's priors and its first prior -- added over the blocks in block order after
+//           the pass, so every result is independent of the thread count;
+//   pass 2 (low-quality matches with tie-sharing): the IoUs again, bit for bit (the same
+//           function on the same lanes), and per prior the last qualifying gt it ties;
+//   then mmdetection's threshold rules per prior.
+// Memory: the outputs, B M (A / kBlock) partials and B (A + M) state.
+#include <ATen/Dispatch.h>
+#include <ATen/Parallel.h>
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <cstdint>
+#include <limits>
+#include <tuple>
+#include <vector>
+
+#include "fastloss/cpu_loop.h"
+#include "kernels/assign.h"
+
+namespace fastloss {
+namespace {
+
+using cpu::Vec;
+
+constexpr int64_t kBlock = 256;  // priors per work item (a multiple of every V)
+
+template <typename T>
+struct MaxIoUArgs {
+  const T* priors;  // (Bp, A, 4), Bp in {1, B}
+  const T* gt;      // (B, M, 4)
+  const bool* valid;    // (B, M)
+  const bool* ignored;  // (B, A)
+  int64_t B, A, M, prior_stride;
+};
+
+// A block's priors as columns: x1, y1, x2, y2, area, ignored (1 / 0), padded to whole vectors.
+template <typename T>
+struct BlockPriors {
+  std::vector<T> col[6];
+  int64_t n = 0;
+  void load(const MaxIoUArgs<T>& a, int64_t b, int64_t a0, int64_t a1) {
+    n = a1 - a0;
+    const int64_t padded = (n + Vec<T>::size() - 1) / Vec<T>::size() * Vec<T>::size();
+    for (auto& c : col) c.assign(static_cast<size_t>(padded), T(0));
+    const T* p = a.priors + b * a.prior_stride + a0 * 4;
+    for (int64_t i = 0; i < n; ++i) {
+      for (int k = 0; k < 4; ++k) col[k][i] = p[i * 4 + k];
+      col[4][i] = assign::area(p[i * 4], p[i * 4 + 1], p[i * 4 + 2], p[i * 4 + 3]);
+      col[5][i] = a.ignored[b * a.A + a0 + i] ? T(1) : T(0);
+    }
+  }
+  // the IoU of gt box g (its 4 coordinates broadcast, area ga) with priors i .. i + V, -1 where
+  // the prior is ignored
+  Vec<T> iou(const Vec<T> g[4], const Vec<T>& ga, int64_t i) const {
+    const Vec<T> zero(T(0)), eps(static_cast<T>(assign::kOverlapsEps));
+    auto mx = [](const Vec<T>& x, const Vec<T>& y) { return at::vec::maximum(x, y); };
+    auto mn = [](const Vec<T>& x, const Vec<T>& y) { return at::vec::minimum(x, y); };
+    const Vec<T> v = assign::iou(g[0], g[1], g[2], g[3], ga, Vec<T>::loadu(&col[0][i]), Vec<T>::loadu(&col[1][i]),
+                                 Vec<T>::loadu(&col[2][i]), Vec<T>::loadu(&col[3][i]), Vec<T>::loadu(&col[4][i]), eps, zero, mx, mn);
+    return Vec<T>::blendv(v, Vec<T>(T(-1)), Vec<T>::loadu(&col[5][i]) != zero);
+  }
+};
+
+template <typename T>
+void gt_lanes(const MaxIoUArgs<T>& a, int64_t b, int64_t g, Vec<T> out[4], Vec<T>& ga) {
+  const T* q = a.gt + (b * a.M + g) * 4;
+  for (int k = 0; k < 4; ++k) out[k] = Vec<T>(q[k]);
+  ga = Vec<T>(assign::area(q[0], q[1], q[2], q[3]));
+}
+
+template <typename T>
+std::tuple<at::Tensor, at::Tensor> max_iou_impl(const MaxIoUArgs<T>& a, const at::TensorOptions& opts, double pos_thr, double neg_lo,
+                                                double neg_hi, double min_pos, bool low_quality, bool assign_all) {
+  constexpr int64_t V = Vec<T>::size();
+  const int64_t B = a.B, A = a.A, M = a.M;
+  const int64_t nblk = (A + kBlock - 1) / kBlock;
+  at::Tensor gt_inds = at::empty({B, A}, opts.dtype(at::kLong));
+  at::Tensor max_ov = at::empty({B, A}, opts);
+  if (B * A == 0) return {gt_inds, max_ov};
+  int64_t* inds = gt_inds.mutable_data_ptr<int64_t>();
+  T* best = max_ov.mutable_data_ptr<T>();
+  constexpr T kNegInf = -std::numeric_limits<T>::infinity();
+  std::vector<int64_t> best_g(static_cast<size_t>(B * A), 0);
+  std::vector<T> part_max(static_cast<size_t>(B * nblk * M), kNegInf);  // per (image, block, gt)
+  std::vector<int64_t> part_arg(static_cast<size_t>(B * nblk * M), 0);
+  std::vector<std::vector<int64_t>> gts(static_cast<size_t>(B));  // the valid gts of each image, in order
+  for (int64_t b = 0; b < B; ++b)
+    for (int64_t g = 0; g < M; ++g)
+      if (a.valid[b * M + g]) gts[b].push_back(g);
+
+  // pass 1
+  at::parallel_for(0, B * nblk, 1, [&](int64_t w0, int64_t w1) {
+    BlockPriors<T> pr;
+    std::vector<T> bv;
+    std::vector<T> bg;  // first argmax gt per prior, as exact small integers in T lanes
+    for (int64_t w = w0; w < w1; ++w) {
+      const int64_t b = w / nblk, blk = w % nblk, a0 = blk * kBlock, a1 = std::min(A, a0 + kBlock);
+      pr.load(a, b, a0, a1);
+      const int64_t padded = static_cast<int64_t>(pr.col[0].size());
+      bv.assign(static_cast<size_t>(padded), kNegInf);
+      bg.assign(static_cast<size_t>(padded), T(0));
+      for (const int64_t g : gts[b]) {
+        Vec<T> gl[4], ga;
+        gt_lanes(a, b, g, gl, ga);
+        const Vec<T> gf(static_cast<T>(g));
+        Vec<T> gmax(kNegInf), garg(T(0));  // this gt's best over the block, per lane, and its prior
+        for (int64_t i = 0; i < padded; i += V) {
+          Vec<T> v = pr.iou(gl, ga, i);
+          const Vec<T> lane_ok = Vec<T>(static_cast<T>(i)) + Vec<T>::arange(T(0), T(1)) < Vec<T>(static_cast<T>(pr.n));
+          v = Vec<T>::blendv(Vec<T>(kNegInf), v, lane_ok);  // padding lanes never win
+          const Vec<T> old = Vec<T>::loadu(&bv[i]);
+          const Vec<T> up = v > old;  // strict: the first gt keeps a tie
+          Vec<T>::blendv(old, v, up).store(&bv[i]);
+          Vec<T>::blendv(Vec<T>::loadu(&bg[i]), gf, up).store(&bg[i]);
+          const Vec<T> gup = v > gmax;  // strict: the first prior of a lane keeps a tie
+          gmax = Vec<T>::blendv(gmax, v, gup);
+          garg = Vec<T>::blendv(garg, Vec<T>(static_cast<T>(i)) + Vec<T>::arange(T(0), T(1)), gup);
+        }
+        alignas(64) T mv[V], mi[V];
+        gmax.store(mv);
+        garg.store(mi);
+        T m = kNegInf;
+        int64_t arg = 0;
+        for (int64_t l = 0; l < V; ++l) {  // the lanes' best, the smallest prior among ties
+          const int64_t idx = static_cast<int64_t>(mi[l]);
+          if (mv[l] > m || (mv[l] == m && idx < arg)) m = mv[l], arg = idx;
+        }
+        part_max[(b * nblk + blk) * M + g] = m;
+        part_arg[(b * nblk + blk) * M + g] = a0 + arg;
+      }
+      for (int64_t i = 0; i < pr.n; ++i) {
+        best[b * A + a0 + i] = bv[i];
+        best_g[b * A + a0 + i] = static_cast<int64_t>(bg[i]);
+      }
+    }
+  });
+  // each gt's best over all priors: the blocks in order, an earlier block keeping a tie
+  std::vector<T> gt_max(static_cast<size_t>(B * M), kNegInf);
+  std::vector<int64_t> gt_arg(static_cast<size_t>(B * M), 0);
+  for (int64_t b = 0; b < B; ++b)
+    for (const int64_t g : gts[b])
+      for (int64_t blk = 0; blk < nblk; ++blk) {
+        const T v = part_max[(b * nblk + blk) * M + g];
+        if (v > gt_max[b * M + g]) gt_max[b * M + g] = v, gt_arg[b * M + g] = part_arg[(b * nblk + blk) * M + g];
+      }
+  // thresholds are compared in T, as torch compares a tensor with a Python number
+  const T pos = static_cast<T>(pos_thr), lo = static_cast<T>(neg_lo), hi = static_cast<T>(neg_hi), mp = static_cast<T>(min_pos);
+  std::vector<int64_t> last(static_cast<size_t>(B * A), 0);  // low-quality: the last qualifying g + 1 per prior
+  if (low_quality && !assign_all) {
+    for (int64_t b = 0; b < B; ++b)
+      for (const int64_t g : gts[b])
+        if (gt_max[b * M + g] >= mp) last[b * A + gt_arg[b * M + g]] = g + 1;
+  }
+  // pass 2 (tie-sharing low-quality matches) and the rules
+  at::parallel_for(0, B * nblk, 1, [&](int64_t w0, int64_t w1) {
+    BlockPriors<T> pr;
+    std::vector<T> lq;
+    for (int64_t w = w0; w < w1; ++w) {
+      const int64_t b = w / nblk, blk = w % nblk, a0 = blk * kBlock, a1 = std::min(A, a0 + kBlock);
+      if (low_quality && assign_all) {
+        pr.load(a, b, a0, a1);
+        const int64_t padded = static_cast<int64_t>(pr.col[0].size());
+        lq.assign(static_cast<size_t>(padded), T(0));
+        for (const int64_t g : gts[b]) {
+          if (!(gt_max[b * M + g] >= mp)) continue;
+          Vec<T> gl[4], ga;
+          gt_lanes(a, b, g, gl, ga);
+          const Vec<T> target(gt_max[b * M + g]), gp1(static_cast<T>(g + 1));
+          for (int64_t i = 0; i < padded; i += V) {
+            const Vec<T> hit = pr.iou(gl, ga, i) == target;
+            Vec<T>::blendv(Vec<T>::loadu(&lq[i]), gp1, hit).store(&lq[i]);  // later gts overwrite
+          }
+        }
+        for (int64_t i = 0; i < pr.n; ++i) last[b * A + a0 + i] = static_cast<int64_t>(lq[i]);
+      }
+      for (int64_t i = a0; i < a1; ++i) {
+        const int64_t k = b * A + i;
+        if (gts[b].empty()) {  // mmdetection: no gts -> every prior background, overlap 0
+          inds[k] = 0, best[k] = T(0);
+          continue;
+        }
+        const T v = best[k];
+        int64_t r = -1;
+        if (v >= lo && v < hi) r = 0;
+        if (v >= pos) r = best_g[k] + 1;
+        if (last[k] > 0) r = last[k];
+        inds[k] = r;
+      }
+    }
+  });
+  return {gt_inds, max_ov};
+}
+
+std::tuple<at::Tensor, at::Tensor> max_iou_assign_cpu(const at::Tensor& priors, const at::Tensor& gt_bboxes, const at::Tensor& gt_valid,
+                                                      const at::Tensor& ignored, double pos_iou_thr, double neg_lo, double neg_hi,
+                                                      double min_pos_iou, bool match_low_quality, bool gt_max_assign_all) {
+  TORCH_CHECK(priors.dim() == 3 && priors.size(2) == 4 && priors.is_contiguous(), "fastloss max_iou_assign: priors must be contiguous (B or 1, A, 4)");
+  TORCH_CHECK(gt_bboxes.dim() == 3 && gt_bboxes.size(2) == 4 && gt_bboxes.is_contiguous() && gt_bboxes.scalar_type() == priors.scalar_type(),
+              "fastloss max_iou_assign: gt_bboxes must be contiguous (B, M, 4) of priors' dtype");
+  const int64_t B = gt_bboxes.size(0), M = gt_bboxes.size(1), A = priors.size(1);
+  TORCH_CHECK(priors.size(0) == B || priors.size(0) == 1, "fastloss max_iou_assign: priors must have 1 or B images");
+  TORCH_CHECK(gt_valid.scalar_type() == at::kBool && gt_valid.is_contiguous() && gt_valid.sizes() == at::IntArrayRef({B, M}),
+              "fastloss max_iou_assign: gt_valid must be contiguous bool (B, M)");
+  TORCH_CHECK(ignored.scalar_type() == at::kBool && ignored.is_contiguous() && ignored.sizes() == at::IntArrayRef({B, A}),
+              "fastloss max_iou_assign: ignored must be contiguous bool (B, A)");
+  TORCH_CHECK(A < (int64_t(1) << 24), "fastloss max_iou_assign: at most 2^24 priors (indices ride in float lanes)");
+  std::tuple<at::Tensor, at::Tensor> out;
+  AT_DISPATCH_FLOATING_TYPES(priors.scalar_type(), "max_iou_assign_cpu", [&] {
+    const MaxIoUArgs<scalar_t> a{priors.const_data_ptr<scalar_t>(), gt_bboxes.const_data_ptr<scalar_t>(), gt_valid.const_data_ptr<bool>(),
+                                 ignored.const_data_ptr<bool>(), B, A, M, priors.size(0) == 1 ? 0 : A * 4};
+    out = max_iou_impl<scalar_t>(a, priors.options(), pos_iou_thr, neg_lo, neg_hi, min_pos_iou, match_low_quality, gt_max_assign_all);
+  });
+  return out;
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(fastloss, CPU, m) { m.impl("max_iou_assign_native", &max_iou_assign_cpu); }
+
+}  // namespace fastloss

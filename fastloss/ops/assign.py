@@ -1,0 +1,125 @@
+"""Label assigners (family ``assign``): registration and the public functions.
+
+Design, the peers' algorithms and what each materialises: ../shared/assigners.md.  The spec of
+each assigner is fastloss/reference/assign.py; the kernels (csrc/cpu/assign.cpp,
+csrc/cuda/assign.cu) compute the same numbers without the (images, ground truths, anchors)
+tensors, with static shapes and no host synchronisation.
+
+Kernel convention of ``max_iou_assign``: priors (B or 1, A, 4), gt_bboxes (B, M, 4)
+contiguous, one floating dtype; gt_valid (B, M) and ignored (B, A) contiguous bool ->
+(gt_inds (B, A) int64, max_overlaps (B, A)).  Assignments are not differentiable.
+"""
+import numbers
+from typing import Optional
+
+import torch
+from torch import Tensor
+
+from fastloss import _backend, _extension
+from fastloss.ops import _common
+from fastloss.reference import assign as reference
+
+MAX_IOU_OP = "max_iou_assign"
+
+
+@torch.library.custom_op("fastloss::max_iou_assign", mutates_args=())
+def max_iou_assign_op(priors: Tensor, gt_bboxes: Tensor, gt_valid: Tensor, ignored: Tensor, pos_iou_thr: float, neg_lo: float, neg_hi: float,
+                      min_pos_iou: float, match_low_quality: bool, gt_max_assign_all: bool, backend: Optional[str]) -> tuple[Tensor, Tensor]:
+    forward, _ = _backend.implementation(MAX_IOU_OP, priors.device, backend)
+    return forward(priors, gt_bboxes, gt_valid, ignored, pos_iou_thr, neg_lo, neg_hi, min_pos_iou, match_low_quality, gt_max_assign_all)
+
+
+@max_iou_assign_op.register_fake
+def _(priors, gt_bboxes, gt_valid, ignored, pos_iou_thr, neg_lo, neg_hi, min_pos_iou, match_low_quality, gt_max_assign_all, backend):
+    shape = (gt_bboxes.shape[0], priors.shape[1])
+    return priors.new_empty(shape, dtype=torch.int64), priors.new_empty(shape)
+
+
+def _native_max_iou(*args):
+    return torch.ops.fastloss.max_iou_assign_native(*args)
+
+
+_backend.register(MAX_IOU_OP, "reference", reference.max_iou_core, None)
+if _extension.has_cpu() and hasattr(torch.ops.fastloss, "max_iou_assign_native"):
+    _backend.register(MAX_IOU_OP, "cpu", _native_max_iou, None)
+if _extension.has_cuda() and hasattr(torch.ops.fastloss, "max_iou_assign_native"):
+    _backend.register(MAX_IOU_OP, "cuda", _native_max_iou, None)
+
+
+def _threshold(name, v):
+    if isinstance(v, bool) or not isinstance(v, numbers.Real):
+        raise ValueError(f"max_iou_assign: {name} must be a number, got {v!r}")
+    return float(v)
+
+
+def _boxes(name, t, dims):
+    if not isinstance(t, torch.Tensor) or not t.is_floating_point() or t.dim() not in dims or t.shape[-1] != 4:
+        shape = tuple(t.shape) if isinstance(t, torch.Tensor) else type(t).__name__
+        raise ValueError(f"max_iou_assign: {name} must be floating xyxy boxes of shape {' or '.join(f'{d}-D (..., 4)' for d in dims)}, "
+                         f"got {shape}")
+
+
+def max_iou_assign(priors, gt_bboxes, gt_labels, gt_valid=None, *, pos_iou_thr, neg_iou_thr, min_pos_iou=0.0, gt_max_assign_all=True,
+                   match_low_quality=True, ignore_bboxes=None, ignore_valid=None, ignore_iof_thr=-1.0, ignore_wrt_candidates=True,
+                   backend=None):
+    """Max-IoU label assignment with mmdetection's semantics (``MaxIoUAssigner``, mmdetection
+    3.3.0: RetinaNet, RPN, Faster R-CNN's RoI head) for a whole batch in one call, without the
+    (M, A) IoU matrix per image or a host sync: the IoU in mmdetection's arithmetic (signed
+    areas, I / max(U, 1e-6), no FMA), so gt_inds, labels and max_overlaps are bit-equal to
+    mmdetection's image-by-image result (fastloss/reference/assign.py ``max_iou_core`` has the
+    rules).
+
+    Args:
+        priors: (A, 4) anchors shared by the images, or (B, A, 4) (proposals), xyxy pixels.
+        gt_bboxes: (B, M, 4) xyxy pixels, padded to the batch's largest gt count.
+        gt_labels: (B, M) integer class labels.
+        gt_valid: (B, M) bool, False for padding (None: every box real); a padded box never
+            claims or blocks a prior.
+        pos_iou_thr: a prior whose best IoU is >= this is a positive of its best gt.
+        neg_iou_thr: a number t (best IoU in [0, t) is a negative) or a (low, high) tuple.
+        min_pos_iou, gt_max_assign_all, match_low_quality: the low-quality matches -- each gt
+            with best IoU >= min_pos_iou takes the priors attaining it (all of them, or only
+            its first argmax), a later gt winning; off with match_low_quality=False.
+        ignore_bboxes: (B, K, 4) boxes whose priors are ignored (IoF > ignore_iof_thr, over
+            the prior's area, or the ignore box's with ``ignore_wrt_candidates=False``);
+            ignore_valid (B, K) bool for their padding.
+        backend: as every fastloss op (reference, cpu, cuda).
+
+    Returns ``(gt_inds, max_overlaps, labels)``, each (B, A): gt_inds int64 (-1 ignored, 0
+    negative, g + 1 for gt g's positive, g its index in the padded (B, M)), the best IoU in
+    the boxes' dtype (-1 for ignored priors, 0 for images without gts), labels int64 (the
+    positive's gt label, -1 elsewhere).  The priors and boxes promote to one floating dtype
+    (fp32 at least).  Raises ValueError for bad shapes or thresholds."""
+    _boxes("priors", priors, (2, 3))
+    _boxes("gt_bboxes", gt_bboxes, (3,))
+    B, M = gt_bboxes.shape[:2]
+    if priors.dim() == 3 and priors.shape[0] not in (1, B):
+        raise ValueError(f"max_iou_assign: priors (B, A, 4) must have B = {B} images, got {tuple(priors.shape)}")
+    if not isinstance(gt_labels, torch.Tensor) or gt_labels.shape != (B, M) or gt_labels.is_floating_point():
+        raise ValueError(f"max_iou_assign: gt_labels must be integer (B, M) = ({B}, {M}), got "
+                         f"{tuple(gt_labels.shape) if isinstance(gt_labels, torch.Tensor) else type(gt_labels).__name__}")
+    if gt_valid is None:
+        gt_valid = torch.ones(B, M, dtype=torch.bool, device=gt_bboxes.device)
+    elif gt_valid.shape != (B, M) or gt_valid.dtype != torch.bool:
+        raise ValueError(f"max_iou_assign: gt_valid must be bool (B, M) = ({B}, {M}), got {gt_valid.dtype} {tuple(gt_valid.shape)}")
+    _common.check_same_device("priors", priors, gt_bboxes=gt_bboxes, gt_labels=gt_labels, gt_valid=gt_valid, ignore_bboxes=ignore_bboxes,
+                              ignore_valid=ignore_valid)
+    pos = _threshold("pos_iou_thr", pos_iou_thr)
+    if isinstance(neg_iou_thr, tuple):
+        if len(neg_iou_thr) != 2:
+            raise ValueError(f"max_iou_assign: a tuple neg_iou_thr must be (low, high), got {neg_iou_thr!r}")
+        lo, hi = (_threshold("neg_iou_thr", v) for v in neg_iou_thr)
+    else:
+        lo, hi = 0.0, _threshold("neg_iou_thr", neg_iou_thr)
+    dtype = torch.promote_types(torch.promote_types(priors.dtype, gt_bboxes.dtype), torch.float32)
+    p = (priors if priors.dim() == 3 else priors[None]).to(dtype).contiguous()
+    g = gt_bboxes.to(dtype).contiguous()
+    if ignore_bboxes is not None:
+        _boxes("ignore_bboxes", ignore_bboxes, (3,))
+    ignored = reference.ignored_priors(p.expand(B, *p.shape[1:]), None if ignore_bboxes is None else ignore_bboxes.to(dtype), ignore_valid,
+                                       float(ignore_iof_thr), bool(ignore_wrt_candidates))
+    gt_inds, max_overlaps = max_iou_assign_op(p, g, gt_valid.contiguous(), ignored.contiguous(), pos, lo, hi,
+                                              _threshold("min_pos_iou", min_pos_iou), bool(match_low_quality), bool(gt_max_assign_all),
+                                              backend)
+    labels = torch.where(gt_inds > 0, gt_labels.long().gather(1, (gt_inds - 1).clamp(min=0)), torch.full_like(gt_inds, -1))
+    return gt_inds, max_overlaps, labels
