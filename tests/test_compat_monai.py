@@ -300,6 +300,16 @@ def test_soft_label_gdl_nonneg_documented():
     torch.testing.assert_close(ours, peer_abs_weights(x, t), rtol=1e-6, atol=1e-8)
 
 
+def test_soft_label_without_spatial_dims():
+    """(B, N) input: MONAI's norms over dim=[] run over every axis, as its sums do (one score)."""
+    g = torch.Generator().manual_seed(4)
+    x = torch.randn(4, 3, generator=g, dtype=torch.float64)
+    t = torch.rand(4, 3, generator=g, dtype=torch.float64)
+    for name, kw in (("DiceLoss", dict(sigmoid=True)), ("TverskyLoss", dict(softmax=True, alpha=0.3, beta=0.7)),
+                     ("GeneralizedDiceLoss", dict(sigmoid=True, batch=True))):
+        _compare(getattr(FM, name)(soft_label=True, **kw), ORIGINAL[name](soft_label=True, **kw), x, t)
+
+
 @pytest.mark.parametrize("ignore_index", [0, 2, -1])
 def test_soft_label_ignore_index(ignore_index):
     """soft_label with ignore_index: a label map (the kernel's mask) and a one-hot target (MONAI's

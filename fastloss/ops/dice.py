@@ -4,12 +4,11 @@ registration and autograd.
 The fused work is ONE custom op, ``fastloss::dice_sums``: pass 1 over the logits (N, C, S)
 returns the per-(image, class) sums I, P', G' (N, C, 3) -- plain (p g, p, g), squared (p g, p^2,
 g^2) or, with ``soft``, the soft-label form (h(p, g) = (|p| + |g| - |p - g|) / 2, |p|, |g|;
-fastloss/reference/dice.py) -- and, for :func:`dice_ce_loss`, the
-per-image cross-entropy sum and count (N, 2).  Its backward, ``fastloss::dice_sums_backward``
-(its own op), is pass 2: it reads the logits and targets again and writes dL/dlogits directly
-through the softmax/sigmoid Jacobian (the softmax is recomputed, never stored: pass 2 moves
-the same bytes as storing it would, and no logit-sized buffer stays alive between forward
-and backward).  Everything after the sums -- score, log, gamma, class weights, batch or
+fastloss/reference/dice.py) -- and, for :func:`dice_ce_loss`, the per-image cross-entropy sum
+and count (N, 2).  Its backward, ``fastloss::dice_sums_backward`` (its own op), is pass 2: it
+reads the logits and targets again and writes dL/dlogits directly through the softmax/sigmoid
+Jacobian (the softmax is recomputed, never stored: pass 2 moves the same bytes as storing it
+would, and no logit-sized buffer stays alive between forward and backward).  Everything after the sums -- score, log, gamma, class weights, batch or
 per-image sums, reduction -- is a handful of ordinary torch ops on the tiny (N, C, 3)
 tensor (fastloss/reference/dice.py:finish), so autograd supplies dL/d(I, P', G') for pass 2
 and every option combines with every backend without a second copy of the math.
