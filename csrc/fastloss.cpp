@@ -24,7 +24,8 @@
 
 TORCH_LIBRARY(fastloss, m) {
   // dice family (csrc/kernels/dice.h): input (N, C, S) contiguous; target an (N, S) uint8/int32/int64
-  // label map or a float (N, C, S) tensor of input's dtype; activation 0 identity / 1 sigmoid / 2 softmax.
+  // label map or a float (N, C, S) tensor of input's dtype; activation 0 identity / 1 sigmoid / 2 softmax;
+  // squared: sums of p^2, g^2; soft: the soft-label sums h(p, g), |p|, |g| (not with squared).
   // sums -> ((N, C, 3) [I, P', G'], (N, 2) [ce sum, count] or empty), fp32 (fp64 for fp64 input).
   // IoU family (csrc/kernels/box_iou.h): pred/target (n, 4) contiguous, same dtype; weight None or one
   // fp32 (fp64) value per box; kind/fmt/convention codes of fastloss/ops/box_iou.py; cache = dL/dpred * weight (n, 4).
@@ -39,8 +40,8 @@ TORCH_LIBRARY(fastloss, m) {
   m.def("box_iou_native(Tensor boxes1, Tensor boxes2, int kind, int fmt, int convention, float eps, bool aligned) -> Tensor");
   m.def("box_iou_backward_native(Tensor grad, Tensor boxes1, Tensor boxes2, int kind, int fmt, int convention, float eps, bool aligned) -> (Tensor, Tensor)");
   m.def("box_iou_max_native(Tensor boxes1, Tensor boxes2, int kind, int fmt, int convention, float eps, int dim) -> (Tensor, Tensor)");
-  m.def("dice_sums_native(Tensor input, Tensor target, int activation, bool squared, int? ignore_index, bool with_ce) -> (Tensor, Tensor)");
-  m.def("dice_grad_native(Tensor grad_sums, Tensor grad_ce, Tensor input, Tensor target, int activation, bool squared, int? ignore_index) -> Tensor");
+  m.def("dice_sums_native(Tensor input, Tensor target, int activation, bool squared, bool soft, int? ignore_index, bool with_ce) -> (Tensor, Tensor)");
+  m.def("dice_grad_native(Tensor grad_sums, Tensor grad_ce, Tensor input, Tensor target, int activation, bool squared, bool soft, int? ignore_index) -> Tensor");
   // rowwise engine (csrc/kernels/rowwise.h): input a (B, C, S) view, any strides; target (B, S) uint8/int32/int64
   // labels, a contiguous (B, S) bins target in the accumulation dtype, or a (B, C, S) per-class target of input's
   // dtype (any strides); class_weight / class_alpha (C,) and sample_weight (B * S,) contiguous, accumulation dtype;

@@ -217,7 +217,7 @@ def test_dice_ce_single_pass(monkeypatch):
     inner = FM._dice._sums
 
     def spy(*args):
-        calls.append(args[5])  # with_ce
+        calls.append(args[6])  # with_ce
         return inner(*args)
 
     def no_ce(*args, **kwargs):
@@ -233,18 +233,123 @@ def test_dice_ce_single_pass(monkeypatch):
     assert calls == [True, True]
 
 
+# ------------------------------------------------------------------ soft_label=True (the kernel's soft-label sums)
+
+
+def _soft_target(x, seed=5):
+    """Random soft targets in [0, 1] shaped like x (float64)."""
+    return torch.rand(x.shape, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+
+
+SOFT_NAMES = ["DiceLoss", "TverskyLoss", "GeneralizedDiceLoss", "MaskedDiceLoss"]
+
+
+@pytest.mark.parametrize("name", SOFT_NAMES)
+@pytest.mark.parametrize("act", ACTS, ids=["softmax", "sigmoid", "none", "other_act"])
+@pytest.mark.parametrize("batch,reduction", [(False, "mean"), (True, "none"), (False, "sum"), (True, "mean")])
+def test_soft_label(name, act, batch, reduction):
+    """soft_label=True against MONAI (float64): random soft targets in [0, 1], and hard ones (a
+    label map / one-hot, where the soft-label norms still differ from soft_label=False at p == g);
+    jaccard, include_background, squared_pred (MONAI's ord 2 soft form)."""
+    x, lab = _data()
+    t = _soft_target(x)
+    extras = [dict(), dict(include_background=False)]
+    if name in ("DiceLoss", "MaskedDiceLoss"):
+        extras += [dict(jaccard=True), dict(squared_pred=True)]
+    if name == "TverskyLoss":
+        extras += [dict(alpha=0.2, beta=0.9)]
+    if name == "GeneralizedDiceLoss":
+        extras += [dict(w_type="simple")]
+    for extra in extras:
+        kw = dict(act, soft_label=True, batch=batch, reduction=reduction, **extra)
+        for target, onehot in ((t, False), (lab, True)):
+            # squared_pred: MONAI forms ||g||_2^2 of its fp32 one-hot in fp32 (a relative error ~1e-7)
+            tol = dict(rtol=1e-6, atol=1e-8) if onehot and "squared_pred" in extra else {}
+            _compare(getattr(FM, name)(to_onehot_y=onehot, **kw), ORIGINAL[name](to_onehot_y=onehot, **kw), x, target, **tol)
+
+
+@pytest.mark.parametrize("name", SOFT_NAMES)
+def test_soft_label_ties_and_signs(name):
+    """From probabilities (no activation) with exact ties p == g (soft values, 1 and 0), zeros on
+    either side and negative values in both input and target (MONAI's |.| norms): the values and
+    the gradients torch's autograd gives MONAI's formula (1/2 at a tie, 0 for d|p|/dp at 0)."""
+    g = torch.Generator().manual_seed(2)
+    t = torch.rand(2, 3, 6, 5, generator=g, dtype=torch.float64)
+    x = torch.rand(2, 3, 6, 5, generator=g, dtype=torch.float64)
+    x[..., 0] = t[..., 0]                                  # ties 0 < p == g < 1
+    t[..., 1, :] = (t[..., 1, :] > 0.5).double()
+    x[..., 1, :2] = t[..., 1, :2]                          # ties at 0 and 1
+    x[..., 2, :2] = 0.0                                    # p = 0
+    for target, x_in in ((t, x), (t, x * 2 - 0.5), (t * 2 - 1, x)):  # negative inputs / targets
+        for kw in (dict(), dict(batch=True, reduction="none"), dict(include_background=False, reduction="sum")):
+            if name == "GeneralizedDiceLoss" and (target < 0).any():
+                continue  # documented: MONAI weights by 1 / (sum g)^2, fastloss by its G' = sum |g|
+            _compare(getattr(FM, name)(soft_label=True, **kw), ORIGINAL[name](soft_label=True, **kw), x_in, target)
+
+
+def test_soft_label_gdl_nonneg_documented():
+    """GeneralizedDiceLoss(soft_label=True) with negative targets: fastloss's class weights come from
+    the kernel's G' = sum |g| (documented); with |target| the two agree."""
+    assert "GeneralizedDiceLoss(soft_label=True)" in " ".join(FM.__doc__.split())
+    x, _ = _data()
+    t = _soft_target(x) * 2 - 1
+    ours = FM.GeneralizedDiceLoss(soft_label=True, sigmoid=True)(x, t)
+    # the target's sign enters MONAI's tp / fp / fn through |g| and |p - g| only; its weights through sum g
+    peer_abs_weights = ORIGINAL["GeneralizedDiceLoss"](soft_label=True, sigmoid=True)
+    peer_abs_weights.w_func = lambda grnd, w=peer_abs_weights.w_func: w(t.abs().sum((2, 3)).float())
+    torch.testing.assert_close(ours, peer_abs_weights(x, t), rtol=1e-6, atol=1e-8)
+
+
+def test_soft_label_without_spatial_dims():
+    """(B, N) input: MONAI's norms over dim=[] run over every axis, as its sums do (one score)."""
+    g = torch.Generator().manual_seed(4)
+    x = torch.randn(4, 3, generator=g, dtype=torch.float64)
+    t = torch.rand(4, 3, generator=g, dtype=torch.float64)
+    for name, kw in (("DiceLoss", dict(sigmoid=True)), ("TverskyLoss", dict(softmax=True, alpha=0.3, beta=0.7)),
+                     ("GeneralizedDiceLoss", dict(sigmoid=True, batch=True))):
+        _compare(getattr(FM, name)(soft_label=True, **kw), ORIGINAL[name](soft_label=True, **kw), x, t)
+
+
+@pytest.mark.parametrize("ignore_index", [0, 2, -1])
+def test_soft_label_ignore_index(ignore_index):
+    """soft_label with ignore_index: a label map (the kernel's mask) and a one-hot target (MONAI's
+    whole-pixel mask in PyTorch)."""
+    x, lab = _data()
+    lab = lab.clone()
+    lab[0, 0, :2] = ignore_index
+    ok = (lab >= 0) & (lab < 3)
+    oh = torch.nn.functional.one_hot(lab.clamp(0, 2)[:, 0], 3).movedim(-1, 1).to(torch.float64) * ok
+    for t, onehot in ((lab, True), (oh, False)):
+        for act in (dict(softmax=True), dict(sigmoid=True)):
+            kw = dict(act, to_onehot_y=onehot, ignore_index=ignore_index, soft_label=True)
+            _compare(FM.DiceLoss(**kw), ORIGINAL["DiceLoss"](**kw), x, t)
+            _compare(FM.TverskyLoss(alpha=0.3, beta=0.7, **kw), ORIGINAL["TverskyLoss"](alpha=0.3, beta=0.7, **kw), x, t)
+
+
+def test_soft_label_runs_on_the_kernel(monkeypatch):
+    """soft_label=True is the dice kernel's soft-label mode (one fused pass, softmax inside), not
+    a PyTorch fallback; with squared_pred the squared sums (MONAI's ord 2 soft form)."""
+    calls = []
+    inner = FM._dice._sums
+
+    def spy(x, t, activation, squared, soft, *rest):
+        calls.append((activation, squared, soft))
+        return inner(x, t, activation, squared, soft, *rest)
+
+    monkeypatch.setattr(FM._dice, "_sums", spy)
+    x, _ = _data()
+    t = _soft_target(x)
+    FM.DiceLoss(softmax=True, soft_label=True)(x, t)
+    FM.DiceLoss(softmax=True, soft_label=True, squared_pred=True)(x, t)
+    FM.TverskyLoss(sigmoid=True, soft_label=True)(x, t)
+    assert calls == [(2, False, True), (2, True, False), (1, False, True)]
+
+
 # ------------------------------------------------------------------ errors for what fastloss cannot honour
 
 
 def test_errors():
     x, t = _data()
-    with pytest.raises(ValueError, match="soft_label"):
-        FM.DiceLoss(soft_label=True)
-    with pytest.raises(ValueError, match="soft_label"):
-        FM.TverskyLoss(soft_label=True)
-    with pytest.raises(ValueError, match="soft_label"):
-        FM.GeneralizedDiceLoss(soft_label=True)
-    FM.DiceLoss(soft_label=True, squared_pred=True)  # both forms are sum p g there
     with pytest.raises(ValueError, match="3-D boxes"):
         FM.BoxGIoULoss()(torch.zeros(2, 6), torch.ones(2, 6))
     with pytest.raises(ValueError, match="use_softmax"):
@@ -501,7 +606,8 @@ def test_dice_ce_weight_type_error(weight, include_background):
     ("FocalLoss", dict(to_onehot_y=True, use_softmax=True, weight=[1.0, 2.0, 3.0]), True),
     ("FocalLoss", dict(to_onehot_y=True, ignore_index=2, reduction="sum"), True),
     ("DiceFocalLoss", dict(to_onehot_y=True, softmax=True), True), ("DiceFocalLoss", dict(sigmoid=True), False),
-    ("DiceCELoss", dict(to_onehot_y=True, softmax=True), True), ("DiceLoss", dict(to_onehot_y=True, softmax=True, weight=[1.0, 2.0, 3.0]), True)])
+    ("DiceCELoss", dict(to_onehot_y=True, softmax=True), True), ("DiceLoss", dict(to_onehot_y=True, softmax=True, weight=[1.0, 2.0, 3.0]), True),
+    ("DiceLoss", dict(sigmoid=True, soft_label=True), False), ("TverskyLoss", dict(softmax=True, soft_label=True, alpha=0.2), False)])
 def test_compile_fullgraph(name, kw, labels):
     """The value checks (soft targets, labels, weights) read the host: skipped while torch.compile
     traces, so fullgraph=True compiles; same values and gradients as eager."""

@@ -129,8 +129,10 @@ def test_soft_ce_default_smoothing():
 
 def test_errors():
     x, t = _data("multilabel")
-    with pytest.raises(ValueError, match="hard"):
-        FS.DiceLoss("multilabel")(x, t * 0.5)
+    with pytest.raises(ValueError, match="targets >= 0"):
+        FS.DiceLoss("multilabel")(x, t - 0.5)
+    with pytest.raises(ValueError, match="targets >= 0"):
+        FS.JaccardLoss("binary", ignore_index=IGNORE)(x[:, :1], torch.where(t[:, :1] > 0, -t[:, :1], IGNORE))
     with pytest.raises(ValueError, match="hard"):
         FS.FocalLoss("multilabel")(x, t * 0.5)
     with pytest.raises(ValueError, match="normalized"):
@@ -209,15 +211,100 @@ def test_hard_target_gradients_at_ties(name):
             _compare(getattr(FS, name)(mode, **kw), ORIGINAL[name](mode, **kw), x, t)
 
 
-def test_saturated_logits_gradient_bound():
-    """from_logits=True: where smp's probability rounds to exactly 1 the two gradients may differ,
-    by no more than the documented bound (dp/dx < 2^-53 in fp64); everywhere else they agree."""
+def test_saturated_logits_gradient():
+    """from_logits=True: where the probability rounds to exactly 1 = g (both smp's and the
+    kernel's, fp64 sigmoid(40)), the kernel's soft-label mode has smp's derivative 1/2 of
+    min(p, g): the gradients agree at the last bit's scale (the documented remaining difference is
+    a logit where only one of the two roundings gives 1)."""
     x, t = _data("multilabel")
     x = x.clone()
     x[0, 0, 0, :3] = 40.0  # sigmoid(40) == 1 in fp64
+    x[0, 1, 0, :3] = -40.0
     t = t.clone()
     t[0, 0, 0, :3] = 1.0
-    _compare(FS.DiceLoss("multilabel"), ORIGINAL["DiceLoss"]("multilabel"), x, t, rtol=1e-10, atol=1e-15)
+    t[0, 1, 0, :3] = 0.0
+    for name in ("DiceLoss", "JaccardLoss", "TverskyLoss"):
+        _compare(getattr(FS, name)("multilabel"), ORIGINAL[name]("multilabel"), x, t)
+        # the saturated elements' own gradients (~1e-20, below _compare's atol): relative agreement
+        grads = []
+        for loss in (getattr(FS, name)("multilabel"), ORIGINAL[name]("multilabel")):
+            xi = x.clone().requires_grad_(True)
+            grads.append(torch.autograd.grad(loss(xi, t), xi)[0][0, :2, 0, :3])
+        assert (grads[1][0] != 0).all()
+        torch.testing.assert_close(grads[0], grads[1], rtol=1e-9, atol=0)
+
+
+# ------------------------------------------------------------------ soft (float) targets
+
+
+def _soft_data(mode, seed=0, ignore=False, probs=False, ties=False, signs=False):
+    """Logits (probabilities with ``probs``) and a soft target in [0, 1] for "binary" / "multilabel";
+    ``ties``: p == g exactly at some elements (soft values, 0 and 1); ``signs``: negative values
+    in both (``probs`` only: the exact from_logits=False path)."""
+    g = torch.Generator().manual_seed(seed)
+    C = 1 if mode == "binary" else 4
+    x = torch.randn(3, C, 6, 5, generator=g, dtype=torch.float64) * 2
+    t = torch.rand(3, C, 6, 5, generator=g, dtype=torch.float64)
+    if mode == "multilabel":
+        t[:, -1] = 0  # a class absent from the batch: smp zeroes its loss
+    if probs:
+        x = torch.sigmoid(x)
+    if ties:
+        x[..., 0] = t[..., 0]
+        t[..., 1, :2] = torch.tensor([0.0, 1.0], dtype=torch.float64)
+        x[..., 1, :2] = t[..., 1, :2]
+        x[..., 2, :2] = 0.0
+    if signs:
+        x[..., 3, :] = x[..., 3, :] * 2 - 0.6
+        t[..., 4, :] = t[..., 4, :] * 2 - 0.7
+    if ignore:
+        t.view(-1)[::7] = IGNORE
+    return (x, t[:, 0]) if mode == "binary" else (x, t)
+
+
+@pytest.mark.parametrize("name", ["DiceLoss", "JaccardLoss", "TverskyLoss"])
+@pytest.mark.parametrize("mode", ["binary", "multilabel"])
+@pytest.mark.parametrize("from_logits", [True, False])
+@pytest.mark.parametrize("ignore", [False, True])
+def test_soft_targets(name, mode, from_logits, ignore):
+    """Soft float targets in [0, 1]: smp's sum min(p, g) -- the kernel's soft-label mode with
+    from_logits=True, the plain sums + the exact torch term with from_logits=False."""
+    extra = dict(alpha=0.3, beta=0.7, gamma=1.5) if name == "TverskyLoss" else {}
+    grid = [dict(), dict(smooth=1.0), dict(log_loss=True), dict(eps=1e-3, smooth=0.5, log_loss=True)]
+    if mode == "multilabel":
+        grid += [dict(classes=[0, 2]), dict(class_weights=[0.5, 1.0, 2.0, 3.0])]
+    for kw in grid:
+        x, t = _soft_data(mode, ignore=ignore, probs=not from_logits)
+        args = dict(kw, from_logits=from_logits, ignore_index=IGNORE if ignore else None, **extra)
+        _compare(getattr(FS, name)(mode, **args), ORIGINAL[name](mode, **args), x, t)
+
+
+@pytest.mark.parametrize("name", ["DiceLoss", "JaccardLoss", "TverskyLoss"])
+@pytest.mark.parametrize("mode", ["binary", "multilabel"])
+def test_soft_targets_ties_and_signs(name, mode):
+    """from_logits=False with soft targets: exact ties p == g (smp's derivative 1/2), p = 0, and
+    negative inputs and targets (smp's sum g, no |.|) -- values and gradients are smp's."""
+    for ignore in (False, True):
+        x, t = _soft_data(mode, seed=3, ignore=ignore, probs=True, ties=True, signs=True)
+        kw = dict(from_logits=False, ignore_index=IGNORE if ignore else None, smooth=0.25)
+        _compare(getattr(FS, name)(mode, **kw), ORIGINAL[name](mode, **kw), x, t)
+
+
+def test_soft_targets_from_logits_use_the_soft_kernel_mode(monkeypatch):
+    """from_logits=True: one pass of the dice kernel in its soft-label mode (sigmoid inside, no
+    PyTorch term); from_logits=False: the plain sums (+ the torch term)."""
+    calls = []
+    inner = FS._dice._sums
+
+    def spy(x, t, activation, squared, soft, *rest):
+        calls.append((activation, soft))
+        return inner(x, t, activation, squared, soft, *rest)
+
+    monkeypatch.setattr(FS._dice, "_sums", spy)
+    x, t = _soft_data("multilabel")
+    FS.DiceLoss("multilabel")(x, t)
+    FS.DiceLoss("multilabel", from_logits=False)(torch.sigmoid(x), t)
+    assert calls == [(1, True), (0, False)]
 
 
 def _assert_same_state(ours, peer):
@@ -261,12 +348,14 @@ def test_focal_loss_fn(reduction):
         FS.focal_loss_with_logits(x, t, normalized=True)
 
 
-@pytest.mark.parametrize("name,mode", [("FocalLoss", "multiclass"), ("FocalLoss", "binary"), ("DiceLoss", "multilabel"),
-                                       ("DiceLoss", "multiclass"), ("JaccardLoss", "binary"), ("SoftCrossEntropyLoss", None)])
-def test_compile_fullgraph(name, mode):
-    """The value checks (soft targets, labels) read the host: skipped while torch.compile traces,
-    so fullgraph=True compiles; same values and gradients as eager."""
-    x, t = _data(mode or "multiclass")
+@pytest.mark.parametrize("name,mode,soft", [("FocalLoss", "multiclass", False), ("FocalLoss", "binary", False),
+                                            ("DiceLoss", "multilabel", False), ("DiceLoss", "multiclass", False),
+                                            ("JaccardLoss", "binary", False), ("SoftCrossEntropyLoss", None, False),
+                                            ("DiceLoss", "multilabel", True), ("TverskyLoss", "binary", True)])
+def test_compile_fullgraph(name, mode, soft):
+    """The value checks (negative / soft targets, labels) read the host: skipped while
+    torch.compile traces, so fullgraph=True compiles; same values and gradients as eager."""
+    x, t = _soft_data(mode) if soft else _data(mode or "multiclass")
     if mode == "binary":
         t = t.to(torch.float64)
     loss = getattr(FS, name)(mode) if mode else getattr(FS, name)(smooth_factor=0.1)

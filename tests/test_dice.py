@@ -28,6 +28,10 @@ OPTION_SETS = [
     ("dice_ce", dict(ignore_index=255)),
     ("dice_ce", dict(per_image=True, lambda_dice=0.3, lambda_ce=2.0, reduction="sum")),
     ("dice", dict(zero_empty=True, per_image=True, reduction="none")),
+    ("dice", dict(soft_label=True, per_image=True, ignore_index=255)),
+    ("tversky", dict(soft_label=True, alpha=0.3, beta=0.7, gamma=1.5, reduction="none")),
+    ("jaccard", dict(soft_label=True, log=True, include_background=False, reduction="sum")),
+    ("dice_ce", dict(soft_label=True, ignore_index=255, per_image=True)),
 ]
 
 
@@ -448,7 +452,8 @@ def test_gradcheck_fp64(backend, mode, form):
     helpers.require_backend("cpu", backend)
     ign = 255 if not (mode == "multiclass" and form == "float") else None
     x, t = make_case(mode, form, (3, 4), 3, torch.float64, "cpu", ignore_index=ign)
-    sets = [("dice_ce", dict(ignore_index=ign)), ("tversky", dict(alpha=0.3, beta=0.7, gamma=1.5, squared=True, per_image=True, ignore_index=ign))]
+    sets = [("dice_ce", dict(ignore_index=ign)), ("tversky", dict(alpha=0.3, beta=0.7, gamma=1.5, squared=True, per_image=True, ignore_index=ign)),
+            ("jaccard", dict(soft_label=True, per_image=True, ignore_index=ign))]
     for name, opts in sets:
         fn = FNS[name][0]
 
@@ -472,10 +477,12 @@ def test_opcheck(backend):
         for t, act, ign in ((torch.randint(0, 3, (2, 10)), 2, None), (torch.randint(0, 3, (2, 10)).to(torch.uint8), 2, 1),
                             (torch.rand(2, 3, 10, dtype=dtype), 1, None)):
             for with_ce in (False, True):
-                _opcheck(torch.ops.fastloss.dice_sums.default, (x, t, act, False, ign, with_ce, backend))
+                for squared, soft in ((False, False), (True, False), (False, True)):
+                    _opcheck(torch.ops.fastloss.dice_sums.default, (x, t, act, squared, soft, ign, with_ce, backend))
             gs = torch.randn(2, 3, 3, dtype=acc)
             for gce in (torch.randn(2, 2, dtype=acc), torch.empty(0, dtype=acc)):
-                _opcheck(torch.ops.fastloss.dice_sums_backward.default, (gs, gce, x.detach(), t, act, True, ign, backend))
+                for squared, soft in ((True, False), (False, True)):
+                    _opcheck(torch.ops.fastloss.dice_sums_backward.default, (gs, gce, x.detach(), t, act, squared, soft, ign, backend))
 
 
 def _loss_and_grad(fn, x, *args):
@@ -495,7 +502,9 @@ def test_compile_fullgraph_aot_eager(dynamo_reset, backend):
     def fn(inp, target, cw):
         a = fastloss.dice_ce_loss(inp, target, ignore_index=3, class_weights=cw, backend=backend)
         b = fastloss.tversky_loss(inp, target, 0.3, 0.7, 1.5, per_image=True, reduction="none", backend=backend)
-        return a + (b * b).sum()
+        c = fastloss.dice_loss(inp.sigmoid(), target.clamp_max(1).float().unsqueeze(1).expand_as(inp) * 0.7, mode="multilabel",
+                               from_logits=False, soft_label=True, backend=backend)
+        return a + (b * b).sum() + c
 
     compiled = torch.compile(fn, backend="aot_eager", fullgraph=True)
     out_e, g_e = _loss_and_grad(fn, x, t, w)
@@ -535,7 +544,7 @@ def test_eager_fast_path_equals_custom_op(device, backend, dtype):
     helpers.require_backend(device, backend)
     x = torch.randn(2, 3, 10, device=device).to(dtype).requires_grad_(True)
     t = torch.randint(0, 3, (2, 10), device=device)
-    args = (t, 2, True, 1, True, backend)
+    args = (t, 2, True, False, 1, True, backend)
     s_f, c_f = fastloss.DiceSumsFunction.apply(x, *args)
     s_o, c_o = torch.ops.fastloss.dice_sums(x, *args)
     assert torch.equal(s_f, s_o) and torch.equal(c_f, c_o)
@@ -596,7 +605,7 @@ def test_triton_batch_limit_is_a_clear_error():
     x = torch.empty(65536, 2, 1)
     t = torch.zeros(65536, 1, dtype=torch.int64)
     with pytest.raises(ValueError, match="65535"):
-        triton_dice._meta(x, t, 2, False, None)
+        triton_dice._meta(x, t, 2, False, False, None)
 
 
 @pytest.mark.parametrize("device,backend", helpers.device_backend_params())
@@ -627,3 +636,142 @@ def test_dice_ce_class_weights(device, backend, reduction):
         fastloss.dice_ce_loss(x, (soft > 0.3).double(), mode="multilabel", ce_weight=w, backend=backend)
     with pytest.raises(ValueError, match="ce_weight"):
         fastloss.nn.DiceCELoss(mode="multilabel", ce_weight=[1.0, 2.0])
+
+
+# ======================================================================================
+# soft-label sums: h(p, g) = (|p| + |g| - |p - g|) / 2, |p|, |g|
+# ======================================================================================
+
+
+def _soft_formula_loss(x, t, activation, ignore_index=None, per_image=True):
+    """Dice (smooth 1e-5 / 1e-5) from the soft-label sums written literally (MONAI's
+    compute_tp_fp_fn with ord 1, soft_label=True) in float64, differentiated by torch's autograd:
+    the independent oracle of the kernels' values AND derivatives (ties and zeros included)."""
+    p, g, m = R.probs_targets_mask(x, t, activation, ignore_index)
+    p, g = p * m, g * m  # MONAI's mask_loss_inputs: masked elements are 0 in both
+    dims = (2,) if per_image else (0, 2)
+    pn, gn, dn = p.abs().sum(dims), g.abs().sum(dims), (p - g).abs().sum(dims)
+    tp = (pn + gn - dn) / 2
+    return (1 - (2 * tp + 1e-5) / (pn + gn + 1e-5)).mean()
+
+
+def _soft_case(device, dtype=torch.float64, C=3, seed=0):
+    """From-probabilities input with exact ties p == g (soft and hard values), zeros on either
+    side, negative values in both (|.| matters), and a soft target."""
+    g = torch.Generator().manual_seed(seed)
+    t = torch.rand(2, C, 40, generator=g, dtype=torch.float64)
+    x = torch.rand(2, C, 40, generator=g, dtype=torch.float64)
+    x[:, :, :6] = t[:, :, :6]                      # ties 0 < p == g < 1
+    t[:, :, 6:9] = 1.0
+    x[:, :, 6:8] = 1.0                             # ties at 1 (a hard target)
+    t[:, :, 9:12] = 0.0
+    x[:, :, 9:11] = 0.0                            # p == g == 0, and p > 0 = g
+    x[:, :, 12:15] = 0.0                           # p = 0 < g
+    x[:, :, 15:20] = -x[:, :, 15:20]               # p < 0 < g
+    t[:, :, 20:25] = -t[:, :, 20:25]               # g < 0 < p
+    x[:, :, 25:28] = -x[:, :, 25:28]
+    t[:, :, 25:28] = -t[:, :, 25:28]               # both < 0
+    x[:, :, 28:30] = t[:, :, 28:30] = -0.25        # a negative tie
+    t[:, :, 30:33] = 7.0                           # g > 1 (the ignore_index of one variant below)
+    return x.to(dtype).to(device), t.to(dtype).to(device)
+
+
+@pytest.mark.parametrize("device,backend", helpers.device_backend_params())
+def test_soft_label_vs_formula_with_ties(device, backend):
+    """Every backend's soft-label value and gradient equal torch's autograd of the literal
+    formula in float64: at ties p == g (1/2), at p = 0 (d|p|/dp = 0), for negative p and g."""
+    helpers.require_backend(device, backend)
+    x, t = _soft_case(device)
+    for ign in (None, 7):  # float targets: elements equal to ignore_index leave every sum
+        for per_image in (True, False):
+            xa = x.clone().requires_grad_(True)
+            out = fastloss.dice_loss(xa, t, mode="multilabel", from_logits=False, soft_label=True, smooth_nr=1e-5, smooth_dr=1e-5,
+                                     per_image=per_image, ignore_index=ign, backend=backend)
+            xb = x.detach().cpu().requires_grad_(True)
+            ref = _soft_formula_loss(xb, t.cpu(), 0, ign, per_image)
+            helpers.assert_close(out, ref.detach(), torch.float64, msg=f"{backend} value ign={ign} per_image={per_image}")
+            (ga,) = torch.autograd.grad(out, xa)
+            (gb,) = torch.autograd.grad(ref, xb)
+            helpers.assert_close(ga, gb, torch.float64, msg=f"{backend} grad ign={ign} per_image={per_image}")
+
+
+@pytest.mark.parametrize("device,backend", helpers.device_backend_params())
+@pytest.mark.parametrize("mode,form", MODE_FORMS, ids=[f"{m}-{f}" for m, f in MODE_FORMS])
+def test_soft_label_from_logits_vs_formula(device, backend, mode, form):
+    """Through softmax / sigmoid, labels expanded in the kernel and ignore_index: the literal
+    formula's values and gradients (float64)."""
+    helpers.require_backend(device, backend)
+    ign = None if (mode == "multiclass" and form == "float") else 255
+    x, t = make_case(mode, form, (4, 5), 3, torch.float64, device, ignore_index=ign)
+    if form == "float" and mode != "multiclass":
+        t = torch.where(t == 255, t, torch.rand(t.shape, dtype=t.dtype, device=device))  # soft values, ignored ones kept
+    out = fastloss.dice_loss(x, t, mode=mode, soft_label=True, smooth_nr=1e-5, smooth_dr=1e-5, per_image=True, ignore_index=ign,
+                             backend=backend)
+    x64, t64 = R.canonicalize(x.detach().cpu().requires_grad_(True), t.cpu(), mode)
+    xb = x64.detach().requires_grad_(True)
+    ref = _soft_formula_loss(xb, t64, 2 if mode == "multiclass" else 1, ign)
+    helpers.assert_close(out, ref.detach(), torch.float64, msg=f"{backend} value")
+    (ga,) = torch.autograd.grad(out, x)
+    (gb,) = torch.autograd.grad(ref, xb)
+    helpers.assert_close(ga.reshape(gb.shape), gb, torch.float64, msg=f"{backend} grad")
+
+
+@pytest.mark.parametrize("device,backend,dtype", helpers.device_backend_dtype_params(dtypes=(torch.float32, torch.float64)))
+def test_soft_label_hard_targets_equal_default(device, backend, dtype):
+    """For hard targets and p in (0, 1) the soft-label sums are the plain ones: same values, same
+    gradients (labels, one-hot, binary), Dice + CE included."""
+    helpers.require_backend(device, backend)
+    for mode, form in MODE_FORMS:
+        x, t = make_case(mode, form, (5, 6), 4, dtype, device)
+        if mode == "multiclass" and form == "float":
+            t = F.one_hot(t.argmax(1), 4).movedim(-1, 1).to(dtype)
+        for fn in (fastloss.dice_loss, fastloss.jaccard_loss, fastloss.dice_ce_loss):
+            a = fn(x, t, mode=mode, per_image=True, backend=backend)
+            b = fn(x, t, mode=mode, per_image=True, soft_label=True, backend=backend)
+            helpers.assert_close(b, a.detach().double(), dtype, reduced=True, msg=f"{fn.__name__} {mode}-{form}")
+            (ga,) = torch.autograd.grad(a, x)
+            (gb,) = torch.autograd.grad(b, x)
+            helpers.assert_close(gb, ga.double(), dtype, reduced=True, msg=f"{fn.__name__} {mode}-{form} grad")
+
+
+@pytest.mark.parametrize("device,backend", helpers.device_backend_params())
+def test_soft_label_sums_without_cancellation(device, backend):
+    """h(p, g) is min(|p|, |g|) for one sign, not (|p| + |g| - |p - g|) / 2 as written: fp32
+    p = 1e-8 against g = 1 (and the reverse) adds 1e-8, where the literal formula gives 0."""
+    helpers.require_backend(device, backend)
+    x = torch.tensor([[[1e-8, 1.0, 3e-9, -2e-8]]], device=device)
+    t = torch.tensor([[[1.0, 1e-8, 0.5, -1.0]]], device=device)
+    sums, _ = torch.ops.fastloss.dice_sums(x, t, 0, False, True, None, False, backend)
+    I, P, G = sums[0, 0].double().cpu().tolist()
+    assert I == pytest.approx(1e-8 + 1e-8 + 3e-9 + 2e-8, rel=1e-6), I
+    assert P == pytest.approx(1.0 + 1e-8 + 3e-9 + 2e-8, rel=1e-6) and G == pytest.approx(2.5 + 1e-8, rel=1e-6)
+
+
+@pytest.mark.parametrize("device,backend", helpers.device_backend_params())
+def test_soft_label_nan_propagates(device, backend):
+    helpers.require_backend(device, backend)
+    x = torch.rand(2, 3, 4, 5, device=device)
+    t = torch.rand(2, 3, 4, 5, device=device)
+    for xi, ti in ((x.clone().index_put_((torch.tensor(0),) * 4, torch.tensor(float("nan"))), t),
+                   (x, t.clone().index_put_((torch.tensor(1),) * 4, torch.tensor(float("nan"))))):
+        out = fastloss.dice_loss(xi, ti, mode="multilabel", from_logits=False, soft_label=True, per_image=True, reduction="none",
+                                 backend=backend)
+        assert torch.isnan(out).sum() == 1, out
+
+
+def test_soft_label_and_squared():
+    """Public API: soft_label with squared is the squared sums (the soft form of ord 2); the op
+    refuses the pair on every backend."""
+    x = torch.randn(2, 3, 4, 5, dtype=torch.float64)
+    t = torch.rand(2, 3, 4, 5, dtype=torch.float64)
+    for backend in fastloss.available_backends("cpu"):
+        a = fastloss.dice_loss(x, t, mode="multilabel", squared=True, backend=backend)
+        assert torch.equal(fastloss.dice_loss(x, t, mode="multilabel", squared=True, soft_label=True, backend=backend), a)
+        with pytest.raises(ValueError, match="exclude each other"):
+            torch.ops.fastloss.dice_sums(x.view(2, 3, 20), t.view(2, 3, 20), 1, True, True, None, False, backend)
+    if "cpu" in fastloss.available_backends("cpu"):
+        with pytest.raises(RuntimeError, match="exclude each other"):
+            torch.ops.fastloss.dice_sums_native(x.view(2, 3, 20), t.view(2, 3, 20), 1, True, True, None, False)
+        with pytest.raises(RuntimeError, match="exclude each other"):
+            torch.ops.fastloss.dice_grad_native(torch.zeros(2, 3, 3, dtype=torch.float64), torch.empty(0, dtype=torch.float64),
+                                                x.view(2, 3, 20), t.view(2, 3, 20), 1, True, True, None)

@@ -8,6 +8,8 @@ softmax over C is computed in registers from one read of the tile.
           torch.sum over the block axis: deterministic, no atomics;
   pass 2: dL/dlogits through the softmax/sigmoid Jacobian (softmax recomputed), in input's
           dtype.
+SOFT: the soft-label sums h(p, g) = (|p| + |g| - |p - g|) / 2, |p|, |g| and their derivatives
+(csrc/kernels/dice.h: soft_inter, dloss_dp).
 Integer label maps (uint8/int32/int64) are compared with the class index in registers (no
 one-hot).  Out-of-range labels are not checked here (no host sync): they match no class.
 """
@@ -71,21 +73,46 @@ def _tile(x_ptr, t_ptr, n, blk, C, S, ignore_index, ACT: tl.constexpr, LABELS: t
 
 
 @triton.jit
+def _sgn(x):
+    """sgn x in {-1, 0, 1}, 0 at 0 and at NaN (torch.sign: the derivative of |x| autograd uses)."""
+    return tl.where(x > 0, 1.0, tl.where(x < 0, -1.0, 0.0))
+
+
+@triton.jit
+def _soft_inter(p, g):
+    """h(p, g) = (|p| + |g| - |p - g|) / 2 as min(|p|, |g|) where p and g have the same strict
+    sign, else 0: as written |p| + |g| rounds a small operand away and the difference cancels
+    (fp32 p = 1e-8, g = 1 gives 0); the min is exact.  NaN in p or g (or p = -g = +-inf) gives NaN."""
+    ap = tl.abs(p)
+    ag = tl.abs(g)
+    mn = tl.where(ag < ap, ag, ap)
+    same = ((p > 0) & (g > 0)) | ((p < 0) & (g < 0))
+    h = tl.where(same, mn, 0.0)
+    s = p + g
+    return tl.where(s != s, s, h)
+
+
+@triton.jit
 def _sums_kernel(x_ptr, t_ptr, part_ptr, cepart_ptr, C, S, NBLK, ignore_index, ACT: tl.constexpr, LABELS: tl.constexpr,
                  HAS_IGNORE: tl.constexpr, SQUARED: tl.constexpr, WITH_CE: tl.constexpr, COMPUTE: tl.constexpr,
-                 BLOCK_C: tl.constexpr, BLOCK_S: tl.constexpr):
+                 BLOCK_C: tl.constexpr, BLOCK_S: tl.constexpr, SOFT: tl.constexpr = False):
     n = tl.program_id(1)
     blk = tl.program_id(0)
     x, p, g, m, mp, mx, ssum, offs, valid, cmask = _tile(x_ptr, t_ptr, n, blk, C, S, ignore_index, ACT, LABELS, HAS_IGNORE,
                                                          COMPUTE, BLOCK_C, BLOCK_S)
     # masked lanes must add exactly 0 (p of a padded class is 0, g is 0; use where, not * m, for NaN-free padding)
-    inter = tl.sum(tl.where(valid, m * p * g, 0.0), axis=1)
-    if SQUARED:
-        psum = tl.sum(tl.where(valid, m * p * p, 0.0), axis=1)
-        gsum_c = tl.sum(m * g * g, axis=1)
+    if SOFT:
+        inter = tl.sum(tl.where(valid, m * _soft_inter(p, g), 0.0), axis=1)
+        psum = tl.sum(tl.where(valid, m * tl.abs(p), 0.0), axis=1)
+        gsum_c = tl.sum(m * tl.abs(g), axis=1)
     else:
-        psum = tl.sum(tl.where(valid, m * p, 0.0), axis=1)
-        gsum_c = tl.sum(m * g, axis=1)
+        inter = tl.sum(tl.where(valid, m * p * g, 0.0), axis=1)
+        if SQUARED:
+            psum = tl.sum(tl.where(valid, m * p * p, 0.0), axis=1)
+            gsum_c = tl.sum(m * g * g, axis=1)
+        else:
+            psum = tl.sum(tl.where(valid, m * p, 0.0), axis=1)
+            gsum_c = tl.sum(m * g, axis=1)
     c = tl.arange(0, BLOCK_C)
     out = part_ptr + ((n.to(tl.int64) * NBLK + blk) * C + c) * 3
     tl.store(out + 0, inter, mask=cmask)
@@ -115,7 +142,7 @@ def _sums_kernel(x_ptr, t_ptr, part_ptr, cepart_ptr, C, S, NBLK, ignore_index, A
 @triton.jit
 def _grad_kernel(x_ptr, t_ptr, coef_ptr, cecoef_ptr, out_ptr, C, S, ignore_index, ACT: tl.constexpr, LABELS: tl.constexpr,
                  HAS_IGNORE: tl.constexpr, SQUARED: tl.constexpr, WITH_CE: tl.constexpr, COMPUTE: tl.constexpr,
-                 BLOCK_C: tl.constexpr, BLOCK_S: tl.constexpr):
+                 BLOCK_C: tl.constexpr, BLOCK_S: tl.constexpr, SOFT: tl.constexpr = False):
     n = tl.program_id(1)
     blk = tl.program_id(0)
     x, p, g, m, mp, mx, ssum, offs, valid, cmask = _tile(x_ptr, t_ptr, n, blk, C, S, ignore_index, ACT, LABELS, HAS_IGNORE,
@@ -124,7 +151,11 @@ def _grad_kernel(x_ptr, t_ptr, coef_ptr, cecoef_ptr, out_ptr, C, S, ignore_index
     cb = coef_ptr + (n.to(tl.int64) * C + c) * 3
     a = tl.load(cb, mask=cmask, other=0.0).to(COMPUTE)
     b = tl.load(cb + 1, mask=cmask, other=0.0).to(COMPUTE)
-    if SQUARED:
+    if SOFT:
+        # dh/dp = (sgn p - sgn(p - g)) / 2, d|p|/dp = sgn p
+        sp = _sgn(p)
+        d = m * (a[:, None] * (sp - _sgn(p - g)) * 0.5 + b[:, None] * sp)
+    elif SQUARED:
         d = m * (a[:, None] * g + b[:, None] * 2.0 * p)
     else:
         d = m * (a[:, None] * g + b[:, None])
@@ -151,20 +182,20 @@ def _grad_kernel(x_ptr, t_ptr, coef_ptr, cecoef_ptr, out_ptr, C, S, ignore_index
     tl.store(out_ptr + offs, r.to(out_ptr.dtype.element_ty), mask=valid)
 
 
-def _meta(input, target, activation, squared, ignore_index):
+def _meta(input, target, activation, squared, soft, ignore_index):
     N, C, S = input.shape
     if N > 65535:  # one grid row per image: CUDA's grid y-dimension limit (the CUDA kernels check it too)
         raise ValueError(f"fastloss dice (Triton): batch size N must be <= 65535, got {N}")
     block_c = triton.next_power_of_2(max(C, 1))
     block_s = max(1, TILE // block_c)
     block_s = min(block_s, max(16, triton.next_power_of_2(max(S, 1))))
-    meta = dict(ACT=activation, LABELS=not target.is_floating_point(), HAS_IGNORE=ignore_index is not None, SQUARED=squared,
+    meta = dict(ACT=activation, LABELS=not target.is_floating_point(), HAS_IGNORE=ignore_index is not None, SQUARED=squared, SOFT=soft,
                 COMPUTE=tl.float64 if input.dtype == torch.float64 else tl.float32, BLOCK_C=block_c, BLOCK_S=block_s)
     return N, C, S, triton.cdiv(S, block_s), meta
 
 
-def forward(input, target, activation, squared, ignore_index, with_ce):
-    N, C, S, nblk, meta = _meta(input, target, activation, squared, ignore_index)
+def forward(input, target, activation, squared, soft, ignore_index, with_ce):
+    N, C, S, nblk, meta = _meta(input, target, activation, squared, soft, ignore_index)
     acc = reduced_dtype(input.dtype)
     part = torch.empty((N, nblk, C, 3), dtype=acc, device=input.device)
     cepart = torch.empty((N, nblk, 2) if with_ce else (1,), dtype=acc, device=input.device)
@@ -179,8 +210,8 @@ def forward(input, target, activation, squared, ignore_index, with_ce):
     return sums, ce
 
 
-def backward(grad_sums, grad_ce, input, target, activation, squared, ignore_index):
-    N, C, S, nblk, meta = _meta(input, target, activation, squared, ignore_index)
+def backward(grad_sums, grad_ce, input, target, activation, squared, soft, ignore_index):
+    N, C, S, nblk, meta = _meta(input, target, activation, squared, soft, ignore_index)
     out = torch.empty_like(input)
     with_ce = grad_ce.numel() > 0
     ign = 0 if ignore_index is None else int(ignore_index)

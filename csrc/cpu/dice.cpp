@@ -6,7 +6,8 @@
 //           in fp64: bitwise identical for any thread count.
 //   pass 2: dL/dlogits through the softmax/sigmoid Jacobian, recomputing the softmax.
 // Integer label maps (uint8 / int32 / int64) are compared with the class index in
-// registers; no one-hot, no probabilities are materialised.  Math: csrc/kernels/dice.h.
+// registers; no one-hot, no probabilities are materialised.  Math (plain, squared and
+// soft-label sums): csrc/kernels/dice.h.
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
 #include <ATen/Parallel.h>
@@ -119,7 +120,7 @@ void sums_cpu(const Args& a, bool with_ce, at::Tensor& sums, at::Tensor& ce) {
   const scalar_t* x_ptr = a.input.const_data_ptr<scalar_t>();
   const label_t* lab_ptr = a.labels ? a.target.const_data_ptr<label_t>() : nullptr;
   const scalar_t* t_ptr = a.labels ? nullptr : a.target.const_data_ptr<scalar_t>();
-  const bool softmax = a.activation == dice::kSoftmax, binary = a.C == 1 && !softmax, sq = a.squared;
+  const bool softmax = a.activation == dice::kSoftmax, binary = a.C == 1 && !softmax, sq = a.squared, soft = a.soft;
   std::vector<double> part(static_cast<size_t>(N * nblk * C * 3), 0.0);
   std::vector<double> cpart(static_cast<size_t>(N * nblk * 2), 0.0);
 
@@ -153,9 +154,9 @@ void sums_cpu(const Args& a, bool with_ce, at::Tensor& sums, at::Tensor& ce) {
             const Vec<acc_t> p = ebuf[c] * inv;
             Vec<acc_t> g, mc;
             target(c, g, mc);
-            acc[3 * c + 0] = acc[3 * c + 0] + mc * p * g;
-            acc[3 * c + 1] = acc[3 * c + 1] + mc * (sq ? p * p : p);
-            acc[3 * c + 2] = acc[3 * c + 2] + mc * (sq ? g * g : g);
+            acc[3 * c + 0] = acc[3 * c + 0] + mc * dice::inter_term(p, g, soft);
+            acc[3 * c + 1] = acc[3 * c + 1] + mc * dice::card_term(p, sq, soft);
+            acc[3 * c + 2] = acc[3 * c + 2] + mc * dice::card_term(g, sq, soft);
             if (with_ce) {
               gsum = gsum + g;
               gd = gd + rowwise::dense_term(g, mx, xbuf[c]);  // 0 for a class without target mass, even at x = -inf
@@ -178,9 +179,9 @@ void sums_cpu(const Args& a, bool with_ce, at::Tensor& sums, at::Tensor& ce) {
               Vec<acc_t> sn;
               dice::sigmoid2(x, p, sn);
             }
-            acc[3 * c + 0] = acc[3 * c + 0] + mc * p * g;
-            acc[3 * c + 1] = acc[3 * c + 1] + mc * (sq ? p * p : p);
-            acc[3 * c + 2] = acc[3 * c + 2] + mc * (sq ? g * g : g);
+            acc[3 * c + 0] = acc[3 * c + 0] + mc * dice::inter_term(p, g, soft);
+            acc[3 * c + 1] = acc[3 * c + 1] + mc * dice::card_term(p, sq, soft);
+            acc[3 * c + 2] = acc[3 * c + 2] + mc * dice::card_term(g, sq, soft);
             if (with_ce) {
               ce_acc = ce_acc + Vec<acc_t>::blendv(Vec<acc_t>(acc_t(0)), dice::bce(x, g), (mc != Vec<acc_t>(acc_t(0))));
               cnt_acc = cnt_acc + mc;
@@ -230,7 +231,7 @@ void grad_cpu(const Args& a, const at::Tensor& gsums, const at::Tensor& gce, at:
   const bool with_ce = gce.numel() > 0;
   const acc_t* ce_coef = with_ce ? gce.const_data_ptr<acc_t>() : nullptr;
   scalar_t* o_ptr = out.mutable_data_ptr<scalar_t>();
-  const bool softmax = a.activation == dice::kSoftmax, binary = a.C == 1 && !softmax, sq = a.squared;
+  const bool softmax = a.activation == dice::kSoftmax, binary = a.C == 1 && !softmax, sq = a.squared, soft = a.soft;
 
   at::parallel_for(0, N * nblk, 1, [&](int64_t w0, int64_t w1) {
     std::vector<Vec<acc_t>> pbuf(static_cast<size_t>(softmax ? C : 0)), dbuf(static_cast<size_t>(softmax ? C : 0));
@@ -262,7 +263,7 @@ void grad_cpu(const Args& a, const at::Tensor& gsums, const at::Tensor& gce, at:
             Vec<acc_t> g, mc;
             target(c, g, mc);
             pbuf[c] = pbuf[c] * inv;
-            dbuf[c] = dice::dloss_dp(pbuf[c], g, mc, Vec<acc_t>(cn[3 * c]), Vec<acc_t>(cn[3 * c + 1]), sq);
+            dbuf[c] = dice::dloss_dp(pbuf[c], g, mc, Vec<acc_t>(cn[3 * c]), Vec<acc_t>(cn[3 * c + 1]), sq, soft);
             dot = dot + pbuf[c] * dbuf[c];
             if (with_ce) gsum = gsum + g;
           }
@@ -286,10 +287,10 @@ void grad_cpu(const Args& a, const at::Tensor& gsums, const at::Tensor& gce, at:
             if (a.activation == dice::kSigmoid) {
               Vec<acc_t> sp, sn;
               dice::sigmoid2(x, sp, sn);
-              r = sp * sn * dice::dloss_dp(sp, g, mc, Vec<acc_t>(cn[3 * c]), Vec<acc_t>(cn[3 * c + 1]), sq);
+              r = sp * sn * dice::dloss_dp(sp, g, mc, Vec<acc_t>(cn[3 * c]), Vec<acc_t>(cn[3 * c + 1]), sq, soft);
               if (with_ce) r = r + e_ce * mc * dice::p_minus_t(sp, sn, g);
             } else {
-              r = dice::dloss_dp(x, g, mc, Vec<acc_t>(cn[3 * c]), Vec<acc_t>(cn[3 * c + 1]), sq);
+              r = dice::dloss_dp(x, g, mc, Vec<acc_t>(cn[3 * c]), Vec<acc_t>(cn[3 * c + 1]), sq, soft);
             }
             cpu::store<acc_t>(on + c * S + s, r, k);
           }
@@ -310,8 +311,8 @@ void dispatch_labels(const Args& a, const F& f) {
 }
 
 std::tuple<at::Tensor, at::Tensor> sums_cpu_op(const at::Tensor& input, const at::Tensor& target, int64_t activation, bool squared,
-                                               c10::optional<int64_t> ignore_index, bool with_ce) {
-  const Args a = dice::make_args(input, target, activation, squared, ignore_index);
+                                               bool soft, c10::optional<int64_t> ignore_index, bool with_ce) {
+  const Args a = dice::make_args(input, target, activation, squared, soft, ignore_index);
   const auto acc_opt = input.options().dtype(input.scalar_type() == at::kDouble ? at::kDouble : at::kFloat);
   at::Tensor sums = at::empty({a.N, a.C, 3}, acc_opt);
   at::Tensor ce = at::empty({with_ce ? a.N : 0, 2}, acc_opt);
@@ -330,8 +331,8 @@ std::tuple<at::Tensor, at::Tensor> sums_cpu_op(const at::Tensor& input, const at
 }
 
 at::Tensor grad_cpu_op(const at::Tensor& grad_sums, const at::Tensor& grad_ce, const at::Tensor& input, const at::Tensor& target,
-                       int64_t activation, bool squared, c10::optional<int64_t> ignore_index) {
-  const Args a = dice::make_args(input, target, activation, squared, ignore_index);
+                       int64_t activation, bool squared, bool soft, c10::optional<int64_t> ignore_index) {
+  const Args a = dice::make_args(input, target, activation, squared, soft, ignore_index);
   const auto acc_t = input.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
   TORCH_CHECK(grad_sums.scalar_type() == acc_t && grad_sums.is_contiguous() && grad_sums.numel() == a.N * a.C * 3,
               "fastloss dice: grad_sums must be a contiguous (N, C, 3) tensor in the accumulation dtype");

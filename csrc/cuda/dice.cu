@@ -45,7 +45,7 @@ struct DicePtrs {
 struct DiceDims {
   int64_t C, S, nblk;
   int activation;
-  bool squared, has_ignore, binary;
+  bool squared, soft, has_ignore, binary;
   int64_t ignore_index;
 };
 
@@ -152,9 +152,9 @@ __global__ void __launch_bounds__(kThreads) dice_sums_kernel(DicePtrs<scalar_t, 
       acc_t g, mc;
       target_at(p, d, px[k], idx, c, g, mc);
       const acc_t pr = prob(x, px[k], d.activation);
-      I += mc * pr * g;
-      P += mc * (d.squared ? pr * pr : pr);
-      G += mc * (d.squared ? g * g : g);
+      I += mc * dice::inter_term(pr, g, d.soft);
+      P += mc * dice::card_term(pr, d.squared, d.soft);
+      G += mc * dice::card_term(g, d.squared, d.soft);
       if (with_ce) {
         if (d.activation == dice::kSoftmax) {
           gsum[k] += g;
@@ -215,7 +215,7 @@ __global__ void __launch_bounds__(kThreads) dice_grad_kernel(DicePtrs<scalar_t, 
         acc_t g, mc;
         target_at(p, d, px, idx, c, g, mc);
         const acc_t pr = prob(static_cast<acc_t>(p.x[idx]), px, d.activation);
-        dot += pr * dice::dloss_dp(pr, g, mc, cn[3 * c], cn[3 * c + 1], d.squared);
+        dot += pr * dice::dloss_dp(pr, g, mc, cn[3 * c], cn[3 * c + 1], d.squared, d.soft);
         gs += g;
       }
       const rowwise::Row<acc_t> ce_row = rowwise::cross_entropy_row(gs);
@@ -224,7 +224,7 @@ __global__ void __launch_bounds__(kThreads) dice_grad_kernel(DicePtrs<scalar_t, 
         acc_t g, mc;
         target_at(p, d, px, idx, c, g, mc);
         const acc_t pr = prob(static_cast<acc_t>(p.x[idx]), px, d.activation);
-        acc_t r = pr * (dice::dloss_dp(pr, g, mc, cn[3 * c], cn[3 * c + 1], d.squared) - dot);
+        acc_t r = pr * (dice::dloss_dp(pr, g, mc, cn[3 * c], cn[3 * c + 1], d.squared, d.soft) - dot);
         if (cecoef != nullptr) {
           const acc_t q = c == px.amax ? px.rest * px.inv : acc_t(1) - pr;  // 1 - p
           r += e * mc * rowwise::grad_elem(ce_row, pr, q, g);
@@ -241,10 +241,10 @@ __global__ void __launch_bounds__(kThreads) dice_grad_kernel(DicePtrs<scalar_t, 
         if (d.activation == dice::kSigmoid) {
           acc_t sp, sn;
           dice::sigmoid2(x, sp, sn);
-          r = sp * sn * dice::dloss_dp(sp, g, mc, cn[3 * c], cn[3 * c + 1], d.squared);
+          r = sp * sn * dice::dloss_dp(sp, g, mc, cn[3 * c], cn[3 * c + 1], d.squared, d.soft);
           if (cecoef != nullptr) r += e * mc * dice::p_minus_t(sp, sn, g);
         } else {
-          r = dice::dloss_dp(x, g, mc, cn[3 * c], cn[3 * c + 1], d.squared);
+          r = dice::dloss_dp(x, g, mc, cn[3 * c], cn[3 * c + 1], d.squared, d.soft);
         }
         out[idx] = static_cast<scalar_t>(r);
       }
@@ -259,6 +259,7 @@ DiceDims make_dims(const dice::Args& a) {
   d.nblk = (a.S + kPix - 1) / kPix;
   d.activation = static_cast<int>(a.activation);
   d.squared = a.squared;
+  d.soft = a.soft;
   d.has_ignore = a.has_ignore;
   d.ignore_index = a.ignore_index;
   d.binary = a.C == 1 && a.activation != dice::kSoftmax;
@@ -285,9 +286,9 @@ DicePtrs<scalar_t, label_t> make_ptrs(const dice::Args& a) {
 }
 
 std::tuple<at::Tensor, at::Tensor> sums_cuda_op(const at::Tensor& input, const at::Tensor& target, int64_t activation, bool squared,
-                                                c10::optional<int64_t> ignore_index, bool with_ce) {
+                                                bool soft, c10::optional<int64_t> ignore_index, bool with_ce) {
   const c10::cuda::CUDAGuard guard(input.device());
-  const dice::Args a = dice::make_args(input, target, activation, squared, ignore_index);
+  const dice::Args a = dice::make_args(input, target, activation, squared, soft, ignore_index);
   TORCH_CHECK(a.N <= 65535, "fastloss dice (CUDA): batch size N must be <= 65535");
   const auto acc_opt = input.options().dtype(input.scalar_type() == at::kDouble ? at::kDouble : at::kFloat);
   if (a.N * a.C * a.S == 0) {
@@ -313,9 +314,9 @@ std::tuple<at::Tensor, at::Tensor> sums_cuda_op(const at::Tensor& input, const a
 }
 
 at::Tensor grad_cuda_op(const at::Tensor& grad_sums, const at::Tensor& grad_ce, const at::Tensor& input, const at::Tensor& target,
-                        int64_t activation, bool squared, c10::optional<int64_t> ignore_index) {
+                        int64_t activation, bool squared, bool soft, c10::optional<int64_t> ignore_index) {
   const c10::cuda::CUDAGuard guard(input.device());
-  const dice::Args a = dice::make_args(input, target, activation, squared, ignore_index);
+  const dice::Args a = dice::make_args(input, target, activation, squared, soft, ignore_index);
   TORCH_CHECK(a.N <= 65535, "fastloss dice (CUDA): batch size N must be <= 65535");
   const auto acc_t_type = input.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
   TORCH_CHECK(grad_sums.device() == input.device() && grad_sums.scalar_type() == acc_t_type && grad_sums.is_contiguous() &&

@@ -4,12 +4,21 @@
 // Pass 1 ("sums") reduces, per image n and class c, over the pixels i (m = mask, 0 where the
 // target equals ignore_index; g = target; p = softmax over C | sigmoid | identity):
 //   I = sum m p g,  P' = sum m p (m p^2 if squared),  G' = sum m g (m g^2 if squared)
+// or, in the soft-label form (`soft`; Wang & Blaschko 2023, "Dice Semimetric Losses: Optimizing
+// the Dice Score with Soft Labels" -- MONAI's soft_label=True with ord 1, smp >= 0.4's Dice):
+//   I = sum m h(p, g),  h = (|p| + |g| - |p - g|) / 2,  P' = sum m |p|,  G' = sum m |g|
+// (h = min(p, g) for p, g >= 0; equal to p g for a hard g and p in [0, 1]).  Its derivatives are
+// the ones torch's autograd gives that formula, sgn(0) = 0 (so 1/2 at a tie p == g > 0):
+//   dh/dp = (sgn p - sgn(p - g)) / 2,  d|p|/dp = sgn p.
+// `soft` and `squared` exclude each other (make_args): the squared (ord 2) soft form
+// (||p||^2 + ||g||^2 - ||p - g||^2) / 2 is sum p g, the squared sums already.
 // and, for the fused Dice + cross entropy, per image
 //   softmax: sum_i m ce_i,  ce_i = (sum_c g_c) lse_i - sum_c g_c x_ci,  count = sum_i m
 //   sigmoid: sum m bce(x, g) over elements,                          count = sum m
 // Pass 2 ("grad") gets a_nc = dL/dI, b_nc = dL/dP' (dL/dG' does not reach the logits) and
 // e_n = dL/d(ce sum), and writes
 //   d_ci   = m (a g + b (2 p if squared else 1))                  dL/dp
+//   soft:  d_ci = m (a (sgn p - sgn(p - g)) / 2 + b sgn p)
 //   softmax: dL/dx_k = p_k (d_k - sum_c p_c d_c) + e m ((sum_c g_c) p_k - g_k)
 //   sigmoid: dL/dx   = p (1 - p) d + e m (p - g);  identity: dL/dx = d
 // (the softmax is recomputed from the logits, never stored).  The CE terms are evaluated
@@ -56,9 +65,41 @@ FL_HOST_DEVICE FL_INLINE T p_minus_t(T p, T s_neg, T g) {
   return (T(1) - g) * p - g * s_neg;
 }
 
-// dL/dp of one element: m (a g + b dP'/dp).
+// sgn x in {-1, 0, 1}, 0 at 0 (and at NaN, as torch.sign): the derivative of |x| torch's autograd uses.
 template <typename T>
-FL_HOST_DEVICE FL_INLINE T dloss_dp(T p, T g, T m, T a, T b, bool squared) {
+FL_HOST_DEVICE FL_INLINE T sgn(T x) {
+  const T zero(0);
+  return fl::select(x > zero, T(1), fl::select(x < zero, T(-1), zero));
+}
+
+// The soft-label intersection term h(p, g) = (|p| + |g| - |p - g|) / 2, formed as
+// min(|p|, |g|) where p and g have the same strict sign and 0 otherwise (the same number in
+// exact arithmetic).  Not as written: |p| + |g| and |p - g| round the smaller operand away, so
+// their difference cancels (fp32 p = 1e-8, g = 1 gives 0, not 1e-8); the min is exact.  NaN in
+// p or g gives NaN, as the formula does (so does p = -g = +-inf, whose formula is inf - inf).
+template <typename T>
+FL_HOST_DEVICE FL_INLINE T soft_inter(T p, T g) {
+  const T zero(0);
+  const T ap = fl::abs(p), ag = fl::abs(g);
+  const T mn = fl::select(ag < ap, ag, ap);
+  const T h = fl::select(p > zero, fl::select(g > zero, mn, zero), fl::select(p < zero, fl::select(g < zero, mn, zero), zero));
+  const T s = p + g;  // NaN iff p or g is NaN, or p = -g = +-inf
+  return fl::select(s != s, s, h);
+}
+
+// The per-element I, P', G' terms of pass 1 (module comment); m is applied by the caller.
+template <typename T>
+FL_HOST_DEVICE FL_INLINE T inter_term(T p, T g, bool soft) { return soft ? soft_inter(p, g) : p * g; }
+template <typename T>
+FL_HOST_DEVICE FL_INLINE T card_term(T v, bool squared, bool soft) { return squared ? v * v : (soft ? fl::abs(v) : v); }
+
+// dL/dp of one element: m (a dI/dp + b dP'/dp).
+template <typename T>
+FL_HOST_DEVICE FL_INLINE T dloss_dp(T p, T g, T m, T a, T b, bool squared, bool soft) {
+  if (soft) {
+    const T sp = sgn(p);
+    return m * (a * (sp - sgn(p - g)) * T(0.5) + b * sp);  // dh/dp, d|p|/dp
+  }
   const T dP = squared ? T(2) * p : T(1);
   return m * (a * g + b * dP);
 }
@@ -78,17 +119,18 @@ struct Args {
   bool labels = false;
   int64_t N = 0, C = 0, S = 0;
   int64_t activation = kSoftmax;
-  bool squared = false, has_ignore = false;
+  bool squared = false, soft = false, has_ignore = false;
   int64_t ignore_index = 0;
 };
 
-inline Args make_args(const at::Tensor& input, const at::Tensor& target, int64_t activation, bool squared,
+inline Args make_args(const at::Tensor& input, const at::Tensor& target, int64_t activation, bool squared, bool soft,
                       const c10::optional<int64_t>& ignore_index) {
   Args a;
   TORCH_CHECK(input.dim() == 3 && input.is_floating_point() && input.is_contiguous(),
               "fastloss dice: `input` must be a contiguous (N, C, S) floating tensor");
   TORCH_CHECK(target.device() == input.device() && target.is_contiguous(), "fastloss dice: `target` must be contiguous on input's device");
   TORCH_CHECK(activation >= 0 && activation <= 2, "fastloss dice: activation code must be 0, 1 or 2");
+  TORCH_CHECK(!(soft && squared), "fastloss dice: `soft` and `squared` exclude each other (the squared sums are the soft form's)");
   a.input = input;
   a.target = target;
   a.N = input.size(0);
@@ -96,6 +138,7 @@ inline Args make_args(const at::Tensor& input, const at::Tensor& target, int64_t
   a.S = input.size(2);
   a.activation = activation;
   a.squared = squared;
+  a.soft = soft;
   a.has_ignore = ignore_index.has_value();
   a.ignore_index = ignore_index.value_or(0);
   const auto tt = target.scalar_type();

@@ -13,6 +13,12 @@ engine, which returns the per-(image, class) sums I = sum p g, P' = sum p (sum p
 score, weights, ``batch`` and reductions are then a few torch ops on that (N, C, 3) tensor,
 and the backward is the engine's second pass):
 
+* ``soft_label=True`` (DiceLoss, MaskedDiceLoss, GeneralizedDiceLoss, TverskyLoss; MONAI's
+  ``compute_tp_fp_fn`` with ord 1): the kernel's soft-label sums I = sum (|p| + |g| - |p - g|) / 2,
+  P' = sum |p|, G' = sum |g| (tp, tp + fp, tp + fn), with the derivatives torch's autograd
+  gives MONAI's norms (sgn 0 = 0: 1/2 at a tie p == g).  With ``squared_pred`` (ord 2) MONAI's
+  soft form is sum p g, sum p^2, sum g^2: the squared sums, whatever ``soft_label`` says.
+
 * ``DiceLoss``: score (2 I + smooth_nr) / (P' + G' + smooth_dr); ``jaccard=True``:
   (2 I + smooth_nr) / (2 (P' + G' - I) + smooth_dr), i.e. fastloss's Jaccard with smoothing
   s/2.  ``softmax`` / ``sigmoid`` run inside the kernel; an integer label map with
@@ -41,10 +47,9 @@ Differences from MONAI (documented, deliberate):
 * ``BoxGIoULoss``: 3-D boxes (N, 6) raise ValueError -- fastloss's box kernels are 2-D.
   Inverted boxes (x2 < x1) are clamped to zero area (fastloss's rule) where MONAI raises
   "box size must be non-negative"; a NaN box propagates NaN instead of MONAI's ValueError.
-* ``soft_label=True`` (without ``squared_pred``) raises ValueError at construction: MONAI's
-  soft-label intersection sum min(p, g) is not a sum the dice kernel forms (with hard labels it
-  equals the default ``soft_label=False``, so only soft targets need it).  With
-  ``squared_pred=True`` both forms are sum p g and the flag is accepted.
+* ``GeneralizedDiceLoss(soft_label=True)`` with negative target values: MONAI weights the
+  classes by 1 / (sum g)^2 (no |.|, its ``ground_o``), fastloss by the kernel's G' = sum |g|.
+  For targets >= 0 (one-hot, probabilities) they are the same.
 * ``FocalLoss`` / ``DiceFocalLoss``: a scalar ``alpha`` outside MONAI's documented [0, 1]
   raises ValueError (fastloss's kernels read a negative alpha as "no balance").
 * ``FocalLoss`` with ``use_softmax=True`` needs ``to_onehot_y=True`` (fastloss's softmax focal
@@ -110,13 +115,6 @@ def _check_act(sigmoid, softmax, other_act):
         raise ValueError("Incompatible values: more than 1 of [sigmoid=True, softmax=True, other_act is not None].")
 
 
-def _check_soft_label(soft_label, squared_pred=False):
-    if soft_label and not squared_pred:
-        raise ValueError("soft_label=True: MONAI's soft-label intersection sum min(p, g) is not a sum fastloss's dice "
-                         "kernel forms; with hard labels soft_label=False gives the same numbers (use monai.losses "
-                         "unpatched for soft targets)")
-
-
 def _lambda(name, value):
     if value < 0.0:
         raise ValueError(f"{name} should be no less than 0.0.")
@@ -141,11 +139,12 @@ def _check_hard(name, t):
 # ------------------------------------------------------------------ the dice engine's sums
 
 
-def _sums(module, input, target, to_onehot_y, ignore_index, squared, with_ce=False):
+def _sums(module, input, target, to_onehot_y, ignore_index, squared, soft_label, with_ce=False):
     """MONAI's activation / one-hot / ignore_index handling of DiceLoss-like losses, run by the
-    fused dice kernel.  Returns (sums (N, C, 3) = [I, P', G'], ce (N, 2) = [CE sum, count] or
-    empty, fused, the computed dtype): fused tells whether the kernel applied softmax / sigmoid
-    itself (``with_ce`` is only honoured then; its CE is softmax CE for softmax, BCE for sigmoid)."""
+    fused dice kernel (``soft_label``: MONAI's ord-1 soft-label norms, unless ``squared``).
+    Returns (sums (N, C, 3) = [I, P', G'], ce (N, 2) = [CE sum, count] or empty, fused, the
+    computed dtype): fused tells whether the kernel applied softmax / sigmoid itself
+    (``with_ce`` is only honoured then; its CE is softmax CE for softmax, BCE for sigmoid)."""
     if not isinstance(input, torch.Tensor) or input.dim() < 2:
         raise ValueError(f"input must be a tensor (B, N, *spatial), got {getattr(input, 'shape', type(input))}")
     C = input.shape[1]
@@ -193,8 +192,9 @@ def _sums(module, input, target, to_onehot_y, ignore_index, squared, with_ce=Fal
         x, t, activation, kernel_ignore = x * mask, tf * mask, 0, None
     xk, tk, _ = _dice._prepare(x, t, mode, False, kernel_ignore)
     fused = activation != 0
-    sums, ce = _dice._sums(xk, tk, activation, bool(squared), None if kernel_ignore is None else int(kernel_ignore),
-                           bool(with_ce and fused), None)
+    squared = bool(squared)
+    sums, ce = _dice._sums(xk, tk, activation, squared, bool(soft_label) and not squared,
+                           None if kernel_ignore is None else int(kernel_ignore), bool(with_ce and fused), None)
     # MONAI's result dtype: input's promoted with the target's, and its one-hot of a label map is fp32
     dtype = torch.promote_types(xk.dtype, torch.float32) if labels else xk.dtype
     return sums, ce, fused, dtype
@@ -258,8 +258,7 @@ class DiceLoss(_Loss):
     background; input (B, N) without spatial dims scores all images and classes at once, as
     MONAI (module docstring).  State as MONAI's: the ``class_weight`` buffer (a scalar weight
     is expanded to (N',) at the first forward, as MONAI does).  Raises ValueError for shapes that do not
-    match, a bad ``weight``, ``soft_label=True`` (module docstring) and labels out of range
-    (CPU tensors).  Arguments as MONAI's; see the module docstring for the mapping.
+    match, a bad ``weight`` and labels out of range (CPU tensors).  Arguments as MONAI's; see the module docstring for the mapping.
     """
 
     def __init__(
@@ -281,7 +280,6 @@ class DiceLoss(_Loss):
     ) -> None:
         super().__init__(reduction=_reduction(reduction))
         _check_act(sigmoid, softmax, other_act)
-        _check_soft_label(soft_label, squared_pred)
         self.include_background = include_background
         self.to_onehot_y = to_onehot_y
         self.sigmoid = sigmoid
@@ -300,7 +298,8 @@ class DiceLoss(_Loss):
         """(per-(image, class) loss (B, N') or (N',) with ``batch``, after class weights; ce
         (N, 2) or empty; fused; the computed dtype) -- see :func:`_sums`."""
         to_onehot_y = self.to_onehot_y if to_onehot_y is None else to_onehot_y
-        sums, ce, fused, dtype = _sums(self, input, target, to_onehot_y, self.ignore_index, self.squared_pred, with_ce)
+        sums, ce, fused, dtype = _sums(self, input, target, to_onehot_y, self.ignore_index, self.squared_pred, self.soft_label,
+                                       with_ce)
         C = input.shape[1]
         if not self.include_background and C == 1:
             warnings.warn("single channel prediction, `include_background=False` ignored.", stacklevel=3)
@@ -419,7 +418,6 @@ class GeneralizedDiceLoss(_Loss):
     ) -> None:
         super().__init__(reduction=_reduction(reduction))
         _check_act(sigmoid, softmax, other_act)
-        _check_soft_label(soft_label)
         w_type = str(w_type.value if hasattr(w_type, "value") else w_type)
         if w_type not in ("square", "simple", "uniform"):
             raise ValueError(f"Unsupported option {w_type!r}, available options are ['square', 'simple', 'uniform'].")
@@ -445,7 +443,7 @@ class GeneralizedDiceLoss(_Loss):
         if input.dim() == 2 and not self.batch:
             raise ValueError("GeneralizedDiceLoss: input without spatial dims (B, N) needs batch=True (MONAI 1.6.1 "
                              "sums over every axis there and then fails with an IndexError)")
-        sums, _, _, dtype = _sums(self, input, target, self.to_onehot_y, None, False)
+        sums, _, _, dtype = _sums(self, input, target, self.to_onehot_y, None, False, self.soft_label)
         if not self.include_background:
             if input.shape[1] == 1:
                 warnings.warn("single channel prediction, `include_background=False` ignored.", stacklevel=2)
@@ -493,7 +491,6 @@ class TverskyLoss(_Loss):
     ) -> None:
         super().__init__(reduction=_reduction(reduction))
         _check_act(sigmoid, softmax, other_act)
-        _check_soft_label(soft_label)
         self.include_background = include_background
         self.to_onehot_y = to_onehot_y
         self.sigmoid = sigmoid
@@ -508,7 +505,7 @@ class TverskyLoss(_Loss):
         self.ignore_index = ignore_index
 
     def forward(self, input: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        sums, _, _, dtype = _sums(self, input, target, self.to_onehot_y, self.ignore_index, False)
+        sums, _, _, dtype = _sums(self, input, target, self.to_onehot_y, self.ignore_index, False, self.soft_label)
         if not self.include_background and input.shape[1] == 1:
             warnings.warn("single channel prediction, `include_background=False` ignored.", stacklevel=2)
         f = _tversky_from_sums(sums, self.include_background, self.batch, 1, self.alpha, self.beta, self.smooth_nr,

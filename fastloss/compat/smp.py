@@ -16,12 +16,15 @@ Mapping:
   batch, the zeroing of classes absent from the target, ``classes``, ``log_loss``, the
   weighted class mean sum(w l) / sum(w) (= fastloss's class weights C w / sum(w)) and
   Tversky's ``** gamma`` of the mean are torch ops on the (N, C, 3) sums.  smp's intersection
-  is (sum p + sum g - ||p - g||_1) / 2 = sum min(p, g), the kernel's sum p g: equal in value
-  for hard targets and p in [0, 1], but smp's derivative where p == g exactly is 1/2 (torch's
-  |.|'(0) = 0), the kernel's g.  With ``from_logits=False`` (the input is p, so exact ties and
-  values outside [0, 1] are ordinary) a torch term sum min(p, g) - p g over the counted
-  elements -- zero in value for p in [0, 1], with exactly the missing gradient -- is added to
-  the kernel's intersection: values and gradients are smp's.
+  is (sum p + sum g - ||p - g||_1) / 2 = sum min(p, g), with torch's derivative 1/2 where
+  p == g exactly (|.|'(0) = 0).  With ``from_logits=True`` the kernel forms it in its
+  soft-label mode (sum min(p, g), sum |p| = sum p, sum |g|, the same derivatives; for hard and
+  soft targets alike), so p and the sums never leave the kernel.  With ``from_logits=False``
+  (the input is p, so exact ties, p = 0 -- where the soft-label mode's d|p|/dp = 0 but smp's
+  d(sum p)/dp = 1 -- and values outside [0, 1] are ordinary) the kernel forms the plain sums
+  and a torch term sum min(p, g) - p g over the counted elements, with exactly the missing
+  value and gradient, is added to its intersection: values and gradients are smp's for any
+  real p and target, soft and negative ones included.
 * ``FocalLoss``: :func:`fastloss.sigmoid_focal_loss` per element (integer labels expanded in the
   kernel for "multiclass"), smp's per-class means and class weights folded into the element
   weights; ``from_logits=False`` applies smp's clamp-and-logit (or log) in PyTorch first.
@@ -34,22 +37,23 @@ Mapping:
 
 Differences from smp (documented, deliberate):
 
-* Soft (non 0 / 1) float targets raise ValueError in ``DiceLoss`` / ``JaccardLoss`` /
-  ``TverskyLoss`` / ``FocalLoss``: smp's intersection for soft targets is sum min(p, g) and its
-  focal term exp(-BCE); fastloss's kernels form sum p g and (1 - p_t).  For hard targets the
-  values agree.  Checked for CPU tensors; for CUDA tensors in fastloss's checked mode
-  (:func:`fastloss.checked_labels`; unchecked, soft targets give fastloss's forms); under
-  ``torch.compile`` the value checks (soft targets, labels out of range) are skipped (they
-  read the host; a compiled graph cannot).
 * ``DiceLoss`` / ``JaccardLoss`` / ``TverskyLoss`` with ``from_logits=True`` (the default):
-  the gradient w.r.t. a logit whose probability smp rounds to exactly 0 or 1 in the input dtype
-  (sigmoid: a logit above about 17 in fp32, 37 in fp64, 8 in fp16; softmax likewise for a
-  class whose probability rounds to 1) differs from smp's: there smp's d min(p, g) / dp is 1/2,
-  the kernel's g; the two gradients at that element are both of the size of dp/dx there
-  (smp's p sigmoid(-x) < 2^-24 in fp32, 2^-53 in fp64, 2^-11 in fp16) times |dL/dI| + |dL/dP|,
-  and they differ by up to that much.  Every other element, and
-  every value, is smp's.  Reproducing it would need the probabilities in PyTorch (the pass the
-  fused kernel saves); ``from_logits=False`` is exact (see the mapping).
+  negative target values raise ValueError (the kernel's soft-label sums take |g| and
+  min(p, g) = 0 for g < 0 <= p, smp sum g and g).  ``FocalLoss`` soft (non 0 / 1) targets raise
+  ValueError: smp's focal term for them is exp(-BCE), fastloss's kernel forms (1 - p_t).  Both
+  checked for CPU tensors; for CUDA tensors in fastloss's checked mode
+  (:func:`fastloss.checked_labels`; unchecked, such targets give fastloss's forms); under
+  ``torch.compile`` the value checks (these, labels out of range) are skipped (they read the
+  host; a compiled graph cannot).  ``from_logits=False`` takes any real target exactly.
+* ``DiceLoss`` / ``JaccardLoss`` / ``TverskyLoss`` with ``from_logits=True``: smp's derivative
+  of min(p, g) is 1/2 where its p (exp(logsigmoid(x)) or exp(log_softmax(x)) in the input dtype)
+  equals g exactly; the kernel's where ITS p (fp32, fp64 for fp64 input) does.  For a hard
+  target the two can disagree only at a logit where one p rounds to exactly 1 and the other
+  does not (sigmoid: x near 17 in fp32, 37 in fp64; x in about [8, 17] for fp16 input, which
+  smp rounds in fp16); there the gradients are both of the size of dp/dx (< 2^-24 in fp32,
+  2^-53 in fp64, 2^-11 in fp16) times |dL/dI| + |dL/dP| and differ by up to that much (for a
+  soft target, likewise at an exact tie p == g that only one rounding hits).  Every other
+  element, and every value, is smp's; ``from_logits=False`` is exact (see the mapping).
 * Targets that require grad raise ValueError (fastloss does not differentiate w.r.t. the
   target; smp does): pass ``y_true.detach()``.
 * ``FocalLoss``: ``normalized=True``, ``reduced_threshold`` and an ``alpha`` outside [0, 1]
@@ -99,16 +103,19 @@ def _eager():
     return not torch.compiler.is_compiling()
 
 
-def _check_hard(name, t, ignore_index):
-    """ValueError for a float target with values other than 0, 1 (and ignore_index) -- CPU
-    tensors; CUDA tensors in fastloss's checked mode (the check syncs); skipped under
-    torch.compile."""
+def _check_target(name, t, ignore_index, nonneg=False):
+    """ValueError for a float target with values other than 0, 1 (``nonneg``: with negative
+    values), ignore_index exempt -- CPU tensors; CUDA tensors in fastloss's checked mode (the
+    check syncs); skipped under torch.compile."""
     if not t.is_floating_point() or t.numel() == 0 or not _eager() or not _common.labels_checked_on(t.device):
         return
-    bad = (t != 0) & (t != 1)
+    bad = t < 0 if nonneg else (t != 0) & (t != 1)
     if ignore_index is not None:
         bad &= t != ignore_index
     if bool(bad.any()):
+        if nonneg:
+            raise ValueError(f"{name}: fastloss needs targets >= 0 with from_logits=True; smp's sums for negative targets "
+                             "differ from the kernel's soft-label sums (see fastloss.compat.smp; from_logits=False takes them)")
         raise ValueError(f"{name}: fastloss needs hard (0 / 1) float targets; smp's formula for soft targets differs "
                          "(see fastloss.compat.smp)")
 
@@ -152,10 +159,12 @@ class _SoftScore(_Loss):
         else:
             x, mode = y_pred.reshape(bs, y_pred.size(1), -1), "multilabel"
             t = y_true.reshape(bs, y_pred.size(1), -1).to(y_pred.dtype)
-        _check_hard(type(self).__name__, t, self.ignore_index)
+        if self.from_logits:
+            _check_target(type(self).__name__, t, self.ignore_index, nonneg=True)
         xk, tk, _ = _dice._prepare(x, t, mode, False, self.ignore_index)
         ii = None if self.ignore_index is None else int(self.ignore_index)
-        sums, _ = _dice._sums(xk, tk, activation, False, ii, False, None)
+        # from_logits: smp's sum min(p, g) in the kernel's soft-label mode; else the plain sums + a torch term
+        sums, _ = _dice._sums(xk, tk, activation, False, bool(self.from_logits), ii, False, None)
         I, P, G = sums.sum(0).unbind(-1)  # over the batch and space, per class (smp's dims (0, 2))
         if not self.from_logits:
             I = I + self._intersection_correction(x, t, mode, sums.dtype)
@@ -209,9 +218,9 @@ _SCORE_DOC = """smp's ``{name}`` (segmentation_models_pytorch.losses, smp 0.6.0)
 
     y_pred (N, C, *) logits (probabilities with ``from_logits=False``), fp16/bf16/fp32 (fp64 on
     CPU); y_true: "binary" (N, *) or (N, 1, *) 0/1 values, "multiclass" an integer label map
-    (N, *), "multilabel" (N, C, *) 0/1 values.  Returns a scalar in y_pred's dtype.  Raises
-    ValueError for a bad mode, classes / class_weights with "binary", soft targets and labels
-    out of range (CPU tensors; module docstring)."""
+    (N, *), "multilabel" (N, C, *) 0/1 or soft (float) values.  Returns a scalar in y_pred's
+    dtype.  Raises ValueError for a bad mode, classes / class_weights with "binary", negative
+    targets with ``from_logits=True`` and labels out of range (CPU tensors; module docstring)."""
 
 
 class DiceLoss(_SoftScore):
@@ -302,7 +311,7 @@ def focal_loss_with_logits(
     if reduced_threshold is not None:
         raise ValueError("focal_loss_with_logits(reduced_threshold=...) is not supported by fastloss (no kernel forms it)")
     target = target.to(dtype=output.dtype, device=output.device)
-    _check_hard("focal_loss_with_logits", target, None)
+    _check_target("focal_loss_with_logits", target, None)
     a = -1.0 if alpha is None else float(alpha)  # fastloss: a negative alpha disables the balance
     if reduction in ("mean", "sum"):
         return sigmoid_focal_loss(output, target, alpha=a, gamma=gamma, reduction=reduction)
@@ -379,7 +388,7 @@ class FocalLoss(_Loss):
             t = t.to(dtype)
             if valid is not None:
                 t = torch.where(valid, t, torch.zeros_like(t))
-            _check_hard("FocalLoss", t, None)
+            _check_target("FocalLoss", t, None)
             if self.reduction == "none":
                 loss = sigmoid_focal_loss(x, t, alpha=alpha, gamma=self.gamma, reduction="none")
                 return loss if valid is None else loss[valid]
@@ -403,7 +412,7 @@ class FocalLoss(_Loss):
         else:
             t = y_true.to(dtype).movedim(1, -1)
             valid = torch.ones(x.shape[:-1], dtype=torch.bool, device=x.device)
-            _check_hard("FocalLoss", t, None)
+            _check_target("FocalLoss", t, None)
         cw = torch.ones(C, dtype=dtype, device=x.device) if self.class_weights is None else self.class_weights.to(x.device).to(dtype)
         class_norm = cw / cw.sum()  # the (weighted) mean over the classes
         per_pixel = valid.to(dtype).unsqueeze(-1)

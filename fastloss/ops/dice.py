@@ -2,12 +2,13 @@
 registration and autograd.
 
 The fused work is ONE custom op, ``fastloss::dice_sums``: pass 1 over the logits (N, C, S)
-returns the per-(image, class) sums I, P', G' (N, C, 3) and, for :func:`dice_ce_loss`, the
-per-image cross-entropy sum and count (N, 2).  Its backward, ``fastloss::dice_sums_backward``
-(its own op), is pass 2: it reads the logits and targets again and writes dL/dlogits directly
-through the softmax/sigmoid Jacobian (the softmax is recomputed, never stored: pass 2 moves
-the same bytes as storing it would, and no logit-sized buffer stays alive between forward
-and backward).  Everything after the sums -- score, log, gamma, class weights, batch or
+returns the per-(image, class) sums I, P', G' (N, C, 3) -- plain (p g, p, g), squared (p g, p^2,
+g^2) or, with ``soft``, the soft-label form (h(p, g) = (|p| + |g| - |p - g|) / 2, |p|, |g|;
+fastloss/reference/dice.py) -- and, for :func:`dice_ce_loss`, the per-image cross-entropy sum
+and count (N, 2).  Its backward, ``fastloss::dice_sums_backward`` (its own op), is pass 2: it
+reads the logits and targets again and writes dL/dlogits directly through the softmax/sigmoid
+Jacobian (the softmax is recomputed, never stored: pass 2 moves the same bytes as storing it
+would, and no logit-sized buffer stays alive between forward and backward).  Everything after the sums -- score, log, gamma, class weights, batch or
 per-image sums, reduction -- is a handful of ordinary torch ops on the tiny (N, C, 3)
 tensor (fastloss/reference/dice.py:finish), so autograd supplies dL/d(I, P', G') for pass 2
 and every option combines with every backend without a second copy of the math.
@@ -34,32 +35,41 @@ MODES = ("binary", "multiclass", "multilabel")
 LABEL_DTYPES = (torch.uint8, torch.int32, torch.int64)
 
 
-def _forward_impl(input, target, activation, squared, ignore_index, with_ce, backend):
+def _check_form(squared, soft):
+    if squared and soft:  # the compiled ops refuse it too (csrc/kernels/dice.h make_args)
+        raise ValueError("fastloss dice: `soft` and `squared` exclude each other (the squared sums are the soft form's)")
+
+
+def _forward_impl(input, target, activation, squared, soft, ignore_index, with_ce, backend):
+    _check_form(squared, soft)
     if not target.is_floating_point():  # once per call, every backend (CUDA: checked mode only)
         high = 2 if (input.shape[1] == 1 and activation != 2) else input.shape[1]
         _common.check_labels("dice", target, high, ignore_index,
                              hint="; to leave such pixels out of the loss, pass ignore_index=<their label>")
     forward, _ = _backend.implementation(OP, input.device, backend)
-    return forward(input, target, activation, squared, ignore_index, with_ce)
+    return forward(input, target, activation, squared, soft, ignore_index, with_ce)
 
 
-def _backward_impl(grad_sums, grad_ce, input, target, activation, squared, ignore_index, backend):
+def _backward_impl(grad_sums, grad_ce, input, target, activation, squared, soft, ignore_index, backend):
+    _check_form(squared, soft)
     _, backward = _backend.implementation(OP, input.device, backend)
     acc = _common.reduced_dtype(input.dtype)
     grad_sums = grad_sums.to(acc).contiguous()
     grad_ce = grad_ce.to(acc).contiguous() if grad_ce is not None and grad_ce.numel() else input.new_empty((0,), dtype=acc)
-    return backward(grad_sums, grad_ce, input, target, activation, squared, ignore_index)
+    return backward(grad_sums, grad_ce, input, target, activation, squared, soft, ignore_index)
 
 
 @torch.library.custom_op("fastloss::dice_sums", mutates_args=())
-def dice_sums_op(input: Tensor, target: Tensor, activation: int, squared: bool, ignore_index: Optional[int], with_ce: bool,
-                 backend: Optional[str]) -> tuple[Tensor, Tensor]:
-    """(sums (N, C, 3) = [I, P', G'], ce (N, 2) = [ce sum, count] or empty), fp32 (fp64)."""
-    return _forward_impl(input, target, activation, squared, ignore_index, with_ce, backend)
+def dice_sums_op(input: Tensor, target: Tensor, activation: int, squared: bool, soft: bool, ignore_index: Optional[int],
+                 with_ce: bool, backend: Optional[str]) -> tuple[Tensor, Tensor]:
+    """(sums (N, C, 3) = [I, P', G'], ce (N, 2) = [ce sum, count] or empty), fp32 (fp64).
+    ``soft``: the soft-label sums (not with ``squared``: ValueError)."""
+    return _forward_impl(input, target, activation, squared, soft, ignore_index, with_ce, backend)
 
 
 @dice_sums_op.register_fake
-def _(input, target, activation, squared, ignore_index, with_ce, backend):
+def _(input, target, activation, squared, soft, ignore_index, with_ce, backend):
+    _check_form(squared, soft)
     acc = _common.reduced_dtype(input.dtype)
     N, C = input.shape[0], input.shape[1]
     return input.new_empty((N, C, 3), dtype=acc), input.new_empty((N, 2) if with_ce else (0,), dtype=acc)
@@ -67,29 +77,30 @@ def _(input, target, activation, squared, ignore_index, with_ce, backend):
 
 @torch.library.custom_op("fastloss::dice_sums_backward", mutates_args=())
 def dice_sums_backward_op(grad_sums: Tensor, grad_ce: Tensor, input: Tensor, target: Tensor, activation: int, squared: bool,
-                          ignore_index: Optional[int], backend: Optional[str]) -> Tensor:
-    return _backward_impl(grad_sums, grad_ce, input, target, activation, squared, ignore_index, backend)
+                          soft: bool, ignore_index: Optional[int], backend: Optional[str]) -> Tensor:
+    return _backward_impl(grad_sums, grad_ce, input, target, activation, squared, soft, ignore_index, backend)
 
 
 @dice_sums_backward_op.register_fake
-def _(grad_sums, grad_ce, input, target, activation, squared, ignore_index, backend):
+def _(grad_sums, grad_ce, input, target, activation, squared, soft, ignore_index, backend):
+    _check_form(squared, soft)
     return torch.empty_like(input)
 
 
 def _setup_context(ctx, inputs, output):
-    input, target, activation, squared, ignore_index, _with_ce, backend = inputs
+    input, target, activation, squared, soft, ignore_index, _with_ce, backend = inputs
     ctx.save_for_backward(input, target)
-    ctx.args = (activation, squared, ignore_index, _backend.backward_backend(OP, input.device, backend))
+    ctx.args = (activation, squared, soft, ignore_index, _backend.backward_backend(OP, input.device, backend))
 
 
 def _backward(ctx, grad_sums, grad_ce):
     input, target = ctx.saved_tensors
-    activation, squared, ignore_index, backend = ctx.args
+    activation, squared, soft, ignore_index, backend = ctx.args
     if grad_ce is None:
         grad_ce = input.new_empty((0,), dtype=grad_sums.dtype)
-    grad_input = dice_sums_backward_op(grad_sums.contiguous(), grad_ce.contiguous(), input, target, activation, squared,
+    grad_input = dice_sums_backward_op(grad_sums.contiguous(), grad_ce.contiguous(), input, target, activation, squared, soft,
                                        ignore_index, backend)
-    return grad_input, None, None, None, None, None, None
+    return grad_input, None, None, None, None, None, None, None
 
 
 dice_sums_op.register_autograd(_backward, setup_context=_setup_context)
@@ -100,19 +111,20 @@ class DiceSumsFunction(torch.autograd.Function):
     """The same two passes as the custom ops, as an autograd.Function (the eager fast path)."""
 
     @staticmethod
-    def forward(ctx, input, target, activation, squared, ignore_index, with_ce, backend):
-        sums, ce = _forward_impl(input, target, activation, squared, ignore_index, with_ce, backend)
+    def forward(ctx, input, target, activation, squared, soft, ignore_index, with_ce, backend):
+        sums, ce = _forward_impl(input, target, activation, squared, soft, ignore_index, with_ce, backend)
         ctx.save_for_backward(input, target)
-        ctx.args = (activation, squared, ignore_index, _backend.backward_backend(OP, input.device, backend))
+        ctx.args = (activation, squared, soft, ignore_index, _backend.backward_backend(OP, input.device, backend))
         return sums, ce
 
     @staticmethod
     @torch.autograd.function.once_differentiable  # the kernels' gradient: no double backward (an error, not a silent zero)
     def backward(ctx, grad_sums, grad_ce):
         input, target = ctx.saved_tensors
-        activation, squared, ignore_index, backend = ctx.args
-        grad_input = _backward_impl(grad_sums.contiguous(), grad_ce, input, target, activation, squared, ignore_index, backend)
-        return grad_input, None, None, None, None, None, None
+        activation, squared, soft, ignore_index, backend = ctx.args
+        grad_input = _backward_impl(grad_sums.contiguous(), grad_ce, input, target, activation, squared, soft, ignore_index,
+                                    backend)
+        return grad_input, None, None, None, None, None, None, None
 
 
 # ------------------------------------------------------------------ argument handling
@@ -200,20 +212,22 @@ def _class_weights(class_weights, C, device, dtype):
     return w
 
 
-def _sums(x, t, activation, squared, ignore_index, with_ce, backend):
-    args = (x, t, activation, squared, ignore_index, with_ce, backend)
+def _sums(x, t, activation, squared, soft, ignore_index, with_ce, backend):
+    args = (x, t, activation, squared, soft, ignore_index, with_ce, backend)
     if torch.compiler.is_compiling():
         return dice_sums_op(*args)
     return DiceSumsFunction.apply(*args)
 
 
 def _loss(input, target, a, alpha, beta, gamma, mode, from_logits, smooth_nr, smooth_dr, squared, ignore_index,
-          include_background, per_image, class_weights, log, reduction, zero_empty, backend, with_ce=False):
+          include_background, per_image, class_weights, log, reduction, zero_empty, backend, soft_label, with_ce=False):
     alpha, beta, gamma, smooth_nr, smooth_dr = _check_params(alpha, beta, gamma, smooth_nr, smooth_dr, reduction)
     x, t, activation = _prepare(input, target, mode, from_logits, ignore_index)
     ignore_index = None if ignore_index is None else int(ignore_index)
     w = _class_weights(class_weights, x.shape[1], x.device, _common.reduced_dtype(x.dtype))
-    sums, ce = _sums(x, t, activation, squared, ignore_index, with_ce, backend)
+    squared = bool(squared)
+    soft = bool(soft_label) and not squared  # squared: the soft form's sums are the squared ones
+    sums, ce = _sums(x, t, activation, squared, soft, ignore_index, with_ce, backend)
     loss = reference.finish(sums, alpha, beta, gamma, a, smooth_nr, smooth_dr, include_background, per_image, w, log, reduction,
                             zero_empty, empty=x.numel() == 0)
     return loss.to(x.dtype), ce
@@ -221,7 +235,7 @@ def _loss(input, target, a, alpha, beta, gamma, mode, from_logits, smooth_nr, sm
 
 def tversky_loss(input, target, alpha=0.5, beta=0.5, gamma=1.0, mode="multiclass", from_logits=True, smooth_nr=0.0,
                  smooth_dr=1e-5, squared=False, ignore_index=None, include_background=True, per_image=False,
-                 class_weights=None, log=False, reduction="mean", *, zero_empty=False, backend=None):
+                 class_weights=None, log=False, reduction="mean", *, zero_empty=False, soft_label=False, backend=None):
     """Tversky loss (Salehi et al. 2017), focal with ``gamma`` (Abraham & Khan 2019):
     score = (I + smooth_nr) / (I + alpha FP + beta FN + smooth_dr), loss = (1 - score) ** gamma
     (``log=True``: (-log score) ** gamma) per class, reduced over classes (and images).
@@ -253,6 +267,12 @@ def tversky_loss(input, target, alpha=0.5, beta=0.5, gamma=1.0, mode="multiclass
         zero_empty: a class with no target pixels (in the image with ``per_image``, else in
             the batch) gets loss 0, still counted in the mean (smp's rule); False: the smooth
             terms decide its score (MONAI).
+        soft_label: the soft-label sums (Wang & Blaschko 2023; MONAI's ``soft_label=True``,
+            smp's intersection): I = sum (|p| + |g| - |p - g|) / 2 (= sum min(p, g) for
+            p, g >= 0), P' = sum |p|, G' = sum |g|, so a soft target scores 1 against itself.
+            For hard targets and p in [0, 1] the values equal the default's; derivatives are
+            torch's of that formula (sgn 0 = 0: 1/2 at a tie p == g).  With ``squared`` it
+            changes nothing (the squared sums are the soft form's).
         backend: force a backend (see :mod:`fastloss._backend`).
 
     Returns the loss in the promoted dtype of input and a float target (torch's type
@@ -264,33 +284,33 @@ def tversky_loss(input, target, alpha=0.5, beta=0.5, gamma=1.0, mode="multiclass
     Semantics and the mapping to MONAI / smp: fastloss/reference/dice.py.
     """
     loss, _ = _loss(input, target, 1.0, alpha, beta, gamma, mode, from_logits, smooth_nr, smooth_dr, squared, ignore_index,
-                    include_background, per_image, class_weights, log, reduction, zero_empty, backend)
+                    include_background, per_image, class_weights, log, reduction, zero_empty, backend, soft_label)
     return loss
 
 
 def dice_loss(input, target, mode="multiclass", from_logits=True, smooth_nr=0.0, smooth_dr=1e-5, squared=False,
               ignore_index=None, include_background=True, per_image=False, class_weights=None, log=False, reduction="mean",
-              gamma=1.0, *, zero_empty=False, backend=None):
+              gamma=1.0, *, zero_empty=False, soft_label=False, backend=None):
     """Soft Dice loss: score = (2 I + smooth_nr) / (P' + G' + smooth_dr) (MONAI / smp form);
     arguments as :func:`tversky_loss`."""
     loss, _ = _loss(input, target, 2.0, 0.5, 0.5, gamma, mode, from_logits, smooth_nr, smooth_dr, squared, ignore_index,
-                    include_background, per_image, class_weights, log, reduction, zero_empty, backend)
+                    include_background, per_image, class_weights, log, reduction, zero_empty, backend, soft_label)
     return loss
 
 
 def jaccard_loss(input, target, mode="multiclass", from_logits=True, smooth_nr=0.0, smooth_dr=1e-5, squared=False,
                  ignore_index=None, include_background=True, per_image=False, class_weights=None, log=False, reduction="mean",
-                 gamma=1.0, *, zero_empty=False, backend=None):
+                 gamma=1.0, *, zero_empty=False, soft_label=False, backend=None):
     """Soft Jaccard (IoU) loss: score = (I + smooth_nr) / (P' + G' - I + smooth_dr) (Tversky with
     alpha = beta = 1); arguments as :func:`tversky_loss`."""
     loss, _ = _loss(input, target, 1.0, 1.0, 1.0, gamma, mode, from_logits, smooth_nr, smooth_dr, squared, ignore_index,
-                    include_background, per_image, class_weights, log, reduction, zero_empty, backend)
+                    include_background, per_image, class_weights, log, reduction, zero_empty, backend, soft_label)
     return loss
 
 
 def dice_ce_loss(input, target, mode="multiclass", lambda_dice=1.0, lambda_ce=1.0, smooth_nr=0.0, smooth_dr=1e-5,
                  squared=False, ignore_index=None, include_background=True, per_image=False, class_weights=None,
-                 log=False, reduction="mean", gamma=1.0, *, ce_weight=None, zero_empty=False, backend=None):
+                 log=False, reduction="mean", gamma=1.0, *, ce_weight=None, zero_empty=False, soft_label=False, backend=None):
     """MONAI's DiceCE: lambda_dice * :func:`dice_loss` + lambda_ce * cross entropy, from ONE
     read of the logits per pass.  Cross entropy: softmax CE per pixel ("multiclass"; soft
     targets: -sum_c g_c log p_c) or BCE-with-logits per element (sigmoid modes), averaged
@@ -301,7 +321,8 @@ def dice_ce_loss(input, target, mode="multiclass", lambda_dice=1.0, lambda_ce=1.
     term): class weights of the cross entropy with torch's semantics -- "mean" divides by the
     summed weights of the counted pixels' labels (soft targets: by the pixel count), as
     ``F.cross_entropy(weight=)``.  The CE term then comes from :func:`fastloss.cross_entropy`
-    (the row-wise engine): one more read of the logits per pass."""
+    (the row-wise engine): one more read of the logits per pass.  ``soft_label`` applies to the
+    Dice term only (the cross entropy of a soft target is already -sum_c g_c log p_c)."""
     if reduction not in ("mean", "sum"):
         raise ValueError(f'dice_ce_loss reduction must be "mean" or "sum", got {reduction!r}')
     lambda_dice, lambda_ce = _common.nonneg("lambda_dice", lambda_dice), _common.nonneg("lambda_ce", lambda_ce)
@@ -309,7 +330,7 @@ def dice_ce_loss(input, target, mode="multiclass", lambda_dice=1.0, lambda_ce=1.
         if mode != "multiclass":
             raise ValueError(f'dice_ce_loss: ce_weight weights the softmax cross entropy of mode "multiclass"; got mode {mode!r}')
         d, _ = _loss(input, target, 2.0, 0.5, 0.5, gamma, mode, True, smooth_nr, smooth_dr, squared, ignore_index,
-                     include_background, per_image, class_weights, log, reduction, zero_empty, backend)
+                     include_background, per_image, class_weights, log, reduction, zero_empty, backend, soft_label)
         x, t, _ = _prepare(input, target, mode, True, ignore_index)
         if not isinstance(ce_weight, torch.Tensor):
             ce_weight = torch.as_tensor(ce_weight, dtype=_common.reduced_dtype(x.dtype), device=x.device)
@@ -317,7 +338,7 @@ def dice_ce_loss(input, target, mode="multiclass", lambda_dice=1.0, lambda_ce=1.
                                         reduction=reduction, backend=backend)
         return (lambda_dice * d + lambda_ce * ce_term).to(d.dtype)
     d, ce = _loss(input, target, 2.0, 0.5, 0.5, gamma, mode, True, smooth_nr, smooth_dr, squared, ignore_index,
-                  include_background, per_image, class_weights, log, reduction, zero_empty, backend, with_ce=True)
+                  include_background, per_image, class_weights, log, reduction, zero_empty, backend, soft_label, with_ce=True)
     ce = ce.sum(0)
     ce_term = ce[0] / ce[1].clamp_min(1) if reduction == "mean" else ce[0]
     return (lambda_dice * d + lambda_ce * ce_term).to(d.dtype)
@@ -326,23 +347,15 @@ def dice_ce_loss(input, target, mode="multiclass", lambda_dice=1.0, lambda_ce=1.
 # ------------------------------------------------------------------ backends
 
 
-def _reference_forward(input, target, activation, squared, ignore_index, with_ce):
-    return reference.forward(input, target, activation, squared, ignore_index, with_ce)
+def _native_forward(input, target, activation, squared, soft, ignore_index, with_ce):
+    return torch.ops.fastloss.dice_sums_native(input, target, activation, squared, soft, ignore_index, with_ce)
 
 
-def _reference_backward(grad_sums, grad_ce, input, target, activation, squared, ignore_index):
-    return reference.backward(grad_sums, grad_ce, input, target, activation, squared, ignore_index)
+def _native_backward(grad_sums, grad_ce, input, target, activation, squared, soft, ignore_index):
+    return torch.ops.fastloss.dice_grad_native(grad_sums, grad_ce, input, target, activation, squared, soft, ignore_index)
 
 
-def _native_forward(input, target, activation, squared, ignore_index, with_ce):
-    return torch.ops.fastloss.dice_sums_native(input, target, activation, squared, ignore_index, with_ce)
-
-
-def _native_backward(grad_sums, grad_ce, input, target, activation, squared, ignore_index):
-    return torch.ops.fastloss.dice_grad_native(grad_sums, grad_ce, input, target, activation, squared, ignore_index)
-
-
-_backend.register(OP, "reference", _reference_forward, _reference_backward)
+_backend.register(OP, "reference", reference.forward, reference.backward)
 if _extension.has_cpu() and hasattr(torch.ops.fastloss, "dice_sums_native"):
     _backend.register(OP, "cpu", _native_forward, _native_backward)
 if _extension.has_cuda() and hasattr(torch.ops.fastloss, "dice_sums_native"):

@@ -11,6 +11,19 @@ shaped like the input) and m the mask (0 where the target equals ``ignore_index`
     G' = sum_i m g    (sum_i m g^2  if squared)
     FP = P' - I,  FN = G' - I
 
+or, with ``soft_label=True`` (the soft-label form of Wang & Blaschko 2023, "Dice Semimetric
+Losses: Optimizing the Dice Score with Soft Labels"; MONAI's ``soft_label=True``, smp >= 0.4's
+intersection)::
+
+    I  = sum_i m h(p, g),  h(p, g) = (|p| + |g| - |p - g|) / 2   (= min(p, g) for p, g >= 0)
+    P' = sum_i m |p|,      G' = sum_i m |g|
+
+with the derivatives torch's autograd gives that formula: dh/dp = (sgn p - sgn(p - g)) / 2,
+d|p|/dp = sgn p, sgn 0 = 0 (a tie p == g > 0 gets 1/2).  For a hard target (g in {0, 1}) and
+p in [0, 1] the values are the plain sums' (h(p, 1) = p, h(p, 0) = 0); the derivatives differ
+only at p in {0, 1} (the kinks).  With ``squared`` the soft form is the squared sums
+(||p||^2 + ||g||^2 - ||p - g||^2) / 2 = sum p g, so ``soft_label`` changes nothing there.
+
     score = (a I + smooth_nr) / (a I + a alpha FP + a beta FN + smooth_dr)
     loss_c = 1 - score          (-log(score) with log=True),  then loss_c ** gamma
 
@@ -49,8 +62,9 @@ Mapping to the peers (the tests check the formulas; the packages when installed)
   == ``jaccard_loss(smooth_nr=s, smooth_dr=s, zero_empty=True)``, smp ``TverskyLoss(alpha,
   beta, gamma=1, smooth=s)`` == ``tversky_loss(alpha, beta, smooth_nr=s, smooth_dr=s,
   zero_empty=True)``; smp raises the class mean to gamma (``loss.mean() ** gamma``), here
-  gamma applies to each class's loss (focal Tversky, Abraham & Khan 2019).  With soft (float) targets smp >= 0.4 takes the intersection as
-  sum min(p, g) ((|p|_1 + |g|_1 - |p - g|_1) / 2); here, as in MONAI, it is sum p g.
+  gamma applies to each class's loss (focal Tversky, Abraham & Khan 2019).  With soft (float)
+  targets smp >= 0.4 takes the intersection as sum min(p, g) ((|p|_1 + |g|_1 - |p - g|_1) / 2):
+  ``soft_label=True`` (for targets >= 0, where |g| = g).
 """
 import math
 
@@ -110,31 +124,66 @@ def ce_terms(x, target, activation, ignore_index, exact=True):
     return torch.stack([(ce * m).sum((1, 2)), m.sum((1, 2))], dim=1)
 
 
-def sums(x, target, activation, squared, ignore_index):
-    """(N, C, 3): I, P', G' per image and class (autograd-differentiable in x)."""
+def soft_inter(p, g):
+    """h(p, g) = (|p| + |g| - |p - g|) / 2, formed without cancellation: min(|p|, |g|) where p
+    and g have the same strict sign, else 0 (as written, |p| + |g| rounds a small p away: fp32
+    p = 1e-8, g = 1 gives 0).  NaN in p or g (or p = -g = +-inf) gives NaN, as the formula."""
+    same = ((p > 0) & (g > 0)) | ((p < 0) & (g < 0))
+    h = torch.where(same, torch.minimum(p.abs(), g.abs()), torch.zeros_like(p))
+    s = p + g
+    return torch.where(torch.isnan(s), s, h)
+
+
+def soft_inter_grad(p, g):
+    """dh/dp = (sgn p - sgn(p - g)) / 2 with sgn 0 = 0 (torch's autograd of the formula)."""
+    return (torch.sign(p) - torch.sign(p - g)) * 0.5
+
+
+class _SoftInter(torch.autograd.Function):
+    """h(p, g) with torch's derivative of (|p| + |g| - |p - g|) / 2 w.r.t. p (g is a constant)."""
+
+    @staticmethod
+    def forward(ctx, p, g):
+        ctx.save_for_backward(p, g)
+        return soft_inter(p, g)
+
+    @staticmethod
+    def backward(ctx, grad):
+        p, g = ctx.saved_tensors
+        return grad * soft_inter_grad(p, g), None
+
+
+def sums(x, target, activation, squared, soft, ignore_index):
+    """(N, C, 3): I, P', G' per image and class (autograd-differentiable in x); ``soft``: the
+    soft-label sums h(p, g), |p|, |g| (module docstring; not together with ``squared``)."""
     p, g, m = probs_targets_mask(x, target, activation, ignore_index)
-    pp = p * p if squared else p
-    gg = g * g if squared else g
-    return torch.stack([(m * p * g).sum(2), (m * pp).sum(2), (m * gg).sum(2)], dim=2)
+    if squared:
+        pg, pp, gg = p * g, p * p, g * g
+    elif soft:
+        pg, pp, gg = _SoftInter.apply(p, g), p.abs(), g.abs()
+    else:
+        pg, pp, gg = p * g, p, g
+    return torch.stack([(m * pg).sum(2), (m * pp).sum(2), (m * gg).sum(2)], dim=2)
 
 
 # ------------------------------------------------------------------ kernel calling convention
 
 
-def forward(input, target, activation, squared, ignore_index, with_ce):
+def forward(input, target, activation, squared, soft, ignore_index, with_ce):
     """(sums (N, C, 3), ce (N, 2) or empty) in fp32 (fp64 for fp64 input)."""
     acc = _compute_dtype(input.dtype)
     x = input.to(acc)
-    s = sums(x, target, activation, squared, ignore_index)
+    s = sums(x, target, activation, squared, soft, ignore_index)
     ce = ce_terms(x, target, activation, ignore_index) if with_ce else x.new_empty((0,))
     return s, ce
 
 
-def backward(grad_sums, grad_ce, input, target, activation, squared, ignore_index):
+def backward(grad_sums, grad_ce, input, target, activation, squared, soft, ignore_index):
     """dL/dinput from dL/dsums (N, C, 3) and dL/dce (N, 2) (or empty), in input's dtype, in
     closed form (the kernels' formulas, csrc/kernels/dice.h)::
 
         d_c = m (dL/dI g + dL/dP' (2 p if squared else 1))           (= dL/dp_c)
+        soft: d_c = m (dL/dI (sgn p - sgn(p - g)) / 2 + dL/dP' sgn p)
         softmax: dL/dx_k = p_k (d_k - sum_c p_c d_c) + e m ((sum_c g_c) p_k - g_k)
         sigmoid: dL/dx   = p (1 - p) d + e m (p - g);   identity: dL/dx = d
 
@@ -147,7 +196,10 @@ def backward(grad_sums, grad_ce, input, target, activation, squared, ignore_inde
     p, g, m = probs_targets_mask(x, target, activation, ignore_index)
     gs = grad_sums.to(acc)
     a, b = gs[:, :, 0:1], gs[:, :, 1:2]
-    d = m * (a * g + b * (2 * p if squared else torch.ones_like(p)))
+    if soft:
+        d = m * (a * soft_inter_grad(p, g) + b * torch.sign(p))
+    else:
+        d = m * (a * g + b * (2 * p if squared else torch.ones_like(p)))
     with_ce = grad_ce is not None and grad_ce.numel() > 0
     e = grad_ce.to(acc)[:, 0].view(-1, 1, 1) if with_ce else None
     if activation == 2:
@@ -230,12 +282,12 @@ def canonicalize(input, target, mode):
 
 def tversky_loss(input, target, alpha=0.5, beta=0.5, gamma=1.0, mode="multiclass", from_logits=True, smooth_nr=0.0,
                  smooth_dr=1e-5, squared=False, ignore_index=None, include_background=True, per_image=False,
-                 class_weights=None, log=False, reduction="mean", zero_empty=False, _a=1.0):
+                 class_weights=None, log=False, reduction="mean", zero_empty=False, soft_label=False, _a=1.0):
     """Eager autograd reference of :func:`fastloss.tversky_loss` (same arguments, already
     validated shapes: see fastloss/ops/dice.py for the accepted forms)."""
     x, t = canonicalize(input, target, mode)
     activation = 0 if not from_logits else (2 if mode == "multiclass" else 1)
-    s = sums(x, t, activation, squared, ignore_index)
+    s = sums(x, t, activation, squared, soft_label and not squared, ignore_index)
     return finish(s, alpha, beta, gamma, _a, smooth_nr, smooth_dr, include_background, per_image, class_weights, log, reduction,
                   zero_empty, empty=x.numel() == 0)
 
