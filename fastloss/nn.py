@@ -123,7 +123,7 @@ class _DiceFamily(_Loss):
     constructor arguments it is not part of ``state_dict`` (build the module with it)."""
 
     def _setup(self, mode, from_logits, smooth_nr, smooth_dr, squared, ignore_index, include_background, per_image, class_weights,
-               log, reduction, gamma, zero_empty, backend, alpha=0.5, beta=0.5):
+               log, reduction, gamma, zero_empty, backend, alpha=0.5, beta=0.5, soft_label=False):
         if mode not in _dice.MODES:
             raise ValueError(f"mode must be one of {_dice.MODES}, got {mode!r}")
         if ignore_index is not None and (isinstance(ignore_index, bool) or not isinstance(ignore_index, numbers.Integral)):
@@ -134,6 +134,7 @@ class _DiceFamily(_Loss):
         self.ignore_index = None if ignore_index is None else int(ignore_index)
         self.include_background, self.per_image, self.log = bool(include_background), bool(per_image), bool(log)
         self.reduction, self.zero_empty, self.backend = reduction, bool(zero_empty), _checked_backend(backend)
+        self.soft_label = bool(soft_label)
         if class_weights is not None:
             w = torch.as_tensor(class_weights, dtype=torch.float64).detach()
             if w.dim() != 1 or not bool(torch.isfinite(w).all() & (w >= 0).all()):
@@ -146,21 +147,22 @@ class _DiceFamily(_Loss):
     def _common_kwargs(self):
         return dict(smooth_nr=self.smooth_nr, smooth_dr=self.smooth_dr, squared=self.squared, ignore_index=self.ignore_index,
                     include_background=self.include_background, per_image=self.per_image, class_weights=self.class_weights,
-                    log=self.log, reduction=self.reduction, gamma=self.gamma, zero_empty=self.zero_empty, backend=self.backend)
+                    log=self.log, reduction=self.reduction, gamma=self.gamma, zero_empty=self.zero_empty, soft_label=self.soft_label,
+                    backend=self.backend)
 
 
 class TverskyLoss(_DiceFamily):
     """Module form of :func:`fastloss.tversky_loss`: ``forward(input, target)``."""
 
     _repr_args = ("alpha", "beta", "gamma", "mode", "from_logits", "smooth_nr", "smooth_dr", "squared", "ignore_index", "include_background",
-                  "per_image", "class_weights", "log", "reduction", "zero_empty")
+                  "per_image", "class_weights", "log", "reduction", "zero_empty", "soft_label")
 
     def __init__(self, alpha=0.5, beta=0.5, gamma=1.0, mode="multiclass", from_logits=True, smooth_nr=0.0, smooth_dr=1e-5, squared=False,
                  ignore_index=None, include_background=True, per_image=False, class_weights=None, log=False, reduction="mean",
-                 loss_weight=1.0, *, zero_empty=False, backend=None):
+                 loss_weight=1.0, *, zero_empty=False, soft_label=False, backend=None):
         super().__init__(loss_weight)
         self._setup(mode, from_logits, smooth_nr, smooth_dr, squared, ignore_index, include_background, per_image, class_weights, log,
-                    reduction, gamma, zero_empty, backend, alpha, beta)
+                    reduction, gamma, zero_empty, backend, alpha, beta, soft_label)
 
     def forward(self, input, target):
         return self._scaled(_dice.tversky_loss(input, target, self.alpha, self.beta, mode=self.mode, from_logits=self.from_logits,
@@ -171,15 +173,15 @@ class DiceLoss(_DiceFamily):
     """Module form of :func:`fastloss.dice_loss`: ``forward(input, target)``."""
 
     _repr_args = ("mode", "from_logits", "smooth_nr", "smooth_dr", "squared", "ignore_index", "include_background", "per_image",
-                  "class_weights", "log", "reduction", "gamma", "zero_empty")
+                  "class_weights", "log", "reduction", "gamma", "zero_empty", "soft_label")
     _fn = staticmethod(_dice.dice_loss)
 
     def __init__(self, mode="multiclass", from_logits=True, smooth_nr=0.0, smooth_dr=1e-5, squared=False, ignore_index=None,
                  include_background=True, per_image=False, class_weights=None, log=False, reduction="mean", gamma=1.0, loss_weight=1.0,
-                 *, zero_empty=False, backend=None):
+                 *, zero_empty=False, soft_label=False, backend=None):
         super().__init__(loss_weight)
         self._setup(mode, from_logits, smooth_nr, smooth_dr, squared, ignore_index, include_background, per_image, class_weights, log,
-                    reduction, gamma, zero_empty, backend)
+                    reduction, gamma, zero_empty, backend, soft_label=soft_label)
 
     def forward(self, input, target):
         return self._scaled(self._fn(input, target, mode=self.mode, from_logits=self.from_logits, **self._common_kwargs()))
@@ -196,16 +198,16 @@ class DiceCELoss(_DiceFamily):
     """Module form of :func:`fastloss.dice_ce_loss` (MONAI's DiceCE): ``forward(input, target)``."""
 
     _repr_args = ("mode", "lambda_dice", "lambda_ce", "smooth_nr", "smooth_dr", "squared", "ignore_index", "include_background",
-                  "per_image", "class_weights", "log", "reduction", "gamma", "ce_weight", "zero_empty")
+                  "per_image", "class_weights", "log", "reduction", "gamma", "ce_weight", "zero_empty", "soft_label")
 
     def __init__(self, mode="multiclass", lambda_dice=1.0, lambda_ce=1.0, smooth_nr=0.0, smooth_dr=1e-5, squared=False, ignore_index=None,
                  include_background=True, per_image=False, class_weights=None, log=False, reduction="mean", gamma=1.0, loss_weight=1.0,
-                 *, ce_weight=None, zero_empty=False, backend=None):
+                 *, ce_weight=None, zero_empty=False, soft_label=False, backend=None):
         super().__init__(loss_weight)
         _check_reduction(reduction, ("mean", "sum"))
         self.lambda_dice, self.lambda_ce = _common.nonneg("lambda_dice", lambda_dice), _common.nonneg("lambda_ce", lambda_ce)
         self._setup(mode, True, smooth_nr, smooth_dr, squared, ignore_index, include_background, per_image, class_weights, log, reduction,
-                    gamma, zero_empty, backend)
+                    gamma, zero_empty, backend, soft_label=soft_label)
         if ce_weight is not None:
             if mode != "multiclass":
                 raise ValueError(f'ce_weight weights the softmax cross entropy of mode "multiclass"; got mode {mode!r}')

@@ -291,6 +291,12 @@ def test_no_grad_and_modules(device, backend):
         assert torch.equal(fastloss.nn.DiceLoss(per_image=True)(x, t), fastloss.dice_loss(x, t, per_image=True))
         assert torch.equal(fastloss.nn.JaccardLoss()(x, t), fastloss.jaccard_loss(x, t))
         assert torch.equal(fastloss.nn.DiceCELoss(lambda_ce=0.5)(x, t), fastloss.dice_ce_loss(x, t, lambda_ce=0.5))
+        soft = torch.softmax(torch.randn(2, 3, 4, 5, device=device), dim=1)  # soft targets: the modules' soft_label
+        assert torch.equal(fastloss.nn.DiceLoss(soft_label=True)(x, soft), fastloss.dice_loss(x, soft, soft_label=True))
+        assert torch.equal(fastloss.nn.TverskyLoss(alpha=0.3, soft_label=True)(x, soft),
+                           fastloss.tversky_loss(x, soft, alpha=0.3, soft_label=True))
+        assert torch.equal(fastloss.nn.DiceCELoss(soft_label=True)(x, t), fastloss.dice_ce_loss(x, t, soft_label=True))
+        assert "soft_label=True" in repr(fastloss.nn.JaccardLoss(soft_label=True))
     assert torch.equal(a, b) and a.grad_fn is None
 
 

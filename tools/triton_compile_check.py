@@ -89,7 +89,7 @@ def pointwise_variants(quick):
 
 def dice_variants():
     common = dict(ACT=[0, 1, 2], LABELS=[True], HAS_IGNORE=[True], SQUARED=[False], WITH_CE=[True], COMPUTE=[tl.float32], BLOCK_C=[32],
-                  BLOCK_S=[64])
+                  BLOCK_S=[64], SOFT=[False, True])
     fp64 = dict(common, ACT=[1, 2], COMPUTE=[tl.float64])
     return [(dice._sums_kernel, grid(**common)), (dice._grad_kernel, grid(**common)), (dice._sums_kernel, grid(**fp64)),
             (dice._grad_kernel, grid(**fp64))]
