@@ -16,6 +16,7 @@ import time
 import torch
 
 import fastloss
+from fastloss import _backend
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
@@ -130,6 +131,24 @@ def run(backend, dtype, device):
             loss, g, _ = _fwd_bwd(fn, xin, target, backend=backend, **kwargs)
             ref, _, _ = _fwd_bwd(fn, xin, target, backend="reference", **kwargs)
             _check(f"{fn.__name__} {backend} {dtype} {shape}", loss, ref, rtol)
+            cases += 1
+        soft = torch.softmax(torch.randn(shape, device=device), 1).to(dtype)  # the soft-label sums
+        loss, _, _ = _fwd_bwd(fastloss.dice_loss, x, soft, soft_label=True, backend=backend)
+        ref, _, _ = _fwd_bwd(fastloss.dice_loss, x, soft, soft_label=True, backend="reference")
+        _check(f"dice_loss soft_label {backend} {dtype} {shape}", loss, ref, rtol)
+        cases += 1
+    # label assigners (no Triton kernel): mmdetection's max-IoU rules, bit-equal to the reference
+    if backend in _backend.preference("max_iou_assign")[device] and dtype == torch.float32:
+        xy = torch.rand(3, 1000, 2, device=device) * 300
+        priors = torch.cat([xy, xy + torch.rand(3, 1000, 2, device=device) * 80], -1)
+        boxes = priors[:, :37] + torch.randn(3, 37, 4, device=device)
+        valid = torch.rand(3, 37, device=device) > 0.2
+        labels = torch.randint(0, 9, (3, 37), device=device)
+        for kw in (dict(pos_iou_thr=0.5, neg_iou_thr=0.4), dict(pos_iou_thr=0.7, neg_iou_thr=(0.1, 0.3), gt_max_assign_all=False)):
+            got = fastloss.max_iou_assign(priors, boxes, labels, valid, backend=backend, **kw)
+            ref = fastloss.max_iou_assign(priors, boxes, labels, valid, backend="reference", **kw)
+            if not all(torch.equal(a, b) for a, b in zip(got, ref)):
+                raise AssertionError(f"max_iou_assign {backend} {kw}: differs from the reference")
             cases += 1
     if device == "cuda":
         torch.cuda.synchronize()
