@@ -762,10 +762,11 @@ def _metric(A, B, cols, eps, KIND: tl.constexpr, FMT: tl.constexpr, GRAD: tl.con
     if KIND == 1:  # iof: intersection over a's area (mmcv): I / (area + eps), mmdetection I / max(area, eps)
         area = aw * ah
         if UMODE == 1:
-            inv = 1.0 / _max(area, area * 0.0 + eps)
+            den = _max(area, area * 0.0 + eps)
         else:
-            inv = 1.0 / (area + eps)
-        m = inter * inv
+            den = area + eps
+        inv = 1.0 / den
+        m = inter / den  # a division, as the peers' I / area
         garea = -m * inv
         if UMODE == 1:
             garea = garea * _share_max(area, area * 0.0 + eps)

@@ -814,8 +814,9 @@ FL_HOST_DEVICE BX_INLINE T pair_metric_impl(const T a_in[4], const T b_in[4], in
   if (kind == kMIoF) {
     // intersection over a's area (mmcv's "iof"): I / (area + eps), mmdetection I / max(area, eps)
     const T area = g.aw * g.ah;
-    const T inv = T(1) / (umode == kUnionMaxEps ? max_(area, T(eps)) : area + T(eps));
-    m = g.inter * inv;
+    const T den = umode == kUnionMaxEps ? max_(area, T(eps)) : area + T(eps);
+    const T inv = T(1) / den;
+    m = g.inter / den;  // a division, as the peers' I / area (I times 1 / area differs in the last bit)
     if (kGrad) {
       d.inter = inv;
       T garea = T(0) - m * inv;

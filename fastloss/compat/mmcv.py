@@ -5,8 +5,8 @@ signatures, over fastloss's kernels -- the ops mmdetection calls on CUDA, usable
     ious = fl_mmcv.bbox_overlaps(rois, gt_boxes, offset=1)
 
 ``fastloss.patch("mmdet")`` swaps the focal losses into ``mmcv.ops`` in place (not
-``bbox_overlaps``: overlaps decide assignments, and fastloss's fp32 IoU is not bit-equal to
-mmcv's; see :func:`fastloss.compat.mmdet._patch`).
+``bbox_overlaps``: overlaps decide assignments, and this one is not bit-equal to mmcv's
+(``offset=1`` adds the 1 in another order); see :func:`fastloss.compat.mmdet._patch`).
 
 ============================  ================================================================
 name                          fastloss op underneath

@@ -38,6 +38,7 @@ name                       fastloss op underneath
 ``bbox_overlaps``          :func:`fastloss.box_iou` ("iou", "iof", "giou")
 ``smooth_l1_loss``         :func:`fastloss.smooth_l1_loss` (mmdetection's functional form)
 ``SigmoidFocalLoss``       mmcv.ops' raw op, from :mod:`fastloss.compat.mmcv` (its "mean" divides by the rows)
+``MaxIoUAssigner``         :func:`fastloss.max_iou_assign` (bit-equal; explicit use, not patched)
 =========================  ==================================================================
 
 The box losses and ``bbox_overlaps`` run fastloss's box kernels in convention "mmdet"
@@ -82,8 +83,9 @@ Differences from mmdetection, kept on purpose (fastloss's numerical policy):
 * ``CIoULoss`` where 1 - IoU + v = 0 (identical boxes whose IoU rounds to 1): alpha is 0
   (mmdetection: 0 / 0 = NaN).
 * ``bbox_overlaps`` with no boxes returns zeros (mmdetection: an uninitialised tensor); its box
-  math runs in fp32 for fp16 boxes on the CPU too.  Its fp32 values are not bit-equal to
-  mmdetection's (a few ulp), which is why :func:`_patch` leaves mmdetection's in place.
+  math runs in fp32 for fp16 boxes on the CPU too.  Its fp32 IoU / IoF values are bit-equal to
+  mmdetection's on the CPU (tested); GIoU and the CUDA kernel are not verified to be, which is
+  why :func:`_patch` leaves mmdetection's in place.
 * The mean of an empty input is 0, connected to the graph (mmdetection: NaN for ``MSELoss``,
   ``IoULoss``, ``GIoULoss``, ``DIoULoss``, ``QualityFocalLoss``, ``DiceLoss`` -- also of an
   empty batch (0, ...) --, mmcv's ``SigmoidFocalLoss``, and ``BalancedL1Loss`` with an empty
@@ -112,6 +114,7 @@ from torch import Tensor, nn
 
 from fastloss.compat import mmcv as _mmcv
 from fastloss.compat.mmcv import SigmoidFocalLoss, _background_labels, _check_alpha
+from fastloss.ops import assign as _assign
 from fastloss.ops import box_iou as _box_iou
 from fastloss.ops import dice as _dice
 from fastloss.ops import pointwise as _pointwise
@@ -123,7 +126,7 @@ _OVERLAPS_EPS = 1e-6  # mmdetection's bbox_overlaps default eps, the union eps o
 __all__ = ["FocalLoss", "L1Loss", "SmoothL1Loss", "BalancedL1Loss", "MSELoss", "CrossEntropyLoss", "QualityFocalLoss", "VarifocalLoss",
            "DistributionFocalLoss", "GaussianFocalLoss", "DiceLoss", "IoULoss", "GIoULoss", "DIoULoss", "CIoULoss", "EIoULoss", "SIoULoss",
            "BoundedIoULoss", "bbox_overlaps",
-           "smooth_l1_loss", "SigmoidFocalLoss"]
+           "smooth_l1_loss", "SigmoidFocalLoss", "MaxIoUAssigner"]
 
 
 # ====================================================================== shared rules
@@ -942,6 +945,62 @@ def bbox_overlaps(bboxes1, bboxes2, mode='iou', is_aligned=False, eps=1e-6):
     return _box_iou.box_iou(bboxes1, bboxes2, mode, aligned=is_aligned, eps=eps, convention="mmdet")
 
 
+# ====================================================================== assigners
+
+
+class MaxIoUAssigner:
+    """mmdetection's ``MaxIoUAssigner`` (``mmdet.models.task_modules.assigners``, 3.3.0) over
+    :func:`fastloss.max_iou_assign`: the same arguments and ``assign(pred_instances,
+    gt_instances, gt_instances_ignore=None)`` returning mmdetection's ``AssignResult``, with
+    gt_inds, labels and max_overlaps bit-equal to mmdetection's (its IoU arithmetic, tested on
+    the CPU; the CUDA kernel rounds each product the same way, not yet run on a GPU) -- one
+    fused call instead of the (M, A) IoU matrix plus a host sync per gt.
+
+    Not supported (ValueError at construction): an ``iou_calculator`` other than mmdetection's
+    default ``dict(type='BboxOverlaps2D')``, and ``perm_repeat_gt_cfg``.  ``gpu_assign_thr``
+    is honoured as mmdetection does (the assignment moves to the CPU above that many gts).
+    Not swapped in by :func:`fastloss.patch` (it decides assignments: explicit use only, until
+    a GPU session confirms the CUDA path bit for bit)."""
+
+    def __init__(self, pos_iou_thr: float, neg_iou_thr: Union[float, tuple], min_pos_iou: float = .0, gt_max_assign_all: bool = True,
+                 ignore_iof_thr: float = -1, ignore_wrt_candidates: bool = True, match_low_quality: bool = True, gpu_assign_thr: float = -1,
+                 iou_calculator: dict = dict(type='BboxOverlaps2D'), perm_repeat_gt_cfg=None):
+        if dict(iou_calculator) != dict(type='BboxOverlaps2D'):
+            raise ValueError(f"MaxIoUAssigner: only iou_calculator=dict(type='BboxOverlaps2D') (mmdetection's default) is supported by "
+                             f"fastloss's compat layer, got {iou_calculator!r}")
+        if perm_repeat_gt_cfg is not None:
+            raise ValueError("MaxIoUAssigner: perm_repeat_gt_cfg is not supported by fastloss's compat layer")
+        self.pos_iou_thr, self.neg_iou_thr, self.min_pos_iou = pos_iou_thr, neg_iou_thr, min_pos_iou
+        self.gt_max_assign_all, self.ignore_iof_thr, self.ignore_wrt_candidates = gt_max_assign_all, ignore_iof_thr, ignore_wrt_candidates
+        self.gpu_assign_thr, self.match_low_quality = gpu_assign_thr, match_low_quality
+        self.iou_calculator, self.perm_repeat_gt_cfg = iou_calculator, perm_repeat_gt_cfg
+
+    def assign(self, pred_instances, gt_instances, gt_instances_ignore=None, **kwargs):
+        """pred_instances.priors (n, 4) (or (n, 5) with scores), gt_instances.bboxes (k, 4),
+        .labels (k,); gt_instances_ignore.bboxes (optional) -> ``AssignResult`` (gt_inds -1 /
+        0 / g + 1, max_overlaps, labels)."""
+        from mmdet.models.task_modules.assigners.assign_result import AssignResult
+
+        def box_tensor(b):
+            b = getattr(b, "tensor", b)  # mmdetection's BaseBoxes
+            return b[..., :4] if b.size(-1) == 5 else b
+
+        priors, gt_bboxes, gt_labels = box_tensor(pred_instances.priors), box_tensor(gt_instances.bboxes), gt_instances.labels
+        ignore = None if gt_instances_ignore is None else box_tensor(gt_instances_ignore.bboxes)
+        device = priors.device
+        if self.gpu_assign_thr > 0 and gt_bboxes.shape[0] > self.gpu_assign_thr:
+            priors, gt_bboxes, gt_labels = priors.cpu(), gt_bboxes.cpu(), gt_labels.cpu()
+            ignore = None if ignore is None else ignore.cpu()
+        num_gts = gt_bboxes.shape[0]
+        gt_inds, max_overlaps, labels = _assign.max_iou_assign(
+            priors, gt_bboxes[None], gt_labels[None].long(), None, pos_iou_thr=self.pos_iou_thr, neg_iou_thr=self.neg_iou_thr,
+            min_pos_iou=self.min_pos_iou, gt_max_assign_all=self.gt_max_assign_all, match_low_quality=self.match_low_quality,
+            ignore_bboxes=None if ignore is None else ignore[None], ignore_iof_thr=self.ignore_iof_thr,
+            ignore_wrt_candidates=self.ignore_wrt_candidates)
+        return AssignResult(num_gts=num_gts, gt_inds=gt_inds[0].to(device), max_overlaps=max_overlaps[0].to(device),
+                            labels=labels[0].to(device))
+
+
 # ====================================================================== patching
 
 _CLASSES = ("FocalLoss", "L1Loss", "SmoothL1Loss", "BalancedL1Loss", "MSELoss", "CrossEntropyLoss", "QualityFocalLoss", "VarifocalLoss",
@@ -980,10 +1039,10 @@ def _patch(handle):
     :func:`bbox_overlaps` stays available for explicit use).  It is what the assigners decide
     with (``BboxOverlaps2D`` in MaxIoU / ATSS / SimOTA / dynamic-soft-label / task-aligned
     assigners, the Hungarian matcher's ``IoUCost``), and also the GFL / VFNet heads' IoU
-    targets, NMS and the evaluation; fastloss's fp32 overlaps are not bit-equal to
-    mmdetection's (a few ulp), so a threshold such as MaxIoUAssigner's 0.5 could flip for a
-    near-tie -- a patch must change how losses are computed, never which anchor is assigned to
-    which box.  No replaced class feeds an assigner (the match costs compute their own terms).
+    targets, NMS and the evaluation; fastloss's fp32 overlaps are bit-equal to mmdetection's
+    only where tested (IoU / IoF on the CPU), and one ulp flips a threshold such as
+    MaxIoUAssigner's 0.5 for a near-tie -- a patch must change how losses are computed, never
+    which anchor is assigned to which box.  No replaced class feeds an assigner (the match costs compute their own terms).
 
     Objects keep what they captured: a loss module built while patched (``MODELS.build`` of a
     head's config) is fastloss's and stays fastloss's after undo, and one built before the

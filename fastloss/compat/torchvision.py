@@ -68,9 +68,11 @@ Differences from torchvision 0.29 (by design; fastloss's numerical policy):
 * exactly touching boxes (zero-width intersection): no gradient through the intersection, as
   torchvision's losses (its matrices' clamp agrees with torch 2.14; torch's derivative of
   clamp at the bound has changed across releases).
-* the matrices are not bit-equal to torchvision's in fp32 (the C++ CPU kernel rounds
-  differently from torch's eager ops; a few ulp): an IoU of 0.49999994 there can be 0.50000006
-  here, flipping a Matcher's 0.5 threshold -- why :func:`_patch` does not replace them.
+* the matrices are not guaranteed bit-equal to torchvision's in fp32: ``box_iou`` is on the
+  CPU (tests/test_compat_torchvision.py, since the CPU build stopped contracting products into
+  FMAs: an IoU of 0.49999994 there was 0.50000006 here before), the other matrices differ by
+  a few ulp and the CUDA kernels are unverified -- a flip at a Matcher's 0.5 threshold is why
+  :func:`_patch` does not replace them.
 * ``sigmoid_focal_loss``: the mean of an empty input is 0 (torchvision: NaN); fp16 / bf16 are
   computed in fp32 and rounded once (torchvision computes in fp16 / bf16); ``gamma`` must be
   >= 0 and ``targets`` a float tensor of ``inputs``' shape that does not require grad
@@ -420,9 +422,10 @@ def _patch(handle):
     Not replaced, on purpose: the box matrices ``box_iou``, ``generalized_box_iou``,
     ``distance_box_iou``, ``complete_box_iou``.  They decide assignments (``box_ops.box_iou``
     feeds the RetinaNet / SSD / Faster R-CNN Matchers, RPN's and RoIHeads' ``box_similarity``),
-    and fastloss's fp32 matrices are not bit-equal to torchvision's: an IoU of 0.49999994 there
-    can be 0.50000006 here, and the Matcher's 0.5 threshold flips -- a patch must change how
-    losses are computed, never which anchor is matched to which box.  Use this module's
+    and fastloss's fp32 matrices are not all bit-equal to torchvision's (``box_iou`` is on the
+    CPU; the others differ by a few ulp, CUDA unverified): an IoU of 0.49999994 there could be
+    0.50000006 here, and the Matcher's 0.5 threshold flips -- a patch must change how losses
+    are computed, never which anchor is matched to which box.  Use this module's
     matrices explicitly where they are wanted.
 
     Objects keep what they captured: the references are module globals, so anything that
