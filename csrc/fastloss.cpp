@@ -60,6 +60,12 @@ TORCH_LIBRARY(fastloss, m) {
   m.def(
       "max_iou_assign_native(Tensor priors, Tensor gt_bboxes, Tensor gt_valid, Tensor ignored, float pos_iou_thr, float neg_lo, "
       "float neg_hi, float min_pos_iou, bool match_low_quality, bool gt_max_assign_all) -> (Tensor, Tensor)");
+  // task-aligned (ultralytics' rules): pd_scores (B, A, nc), pd_bboxes (B, A, 4), anc_points (A, 2), gt_bboxes (B, M, 4)
+  // contiguous, one floating dtype; gt_labels (B, M) int64, gt_valid (B, M) bool -> (labels (B, A) int64, bboxes
+  // (B, A, 4), scores (B, A, nc), fg (B, A) bool, gt_idx (B, A) int64).
+  m.def(
+      "task_aligned_assign_native(Tensor pd_scores, Tensor pd_bboxes, Tensor anc_points, Tensor gt_labels, Tensor gt_bboxes, "
+      "Tensor gt_valid, int topk, int num_classes, float alpha, float beta, float stride_val, float eps) -> Tensor[]");
   m.def(
       "pointwise_forward_native(Tensor input, Tensor target, Tensor? target_value, Tensor? weight, int weight_layout, Tensor? aux, "
       "int aux_layout, int loss, float[] params, int reduction, bool with_grad) -> (Tensor, Tensor)");

@@ -95,8 +95,13 @@ def _peer(case, topk, alpha, beta, nc):
     return TaskAlignedAssigner(topk=topk, num_classes=nc, alpha=alpha, beta=beta, stride=list(STRIDES))(*case)
 
 
-def _ours(case, topk, alpha, beta, nc, **kw):
-    return assign.task_aligned_assign(*case, topk=topk, num_classes=nc, alpha=alpha, beta=beta, stride_val=STRIDES[1], **kw)
+def _ours(case, topk, alpha, beta, nc, backend="reference", **kw):
+    if kw:  # the spec's own knobs (chunk)
+        return assign.task_aligned_assign(*case, topk=topk, num_classes=nc, alpha=alpha, beta=beta, stride_val=STRIDES[1], **kw)
+    return fastloss.task_aligned_assign(*case, topk=topk, num_classes=nc, alpha=alpha, beta=beta, stride_val=STRIDES[1], backend=backend)
+
+
+TAL_BACKENDS = [pytest.param("reference", id="reference"), pytest.param("cpu", id="cpu")]
 
 
 def _ulp_diff(a, b):
@@ -122,37 +127,49 @@ def _assert_matches(got, expected, stats):
 SHAPES = [(2, 5, 320), (2, 30, 320), (1, 120, 640)]
 
 
+@pytest.mark.parametrize("backend", TAL_BACKENDS)
 @pytest.mark.parametrize("topk, alpha, beta", CONFIGS)
 @pytest.mark.parametrize("kind", KINDS)
-def test_task_aligned_matches_ultralytics(topk, alpha, beta, kind):
+def test_task_aligned_matches_ultralytics(backend, topk, alpha, beta, kind):
+    """216 cases per configuration for the kernel, 72 for the (slower) spec, which also runs
+    gt-chunked (7 gts a step)."""
+    import helpers
+
+    helpers.require_backend("cpu", backend)
     stats = {"differ": 0, "positives": 0}
     seed = 1000 * KINDS.index(kind) + 100 * CONFIGS.index((topk, alpha, beta))
     for B, M, imgsz in SHAPES:
         for nc in (1, 80):
-            for _ in range(6):
+            for _ in range(6 if backend == "cpu" else 2):
                 seed += 1
                 case = _case(seed, B, M, imgsz, nc, kind)
-                _assert_matches(_ours(case, topk, alpha, beta, nc, chunk=7), _peer(case, topk, alpha, beta, nc), stats)
+                ours = _ours(case, topk, alpha, beta, nc, backend) if backend == "cpu" else _ours(case, topk, alpha, beta, nc, chunk=7)
+                _assert_matches(ours, _peer(case, topk, alpha, beta, nc), stats)
     assert stats["differ"] <= max(2, stats["positives"] // 100), stats
 
 
+@pytest.mark.parametrize("backend", TAL_BACKENDS)
 @pytest.mark.parametrize("topk, alpha, beta", CONFIGS)
 @pytest.mark.parametrize("B, M, imgsz, nc", [(1, 1, 160, 365), (4, 5, 160, 80), (2, 400, 640, 80), (1, 60, 1280, 365)])
-def test_task_aligned_sizes(topk, alpha, beta, B, M, imgsz, nc):
+def test_task_aligned_sizes(backend, topk, alpha, beta, B, M, imgsz, nc):
     """Grids of 160 px (A = 525: CPU top-k's nth_element path), 1280 px, M = 400, nc = 365."""
+    import helpers
+
+    helpers.require_backend("cpu", backend)
     stats = {"differ": 0, "positives": 0}
     for seed in range(3):
         case = _case(seed + 7 * M, B, M, imgsz, nc, "dense" if seed != 1 else "crowd")
-        _assert_matches(_ours(case, topk, alpha, beta, nc), _peer(case, topk, alpha, beta, nc), stats)
+        _assert_matches(_ours(case, topk, alpha, beta, nc, backend), _peer(case, topk, alpha, beta, nc), stats)
     assert stats["differ"] <= max(2, stats["positives"] // 100), stats
 
 
 def test_no_ground_truths():
     """M = 0: ultralytics' early return, dtypes included (labels and gt index in the scores' dtype)."""
     case = _case(0, 2, 0, 160, 80, "dense")
-    got, expected = _ours(case, 10, 0.5, 6.0, 80), _peer(case, 10, 0.5, 6.0, 80)
-    for x, y in zip(got, expected):
-        assert x.dtype == y.dtype and torch.equal(x, y)
+    expected = _peer(case, 10, 0.5, 6.0, 80)
+    for got in (_ours(case, 10, 0.5, 6.0, 80), _ours(case, 10, 0.5, 6.0, 80, chunk=3)):
+        for x, y in zip(got, expected):
+            assert x.dtype == y.dtype and torch.equal(x, y)
 
 
 def test_invariances():
@@ -162,7 +179,8 @@ def test_invariances():
     sc, pd, pts, lab, gt, mask = case
     padded = (sc, pd, pts, torch.cat([lab, torch.zeros(3, 9, 1)], 1), torch.cat([gt, torch.zeros(3, 9, 4)], 1),
               torch.cat([mask, torch.zeros(3, 9, 1)], 1))
-    for other in (_ours(padded, 10, 0.5, 6.0, 80), _ours(case, 10, 0.5, 6.0, 80, chunk=1), _ours(case, 10, 0.5, 6.0, 80, chunk=1000)):
+    for other in (_ours(padded, 10, 0.5, 6.0, 80), _ours(case, 10, 0.5, 6.0, 80, chunk=1), _ours(case, 10, 0.5, 6.0, 80, chunk=1000),
+                  _ours(padded, 10, 0.5, 6.0, 80, "cpu")):
         for x, y in zip(other, base):
             assert torch.equal(x, y)
     for b in range(3):
@@ -171,14 +189,18 @@ def test_invariances():
             assert torch.equal(x[0], y[b])
 
 
-def test_deterministic_across_threads():
+@pytest.mark.parametrize("backend", TAL_BACKENDS)
+def test_deterministic_across_threads(backend):
+    import helpers
+
+    helpers.require_backend("cpu", backend)
     case = _case(11, 2, 120, 640, 80, "dense")
     threads = torch.get_num_threads()
     try:
         runs = []
         for n in (1, 2, 1):
             torch.set_num_threads(n)
-            runs.append(_ours(case, 13, 1.0, 6.0, 80))
+            runs.append(_ours(case, 13, 1.0, 6.0, 80, backend))
     finally:
         torch.set_num_threads(threads)
     for run in runs[1:]:
@@ -199,11 +221,23 @@ def test_ciou_is_ultralytics_bit_for_bit():
 
 def test_bad_inputs():
     case = _case(0, 1, 3, 160, 4, "dense")
-    with pytest.raises(ValueError, match="topk"):
-        _ours(case, 600, 0.5, 6.0, 4)
     sc, pd, pts, lab, gt, mask = case
-    with pytest.raises(ValueError, match="labels"):
-        _ours((sc, pd, pts, lab + 4, gt, mask), 10, 0.5, 6.0, 4)
+    for backend_kw in (dict(chunk=5), dict()):  # the spec, and the public function
+        with pytest.raises(ValueError, match="topk"):
+            _ours(case, 600, 0.5, 6.0, 4, **backend_kw)
+        with pytest.raises(ValueError, match="labels"):
+            _ours((sc, pd, pts, lab + 4, gt, mask), 10, 0.5, 6.0, 4, **backend_kw)
+    with pytest.raises(ValueError, match="num_classes"):
+        _ours(case, 10, 0.5, 6.0, 5)
+    with pytest.raises(ValueError, match="mask_gt"):
+        _ours((sc, pd, pts, lab, gt, mask[..., 0]), 10, 0.5, 6.0, 4)
+
+
+def test_task_aligned_compiles():
+    case = _case(3, 2, 7, 160, 4, "dense")
+    fn = torch.compile(lambda *a: fastloss.task_aligned_assign(*a, topk=10, num_classes=4, alpha=0.5, beta=6.0), fullgraph=True)
+    for x, y in zip(fn(*case), _ours(case, 10, 0.5, 6.0, 4, "cpu" if "cpu" in fastloss.available_backends("cpu") else "reference")):
+        assert torch.equal(x, y)
 
 
 # ---------------------------------------------------------------------- max-IoU (mmdetection)

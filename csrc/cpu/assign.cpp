@@ -15,13 +15,20 @@
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
+#include <ATen/ops/add.h>
+#include <ATen/ops/atan.h>
+#include <ATen/ops/div.h>
+#include <ATen/ops/sub.h>
 #include <ATen/ops/empty.h>
+#include <ATen/ops/zeros.h>
 #include <torch/library.h>
 
 #include <algorithm>
+#include <cmath>
 #include <cstdint>
 #include <limits>
 #include <tuple>
+#include <utility>
 #include <vector>
 
 #include "fastloss/cpu_loop.h"
@@ -223,8 +230,199 @@ std::tuple<at::Tensor, at::Tensor> max_iou_assign_cpu(const at::Tensor& priors, 
   return out;
 }
 
+// ------------------------------------------------------------------ task-aligned (ultralytics)
+//
+// Per (image, gt) row: the candidate test and, for candidates only, ultralytics' CIoU and the
+// alignment metric; then the row's top-k under torch's own CPU rule (TopKImpl.h): a pair array
+// (value, index) through std::partial_sort when k 64 <= A, else std::nth_element.  Only the
+// first k entries and the later positive ones go into the partial sort: its heap select lets a
+// later entry in only if it beats the heap's minimum, which is >= 0, so a zero never enters --
+// the selected set and its order are those of the whole row.  Then per anchor: claims, the
+// resolution of multiply claimed anchors by the first argmax of the overlap over all gts, the
+// per-gt maxima and the targets.  Memory: (B, M, k) claims and O(B (A + M)) state + outputs.
+
+template <typename T>
+struct TalArgs {
+  const T* scores;  // (B, A, nc)
+  const T* pd;      // (B, A, 4)
+  const T* anc;     // (A, 2)
+  const int64_t* labels;  // (B, M)
+  const T* gt;            // (B, M, 4)
+  const bool* valid;      // (B, M)
+  const T* atan_gt;       // (B, M) atan(w / h) of the gts, torch's (ultralytics' heights + eps)
+  const T* atan_pd;       // (B, A) of the predictions
+  int64_t B, A, M, nc, k;
+  double alpha, beta, stride_val, eps;
+};
+
+// ultralytics' candidate box: a valid box's sides below stride_val widened to it about the
+// centre, through xyxy -> xywh -> xyxy (its roundings included).
+template <typename T>
+void widened(const T* g, bool valid, double stride_val, T out[4]) {
+  const T cx = (g[0] + g[2]) / T(2), cy = (g[1] + g[3]) / T(2);
+  T w = g[2] - g[0], h = g[3] - g[1];
+  const T sv = static_cast<T>(stride_val);
+  if (valid && w < T(stride_val)) w = sv;
+  if (valid && h < T(stride_val)) h = sv;
+  const T hw = w / T(2), hh = h / T(2);
+  out[0] = cx - hw, out[1] = cy - hh, out[2] = cx + hw, out[3] = cy + hh;
+}
+
+template <typename T>
+bool inside(const T* pt, const T box[4]) {
+  const T e = static_cast<T>(1e-9);
+  return pt[0] - box[0] > e && pt[1] - box[1] > e && box[2] - pt[0] > e && box[3] - pt[1] > e;
+}
+
+// torch's CPU pow of one value: ATen's vector pow (SLEEF) on a broadcast lane -- its vector
+// body's function in this build (AVX2); torch may run an AVX-512 one, whose last bit differs now
+// and then, as its own scalar remainder does (the scores' few-ulp tolerance)
+template <typename T>
+T vec_pow(T x, T e) {
+  alignas(64) T out[Vec<T>::size()];
+  Vec<T>(x).pow(Vec<T>(e)).store(out);
+  return out[0];
+}
+
+// (overlap, metric) of gt g of image b with anchor a, zeros unless a is g's candidate
+template <typename T>
+void pair_metrics(const TalArgs<T>& a, int64_t b, int64_t g, int64_t i, const T box[4], T& ov, T& t) {
+  ov = T(0), t = T(0);
+  if (!a.valid[b * a.M + g] || !inside(a.anc + i * 2, box)) return;
+  ov = assign::ciou_ultralytics(a.gt + (b * a.M + g) * 4, a.pd + (b * a.A + i) * 4, a.atan_gt[b * a.M + g], a.atan_pd[b * a.A + i]);
+  const T s = a.scores[(b * a.A + i) * a.nc + std::min(std::max(a.labels[b * a.M + g], int64_t(0)), a.nc - 1)];
+  t = assign::torch_pow(s, a.alpha, vec_pow<T>) * assign::torch_pow(ov, a.beta, vec_pow<T>);
+}
+
+template <typename T>
+std::vector<at::Tensor> task_aligned_impl(const TalArgs<T>& a, const at::TensorOptions& opts) {
+  const int64_t B = a.B, A = a.A, M = a.M, K = a.k, nc = a.nc;
+  using elem_t = std::pair<T, int64_t>;
+  auto comp = [](const elem_t& x, const elem_t& y) { return x.first > y.first; };  // torch's `largest` order (no NaN)
+  std::vector<T> boxes(static_cast<size_t>(B * M * 4));
+  for (int64_t r = 0; r < B * M; ++r) widened(a.gt + r * 4, a.valid[r], a.stride_val, &boxes[r * 4]);
+  std::vector<int64_t> claims(static_cast<size_t>(B * M * K), -1);  // the anchors each valid gt claims
+  at::parallel_for(0, B * M, 1, [&](int64_t r0, int64_t r1) {
+    std::vector<elem_t> q;
+    for (int64_t r = r0; r < r1; ++r) {
+      if (!a.valid[r]) continue;  // a padded row claims nothing (ultralytics zeroes its top-k)
+      const int64_t b = r / M, g = r - b * M;
+      const T* box = &boxes[r * 4];
+      const bool partial = K * 64 <= A;
+      q.clear();
+      for (int64_t i = 0; i < A; ++i) {
+        T ov, t;
+        pair_metrics(a, b, g, i, box, ov, t);
+        if (!partial || i < K || t > T(0)) q.emplace_back(t, i);
+      }
+      if (partial) {
+        std::partial_sort(q.begin(), q.begin() + K, q.end(), comp);
+      } else {
+        std::nth_element(q.begin(), q.begin() + K - 1, q.end(), comp);
+      }
+      for (int64_t j = 0; j < K; ++j) {
+        const int64_t i = q[j].second;
+        if (inside(a.anc + i * 2, box)) claims[r * K + j] = i;  // a top-k slot claims a candidate
+      }
+    }
+  });
+  at::Tensor labels = at::empty({B, A}, opts.dtype(at::kLong));
+  at::Tensor tboxes = at::empty({B, A, 4}, opts);
+  at::Tensor tscores = at::zeros({B, A, nc}, opts);
+  at::Tensor fg = at::empty({B, A}, opts.dtype(at::kBool));
+  at::Tensor gt_idx = at::empty({B, A}, opts.dtype(at::kLong));
+  int64_t* lab_o = labels.mutable_data_ptr<int64_t>();
+  T* box_o = tboxes.mutable_data_ptr<T>();
+  T* sc_o = tscores.mutable_data_ptr<T>();
+  bool* fg_o = fg.mutable_data_ptr<bool>();
+  int64_t* idx_o = gt_idx.mutable_data_ptr<int64_t>();
+  const T eps = static_cast<T>(a.eps);
+  at::parallel_for(0, B, 1, [&](int64_t b0, int64_t b1) {
+    std::vector<int64_t> count(static_cast<size_t>(A)), claimant(static_cast<size_t>(A));
+    std::vector<T> ov_a(static_cast<size_t>(A)), t_a(static_cast<size_t>(A)), pos_o(static_cast<size_t>(M)), pos_t(static_cast<size_t>(M));
+    for (int64_t b = b0; b < b1; ++b) {
+      std::fill(count.begin(), count.end(), 0);
+      for (int64_t g = 0; g < M; ++g)
+        for (int64_t j = 0; j < K; ++j) {
+          const int64_t i = claims[(b * M + g) * K + j];
+          if (i >= 0) ++count[i], claimant[i] = g;
+        }
+      std::fill(pos_o.begin(), pos_o.end(), T(0));
+      std::fill(pos_t.begin(), pos_t.end(), T(0));
+      for (int64_t i = 0; i < A; ++i) {
+        int64_t g = 0;
+        if (count[i] == 1) g = claimant[i];
+        if (count[i] > 1) {  // the first argmax over ALL gts of the overlap (0 off their candidates)
+          T best = -std::numeric_limits<T>::infinity();
+          for (int64_t h = 0; h < M; ++h) {
+            T ov, t;
+            pair_metrics(a, b, h, i, &boxes[(b * M + h) * 4], ov, t);
+            if (ov > best) best = ov, g = h;
+          }
+        }
+        idx_o[b * A + i] = g;
+        fg_o[b * A + i] = count[i] > 0;
+        ov_a[i] = t_a[i] = T(0);
+        if (count[i] > 0) {
+          pair_metrics(a, b, g, i, &boxes[(b * M + g) * 4], ov_a[i], t_a[i]);
+          pos_o[g] = std::max(pos_o[g], ov_a[i]);
+          pos_t[g] = std::max(pos_t[g], t_a[i]);
+        }
+      }
+      for (int64_t i = 0; i < A; ++i) {
+        const int64_t g = idx_o[b * A + i];
+        const int64_t l = std::max(a.labels[b * M + g], int64_t(0));
+        lab_o[b * A + i] = l;
+        for (int c = 0; c < 4; ++c) box_o[(b * A + i) * 4 + c] = a.gt[(b * M + g) * 4 + c];
+        if (fg_o[b * A + i]) sc_o[(b * A + i) * nc + l] = t_a[i] * pos_o[g] / (pos_t[g] + eps);  // two roundings, as ultralytics
+      }
+    }
+  });
+  return {labels, tboxes, tscores, fg, gt_idx};
+}
+
+std::vector<at::Tensor> task_aligned_assign_cpu(const at::Tensor& pd_scores, const at::Tensor& pd_bboxes, const at::Tensor& anc_points,
+                                                const at::Tensor& gt_labels, const at::Tensor& gt_bboxes, const at::Tensor& gt_valid, int64_t topk,
+                                                int64_t num_classes, double alpha, double beta, double stride_val, double eps) {
+  TORCH_CHECK(pd_scores.dim() == 3 && pd_scores.is_contiguous() && pd_scores.size(2) == num_classes,
+              "fastloss task_aligned_assign: pd_scores must be contiguous (B, A, num_classes)");
+  const int64_t B = pd_scores.size(0), A = pd_scores.size(1), M = gt_bboxes.size(1);
+  const auto dt = pd_scores.scalar_type();
+  TORCH_CHECK(pd_bboxes.scalar_type() == dt && pd_bboxes.is_contiguous() && pd_bboxes.sizes() == at::IntArrayRef({B, A, 4}),
+              "fastloss task_aligned_assign: pd_bboxes must be contiguous (B, A, 4) of pd_scores' dtype");
+  TORCH_CHECK(anc_points.scalar_type() == dt && anc_points.is_contiguous() && anc_points.sizes() == at::IntArrayRef({A, 2}),
+              "fastloss task_aligned_assign: anc_points must be contiguous (A, 2) of pd_scores' dtype");
+  TORCH_CHECK(gt_bboxes.scalar_type() == dt && gt_bboxes.is_contiguous() && gt_bboxes.dim() == 3 && gt_bboxes.size(0) == B && gt_bboxes.size(2) == 4,
+              "fastloss task_aligned_assign: gt_bboxes must be contiguous (B, M, 4) of pd_scores' dtype");
+  TORCH_CHECK(gt_labels.scalar_type() == at::kLong && gt_labels.is_contiguous() && gt_labels.sizes() == at::IntArrayRef({B, M}),
+              "fastloss task_aligned_assign: gt_labels must be contiguous int64 (B, M)");
+  TORCH_CHECK(gt_valid.scalar_type() == at::kBool && gt_valid.is_contiguous() && gt_valid.sizes() == at::IntArrayRef({B, M}),
+              "fastloss task_aligned_assign: gt_valid must be contiguous bool (B, M)");
+  TORCH_CHECK(topk >= 1 && topk <= A, "fastloss task_aligned_assign: topk must be in [1, A]");
+  // the aspect terms atan(w / h) with torch's own ops, as ultralytics forms them (elementwise: the
+  // same bits at any position)
+  auto aspect_atan = [](const at::Tensor& boxes) {
+    const at::Tensor w = at::sub(boxes.select(-1, 2), boxes.select(-1, 0));
+    const at::Tensor h = at::add(at::sub(boxes.select(-1, 3), boxes.select(-1, 1)), 1e-7);
+    return at::atan(at::div(w, h)).contiguous();
+  };
+  const at::Tensor atan_gt = aspect_atan(gt_bboxes), atan_pd = aspect_atan(pd_bboxes);
+  std::vector<at::Tensor> out;
+  AT_DISPATCH_FLOATING_TYPES(dt, "task_aligned_assign_cpu", [&] {
+    const TalArgs<scalar_t> a{pd_scores.const_data_ptr<scalar_t>(), pd_bboxes.const_data_ptr<scalar_t>(), anc_points.const_data_ptr<scalar_t>(),
+                              gt_labels.const_data_ptr<int64_t>(), gt_bboxes.const_data_ptr<scalar_t>(), gt_valid.const_data_ptr<bool>(),
+                              atan_gt.const_data_ptr<scalar_t>(), atan_pd.const_data_ptr<scalar_t>(),
+                              B, A, M, num_classes, topk, alpha, beta, stride_val, eps};
+    out = task_aligned_impl<scalar_t>(a, pd_scores.options());
+  });
+  return out;
+}
+
 }  // namespace
 
-TORCH_LIBRARY_IMPL(fastloss, CPU, m) { m.impl("max_iou_assign_native", &max_iou_assign_cpu); }
+TORCH_LIBRARY_IMPL(fastloss, CPU, m) {
+  m.impl("max_iou_assign_native", &max_iou_assign_cpu);
+  m.impl("task_aligned_assign_native", &task_aligned_assign_cpu);
+}
 
 }  // namespace fastloss

@@ -13,6 +13,8 @@
 // explicitly (rn_mul / rn_sub).
 #pragma once
 
+#include <cmath>
+
 #include "fastloss/common.h"
 
 namespace fastloss {
@@ -54,6 +56,46 @@ FL_HOST_DEVICE FL_INLINE T iou(const T& gx1, const T& gy1, const T& gx2, const T
   const T inter = rn_mul(w, h);
   const T uni = rn_sub(rn_add(ga, pa), inter);
   return inter / mx(uni, eps);
+}
+
+// ------------------------------------------------------------------ task-aligned (ultralytics)
+// ultralytics' bbox_iou(gt, pred, xywh=False, CIoU=True) (metrics.py, 8.4.190), the same float
+// operations in the same order, clamped at 0 -- not fastloss's ciou: heights carry eps, the
+// union eps, atan(w / h).  Scalar (float / double).  at_g = atan(w1 / h1) of the gt and at_p of
+// the prediction come from the caller, computed by torch's own atan (its CPU kernel is a
+// vector arctangent chosen at run time -- AVX2 or AVX-512 -- that neither the C library nor an
+// AVX2 build reproduces bit for bit).
+template <typename T>
+FL_HOST_DEVICE FL_INLINE T ciou_ultralytics(const T g[4], const T p[4], T at_g, T at_p) {
+  const T eps = T(1e-7);
+  const T w1 = rn_sub(g[2], g[0]), h1 = rn_add(rn_sub(g[3], g[1]), eps);
+  const T w2 = rn_sub(p[2], p[0]), h2 = rn_add(rn_sub(p[3], p[1]), eps);
+  auto mx = [](T x, T y) { return x > y || x != x ? x : y; };
+  auto mn = [](T x, T y) { return x < y || x != x ? x : y; };
+  const T iw = mx(rn_sub(mn(g[2], p[2]), mx(g[0], p[0])), T(0)), ih = mx(rn_sub(mn(g[3], p[3]), mx(g[1], p[1])), T(0));
+  const T inter = rn_mul(iw, ih);
+  const T uni = rn_add(rn_sub(rn_add(rn_mul(w1, h1), rn_mul(w2, h2)), inter), eps);
+  const T iou = inter / uni;
+  const T cw = rn_sub(mx(g[2], p[2]), mn(g[0], p[0])), ch = rn_sub(mx(g[3], p[3]), mn(g[1], p[1]));  // the enclosing box
+  const T c2 = rn_add(rn_add(rn_mul(cw, cw), rn_mul(ch, ch)), eps);
+  const T dx = rn_sub(rn_sub(rn_add(p[0], p[2]), g[0]), g[2]), dy = rn_sub(rn_sub(rn_add(p[1], p[3]), g[1]), g[3]);
+  const T rho2 = rn_add(rn_mul(dx, dx), rn_mul(dy, dy)) / T(4);  // squared centre distance
+  const T da = rn_sub(at_p, at_g);
+  const T v = rn_mul(T(4.0 / (M_PI * M_PI)), rn_mul(da, da));  // aspect-ratio consistency; 4 / pi^2 rounded to T first
+  const T alpha = v / rn_add(rn_add(rn_sub(T(1), iou), v), eps);
+  const T ciou = rn_sub(iou, rn_add(rho2 / c2, rn_mul(v, alpha)));
+  return mx(ciou, T(0));
+}
+
+// torch.pow(x, e) for a tensor x and a Python exponent e: 0.5 -> sqrt, 1 -> x, 2 -> x * x,
+// otherwise `pow` (the CPU's SLEEF vector pow, which torch applies to all but the scalar
+// remainder of each vector block -- there it rounds differently in ~2 % of the last bits).
+template <typename T, typename Pow>
+FL_HOST_DEVICE FL_INLINE T torch_pow(T x, double e, Pow pow) {
+  if (e == 0.5) return std::sqrt(x);
+  if (e == 1.0) return x;
+  if (e == 2.0) return rn_mul(x, x);
+  return pow(x, static_cast<T>(e));
 }
 
 }  // namespace assign

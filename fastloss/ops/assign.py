@@ -48,7 +48,7 @@ if _extension.has_cuda() and hasattr(torch.ops.fastloss, "max_iou_assign_native"
 
 def _threshold(name, v):
     if isinstance(v, bool) or not isinstance(v, numbers.Real):
-        raise ValueError(f"max_iou_assign: {name} must be a number, got {v!r}")
+        raise ValueError(f"{name} must be a number, got {v!r}")
     return float(v)
 
 
@@ -121,5 +121,105 @@ def max_iou_assign(priors, gt_bboxes, gt_labels, gt_valid=None, *, pos_iou_thr, 
     gt_inds, max_overlaps = max_iou_assign_op(p, g, gt_valid.contiguous(), ignored.contiguous(), pos, lo, hi,
                                               _threshold("min_pos_iou", min_pos_iou), bool(match_low_quality), bool(gt_max_assign_all),
                                               backend)
-    labels = torch.where(gt_inds > 0, gt_labels.long().gather(1, (gt_inds - 1).clamp(min=0)), torch.full_like(gt_inds, -1))
+    none = torch.full_like(gt_inds, -1)
+    if M == 0:  # no gt to gather a label from
+        return gt_inds, max_overlaps, none
+    labels = torch.where(gt_inds > 0, gt_labels.long().gather(1, (gt_inds - 1).clamp(min=0)), none)
     return gt_inds, max_overlaps, labels
+
+
+# ====================================================================== task-aligned (ultralytics)
+
+TAL_OP = "task_aligned_assign"
+
+
+@torch.library.custom_op("fastloss::task_aligned_assign", mutates_args=())
+def task_aligned_assign_op(pd_scores: Tensor, pd_bboxes: Tensor, anc_points: Tensor, gt_labels: Tensor, gt_bboxes: Tensor, gt_valid: Tensor,
+                           topk: int, num_classes: int, alpha: float, beta: float, stride_val: float, eps: float,
+                           backend: Optional[str]) -> list[Tensor]:
+    forward, _ = _backend.implementation(TAL_OP, pd_scores.device, backend)
+    return list(forward(pd_scores, pd_bboxes, anc_points, gt_labels, gt_bboxes, gt_valid, topk, num_classes, alpha, beta, stride_val, eps))
+
+
+@task_aligned_assign_op.register_fake
+def _(pd_scores, pd_bboxes, anc_points, gt_labels, gt_bboxes, gt_valid, topk, num_classes, alpha, beta, stride_val, eps, backend):
+    B, A = pd_scores.shape[:2]
+    return [pd_scores.new_empty((B, A), dtype=torch.int64), pd_scores.new_empty((B, A, 4)), pd_scores.new_empty((B, A, num_classes)),
+            pd_scores.new_empty((B, A), dtype=torch.bool), pd_scores.new_empty((B, A), dtype=torch.int64)]
+
+
+def _reference_tal(pd_scores, pd_bboxes, anc_points, gt_labels, gt_bboxes, gt_valid, topk, num_classes, alpha, beta, stride_val, eps):
+    return reference.task_aligned_assign(pd_scores, pd_bboxes, anc_points, gt_labels[..., None], gt_bboxes, gt_valid[..., None], topk=topk,
+                                         num_classes=num_classes, alpha=alpha, beta=beta, stride_val=stride_val, eps=eps)
+
+
+def _native_tal(*args):
+    return torch.ops.fastloss.task_aligned_assign_native(*args)
+
+
+_backend.register(TAL_OP, "reference", _reference_tal, None)
+if _extension.has_cpu() and hasattr(torch.ops.fastloss, "task_aligned_assign_native"):
+    _backend.register(TAL_OP, "cpu", _native_tal, None)
+
+
+def task_aligned_assign(pd_scores, pd_bboxes, anc_points, gt_labels, gt_bboxes, mask_gt, *, topk=13, num_classes=80, alpha=1.0, beta=6.0,
+                        stride_val=16, eps=1e-9, backend=None):
+    """Task-aligned label assignment (TOOD, arXiv 2108.07755) with ultralytics' semantics
+    (``ultralytics.utils.tal.TaskAlignedAssigner``, 8.4.190: its candidate test with the
+    stride_val widening, its CIoU, torch's top-k tie rule, an anchor claimed by several gts
+    going to the first argmax of the overlap over all of them, its normalised scores), without
+    ultralytics' (B, M, A) tensors (about 14 bytes per (image, gt, anchor) pair) or its host
+    sync.  The rules: fastloss/reference/assign.py.  Assignments (labels, boxes, fg, gt index)
+    are bit-equal to ultralytics' on the CPU; scores within a few ulp on a small fraction of
+    the positives (torch's CPU ``pow`` rounds by position).
+
+    Args (ultralytics' forward):
+        pd_scores: (B, A, nc) class probabilities (the sigmoid of the logits; fp16 / bf16 are
+            read in fp32, as ultralytics' assigner computes under autocast).
+        pd_bboxes: (B, A, 4) predicted boxes, xyxy pixels.
+        anc_points: (A, 2) anchor points, pixels.
+        gt_labels: (B, M, 1) class indices in [0, nc) for real gts; gt_bboxes: (B, M, 4) xyxy
+            pixels; mask_gt: (B, M, 1), non-zero for real gts (the padding is 0).
+        topk, num_classes, alpha, beta, eps: ultralytics' (its detection loss: 10, nc, 0.5,
+            6.0, 1e-9); stride_val: the smallest gt side the candidate test widens to (its
+            second stride, 16).
+        backend: reference, cpu.
+
+    Returns (target_labels (B, A) int64, target_bboxes (B, A, 4), target_scores (B, A, nc),
+    fg_mask (B, A) bool, target_gt_idx (B, A) int64), ultralytics' dtypes; with M = 0 its early
+    return (labels nc and gt index 0 in pd_scores' dtype).  Raises ValueError for bad shapes,
+    topk > A, labels outside [0, nc) of real gts (checked on CPU tensors)."""
+    for name, t, shape in (("pd_scores", pd_scores, None), ("pd_bboxes", pd_bboxes, 4), ("anc_points", anc_points, 2),
+                           ("gt_bboxes", gt_bboxes, 4)):
+        if not isinstance(t, torch.Tensor) or not t.is_floating_point() or (shape is not None and t.shape[-1] != shape):
+            raise ValueError(f"task_aligned_assign: {name} must be a floating tensor" + (f" (..., {shape})" if shape else "")
+                             + f", got {tuple(t.shape) if isinstance(t, torch.Tensor) else type(t).__name__}")
+    if pd_scores.dim() != 3 or pd_bboxes.shape != pd_scores.shape[:2] + (4,) or anc_points.shape != (pd_scores.shape[1], 2):
+        raise ValueError(f"task_aligned_assign: pd_scores (B, A, nc), pd_bboxes (B, A, 4) and anc_points (A, 2) disagree: "
+                         f"{tuple(pd_scores.shape)}, {tuple(pd_bboxes.shape)}, {tuple(anc_points.shape)}")
+    B, A, nc = pd_scores.shape
+    if gt_bboxes.dim() != 3 or gt_bboxes.shape[0] != B:
+        raise ValueError(f"task_aligned_assign: gt_bboxes must be (B, M, 4) with B = {B}, got {tuple(gt_bboxes.shape)}")
+    M = gt_bboxes.shape[1]
+    for name, t in (("gt_labels", gt_labels), ("mask_gt", mask_gt)):
+        if not isinstance(t, torch.Tensor) or t.shape != (B, M, 1):
+            raise ValueError(f"task_aligned_assign: {name} must be (B, M, 1) = ({B}, {M}, 1), got "
+                             f"{tuple(t.shape) if isinstance(t, torch.Tensor) else type(t).__name__}")
+    if nc != num_classes:
+        raise ValueError(f"task_aligned_assign: pd_scores has {nc} classes, num_classes is {num_classes}")
+    if M == 0:  # ultralytics' early return, its dtypes included
+        return (torch.full_like(pd_scores[..., 0], num_classes), torch.zeros_like(pd_bboxes), torch.zeros_like(pd_scores),
+                torch.zeros_like(pd_scores[..., 0], dtype=torch.bool), torch.zeros_like(pd_scores[..., 0]))
+    if isinstance(topk, bool) or not isinstance(topk, numbers.Integral) or not 1 <= topk <= A:
+        raise ValueError(f"task_aligned_assign: topk must be an int in [1, A = {A}], got {topk!r}")
+    _common.check_same_device("pd_scores", pd_scores, pd_bboxes=pd_bboxes, anc_points=anc_points, gt_labels=gt_labels, gt_bboxes=gt_bboxes,
+                              mask_gt=mask_gt)
+    valid = mask_gt[..., 0].bool()
+    labels = gt_labels[..., 0].long()
+    if labels.device.type == "cpu" and not torch.compiler.is_compiling() and bool(((labels < 0) | (labels >= nc))[valid].any()):
+        raise ValueError(f"task_aligned_assign: gt labels must lie in [0, num_classes = {nc})")
+    dtype = torch.promote_types(torch.promote_types(pd_bboxes.dtype, gt_bboxes.dtype), torch.float32)
+    return tuple(task_aligned_assign_op(pd_scores.to(dtype).contiguous(), pd_bboxes.to(dtype).contiguous(), anc_points.to(dtype).contiguous(),
+                                        labels.contiguous(), gt_bboxes.to(dtype).contiguous(), valid.contiguous(), int(topk), int(num_classes),
+                                        _threshold("alpha", alpha), _threshold("beta", beta), _threshold("stride_val", stride_val),
+                                        _threshold("eps", eps), backend))
