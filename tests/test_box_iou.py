@@ -26,28 +26,29 @@ EPS32 = torch.finfo(torch.float32).eps
 
 
 def xyxy_to(b, fmt):
-    x1, y1, x2, y2 = b.unbind(-1)
     if fmt == "xyxy":
         return b
+    x1, y1, x2, y2 = b.unbind(-1)
     if fmt == "xywh":
         return torch.stack([x1, y1, x2 - x1, y2 - y1], -1)
     return torch.stack([(x1 + x2) / 2, (y1 + y2) / 2, x2 - x1, y2 - y1], -1)
 
 
-def make_pair(shape, fmt="xyxy", dtype=torch.float32, device="cpu", layout="contiguous", jitter=8.0, requires_grad=True):
-    """Random overlapping-ish box pairs of shape (*shape, 4) in ``fmt``; ``layout`` "sliced"
-    gives non-contiguous pred/target (every other box of a longer tensor)."""
+def make_pair(shape, fmt="xyxy", dtype=torch.float32, device="cpu", layout="contiguous", jitter=8.0, requires_grad=True, dims=2):
+    """Random overlapping-ish box pairs of shape (*shape, 4) in ``fmt`` (``dims`` 3: 3-D boxes
+    (*shape, 6), xyxy); ``layout`` "sliced" gives non-contiguous pred/target (every other box
+    of a longer tensor)."""
     n_shape = tuple(shape)
     if layout == "sliced":
         n_shape = n_shape[:-1] + (2 * n_shape[-1],)
-    xy = torch.rand(n_shape + (2,), dtype=torch.float64) * 200
-    wh = torch.rand(n_shape + (2,), dtype=torch.float64) * 60 + 4
+    xy = torch.rand(n_shape + (dims,), dtype=torch.float64) * 200
+    wh = torch.rand(n_shape + (dims,), dtype=torch.float64) * 60 + 4
     t = torch.cat([xy, xy + wh], -1)
     # offsets relative to the box size (jitter 8 -> ~0.16 of the size per coordinate), bounded
     # smoothly (no ties at the kinks of |x| / min / max)
     # so that pairs overlap well: IoU-free regions (log(IoU) of a sliver) are tested separately
     p = t + 0.4 * torch.tanh(torch.randn(t.shape, dtype=torch.float64) * jitter / 20) * wh.repeat(*([1] * (wh.dim() - 1)), 2)
-    p = torch.cat([torch.minimum(p[..., :2], p[..., 2:]), torch.maximum(p[..., :2], p[..., 2:])], -1)
+    p = torch.cat([torch.minimum(p[..., :dims], p[..., dims:]), torch.maximum(p[..., :dims], p[..., dims:])], -1)
     p, t = xyxy_to(p, fmt), xyxy_to(t, fmt)
     if layout == "sliced":
         p, t = p[..., ::2, :], t[..., ::2, :]
@@ -1225,18 +1226,8 @@ KINDS_3D = R.KINDS_3D
 
 
 def make_pair_3d(shape, dtype=torch.float32, device="cpu", layout="contiguous", requires_grad=True):
-    """Random overlapping 3-D box pairs (*shape, 6), as make_pair (no ties at the kinks)."""
-    n_shape = tuple(shape)
-    if layout == "sliced":
-        n_shape = n_shape[:-1] + (2 * n_shape[-1],)
-    lo = torch.rand(n_shape + (3,), dtype=torch.float64) * 200
-    ext = torch.rand(n_shape + (3,), dtype=torch.float64) * 60 + 4
-    t = torch.cat([lo, lo + ext], -1)
-    p = t + 0.4 * torch.tanh(torch.randn(t.shape, dtype=torch.float64) * 0.4) * ext.repeat(*([1] * (ext.dim() - 1)), 2)
-    p = torch.cat([torch.minimum(p[..., :3], p[..., 3:]), torch.maximum(p[..., :3], p[..., 3:])], -1)
-    if layout == "sliced":
-        p, t = p[..., ::2, :], t[..., ::2, :]
-    return p.to(dtype).to(device).requires_grad_(requires_grad), t.to(dtype).to(device)
+    """Random overlapping 3-D box pairs (*shape, 6) (make_pair's, xyxy)."""
+    return make_pair(shape, "xyxy", dtype, device, layout, requires_grad=requires_grad, dims=3)
 
 
 def _volume_formula(p, t, kind):
@@ -1460,7 +1451,7 @@ def test_bounded_iou_per_coordinate_vs_reference(device, backend, dtype):
             w_terms = torch.rand(shape + (4,), dtype=acc, device=device)
             w_box = torch.rand(shape, dtype=acc, device=device)
             for kw in (dict(reduction="none"), dict(reduction="sum"), dict(reduction="mean"), dict(reduction="none", weight=w_terms),
-                       dict(reduction="mean", weight=w_box), dict(reduction="mean", weight=w_terms, avg_factor=5.0)):
+                       dict(reduction="none", weight=w_box), dict(reduction="mean", weight=w_box), dict(reduction="mean", weight=w_terms, avg_factor=5.0)):
                 out = fastloss.box_iou_loss(p, t, "bounded_iou", fmt=fmt, eps=eps, smooth_point=beta, per_coordinate=True, backend=backend, **kw)
                 p64, ref = _terms_reference(p, t, fmt, eps, beta, **kw)
                 assert out.shape == (p.shape if kw["reduction"] == "none" else ()) and out.dtype == p.dtype

@@ -195,13 +195,13 @@ double paired_cpu(const BoxLossArgs& a, const at::Tensor& upstream, at::Tensor& 
   });
 }
 
-// paired_cpu's instantiation for this call: 3-D boxes (convention fastloss only), 2-D boxes of
-// convention fastloss, 2-D boxes of another convention
+// paired_cpu's instantiation for this call: bounded_iou's terms, 3-D boxes (convention fastloss
+// only), 2-D boxes without or with the runtime convention (box::loss_is_generic)
 template <typename scalar_t, bool kBackward>
 double run_paired(const BoxLossArgs& a, const at::Tensor& upstream, at::Tensor& out, at::Tensor& cache) {
   if (a.terms) return paired_cpu<scalar_t, kBackward, false, 4, true>(a, upstream, out, cache);
   if (a.pred.size(1) == 6) return paired_cpu<scalar_t, kBackward, false, 6>(a, upstream, out, cache);
-  if (a.prm.conv == box::kConvFastloss) return paired_cpu<scalar_t, kBackward, false, 4>(a, upstream, out, cache);
+  if (!box::loss_is_generic(a.prm.conv, a.prm.kind)) return paired_cpu<scalar_t, kBackward, false, 4>(a, upstream, out, cache);
   return paired_cpu<scalar_t, kBackward, true, 4>(a, upstream, out, cache);
 }
 

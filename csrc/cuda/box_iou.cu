@@ -1,7 +1,7 @@
 // IoU family, CUDA kernels and launchers.  The geometry and its reverse-mode derivatives are
 // csrc/kernels/box_iou.h (shared with the CPU kernels, run here on float/double scalars);
 // the calling convention is in csrc/fastloss.cpp.  One thread per
-// box (grid-stride), 16-byte box loads, the forward either stores per-box losses or reduces
+// box (grid-stride; 2-D boxes of 4 coordinates, 3-D of 6), the forward either stores per-box losses or reduces
 // them to one fp32 partial per block (fixed-order warp shuffles: deterministic), summed by one
 // at::sum.  The backward recomputes from pred/target (fewer bytes than storing dL/dpred).
 #include <ATen/Dispatch.h>
@@ -43,7 +43,7 @@ struct LossPtrs {
   int64_t n;
 };
 
-template <int NC, typename acc_t, typename scalar_t>
+template <int NC = 4, typename acc_t, typename scalar_t>
 __device__ FL_INLINE void load_box(const scalar_t* src, int64_t i, acc_t b[NC]) {
 #pragma unroll
   for (int k = 0; k < NC; ++k) b[k] = static_cast<acc_t>(src[i * NC + k]);
@@ -156,7 +156,7 @@ at::Tensor launch(const at::Tensor& pred, const at::Tensor& target, const c10::o
       loss_kernel<kBackward, false, 4, true><<<blocks, kThreads, 0, stream>>>(p, prm);
     } else if (pred.size(1) == 6) {
       loss_kernel<kBackward, false, 6, false><<<blocks, kThreads, 0, stream>>>(p, prm);
-    } else if (convention == box::kConvFastloss) {
+    } else if (!box::loss_is_generic(static_cast<int>(convention), static_cast<int>(kind))) {
       loss_kernel<kBackward, false, 4, false><<<blocks, kThreads, 0, stream>>>(p, prm);
     } else {
       loss_kernel<kBackward, true, 4, false><<<blocks, kThreads, 0, stream>>>(p, prm);

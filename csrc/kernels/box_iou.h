@@ -44,6 +44,10 @@
 //                     c2 + eps, alpha = v / (1 - IoU + v + eps)        (torchvision's box matrices)
 // The union mode (UnionMode) is what differs in I / U and in GIoU's penalty; it follows from the
 // convention and the kind (union_of_loss, union_of_metric).
+//
+// 3-D boxes (x1, y1, z1, x2, y2, z2), paired losses iou / giou / diou: PairND and paired_loss_nd
+// below (the kernels' loops are templates over the coordinate count, paired_loss_coords).
+// Bounded IoU's 4 terms apart (mmdetection's per-coordinate loss): bounded_iou_terms.
 #pragma once
 
 #include "fastloss/common.h"
@@ -162,6 +166,10 @@ enum UnionMode : int { kUnionPlusEps = 0, kUnionMaxEps = 1, kUnionExact = 2 };
 FL_HOST_DEVICE BX_INLINE int union_of_loss(int conv, int kind) {
   return conv == kConvMMDet && (kind == kIoU || kind == kLogIoU || kind == kGIoU) ? kUnionMaxEps : kUnionPlusEps;
 }
+// Whether a paired loss needs Pair's runtime-convention instantiation (kGeneric): not for
+// convention fastloss, nor for extended_iou / bounded_iou, which are the same under every
+// convention defining them (so those run one instantiation: the same bits under each).
+FL_HOST_DEVICE BX_INLINE bool loss_is_generic(int conv, int kind) { return conv != kConvFastloss && kind != kExtIoU && kind != kBoundedIoU; }
 FL_HOST_DEVICE BX_INLINE int union_of_metric(int conv, int kind) {
   if (conv == kConvTorchvision) return kUnionExact;
   return conv == kConvMMDet && (kind == kMIoU || kind == kMIoF || kind == kMGIoU) ? kUnionMaxEps : kUnionPlusEps;

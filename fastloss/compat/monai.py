@@ -39,8 +39,9 @@ and the backward is the engine's second pass):
 Differences from MONAI (documented, deliberate):
 
 * ``BoxGIoULoss``: with 3-D boxes (N, 6) a target that requires grad raises ValueError (fastloss's
-  3-D box loss differentiates the prediction only; 2-D targets get their gradient).  Inverted boxes (x2 < x1) are clamped to zero area (fastloss's rule) where MONAI raises
-  "box size must be non-negative"; a NaN box propagates NaN instead of MONAI's ValueError.
+  3-D box loss differentiates the prediction only).  Inverted boxes (x2 < x1) are clamped to zero
+  area (fastloss's rule) where MONAI raises "box size must be non-negative"; a NaN box
+  propagates NaN instead of MONAI's ValueError.
 * ``soft_label=True`` (without ``squared_pred``) raises ValueError at construction: MONAI's
   soft-label intersection sum min(p, g) is not a sum the dice kernel forms (with hard labels it
   equals the default ``soft_label=False``, so only soft targets need it).  With

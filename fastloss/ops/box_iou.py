@@ -304,17 +304,11 @@ def box_iou_loss(pred, target, kind="giou", reduction="mean", weight=None, avg_f
 
 def _bounded_iou_terms(pred, target, reduction, weight, avg_factor, fmt_code, conv_code, eps, beta, sync_avg_factor, backend):
     """box_iou_loss(kind="bounded_iou", per_coordinate=True): the kernel's (n, 4) terms (reduction
-    code TERMS; its backward takes an (n, 4) upstream gradient), weighted and reduced here."""
+    code TERMS; its backward takes an (n, 4) upstream gradient), a per-box weight applied in the
+    kernel, a per-term weight and the reduction here."""
     dtype = _common.compute_dtype(pred, target)
     acc = _common.reduced_dtype(dtype)
-    p = pred.to(dtype).reshape(-1, 4).contiguous()
-    t = target.to(dtype).reshape(-1, 4).contiguous()
-    args = (p, t, None, KINDS["bounded_iou"], fmt_code, conv_code, eps, 1.0, beta, TERMS, False, backend)
-    if torch.compiler.is_compiling():
-        terms, _ = box_iou_loss_op(*args)
-    else:
-        terms, _ = BoxIoULossFunction.apply(*args)
-    terms = terms.reshape(pred.shape)
+    w_box = None
     if weight is not None:
         if not isinstance(weight, torch.Tensor):
             raise TypeError(f"weight must be a torch.Tensor or None, got {type(weight).__name__}")
@@ -327,7 +321,16 @@ def _bounded_iou_terms(pred, target, reduction, weight, avg_factor, fmt_code, co
             if not ok:
                 raise ValueError(f"weight of shape {tuple(weight.shape)} must be per term {tuple(pred.shape)} or per box "
                                  f"{tuple(pred.shape[:-1])} (or broadcast to it)")
-            weight = weight.expand(pred.shape[:-1]).unsqueeze(-1)
+            w_box, weight = weight.to(acc).expand(pred.shape[:-1]).reshape(-1).contiguous(), None
+    p = pred.to(dtype).reshape(-1, 4).contiguous()
+    t = target.to(dtype).reshape(-1, 4).contiguous()
+    args = (p, t, w_box, KINDS["bounded_iou"], fmt_code, conv_code, eps, 1.0, beta, TERMS, False, backend)
+    if torch.compiler.is_compiling():
+        terms, _ = box_iou_loss_op(*args)
+    else:
+        terms, _ = BoxIoULossFunction.apply(*args)
+    terms = terms.reshape(pred.shape)
+    if weight is not None:
         terms = terms.to(acc) * weight.to(acc)
     if reduction == "none":
         return terms.to(dtype)
