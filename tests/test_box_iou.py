@@ -337,16 +337,24 @@ def test_ciou_point_boxes_finite_where_torchvision_is_nan():
         assert torch.isfinite(g).all()
 
 
+def make_nan_pair(device, dims=2):
+    """fp32 pairs of 2 * (2 dims) + 1 boxes: box k of pred has a NaN in coordinate k, box
+    2 dims + k of target in coordinate k (k < 2 dims); the last pair is clean."""
+    c = 2 * dims
+    p, t = make_pair((2 * c + 1,), "xyxy", torch.float32, device, dims=dims)
+    with torch.no_grad():
+        for k in range(c):
+            p[k, k] = float("nan")
+            t[c + k, k] = float("nan")
+    return p, t
+
+
 @pytest.mark.parametrize("device,backend", helpers.device_backend_params())
 def test_nan_propagates(grad_mode, device, backend):
     """A NaN coordinate (of pred or target, any of the 4) makes its box's loss and all 4
     gradient components NaN, and touches nothing else."""
     helpers.require_backend(device, backend)
-    p, t = make_pair((9,), "xyxy", torch.float32, device)
-    with torch.no_grad():
-        for k in range(4):
-            p[k, k] = float("nan")
-            t[4 + k, k] = float("nan")
+    p, t = make_nan_pair(device)
     for kind in KINDS:
         for power in powers_of(kind, (1.0, 0.5)):
             out = loss(p, t, backend=backend, kind=kind, reduction="none", power=power)
@@ -1334,11 +1342,7 @@ def test_3d_degenerate_boxes(grad_mode, device, backend, dtype):
 @pytest.mark.parametrize("device,backend", helpers.device_backend_params())
 def test_3d_nan_propagates(grad_mode, device, backend):
     helpers.require_backend(device, backend)
-    p, t = make_pair_3d((13,), torch.float32, device)
-    with torch.no_grad():
-        for k in range(6):
-            p[k, k] = float("nan")
-            t[6 + k, k] = float("nan")
+    p, t = make_nan_pair(device, dims=3)
     for kind in KINDS_3D:
         out = loss(p, t, backend=backend, kind=kind, reduction="none")
         assert torch.isnan(out[:12]).all() and torch.isfinite(out[12]), (kind, out)
@@ -1472,11 +1476,7 @@ def test_bounded_iou_per_coordinate_vs_reference(device, backend, dtype):
 @pytest.mark.parametrize("device,backend", helpers.device_backend_params())
 def test_bounded_iou_per_coordinate_nan_and_deterministic(device, backend):
     helpers.require_backend(device, backend)
-    p, t = make_pair((9,), "xyxy", torch.float32, device)
-    with torch.no_grad():
-        for k in range(4):
-            p[k, k] = float("nan")
-            t[4 + k, k] = float("nan")
+    p, t = make_nan_pair(device)
     out = fastloss.box_iou_loss(p, t, "bounded_iou", "none", per_coordinate=True, backend=backend)
     assert torch.isnan(out[:8]).any(-1).all() and torch.isfinite(out[8]).all(), out
     up = random_upstream(out)
