@@ -27,8 +27,9 @@ TORCH_LIBRARY(fastloss, m) {
   // label map or a float (N, C, S) tensor of input's dtype; activation 0 identity / 1 sigmoid / 2 softmax;
   // squared: sums of p^2, g^2; soft: the soft-label sums h(p, g), |p|, |g| (not with squared).
   // sums -> ((N, C, 3) [I, P', G'], (N, 2) [ce sum, count] or empty), fp32 (fp64 for fp64 input).
-  // IoU family (csrc/kernels/box_iou.h): pred/target (n, 4) contiguous, same dtype; weight None or one
-  // fp32 (fp64) value per box; kind/fmt/convention codes of fastloss/ops/box_iou.py; cache = dL/dpred * weight (n, 4).
+  // IoU family (csrc/kernels/box_iou.h): pred/target (n, 4) or 3-D (n, 6) contiguous, same dtype; weight None or one
+  // fp32 (fp64) value per box; kind/fmt/convention codes of fastloss/ops/box_iou.py; cache = dL/dpred * weight (n, 4|6).
+  // reduction 3: bounded_iou's 4 terms per box, loss (n, 4) and upstream gradient (n, 4), no cache.
   m.def(
       "box_iou_loss_forward_native(Tensor pred, Tensor target, Tensor? weight, int kind, int fmt, int convention, float eps, float power, float gamma, int reduction, bool with_grad) "
       "-> (Tensor, Tensor)");

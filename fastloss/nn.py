@@ -92,28 +92,29 @@ class SigmoidFocalLoss(_Loss):
 class BoxIoULoss(_Loss):
     """Module form of :func:`fastloss.box_iou_loss`: ``forward(pred, target, weight=None, avg_factor=None)``."""
 
-    _repr_args = ("kind", "reduction", "fmt", "eps", "power", "gamma", "convention", "neg_gamma", "smooth_point")
+    _repr_args = ("kind", "reduction", "fmt", "eps", "power", "gamma", "convention", "neg_gamma", "smooth_point", "per_coordinate")
 
     def __init__(self, kind="giou", reduction="mean", fmt="xyxy", eps=1e-7, power=1.0, gamma=0.5, loss_weight=1.0, *, convention="fastloss",
-                 neg_gamma=False, smooth_point=0.1, sync_avg_factor=False, backend=None):
+                 neg_gamma=False, smooth_point=0.1, per_coordinate=False, sync_avg_factor=False, backend=None):
         super().__init__(loss_weight)
         _box._check_choice("kind", kind, _box.KINDS)
         _box._check_choice("fmt", fmt, _box.FMTS)
         _box._check_convention(convention, kind, _box.reference.CONVENTION_KINDS)
         self.kind, self.fmt, self.convention, self.reduction = kind, fmt, convention, _check_reduction(reduction)
         self.eps, self.power, self.gamma = _box._check_scalars(eps, power, gamma)
-        self.neg_gamma, self.smooth_point = neg_gamma, smooth_point
+        self.neg_gamma, self.smooth_point, self.per_coordinate = neg_gamma, smooth_point, per_coordinate
         self._set_sync(sync_avg_factor, self.reduction)
         self.backend = _checked_backend(backend)
         # the function's own checks of the kind-specific arguments (neg_gamma, smooth_point, power), now
         empty = torch.zeros(0, 4)
         _box.box_iou_loss(empty, empty, kind, "sum", fmt=fmt, eps=eps, power=power, gamma=gamma, convention=convention, neg_gamma=neg_gamma,
-                          smooth_point=smooth_point, backend="reference")
+                          smooth_point=smooth_point, per_coordinate=per_coordinate, backend="reference")
 
     def forward(self, pred, target, weight=None, avg_factor=None):
         return self._scaled(_box.box_iou_loss(pred, target, self.kind, self.reduction, weight, avg_factor, self.fmt, self.eps, self.power,
                                               self.gamma, convention=self.convention, neg_gamma=self.neg_gamma,
-                                              smooth_point=self.smooth_point, sync_avg_factor=self.sync_avg_factor,
+                                              smooth_point=self.smooth_point, per_coordinate=self.per_coordinate,
+                                              sync_avg_factor=self.sync_avg_factor,
                                               backend=self.backend))
 
 

@@ -26,28 +26,29 @@ EPS32 = torch.finfo(torch.float32).eps
 
 
 def xyxy_to(b, fmt):
-    x1, y1, x2, y2 = b.unbind(-1)
     if fmt == "xyxy":
         return b
+    x1, y1, x2, y2 = b.unbind(-1)
     if fmt == "xywh":
         return torch.stack([x1, y1, x2 - x1, y2 - y1], -1)
     return torch.stack([(x1 + x2) / 2, (y1 + y2) / 2, x2 - x1, y2 - y1], -1)
 
 
-def make_pair(shape, fmt="xyxy", dtype=torch.float32, device="cpu", layout="contiguous", jitter=8.0, requires_grad=True):
-    """Random overlapping-ish box pairs of shape (*shape, 4) in ``fmt``; ``layout`` "sliced"
-    gives non-contiguous pred/target (every other box of a longer tensor)."""
+def make_pair(shape, fmt="xyxy", dtype=torch.float32, device="cpu", layout="contiguous", jitter=8.0, requires_grad=True, dims=2):
+    """Random overlapping-ish box pairs of shape (*shape, 4) in ``fmt`` (``dims`` 3: 3-D boxes
+    (*shape, 6), xyxy); ``layout`` "sliced" gives non-contiguous pred/target (every other box
+    of a longer tensor)."""
     n_shape = tuple(shape)
     if layout == "sliced":
         n_shape = n_shape[:-1] + (2 * n_shape[-1],)
-    xy = torch.rand(n_shape + (2,), dtype=torch.float64) * 200
-    wh = torch.rand(n_shape + (2,), dtype=torch.float64) * 60 + 4
+    xy = torch.rand(n_shape + (dims,), dtype=torch.float64) * 200
+    wh = torch.rand(n_shape + (dims,), dtype=torch.float64) * 60 + 4
     t = torch.cat([xy, xy + wh], -1)
     # offsets relative to the box size (jitter 8 -> ~0.16 of the size per coordinate), bounded
     # smoothly (no ties at the kinks of |x| / min / max)
     # so that pairs overlap well: IoU-free regions (log(IoU) of a sliver) are tested separately
     p = t + 0.4 * torch.tanh(torch.randn(t.shape, dtype=torch.float64) * jitter / 20) * wh.repeat(*([1] * (wh.dim() - 1)), 2)
-    p = torch.cat([torch.minimum(p[..., :2], p[..., 2:]), torch.maximum(p[..., :2], p[..., 2:])], -1)
+    p = torch.cat([torch.minimum(p[..., :dims], p[..., dims:]), torch.maximum(p[..., :dims], p[..., dims:])], -1)
     p, t = xyxy_to(p, fmt), xyxy_to(t, fmt)
     if layout == "sliced":
         p, t = p[..., ::2, :], t[..., ::2, :]
@@ -336,16 +337,24 @@ def test_ciou_point_boxes_finite_where_torchvision_is_nan():
         assert torch.isfinite(g).all()
 
 
+def make_nan_pair(device, dims=2):
+    """fp32 pairs of 2 * (2 dims) + 1 boxes: box k of pred has a NaN in coordinate k, box
+    2 dims + k of target in coordinate k (k < 2 dims); the last pair is clean."""
+    c = 2 * dims
+    p, t = make_pair((2 * c + 1,), "xyxy", torch.float32, device, dims=dims)
+    with torch.no_grad():
+        for k in range(c):
+            p[k, k] = float("nan")
+            t[c + k, k] = float("nan")
+    return p, t
+
+
 @pytest.mark.parametrize("device,backend", helpers.device_backend_params())
 def test_nan_propagates(grad_mode, device, backend):
     """A NaN coordinate (of pred or target, any of the 4) makes its box's loss and all 4
     gradient components NaN, and touches nothing else."""
     helpers.require_backend(device, backend)
-    p, t = make_pair((9,), "xyxy", torch.float32, device)
-    with torch.no_grad():
-        for k in range(4):
-            p[k, k] = float("nan")
-            t[4 + k, k] = float("nan")
+    p, t = make_nan_pair(device)
     for kind in KINDS:
         for power in powers_of(kind, (1.0, 0.5)):
             out = loss(p, t, backend=backend, kind=kind, reduction="none", power=power)
@@ -1214,3 +1223,322 @@ def test_peer_kinds_opcheck_and_compile(dynamo_reset, backend):
                 + fastloss.box_iou_loss(p, t, "ciou", convention="ultralytics", reduction="sum", backend=backend))
 
     helpers.assert_compiled_matches_eager(fn, (p, t), p)
+
+
+# ======================================================================================
+# 3-D boxes (..., 6) = (x1, y1, z1, x2, y2, z2): kinds iou / giou / diou, xyxy, convention
+# fastloss (csrc/kernels/box_iou.h PairND).  Pairwise matrices stay 2-D.
+# ======================================================================================
+
+KINDS_3D = R.KINDS_3D
+
+
+def make_pair_3d(shape, dtype=torch.float32, device="cpu", layout="contiguous", requires_grad=True):
+    """Random overlapping 3-D box pairs (*shape, 6) (make_pair's, xyxy)."""
+    return make_pair(shape, "xyxy", dtype, device, layout, requires_grad=requires_grad, dims=3)
+
+
+def _volume_formula(p, t, kind):
+    """The 3-D losses written out independently of the reference (inline, float64)."""
+    def vol(lo, hi):
+        return (hi - lo).clamp(min=0).prod(-1)
+
+    lo_p, hi_p, lo_t, hi_t = p[..., :3], p[..., 3:], t[..., :3], t[..., 3:]
+    inter = vol(torch.maximum(lo_p, lo_t), torch.minimum(hi_p, hi_t))
+    union = vol(lo_p, hi_p) + vol(lo_t, hi_t) - inter
+    iou = inter / (union + 1e-7)
+    enc_lo, enc_hi = torch.minimum(lo_p, lo_t), torch.maximum(hi_p, hi_t)
+    if kind == "iou":
+        return 1 - iou
+    if kind == "giou":
+        c = vol(enc_lo, enc_hi)
+        return 1 - iou + (c - union) / (c + 1e-7)
+    rho2 = (((lo_p + hi_p) - (lo_t + hi_t)) / 2).pow(2).sum(-1)
+    return 1 - iou + rho2 / ((enc_hi - enc_lo).pow(2).sum(-1) + 1e-7)
+
+
+def test_3d_reference_matches_the_formulas():
+    p, t = make_pair_3d((50,), torch.float64, requires_grad=False)
+    for kind in KINDS_3D:
+        torch.testing.assert_close(R.box_iou_loss(p, t, kind, "none"), _volume_formula(p, t, kind), rtol=1e-12, atol=1e-12)
+    # a 3-D box with depth 1 from z = 0 behaves as its 2-D footprint (areas = volumes); DIoU's
+    # enclosing diagonal gains the depth's 1
+    p2, t2 = make_pair((20,), "xyxy", torch.float64, requires_grad=False)
+    z0, z1 = torch.zeros(20, 1, dtype=torch.float64), torch.ones(20, 1, dtype=torch.float64)
+
+    def lift(b):
+        return torch.cat([b[:, :2], z0, b[:, 2:], z1], 1)
+
+    for kind in ("iou", "giou"):
+        torch.testing.assert_close(R.box_iou_loss(lift(p2), lift(t2), kind, "none"), R.box_iou_loss(p2, t2, kind, "none"), rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("kind", KINDS_3D)
+@pytest.mark.parametrize("device,backend,dtype", helpers.device_backend_dtype_params())
+def test_3d_forward_backward_vs_reference(grad_mode, device, backend, dtype, kind):
+    helpers.require_backend(device, backend)
+    small = helpers.is_interpreted(device, backend)
+    cases = [((7,), "contiguous"), ((2, 5), "contiguous"), ((9,), "sliced"), ((0,), "contiguous")]
+    if not small:
+        cases += [((1,), "contiguous"), ((4099,), "contiguous"), ((3, 37), "contiguous")]
+    acc = torch.float64 if dtype == torch.float64 else torch.float32
+    for shape, layout in cases:
+        p, t = make_pair_3d(shape, dtype, device, layout)
+        for reduction in REDUCTIONS:
+            for power in ((1.0, 0.7) if dtype in (torch.float64, torch.float32) else (1.0,)):
+                out, _ = check(p, t, backend, msg=f"3-D {backend} {kind} {shape} {layout}", kind=kind, reduction=reduction, power=power)
+                assert out.shape == (p.shape[:-1] if reduction == "none" else ())
+        w = torch.rand(shape, dtype=acc, device=device)
+        w6 = torch.rand(shape + (6,), dtype=acc, device=device)  # per coordinate: averaged (mmdetection)
+        for kw in (dict(weight=w, reduction="none"), dict(weight=w6, reduction="sum"), dict(weight=w, reduction="mean", avg_factor=3.0)):
+            check(p, t, backend, msg=f"3-D weight {backend} {kind} {shape}", kind=kind, **kw)
+
+
+DEGENERATE_3D = {
+    "identical": ([1.0, 2.0, 3.0, 11.0, 12.0, 13.0], [1.0, 2.0, 3.0, 11.0, 12.0, 13.0]),
+    "disjoint": ([0.0, 0.0, 0.0, 5.0, 5.0, 5.0], [50.0, 60.0, 70.0, 55.0, 65.0, 75.0]),
+    "point_pred": ([4.0, 4.0, 4.0, 4.0, 4.0, 4.0], [0.0, 0.0, 0.0, 10.0, 10.0, 10.0]),
+    "point_both": ([4.0, 4.0, 4.0, 4.0, 4.0, 4.0], [4.0, 4.0, 4.0, 4.0, 4.0, 4.0]),
+    "flat_pred": ([2.0, 2.0, 5.0, 8.0, 8.0, 5.0], [0.0, 0.0, 0.0, 10.0, 10.0, 10.0]),
+    "nested": ([2.0, 2.0, 2.0, 4.0, 4.0, 4.0], [0.0, 0.0, 0.0, 10.0, 10.0, 10.0]),
+    "inverted": ([10.0, 10.0, 10.0, 0.0, 0.0, 0.0], [0.0, 0.0, 0.0, 10.0, 10.0, 10.0]),
+    "inverted_z": ([0.0, 0.0, 10.0, 10.0, 10.0, 0.0], [0.0, 0.0, 0.0, 10.0, 10.0, 10.0]),
+    "zeros": ([0.0] * 6, [0.0] * 6),
+}
+
+
+@pytest.mark.parametrize("device,backend,dtype", helpers.device_backend_dtype_params())
+def test_3d_degenerate_boxes(grad_mode, device, backend, dtype):
+    """Finite values and gradients, the reference's numbers in float64, inverted boxes never a
+    match, a flat (zero-depth) prediction gets the gradient that grows it back."""
+    helpers.require_backend(device, backend)
+    names = list(DEGENERATE_3D)
+    p = torch.tensor([DEGENERATE_3D[n][0] for n in names], dtype=torch.float64).to(dtype).to(device).requires_grad_()
+    t = torch.tensor([DEGENERATE_3D[n][1] for n in names], dtype=torch.float64).to(dtype).to(device)
+    for kind in KINDS_3D:
+        for power in (1.0, 0.5, 3.0):
+            out = loss(p, t, backend=backend, kind=kind, reduction="none", power=power)
+            (g,) = torch.autograd.grad(out, p, torch.ones_like(out))
+            assert torch.isfinite(out).all(), f"{kind} p={power}: {out}"
+            p64, ref = reference(p, t, kind=kind, reduction="none", power=power)
+            (g64,) = torch.autograd.grad(ref, p64, torch.ones_like(ref))
+            representable = (g64.abs() <= torch.finfo(dtype).max).to(g.device)
+            assert (torch.isfinite(g) | ~representable).all(), f"{kind} p={power}: {g}"
+            if dtype == torch.float64:
+                torch.testing.assert_close(out, ref, rtol=1e-9, atol=1e-9)
+                torch.testing.assert_close(g, g64, rtol=1e-9, atol=1e-9)
+            for name in ("inverted", "inverted_z", "disjoint"):
+                assert out[names.index(name)].item() >= 0.99, f"{kind}: {name} must not be a match"
+            assert abs(out[names.index("identical")].item()) < 1e-3 * (1 if dtype in (torch.float64, torch.float32) else 10)
+    # the flat prediction (z1 == z2) inside the target: GIoU's union term opens it in z (the
+    # extents' clamp'(0) = 1, as in 2-D): dL/dz2 = -(w h) / (C + eps) = -36 / 1000, dL/dz1 the opposite
+    out = loss(p, t, backend=backend, kind="giou", reduction="none")
+    (g,) = torch.autograd.grad(out, p, torch.ones_like(out))
+    i = names.index("flat_pred")
+    expected = torch.tensor([0.0, 0.0, 0.036, 0.0, 0.0, -0.036], dtype=torch.float64)
+    torch.testing.assert_close(g[i].double().cpu(), expected, rtol=1e-2 if dtype in (torch.float16, torch.bfloat16) else 1e-5, atol=1e-7)
+
+
+@pytest.mark.parametrize("device,backend", helpers.device_backend_params())
+def test_3d_nan_propagates(grad_mode, device, backend):
+    helpers.require_backend(device, backend)
+    p, t = make_nan_pair(device, dims=3)
+    for kind in KINDS_3D:
+        out = loss(p, t, backend=backend, kind=kind, reduction="none")
+        assert torch.isnan(out[:12]).all() and torch.isfinite(out[12]), (kind, out)
+        (g,) = torch.autograd.grad(out, p, torch.ones_like(out))
+        assert torch.isnan(g[:12]).all() and torch.isfinite(g[12]).all(), (kind, g)
+
+
+@pytest.mark.parametrize("kind", KINDS_3D)
+@pytest.mark.parametrize("backend", helpers.CPU_BACKENDS)
+def test_3d_gradcheck_fp64(backend, kind):
+    helpers.require_backend("cpu", backend)
+    p, t = make_pair_3d((4,), torch.float64)
+    w = torch.rand(4, dtype=torch.float64)
+    for power, reduction in ((1.0, "mean"), (2.0, "none")):
+        def fn(x):
+            return fastloss.box_iou_loss(x, t, kind, reduction, w, power=power, backend=backend)
+
+        assert torch.autograd.gradcheck(fn, (p,), eps=1e-6, atol=1e-7, rtol=1e-5)
+
+
+@pytest.mark.parametrize("backend", helpers.CPU_BACKENDS)
+def test_3d_opcheck_and_compile(dynamo_reset, backend):
+    helpers.require_backend("cpu", backend)
+    p, t = make_pair_3d((6,), torch.float32)
+    for kind in (ops_box.KINDS["giou"], ops_box.KINDS["diou"]):
+        for code in (0, 2):
+            for store in (True, False):
+                _opcheck(torch.ops.fastloss.box_iou_loss.default, (p, t, torch.rand(6), kind, 0, 0, 1e-7, 1.0, 0.5, code, store, backend))
+        pd = p.detach()
+        _, cache = torch.ops.fastloss.box_iou_loss(pd, t, None, kind, 0, 0, 1e-7, 1.0, 0.5, 2, True, backend)
+        for c in (cache, torch.empty(0)):
+            _opcheck(torch.ops.fastloss.box_iou_loss_backward.default, (torch.randn(()), pd, t, None, c, kind, 0, 0, 1e-7, 1.0, 0.5, 2, backend))
+
+    def fn(p, t):
+        return fastloss.box_iou_loss(p, t, "giou", backend=backend) + fastloss.box_iou_loss(p, t, "diou", "sum", power=2.0, backend=backend)
+
+    helpers.assert_compiled_matches_eager(fn, (p, t), p)
+
+
+@pytest.mark.parametrize("device,backend", helpers.device_backend_params())
+def test_3d_deterministic_and_module(grad_mode, device, backend):
+    helpers.require_backend(device, backend)
+    n = 600 if helpers.is_interpreted(device, backend) else 100_000
+    p, t = make_pair_3d((n,), torch.float32, device)
+    results = []
+    for _ in range(2):
+        out = loss(p, t, backend=backend, kind="diou", reduction="mean")
+        (g,) = torch.autograd.grad(out, p)
+        results.append((out, g))
+    assert torch.equal(results[0][0], results[1][0]) and torch.equal(results[0][1], results[1][1])
+    m = fastloss.nn.BoxIoULoss(kind="giou", loss_weight=2.0, backend=backend)
+    torch.testing.assert_close(m(p, t), 2 * loss(p, t, backend=backend, kind="giou"), rtol=1e-6, atol=0)
+
+
+def test_3d_bad_inputs():
+    p, t = make_pair_3d((3,), torch.float32)
+    for kind in (k for k in KINDS if k not in KINDS_3D):
+        with pytest.raises(ValueError, match="3-D boxes"):
+            fastloss.box_iou_loss(p, t, kind)
+    with pytest.raises(ValueError, match="3-D boxes"):
+        fastloss.box_iou_loss(p, t, "giou", fmt="cxcywh")
+    with pytest.raises(ValueError, match="3-D boxes"):
+        fastloss.box_iou_loss(p, t, "giou", convention="ultralytics")
+    with pytest.raises(ValueError, match="3-D boxes"):
+        fastloss.nn.BoxIoULoss("ciou")(p, t)
+    with pytest.raises(ValueError, match="pred's shape"):
+        fastloss.box_iou_loss(p, t[:, :4], "giou")
+    with pytest.raises(ValueError, match=r"\(\.\.\., 6\)"):
+        fastloss.box_iou_loss(p[:, :5], t[:, :5], "giou")
+    # pairwise / aligned matrices and the fused max are 2-D only
+    with pytest.raises(ValueError, match="box_iou_loss only"):
+        fastloss.box_iou(p, t)
+    with pytest.raises(ValueError, match="box_iou_loss only"):
+        fastloss.box_iou_max(p, t)
+    if "cpu" in fastloss.available_backends("cpu"):  # the kernel's own check, past the Python layer
+        with pytest.raises(RuntimeError, match="3-D boxes"):
+            torch.ops.fastloss.box_iou_loss_forward_native(p.detach(), t, None, ops_box.KINDS["ciou"], 0, 0, 1e-7, 1.0, 0.5, 2, False)
+
+
+# ======================================================================================
+# Bounded IoU's per-coordinate mode (per_coordinate=True): the kernels' 4 terms per box,
+# loss (n, 4) and an (n, 4) upstream gradient (reduction code ops_box.TERMS)
+# ======================================================================================
+
+
+def _terms_reference(p, t, fmt, eps, beta, weight=None, reduction="none", avg_factor=None):
+    p64 = p.detach().to(torch.float64).cpu().requires_grad_()
+    terms = R.bounded_iou_terms(p64, t.detach().to(torch.float64).cpu(), fmt, eps, beta)
+    if weight is not None:
+        w = weight.detach().to(torch.float64).cpu()
+        terms = terms * (w if w.shape == terms.shape else w[..., None])
+    if reduction == "none":
+        return p64, terms
+    if reduction == "sum":
+        return p64, terms.sum()
+    return p64, (terms.sum() / (avg_factor + EPS32) if avg_factor is not None else terms.sum() / max(terms.numel(), 1))
+
+
+@pytest.mark.parametrize("device,backend,dtype", helpers.device_backend_dtype_params())
+def test_bounded_iou_per_coordinate_vs_reference(device, backend, dtype):
+    helpers.require_backend(device, backend)
+    small = helpers.is_interpreted(device, backend)
+    cases = [("xyxy", (7,), "contiguous"), ("cxcywh", (2, 5), "contiguous"), ("xywh", (9,), "sliced"), ("xyxy", (0,), "contiguous")]
+    if not small:
+        cases += [("xyxy", (1,), "contiguous"), ("xyxy", (4099,), "contiguous"), ("xywh", (3, 37), "contiguous")]
+    acc = torch.float64 if dtype == torch.float64 else torch.float32
+    for fmt, shape, layout in cases:
+        p, t = make_pair(shape, fmt, dtype, device, layout)
+        for beta, eps in ((0.2, 1e-3), (1.0, 0.5)):
+            w_terms = torch.rand(shape + (4,), dtype=acc, device=device)
+            w_box = torch.rand(shape, dtype=acc, device=device)
+            for kw in (dict(reduction="none"), dict(reduction="sum"), dict(reduction="mean"), dict(reduction="none", weight=w_terms),
+                       dict(reduction="none", weight=w_box), dict(reduction="mean", weight=w_box), dict(reduction="mean", weight=w_terms, avg_factor=5.0)):
+                out = fastloss.box_iou_loss(p, t, "bounded_iou", fmt=fmt, eps=eps, smooth_point=beta, per_coordinate=True, backend=backend, **kw)
+                p64, ref = _terms_reference(p, t, fmt, eps, beta, **kw)
+                assert out.shape == (p.shape if kw["reduction"] == "none" else ()) and out.dtype == p.dtype
+                close(out, ref, dtype, reduced=kw["reduction"] != "none", msg=f"terms {backend} {fmt} {shape} {kw}")
+                up = random_upstream(out)
+                (g,) = torch.autograd.grad(out, p, up)
+                (gr,) = torch.autograd.grad(ref, p64, up.to(torch.float64).cpu())
+                # the smooth-L1 derivative l / beta and the size term's min switch amplify the rounding (test_* of bounded_iou above)
+                floor = 0.0 if dtype == torch.float64 else 1e-3
+                close(g, gr, dtype, msg=f"terms gradient {backend} {fmt} {shape} {kw}", floor=floor)
+        # the terms sum to the kind's paired loss
+        if dtype == torch.float64:
+            terms = fastloss.box_iou_loss(p, t, "bounded_iou", "none", fmt=fmt, smooth_point=0.2, per_coordinate=True, backend=backend)
+            total = fastloss.box_iou_loss(p, t, "bounded_iou", "none", fmt=fmt, smooth_point=0.2, backend=backend)
+            torch.testing.assert_close(terms.sum(-1), total, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("device,backend", helpers.device_backend_params())
+def test_bounded_iou_per_coordinate_nan_and_deterministic(device, backend):
+    helpers.require_backend(device, backend)
+    p, t = make_nan_pair(device)
+    out = fastloss.box_iou_loss(p, t, "bounded_iou", "none", per_coordinate=True, backend=backend)
+    assert torch.isnan(out[:8]).any(-1).all() and torch.isfinite(out[8]).all(), out
+    up = random_upstream(out)
+    (g,) = torch.autograd.grad(out, p, up)
+    assert torch.isnan(g[:8]).all() and torch.isfinite(g[8]).all(), g
+    p, t = make_pair((300,), "xyxy", torch.float32, device)
+    runs = []
+    for _ in range(2):
+        out = fastloss.box_iou_loss(p, t, "bounded_iou", "none", per_coordinate=True, backend=backend)
+        runs.append((out, torch.autograd.grad(out, p, up[:1].expand(300, 4).contiguous())[0]))
+    assert torch.equal(runs[0][0], runs[1][0]) and torch.equal(runs[0][1], runs[1][1])
+
+
+@pytest.mark.parametrize("backend", helpers.CPU_BACKENDS)
+def test_bounded_iou_per_coordinate_gradcheck_opcheck_compile(dynamo_reset, backend):
+    helpers.require_backend("cpu", backend)
+    p, t = make_pair((5,), "cxcywh", torch.float64, "cpu", jitter=4.0)
+    w = torch.rand(5, 4, dtype=torch.float64)
+
+    def fn(x):
+        return fastloss.box_iou_loss(x, t, "bounded_iou", "none", w, fmt="cxcywh", smooth_point=0.3, per_coordinate=True, backend=backend)
+
+    assert torch.autograd.gradcheck(fn, (p,), eps=1e-6, atol=1e-7, rtol=1e-5)
+    kind = ops_box.KINDS["bounded_iou"]
+    for dtype in (torch.float32, torch.float64):
+        q, s = make_pair((6,), "xyxy", dtype, "cpu")
+        acc = torch.float64 if dtype == torch.float64 else torch.float32
+        for weight in (None, torch.rand(6, dtype=acc)):
+            _opcheck(torch.ops.fastloss.box_iou_loss.default, (q, s, weight, kind, 0, 2, 1e-3, 1.0, 0.2, ops_box.TERMS, False, backend))
+            _opcheck(torch.ops.fastloss.box_iou_loss_backward.default,
+                     (torch.randn(6, 4, dtype=dtype), q.detach(), s, weight, torch.empty(0, dtype=acc), kind, 0, 2, 1e-3, 1.0, 0.2, ops_box.TERMS,
+                      backend))
+    q, s = make_pair((6,), "xyxy", torch.float32, "cpu")
+    wq = torch.rand(6, 4)
+
+    def terms(x, target):
+        return (fastloss.box_iou_loss(x, target, "bounded_iou", "none", wq, eps=1e-3, smooth_point=0.2, per_coordinate=True, backend=backend) ** 2).sum()
+
+    helpers.assert_compiled_matches_eager(terms, (q, s), q)
+
+
+def test_bounded_iou_per_coordinate_bad_inputs():
+    p, t = make_pair((3,), "xyxy", torch.float32)
+    with pytest.raises(ValueError, match="per_coordinate"):
+        fastloss.box_iou_loss(p, t, "giou", per_coordinate=True)
+    p3, t3 = make_pair_3d((3,), torch.float32)
+    with pytest.raises(ValueError, match="3-D boxes|per_coordinate"):
+        fastloss.box_iou_loss(p3, t3, "bounded_iou", per_coordinate=True)
+    with pytest.raises(ValueError, match="per_coordinate"):
+        fastloss.box_iou_loss(p, t, "bounded_iou", per_coordinate="yes")
+    with pytest.raises(ValueError, match="per term"):
+        fastloss.box_iou_loss(p, t, "bounded_iou", weight=torch.rand(3, 2), per_coordinate=True)
+    with pytest.raises(ValueError, match="power"):
+        fastloss.box_iou_loss(p, t, "bounded_iou", power=2.0, per_coordinate=True)
+    with pytest.raises(ValueError, match="avg_factor"):
+        fastloss.box_iou_loss(p, t, "bounded_iou", "sum", avg_factor=2.0, per_coordinate=True)
+    m = fastloss.nn.BoxIoULoss("bounded_iou", reduction="none", smooth_point=0.2, per_coordinate=True)
+    assert "per_coordinate=True" in repr(m) and m(p, t).shape == (3, 4)
+    with pytest.raises(ValueError, match="per_coordinate"):
+        fastloss.nn.BoxIoULoss("ciou", per_coordinate=True)
+    if "cpu" in fastloss.available_backends("cpu"):  # the kernel's own checks
+        with pytest.raises(RuntimeError, match="per-term"):
+            torch.ops.fastloss.box_iou_loss_forward_native(p.detach(), t, None, ops_box.KINDS["giou"], 0, 0, 1e-7, 1.0, 0.5, ops_box.TERMS, False)
+        with pytest.raises(RuntimeError, match="stores no gradient"):
+            torch.ops.fastloss.box_iou_loss_forward_native(p.detach(), t, None, ops_box.KINDS["bounded_iou"], 0, 0, 1e-3, 1.0, 0.2, ops_box.TERMS, True)

@@ -445,33 +445,48 @@ def test_siou_loss(reduction, weight_kind):
         _check(C.SIoULoss(neg_gamma=True), L.SIoULoss(neg_gamma=True), pred, target, weight, avg_factor=10, reduction_override=reduction)
 
 
-@pytest.mark.parametrize("reduction", [None, "mean", "sum"])
-@pytest.mark.parametrize("weight_kind", [None, "box1", "coord_equal"])
-def test_bounded_iou_loss(reduction, weight_kind):
-    """Bounded IoU: the reductions and weights that are exact over the kernel's per-box sum."""
+@pytest.mark.parametrize("backend", [p.values[1] for p in helpers.device_backend_params(("cpu",))])
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+@pytest.mark.parametrize("weight_kind", [None, "box1", "coord_equal", "coord"])
+def test_bounded_iou_loss(reduction, weight_kind, backend):
+    """Bounded IoU on every backend: mmdetection's per-coordinate (N, 4) loss ("none"), its
+    reductions, and weights that differ across a box's coordinates (the kernel's per-term mode)."""
+    helpers.require_backend("cpu", backend)
     pred, target = _paired_boxes(16, 47)
     pred[0] = target[0] + 100  # far apart: the centre terms' max(., 0) binds
     pred[1] = target[1] + 0.01  # below beta
     g = _gen(48)
     col = torch.rand(16, 1, generator=g, dtype=D)
-    weight = {None: None, "box1": col, "coord_equal": col.expand(16, 4).contiguous()}[weight_kind]
-    for kw in ({}, dict(beta=0.05, eps=1e-6, loss_weight=2.0), dict(beta=1.0, eps=0.5)):
-        _check(C.BoundedIoULoss(**kw), L.BoundedIoULoss(**kw), pred, target, weight, reduction_override=reduction)
-    if reduction != "sum":
-        _check(C.BoundedIoULoss(), L.BoundedIoULoss(), pred, target, weight, avg_factor=10, reduction_override=reduction)
-    t = target.clone().requires_grad_()  # mmdetection does not differentiate the target
-    _check(lambda p, *a, **k: C.BoundedIoULoss()(p, t, *a, **k), lambda p, *a, **k: L.BoundedIoULoss()(p, t, *a, **k), pred,
-           weight, reduction_override=reduction)
+    weight = {None: None, "box1": col, "coord_equal": col.expand(16, 4).contiguous(), "coord": torch.rand(16, 4, generator=g, dtype=D)}[weight_kind]
+    with fastloss.use_backend(backend):
+        for kw in ({}, dict(beta=0.05, eps=1e-6, loss_weight=2.0), dict(beta=1.0, eps=0.5)):
+            _check(C.BoundedIoULoss(**kw), L.BoundedIoULoss(**kw), pred, target, weight, reduction_override=reduction)
+        if reduction != "sum":
+            _check(C.BoundedIoULoss(), L.BoundedIoULoss(), pred, target, weight, avg_factor=10, reduction_override=reduction)
+        t = target.clone().requires_grad_()  # mmdetection does not differentiate the target
+        _check(lambda p, *a, **k: C.BoundedIoULoss()(p, t, *a, **k), lambda p, *a, **k: L.BoundedIoULoss()(p, t, *a, **k), pred,
+               weight, reduction_override=reduction)
+        # fp32 boxes with an fp64 weight: mmdetection's promotion
+        _check(C.BoundedIoULoss(), L.BoundedIoULoss(), pred.float(), target.float(), weight, reduction_override=reduction,
+               rtol=1e-5, atol=1e-6)
+
+
+def test_bounded_iou_loss_one_dim_weight():
+    """A 1-D weight multiplies mmdetection's (N, 4) loss along the coordinates (torch's
+    broadcasting: only N == 4 broadcasts; another N raises in both)."""
+    pred, target = _paired_boxes(4, 50)
+    w = torch.rand(4, generator=_gen(51), dtype=D)
+    for reduction in REDUCTIONS:
+        _check(C.BoundedIoULoss(), L.BoundedIoULoss(), pred, target, w, reduction_override=reduction)
+    pred, target = _paired_boxes(6, 49)
+    with pytest.raises(RuntimeError):
+        L.BoundedIoULoss()(pred, target, torch.rand(6, dtype=D))
+    with pytest.raises(ValueError, match="does not broadcast"):
+        C.BoundedIoULoss()(pred, target, torch.rand(6, dtype=D))
 
 
 def test_bounded_iou_loss_errors():
     pred, target = _paired_boxes(6, 49)
-    with pytest.raises(ValueError, match="reduction 'none'"):
-        C.BoundedIoULoss(reduction="none")(pred, target)
-    with pytest.raises(ValueError, match="differs across a box's 4 coordinates"):
-        C.BoundedIoULoss()(pred, target, torch.rand(6, 4, dtype=D))
-    with pytest.raises(ValueError, match="must be"):
-        C.BoundedIoULoss()(pred, target, torch.rand(6, dtype=D))
     with pytest.raises(ValueError, match="beta"):
         C.BoundedIoULoss(beta=0.0)(pred, target)
     with pytest.raises(ValueError, match="smooth_point"):

@@ -13,6 +13,8 @@ import monai.losses as ML  # noqa: E402
 import fastloss  # noqa: E402
 from fastloss.compat import monai as FM  # noqa: E402
 
+import helpers  # noqa: E402
+
 NAMES = ["DiceLoss", "MaskedDiceLoss", "GeneralizedDiceLoss", "DiceCELoss", "DiceFocalLoss", "TverskyLoss", "FocalLoss", "BoxGIoULoss"]
 ORIGINAL = {name: getattr(ML, name) for name in NAMES}
 
@@ -185,6 +187,29 @@ def test_box_giou(reduction):
         torch.testing.assert_close(ga, gb, rtol=1e-4, atol=1e-6)
 
 
+def _boxes_3d(n, g, dtype):
+    lo = torch.rand(n, 3, generator=g, dtype=torch.float64) * 10
+    return torch.cat([lo, lo + torch.rand(n, 3, generator=g, dtype=torch.float64) * 5 + 0.1], 1).to(dtype)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+@pytest.mark.parametrize("device,backend", helpers.device_backend_params())
+def test_box_giou_3d(reduction, dtype, device, backend):
+    """3-D boxes (N, 6) on every backend: values and prediction gradients against MONAI's
+    box_pair_giou (which computes in fp32, hence fp32 tolerances for fp64 too)."""
+    helpers.require_backend(device, backend)
+    g = torch.Generator().manual_seed(3)
+    a, b = _boxes_3d(11, g, dtype), _boxes_3d(11, g, dtype)
+    b[0] = a[0]  # identical pair
+    b[1] = a[1] + 20  # disjoint
+    b[2, :3] = a[2, :3] + 0.5  # nested-ish, shared upper corner
+    b[2, 3:] = a[2, 3:]
+    a, b = a.to(device), b.to(device)
+    with fastloss.use_backend(backend):
+        _compare(FM.BoxGIoULoss(reduction), ORIGINAL["BoxGIoULoss"](reduction), a, b, rtol=1e-5, atol=1e-6)
+
+
 def test_box_giou_inverted_and_point_boxes():
     """fastloss's finite answers where MONAI raises: an inverted box has zero area; point boxes."""
     inv = torch.tensor([[2.0, 2.0, 0.0, 0.0], [1.0, 1.0, 1.0, 1.0]], requires_grad=True)
@@ -350,8 +375,10 @@ def test_soft_label_runs_on_the_kernel(monkeypatch):
 
 def test_errors():
     x, t = _data()
-    with pytest.raises(ValueError, match="3-D boxes"):
-        FM.BoxGIoULoss()(torch.zeros(2, 6), torch.ones(2, 6))
+    with pytest.raises(ValueError, match="requires grad"):
+        FM.BoxGIoULoss()(torch.zeros(2, 6), torch.ones(2, 6, requires_grad=True))
+    with pytest.raises(ValueError, match=r"\(N, 6\)"):
+        FM.BoxGIoULoss()(torch.zeros(2, 5), torch.ones(2, 5))
     with pytest.raises(ValueError, match="use_softmax"):
         FM.FocalLoss(use_softmax=True)(x, torch.nn.functional.one_hot(t[:, 0], 3).movedim(-1, 1).double())
     soft = torch.full_like(x, 0.3)

@@ -80,6 +80,21 @@ def run(backend, dtype, device):
             ref, _, _ = _fwd_bwd(fastloss.box_iou_loss, p.to(dtype), t.to(dtype), backend="reference", **kw)
             _check(f"box {conv} {kind} {extra} {backend} {dtype} n={n}", loss, ref, rtol * 10)
             cases += 1
+        # 3-D boxes (n, 6) (iou, giou, diou), per-box losses with an upstream gradient
+        p3 = torch.rand(n, 6, device=device) * 50
+        p3[:, 3:] += p3[:, :3]
+        t3 = p3 + torch.randn(n, 6, device=device) * 5
+        for kind in ("iou", "giou", "diou"):
+            loss, g, _ = _fwd_bwd(fastloss.box_iou_loss, p3.to(dtype), t3.to(dtype), kind=kind, reduction="none", backend=backend)
+            ref, _, _ = _fwd_bwd(fastloss.box_iou_loss, p3.to(dtype), t3.to(dtype), kind=kind, reduction="none", backend="reference")
+            _check(f"box 3-D {kind} {backend} {dtype} n={n}", loss, ref, rtol * 10)
+            cases += 1
+        # bounded_iou's per-coordinate terms (n, 4), with an (n, 4) upstream gradient
+        kw = dict(kind="bounded_iou", reduction="none", smooth_point=0.2, eps=1e-3, per_coordinate=True)
+        loss, g, _ = _fwd_bwd(fastloss.box_iou_loss, p.to(dtype), t.to(dtype), backend=backend, **kw)
+        ref, _, _ = _fwd_bwd(fastloss.box_iou_loss, p.to(dtype), t.to(dtype), backend="reference", **kw)
+        _check(f"box bounded_iou per_coordinate {backend} {dtype} n={n}", loss, ref, rtol * 10)
+        cases += 1
         # matrices, aligned and pairwise, and the fused max (with the conventions)
         for kind, conv in (("iou", "fastloss"), ("giou", "fastloss"), ("ciou", "fastloss"), ("giou", "torchvision_matrix"),
                            ("ciou", "mmdet"), ("iof", "mmdet")):

@@ -32,10 +32,12 @@ def variants(quick):
     metrics = range(5)
     fmts = (0, 2) if quick else (0, 1, 2)
     fastloss = dict(CONV=[0], UMODE=[0])  # convention "fastloss" (the variants below: the peers')
-    box_common = dict(COMPUTE=[tl.float32], INT64=[False], BLOCK=[box_iou.BLOCK])
+    box_common = dict(COMPUTE=[tl.float32], INT64=[False], BLOCK=[box_iou.BLOCK], NC=[4], NCP=[4], TERMS=[False])
     mat = dict(COMPUTE=[tl.float32], BLOCK=[box_iou.MATRIX_BLOCK])
-    box64 = dict(COMPUTE=[tl.float64], INT64=[False], BLOCK=[box_iou.BLOCK])
+    box64 = dict(COMPUTE=[tl.float64], INT64=[False], BLOCK=[box_iou.BLOCK], NC=[4], NCP=[4], TERMS=[False])
     box_common, mat, box64 = (dict(d, **fastloss) for d in (box_common, mat, box64))
+    box3d = dict(box_common, KIND=[0, 2, 3], FMT=[0], NC=[6], NCP=[8], HAS_W=[True])  # 3-D boxes: iou, giou, diou
+    terms = dict(box_common, KIND=[10], FMT=fmts, POWER_ONE=[True], HAS_W=[True], TERMS=[True])  # bounded_iou's (n, 4) terms
     return conventions() + [
         (box_iou._loss_forward_kernel, grid(KIND=kinds, FMT=fmts, POWER_ONE=[True, False], HAS_W=[True], REDUCE=[True], WITH_GRAD=[False],
                                             **box_common)),
@@ -43,6 +45,10 @@ def variants(quick):
         (box_iou._loss_forward_kernel, grid(KIND=[1, 4, 6, 7, 9, 10], FMT=[0], POWER_ONE=[False], HAS_W=[False], REDUCE=[False], WITH_GRAD=[True],
                                             **box64)),
         (box_iou._loss_backward_kernel, grid(KIND=kinds, FMT=fmts, POWER_ONE=[False], HAS_W=[False], PER_BOX_GRAD=[True], **box_common)),
+        (box_iou._loss_forward_kernel, grid(POWER_ONE=[True, False], REDUCE=[True, False], WITH_GRAD=[True], **box3d)),
+        (box_iou._loss_backward_kernel, grid(POWER_ONE=[False], PER_BOX_GRAD=[True, False], **box3d)),
+        (box_iou._loss_forward_kernel, grid(REDUCE=[False], WITH_GRAD=[False], **terms)),
+        (box_iou._loss_backward_kernel, grid(PER_BOX_GRAD=[False], **terms)),
         (box_iou._matrix_kernel, grid(KIND=metrics, FMT=[0], ALIGNED=[False, True], **mat)),
         (box_iou._aligned_backward_kernel, grid(KIND=metrics, FMT=[2], **mat)),
         (box_iou._rows_backward_kernel, grid(KIND=metrics, FMT=[0], **mat)),
@@ -56,7 +62,7 @@ def conventions():
     (fastloss/ops/box_iou.py, triton_kernels/box_iou.py _union_mode)."""
     loss = [(1, 0, [0, 2, 3, 4]), (2, 1, [0, 1, 2]), (2, 0, [3, 4, 7, 9, 10])]  # mmdet 7: its siou_loss, 9: extended_iou, 10: bounded_iou
     metric = [(1, 0, [0, 2, 3, 4]), (2, 1, [0, 1, 2]), (2, 0, [3, 4]), (3, 2, [0, 2, 3, 4])]
-    common = dict(COMPUTE=[tl.float32], INT64=[False], BLOCK=[box_iou.BLOCK])
+    common = dict(COMPUTE=[tl.float32], INT64=[False], BLOCK=[box_iou.BLOCK], NC=[4], NCP=[4], TERMS=[False])
     mat = dict(COMPUTE=[tl.float32], BLOCK=[box_iou.MATRIX_BLOCK], FMT=[0])
     out = []
     for conv, umode, kinds in loss:

@@ -506,6 +506,29 @@ def _bounded_size(p, t, eps, beta):
 
 
 @triton.jit
+def _bounded_terms(P, T, U, cols, eps, beta, FMT: tl.constexpr):
+    """Bounded IoU's 4 terms per lane as a [BLOCK, 4] tile (l_x, l_y, l_w, l_h: mmdetection's
+    per-coordinate loss) and the gradient w.r.t. the prediction of sum_k U[:, k] l_k
+    (csrc/kernels/box_iou.h bounded_iou_terms)."""
+    a0, a1, a2, a3 = _box(P, cols, FMT)
+    b0, b1, b2, b3 = _box(T, cols, FMT)
+    aw, ah, bw, bh, iw, ih, inter, uni, um, uden, iou = _geometry(a0, a1, a2, a3, b0, b1, b2, b3, eps, 0, 0)
+    vx, gdx = _bounded_centre(((a0 + a2) - (b0 + b2)) * -0.5, bw, eps, beta)
+    vy, gdy = _bounded_centre(((a1 + a3) - (b1 + b3)) * -0.5, bh, eps, beta)
+    vw, gw = _bounded_size(aw, bw, eps, beta)
+    vh, gh = _bounded_size(ah, bh, eps, beta)
+    z = iou * 0.0
+    d_dxc = -_col(U, cols, 0) * gdx * 0.5  # dx = -dxc / 2
+    d_dyc = -_col(U, cols, 1) * gdy * 0.5
+    d_aw = _col(U, cols, 2) * gw
+    d_ah = _col(U, cols, 3) * gh
+    g0, g1, g2, g3, _0, _1, _2, _3 = _pullback(a0, a1, a2, a3, b0, b1, b2, b3, aw, ah, bw, bh, iw, ih, uni, uden, iou, z, z, eps, z, z, z,
+                                               d_aw, d_ah, z, z, z, z, d_dxc, d_dyc, z, z, z, z, z, z, z, z, False, FMT, 0)
+    carrier = (((vx + vy) + vw) + vh) * 0.0  # NaN policy: a NaN term reaches every gradient component
+    return _cols4(vx, vy, vw, vh, cols), _cols4(g0 + carrier, g1 + carrier, g2 + carrier, g3 + carrier, cols)
+
+
+@triton.jit
 def _cd_grad(ge, e):
     return ge * _inv_pos(e)
 
@@ -662,17 +685,109 @@ def _loss(P, T, cols, eps, power, gamma, KIND: tl.constexpr, FMT: tl.constexpr, 
     return loss, _cols4(g0 + carrier, g1 + carrier, g2 + carrier, g3 + carrier, cols)
 
 
+# ----------------------------------------------------------------------------- 3-D boxes
+# (x1, y1, z1, x2, y2, z2) per lane, kinds iou / giou / diou, fmt xyxy, convention fastloss:
+# csrc/kernels/box_iou.h PairND / paired_loss_nd with D = 3, one axis at a time.
+
+
 @triton.jit
-def _load(p_ptr, t_ptr, w_ptr, n, COMPUTE: tl.constexpr, HAS_W: tl.constexpr, INT64: tl.constexpr, BLOCK: tl.constexpr):
+def _axis3(lo_a, hi_a, lo_b, hi_b):
+    # one axis: extents of a, b, the intersection, the enclosing box; doubled centre difference
+    return (_relu(hi_a - lo_a), _relu(hi_b - lo_b), _relu(_min(hi_a, hi_b) - _max(lo_a, lo_b)), _relu(_max(hi_a, hi_b) - _min(lo_a, lo_b)),
+            (lo_a + hi_a) - (lo_b + hi_b))
+
+
+@triton.jit
+def _axis3_grad(lo_a, hi_a, lo_b, hi_b, ei, g_ea, g_ei, g_c, g_dc):
+    # adjoints of this axis's extent of a, of the intersection's, of the enclosing one and of the
+    # centre difference -> (d lo_a, d hi_a); extents clamp'(0) = 1, the intersection's relu'(0) = 0
+    gea = g_ea * _step_nonneg(hi_a - lo_a)
+    gei = g_ei * _step_pos(ei)
+    gc = g_c * _step_nonneg(_max(hi_a, hi_b) - _min(lo_a, lo_b))
+    glo = ((g_dc - gea) - gei * _share_max(lo_a, lo_b)) - gc * _share_min(lo_a, lo_b)
+    ghi = ((g_dc + gea) + gei * _share_min(hi_a, hi_b)) + gc * _share_max(hi_a, hi_b)
+    return glo, ghi
+
+
+@triton.jit
+def _cols6(g0, g1, g2, g3, g4, g5, cols):
+    # [BLOCK] x 6 -> [BLOCK, 8] (columns 6, 7: padding, never stored)
+    c = cols[None, :]
+    return tl.where(c == 0, g0[:, None], tl.where(c == 1, g1[:, None], tl.where(c == 2, g2[:, None], tl.where(
+        c == 3, g3[:, None], tl.where(c == 4, g4[:, None], g5[:, None])))))
+
+
+@triton.jit
+def _loss3(P, T, cols, eps, power, KIND: tl.constexpr, POWER_ONE: tl.constexpr):
+    """Paired loss of 3-D boxes per lane and its gradient w.r.t. the prediction [BLOCK, 8]:
+    1 - IoU^power (+ GIoU's (C - U) / (C + eps) or DIoU's rho^2 / (c^2 + eps), ^power) with
+    volumes (csrc/kernels/box_iou.h paired_loss_nd)."""
+    a0, a1, a2, a3, a4, a5 = _col(P, cols, 0), _col(P, cols, 1), _col(P, cols, 2), _col(P, cols, 3), _col(P, cols, 4), _col(P, cols, 5)
+    b0, b1, b2, b3, b4, b5 = _col(T, cols, 0), _col(T, cols, 1), _col(T, cols, 2), _col(T, cols, 3), _col(T, cols, 4), _col(T, cols, 5)
+    ea0, eb0, ei0, c0, dc0 = _axis3(a0, a3, b0, b3)
+    ea1, eb1, ei1, c1, dc1 = _axis3(a1, a4, b1, b4)
+    ea2, eb2, ei2, c2, dc2 = _axis3(a2, a5, b2, b5)
+    inter = ei0 * ei1 * ei2
+    uni = ea0 * ea1 * ea2 + eb0 * eb1 * eb2 - inter
+    den = uni + eps
+    iou = inter / den
+    ip, dp = _powd1(iou, power, POWER_ONE)
+    loss = 1.0 - ip
+    d_iou = -dp
+    z = iou * 0.0
+    d_uni, g_c0, g_c1, g_c2, g_dc0, g_dc1, g_dc2 = z, z, z, z, z, z, z
+    if KIND == 2:  # giou: (C - U) / (C + eps), d/dC = (U + eps) / (C + eps)^2
+        cv = c0 * c1 * c2
+        inv = 1.0 / (cv + eps)
+        v, dp = _powd1((cv - uni) * inv, power, POWER_ONE)
+        loss = loss + v
+        gcv = dp * den * inv * inv
+        g_c0 = gcv * (c1 * c2)
+        g_c1 = gcv * (c0 * c2)
+        g_c2 = gcv * (c0 * c1)
+        d_uni = -dp * inv
+    elif KIND == 3:  # diou: (sum dc^2 / 4) / (sum c^2 + eps), dc the doubled centre differences
+        inv = 1.0 / (((eps + c0 * c0) + c1 * c1) + c2 * c2)
+        q = ((dc0 * dc0 + dc1 * dc1) + dc2 * dc2) * 0.25 * inv
+        v, dp = _powd1(q, power, POWER_ONE)
+        loss = loss + v
+        gr = dp * inv * 0.5
+        gc2 = -dp * q * inv * 2.0
+        g_dc0, g_dc1, g_dc2 = gr * dc0, gr * dc1, gr * dc2
+        g_c0, g_c1, g_c2 = gc2 * c0, gc2 * c1, gc2 * c2
+    # IoU = I / (U + eps), U = V_a + V_b - I
+    d_uni = d_uni - d_iou * iou / den
+    d_inter = d_iou / den - d_uni
+    l0, h0 = _axis3_grad(a0, a3, b0, b3, ei0, d_uni * (ea1 * ea2), d_inter * (ei1 * ei2), g_c0, g_dc0)
+    l1, h1 = _axis3_grad(a1, a4, b1, b4, ei1, d_uni * (ea0 * ea2), d_inter * (ei0 * ei2), g_c1, g_dc1)
+    l2, h2 = _axis3_grad(a2, a5, b2, b5, ei2, d_uni * (ea0 * ea1), d_inter * (ei0 * ei1), g_c2, g_dc2)
+    carrier = loss * 0.0  # NaN policy: a NaN loss reaches every gradient component
+    return loss, _cols6(l0 + carrier, l1 + carrier, l2 + carrier, h0 + carrier, h1 + carrier, h2 + carrier, cols)
+
+
+@triton.jit
+def _loss_nc(P, T, cols, eps, power, gamma, KIND: tl.constexpr, FMT: tl.constexpr, POWER_ONE: tl.constexpr, CONV: tl.constexpr,
+             UMODE: tl.constexpr, NC: tl.constexpr):
+    # the paired loss of boxes with NC coordinates: 4 (2-D) or 6 (3-D)
+    if NC == 6:
+        return _loss3(P, T, cols, eps, power, KIND, POWER_ONE)
+    else:
+        return _loss(P, T, cols, eps, power, gamma, KIND, FMT, POWER_ONE, CONV, UMODE)
+
+
+@triton.jit
+def _load(p_ptr, t_ptr, w_ptr, n, COMPUTE: tl.constexpr, HAS_W: tl.constexpr, INT64: tl.constexpr, BLOCK: tl.constexpr, NC: tl.constexpr,
+          NCP: tl.constexpr):
+    # boxes of NC coordinates as [BLOCK, NCP] tiles (NCP: NC padded to a power of 2)
     pid = tl.program_id(0)
     if INT64:
         rows = pid.to(tl.int64) * BLOCK + tl.arange(0, BLOCK).to(tl.int64)
     else:
         rows = pid * BLOCK + tl.arange(0, BLOCK)
-    cols = tl.arange(0, 4)
+    cols = tl.arange(0, NCP)
     mask = rows < n
-    offs = rows[:, None] * 4 + cols[None, :]
-    m2 = mask[:, None] & (cols[None, :] < 4)
+    offs = rows[:, None] * NC + cols[None, :]
+    m2 = mask[:, None] & (cols[None, :] < NC)
     P = tl.load(p_ptr + offs, mask=m2, other=0.0).to(COMPUTE)
     T = tl.load(t_ptr + offs, mask=m2, other=0.0).to(COMPUTE)
     if HAS_W:
@@ -685,48 +800,65 @@ def _load(p_ptr, t_ptr, w_ptr, n, COMPUTE: tl.constexpr, HAS_W: tl.constexpr, IN
 @triton.jit
 def _loss_forward_kernel(p_ptr, t_ptr, w_ptr, out_ptr, partial_ptr, cache_ptr, n, eps, power, gamma, KIND: tl.constexpr, FMT: tl.constexpr,
                          CONV: tl.constexpr, UMODE: tl.constexpr, POWER_ONE: tl.constexpr, HAS_W: tl.constexpr, REDUCE: tl.constexpr, WITH_GRAD: tl.constexpr, COMPUTE: tl.constexpr,
-                         INT64: tl.constexpr, BLOCK: tl.constexpr):
-    rows, cols, mask, offs, m2, P, T, w = _load(p_ptr, t_ptr, w_ptr, n, COMPUTE, HAS_W, INT64, BLOCK)
-    lv, ld = _loss(P, T, cols, eps, power, gamma, KIND, FMT, POWER_ONE, CONV, UMODE)
-    if WITH_GRAD:
-        tl.store(cache_ptr + offs, ld * w[:, None], mask=m2)
-    lv = tl.where(mask, lv * w, 0.0)
-    if REDUCE:
-        tl.store(partial_ptr + tl.program_id(0), tl.sum(lv, axis=0))
+                         INT64: tl.constexpr, BLOCK: tl.constexpr, NC: tl.constexpr, NCP: tl.constexpr, TERMS: tl.constexpr):
+    # TERMS: bounded_iou's (n, 4) terms into out (no reduction, no stored gradient)
+    rows, cols, mask, offs, m2, P, T, w = _load(p_ptr, t_ptr, w_ptr, n, COMPUTE, HAS_W, INT64, BLOCK, NC, NCP)
+    if TERMS:
+        lt, _unused = _bounded_terms(P, T, P * 0.0, cols, eps, gamma, FMT)
+        tl.store(out_ptr + offs, (lt * w[:, None]).to(out_ptr.dtype.element_ty), mask=m2)
     else:
-        tl.store(out_ptr + rows, lv.to(out_ptr.dtype.element_ty), mask=mask)
+        lv, ld = _loss_nc(P, T, cols, eps, power, gamma, KIND, FMT, POWER_ONE, CONV, UMODE, NC)
+        if WITH_GRAD:
+            tl.store(cache_ptr + offs, ld * w[:, None], mask=m2)
+        lv = tl.where(mask, lv * w, 0.0)
+        if REDUCE:
+            tl.store(partial_ptr + tl.program_id(0), tl.sum(lv, axis=0))
+        else:
+            tl.store(out_ptr + rows, lv.to(out_ptr.dtype.element_ty), mask=mask)
 
 
 @triton.jit
 def _loss_backward_kernel(p_ptr, t_ptr, w_ptr, g_ptr, out_ptr, n, eps, power, gamma, scale, KIND: tl.constexpr, FMT: tl.constexpr,
                           CONV: tl.constexpr, UMODE: tl.constexpr, POWER_ONE: tl.constexpr, HAS_W: tl.constexpr, PER_BOX_GRAD: tl.constexpr, COMPUTE: tl.constexpr,
-                          INT64: tl.constexpr, BLOCK: tl.constexpr):
-    rows, cols, mask, offs, m2, P, T, w = _load(p_ptr, t_ptr, w_ptr, n, COMPUTE, HAS_W, INT64, BLOCK)
-    lv, ld = _loss(P, T, cols, eps, power, gamma, KIND, FMT, POWER_ONE, CONV, UMODE)
-    if PER_BOX_GRAD:
-        up = tl.load(g_ptr + rows, mask=mask, other=0.0).to(COMPUTE)
+                          INT64: tl.constexpr, BLOCK: tl.constexpr, NC: tl.constexpr, NCP: tl.constexpr, TERMS: tl.constexpr):
+    # TERMS: bounded_iou's terms, an (n, 4) upstream gradient
+    rows, cols, mask, offs, m2, P, T, w = _load(p_ptr, t_ptr, w_ptr, n, COMPUTE, HAS_W, INT64, BLOCK, NC, NCP)
+    if TERMS:
+        _unused, ld = _bounded_terms(P, T, tl.load(g_ptr + offs, mask=m2, other=0.0).to(COMPUTE), cols, eps, gamma, FMT)
+        tl.store(out_ptr + offs, (ld * w[:, None]).to(out_ptr.dtype.element_ty), mask=m2)
     else:
-        up = tl.load(g_ptr).to(COMPUTE) * scale + tl.zeros((BLOCK,), COMPUTE)
-    tl.store(out_ptr + offs, (ld * (w * up)[:, None]).to(out_ptr.dtype.element_ty), mask=m2)
+        lv, ld = _loss_nc(P, T, cols, eps, power, gamma, KIND, FMT, POWER_ONE, CONV, UMODE, NC)
+        if PER_BOX_GRAD:
+            up = tl.load(g_ptr + rows, mask=mask, other=0.0).to(COMPUTE)
+        else:
+            up = tl.load(g_ptr).to(COMPUTE) * scale + tl.zeros((BLOCK,), COMPUTE)
+        tl.store(out_ptr + offs, (ld * (w * up)[:, None]).to(out_ptr.dtype.element_ty), mask=m2)
 
 
-def _meta(pred, weight, kind, fmt, conv, power):
-    n = pred.shape[0]
+TERMS = 3  # reduction code of bounded_iou's per-term output (fastloss/ops/box_iou.py)
+
+
+def _meta(pred, weight, kind, fmt, conv, power, reduction):
+    n, nc = pred.shape  # nc: 4 (2-D boxes) or 6 (3-D)
     return dict(KIND=kind, FMT=fmt, CONV=conv, UMODE=_union_mode(conv, kind, False), POWER_ONE=power == 1.0, HAS_W=weight is not None,
-                COMPUTE=tl.float64 if pred.dtype == torch.float64 else tl.float32, INT64=4 * (n + BLOCK) >= 2**31, BLOCK=BLOCK)
+                COMPUTE=tl.float64 if pred.dtype == torch.float64 else tl.float32, INT64=nc * (n + BLOCK) >= 2**31, BLOCK=BLOCK, NC=nc,
+                NCP=triton.next_power_of_2(nc), TERMS=reduction == TERMS)
 
 
 def loss_forward(pred, target, weight, kind, fmt, conv, eps, power, gamma, reduction, with_grad):
     n = pred.shape[0]
     grid = (max(triton.cdiv(n, BLOCK), 1),)
     acc = reduced_dtype(pred.dtype)
-    cache = torch.empty((n, 4) if with_grad else (0,), dtype=acc, device=pred.device)
-    reduce = reduction != 0
-    out = torch.empty(grid[0], dtype=acc, device=pred.device) if reduce else torch.empty(n, dtype=pred.dtype, device=pred.device)
+    cache = torch.empty(pred.shape if with_grad else (0,), dtype=acc, device=pred.device)
+    reduce = reduction not in (0, TERMS)
+    if reduce:
+        out = torch.empty(grid[0], dtype=acc, device=pred.device)
+    else:
+        out = torch.empty((n, 4) if reduction == TERMS else (n,), dtype=pred.dtype, device=pred.device)
     w = weight if weight is not None else pred
     if n:
         _loss_forward_kernel[grid](pred, target, w, out, out, cache, n, eps, power, gamma, REDUCE=reduce, WITH_GRAD=with_grad,
-                                   **_meta(pred, weight, kind, fmt, conv, power))
+                                   **_meta(pred, weight, kind, fmt, conv, power, reduction))
     elif reduce:
         out.zero_()
     if not reduce:
@@ -742,7 +874,7 @@ def loss_backward(grad, pred, target, weight, kind, fmt, conv, eps, power, gamma
     if n:
         scale = 1.0 / max(n, 1) if reduction == 2 else 1.0
         _loss_backward_kernel[(triton.cdiv(n, BLOCK),)](pred, target, w, grad, out, n, eps, power, gamma, scale, PER_BOX_GRAD=reduction == 0,
-                                                         **_meta(pred, weight, kind, fmt, conv, power))
+                                                         **_meta(pred, weight, kind, fmt, conv, power, reduction))
     return out
 
 

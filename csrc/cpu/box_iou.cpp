@@ -2,8 +2,8 @@
 // blocks).  The geometry and its derivatives are csrc/kernels/box_iou.h (shared with CUDA);
 // the calling convention of the *_native ops is in csrc/fastloss.cpp.
 //
-// Boxes are stored (n, 4) (array of structures): each chunk of V boxes is gathered into four
-// coordinate vectors, the loss and its gradient (reverse mode, box_iou.h) are computed V boxes
+// Boxes are stored (n, 4) or, 3-D, (n, 6) (array of structures): each chunk of V boxes is
+// gathered into one vector per coordinate, the loss and its gradient (reverse mode, box_iou.h) are computed V boxes
 // at a time, and gradients are scattered back to (n, 4).  On the CPU the loss is
 // compute-bound (atan2/exp/divisions), so, as for the focal loss, the forward writes
 // dL/dpred when asked (with_grad) and the backward only scales it.
@@ -35,7 +35,13 @@ struct BoxLossArgs {
   int64_t n = 0;
   box::Params<double> prm{};
   Reduction reduction = Reduction::Mean;
+  bool terms = false;  // reduction code kTermsCode: bounded_iou's 4 terms per box, (n, 4)
 };
+
+// reduction code of the per-term output (fastloss/ops/box_iou.py TERMS): kind bounded_iou, 2-D;
+// the forward writes (n, 4) terms (times the box's weight), the backward takes an (n, 4)
+// upstream gradient
+constexpr int64_t kTermsCode = 3;
 
 void check_kind_fmt(int64_t kind, int64_t max_kind, int64_t fmt, int64_t convention) {
   TORCH_CHECK(kind >= 0 && kind <= max_kind, "fastloss: box kind code out of range");
@@ -46,18 +52,23 @@ void check_kind_fmt(int64_t kind, int64_t max_kind, int64_t fmt, int64_t convent
 BoxLossArgs make_args(const at::Tensor& pred, const at::Tensor& target, const c10::optional<at::Tensor>& weight, int64_t kind, int64_t fmt,
                       int64_t convention, double eps, double power, double gamma, int64_t reduction) {
   BoxLossArgs a;
-  TORCH_CHECK(pred.is_floating_point() && pred.is_contiguous() && pred.dim() == 2 && pred.size(1) == 4,
-              "fastloss: `pred` must be a contiguous floating (n, 4) tensor");
+  TORCH_CHECK(pred.is_floating_point() && pred.is_contiguous() && pred.dim() == 2 && (pred.size(1) == 4 || pred.size(1) == 6),
+              "fastloss: `pred` must be a contiguous floating (n, 4) or 3-D (n, 6) tensor");
   TORCH_CHECK(target.sizes() == pred.sizes() && target.scalar_type() == pred.scalar_type() && target.is_contiguous() &&
                   target.device() == pred.device(),
               "fastloss: `target` must match `pred` in shape, dtype and device and be contiguous");
-  TORCH_CHECK(reduction >= 0 && reduction <= 2, "fastloss: reduction code must be 0 (none), 1 (sum) or 2 (mean)");
+  TORCH_CHECK(reduction >= 0 && reduction <= kTermsCode, "fastloss: reduction code must be 0 (none), 1 (sum), 2 (mean) or 3 (terms)");
+  TORCH_CHECK(reduction != kTermsCode || (kind == box::kBoundedIoU && pred.size(1) == 4),
+              "fastloss: the per-term output (reduction code 3) is bounded_iou's, of 2-D boxes");
   check_kind_fmt(kind, box::kBoundedIoU, fmt, convention);
+  TORCH_CHECK(pred.size(1) == 4 || box::paired_nd_supported(static_cast<int>(kind), static_cast<int>(fmt), static_cast<int>(convention)),
+              "fastloss: 3-D boxes (n, 6): kinds iou / giou / diou, fmt xyxy, convention fastloss only");
   a.pred = pred;
   a.target = target;
   a.n = pred.size(0);
   a.prm = box::Params<double>{static_cast<int>(kind), static_cast<int>(fmt), eps, power, gamma, static_cast<int>(convention)};
-  a.reduction = static_cast<Reduction>(reduction);
+  a.terms = reduction == kTermsCode;
+  a.reduction = a.terms ? Reduction::None : static_cast<Reduction>(reduction);
   if (weight.has_value() && weight->defined()) {
     const at::Tensor& w = *weight;
     TORCH_CHECK(w.device() == pred.device() && w.is_contiguous() && w.scalar_type() == reduced_dtype(pred.scalar_type()) && w.numel() == a.n,
@@ -67,13 +78,14 @@ BoxLossArgs make_args(const at::Tensor& pred, const at::Tensor& target, const c1
   return a;
 }
 
-// Gather the 4 coordinates of boxes [j, j + cnt) into lanes (lanes past cnt: zero boxes).
-// Full chunks of fp32/fp64 boxes are transposed in registers (two rounds of deinterleave2:
-// [x1 y1 x2 y2]... -> x1..., y1..., x2..., y2...); tails and fp16/bf16 go through a buffer.
-template <typename acc_t, typename scalar_t>
-inline void gather(const scalar_t* src, int64_t j, int64_t cnt, Vec<acc_t> out[4]) {
+// Gather the NC coordinates of boxes [j, j + cnt) into lanes (lanes past cnt: zero boxes).
+// Full chunks of fp32/fp64 2-D boxes are transposed in registers (two rounds of deinterleave2:
+// [x1 y1 x2 y2]... -> x1..., y1..., x2..., y2...); tails, fp16/bf16 and 3-D boxes go through a
+// buffer.
+template <typename acc_t, int NC = 4, typename scalar_t>
+inline void gather(const scalar_t* src, int64_t j, int64_t cnt, Vec<acc_t> out[NC]) {
   constexpr int64_t V = Vec<acc_t>::size();
-  if constexpr (std::is_same_v<acc_t, scalar_t>) {
+  if constexpr (std::is_same_v<acc_t, scalar_t> && NC == 4) {
     if (cnt == V) {
       const acc_t* s = src + j * 4;
       const auto lo = at::vec::deinterleave2(Vec<acc_t>::loadu(s), Vec<acc_t>::loadu(s + V));          // (x1 x2 ..., y1 y2 ...)
@@ -87,18 +99,18 @@ inline void gather(const scalar_t* src, int64_t j, int64_t cnt, Vec<acc_t> out[4
       return;
     }
   }
-  alignas(64) acc_t buf[4][V];
+  alignas(64) acc_t buf[NC][V];
   for (int64_t i = 0; i < cnt; ++i)
-    for (int k = 0; k < 4; ++k) buf[k][i] = static_cast<acc_t>(src[(j + i) * 4 + k]);
+    for (int k = 0; k < NC; ++k) buf[k][i] = static_cast<acc_t>(src[(j + i) * NC + k]);
   for (int64_t i = cnt; i < V; ++i)
-    for (int k = 0; k < 4; ++k) buf[k][i] = acc_t(0);
-  for (int k = 0; k < 4; ++k) out[k] = Vec<acc_t>::loadu(buf[k]);
+    for (int k = 0; k < NC; ++k) buf[k][i] = acc_t(0);
+  for (int k = 0; k < NC; ++k) out[k] = Vec<acc_t>::loadu(buf[k]);
 }
 
-template <typename acc_t, typename out_t>
-inline void scatter(out_t* dst, int64_t j, int64_t cnt, const Vec<acc_t> g[4]) {
+template <typename acc_t, int NC = 4, typename out_t>
+inline void scatter(out_t* dst, int64_t j, int64_t cnt, const Vec<acc_t> g[NC]) {
   constexpr int64_t V = Vec<acc_t>::size();
-  if constexpr (std::is_same_v<acc_t, out_t>) {
+  if constexpr (std::is_same_v<acc_t, out_t> && NC == 4) {
     if (cnt == V) {  // the inverse of gather's transposition
       const auto xs = at::vec::interleave2(g[0], g[2]);
       const auto ys = at::vec::interleave2(g[1], g[3]);
@@ -112,17 +124,18 @@ inline void scatter(out_t* dst, int64_t j, int64_t cnt, const Vec<acc_t> g[4]) {
       return;
     }
   }
-  alignas(64) acc_t buf[4][V];
-  for (int k = 0; k < 4; ++k) g[k].store(buf[k]);
+  alignas(64) acc_t buf[NC][V];
+  for (int k = 0; k < NC; ++k) g[k].store(buf[k]);
   for (int64_t i = 0; i < cnt; ++i)
-    for (int k = 0; k < 4; ++k) dst[(j + i) * 4 + k] = static_cast<out_t>(buf[k][i]);
+    for (int k = 0; k < NC; ++k) dst[(j + i) * NC + k] = static_cast<out_t>(buf[k][i]);
 }
 
 // forward (kBackward = false): per-box loss into `out` or its sum, dL/dpred * weight into
-// `cache` if defined; backward: dL/dpred * weight * upstream into `out` (n, 4).
+// `cache` if defined; backward: dL/dpred * weight * upstream into `out` (n, NC).
 // kGeneric: the box math's instantiation (box_iou.h Pair), false for convention "fastloss";
-// chosen once per call, outside the loops.
-template <typename scalar_t, bool kBackward, bool kGeneric>
+// NC: 4 (2-D boxes) or 6 (3-D); kTerms: bounded_iou's (n, 4) terms (out and the upstream
+// gradient (n, 4)); all chosen once per call (run_paired), outside the loops.
+template <typename scalar_t, bool kBackward, bool kGeneric, int NC, bool kTerms = false>
 double paired_cpu(const BoxLossArgs& a, const at::Tensor& upstream, at::Tensor& out, at::Tensor& cache) {
   using acc_t = at::opmath_type<scalar_t>;
   using V = Vec<acc_t>;
@@ -144,25 +157,34 @@ double paired_cpu(const BoxLossArgs& a, const at::Tensor& upstream, at::Tensor& 
                                static_cast<acc_t>(a.prm.gamma), a.prm.conv};
 
   return cpu::for_each_chunk<acc_t>(a.n, a.n, [&](int64_t, int64_t, int64_t j, int64_t cnt) {
-    V p[4], t[4];
-    gather<acc_t>(p_ptr, j, cnt, p);
-    gather<acc_t>(t_ptr, j, cnt, t);
+    V p[NC], t[NC];
+    gather<acc_t, NC>(p_ptr, j, cnt, p);
+    gather<acc_t, NC>(t_ptr, j, cnt, t);
     const V w = w_ptr != nullptr ? cpu::load<acc_t>(w_ptr + j, cnt) : V(acc_t(1));
+    if constexpr (kTerms) {
+      V up[4], terms[4], g[4];
+      if constexpr (kBackward) gather<acc_t>(g_ptr, j, cnt, up);
+      box::bounded_iou_terms<kBackward>(p, t, prm, up, terms, g);
+      V* res = kBackward ? g : terms;
+      for (int k = 0; k < 4; ++k) res[k] = res[k] * w;
+      scatter<acc_t>(o_ptr, j, cnt, res);
+      return V(acc_t(0));
+    }
     V loss;
     if (need_grad) {
-      V g[4];
-      loss = box::paired_loss_impl<true, kGeneric>(p, t, prm, g);
+      V g[NC];
+      loss = box::paired_loss_coords<true, kGeneric, NC>(p, t, prm, g);
       if constexpr (kBackward) {
         const V up = per_box_upstream ? cpu::load<acc_t>(g_ptr + j, cnt) : V(g_scale);
-        for (int k = 0; k < 4; ++k) g[k] = g[k] * w * up;
-        scatter<acc_t>(o_ptr, j, cnt, g);
+        for (int k = 0; k < NC; ++k) g[k] = g[k] * w * up;
+        scatter<acc_t, NC>(o_ptr, j, cnt, g);
         return V(acc_t(0));
       } else {
-        for (int k = 0; k < 4; ++k) g[k] = g[k] * w;
-        scatter<acc_t>(c_ptr, j, cnt, g);
+        for (int k = 0; k < NC; ++k) g[k] = g[k] * w;
+        scatter<acc_t, NC>(c_ptr, j, cnt, g);
       }
     } else {
-      loss = box::paired_loss_impl<false, kGeneric>(p, t, prm, static_cast<V*>(nullptr));
+      loss = box::paired_loss_coords<false, kGeneric, NC>(p, t, prm, static_cast<V*>(nullptr));
     }
     loss = loss * w;
     if (store) {
@@ -173,19 +195,27 @@ double paired_cpu(const BoxLossArgs& a, const at::Tensor& upstream, at::Tensor& 
   });
 }
 
+// paired_cpu's instantiation for this call: bounded_iou's terms, 3-D boxes (convention fastloss
+// only), 2-D boxes without or with the runtime convention (box::loss_is_generic)
+template <typename scalar_t, bool kBackward>
+double run_paired(const BoxLossArgs& a, const at::Tensor& upstream, at::Tensor& out, at::Tensor& cache) {
+  if (a.terms) return paired_cpu<scalar_t, kBackward, false, 4, true>(a, upstream, out, cache);
+  if (a.pred.size(1) == 6) return paired_cpu<scalar_t, kBackward, false, 6>(a, upstream, out, cache);
+  if (!box::loss_is_generic(a.prm.conv, a.prm.kind)) return paired_cpu<scalar_t, kBackward, false, 4>(a, upstream, out, cache);
+  return paired_cpu<scalar_t, kBackward, true, 4>(a, upstream, out, cache);
+}
+
 std::tuple<at::Tensor, at::Tensor> loss_forward_cpu(const at::Tensor& pred, const at::Tensor& target, const c10::optional<at::Tensor>& weight,
                                                     int64_t kind, int64_t fmt, int64_t convention, double eps, double power, double gamma,
                                                     int64_t reduction, bool with_grad) {
   const BoxLossArgs a = make_args(pred, target, weight, kind, fmt, convention, eps, power, gamma, reduction);
+  TORCH_CHECK(!(a.terms && with_grad), "fastloss: the per-term output stores no gradient (the backward recomputes it)");
   const auto acc_options = pred.options().dtype(reduced_dtype(pred.scalar_type()));
-  at::Tensor out = a.reduction == Reduction::None ? at::empty({a.n}, pred.options()) : at::Tensor();
-  at::Tensor cache = with_grad ? at::empty({a.n, 4}, acc_options) : at::Tensor();
+  at::Tensor out = a.terms ? at::empty({a.n, 4}, pred.options()) : a.reduction == Reduction::None ? at::empty({a.n}, pred.options()) : at::Tensor();
+  at::Tensor cache = with_grad ? at::empty({a.n, pred.size(1)}, acc_options) : at::Tensor();
   double total = 0;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, pred.scalar_type(), "box_iou_loss_forward_cpu",
-                                  [&] {
-    total = a.prm.conv == box::kConvFastloss ? paired_cpu<scalar_t, false, false>(a, at::Tensor(), out, cache)
-                                             : paired_cpu<scalar_t, false, true>(a, at::Tensor(), out, cache);
-  });
+                                  [&] { total = run_paired<scalar_t, false>(a, at::Tensor(), out, cache); });
   if (!with_grad) cache = at::empty({0}, acc_options);
   if (a.reduction == Reduction::None) return {out, cache};
   if (a.reduction == Reduction::Mean) total /= mean_count(a.n);
@@ -197,19 +227,14 @@ at::Tensor loss_backward_cpu(const at::Tensor& grad, const at::Tensor& pred, con
   const BoxLossArgs a = make_args(pred, target, weight, kind, fmt, convention, eps, power, gamma, reduction);
   TORCH_CHECK(grad.device() == pred.device() && grad.is_contiguous(), "fastloss: upstream gradient must be contiguous on pred's device");
   if (a.reduction == Reduction::None) {
-    TORCH_CHECK(grad.numel() == a.n && grad.scalar_type() == pred.scalar_type(), "fastloss: upstream gradient must have one value per box");
+    TORCH_CHECK(grad.numel() == a.n * (a.terms ? 4 : 1) && grad.scalar_type() == pred.scalar_type(),
+                "fastloss: upstream gradient must have one value per box (per term: 4)");
   } else {
     TORCH_CHECK(grad.numel() == 1 && grad.scalar_type() == reduced_dtype(pred.scalar_type()), "fastloss: upstream gradient must be a scalar");
   }
-  at::Tensor out = at::empty({a.n, 4}, pred.options()), no_cache;
+  at::Tensor out = at::empty({a.n, pred.size(1)}, pred.options()), no_cache;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, pred.scalar_type(), "box_iou_loss_backward_cpu",
-                                  [&] {
-    if (a.prm.conv == box::kConvFastloss) {
-      paired_cpu<scalar_t, true, false>(a, grad, out, no_cache);
-    } else {
-      paired_cpu<scalar_t, true, true>(a, grad, out, no_cache);
-    }
-  });
+                                  [&] { run_paired<scalar_t, true>(a, grad, out, no_cache); });
   return out;
 }
 

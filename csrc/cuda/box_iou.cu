@@ -1,7 +1,7 @@
 // IoU family, CUDA kernels and launchers.  The geometry and its reverse-mode derivatives are
 // csrc/kernels/box_iou.h (shared with the CPU kernels, run here on float/double scalars);
 // the calling convention is in csrc/fastloss.cpp.  One thread per
-// box (grid-stride), 16-byte box loads, the forward either stores per-box losses or reduces
+// box (grid-stride; 2-D boxes of 4 coordinates, 3-D of 6), the forward either stores per-box losses or reduces
 // them to one fp32 partial per block (fixed-order warp shuffles: deterministic), summed by one
 // at::sum.  The backward recomputes from pred/target (fewer bytes than storing dL/dpred).
 #include <ATen/Dispatch.h>
@@ -37,45 +37,60 @@ struct LossPtrs {
   const scalar_t* up;       // backward, reduction none: per box upstream
   const acc_t* up_scalar;   // backward, reduced: scalar upstream
   acc_t up_scale;
-  scalar_t* out;            // per-box loss (forward none) or (n, 4) gradient (backward)
+  scalar_t* out;            // per-box loss (forward none) or (n, NC) gradient (backward)
   acc_t* partial;           // reduced forward
-  acc_t* cache;             // forward with_grad: dL/dpred * w (n, 4)
+  acc_t* cache;             // forward with_grad: dL/dpred * w (n, NC)
   int64_t n;
 };
 
-template <typename acc_t, typename scalar_t>
-__device__ FL_INLINE void load_box(const scalar_t* src, int64_t i, acc_t b[4]) {
+template <int NC = 4, typename acc_t, typename scalar_t>
+__device__ FL_INLINE void load_box(const scalar_t* src, int64_t i, acc_t b[NC]) {
 #pragma unroll
-  for (int k = 0; k < 4; ++k) b[k] = static_cast<acc_t>(src[i * 4 + k]);
+  for (int k = 0; k < NC; ++k) b[k] = static_cast<acc_t>(src[i * NC + k]);
 }
 
-// kGeneric: the box math's instantiation (box_iou.h Pair), false for convention "fastloss"
-template <bool kBackward, bool kGeneric, typename acc_t, typename scalar_t>
+// reduction code of bounded_iou's per-term output (fastloss/ops/box_iou.py TERMS): the forward
+// writes (n, 4) terms (times the box's weight), the backward takes an (n, 4) upstream gradient
+constexpr int64_t kTermsCode = 3;
+
+// kGeneric: the box math's instantiation (box_iou.h Pair), false for convention "fastloss";
+// NC: coordinates per box, 4 (2-D) or 6 (3-D, convention fastloss only); kTerms: the per-term
+// output (ptr.out and ptr.up (n, 4))
+template <bool kBackward, bool kGeneric, int NC, bool kTerms, typename acc_t, typename scalar_t>
 __global__ void __launch_bounds__(kThreads) loss_kernel(LossPtrs<acc_t, scalar_t> ptr, box::Params<acc_t> prm) {
   const acc_t up_scalar = (kBackward && ptr.up_scalar != nullptr) ? *ptr.up_scalar * ptr.up_scale : acc_t(1);
   const bool need_grad = kBackward || ptr.cache != nullptr;
   acc_t sum = 0;
   const int64_t stride = static_cast<int64_t>(gridDim.x) * kThreads;
   for (int64_t i = static_cast<int64_t>(blockIdx.x) * kThreads + threadIdx.x; i < ptr.n; i += stride) {
-    acc_t p[4], t[4];
-    load_box(ptr.p, i, p);
-    load_box(ptr.t, i, t);
+    acc_t p[NC], t[NC];
+    load_box<NC>(ptr.p, i, p);
+    load_box<NC>(ptr.t, i, t);
     const acc_t w = ptr.w != nullptr ? ptr.w[i] : acc_t(1);
+    if constexpr (kTerms) {
+      acc_t up[4], terms[4], g[4];
+      if constexpr (kBackward) load_box<4>(ptr.up, i, up);
+      box::bounded_iou_terms<kBackward>(p, t, prm, up, terms, g);
+      const acc_t* res = kBackward ? g : terms;
+#pragma unroll
+      for (int k = 0; k < 4; ++k) ptr.out[i * 4 + k] = static_cast<scalar_t>(res[k] * w);
+      continue;
+    }
     acc_t loss;
     if (need_grad) {
-      acc_t g[4];
-      loss = box::paired_loss_impl<true, kGeneric>(p, t, prm, g);
+      acc_t g[NC];
+      loss = box::paired_loss_coords<true, kGeneric, NC>(p, t, prm, g);
       if constexpr (kBackward) {
         const acc_t up = ptr.up != nullptr ? static_cast<acc_t>(ptr.up[i]) : up_scalar;
 #pragma unroll
-        for (int k = 0; k < 4; ++k) ptr.out[i * 4 + k] = static_cast<scalar_t>(g[k] * w * up);
+        for (int k = 0; k < NC; ++k) ptr.out[i * NC + k] = static_cast<scalar_t>(g[k] * w * up);
         continue;
       } else {
 #pragma unroll
-        for (int k = 0; k < 4; ++k) ptr.cache[i * 4 + k] = g[k] * w;
+        for (int k = 0; k < NC; ++k) ptr.cache[i * NC + k] = g[k] * w;
       }
     } else {
-      loss = box::paired_loss_impl<false, kGeneric>(p, t, prm, static_cast<acc_t*>(nullptr));
+      loss = box::paired_loss_coords<false, kGeneric, NC>(p, t, prm, static_cast<acc_t*>(nullptr));
     }
     if (ptr.out != nullptr) {
       ptr.out[i] = static_cast<scalar_t>(loss * w);
@@ -91,14 +106,18 @@ __global__ void __launch_bounds__(kThreads) loss_kernel(LossPtrs<acc_t, scalar_t
 
 void check_args(const at::Tensor& pred, const at::Tensor& target, const c10::optional<at::Tensor>& weight, int64_t kind, int64_t fmt,
                 int64_t convention, int64_t reduction) {
-  TORCH_CHECK(pred.is_floating_point() && pred.is_contiguous() && pred.dim() == 2 && pred.size(1) == 4,
-              "fastloss: `pred` must be a contiguous floating (n, 4) tensor");
+  TORCH_CHECK(pred.is_floating_point() && pred.is_contiguous() && pred.dim() == 2 && (pred.size(1) == 4 || pred.size(1) == 6),
+              "fastloss: `pred` must be a contiguous floating (n, 4) or 3-D (n, 6) tensor");
   TORCH_CHECK(target.sizes() == pred.sizes() && target.scalar_type() == pred.scalar_type() && target.is_contiguous() &&
                   target.device() == pred.device(),
               "fastloss: `target` must match `pred` in shape, dtype and device and be contiguous");
-  TORCH_CHECK(reduction >= 0 && reduction <= 2, "fastloss: reduction code must be 0, 1 or 2");
+  TORCH_CHECK(reduction >= 0 && reduction <= kTermsCode, "fastloss: reduction code must be 0, 1, 2 or 3 (terms)");
+  TORCH_CHECK(reduction != kTermsCode || (kind == box::kBoundedIoU && pred.size(1) == 4),
+              "fastloss: the per-term output (reduction code 3) is bounded_iou's, of 2-D boxes");
   TORCH_CHECK(kind >= 0 && kind <= box::kBoundedIoU && fmt >= 0 && fmt <= 2, "fastloss: box kind / fmt code out of range");
   TORCH_CHECK(convention >= box::kConvFastloss && convention <= box::kConvTorchvision, "fastloss: box convention code out of range");
+  TORCH_CHECK(pred.size(1) == 4 || box::paired_nd_supported(static_cast<int>(kind), static_cast<int>(fmt), static_cast<int>(convention)),
+              "fastloss: 3-D boxes (n, 6): kinds iou / giou / diou, fmt xyxy, convention fastloss only");
   if (weight.has_value() && weight->defined()) {
     TORCH_CHECK(weight->device() == pred.device() && weight->is_contiguous() && weight->scalar_type() == reduced_dtype(pred.scalar_type()) &&
                     weight->numel() == pred.size(0),
@@ -111,17 +130,19 @@ at::Tensor launch(const at::Tensor& pred, const at::Tensor& target, const c10::o
                   int64_t convention, double eps, double power, double gamma, int64_t reduction, const at::Tensor& upstream, const at::Tensor& cache) {
   using acc_t = at::opmath_type<scalar_t>;
   const int64_t n = pred.size(0);
-  const bool reduced_forward = !kBackward && reduction != 0;
+  const bool terms = reduction == kTermsCode;
+  const bool reduced_forward = !kBackward && reduction != 0 && !terms;
   const int64_t blocks = std::max<int64_t>(1, std::min(kMaxBlocks, (n + kThreads - 1) / kThreads));
   const auto acc_options = pred.options().dtype(reduced_dtype(pred.scalar_type()));
-  at::Tensor out = kBackward ? at::empty({n, 4}, pred.options()) : (reduced_forward ? at::Tensor() : at::empty({n}, pred.options()));
+  at::Tensor out = kBackward ? at::empty({n, pred.size(1)}, pred.options())
+                             : (reduced_forward ? at::Tensor() : terms ? at::empty({n, 4}, pred.options()) : at::empty({n}, pred.options()));
   at::Tensor partial = reduced_forward ? at::empty({blocks}, acc_options) : at::Tensor();
   LossPtrs<acc_t, scalar_t> p;
   p.p = pred.const_data_ptr<scalar_t>();
   p.t = target.const_data_ptr<scalar_t>();
   p.w = (weight.has_value() && weight->defined()) ? weight->const_data_ptr<acc_t>() : nullptr;
-  p.up = (kBackward && reduction == 0) ? upstream.const_data_ptr<scalar_t>() : nullptr;
-  p.up_scalar = (kBackward && reduction != 0) ? upstream.const_data_ptr<acc_t>() : nullptr;
+  p.up = (kBackward && (reduction == 0 || terms)) ? upstream.const_data_ptr<scalar_t>() : nullptr;
+  p.up_scalar = (kBackward && reduction != 0 && !terms) ? upstream.const_data_ptr<acc_t>() : nullptr;
   p.up_scale = static_cast<acc_t>(reduction == 2 ? 1.0 / mean_count(n) : 1.0);  // formed in double
   p.out = reduced_forward ? nullptr : out.mutable_data_ptr<scalar_t>();
   p.partial = reduced_forward ? partial.mutable_data_ptr<acc_t>() : nullptr;
@@ -130,10 +151,15 @@ at::Tensor launch(const at::Tensor& pred, const at::Tensor& target, const c10::o
   const box::Params<acc_t> prm{static_cast<int>(kind), static_cast<int>(fmt), static_cast<acc_t>(eps), static_cast<acc_t>(power),
                                static_cast<acc_t>(gamma), static_cast<int>(convention)};
   if (n > 0) {
-    if (convention == box::kConvFastloss) {
-      loss_kernel<kBackward, false><<<blocks, kThreads, 0, c10::cuda::getCurrentCUDAStream()>>>(p, prm);
+    const auto stream = c10::cuda::getCurrentCUDAStream();
+    if (terms) {
+      loss_kernel<kBackward, false, 4, true><<<blocks, kThreads, 0, stream>>>(p, prm);
+    } else if (pred.size(1) == 6) {
+      loss_kernel<kBackward, false, 6, false><<<blocks, kThreads, 0, stream>>>(p, prm);
+    } else if (!box::loss_is_generic(static_cast<int>(convention), static_cast<int>(kind))) {
+      loss_kernel<kBackward, false, 4, false><<<blocks, kThreads, 0, stream>>>(p, prm);
     } else {
-      loss_kernel<kBackward, true><<<blocks, kThreads, 0, c10::cuda::getCurrentCUDAStream()>>>(p, prm);
+      loss_kernel<kBackward, true, 4, false><<<blocks, kThreads, 0, stream>>>(p, prm);
     }
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   }
@@ -148,8 +174,9 @@ std::tuple<at::Tensor, at::Tensor> loss_forward_cuda(const at::Tensor& pred, con
                                                      int64_t reduction, bool with_grad) {
   const c10::cuda::CUDAGuard guard(pred.device());
   check_args(pred, target, weight, kind, fmt, convention, reduction);
+  TORCH_CHECK(!(reduction == kTermsCode && with_grad), "fastloss: the per-term output stores no gradient (the backward recomputes it)");
   const auto acc_options = pred.options().dtype(reduced_dtype(pred.scalar_type()));
-  at::Tensor cache = at::empty(with_grad ? std::vector<int64_t>{pred.size(0), 4} : std::vector<int64_t>{0}, acc_options);
+  at::Tensor cache = at::empty(with_grad ? std::vector<int64_t>{pred.size(0), pred.size(1)} : std::vector<int64_t>{0}, acc_options);
   at::Tensor out;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, pred.scalar_type(), "box_iou_loss_forward_cuda", [&] {
     out = launch<false, scalar_t>(pred, target, weight, kind, fmt, convention, eps, power, gamma, reduction, at::Tensor(), with_grad ? cache : at::Tensor());
@@ -162,9 +189,10 @@ at::Tensor loss_backward_cuda(const at::Tensor& grad, const at::Tensor& pred, co
   const c10::cuda::CUDAGuard guard(pred.device());
   check_args(pred, target, weight, kind, fmt, convention, reduction);
   TORCH_CHECK(grad.device() == pred.device() && grad.is_contiguous(), "fastloss: upstream gradient must be contiguous on pred's device");
-  TORCH_CHECK(reduction == 0 ? (grad.numel() == pred.size(0) && grad.scalar_type() == pred.scalar_type())
-                             : (grad.numel() == 1 && grad.scalar_type() == reduced_dtype(pred.scalar_type())),
-              "fastloss: upstream gradient: one value per box (reduction none) or a scalar in the reduced dtype");
+  TORCH_CHECK(reduction == 0 || reduction == kTermsCode
+                  ? (grad.numel() == pred.size(0) * (reduction == kTermsCode ? 4 : 1) && grad.scalar_type() == pred.scalar_type())
+                  : (grad.numel() == 1 && grad.scalar_type() == reduced_dtype(pred.scalar_type())),
+              "fastloss: upstream gradient: one value per box (reduction none; 4 per box for the terms) or a scalar in the reduced dtype");
   at::Tensor out;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, pred.scalar_type(), "box_iou_loss_backward_cuda", [&] {
     out = launch<true, scalar_t>(pred, target, weight, kind, fmt, convention, eps, power, gamma, reduction, grad, at::Tensor());

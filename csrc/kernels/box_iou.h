@@ -44,6 +44,10 @@
 //                     c2 + eps, alpha = v / (1 - IoU + v + eps)        (torchvision's box matrices)
 // The union mode (UnionMode) is what differs in I / U and in GIoU's penalty; it follows from the
 // convention and the kind (union_of_loss, union_of_metric).
+//
+// 3-D boxes (x1, y1, z1, x2, y2, z2), paired losses iou / giou / diou: PairND and paired_loss_nd
+// below (the kernels' loops are templates over the coordinate count, paired_loss_coords).
+// Bounded IoU's 4 terms apart (mmdetection's per-coordinate loss): bounded_iou_terms.
 #pragma once
 
 #include "fastloss/common.h"
@@ -162,6 +166,10 @@ enum UnionMode : int { kUnionPlusEps = 0, kUnionMaxEps = 1, kUnionExact = 2 };
 FL_HOST_DEVICE BX_INLINE int union_of_loss(int conv, int kind) {
   return conv == kConvMMDet && (kind == kIoU || kind == kLogIoU || kind == kGIoU) ? kUnionMaxEps : kUnionPlusEps;
 }
+// Whether a paired loss needs Pair's runtime-convention instantiation (kGeneric): not for
+// convention fastloss, nor for extended_iou / bounded_iou, which are the same under every
+// convention defining them (so those run one instantiation: the same bits under each).
+FL_HOST_DEVICE BX_INLINE bool loss_is_generic(int conv, int kind) { return conv != kConvFastloss && kind != kExtIoU && kind != kBoundedIoU; }
 FL_HOST_DEVICE BX_INLINE int union_of_metric(int conv, int kind) {
   if (conv == kConvTorchvision) return kUnionExact;
   return conv == kConvMMDet && (kind == kMIoU || kind == kMIoF || kind == kMGIoU) ? kUnionMaxEps : kUnionPlusEps;
@@ -636,11 +644,12 @@ struct ExtIoU {
 // smoothed as smooth-L1 with beta (0.5 l^2 / beta below beta, l - 0.5 beta from beta on):
 //   l_x = 1 - max((w_t - 2 |dx|) / (w_t + 2 |dx| + eps), 0),  dx = target - prediction centre x
 //   l_w = 1 - min(w_t / (w_p + eps), w_p / (w_t + eps))      (y, h alike; widths clamped at 0)
-// max / min ties split the gradient (torch.maximum / torch.minimum).
+// max / min ties split the gradient (torch.maximum / torch.minimum).  The terms are also kept
+// apart (mmdetection's per-coordinate (n, 4) loss [l_x, l_y, l_w, l_h]: bounded_iou_terms).
 template <typename T, typename S>
 struct BoundedIoU {
-  T value;
-  T gdx, gdy, gw, gh;  // d value / d (target - prediction centre), d value / d w_p, h_p
+  T term[4], value;    // l_x, l_y, l_w, l_h (smoothed) and their sum
+  T gdx, gdy, gw, gh;  // d term / d (target - prediction centre), d term / d w_p, h_p
   FL_HOST_DEVICE BX_INLINE static T smooth(const T& l, S beta, T& d) {
     const auto low = l < T(beta);
     d = fl::select(low, l / T(beta), T(1));
@@ -671,14 +680,18 @@ struct BoundedIoU {
   FL_HOST_DEVICE BX_INLINE BoundedIoU(const Pair<T, S, kG>& g, S beta) {
     const S eps = g.eps;
     const T dx = g.dxc() * T(-0.5), dy = g.dyc() * T(-0.5);
-    value = centre(dx, g.bw, eps, beta, gdx) + centre(dy, g.bh, eps, beta, gdy);
-    value = value + size(g.aw, g.bw, eps, beta, gw) + size(g.ah, g.bh, eps, beta, gh);
+    term[0] = centre(dx, g.bw, eps, beta, gdx);
+    term[1] = centre(dy, g.bh, eps, beta, gdy);
+    term[2] = size(g.aw, g.bw, eps, beta, gw);
+    term[3] = size(g.ah, g.bh, eps, beta, gh);
+    value = ((term[0] + term[1]) + term[2]) + term[3];
   }
-  FL_HOST_DEVICE BX_INLINE void grad(const T& up, Adj<T>& d) const {
-    d.dxc = d.dxc - up * gdx * T(0.5);  // dx = -dxc / 2
-    d.dyc = d.dyc - up * gdy * T(0.5);
-    d.aw = d.aw + up * gw;
-    d.ah = d.ah + up * gh;
+  // up[k]: the upstream gradient of term k (all equal for the sum)
+  FL_HOST_DEVICE BX_INLINE void grad(const T up[4], Adj<T>& d) const {
+    d.dxc = d.dxc - up[0] * gdx * T(0.5);  // dx = -dxc / 2
+    d.dyc = d.dyc - up[1] * gdy * T(0.5);
+    d.aw = d.aw + up[2] * gw;
+    d.ah = d.ah + up[3] * gh;
   }
 };
 
@@ -725,7 +738,8 @@ FL_HOST_DEVICE BX_INLINE T paired_loss_impl(const T p_in[4], const T t_in[4], co
   if (prm.kind == kBoundedIoU) {
     const BoundedIoU<T, S> b(g, prm.gamma);
     loss = b.value;
-    if (kGrad) b.grad(one, d);
+    const T ones[4] = {one, one, one, one};
+    if (kGrad) b.grad(ones, d);
   } else if (prm.kind == kExtIoU) {
     const ExtIoU<T, S> e(g, prm.gamma);
     loss = e.value;
@@ -800,6 +814,169 @@ template <bool kGrad, typename T, typename S>
 FL_HOST_DEVICE BX_INLINE T paired_loss(const T p_in[4], const T t_in[4], const Params<S>& prm, T gp[4]) {
   if (prm.conv == kConvFastloss) return paired_loss_impl<kGrad, false>(p_in, t_in, prm, gp);
   return paired_loss_impl<kGrad, true>(p_in, t_in, prm, gp);
+}
+
+// ------------------------------------------------------------------ boxes in D dimensions
+// Paired losses of D-dimensional boxes stored as the lower corner, then the upper one:
+// (x1, y1, x2, y2) for D = 2, (x1, y1, z1, x2, y2, z2) for D = 3 (MONAI's StandardMode).  Used
+// for D = 3 (2-D boxes keep Pair above: the conventions, the formats and every other kind are
+// written for it).  Format xyxy, convention "fastloss", kinds iou / giou / diou and alpha-IoU's
+// power (paired_nd_supported; the Python layer raises ValueError for anything else):
+//   e_k = max(hi_k - lo_k, 0) (extents; inverted boxes have zero volume),  V = prod_k e_k,
+//   I = prod_k relu(min(hi_k, hi'_k) - max(lo_k, lo'_k)),  U = V + V' - I,  IoU = I / (U + eps),
+//   c_k = max(max(hi_k, hi'_k) - min(lo_k, lo'_k), 0) (enclosing box),  C = prod_k c_k,
+//   GIoU's penalty (C - U) / (C + eps) (arXiv 1902.09630; MONAI's box_pair_giou),
+//   DIoU's penalty sum_k (centre_k - centre'_k)^2 / (sum_k c_k^2 + eps) (arXiv 1911.08287, one
+//   term per axis).
+// The kink conventions are Pair's: extents and enclosing extents clamp'(0) = 1, the
+// intersection's relu'(0) = 0, min / max ties split, (x^p)'(0) = 0.
+FL_HOST_DEVICE BX_INLINE bool paired_nd_supported(int kind, int fmt, int conv) {
+  return (kind == kIoU || kind == kGIoU || kind == kDIoU) && fmt == kXYXY && conv == kConvFastloss;
+}
+
+template <typename T, typename S, int D>
+struct PairND {
+  const T* a;  // prediction (lo..., hi...)
+  const T* b;  // target
+  T ea[D], eb[D], ei[D], c[D];  // extents of a, b, the intersection, the enclosing box
+  T dc[D];                      // differences of the doubled centres, a - b
+  T va, vb, inter, uni, den, iou;
+  S eps;
+
+  // the product of e over the axes other than `skip` (d prod / d e_skip)
+  FL_HOST_DEVICE BX_INLINE static T prod_except(const T e[D], int skip) {
+    T r(1);
+#pragma unroll
+    for (int k = 0; k < D; ++k)
+      if (k != skip) r = r * e[k];
+    return r;
+  }
+  FL_HOST_DEVICE BX_INLINE static T prod(const T e[D]) { return prod_except(e, -1); }
+
+  FL_HOST_DEVICE BX_INLINE PairND(const T* a_in, const T* b_in, S eps_) : a(a_in), b(b_in), eps(eps_) {
+#pragma unroll
+    for (int k = 0; k < D; ++k) {
+      ea[k] = fl::relu(a[D + k] - a[k]);
+      eb[k] = fl::relu(b[D + k] - b[k]);
+      ei[k] = fl::relu(min_(a[D + k], b[D + k]) - max_(a[k], b[k]));
+      c[k] = fl::relu(max_(a[D + k], b[D + k]) - min_(a[k], b[k]));
+      dc[k] = (a[k] + a[D + k]) - (b[k] + b[D + k]);
+    }
+    va = prod(ea);
+    vb = prod(eb);
+    inter = prod(ei);
+    uni = va + vb - inter;
+    den = uni + T(eps);
+    iou = inter / den;
+  }
+
+  // adjoints of IoU, U, the enclosing extents and the centre differences -> dL/d(a) (the
+  // prediction; the paired losses give no target gradient)
+  FL_HOST_DEVICE BX_INLINE void pullback(const T& d_iou, T d_uni, const T d_c[D], const T d_dc[D], T ga[2 * D]) const {
+    // IoU = I / (U + eps), U = V_a + V_b - I
+    d_uni = d_uni - d_iou * iou / den;
+    const T d_inter = d_iou / den - d_uni;
+#pragma unroll
+    for (int k = 0; k < D; ++k) {
+      T glo(0), ghi(0);
+      // V_a = prod e_a: clamp'(0) = 1 (a collapsed prediction grows back)
+      const T gea = d_uni * prod_except(ea, k) * step_nonneg(a[D + k] - a[k]);
+      glo = glo - gea;
+      ghi = ghi + gea;
+      // I = prod relu(min(hi, hi') - max(lo, lo')): relu'(0) = 0, the winner of min / max takes it
+      const T gei = d_inter * prod_except(ei, k) * step_pos(ei[k]);
+      ghi = ghi + gei * share_min(a[D + k], b[D + k]);
+      glo = glo - gei * share_max(a[k], b[k]);
+      // c = clamp(max(hi, hi') - min(lo, lo'), 0), clamp'(0) = 1
+      const T gc = d_c[k] * step_nonneg(max_(a[D + k], b[D + k]) - min_(a[k], b[k]));
+      ghi = ghi + gc * share_max(a[D + k], b[D + k]);
+      glo = glo - gc * share_min(a[k], b[k]);
+      // dc = (lo + hi) - (lo' + hi')
+      ga[k] = glo + d_dc[k];
+      ga[D + k] = ghi + d_dc[k];
+    }
+  }
+};
+
+// Paired loss of D-dimensional boxes p against t (lo..., hi...): 1 - IoU^power, plus GIoU's or
+// DIoU's penalty^power (formulas above PairND).  kGrad: also dL/dp in gp (2 D components).
+template <bool kGrad, int D, typename T, typename S>
+FL_HOST_DEVICE BX_INLINE T paired_loss_nd(const T* p, const T* t, const Params<S>& prm, T* gp) {
+  const PairND<T, S, D> g(p, t, prm.eps);
+  T dp;
+  T loss = T(1) - powd1(g.iou, prm.power, dp);
+  T d_iou = T(0) - dp, d_uni(0), d_c[D], d_dc[D];
+#pragma unroll
+  for (int k = 0; k < D; ++k) d_c[k] = d_dc[k] = T(0);
+  if (prm.kind == kGIoU) {
+    // (C - U) / (C + eps): d/dC = (U + eps) / (C + eps)^2, d/dU = -1 / (C + eps)
+    const T cv = PairND<T, S, D>::prod(g.c);
+    const T inv = T(1) / (cv + T(prm.eps));
+    loss = loss + powd1((cv - g.uni) * inv, prm.power, dp);
+    if (kGrad) {
+      const T gcv = dp * g.den * inv * inv;
+#pragma unroll
+      for (int k = 0; k < D; ++k) d_c[k] = gcv * PairND<T, S, D>::prod_except(g.c, k);
+      d_uni = T(0) - dp * inv;
+    }
+  } else if (prm.kind == kDIoU) {
+    // rho^2 / c^2 = (sum dc_k^2 / 4) / (sum c_k^2 + eps)  (dc: doubled centre differences)
+    T rho(0), diag(T(prm.eps));
+#pragma unroll
+    for (int k = 0; k < D; ++k) {
+      rho = rho + g.dc[k] * g.dc[k];
+      diag = diag + g.c[k] * g.c[k];
+    }
+    const T inv = T(1) / diag;
+    const T value = rho * T(0.25) * inv;
+    loss = loss + powd1(value, prm.power, dp);
+    if (kGrad) {
+      const T gr = dp * inv * T(0.5), gc2 = T(0) - dp * value * inv * T(2);
+#pragma unroll
+      for (int k = 0; k < D; ++k) {
+        d_dc[k] = gr * g.dc[k];
+        d_c[k] = gc2 * g.c[k];
+      }
+    }
+  }
+  if (kGrad) {
+    g.pullback(d_iou, d_uni, d_c, d_dc, gp);
+    const T carrier = loss * T(0);  // NaN policy: a NaN loss reaches every gradient component
+#pragma unroll
+    for (int k = 0; k < 2 * D; ++k) gp[k] = gp[k] + carrier;
+  }
+  return loss;
+}
+
+// The paired loss of boxes with NC coordinates: 2-D (4, every kind / format / convention) or
+// 3-D (6, paired_nd_supported).  The kernels' loops are templates over NC.
+template <bool kGrad, bool kGeneric, int NC, typename T, typename S>
+FL_HOST_DEVICE BX_INLINE T paired_loss_coords(const T* p, const T* t, const Params<S>& prm, T* gp) {
+  static_assert(NC == 4 || NC == 6, "boxes have 4 (2-D) or 6 (3-D) coordinates");
+  if constexpr (NC == 4) {
+    return paired_loss_impl<kGrad, kGeneric>(p, t, prm, gp);
+  } else {
+    static_assert(!kGeneric, "3-D boxes: convention fastloss only");
+    return paired_loss_nd<kGrad, NC / 2>(p, t, prm, gp);
+  }
+}
+
+// Bounded IoU's 4 terms of prediction p against target t (user format) apart: terms[k] = l_x, l_y,
+// l_w, l_h (mmdetection's per-coordinate loss; the kind's paired loss is their sum).  kGrad: also
+// dL/dp in gp for L = sum_k up[k] terms[k].  Conventions fastloss and mmdet agree for this kind.
+template <bool kGrad, typename T, typename S>
+FL_HOST_DEVICE BX_INLINE void bounded_iou_terms(const T p_in[4], const T t_in[4], const Params<S>& prm, const T up[4], T terms[4], T gp[4]) {
+  const Pair<T, S, false> g(p_in, t_in, prm.fmt, prm.eps, kConvFastloss, kUnionPlusEps);
+  const BoundedIoU<T, S> b(g, prm.gamma);
+#pragma unroll
+  for (int k = 0; k < 4; ++k) terms[k] = b.term[k];
+  if (kGrad) {
+    Adj<T> d;
+    b.grad(up, d);
+    T gt[4];
+    g.pullback(d, prm.fmt, false, gp, gt);
+    nan_reaches(b.value, gp);  // a NaN term reaches every component
+  }
 }
 
 // Pairwise / aligned metric of box a against box b, both in the user format.

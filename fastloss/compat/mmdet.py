@@ -51,9 +51,9 @@ alpha = [IoU > 0.5] v / (1 - IoU + v) held constant in the backward, and the los
 own eps placement (enclosing extents clamped at eps, heights + eps, centre offsets + eps) and
 ``neg_gamma``; ``EIoULoss`` is ``eiou_loss``, Extended-IoU with ``smooth_point``.
 
-``BoundedIoULoss`` runs the kernel's per-box sum of its 4 coordinate terms: its reductions
-"mean" and "sum" are exact with no weight or a weight equal across a box's coordinates;
-reduction "none" (mmdetection's (N, 4) loss) and other weights raise ValueError.
+``BoundedIoULoss`` runs the kernel's per-coordinate mode (``per_coordinate=True``: the 4 terms
+of each box, with a per-term backward): mmdetection's (N, 4) loss for reduction "none", and any
+weight that broadcasts to it.
 
 mmcv's own ops (its ``bbox_overlaps`` with ``offset``, the sigmoid and softmax focal ops) are in
 :mod:`fastloss.compat.mmcv`.
@@ -871,14 +871,14 @@ class BoundedIoULoss(nn.Module):
     l_w = 1 - min(w_t / (w_p + eps), w_p / (w_t + eps)) (y, h alike), each smoothed as smooth-L1
     with ``beta``; the target is not differentiated.
 
-    The box kernel gives the per-box sum of the 4 terms, so exact here are: reductions "mean"
-    (the sum over boxes and coordinates / (4 N), or / (avg_factor + eps)) and "sum", with no
-    weight or a weight that is the same for the 4 coordinates of a box ((N, 1), or (N, 4) with
-    equal columns).  ValueError for reduction "none" (mmdetection's (N, 4) per-coordinate
-    loss), a weight that differs across a box's coordinates, and a 1-D weight (mmdetection
-    multiplies the (N, 4) loss by it along the coordinates).  forward(pred (N, 4) xyxy, target
-    (N, 4), weight, avg_factor, reduction_override) returns a scalar in pred's dtype (promoted
-    with a floating weight); an all-non-positive weight returns ``(pred * weight).sum()``."""
+    The box kernel gives the 4 terms of each box apart (``per_coordinate=True``), so every
+    reduction is mmdetection's: "none" the (N, 4) loss [l_x, l_y, l_w, l_h], "mean" the sum over
+    boxes and coordinates / (4 N) (or / (avg_factor + eps)), "sum"; ``weight`` multiplies the
+    (N, 4) loss with torch's broadcasting, as mmdetection does ((N, 4), (N, 1), or a 1-D weight
+    along the coordinates).  forward(pred (N, 4) xyxy, target (N, 4), weight, avg_factor,
+    reduction_override) returns (N, 4) or a scalar in pred's dtype (promoted with a floating
+    weight); an all-non-positive weight returns ``(pred * weight).sum()``.  ValueError for
+    beta <= 0 or a weight that does not broadcast to (N, 4)."""
 
     def __init__(self, beta: float = 0.2, eps: float = 1e-3, reduction: str = 'mean', loss_weight: float = 1.0) -> None:
         super().__init__()
@@ -895,26 +895,12 @@ class BoundedIoULoss(nn.Module):
 
     def _loss(self, pred, target, weight, reduction, avg_factor):
         name = "BoundedIoULoss"
-        if reduction == "none":
-            raise ValueError(f"{name}: reduction 'none' is mmdetection's per-coordinate (N, 4) loss; fastloss's box kernel gives "
-                             f"the per-box sum of the 4 terms (reductions 'mean' and 'sum' are exact)")
         if not 0 < self.beta < math.inf:  # mmdetection divides by beta
             raise ValueError(f"{name}: beta must be > 0 and finite, got {self.beta!r}")
-        w = weight
-        if w is not None:
-            if w.dim() != 2 or w.shape[0] != pred.shape[0] or w.shape[1] not in (1, 4):
-                raise ValueError(f"{name}: weight must be (N, 1) or (N, 4) (mmdetection multiplies its (N, 4) loss by it), "
-                                 f"got {tuple(w.shape)}")
-            if not torch.equal(w, w[:, :1].expand_as(w)):
-                raise ValueError(f"{name}: a weight that differs across a box's 4 coordinates needs the per-coordinate loss; "
-                                 f"fastloss's box kernel gives the per-box sum")
-            w = w[:, 0]
-        # mmdetection computes the target's terms under no_grad
-        per_box = _box_iou.box_iou_loss(pred, target.detach(), "bounded_iou", "none", eps=self.eps, smooth_point=self.beta,
-                                        convention="mmdet")
-        loss = _weight_reduce(name, per_box, w, reduction, avg_factor)
-        if reduction == "mean" and avg_factor is None:
-            loss = loss / 4  # the mean over the 4 N coordinates
+        # mmdetection computes the target's terms under no_grad; its (N, 4) loss, then weight_reduce_loss
+        terms = _box_iou.box_iou_loss(pred, target.detach(), "bounded_iou", "none", eps=self.eps, smooth_point=self.beta,
+                                      convention="mmdet", per_coordinate=True)
+        loss = _weight_reduce(name, terms, _broadcast_weight(name, weight, terms.shape), reduction, avg_factor)
         return self.loss_weight * _avg_dtype(_promote(loss, weight), reduction, avg_factor)
 
 

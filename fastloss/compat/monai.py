@@ -44,9 +44,10 @@ and the backward is the engine's second pass):
 
 Differences from MONAI (documented, deliberate):
 
-* ``BoxGIoULoss``: 3-D boxes (N, 6) raise ValueError -- fastloss's box kernels are 2-D.
-  Inverted boxes (x2 < x1) are clamped to zero area (fastloss's rule) where MONAI raises
-  "box size must be non-negative"; a NaN box propagates NaN instead of MONAI's ValueError.
+* ``BoxGIoULoss``: with 3-D boxes (N, 6) a target that requires grad raises ValueError (fastloss's
+  3-D box loss differentiates the prediction only).  Inverted boxes (x2 < x1) are clamped to zero
+  area (fastloss's rule) where MONAI raises "box size must be non-negative"; a NaN box
+  propagates NaN instead of MONAI's ValueError.
 * ``GeneralizedDiceLoss(soft_label=True)`` with negative target values: MONAI weights the
   classes by 1 / (sum g)^2 (no |.|, its ``ground_o``), fastloss by the kernel's G' = sum |g|.
   For targets >= 0 (one-hot, probabilities) they are the same.
@@ -841,12 +842,13 @@ class DiceFocalLoss(_Loss):
 
 class BoxGIoULoss(_Loss):
     """MONAI's ``BoxGIoULoss`` (monai.losses.BoxGIoULoss, MONAI 1.6.1): 1 - GIoU of paired
-    boxes (N, 4) in MONAI's StandardMode (x1, y1, x2, y2), computed in fp32 (MONAI's
-    COMPUTE_DTYPE) with eps = fp32 machine epsilon placed as MONAI (I / (U + eps), (E - U) /
-    (E + eps)) and returned in input's dtype: a scalar, or (N,) for "none".  Differentiable
-    w.r.t. both box sets, as MONAI.  Raises ValueError
-    for different shapes and for 3-D boxes (N, 6) (fastloss's box kernels are 2-D); inverted
-    boxes count as zero area (module docstring)."""
+    boxes (N, 4) or 3-D (N, 6) in MONAI's StandardMode ((x1, y1, x2, y2) or
+    (x1, y1, z1, x2, y2, z2): volumes for areas), computed in fp32 (MONAI's COMPUTE_DTYPE) with
+    eps = fp32 machine epsilon placed as MONAI (I / (U + eps), (E - U) / (E + eps)) and returned
+    in input's dtype: a scalar, or (N,) for "none".  Differentiable w.r.t. the prediction, and
+    w.r.t. a 2-D target too, as MONAI.  Raises ValueError for different shapes, boxes neither
+    (N, 4) nor (N, 6), and a 3-D target that requires grad; inverted boxes count as zero area
+    (module docstring)."""
 
     def __init__(self, reduction: LossReduction | str = "mean") -> None:
         super().__init__(reduction=_reduction(reduction))
@@ -854,15 +856,15 @@ class BoxGIoULoss(_Loss):
     def forward(self, input: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         if target.shape != input.shape:
             raise ValueError(f"ground truth has different shape ({target.shape}) from input ({input.shape})")
-        if input.dim() == 2 and input.shape[1] == 6:
-            raise ValueError("BoxGIoULoss: 3-D boxes (N, 6) are not supported by fastloss's box kernels (2-D only); "
-                             "use monai.losses.BoxGIoULoss unpatched for 3-D detection")
-        if input.dim() != 2 or input.shape[1] != 4:
-            raise ValueError(f"BoxGIoULoss: boxes must be (N, 4), got {tuple(input.shape)}")
+        if input.dim() != 2 or input.shape[1] not in (4, 6):
+            raise ValueError(f"BoxGIoULoss: boxes must be (N, 4) or, 3-D, (N, 6), got {tuple(input.shape)}")
         box_dtype = input.dtype
         a, b = input.to(torch.float32), target.to(torch.float32)
         if not b.requires_grad:
             return box_iou_loss(a, b, kind="giou", reduction=self.reduction, eps=_FP32_EPS).to(box_dtype)
+        if input.shape[1] == 6:
+            raise ValueError("BoxGIoULoss: a target that requires grad is supported for 2-D boxes (N, 4) only; fastloss's 3-D box "
+                             "loss differentiates the prediction (detach the target)")
         # MONAI differentiates both box sets: the aligned GIoU op gives both gradients
         loss = 1.0 - box_iou(a, b, kind="giou", aligned=True, eps=_FP32_EPS)
         if self.reduction == "mean":

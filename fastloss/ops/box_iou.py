@@ -29,6 +29,7 @@ KINDS = {k: i for i, k in enumerate(reference.KINDS)}
 METRICS = {k: i for i, k in enumerate(reference.METRICS)}
 FMTS = {k: i for i, k in enumerate(reference.FMTS)}
 CONVENTIONS = {k: i for i, k in enumerate(reference.CONVENTIONS)}
+TERMS = reference.TERMS  # the kernels' reduction code of bounded_iou's per-term output: loss and upstream gradient (n, 4)
 
 
 def _forward_impl(pred, target, weight, kind, fmt, convention, eps, power, gamma, reduction, store_grad, backend):
@@ -50,14 +51,18 @@ def _backward_impl(grad, pred, target, weight, cache, kind, fmt, convention, eps
 @torch.library.custom_op("fastloss::box_iou_loss", mutates_args=())
 def box_iou_loss_op(pred: Tensor, target: Tensor, weight: Optional[Tensor], kind: int, fmt: int, convention: int, eps: float, power: float, gamma: float,
                     reduction: int, store_grad: bool, backend: Optional[str]) -> tuple[Tensor, Tensor]:
-    """pred/target (n, 4); returns (loss, cache): cache = dL/dpred * weight if store_grad, else empty."""
+    """pred/target (n, 4) or 3-D (n, 6); returns (loss, cache): cache = dL/dpred * weight if store_grad, else empty.
+    reduction TERMS (kind bounded_iou, 2-D): loss (n, 4), the 4 terms per box; no cache."""
     return _forward_impl(pred, target, weight, kind, fmt, convention, eps, power, gamma, reduction, store_grad, backend)
 
 
 @box_iou_loss_op.register_fake
 def _(pred, target, weight, kind, fmt, convention, eps, power, gamma, reduction, store_grad, backend):
     acc = _common.reduced_dtype(pred.dtype)
-    loss = pred.new_empty(pred.shape[:1]) if reduction == 0 else pred.new_empty((), dtype=acc)
+    if reduction == TERMS:
+        loss = pred.new_empty((pred.shape[0], 4))
+    else:
+        loss = pred.new_empty(pred.shape[:1]) if reduction == 0 else pred.new_empty((), dtype=acc)
     return loss, pred.new_empty(pred.shape if store_grad else (0,), dtype=acc)
 
 
@@ -138,13 +143,24 @@ def _check_convention(convention, kind, defined):
     return code
 
 
-def check_boxes(name, b):
+def check_boxes(name, b, three_d=False):
+    """TypeError / ValueError unless b is a floating tensor of boxes (..., 4) (or, three_d,
+    3-D boxes (..., 6): the paired losses only)."""
     if not isinstance(b, torch.Tensor):
         raise TypeError(f"{name} must be a torch.Tensor, got {type(b).__name__}")
     if not b.is_floating_point():
         raise ValueError(f"{name} must be a floating-point tensor (fp16/bf16/fp32/fp64), got {b.dtype}")
-    if b.dim() == 0 or b.shape[-1] != 4:
-        raise ValueError(f"{name} must have shape (..., 4) (one box per row), got {tuple(b.shape)}")
+    if b.dim() == 0 or b.shape[-1] not in ((4, 6) if three_d else (4,)):
+        if three_d:
+            raise ValueError(f"{name} must have shape (..., 4) or, 3-D, (..., 6) (one box per row), got {tuple(b.shape)}")
+        hint = " (3-D boxes (..., 6) are supported by box_iou_loss only)" if b.dim() and b.shape[-1] == 6 else ""
+        raise ValueError(f"{name} must have shape (..., 4) (one box per row), got {tuple(b.shape)}{hint}")
+
+
+def _check_3d(kind, fmt, convention):
+    if kind not in reference.KINDS_3D or fmt != "xyxy" or convention != "fastloss":
+        raise ValueError(f"3-D boxes (..., 6) support kinds {reference.KINDS_3D} with fmt 'xyxy' and convention 'fastloss', "
+                         f"got kind {kind!r}, fmt {fmt!r}, convention {convention!r}")
 
 
 def _check_scalars(eps, power, gamma):
@@ -191,12 +207,14 @@ def _kind_parameter(kind, convention, power, gamma, neg_gamma, smooth_point):
 
 
 def box_iou_loss(pred, target, kind="giou", reduction="mean", weight=None, avg_factor=None, fmt="xyxy", eps=1e-7, power=1.0, gamma=0.5, *,
-                 convention="fastloss", neg_gamma=False, smooth_point=0.1, sync_avg_factor=False, backend=None):
-    """Paired IoU-family loss of ``pred`` against ``target``, both (..., 4).
+                 convention="fastloss", neg_gamma=False, smooth_point=0.1, per_coordinate=False, sync_avg_factor=False, backend=None):
+    """Paired IoU-family loss of ``pred`` against ``target``, both (..., 4) or, 3-D, (..., 6).
 
     Args:
         pred: predicted boxes (..., 4), fp16/bf16/fp32 (fp64 on CPU/reference); the box math
-            runs in fp32 (fp64 for fp64).  Differentiable.
+            runs in fp32 (fp64 for fp64).  Differentiable.  3-D boxes (..., 6) =
+            (x1, y1, z1, x2, y2, z2): kinds "iou", "giou", "diou" (volumes for areas, DIoU over
+            3 axes) with fmt "xyxy" and convention "fastloss" only (ValueError otherwise).
         target: target boxes of pred's shape (not differentiated).
         kind: "iou" | "log_iou" | "giou" | "diou" | "ciou" | "eiou" | "focal_eiou" | "siou" |
             "cdiou" | "extended_iou" (Extended-IoU, IEEE 9429909; not Efficient-IoU "eiou") |
@@ -223,6 +241,10 @@ def box_iou_loss(pred, target, kind="giou", reduction="mean", weight=None, avg_f
             negative exponent gamma = angle - 2 instead of mmdetection's default 2 - angle.
         smooth_point: the smoothing point (> 0) of kinds "extended_iou" and "bounded_iou" (the
             latter's beta, mmdetection's default 0.2).
+        per_coordinate: kind "bounded_iou" (2-D boxes) only: the loss is its 4 terms per box
+            [l_x, l_y, l_w, l_h] (mmdetection's per-coordinate ``bounded_iou_loss``), shape
+            (..., 4) with "none"; "mean" averages over the 4 terms of every box; a weight of
+            pred's shape then weights each term (not averaged), a per-box weight all 4.
         sync_avg_factor: True: divide by the mean of avg_factor over the ranks of
             torch.distributed's default group (mmdetection's ``reduce_mean``, see
             :mod:`fastloss.distributed`), the same normaliser on every rank of a
@@ -238,29 +260,37 @@ def box_iou_loss(pred, target, kind="giou", reduction="mean", weight=None, avg_f
     gets the direction that grows it back; conventions in :mod:`fastloss.reference.box_iou`);
     a NaN coordinate makes its box's loss and all 4 gradient components NaN.  Raises
     ValueError for bad shapes, an unknown kind / fmt / reduction / convention (or a kind the
-    convention does not define), a parameter outside its domain, or a target / weight that
-    requires grad.
+    convention does not define), a parameter outside its domain, ``per_coordinate`` with another
+    kind or 3-D boxes, or a target / weight that requires grad.
     """
-    check_boxes("pred", pred)
-    check_boxes("target", target)
+    check_boxes("pred", pred, three_d=True)
+    check_boxes("target", target, three_d=True)
     if target.shape != pred.shape:
         raise ValueError(f"target must have pred's shape {tuple(pred.shape)}, got {tuple(target.shape)}")
     kind_code = _check_choice("kind", kind, KINDS)
     fmt_code = _check_choice("fmt", fmt, FMTS)
     conv_code = _check_convention(convention, kind, reference.CONVENTION_KINDS)
+    nc = pred.shape[-1]  # coordinates per box
+    if nc == 6:
+        _check_3d(kind, fmt, convention)
     code = _common.check_reduction(reduction, avg_factor, sync_avg_factor)
     eps, power, gamma = _check_scalars(eps, power, gamma)
     gamma = _kind_parameter(kind, convention, power, gamma, neg_gamma, smooth_point)
     _common.check_same_device("pred", pred, target=target, weight=weight, avg_factor=avg_factor)
     _common.no_grad_required(target=target)
+    if _common.flag("per_coordinate", per_coordinate):
+        if kind != "bounded_iou" or nc != 4:
+            raise ValueError(f"per_coordinate=True is for kind 'bounded_iou' with 2-D boxes (..., 4), got kind {kind!r}, "
+                             f"boxes {tuple(pred.shape)}")
+        return _bounded_iou_terms(pred, target, reduction, weight, avg_factor, fmt_code, conv_code, eps, gamma, sync_avg_factor, backend)
     dtype = _common.compute_dtype(pred, target)
     pred = pred.to(dtype)
     w = _prepare_weight(pred, weight)
     if avg_factor is not None and reduction == "mean":
         code = _common.REDUCTIONS["sum"]
         avg_factor = _common.global_avg_factor(avg_factor, sync_avg_factor, dtype, pred.device)
-    p = pred.reshape(-1, 4).contiguous()
-    t = target.to(dtype).reshape(-1, 4).contiguous()
+    p = pred.reshape(-1, nc).contiguous()
+    t = target.to(dtype).reshape(-1, nc).contiguous()
     store_grad = pred.requires_grad and torch.is_grad_enabled() and _backend.store_grad_in_forward(pred.device)
     args = (p, t, w, kind_code, fmt_code, conv_code, eps, power, gamma, code, store_grad, backend)
     if torch.compiler.is_compiling():
@@ -270,6 +300,46 @@ def box_iou_loss(pred, target, kind="giou", reduction="mean", weight=None, avg_f
     if reduction == "none":
         loss = loss.reshape(pred.shape[:-1])
     return _common.finish(loss, dtype, reduction, avg_factor)
+
+
+def _bounded_iou_terms(pred, target, reduction, weight, avg_factor, fmt_code, conv_code, eps, beta, sync_avg_factor, backend):
+    """box_iou_loss(kind="bounded_iou", per_coordinate=True): the kernel's (n, 4) terms (reduction
+    code TERMS; its backward takes an (n, 4) upstream gradient), a per-box weight applied in the
+    kernel, a per-term weight and the reduction here."""
+    dtype = _common.compute_dtype(pred, target)
+    acc = _common.reduced_dtype(dtype)
+    w_box = None
+    if weight is not None:
+        if not isinstance(weight, torch.Tensor):
+            raise TypeError(f"weight must be a torch.Tensor or None, got {type(weight).__name__}")
+        _common.no_grad_required(weight=weight)
+        if weight.shape != pred.shape:  # per box: the same for the 4 terms
+            try:
+                ok = torch.broadcast_shapes(weight.shape, pred.shape[:-1]) == pred.shape[:-1]
+            except RuntimeError:
+                ok = False
+            if not ok:
+                raise ValueError(f"weight of shape {tuple(weight.shape)} must be per term {tuple(pred.shape)} or per box "
+                                 f"{tuple(pred.shape[:-1])} (or broadcast to it)")
+            w_box, weight = weight.to(acc).expand(pred.shape[:-1]).reshape(-1).contiguous(), None
+    p = pred.to(dtype).reshape(-1, 4).contiguous()
+    t = target.to(dtype).reshape(-1, 4).contiguous()
+    args = (p, t, w_box, KINDS["bounded_iou"], fmt_code, conv_code, eps, 1.0, beta, TERMS, False, backend)
+    if torch.compiler.is_compiling():
+        terms, _ = box_iou_loss_op(*args)
+    else:
+        terms, _ = BoxIoULossFunction.apply(*args)
+    terms = terms.reshape(pred.shape)
+    if weight is not None:
+        terms = terms.to(acc) * weight.to(acc)
+    if reduction == "none":
+        return terms.to(dtype)
+    total = terms.sum(dtype=acc)
+    if reduction == "sum":
+        return total.to(dtype)
+    if avg_factor is None:
+        return (total / max(terms.numel(), 1)).to(dtype)  # the mean of nothing is 0
+    return _common.finish(total, dtype, reduction, _common.global_avg_factor(avg_factor, sync_avg_factor, dtype, pred.device))
 
 
 def _reference_forward(pred, target, weight, kind, fmt, convention, eps, power, gamma, reduction, with_grad):

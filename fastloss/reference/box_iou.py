@@ -52,6 +52,12 @@ the IoU and to every penalty term (p = 1: the plain losses).  x^p is taken of ma
                 centre x; l_w = 1 - min(w_t / (w_p + eps), w_p / (w_t + eps)); y, h alike.
                 ``power`` must be 1.  The same under conventions fastloss and mmdet.
 
+3-D boxes (paired losses only): (..., 6) = (x1, y1, z1, x2, y2, z2), the lower corner then the
+upper one (MONAI's StandardMode), format xyxy, convention ``fastloss``, kinds ``iou``, ``giou``,
+``diou`` (and ``power``): volumes take the areas' place (w h d, the intersection's and the
+enclosing box's), and DIoU's rho2 and c2 sum over the 3 axes.  The same clamping and kink
+conventions as in 2-D.
+
 Matrices (:func:`box_iou`): ``iou`` IoU, ``iof`` I / (area(a) + eps) (mmcv), ``giou``
 IoU - (C - U)/(C + eps), ``diou`` IoU - rho2/c2, ``ciou`` IoU - rho2/c2 - beta v.
 
@@ -273,7 +279,14 @@ def _extended_iou(p, t, g, eps, smooth_point):
     return torch.where(low, 0.5 * x * x / smooth_point, x - 0.5 * smooth_point)
 
 
-def _bounded_iou(p, t, g, eps, beta):
+def bounded_iou_terms(pred, target, fmt="xyxy", eps=1e-3, beta=0.2):
+    """Bounded IoU's 4 smoothed terms [l_x, l_y, l_w, l_h] per box, (..., 4) (mmdetection's
+    per-coordinate ``bounded_iou_loss``); the kind "bounded_iou" is their sum."""
+    p, t = to_xyxy(pred, fmt), to_xyxy(target, fmt)
+    return torch.stack(_bounded_iou_terms(p, t, _geometry(p, t, eps), eps, beta), -1)
+
+
+def _bounded_iou_terms(p, t, g, eps, beta):
     (px1, py1, px2, py2), (tx1, ty1, tx2, ty2) = p, t
     dx = ((tx1 + tx2) - (px1 + px2)) * 0.5
     dy = ((ty1 + ty2) - (py1 + py2)) * 0.5
@@ -282,7 +295,7 @@ def _bounded_iou(p, t, g, eps, beta):
              1 - _max((g["bh"] - 2 * dy.abs()) / (g["bh"] + 2 * dy.abs() + eps), zero),
              1 - _min(g["bw"] / (g["aw"] + eps), g["aw"] / (g["bw"] + eps)),
              1 - _min(g["bh"] / (g["ah"] + eps), g["ah"] / (g["bh"] + eps)))
-    return sum(torch.where(x < beta, 0.5 * x * x / beta, x - 0.5 * beta) for x in terms)
+    return [torch.where(x < beta, 0.5 * x * x / beta, x - 0.5 * beta) for x in terms]
 
 
 def _siou_mmdet(p, t, g, eps, neg_gamma):
@@ -301,17 +314,47 @@ def _siou_mmdet(p, t, g, eps, neg_gamma):
     return _clamp_grad0(1 - g["iou"] + 0.5 * (dist + shape), 0.0, 2.0)
 
 
+KINDS_3D = ("iou", "giou", "diou")  # 3-D boxes: format xyxy, convention fastloss
+
+
+def _paired_loss_3d(pred, target, kind, eps, power):
+    """Per-box loss of 3-D boxes (..., 6) = (lower corner, upper corner), kinds KINDS_3D."""
+    lo_p, hi_p, lo_t, hi_t = pred[..., :3], pred[..., 3:], target[..., :3], target[..., 3:]
+
+    def volume(e):
+        return e[..., 0] * e[..., 1] * e[..., 2]
+
+    inter = volume(_relu(_min(hi_p, hi_t) - _max(lo_p, lo_t)))
+    union = volume(_clamp0(hi_p - lo_p)) + volume(_clamp0(hi_t - lo_t)) - inter
+    loss = 1 - _powp(inter / (union + eps), power)
+    if kind == "iou":
+        return loss
+    c = _clamp0(_max(hi_p, hi_t) - _min(lo_p, lo_t))  # enclosing box
+    if kind == "giou":
+        cv = volume(c)
+        return loss + _powp((cv - union) / (cv + eps), power)
+    rho2 = (((lo_p + hi_p) - (lo_t + hi_t)) ** 2).sum(-1) * 0.25
+    return loss + _powp(rho2 / ((c * c).sum(-1) + eps), power)
+
+
 def paired_loss_elements(pred, target, kind="giou", fmt="xyxy", eps=1e-7, power=1.0, gamma=0.5, convention="fastloss"):
     """Per-box loss (shape pred.shape[:-1]) of the kinds and conventions documented above.
     ``gamma`` is the kind's extra parameter: focal_eiou's exponent, mmdet siou's neg_gamma
-    (nonzero: True), extended_iou's smooth_point, bounded_iou's beta."""
+    (nonzero: True), extended_iou's smooth_point, bounded_iou's beta.  3-D boxes (..., 6):
+    kinds KINDS_3D, fmt xyxy, convention fastloss (ValueError otherwise)."""
+    if pred.shape[-1] == 6:
+        if kind not in KINDS_3D or fmt != "xyxy" or convention != "fastloss":
+            raise ValueError(f"3-D boxes (..., 6) support kinds {KINDS_3D} with fmt 'xyxy' and convention 'fastloss', "
+                             f"got kind {kind!r}, fmt {fmt!r}, convention {convention!r}")
+        return _paired_loss_3d(pred, target, kind, eps, power)
     p = to_xyxy(pred, fmt)
     t = to_xyxy(target, fmt)
     g = _geometry(p, t, eps, convention, _union_mode(convention, kind, False))
     if kind == "extended_iou":
         return _extended_iou(p, t, g, eps, gamma)
     if kind == "bounded_iou":
-        return _bounded_iou(p, t, g, eps, gamma)
+        lx, ly, lw, lh = _bounded_iou_terms(p, t, g, eps, gamma)
+        return ((lx + ly) + lw) + lh
     if kind == "siou" and convention == "mmdet":
         return _siou_mmdet(p, t, g, eps, gamma != 0)
     iou = g["iou"]
@@ -464,9 +507,30 @@ def _loss_and_grad(pred, target, weight, kind, fmt, conv, eps, power, gamma, nee
     return loss, grad + (loss * 0)[:, None]  # NaN policy: a NaN loss reaches all 4 components
 
 
-def loss_forward(pred, target, weight, kind, fmt, conv, eps, power, gamma, reduction, with_grad):
-    """Kernel convention: pred/target (n, 4); weight None or (n,); returns (loss, cache)."""
+TERMS = 3  # the kernels' reduction code of bounded_iou's per-term output (n, 4)
+
+
+def _terms_and_grad(pred, target, weight, fmt, eps, beta, up):
+    """Bounded IoU's (n, 4) terms times the box weight; with ``up`` (n, 4) also the vjp."""
     acc = _compute_dtype(pred.dtype)
+    t = target.detach().to(acc)
+
+    def fn(x):
+        terms = bounded_iou_terms(x, t, fmt, eps, beta)
+        return terms * weight.to(acc)[:, None] if weight is not None else terms
+
+    if up is None:
+        return fn(pred.detach().to(acc)), None
+    terms, (grad,) = _value_and_vjp(fn, (pred.detach().to(acc),), lambda out: up.to(acc))
+    return terms, grad + (terms.sum(1) * 0)[:, None]  # NaN policy: a NaN term reaches all 4 components
+
+
+def loss_forward(pred, target, weight, kind, fmt, conv, eps, power, gamma, reduction, with_grad):
+    """Kernel convention: pred/target (n, 4) or 3-D (n, 6); weight None or (n,); returns (loss, cache).
+    Reduction TERMS (kind bounded_iou): the (n, 4) terms in pred's dtype, no cache."""
+    acc = _compute_dtype(pred.dtype)
+    if reduction == TERMS:
+        return _terms_and_grad(pred, target, weight, FMTS[fmt], eps, gamma, None)[0].to(pred.dtype), pred.new_empty((0,), dtype=acc)
     loss, grad = _loss_and_grad(pred, target, weight, KINDS[kind], FMTS[fmt], CONVENTIONS[conv], eps, power, gamma, with_grad)
     cache = grad if with_grad else pred.new_empty((0,), dtype=acc)
     if reduction == 0:
@@ -477,6 +541,8 @@ def loss_forward(pred, target, weight, kind, fmt, conv, eps, power, gamma, reduc
 
 def loss_backward(grad, pred, target, weight, kind, fmt, conv, eps, power, gamma, reduction):
     acc = _compute_dtype(pred.dtype)
+    if reduction == TERMS:
+        return _terms_and_grad(pred, target, weight, FMTS[fmt], eps, gamma, grad)[1].to(pred.dtype)
     _, g = _loss_and_grad(pred, target, weight, KINDS[kind], FMTS[fmt], CONVENTIONS[conv], eps, power, gamma, True)
     if reduction == 0:
         g = g * grad.to(acc)[:, None]
