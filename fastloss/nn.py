@@ -266,6 +266,16 @@ class Poly1FocalLoss(_PointwiseLoss):
         self._setup(backend, sync_avg_factor, alpha=alpha, gamma=gamma, epsilon=epsilon, reduction=reduction)
 
 
+class ReducedFocalLoss(_PointwiseLoss):
+    """Module form of :func:`fastloss.reduced_focal_loss`."""
+
+    _fn = staticmethod(_pw.reduced_focal_loss)
+
+    def __init__(self, alpha=0.25, gamma=2.0, threshold=0.5, reduction="mean", loss_weight=1.0, *, sync_avg_factor=False, backend=None):
+        super().__init__(loss_weight)
+        self._setup(backend, sync_avg_factor, alpha=alpha, gamma=gamma, threshold=threshold, reduction=reduction)
+
+
 class BCEWithLogitsLoss(_PointwiseLoss):
     """Module form of :func:`fastloss.binary_cross_entropy_with_logits`; ``pos_weight`` (a
     tensor) is a buffer, as in torch's module: ``module.to(device)`` moves it and

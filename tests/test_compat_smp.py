@@ -1,6 +1,7 @@
 """fastloss.compat.smp against the installed segmentation_models_pytorch: values and gradients in
 float64, signatures, the patch, and the errors for what fastloss cannot honour."""
 import inspect
+from functools import partial
 
 import pytest
 import torch
@@ -77,9 +78,14 @@ def test_class_weights_as_fastloss_weights():
 
 @pytest.mark.parametrize("mode", ["binary", "multiclass", "multilabel"])
 @pytest.mark.parametrize("reduction", ["mean", "sum", "none", "batchwise_mean"])
-def test_focal(mode, reduction):
-    grid = (dict(), dict(alpha=0.25, gamma=1.5), dict(from_logits=False), dict(ignore_index=IGNORE),
-            dict(class_weights=[1.0, 2.0, 0.5, 1.5]))
+@pytest.mark.parametrize("normalized", [False, True])
+@pytest.mark.parametrize("reduced_threshold", [None, 0.5, 0.3])
+def test_focal(mode, reduction, normalized, reduced_threshold):
+    """smp's focal loss, plain, normalised (each focal call divided by its focal terms' sum, per class in
+    the multi-class modes) and reduced focal loss: values and gradients (random upstream) over
+    modes x reductions x alpha x ignore_index x class_weights x gamma."""
+    grid = (dict(), dict(alpha=0.25, gamma=1.5), dict(alpha=0.7), dict(ignore_index=IGNORE), dict(alpha=0.25, ignore_index=IGNORE),
+            dict(class_weights=[1.0, 2.0, 0.5, 1.5]), dict(gamma=0.0), dict(from_logits=False))
     for kw in grid:
         if mode == "binary" and "class_weights" in kw:
             continue
@@ -87,8 +93,32 @@ def test_focal(mode, reduction):
             continue
         if mode != "binary" and "class_weights" in kw and reduction in ("none", "batchwise_mean"):
             continue
-        x, t = _data(mode, "ignore_index" in kw, probs=kw.get("from_logits") is False)
-        _compare(FS.FocalLoss(mode, reduction=reduction, **kw), ORIGINAL["FocalLoss"](mode, reduction=reduction, **kw), x, t)
+        args = dict(kw, reduction=reduction, normalized=normalized, reduced_threshold=reduced_threshold)
+        for seed in (0, 1):
+            x, t = _data(mode, "ignore_index" in kw, seed=seed, probs=kw.get("from_logits") is False)
+            _compare(FS.FocalLoss(mode, **args), ORIGINAL["FocalLoss"](mode, **args), x, t)
+
+
+def test_focal_normalized_edge_cases():
+    """All pixels ignored: smp divides 0 by its eps floor (0) for "sum"; the normaliser's floor
+    1e-6 is smp's (a tiny focal sum: confident correct logits); fp32 input gives fp32."""
+    x, t = _data("binary", True)
+    t_all = torch.full_like(t, IGNORE)
+    for kw in (dict(reduction="sum"), dict(reduction="sum", reduced_threshold=0.5)):
+        args = dict(kw, normalized=True, ignore_index=IGNORE)
+        _compare(FS.FocalLoss("binary", **args), ORIGINAL["FocalLoss"]("binary", **args), x, t_all)
+    xs = torch.where(t.unsqueeze(1) > 0, 12.0, -12.0).to(torch.float64)  # sum of (1 - p_t)^2 ~ 5e-9 < 1e-6
+    ts = (t > 0).long()
+    for mode, tt in (("binary", ts), ("multilabel", ts.unsqueeze(1).to(torch.float64))):
+        for kw in (dict(), dict(reduced_threshold=0.5), dict(alpha=0.25, reduction="sum")):
+            args = dict(kw, normalized=True)
+            _compare(FS.FocalLoss(mode, **args), ORIGINAL["FocalLoss"](mode, **args), xs, tt)
+    x, t = _data("multiclass")
+    for kw in (dict(normalized=True), dict(normalized=True, reduced_threshold=0.4, alpha=0.25)):
+        a = FS.FocalLoss("multiclass", **kw)(x.float(), t)
+        b = ORIGINAL["FocalLoss"]("multiclass", **kw)(x, t)
+        assert a.dtype == torch.float32
+        torch.testing.assert_close(a, b.float(), rtol=1e-5, atol=1e-6)
 
 
 @pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
@@ -135,12 +165,11 @@ def test_errors():
         FS.JaccardLoss("binary", ignore_index=IGNORE)(x[:, :1], torch.where(t[:, :1] > 0, -t[:, :1], IGNORE))
     with pytest.raises(ValueError, match="hard"):
         FS.FocalLoss("multilabel")(x, t * 0.5)
-    with pytest.raises(ValueError, match="normalized"):
-        FS.FocalLoss("binary", normalized=True)
     with pytest.raises(ValueError, match="alpha"):
         FS.FocalLoss("binary", alpha=-0.5)
-    with pytest.raises(ValueError, match="reduced_threshold"):
-        FS.FocalLoss("binary", reduced_threshold=0.5)
+    for bad in (0.0, -0.5, float("inf")):
+        with pytest.raises(ValueError, match="reduced_threshold"):
+            FS.FocalLoss("binary", reduced_threshold=bad)
     with pytest.raises(ValueError, match="multilabel"):
         FS.FocalLoss("multilabel", ignore_index=IGNORE)
     with pytest.raises(ValueError, match="smooth_factor"):
@@ -341,14 +370,17 @@ def test_focal_loss_fn(reduction):
 
     assert inspect.signature(FS.focal_loss_with_logits) == inspect.signature(focal_loss_with_logits)
     x, t = _data("multilabel")
-    for kw in (dict(), dict(alpha=0.25, gamma=1.5)):
+    for kw in (dict(), dict(alpha=0.25, gamma=1.5), dict(normalized=True), dict(reduced_threshold=0.5, alpha=0.25),
+               dict(reduced_threshold=0.3, normalized=True, gamma=1.5)):
         ours, peer = FS.FocalLoss("multilabel", reduction=reduction, **kw), ORIGINAL["FocalLoss"]("multilabel", reduction=reduction, **kw)
         _compare(ours.focal_loss_fn, peer.focal_loss_fn, x, t)
-    with pytest.raises(ValueError, match="normalized"):
-        FS.focal_loss_with_logits(x, t, normalized=True)
+    for kw in (dict(normalized=True, eps=1e-3), dict(normalized=True, reduced_threshold=0.5, alpha=None)):
+        _compare(partial(FS.focal_loss_with_logits, reduction=reduction, **kw), partial(focal_loss_with_logits, reduction=reduction, **kw), x, t)
 
 
 @pytest.mark.parametrize("name,mode,soft", [("FocalLoss", "multiclass", False), ("FocalLoss", "binary", False),
+                                            ("FocalLossNormalizedReduced", "multiclass", False),
+                                            ("FocalLossNormalizedReduced", "binary", False),
                                             ("DiceLoss", "multilabel", False), ("DiceLoss", "multiclass", False),
                                             ("JaccardLoss", "binary", False), ("SoftCrossEntropyLoss", None, False),
                                             ("DiceLoss", "multilabel", True), ("TverskyLoss", "binary", True)])
@@ -358,7 +390,10 @@ def test_compile_fullgraph(name, mode, soft):
     x, t = _soft_data(mode) if soft else _data(mode or "multiclass")
     if mode == "binary":
         t = t.to(torch.float64)
-    loss = getattr(FS, name)(mode) if mode else getattr(FS, name)(smooth_factor=0.1)
+    if name == "FocalLossNormalizedReduced":
+        loss = FS.FocalLoss(mode, normalized=True, reduced_threshold=0.5, alpha=0.25)
+    else:
+        loss = getattr(FS, name)(mode) if mode else getattr(FS, name)(smooth_factor=0.1)
     torch._dynamo.reset()
     compiled = torch.compile(loss, fullgraph=True, backend="aot_eager")
     _compare(compiled, loss, x, t)

@@ -256,6 +256,7 @@ def _calls():
     return {
         "sigmoid_focal_loss": (lambda x, **kw: f.sigmoid_focal_loss(x, labels, **kw), x),
         "poly1_focal_loss": (lambda x, **kw: f.poly1_focal_loss(x, labels, **kw), x),
+        "reduced_focal_loss": (lambda x, **kw: f.reduced_focal_loss(x, labels, threshold=0.4, **kw), x),
         "binary_cross_entropy_with_logits": (lambda x, **kw: f.binary_cross_entropy_with_logits(x, t, **kw), x),
         "binary_cross_entropy": (lambda x, **kw: f.binary_cross_entropy(x, t, **kw), p),
         "poly1_bce_loss": (lambda x, **kw: f.poly1_bce_loss(x, t, **kw), x),

@@ -42,6 +42,23 @@ def _mmdet_balanced_l1(x, t, alpha=0.5, gamma=1.5, beta=1.0):
     return R.balanced_l1_loss(x, t, alpha, gamma, beta, reduction="none")
 
 
+def _hard(shape, dtype, device):
+    return (torch.rand(shape) < 0.4).to(dtype).to(device)
+
+
+def _bce(x, t):
+    return F.binary_cross_entropy_with_logits(x, t, reduction="none")
+
+
+def _smp_focal_term(x, t, gamma, threshold):
+    """smp's focal term (segmentation_models_pytorch.losses._functional.focal_loss_with_logits):
+    pt = exp(-BCE), (1 - pt)^gamma, or with a threshold ((1 - pt) / threshold)^gamma and 1 where pt < threshold."""
+    pt = torch.exp(-_bce(x, t))
+    if threshold is None:
+        return (1 - pt).pow(gamma)
+    return torch.where(pt < threshold, torch.ones_like(pt), ((1 - pt) / threshold).pow(gamma))
+
+
 LOSSES = {
     "l1": (fastloss.l1_loss, _logits, _values, {}, lambda x, t: F.l1_loss(x, t, reduction="none")),
     "mse": (fastloss.mse_loss, _logits, _values, {}, lambda x, t: F.mse_loss(x, t, reduction="none")),
@@ -87,6 +104,15 @@ LOSSES = {
                    * ((1 - x) * t + x * (1 - t)).pow(gamma)),
     "quality_focal_prob": (fastloss.quality_focal_loss_with_prob, _probs, _soft, {"beta": 2.0},
                            lambda x, t, beta: F.binary_cross_entropy(x, t, reduction="none") * (x - t).abs().pow(beta)),
+    # segmentation_models_pytorch's focal_loss_with_logits (reduced_threshold; its focal term for normalized=True)
+    "reduced_focal": (fastloss.reduced_focal_loss, _logits, _hard, {"alpha": 0.25, "gamma": 2.0, "threshold": 0.5},
+                      lambda x, t, alpha, gamma, threshold: _smp_focal_term(x, t, gamma, threshold) * _bce(x, t)
+                      * (alpha * t + (1 - alpha) * (1 - t))),
+    "reduced_focal_t03": (fastloss.reduced_focal_loss, _logits, _hard, {"alpha": -1.0, "gamma": 1.5, "threshold": 0.3},
+                          lambda x, t, alpha, gamma, threshold: _smp_focal_term(x, t, gamma, threshold) * _bce(x, t)),
+    "focal_term": (ops_pw.focal_term, _logits, _hard, {"gamma": 2.0}, lambda x, t, gamma: _smp_focal_term(x, t, gamma, None)),
+    "focal_term_reduced": (ops_pw.focal_term, _logits, _hard, {"gamma": 1.5, "threshold": 0.4},
+                           lambda x, t, gamma, threshold: _smp_focal_term(x, t, gamma, threshold)),
 }
 NO_REDUCTION_ARG = ("mean_bias",)  # mean_bias_error: always the mean
 
@@ -265,7 +291,8 @@ def test_kl_div_batchmean():
 
 
 GRADCHECK = ["l1", "mse", "smooth_l1", "huber", "balanced_l1", "bce_logits", "bce", "poly1_bce", "poly1_focal", "quality_focal", "varifocal",
-             "gaussian_focal", "hinge", "kl_div", "mean_bias", "focal_prob", "quality_focal_prob"]
+             "gaussian_focal", "hinge", "kl_div", "mean_bias", "focal_prob", "quality_focal_prob", "reduced_focal", "reduced_focal_t03",
+             "focal_term", "focal_term_reduced"]
 
 
 @pytest.mark.parametrize("name", GRADCHECK)
@@ -431,7 +458,7 @@ def test_infinite_logits_with_their_own_target(backend):
     x = torch.tensor([float("-inf"), float("inf"), 0.3], requires_grad=True)
     t = torch.tensor([0.0, 1.0, 1.0])
     for fn in (fastloss.binary_cross_entropy_with_logits, fastloss.sigmoid_focal_loss, fastloss.varifocal_loss, fastloss.quality_focal_loss,
-               fastloss.poly1_bce_loss, fastloss.poly1_focal_loss):
+               fastloss.poly1_bce_loss, fastloss.poly1_focal_loss, fastloss.reduced_focal_loss):
         out = fn(x, t, reduction="none", backend=backend)
         (g,) = torch.autograd.grad(out.sum(), x)
         assert out[0] == 0 and out[1] == 0 and torch.isfinite(out).all(), (fn.__name__, out)
@@ -496,3 +523,70 @@ def test_no_silent_double_backward():
     (g,) = torch.autograd.grad(fastloss.smooth_l1_loss(x, torch.zeros(5, 3)), x, create_graph=True)
     with pytest.raises(RuntimeError):
         torch.autograd.grad(g.sum(), x)
+
+
+@pytest.mark.parametrize("backend", helpers.CPU_BACKENDS)
+def test_reduced_focal_and_focal_term(dynamo_reset, backend):
+    """reduced_focal_loss with cutoff 0 and divisor 1 is the sigmoid focal loss; class labels
+    expand as one-hot targets; the constant branch (p_t < threshold) has f = 1 and no focal
+    derivative; a NaN logit gives NaN in both ops (gamma = 0 included); opcheck of both custom
+    ops (stored and recomputed gradient); torch.compile(fullgraph=True) parity; fp32 under
+    autocast; bad thresholds raise."""
+    helpers.require_backend("cpu", backend)
+    torch.manual_seed(5)
+    x = _logits((9, 5), torch.float64, "cpu")
+    labels = torch.randint(0, 6, (9,))
+    onehot = (labels[:, None] == torch.arange(5)).double()
+    params = [0.25, 0.75, 2.0, 1.0, 0.0, 1.0]  # cutoff 0, divisor 1: the plain focal loss
+    out, _ = torch.ops.fastloss.reduced_focal_loss(x, onehot, None, None, 0, None, 0, params, 0, False, backend)
+    ref = fastloss.sigmoid_focal_loss(x, onehot, reduction="none", backend=backend)
+    torch.testing.assert_close(out, ref, rtol=1e-13, atol=1e-15)
+    (g,) = torch.autograd.grad(out.sum(), x)
+    (gr,) = torch.autograd.grad(ref.sum(), x)
+    torch.testing.assert_close(g, gr, rtol=1e-13, atol=1e-15)
+    for fn, kw in ((fastloss.reduced_focal_loss, {"threshold": 0.4}), (ops_pw.focal_term, {"threshold": 0.4}), (ops_pw.focal_term, {})):
+        a = fn(x, labels, reduction="none", backend=backend, **kw)
+        b = fn(x, onehot, reduction="none", backend=backend, **kw)
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+    # p_t < threshold: f = 1, df/dx = 0 (reduced: the plain BCE-with-logits gradient a_t (p - t))
+    xs = torch.tensor([-2.0, 2.0, -0.1], dtype=torch.float64, requires_grad=True)
+    ts = torch.tensor([1.0, 0.0, 1.0], dtype=torch.float64)
+    f = ops_pw.focal_term(xs, ts, threshold=0.5, reduction="none", backend=backend)
+    (gf,) = torch.autograd.grad(f.sum(), xs)
+    assert torch.equal(f, torch.ones(3, dtype=torch.float64)) and torch.equal(gf, torch.zeros(3, dtype=torch.float64))
+    rl = fastloss.reduced_focal_loss(xs, ts, alpha=-1, threshold=0.5, reduction="none", backend=backend)
+    (gl,) = torch.autograd.grad(rl.sum(), xs)
+    torch.testing.assert_close(rl, F.binary_cross_entropy_with_logits(xs, ts, reduction="none"))
+    torch.testing.assert_close(gl, xs.detach().sigmoid() - ts)
+    xn = torch.tensor([float("nan"), 0.5], requires_grad=True)
+    tn = torch.tensor([1.0, 0.0])
+    for fn, kw in ((fastloss.reduced_focal_loss, {}), (ops_pw.focal_term, {}), (ops_pw.focal_term, {"gamma": 0.0})):
+        o = fn(xn, tn, reduction="none", backend=backend, **kw)
+        (gn,) = torch.autograd.grad(o.sum(), xn)
+        assert torch.isnan(o[0]) and torch.isnan(gn[0]) and torch.isfinite(o[1]) and torch.isfinite(gn[1]), (fn.__name__, kw, o, gn)
+    xf = torch.randn(6, 4, requires_grad=True)
+    tf = (torch.rand(6, 4) < 0.3).float()
+    for name, p in (("reduced_focal_loss", [0.25, 0.75, 2.0, 1.0, 0.5, 0.5]), ("focal_term", [1.5, 0.3, 0.3])):
+        op = getattr(torch.ops.fastloss, name).default
+        for store in (False, True):
+            torch.library.opcheck(op, (xf, tf, None, torch.rand(6), 2, None, 0, p, 1, store, backend))
+
+    def fn(x, t):
+        return (fastloss.reduced_focal_loss(x, t, threshold=0.3, weight=torch.ones(6), avg_factor=2.0, backend=backend)
+                / ops_pw.focal_term(x, t, threshold=0.3, backend=backend).clamp_min(1e-6))
+
+    helpers.assert_compiled_matches_eager(fn, (xf, tf), xf)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert fastloss.reduced_focal_loss(xf.detach().bfloat16(), tf.bfloat16(), backend=backend).dtype == torch.float32
+        assert ops_pw.focal_term(xf.detach().bfloat16(), tf.bfloat16(), backend=backend).dtype == torch.float32
+    for bad in (0.0, -1.0, float("inf"), float("nan")):
+        with pytest.raises(ValueError, match="threshold"):
+            fastloss.reduced_focal_loss(xf, tf, threshold=bad, backend=backend)
+        with pytest.raises(ValueError, match="threshold"):
+            ops_pw.focal_term(xf, tf, threshold=bad, backend=backend)
+    with pytest.raises(ValueError, match="gamma"):
+        ops_pw.focal_term(xf, tf, gamma=-1.0, backend=backend)
+    torch.testing.assert_close(fastloss.nn.ReducedFocalLoss(alpha=0.5, threshold=0.3, backend=backend)(xf, tf),
+                               fastloss.reduced_focal_loss(xf, tf, alpha=0.5, threshold=0.3))
+    with pytest.raises(ValueError, match="threshold"):
+        fastloss.nn.ReducedFocalLoss(threshold=0.0)

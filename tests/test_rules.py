@@ -64,7 +64,7 @@ POINTWISE = {
     "pw-balanced_l1": _pw(fastloss.balanced_l1_loss, "values"), "pw-mbe": _pw(fastloss.mean_bias_error, "values"),
     "pw-bce_logits": _pw(fastloss.binary_cross_entropy_with_logits, pos_weight=torch.tensor([1.0, 2.0, 3.0])),
     "pw-bce": _pw(fastloss.binary_cross_entropy, input="probs"), "pw-poly1_bce": _pw(fastloss.poly1_bce_loss),
-    "pw-poly1_focal": _pw(fastloss.poly1_focal_loss), "pw-qfl": _pw(fastloss.quality_focal_loss), "pw-vfl": _pw(fastloss.varifocal_loss),
+    "pw-poly1_focal": _pw(fastloss.poly1_focal_loss), "pw-reduced_focal": _pw(fastloss.reduced_focal_loss, threshold=0.4), "pw-qfl": _pw(fastloss.quality_focal_loss), "pw-vfl": _pw(fastloss.varifocal_loss),
     "pw-gaussian": _pw(fastloss.gaussian_focal_loss, input="probs"), "pw-hinge": _pw(fastloss.hinge_loss, "sign"),
     "pw-kl_div": _pw(fastloss.kl_div),
 }

@@ -17,6 +17,7 @@ import torch
 
 import fastloss
 from fastloss import _backend
+from fastloss.ops.pointwise import focal_term
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
@@ -48,7 +49,9 @@ def run(backend, dtype, device):
                              (fastloss.poly1_focal_loss, xs, {}), (fastloss.quality_focal_loss, xs, {}), (fastloss.varifocal_loss, xs, {}),
                              (fastloss.gaussian_focal_loss, xs.sigmoid(), {}), (fastloss.hinge_loss, xs, {}),
                              (fastloss.kl_div, xs.log_softmax(-1), {}), (fastloss.focal_loss_with_prob, xs.sigmoid(), {}),
-                             (fastloss.quality_focal_loss_with_prob, xs.sigmoid(), {})):
+                             (fastloss.quality_focal_loss_with_prob, xs.sigmoid(), {}),
+                             (fastloss.reduced_focal_loss, xs, {"threshold": 0.3}), (focal_term, xs, {"threshold": 0.5}),
+                             (focal_term, xs, {})):
             loss, _, _ = _fwd_bwd(fn, x, ts, backend=backend, **extra)
             ref, _, _ = _fwd_bwd(fn, x, ts, backend="reference", **extra)
             _check(f"{fn.__name__} {backend} {dtype} n={n}", loss, ref, rtol)

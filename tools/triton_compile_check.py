@@ -80,11 +80,11 @@ def conventions():
 def pointwise_variants(quick):
     """Every loss of the pointwise engine with class labels or float targets; the weight and
     aux layouts and the fp64 transcendental paths on a few."""
-    losses = range(pointwise.QUALITY_FOCAL_WITH_PROB + 1)  # every loss code
+    losses = range(pointwise.FOCAL_TERM + 1)  # every loss code
     common = dict(LABELS=[False], HAS_TV=[False], W_LAYOUT=[0], AUX_LAYOUT=[0], COMPUTE=[tl.float32], INT64=[False],
                   BLOCK=[pointwise.BLOCK])
     layouts = dict(common, LOSS=[0, 6, 10], LABELS=[True], HAS_TV=[True], W_LAYOUT=[1, 2, 3], AUX_LAYOUT=[3])
-    fp64 = dict(common, LOSS=[0, 5, 10, 11, 12], COMPUTE=[tl.float64])
+    fp64 = dict(common, LOSS=[0, 5, 10, 11, 12, 18, 19], COMPUTE=[tl.float64])
     return [
         (pointwise._forward_kernel, grid(LOSS=losses, REDUCE=[True], WITH_GRAD=[not quick], **common)),
         (pointwise._backward_kernel, grid(LOSS=losses, PER_ELEM_GRAD=[False], **common)),

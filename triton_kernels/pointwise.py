@@ -21,7 +21,7 @@ BLOCK = 1024
 
 # Loss codes (csrc/kernels/pointwise.h Loss, fastloss/ops/pointwise.py LOSSES).
 SIGMOID_FOCAL, L1, MSE, SMOOTH_L1, HUBER, BALANCED_L1, BCE_WITH_LOGITS, BCE, POLY1_BCE, POLY1_FOCAL, QUALITY_FOCAL, VARIFOCAL, \
-    GAUSSIAN_FOCAL, HINGE, KL_DIV, BIAS, FOCAL_WITH_PROB, QUALITY_FOCAL_WITH_PROB = range(18)
+    GAUSSIAN_FOCAL, HINGE, KL_DIV, BIAS, FOCAL_WITH_PROB, QUALITY_FOCAL_WITH_PROB, REDUCED_FOCAL, FOCAL_TERM = range(20)
 
 # ----------------------------------------------------------------------------- shared pieces
 
@@ -100,6 +100,37 @@ def _focal_terms(x, t, p0, p1, p2, p3):
 def _sigmoid_focal(x, t, p0, p1, p2, p3):
     loss, grad, _q, _qg, _dq = _focal_terms(x, t, p0, p1, p2, p3)
     return loss, grad
+
+
+@triton.jit
+def _reduced_focal_term(x, t, gamma, cutoff, divisor):
+    # csrc/kernels/pointwise.h reduced_focal_term: f = 1 where p_t < cutoff, (q / divisor)^gamma
+    # elsewhere (q = 1 - p_t), df/dx = 0 or gamma f (dq/dx) / q
+    e, s_pos, s_neg = _sigmoid2(x)
+    ce = _bce_logits(x, t, e)
+    q = t * s_neg + (1.0 - t) * s_pos
+    p_t = t * s_pos + (1.0 - t) * s_neg
+    dq = (1.0 - 2.0 * t) * s_pos * s_neg
+    r = tl.where(q > 0, dq / tl.where(q > 0, q, 1.0), 0.0)
+    fp = _pow_q(q / divisor, gamma)
+    low = p_t < cutoff
+    return s_pos, s_neg, ce, tl.where(low, 1.0, fp), tl.where(low, 0.0, gamma * fp * r)
+
+
+@triton.jit
+def _reduced_focal(x, t, p0, p1, p2, p3, p4, p5):
+    # a_t f ce (arXiv 1903.01347)
+    s_pos, s_neg, ce, f, df = _reduced_focal_term(x, t, p2, p4, p5)
+    a_t = tl.where(p3 != 0, p0 * t + p1 * (1.0 - t), 1.0)
+    return a_t * f * ce, a_t * (f * _p_minus_t(t, s_pos, s_neg) + ce * df)
+
+
+@triton.jit
+def _focal_term(x, t, p0, p1, p2):
+    # the focal term f alone (the normaliser of the normalised focal loss); NaN x stays NaN
+    _s_pos, _s_neg, _ce, f, df = _reduced_focal_term(x, t, p0, p1, p2)
+    nan_x = x != x
+    return tl.where(nan_x, x, f), tl.where(nan_x, x, df)
 
 
 @triton.jit
@@ -277,6 +308,10 @@ def _loss(x, t, aux, p0, p1, p2, p3, p4, p5, p6, LOSS: tl.constexpr):
     elif LOSS == 15:  # the signed error x - t (mean bias error)
         d = x - t
         return d, 1.0 + d * 0.0
+    elif LOSS == 18:
+        return _reduced_focal(x, t, p0, p1, p2, p3, p4, p5)
+    elif LOSS == 19:
+        return _focal_term(x, t, p0, p1, p2)
     else:  # 16, 17: the focal losses over probabilities
         return _focal_with_prob(x, t, p0, p1, p2, p3, p4)
 

@@ -49,7 +49,9 @@ enum Loss : int {
   kBias = 15,
   kFocalWithProb = 16,
   kQualityFocalWithProb = 17,
-  kNumLosses = 18
+  kReducedFocal = 18,
+  kFocalTerm = 19,
+  kNumLosses = 20
 };
 
 constexpr int kNumParams = 7;  // the most any loss uses (balanced L1); Triton passes p0..p6
@@ -146,6 +148,63 @@ struct SigmoidFocal {
   static FL_HOST_DEVICE FL_INLINE void eval(const T& x, const T& t, const T&, const Params<S>& p, T& loss, T& grad) {
     T q, qg, dq, a_t;
     terms(x, t, p, q, qg, dq, a_t, loss, grad);
+  }
+};
+
+// The reduced focal term (Sergievskiy & Ponamarev, "Reduced Focal Loss", arXiv 1903.01347;
+// segmentation_models_pytorch / pytorch-toolbelt's form), over a logit x and hard target t:
+//   p_t = t p + (1 - t)(1 - p),  q = 1 - p_t,
+//   f = 1 where p_t < cutoff, (q / divisor)^gamma elsewhere
+//   df/dx = 0 on the constant branch, gamma f r on the power branch, r = (dq/dx) / q (SigmoidFocal's)
+// cutoff = divisor = th gives the paper's term ((1 - p_t) / th)^gamma above th; cutoff 0 and
+// divisor 1 give the plain focal term q^gamma (never p_t < 0).  A NaN logit fails p_t < cutoff
+// and reaches the power branch, whose q and r keep it.  Also returns e, s_pos, s_neg, ce.
+template <typename T, typename S>
+FL_HOST_DEVICE FL_INLINE void reduced_focal_term(const T& x, const T& t, S gamma, S cutoff, S divisor, T& s_pos, T& s_neg, T& ce, T& f,
+                                                 T& df) {
+  const T one(1), zero(0);
+  T e;
+  sigmoid2(x, e, s_pos, s_neg);
+  ce = bce_logits(x, t, e);
+  const T q = t * s_neg + (one - t) * s_pos;
+  const T p_t = t * s_pos + (one - t) * s_neg;
+  const T dq = (one - T(2) * t) * s_pos * s_neg;
+  const T r = fl::select(q > zero, dq / fl::select(q > zero, q, one), zero);
+  const T fp = pow_q(q / T(divisor), gamma);
+  const auto low = p_t < T(cutoff);  // the constant branch
+  f = fl::select(low, one, fp);
+  df = fl::select(low, zero, T(gamma) * fp * r);
+}
+
+// Reduced focal loss (arXiv 1903.01347): L = a_t f ce, f the reduced focal term above,
+// a_t = alpha t + (1 - alpha) (1 - t) (1 when alpha is off); dL/dx = a_t [f (p - t) + ce df/dx].
+// With cutoff 0 and divisor 1 it is SigmoidFocal (the same value and derivative up to rounding).
+// p: [0] alpha, [1] 1 - alpha, [2] gamma, [3] 1 to use alpha, [4] cutoff, [5] divisor.
+struct ReducedFocal {
+  template <typename T, typename S>
+  static FL_HOST_DEVICE FL_INLINE void eval(const T& x, const T& t, const T&, const Params<S>& p, T& loss, T& grad) {
+    const T one(1);
+    T s_pos, s_neg, ce, f, df;
+    reduced_focal_term(x, t, p.p[2], p.p[4], p.p[5], s_pos, s_neg, ce, f, df);
+    T a_t = one;
+    if (p.p[3] != S(0)) a_t = T(p.p[0]) * t + T(p.p[1]) * (one - t);
+    loss = a_t * f * ce;
+    grad = a_t * (f * p_minus_t(t, s_pos, s_neg) + ce * df);
+  }
+};
+
+// The focal term f alone (reduced or plain, see reduced_focal_term) and df/dx: summed, it is the
+// normaliser of smp's normalised focal loss, loss / max(sum f, eps), through which smp
+// differentiates.  A NaN logit gives NaN (also for gamma = 0, where f would be 1).
+// p: [0] gamma, [1] cutoff, [2] divisor.
+struct FocalTerm {
+  template <typename T, typename S>
+  static FL_HOST_DEVICE FL_INLINE void eval(const T& x, const T& t, const T&, const Params<S>& p, T& loss, T& grad) {
+    T s_pos, s_neg, ce, f, df;
+    reduced_focal_term(x, t, p.p[0], p.p[1], p.p[2], s_pos, s_neg, ce, f, df);
+    const auto nan_x = x != x;
+    loss = fl::select(nan_x, x, f);
+    grad = fl::select(nan_x, x, df);
   }
 };
 
@@ -443,6 +502,8 @@ inline bool dispatch_loss(int64_t loss, const F& f) {
     case kBias: f(Bias{}); return true;
     case kFocalWithProb:
     case kQualityFocalWithProb: f(FocalWithProb{}); return true;
+    case kReducedFocal: f(ReducedFocal{}); return true;
+    case kFocalTerm: f(FocalTerm{}); return true;
     default: return false;
   }
 }

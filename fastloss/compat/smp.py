@@ -25,9 +25,12 @@ Mapping:
   and a torch term sum min(p, g) - p g over the counted elements, with exactly the missing
   value and gradient, is added to its intersection: values and gradients are smp's for any
   real p and target, soft and negative ones included.
-* ``FocalLoss``: :func:`fastloss.sigmoid_focal_loss` per element (integer labels expanded in the
-  kernel for "multiclass"), smp's per-class means and class weights folded into the element
-  weights; ``from_logits=False`` applies smp's clamp-and-logit (or log) in PyTorch first.
+* ``FocalLoss``: :func:`fastloss.sigmoid_focal_loss` per element -- with ``reduced_threshold``
+  :func:`fastloss.reduced_focal_loss` (the reduced focal term, arXiv 1903.01347) -- (integer
+  labels expanded in the kernel for "multiclass"), smp's per-class means and class weights
+  folded into the element weights; ``normalized=True`` divides by the focal terms' sum from
+  the engine's focal-term op (per class for "multiclass" / "multilabel", as smp), with its
+  gradient; ``from_logits=False`` applies smp's clamp-and-logit (or log) in PyTorch first.
 * ``SoftBCEWithLogitsLoss``: :func:`fastloss.binary_cross_entropy_with_logits` (``weight``,
   ``pos_weight``; ``smooth_factor`` f is the kernel's label smoothing 2 f; ignored elements
   weight 0, the mean over all elements as smp).
@@ -56,15 +59,19 @@ Differences from smp (documented, deliberate):
   element, and every value, is smp's; ``from_logits=False`` is exact (see the mapping).
 * Targets that require grad raise ValueError (fastloss does not differentiate w.r.t. the
   target; smp does): pass ``y_true.detach()``.
-* ``FocalLoss``: ``normalized=True``, ``reduced_threshold`` and an ``alpha`` outside [0, 1]
-  raise ValueError (no fastloss kernel forms them); "multilabel" with ``ignore_index`` and "none" / "batchwise_mean" with
+* ``FocalLoss``: an ``alpha`` outside [0, 1] and a ``reduced_threshold`` that is not positive
+  and finite raise ValueError (smp: a negative alpha weighs negatively, a threshold of 0
+  divides by 0); "multilabel" with ``ignore_index`` and "none" / "batchwise_mean" with
   ``class_weights`` in the multi-class modes raise ValueError (smp itself fails there with a
-  shape error); a mean over zero non-ignored pixels is 0 (smp: NaN).
+  shape error); a mean over zero non-ignored pixels is 0 (smp: NaN).  ``normalized=True`` and
+  ``reduced_threshold`` are smp's (values and gradients); for gamma < 1 the focal term's
+  derivative at a saturated logit (1 - p_t = 0) is 0, where smp's autograd gives NaN.
 * ``SoftBCEWithLogitsLoss``: ``smooth_factor`` must lie in [0, 0.5] (ValueError otherwise).
 * ``SoftCrossEntropyLoss()`` with the default ``smooth_factor=None`` works (no smoothing);
   smp raises TypeError there.
 * Bad ``mode`` values raise ValueError (smp: AssertionError).
 """
+import math
 from functools import partial
 from typing import List, Optional
 
@@ -74,7 +81,7 @@ from torch.nn.modules.loss import _Loss
 
 from fastloss.ops import _common
 from fastloss.ops import dice as _dice
-from fastloss.ops.pointwise import binary_cross_entropy_with_logits, sigmoid_focal_loss
+from fastloss.ops.pointwise import binary_cross_entropy_with_logits, focal_term, reduced_focal_loss, sigmoid_focal_loss
 from fastloss.ops.rowwise import cross_entropy
 
 __all__ = ["DiceLoss", "JaccardLoss", "TverskyLoss", "FocalLoss", "SoftBCEWithLogitsLoss", "SoftCrossEntropyLoss",
@@ -287,6 +294,13 @@ class TverskyLoss(DiceLoss):
         return super().aggregate_loss(loss) ** self.gamma
 
 
+def _focal_sum(x, t, alpha, gamma, threshold, reduction, weight=None):
+    """fastloss's focal loss with smp's ``reduced_threshold`` (None: the plain focal loss)."""
+    if threshold is None:
+        return sigmoid_focal_loss(x, t, alpha=alpha, gamma=gamma, reduction=reduction, weight=weight)
+    return reduced_focal_loss(x, t, alpha=alpha, gamma=gamma, threshold=threshold, reduction=reduction, weight=weight)
+
+
 def focal_loss_with_logits(
     output: torch.Tensor,
     target: torch.Tensor,
@@ -298,42 +312,55 @@ def focal_loss_with_logits(
     eps: float = 1e-6,
 ) -> torch.Tensor:
     """smp's ``focal_loss_with_logits`` (segmentation_models_pytorch.losses._functional, smp
-    0.6.0) on :func:`fastloss.sigmoid_focal_loss`: per element (1 - p_t)^gamma BCE(output,
-    target), times alpha t + (1 - alpha)(1 - t) when ``alpha`` is not None; "mean" over all
-    elements, "sum", "batchwise_mean" (the sum over dim 0, smp's rule), anything else: the
-    per-element losses.  output logits of any shape, target of its shape (hard 0 / 1: soft
+    0.6.0) on :func:`fastloss.sigmoid_focal_loss`: per element f BCE(output, target), times
+    alpha t + (1 - alpha)(1 - t) when ``alpha`` is not None, with the focal term
+    f = (1 - p_t)^gamma -- or, with ``reduced_threshold`` r, the reduced focal term (1 where
+    p_t < r, ((1 - p_t) / r)^gamma elsewhere: :func:`fastloss.reduced_focal_loss`);
+    ``normalized``: divided by max(sum of f over the tensor, ``eps``) (the focal-term op
+    :func:`fastloss.ops.pointwise.focal_term`, differentiated as smp's autograd does).  "mean"
+    over all elements, "sum", "batchwise_mean" (the sum over dim 0, smp's rule), anything else:
+    the per-element losses.  output logits of any shape, target of its shape (hard 0 / 1: soft
     targets raise ValueError, see the module docstring); returns output's dtype.  What
-    :attr:`FocalLoss.focal_loss_fn` holds, as in smp.  ``normalized=True`` and
-    ``reduced_threshold`` raise ValueError (no fastloss kernel forms them); a target that
-    requires grad raises ValueError."""
-    if normalized:
-        raise ValueError("focal_loss_with_logits(normalized=True) is not supported by fastloss (no kernel forms it)")
-    if reduced_threshold is not None:
-        raise ValueError("focal_loss_with_logits(reduced_threshold=...) is not supported by fastloss (no kernel forms it)")
+    :attr:`FocalLoss.focal_loss_fn` holds, as in smp.  ValueError for a ``reduced_threshold``
+    that is not positive and finite, or a target that requires grad."""
     target = target.to(dtype=output.dtype, device=output.device)
     _check_target("focal_loss_with_logits", target, None)
     a = -1.0 if alpha is None else float(alpha)  # fastloss: a negative alpha disables the balance
     if reduction in ("mean", "sum"):
-        return sigmoid_focal_loss(output, target, alpha=a, gamma=gamma, reduction=reduction)
-    loss = sigmoid_focal_loss(output, target, alpha=a, gamma=gamma, reduction="none")
-    return loss.sum(0) if reduction == "batchwise_mean" else loss
+        loss = _focal_sum(output, target, a, gamma, reduced_threshold, reduction)
+    else:
+        loss = _focal_sum(output, target, a, gamma, reduced_threshold, "none")
+        if reduction == "batchwise_mean":
+            loss = loss.sum(0)
+    if normalized:  # smp divides every element by the same sum: dividing after the reduction is the same
+        loss = loss / focal_term(output, target, gamma=gamma, threshold=reduced_threshold, reduction="sum").clamp_min(eps)
+    return loss
 
 
 class FocalLoss(_Loss):
-    """smp's ``FocalLoss`` (segmentation_models_pytorch.losses, smp 0.6.0) on
-    :func:`fastloss.sigmoid_focal_loss`: per element (1 - p_t)^gamma BCE (times
-    alpha t + (1 - alpha)(1 - t) when ``alpha`` is given), "multiclass" scoring each class
-    against its one-vs-rest target.  "binary": ``reduction`` over the non-ignored elements
-    ("none": their 1-D vector, as smp); "multiclass" / "multilabel": ``reduction`` per class,
-    then the (``class_weights``-weighted) class mean, as smp.
+    """smp's ``FocalLoss`` (segmentation_models_pytorch.losses, smp 0.6.0) on fastloss's
+    pointwise kernels: per element f BCE (times alpha t + (1 - alpha)(1 - t) when ``alpha`` is
+    given) with the focal term f = (1 - p_t)^gamma (:func:`fastloss.sigmoid_focal_loss`) or,
+    with ``reduced_threshold`` r, 1 where p_t < r and ((1 - p_t) / r)^gamma elsewhere
+    (:func:`fastloss.reduced_focal_loss`); "multiclass" scores each class against its
+    one-vs-rest target.  "binary": ``reduction`` over the non-ignored elements ("none": their
+    1-D vector, as smp); "multiclass" / "multilabel": ``reduction`` per class, then the
+    (``class_weights``-weighted) class mean, as smp.  ``normalized``: each of smp's calls of
+    its focal function -- the non-ignored elements for "binary", one class's (non-ignored)
+    pixels for the other modes -- divides its losses by max(sum of f over those elements,
+    1e-6), differentiated through that sum as smp's autograd does; the sums come from the
+    focal-term op (:func:`fastloss.ops.pointwise.focal_term`, one fused sum for "binary"; per
+    class, its per-element values summed by torch).
 
     y_pred (N, C, *) logits (probabilities with ``from_logits=False``: smp's clamp to
     [eps, 1 - eps] and logit -- or log for "multiclass" -- are applied in PyTorch); y_true as
     :class:`DiceLoss`.  Returns a tensor in y_pred's dtype.  Raises ValueError for the
     arguments listed in the module docstring, soft targets and labels out of range.
     ``focal_loss_fn`` is smp's attribute: :func:`focal_loss_with_logits` with this loss's
-    ``alpha``, ``gamma`` and ``reduction``.
+    ``alpha``, ``gamma``, ``reduction``, ``normalized`` and ``reduced_threshold``.
     """
+
+    _NORM_EPS = 1e-6  # smp's focal_loss_with_logits default eps, the normaliser's floor
 
     def __init__(
         self,
@@ -352,10 +379,6 @@ class FocalLoss(_Loss):
         _check_mode(mode)
         if class_weights is not None and mode == BINARY_MODE:
             raise ValueError("class_weights are not supported with mode=binary")
-        if normalized:
-            raise ValueError("FocalLoss(normalized=True) is not supported by fastloss (no kernel forms the normalised focal loss)")
-        if reduced_threshold is not None:
-            raise ValueError("FocalLoss(reduced_threshold=...) is not supported by fastloss (no kernel forms the reduced focal loss)")
         if reduction not in ("mean", "sum", "none", "batchwise_mean"):
             raise ValueError(f"reduction must be 'mean', 'sum', 'none' or 'batchwise_mean', got {reduction!r}")
         if mode != BINARY_MODE and class_weights is not None and reduction in ("none", "batchwise_mean"):
@@ -366,6 +389,11 @@ class FocalLoss(_Loss):
         # fastloss's kernel reads a negative alpha as "no balance": only smp's documented [0, 1] is accepted
         self.alpha = alpha if alpha is None else _common.check_param("alpha", alpha, lambda v: 0 <= v <= 1, "in [0, 1] or None")
         self.gamma = _common.nonneg("gamma", gamma)
+        self.normalized = bool(normalized)
+        self.reduced_threshold = reduced_threshold
+        if reduced_threshold is not None:  # the kernel's check, now rather than at the first call
+            self.reduced_threshold = _common.check_param("reduced_threshold", reduced_threshold, lambda v: 0 < v < math.inf,
+                                                         "positive and finite, or None")
         self.from_logits = from_logits
         self.ignore_index = ignore_index
         self.reduction = reduction
@@ -375,6 +403,14 @@ class FocalLoss(_Loss):
         self.focal_loss_fn = partial(focal_loss_with_logits, alpha=alpha, gamma=gamma, reduced_threshold=reduced_threshold,
                                      reduction=reduction, normalized=normalized)
         self.class_weights = _float32(class_weights) if class_weights is not None else None
+
+    def _loss(self, x, t, alpha, reduction, weight=None):
+        return _focal_sum(x, t, alpha, self.gamma, self.reduced_threshold, reduction, weight)
+
+    def _norm(self, x, t, reduction, weight):
+        """The focal terms' sum over the elements smp's focal function sees (``weight`` 0 leaves
+        one out): a scalar ("sum") or per element ("none")."""
+        return focal_term(x, t, gamma=self.gamma, threshold=self.reduced_threshold, reduction=reduction, weight=weight)
 
     def forward(self, y_pred: torch.Tensor, y_true: torch.Tensor) -> torch.Tensor:
         if not self.from_logits:
@@ -389,15 +425,18 @@ class FocalLoss(_Loss):
             if valid is not None:
                 t = torch.where(valid, t, torch.zeros_like(t))
             _check_target("FocalLoss", t, None)
-            if self.reduction == "none":
-                loss = sigmoid_focal_loss(x, t, alpha=alpha, gamma=self.gamma, reduction="none")
-                return loss if valid is None else loss[valid]
             w = None if valid is None else valid.to(dtype)
-            total = sigmoid_focal_loss(x, t, alpha=alpha, gamma=self.gamma, reduction="sum", weight=w)
-            if self.reduction == "mean":
-                count = t.numel() if valid is None else valid.sum().clamp_min(1)
-                return total / count
-            return total  # "sum"; "batchwise_mean" of the 1-D vector is its sum
+            if self.reduction == "none":
+                loss = self._loss(x, t, alpha, "none")
+                loss = loss if valid is None else loss[valid]
+            else:
+                loss = self._loss(x, t, alpha, "sum", w)
+                if self.reduction == "mean":
+                    loss = loss / (t.numel() if valid is None else valid.sum().clamp_min(1))
+                # "sum"; "batchwise_mean" of the 1-D vector is its sum
+            if self.normalized:
+                loss = loss / self._norm(x, t, "sum", w).clamp_min(self._NORM_EPS)
+            return loss
 
         C = y_pred.size(1)
         x = y_pred.movedim(1, -1)  # (N, *, C): the class axis last, as the pointwise kernel's labels expect
@@ -415,13 +454,20 @@ class FocalLoss(_Loss):
             _check_target("FocalLoss", t, None)
         cw = torch.ones(C, dtype=dtype, device=x.device) if self.class_weights is None else self.class_weights.to(x.device).to(dtype)
         class_norm = cw / cw.sum()  # the (weighted) mean over the classes
-        per_pixel = valid.to(dtype).unsqueeze(-1)
+        per_pixel = valid.to(dtype)
+        scale = 1.0  # smp's reduction of one class's losses: a sum times this
         if self.reduction in ("mean", "none"):  # smp's "none" stacks the class vectors and takes their mean
-            per_pixel = per_pixel / valid.sum().clamp_min(1).to(dtype)
+            scale = 1.0 / valid.sum().clamp_min(1).to(dtype)
         elif self.reduction == "batchwise_mean" and self.ignore_index is None:  # per class a sum over the batch, then a mean
-            per_pixel = per_pixel / (valid[0].numel())
-        w = per_pixel * class_norm
-        return sigmoid_focal_loss(x, t, alpha=alpha, gamma=self.gamma, reduction="sum", weight=w.expand(x.shape))
+            scale = 1.0 / valid[0].numel()
+        if not self.normalized:
+            w = (per_pixel * scale).unsqueeze(-1) * class_norm
+            return self._loss(x, t, alpha, "sum", w.expand(x.shape))
+        # normalised: class c's losses divided by its own focal-term sum S_c, so both come per
+        # element and are summed per class (the engine's reductions are over the whole tensor)
+        loss_c = self._loss(x, t, alpha, "none", per_pixel).reshape(-1, C).sum(0)
+        norm_c = self._norm(x, t, "none", per_pixel).reshape(-1, C).sum(0).clamp_min(self._NORM_EPS)
+        return (class_norm * (loss_c * scale) / norm_c).sum()
 
 
 class SoftBCEWithLogitsLoss(nn.Module):

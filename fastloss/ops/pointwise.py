@@ -51,11 +51,12 @@ LOSSES = {
     "sigmoid_focal_loss": 0, "l1_loss": 1, "mse_loss": 2, "smooth_l1_loss": 3, "huber_loss": 4, "balanced_l1_loss": 5,
     "binary_cross_entropy_with_logits": 6, "binary_cross_entropy": 7, "poly1_bce_loss": 8, "poly1_focal_loss": 9,
     "quality_focal_loss": 10, "varifocal_loss": 11, "gaussian_focal_loss": 12, "hinge_loss": 13, "kl_div": 14, "mean_bias_error": 15,
-    "focal_loss_with_prob": 16, "quality_focal_loss_with_prob": 17,
+    "focal_loss_with_prob": 16, "quality_focal_loss_with_prob": 17, "reduced_focal_loss": 18, "focal_term": 19,
 }
 NAMES = {code: name for name, code in LOSSES.items()}
 # the number of parameter slots each loss reads (csrc/kernels/pointwise.h), checked by the ops
-N_PARAMS = {0: 4, 1: 0, 2: 0, 3: 4, 4: 2, 5: 7, 6: 2, 7: 0, 8: 1, 9: 5, 10: 1, 11: 4, 12: 3, 13: 2, 14: 1, 15: 0, 16: 5, 17: 5}
+N_PARAMS = {0: 4, 1: 0, 2: 0, 3: 4, 4: 2, 5: 7, 6: 2, 7: 0, 8: 1, 9: 5, 10: 1, 11: 4, 12: 3, 13: 2, 14: 1, 15: 0, 16: 5, 17: 5, 18: 6,
+            19: 3}
 LAYOUTS = {"elem": 1, "row": 2, "col": 3}  # csrc/include/fastloss/op_checks.h Layout
 # The arguments of every loss's custom op fastloss::<loss>, in order (PointwiseFunction takes
 # the same plus the loss code after aux_layout).
@@ -345,6 +346,68 @@ def sigmoid_focal_loss(input, target, alpha=0.25, gamma=2.0, reduction="mean", w
 
 
 sigmoid_focal_loss.__doc__ = sigmoid_focal_loss.__doc__.format(reduction=_REDUCTION_DOC)
+
+
+def _threshold(threshold):
+    """(cutoff, divisor) of the reduced focal term for ``threshold`` (None: the plain focal term)."""
+    if threshold is None:
+        return [0.0, 1.0]  # p_t < 0 never holds, q / 1 = q
+    th = _common.check_param("threshold", threshold, lambda v: 0 < v < math.inf, "positive and finite")
+    return [th, th]
+
+
+def reduced_focal_loss(input, target, alpha=0.25, gamma=2.0, threshold=0.5, reduction="mean", weight=None, avg_factor=None, *,
+                       sync_avg_factor=False, backend=None):
+    """Reduced focal loss (Sergievskiy & Ponamarev, arXiv 1903.01347; segmentation_models_pytorch's
+    ``reduced_threshold``) over logits: per element ``a_t f BCE(x, t)`` with the focal term
+    ``f = 1`` where ``p_t < threshold`` (hard examples keep their full BCE) and
+    ``f = ((1 - p_t) / threshold)^gamma`` elsewhere (easy ones are down-weighted as in the focal
+    loss); ``a_t = alpha t + (1 - alpha)(1 - t)``.  Its gradient differentiates f on the power
+    branch (0 on the constant one), as autograd does through smp's formula.
+
+    Args:
+        input: logits (..., C), fp16/bf16/fp32 (fp64 on CPU/reference).
+        target: hard 0 / 1 float targets of input's shape, or integer class labels of shape
+            ``input.shape[:-1]`` in [0, C] with C = background (expanded inside the kernel).
+            Soft targets run, with p_t = t p + (1 - t)(1 - p) (smp's exp(-BCE) differs there).
+        alpha: in [0, 1], or negative to disable the weighting (torchvision's -1).
+        gamma: >= 0.
+        threshold: positive and finite; the paper uses 0.5.  Values >= 1 leave f = 1 wherever
+            p_t < 1, i.e. a_t BCE.
+        reduction, weight, avg_factor, sync_avg_factor, backend: as :func:`sigmoid_focal_loss`.
+
+    Returns the loss as :func:`sigmoid_focal_loss` (input's shape for "none", else a scalar;
+    promoted dtype, fp32 under autocast).  Raises ValueError as it does and for a threshold
+    that is not positive and finite.
+    """
+    params = _focal_params(alpha, gamma) + _threshold(threshold)
+    return _run("reduced_focal_loss", input, target, params, reduction, weight, avg_factor, labels=True, sync_avg_factor=sync_avg_factor,
+                backend=backend)
+
+
+def focal_term(input, target, gamma=2.0, threshold=None, reduction="sum", weight=None, *, backend=None):
+    """The focal term alone, per element, over logits: ``(1 - p_t)^gamma``, or with
+    ``threshold`` the reduced focal term of :func:`reduced_focal_loss` (1 where p_t < threshold,
+    ``((1 - p_t) / threshold)^gamma`` elsewhere), with its derivative.
+
+    Its sum is the normaliser of the normalised focal loss (arXiv 1909.07829, smp's
+    ``normalized=True``: loss / max(sum f, eps), differentiated through the sum too).  It is
+    the engine's op ``fastloss::focal_term`` on every backend, but not exported as
+    ``fastloss.focal_term``: it is a weighting term, not a loss to train on by itself, so
+    it stays out of the public loss list; :mod:`fastloss.compat.smp` uses it for smp's
+    ``normalized=True``.
+
+    Args:
+        input: logits (..., C); target: hard 0 / 1 float targets of input's shape or integer
+            class labels of shape ``input.shape[:-1]`` in [0, C] (C = background).
+        gamma: >= 0; threshold: None, or positive and finite.
+        reduction: "sum" (default), "mean" or "none"; weight: as :func:`sigmoid_focal_loss`
+            (a 0 weight leaves an element out of the sum).
+
+    Returns a scalar (or input's shape for "none") in the promoted dtype; ValueError for bad
+    shapes or parameters."""
+    params = [_common.nonneg("gamma", gamma)] + _threshold(threshold)
+    return _run("focal_term", input, target, params, reduction, weight, None, labels=True, backend=backend)
 
 
 def poly1_focal_loss(input, target, alpha=0.25, gamma=2.0, epsilon=1.0, reduction="mean", weight=None, avg_factor=None, *,

@@ -21,7 +21,7 @@ from fastloss.reference._reduce import reduce_loss
 
 # Loss codes: csrc/kernels/pointwise.h Loss.
 SIGMOID_FOCAL, L1, MSE, SMOOTH_L1, HUBER, BALANCED_L1, BCE_WITH_LOGITS, BCE, POLY1_BCE, POLY1_FOCAL, QUALITY_FOCAL, VARIFOCAL, \
-    GAUSSIAN_FOCAL, HINGE, KL_DIV, BIAS, FOCAL_WITH_PROB, QUALITY_FOCAL_WITH_PROB = range(18)
+    GAUSSIAN_FOCAL, HINGE, KL_DIV, BIAS, FOCAL_WITH_PROB, QUALITY_FOCAL_WITH_PROB, REDUCED_FOCAL, FOCAL_TERM = range(20)
 
 # ------------------------------------------------------------------ shared pieces
 
@@ -98,6 +98,32 @@ def _focal_terms(x, t, p):
 def sigmoid_focal_elements(x, t, aux, p):
     loss, grad, _, _, _ = _focal_terms(x, t, p)
     return loss, grad
+
+
+def _reduced_focal_term(x, t, gamma, cutoff, divisor):
+    """(s_pos, s_neg, ce, f, df/dx) of the reduced focal term (csrc/kernels/pointwise.h
+    reduced_focal_term): f = 1 where p_t < cutoff, (q / divisor)^gamma elsewhere, q = 1 - p_t."""
+    s_pos, s_neg = _sigmoid2(x)
+    ce = bce_with_logits(x, t)
+    q = t * s_neg + (1 - t) * s_pos
+    p_t = t * s_pos + (1 - t) * s_neg
+    dq = (1 - 2 * t) * s_pos * s_neg
+    r = torch.where(q > 0, dq / torch.where(q > 0, q, torch.ones_like(q)), torch.zeros_like(q))
+    fp = _pow_q(q / divisor, gamma)
+    low = p_t < cutoff
+    return s_pos, s_neg, ce, torch.where(low, torch.ones_like(fp), fp), torch.where(low, torch.zeros_like(fp), gamma * fp * r)
+
+
+def reduced_focal_elements(x, t, aux, p):
+    s_pos, s_neg, ce, f, df = _reduced_focal_term(x, t, p[2], p[4], p[5])
+    a_t = p[0] * t + p[1] * (1 - t) if p[3] else torch.ones_like(t)
+    return a_t * f * ce, a_t * (f * _p_minus_t(t, s_pos, s_neg) + ce * df)
+
+
+def focal_term_elements(x, t, aux, p):
+    _, _, _, f, df = _reduced_focal_term(x, t, p[0], p[1], p[2])
+    nan_x = x != x
+    return torch.where(nan_x, x, f), torch.where(nan_x, x, df)
 
 
 def poly1_focal_elements(x, t, aux, p):
@@ -234,6 +260,7 @@ ELEMENTS = {
     POLY1_FOCAL: poly1_focal_elements, QUALITY_FOCAL: quality_focal_elements, VARIFOCAL: varifocal_elements,
     GAUSSIAN_FOCAL: gaussian_focal_elements, HINGE: hinge_elements, KL_DIV: kl_div_elements, BIAS: bias_elements,
     FOCAL_WITH_PROB: focal_with_prob_elements, QUALITY_FOCAL_WITH_PROB: focal_with_prob_elements,
+    REDUCED_FOCAL: reduced_focal_elements, FOCAL_TERM: focal_term_elements,
 }
 
 # ------------------------------------------------------------------ the engine's calling convention
