@@ -1,5 +1,8 @@
 """Benchmark cases of the label assigners.
 
+* task-aligned assignment (``fastloss.task_aligned_assign``, ultralytics' detection-loss settings
+  topk 10, alpha 0.5, beta 6) for 8 images at 640 px (A = 8400), nc 80, M = 20 / 100 / 400,
+  against ultralytics 8.4's ``TaskAlignedAssigner`` (eager: its (B, M, A) tensors).
 * max-IoU assignment (``fastloss.max_iou_assign``, RetinaNet's thresholds 0.5 / 0.4 / 0 with
   tie-sharing low-quality matches) for a batch of 8 images, A = 8400 priors, M = 20 / 100 / 400
   ground truths per image, against the eager baseline: mmdetection 3.3.0's
@@ -84,10 +87,78 @@ def case(B, A, M):
                 make_inputs=functools.partial(make_inputs, B=B, A=A, M=M), make_providers=providers, modes=("fwd",))
 
 
+# ----------------------------------------------------------------------------- task-aligned
+
+TAL_OP = "task_aligned_assign"
+TAL = dict(topk=10, num_classes=80, alpha=0.5, beta=6.0)
+
+
+def make_tal_inputs(device, B, M, imgsz=640, seed=0):
+    """v8DetectionLoss' inputs: cell-centre anchors of strides 8 / 16 / 32, gts with
+    log-uniform sides (image 0 full, the others 50 - 100 % of M), predictions near their gt."""
+    import math
+
+    g = torch.Generator(device="cpu").manual_seed(seed)
+    pts, st = [], []
+    for s in (8, 16, 32):
+        n = imgsz // s
+        ys, xs = torch.meshgrid(torch.arange(n) + 0.5, torch.arange(n) + 0.5, indexing="ij")
+        pts.append(torch.stack([xs.flatten(), ys.flatten()], -1) * s)
+        st.append(torch.full((n * n,), float(s)))
+    pts, st = torch.cat(pts), torch.cat(st)
+    A = pts.shape[0]
+    gt, mask = torch.zeros(B, M, 4), torch.zeros(B, M, 1)
+    for b in range(B):
+        n = M if b == 0 else int(M * (0.5 + 0.5 * torch.rand(1, generator=g)))
+        side = torch.exp(math.log(4) + torch.rand(n, 2, generator=g) * (math.log(320) - math.log(4)))
+        ctr = torch.rand(n, 2, generator=g) * imgsz
+        gt[b, :n] = torch.cat([(ctr - side / 2).clamp(0, imgsz), (ctr + side / 2).clamp(0, imgsz)], -1)
+        mask[b, :n] = 1
+    labels = torch.randint(0, TAL["num_classes"], (B, M, 1), generator=g).float()
+    scores = torch.sigmoid(torch.randn(B, A, TAL["num_classes"], generator=g) * 2 - 3)
+    ltrb = torch.rand(B, A, 4, generator=g) * st[None, :, None] * 6
+    pd = torch.cat([pts - ltrb[..., :2], pts + ltrb[..., 2:]], -1)
+    dummy = torch.zeros((), device=device, requires_grad=True)
+    args = tuple(t.to(device) for t in (scores, pd, pts, labels, gt, mask)) + (dummy,)
+    return Inputs(args=args, kwargs={}, grad_inputs=[dummy], bytes={"fwd": 4 * B * A * (TAL["num_classes"] * 2 + 9)}, numel=B * M * A)
+
+
+def _ultralytics_tal(scores, pd, pts, labels, gt, mask, dummy):
+    from ultralytics.utils.tal import TaskAlignedAssigner
+
+    out = TaskAlignedAssigner(topk=TAL["topk"], num_classes=TAL["num_classes"], alpha=TAL["alpha"], beta=TAL["beta"])(
+        scores, pd, pts, labels, gt, mask)
+    return dummy + out[2].sum()
+
+
+def _fastloss_tal(backend):
+    def run(scores, pd, pts, labels, gt, mask, dummy):
+        return dummy + fastloss.task_aligned_assign(scores, pd, pts, labels, gt, mask, backend=backend, **TAL)[2].sum()
+    return run
+
+
+def tal_providers(device):
+    out = {}
+    try:
+        import ultralytics.utils.tal  # noqa: F401
+        out["eager"] = _ultralytics_tal
+    except ImportError:  # the peer is a test requirement; without it only fastloss's rows
+        pass
+    for name in fastloss.available_backends(device):
+        if name in ("cpu", "cuda", "reference"):
+            out[f"fastloss-{name}"] = _fastloss_tal(name)
+    return out
+
+
+def tal_case(B, M):
+    return Case(op=TAL_OP, label=f"{B} images x 8400 anchors x {M} gts, nc 80", dtype=torch.float32,
+                make_inputs=functools.partial(make_tal_inputs, B=B, M=M), make_providers=tal_providers, modes=("fwd",))
+
+
 def cases(device, quick=False):
     if quick:
-        return [case(2, 2_100, 20)]
-    full = [case(8, 8_400, 20), case(8, 8_400, 100), case(8, 8_400, 400)]
+        return [case(2, 2_100, 20), tal_case(2, 20)]
+    full = [tal_case(8, 20), tal_case(8, 100), tal_case(8, 400), case(8, 8_400, 20), case(8, 8_400, 100), case(8, 8_400, 400)]
     if torch.device(device).type == "cuda":
         full.append(case(2, 8_400, 2_000))
     return full

@@ -4,10 +4,11 @@ seeded cases of the kinds ../shared/assigners.md section 13 lists: dense, initia
 (constant scores, identical box shapes), crowds in one corner, boxes smaller than the stride,
 nested boxes, all-padded images; M in {0, 1, 5, 30, 120, 400}; grids of 160 px (A = 525 < 64 k:
 torch's CPU top-k takes its nth_element path), 640 and 1280 px; nc 1 / 80 / 365; (topk, alpha,
-beta) in {(10, 0.5, 6), (13, 1, 6)}.  Labels, boxes, fg mask and gt index bit-equal; scores
+beta) in {(10, 0.5, 6), (13, 1, 6)}.  The C++ CPU kernel: all five outputs bit-equal.  The
+gt-chunked spec (reference backend): labels, boxes, fg mask and gt index bit-equal; scores
 bit-equal except at most 4 ulp on at most 1 % of the positives (torch's CPU ``pow`` rounds by
-position, and an ulp in a gt's largest metric moves all its anchors' scores; measured: 0.05 -
-0.25 %); plus invariance to padding, batch splitting and the chunk size, determinism across
+position, the spec evaluates it densely, and an ulp in a gt's largest metric moves all its
+anchors' scores; measured: 0.05 - 0.25 %); plus invariance to padding, batch splitting and the chunk size, determinism across
 thread counts, ultralytics' CIoU arithmetic bit for bit, and bad inputs.
 
 The batched max-IoU assigner against mmdetection 3.3.0's ``MaxIoUAssigner`` image by image
@@ -109,11 +110,13 @@ def _ulp_diff(a, b):
     return (a.view(torch.int32).long() - b.view(torch.int32).long()).abs()
 
 
-def _assert_matches(got, expected, stats):
+def _assert_matches(got, expected, stats, exact=False):
+    """Assignments bit-equal; scores too with ``exact`` (the kernel evaluates torch's pow on
+    ultralytics' own flat candidate list), else within a few ulp (the spec's dense pow)."""
     names = ("target_labels", "target_bboxes", "target_scores", "fg_mask", "target_gt_idx")
     for name, x, y in zip(names, got, expected):
         assert x.dtype == y.dtype and x.shape == y.shape, (name, x.dtype, y.dtype, x.shape, y.shape)
-        if name != "target_scores":
+        if name != "target_scores" or exact:
             assert torch.equal(x, y), f"{name} differs in {int((x != y).sum())} places"
     # torch's CPU pow rounds by position (Sleef in the vector body, the scalar pow in the
     # remainder); an ulp in a gt's largest metric moves the scores of all its anchors
@@ -144,7 +147,7 @@ def test_task_aligned_matches_ultralytics(backend, topk, alpha, beta, kind):
                 seed += 1
                 case = _case(seed, B, M, imgsz, nc, kind)
                 ours = _ours(case, topk, alpha, beta, nc, backend) if backend == "cpu" else _ours(case, topk, alpha, beta, nc, chunk=7)
-                _assert_matches(ours, _peer(case, topk, alpha, beta, nc), stats)
+                _assert_matches(ours, _peer(case, topk, alpha, beta, nc), stats, exact=backend == "cpu")
     assert stats["differ"] <= max(2, stats["positives"] // 100), stats
 
 
@@ -159,7 +162,7 @@ def test_task_aligned_sizes(backend, topk, alpha, beta, B, M, imgsz, nc):
     stats = {"differ": 0, "positives": 0}
     for seed in range(3):
         case = _case(seed + 7 * M, B, M, imgsz, nc, "dense" if seed != 1 else "crowd")
-        _assert_matches(_ours(case, topk, alpha, beta, nc, backend), _peer(case, topk, alpha, beta, nc), stats)
+        _assert_matches(_ours(case, topk, alpha, beta, nc, backend), _peer(case, topk, alpha, beta, nc), stats, exact=backend == "cpu")
     assert stats["differ"] <= max(2, stats["positives"] // 100), stats
 
 

@@ -20,6 +20,8 @@
 #include <ATen/ops/div.h>
 #include <ATen/ops/sub.h>
 #include <ATen/ops/empty.h>
+#include <ATen/ops/mul.h>
+#include <ATen/ops/pow.h>
 #include <ATen/ops/zeros.h>
 #include <torch/library.h>
 
@@ -232,14 +234,19 @@ std::tuple<at::Tensor, at::Tensor> max_iou_assign_cpu(const at::Tensor& priors, 
 
 // ------------------------------------------------------------------ task-aligned (ultralytics)
 //
-// Per (image, gt) row: the candidate test and, for candidates only, ultralytics' CIoU and the
-// alignment metric; then the row's top-k under torch's own CPU rule (TopKImpl.h): a pair array
-// (value, index) through std::partial_sort when k 64 <= A, else std::nth_element.  Only the
-// first k entries and the later positive ones go into the partial sort: its heap select lets a
-// later entry in only if it beats the heap's minimum, which is >= 0, so a zero never enters --
-// the selected set and its order are those of the whole row.  Then per anchor: claims, the
-// resolution of multiply claimed anchors by the first argmax of the overlap over all gts, the
-// per-gt maxima and the targets.  Memory: (B, M, k) claims and O(B (A + M)) state + outputs.
+// 1. Per (image, gt) row: the candidate test over the anchors and, for candidates only,
+//    ultralytics' CIoU (its arithmetic; the aspect arctangents from torch's own atan).
+// 2. The metrics s^alpha o^beta by torch's own pow and mul over all candidates, flat, in
+//    ultralytics' (image, gt, anchor) order: torch's CPU pow rounds by position (vector body /
+//    scalar remainder), so the same list in the same order gives ultralytics' bits.
+// 3. Per row the top-k under torch's CPU rule (TopKImpl.h): a (value, index) pair array through
+//    std::partial_sort when k 64 <= A, else std::nth_element.  Only the first k entries and the
+//    later positive ones enter the partial sort: its heap select admits a later entry only if it
+//    beats the heap's minimum, which is >= 0, so a zero never enters -- the selected set and
+//    its order are those of the whole row.
+// 4. Per image: claims, the resolution of multiply claimed anchors by the first argmax of the
+//    overlap over all gts, the per-gt maxima and the targets.
+// Memory: the candidates (O(candidates)), (B, M, k) claims, O(B (A + M)) state and the outputs.
 
 template <typename T>
 struct TalArgs {
@@ -274,58 +281,87 @@ bool inside(const T* pt, const T box[4]) {
   return pt[0] - box[0] > e && pt[1] - box[1] > e && box[2] - pt[0] > e && box[3] - pt[1] > e;
 }
 
-// torch's CPU pow of one value: ATen's vector pow (SLEEF) on a broadcast lane -- its vector
-// body's function in this build (AVX2); torch may run an AVX-512 one, whose last bit differs now
-// and then, as its own scalar remainder does (the scores' few-ulp tolerance)
+// ultralytics' overlap of gt row r = (b, g) with anchor i: its CIoU, clamped at 0
 template <typename T>
-T vec_pow(T x, T e) {
-  alignas(64) T out[Vec<T>::size()];
-  Vec<T>(x).pow(Vec<T>(e)).store(out);
-  return out[0];
+T overlap(const TalArgs<T>& a, int64_t r, int64_t b, int64_t i) {
+  return assign::ciou_ultralytics(a.gt + r * 4, a.pd + (b * a.A + i) * 4, a.atan_gt[r], a.atan_pd[b * a.A + i]);
 }
 
-// (overlap, metric) of gt g of image b with anchor a, zeros unless a is g's candidate
+// The candidates of one gt row: anchors (ascending), their overlaps, scores and metrics.
 template <typename T>
-void pair_metrics(const TalArgs<T>& a, int64_t b, int64_t g, int64_t i, const T box[4], T& ov, T& t) {
-  ov = T(0), t = T(0);
-  if (!a.valid[b * a.M + g] || !inside(a.anc + i * 2, box)) return;
-  ov = assign::ciou_ultralytics(a.gt + (b * a.M + g) * 4, a.pd + (b * a.A + i) * 4, a.atan_gt[b * a.M + g], a.atan_pd[b * a.A + i]);
-  const T s = a.scores[(b * a.A + i) * a.nc + std::min(std::max(a.labels[b * a.M + g], int64_t(0)), a.nc - 1)];
-  t = assign::torch_pow(s, a.alpha, vec_pow<T>) * assign::torch_pow(ov, a.beta, vec_pow<T>);
-}
+struct Candidates {
+  std::vector<int64_t> idx;
+  std::vector<T> ov, score, metric;
+  // position of anchor i in idx, or -1
+  int64_t find(int64_t i) const {
+    const auto it = std::lower_bound(idx.begin(), idx.end(), i);
+    return it != idx.end() && *it == i ? it - idx.begin() : -1;
+  }
+};
 
 template <typename T>
 std::vector<at::Tensor> task_aligned_impl(const TalArgs<T>& a, const at::TensorOptions& opts) {
   const int64_t B = a.B, A = a.A, M = a.M, K = a.k, nc = a.nc;
+  std::vector<T> boxes(static_cast<size_t>(B * M * 4));  // the candidate test's widened boxes
+  for (int64_t r = 0; r < B * M; ++r) widened(a.gt + r * 4, a.valid[r], a.stride_val, &boxes[r * 4]);
+  // 1. per valid gt row: the candidates, their CIoU and score
+  std::vector<Candidates<T>> rows(static_cast<size_t>(B * M));
+  at::parallel_for(0, B * M, 1, [&](int64_t r0, int64_t r1) {
+    for (int64_t r = r0; r < r1; ++r) {
+      if (!a.valid[r]) continue;
+      const int64_t b = r / M, label = std::min(std::max(a.labels[r], int64_t(0)), nc - 1);
+      Candidates<T>& c = rows[r];
+      for (int64_t i = 0; i < A; ++i) {
+        if (!inside(a.anc + i * 2, &boxes[r * 4])) continue;
+        c.idx.push_back(i);
+        c.ov.push_back(overlap(a, r, b, i));
+        c.score.push_back(a.scores[(b * A + i) * nc + label]);
+      }
+    }
+  });
+  // 2. the metric s^alpha o^beta of every candidate by torch's own pow and mul over ultralytics'
+  // flat candidate list -- the same values in the same (image, gt, anchor) order, so torch's
+  // position-dependent vector / scalar pow rounds each exactly as in ultralytics
+  std::vector<int64_t> offset(static_cast<size_t>(B * M + 1), 0);
+  for (int64_t r = 0; r < B * M; ++r) offset[r + 1] = offset[r] + static_cast<int64_t>(rows[r].idx.size());
+  const int64_t P = offset[B * M];
+  at::Tensor s_flat = at::empty({P}, opts), o_flat = at::empty({P}, opts);
+  for (int64_t r = 0; r < B * M; ++r) {
+    std::copy(rows[r].score.begin(), rows[r].score.end(), s_flat.mutable_data_ptr<T>() + offset[r]);
+    std::copy(rows[r].ov.begin(), rows[r].ov.end(), o_flat.mutable_data_ptr<T>() + offset[r]);
+  }
+  const at::Tensor t_flat = at::mul(at::pow(s_flat, a.alpha), at::pow(o_flat, a.beta)).contiguous();
+  for (int64_t r = 0; r < B * M; ++r)
+    rows[r].metric.assign(t_flat.const_data_ptr<T>() + offset[r], t_flat.const_data_ptr<T>() + offset[r + 1]);
+  // 3. per valid gt row: its top-k under torch's CPU rule, the claimed candidates
   using elem_t = std::pair<T, int64_t>;
   auto comp = [](const elem_t& x, const elem_t& y) { return x.first > y.first; };  // torch's `largest` order (no NaN)
-  std::vector<T> boxes(static_cast<size_t>(B * M * 4));
-  for (int64_t r = 0; r < B * M; ++r) widened(a.gt + r * 4, a.valid[r], a.stride_val, &boxes[r * 4]);
-  std::vector<int64_t> claims(static_cast<size_t>(B * M * K), -1);  // the anchors each valid gt claims
+  std::vector<int64_t> claims(static_cast<size_t>(B * M * K), -1);
   at::parallel_for(0, B * M, 1, [&](int64_t r0, int64_t r1) {
     std::vector<elem_t> q;
     for (int64_t r = r0; r < r1; ++r) {
       if (!a.valid[r]) continue;  // a padded row claims nothing (ultralytics zeroes its top-k)
-      const int64_t b = r / M, g = r - b * M;
-      const T* box = &boxes[r * 4];
+      const Candidates<T>& c = rows[r];
       const bool partial = K * 64 <= A;
       q.clear();
-      for (int64_t i = 0; i < A; ++i) {
-        T ov, t;
-        pair_metrics(a, b, g, i, box, ov, t);
-        if (!partial || i < K || t > T(0)) q.emplace_back(t, i);
+      size_t j = 0;  // next candidate
+      for (int64_t i = 0; i < (partial ? K : A); ++i) {  // the first k (all of a short row) with their zeros
+        const bool is_c = j < c.idx.size() && c.idx[j] == i;
+        q.emplace_back(is_c ? c.metric[j] : T(0), i);
+        j += is_c;
       }
+      for (; partial && j < c.idx.size(); ++j)
+        if (c.metric[j] > T(0)) q.emplace_back(c.metric[j], c.idx[j]);
       if (partial) {
         std::partial_sort(q.begin(), q.begin() + K, q.end(), comp);
       } else {
         std::nth_element(q.begin(), q.begin() + K - 1, q.end(), comp);
       }
-      for (int64_t j = 0; j < K; ++j) {
-        const int64_t i = q[j].second;
-        if (inside(a.anc + i * 2, box)) claims[r * K + j] = i;  // a top-k slot claims a candidate
-      }
+      for (int64_t k = 0; k < K; ++k)
+        if (c.find(q[k].second) >= 0) claims[r * K + k] = q[k].second;  // a top-k slot claims a candidate
     }
   });
+  // 4. per image: claims, resolution, the per-gt maxima, the targets
   at::Tensor labels = at::empty({B, A}, opts.dtype(at::kLong));
   at::Tensor tboxes = at::empty({B, A, 4}, opts);
   at::Tensor tscores = at::zeros({B, A, nc}, opts);
@@ -339,34 +375,38 @@ std::vector<at::Tensor> task_aligned_impl(const TalArgs<T>& a, const at::TensorO
   const T eps = static_cast<T>(a.eps);
   at::parallel_for(0, B, 1, [&](int64_t b0, int64_t b1) {
     std::vector<int64_t> count(static_cast<size_t>(A)), claimant(static_cast<size_t>(A));
-    std::vector<T> ov_a(static_cast<size_t>(A)), t_a(static_cast<size_t>(A)), pos_o(static_cast<size_t>(M)), pos_t(static_cast<size_t>(M));
+    std::vector<T> t_a(static_cast<size_t>(A)), pos_o(static_cast<size_t>(M)), pos_t(static_cast<size_t>(M));
     for (int64_t b = b0; b < b1; ++b) {
       std::fill(count.begin(), count.end(), 0);
       for (int64_t g = 0; g < M; ++g)
-        for (int64_t j = 0; j < K; ++j) {
-          const int64_t i = claims[(b * M + g) * K + j];
+        for (int64_t k = 0; k < K; ++k) {
+          const int64_t i = claims[(b * M + g) * K + k];
           if (i >= 0) ++count[i], claimant[i] = g;
         }
       std::fill(pos_o.begin(), pos_o.end(), T(0));
       std::fill(pos_t.begin(), pos_t.end(), T(0));
       for (int64_t i = 0; i < A; ++i) {
-        int64_t g = 0;
-        if (count[i] == 1) g = claimant[i];
+        int64_t g = count[i] == 1 ? claimant[i] : 0;
         if (count[i] > 1) {  // the first argmax over ALL gts of the overlap (0 off their candidates)
           T best = -std::numeric_limits<T>::infinity();
           for (int64_t h = 0; h < M; ++h) {
-            T ov, t;
-            pair_metrics(a, b, h, i, &boxes[(b * M + h) * 4], ov, t);
+            const Candidates<T>& c = rows[b * M + h];
+            const int64_t p = c.find(i);
+            const T ov = p >= 0 ? c.ov[p] : T(0);
             if (ov > best) best = ov, g = h;
           }
         }
         idx_o[b * A + i] = g;
         fg_o[b * A + i] = count[i] > 0;
-        ov_a[i] = t_a[i] = T(0);
-        if (count[i] > 0) {
-          pair_metrics(a, b, g, i, &boxes[(b * M + g) * 4], ov_a[i], t_a[i]);
-          pos_o[g] = std::max(pos_o[g], ov_a[i]);
-          pos_t[g] = std::max(pos_t[g], t_a[i]);
+        t_a[i] = T(0);
+        if (count[i] > 0) {  // the assigned pair's metric and overlap (0 unless a candidate of its gt)
+          const Candidates<T>& c = rows[b * M + g];
+          const int64_t p = c.find(i);
+          if (p >= 0) {
+            t_a[i] = c.metric[p];
+            pos_o[g] = std::max(pos_o[g], c.ov[p]);
+            pos_t[g] = std::max(pos_t[g], c.metric[p]);
+          }
         }
       }
       for (int64_t i = 0; i < A; ++i) {

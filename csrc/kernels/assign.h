@@ -87,16 +87,5 @@ FL_HOST_DEVICE FL_INLINE T ciou_ultralytics(const T g[4], const T p[4], T at_g, 
   return mx(ciou, T(0));
 }
 
-// torch.pow(x, e) for a tensor x and a Python exponent e: 0.5 -> sqrt, 1 -> x, 2 -> x * x,
-// otherwise `pow` (the CPU's SLEEF vector pow, which torch applies to all but the scalar
-// remainder of each vector block -- there it rounds differently in ~2 % of the last bits).
-template <typename T, typename Pow>
-FL_HOST_DEVICE FL_INLINE T torch_pow(T x, double e, Pow pow) {
-  if (e == 0.5) return std::sqrt(x);
-  if (e == 1.0) return x;
-  if (e == 2.0) return rn_mul(x, x);
-  return pow(x, static_cast<T>(e));
-}
-
 }  // namespace assign
 }  // namespace fastloss
