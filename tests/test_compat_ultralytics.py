@@ -485,3 +485,29 @@ def test_built_while_patched_keep_what_they_captured():
         bbox_loss = UL.BboxLoss(16)
     assert isinstance(bbox_loss, FU.BboxLoss) and isinstance(bbox_loss.dfl_loss, FU.DFLoss) and UL.BboxLoss is ORIGINAL["BboxLoss"]
     assert "built while patched" in FU._patch.__doc__.replace("\n    ", " ")
+
+
+def test_task_aligned_assigner_drop_in():
+    """Signature, attributes and the five outputs bit-equal to ultralytics' on a crowded case
+    (the full grid is tests/test_assign.py's)."""
+    from ultralytics.utils.tal import TaskAlignedAssigner
+
+    assert inspect.signature(FU.TaskAlignedAssigner.__init__) == inspect.signature(TaskAlignedAssigner.__init__)
+    assert list(inspect.signature(FU.TaskAlignedAssigner.forward).parameters) == list(
+        inspect.signature(TaskAlignedAssigner.forward).parameters)
+    g = torch.Generator().manual_seed(9)
+    xs = (torch.arange(20) + 0.5) * 16
+    pts = torch.stack(torch.meshgrid(xs, xs, indexing="xy"), -1).reshape(-1, 2)
+    gt = torch.rand(2, 30, 2, generator=g) * 120
+    gt = torch.cat([gt, gt + 8 + torch.rand(2, 30, 2, generator=g) * 60], -1)
+    mask = (torch.rand(2, 30, 1, generator=g) > 0.2).float()
+    labels = torch.randint(0, 5, (2, 30, 1), generator=g).float()
+    scores = torch.rand(2, 400, 5, generator=g)
+    pd = torch.cat([pts - 20, pts + 20], -1)[None].expand(2, -1, -1) + torch.randn(2, 400, 4, generator=g)
+    for kw in (dict(topk=10, num_classes=5, alpha=0.5, beta=6.0, stride=[8, 16, 32]), dict(num_classes=5)):
+        ours, peer = FU.TaskAlignedAssigner(**kw), TaskAlignedAssigner(**kw)
+        assert (ours.topk, ours.topk2, ours.stride_val, ours.eps) == (peer.topk, peer.topk2, peer.stride_val, peer.eps)
+        for x, y in zip(ours(scores, pd, pts, labels, gt, mask), peer(scores, pd, pts, labels, gt, mask)):
+            assert x.dtype == y.dtype and torch.equal(x, y)
+    with pytest.raises(ValueError, match="topk2"):
+        FU.TaskAlignedAssigner(topk=10, topk2=5)

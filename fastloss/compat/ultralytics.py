@@ -74,7 +74,7 @@ from torch import nn
 import fastloss
 from fastloss.ops import _common
 
-__all__ = ["bbox_iou", "box_iou", "VarifocalLoss", "FocalLoss", "DFLoss", "BboxLoss"]
+__all__ = ["bbox_iou", "box_iou", "VarifocalLoss", "FocalLoss", "DFLoss", "BboxLoss", "TaskAlignedAssigner"]
 
 
 def _float_boxes(name, b):
@@ -355,6 +355,43 @@ class BboxLoss(nn.Module):
             target_ltrb = _ltrb(anchors, boxes) * scale / size
             loss_dfl = fastloss.l1_loss(pred_dist[fg] * scale / size, target_ltrb, reduction="none").mean(-1, keepdim=True) * weight
         return loss_iou, loss_dfl.sum() / target_scores_sum
+
+
+class TaskAlignedAssigner(nn.Module):
+    """ultralytics' ``TaskAlignedAssigner`` (``ultralytics.utils.tal``, 8.4.190) over
+    :func:`fastloss.task_aligned_assign`: the same arguments, ``forward(pd_scores, pd_bboxes,
+    anc_points, gt_labels, gt_bboxes, mask_gt)`` and five outputs with their dtypes, without its
+    (B, M, A) tensors, its host sync or its out-of-memory fallback (a crowded batch at xView
+    scale, B 128 x M 5000 x A 8400, needs about 75 GB there, the outputs plus O(candidates)
+    here).  On the CPU all five outputs are bit-equal to ultralytics' (tests/test_assign.py);
+    on CUDA the spec backend runs (no CUDA kernel yet) and equality is untested.  Not swapped
+    in by :func:`fastloss.patch` (it decides assignments): explicit use only, e.g.
+    ``loss.assigner = fastloss.compat.ultralytics.TaskAlignedAssigner(topk=10, num_classes=nc,
+    alpha=0.5, beta=6.0, stride=model.stride.tolist())``.
+
+    Not supported (ValueError): ``topk2`` other than ``topk`` (ultralytics' second filtering,
+    off by default) and extra batch tensors for ``pair_overlaps`` (its subclasses' hook)."""
+
+    def __init__(self, topk: int = 13, num_classes: int = 80, alpha: float = 1.0, beta: float = 6.0, stride: list | None = None,
+                 eps: float = 1e-9, topk2: int | None = None):
+        super().__init__()
+        if topk2 is not None and topk2 != topk:
+            raise ValueError("TaskAlignedAssigner: topk2 != topk is not supported by fastloss's compat layer")
+        self.topk, self.topk2, self.num_classes, self.alpha, self.beta, self.eps = topk, topk2 or topk, num_classes, alpha, beta, eps
+        self.stride = stride if stride is not None else [8, 16, 32]
+        self.stride_val = self.stride[1] if len(self.stride) > 1 else self.stride[0]
+
+    @torch.no_grad()
+    def forward(self, pd_scores, pd_bboxes, anc_points, gt_labels, gt_bboxes, mask_gt, **extra):
+        """ultralytics' shapes: pd_scores (B, A, nc) probabilities, pd_bboxes (B, A, 4) and
+        gt_bboxes (B, M, 4) xyxy pixels, anc_points (A, 2), gt_labels / mask_gt (B, M, 1) ->
+        (target_labels, target_bboxes, target_scores, fg_mask, target_gt_idx)."""
+        if extra:
+            raise ValueError(f"TaskAlignedAssigner: extra tensors {sorted(extra)} (pair_overlaps) are not supported by fastloss's "
+                             f"compat layer")
+        return fastloss.task_aligned_assign(pd_scores, pd_bboxes, anc_points, gt_labels, gt_bboxes, mask_gt, topk=self.topk,
+                                            num_classes=self.num_classes, alpha=self.alpha, beta=self.beta, stride_val=self.stride_val,
+                                            eps=self.eps)
 
 
 def _patch(handle):
