@@ -213,16 +213,8 @@ std::tuple<at::Tensor, at::Tensor> max_iou_impl(const MaxIoUArgs<T>& a, const at
 std::tuple<at::Tensor, at::Tensor> max_iou_assign_cpu(const at::Tensor& priors, const at::Tensor& gt_bboxes, const at::Tensor& gt_valid,
                                                       const at::Tensor& ignored, double pos_iou_thr, double neg_lo, double neg_hi,
                                                       double min_pos_iou, bool match_low_quality, bool gt_max_assign_all) {
-  TORCH_CHECK(priors.dim() == 3 && priors.size(2) == 4 && priors.is_contiguous(), "fastloss max_iou_assign: priors must be contiguous (B or 1, A, 4)");
-  TORCH_CHECK(gt_bboxes.dim() == 3 && gt_bboxes.size(2) == 4 && gt_bboxes.is_contiguous() && gt_bboxes.scalar_type() == priors.scalar_type(),
-              "fastloss max_iou_assign: gt_bboxes must be contiguous (B, M, 4) of priors' dtype");
-  const int64_t B = gt_bboxes.size(0), M = gt_bboxes.size(1), A = priors.size(1);
-  TORCH_CHECK(priors.size(0) == B || priors.size(0) == 1, "fastloss max_iou_assign: priors must have 1 or B images");
-  TORCH_CHECK(gt_valid.scalar_type() == at::kBool && gt_valid.is_contiguous() && gt_valid.sizes() == at::IntArrayRef({B, M}),
-              "fastloss max_iou_assign: gt_valid must be contiguous bool (B, M)");
-  TORCH_CHECK(ignored.scalar_type() == at::kBool && ignored.is_contiguous() && ignored.sizes() == at::IntArrayRef({B, A}),
-              "fastloss max_iou_assign: ignored must be contiguous bool (B, A)");
-  TORCH_CHECK(A < (int64_t(1) << 24), "fastloss max_iou_assign: at most 2^24 priors (indices ride in float lanes)");
+  int64_t B, A, M;
+  std::tie(B, A, M) = assign::check_max_iou_args(priors, gt_bboxes, gt_valid, ignored);
   std::tuple<at::Tensor, at::Tensor> out;
   AT_DISPATCH_FLOATING_TYPES(priors.scalar_type(), "max_iou_assign_cpu", [&] {
     const MaxIoUArgs<scalar_t> a{priors.const_data_ptr<scalar_t>(), gt_bboxes.const_data_ptr<scalar_t>(), gt_valid.const_data_ptr<bool>(),

@@ -14,6 +14,8 @@
 #pragma once
 
 #include <cmath>
+#include <cstdint>
+#include <tuple>
 
 #include "fastloss/common.h"
 
@@ -85,6 +87,31 @@ FL_HOST_DEVICE FL_INLINE T ciou_ultralytics(const T g[4], const T p[4], T at_g, 
   const T alpha = v / rn_add(rn_add(rn_sub(T(1), iou), v), eps);
   const T ciou = rn_sub(iou, rn_add(rho2 / c2, rn_mul(v, alpha)));
   return mx(ciou, T(0));
+}
+
+}  // namespace assign
+}  // namespace fastloss
+
+#include <ATen/core/Tensor.h>
+
+namespace fastloss {
+namespace assign {
+
+// The max-IoU op's shapes (calling convention: csrc/fastloss.cpp), checked on the host by both
+// kernels; returns (B, A, M).
+inline std::tuple<int64_t, int64_t, int64_t> check_max_iou_args(const at::Tensor& priors, const at::Tensor& gt_bboxes, const at::Tensor& gt_valid,
+                                                                const at::Tensor& ignored) {
+  TORCH_CHECK(priors.dim() == 3 && priors.size(2) == 4 && priors.is_contiguous(), "fastloss max_iou_assign: priors must be contiguous (B or 1, A, 4)");
+  TORCH_CHECK(gt_bboxes.dim() == 3 && gt_bboxes.size(2) == 4 && gt_bboxes.is_contiguous() && gt_bboxes.scalar_type() == priors.scalar_type(),
+              "fastloss max_iou_assign: gt_bboxes must be contiguous (B, M, 4) of priors' dtype");
+  const int64_t B = gt_bboxes.size(0), M = gt_bboxes.size(1), A = priors.size(1);
+  TORCH_CHECK(priors.size(0) == B || priors.size(0) == 1, "fastloss max_iou_assign: priors must have 1 or B images");
+  TORCH_CHECK(gt_valid.scalar_type() == at::kBool && gt_valid.is_contiguous() && gt_valid.sizes() == at::IntArrayRef({B, M}),
+              "fastloss max_iou_assign: gt_valid must be contiguous bool (B, M)");
+  TORCH_CHECK(ignored.scalar_type() == at::kBool && ignored.is_contiguous() && ignored.sizes() == at::IntArrayRef({B, A}),
+              "fastloss max_iou_assign: ignored must be contiguous bool (B, A)");
+  TORCH_CHECK(A < (int64_t(1) << 24) && M < (int64_t(1) << 24), "fastloss max_iou_assign: at most 2^24 priors and gts (indices ride in float lanes)");
+  return {B, A, M};
 }
 
 }  // namespace assign
