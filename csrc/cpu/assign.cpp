@@ -198,12 +198,7 @@ std::tuple<at::Tensor, at::Tensor> max_iou_impl(const MaxIoUArgs<T>& a, const at
           inds[k] = 0, best[k] = T(0);
           continue;
         }
-        const T v = best[k];
-        int64_t r = -1;
-        if (v >= lo && v < hi) r = 0;
-        if (v >= pos) r = best_g[k] + 1;
-        if (last[k] > 0) r = last[k];
-        inds[k] = r;
+        inds[k] = assign::max_iou_rule(best[k], best_g[k], last[k], pos, lo, hi);
       }
     }
   });

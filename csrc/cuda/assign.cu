@@ -108,12 +108,7 @@ __global__ void rules_kernel(MaxIoUPtrs<T> p, const T* gt_max, const int64_t* gt
       inds[k] = 0, best[k] = T(0);
       continue;
     }
-    const T v = best[k];
-    int64_t r = -1;
-    if (v >= lo && v < hi) r = 0;
-    if (v >= pos) r = best_g[k] + 1;
-    if (last > 0) r = last;
-    inds[k] = r;
+    inds[k] = assign::max_iou_rule(best[k], best_g[k], last, pos, lo, hi);
   }
 }
 

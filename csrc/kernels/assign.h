@@ -60,6 +60,18 @@ FL_HOST_DEVICE FL_INLINE T iou(const T& gx1, const T& gy1, const T& gx2, const T
   return inter / mx(uni, eps);
 }
 
+// mmdetection's MaxIoUAssigner rules for one prior, in its order: -1 (ignore); 0 if its best IoU
+// v lies in [lo, hi); best gt + 1 if v >= pos; then a low-quality match (last > 0: the last
+// qualifying gt + 1) overrides.
+template <typename T>
+FL_HOST_DEVICE FL_INLINE int64_t max_iou_rule(T v, int64_t best_g, int64_t last, T pos, T lo, T hi) {
+  int64_t r = -1;
+  if (v >= lo && v < hi) r = 0;
+  if (v >= pos) r = best_g + 1;
+  if (last > 0) r = last;
+  return r;
+}
+
 // ------------------------------------------------------------------ task-aligned (ultralytics)
 // ultralytics' bbox_iou(gt, pred, xywh=False, CIoU=True) (metrics.py, 8.4.190), the same float
 // operations in the same order, clamped at 0 -- not fastloss's ciou: heights carry eps, the
