@@ -414,3 +414,17 @@ def test_max_iou_compiles_and_rejects_bad_inputs():
     for call, match in bad:
         with pytest.raises(ValueError, match=match):
             call()
+
+
+def test_assign_ops_opcheck():
+    """torch.library.opcheck of both custom ops (schema, fake impl, dispatch) on the CPU backend."""
+    from fastloss.ops import assign as ops
+
+    backend = "cpu" if "cpu" in fastloss.available_backends("cpu") else "reference"
+    anchors = _grid_anchors(160)[None]
+    boxes, labels, valid, _ = _gt_batch(1, 2, 6, 160)
+    ignored = torch.zeros(2, anchors.shape[1], dtype=torch.bool)
+    torch.library.opcheck(ops.max_iou_assign_op, (anchors, boxes, valid, ignored, 0.5, 0.0, 0.4, 0.0, True, True, backend))
+    sc, pd, pts, lab, gt, mask = _case(2, 2, 5, 160, 4, "dense")
+    torch.library.opcheck(ops.task_aligned_assign_op, (sc, pd, pts, lab[..., 0].long(), gt, mask[..., 0].bool(), 10, 4, 0.5, 6.0, 16.0, 1e-9,
+                                                       backend))
