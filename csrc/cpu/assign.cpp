@@ -28,6 +28,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <cstring>
 #include <limits>
 #include <tuple>
 #include <utility>
@@ -262,10 +263,15 @@ void widened(const T* g, bool valid, double stride_val, T out[4]) {
   out[0] = cx - hw, out[1] = cy - hh, out[2] = cx + hw, out[3] = cy + hh;
 }
 
+// ultralytics' candidate test of every anchor against one widened box, min(x - x1, y - y1,
+// x2 - x, y2 - y) > 1e-9, as 0 / 1 flags: the anchors are columns (ax, ay) and the four
+// comparisons are combined without branches, so the compiler runs the loop V anchors per
+// instruction (the test is the bulk of the work: B M A of them, ~1 % candidates).
 template <typename T>
-bool inside(const T* pt, const T box[4]) {
-  const T e = static_cast<T>(1e-9);
-  return pt[0] - box[0] > e && pt[1] - box[1] > e && box[2] - pt[0] > e && box[3] - pt[1] > e;
+void inside_flags(const T* ax, const T* ay, int64_t A, const T box[4], uint8_t* flag) {
+  const T e = static_cast<T>(1e-9), x1 = box[0], y1 = box[1], x2 = box[2], y2 = box[3];
+  for (int64_t i = 0; i < A; ++i)
+    flag[i] = static_cast<uint8_t>((ax[i] - x1 > e) & (ay[i] - y1 > e) & (x2 - ax[i] > e) & (y2 - ay[i] > e));
 }
 
 // ultralytics' overlap of gt row r = (b, g) with anchor i: its CIoU, clamped at 0
@@ -293,13 +299,25 @@ std::vector<at::Tensor> task_aligned_impl(const TalArgs<T>& a, const at::TensorO
   for (int64_t r = 0; r < B * M; ++r) widened(a.gt + r * 4, a.valid[r], a.stride_val, &boxes[r * 4]);
   // 1. per valid gt row: the candidates, their CIoU and score
   std::vector<Candidates<T>> rows(static_cast<size_t>(B * M));
+  std::vector<T> ax(static_cast<size_t>(A)), ay(static_cast<size_t>(A));  // the anchors as columns
+  for (int64_t i = 0; i < A; ++i) ax[i] = a.anc[i * 2], ay[i] = a.anc[i * 2 + 1];
   at::parallel_for(0, B * M, 1, [&](int64_t r0, int64_t r1) {
+    std::vector<uint8_t> flag(static_cast<size_t>(A + 8), 0);  // + 8: whole 8-byte words below
     for (int64_t r = r0; r < r1; ++r) {
       if (!a.valid[r]) continue;
       const int64_t b = r / M, label = std::min(std::max(a.labels[r], int64_t(0)), nc - 1);
       Candidates<T>& c = rows[r];
+      inside_flags(ax.data(), ay.data(), A, &boxes[r * 4], flag.data());
       for (int64_t i = 0; i < A; ++i) {
-        if (!inside(a.anc + i * 2, &boxes[r * 4])) continue;
+        if (i % 8 == 0) {  // skip 8 non-candidates at a time
+          uint64_t word;
+          std::memcpy(&word, flag.data() + i, sizeof(word));
+          if (word == 0) {
+            i += 7;
+            continue;
+          }
+        }
+        if (!flag[i]) continue;
         c.idx.push_back(i);
         c.ov.push_back(overlap(a, r, b, i));
         c.score.push_back(a.scores[(b * A + i) * nc + label]);
