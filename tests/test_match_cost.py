@@ -384,3 +384,30 @@ def test_bad_inputs():
         args = _op_args(logits, pred, labels, tgt, [2, 1])
         args[7] = torch.tensor([0, 2, 2])
         ops.match_cost_op(*args, "cpu" if "cpu" in fastloss.available_backends("cpu") else None)
+
+
+def test_compat_mmdet_hungarian_assigner_equals_mmdetection():
+    """fastloss.compat.mmdet.HungarianAssigner against mmdetection's, DETR's and DINO's configs."""
+    from fastloss.compat import mmdet as compat
+
+    _, HungarianAssigner, InstanceData = _mmdet()
+    configs = [[dict(type="ClassificationCost", weight=1.0), dict(type="BBoxL1Cost", weight=5.0, box_format="xywh"),
+                dict(type="IoUCost", iou_mode="giou", weight=2.0)],
+               [dict(type="FocalLossCost", weight=2.0), dict(type="BBoxL1Cost", weight=5.0, box_format="xywh"),
+                dict(type="IoUCost", iou_mode="giou", weight=2.0)]]
+    logits, pred, labels, tgt = _case(14, 2, 25, 8, [6, 0])
+    for cfg in configs:
+        ours, theirs = compat.HungarianAssigner(cfg), HungarianAssigner(cfg)
+        for b, (lo, hi) in enumerate(((0, 6), (6, 6))):
+            hw = (400 + 50 * b, 600)
+            factor = pred.new_tensor([hw[1], hw[0], hw[1], hw[0]])
+            preds = InstanceData(scores=logits[b], bboxes=_peer_cxcywh_to_xyxy(pred[b]) * factor)
+            gts = InstanceData(labels=labels[lo:hi], bboxes=_peer_cxcywh_to_xyxy(tgt[lo:hi]) * factor)
+            got, want = ours.assign(preds, gts, img_meta={"img_shape": hw}), theirs.assign(preds, gts, img_meta={"img_shape": hw})
+            assert got.num_gts == want.num_gts and torch.equal(got.gt_inds, want.gt_inds) and torch.equal(got.labels, want.labels)
+    for bad in ([dict(type="ClassificationCost")], configs[0] + [dict(type="IoUCost")], [dict(type="DiceCost")],
+                [dict(type="FocalLossCost", binary_input=True), configs[0][1], configs[0][2]],
+                [configs[0][0], configs[0][1], dict(type="IoUCost", iou_mode="iou")],
+                [dict(type="ClassificationCost", weight=1.0, extra=1), configs[0][1], configs[0][2]]):
+        with pytest.raises(ValueError, match="HungarianAssigner"):
+            compat.HungarianAssigner(bad)
