@@ -411,3 +411,18 @@ def test_compat_mmdet_hungarian_assigner_equals_mmdetection():
                 [dict(type="ClassificationCost", weight=1.0, extra=1), configs[0][1], configs[0][2]]):
         with pytest.raises(ValueError, match="HungarianAssigner"):
             compat.HungarianAssigner(bad)
+
+
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+def test_non_contiguous_inputs(backend):
+    """Strided views (logits with its query and class axes swapped, boxes sliced out of wider
+    rows, every other target) give the same bits as their contiguous copies."""
+    helpers.require_backend("cpu", backend)
+    logits, pred, labels, tgt = _case(15, 2, 6, 5, [4, 3])
+    wide_pred = torch.cat([pred, torch.rand(2, 6, 2)], -1)[..., :4]
+    tgt2 = torch.stack([tgt, tgt + 1], 1).flatten(0, 1)[::2]
+    labels2 = torch.stack([labels, labels], 1).flatten()[::2]
+    logits_t = logits.transpose(1, 2).contiguous().transpose(1, 2)
+    assert not (wide_pred.is_contiguous() or tgt2.is_contiguous() or labels2.is_contiguous() or logits_t.is_contiguous())
+    got = fastloss.match_cost(logits_t, wide_pred, labels2, tgt2, [4, 3], convention="dino", backend=backend)
+    assert _bits_equal(got, fastloss.match_cost(logits, pred, labels, tgt, [4, 3], convention="dino", backend=backend))

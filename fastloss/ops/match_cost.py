@@ -156,7 +156,9 @@ def match_cost(pred_logits, pred_boxes, tgt_labels, tgt_boxes, sizes, *, convent
     alpha = _common.check_param("focal_alpha", focal_alpha, lambda a: 0.0 <= a <= 1.0, "[0, 1]")
     gamma = _common.check_param("focal_gamma", focal_gamma, lambda g: g >= 0.0, ">= 0")
     dtype = torch.promote_types(torch.promote_types(pred_logits.dtype, pred_boxes.dtype), torch.promote_types(tgt_boxes.dtype, torch.float32))
-    logits, pred, tgt = pred_logits.to(dtype), pred_boxes.to(dtype), tgt_boxes.to(dtype)
+    # contiguous logits: the peers flatten them (a copy) before their elementwise class terms, whose CPU
+    # log / exp round by position in memory order
+    logits, pred, tgt = pred_logits.to(dtype).contiguous(), pred_boxes.to(dtype), tgt_boxes.to(dtype)
     offsets, image = _sizes(sizes, B, N, pred_logits.device)
     if convention != "mmdet":
         for name, v in (("class_cost", class_cost), ("img_shapes", img_shapes), ("focal_eps", focal_eps), ("order", order)):
