@@ -34,6 +34,7 @@ OPS = {
     "dice": "benchmarks.bench_dice",
     "rowwise": "benchmarks.bench_rowwise",
     "assign": "benchmarks.bench_assign",
+    "match_cost": "benchmarks.bench_match_cost",
 }
 
 

@@ -36,6 +36,7 @@ PREFERENCE = {
     "dice": {"cpu": ("cpu", "reference"), "cuda": ("cuda", "triton", "reference")},
     "max_iou_assign": {"cpu": ("cpu", "reference"), "cuda": ("cuda", "reference")},
     "task_aligned_assign": {"cpu": ("cpu", "reference"), "cuda": ("reference",)},
+    "match_cost": {"cpu": ("cpu", "reference"), "cuda": ("cuda", "triton", "reference")},
 }
 
 # Forward/backward fusion, per device type (see the docstring of fastloss/ops/pointwise.py):

@@ -168,6 +168,24 @@ def run(backend, dtype, device):
             if not all(torch.equal(a, b) for a, b in zip(got, ref)):
                 raise AssertionError(f"max_iou_assign {backend} {kw}: differs from the reference")
             cases += 1
+    # Hungarian matching cost blocks: bit-equal to the reference's (the same rounded operations),
+    # empty images and a block size past one thread block included
+    if backend in _backend.preference("match_cost")[device] and dtype == torch.float32:
+        sizes = [0, 5, 300, 1]
+        n, queries = sum(sizes), 37
+        logits = torch.randn(4, queries, 11, device=device) * 3
+        pred = torch.cat([torch.rand(4, queries, 2, device=device), torch.rand(4, queries, 2, device=device) * 0.3 + 0.01], -1)
+        tgt = torch.cat([torch.rand(n, 2, device=device), torch.rand(n, 2, device=device) * 0.3 + 0.01], -1)
+        labels = torch.randint(0, 11, (n,), device=device)
+        shapes = [(480, 640)] * 4
+        for kw in (dict(convention="detr", weights=(1, 5, 2)), dict(convention="dino", weights=(2.0, 5.0, 2.0)),
+                   dict(convention="mmdet", class_cost="focal", l1_format="xywh", img_shapes=shapes, weights=(2.0, 5.0, 2.0))):
+            boxes = (pred * 400, tgt * 400) if kw["convention"] == "mmdet" else (pred, tgt)
+            got = fastloss.match_cost(logits, boxes[0], labels, boxes[1], torch.tensor(sizes, device=device), backend=backend, **kw)
+            ref = fastloss.match_cost(logits, boxes[0], labels, boxes[1], sizes, backend="reference", **kw)
+            if not torch.equal(got, ref):
+                raise AssertionError(f"match_cost {backend} {kw['convention']}: {(got != ref).sum().item()} costs differ from the reference")
+            cases += 1
     if device == "cuda":
         torch.cuda.synchronize()
     return cases

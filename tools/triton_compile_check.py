@@ -19,7 +19,7 @@ from triton.compiler import ASTSource
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
-from fastloss.triton_kernels import box_iou, dice, pointwise, rowwise  # noqa: E402
+from fastloss.triton_kernels import box_iou, dice, match_cost, pointwise, rowwise  # noqa: E402
 
 def grid(**axes):
     """Every combination of the given constexpr values."""
@@ -54,7 +54,7 @@ def variants(quick):
         (box_iou._rows_backward_kernel, grid(KIND=metrics, FMT=[0], **mat)),
         (box_iou._cols_backward_kernel, grid(KIND=metrics, FMT=[0], **mat)),
         (box_iou._max_kernel, grid(KIND=[0, 4], FMT=[0], OVER_M=[True, False], **mat)),
-    ] + pointwise_variants(quick) + dice_variants() + rowwise_variants(quick)
+    ] + pointwise_variants(quick) + dice_variants() + rowwise_variants(quick) + match_cost_variants()
 
 
 def conventions():
@@ -122,6 +122,21 @@ def rowwise_variants(quick):
     return out
 
 
+def match_cost_variants():
+    """Both GIoU conventions, DETR's and mmdet's term orders, fp32 and fp64."""
+    k, block = match_cost._blocks_kernel, [match_cost.BLOCK]
+    return [(k, grid(MODE=[0, 1], O0=[1], O1=[0], O2=[2], F64=[False, True], BLOCK=block)),  # DETR's order: bbox, class, giou
+            (k, grid(MODE=[1], O0=[0], O1=[1], O2=[2], F64=[False], BLOCK=block)),  # mmdet's default order
+            (k, grid(MODE=[1], O0=[2], O1=[0], O2=[1], F64=[False], BLOCK=block))]
+
+
+def match_cost_signature(fn, consts):
+    """triton_kernels/match_cost.py _blocks_kernel: float buffers of the costs' dtype, int64 index buffers."""
+    fp = "*fp64" if consts["F64"] else "*fp32"
+    ints = {"LAB": "*i64", "IMG": "*i64", "OFF": "*i64", "TOTAL": "i64", "Q": "i32", "N": "i32", "C": "i32"}
+    return {name: "constexpr" if name in consts else ints.get(name, fp) for name in fn.arg_names}
+
+
 def scalar_type(name):
     if name.endswith("_ptr"):
         if name == "i_ptr":
@@ -135,6 +150,8 @@ def scalar_type(name):
 
 
 def signature(fn, consts):
+    if fn is match_cost._blocks_kernel:
+        return match_cost_signature(fn, consts)
     sig = {name: ("constexpr" if name in consts else scalar_type(name)) for name in fn.arg_names}
     if consts.get("COMPUTE") == tl.float64:  # fp64 kernels read and write fp64 buffers
         sig = {name: ("*fp64" if t == "*fp32" else t) for name, t in sig.items()}

@@ -19,6 +19,8 @@ submodule          peer
 ``ultralytics``    ultralytics.utils.loss / metrics
 ``smp``            segmentation_models_pytorch.losses
 ``monai``          monai.losses
+``detr``           DETR's HungarianMatcher (models/matcher.py)
+``dino``           DINO's HungarianMatcher (focal class cost)
 =================  =======================================
 
 Where a peer's behaviour is a known bug (NaN on point boxes, inverted boxes scored as a

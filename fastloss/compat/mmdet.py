@@ -39,6 +39,7 @@ name                       fastloss op underneath
 ``smooth_l1_loss``         :func:`fastloss.smooth_l1_loss` (mmdetection's functional form)
 ``SigmoidFocalLoss``       mmcv.ops' raw op, from :mod:`fastloss.compat.mmcv` (its "mean" divides by the rows)
 ``MaxIoUAssigner``         :func:`fastloss.max_iou_assign` (bit-equal; explicit use, not patched)
+``HungarianAssigner``      :func:`fastloss.match_cost` + scipy (bit-equal costs; explicit use, not patched)
 =========================  ==================================================================
 
 The box losses and ``bbox_overlaps`` run fastloss's box kernels in convention "mmdet"
@@ -126,7 +127,7 @@ _OVERLAPS_EPS = 1e-6  # mmdetection's bbox_overlaps default eps, the union eps o
 __all__ = ["FocalLoss", "L1Loss", "SmoothL1Loss", "BalancedL1Loss", "MSELoss", "CrossEntropyLoss", "QualityFocalLoss", "VarifocalLoss",
            "DistributionFocalLoss", "GaussianFocalLoss", "DiceLoss", "IoULoss", "GIoULoss", "DIoULoss", "CIoULoss", "EIoULoss", "SIoULoss",
            "BoundedIoULoss", "bbox_overlaps",
-           "smooth_l1_loss", "SigmoidFocalLoss", "MaxIoUAssigner"]
+           "smooth_l1_loss", "SigmoidFocalLoss", "MaxIoUAssigner", "HungarianAssigner"]
 
 
 # ====================================================================== shared rules
@@ -986,6 +987,80 @@ class MaxIoUAssigner:
         return AssignResult(num_gts=num_gts, gt_inds=gt_inds[0].to(device), max_overlaps=max_overlaps[0].to(device),
                             labels=labels[0].to(device))
 
+
+
+# ====================================================================== Hungarian assigner (DETR heads)
+
+_MATCH_TERMS = {"ClassificationCost": "class", "FocalLossCost": "class", "BBoxL1Cost": "bbox", "IoUCost": "giou"}
+
+
+class HungarianAssigner:
+    """mmdetection's ``HungarianAssigner(match_costs)`` (``mmdet.models.task_modules.assigners``,
+    3.3.0; DETR, Deformable DETR, DINO heads) over :func:`fastloss.match_cost`: the image's
+    (Q, T) cost in one fused pass, bit-equal to mmdetection's ``torch.stack(costs).sum(0)`` on
+    the CPU (the terms added in the config's order), then scipy's ``linear_sum_assignment``;
+    ``assign`` returns mmdetection's ``AssignResult`` (gt_inds 0 / g + 1, labels, no overlaps).
+
+    ``match_costs``: one config dict or a list, exactly one class cost (``ClassificationCost``
+    or ``FocalLossCost`` with ``binary_input=False``), one ``BBoxL1Cost`` and one ``IoUCost``
+    with ``iou_mode='giou'`` (the DETR-family configs).  Anything else raises ValueError at
+    construction (mask costs, other IoU modes, a missing or repeated term).  Needs scipy.
+    Not swapped in by :func:`fastloss.patch` (it decides assignments: explicit use only)."""
+
+    def __init__(self, match_costs):
+        costs = [match_costs] if isinstance(match_costs, dict) else list(match_costs)
+        self.match_costs = costs
+        self._order, self._weights, self._options = [], {}, {}
+        for cfg in costs:
+            cfg = dict(cfg)
+            kind = cfg.pop("type", None)
+            term = _MATCH_TERMS.get(kind if isinstance(kind, str) else getattr(kind, "__name__", None))
+            if term is None or term in self._order:
+                raise ValueError(f"HungarianAssigner: fastloss's compat layer takes one each of ClassificationCost / FocalLossCost, "
+                                 f"BBoxL1Cost and IoUCost, got {kind!r} in {match_costs!r}")
+            self._order.append(term)
+            self._weights[term] = cfg.pop("weight", 1.0)
+            if kind == "FocalLossCost":
+                if cfg.pop("binary_input", False):
+                    raise ValueError("HungarianAssigner: FocalLossCost(binary_input=True) (mask costs) is not supported")
+                self._options.update(class_cost="focal", focal_alpha=cfg.pop("alpha", 0.25), focal_gamma=cfg.pop("gamma", 2),
+                                     focal_eps=cfg.pop("eps", 1e-12))
+            elif kind == "BBoxL1Cost":
+                self._options["l1_format"] = cfg.pop("box_format", "xyxy")
+            elif kind == "IoUCost" and cfg.pop("iou_mode", "giou") != "giou":
+                raise ValueError("HungarianAssigner: only IoUCost(iou_mode='giou') is supported by fastloss's compat layer")
+            if cfg:
+                raise ValueError(f"HungarianAssigner: unsupported arguments of {kind}: {sorted(cfg)}")
+        if len(self._order) != 3:
+            raise ValueError(f"HungarianAssigner: fastloss's compat layer needs a class cost, BBoxL1Cost and IoUCost, got {match_costs!r}")
+
+    def assign(self, pred_instances, gt_instances, img_meta=None, **kwargs):
+        """pred_instances.scores (Q, C) logits and .bboxes (Q, 4) xyxy pixels; gt_instances.labels
+        (T,) and .bboxes (T, 4); img_meta["img_shape"] (h, w) -> ``AssignResult``."""
+        from mmdet.models.task_modules.assigners.assign_result import AssignResult
+
+        from fastloss.ops import match_cost as _match
+
+        labels = gt_instances.labels
+        pred_boxes, gt_boxes = getattr(pred_instances.bboxes, "tensor", pred_instances.bboxes), getattr(gt_instances.bboxes, "tensor",
+                                                                                                        gt_instances.bboxes)
+        num_gts, num_preds, device = gt_boxes.shape[0], pred_boxes.shape[0], labels.device
+        gt_inds = torch.full((num_preds,), -1, dtype=torch.long, device=device)
+        assigned = torch.full((num_preds,), -1, dtype=torch.long, device=device)
+        if num_gts == 0 or num_preds == 0:  # mmdetection's early return
+            if num_gts == 0:
+                gt_inds[:] = 0
+            return AssignResult(num_gts=num_gts, gt_inds=gt_inds, max_overlaps=None, labels=assigned)
+        w = self._weights
+        costs = _match.match_cost(pred_instances.scores[None], pred_boxes[None], labels, gt_boxes, [num_gts], convention="mmdet",
+                                  img_shapes=[tuple(img_meta["img_shape"])[:2]], weights=(w["class"], w["bbox"], w["giou"]), order=self._order,
+                                  **self._options)
+        rows, cols = _match.hungarian_match(costs, [num_gts], num_preds)[0]
+        rows, cols = rows.to(device), cols.to(device)
+        gt_inds[:] = 0
+        gt_inds[rows] = cols + 1
+        assigned[rows] = labels[cols]
+        return AssignResult(num_gts=num_gts, gt_inds=gt_inds, max_overlaps=None, labels=assigned)
 
 # ====================================================================== patching
 
