@@ -345,6 +345,34 @@ def test_compact_scores(backend):
             assert torch.equal(compact[i], dense[i])
 
 
+@pytest.mark.gpu
+@pytest.mark.parametrize("kind", KINDS)
+def test_task_aligned_cuda_matches_ultralytics_on_cuda(kind):
+    """The CUDA kernel against ultralytics on CUDA: all five outputs bit-equal (fp32 scores,
+    and fp16 scores under autocast as the detection loss runs it), the compact scores, the spec
+    on CUDA, and two runs bitwise equal."""
+    import helpers
+
+    helpers.require_backend("cuda", "cuda")
+    seed = 9000 + 100 * KINDS.index(kind)
+    for topk, alpha, beta in CONFIGS:
+        for B, M, imgsz in SHAPES + [(4, 400, 640)]:
+            for nc in (1, 80):
+                seed += 1
+                case = tuple(t.cuda() for t in _case(seed, B, M, imgsz, nc, kind))
+                got = _ours(case, topk, alpha, beta, nc, "cuda")
+                _assert_matches(got, _peer(case, topk, alpha, beta, nc), {"differ": 0, "positives": 0}, exact=True)
+                _assert_matches(_ours(case, topk, alpha, beta, nc, "cuda"), got, {"differ": 0, "positives": 0}, exact=True)
+                _assert_matches(_ours(case, topk, alpha, beta, nc, "reference"), got, {"differ": 0, "positives": 0}, exact=True)
+                compact = fastloss.task_aligned_assign(*case, topk=topk, num_classes=nc, alpha=alpha, beta=beta, stride_val=STRIDES[1],
+                                                       compact=True, backend="cuda")
+                assert torch.equal(compact[2], got[2].sum(-1))
+                half = (case[0].half(),) + case[1:]
+                with torch.autocast("cuda"):
+                    expected = _peer(half, topk, alpha, beta, nc)
+                _assert_matches(_ours(half, topk, alpha, beta, nc, "cuda"), expected, {"differ": 0, "positives": 0}, exact=True)
+
+
 # ---------------------------------------------------------------------- max-IoU (mmdetection)
 
 
