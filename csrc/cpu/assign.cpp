@@ -226,30 +226,15 @@ std::tuple<at::Tensor, at::Tensor> max_iou_assign_cpu(const at::Tensor& priors, 
 //    std::partial_sort when k 64 <= A, else std::nth_element.  Only the first k entries and the
 //    later positive ones enter the partial sort: its heap select admits a later entry only if it
 //    beats the heap's minimum, which is >= 0, so a zero never enters -- the selected set and
-//    its order are those of the whole row.
+//    its order are those of the whole row.  With tie_rule 1: torch's CUDA rule instead
+//    (cuda_rule_claims, the CUDA kernel's radix selection), ultralytics' result on a GPU.
 // 4. Per image: claims, the resolution of multiply claimed anchors by the first argmax of the
 //    overlap over all gts, the per-gt maxima and the targets.
 // Memory: the candidates (O(candidates)), (B, M, k) claims, O(B (A + M)) state and the outputs.
 
-template <typename T>
-struct TalArgs {
-  const T* scores;  // (B, A, nc)
-  const T* pd;      // (B, A, 4)
-  const T* anc;     // (A, 2)
-  const int64_t* labels;  // (B, M)
-  const T* gt;            // (B, M, 4)
-  const bool* valid;      // (B, M)
-  const T* atan_gt;       // (B, M) atan(w / h) of the gts, torch's (ultralytics' heights + eps)
-  const T* atan_pd;       // (B, A) of the predictions
-  int64_t B, A, M, nc, k;
-  double alpha, beta, stride_val, eps;
-  bool cuda_rule;  // torch's CUDA top-k tie rule instead of its CPU one
-  bool compact;    // scores (B, A) (the assigned label's) instead of (B, A, nc)
-};
-
 // ultralytics' overlap of gt row r = (b, g) with anchor i: its CIoU, clamped at 0
 template <typename T>
-T overlap(const TalArgs<T>& a, int64_t r, int64_t b, int64_t i) {
+T overlap(const assign::TalArgs<T>& a, int64_t r, int64_t b, int64_t i) {
   return assign::ciou_ultralytics(a.gt + r * 4, a.pd + (b * a.A + i) * 4, a.atan_gt[r], a.atan_pd[b * a.A + i]);
 }
 
@@ -297,7 +282,7 @@ void cuda_rule_claims(const Candidates<T>& c, int64_t A, int64_t K, int64_t* slo
 }
 
 template <typename T>
-std::vector<at::Tensor> task_aligned_impl(const TalArgs<T>& a, const at::TensorOptions& opts) {
+std::vector<at::Tensor> task_aligned_impl(const assign::TalArgs<T>& a, const at::TensorOptions& opts) {
   const int64_t B = a.B, A = a.A, M = a.M, K = a.k, nc = a.nc;
   std::vector<T> boxes(static_cast<size_t>(B * M * 4));  // the candidate test's widened boxes
   for (int64_t r = 0; r < B * M; ++r) assign::tal_widened(a.gt + r * 4, a.valid[r], a.stride_val, &boxes[r * 4]);
@@ -432,7 +417,7 @@ std::vector<at::Tensor> task_aligned_assign_cpu(const at::Tensor& pd_scores, con
   const at::Tensor atan_gt = assign::tal_aspect_atan(gt_bboxes), atan_pd = assign::tal_aspect_atan(pd_bboxes);
   std::vector<at::Tensor> out;
   AT_DISPATCH_FLOATING_TYPES(dt, "task_aligned_assign_cpu", [&] {
-    const TalArgs<scalar_t> a{pd_scores.const_data_ptr<scalar_t>(), pd_bboxes.const_data_ptr<scalar_t>(), anc_points.const_data_ptr<scalar_t>(),
+    const assign::TalArgs<scalar_t> a{pd_scores.const_data_ptr<scalar_t>(), pd_bboxes.const_data_ptr<scalar_t>(), anc_points.const_data_ptr<scalar_t>(),
                               gt_labels.const_data_ptr<int64_t>(), gt_bboxes.const_data_ptr<scalar_t>(), gt_valid.const_data_ptr<bool>(),
                               atan_gt.const_data_ptr<scalar_t>(), atan_pd.const_data_ptr<scalar_t>(),
                               B, A, M, num_classes, topk, alpha, beta, stride_val, eps, tie_rule == 1, compact};

@@ -167,23 +167,9 @@ std::tuple<at::Tensor, at::Tensor> max_iou_assign_cuda(const at::Tensor& priors,
 
 // ------------------------------------------------------------------ task-aligned (ultralytics)
 
-template <typename T>
-struct TalPtrs {
-  const T* scores;        // (B, A, nc)
-  const T* pd;            // (B, A, 4)
-  const T* anc;           // (A, 2)
-  const int64_t* labels;  // (B, M)
-  const T* gt;            // (B, M, 4)
-  const bool* valid;      // (B, M)
-  const T* atan_gt;       // (B, M)
-  const T* atan_pd;       // (B, A)
-  int64_t B, A, M, nc, k;
-  double alpha, beta, stride_val;
-};
-
 // ultralytics' metric of gt row r = (b, g) and anchor i, 0 unless a candidate (cand)
 template <typename T>
-__device__ __forceinline__ T tal_pair(const TalPtrs<T>& p, int64_t r, int64_t b, int64_t i, const T box[4], bool& cand, T& ov) {
+__device__ __forceinline__ T tal_pair(const assign::TalArgs<T>& p, int64_t r, int64_t b, int64_t i, const T box[4], bool& cand, T& ov) {
   cand = assign::tal_inside(p.anc + i * 2, box);
   ov = T(0);
   if (!cand) return T(0);
@@ -193,7 +179,7 @@ __device__ __forceinline__ T tal_pair(const TalPtrs<T>& p, int64_t r, int64_t b,
 }
 
 template <typename T>
-__global__ void tal_claim_kernel(TalPtrs<T> p, int32_t* count, int32_t* claimant) {
+__global__ void tal_claim_kernel(assign::TalArgs<T> p, int32_t* count, int32_t* claimant) {
   using Key = assign::TalKey<T>;
   __shared__ int32_t hist[assign::kRadixBins];
   __shared__ int32_t tie_scan[kThreads];
@@ -258,7 +244,7 @@ __device__ __forceinline__ void atomic_max_key<unsigned long long>(unsigned long
 }
 
 template <typename T>
-__global__ void tal_resolve_kernel(TalPtrs<T> p, const int32_t* count, const int32_t* claimant, int64_t* gt_idx, bool* fg, T* t_a,
+__global__ void tal_resolve_kernel(assign::TalArgs<T> p, const int32_t* count, const int32_t* claimant, int64_t* gt_idx, bool* fg, T* t_a,
                                    typename assign::TalKey<T>::type* pos_t, typename assign::TalKey<T>::type* pos_o) {
   using Key = assign::TalKey<T>;
   for (int64_t k = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; k < p.B * p.A; k += int64_t(gridDim.x) * blockDim.x) {
@@ -295,16 +281,16 @@ __global__ void tal_resolve_kernel(TalPtrs<T> p, const int32_t* count, const int
 }
 
 template <typename T>
-__global__ void tal_targets_kernel(TalPtrs<T> p, const int64_t* gt_idx, const bool* fg, const T* t_a,
-                                   const typename assign::TalKey<T>::type* pos_t, const typename assign::TalKey<T>::type* pos_o, T eps,
-                                   bool compact, int64_t* labels, T* boxes, T* scores) {
+__global__ void tal_targets_kernel(assign::TalArgs<T> p, const int64_t* gt_idx, const bool* fg, const T* t_a,
+                                   const typename assign::TalKey<T>::type* pos_t, const typename assign::TalKey<T>::type* pos_o,
+                                   int64_t* labels, T* boxes, T* scores) {
   using Key = assign::TalKey<T>;
   for (int64_t k = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; k < p.B * p.A; k += int64_t(gridDim.x) * blockDim.x) {
     const int64_t b = k / p.A, r = b * p.M + gt_idx[k];
     const int64_t l = max(p.labels[r], int64_t(0));
     labels[k] = l;
     for (int c = 0; c < 4; ++c) boxes[k * 4 + c] = p.gt[r * 4 + c];
-    if (fg[k]) scores[compact ? k : k * p.nc + l] = assign::tal_norm(t_a[k], Key::value(pos_o[r]), Key::value(pos_t[r]), eps);
+    if (fg[k]) scores[p.compact ? k : k * p.nc + l] = assign::tal_norm(t_a[k], Key::value(pos_o[r]), Key::value(pos_t[r]), static_cast<T>(p.eps));
   }
 }
 
@@ -333,10 +319,10 @@ std::vector<at::Tensor> task_aligned_assign_cuda(const at::Tensor& pd_scores, co
   const auto stream = c10::cuda::getCurrentCUDAStream();
   AT_DISPATCH_FLOATING_TYPES(pd_scores.scalar_type(), "task_aligned_assign_cuda", [&] {
     using K = typename assign::TalKey<scalar_t>::type;
-    const TalPtrs<scalar_t> p{pd_scores.const_data_ptr<scalar_t>(), pd_bboxes.const_data_ptr<scalar_t>(), anc_points.const_data_ptr<scalar_t>(),
+    const assign::TalArgs<scalar_t> p{pd_scores.const_data_ptr<scalar_t>(), pd_bboxes.const_data_ptr<scalar_t>(), anc_points.const_data_ptr<scalar_t>(),
                               gt_labels.const_data_ptr<int64_t>(), gt_bboxes.const_data_ptr<scalar_t>(), gt_valid.const_data_ptr<bool>(),
                               atan_gt.const_data_ptr<scalar_t>(), atan_pd.const_data_ptr<scalar_t>(),
-                              B, A, M, num_classes, topk, alpha, beta, stride_val};
+                              B, A, M, num_classes, topk, alpha, beta, stride_val, eps, true, compact};
     if (B * M > 0) {
       tal_claim_kernel<<<static_cast<unsigned>(std::min<int64_t>(B * M, 1 << 20)), kThreads, 0, stream>>>(
           p, count.mutable_data_ptr<int32_t>(), claimant.mutable_data_ptr<int32_t>());
@@ -349,7 +335,7 @@ std::vector<at::Tensor> task_aligned_assign_cuda(const at::Tensor& pd_scores, co
                                                                  t_a.mutable_data_ptr<scalar_t>(), pt, po);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
     tal_targets_kernel<<<grid_for(B * A), kThreads, 0, stream>>>(p, gt_idx.const_data_ptr<int64_t>(), fg.const_data_ptr<bool>(),
-                                                                 t_a.const_data_ptr<scalar_t>(), pt, po, static_cast<scalar_t>(eps), compact,
+                                                                 t_a.const_data_ptr<scalar_t>(), pt, po,
                                                                  labels.mutable_data_ptr<int64_t>(), boxes.mutable_data_ptr<scalar_t>(),
                                                                  scores.mutable_data_ptr<scalar_t>());
     C10_CUDA_KERNEL_LAUNCH_CHECK();

@@ -17,6 +17,7 @@
 #include <cstdint>
 #include <cstring>
 #include <tuple>
+#include <type_traits>
 
 #include "fastloss/common.h"
 
@@ -102,6 +103,23 @@ FL_HOST_DEVICE FL_INLINE T ciou_ultralytics(const T g[4], const T p[4], T at_g, 
   return mx(ciou, T(0));
 }
 
+// The task-aligned kernels' inputs (calling convention: csrc/fastloss.cpp), as raw pointers.
+template <typename T>
+struct TalArgs {
+  const T* scores;        // (B, A, nc)
+  const T* pd;            // (B, A, 4)
+  const T* anc;           // (A, 2)
+  const int64_t* labels;  // (B, M)
+  const T* gt;            // (B, M, 4)
+  const bool* valid;      // (B, M)
+  const T* atan_gt;       // (B, M) atan(w / h) of the gts, torch's (ultralytics' heights + eps)
+  const T* atan_pd;       // (B, A) of the predictions
+  int64_t B, A, M, nc, k;
+  double alpha, beta, stride_val, eps;
+  bool cuda_rule;  // torch's CUDA top-k tie rule instead of its CPU one
+  bool compact;    // scores (B, A) (the assigned label's) instead of (B, A, nc)
+};
+
 // ultralytics' candidate box (select_candidates_in_gts): a valid box's sides below stride_val
 // widened to it about the centre, through xyxy -> xywh -> xyxy (its roundings included).
 template <typename T>
@@ -161,49 +179,17 @@ __device__ __forceinline__ T tal_metric_cuda(T s, T o, double alpha, double beta
 // A non-negative float's bit pattern, read as an unsigned integer, orders as the value: the
 // k-th largest positive value is found one 8-bit digit at a time, most significant first.
 template <typename T>
-struct TalKey;
-template <>
-struct TalKey<float> {
-  using type = uint32_t;
-  static FL_HOST_DEVICE FL_INLINE type of(float v) {
-#if defined(__CUDA_ARCH__)
-    return __float_as_uint(v);
-#else
+struct TalKey {
+  using type = typename std::conditional<sizeof(T) == 4, uint32_t, unsigned long long>::type;
+  static FL_HOST_DEVICE FL_INLINE type of(T v) {
     type u;
-    std::memcpy(&u, &v, sizeof u);
+    memcpy(&u, &v, sizeof u);  // a bit cast (registers only, on the device)
     return u;
-#endif
   }
-  static FL_HOST_DEVICE FL_INLINE float value(type u) {
-#if defined(__CUDA_ARCH__)
-    return __uint_as_float(u);
-#else
-    float v;
-    std::memcpy(&v, &u, sizeof v);
+  static FL_HOST_DEVICE FL_INLINE T value(type u) {
+    T v;
+    memcpy(&v, &u, sizeof v);
     return v;
-#endif
-  }
-};
-template <>
-struct TalKey<double> {
-  using type = unsigned long long;
-  static FL_HOST_DEVICE FL_INLINE type of(double v) {
-#if defined(__CUDA_ARCH__)
-    return static_cast<type>(__double_as_longlong(v));
-#else
-    type u;
-    std::memcpy(&u, &v, sizeof u);
-    return u;
-#endif
-  }
-  static FL_HOST_DEVICE FL_INLINE double value(type u) {
-#if defined(__CUDA_ARCH__)
-    return __longlong_as_double(static_cast<long long>(u));
-#else
-    double v;
-    std::memcpy(&v, &u, sizeof v);
-    return v;
-#endif
   }
 };
 
