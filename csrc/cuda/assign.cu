@@ -290,7 +290,8 @@ __global__ void tal_targets_kernel(assign::TalArgs<T> p, const int64_t* gt_idx, 
     const int64_t l = max(p.labels[r], int64_t(0));
     labels[k] = l;
     for (int c = 0; c < 4; ++c) boxes[k * 4 + c] = p.gt[r * 4 + c];
-    if (fg[k]) scores[p.compact ? k : k * p.nc + l] = assign::tal_norm(t_a[k], Key::value(pos_o[r]), Key::value(pos_t[r]), static_cast<T>(p.eps));
+    if (fg[k])
+      scores[p.compact ? k : k * p.nc + l] = assign::tal_norm(t_a[k], Key::value(pos_o[r]), Key::value(pos_t[r]), static_cast<T>(p.eps));
   }
 }
 
@@ -319,10 +320,11 @@ std::vector<at::Tensor> task_aligned_assign_cuda(const at::Tensor& pd_scores, co
   const auto stream = c10::cuda::getCurrentCUDAStream();
   AT_DISPATCH_FLOATING_TYPES(pd_scores.scalar_type(), "task_aligned_assign_cuda", [&] {
     using K = typename assign::TalKey<scalar_t>::type;
-    const assign::TalArgs<scalar_t> p{pd_scores.const_data_ptr<scalar_t>(), pd_bboxes.const_data_ptr<scalar_t>(), anc_points.const_data_ptr<scalar_t>(),
-                              gt_labels.const_data_ptr<int64_t>(), gt_bboxes.const_data_ptr<scalar_t>(), gt_valid.const_data_ptr<bool>(),
-                              atan_gt.const_data_ptr<scalar_t>(), atan_pd.const_data_ptr<scalar_t>(),
-                              B, A, M, num_classes, topk, alpha, beta, stride_val, eps, true, compact};
+    const assign::TalArgs<scalar_t> p{pd_scores.const_data_ptr<scalar_t>(), pd_bboxes.const_data_ptr<scalar_t>(),
+                                      anc_points.const_data_ptr<scalar_t>(), gt_labels.const_data_ptr<int64_t>(),
+                                      gt_bboxes.const_data_ptr<scalar_t>(), gt_valid.const_data_ptr<bool>(),
+                                      atan_gt.const_data_ptr<scalar_t>(), atan_pd.const_data_ptr<scalar_t>(),
+                                      B, A, M, num_classes, topk, alpha, beta, stride_val, eps, /*cuda_rule=*/true, compact};
     if (B * M > 0) {
       tal_claim_kernel<<<static_cast<unsigned>(std::min<int64_t>(B * M, 1 << 20)), kThreads, 0, stream>>>(
           p, count.mutable_data_ptr<int32_t>(), claimant.mutable_data_ptr<int32_t>());

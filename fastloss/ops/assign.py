@@ -222,6 +222,9 @@ def task_aligned_assign(pd_scores, pd_bboxes, anc_points, gt_labels, gt_bboxes, 
         tie_rule = "cuda" if pd_scores.device.type == "cuda" else "cpu"
     if tie_rule not in TIE_RULES:
         raise ValueError(f"task_aligned_assign: tie_rule must be one of {TIE_RULES} or None, got {tie_rule!r}")
+    if tie_rule == "cpu" and pd_scores.device.type == "cuda" and backend in (None, "cuda"):
+        raise ValueError("task_aligned_assign: the cuda backend has torch's CUDA tie rule only; tie_rule='cpu' on CUDA tensors needs "
+                         "backend='reference'")
     if M == 0:  # ultralytics' early return, its dtypes included
         return (torch.full_like(pd_scores[..., 0], num_classes), torch.zeros_like(pd_bboxes),
                 torch.zeros_like(pd_scores[..., 0] if compact else pd_scores), torch.zeros_like(pd_scores[..., 0], dtype=torch.bool),
