@@ -13,8 +13,10 @@ and evaluates both on the same synthetic head outputs and targets:
    patched and unpatched.
 
 What the patch changes in this loss: ``BboxLoss`` (its DFL term runs on fastloss's row-wise
-kernel; its CIoU term stays ultralytics' own, see :mod:`fastloss.compat.ultralytics`).  The
-classification BCE (torch's) and the task-aligned assigner are ultralytics' in both runs.
+kernel; its CIoU term stays ultralytics' own, see :mod:`fastloss.compat.ultralytics`) and the
+task-aligned assigner (``fastloss.task_aligned_assign``: the same assignments and scores bit
+for bit on the CPU, without the (B, M, A) tensors).  The classification BCE is torch's in both
+runs.
 
     python examples/yolo_loss.py --batch 8 --imgsz 640 --targets 20 --device cuda
 """
@@ -93,6 +95,8 @@ def criterion(model, patched):
         crit = v8DetectionLoss(model)
     if not (isinstance(crit.bbox_loss, compat.BboxLoss) and isinstance(crit.bbox_loss.dfl_loss, compat.DFLoss)):
         raise RuntimeError("the patched criterion does not use fastloss's BboxLoss / DFLoss")
+    if type(crit.assigner) not in compat._SWAPPED.values():
+        raise RuntimeError("the patched criterion does not use fastloss's task-aligned assigner")
     return crit
 
 

@@ -234,6 +234,8 @@ def test_bad_inputs():
         _ours(case, 10, 0.5, 6.0, 5)
     with pytest.raises(ValueError, match="mask_gt"):
         _ours((sc, pd, pts, lab, gt, mask[..., 0]), 10, 0.5, 6.0, 4)
+    with pytest.raises(ValueError, match="tie_rule"):
+        fastloss.task_aligned_assign(*case, topk=10, num_classes=4, tie_rule="gpu")
 
 
 def test_task_aligned_compiles():
@@ -241,6 +243,134 @@ def test_task_aligned_compiles():
     fn = torch.compile(lambda *a: fastloss.task_aligned_assign(*a, topk=10, num_classes=4, alpha=0.5, beta=6.0), fullgraph=True)
     for x, y in zip(fn(*case), _ours(case, 10, 0.5, 6.0, 4, "cpu" if "cpu" in fastloss.available_backends("cpu") else "reference")):
         assert torch.equal(x, y)
+
+
+# ---------------------------------------------------------------------- torch's CUDA tie rule, compact scores
+
+
+def _cuda_topk(x, k, dim=-1, largest=True, sorted=True):
+    """torch.topk under its CUDA tie rule (TensorTopK.cu), on any device: the k largest, the
+    lowest indices among equal values -- the first k of a stable descending sort."""
+    assert largest and dim in (-1, x.dim() - 1)
+    idx = torch.sort(x, dim=-1, descending=True, stable=True).indices[..., :k]
+    return torch.return_types.topk((x.gather(-1, idx), idx))
+
+
+def _peer_cuda_rule(case, topk, alpha, beta, nc):
+    """ultralytics' assigner as it runs on CUDA, emulated on the CPU: its top-k under the CUDA
+    tie rule (the rest of its arithmetic is the CPU's, as ours with tie_rule="cuda" on the CPU)."""
+    real = torch.topk
+    torch.topk = _cuda_topk
+    try:
+        return _peer(case, topk, alpha, beta, nc)
+    finally:
+        torch.topk = real
+
+
+def _equal_metrics_case(dtype=torch.float32):
+    """Every candidate with the same positive metric (predictions equal to their gt, constant
+    scores): a tie at the k-th place among positives, which the two tie rules break apart."""
+    pts, _ = _anchors(160)
+    A = pts.shape[0]
+    gt = torch.tensor([[[8.0, 8.0, 150.0, 150.0], [40.0, 40.0, 120.0, 100.0], [0.0, 0.0, 0.0, 0.0]]], dtype=dtype)
+    mask = torch.tensor([[[1.0], [1.0], [0.0]]], dtype=dtype)
+    lab = torch.tensor([[[1.0], [0.0], [0.0]]], dtype=dtype)
+    pd = gt[0, 0].expand(1, A, 4).clone()
+    return torch.full((1, A, 3), 0.25, dtype=dtype), pd, pts.to(dtype), lab, gt, mask
+
+
+@pytest.mark.parametrize("backend", TAL_BACKENDS)
+@pytest.mark.parametrize("kind", KINDS)
+def test_cuda_tie_rule_matches_ultralytics_on_cuda_emulated(backend, kind):
+    """tie_rule="cuda" (what the cuda backend and the default on CUDA tensors use) against
+    ultralytics with torch's CUDA top-k rule: the CPU kernel's radix selection (assign.h, the
+    CUDA kernel's code) bit-equal, the spec (a stable sort) up to its dense pow's ulps."""
+    import helpers
+
+    helpers.require_backend("cpu", backend)
+    stats = {"differ": 0, "positives": 0}
+    rule_matters = 0
+    seed = 5000 + 1000 * KINDS.index(kind)
+    for topk, alpha, beta in CONFIGS:
+        for B, M, imgsz in SHAPES[:2] if backend == "cpu" else SHAPES[1:2]:
+            for nc in (1, 80):
+                seed += 1
+                case = _case(seed, B, M, imgsz, nc, kind)
+                expected = _peer_cuda_rule(case, topk, alpha, beta, nc)
+                got = fastloss.task_aligned_assign(*case, topk=topk, num_classes=nc, alpha=alpha, beta=beta, stride_val=STRIDES[1],
+                                                   tie_rule="cuda", backend=backend)
+                _assert_matches(got, expected, stats, exact=backend == "cpu")
+                rule_matters += not torch.equal(expected[4], _peer(case, topk, alpha, beta, nc)[4])
+    assert stats["differ"] <= max(2, stats["positives"] // 100), stats
+    if kind in ("dense", "crowd", "tiny"):  # these seeds have rows where the rules pick different zero fills
+        assert rule_matters > 0, "the tie rule changed no assignment: the test would be vacuous"
+
+
+@pytest.mark.parametrize("backend", TAL_BACKENDS)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_tie_rules_on_equal_positive_metrics(backend, dtype):
+    """A tie among positive metrics at the k-th place (the radix selection's last digit), in
+    fp32 (32-bit keys) and fp64 (64-bit keys): each rule equals ultralytics under that rule."""
+    import helpers
+
+    helpers.require_backend("cpu", backend)
+    case = _equal_metrics_case(dtype)
+    results = {}
+    for rule, peer in (("cuda", _peer_cuda_rule), ("cpu", _peer)):
+        expected = peer(case, 10, 0.5, 6.0, 3)
+        got = fastloss.task_aligned_assign(*case, topk=10, num_classes=3, alpha=0.5, beta=6.0, stride_val=16, tie_rule=rule, backend=backend)
+        for x, y in zip(got, expected):
+            assert x.dtype == y.dtype and torch.equal(x, y)
+        results[rule] = got[3]
+    assert results["cuda"].any() and not torch.equal(results["cuda"], results["cpu"])
+
+
+@pytest.mark.parametrize("backend", TAL_BACKENDS)
+def test_compact_scores(backend):
+    """compact=True: target_scores (B, A) = the dense row's value at the assigned label (0 for
+    background); the other outputs unchanged; M = 0 too."""
+    import helpers
+
+    helpers.require_backend("cpu", backend)
+    for case, rule in ((_case(21, 2, 30, 320, 80, "crowd"), "cpu"), (_case(22, 2, 30, 320, 80, "init"), "cuda"),
+                       (_case(23, 2, 0, 160, 80, "dense"), "cpu")):
+        kw = dict(topk=10, num_classes=80, alpha=0.5, beta=6.0, stride_val=16, tie_rule=rule, backend=backend)
+        dense = fastloss.task_aligned_assign(*case, **kw)
+        compact = fastloss.task_aligned_assign(*case, compact=True, **kw)
+        assert compact[2].shape == dense[2].shape[:2] and compact[2].dtype == dense[2].dtype
+        expected = dense[2].gather(2, dense[0].long()[..., None].clamp(max=79))[..., 0]
+        assert torch.equal(compact[2], expected)
+        assert torch.equal(dense[2].sum(-1), compact[2])  # one non-zero class per row at most
+        for i in (0, 1, 3, 4):
+            assert torch.equal(compact[i], dense[i])
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("kind", KINDS)
+def test_task_aligned_cuda_matches_ultralytics_on_cuda(kind):
+    """The CUDA kernel against ultralytics on CUDA: all five outputs bit-equal (fp32 scores,
+    and fp16 scores under autocast as the detection loss runs it), the compact scores, the spec
+    on CUDA, and two runs bitwise equal."""
+    import helpers
+
+    helpers.require_backend("cuda", "cuda")
+    seed = 9000 + 100 * KINDS.index(kind)
+    for topk, alpha, beta in CONFIGS:
+        for B, M, imgsz in SHAPES + [(4, 400, 640)]:
+            for nc in (1, 80):
+                seed += 1
+                case = tuple(t.cuda() for t in _case(seed, B, M, imgsz, nc, kind))
+                got = _ours(case, topk, alpha, beta, nc, "cuda")
+                _assert_matches(got, _peer(case, topk, alpha, beta, nc), {"differ": 0, "positives": 0}, exact=True)
+                _assert_matches(_ours(case, topk, alpha, beta, nc, "cuda"), got, {"differ": 0, "positives": 0}, exact=True)
+                _assert_matches(_ours(case, topk, alpha, beta, nc, "reference"), got, {"differ": 0, "positives": 0}, exact=True)
+                compact = fastloss.task_aligned_assign(*case, topk=topk, num_classes=nc, alpha=alpha, beta=beta, stride_val=STRIDES[1],
+                                                       compact=True, backend="cuda")
+                assert torch.equal(compact[2], got[2].sum(-1))
+                half = (case[0].half(),) + case[1:]
+                with torch.autocast("cuda"):
+                    expected = _peer(half, topk, alpha, beta, nc)
+                _assert_matches(_ours(half, topk, alpha, beta, nc, "cuda"), expected, {"differ": 0, "positives": 0}, exact=True)
 
 
 # ---------------------------------------------------------------------- max-IoU (mmdetection)
@@ -426,5 +556,6 @@ def test_assign_ops_opcheck():
     ignored = torch.zeros(2, anchors.shape[1], dtype=torch.bool)
     torch.library.opcheck(ops.max_iou_assign_op, (anchors, boxes, valid, ignored, 0.5, 0.0, 0.4, 0.0, True, True, backend))
     sc, pd, pts, lab, gt, mask = _case(2, 2, 5, 160, 4, "dense")
-    torch.library.opcheck(ops.task_aligned_assign_op, (sc, pd, pts, lab[..., 0].long(), gt, mask[..., 0].bool(), 10, 4, 0.5, 6.0, 16.0, 1e-9,
-                                                       backend))
+    for tie_rule, compact in ((0, False), (1, True)):
+        torch.library.opcheck(ops.task_aligned_assign_op, (sc, pd, pts, lab[..., 0].long(), gt, mask[..., 0].bool(), 10, 4, 0.5, 6.0, 16.0,
+                                                           1e-9, tie_rule, compact, backend))

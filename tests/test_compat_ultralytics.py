@@ -370,6 +370,7 @@ def _assert_originals():
     for name, obj in ORIGINAL_DETR.items():
         assert getattr(UD, name) is obj
     assert UM.bbox_iou is PEER_BBOX_IOU and UM.box_iou is PEER_BOX_IOU and UT.bbox_iou is PEER_BBOX_IOU
+    assert UL.TaskAlignedAssigner is UT.TaskAlignedAssigner
 
 
 def _detr_loss(dtype=torch.float32):
@@ -487,15 +488,9 @@ def test_built_while_patched_keep_what_they_captured():
     assert "built while patched" in FU._patch.__doc__.replace("\n    ", " ")
 
 
-def test_task_aligned_assigner_drop_in():
-    """Signature, attributes and the five outputs bit-equal to ultralytics' on a crowded case
-    (the full grid is tests/test_assign.py's)."""
-    from ultralytics.utils.tal import TaskAlignedAssigner
-
-    assert inspect.signature(FU.TaskAlignedAssigner.__init__) == inspect.signature(TaskAlignedAssigner.__init__)
-    assert list(inspect.signature(FU.TaskAlignedAssigner.forward).parameters) == list(
-        inspect.signature(TaskAlignedAssigner.forward).parameters)
-    g = torch.Generator().manual_seed(9)
+def _assigner_inputs(seed=9):
+    """A crowded case: (scores, pd_bboxes, anc_points, gt_labels, gt_bboxes, mask_gt)."""
+    g = torch.Generator().manual_seed(seed)
     xs = (torch.arange(20) + 0.5) * 16
     pts = torch.stack(torch.meshgrid(xs, xs, indexing="xy"), -1).reshape(-1, 2)
     gt = torch.rand(2, 30, 2, generator=g) * 120
@@ -504,10 +499,81 @@ def test_task_aligned_assigner_drop_in():
     labels = torch.randint(0, 5, (2, 30, 1), generator=g).float()
     scores = torch.rand(2, 400, 5, generator=g)
     pd = torch.cat([pts - 20, pts + 20], -1)[None].expand(2, -1, -1) + torch.randn(2, 400, 4, generator=g)
+    return scores, pd, pts, labels, gt, mask
+
+
+def _assert_same(got, expected):
+    for x, y in zip(got, expected, strict=True):
+        assert x.dtype == y.dtype and torch.equal(x, y)
+
+
+def test_task_aligned_assigner_drop_in():
+    """Signature, attributes and the five outputs bit-equal to ultralytics' on a crowded case
+    (the full grid is tests/test_assign.py's)."""
+    from ultralytics.utils.tal import TaskAlignedAssigner
+
+    assert inspect.signature(FU.TaskAlignedAssigner.__init__) == inspect.signature(TaskAlignedAssigner.__init__)
+    assert list(inspect.signature(FU.TaskAlignedAssigner.forward).parameters) == list(
+        inspect.signature(TaskAlignedAssigner.forward).parameters)
+    args = _assigner_inputs()
     for kw in (dict(topk=10, num_classes=5, alpha=0.5, beta=6.0, stride=[8, 16, 32]), dict(num_classes=5)):
         ours, peer = FU.TaskAlignedAssigner(**kw), TaskAlignedAssigner(**kw)
         assert (ours.topk, ours.topk2, ours.stride_val, ours.eps) == (peer.topk, peer.topk2, peer.stride_val, peer.eps)
-        for x, y in zip(ours(scores, pd, pts, labels, gt, mask), peer(scores, pd, pts, labels, gt, mask)):
-            assert x.dtype == y.dtype and torch.equal(x, y)
+        _assert_same(ours(*args), peer(*args))
     with pytest.raises(ValueError, match="topk2"):
         FU.TaskAlignedAssigner(topk=10, topk2=5)
+
+
+def test_patch_swaps_the_task_aligned_assigner(monkeypatch):
+    """fastloss.patch puts a subclass of ultralytics' TaskAlignedAssigner under the name the
+    detection loss builds from: fastloss's forward (bit-equal), ultralytics' own for topk2,
+    pair_overlaps tensors and subclasses; patching twice is harmless; undo restores."""
+    args = _assigner_inputs(seed=4)
+    kw = dict(topk=10, num_classes=5, alpha=0.5, beta=6.0, stride=[8, 16, 32])
+    calls = []
+    real = fastloss.task_aligned_assign
+    monkeypatch.setattr(fastloss, "task_aligned_assign", lambda *a, **k: calls.append(1) or real(*a, **k))
+    with fastloss.patch("ultralytics"):
+        swapped = UL.TaskAlignedAssigner
+        assert swapped is not UT.TaskAlignedAssigner and issubclass(swapped, UT.TaskAlignedAssigner)
+        assert swapped.__name__ == "TaskAlignedAssigner"
+        with fastloss.patch("ultralytics") as again:
+            assert not again.active and UL.TaskAlignedAssigner is swapped
+        assigner = swapped(**kw)
+        _assert_same(assigner(*args), UT.TaskAlignedAssigner(**kw)(*args))
+        assert len(calls) == 1
+        # what fastloss cannot follow runs ultralytics' code
+        _assert_same(swapped(topk2=5, **kw)(*args), UT.TaskAlignedAssigner(topk2=5, **kw)(*args))
+
+        class Subclass(swapped):
+            pass
+
+        _assert_same(Subclass(**kw)(*args), UT.TaskAlignedAssigner(**kw)(*args))
+        assert len(calls) == 1
+    _assert_originals()
+
+
+def test_patched_detection_loss_assignments_bit_equal():
+    """v8DetectionLoss built while patched uses fastloss's assigner: its five outputs, and with
+    ultralytics' BboxLoss in both the loss and both gradients, bit-equal to the unpatched
+    criterion's on the CPU (float32)."""
+    import helpers
+
+    ex = helpers.load_example("yolo_loss")
+    args = ex.parse_args(["--batch", "2", "--imgsz", "128", "--targets", "4"])
+    model = ex.build_model(args)
+    preds, batch = ex.synthetic_inputs(model, args, torch.float32)
+    peer = UL.v8DetectionLoss(model)
+    with fastloss.patch("ultralytics"):
+        ours = UL.v8DetectionLoss(model)
+    assert isinstance(ours.assigner, UT.TaskAlignedAssigner) and type(ours.assigner) is not UT.TaskAlignedAssigner
+    ours.bbox_loss = peer.bbox_loss  # only the assigner differs
+    outputs = []
+    for crit in (ours, peer):
+        crit.assigner.register_forward_hook(lambda module, inputs, out: outputs.append(out))
+    (loss_a, grads_a), (loss_b, grads_b) = ex.loss_step(ours, preds, batch), ex.loss_step(peer, preds, batch)
+    _assert_same(outputs[0], outputs[1])
+    assert outputs[0][3].any()  # some foreground
+    assert torch.equal(loss_a, loss_b) and loss_a[0] > 0
+    for key in grads_b:
+        assert torch.equal(grads_a[key], grads_b[key])

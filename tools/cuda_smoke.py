@@ -186,6 +186,42 @@ def run(backend, dtype, device):
             if not torch.equal(got, ref):
                 raise AssertionError(f"match_cost {backend} {kw['convention']}: {(got != ref).sum().item()} costs differ from the reference")
             cases += 1
+    # ultralytics' task-aligned assigner: the kernel against the spec on the same device (torch's
+    # CUDA pow / atan in both, the CUDA top-k tie rule): all five outputs bit-equal (on the CPU
+    # dry run the spec's dense pow may move scores by an ulp); ultralytics itself too where
+    # installed.  Ties at the k-th place: constant scores and shared box shapes.
+    def same(xs, ys):
+        return all(x.dtype == y.dtype and (torch.equal(x, y) or (device == "cpu" and i == 2 and torch.allclose(x, y, rtol=1e-6, atol=0)))
+                   for i, (x, y) in enumerate(zip(xs, ys)))
+
+    if backend in _backend.preference("task_aligned_assign")[device] and dtype == torch.float32:
+        xs = (torch.arange(40, device=device) + 0.5) * 8
+        pts = torch.stack(torch.meshgrid(xs, xs, indexing="xy"), -1).reshape(-1, 2)
+        for seed, M, nc in ((0, 37, 7), (1, 1, 1), (2, 120, 80)):
+            g = torch.Generator(device="cpu").manual_seed(seed)
+            xy = torch.rand(3, M, 2, generator=g) * 300
+            gt = torch.cat([xy, xy + 2 + torch.rand(3, M, 2, generator=g) * 80], -1).to(device)
+            mask = (torch.rand(3, M, 1, generator=g) > 0.2).float().to(device)
+            labels = torch.randint(0, nc, (3, M, 1), generator=g).float().to(device)
+            scores = torch.rand(3, pts.shape[0], nc, generator=g).to(device)
+            if seed == 1:
+                scores.fill_(0.01)
+            pd = torch.cat([pts - 12, pts + 12], -1)[None] + torch.randn(3, pts.shape[0], 4, generator=g).to(device) * (seed != 1)
+            for kw in (dict(topk=10, alpha=0.5, beta=6.0), dict(topk=13, alpha=1.0, beta=6.0, compact=True)):
+                args = (scores, pd, pts, labels, gt, mask)
+                got = fastloss.task_aligned_assign(*args, num_classes=nc, backend=backend, **kw)
+                ref = fastloss.task_aligned_assign(*args, num_classes=nc, backend="reference", **kw)
+                if not same(got, ref):
+                    raise AssertionError(f"task_aligned_assign {backend} seed {seed} {kw}: differs from the reference")
+                try:
+                    from ultralytics.utils.tal import TaskAlignedAssigner
+                except ImportError:
+                    TaskAlignedAssigner = None
+                if TaskAlignedAssigner is not None and not kw.get("compact"):
+                    peer = TaskAlignedAssigner(topk=kw["topk"], num_classes=nc, alpha=kw["alpha"], beta=kw["beta"])(*args)
+                    if not same(got, peer):
+                        raise AssertionError(f"task_aligned_assign {backend} seed {seed} {kw}: differs from ultralytics")
+                cases += 1
     if device == "cuda":
         torch.cuda.synchronize()
     return cases

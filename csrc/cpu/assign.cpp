@@ -15,10 +15,6 @@
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
-#include <ATen/ops/add.h>
-#include <ATen/ops/atan.h>
-#include <ATen/ops/div.h>
-#include <ATen/ops/sub.h>
 #include <ATen/ops/empty.h>
 #include <ATen/ops/mul.h>
 #include <ATen/ops/pow.h>
@@ -231,40 +227,14 @@ std::tuple<at::Tensor, at::Tensor> max_iou_assign_cpu(const at::Tensor& priors, 
 //    std::partial_sort when k 64 <= A, else std::nth_element.  Only the first k entries and the
 //    later positive ones enter the partial sort: its heap select admits a later entry only if it
 //    beats the heap's minimum, which is >= 0, so a zero never enters -- the selected set and
-//    its order are those of the whole row.
+//    its order are those of the whole row.  With tie_rule 1: torch's CUDA rule instead
+//    (cuda_rule_claims, the CUDA kernel's radix selection), ultralytics' result on a GPU.
 // 4. Per image: claims, the resolution of multiply claimed anchors by the first argmax of the
 //    overlap over all gts, the per-gt maxima and the targets.
 // Memory: the candidates (O(candidates)), (B, M, k) claims, O(B (A + M)) state and the outputs.
 
-template <typename T>
-struct TalArgs {
-  const T* scores;  // (B, A, nc)
-  const T* pd;      // (B, A, 4)
-  const T* anc;     // (A, 2)
-  const int64_t* labels;  // (B, M)
-  const T* gt;            // (B, M, 4)
-  const bool* valid;      // (B, M)
-  const T* atan_gt;       // (B, M) atan(w / h) of the gts, torch's (ultralytics' heights + eps)
-  const T* atan_pd;       // (B, A) of the predictions
-  int64_t B, A, M, nc, k;
-  double alpha, beta, stride_val, eps;
-};
-
-// ultralytics' candidate box: a valid box's sides below stride_val widened to it about the
-// centre, through xyxy -> xywh -> xyxy (its roundings included).
-template <typename T>
-void widened(const T* g, bool valid, double stride_val, T out[4]) {
-  const T cx = (g[0] + g[2]) / T(2), cy = (g[1] + g[3]) / T(2);
-  T w = g[2] - g[0], h = g[3] - g[1];
-  const T sv = static_cast<T>(stride_val);
-  if (valid && w < T(stride_val)) w = sv;
-  if (valid && h < T(stride_val)) h = sv;
-  const T hw = w / T(2), hh = h / T(2);
-  out[0] = cx - hw, out[1] = cy - hh, out[2] = cx + hw, out[3] = cy + hh;
-}
-
 // ultralytics' candidate test of every anchor against one widened box, min(x - x1, y - y1,
-// x2 - x, y2 - y) > 1e-9, as 0 / 1 flags: the anchors are columns (ax, ay) and the four
+// x2 - x, y2 - y) > 1e-9 (assign::tal_inside, the CUDA kernel's per-anchor form), as 0 / 1 flags: the anchors are columns (ax, ay) and the four
 // comparisons are combined without branches, so the compiler runs the loop V anchors per
 // instruction (the test is the bulk of the work: B M A of them, ~1 % candidates).
 template <typename T>
@@ -276,7 +246,7 @@ void inside_flags(const T* ax, const T* ay, int64_t A, const T box[4], uint8_t* 
 
 // ultralytics' overlap of gt row r = (b, g) with anchor i: its CIoU, clamped at 0
 template <typename T>
-T overlap(const TalArgs<T>& a, int64_t r, int64_t b, int64_t i) {
+T overlap(const assign::TalArgs<T>& a, int64_t r, int64_t b, int64_t i) {
   return assign::ciou_ultralytics(a.gt + r * 4, a.pd + (b * a.A + i) * 4, a.atan_gt[r], a.atan_pd[b * a.A + i]);
 }
 
@@ -292,11 +262,42 @@ struct Candidates {
   }
 };
 
+// A row's claims under torch's CUDA top-k rule, by the radix selection the CUDA kernel runs
+// (assign.h tal_cuda_topk_threshold): here the histograms come from one thread's pass over the
+// row's positive metrics.  Then the selected anchors in index order; the candidates among them
+// claim (slots in anchor order).
 template <typename T>
-std::vector<at::Tensor> task_aligned_impl(const TalArgs<T>& a, const at::TensorOptions& opts) {
+void cuda_rule_claims(const Candidates<T>& c, int64_t A, int64_t K, int64_t* slots) {
+  using Key = assign::TalKey<T>;
+  int32_t hist[assign::kRadixBins];
+  auto hist_pass = [&](int shift, typename Key::type prefix) -> const int32_t* {
+    std::fill(hist, hist + assign::kRadixBins, 0);
+    for (const T v : c.metric) {
+      const auto key = Key::of(v);
+      if (v > T(0) && assign::tal_radix_match(key, prefix, shift)) ++hist[assign::tal_radix_digit(key, shift)];
+    }
+    return hist;
+  };
+  T thr;
+  int64_t need;
+  assign::tal_cuda_topk_threshold<T>(K, hist_pass, thr, need);
+  int64_t ties = 0, n = 0;
+  size_t j = 0;  // next candidate
+  for (int64_t i = 0; i < A; ++i) {
+    const bool is_c = j < c.idx.size() && c.idx[j] == i;
+    const T v = is_c ? c.metric[j] : T(0);
+    j += is_c;
+    if (assign::tal_cuda_selected(v, thr, ties, need) && is_c) slots[n++] = i;
+    ties += v == thr;
+    if (j >= c.idx.size() && (thr > T(0) || ties >= need)) break;  // only unselected zeros follow
+  }
+}
+
+template <typename T>
+std::vector<at::Tensor> task_aligned_impl(const assign::TalArgs<T>& a, const at::TensorOptions& opts) {
   const int64_t B = a.B, A = a.A, M = a.M, K = a.k, nc = a.nc;
   std::vector<T> boxes(static_cast<size_t>(B * M * 4));  // the candidate test's widened boxes
-  for (int64_t r = 0; r < B * M; ++r) widened(a.gt + r * 4, a.valid[r], a.stride_val, &boxes[r * 4]);
+  for (int64_t r = 0; r < B * M; ++r) assign::tal_widened(a.gt + r * 4, a.valid[r], a.stride_val, &boxes[r * 4]);
   // 1. per valid gt row: the candidates, their CIoU and score
   std::vector<Candidates<T>> rows(static_cast<size_t>(B * M));
   std::vector<T> ax(static_cast<size_t>(A)), ay(static_cast<size_t>(A));  // the anchors as columns
@@ -338,7 +339,7 @@ std::vector<at::Tensor> task_aligned_impl(const TalArgs<T>& a, const at::TensorO
   const at::Tensor t_flat = at::mul(at::pow(s_flat, a.alpha), at::pow(o_flat, a.beta)).contiguous();
   for (int64_t r = 0; r < B * M; ++r)
     rows[r].metric.assign(t_flat.const_data_ptr<T>() + offset[r], t_flat.const_data_ptr<T>() + offset[r + 1]);
-  // 3. per valid gt row: its top-k under torch's CPU rule, the claimed candidates
+  // 3. per valid gt row: its top-k under torch's CPU rule (or its CUDA rule), the claimed candidates
   using elem_t = std::pair<T, int64_t>;
   auto comp = [](const elem_t& x, const elem_t& y) { return x.first > y.first; };  // torch's `largest` order (no NaN)
   std::vector<int64_t> claims(static_cast<size_t>(B * M * K), -1);
@@ -347,6 +348,10 @@ std::vector<at::Tensor> task_aligned_impl(const TalArgs<T>& a, const at::TensorO
     for (int64_t r = r0; r < r1; ++r) {
       if (!a.valid[r]) continue;  // a padded row claims nothing (ultralytics zeroes its top-k)
       const Candidates<T>& c = rows[r];
+      if (a.cuda_rule) {
+        cuda_rule_claims(c, A, K, &claims[r * K]);
+        continue;
+      }
       const bool partial = K * 64 <= A;
       q.clear();
       size_t j = 0;  // next candidate
@@ -369,7 +374,7 @@ std::vector<at::Tensor> task_aligned_impl(const TalArgs<T>& a, const at::TensorO
   // 4. per image: claims, resolution, the per-gt maxima, the targets
   at::Tensor labels = at::empty({B, A}, opts.dtype(at::kLong));
   at::Tensor tboxes = at::empty({B, A, 4}, opts);
-  at::Tensor tscores = at::zeros({B, A, nc}, opts);
+  at::Tensor tscores = a.compact ? at::zeros({B, A}, opts) : at::zeros({B, A, nc}, opts);
   at::Tensor fg = at::empty({B, A}, opts.dtype(at::kBool));
   at::Tensor gt_idx = at::empty({B, A}, opts.dtype(at::kLong));
   int64_t* lab_o = labels.mutable_data_ptr<int64_t>();
@@ -419,7 +424,7 @@ std::vector<at::Tensor> task_aligned_impl(const TalArgs<T>& a, const at::TensorO
         const int64_t l = std::max(a.labels[b * M + g], int64_t(0));
         lab_o[b * A + i] = l;
         for (int c = 0; c < 4; ++c) box_o[(b * A + i) * 4 + c] = a.gt[(b * M + g) * 4 + c];
-        if (fg_o[b * A + i]) sc_o[(b * A + i) * nc + l] = t_a[i] * pos_o[g] / (pos_t[g] + eps);  // two roundings, as ultralytics
+        if (fg_o[b * A + i]) sc_o[a.compact ? b * A + i : (b * A + i) * nc + l] = assign::tal_norm(t_a[i], pos_o[g], pos_t[g], eps);
       }
     }
   });
@@ -428,36 +433,18 @@ std::vector<at::Tensor> task_aligned_impl(const TalArgs<T>& a, const at::TensorO
 
 std::vector<at::Tensor> task_aligned_assign_cpu(const at::Tensor& pd_scores, const at::Tensor& pd_bboxes, const at::Tensor& anc_points,
                                                 const at::Tensor& gt_labels, const at::Tensor& gt_bboxes, const at::Tensor& gt_valid, int64_t topk,
-                                                int64_t num_classes, double alpha, double beta, double stride_val, double eps) {
-  TORCH_CHECK(pd_scores.dim() == 3 && pd_scores.is_contiguous() && pd_scores.size(2) == num_classes,
-              "fastloss task_aligned_assign: pd_scores must be contiguous (B, A, num_classes)");
-  const int64_t B = pd_scores.size(0), A = pd_scores.size(1), M = gt_bboxes.size(1);
+                                                int64_t num_classes, double alpha, double beta, double stride_val, double eps, int64_t tie_rule,
+                                                bool compact) {
+  int64_t B, A, M;
+  std::tie(B, A, M) = assign::check_task_aligned_args(pd_scores, pd_bboxes, anc_points, gt_labels, gt_bboxes, gt_valid, topk, num_classes, tie_rule);
   const auto dt = pd_scores.scalar_type();
-  TORCH_CHECK(pd_bboxes.scalar_type() == dt && pd_bboxes.is_contiguous() && pd_bboxes.sizes() == at::IntArrayRef({B, A, 4}),
-              "fastloss task_aligned_assign: pd_bboxes must be contiguous (B, A, 4) of pd_scores' dtype");
-  TORCH_CHECK(anc_points.scalar_type() == dt && anc_points.is_contiguous() && anc_points.sizes() == at::IntArrayRef({A, 2}),
-              "fastloss task_aligned_assign: anc_points must be contiguous (A, 2) of pd_scores' dtype");
-  TORCH_CHECK(gt_bboxes.scalar_type() == dt && gt_bboxes.is_contiguous() && gt_bboxes.dim() == 3 && gt_bboxes.size(0) == B && gt_bboxes.size(2) == 4,
-              "fastloss task_aligned_assign: gt_bboxes must be contiguous (B, M, 4) of pd_scores' dtype");
-  TORCH_CHECK(gt_labels.scalar_type() == at::kLong && gt_labels.is_contiguous() && gt_labels.sizes() == at::IntArrayRef({B, M}),
-              "fastloss task_aligned_assign: gt_labels must be contiguous int64 (B, M)");
-  TORCH_CHECK(gt_valid.scalar_type() == at::kBool && gt_valid.is_contiguous() && gt_valid.sizes() == at::IntArrayRef({B, M}),
-              "fastloss task_aligned_assign: gt_valid must be contiguous bool (B, M)");
-  TORCH_CHECK(topk >= 1 && topk <= A, "fastloss task_aligned_assign: topk must be in [1, A]");
-  // the aspect terms atan(w / h) with torch's own ops, as ultralytics forms them (elementwise: the
-  // same bits at any position)
-  auto aspect_atan = [](const at::Tensor& boxes) {
-    const at::Tensor w = at::sub(boxes.select(-1, 2), boxes.select(-1, 0));
-    const at::Tensor h = at::add(at::sub(boxes.select(-1, 3), boxes.select(-1, 1)), 1e-7);
-    return at::atan(at::div(w, h)).contiguous();
-  };
-  const at::Tensor atan_gt = aspect_atan(gt_bboxes), atan_pd = aspect_atan(pd_bboxes);
+  const at::Tensor atan_gt = assign::tal_aspect_atan(gt_bboxes), atan_pd = assign::tal_aspect_atan(pd_bboxes);
   std::vector<at::Tensor> out;
   AT_DISPATCH_FLOATING_TYPES(dt, "task_aligned_assign_cpu", [&] {
-    const TalArgs<scalar_t> a{pd_scores.const_data_ptr<scalar_t>(), pd_bboxes.const_data_ptr<scalar_t>(), anc_points.const_data_ptr<scalar_t>(),
+    const assign::TalArgs<scalar_t> a{pd_scores.const_data_ptr<scalar_t>(), pd_bboxes.const_data_ptr<scalar_t>(), anc_points.const_data_ptr<scalar_t>(),
                               gt_labels.const_data_ptr<int64_t>(), gt_bboxes.const_data_ptr<scalar_t>(), gt_valid.const_data_ptr<bool>(),
                               atan_gt.const_data_ptr<scalar_t>(), atan_pd.const_data_ptr<scalar_t>(),
-                              B, A, M, num_classes, topk, alpha, beta, stride_val, eps};
+                              B, A, M, num_classes, topk, alpha, beta, stride_val, eps, tie_rule == 1, compact};
     out = task_aligned_impl<scalar_t>(a, pd_scores.options());
   });
   return out;

@@ -8,9 +8,25 @@
 //      it (a fixed-order tree reduction of (value, index) pairs);
 //   3. one thread per (image, prior): the low-quality match (the last qualifying gt whose best
 //      IoU it ties, or whose first argmax it is), then mmdetection's threshold rules.
+//
+// Task-aligned assignment (ultralytics' TaskAlignedAssigner) without its (B, M, A) tensors,
+// three launches, no host sync, integer atomics only (deterministic):
+//   1. one block per (image, gt) row: the row's top k under torch's CUDA rule (assign.h
+//      tal_cuda_topk_threshold: a radix select over the row's metrics, recomputed per pass, then
+//      the lowest-index ties), each selected candidate counting a claim of its anchor
+//      (atomicAdd) and its gt as claimant (atomicMin; used only when the count is 1);
+//   2. one thread per (image, anchor): the gt (its claimant, or for several claims the first
+//      argmax of the overlap over all gts), the assigned pair's metric, and each gt's largest
+//      metric and overlap over its foreground anchors by atomicMax on the bit patterns of
+//      these non-negative floats (order-free);
+//   3. one thread per (image, anchor): labels, boxes, the normalised score.
+// The metric s^alpha o^beta is torch's CUDA pow (assign.h torch_cuda_pow) of ultralytics' CIoU
+// (products rounded on their own), the aspect arctangents come from torch's own CUDA atan.
 #include <ATen/Dispatch.h>
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
+#include <ATen/ops/full.h>
+#include <ATen/ops/zeros.h>
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
@@ -19,6 +35,7 @@
 #include <algorithm>
 #include <limits>
 #include <tuple>
+#include <vector>
 
 #include "kernels/assign.h"
 
@@ -147,8 +164,192 @@ std::tuple<at::Tensor, at::Tensor> max_iou_assign_cuda(const at::Tensor& priors,
   return {inds, best};
 }
 
+
+// ------------------------------------------------------------------ task-aligned (ultralytics)
+
+// ultralytics' metric of gt row r = (b, g) and anchor i, 0 unless a candidate (cand)
+template <typename T>
+__device__ __forceinline__ T tal_pair(const assign::TalArgs<T>& p, int64_t r, int64_t b, int64_t i, const T box[4], bool& cand, T& ov) {
+  cand = assign::tal_inside(p.anc + i * 2, box);
+  ov = T(0);
+  if (!cand) return T(0);
+  ov = assign::ciou_ultralytics(p.gt + r * 4, p.pd + (b * p.A + i) * 4, p.atan_gt[r], p.atan_pd[b * p.A + i]);
+  const int64_t label = min(max(p.labels[r], int64_t(0)), p.nc - 1);
+  return assign::tal_metric_cuda(p.scores[(b * p.A + i) * p.nc + label], ov, p.alpha, p.beta);
+}
+
+template <typename T>
+__global__ void tal_claim_kernel(assign::TalArgs<T> p, int32_t* count, int32_t* claimant) {
+  using Key = assign::TalKey<T>;
+  __shared__ int32_t hist[assign::kRadixBins];
+  __shared__ int32_t tie_scan[kThreads];
+  for (int64_t r = blockIdx.x; r < p.B * p.M; r += gridDim.x) {
+    if (!p.valid[r]) continue;  // uniform over the block; a padded row claims nothing
+    const int64_t b = r / p.M, g = r - b * p.M;
+    T box[4];
+    assign::tal_widened(p.gt + r * 4, true, p.stride_val, box);
+    auto hist_pass = [&](int shift, typename Key::type prefix) -> const int32_t* {
+      __syncthreads();  // every thread is done with the previous histogram
+      for (int d = threadIdx.x; d < assign::kRadixBins; d += blockDim.x) hist[d] = 0;
+      __syncthreads();
+      for (int64_t i = threadIdx.x; i < p.A; i += blockDim.x) {
+        bool cand;
+        T ov;
+        const T v = tal_pair(p, r, b, i, box, cand, ov);
+        const auto key = Key::of(v);
+        if (v > T(0) && assign::tal_radix_match(key, prefix, shift)) atomicAdd(&hist[assign::tal_radix_digit(key, shift)], 1);
+      }
+      __syncthreads();
+      return hist;
+    };
+    T thr;
+    int64_t need;
+    assign::tal_cuda_topk_threshold<T>(p.k, hist_pass, thr, need);  // every thread, on the same histograms
+    // the selection in index order: a tile of blockDim anchors at a time, the ties ranked by a
+    // block-wide inclusive scan
+    int64_t ties = 0;  // ties in the earlier tiles
+    for (int64_t i0 = 0; i0 < p.A; i0 += blockDim.x) {
+      const int64_t i = i0 + threadIdx.x;
+      bool cand = false;
+      T ov, v = T(-1);
+      if (i < p.A) v = tal_pair(p, r, b, i, box, cand, ov);
+      const int32_t tie = v == thr;
+      __syncthreads();  // the previous tile's scan is read
+      tie_scan[threadIdx.x] = tie;
+      __syncthreads();
+      for (int s = 1; s < blockDim.x; s <<= 1) {  // Hillis-Steele inclusive scan
+        const int32_t add = threadIdx.x >= s ? tie_scan[threadIdx.x - s] : 0;
+        __syncthreads();
+        tie_scan[threadIdx.x] += add;
+        __syncthreads();
+      }
+      if (cand && assign::tal_cuda_selected(v, thr, ties + tie_scan[threadIdx.x] - tie, need)) {
+        atomicAdd(&count[b * p.A + i], 1);
+        atomicMin(&claimant[b * p.A + i], static_cast<int32_t>(g));
+      }
+      ties += tie_scan[blockDim.x - 1];
+    }
+  }
+}
+
+template <typename K>
+__device__ __forceinline__ void atomic_max_key(K* address, K v);
+template <>
+__device__ __forceinline__ void atomic_max_key<uint32_t>(uint32_t* address, uint32_t v) {
+  atomicMax(address, v);
+}
+template <>
+__device__ __forceinline__ void atomic_max_key<unsigned long long>(unsigned long long* address, unsigned long long v) {
+  atomicMax(address, v);
+}
+
+template <typename T>
+__global__ void tal_resolve_kernel(assign::TalArgs<T> p, const int32_t* count, const int32_t* claimant, int64_t* gt_idx, bool* fg, T* t_a,
+                                   typename assign::TalKey<T>::type* pos_t, typename assign::TalKey<T>::type* pos_o) {
+  using Key = assign::TalKey<T>;
+  for (int64_t k = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; k < p.B * p.A; k += int64_t(gridDim.x) * blockDim.x) {
+    const int64_t b = k / p.A, i = k - b * p.A;
+    const int32_t c = count[k];
+    int64_t g = c == 1 ? claimant[k] : 0;
+    if (c > 1) {  // the first argmax over ALL gts of the overlap (0 off their candidates)
+      T best = -std::numeric_limits<T>::infinity();
+      for (int64_t h = 0; h < p.M; ++h) {
+        T box[4], ov = T(0);
+        if (p.valid[b * p.M + h]) {
+          assign::tal_widened(p.gt + (b * p.M + h) * 4, true, p.stride_val, box);
+          if (assign::tal_inside(p.anc + i * 2, box))
+            ov = assign::ciou_ultralytics(p.gt + (b * p.M + h) * 4, p.pd + k * 4, p.atan_gt[b * p.M + h], p.atan_pd[k]);
+        }
+        if (ov > best) best = ov, g = h;
+      }
+    }
+    gt_idx[k] = g;
+    fg[k] = c > 0;
+    T t = T(0);
+    if (c > 0 && p.valid[b * p.M + g]) {  // the assigned pair's metric and overlap (0 unless a candidate of its gt)
+      T box[4], ov;
+      bool cand;
+      assign::tal_widened(p.gt + (b * p.M + g) * 4, true, p.stride_val, box);
+      t = tal_pair(p, b * p.M + g, b, i, box, cand, ov);
+      if (cand) {
+        atomic_max_key(&pos_t[b * p.M + g], Key::of(t));
+        atomic_max_key(&pos_o[b * p.M + g], Key::of(ov));
+      }
+    }
+    t_a[k] = t;
+  }
+}
+
+template <typename T>
+__global__ void tal_targets_kernel(assign::TalArgs<T> p, const int64_t* gt_idx, const bool* fg, const T* t_a,
+                                   const typename assign::TalKey<T>::type* pos_t, const typename assign::TalKey<T>::type* pos_o,
+                                   int64_t* labels, T* boxes, T* scores) {
+  using Key = assign::TalKey<T>;
+  for (int64_t k = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; k < p.B * p.A; k += int64_t(gridDim.x) * blockDim.x) {
+    const int64_t b = k / p.A, r = b * p.M + gt_idx[k];
+    const int64_t l = max(p.labels[r], int64_t(0));
+    labels[k] = l;
+    for (int c = 0; c < 4; ++c) boxes[k * 4 + c] = p.gt[r * 4 + c];
+    if (fg[k])
+      scores[p.compact ? k : k * p.nc + l] = assign::tal_norm(t_a[k], Key::value(pos_o[r]), Key::value(pos_t[r]), static_cast<T>(p.eps));
+  }
+}
+
+std::vector<at::Tensor> task_aligned_assign_cuda(const at::Tensor& pd_scores, const at::Tensor& pd_bboxes, const at::Tensor& anc_points,
+                                                 const at::Tensor& gt_labels, const at::Tensor& gt_bboxes, const at::Tensor& gt_valid, int64_t topk,
+                                                 int64_t num_classes, double alpha, double beta, double stride_val, double eps, int64_t tie_rule,
+                                                 bool compact) {
+  int64_t B, A, M;
+  std::tie(B, A, M) = assign::check_task_aligned_args(pd_scores, pd_bboxes, anc_points, gt_labels, gt_bboxes, gt_valid, topk, num_classes, tie_rule);
+  TORCH_CHECK(tie_rule == 1, "fastloss task_aligned_assign: the CUDA kernel implements torch's CUDA top-k tie rule only (tie_rule 1)");
+  const c10::cuda::CUDAGuard guard(pd_scores.device());
+  const auto opts = pd_scores.options();
+  at::Tensor labels = at::empty({B, A}, opts.dtype(at::kLong));
+  at::Tensor boxes = at::empty({B, A, 4}, opts);
+  at::Tensor scores = compact ? at::zeros({B, A}, opts) : at::zeros({B, A, num_classes}, opts);
+  at::Tensor fg = at::empty({B, A}, opts.dtype(at::kBool));
+  at::Tensor gt_idx = at::empty({B, A}, opts.dtype(at::kLong));
+  if (B * A == 0) return {labels, boxes, scores, fg, gt_idx};
+  const at::Tensor atan_gt = assign::tal_aspect_atan(gt_bboxes), atan_pd = assign::tal_aspect_atan(pd_bboxes);  // torch's CUDA atan
+  at::Tensor count = at::zeros({B, A}, opts.dtype(at::kInt));
+  at::Tensor claimant = at::full({B, A}, std::numeric_limits<int32_t>::max(), opts.dtype(at::kInt));
+  at::Tensor t_a = at::empty({B, A}, opts);
+  const auto key_dtype = pd_scores.scalar_type() == at::kDouble ? at::kLong : at::kInt;  // the maxima's bit patterns, 0 = +0.0
+  at::Tensor pos_t = at::zeros({B, std::max<int64_t>(M, 1)}, opts.dtype(key_dtype));
+  at::Tensor pos_o = at::zeros({B, std::max<int64_t>(M, 1)}, opts.dtype(key_dtype));
+  const auto stream = c10::cuda::getCurrentCUDAStream();
+  AT_DISPATCH_FLOATING_TYPES(pd_scores.scalar_type(), "task_aligned_assign_cuda", [&] {
+    using K = typename assign::TalKey<scalar_t>::type;
+    const assign::TalArgs<scalar_t> p{pd_scores.const_data_ptr<scalar_t>(), pd_bboxes.const_data_ptr<scalar_t>(),
+                                      anc_points.const_data_ptr<scalar_t>(), gt_labels.const_data_ptr<int64_t>(),
+                                      gt_bboxes.const_data_ptr<scalar_t>(), gt_valid.const_data_ptr<bool>(),
+                                      atan_gt.const_data_ptr<scalar_t>(), atan_pd.const_data_ptr<scalar_t>(),
+                                      B, A, M, num_classes, topk, alpha, beta, stride_val, eps, /*cuda_rule=*/true, compact};
+    if (B * M > 0) {
+      tal_claim_kernel<<<static_cast<unsigned>(std::min<int64_t>(B * M, 1 << 20)), kThreads, 0, stream>>>(
+          p, count.mutable_data_ptr<int32_t>(), claimant.mutable_data_ptr<int32_t>());
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+    }
+    K* pt = reinterpret_cast<K*>(pos_t.mutable_data_ptr());
+    K* po = reinterpret_cast<K*>(pos_o.mutable_data_ptr());
+    tal_resolve_kernel<<<grid_for(B * A), kThreads, 0, stream>>>(p, count.const_data_ptr<int32_t>(), claimant.const_data_ptr<int32_t>(),
+                                                                 gt_idx.mutable_data_ptr<int64_t>(), fg.mutable_data_ptr<bool>(),
+                                                                 t_a.mutable_data_ptr<scalar_t>(), pt, po);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    tal_targets_kernel<<<grid_for(B * A), kThreads, 0, stream>>>(p, gt_idx.const_data_ptr<int64_t>(), fg.const_data_ptr<bool>(),
+                                                                 t_a.const_data_ptr<scalar_t>(), pt, po,
+                                                                 labels.mutable_data_ptr<int64_t>(), boxes.mutable_data_ptr<scalar_t>(),
+                                                                 scores.mutable_data_ptr<scalar_t>());
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  });
+  return {labels, boxes, scores, fg, gt_idx};
+}
+
 }  // namespace
 
-TORCH_LIBRARY_IMPL(fastloss, CUDA, m) { m.impl("max_iou_assign_native", &max_iou_assign_cuda); }
+TORCH_LIBRARY_IMPL(fastloss, CUDA, m) {
+  m.impl("max_iou_assign_native", &max_iou_assign_cuda);
+  m.impl("task_aligned_assign_native", &task_aligned_assign_cuda);
+}
 
 }  // namespace fastloss

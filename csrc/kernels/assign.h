@@ -15,7 +15,9 @@
 
 #include <cmath>
 #include <cstdint>
+#include <cstring>
 #include <tuple>
+#include <type_traits>
 
 #include "fastloss/common.h"
 
@@ -101,6 +103,157 @@ FL_HOST_DEVICE FL_INLINE T ciou_ultralytics(const T g[4], const T p[4], T at_g, 
   return mx(ciou, T(0));
 }
 
+// The task-aligned kernels' inputs (calling convention: csrc/fastloss.cpp), as raw pointers.
+template <typename T>
+struct TalArgs {
+  const T* scores;        // (B, A, nc)
+  const T* pd;            // (B, A, 4)
+  const T* anc;           // (A, 2)
+  const int64_t* labels;  // (B, M)
+  const T* gt;            // (B, M, 4)
+  const bool* valid;      // (B, M)
+  const T* atan_gt;       // (B, M) atan(w / h) of the gts, torch's (ultralytics' heights + eps)
+  const T* atan_pd;       // (B, A) of the predictions
+  int64_t B, A, M, nc, k;
+  double alpha, beta, stride_val, eps;
+  bool cuda_rule;  // torch's CUDA top-k tie rule instead of its CPU one
+  bool compact;    // scores (B, A) (the assigned label's) instead of (B, A, nc)
+};
+
+// ultralytics' candidate box (select_candidates_in_gts): a valid box's sides below stride_val
+// widened to it about the centre, through xyxy -> xywh -> xyxy (its roundings included).
+template <typename T>
+FL_HOST_DEVICE FL_INLINE void tal_widened(const T* g, bool valid, double stride_val, T out[4]) {
+  const T cx = rn_add(g[0], g[2]) / T(2), cy = rn_add(g[1], g[3]) / T(2);
+  T w = rn_sub(g[2], g[0]), h = rn_sub(g[3], g[1]);
+  const T sv = static_cast<T>(stride_val);
+  if (valid && w < sv) w = sv;
+  if (valid && h < sv) h = sv;
+  const T hw = w / T(2), hh = h / T(2);
+  out[0] = rn_sub(cx, hw), out[1] = rn_sub(cy, hh), out[2] = rn_add(cx, hw), out[3] = rn_add(cy, hh);
+}
+
+// anchor point pt strictly inside box by more than 1e-9 on every side (ultralytics' four tests)
+template <typename T>
+FL_HOST_DEVICE FL_INLINE bool tal_inside(const T* pt, const T box[4]) {
+  const T e = static_cast<T>(1e-9);
+  return rn_sub(pt[0], box[0]) > e && rn_sub(pt[1], box[1]) > e && rn_sub(box[2], pt[0]) > e && rn_sub(box[3], pt[1]) > e;
+}
+
+// A foreground anchor's score: t * max_o / (max_t + eps), two roundings in ultralytics' order.
+template <typename T>
+FL_HOST_DEVICE FL_INLINE T tal_norm(T t, T pos_o, T pos_t, T eps) {
+  return rn_mul(t, pos_o) / rn_add(pos_t, eps);
+}
+
+#if defined(__CUDACC__)
+// torch.pow(x, e) for a Python-number exponent on CUDA, as torch dispatches it (Pow.cpp:
+// e = 0 fills 1, e = 1 copies; cuda/PowKernel.cu: 0.5 -> sqrt, -0.5 -> rsqrt, -1 -> reciprocal,
+// 2 -> x x, 3 -> x x x, -2 -> 1 / (x x), else pow(x, e) with e rounded to x's type).
+template <typename T>
+__device__ __forceinline__ T torch_cuda_pow(T x, double e) {
+  if (e == 0.0) return T(1);
+  if (e == 1.0) return x;
+  if (e == 0.5) return ::sqrt(x);
+  if (e == -0.5) return ::rsqrt(x);
+  if (e == -1.0) return T(1) / x;
+  if (e == 2.0) return rn_mul(x, x);
+  if (e == 3.0) return rn_mul(rn_mul(x, x), x);
+  if (e == -2.0) return T(1) / rn_mul(x, x);
+  return ::pow(x, static_cast<T>(e));
+}
+
+// ultralytics' alignment metric s^alpha o^beta as torch computes it on CUDA
+template <typename T>
+__device__ __forceinline__ T tal_metric_cuda(T s, T o, double alpha, double beta) {
+  return rn_mul(torch_cuda_pow(s, alpha), torch_cuda_pow(o, beta));
+}
+#endif
+
+// ---- torch's CUDA top-k rule (TensorTopK.cu: radix-select the k-th value, take everything
+// larger, then the lowest-index ties): the k largest of a row under the total order (value
+// descending, index ascending).  Non-candidates enter as 0, so a row with fewer than k positive
+// metrics is filled with its lowest-index zeros.  The same code runs in the CPU kernel (its
+// tie_rule = 1) and in a CUDA block; only the histogram pass differs.
+//
+// A non-negative float's bit pattern, read as an unsigned integer, orders as the value: the
+// k-th largest positive value is found one 8-bit digit at a time, most significant first.
+template <typename T>
+struct TalKey {
+  using type = typename std::conditional<sizeof(T) == 4, uint32_t, unsigned long long>::type;
+  static FL_HOST_DEVICE FL_INLINE type of(T v) {
+    type u;
+    memcpy(&u, &v, sizeof u);  // a bit cast (registers only, on the device)
+    return u;
+  }
+  static FL_HOST_DEVICE FL_INLINE T value(type u) {
+    T v;
+    memcpy(&v, &u, sizeof v);
+    return v;
+  }
+};
+
+constexpr int kRadixBits = 8, kRadixBins = 1 << kRadixBits;
+
+// Does key agree with prefix on the digits above `shift`?  (digits not yet chosen are free)
+template <typename K>
+FL_HOST_DEVICE FL_INLINE bool tal_radix_match(K key, K prefix, int shift) {
+  const int hi = shift + kRadixBits;
+  return hi >= int(8 * sizeof(K)) || (key >> hi) == (prefix >> hi);
+}
+
+template <typename K>
+FL_HOST_DEVICE FL_INLINE int tal_radix_digit(K key, int shift) {
+  return static_cast<int>((key >> shift) & K(kRadixBins - 1));
+}
+
+// hist: the digit at `shift` of the positive values matching prefix.  The digit of the
+// remaining-th largest of them joins prefix; remaining drops by the count in larger digits.
+template <typename K>
+FL_HOST_DEVICE FL_INLINE void tal_radix_step(const int32_t* hist, int shift, K& prefix, int64_t& remaining) {
+  for (int d = kRadixBins - 1; d >= 0; --d) {
+    if (hist[d] >= remaining) {
+      prefix |= K(d) << shift;
+      return;
+    }
+    remaining -= hist[d];
+  }
+}
+
+// The threshold of a row's top k under the CUDA rule: selected are the values > thr and the
+// first `need` values == thr in index order.  hist_pass(shift, prefix) returns the histogram of
+// digit `shift` over the row's positive values matching prefix (tal_radix_match).  With fewer
+// than k positives, thr = 0 and the zeros fill.
+#if defined(__CUDACC__)
+#pragma nv_exec_check_disable  // hist_pass is a __device__ lambda in the CUDA kernel, a host one on the CPU
+#endif
+template <typename T, typename HistPass>
+FL_HOST_DEVICE FL_INLINE void tal_cuda_topk_threshold(int64_t k, HistPass&& hist_pass, T& thr, int64_t& need) {
+  using K = typename TalKey<T>::type;
+  constexpr int kTop = int(8 * sizeof(K)) - kRadixBits;
+  K prefix = 0;
+  int64_t remaining = k;
+  for (int shift = kTop; shift >= 0; shift -= kRadixBits) {
+    const int32_t* hist = hist_pass(shift, prefix);
+    if (shift == kTop) {  // the first histogram counts every positive value
+      int64_t positives = 0;
+      for (int d = 0; d < kRadixBins; ++d) positives += hist[d];
+      if (positives < k) {
+        thr = T(0), need = k - positives;
+        return;
+      }
+    }
+    tal_radix_step(hist, shift, prefix, remaining);
+  }
+  thr = TalKey<T>::value(prefix), need = remaining;
+}
+
+// Under that threshold: is a value selected, given how many equal values precede it in the row?
+template <typename T>
+FL_HOST_DEVICE FL_INLINE bool tal_cuda_selected(T v, T thr, int64_t ties_before, int64_t need) {
+  return v > thr || (v == thr && ties_before < need);
+}
+
 }  // namespace assign
 }  // namespace fastloss
 
@@ -124,6 +277,42 @@ inline std::tuple<int64_t, int64_t, int64_t> check_max_iou_args(const at::Tensor
               "fastloss max_iou_assign: ignored must be contiguous bool (B, A)");
   TORCH_CHECK(A < (int64_t(1) << 24) && M < (int64_t(1) << 24), "fastloss max_iou_assign: at most 2^24 priors and gts (indices ride in float lanes)");
   return {B, A, M};
+}
+
+
+// The task-aligned op's shapes (calling convention: csrc/fastloss.cpp), checked on the host by
+// both kernels; returns (B, A, M).
+inline std::tuple<int64_t, int64_t, int64_t> check_task_aligned_args(const at::Tensor& pd_scores, const at::Tensor& pd_bboxes,
+                                                                     const at::Tensor& anc_points, const at::Tensor& gt_labels,
+                                                                     const at::Tensor& gt_bboxes, const at::Tensor& gt_valid, int64_t topk,
+                                                                     int64_t num_classes, int64_t tie_rule) {
+  TORCH_CHECK(pd_scores.dim() == 3 && pd_scores.is_contiguous() && pd_scores.size(2) == num_classes,
+              "fastloss task_aligned_assign: pd_scores must be contiguous (B, A, num_classes)");
+  const int64_t B = pd_scores.size(0), A = pd_scores.size(1), M = gt_bboxes.size(1);
+  const auto dt = pd_scores.scalar_type();
+  TORCH_CHECK(pd_bboxes.scalar_type() == dt && pd_bboxes.is_contiguous() && pd_bboxes.sizes() == at::IntArrayRef({B, A, 4}),
+              "fastloss task_aligned_assign: pd_bboxes must be contiguous (B, A, 4) of pd_scores' dtype");
+  TORCH_CHECK(anc_points.scalar_type() == dt && anc_points.is_contiguous() && anc_points.sizes() == at::IntArrayRef({A, 2}),
+              "fastloss task_aligned_assign: anc_points must be contiguous (A, 2) of pd_scores' dtype");
+  TORCH_CHECK(gt_bboxes.scalar_type() == dt && gt_bboxes.is_contiguous() && gt_bboxes.dim() == 3 && gt_bboxes.size(0) == B && gt_bboxes.size(2) == 4,
+              "fastloss task_aligned_assign: gt_bboxes must be contiguous (B, M, 4) of pd_scores' dtype");
+  TORCH_CHECK(gt_labels.scalar_type() == at::kLong && gt_labels.is_contiguous() && gt_labels.sizes() == at::IntArrayRef({B, M}),
+              "fastloss task_aligned_assign: gt_labels must be contiguous int64 (B, M)");
+  TORCH_CHECK(gt_valid.scalar_type() == at::kBool && gt_valid.is_contiguous() && gt_valid.sizes() == at::IntArrayRef({B, M}),
+              "fastloss task_aligned_assign: gt_valid must be contiguous bool (B, M)");
+  TORCH_CHECK(topk >= 1 && topk <= A, "fastloss task_aligned_assign: topk must be in [1, A]");
+  TORCH_CHECK(M >= 1, "fastloss task_aligned_assign: needs M >= 1 (fastloss.task_aligned_assign returns ultralytics' M = 0 result itself)");
+  TORCH_CHECK(tie_rule == 0 || tie_rule == 1, "fastloss task_aligned_assign: tie_rule must be 0 (torch's CPU top-k) or 1 (its CUDA top-k)");
+  TORCH_CHECK(A < (int64_t(1) << 31) && M < (int64_t(1) << 31), "fastloss task_aligned_assign: at most 2^31 anchors and gts");
+  return {B, A, M};
+}
+
+// atan(w / h) of boxes (..., 4) with torch's own ops, as ultralytics' bbox_iou forms it (heights
+// + 1e-7; elementwise: the same bits at any position and on the boxes' device)
+inline at::Tensor tal_aspect_atan(const at::Tensor& boxes) {
+  const at::Tensor w = boxes.select(-1, 2).sub(boxes.select(-1, 0));
+  const at::Tensor h = boxes.select(-1, 3).sub(boxes.select(-1, 1)).add(1e-7);
+  return w.div(h).atan().contiguous();
 }
 
 }  // namespace assign

@@ -357,6 +357,12 @@ class BboxLoss(nn.Module):
         return loss_iou, loss_dfl.sum() / target_scores_sum
 
 
+def _assign(a, pd_scores, pd_bboxes, anc_points, gt_labels, gt_bboxes, mask_gt):
+    """fastloss.task_aligned_assign with the settings of assigner ``a`` (ultralytics' attributes)."""
+    return fastloss.task_aligned_assign(pd_scores, pd_bboxes, anc_points, gt_labels, gt_bboxes, mask_gt, topk=a.topk, num_classes=a.num_classes,
+                                        alpha=a.alpha, beta=a.beta, stride_val=a.stride_val, eps=a.eps)
+
+
 class TaskAlignedAssigner(nn.Module):
     """ultralytics' ``TaskAlignedAssigner`` (``ultralytics.utils.tal``, 8.4.190) over
     :func:`fastloss.task_aligned_assign`: the same arguments, ``forward(pd_scores, pd_bboxes,
@@ -364,13 +370,15 @@ class TaskAlignedAssigner(nn.Module):
     (B, M, A) tensors, its host sync or its out-of-memory fallback (a crowded batch at xView
     scale, B 128 x M 5000 x A 8400, needs about 75 GB there, the outputs plus O(candidates)
     here).  On the CPU all five outputs are bit-equal to ultralytics' (tests/test_assign.py);
-    on CUDA the spec backend runs (no CUDA kernel yet) and equality is untested.  Not swapped
-    in by :func:`fastloss.patch` (it decides assignments): explicit use only, e.g.
+    on CUDA the cuda backend follows ultralytics' CUDA arithmetic and torch's CUDA top-k tie
+    rule (checked on a GPU by tools/cuda_smoke.py).  :func:`fastloss.patch` swaps it in for
+    the detection loss (``_patch``); explicit use:
     ``loss.assigner = fastloss.compat.ultralytics.TaskAlignedAssigner(topk=10, num_classes=nc,
     alpha=0.5, beta=6.0, stride=model.stride.tolist())``.
 
     Not supported (ValueError): ``topk2`` other than ``topk`` (ultralytics' second filtering,
-    off by default) and extra batch tensors for ``pair_overlaps`` (its subclasses' hook)."""
+    off by default) and extra batch tensors for ``pair_overlaps`` (its subclasses' hook); the
+    patched class falls back to ultralytics' code for these."""
 
     def __init__(self, topk: int = 13, num_classes: int = 80, alpha: float = 1.0, beta: float = 6.0, stride: list | None = None,
                  eps: float = 1e-9, topk2: int | None = None):
@@ -389,9 +397,30 @@ class TaskAlignedAssigner(nn.Module):
         if extra:
             raise ValueError(f"TaskAlignedAssigner: extra tensors {sorted(extra)} (pair_overlaps) are not supported by fastloss's "
                              f"compat layer")
-        return fastloss.task_aligned_assign(pd_scores, pd_bboxes, anc_points, gt_labels, gt_bboxes, mask_gt, topk=self.topk,
-                                            num_classes=self.num_classes, alpha=self.alpha, beta=self.beta, stride_val=self.stride_val,
-                                            eps=self.eps)
+        return _assign(self, pd_scores, pd_bboxes, anc_points, gt_labels, gt_bboxes, mask_gt)
+
+
+_SWAPPED = {}  # ultralytics' TaskAlignedAssigner class -> the subclass fastloss.patch puts in its place
+
+
+def _swapped_assigner(original):
+    """A subclass of ultralytics' ``TaskAlignedAssigner`` (so isinstance checks, attributes and
+    state hold) whose forward is :class:`TaskAlignedAssigner`'s, except where that cannot
+    reproduce ultralytics: ``topk2 != topk``, extra ``pair_overlaps`` tensors, or a subclass
+    of it (which may override any step) -- there ultralytics' own forward runs."""
+    if original not in _SWAPPED:
+        class SwappedTaskAlignedAssigner(original):
+            __doc__ = f"ultralytics' TaskAlignedAssigner with fastloss's forward ({__name__}._swapped_assigner)."
+
+            def forward(self, pd_scores, pd_bboxes, anc_points, gt_labels, gt_bboxes, mask_gt, **extra):
+                if extra or self.topk2 != self.topk or type(self) is not SwappedTaskAlignedAssigner:
+                    return super().forward(pd_scores, pd_bboxes, anc_points, gt_labels, gt_bboxes, mask_gt, **extra)
+                with torch.no_grad():
+                    return _assign(self, pd_scores, pd_bboxes, anc_points, gt_labels, gt_bboxes, mask_gt)
+
+        SwappedTaskAlignedAssigner.__name__ = SwappedTaskAlignedAssigner.__qualname__ = "TaskAlignedAssigner"
+        _SWAPPED[original] = SwappedTaskAlignedAssigner
+    return _SWAPPED[original]
 
 
 def _patch(handle):
@@ -403,14 +432,22 @@ def _patch(handle):
       built after the patch use them;
     * in ``ultralytics.models.utils.loss`` (RT-DETR's ``DETRLoss``): ``FocalLoss``,
       ``VarifocalLoss`` and ``bbox_iou`` (called there in centre form only: its GIoU loss
-      and the IoU targets of the varifocal loss).
+      and the IoU targets of the varifocal loss);
+    * in ``ultralytics.utils.loss``: ``TaskAlignedAssigner``, the name ``v8DetectionLoss.__init__``
+      (inherited by the segmentation and pose losses) builds its assigner from, by a
+      subclass of ultralytics' class running :func:`fastloss.task_aligned_assign` (the five
+      outputs bit-equal on the CPU; on CUDA torch's CUDA tie rule), ultralytics' own forward
+      where fastloss cannot follow (``topk2``, ``pair_overlaps`` tensors, subclasses).  The
+      Seg / Pose / Rotated assigners (built under their own names: SegmentLoss26,
+      PoseLoss26, v8OBBLoss) stay ultralytics'.
 
     Left alone, on purpose: ``ultralytics.utils.metrics.bbox_iou`` / ``box_iou`` (the
     public functions, called by the task-aligned assigner, validation and users: the same
     formulas, but not the same rounding, and fastloss's finite answers where ultralytics
     gives NaN), ``ultralytics.utils.tal``'s
     ``bbox_iou`` (the assigner's CIoU chooses anchors by top-k / argmax: any difference, even
-    in the last bit, can change an assignment and with it the whole loss) and
+    in the last bit, can change an assignment and with it the whole loss; the swapped
+    assigner computes ultralytics' CIoU bit for bit itself) and
     ``ultralytics.models.utils.ops``' (the Hungarian matcher's GIoU cost, the same reason).
     Objects keep what they captured: loss objects (``v8DetectionLoss``, ``DETRLoss``, ...)
     built before the patch keep ultralytics' classes, and those built while patched keep
@@ -423,3 +460,6 @@ def _patch(handle):
         handle.setattr(yolo_loss, name, globals()[name])
     for name in ("FocalLoss", "VarifocalLoss", "bbox_iou"):
         handle.setattr(detr_loss, name, globals()[name])
+    import ultralytics.utils.tal as tal
+
+    handle.setattr(yolo_loss, "TaskAlignedAssigner", _swapped_assigner(tal.TaskAlignedAssigner))

@@ -133,24 +133,32 @@ def max_iou_assign(priors, gt_bboxes, gt_labels, gt_valid=None, *, pos_iou_thr, 
 TAL_OP = "task_aligned_assign"
 
 
+TIE_RULES = ("cpu", "cuda")  # the native op's tie_rule 0 / 1: torch.topk's tie rule on that device
+
+
 @torch.library.custom_op("fastloss::task_aligned_assign", mutates_args=())
 def task_aligned_assign_op(pd_scores: Tensor, pd_bboxes: Tensor, anc_points: Tensor, gt_labels: Tensor, gt_bboxes: Tensor, gt_valid: Tensor,
-                           topk: int, num_classes: int, alpha: float, beta: float, stride_val: float, eps: float,
-                           backend: Optional[str]) -> list[Tensor]:
+                           topk: int, num_classes: int, alpha: float, beta: float, stride_val: float, eps: float, tie_rule: int,
+                           compact: bool, backend: Optional[str]) -> list[Tensor]:
     forward, _ = _backend.implementation(TAL_OP, pd_scores.device, backend)
-    return list(forward(pd_scores, pd_bboxes, anc_points, gt_labels, gt_bboxes, gt_valid, topk, num_classes, alpha, beta, stride_val, eps))
+    return list(forward(pd_scores, pd_bboxes, anc_points, gt_labels, gt_bboxes, gt_valid, topk, num_classes, alpha, beta, stride_val, eps,
+                        tie_rule, compact))
 
 
 @task_aligned_assign_op.register_fake
-def _(pd_scores, pd_bboxes, anc_points, gt_labels, gt_bboxes, gt_valid, topk, num_classes, alpha, beta, stride_val, eps, backend):
+def _(pd_scores, pd_bboxes, anc_points, gt_labels, gt_bboxes, gt_valid, topk, num_classes, alpha, beta, stride_val, eps, tie_rule, compact,
+      backend):
     B, A = pd_scores.shape[:2]
-    return [pd_scores.new_empty((B, A), dtype=torch.int64), pd_scores.new_empty((B, A, 4)), pd_scores.new_empty((B, A, num_classes)),
-            pd_scores.new_empty((B, A), dtype=torch.bool), pd_scores.new_empty((B, A), dtype=torch.int64)]
+    return [pd_scores.new_empty((B, A), dtype=torch.int64), pd_scores.new_empty((B, A, 4)),
+            pd_scores.new_empty((B, A) if compact else (B, A, num_classes)), pd_scores.new_empty((B, A), dtype=torch.bool),
+            pd_scores.new_empty((B, A), dtype=torch.int64)]
 
 
-def _reference_tal(pd_scores, pd_bboxes, anc_points, gt_labels, gt_bboxes, gt_valid, topk, num_classes, alpha, beta, stride_val, eps):
+def _reference_tal(pd_scores, pd_bboxes, anc_points, gt_labels, gt_bboxes, gt_valid, topk, num_classes, alpha, beta, stride_val, eps, tie_rule,
+                   compact):
     return reference.task_aligned_assign(pd_scores, pd_bboxes, anc_points, gt_labels[..., None], gt_bboxes, gt_valid[..., None], topk=topk,
-                                         num_classes=num_classes, alpha=alpha, beta=beta, stride_val=stride_val, eps=eps)
+                                         num_classes=num_classes, alpha=alpha, beta=beta, stride_val=stride_val, eps=eps,
+                                         tie_rule=TIE_RULES[tie_rule], compact=compact)
 
 
 def _native_tal(*args):
@@ -160,18 +168,21 @@ def _native_tal(*args):
 _backend.register(TAL_OP, "reference", _reference_tal, None)
 if _extension.has_cpu() and hasattr(torch.ops.fastloss, "task_aligned_assign_native"):
     _backend.register(TAL_OP, "cpu", _native_tal, None)
+if _extension.has_cuda() and hasattr(torch.ops.fastloss, "task_aligned_assign_native"):
+    _backend.register(TAL_OP, "cuda", _native_tal, None)
 
 
 def task_aligned_assign(pd_scores, pd_bboxes, anc_points, gt_labels, gt_bboxes, mask_gt, *, topk=13, num_classes=80, alpha=1.0, beta=6.0,
-                        stride_val=16, eps=1e-9, backend=None):
+                        stride_val=16, eps=1e-9, compact=False, tie_rule=None, backend=None):
     """Task-aligned label assignment (TOOD, arXiv 2108.07755) with ultralytics' semantics
     (``ultralytics.utils.tal.TaskAlignedAssigner``, 8.4.190: its candidate test with the
     stride_val widening, its CIoU, torch's top-k tie rule, an anchor claimed by several gts
     going to the first argmax of the overlap over all of them, its normalised scores), without
     ultralytics' (B, M, A) tensors (about 14 bytes per (image, gt, anchor) pair) or its host
-    sync.  The rules: fastloss/reference/assign.py.  Assignments (labels, boxes, fg, gt index)
-    are bit-equal to ultralytics' on the CPU; scores within a few ulp on a small fraction of
-    the positives (torch's CPU ``pow`` rounds by position).
+    sync.  The rules: fastloss/reference/assign.py.  The cpu backend is bit-equal to
+    ultralytics on the CPU (all five outputs); the cuda backend reproduces ultralytics on CUDA
+    (torch's CUDA top-k tie rule, CUDA pow and atan, no FMA contraction); the reference's
+    scores may differ by a few ulp (torch's CPU ``pow`` rounds by position).
 
     Args (ultralytics' forward):
         pd_scores: (B, A, nc) class probabilities (the sigmoid of the logits; fp16 / bf16 are
@@ -207,9 +218,17 @@ def task_aligned_assign(pd_scores, pd_bboxes, anc_points, gt_labels, gt_bboxes, 
                              f"{tuple(t.shape) if isinstance(t, torch.Tensor) else type(t).__name__}")
     if nc != num_classes:
         raise ValueError(f"task_aligned_assign: pd_scores has {nc} classes, num_classes is {num_classes}")
+    if tie_rule is None:
+        tie_rule = "cuda" if pd_scores.device.type == "cuda" else "cpu"
+    if tie_rule not in TIE_RULES:
+        raise ValueError(f"task_aligned_assign: tie_rule must be one of {TIE_RULES} or None, got {tie_rule!r}")
+    if tie_rule == "cpu" and pd_scores.device.type == "cuda" and backend in (None, "cuda"):
+        raise ValueError("task_aligned_assign: the cuda backend has torch's CUDA tie rule only; tie_rule='cpu' on CUDA tensors needs "
+                         "backend='reference'")
     if M == 0:  # ultralytics' early return, its dtypes included
-        return (torch.full_like(pd_scores[..., 0], num_classes), torch.zeros_like(pd_bboxes), torch.zeros_like(pd_scores),
-                torch.zeros_like(pd_scores[..., 0], dtype=torch.bool), torch.zeros_like(pd_scores[..., 0]))
+        return (torch.full_like(pd_scores[..., 0], num_classes), torch.zeros_like(pd_bboxes),
+                torch.zeros_like(pd_scores[..., 0] if compact else pd_scores), torch.zeros_like(pd_scores[..., 0], dtype=torch.bool),
+                torch.zeros_like(pd_scores[..., 0]))
     if isinstance(topk, bool) or not isinstance(topk, numbers.Integral) or not 1 <= topk <= A:
         raise ValueError(f"task_aligned_assign: topk must be an int in [1, A = {A}], got {topk!r}")
     _common.check_same_device("pd_scores", pd_scores, pd_bboxes=pd_bboxes, anc_points=anc_points, gt_labels=gt_labels, gt_bboxes=gt_bboxes,
@@ -222,4 +241,4 @@ def task_aligned_assign(pd_scores, pd_bboxes, anc_points, gt_labels, gt_bboxes, 
     return tuple(task_aligned_assign_op(pd_scores.to(dtype).contiguous(), pd_bboxes.to(dtype).contiguous(), anc_points.to(dtype).contiguous(),
                                         labels.contiguous(), gt_bboxes.to(dtype).contiguous(), valid.contiguous(), int(topk), int(num_classes),
                                         _threshold("alpha", alpha), _threshold("beta", beta), _threshold("stride_val", stride_val),
-                                        _threshold("eps", eps), backend))
+                                        _threshold("eps", eps), TIE_RULES.index(tie_rule), bool(compact), backend))

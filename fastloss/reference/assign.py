@@ -91,8 +91,20 @@ def _align(scores, overlaps, alpha, beta):
     return scores.pow(alpha) * overlaps.pow(beta)
 
 
+def topk_indices(t, k, tie_rule):
+    """Indices (..., k) of the k largest of t (..., n) along the last dim under torch.topk's tie
+    rule on a device: ``"cpu"`` (TopKImpl.h's heap select / introselect: which equal values win
+    depends on the heap; evaluated on the CPU), ``"cuda"`` (TensorTopK.cu: the k largest under
+    the order (value descending, index ascending) -- the first k of a stable descending sort)."""
+    if tie_rule == "cuda":
+        return torch.sort(t, dim=-1, descending=True, stable=True).indices[..., :k]
+    if tie_rule == "cpu":
+        return torch.topk(t.cpu(), k, dim=-1).indices.to(t.device)
+    raise ValueError(f"tie_rule must be 'cpu' or 'cuda', got {tie_rule!r}")
+
+
 def task_aligned_assign(pd_scores, pd_bboxes, anc_points, gt_labels, gt_bboxes, mask_gt, *, topk=13, num_classes=80, alpha=1.0,
-                        beta=6.0, stride_val=16, eps=1e-9, chunk=None):
+                        beta=6.0, stride_val=16, eps=1e-9, chunk=None, tie_rule=None, compact=False):
     """ultralytics' ``TaskAlignedAssigner.forward`` (8.4.190), gt-chunked (module docstring).
 
     Args:
@@ -105,17 +117,22 @@ def task_aligned_assign(pd_scores, pd_bboxes, anc_points, gt_labels, gt_bboxes, 
             exponents; stride_val: the smallest box side of the candidate test (ultralytics:
             its second stride); eps: the normalisation's.
         chunk: ground truths per step (default: as many as keep a step near 2^22 pairs).
+        tie_rule: torch.topk's tie rule of ``"cpu"`` or ``"cuda"`` (:func:`topk_indices`);
+            None: that of pd_scores' device.
+        compact: target_scores (B, A), the score of the assigned label only.
 
-    Returns (target_labels (B, A) int64, target_bboxes (B, A, 4), target_scores (B, A, nc),
-    fg_mask (B, A) bool, target_gt_idx (B, A) int64) -- for M = 0 ultralytics' early return:
-    labels nc and gt indices 0 in pd_scores' dtype.
+    Returns (target_labels (B, A) int64, target_bboxes (B, A, 4), target_scores (B, A, nc)
+    (or (B, A) with compact), fg_mask (B, A) bool, target_gt_idx (B, A) int64) -- for M = 0
+    ultralytics' early return: labels nc and gt indices 0 in pd_scores' dtype.
     Raises ValueError for topk > A and labels outside [0, nc) on real ground truths."""
     B, A, nc = pd_scores.shape
     M = gt_bboxes.shape[1]
     dev = pd_scores.device
     if M == 0:
-        return (torch.full_like(pd_scores[..., 0], num_classes), torch.zeros_like(pd_bboxes), torch.zeros_like(pd_scores),
-                torch.zeros_like(pd_scores[..., 0], dtype=torch.bool), torch.zeros_like(pd_scores[..., 0]))
+        return (torch.full_like(pd_scores[..., 0], num_classes), torch.zeros_like(pd_bboxes),
+                torch.zeros_like(pd_scores[..., 0] if compact else pd_scores), torch.zeros_like(pd_scores[..., 0], dtype=torch.bool),
+                torch.zeros_like(pd_scores[..., 0]))
+    tie_rule = tie_rule or ("cuda" if dev.type == "cuda" else "cpu")
     if topk > A:
         raise ValueError(f"task_aligned_assign: topk = {topk} exceeds the {A} anchors")
     valid = mask_gt[..., 0].bool()
@@ -138,7 +155,7 @@ def task_aligned_assign(pd_scores, pd_bboxes, anc_points, gt_labels, gt_bboxes, 
         s = scores_t.gather(1, labels[:, g0:g1, None].clamp(0, nc - 1).expand(B, m, A))
         t = _align(s, ov, alpha, beta)
         t = torch.where(cand, t, torch.zeros_like(t))
-        idx = torch.topk(t, topk, dim=-1).indices  # (B, m, k): torch's tie rule, zero-metric fill
+        idx = topk_indices(t, topk, tie_rule)  # (B, m, k): torch's tie rule, zero-metric fill
         claimed = cand.gather(-1, idx)  # a top-k slot claims its anchor if it is a candidate
         g_ids = torch.arange(g0, g1, device=dev)[None, :, None].expand_as(idx)
         claims.scatter_add_(1, idx.reshape(B, -1), claimed.reshape(B, -1).long())
@@ -169,6 +186,8 @@ def task_aligned_assign(pd_scores, pd_bboxes, anc_points, gt_labels, gt_bboxes, 
 
     target_labels = labels[bi, gt_idx].clamp(min=0)
     target_bboxes = g_box
+    if compact:
+        return target_labels, target_bboxes, norm, fg, gt_idx
     onehot = torch.zeros(B, A, num_classes, dtype=torch.int8, device=dev).scatter_(2, target_labels[..., None], 1)
     target_scores = onehot * fg[..., None] * norm[..., None]
     return target_labels, target_bboxes, target_scores, fg, gt_idx
