@@ -385,7 +385,7 @@ std::vector<at::Tensor> task_aligned_impl(const assign::TalArgs<T>& a, const at:
   const T eps = static_cast<T>(a.eps);
   at::parallel_for(0, B, 1, [&](int64_t b0, int64_t b1) {
     std::vector<int64_t> count(static_cast<size_t>(A)), claimant(static_cast<size_t>(A));
-    std::vector<T> t_a(static_cast<size_t>(A)), pos_o(static_cast<size_t>(M)), pos_t(static_cast<size_t>(M));
+    std::vector<T> t_a(static_cast<size_t>(A)), pos_o(static_cast<size_t>(M)), pos_t(static_cast<size_t>(M)), best(static_cast<size_t>(A));
     for (int64_t b = b0; b < b1; ++b) {
       std::fill(count.begin(), count.end(), 0);
       for (int64_t g = 0; g < M; ++g)
@@ -393,19 +393,24 @@ std::vector<at::Tensor> task_aligned_impl(const assign::TalArgs<T>& a, const at:
           const int64_t i = claims[(b * M + g) * K + k];
           if (i >= 0) ++count[i], claimant[i] = g;
         }
+      // An anchor claimed more than once goes to the first argmax over ALL gts of the overlap,
+      // which is 0 off a gt's candidates (and >= 0 on them): one sweep over the image's
+      // candidates in gt order keeps the largest overlap and its first gt; a column whose max
+      // is 0 goes to gt 0, the first of its zeros.  O(candidates), not O(anchors x gts).
+      std::fill(best.begin(), best.end(), T(0));
+      for (int64_t i = 0; i < A; ++i)
+        if (count[i] > 1) claimant[i] = 0;
+      for (int64_t h = 0; h < M; ++h) {
+        const Candidates<T>& c = rows[b * M + h];
+        for (size_t p = 0; p < c.idx.size(); ++p) {
+          const int64_t i = c.idx[p];
+          if (count[i] > 1 && c.ov[p] > best[i]) best[i] = c.ov[p], claimant[i] = h;
+        }
+      }
       std::fill(pos_o.begin(), pos_o.end(), T(0));
       std::fill(pos_t.begin(), pos_t.end(), T(0));
       for (int64_t i = 0; i < A; ++i) {
-        int64_t g = count[i] == 1 ? claimant[i] : 0;
-        if (count[i] > 1) {  // the first argmax over ALL gts of the overlap (0 off their candidates)
-          T best = -std::numeric_limits<T>::infinity();
-          for (int64_t h = 0; h < M; ++h) {
-            const Candidates<T>& c = rows[b * M + h];
-            const int64_t p = c.find(i);
-            const T ov = p >= 0 ? c.ov[p] : T(0);
-            if (ov > best) best = ov, g = h;
-          }
-        }
+        const int64_t g = count[i] > 0 ? claimant[i] : 0;
         idx_o[b * A + i] = g;
         fg_o[b * A + i] = count[i] > 0;
         t_a[i] = T(0);
