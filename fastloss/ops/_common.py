@@ -195,6 +195,8 @@ def scale_stored_grad(cache, scale, dtype, in_place):
     owns the cache): scale the cache itself, so the backward allocates no (n, ...) buffer, and
     autograd then takes it as ``.grad`` without a copy."""
     if in_place and cache.dtype == dtype:
+        if scale.device.type == "cpu" and scale.numel() == 1 and bool(scale == 1):  # loss.backward(): already the gradient
+            return cache
         return cache.mul_(scale)
     return (cache * scale).to(dtype)
 
