@@ -43,6 +43,31 @@ using cpu::Vec;
 
 constexpr int64_t kBlock = 256;  // priors per work item (a multiple of every V)
 
+// torch's CPU top-k selection (aten/src/ATen/native/TopKImpl.h, sorted=True) on (value, index)
+// pairs q of a row of n values: the k best first -- std::partial_sort when k 64 <= n (its heap
+// select: among equal values the winners depend on the heap's structure), else std::nth_element
+// then std::sort of the first k - 1; torch's comparators (NaN ranks best).  q may hold fewer than
+// the row's n values when the caller knows the rest cannot enter (the task-aligned rows).
+template <typename T>
+void torch_cpu_topk(std::vector<std::pair<T, int64_t>>& q, int64_t k, int64_t n, bool largest) {
+  using elem_t = std::pair<T, int64_t>;
+  auto best_largest = [](const elem_t& x, const elem_t& y) { return (std::isnan(x.first) && !std::isnan(y.first)) || x.first > y.first; };
+  auto best_smallest = [](const elem_t& x, const elem_t& y) { return (!std::isnan(x.first) && std::isnan(y.first)) || x.first < y.first; };
+  auto select = [&](auto comp) {
+    if (k * 64 <= n) {
+      std::partial_sort(q.begin(), q.begin() + k, q.end(), comp);
+    } else {
+      std::nth_element(q.begin(), q.begin() + k - 1, q.end(), comp);
+      std::sort(q.begin(), q.begin() + k - 1, comp);
+    }
+  };
+  if (largest) {
+    select(best_largest);
+  } else {
+    select(best_smallest);
+  }
+}
+
 template <typename T>
 struct MaxIoUArgs {
   const T* priors;  // (Bp, A, 4), Bp in {1, B}
@@ -322,7 +347,6 @@ std::vector<at::Tensor> task_aligned_impl(const TalArgs<T>& a, const at::TensorO
     rows[r].metric.assign(t_flat.const_data_ptr<T>() + offset[r], t_flat.const_data_ptr<T>() + offset[r + 1]);
   // 3. per valid gt row: its top-k under torch's CPU rule, the claimed candidates
   using elem_t = std::pair<T, int64_t>;
-  auto comp = [](const elem_t& x, const elem_t& y) { return x.first > y.first; };  // torch's `largest` order (no NaN)
   std::vector<int64_t> claims(static_cast<size_t>(B * M * K), -1);
   at::parallel_for(0, B * M, 1, [&](int64_t r0, int64_t r1) {
     std::vector<elem_t> q;
@@ -339,11 +363,7 @@ std::vector<at::Tensor> task_aligned_impl(const TalArgs<T>& a, const at::TensorO
       }
       for (; partial && j < c.idx.size(); ++j)
         if (c.metric[j] > T(0)) q.emplace_back(c.metric[j], c.idx[j]);
-      if (partial) {
-        std::partial_sort(q.begin(), q.begin() + K, q.end(), comp);
-      } else {
-        std::nth_element(q.begin(), q.begin() + K - 1, q.end(), comp);
-      }
+      torch_cpu_topk(q, K, A, true);
       for (int64_t k = 0; k < K; ++k)
         if (c.find(q[k].second) >= 0) claims[r * K + k] = q[k].second;  // a top-k slot claims a candidate
     }
@@ -445,11 +465,130 @@ std::vector<at::Tensor> task_aligned_assign_cpu(const at::Tensor& pd_scores, con
   return out;
 }
 
+// ------------------------------------------------------------------ ATSS (mmdetection)
+//
+// 1. Per (image, valid gt), independently (parallel over the B M rows): per level the centre
+//    distances of its n priors as (value, index) pairs, torch's CPU top-k of the min(topk, n)
+//    smallest (torch_cpu_topk: the same set as mmdetection's distances.topk), re-ordered by
+//    (distance, index) -- the spec's canonical order, which fixes the threshold's summation
+//    order; then the candidates' IoU, the threshold (assign::atss_threshold) and the positives
+//    (IoU >= threshold, centre inside) as (prior, IoU) pairs.
+// 2. Per image (parallel over B): each prior's largest positive IoU over the gts in order,
+//    strict > so that the first gt keeps a tie; gt_inds / max_overlaps.
+// Deterministic at any thread count (no shared accumulation).  Memory: B M Lk positives, the
+// per-thread distance row of one level and the outputs -- never the (A, M) matrices.
+
+template <typename T>
+struct AtssArgs {
+  const T* priors;  // (Bp, A, 4)
+  const T* gt;      // (B, M, 4)
+  const bool* valid;    // (B, M)
+  const bool* ignored;  // (B, A)
+  int64_t B, A, M, prior_stride, topk, lk;
+};
+
+template <typename T>
+std::tuple<at::Tensor, at::Tensor> atss_impl(const AtssArgs<T>& a, const std::vector<int64_t>& levels, const at::TensorOptions& opts) {
+  const int64_t B = a.B, A = a.A, M = a.M, Lk = a.lk, Bp = a.prior_stride ? B : 1;
+  at::Tensor gt_inds = at::empty({B, A}, opts.dtype(at::kLong));
+  at::Tensor max_ov = at::empty({B, A}, opts);
+  if (B * A == 0) return {gt_inds, max_ov};
+  int64_t* inds = gt_inds.mutable_data_ptr<int64_t>();
+  T* best = max_ov.mutable_data_ptr<T>();
+  const T inf = static_cast<T>(assign::kAtssInf);
+  // the priors' centres, per image of the priors
+  std::vector<T> pc(static_cast<size_t>(Bp * A * 2));
+  for (int64_t k = 0; k < Bp * A; ++k) {
+    const T* p = a.priors + k * 4;
+    pc[k * 2] = assign::centre(p[0], p[2]), pc[k * 2 + 1] = assign::centre(p[1], p[3]);
+  }
+  // 1. per (image, gt) row: the positives (prior, IoU), npos of them
+  std::vector<int64_t> pos_i(static_cast<size_t>(B * M * Lk));
+  std::vector<T> pos_v(static_cast<size_t>(B * M * Lk));
+  std::vector<int64_t> npos(static_cast<size_t>(B * M), 0);
+  at::parallel_for(0, B * M, 1, [&](int64_t r0, int64_t r1) {
+    std::vector<std::pair<T, int64_t>> q;
+    std::vector<int64_t> cand(static_cast<size_t>(Lk));
+    std::vector<T> ov(static_cast<size_t>(Lk));
+    for (int64_t r = r0; r < r1; ++r) {
+      if (!a.valid[r]) continue;
+      const int64_t b = r / M, pb = a.prior_stride ? b : 0;
+      const T* g = a.gt + r * 4;
+      const T gcx = assign::centre(g[0], g[2]), gcy = assign::centre(g[1], g[3]);
+      const T* c = pc.data() + pb * A * 2;
+      int64_t nc = 0, start = 0;
+      for (const int64_t n : levels) {
+        const int64_t k = std::min(a.topk, n);
+        if (k > 0) {
+          q.resize(static_cast<size_t>(n));
+          for (int64_t i = 0; i < n; ++i) {
+            const int64_t j = start + i;
+            q[i] = {a.ignored[b * A + j] ? inf : assign::centre_distance(c[j * 2], c[j * 2 + 1], gcx, gcy), i};
+          }
+          torch_cpu_topk(q, k, n, false);
+          std::sort(q.begin(), q.begin() + k);  // the canonical order: (distance, index)
+          for (int64_t i = 0; i < k; ++i) cand[nc++] = start + q[i].second;
+        }
+        start += n;
+      }
+      const T ga = assign::area(g[0], g[1], g[2], g[3]);
+      auto mx = [](T x, T y) { return x > y || x != x ? x : y; };  // torch.max / torch.min: NaN propagates
+      auto mn = [](T x, T y) { return x < y || x != x ? x : y; };
+      for (int64_t j = 0; j < Lk; ++j) {
+        const T* p = a.priors + pb * a.prior_stride + cand[j] * 4;
+        ov[j] = assign::iou(g[0], g[1], g[2], g[3], ga, p[0], p[1], p[2], p[3], assign::area(p[0], p[1], p[2], p[3]),
+                            static_cast<T>(assign::kOverlapsEps), T(0), mx, mn);
+      }
+      const T thr = assign::atss_threshold(ov.data(), Lk);
+      int64_t n_pos = 0;
+      for (int64_t j = 0; j < Lk; ++j)
+        if (ov[j] >= thr && assign::atss_inside(c[cand[j] * 2], c[cand[j] * 2 + 1], g)) {
+          pos_i[r * Lk + n_pos] = cand[j], pos_v[r * Lk + n_pos] = ov[j];
+          ++n_pos;
+        }
+      npos[r] = n_pos;
+    }
+  });
+  // 2. per image: the largest IoU over the gts holding a prior as positive, the first gt on ties
+  at::parallel_for(0, B, 1, [&](int64_t b0, int64_t b1) {
+    for (int64_t b = b0; b < b1; ++b) {
+      bool any = false;
+      for (int64_t i = 0; i < A; ++i) best[b * A + i] = -inf, inds[b * A + i] = a.ignored[b * A + i] ? -1 : 0;
+      for (int64_t g = 0; g < M; ++g) {
+        any = any || a.valid[b * M + g];
+        const int64_t r = b * M + g;
+        for (int64_t j = 0; j < npos[r]; ++j) {
+          const int64_t i = pos_i[r * Lk + j];
+          if (pos_v[r * Lk + j] > best[b * A + i]) best[b * A + i] = pos_v[r * Lk + j], inds[b * A + i] = g + 1;
+        }
+      }
+      if (!any)  // mmdetection: no gts -> every prior background, overlap 0
+        for (int64_t i = 0; i < A; ++i) best[b * A + i] = T(0), inds[b * A + i] = 0;
+    }
+  });
+  return {gt_inds, max_ov};
+}
+
+std::tuple<at::Tensor, at::Tensor> atss_assign_cpu(const at::Tensor& priors, at::IntArrayRef num_level_priors, const at::Tensor& gt_bboxes,
+                                                   const at::Tensor& gt_valid, const at::Tensor& ignored, int64_t topk) {
+  int64_t B, A, M, Lk;
+  std::tie(B, A, M, Lk) = assign::check_atss_args(priors, num_level_priors, gt_bboxes, gt_valid, ignored, topk);
+  const std::vector<int64_t> levels(num_level_priors.begin(), num_level_priors.end());
+  std::tuple<at::Tensor, at::Tensor> out;
+  AT_DISPATCH_FLOATING_TYPES(priors.scalar_type(), "atss_assign_cpu", [&] {
+    const AtssArgs<scalar_t> a{priors.const_data_ptr<scalar_t>(), gt_bboxes.const_data_ptr<scalar_t>(), gt_valid.const_data_ptr<bool>(),
+                               ignored.const_data_ptr<bool>(), B, A, M, priors.size(0) == 1 ? 0 : A * 4, topk, Lk};
+    out = atss_impl<scalar_t>(a, levels, priors.options());
+  });
+  return out;
+}
+
 }  // namespace
 
 TORCH_LIBRARY_IMPL(fastloss, CPU, m) {
   m.impl("max_iou_assign_native", &max_iou_assign_cpu);
   m.impl("task_aligned_assign_native", &task_aligned_assign_cpu);
+  m.impl("atss_assign_native", &atss_assign_cpu);
 }
 
 }  // namespace fastloss

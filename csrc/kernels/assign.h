@@ -101,6 +101,66 @@ FL_HOST_DEVICE FL_INLINE T ciou_ultralytics(const T g[4], const T p[4], T at_g, 
   return mx(ciou, T(0));
 }
 
+// ------------------------------------------------------------------ ATSS (mmdetection)
+// mmdetection's ATSSAssigner (3.3.0; Zhang et al., CVPR 2020): per gt the topk nearest priors of
+// each level by centre distance, the threshold mean + unbiased std of their IoU, positives at or
+// above it with the centre inside the gt by more than 0.01.  Its arithmetic, each operation
+// rounded on its own:
+//   centre c = (x1 + x2) / 2,   d = sqrt((cx - cx')^2 + (cy - cy')^2)   (1e8 for ignored priors)
+//   IoU(prior, gt) = iou() above (the union's sum is commutative: the same bits either way)
+
+constexpr double kAtssInf = 1e8;      // mmdetection's INF
+constexpr double kAtssInside = 0.01;  // the centre-inside margin
+
+#if defined(__CUDA_ARCH__)
+FL_HOST_DEVICE FL_INLINE float rn_sqrt(float a) { return __fsqrt_rn(a); }
+FL_HOST_DEVICE FL_INLINE double rn_sqrt(double a) { return __dsqrt_rn(a); }
+#else
+template <typename T>
+FL_HOST_DEVICE FL_INLINE T rn_sqrt(const T& a) { return std::sqrt(a); }  // IEEE: correctly rounded
+#endif
+
+// (x1 + x2) / 2 (halving is exact)
+template <typename T>
+FL_HOST_DEVICE FL_INLINE T centre(T lo, T hi) { return rn_add(lo, hi) / T(2); }
+
+// the centre distance of mmdetection's bbox_center_distance: (p - g)^2 summed over x, y, sqrt
+template <typename T>
+FL_HOST_DEVICE FL_INLINE T centre_distance(T pcx, T pcy, T gcx, T gcy) {
+  const T dx = rn_sub(pcx, gcx), dy = rn_sub(pcy, gcy);
+  return rn_sqrt(rn_add(rn_mul(dx, dx), rn_mul(dy, dy)));
+}
+
+// the prior centre (cx, cy) inside gt g by more than 0.01 on every side: min(l, t, r, b) > 0.01
+// (torch's min: NaN propagates, and fails the test)
+template <typename T>
+FL_HOST_DEVICE FL_INLINE bool atss_inside(T cx, T cy, const T g[4]) {
+  auto mn = [](T x, T y) { return x < y || x != x ? x : y; };
+  const T m = mn(mn(mn(rn_sub(cx, g[0]), rn_sub(cy, g[1])), rn_sub(g[2], cx)), rn_sub(g[3], cy));
+  return m > static_cast<T>(kAtssInside);
+}
+
+// The ATSS threshold of n candidate IoUs v[0..n): mean + unbiased std, in a fixed order (the spec's,
+// fastloss/reference/assign.py atss_threshold): the mean a sequential sum in T over n, the std
+// torch's Welford recurrence in double (delta = x - mean, mean += delta / i, m2 += delta (x - mean)),
+// sqrt(m2 / (n - 1)) rounded to T.  NaN for n <= 1 (mmdetection: NaN, so no positives).
+template <typename T>
+FL_HOST_DEVICE FL_INLINE T atss_threshold(const T* v, int64_t n) {
+  T s = T(0);
+  double mean = 0.0, m2 = 0.0;
+  for (int64_t j = 0; j < n; ++j) {
+    s = rn_add(s, v[j]);
+    const double x = static_cast<double>(v[j]);
+    const double delta = rn_sub(x, mean);
+    mean = rn_add(mean, delta / static_cast<double>(j + 1));
+    m2 = rn_add(m2, rn_mul(delta, rn_sub(x, mean)));
+  }
+  const T nan = static_cast<T>(NAN);
+  const T mu = n > 0 ? s / static_cast<T>(n) : nan;
+  const T sd = n > 1 ? static_cast<T>(rn_sqrt(m2 / static_cast<double>(n - 1))) : nan;
+  return rn_add(mu, sd);
+}
+
 }  // namespace assign
 }  // namespace fastloss
 
@@ -124,6 +184,23 @@ inline std::tuple<int64_t, int64_t, int64_t> check_max_iou_args(const at::Tensor
               "fastloss max_iou_assign: ignored must be contiguous bool (B, A)");
   TORCH_CHECK(A < (int64_t(1) << 24) && M < (int64_t(1) << 24), "fastloss max_iou_assign: at most 2^24 priors and gts (indices ride in float lanes)");
   return {B, A, M};
+}
+
+// The ATSS op's shapes (the max-IoU op's plus the levels), checked on the host by both kernels;
+// returns (B, A, M, Lk): Lk = sum over levels of min(topk, n_level), the candidates per gt.
+inline std::tuple<int64_t, int64_t, int64_t, int64_t> check_atss_args(const at::Tensor& priors, at::IntArrayRef levels, const at::Tensor& gt_bboxes,
+                                                                      const at::Tensor& gt_valid, const at::Tensor& ignored, int64_t topk) {
+  int64_t B, A, M;
+  std::tie(B, A, M) = check_max_iou_args(priors, gt_bboxes, gt_valid, ignored);
+  TORCH_CHECK(topk >= 1, "fastloss atss_assign: topk must be >= 1");
+  int64_t total = 0, lk = 0;
+  for (const int64_t n : levels) {
+    TORCH_CHECK(n >= 0, "fastloss atss_assign: num_level_priors must be >= 0");
+    total += n;
+    lk += n < topk ? n : topk;
+  }
+  TORCH_CHECK(total == A, "fastloss atss_assign: num_level_priors must sum to A");
+  return {B, A, M, lk};
 }
 
 }  // namespace assign
