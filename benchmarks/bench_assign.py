@@ -78,12 +78,17 @@ def _fastloss(backend):
     return run
 
 
-def providers(device):
-    out = {"eager": _mmdet_per_image}
+def _with_backends(device, eager, make):
+    """{"eager": eager, "fastloss-<backend>": make(backend)} for the device's backends."""
+    out = {"eager": eager}
     for name in fastloss.available_backends(device):
         if name in ("cpu", "cuda", "reference"):
-            out[f"fastloss-{name}"] = _fastloss(name)
+            out[f"fastloss-{name}"] = make(name)
     return out
+
+
+def providers(device):
+    return _with_backends(device, _mmdet_per_image, _fastloss)
 
 
 def case(B, A, M):
@@ -240,11 +245,7 @@ def _fastloss_atss(backend):
 
 
 def atss_providers(device):
-    out = {"eager": _mmdet_atss_per_image}
-    for name in fastloss.available_backends(device):
-        if name in ("cpu", "cuda", "reference"):
-            out[f"fastloss-{name}"] = _fastloss_atss(name)
-    return out
+    return _with_backends(device, _mmdet_atss_per_image, _fastloss_atss)
 
 
 def atss_case(B, M):

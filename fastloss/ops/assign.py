@@ -30,21 +30,32 @@ def max_iou_assign_op(priors: Tensor, gt_bboxes: Tensor, gt_valid: Tensor, ignor
     return forward(priors, gt_bboxes, gt_valid, ignored, pos_iou_thr, neg_lo, neg_hi, min_pos_iou, match_low_quality, gt_max_assign_all)
 
 
-@max_iou_assign_op.register_fake
-def _(priors, gt_bboxes, gt_valid, ignored, pos_iou_thr, neg_lo, neg_hi, min_pos_iou, match_low_quality, gt_max_assign_all, backend):
+def _per_prior_outputs(priors, gt_bboxes):
+    """The fake outputs of the max-IoU and ATSS ops: (gt_inds (B, A) int64, max_overlaps (B, A))."""
     shape = (gt_bboxes.shape[0], priors.shape[1])
     return priors.new_empty(shape, dtype=torch.int64), priors.new_empty(shape)
 
 
-def _native_max_iou(*args):
-    return torch.ops.fastloss.max_iou_assign_native(*args)
+@max_iou_assign_op.register_fake
+def _(priors, gt_bboxes, gt_valid, ignored, pos_iou_thr, neg_lo, neg_hi, min_pos_iou, match_low_quality, gt_max_assign_all, backend):
+    return _per_prior_outputs(priors, gt_bboxes)
 
 
-_backend.register(MAX_IOU_OP, "reference", reference.max_iou_core, None)
-if _extension.has_cpu() and hasattr(torch.ops.fastloss, "max_iou_assign_native"):
-    _backend.register(MAX_IOU_OP, "cpu", _native_max_iou, None)
-if _extension.has_cuda() and hasattr(torch.ops.fastloss, "max_iou_assign_native"):
-    _backend.register(MAX_IOU_OP, "cuda", _native_max_iou, None)
+def _register_backends(op, reference_fn, native_name, devices):
+    """The reference and, where fastloss._C has ``native_name``, its kernels on ``devices``."""
+    _backend.register(op, "reference", reference_fn, None)
+    if not hasattr(torch.ops.fastloss, native_name):
+        return
+
+    def native(*args):
+        return getattr(torch.ops.fastloss, native_name)(*args)
+
+    for device, built in (("cpu", _extension.has_cpu), ("cuda", _extension.has_cuda)):
+        if device in devices and built():
+            _backend.register(op, device, native, None)
+
+
+_register_backends(MAX_IOU_OP, reference.max_iou_core, "max_iou_assign_native", ("cpu", "cuda"))
 
 
 def _threshold(name, v):
@@ -162,19 +173,10 @@ def atss_assign_op(priors: Tensor, num_level_priors: list[int], gt_bboxes: Tenso
 
 @atss_assign_op.register_fake
 def _(priors, num_level_priors, gt_bboxes, gt_valid, ignored, topk, backend):
-    shape = (gt_bboxes.shape[0], priors.shape[1])
-    return priors.new_empty(shape, dtype=torch.int64), priors.new_empty(shape)
+    return _per_prior_outputs(priors, gt_bboxes)
 
 
-def _native_atss(*args):
-    return torch.ops.fastloss.atss_assign_native(*args)
-
-
-_backend.register(ATSS_OP, "reference", reference.atss_core, None)
-if _extension.has_cpu() and hasattr(torch.ops.fastloss, "atss_assign_native"):
-    _backend.register(ATSS_OP, "cpu", _native_atss, None)
-if _extension.has_cuda() and hasattr(torch.ops.fastloss, "atss_assign_native"):
-    _backend.register(ATSS_OP, "cuda", _native_atss, None)
+_register_backends(ATSS_OP, reference.atss_core, "atss_assign_native", ("cpu", "cuda"))
 
 
 def atss_assign(priors, num_level_priors, gt_bboxes, gt_labels, gt_valid=None, *, topk=9, ignore_bboxes=None, ignore_valid=None,
