@@ -643,3 +643,19 @@ def test_atss_compiles_and_rejects_bad_inputs():
     for call, match in bad:
         with pytest.raises(ValueError, match=match):
             call()
+
+
+@pytest.mark.parametrize("backend", [pytest.param("reference", id="reference"), pytest.param("cpu", id="cpu")])
+def test_atss_distance_ties_use_torch_sqrt(backend):
+    """9 priors per point share a centre up to rounding; with grid-aligned gts the 9th place of
+    a level falls among distances that torch's CPU sqrt (not correctly rounded on every CPU)
+    makes equal or not -- a kernel with the C library's sqrt chose another prior here."""
+    import helpers
+    from mmengine.structures import InstanceData
+
+    helpers.require_backend("cpu", backend)
+    priors, levels = _level_grid(320, (8, 16, 32), 9)
+    boxes, labels, valid, _ = _atss_gts(23, 1, 50, 320, aligned=True)
+    gt_inds, max_ov, lab = fastloss.atss_assign(priors, levels, boxes, labels, valid, backend=backend)
+    res = _mmdet_atss(topk=9).assign(InstanceData(priors=priors), levels, InstanceData(bboxes=boxes[0], labels=labels[0]))
+    assert torch.equal(gt_inds[0], res.gt_inds) and torch.equal(max_ov[0], res.max_overlaps) and torch.equal(lab[0], res.labels)

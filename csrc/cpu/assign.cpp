@@ -22,6 +22,7 @@
 #include <ATen/ops/empty.h>
 #include <ATen/ops/mul.h>
 #include <ATen/ops/pow.h>
+#include <ATen/ops/sqrt.h>
 #include <ATen/ops/zeros.h>
 #include <torch/library.h>
 
@@ -467,16 +468,19 @@ std::vector<at::Tensor> task_aligned_assign_cpu(const at::Tensor& pd_scores, con
 
 // ------------------------------------------------------------------ ATSS (mmdetection)
 //
-// 1. Per (image, valid gt), independently (parallel over the B M rows): per level the centre
-//    distances of its n priors as (value, index) pairs, torch's CPU top-k of the min(topk, n)
-//    smallest (torch_cpu_topk: the same set as mmdetection's distances.topk), re-ordered by
+// 1. Per (image, valid gt), independently (parallel over the B M rows): the centre distances of
+//    all priors (V at a time), then per level torch's CPU top-k of the min(topk, n) smallest
+//    (atss_level_topk: the same set as mmdetection's distances.topk), re-ordered by
 //    (distance, index) -- the spec's canonical order, which fixes the threshold's summation
-//    order; then the candidates' IoU, the threshold (assign::atss_threshold) and the positives
-//    (IoU >= threshold, centre inside) as (prior, IoU) pairs.
+//    order; then the candidates' IoU, their mean and variance (assign::atss_moments).  The
+//    square roots (distances, std) are torch's own CPU sqrt, position-independent but not the
+//    correctly rounded one on every machine (AVX-512: 15 % of fp32 values differ by an ulp),
+//    so that the distances -- and their ties -- are mmdetection's bit for bit.
+//    Then per row the threshold and the positives (IoU >= threshold, centre inside).
 // 2. Per image (parallel over B): each prior's largest positive IoU over the gts in order,
 //    strict > so that the first gt keeps a tie; gt_inds / max_overlaps.
-// Deterministic at any thread count (no shared accumulation).  Memory: B M Lk positives, the
-// per-thread distance row of one level and the outputs -- never the (A, M) matrices.
+// Deterministic at any thread count (no shared accumulation).  Memory: B M Lk positives, a
+// distance row of A per thread and the outputs -- never the (A, M) matrices.
 
 template <typename T>
 struct AtssArgs {
@@ -487,8 +491,35 @@ struct AtssArgs {
   int64_t B, A, M, prior_stride, topk, lk;
 };
 
+// One (gt, level) row of torch's CPU top-k of the k smallest distances d[0..n) (NaN-free), as
+// (distance, index) pairs in q.  torch's heap path (k 64 <= n: std::partial_sort's heap select)
+// admits a later entry only if it is strictly below the heap's top, the k-th smallest distance so
+// far -- so only the first k entries and those below the running k-th smallest (tracked in
+// `kth`, k sorted values) enter q: the heap sees the same entries in the same order, and selects
+// the same set in the same order as on the whole row.
+template <typename T>
+void atss_level_topk(const T* d, int64_t n, int64_t k, std::vector<std::pair<T, int64_t>>& q, std::vector<T>& kth) {
+  q.clear();
+  if (k * 64 > n) {
+    for (int64_t i = 0; i < n; ++i) q.emplace_back(d[i], i);
+  } else {
+    kth.assign(d, d + k);
+    std::sort(kth.begin(), kth.end());
+    for (int64_t i = 0; i < k; ++i) q.emplace_back(d[i], i);
+    for (int64_t i = k; i < n; ++i) {
+      if (!(d[i] < kth[k - 1])) continue;
+      q.emplace_back(d[i], i);
+      int64_t p = k - 1;  // the new value replaces the largest, kept sorted
+      while (p > 0 && d[i] < kth[p - 1]) kth[p] = kth[p - 1], --p;
+      kth[p] = d[i];
+    }
+  }
+  torch_cpu_topk(q, k, n, false);
+}
+
 template <typename T>
 std::tuple<at::Tensor, at::Tensor> atss_impl(const AtssArgs<T>& a, const std::vector<int64_t>& levels, const at::TensorOptions& opts) {
+  constexpr int64_t V = Vec<T>::size();
   const int64_t B = a.B, A = a.A, M = a.M, Lk = a.lk, Bp = a.prior_stride ? B : 1;
   at::Tensor gt_inds = at::empty({B, A}, opts.dtype(at::kLong));
   at::Tensor max_ov = at::empty({B, A}, opts);
@@ -496,56 +527,84 @@ std::tuple<at::Tensor, at::Tensor> atss_impl(const AtssArgs<T>& a, const std::ve
   int64_t* inds = gt_inds.mutable_data_ptr<int64_t>();
   T* best = max_ov.mutable_data_ptr<T>();
   const T inf = static_cast<T>(assign::kAtssInf);
-  // the priors' centres, per image of the priors
-  std::vector<T> pc(static_cast<size_t>(Bp * A * 2));
+  // the priors' centres as columns, per image of the priors
+  std::vector<T> pcx(static_cast<size_t>(Bp * A)), pcy(static_cast<size_t>(Bp * A));
+  bool finite = true;  // finite centres: NaN-free distances, so the heap path's filter (atss_level_topk) applies
   for (int64_t k = 0; k < Bp * A; ++k) {
     const T* p = a.priors + k * 4;
-    pc[k * 2] = assign::centre(p[0], p[2]), pc[k * 2 + 1] = assign::centre(p[1], p[3]);
+    pcx[k] = assign::centre(p[0], p[2]), pcy[k] = assign::centre(p[1], p[3]);
+    finite = finite && std::isfinite(pcx[k]) && std::isfinite(pcy[k]);
   }
-  // 1. per (image, gt) row: the positives (prior, IoU), npos of them
-  std::vector<int64_t> pos_i(static_cast<size_t>(B * M * Lk));
-  std::vector<T> pos_v(static_cast<size_t>(B * M * Lk));
-  std::vector<int64_t> npos(static_cast<size_t>(B * M), 0);
+  // 1a. per (image, gt) row: the candidates, their IoU, the mean and variance
+  std::vector<int64_t> cand(static_cast<size_t>(B * M * Lk));
+  std::vector<T> ov(static_cast<size_t>(B * M * Lk)), mean(static_cast<size_t>(B * M));
+  at::Tensor var = at::empty({B * M}, opts.dtype(at::kDouble));
+  double* var_p = var.mutable_data_ptr<double>();
   at::parallel_for(0, B * M, 1, [&](int64_t r0, int64_t r1) {
     std::vector<std::pair<T, int64_t>> q;
-    std::vector<int64_t> cand(static_cast<size_t>(Lk));
-    std::vector<T> ov(static_cast<size_t>(Lk));
+    std::vector<T> kth;
+    at::Tensor d2 = at::empty({A}, opts), dist = at::empty({A}, opts);  // squared distances, distances
+    T* d2_p = d2.mutable_data_ptr<T>();
+    const T* dist_p = dist.const_data_ptr<T>();
     for (int64_t r = r0; r < r1; ++r) {
+      var_p[r] = NAN;
       if (!a.valid[r]) continue;
       const int64_t b = r / M, pb = a.prior_stride ? b : 0;
       const T* g = a.gt + r * 4;
       const T gcx = assign::centre(g[0], g[2]), gcy = assign::centre(g[1], g[3]);
-      const T* c = pc.data() + pb * A * 2;
+      const T* cx = pcx.data() + pb * A;
+      const T* cy = pcy.data() + pb * A;
+      int64_t i = 0;  // the squared distances, V at a time, then the tail; torch's own sqrt (position-free)
+      for (; i + V <= A; i += V) assign::centre_distance2(Vec<T>::loadu(cx + i), Vec<T>::loadu(cy + i), Vec<T>(gcx), Vec<T>(gcy)).store(d2_p + i);
+      for (; i < A; ++i) d2_p[i] = assign::centre_distance2(cx[i], cy[i], gcx, gcy);
+      at::sqrt_out(dist, d2);
+      for (i = 0; i < A; ++i)
+        if (a.ignored[b * A + i]) d2_p[i] = inf;  // d2 now holds the distances used: 1e8 for ignored priors
+        else d2_p[i] = dist_p[i];
+      int64_t* c = cand.data() + r * Lk;
       int64_t nc = 0, start = 0;
       for (const int64_t n : levels) {
         const int64_t k = std::min(a.topk, n);
         if (k > 0) {
-          q.resize(static_cast<size_t>(n));
-          for (int64_t i = 0; i < n; ++i) {
-            const int64_t j = start + i;
-            q[i] = {a.ignored[b * A + j] ? inf : assign::centre_distance(c[j * 2], c[j * 2 + 1], gcx, gcy), i};
+          if (finite && std::isfinite(gcx) && std::isfinite(gcy)) {
+            atss_level_topk(d2_p + start, n, k, q, kth);
+          } else {  // NaN coordinates: the whole row through torch's rule
+            q.clear();
+            for (int64_t j = 0; j < n; ++j) q.emplace_back(d2_p[start + j], j);
+            torch_cpu_topk(q, k, n, false);
           }
-          torch_cpu_topk(q, k, n, false);
           std::sort(q.begin(), q.begin() + k);  // the canonical order: (distance, index)
-          for (int64_t i = 0; i < k; ++i) cand[nc++] = start + q[i].second;
+          for (int64_t j = 0; j < k; ++j) c[nc++] = start + q[j].second;
         }
         start += n;
       }
       const T ga = assign::area(g[0], g[1], g[2], g[3]);
       auto mx = [](T x, T y) { return x > y || x != x ? x : y; };  // torch.max / torch.min: NaN propagates
       auto mn = [](T x, T y) { return x < y || x != x ? x : y; };
+      T* o = ov.data() + r * Lk;
       for (int64_t j = 0; j < Lk; ++j) {
-        const T* p = a.priors + pb * a.prior_stride + cand[j] * 4;
-        ov[j] = assign::iou(g[0], g[1], g[2], g[3], ga, p[0], p[1], p[2], p[3], assign::area(p[0], p[1], p[2], p[3]),
-                            static_cast<T>(assign::kOverlapsEps), T(0), mx, mn);
+        const T* p = a.priors + pb * a.prior_stride + c[j] * 4;
+        o[j] = assign::iou(g[0], g[1], g[2], g[3], ga, p[0], p[1], p[2], p[3], assign::area(p[0], p[1], p[2], p[3]),
+                           static_cast<T>(assign::kOverlapsEps), T(0), mx, mn);
       }
-      const T thr = assign::atss_threshold(ov.data(), Lk);
+      mean[r] = assign::atss_moments(o, Lk, var_p[r]);
+    }
+  });
+  // the std by torch's own sqrt, as the spec
+  const at::Tensor sd = at::sqrt(var);
+  const double* sd_p = sd.const_data_ptr<double>();
+  // 1b. per row: the threshold and the positives (prior, IoU), npos of them (in place of the candidates)
+  std::vector<int64_t> npos(static_cast<size_t>(B * M), 0);
+  at::parallel_for(0, B * M, 1, [&](int64_t r0, int64_t r1) {
+    for (int64_t r = r0; r < r1; ++r) {
+      if (!a.valid[r]) continue;
+      const int64_t pb = a.prior_stride ? r / M : 0;
+      const T thr = assign::atss_threshold(mean[r], sd_p[r]);
+      int64_t* c = cand.data() + r * Lk;
+      T* o = ov.data() + r * Lk;
       int64_t n_pos = 0;
       for (int64_t j = 0; j < Lk; ++j)
-        if (ov[j] >= thr && assign::atss_inside(c[cand[j] * 2], c[cand[j] * 2 + 1], g)) {
-          pos_i[r * Lk + n_pos] = cand[j], pos_v[r * Lk + n_pos] = ov[j];
-          ++n_pos;
-        }
+        if (o[j] >= thr && assign::atss_inside(pcx[pb * A + c[j]], pcy[pb * A + c[j]], a.gt + r * 4)) c[n_pos] = c[j], o[n_pos] = o[j], ++n_pos;
       npos[r] = n_pos;
     }
   });
@@ -558,8 +617,8 @@ std::tuple<at::Tensor, at::Tensor> atss_impl(const AtssArgs<T>& a, const std::ve
         any = any || a.valid[b * M + g];
         const int64_t r = b * M + g;
         for (int64_t j = 0; j < npos[r]; ++j) {
-          const int64_t i = pos_i[r * Lk + j];
-          if (pos_v[r * Lk + j] > best[b * A + i]) best[b * A + i] = pos_v[r * Lk + j], inds[b * A + i] = g + 1;
+          const int64_t i = cand[r * Lk + j];
+          if (ov[r * Lk + j] > best[b * A + i]) best[b * A + i] = ov[r * Lk + j], inds[b * A + i] = g + 1;
         }
       }
       if (!any)  // mmdetection: no gts -> every prior background, overlap 0

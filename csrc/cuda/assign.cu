@@ -156,7 +156,8 @@ std::tuple<at::Tensor, at::Tensor> max_iou_assign_cuda(const at::Tensor& priors,
 //      under torch's CUDA top-k rule (the k smallest of the total order (distance, index): the
 //      lowest index among ties), kept sorted by (distance, index) in a scratch row -- the spec's
 //      canonical order, which fixes the threshold's summation order; then the candidates' IoU, the
-//      threshold (assign::atss_threshold) and the positives (their IoU, -1 elsewhere);
+//      threshold (assign::atss_moments, a correctly rounded sqrt as torch's CUDA sqrt) and the
+//      positives (their IoU, -1 elsewhere);
 //   2. one thread per (image, gt, candidate): a positive offers (IoU, gt) to its prior's 64-bit
 //      key by atomicMax -- fp32: (IoU bits << 32) | (2^32 - 1 - g), IoU >= 0 so the bit order is
 //      the value order and the larger complement the lower g (the first gt on ties); fp64: the
@@ -202,7 +203,7 @@ __global__ void atss_select_kernel(AtssPtrs<T> p, int64_t* cand, T* dist, T* pos
       for (int64_t i = start; i < start + n && k > 0; ++i) {
         const T* q = pr + i * 4;
         const T d = p.ignored[b * p.A + i] ? inf
-                                           : assign::centre_distance(assign::centre(q[0], q[2]), assign::centre(q[1], q[3]), gcx, gcy);
+                                           : assign::rn_sqrt(assign::centre_distance2(assign::centre(q[0], q[2]), assign::centre(q[1], q[3]), gcx, gcy));
         if (cnt == k && !(d < cd[base + k - 1])) continue;  // a later index loses a tie
         int64_t pos = cnt < k ? cnt++ : k - 1;
         while (pos > 0 && d < cd[base + pos - 1]) {  // insert after the equal distances (lower indices)
@@ -221,7 +222,9 @@ __global__ void atss_select_kernel(AtssPtrs<T> p, int64_t* cand, T* dist, T* pos
       cd[j] = assign::iou(g[0], g[1], g[2], g[3], ga, q[0], q[1], q[2], q[3], assign::area(q[0], q[1], q[2], q[3]),
                           static_cast<T>(assign::kOverlapsEps), T(0), mx, mn);
     }
-    const T thr = assign::atss_threshold(cd, p.lk);
+    double var;
+    const T mean = assign::atss_moments(cd, p.lk, var);
+    const T thr = assign::atss_threshold(mean, assign::rn_sqrt(var));
     for (int64_t j = 0; j < p.lk; ++j) {
       const T* q = pr + ci[j] * 4;
       const bool in = assign::atss_inside(assign::centre(q[0], q[2]), assign::centre(q[1], q[3]), g);

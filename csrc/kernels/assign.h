@@ -106,29 +106,29 @@ FL_HOST_DEVICE FL_INLINE T ciou_ultralytics(const T g[4], const T p[4], T at_g, 
 // each level by centre distance, the threshold mean + unbiased std of their IoU, positives at or
 // above it with the centre inside the gt by more than 0.01.  Its arithmetic, each operation
 // rounded on its own:
-//   centre c = (x1 + x2) / 2,   d = sqrt((cx - cx')^2 + (cy - cy')^2)   (1e8 for ignored priors)
+//   centre c = (x1 + x2) / 2,   d = sqrt((cx - cx')^2 + (cy - cy')^2)   (1e8 for ignored priors),
+//   sqrt as torch computes it on the device (CUDA: correctly rounded; CPU: torch's own kernel)
 //   IoU(prior, gt) = iou() above (the union's sum is commutative: the same bits either way)
 
 constexpr double kAtssInf = 1e8;      // mmdetection's INF
 constexpr double kAtssInside = 0.01;  // the centre-inside margin
 
 #if defined(__CUDA_ARCH__)
-FL_HOST_DEVICE FL_INLINE float rn_sqrt(float a) { return __fsqrt_rn(a); }
+FL_HOST_DEVICE FL_INLINE float rn_sqrt(float a) { return __fsqrt_rn(a); }  // correctly rounded, as torch's CUDA sqrt
 FL_HOST_DEVICE FL_INLINE double rn_sqrt(double a) { return __dsqrt_rn(a); }
-#else
-template <typename T>
-FL_HOST_DEVICE FL_INLINE T rn_sqrt(const T& a) { return std::sqrt(a); }  // IEEE: correctly rounded
 #endif
 
 // (x1 + x2) / 2 (halving is exact)
 template <typename T>
 FL_HOST_DEVICE FL_INLINE T centre(T lo, T hi) { return rn_add(lo, hi) / T(2); }
 
-// the centre distance of mmdetection's bbox_center_distance: (p - g)^2 summed over x, y, sqrt
+// the squared centre distance of mmdetection's bbox_center_distance, (p - g)^2 summed over x, y;
+// its distance is torch's sqrt of it (on the CPU torch's own, not the correctly rounded one).
+// T: a float type or a vector of them.
 template <typename T>
-FL_HOST_DEVICE FL_INLINE T centre_distance(T pcx, T pcy, T gcx, T gcy) {
+FL_HOST_DEVICE FL_INLINE T centre_distance2(const T& pcx, const T& pcy, const T& gcx, const T& gcy) {
   const T dx = rn_sub(pcx, gcx), dy = rn_sub(pcy, gcy);
-  return rn_sqrt(rn_add(rn_mul(dx, dx), rn_mul(dy, dy)));
+  return rn_add(rn_mul(dx, dx), rn_mul(dy, dy));
 }
 
 // the prior centre (cx, cy) inside gt g by more than 0.01 on every side: min(l, t, r, b) > 0.01
@@ -141,11 +141,13 @@ FL_HOST_DEVICE FL_INLINE bool atss_inside(T cx, T cy, const T g[4]) {
 }
 
 // The ATSS threshold of n candidate IoUs v[0..n): mean + unbiased std, in a fixed order (the spec's,
-// fastloss/reference/assign.py atss_threshold): the mean a sequential sum in T over n, the std
-// torch's Welford recurrence in double (delta = x - mean, mean += delta / i, m2 += delta (x - mean)),
-// sqrt(m2 / (n - 1)) rounded to T.  NaN for n <= 1 (mmdetection: NaN, so no positives).
+// fastloss/reference/assign.py atss_threshold).  atss_moments: the mean, a sequential sum in T over
+// n, and the variance by torch's Welford recurrence in double (delta = x - mean, mean += delta / i,
+// m2 += delta (x - mean)), m2 / (n - 1) -- NaN for n <= 1 (mmdetection: a NaN std, so no
+// positives).  The caller takes the square root as torch's sqrt does on its device (torch's CPU
+// sqrt is not the correctly rounded one on every machine), then atss_threshold adds.
 template <typename T>
-FL_HOST_DEVICE FL_INLINE T atss_threshold(const T* v, int64_t n) {
+FL_HOST_DEVICE FL_INLINE T atss_moments(const T* v, int64_t n, double& var) {
   T s = T(0);
   double mean = 0.0, m2 = 0.0;
   for (int64_t j = 0; j < n; ++j) {
@@ -155,11 +157,13 @@ FL_HOST_DEVICE FL_INLINE T atss_threshold(const T* v, int64_t n) {
     mean = rn_add(mean, delta / static_cast<double>(j + 1));
     m2 = rn_add(m2, rn_mul(delta, rn_sub(x, mean)));
   }
-  const T nan = static_cast<T>(NAN);
-  const T mu = n > 0 ? s / static_cast<T>(n) : nan;
-  const T sd = n > 1 ? static_cast<T>(rn_sqrt(m2 / static_cast<double>(n - 1))) : nan;
-  return rn_add(mu, sd);
+  var = n > 1 ? m2 / static_cast<double>(n - 1) : static_cast<double>(NAN);
+  return n > 0 ? s / static_cast<T>(n) : static_cast<T>(NAN);
 }
+
+// mean + std, the std (double) rounded to T first
+template <typename T>
+FL_HOST_DEVICE FL_INLINE T atss_threshold(T mean, double sd) { return rn_add(mean, static_cast<T>(sd)); }
 
 }  // namespace assign
 }  // namespace fastloss

@@ -292,8 +292,10 @@ def atss_threshold(cand):
     (..., n), in a fixed order (the kernels' too): the mean a sequential sum in the boxes' dtype
     divided by n (torch's CPU mean sums in a shape-dependent cascade instead: the mean may
     differ from mmdetection's by an ulp), the std Welford's recurrence in float64 (torch's CPU
-    std: delta = x - mean, mean += delta / i, m2 += delta (x - mean)), sqrt(m2 / (n - 1)) rounded
-    to the dtype -- NaN for n <= 1 (no positives, as mmdetection's NaN std).  (...)."""
+    std: delta = x - mean, mean += delta / i, m2 += delta (x - mean)), torch's sqrt of m2 / (n - 1)
+    rounded to the dtype -- NaN for n <= 1 (no positives, as mmdetection's NaN std).  torch's
+    std takes the C library's sqrt: on a CPU where torch's own is not correctly rounded the std
+    may differ by an ulp of float64 (invisible after rounding to fp32).  (...)."""
     n = cand.shape[-1]
     s = torch.zeros_like(cand[..., 0])
     mean = torch.zeros_like(cand[..., 0], dtype=torch.float64)
@@ -324,7 +326,9 @@ def atss_core(priors, num_level_priors, gt_bboxes, gt_valid, ignored, topk, chun
     For image b and valid gt g (Paper: Zhang et al., "Bridging the Gap Between Anchor-based and
     Anchor-free Detection via Adaptive Training Sample Selection", CVPR 2020; mmdetection's steps):
     1. d(g, i) = sqrt((cx_i - cx_g)^2 + (cy_i - cy_g)^2) between centres (x1 + x2) / 2, ..., each
-       operation rounded; 1e8 for an ignored prior.
+       operation rounded, the sqrt torch's (on the CPU not always the correctly rounded one:
+       the kernels call it too, so that distance ties are mmdetection's); 1e8 for an ignored
+       prior.
     2. per level, the min(topk, n_level) smallest d under torch's top-k tie rule (torch.topk on
        the same values: the CPU's heap / introselect, the CUDA's lowest index among ties).
     3. thr_g = mean + unbiased std of the candidates' IoU (:func:`iou_mmdet`;
