@@ -545,7 +545,7 @@ std::tuple<at::Tensor, at::Tensor> atss_impl(const AtssArgs<T>& a, const std::ve
     std::vector<T> kth;
     at::Tensor d2 = at::empty({A}, opts), dist = at::empty({A}, opts);  // squared distances, distances
     T* d2_p = d2.mutable_data_ptr<T>();
-    const T* dist_p = dist.const_data_ptr<T>();
+    T* dist_p = dist.mutable_data_ptr<T>();
     for (int64_t r = r0; r < r1; ++r) {
       var_p[r] = NAN;
       if (!a.valid[r]) continue;
@@ -559,18 +559,17 @@ std::tuple<at::Tensor, at::Tensor> atss_impl(const AtssArgs<T>& a, const std::ve
       for (; i < A; ++i) d2_p[i] = assign::centre_distance2(cx[i], cy[i], gcx, gcy);
       at::sqrt_out(dist, d2);
       for (i = 0; i < A; ++i)
-        if (a.ignored[b * A + i]) d2_p[i] = inf;  // d2 now holds the distances used: 1e8 for ignored priors
-        else d2_p[i] = dist_p[i];
+        if (a.ignored[b * A + i]) dist_p[i] = inf;
       int64_t* c = cand.data() + r * Lk;
       int64_t nc = 0, start = 0;
       for (const int64_t n : levels) {
         const int64_t k = std::min(a.topk, n);
         if (k > 0) {
           if (finite && std::isfinite(gcx) && std::isfinite(gcy)) {
-            atss_level_topk(d2_p + start, n, k, q, kth);
+            atss_level_topk(dist_p + start, n, k, q, kth);
           } else {  // NaN coordinates: the whole row through torch's rule
             q.clear();
-            for (int64_t j = 0; j < n; ++j) q.emplace_back(d2_p[start + j], j);
+            for (int64_t j = 0; j < n; ++j) q.emplace_back(dist_p[start + j], j);
             torch_cpu_topk(q, k, n, false);
           }
           std::sort(q.begin(), q.begin() + k);  // the canonical order: (distance, index)

@@ -116,6 +116,9 @@ constexpr double kAtssInside = 0.01;  // the centre-inside margin
 #if defined(__CUDA_ARCH__)
 FL_HOST_DEVICE FL_INLINE float rn_sqrt(float a) { return __fsqrt_rn(a); }  // correctly rounded, as torch's CUDA sqrt
 FL_HOST_DEVICE FL_INLINE double rn_sqrt(double a) { return __dsqrt_rn(a); }
+#else
+template <typename T>
+FL_HOST_DEVICE FL_INLINE T rn_sqrt(const T& a) { return std::sqrt(a); }  // nvcc's host pass over the device code
 #endif
 
 // (x1 + x2) / 2 (halving is exact)
