@@ -12,6 +12,10 @@
   Python loop over the gts with a host sync each), written out here with the same tensor ops
   (mmdetection's models do not import without a full mmcv build).  GPU: also a crowded batch
   (2 images, M = 2000).
+* ATSS (``fastloss.atss_assign``, topk 9) for 8 images at 640 px (A = 8400 in 3 levels),
+  M = 20 / 100 / 400, against mmdetection 3.3.0's ``ATSSAssigner.assign`` image by image,
+  written out here with its tensor ops (the (A, M) IoU and distance matrices, per-level top-k,
+  the expanded copies and the -INF array; the same reason as above).
 
 Bytes that must move: the priors and boxes once, the outputs (gt_inds int64 + max_overlaps):
 the fused op is compute-bound (2 - 3 IoU evaluations per (gt, prior) pair).
@@ -76,12 +80,17 @@ def _fastloss(backend):
     return run
 
 
-def providers(device):
-    out = {"eager": _mmdet_per_image}
+def _with_backends(device, eager, make):
+    """{"eager": eager, "fastloss-<backend>": make(backend)} for the device's backends."""
+    out = {"eager": eager}
     for name in fastloss.available_backends(device):
         if name in ("cpu", "cuda", "reference"):
-            out[f"fastloss-{name}"] = _fastloss(name)
+            out[f"fastloss-{name}"] = make(name)
     return out
+
+
+def providers(device):
+    return _with_backends(device, _mmdet_per_image, _fastloss)
 
 
 def case(B, A, M):
@@ -158,10 +167,99 @@ def tal_case(B, M):
                 make_inputs=functools.partial(make_tal_inputs, B=B, M=M), make_providers=tal_providers, modes=("fwd",))
 
 
+# ----------------------------------------------------------------------------- ATSS
+
+ATSS_OP = "atss_assign"
+
+
+def make_atss_inputs(device, B, M, imgsz=640, seed=0):
+    """ATSS heads' priors at 640 px: one square of side 8 x stride per point of strides
+    8 / 16 / 32 (A = 8400 in 3 levels), gts with log-uniform sides (image 0 full, the others
+    50 - 100 % of M, padded)."""
+    import math
+
+    g = torch.Generator(device="cpu").manual_seed(seed)
+    priors, levels = [], []
+    for s in (8, 16, 32):
+        n = imgsz // s
+        ys, xs = torch.meshgrid(torch.arange(n) * s + s / 2, torch.arange(n) * s + s / 2, indexing="ij")
+        ctr = torch.stack([xs.flatten(), ys.flatten()], -1).float()
+        priors.append(torch.cat([ctr - 4 * s, ctr + 4 * s], -1))
+        levels.append(n * n)
+    priors = torch.cat(priors)
+    gt, valid = torch.zeros(B, M, 4), torch.zeros(B, M, dtype=torch.bool)
+    for b in range(B):
+        n = M if b == 0 else int(M * (0.5 + 0.5 * torch.rand(1, generator=g)))
+        side = torch.exp(math.log(8) + torch.rand(n, 2, generator=g) * (math.log(320) - math.log(8)))
+        ctr = torch.rand(n, 2, generator=g) * imgsz
+        gt[b, :n] = torch.cat([ctr - side / 2, ctr + side / 2], -1)
+        valid[b, :n] = True
+    labels = torch.randint(0, 80, (B, M), generator=g)
+    dummy = torch.zeros((), device=device, requires_grad=True)
+    args = tuple(t.to(device) for t in (priors, gt, labels, valid)) + (dummy,)
+    A = priors.shape[0]
+    return Inputs(args=args, kwargs={"levels": levels}, grad_inputs=[dummy], bytes={"fwd": 16 * A + B * M * 24 + B * A * 20}, numel=B * M * A)
+
+
+def _mmdet_atss_per_image(priors, boxes, labels, valid, dummy, levels):
+    """mmdetection 3.3.0's ATSSAssigner.assign per image, its steps and tensors: the (A, n) IoU
+    and distance matrices, per-level top-k, mean + std, the expanded centre copies, the -INF
+    (n A) array, boolean-mask indexing and nonzero (host syncs)."""
+    INF = 100000000
+    total = dummy
+    A = priors.shape[0]
+    pcx, pcy = (priors[:, 0] + priors[:, 2]) / 2.0, (priors[:, 1] + priors[:, 3]) / 2.0
+    for b in range(boxes.shape[0]):
+        gt, lab = boxes[b][valid[b]], labels[b][valid[b]]
+        n = gt.shape[0]
+        overlaps = R.iou_mmdet(priors, gt)  # (A, n)
+        gc = R.centres(gt)
+        dist = (torch.stack([pcx, pcy], 1)[:, None, :] - gc[None]).pow(2).sum(-1).sqrt()
+        cand, start = [], 0
+        for k in levels:
+            cand.append(dist[start:start + k].topk(min(9, k), dim=0, largest=False).indices + start)
+            start += k
+        cand = torch.cat(cand)
+        cand_ov = overlaps[cand, torch.arange(n, device=priors.device)]
+        is_pos = cand_ov >= (cand_ov.mean(0) + cand_ov.std(0))[None]
+        flat = cand + torch.arange(n, device=priors.device) * A
+        ecx, ecy = pcx.view(1, -1).expand(n, A).contiguous().view(-1), pcy.view(1, -1).expand(n, A).contiguous().view(-1)
+        cx, cy = ecx[flat].view(-1, n), ecy[flat].view(-1, n)
+        inside = torch.stack([cx - gt[:, 0], cy - gt[:, 1], gt[:, 2] - cx, gt[:, 3] - cy], 1).min(dim=1)[0] > 0.01
+        index = flat.view(-1)[(is_pos & inside).view(-1)]
+        ov_inf = torch.full_like(overlaps, -INF).t().contiguous().view(-1)
+        ov_inf[index] = overlaps.t().contiguous().view(-1)[index]
+        max_ov, argmax = ov_inf.view(n, -1).t().max(dim=1)
+        inds = overlaps.new_zeros((A,), dtype=torch.long)
+        inds[max_ov != -INF] = argmax[max_ov != -INF] + 1
+        assigned = inds.new_full((A,), -1)
+        fg = torch.nonzero(inds > 0, as_tuple=False).squeeze()
+        if fg.numel() > 0:
+            assigned[fg] = lab[inds[fg] - 1]
+        total = total + max_ov.clamp(min=0).sum() + assigned.sum()
+    return total
+
+
+def _fastloss_atss(backend):
+    def run(priors, boxes, labels, valid, dummy, levels):
+        gt_inds, max_ov, assigned = fastloss.atss_assign(priors, levels, boxes, labels, valid, backend=backend)
+        return dummy + max_ov.clamp(min=0).sum() + assigned.sum()
+    return run
+
+
+def atss_providers(device):
+    return _with_backends(device, _mmdet_atss_per_image, _fastloss_atss)
+
+
+def atss_case(B, M):
+    return Case(op=ATSS_OP, label=f"{B} images x 8400 priors (3 levels) x {M} gts, topk 9", dtype=torch.float32,
+                make_inputs=functools.partial(make_atss_inputs, B=B, M=M), make_providers=atss_providers, modes=("fwd",))
+
+
 def cases(device, quick=False):
     if quick:
-        return [case(2, 2_100, 20), tal_case(2, 20)]
+        return [case(2, 2_100, 20), tal_case(2, 20), atss_case(2, 20)]
     # the last two: a crowded batch (2 images x 2000 gts), where the peers' (M, A) tensors dominate
     # memory and fastloss's stays O(B (M k + A)) plus the outputs
     return [tal_case(8, 20), tal_case(8, 100), tal_case(8, 400), case(8, 8_400, 20), case(8, 8_400, 100), case(8, 8_400, 400),
-            tal_case(2, 2_000), case(2, 8_400, 2_000)]
+            atss_case(8, 20), atss_case(8, 100), atss_case(8, 400), tal_case(2, 2_000), case(2, 8_400, 2_000)]

@@ -35,6 +35,7 @@ PREFERENCE = {
     "box_iou_max": {"cpu": ("cpu", "reference"), "cuda": ("cuda", "triton", "reference")},
     "dice": {"cpu": ("cpu", "reference"), "cuda": ("cuda", "triton", "reference")},
     "max_iou_assign": {"cpu": ("cpu", "reference"), "cuda": ("cuda", "reference")},
+    "atss_assign": {"cpu": ("cpu", "reference"), "cuda": ("cuda", "reference")},
     "task_aligned_assign": {"cpu": ("cpu", "reference"), "cuda": ("cuda", "reference")},
     "match_cost": {"cpu": ("cpu", "reference"), "cuda": ("cuda", "triton", "reference")},
 }

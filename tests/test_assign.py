@@ -15,6 +15,12 @@ The batched max-IoU assigner against mmdetection 3.3.0's ``MaxIoUAssigner`` imag
 (RetinaNet, RPN and RoI thresholds, tie-sharing on and off, tuple negative thresholds, ignore
 boxes both ways, a 9-anchors-per-point grid, integer boxes with exact IoU ties): gt_inds,
 labels and max_overlaps bit-equal.
+
+The batched ATSS assigner against mmdetection 3.3.0's ``ATSSAssigner`` image by image
+(multi-level grids with 1 and 9 priors per point, levels on both of torch's CPU top-k paths
+and with fewer than topk priors, grid-aligned gt centres with distance ties, padded gts, ignore
+boxes): gt_inds, labels and max_overlaps equal except at priors within 4 ulp of a gt's
+threshold (counted); the C++ kernel bit-equal to the spec.
 """
 import math
 
@@ -559,3 +565,228 @@ def test_assign_ops_opcheck():
     for tie_rule, compact in ((0, False), (1, True)):
         torch.library.opcheck(ops.task_aligned_assign_op, (sc, pd, pts, lab[..., 0].long(), gt, mask[..., 0].bool(), 10, 4, 0.5, 6.0, 16.0,
                                                            1e-9, tie_rule, compact, backend))
+    priors, levels = _level_grid(128, (8, 16, 32, 64), 1)
+    torch.library.opcheck(ops.atss_assign_op, (priors[None], levels, boxes, valid, torch.zeros(2, priors.shape[0], dtype=torch.bool), 9,
+                                               "cpu" if "cpu" in fastloss.available_backends("cpu") else "reference"))
+
+
+# ---------------------------------------------------------------------- ATSS (mmdetection)
+
+
+def _level_grid(imgsz, strides, per_point):
+    """Multi-level priors (A, 4) and the priors per level: per point one square of side 8 x
+    stride, or 9 (3 scales x 3 ratios, RetinaNet-style)."""
+    out, levels = [], []
+    for s in strides:
+        n = imgsz // s
+        ys, xs = torch.meshgrid(torch.arange(n) * s + s / 2, torch.arange(n) * s + s / 2, indexing="ij")
+        ctr = torch.stack([xs.flatten(), ys.flatten()], -1).float()
+        if per_point == 9:
+            shapes = [[8 * s * 2 ** (i / 3) * math.sqrt(1 / r), 8 * s * 2 ** (i / 3) * math.sqrt(r)] for i in range(3) for r in (0.5, 1.0, 2.0)]
+        else:
+            shapes = [[8.0 * s, 8.0 * s]]
+        half = (torch.tensor(shapes) / 2)[None].expand(ctr.shape[0], -1, -1)
+        out.append(torch.cat([ctr[:, None] - half, ctr[:, None] + half], -1).reshape(-1, 4))
+        levels.append(out[-1].shape[0])
+    return torch.cat(out), levels
+
+
+# (imgsz, strides, anchors per point): 320 px (levels of 1600 / 400 / 100 points: torch's CPU
+# top-k takes the heap on the first, nth_element on the others), 9 anchors per point, and 128 px
+# down to a 2 x 2 level (4 priors: fewer than topk)
+ATSS_GRIDS = {"320": (320, (8, 16, 32), 1), "320x9": (320, (8, 16, 32), 9), "128": (128, (8, 16, 32, 64), 1)}
+
+
+def _atss_gts(seed, B, M, imgsz, aligned):
+    """Padded gts (image 0 full, the others 0..M real, trailing padding), labels, and 3 ignore
+    boxes per image; ``aligned``: centres on the coarsest grid's points and sides multiples of
+    8 px (exact distance ties at the top-k boundary)."""
+    g = torch.Generator().manual_seed(seed)
+    boxes = torch.zeros(B, M, 4)
+    valid = torch.zeros(B, M, dtype=torch.bool)
+    for b in range(B):
+        n = M if b == 0 else int(torch.randint(0, M + 1, (1,), generator=g))
+        side = 4 + torch.rand(n, 2, generator=g) * imgsz / 2
+        ctr = torch.rand(n, 2, generator=g) * imgsz
+        if aligned:
+            ctr, side = (ctr / 32).round() * 32, (side / 8).round() * 8 + 8
+        boxes[b, :n] = torch.cat([ctr - side / 2, ctr + side / 2], -1)
+        valid[b, :n] = True
+    labels = torch.randint(0, 20, (B, M), generator=g)
+    xy = torch.rand(B, 3, 2, generator=g) * imgsz
+    ign = torch.cat([xy, xy + 8 + torch.rand(B, 3, 2, generator=g) * imgsz / 4], -1)
+    return boxes, labels, valid, ign
+
+
+def _mmdet_atss(**kw):
+    import helpers
+
+    helpers.import_mmdet_losses()  # mmcv-lite: a stand-in mmcv._ext so that mmdet imports
+    from mmdet.models.task_modules.assigners import ATSSAssigner
+
+    return ATSSAssigner(**kw)
+
+
+def _near_threshold(priors, levels, boxes, prior_ids, topk=9, ulps=4):
+    """Which of prior_ids have an IoU within ``ulps`` ulp of some gt's threshold, the threshold
+    computed as mmdetection computes it (its tensors and torch's own mean / std)."""
+    from mmdet.models.task_modules.assigners.atss_assigner import bbox_center_distance
+
+    if boxes.shape[0] == 0 or prior_ids.numel() == 0:
+        return torch.zeros(prior_ids.shape, dtype=torch.bool)
+    ov = assign.iou_mmdet(priors, boxes)  # (A, n)
+    dist = bbox_center_distance(boxes, priors)
+    cand, start = [], 0
+    for n in levels:
+        cand.append(dist[start:start + n].topk(min(topk, n), dim=0, largest=False).indices + start)
+        start += n
+    c = ov[torch.cat(cand), torch.arange(boxes.shape[0])]
+    thr = c.mean(0) + c.std(0)
+    gap = (ov[prior_ids] - thr).abs()
+    return (gap <= ulps * torch.finfo(ov.dtype).eps * thr.abs()).any(dim=1)
+
+
+ATSS_BACKENDS = [pytest.param("cpu", "reference", id="cpu-reference"), pytest.param("cpu", "cpu", id="cpu-cpu"),
+                 pytest.param("cuda", "cuda", id="cuda-cuda", marks=pytest.mark.gpu)]
+
+
+@pytest.mark.parametrize("device, backend", ATSS_BACKENDS)
+@pytest.mark.parametrize("grid", sorted(ATSS_GRIDS))
+@pytest.mark.parametrize("aligned", [False, True], ids=["random", "aligned"])
+def test_atss_matches_mmdet(device, backend, grid, aligned):
+    """Against mmdetection 3.3.0's ATSSAssigner (topk 9) image by image, M in {0, 1, 5, 50},
+    padded gts, ignore boxes on every other case: gt_inds, labels and max_overlaps equal except
+    at priors whose IoU lies within 4 ulp of a gt's threshold (counted: at most 2 per test)."""
+    import helpers
+    from mmengine.structures import InstanceData
+
+    helpers.require_backend(device, backend)
+    imgsz, strides, per_point = ATSS_GRIDS[grid]
+    priors, levels = _level_grid(imgsz, strides, per_point)
+    near = 0
+    for seed, M in enumerate((0, 1, 5, 50)):
+        ignore = seed % 2 == 1
+        peer = _mmdet_atss(topk=9, ignore_iof_thr=0.5 if ignore else -1)
+        boxes, labels, valid, ign = _atss_gts(seed + 10 * aligned, 2, M, imgsz, aligned)
+        kw = dict(ignore_bboxes=ign.to(device), ignore_iof_thr=0.5) if ignore else {}
+        gt_inds, max_ov, lab = (t.cpu() for t in fastloss.atss_assign(priors.to(device), levels, boxes.to(device), labels.to(device),
+                                                                      valid.to(device), backend=backend, **kw))
+        for b in range(2):
+            n = int(valid[b].sum())
+            res = peer.assign(InstanceData(priors=priors), levels, InstanceData(bboxes=boxes[b, :n], labels=labels[b, :n]),
+                              InstanceData(bboxes=ign[b]) if ignore else None)
+            differ = (gt_inds[b] != res.gt_inds) | (lab[b] != res.labels) | (max_ov[b] != res.max_overlaps)
+            ids = differ.nonzero()[:, 0]
+            assert bool(_near_threshold(priors, levels, boxes[b, :n], ids).all()), (seed, b, ids[:10])
+            near += ids.numel()
+    assert near <= 2, near
+
+
+@pytest.mark.parametrize("device, backend", [pytest.param("cpu", "cpu", id="cpu"), pytest.param("cuda", "cuda", id="cuda", marks=pytest.mark.gpu)])
+def test_atss_backends_agree_and_deterministic(device, backend):
+    """The kernel gives the spec's bits (fp32 and fp64, shared and per-image priors, degenerate
+    and duplicate priors, padding between real gts, an image without gts, topk 1 / 9 / 30), at 1
+    and 2 threads."""
+    import helpers
+
+    helpers.require_backend(device, backend)
+    g = torch.Generator().manual_seed(5)
+    priors, levels = _level_grid(128, (8, 16, 32, 64), 1)
+    A = priors.shape[0]
+    for dtype in (torch.float32, torch.float64):
+        boxes, labels, valid, ign = _atss_gts(3, 3, 20, 128, aligned=dtype == torch.float64)
+        boxes, valid = boxes.to(dtype), valid & (torch.rand(3, 20, generator=g) > 0.2)
+        ign = torch.cat([ign[..., :2], ign[..., :2] + 70], -1)  # large enough to cover priors
+        valid[2] = False
+        per_image = priors.to(dtype)[None].repeat(3, 1, 1)
+        per_image[1, :7] += torch.randn(7, 4, generator=g, dtype=dtype) * 3
+        per_image[1, 7:9, 2:] = per_image[1, 7:9, :2]  # point priors
+        per_image[1, 9:12] = per_image[1, 20:23]  # duplicates: IoU and distance ties
+        for p, topk in ((priors.to(dtype), 9), (per_image, 1), (per_image, 30)):
+            args = (p.to(device), levels, boxes.to(device), labels.to(device), valid.to(device))
+            kw = dict(topk=topk, ignore_bboxes=ign.to(dtype).to(device), ignore_iof_thr=0.3)
+            expected = fastloss.atss_assign(*args, backend="reference", **kw)
+            assert bool((expected[0] > 0).any()) and bool((expected[0] == -1).any())
+            threads = torch.get_num_threads()
+            try:
+                for n in (1, 2):
+                    torch.set_num_threads(n)
+                    for x, y in zip(fastloss.atss_assign(*args, backend=backend, **kw), expected):
+                        assert x.dtype == y.dtype and torch.equal(x.cpu(), y.cpu()), (dtype, topk, n)
+            finally:
+                torch.set_num_threads(threads)
+
+
+def test_atss_padding_chunks_and_batch():
+    """Padding between the real gts shifts only the indices; chunk sizes and batch splitting
+    change nothing."""
+    priors, levels = _level_grid(128, (8, 16, 32, 64), 1)
+    boxes, labels, valid, _ = _atss_gts(7, 2, 9, 128, aligned=True)
+    none = torch.zeros(2, priors.shape[0], dtype=torch.bool)
+    base = assign.atss_core(priors[None], levels, boxes, valid, none, 9)
+    spaced, sv = torch.zeros(2, 18, 4), torch.zeros(2, 18, dtype=torch.bool)
+    spaced[:, 1::2], sv[:, 1::2] = boxes, valid
+    wide = assign.atss_core(priors[None], levels, spaced, sv, none, 9, chunk=4)
+    assert torch.equal(torch.where(wide[0] > 0, wide[0] // 2, wide[0]), base[0]) and torch.equal(wide[1], base[1])
+    for b in range(2):
+        single = assign.atss_core(priors[None], levels, boxes[b:b + 1], valid[b:b + 1], none[:1], 9, chunk=1)
+        for x, y in zip(single, base):
+            assert torch.equal(x[0], y[b])
+
+
+def test_atss_compat_class_matches_mmdet():
+    """fastloss.compat.mmdet.ATSSAssigner: mmdetection's constructor and assign(), its
+    AssignResult."""
+    import helpers
+    from mmengine.structures import InstanceData
+
+    helpers.import_mmdet_losses()  # before fastloss's compat class imports mmdetection's AssignResult
+
+    from fastloss.compat import mmdet as compat
+
+    priors, levels = _level_grid(128, (8, 16, 32, 64), 1)
+    boxes, labels, _, ign = _atss_gts(4, 1, 6, 128, aligned=False)
+    pred, gts, ignore = InstanceData(priors=priors), InstanceData(bboxes=boxes[0], labels=labels[0]), InstanceData(bboxes=ign[0])
+    for kw in (dict(topk=9), dict(topk=5, ignore_iof_thr=0.4)):
+        ours, theirs = compat.ATSSAssigner(**kw).assign(pred, levels, gts, ignore), _mmdet_atss(**kw).assign(pred, levels, gts, ignore)
+        assert ours.num_gts == theirs.num_gts
+        for name in ("gt_inds", "max_overlaps", "labels"):
+            assert torch.equal(getattr(ours, name), getattr(theirs, name)), name
+    with pytest.raises(ValueError, match="alpha"):
+        compat.ATSSAssigner(topk=9, alpha=0.8)
+
+
+def test_atss_compiles_and_rejects_bad_inputs():
+    priors, levels = _level_grid(128, (8, 16, 32, 64), 1)
+    boxes, labels, valid, _ = _atss_gts(2, 2, 6, 128, aligned=False)
+    fn = torch.compile(lambda p, b, l, v: fastloss.atss_assign(p, levels, b, l, v), fullgraph=True)
+    for x, y in zip(fn(priors, boxes, labels, valid), fastloss.atss_assign(priors, levels, boxes, labels, valid)):
+        assert torch.equal(x, y)
+    bad = [
+        (lambda: fastloss.atss_assign(priors, levels[:-1], boxes, labels, valid), "num_level_priors"),
+        (lambda: fastloss.atss_assign(priors, [-1] + levels[1:], boxes, labels, valid), "num_level_priors"),
+        (lambda: fastloss.atss_assign(priors, torch.tensor(levels), boxes, labels, valid), "num_level_priors"),
+        (lambda: fastloss.atss_assign(priors, levels, boxes, labels, valid, topk=0), "topk"),
+        (lambda: fastloss.atss_assign(priors, levels, boxes, labels.float(), valid), "gt_labels"),
+        (lambda: fastloss.atss_assign(priors, levels, boxes, labels, valid.long()), "gt_valid"),
+        (lambda: fastloss.atss_assign(priors[:, :3], levels, boxes, labels, valid), "priors"),
+    ]
+    for call, match in bad:
+        with pytest.raises(ValueError, match=match):
+            call()
+
+
+@pytest.mark.parametrize("backend", [pytest.param("reference", id="reference"), pytest.param("cpu", id="cpu")])
+def test_atss_distance_ties_use_torch_sqrt(backend):
+    """9 priors per point share a centre up to rounding; with grid-aligned gts the 9th place of
+    a level falls among distances that torch's CPU sqrt (not correctly rounded on every CPU)
+    makes equal or not -- a kernel with the C library's sqrt chose another prior here."""
+    import helpers
+    from mmengine.structures import InstanceData
+
+    helpers.require_backend("cpu", backend)
+    priors, levels = _level_grid(320, (8, 16, 32), 9)
+    boxes, labels, valid, _ = _atss_gts(23, 1, 50, 320, aligned=True)
+    gt_inds, max_ov, lab = fastloss.atss_assign(priors, levels, boxes, labels, valid, backend=backend)
+    res = _mmdet_atss(topk=9).assign(InstanceData(priors=priors), levels, InstanceData(bboxes=boxes[0], labels=labels[0]))
+    assert torch.equal(gt_inds[0], res.gt_inds) and torch.equal(max_ov[0], res.max_overlaps) and torch.equal(lab[0], res.labels)

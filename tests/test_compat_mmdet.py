@@ -913,6 +913,16 @@ def test_max_iou_assigner_matches_mmdet(cfg):
             assert x.dtype == y.dtype and torch.equal(x, y), (n, name)
 
 
+def test_atss_assigner_signature():
+    """Parameter names, kinds and defaults of mmdetection's ATSSAssigner (behaviour:
+    tests/test_assign.py)."""
+    from mmdet.models.task_modules.assigners import ATSSAssigner
+
+    for name in ("__init__", "assign"):
+        ours, peer = inspect.signature(getattr(C.ATSSAssigner, name)), inspect.signature(getattr(ATSSAssigner, name))
+        assert [(p.name, p.kind, p.default) for p in ours.parameters.values()] == [(p.name, p.kind, p.default) for p in peer.parameters.values()]
+
+
 def test_max_iou_assigner_unsupported():
     with pytest.raises(ValueError, match="iou_calculator"):
         C.MaxIoUAssigner(0.5, 0.4, iou_calculator=dict(type='BboxOverlaps2D_GLIP'))

@@ -221,6 +221,33 @@ def run(backend, dtype, device):
                     peer = TaskAlignedAssigner(topk=kw["topk"], num_classes=nc, alpha=kw["alpha"], beta=kw["beta"])(*args)
                     if not same(got, peer):
                         raise AssertionError(f"task_aligned_assign {backend} seed {seed} {kw}: differs from ultralytics")
+    # ATSS: mmdetection's rules; the kernel's top-k (the lowest index among distance ties) and
+    # summation order are the spec's, so gt_inds / labels / max_overlaps equal the reference's
+    if backend in _backend.preference("atss_assign")[device] and dtype in (torch.float32, torch.float64):
+        for imgsz, per_image in ((96, False), (200, True)):  # levels of 144 / 36 / 9 (96 px) and 625 / 169 / 49 (200 px) points
+            pri, levels = [], []
+            for s in (8, 16, 32):
+                n = -(-imgsz // s)
+                ys, xs = torch.meshgrid(torch.arange(n, device=device) * s + s / 2, torch.arange(n, device=device) * s + s / 2, indexing="ij")
+                c = torch.stack([xs.flatten(), ys.flatten()], -1).to(dtype)
+                pri.append(torch.cat([c - 4 * s, c + 4 * s], -1))
+                levels.append(n * n)
+            priors = torch.cat(pri)
+            if per_image:
+                priors = priors[None].repeat(3, 1, 1) + torch.randn(3, *priors.shape, device=device, dtype=dtype)
+            xy = torch.rand(3, 37, 2, device=device, dtype=dtype) * imgsz
+            boxes = torch.cat([xy, xy + 4 + torch.rand(3, 37, 2, device=device, dtype=dtype) * imgsz / 2], -1)
+            boxes[:, :5] = ((boxes[:, :5] / 16).round() * 16)  # grid-aligned: distance ties
+            valid = torch.rand(3, 37, device=device) > 0.2
+            valid[2] = False  # an image without gts
+            labels = torch.randint(0, 9, (3, 37), device=device)
+            ign = torch.cat([xy[:, :3], xy[:, :3] + 30], -1)
+            for kw in (dict(topk=9), dict(topk=4, ignore_bboxes=ign, ignore_iof_thr=0.3)):
+                got = fastloss.atss_assign(priors, levels, boxes, labels, valid, backend=backend, **kw)
+                ref = fastloss.atss_assign(priors, levels, boxes, labels, valid, backend="reference", **kw)
+                if not all(torch.equal(a, b) for a, b in zip(got, ref)):
+                    raise AssertionError(f"atss_assign {backend} {dtype} {imgsz} px {sorted(kw)}: differs from the reference in "
+                                         f"{int((got[0] != ref[0]).sum())} gt_inds")
                 cases += 1
     if device == "cuda":
         torch.cuda.synchronize()

@@ -18,6 +18,7 @@
 #include <ATen/ops/empty.h>
 #include <ATen/ops/mul.h>
 #include <ATen/ops/pow.h>
+#include <ATen/ops/sqrt.h>
 #include <ATen/ops/zeros.h>
 #include <torch/library.h>
 
@@ -39,6 +40,31 @@ namespace {
 using cpu::Vec;
 
 constexpr int64_t kBlock = 256;  // priors per work item (a multiple of every V)
+
+// torch's CPU top-k selection (aten/src/ATen/native/TopKImpl.h, sorted=True) on (value, index)
+// pairs q of a row of n values: the k best first -- std::partial_sort when k 64 <= n (its heap
+// select: among equal values the winners depend on the heap's structure), else std::nth_element
+// then std::sort of the first k - 1; torch's comparators (NaN ranks best).  q may hold fewer than
+// the row's n values when the caller knows the rest cannot enter (the task-aligned rows).
+template <typename T>
+void torch_cpu_topk(std::vector<std::pair<T, int64_t>>& q, int64_t k, int64_t n, bool largest) {
+  using elem_t = std::pair<T, int64_t>;
+  auto best_largest = [](const elem_t& x, const elem_t& y) { return (std::isnan(x.first) && !std::isnan(y.first)) || x.first > y.first; };
+  auto best_smallest = [](const elem_t& x, const elem_t& y) { return (!std::isnan(x.first) && std::isnan(y.first)) || x.first < y.first; };
+  auto select = [&](auto comp) {
+    if (k * 64 <= n) {
+      std::partial_sort(q.begin(), q.begin() + k, q.end(), comp);
+    } else {
+      std::nth_element(q.begin(), q.begin() + k - 1, q.end(), comp);
+      std::sort(q.begin(), q.begin() + k - 1, comp);
+    }
+  };
+  if (largest) {
+    select(best_largest);
+  } else {
+    select(best_smallest);
+  }
+}
 
 template <typename T>
 struct MaxIoUArgs {
@@ -341,7 +367,6 @@ std::vector<at::Tensor> task_aligned_impl(const assign::TalArgs<T>& a, const at:
     rows[r].metric.assign(t_flat.const_data_ptr<T>() + offset[r], t_flat.const_data_ptr<T>() + offset[r + 1]);
   // 3. per valid gt row: its top-k under torch's CPU rule (or its CUDA rule), the claimed candidates
   using elem_t = std::pair<T, int64_t>;
-  auto comp = [](const elem_t& x, const elem_t& y) { return x.first > y.first; };  // torch's `largest` order (no NaN)
   std::vector<int64_t> claims(static_cast<size_t>(B * M * K), -1);
   at::parallel_for(0, B * M, 1, [&](int64_t r0, int64_t r1) {
     std::vector<elem_t> q;
@@ -362,11 +387,7 @@ std::vector<at::Tensor> task_aligned_impl(const assign::TalArgs<T>& a, const at:
       }
       for (; partial && j < c.idx.size(); ++j)
         if (c.metric[j] > T(0)) q.emplace_back(c.metric[j], c.idx[j]);
-      if (partial) {
-        std::partial_sort(q.begin(), q.begin() + K, q.end(), comp);
-      } else {
-        std::nth_element(q.begin(), q.begin() + K - 1, q.end(), comp);
-      }
+      torch_cpu_topk(q, K, A, true);
       for (int64_t k = 0; k < K; ++k)
         if (c.find(q[k].second) >= 0) claims[r * K + k] = q[k].second;  // a top-k slot claims a candidate
     }
@@ -455,11 +476,187 @@ std::vector<at::Tensor> task_aligned_assign_cpu(const at::Tensor& pd_scores, con
   return out;
 }
 
+// ------------------------------------------------------------------ ATSS (mmdetection)
+//
+// 1. Per (image, valid gt), independently (parallel over the B M rows): the centre distances of
+//    all priors (V at a time), then per level torch's CPU top-k of the min(topk, n) smallest
+//    (atss_level_topk: the same set as mmdetection's distances.topk), re-ordered by
+//    (distance, index) -- the spec's canonical order, which fixes the threshold's summation
+//    order; then the candidates' IoU, their mean and variance (assign::atss_moments).  The
+//    square roots (distances, std) are torch's own CPU sqrt, position-independent but not the
+//    correctly rounded one on every machine (AVX-512: 15 % of fp32 values differ by an ulp),
+//    so that the distances -- and their ties -- are mmdetection's bit for bit.
+//    Then per row the threshold and the positives (IoU >= threshold, centre inside).
+// 2. Per image (parallel over B): each prior's largest positive IoU over the gts in order,
+//    strict > so that the first gt keeps a tie; gt_inds / max_overlaps.
+// Deterministic at any thread count (no shared accumulation).  Memory: B M Lk positives, a
+// distance row of A per thread and the outputs -- never the (A, M) matrices.
+
+template <typename T>
+struct AtssArgs {
+  const T* priors;  // (Bp, A, 4)
+  const T* gt;      // (B, M, 4)
+  const bool* valid;    // (B, M)
+  const bool* ignored;  // (B, A)
+  int64_t B, A, M, prior_stride, topk, lk;
+};
+
+// One (gt, level) row of torch's CPU top-k of the k smallest distances d[0..n) (NaN-free), as
+// (distance, index) pairs in q.  torch's heap path (k 64 <= n: std::partial_sort's heap select)
+// admits a later entry only if it is strictly below the heap's top, the k-th smallest distance so
+// far -- so only the first k entries and those below the running k-th smallest (tracked in
+// `kth`, k sorted values) enter q: the heap sees the same entries in the same order, and selects
+// the same set in the same order as on the whole row.
+template <typename T>
+void atss_level_topk(const T* d, int64_t n, int64_t k, std::vector<std::pair<T, int64_t>>& q, std::vector<T>& kth) {
+  q.clear();
+  if (k * 64 > n) {
+    for (int64_t i = 0; i < n; ++i) q.emplace_back(d[i], i);
+  } else {
+    kth.assign(d, d + k);
+    std::sort(kth.begin(), kth.end());
+    for (int64_t i = 0; i < k; ++i) q.emplace_back(d[i], i);
+    for (int64_t i = k; i < n; ++i) {
+      if (!(d[i] < kth[k - 1])) continue;
+      q.emplace_back(d[i], i);
+      int64_t p = k - 1;  // the new value replaces the largest, kept sorted
+      while (p > 0 && d[i] < kth[p - 1]) kth[p] = kth[p - 1], --p;
+      kth[p] = d[i];
+    }
+  }
+  torch_cpu_topk(q, k, n, false);
+}
+
+template <typename T>
+std::tuple<at::Tensor, at::Tensor> atss_impl(const AtssArgs<T>& a, const std::vector<int64_t>& levels, const at::TensorOptions& opts) {
+  constexpr int64_t V = Vec<T>::size();
+  const int64_t B = a.B, A = a.A, M = a.M, Lk = a.lk, Bp = a.prior_stride ? B : 1;
+  at::Tensor gt_inds = at::empty({B, A}, opts.dtype(at::kLong));
+  at::Tensor max_ov = at::empty({B, A}, opts);
+  if (B * A == 0) return {gt_inds, max_ov};
+  int64_t* inds = gt_inds.mutable_data_ptr<int64_t>();
+  T* best = max_ov.mutable_data_ptr<T>();
+  const T inf = static_cast<T>(assign::kAtssInf);
+  // the priors' centres as columns, per image of the priors
+  std::vector<T> pcx(static_cast<size_t>(Bp * A)), pcy(static_cast<size_t>(Bp * A));
+  bool finite = true;  // finite centres: NaN-free distances, so the heap path's filter (atss_level_topk) applies
+  for (int64_t k = 0; k < Bp * A; ++k) {
+    const T* p = a.priors + k * 4;
+    pcx[k] = assign::centre(p[0], p[2]), pcy[k] = assign::centre(p[1], p[3]);
+    finite = finite && std::isfinite(pcx[k]) && std::isfinite(pcy[k]);
+  }
+  // 1a. per (image, gt) row: the candidates, their IoU, the mean and variance
+  std::vector<int64_t> cand(static_cast<size_t>(B * M * Lk));
+  std::vector<T> ov(static_cast<size_t>(B * M * Lk)), mean(static_cast<size_t>(B * M));
+  at::Tensor var = at::empty({B * M}, opts.dtype(at::kDouble));
+  double* var_p = var.mutable_data_ptr<double>();
+  at::parallel_for(0, B * M, 1, [&](int64_t r0, int64_t r1) {
+    std::vector<std::pair<T, int64_t>> q;
+    std::vector<T> kth;
+    at::Tensor d2 = at::empty({A}, opts), dist = at::empty({A}, opts);  // squared distances, distances
+    T* d2_p = d2.mutable_data_ptr<T>();
+    T* dist_p = dist.mutable_data_ptr<T>();
+    for (int64_t r = r0; r < r1; ++r) {
+      var_p[r] = NAN;
+      if (!a.valid[r]) continue;
+      const int64_t b = r / M, pb = a.prior_stride ? b : 0;
+      const T* g = a.gt + r * 4;
+      const T gcx = assign::centre(g[0], g[2]), gcy = assign::centre(g[1], g[3]);
+      const T* cx = pcx.data() + pb * A;
+      const T* cy = pcy.data() + pb * A;
+      int64_t i = 0;  // the squared distances, V at a time, then the tail; torch's own sqrt (position-free)
+      for (; i + V <= A; i += V) assign::centre_distance2(Vec<T>::loadu(cx + i), Vec<T>::loadu(cy + i), Vec<T>(gcx), Vec<T>(gcy)).store(d2_p + i);
+      for (; i < A; ++i) d2_p[i] = assign::centre_distance2(cx[i], cy[i], gcx, gcy);
+      at::sqrt_out(dist, d2);
+      for (i = 0; i < A; ++i)
+        if (a.ignored[b * A + i]) dist_p[i] = inf;
+      int64_t* c = cand.data() + r * Lk;
+      int64_t nc = 0, start = 0;
+      for (const int64_t n : levels) {
+        const int64_t k = std::min(a.topk, n);
+        if (k > 0) {
+          if (finite && std::isfinite(gcx) && std::isfinite(gcy)) {
+            atss_level_topk(dist_p + start, n, k, q, kth);
+          } else {  // NaN coordinates: the whole row through torch's rule
+            q.clear();
+            for (int64_t j = 0; j < n; ++j) q.emplace_back(dist_p[start + j], j);
+            torch_cpu_topk(q, k, n, false);
+          }
+          std::sort(q.begin(), q.begin() + k);  // the canonical order: (distance, index)
+          for (int64_t j = 0; j < k; ++j) c[nc++] = start + q[j].second;
+        }
+        start += n;
+      }
+      const T ga = assign::area(g[0], g[1], g[2], g[3]);
+      auto mx = [](T x, T y) { return x > y || x != x ? x : y; };  // torch.max / torch.min: NaN propagates
+      auto mn = [](T x, T y) { return x < y || x != x ? x : y; };
+      T* o = ov.data() + r * Lk;
+      for (int64_t j = 0; j < Lk; ++j) {
+        const T* p = a.priors + pb * a.prior_stride + c[j] * 4;
+        o[j] = assign::iou(g[0], g[1], g[2], g[3], ga, p[0], p[1], p[2], p[3], assign::area(p[0], p[1], p[2], p[3]),
+                           static_cast<T>(assign::kOverlapsEps), T(0), mx, mn);
+      }
+      mean[r] = assign::atss_moments(o, Lk, var_p[r]);
+    }
+  });
+  // the std by torch's own sqrt, as the spec
+  const at::Tensor sd = at::sqrt(var);
+  const double* sd_p = sd.const_data_ptr<double>();
+  // 1b. per row: the threshold and the positives (prior, IoU), npos of them (in place of the candidates)
+  std::vector<int64_t> npos(static_cast<size_t>(B * M), 0);
+  at::parallel_for(0, B * M, 1, [&](int64_t r0, int64_t r1) {
+    for (int64_t r = r0; r < r1; ++r) {
+      if (!a.valid[r]) continue;
+      const int64_t pb = a.prior_stride ? r / M : 0;
+      const T thr = assign::atss_threshold(mean[r], sd_p[r]);
+      int64_t* c = cand.data() + r * Lk;
+      T* o = ov.data() + r * Lk;
+      int64_t n_pos = 0;
+      for (int64_t j = 0; j < Lk; ++j)
+        if (o[j] >= thr && assign::atss_inside(pcx[pb * A + c[j]], pcy[pb * A + c[j]], a.gt + r * 4)) c[n_pos] = c[j], o[n_pos] = o[j], ++n_pos;
+      npos[r] = n_pos;
+    }
+  });
+  // 2. per image: the largest IoU over the gts holding a prior as positive, the first gt on ties
+  at::parallel_for(0, B, 1, [&](int64_t b0, int64_t b1) {
+    for (int64_t b = b0; b < b1; ++b) {
+      bool any = false;
+      for (int64_t i = 0; i < A; ++i) best[b * A + i] = -inf, inds[b * A + i] = a.ignored[b * A + i] ? -1 : 0;
+      for (int64_t g = 0; g < M; ++g) {
+        any = any || a.valid[b * M + g];
+        const int64_t r = b * M + g;
+        for (int64_t j = 0; j < npos[r]; ++j) {
+          const int64_t i = cand[r * Lk + j];
+          if (ov[r * Lk + j] > best[b * A + i]) best[b * A + i] = ov[r * Lk + j], inds[b * A + i] = g + 1;
+        }
+      }
+      if (!any)  // mmdetection: no gts -> every prior background, overlap 0
+        for (int64_t i = 0; i < A; ++i) best[b * A + i] = T(0), inds[b * A + i] = 0;
+    }
+  });
+  return {gt_inds, max_ov};
+}
+
+std::tuple<at::Tensor, at::Tensor> atss_assign_cpu(const at::Tensor& priors, at::IntArrayRef num_level_priors, const at::Tensor& gt_bboxes,
+                                                   const at::Tensor& gt_valid, const at::Tensor& ignored, int64_t topk) {
+  int64_t B, A, M, Lk;
+  std::tie(B, A, M, Lk) = assign::check_atss_args(priors, num_level_priors, gt_bboxes, gt_valid, ignored, topk);
+  const std::vector<int64_t> levels(num_level_priors.begin(), num_level_priors.end());
+  std::tuple<at::Tensor, at::Tensor> out;
+  AT_DISPATCH_FLOATING_TYPES(priors.scalar_type(), "atss_assign_cpu", [&] {
+    const AtssArgs<scalar_t> a{priors.const_data_ptr<scalar_t>(), gt_bboxes.const_data_ptr<scalar_t>(), gt_valid.const_data_ptr<bool>(),
+                               ignored.const_data_ptr<bool>(), B, A, M, priors.size(0) == 1 ? 0 : A * 4, topk, Lk};
+    out = atss_impl<scalar_t>(a, levels, priors.options());
+  });
+  return out;
+}
+
 }  // namespace
 
 TORCH_LIBRARY_IMPL(fastloss, CPU, m) {
   m.impl("max_iou_assign_native", &max_iou_assign_cpu);
   m.impl("task_aligned_assign_native", &task_aligned_assign_cpu);
+  m.impl("atss_assign_native", &atss_assign_cpu);
 }
 
 }  // namespace fastloss

@@ -277,6 +277,118 @@ __global__ void tal_resolve_kernel(assign::TalArgs<T> p, const int32_t* count, c
       }
     }
     t_a[k] = t;
+
+// ------------------------------------------------------------------ ATSS (mmdetection)
+//
+// Three launches, no float atomics (deterministic):
+//   1. one thread per (image, gt): per level the min(topk, n) nearest priors by centre distance
+//      under torch's CUDA top-k rule (the k smallest of the total order (distance, index): the
+//      lowest index among ties), kept sorted by (distance, index) in a scratch row -- the spec's
+//      canonical order, which fixes the threshold's summation order; then the candidates' IoU, the
+//      threshold (assign::atss_moments, a correctly rounded sqrt as torch's CUDA sqrt) and the
+//      positives (their IoU, -1 elsewhere);
+//   2. one thread per (image, gt, candidate): a positive offers (IoU, gt) to its prior's 64-bit
+//      key by atomicMax -- fp32: (IoU bits << 32) | (2^32 - 1 - g), IoU >= 0 so the bit order is
+//      the value order and the larger complement the lower g (the first gt on ties); fp64: the
+//      IoU's bits + 1, then a second launch takes the lowest g attaining it by atomicMin;
+//   3. one thread per (image, prior): gt_inds / max_overlaps from its key.
+// Integer atomics are order-free, so every result is independent of the schedule.
+
+constexpr int kAtssMaxLevels = 16;
+
+struct AtssLevels {  // the priors per level, by value in the launch's parameters (no copy, no sync)
+  int64_t n[kAtssMaxLevels];
+};
+
+template <typename T>
+struct AtssPtrs {
+  const T* priors;  // (Bp, A, 4)
+  const T* gt;      // (B, M, 4)
+  const bool* valid;    // (B, M)
+  const bool* ignored;  // (B, A)
+  AtssLevels levels;
+  int64_t B, A, M, prior_stride, topk, lk, L;
+};
+
+template <typename T>
+__global__ void atss_select_kernel(AtssPtrs<T> p, int64_t* cand, T* dist, T* pos_v) {
+  const T inf = static_cast<T>(assign::kAtssInf);
+  for (int64_t r = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; r < p.B * p.M; r += int64_t(gridDim.x) * blockDim.x) {
+    T* pv = pos_v + r * p.lk;
+    if (!p.valid[r]) {
+      for (int64_t j = 0; j < p.lk; ++j) pv[j] = T(-1);
+      continue;
+    }
+    const int64_t b = r / p.M;
+    const T* g = p.gt + r * 4;
+    const T* pr = p.priors + (p.prior_stride ? b : 0) * p.prior_stride;
+    const T gcx = assign::centre(g[0], g[2]), gcy = assign::centre(g[1], g[3]);
+    int64_t* ci = cand + r * p.lk;
+    T* cd = dist + r * p.lk;
+    int64_t base = 0, start = 0;
+    for (int64_t l = 0; l < p.L; ++l) {
+      const int64_t n = p.levels.n[l], k = n < p.topk ? n : p.topk;
+      int64_t cnt = 0;  // sorted (distance, index) list ci / cd [base, base + cnt)
+      for (int64_t i = start; i < start + n && k > 0; ++i) {
+        const T* q = pr + i * 4;
+        const T d = p.ignored[b * p.A + i] ? inf
+                                           : assign::rn_sqrt(assign::centre_distance2(assign::centre(q[0], q[2]), assign::centre(q[1], q[3]), gcx, gcy));
+        if (cnt == k && !(d < cd[base + k - 1])) continue;  // a later index loses a tie
+        int64_t pos = cnt < k ? cnt++ : k - 1;
+        while (pos > 0 && d < cd[base + pos - 1]) {  // insert after the equal distances (lower indices)
+          cd[base + pos] = cd[base + pos - 1], ci[base + pos] = ci[base + pos - 1];
+          --pos;
+        }
+        cd[base + pos] = d, ci[base + pos] = i;
+      }
+      base += k, start += n;
+    }
+    const T ga = assign::area(g[0], g[1], g[2], g[3]);
+    auto mx = [](T x, T y) { return x > y || x != x ? x : y; };  // torch.max / torch.min: NaN propagates
+    auto mn = [](T x, T y) { return x < y || x != x ? x : y; };
+    for (int64_t j = 0; j < p.lk; ++j) {  // the IoUs replace the distances
+      const T* q = pr + ci[j] * 4;
+      cd[j] = assign::iou(g[0], g[1], g[2], g[3], ga, q[0], q[1], q[2], q[3], assign::area(q[0], q[1], q[2], q[3]),
+                          static_cast<T>(assign::kOverlapsEps), T(0), mx, mn);
+    }
+    double var;
+    const T mean = assign::atss_moments(cd, p.lk, var);
+    const T thr = assign::atss_threshold(mean, assign::rn_sqrt(var));
+    for (int64_t j = 0; j < p.lk; ++j) {
+      const T* q = pr + ci[j] * 4;
+      const bool in = assign::atss_inside(assign::centre(q[0], q[2]), assign::centre(q[1], q[3]), g);
+      pv[j] = cd[j] >= thr && in ? cd[j] : T(-1);
+    }
+  }
+}
+
+// the 64-bit key of a positive (IoU v >= 0) of gt g: see the section comment
+__device__ __forceinline__ unsigned long long atss_key(float v, int64_t g) {
+  return (static_cast<unsigned long long>(__float_as_uint(v)) << 32) | (0xFFFFFFFFull - static_cast<unsigned long long>(g));
+}
+__device__ __forceinline__ unsigned long long atss_key(double v, int64_t) {
+  return static_cast<unsigned long long>(__double_as_longlong(v)) + 1ull;
+}
+
+template <typename T>
+__global__ void atss_offer_kernel(int64_t B, int64_t M, int64_t A, int64_t lk, const int64_t* cand, const T* pos_v, unsigned long long* key) {
+  for (int64_t k = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; k < B * M * lk; k += int64_t(gridDim.x) * blockDim.x) {
+    const T v = pos_v[k];
+    if (!(v >= T(0))) continue;
+    const int64_t r = k / lk, b = r / M;
+    atomicMax(key + b * A + cand[k], atss_key(v, r - b * M));
+  }
+}
+
+// fp64: the lowest gt among the positives attaining the prior's largest IoU
+template <typename T>
+__global__ void atss_first_gt_kernel(int64_t B, int64_t M, int64_t A, int64_t lk, const int64_t* cand, const T* pos_v,
+                                     const unsigned long long* key, unsigned long long* first) {
+  for (int64_t k = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; k < B * M * lk; k += int64_t(gridDim.x) * blockDim.x) {
+    const T v = pos_v[k];
+    if (!(v >= T(0))) continue;
+    const int64_t r = k / lk, b = r / M, i = b * A + cand[k];
+    if (atss_key(v, 0) == key[i]) atomicMin(first + i, static_cast<unsigned long long>(r - b * M));
   }
 }
 
@@ -343,6 +455,69 @@ std::vector<at::Tensor> task_aligned_assign_cuda(const at::Tensor& pd_scores, co
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
   return {labels, boxes, scores, fg, gt_idx};
+__global__ void atss_finish_kernel(int64_t B, int64_t M, int64_t A, const bool* valid, const bool* ignored, const unsigned long long* key,
+                                   const unsigned long long* first, int64_t* inds, T* best) {
+  for (int64_t k = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; k < B * A; k += int64_t(gridDim.x) * blockDim.x) {
+    const int64_t b = k / A;
+    bool any = false;
+    for (int64_t g = 0; g < M && !any; ++g) any = valid[b * M + g];
+    const unsigned long long kk = key[k];
+    if (!any) {  // mmdetection: no gts -> every prior background, overlap 0
+      inds[k] = 0, best[k] = T(0);
+    } else if (kk == 0) {
+      inds[k] = ignored[k] ? -1 : 0, best[k] = -static_cast<T>(assign::kAtssInf);
+    } else if (sizeof(T) == 4) {
+      inds[k] = static_cast<int64_t>(0xFFFFFFFFull - (kk & 0xFFFFFFFFull)) + 1;
+      best[k] = static_cast<T>(__uint_as_float(static_cast<unsigned int>(kk >> 32)));
+    } else {
+      inds[k] = static_cast<int64_t>(first[k]) + 1;
+      best[k] = static_cast<T>(__longlong_as_double(static_cast<long long>(kk - 1ull)));
+    }
+  }
+}
+
+std::tuple<at::Tensor, at::Tensor> atss_assign_cuda(const at::Tensor& priors, at::IntArrayRef num_level_priors, const at::Tensor& gt_bboxes,
+                                                    const at::Tensor& gt_valid, const at::Tensor& ignored, int64_t topk) {
+  int64_t B, A, M, Lk;
+  std::tie(B, A, M, Lk) = assign::check_atss_args(priors, num_level_priors, gt_bboxes, gt_valid, ignored, topk);
+  const c10::cuda::CUDAGuard guard(priors.device());
+  at::Tensor inds = at::empty({B, A}, priors.options().dtype(at::kLong));
+  at::Tensor best = at::empty({B, A}, priors.options());
+  if (B * A == 0) return {inds, best};
+  const int64_t L = static_cast<int64_t>(num_level_priors.size());
+  TORCH_CHECK(L <= kAtssMaxLevels, "fastloss atss_assign: at most 16 levels on CUDA");
+  AtssLevels levels{};
+  std::copy(num_level_priors.begin(), num_level_priors.end(), levels.n);
+  at::Tensor cand = at::empty({B, M, Lk}, priors.options().dtype(at::kLong));
+  at::Tensor scratch = at::empty({B, M, Lk}, priors.options());
+  at::Tensor pos_v = at::empty({B, M, Lk}, priors.options());
+  at::Tensor key = at::zeros({B, A}, priors.options().dtype(at::kLong));
+  at::Tensor first = at::full({B, A}, std::numeric_limits<int64_t>::max(), priors.options().dtype(at::kLong));
+  auto* key_p = reinterpret_cast<unsigned long long*>(key.mutable_data_ptr<int64_t>());
+  auto* first_p = reinterpret_cast<unsigned long long*>(first.mutable_data_ptr<int64_t>());
+  const auto stream = c10::cuda::getCurrentCUDAStream();
+  AT_DISPATCH_FLOATING_TYPES(priors.scalar_type(), "atss_assign_cuda", [&] {
+    const AtssPtrs<scalar_t> p{priors.const_data_ptr<scalar_t>(), gt_bboxes.const_data_ptr<scalar_t>(), gt_valid.const_data_ptr<bool>(),
+                               ignored.const_data_ptr<bool>(), levels, B, A, M, priors.size(0) == 1 ? 0 : A * 4,
+                               topk, Lk, L};
+    if (B * M > 0 && Lk > 0) {
+      atss_select_kernel<<<grid_for(B * M), kThreads, 0, stream>>>(p, cand.mutable_data_ptr<int64_t>(), scratch.mutable_data_ptr<scalar_t>(),
+                                                                   pos_v.mutable_data_ptr<scalar_t>());
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+      atss_offer_kernel<<<grid_for(B * M * Lk), kThreads, 0, stream>>>(B, M, A, Lk, cand.const_data_ptr<int64_t>(),
+                                                                       pos_v.const_data_ptr<scalar_t>(), key_p);
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+      if (sizeof(scalar_t) == 8) {
+        atss_first_gt_kernel<<<grid_for(B * M * Lk), kThreads, 0, stream>>>(B, M, A, Lk, cand.const_data_ptr<int64_t>(),
+                                                                            pos_v.const_data_ptr<scalar_t>(), key_p, first_p);
+        C10_CUDA_KERNEL_LAUNCH_CHECK();
+      }
+    }
+    atss_finish_kernel<<<grid_for(B * A), kThreads, 0, stream>>>(B, M, A, gt_valid.const_data_ptr<bool>(), ignored.const_data_ptr<bool>(), key_p,
+                                                                 first_p, inds.mutable_data_ptr<int64_t>(), best.mutable_data_ptr<scalar_t>());
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  });
+  return {inds, best};
 }
 
 }  // namespace
@@ -350,6 +525,7 @@ std::vector<at::Tensor> task_aligned_assign_cuda(const at::Tensor& pd_scores, co
 TORCH_LIBRARY_IMPL(fastloss, CUDA, m) {
   m.impl("max_iou_assign_native", &max_iou_assign_cuda);
   m.impl("task_aligned_assign_native", &task_aligned_assign_cuda);
+  m.impl("atss_assign_native", &atss_assign_cuda);
 }
 
 }  // namespace fastloss

@@ -254,6 +254,73 @@ FL_HOST_DEVICE FL_INLINE bool tal_cuda_selected(T v, T thr, int64_t ties_before,
   return v > thr || (v == thr && ties_before < need);
 }
 
+// ------------------------------------------------------------------ ATSS (mmdetection)
+// mmdetection's ATSSAssigner (3.3.0; Zhang et al., CVPR 2020): per gt the topk nearest priors of
+// each level by centre distance, the threshold mean + unbiased std of their IoU, positives at or
+// above it with the centre inside the gt by more than 0.01.  Its arithmetic, each operation
+// rounded on its own:
+//   centre c = (x1 + x2) / 2,   d = sqrt((cx - cx')^2 + (cy - cy')^2)   (1e8 for ignored priors),
+//   sqrt as torch computes it on the device (CUDA: correctly rounded; CPU: torch's own kernel)
+//   IoU(prior, gt) = iou() above (the union's sum is commutative: the same bits either way)
+
+constexpr double kAtssInf = 1e8;      // mmdetection's INF
+constexpr double kAtssInside = 0.01;  // the centre-inside margin
+
+#if defined(__CUDA_ARCH__)
+FL_HOST_DEVICE FL_INLINE float rn_sqrt(float a) { return __fsqrt_rn(a); }  // correctly rounded, as torch's CUDA sqrt
+FL_HOST_DEVICE FL_INLINE double rn_sqrt(double a) { return __dsqrt_rn(a); }
+#else
+template <typename T>
+FL_HOST_DEVICE FL_INLINE T rn_sqrt(const T& a) { return std::sqrt(a); }  // nvcc's host pass over the device code
+#endif
+
+// (x1 + x2) / 2 (halving is exact)
+template <typename T>
+FL_HOST_DEVICE FL_INLINE T centre(T lo, T hi) { return rn_add(lo, hi) / T(2); }
+
+// the squared centre distance of mmdetection's bbox_center_distance, (p - g)^2 summed over x, y;
+// its distance is torch's sqrt of it (on the CPU torch's own, not the correctly rounded one).
+// T: a float type or a vector of them.
+template <typename T>
+FL_HOST_DEVICE FL_INLINE T centre_distance2(const T& pcx, const T& pcy, const T& gcx, const T& gcy) {
+  const T dx = rn_sub(pcx, gcx), dy = rn_sub(pcy, gcy);
+  return rn_add(rn_mul(dx, dx), rn_mul(dy, dy));
+}
+
+// the prior centre (cx, cy) inside gt g by more than 0.01 on every side: min(l, t, r, b) > 0.01
+// (torch's min: NaN propagates, and fails the test)
+template <typename T>
+FL_HOST_DEVICE FL_INLINE bool atss_inside(T cx, T cy, const T g[4]) {
+  auto mn = [](T x, T y) { return x < y || x != x ? x : y; };
+  const T m = mn(mn(mn(rn_sub(cx, g[0]), rn_sub(cy, g[1])), rn_sub(g[2], cx)), rn_sub(g[3], cy));
+  return m > static_cast<T>(kAtssInside);
+}
+
+// The ATSS threshold of n candidate IoUs v[0..n): mean + unbiased std, in a fixed order (the spec's,
+// fastloss/reference/assign.py atss_threshold).  atss_moments: the mean, a sequential sum in T over
+// n, and the variance by torch's Welford recurrence in double (delta = x - mean, mean += delta / i,
+// m2 += delta (x - mean)), m2 / (n - 1) -- NaN for n <= 1 (mmdetection: a NaN std, so no
+// positives).  The caller takes the square root as torch's sqrt does on its device (torch's CPU
+// sqrt is not the correctly rounded one on every machine), then atss_threshold adds.
+template <typename T>
+FL_HOST_DEVICE FL_INLINE T atss_moments(const T* v, int64_t n, double& var) {
+  T s = T(0);
+  double mean = 0.0, m2 = 0.0;
+  for (int64_t j = 0; j < n; ++j) {
+    s = rn_add(s, v[j]);
+    const double x = static_cast<double>(v[j]);
+    const double delta = rn_sub(x, mean);
+    mean = rn_add(mean, delta / static_cast<double>(j + 1));
+    m2 = rn_add(m2, rn_mul(delta, rn_sub(x, mean)));
+  }
+  var = n > 1 ? m2 / static_cast<double>(n - 1) : static_cast<double>(NAN);
+  return n > 0 ? s / static_cast<T>(n) : static_cast<T>(NAN);
+}
+
+// mean + std, the std (double) rounded to T first
+template <typename T>
+FL_HOST_DEVICE FL_INLINE T atss_threshold(T mean, double sd) { return rn_add(mean, static_cast<T>(sd)); }
+
 }  // namespace assign
 }  // namespace fastloss
 
@@ -313,6 +380,23 @@ inline at::Tensor tal_aspect_atan(const at::Tensor& boxes) {
   const at::Tensor w = boxes.select(-1, 2).sub(boxes.select(-1, 0));
   const at::Tensor h = boxes.select(-1, 3).sub(boxes.select(-1, 1)).add(1e-7);
   return w.div(h).atan().contiguous();
+}
+
+// The ATSS op's shapes (the max-IoU op's plus the levels), checked on the host by both kernels;
+// returns (B, A, M, Lk): Lk = sum over levels of min(topk, n_level), the candidates per gt.
+inline std::tuple<int64_t, int64_t, int64_t, int64_t> check_atss_args(const at::Tensor& priors, at::IntArrayRef levels, const at::Tensor& gt_bboxes,
+                                                                      const at::Tensor& gt_valid, const at::Tensor& ignored, int64_t topk) {
+  int64_t B, A, M;
+  std::tie(B, A, M) = check_max_iou_args(priors, gt_bboxes, gt_valid, ignored);
+  TORCH_CHECK(topk >= 1, "fastloss atss_assign: topk must be >= 1");
+  int64_t total = 0, lk = 0;
+  for (const int64_t n : levels) {
+    TORCH_CHECK(n >= 0, "fastloss atss_assign: num_level_priors must be >= 0");
+    total += n;
+    lk += n < topk ? n : topk;
+  }
+  TORCH_CHECK(total == A, "fastloss atss_assign: num_level_priors must sum to A");
+  return {B, A, M, lk};
 }
 
 }  // namespace assign

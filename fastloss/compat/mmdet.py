@@ -39,6 +39,7 @@ name                       fastloss op underneath
 ``smooth_l1_loss``         :func:`fastloss.smooth_l1_loss` (mmdetection's functional form)
 ``SigmoidFocalLoss``       mmcv.ops' raw op, from :mod:`fastloss.compat.mmcv` (its "mean" divides by the rows)
 ``MaxIoUAssigner``         :func:`fastloss.max_iou_assign` (bit-equal; explicit use, not patched)
+``ATSSAssigner``           :func:`fastloss.atss_assign` (equal but at ulp-close thresholds; explicit use)
 ``HungarianAssigner``      :func:`fastloss.match_cost` + scipy (bit-equal costs; explicit use, not patched)
 =========================  ==================================================================
 
@@ -127,7 +128,7 @@ _OVERLAPS_EPS = 1e-6  # mmdetection's bbox_overlaps default eps, the union eps o
 __all__ = ["FocalLoss", "L1Loss", "SmoothL1Loss", "BalancedL1Loss", "MSELoss", "CrossEntropyLoss", "QualityFocalLoss", "VarifocalLoss",
            "DistributionFocalLoss", "GaussianFocalLoss", "DiceLoss", "IoULoss", "GIoULoss", "DIoULoss", "CIoULoss", "EIoULoss", "SIoULoss",
            "BoundedIoULoss", "bbox_overlaps",
-           "smooth_l1_loss", "SigmoidFocalLoss", "MaxIoUAssigner", "HungarianAssigner"]
+           "smooth_l1_loss", "SigmoidFocalLoss", "MaxIoUAssigner", "ATSSAssigner", "HungarianAssigner"]
 
 
 # ====================================================================== shared rules
@@ -987,6 +988,44 @@ class MaxIoUAssigner:
         return AssignResult(num_gts=num_gts, gt_inds=gt_inds[0].to(device), max_overlaps=max_overlaps[0].to(device),
                             labels=labels[0].to(device))
 
+
+class ATSSAssigner:
+    """mmdetection's ``ATSSAssigner`` (``mmdet.models.task_modules.assigners``, 3.3.0) over
+    :func:`fastloss.atss_assign`: the same arguments and ``assign(pred_instances,
+    num_level_priors, gt_instances, gt_instances_ignore=None)`` returning mmdetection's
+    ``AssignResult`` -- one fused call instead of the (A, M) IoU and distance matrices and
+    their host syncs.  gt_inds, labels and max_overlaps (-1e8 for non-positives, as
+    mmdetection) equal mmdetection's except at priors whose IoU lies within a few ulp of a
+    gt's threshold (the mean's summation order; tested on the CPU).
+
+    Not supported (ValueError at construction): ``alpha`` (DDOD's cost-based variant) and an
+    ``iou_calculator`` other than mmdetection's default ``dict(type='BboxOverlaps2D')``.  Not
+    swapped in by :func:`fastloss.patch` (it decides assignments: explicit use only)."""
+
+    def __init__(self, topk: int, alpha: Optional[float] = None, iou_calculator: dict = dict(type='BboxOverlaps2D'),
+                 ignore_iof_thr: float = -1):
+        if alpha is not None:
+            raise ValueError("ATSSAssigner: alpha (DDOD's cost-based assigner) is not supported by fastloss's compat layer")
+        if dict(iou_calculator) != dict(type='BboxOverlaps2D'):
+            raise ValueError(f"ATSSAssigner: only iou_calculator=dict(type='BboxOverlaps2D') (mmdetection's default) is supported by "
+                             f"fastloss's compat layer, got {iou_calculator!r}")
+        self.topk, self.alpha, self.iou_calculator, self.ignore_iof_thr = topk, alpha, iou_calculator, ignore_iof_thr
+
+    def assign(self, pred_instances, num_level_priors, gt_instances, gt_instances_ignore=None):
+        """pred_instances.priors (n, 4) (or wider: the first 4 columns), num_level_priors (list
+        of ints), gt_instances.bboxes (k, 4), .labels (k,); gt_instances_ignore.bboxes
+        (optional) -> ``AssignResult`` (gt_inds -1 / 0 / g + 1, max_overlaps, labels)."""
+        from mmdet.models.task_modules.assigners.assign_result import AssignResult
+
+        def box_tensor(b):
+            return getattr(b, "tensor", b)[..., :4]  # mmdetection's BaseBoxes; priors[:, :4] as mmdetection
+
+        priors, gt_bboxes, gt_labels = box_tensor(pred_instances.priors), box_tensor(gt_instances.bboxes), gt_instances.labels
+        ignore = None if gt_instances_ignore is None else box_tensor(gt_instances_ignore.bboxes)
+        gt_inds, max_overlaps, labels = _assign.atss_assign(
+            priors, list(num_level_priors), gt_bboxes[None], gt_labels[None].long(), None, topk=self.topk,
+            ignore_bboxes=None if ignore is None else ignore[None], ignore_iof_thr=self.ignore_iof_thr)
+        return AssignResult(num_gts=gt_bboxes.shape[0], gt_inds=gt_inds[0], max_overlaps=max_overlaps[0], labels=labels[0])
 
 
 # ====================================================================== Hungarian assigner (DETR heads)

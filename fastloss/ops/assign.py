@@ -7,7 +7,8 @@ tensors, with static shapes and no host synchronisation.
 
 Kernel convention of ``max_iou_assign``: priors (B or 1, A, 4), gt_bboxes (B, M, 4)
 contiguous, one floating dtype; gt_valid (B, M) and ignored (B, A) contiguous bool ->
-(gt_inds (B, A) int64, max_overlaps (B, A)).  Assignments are not differentiable.
+(gt_inds (B, A) int64, max_overlaps (B, A)).  ``atss_assign``: the same, plus the priors
+per level (a list of ints summing to A) and topk.  Assignments are not differentiable.
 """
 import numbers
 from typing import Optional
@@ -29,21 +30,32 @@ def max_iou_assign_op(priors: Tensor, gt_bboxes: Tensor, gt_valid: Tensor, ignor
     return forward(priors, gt_bboxes, gt_valid, ignored, pos_iou_thr, neg_lo, neg_hi, min_pos_iou, match_low_quality, gt_max_assign_all)
 
 
-@max_iou_assign_op.register_fake
-def _(priors, gt_bboxes, gt_valid, ignored, pos_iou_thr, neg_lo, neg_hi, min_pos_iou, match_low_quality, gt_max_assign_all, backend):
+def _per_prior_outputs(priors, gt_bboxes):
+    """The fake outputs of the max-IoU and ATSS ops: (gt_inds (B, A) int64, max_overlaps (B, A))."""
     shape = (gt_bboxes.shape[0], priors.shape[1])
     return priors.new_empty(shape, dtype=torch.int64), priors.new_empty(shape)
 
 
-def _native_max_iou(*args):
-    return torch.ops.fastloss.max_iou_assign_native(*args)
+@max_iou_assign_op.register_fake
+def _(priors, gt_bboxes, gt_valid, ignored, pos_iou_thr, neg_lo, neg_hi, min_pos_iou, match_low_quality, gt_max_assign_all, backend):
+    return _per_prior_outputs(priors, gt_bboxes)
 
 
-_backend.register(MAX_IOU_OP, "reference", reference.max_iou_core, None)
-if _extension.has_cpu() and hasattr(torch.ops.fastloss, "max_iou_assign_native"):
-    _backend.register(MAX_IOU_OP, "cpu", _native_max_iou, None)
-if _extension.has_cuda() and hasattr(torch.ops.fastloss, "max_iou_assign_native"):
-    _backend.register(MAX_IOU_OP, "cuda", _native_max_iou, None)
+def _register_backends(op, reference_fn, native_name, devices):
+    """The reference and, where fastloss._C has ``native_name``, its kernels on ``devices``."""
+    _backend.register(op, "reference", reference_fn, None)
+    if not hasattr(torch.ops.fastloss, native_name):
+        return
+
+    def native(*args):
+        return getattr(torch.ops.fastloss, native_name)(*args)
+
+    for device, built in (("cpu", _extension.has_cpu), ("cuda", _extension.has_cuda)):
+        if device in devices and built():
+            _backend.register(op, device, native, None)
+
+
+_register_backends(MAX_IOU_OP, reference.max_iou_core, "max_iou_assign_native", ("cpu", "cuda"))
 
 
 def _threshold(name, v):
@@ -52,11 +64,52 @@ def _threshold(name, v):
     return float(v)
 
 
-def _boxes(name, t, dims):
+def _boxes(name, t, dims, op="max_iou_assign"):
     if not isinstance(t, torch.Tensor) or not t.is_floating_point() or t.dim() not in dims or t.shape[-1] != 4:
         shape = tuple(t.shape) if isinstance(t, torch.Tensor) else type(t).__name__
-        raise ValueError(f"max_iou_assign: {name} must be floating xyxy boxes of shape {' or '.join(f'{d}-D (..., 4)' for d in dims)}, "
+        raise ValueError(f"{op}: {name} must be floating xyxy boxes of shape {' or '.join(f'{d}-D (..., 4)' for d in dims)}, "
                          f"got {shape}")
+
+
+def _check_gts(op, priors, gt_bboxes, gt_labels, gt_valid, ignore_bboxes, ignore_valid):
+    """The max-IoU / ATSS argument checks shared by both; returns gt_valid (all True for None)."""
+    _boxes("priors", priors, (2, 3), op)
+    _boxes("gt_bboxes", gt_bboxes, (3,), op)
+    B, M = gt_bboxes.shape[:2]
+    if priors.dim() == 3 and priors.shape[0] not in (1, B):
+        raise ValueError(f"{op}: priors (B, A, 4) must have B = {B} images, got {tuple(priors.shape)}")
+    if not isinstance(gt_labels, torch.Tensor) or gt_labels.shape != (B, M) or gt_labels.is_floating_point():
+        raise ValueError(f"{op}: gt_labels must be integer (B, M) = ({B}, {M}), got "
+                         f"{tuple(gt_labels.shape) if isinstance(gt_labels, torch.Tensor) else type(gt_labels).__name__}")
+    if gt_valid is None:
+        gt_valid = torch.ones(B, M, dtype=torch.bool, device=gt_bboxes.device)
+    elif not isinstance(gt_valid, torch.Tensor) or gt_valid.shape != (B, M) or gt_valid.dtype != torch.bool:
+        raise ValueError(f"{op}: gt_valid must be bool (B, M) = ({B}, {M}), got "
+                         f"{f'{gt_valid.dtype} {tuple(gt_valid.shape)}' if isinstance(gt_valid, torch.Tensor) else type(gt_valid).__name__}")
+    _common.check_same_device("priors", priors, gt_bboxes=gt_bboxes, gt_labels=gt_labels, gt_valid=gt_valid, ignore_bboxes=ignore_bboxes,
+                              ignore_valid=ignore_valid)
+    if ignore_bboxes is not None:
+        _boxes("ignore_bboxes", ignore_bboxes, (3,), op)
+    return gt_valid
+
+
+def _promoted(op, priors, gt_bboxes, ignore_bboxes, ignore_valid, ignore_iof_thr, ignore_wrt_candidates):
+    """Priors (B or 1, A, 4) and gt_bboxes in one contiguous floating dtype (fp32 at least) and
+    the ignored priors (B, A) bool."""
+    dtype = torch.promote_types(torch.promote_types(priors.dtype, gt_bboxes.dtype), torch.float32)
+    p = (priors if priors.dim() == 3 else priors[None]).to(dtype).contiguous()
+    g = gt_bboxes.to(dtype).contiguous()
+    ignored = reference.ignored_priors(p.expand(gt_bboxes.shape[0], *p.shape[1:]), None if ignore_bboxes is None else ignore_bboxes.to(dtype),
+                                       ignore_valid, _threshold("ignore_iof_thr", ignore_iof_thr), bool(ignore_wrt_candidates))
+    return p, g, ignored.contiguous()
+
+
+def _labels(gt_inds, gt_labels):
+    """The assigned gts' labels (B, A) int64, -1 where gt_inds <= 0."""
+    none = torch.full_like(gt_inds, -1)
+    if gt_labels.shape[1] == 0:  # no gt to gather a label from
+        return none
+    return torch.where(gt_inds > 0, gt_labels.long().gather(1, (gt_inds - 1).clamp(min=0)), none)
 
 
 def max_iou_assign(priors, gt_bboxes, gt_labels, gt_valid=None, *, pos_iou_thr, neg_iou_thr, min_pos_iou=0.0, gt_max_assign_all=True,
@@ -90,20 +143,8 @@ def max_iou_assign(priors, gt_bboxes, gt_labels, gt_valid=None, *, pos_iou_thr, 
     the boxes' dtype (-1 for ignored priors, 0 for images without gts), labels int64 (the
     positive's gt label, -1 elsewhere).  The priors and boxes promote to one floating dtype
     (fp32 at least).  Raises ValueError for bad shapes or thresholds."""
-    _boxes("priors", priors, (2, 3))
-    _boxes("gt_bboxes", gt_bboxes, (3,))
+    gt_valid = _check_gts("max_iou_assign", priors, gt_bboxes, gt_labels, gt_valid, ignore_bboxes, ignore_valid)
     B, M = gt_bboxes.shape[:2]
-    if priors.dim() == 3 and priors.shape[0] not in (1, B):
-        raise ValueError(f"max_iou_assign: priors (B, A, 4) must have B = {B} images, got {tuple(priors.shape)}")
-    if not isinstance(gt_labels, torch.Tensor) or gt_labels.shape != (B, M) or gt_labels.is_floating_point():
-        raise ValueError(f"max_iou_assign: gt_labels must be integer (B, M) = ({B}, {M}), got "
-                         f"{tuple(gt_labels.shape) if isinstance(gt_labels, torch.Tensor) else type(gt_labels).__name__}")
-    if gt_valid is None:
-        gt_valid = torch.ones(B, M, dtype=torch.bool, device=gt_bboxes.device)
-    elif gt_valid.shape != (B, M) or gt_valid.dtype != torch.bool:
-        raise ValueError(f"max_iou_assign: gt_valid must be bool (B, M) = ({B}, {M}), got {gt_valid.dtype} {tuple(gt_valid.shape)}")
-    _common.check_same_device("priors", priors, gt_bboxes=gt_bboxes, gt_labels=gt_labels, gt_valid=gt_valid, ignore_bboxes=ignore_bboxes,
-                              ignore_valid=ignore_valid)
     pos = _threshold("pos_iou_thr", pos_iou_thr)
     if isinstance(neg_iou_thr, tuple):
         if len(neg_iou_thr) != 2:
@@ -111,21 +152,78 @@ def max_iou_assign(priors, gt_bboxes, gt_labels, gt_valid=None, *, pos_iou_thr, 
         lo, hi = (_threshold("neg_iou_thr", v) for v in neg_iou_thr)
     else:
         lo, hi = 0.0, _threshold("neg_iou_thr", neg_iou_thr)
-    dtype = torch.promote_types(torch.promote_types(priors.dtype, gt_bboxes.dtype), torch.float32)
-    p = (priors if priors.dim() == 3 else priors[None]).to(dtype).contiguous()
-    g = gt_bboxes.to(dtype).contiguous()
-    if ignore_bboxes is not None:
-        _boxes("ignore_bboxes", ignore_bboxes, (3,))
-    ignored = reference.ignored_priors(p.expand(B, *p.shape[1:]), None if ignore_bboxes is None else ignore_bboxes.to(dtype), ignore_valid,
-                                       float(ignore_iof_thr), bool(ignore_wrt_candidates))
-    gt_inds, max_overlaps = max_iou_assign_op(p, g, gt_valid.contiguous(), ignored.contiguous(), pos, lo, hi,
+    p, g, ignored = _promoted("max_iou_assign", priors, gt_bboxes, ignore_bboxes, ignore_valid, ignore_iof_thr, ignore_wrt_candidates)
+    gt_inds, max_overlaps = max_iou_assign_op(p, g, gt_valid.contiguous(), ignored, pos, lo, hi,
                                               _threshold("min_pos_iou", min_pos_iou), bool(match_low_quality), bool(gt_max_assign_all),
                                               backend)
-    none = torch.full_like(gt_inds, -1)
-    if M == 0:  # no gt to gather a label from
-        return gt_inds, max_overlaps, none
-    labels = torch.where(gt_inds > 0, gt_labels.long().gather(1, (gt_inds - 1).clamp(min=0)), none)
-    return gt_inds, max_overlaps, labels
+    return gt_inds, max_overlaps, _labels(gt_inds, gt_labels)
+
+
+# ====================================================================== ATSS (mmdetection)
+
+ATSS_OP = "atss_assign"
+
+
+@torch.library.custom_op("fastloss::atss_assign", mutates_args=())
+def atss_assign_op(priors: Tensor, num_level_priors: list[int], gt_bboxes: Tensor, gt_valid: Tensor, ignored: Tensor, topk: int,
+                   backend: Optional[str]) -> tuple[Tensor, Tensor]:
+    forward, _ = _backend.implementation(ATSS_OP, priors.device, backend)
+    return forward(priors, num_level_priors, gt_bboxes, gt_valid, ignored, topk)
+
+
+@atss_assign_op.register_fake
+def _(priors, num_level_priors, gt_bboxes, gt_valid, ignored, topk, backend):
+    return _per_prior_outputs(priors, gt_bboxes)
+
+
+_register_backends(ATSS_OP, reference.atss_core, "atss_assign_native", ("cpu", "cuda"))
+
+
+def atss_assign(priors, num_level_priors, gt_bboxes, gt_labels, gt_valid=None, *, topk=9, ignore_bboxes=None, ignore_valid=None,
+                ignore_iof_thr=-1.0, backend=None):
+    """Adaptive training sample selection (ATSS, Zhang et al., CVPR 2020, arXiv 1912.02424) with
+    mmdetection's semantics (``ATSSAssigner``, mmdetection 3.3.0, ``alpha=None``: ATSS, GFL,
+    PAA-free heads) for a whole batch in one call, without mmdetection's (A, M) IoU and
+    distance matrices per image or its host syncs: per gt the ``topk`` nearest priors of each
+    level by centre distance (torch's top-k tie rule of the device), the threshold mean +
+    unbiased std of their IoU (mmdetection's IoU arithmetic), positives at or above it whose
+    centre lies inside the gt by more than 0.01 px, and a prior positive for several gts going
+    to the largest IoU (the first gt on ties).  The rules: fastloss/reference/assign.py
+    ``atss_core``.  gt_inds, labels and max_overlaps equal mmdetection's except where an IoU
+    lies within a few ulp of its gt's threshold (the mean's summation order differs from
+    torch's shape-dependent one).
+
+    Args:
+        priors: (A, 4) anchors shared by the images, or (B, A, 4), xyxy pixels, the levels
+            concatenated in order.
+        num_level_priors: priors per level, a list of non-negative ints summing to A.
+        gt_bboxes: (B, M, 4) xyxy pixels, padded to the batch's largest gt count.
+        gt_labels: (B, M) integer class labels.
+        gt_valid: (B, M) bool, False for padding (None: every box real); a padded box has no
+            candidates and claims no prior.
+        topk: candidates per (gt, level), an int >= 1 (mmdetection's configs: 9).
+        ignore_bboxes: (B, K, 4) boxes whose priors are ignored (IoF over the prior's area >
+            ignore_iof_thr, mmdetection's rule; their distance becomes 1e8 and, unless
+            positive, their gt_inds -1); ignore_valid (B, K) bool for their padding.
+        backend: as every fastloss op (reference, cpu, cuda).
+
+    Returns ``(gt_inds, max_overlaps, labels)``, each (B, A) -- max_iou_assign's order:
+    gt_inds int64 (g + 1 for gt g's positive, g its index in the padded (B, M); -1 ignored;
+    0 negative), max_overlaps in the boxes' dtype (the positive's IoU, -1e8 elsewhere, as
+    mmdetection; 0 for images without gts), labels int64 (the positive's gt label, -1
+    elsewhere).  The priors and boxes promote to one floating dtype (fp32 at least).  Raises
+    ValueError for bad shapes, a num_level_priors not summing to A, or topk < 1."""
+    gt_valid = _check_gts("atss_assign", priors, gt_bboxes, gt_labels, gt_valid, ignore_bboxes, ignore_valid)
+    A = priors.shape[-2]
+    levels = list(num_level_priors) if isinstance(num_level_priors, (list, tuple)) else None
+    if (levels is None or any(isinstance(n, bool) or not isinstance(n, numbers.Integral) or n < 0 for n in levels)
+            or sum(levels) != A):
+        raise ValueError(f"atss_assign: num_level_priors must be a list of non-negative ints summing to A = {A}, got {num_level_priors!r}")
+    if isinstance(topk, bool) or not isinstance(topk, numbers.Integral) or topk < 1:
+        raise ValueError(f"atss_assign: topk must be an int >= 1, got {topk!r}")
+    p, g, ignored = _promoted("atss_assign", priors, gt_bboxes, ignore_bboxes, ignore_valid, ignore_iof_thr, True)
+    gt_inds, max_overlaps = atss_assign_op(p, [int(n) for n in levels], g, gt_valid.contiguous(), ignored, int(topk), backend)
+    return gt_inds, max_overlaps, _labels(gt_inds, gt_labels)
 
 
 # ====================================================================== task-aligned (ultralytics)

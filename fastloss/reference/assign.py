@@ -1,8 +1,9 @@
 """Label assigners in pure PyTorch, gt-chunked: the specification of the fused assigners
-(family ``assign``; design and the peers' algorithms: ../shared/assigners.md).  Two so far:
-:func:`task_aligned_assign` (ultralytics) and :func:`max_iou_core` (mmdetection's
+(family ``assign``; design and the peers' algorithms: ../shared/assigners.md).  Three so far:
+:func:`task_aligned_assign` (ultralytics), :func:`max_iou_core` (mmdetection's
 MaxIoUAssigner, batched over padded ground truths; its docstring has the rules; the public
-entry point is :func:`fastloss.max_iou_assign`).
+entry point is :func:`fastloss.max_iou_assign`) and :func:`atss_core` (mmdetection's
+ATSSAssigner, likewise; public: :func:`fastloss.atss_assign`).
 
 Task-aligned assignment (TOOD, Feng et al., arXiv 2108.07755) with ultralytics' semantics
 (``ultralytics.utils.tal.TaskAlignedAssigner``, release 8.4.190), without the dense
@@ -292,3 +293,113 @@ def max_iou_core(priors, gt_bboxes, gt_valid, ignored, pos_iou_thr, neg_lo, neg_
     none = ~gt_valid.any(dim=1, keepdim=True)  # mmdetection: no gts -> every prior background, overlaps 0
     gt_inds = torch.where(none, torch.zeros_like(gt_inds), gt_inds)
     return gt_inds, torch.where(none, torch.zeros_like(best), best)
+
+
+# ====================================================================== ATSS (mmdetection)
+
+_ATSS_INF = 1e8  # mmdetection's INF: an ignored prior's distance, -INF the non-positives' overlap
+_ATSS_INSIDE = 0.01  # a positive's centre lies inside its gt by more than this on every side
+
+
+def centres(boxes):
+    """Box centres ((x1 + x2) / 2, (y1 + y2) / 2) of (..., 4) -> (..., 2), mmdetection's arithmetic."""
+    return torch.stack([(boxes[..., 0] + boxes[..., 2]) / 2.0, (boxes[..., 1] + boxes[..., 3]) / 2.0], -1)
+
+
+def atss_threshold(cand):
+    """The ATSS threshold mean + unbiased std of the candidates' IoU along the last dim of cand
+    (..., n), in a fixed order (the kernels' too): the mean a sequential sum in the boxes' dtype
+    divided by n (torch's CPU mean sums in a shape-dependent cascade instead: the mean may
+    differ from mmdetection's by an ulp), the std Welford's recurrence in float64 (torch's CPU
+    std: delta = x - mean, mean += delta / i, m2 += delta (x - mean)), torch's sqrt of m2 / (n - 1)
+    rounded to the dtype -- NaN for n <= 1 (no positives, as mmdetection's NaN std).  torch's
+    std takes the C library's sqrt: on a CPU where torch's own is not correctly rounded the std
+    may differ by an ulp of float64 (invisible after rounding to fp32).  (...)."""
+    n = cand.shape[-1]
+    s = torch.zeros_like(cand[..., 0])
+    mean = torch.zeros_like(cand[..., 0], dtype=torch.float64)
+    m2 = torch.zeros_like(mean)
+    for j in range(n):
+        s = s + cand[..., j]
+        x = cand[..., j].double()
+        delta = x - mean
+        mean = mean + delta / (j + 1)
+        m2 = m2 + delta * (x - mean)
+    mean_t = s / n if n else torch.full_like(s, math.nan)
+    std = (m2 / (n - 1)).sqrt() if n > 1 else torch.full_like(m2, math.nan)
+    return mean_t + std.to(cand.dtype)
+
+
+def atss_core(priors, num_level_priors, gt_bboxes, gt_valid, ignored, topk, chunk=None):
+    """mmdetection's ``ATSSAssigner.assign`` (3.3.0, ``alpha=None``) for a batch of images with
+    padded ground truths, gt-chunked (memory O(chunk * A + B * (A + M))); the kernels' calling
+    convention (csrc/fastloss.cpp ``atss_assign_native``).
+
+    Args:
+        priors: (B or 1, A, 4) xyxy pixels; gt_bboxes: (B, M, 4), one floating dtype;
+            gt_valid: (B, M) bool (a padded gt has no candidates); ignored: (B, A) bool
+            (:func:`ignored_priors` over the prior's area).
+        num_level_priors: priors per pyramid level (ints summing to A, in the priors' order).
+        topk: candidates per (gt, level); chunk: ground truths per step.
+
+    For image b and valid gt g (Paper: Zhang et al., "Bridging the Gap Between Anchor-based and
+    Anchor-free Detection via Adaptive Training Sample Selection", CVPR 2020; mmdetection's steps):
+    1. d(g, i) = sqrt((cx_i - cx_g)^2 + (cy_i - cy_g)^2) between centres (x1 + x2) / 2, ..., each
+       operation rounded, the sqrt torch's (on the CPU not always the correctly rounded one:
+       the kernels call it too, so that distance ties are mmdetection's); 1e8 for an ignored
+       prior.
+    2. per level, the min(topk, n_level) smallest d under torch's top-k tie rule (torch.topk on
+       the same values: the CPU's heap / introselect, the CUDA's lowest index among ties).
+    3. thr_g = mean + unbiased std of the candidates' IoU (:func:`iou_mmdet`;
+       :func:`atss_threshold`); a candidate is positive if IoU >= thr_g and its centre lies
+       inside g by more than 0.01 on all four sides.
+    4. per prior: the largest IoU over the gts holding it as a positive, the first such gt on
+       ties.
+
+    Returns (gt_inds (B, A) int64: g + 1 for a positive (g the padded index), else -1 for an
+    ignored prior, else 0; max_overlaps (B, A): the positive's IoU, else -1e8 -- for images
+    without ground truths gt_inds 0 and max_overlaps 0, mmdetection's early return)."""
+    B, M = gt_bboxes.shape[:2]
+    priors = priors.expand(B, *priors.shape[-2:])
+    A = priors.shape[1]
+    dev, dtype = priors.device, priors.dtype
+    chunk = chunk or max(1, (1 << 22) // max(1, 2 * B * A))
+    pc = centres(priors)  # (B, A, 2)
+    gc = centres(gt_bboxes)  # (B, M, 2)
+    starts = [0]
+    for n in num_level_priors:
+        starts.append(starts[-1] + n)
+    best = torch.full((B, A), -_ATSS_INF, dtype=dtype, device=dev)
+    best_g = torch.zeros(B, A, dtype=torch.int64, device=dev)
+    for g0 in range(0, M, chunk):
+        g1 = min(M, g0 + chunk)
+        dist = (pc[:, None, :, :] - gc[:, g0:g1, None, :]).pow(2).sum(-1).sqrt()  # (B, m, A), mmdetection's arithmetic
+        dist = dist.masked_fill(ignored[:, None, :], _ATSS_INF)
+        cand = []
+        for lvl, n in enumerate(num_level_priors):  # the candidates: per level, torch's top-k of the smallest distances
+            k = min(topk, n)
+            if k == 0:
+                continue
+            d = dist[..., starts[lvl]:starts[lvl + 1]]
+            idx = torch.topk(d, k, dim=-1, largest=False).indices.sort(-1).values  # the set; then a canonical order:
+            order = d.gather(-1, idx).sort(dim=-1, stable=True).indices  # distance ascending, index ascending among ties
+            cand.append(idx.gather(-1, order) + starts[lvl])
+        m = g1 - g0
+        cand = torch.cat(cand, -1) if cand else torch.zeros(B, m, 0, dtype=torch.int64, device=dev)  # (B, m, Lk)
+        bi = torch.arange(B, device=dev)[:, None, None]
+        cand_boxes = priors[bi, cand]  # (B, m, Lk, 4)
+        ov = iou_mmdet(cand_boxes, gt_bboxes[:, g0:g1, None, :])[..., 0]  # (B, m, Lk): IoU(prior, gt)
+        thr = atss_threshold(ov)
+        c = pc[bi, cand]  # candidate centres (B, m, Lk, 2)
+        box = gt_bboxes[:, g0:g1, None, :]
+        ltrb = torch.stack([c[..., 0] - box[..., 0], c[..., 1] - box[..., 1], box[..., 2] - c[..., 0], box[..., 3] - c[..., 1]], -1)
+        pos = (ov >= thr[..., None]) & (ltrb.min(dim=-1).values > _ATSS_INSIDE) & gt_valid[:, g0:g1, None]
+        for j in range(g1 - g0):  # gts in order, strict >: the first gt keeps a tie
+            v = torch.full((B, A), -_ATSS_INF, dtype=dtype, device=dev)
+            v = v.scatter(1, cand[:, j], torch.where(pos[:, j], ov[:, j], torch.full_like(ov[:, j], -_ATSS_INF)))
+            better = v > best
+            best, best_g = torch.where(better, v, best), torch.where(better, torch.full_like(best_g, g0 + j), best_g)
+    positive = best > -_ATSS_INF
+    gt_inds = torch.where(positive, best_g + 1, torch.where(ignored, -1, 0))
+    none = ~gt_valid.any(dim=1, keepdim=True)  # mmdetection: no gts -> every prior background, overlaps 0
+    return torch.where(none, torch.zeros_like(gt_inds), gt_inds), torch.where(none, torch.zeros_like(best), best)
