@@ -271,10 +271,11 @@ __global__ void tal_resolve_kernel(assign::TalArgs<T> p, const int32_t* count, c
       bool cand;
       assign::tal_widened(p.gt + (b * p.M + g) * 4, true, p.stride_val, box);
       t = tal_pair(p, b * p.M + g, b, i, box, cand, ov);
-      if (cand) {
-        atomic_max_key(&pos_t[b * p.M + g], Key::of(t));
-        atomic_max_key(&pos_o[b * p.M + g], Key::of(ov));
-      }
+      // max(0, .) as the CPU kernel's std::max: only positive values may enter -- the bit
+      // patterns order as the values for non-negative floats only (a negative metric, from a
+      // negative score, or a NaN would otherwise win)
+      if (cand && t > T(0)) atomic_max_key(&pos_t[b * p.M + g], Key::of(t));
+      if (cand && ov > T(0)) atomic_max_key(&pos_o[b * p.M + g], Key::of(ov));
     }
     t_a[k] = t;
   }
@@ -290,7 +291,7 @@ __global__ void tal_targets_kernel(assign::TalArgs<T> p, const int64_t* gt_idx, 
     const int64_t l = max(p.labels[r], int64_t(0));
     labels[k] = l;
     for (int c = 0; c < 4; ++c) boxes[k * 4 + c] = p.gt[r * 4 + c];
-    if (fg[k])
+    if (fg[k] && (p.compact || l < p.nc))  // a label >= nc (unchecked on CUDA) matches no class: never a stray write
       scores[p.compact ? k : k * p.nc + l] = assign::tal_norm(t_a[k], Key::value(pos_o[r]), Key::value(pos_t[r]), static_cast<T>(p.eps));
   }
 }
