@@ -110,6 +110,15 @@ def giou(p, t, mode):
     return iou - torch.where(enclose == 0, zero, (enclose - union) / enclose)
 
 
+def cdist_l1_sum(d):
+    """torch.cdist(p=1)'s sum of the absolute differences d (..., 4), in its order on d's
+    device: ((d0 + d1) + d2) + d3 on the CPU (a sequential sum), (d0 + d2) + (d1 + d3) on CUDA
+    (DistanceKernel.cu: lane k holds d_k, then a shuffle-down tree).  (...)."""
+    if d.device.type == "cuda":
+        return (d[..., 0] + d[..., 2]) + (d[..., 1] + d[..., 3])
+    return ((d[..., 0] + d[..., 1]) + d[..., 2]) + d[..., 3]
+
+
 def block_costs(table, pred_l1, pred_xyxy, tgt_l1, tgt_xyxy, tgt_labels, tgt_image, offsets, w_class, w_bbox, w_giou, giou_mode, order):
     """The per-image cost blocks, flat (module docstring's layout).
 
@@ -131,10 +140,7 @@ def block_costs(table, pred_l1, pred_xyxy, tgt_l1, tgt_xyxy, tgt_labels, tgt_ima
     first = offsets[tgt_image]  # o_b of each target's image
     count = offsets[tgt_image + 1] - first  # T_b
     d = (pred_l1[tgt_image] - tgt_l1[:, None]).abs()  # (N, Q, 4)
-    if d.device.type == "cuda":  # cdist(p=1)'s order on the device: CUDA's shuffle-down tree over 4 lanes
-        l1 = (d[..., 0] + d[..., 2]) + (d[..., 1] + d[..., 3])
-    else:  # the CPU's sequential sum
-        l1 = ((d[..., 0] + d[..., 1]) + d[..., 2]) + d[..., 3]
+    l1 = cdist_l1_sum(d)
     C = table.shape[2]
     ok = (tgt_labels >= 0) & (tgt_labels < C)  # an out-of-range label gives NaN costs (every backend)
     if C:
