@@ -331,6 +331,47 @@ def test_tie_rules_on_equal_positive_metrics(backend, dtype):
     assert results["cuda"].any() and not torch.equal(results["cuda"], results["cpu"])
 
 
+def test_labels_past_num_classes_match_no_class():
+    """A label >= nc never writes outside the scores row (the rule for unchecked CUDA labels:
+    it matches no class).  (1) The native op (which does not check labels; the CUDA kernel runs
+    the same rule) with every real gt labelled nc: dense scores all 0, the compact ones and the
+    assignment as with dense.  (2) Through the public function: an anchor claimed by two gts whose
+    overlaps are all 0 resolves to gt 0 (ultralytics' argmax), here a padded gt with a label far
+    past nc: every backend returns an all-zero scores row, and agrees with the others."""
+    sc, pd, pts, lab, gt, mask = _case(4, 2, 30, 160, 5, "dense")
+    B, M = lab.shape[:2]
+    valid = mask[..., 0].bool()
+    for rule in (0, 1):
+        def native(labels, compact):
+            return torch.ops.fastloss.task_aligned_assign_native(sc, pd, pts, labels, gt, valid, 10, 5, 0.5, 6.0, 16.0, 1e-9, rule, compact)
+
+        good = lab[..., 0].long()
+        bad = torch.where(valid, torch.full_like(good, 5), good)
+        dense, compact = native(bad, False), native(bad, True)
+        assert dense[3].any() and compact[2].any() and not dense[2].any()
+        assert all(torch.equal(dense[i], compact[i]) for i in (0, 1, 3, 4))
+        assert (dense[0][dense[3]] == 5).all()
+    # (2): a 4 x 4 grid inside two identical gts 1 and 2, predictions far away (CIoU <= 0)
+    xs = torch.arange(4.0) * 8 + 4
+    anc = torch.stack(torch.meshgrid(xs, xs, indexing="xy"), -1).reshape(-1, 2)
+    scores = torch.rand(1, 16, 3, generator=torch.Generator().manual_seed(0))
+    pd = torch.tensor([200.0, 200.0, 210.0, 220.0]).expand(1, 16, 4).contiguous()
+    gt = torch.tensor([[[0.0, 0.0, 0.0, 0.0], [0.0, 0.0, 32.0, 32.0], [0.0, 0.0, 32.0, 32.0]]])
+    labels = torch.tensor([[[10.0 ** 6], [1.0], [2.0]]])
+    mask = torch.tensor([[[0.0], [1.0], [1.0]]])
+    outs = []
+    for backend in fastloss.available_backends("cpu"):
+        if backend == "triton":
+            continue
+        for rule in ("cpu", "cuda"):
+            out = fastloss.task_aligned_assign(scores, pd, anc, labels, gt, mask, topk=16, num_classes=3, alpha=0.5, beta=6.0,
+                                               tie_rule=rule, backend=backend)
+            assert out[3].all() and not out[4].any() and (out[0] == 10 ** 6).all() and not out[2].any()
+            outs.append(out)
+    for out in outs[1:]:
+        assert all(torch.equal(x, y) for x, y in zip(out, outs[0]))
+
+
 @pytest.mark.parametrize("backend", TAL_BACKENDS)
 def test_compact_scores(backend):
     """compact=True: target_scores (B, A) = the dense row's value at the assigned label (0 for

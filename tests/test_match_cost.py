@@ -144,6 +144,23 @@ def test_blocks_bit_equal_detr_dino(convention, weights, backend, dtype):
         assert _bits_equal(ours, theirs), f"image {b}: {(ours != theirs).sum()} of {ours.numel()} differ"
 
 
+@helpers.gpu
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["fp32", "fp64"])
+@pytest.mark.parametrize("backend", ["reference", "cuda", "triton"])
+@pytest.mark.parametrize("convention,weights", [("detr", (1, 5, 2)), ("dino", (2.0, 5.0, 2.0))])
+def test_blocks_bit_equal_detr_dino_on_cuda(convention, weights, backend, dtype):
+    """On CUDA the peers' torch.cdist(p=1) sums the four |d_k| in a shuffle-down tree,
+    (|d0| + |d2|) + (|d1| + |d3|), not left to right as on the CPU: every backend must follow."""
+    helpers.require_backend("cuda", backend)
+    sizes = [40, 0, 300, 7]
+    logits, pred, labels, tgt = (t.cuda() for t in _case(3, 4, 100, 91, sizes, dtype))
+    alpha = 0.25 if convention == "dino" else None
+    peer = _peer_blocks(_peer_full(logits, pred, labels, tgt, *weights, focal_alpha=alpha), 4, 100, sizes)
+    costs = fastloss.match_cost(logits, pred, labels, tgt, sizes, convention=convention, weights=weights, backend=backend)
+    for b, (ours, theirs) in enumerate(zip(_blocks(costs, 100, sizes), peer)):
+        assert _bits_equal(ours, theirs), f"image {b}: {(ours != theirs).sum()} of {ours.numel()} differ"
+
+
 def test_blocks_bit_equal_detr_batch_of_the_benchmark_shape():
     """DETR's shape (900 queries, 91 classes; uneven target counts), C++ CPU and reference."""
     sizes = [100, 37, 0, 63]

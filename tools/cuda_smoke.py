@@ -18,6 +18,7 @@ import torch
 import fastloss
 from fastloss import _backend
 from fastloss.ops.pointwise import focal_term
+from fastloss.reference import match_cost as reference_match_cost
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
@@ -185,6 +186,10 @@ def run(backend, dtype, device):
             ref = fastloss.match_cost(logits, boxes[0], labels, boxes[1], sizes, backend="reference", **kw)
             if not torch.equal(got, ref):
                 raise AssertionError(f"match_cost {backend} {kw['convention']}: {(got != ref).sum().item()} costs differ from the reference")
+        # the L1 term's summation order is torch.cdist(p=1)'s on this device (the peers' L1 cost)
+        l1 = reference_match_cost.cdist_l1_sum((pred[0][:, None] - tgt[None]).abs())
+        if not torch.equal(l1, torch.cdist(pred[0], tgt, p=1)):
+            raise AssertionError("match_cost: the reference's L1 sum is not torch.cdist(p=1)'s on " + device)
             cases += 1
     # ultralytics' task-aligned assigner: the kernel against the spec on the same device (torch's
     # CUDA pow / atan in both, the CUDA top-k tie rule): all five outputs bit-equal (on the CPU

@@ -123,11 +123,11 @@ def rowwise_variants(quick):
 
 
 def match_cost_variants():
-    """Both GIoU conventions, DETR's and mmdet's term orders, fp32 and fp64."""
+    """Both GIoU conventions, DETR's and mmdet's term orders, fp32 and fp64, both L1 summation orders."""
     k, block = match_cost._blocks_kernel, [match_cost.BLOCK]
-    return [(k, grid(MODE=[0, 1], O0=[1], O1=[0], O2=[2], F64=[False, True], BLOCK=block)),  # DETR's order: bbox, class, giou
-            (k, grid(MODE=[1], O0=[0], O1=[1], O2=[2], F64=[False], BLOCK=block)),  # mmdet's default order
-            (k, grid(MODE=[1], O0=[2], O1=[0], O2=[1], F64=[False], BLOCK=block))]
+    return [(k, grid(MODE=[0, 1], O0=[1], O1=[0], O2=[2], F64=[False, True], CUDA_ORDER=[True, False], BLOCK=block)),  # DETR's: bbox, class, giou
+            (k, grid(MODE=[1], O0=[0], O1=[1], O2=[2], F64=[False], CUDA_ORDER=[True], BLOCK=block)),  # mmdet's default order
+            (k, grid(MODE=[1], O0=[2], O1=[0], O2=[1], F64=[False], CUDA_ORDER=[True], BLOCK=block))]
 
 
 def match_cost_signature(fn, consts):

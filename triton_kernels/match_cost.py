@@ -79,7 +79,7 @@ def _term(K: tl.constexpr, cls, l1, g):
 
 @triton.jit
 def _blocks_kernel(TAB, PL1, PXY, TL1, TXY, LAB, IMG, OFF, W, OUT, TOTAL, Q, N, C, MODE: tl.constexpr, O0: tl.constexpr, O1: tl.constexpr,
-                   O2: tl.constexpr, F64: tl.constexpr, BLOCK: tl.constexpr):
+                   O2: tl.constexpr, F64: tl.constexpr, CUDA_ORDER: tl.constexpr, BLOCK: tl.constexpr):
     idx = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
     mask = idx < TOTAL  # Q * N, an int64 argument past 2^31
     q = idx // N
@@ -95,10 +95,16 @@ def _blocks_kernel(TAB, PL1, PXY, TL1, TXY, LAB, IMG, OFF, W, OUT, TOTAL, Q, N, 
     w_bbox = tl.load(W + 1)
     w_giou = tl.load(W + 2)
     eps = tl.load(W + 3)
-    # L1: torch.cdist(p=1)'s order, ((|d0| + |d1|) + |d2|) + |d3|
-    l1 = tl.abs(tl.load(PL1 + row * 4, mask=mask, other=0) - tl.load(TL1 + j * 4, mask=mask, other=0))
-    for k in tl.static_range(1, 4):
-        l1 = l1 + tl.abs(tl.load(PL1 + row * 4 + k, mask=mask, other=0) - tl.load(TL1 + j * 4 + k, mask=mask, other=0))
+    # L1 in torch.cdist(p=1)'s order on the device: CUDA's shuffle-down tree (|d0| + |d2|) + (|d1| + |d3|)
+    # (CUDA_ORDER), the CPU's ((|d0| + |d1|) + |d2|) + |d3| (the interpreter)
+    d0 = tl.abs(tl.load(PL1 + row * 4, mask=mask, other=0) - tl.load(TL1 + j * 4, mask=mask, other=0))
+    d1 = tl.abs(tl.load(PL1 + row * 4 + 1, mask=mask, other=0) - tl.load(TL1 + j * 4 + 1, mask=mask, other=0))
+    d2 = tl.abs(tl.load(PL1 + row * 4 + 2, mask=mask, other=0) - tl.load(TL1 + j * 4 + 2, mask=mask, other=0))
+    d3 = tl.abs(tl.load(PL1 + row * 4 + 3, mask=mask, other=0) - tl.load(TL1 + j * 4 + 3, mask=mask, other=0))
+    if CUDA_ORDER:
+        l1 = (d0 + d2) + (d1 + d3)
+    else:
+        l1 = ((d0 + d1) + d2) + d3
     g = _giou(tl.load(PXY + row * 4, mask=mask, other=0), tl.load(PXY + row * 4 + 1, mask=mask, other=0),
               tl.load(PXY + row * 4 + 2, mask=mask, other=0), tl.load(PXY + row * 4 + 3, mask=mask, other=0),
               tl.load(TXY + j * 4, mask=mask, other=0), tl.load(TXY + j * 4 + 1, mask=mask, other=0),
@@ -122,5 +128,5 @@ def match_cost(table, pred_l1, pred_xyxy, tgt_l1, tgt_xyxy, tgt_labels, tgt_imag
     w = torch.tensor([w_class, w_bbox, w_giou, 1e-6], dtype=table.dtype, device=table.device)
     _blocks_kernel[(triton.cdiv(Q * N, BLOCK),)](table, pred_l1, pred_xyxy, tgt_l1, tgt_xyxy, tgt_labels, tgt_image, offsets, w, out, Q * N, Q, N, C,
                                                  MODE=giou_mode, O0=order[0], O1=order[1], O2=order[2], F64=table.dtype == torch.float64,
-                                                 BLOCK=BLOCK, enable_fp_fusion=False)
+                                                 CUDA_ORDER=table.device.type == "cuda", BLOCK=BLOCK, enable_fp_fusion=False)
     return out

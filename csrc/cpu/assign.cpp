@@ -450,7 +450,8 @@ std::vector<at::Tensor> task_aligned_impl(const assign::TalArgs<T>& a, const at:
         const int64_t l = std::max(a.labels[b * M + g], int64_t(0));
         lab_o[b * A + i] = l;
         for (int c = 0; c < 4; ++c) box_o[(b * A + i) * 4 + c] = a.gt[(b * M + g) * 4 + c];
-        if (fg_o[b * A + i]) sc_o[a.compact ? b * A + i : (b * A + i) * nc + l] = assign::tal_norm(t_a[i], pos_o[g], pos_t[g], eps);
+        if (fg_o[b * A + i] && (a.compact || l < nc))  // a label >= nc (a padded gt's) matches no class
+          sc_o[a.compact ? b * A + i : (b * A + i) * nc + l] = assign::tal_norm(t_a[i], pos_o[g], pos_t[g], eps);
       }
     }
   });

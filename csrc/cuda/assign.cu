@@ -136,6 +136,8 @@ std::tuple<at::Tensor, at::Tensor> max_iou_assign_cuda(const at::Tensor& priors,
                                                        double min_pos_iou, bool match_low_quality, bool gt_max_assign_all) {
   int64_t B, A, M;
   std::tie(B, A, M) = assign::check_max_iou_args(priors, gt_bboxes, gt_valid, ignored);
+  for (const at::Tensor* t : {&gt_bboxes, &gt_valid, &ignored})  // the dispatcher checks no custom op's devices
+    TORCH_CHECK(t->device() == priors.device(), "fastloss max_iou_assign: every tensor must be on priors' device");
   const c10::cuda::CUDAGuard guard(priors.device());
   at::Tensor inds = at::empty({B, A}, priors.options().dtype(at::kLong));
   at::Tensor best = at::empty({B, A}, priors.options());
@@ -271,10 +273,11 @@ __global__ void tal_resolve_kernel(assign::TalArgs<T> p, const int32_t* count, c
       bool cand;
       assign::tal_widened(p.gt + (b * p.M + g) * 4, true, p.stride_val, box);
       t = tal_pair(p, b * p.M + g, b, i, box, cand, ov);
-      if (cand) {
-        atomic_max_key(&pos_t[b * p.M + g], Key::of(t));
-        atomic_max_key(&pos_o[b * p.M + g], Key::of(ov));
-      }
+      // max(0, .) as the CPU kernel's std::max: only positive values may enter -- the bit
+      // patterns order as the values for non-negative floats only (a negative metric, from a
+      // negative score, or a NaN would otherwise win)
+      if (cand && t > T(0)) atomic_max_key(&pos_t[b * p.M + g], Key::of(t));
+      if (cand && ov > T(0)) atomic_max_key(&pos_o[b * p.M + g], Key::of(ov));
     }
     t_a[k] = t;
 
@@ -402,7 +405,7 @@ __global__ void tal_targets_kernel(assign::TalArgs<T> p, const int64_t* gt_idx, 
     const int64_t l = max(p.labels[r], int64_t(0));
     labels[k] = l;
     for (int c = 0; c < 4; ++c) boxes[k * 4 + c] = p.gt[r * 4 + c];
-    if (fg[k])
+    if (fg[k] && (p.compact || l < p.nc))  // a label >= nc (unchecked on CUDA) matches no class: never a stray write
       scores[p.compact ? k : k * p.nc + l] = assign::tal_norm(t_a[k], Key::value(pos_o[r]), Key::value(pos_t[r]), static_cast<T>(p.eps));
   }
 }
@@ -414,6 +417,8 @@ std::vector<at::Tensor> task_aligned_assign_cuda(const at::Tensor& pd_scores, co
   int64_t B, A, M;
   std::tie(B, A, M) = assign::check_task_aligned_args(pd_scores, pd_bboxes, anc_points, gt_labels, gt_bboxes, gt_valid, topk, num_classes, tie_rule);
   TORCH_CHECK(tie_rule == 1, "fastloss task_aligned_assign: the CUDA kernel implements torch's CUDA top-k tie rule only (tie_rule 1)");
+  for (const at::Tensor* t : {&pd_bboxes, &anc_points, &gt_labels, &gt_bboxes, &gt_valid})  // the dispatcher checks no custom op's devices
+    TORCH_CHECK(t->device() == pd_scores.device(), "fastloss task_aligned_assign: every tensor must be on pd_scores' device");
   const c10::cuda::CUDAGuard guard(pd_scores.device());
   const auto opts = pd_scores.options();
   at::Tensor labels = at::empty({B, A}, opts.dtype(at::kLong));

@@ -3,7 +3,7 @@
 //
 // One (query, target) pair of one image, in the peer's float operations and order, so the
 // result equals the peer's full-matrix element bit for bit:
-//   l1   = ((|p0 - t0| + |p1 - t1|) + |p2 - t2|) + |p3 - t3|      torch.cdist(p=1)'s order
+//   l1   = sum of |p_k - t_k|                                    torch.cdist(p=1)'s order (l1 below)
 //   cls  = table[b, q, label]                                      the precomputed class term
 //   giou = DETR's generalized_box_iou or mmdet's bbox_overlaps(mode="giou") (giou below)
 //   cost = (w_a term_a + w_b term_b) + w_c term_c,  terms (cls, l1, -giou) in the peer's order
@@ -36,13 +36,20 @@ FL_HOST_DEVICE FL_INLINE T nan_min(T a, T b) { return a < b || a != a ? a : b; }
 template <typename T>
 FL_HOST_DEVICE FL_INLINE T clamp0(T x) { return x < T(0) ? T(0) : x; }
 
-// cdist(p=1) of two 4-vectors: the absolute differences summed left to right from 0
-// (0 + |d0| = |d0| exactly)
+// cdist(p=1) of two 4-vectors in torch's summation order on the device that runs it (the
+// zeros it starts from add exactly):
+//   CPU (Distance.cpp, a sequential reduction):           ((|d0| + |d1|) + |d2|) + |d3|
+//   CUDA (DistanceKernel.cu: lane k holds |d_k|, then a shuffle-down tree, offsets 16 .. 1):
+//                                                         (|d0| + |d2|) + (|d1| + |d3|)
 template <typename T>
 FL_HOST_DEVICE FL_INLINE T l1(const T* p, const T* t) {
-  T s = fl::abs(rn_sub(p[0], t[0]));
-  for (int k = 1; k < 4; ++k) s = rn_add(s, fl::abs(rn_sub(p[k], t[k])));
-  return s;
+  T d[4];
+  for (int k = 0; k < 4; ++k) d[k] = fl::abs(rn_sub(p[k], t[k]));
+#if defined(__CUDA_ARCH__)
+  return rn_add(rn_add(d[0], d[2]), rn_add(d[1], d[3]));
+#else
+  return rn_add(rn_add(rn_add(d[0], d[1]), d[2]), d[3]);
+#endif
 }
 
 // GIoU of xyxy boxes p (the query) and t (the target):

@@ -287,7 +287,9 @@ def task_aligned_assign(pd_scores, pd_bboxes, anc_points, gt_labels, gt_bboxes, 
             read in fp32, as ultralytics' assigner computes under autocast).
         pd_bboxes: (B, A, 4) predicted boxes, xyxy pixels.
         anc_points: (A, 2) anchor points, pixels.
-        gt_labels: (B, M, 1) class indices in [0, nc) for real gts; gt_bboxes: (B, M, 4) xyxy
+        gt_labels: (B, M, 1) class indices in [0, nc) for real gts (checked on CPU tensors; on
+            CUDA ones the kernels clamp a label to [0, nc - 1] to read its score, and a label
+            >= nc matches no class of the dense target_scores); gt_bboxes: (B, M, 4) xyxy
             pixels; mask_gt: (B, M, 1), non-zero for real gts (the padding is 0).
         topk, num_classes, alpha, beta, eps: ultralytics' (its detection loss: 10, nc, 0.5,
             6.0, 1e-9); stride_val: the smallest gt side the candidate test widens to (its

@@ -5,7 +5,8 @@ Design: ../shared/assigners.md sections 7 and 11.4; the spec and the peers' form
 fastloss/reference/match_cost.py.  The peers (DETR, DINO, mmdetection's HungarianAssigner)
 build the whole (B*Q, sum T) matrix and use only its per-image diagonal blocks; the custom op
 ``fastloss::match_cost`` computes only the blocks, bit-equal to the peer's (CPU, fp32 and fp64;
-the GPU kernels round every product and sum on its own, as the CPU does).
+the GPU kernels round every product and sum on its own, as the CPU does, and sum the L1 term in
+cdist(p=1)'s CUDA order, as the peers do on CUDA).
 
 Steps: (1) the (B, Q, C) class table in the peer's arithmetic (torch ops, shared by every
 backend: -softmax or focal pos - neg); (2) the box forms each term needs (torch ops, the peer's

@@ -189,7 +189,9 @@ def task_aligned_assign(pd_scores, pd_bboxes, anc_points, gt_labels, gt_bboxes, 
     target_bboxes = g_box
     if compact:
         return target_labels, target_bboxes, norm, fg, gt_idx
-    onehot = torch.zeros(B, A, num_classes, dtype=torch.int8, device=dev).scatter_(2, target_labels[..., None], 1)
+    # the label's one-hot; a label >= nc (possible for a padded gt that resolution falls back to)
+    # matches no class
+    onehot = target_labels[..., None] == torch.arange(num_classes, device=dev)
     target_scores = onehot * fg[..., None] * norm[..., None]
     return target_labels, target_bboxes, target_scores, fg, gt_idx
 

@@ -12,7 +12,8 @@ The peers (formulas restated here, their code not copied):
   boxes cxcywh (normalised);
   class cost  k = -softmax(logits)[label];
   L1          l = torch.cdist(p=1) on cxcywh, which sums ((|d0| + |d1|) + |d2|) + |d3|
-              left to right (checked on the CPU: bit-equal);
+              left to right on the CPU (checked: bit-equal) and (|d0| + |d2|) + (|d1| + |d3|)
+              on CUDA (DistanceKernel.cu: one lane per coordinate, a shuffle-down tree);
   GIoU        on xyxy = (cx - 0.5 w, cy - 0.5 h, cx + 0.5 w, cy + 0.5 h):
               A = (x2 - x1)(y2 - y1) per box, I = clamp(min(x2) - max(x1), 0) * (y alike),
               U = (A_p + A_t) - I, iou = I / U, E = clamp(max(x2) - min(x1), 0) * (y alike),
@@ -109,6 +110,15 @@ def giou(p, t, mode):
     return iou - torch.where(enclose == 0, zero, (enclose - union) / enclose)
 
 
+def cdist_l1_sum(d):
+    """torch.cdist(p=1)'s sum of the absolute differences d (..., 4), in its order on d's
+    device: ((d0 + d1) + d2) + d3 on the CPU (a sequential sum), (d0 + d2) + (d1 + d3) on CUDA
+    (DistanceKernel.cu: lane k holds d_k, then a shuffle-down tree).  (...)."""
+    if d.device.type == "cuda":
+        return (d[..., 0] + d[..., 2]) + (d[..., 1] + d[..., 3])
+    return ((d[..., 0] + d[..., 1]) + d[..., 2]) + d[..., 3]
+
+
 def block_costs(table, pred_l1, pred_xyxy, tgt_l1, tgt_xyxy, tgt_labels, tgt_image, offsets, w_class, w_bbox, w_giou, giou_mode, order):
     """The per-image cost blocks, flat (module docstring's layout).
 
@@ -130,7 +140,7 @@ def block_costs(table, pred_l1, pred_xyxy, tgt_l1, tgt_xyxy, tgt_labels, tgt_ima
     first = offsets[tgt_image]  # o_b of each target's image
     count = offsets[tgt_image + 1] - first  # T_b
     d = (pred_l1[tgt_image] - tgt_l1[:, None]).abs()  # (N, Q, 4)
-    l1 = ((d[..., 0] + d[..., 1]) + d[..., 2]) + d[..., 3]  # cdist(p=1)'s order
+    l1 = cdist_l1_sum(d)
     C = table.shape[2]
     ok = (tgt_labels >= 0) & (tgt_labels < C)  # an out-of-range label gives NaN costs (every backend)
     if C:
