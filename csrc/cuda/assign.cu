@@ -280,6 +280,75 @@ __global__ void tal_resolve_kernel(assign::TalArgs<T> p, const int32_t* count, c
       if (cand && ov > T(0)) atomic_max_key(&pos_o[b * p.M + g], Key::of(ov));
     }
     t_a[k] = t;
+  }
+}
+
+template <typename T>
+__global__ void tal_targets_kernel(assign::TalArgs<T> p, const int64_t* gt_idx, const bool* fg, const T* t_a,
+                                   const typename assign::TalKey<T>::type* pos_t, const typename assign::TalKey<T>::type* pos_o,
+                                   int64_t* labels, T* boxes, T* scores) {
+  using Key = assign::TalKey<T>;
+  for (int64_t k = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; k < p.B * p.A; k += int64_t(gridDim.x) * blockDim.x) {
+    const int64_t b = k / p.A, r = b * p.M + gt_idx[k];
+    const int64_t l = max(p.labels[r], int64_t(0));
+    labels[k] = l;
+    for (int c = 0; c < 4; ++c) boxes[k * 4 + c] = p.gt[r * 4 + c];
+    if (fg[k] && (p.compact || l < p.nc))  // a label >= nc (unchecked on CUDA) matches no class: never a stray write
+      scores[p.compact ? k : k * p.nc + l] = assign::tal_norm(t_a[k], Key::value(pos_o[r]), Key::value(pos_t[r]), static_cast<T>(p.eps));
+  }
+}
+
+std::vector<at::Tensor> task_aligned_assign_cuda(const at::Tensor& pd_scores, const at::Tensor& pd_bboxes, const at::Tensor& anc_points,
+                                                 const at::Tensor& gt_labels, const at::Tensor& gt_bboxes, const at::Tensor& gt_valid, int64_t topk,
+                                                 int64_t num_classes, double alpha, double beta, double stride_val, double eps, int64_t tie_rule,
+                                                 bool compact) {
+  int64_t B, A, M;
+  std::tie(B, A, M) = assign::check_task_aligned_args(pd_scores, pd_bboxes, anc_points, gt_labels, gt_bboxes, gt_valid, topk, num_classes, tie_rule);
+  TORCH_CHECK(tie_rule == 1, "fastloss task_aligned_assign: the CUDA kernel implements torch's CUDA top-k tie rule only (tie_rule 1)");
+  for (const at::Tensor* t : {&pd_bboxes, &anc_points, &gt_labels, &gt_bboxes, &gt_valid})  // the dispatcher checks no custom op's devices
+    TORCH_CHECK(t->device() == pd_scores.device(), "fastloss task_aligned_assign: every tensor must be on pd_scores' device");
+  const c10::cuda::CUDAGuard guard(pd_scores.device());
+  const auto opts = pd_scores.options();
+  at::Tensor labels = at::empty({B, A}, opts.dtype(at::kLong));
+  at::Tensor boxes = at::empty({B, A, 4}, opts);
+  at::Tensor scores = compact ? at::zeros({B, A}, opts) : at::zeros({B, A, num_classes}, opts);
+  at::Tensor fg = at::empty({B, A}, opts.dtype(at::kBool));
+  at::Tensor gt_idx = at::empty({B, A}, opts.dtype(at::kLong));
+  if (B * A == 0) return {labels, boxes, scores, fg, gt_idx};
+  const at::Tensor atan_gt = assign::tal_aspect_atan(gt_bboxes), atan_pd = assign::tal_aspect_atan(pd_bboxes);  // torch's CUDA atan
+  at::Tensor count = at::zeros({B, A}, opts.dtype(at::kInt));
+  at::Tensor claimant = at::full({B, A}, std::numeric_limits<int32_t>::max(), opts.dtype(at::kInt));
+  at::Tensor t_a = at::empty({B, A}, opts);
+  const auto key_dtype = pd_scores.scalar_type() == at::kDouble ? at::kLong : at::kInt;  // the maxima's bit patterns, 0 = +0.0
+  at::Tensor pos_t = at::zeros({B, std::max<int64_t>(M, 1)}, opts.dtype(key_dtype));
+  at::Tensor pos_o = at::zeros({B, std::max<int64_t>(M, 1)}, opts.dtype(key_dtype));
+  const auto stream = c10::cuda::getCurrentCUDAStream();
+  AT_DISPATCH_FLOATING_TYPES(pd_scores.scalar_type(), "task_aligned_assign_cuda", [&] {
+    using K = typename assign::TalKey<scalar_t>::type;
+    const assign::TalArgs<scalar_t> p{pd_scores.const_data_ptr<scalar_t>(), pd_bboxes.const_data_ptr<scalar_t>(),
+                                      anc_points.const_data_ptr<scalar_t>(), gt_labels.const_data_ptr<int64_t>(),
+                                      gt_bboxes.const_data_ptr<scalar_t>(), gt_valid.const_data_ptr<bool>(),
+                                      atan_gt.const_data_ptr<scalar_t>(), atan_pd.const_data_ptr<scalar_t>(),
+                                      B, A, M, num_classes, topk, alpha, beta, stride_val, eps, /*cuda_rule=*/true, compact};
+    if (B * M > 0) {
+      tal_claim_kernel<<<static_cast<unsigned>(std::min<int64_t>(B * M, 1 << 20)), kThreads, 0, stream>>>(
+          p, count.mutable_data_ptr<int32_t>(), claimant.mutable_data_ptr<int32_t>());
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+    }
+    K* pt = reinterpret_cast<K*>(pos_t.mutable_data_ptr());
+    K* po = reinterpret_cast<K*>(pos_o.mutable_data_ptr());
+    tal_resolve_kernel<<<grid_for(B * A), kThreads, 0, stream>>>(p, count.const_data_ptr<int32_t>(), claimant.const_data_ptr<int32_t>(),
+                                                                 gt_idx.mutable_data_ptr<int64_t>(), fg.mutable_data_ptr<bool>(),
+                                                                 t_a.mutable_data_ptr<scalar_t>(), pt, po);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    tal_targets_kernel<<<grid_for(B * A), kThreads, 0, stream>>>(p, gt_idx.const_data_ptr<int64_t>(), fg.const_data_ptr<bool>(),
+                                                                 t_a.const_data_ptr<scalar_t>(), pt, po,
+                                                                 labels.mutable_data_ptr<int64_t>(), boxes.mutable_data_ptr<scalar_t>(),
+                                                                 scores.mutable_data_ptr<scalar_t>());
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  });
+  return {labels, boxes, scores, fg, gt_idx};
+}
 
 // ------------------------------------------------------------------ ATSS (mmdetection)
 //
@@ -396,70 +465,6 @@ __global__ void atss_first_gt_kernel(int64_t B, int64_t M, int64_t A, int64_t lk
 }
 
 template <typename T>
-__global__ void tal_targets_kernel(assign::TalArgs<T> p, const int64_t* gt_idx, const bool* fg, const T* t_a,
-                                   const typename assign::TalKey<T>::type* pos_t, const typename assign::TalKey<T>::type* pos_o,
-                                   int64_t* labels, T* boxes, T* scores) {
-  using Key = assign::TalKey<T>;
-  for (int64_t k = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; k < p.B * p.A; k += int64_t(gridDim.x) * blockDim.x) {
-    const int64_t b = k / p.A, r = b * p.M + gt_idx[k];
-    const int64_t l = max(p.labels[r], int64_t(0));
-    labels[k] = l;
-    for (int c = 0; c < 4; ++c) boxes[k * 4 + c] = p.gt[r * 4 + c];
-    if (fg[k] && (p.compact || l < p.nc))  // a label >= nc (unchecked on CUDA) matches no class: never a stray write
-      scores[p.compact ? k : k * p.nc + l] = assign::tal_norm(t_a[k], Key::value(pos_o[r]), Key::value(pos_t[r]), static_cast<T>(p.eps));
-  }
-}
-
-std::vector<at::Tensor> task_aligned_assign_cuda(const at::Tensor& pd_scores, const at::Tensor& pd_bboxes, const at::Tensor& anc_points,
-                                                 const at::Tensor& gt_labels, const at::Tensor& gt_bboxes, const at::Tensor& gt_valid, int64_t topk,
-                                                 int64_t num_classes, double alpha, double beta, double stride_val, double eps, int64_t tie_rule,
-                                                 bool compact) {
-  int64_t B, A, M;
-  std::tie(B, A, M) = assign::check_task_aligned_args(pd_scores, pd_bboxes, anc_points, gt_labels, gt_bboxes, gt_valid, topk, num_classes, tie_rule);
-  TORCH_CHECK(tie_rule == 1, "fastloss task_aligned_assign: the CUDA kernel implements torch's CUDA top-k tie rule only (tie_rule 1)");
-  for (const at::Tensor* t : {&pd_bboxes, &anc_points, &gt_labels, &gt_bboxes, &gt_valid})  // the dispatcher checks no custom op's devices
-    TORCH_CHECK(t->device() == pd_scores.device(), "fastloss task_aligned_assign: every tensor must be on pd_scores' device");
-  const c10::cuda::CUDAGuard guard(pd_scores.device());
-  const auto opts = pd_scores.options();
-  at::Tensor labels = at::empty({B, A}, opts.dtype(at::kLong));
-  at::Tensor boxes = at::empty({B, A, 4}, opts);
-  at::Tensor scores = compact ? at::zeros({B, A}, opts) : at::zeros({B, A, num_classes}, opts);
-  at::Tensor fg = at::empty({B, A}, opts.dtype(at::kBool));
-  at::Tensor gt_idx = at::empty({B, A}, opts.dtype(at::kLong));
-  if (B * A == 0) return {labels, boxes, scores, fg, gt_idx};
-  const at::Tensor atan_gt = assign::tal_aspect_atan(gt_bboxes), atan_pd = assign::tal_aspect_atan(pd_bboxes);  // torch's CUDA atan
-  at::Tensor count = at::zeros({B, A}, opts.dtype(at::kInt));
-  at::Tensor claimant = at::full({B, A}, std::numeric_limits<int32_t>::max(), opts.dtype(at::kInt));
-  at::Tensor t_a = at::empty({B, A}, opts);
-  const auto key_dtype = pd_scores.scalar_type() == at::kDouble ? at::kLong : at::kInt;  // the maxima's bit patterns, 0 = +0.0
-  at::Tensor pos_t = at::zeros({B, std::max<int64_t>(M, 1)}, opts.dtype(key_dtype));
-  at::Tensor pos_o = at::zeros({B, std::max<int64_t>(M, 1)}, opts.dtype(key_dtype));
-  const auto stream = c10::cuda::getCurrentCUDAStream();
-  AT_DISPATCH_FLOATING_TYPES(pd_scores.scalar_type(), "task_aligned_assign_cuda", [&] {
-    using K = typename assign::TalKey<scalar_t>::type;
-    const assign::TalArgs<scalar_t> p{pd_scores.const_data_ptr<scalar_t>(), pd_bboxes.const_data_ptr<scalar_t>(),
-                                      anc_points.const_data_ptr<scalar_t>(), gt_labels.const_data_ptr<int64_t>(),
-                                      gt_bboxes.const_data_ptr<scalar_t>(), gt_valid.const_data_ptr<bool>(),
-                                      atan_gt.const_data_ptr<scalar_t>(), atan_pd.const_data_ptr<scalar_t>(),
-                                      B, A, M, num_classes, topk, alpha, beta, stride_val, eps, /*cuda_rule=*/true, compact};
-    if (B * M > 0) {
-      tal_claim_kernel<<<static_cast<unsigned>(std::min<int64_t>(B * M, 1 << 20)), kThreads, 0, stream>>>(
-          p, count.mutable_data_ptr<int32_t>(), claimant.mutable_data_ptr<int32_t>());
-      C10_CUDA_KERNEL_LAUNCH_CHECK();
-    }
-    K* pt = reinterpret_cast<K*>(pos_t.mutable_data_ptr());
-    K* po = reinterpret_cast<K*>(pos_o.mutable_data_ptr());
-    tal_resolve_kernel<<<grid_for(B * A), kThreads, 0, stream>>>(p, count.const_data_ptr<int32_t>(), claimant.const_data_ptr<int32_t>(),
-                                                                 gt_idx.mutable_data_ptr<int64_t>(), fg.mutable_data_ptr<bool>(),
-                                                                 t_a.mutable_data_ptr<scalar_t>(), pt, po);
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
-    tal_targets_kernel<<<grid_for(B * A), kThreads, 0, stream>>>(p, gt_idx.const_data_ptr<int64_t>(), fg.const_data_ptr<bool>(),
-                                                                 t_a.const_data_ptr<scalar_t>(), pt, po,
-                                                                 labels.mutable_data_ptr<int64_t>(), boxes.mutable_data_ptr<scalar_t>(),
-                                                                 scores.mutable_data_ptr<scalar_t>());
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
-  });
-  return {labels, boxes, scores, fg, gt_idx};
 __global__ void atss_finish_kernel(int64_t B, int64_t M, int64_t A, const bool* valid, const bool* ignored, const unsigned long long* key,
                                    const unsigned long long* first, int64_t* inds, T* best) {
   for (int64_t k = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; k < B * A; k += int64_t(gridDim.x) * blockDim.x) {
