@@ -4,8 +4,7 @@ The C++ CPU kernels are always built.  The CUDA kernels are built whenever nvcc 
 found (``CUDA_HOME``) and torch is a CUDA build -- a visible GPU is *not* required --
 or when ``FASTLOSS_FORCE_CUDA=1``; ``FASTLOSS_SKIP_CUDA=1`` skips them for quick
 local builds.  ``TORCH_CUDA_ARCH_LIST`` (default "8.0;9.0") and ``MAX_JOBS`` are
-honoured.  ``FASTLOSS_CPU_AVX512=0`` caps the CPU kernels at AVX2, ``FASTLOSS_CPU_AVX2=0`` builds
-the portable (non-AVX2) ones.
+honoured.  ``FASTLOSS_CPU_AVX2=0`` builds the portable (non-AVX2) CPU kernels.
 
 Build in place, without fetching a second torch:
     pip install --no-build-isolation -e .
@@ -27,22 +26,17 @@ def _flag(name):
     return os.environ.get(name, "").strip().lower() in ("1", "true", "yes", "on")
 
 
-def _cpu_capability():
-    """The build machine's best ISA the CPU kernels are compiled for, as ATen names them:
-    "avx512" (AVX-512 F/BW/VL/DQ + FMA + F16C), "avx2" (AVX2 + FMA + F16C) or "default".
-    FASTLOSS_CPU_AVX512=0 caps it at avx2, FASTLOSS_CPU_AVX2=0 at default (portable builds)."""
+def _cpu_has_avx2():
     if platform.machine().lower() not in ("x86_64", "amd64"):
-        return "default"
+        return False
+    if os.environ.get("FASTLOSS_CPU_AVX2", "").strip() == "0":
+        return False
     try:
         with open("/proc/cpuinfo") as f:
-            flags = set(f.read().split())
+            flags = f.read()
+        return all(f" {flag}" in flags for flag in ("avx2", "fma", "f16c"))
     except OSError:
-        return "default"
-    if os.environ.get("FASTLOSS_CPU_AVX2", "").strip() == "0" or not {"avx2", "fma", "f16c"} <= flags:
-        return "default"
-    if os.environ.get("FASTLOSS_CPU_AVX512", "").strip() != "0" and {"avx512f", "avx512bw", "avx512vl", "avx512dq"} <= flags:
-        return "avx512"
-    return "avx2"
+        return False
 
 
 def source_hash():
@@ -80,7 +74,7 @@ def extensions():
     if with_cuda:
         os.environ.setdefault("TORCH_CUDA_ARCH_LIST", "8.0;9.0")
 
-    isa = _cpu_capability()
+    avx2 = _cpu_has_avx2()
     # -ffp-contract=off: a product is rounded before the sum that uses it, as in PyTorch's own
     # elementwise ops -- the assigners compare IoUs for equality with mmdetection's (an FMA moves
     # the last bit), and the box kernels then equal their reference bit for bit.
@@ -92,19 +86,15 @@ def extensions():
         # resolves to the copy torch already loaded.
         cxx.append("-fopenmp")
         link.append("-fopenmp")
-    # ATen's Vectorized<T> then uses AVX2 (8 fp32 lanes) or AVX-512 (16) registers and SLEEF's
-    # vector exp / log1p, as torch's own kernels on the same machine (and torch.compile's code).
-    if isa == "avx2":
+    if avx2:
+        # ATen's Vectorized<T> then uses AVX2 registers and SLEEF's vector exp/log1p.
         cxx += ["-mavx2", "-mfma", "-mf16c", "-DCPU_CAPABILITY_AVX2", "-DCPU_CAPABILITY=AVX2"]
-    elif isa == "avx512":
-        cxx += ["-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512dq", "-mavx2", "-mfma", "-mf16c", "-DCPU_CAPABILITY_AVX512",
-                "-DCPU_CAPABILITY=AVX512"]
     # Build facts go to a generated header included by csrc/fastloss.cpp alone, so a changed
     # hash recompiles one file instead of every kernel (as a -D flag would).
     generated = os.path.join(ROOT, "build", "generated")
     os.makedirs(generated, exist_ok=True)
     info = (f'#define FL_SOURCE_HASH "{source_hash()}"\n#define FL_WITH_CUDA {int(with_cuda)}\n'
-            f'#define FL_CPU_CAPABILITY "{isa}"\n')
+            f'#define FL_CPU_CAPABILITY "{"avx2" if avx2 else "default"}"\n')
     info_path = os.path.join(generated, "fastloss_build_info.h")
     if not os.path.exists(info_path) or open(info_path).read() != info:
         with open(info_path, "w") as f:
@@ -120,7 +110,7 @@ def extensions():
     else:
         ext = CppExtension("fastloss._C", sources, include_dirs=include_dirs, extra_compile_args={"cxx": cxx},
                            extra_link_args=link)
-    print(f"fastloss: building _C with CUDA={with_cuda} cpu={isa}", file=sys.stderr)
+    print(f"fastloss: building _C with CUDA={with_cuda} avx2={avx2}", file=sys.stderr)
     return [ext], {"build_ext": _incremental(BuildExtension.with_options(use_ninja=True))}
 
 

@@ -30,7 +30,7 @@ using cpu::Vec;
 using dice::Args;
 
 // pixels per deterministic reduction block (a multiple of every Vec size): each fp32 lane adds
-// at most kPix / V terms in sequence (64 with AVX2, 32 with AVX-512) before the block's partial goes to fp64
+// at most kPix / V terms in sequence (64 with AVX2) before the block's partial goes to fp64
 constexpr int64_t kPix = 512;
 
 // Per chunk of <= V pixels: the label (as acc_t, -1 for ignored / tail lanes) and the mask.

@@ -2,7 +2,7 @@
 // with the CUDA kernels and the Dice family); the calling convention is in csrc/fastloss.cpp.
 //
 // The rows (pixels / boxes) are processed V at a time, one per lane of an ATen Vectorized
-// (8 fp32 lanes with AVX2, 16 with AVX-512): a tile holds the C logits of V rows, loaded straight from the
+// (8 fp32 lanes with AVX2): a tile holds the C logits of V rows, loaded straight from the
 // (B, C, S) view -- a vector load per class for contiguous NCHW (rows adjacent along S), 8 x 8
 // register transposes of whole row blocks for channels_last and (N, C) inputs (classes
 // adjacent, rows C apart; a gather for other strides) -- so every layout runs the same lane
@@ -26,7 +26,7 @@
 #include <type_traits>
 #include <vector>
 
-#if defined(CPU_CAPABILITY_AVX2) || defined(CPU_CAPABILITY_AVX512)
+#if defined(CPU_CAPABILITY_AVX2)
 #include <immintrin.h>
 #endif
 
@@ -73,9 +73,9 @@ template <typename acc_t, typename scalar_t>
 inline void rows_to_tile(const scalar_t* src, int64_t ld, int64_t n, int64_t C, acc_t* tile) {
   constexpr int64_t V = Vec<acc_t>::size();
   int64_t c0 = 0;
-  if constexpr (std::is_same_v<scalar_t, float> && std::is_same_v<acc_t, float> && (V == 8 || V == 16)) {
+  if constexpr (std::is_same_v<scalar_t, float> && std::is_same_v<acc_t, float> && V == 8) {
     if (n == V)
-      for (; c0 + V <= C; c0 += V) at::vec::transpose_mxn<float, V, V>(src + c0, ld, tile + c0 * V, V);
+      for (; c0 + 8 <= C; c0 += 8) at::vec::transpose_mxn<float, 8, 8>(src + c0, ld, tile + c0 * V, V);
   }
   for (int64_t c = c0; c < C; ++c)
     for (int64_t j = 0; j < V; ++j) tile[c * V + j] = j < n ? static_cast<acc_t>(src[j * ld + c]) : acc_t(0);
@@ -86,9 +86,9 @@ template <typename acc_t, typename scalar_t>
 inline void tile_to_rows(const acc_t* tile, int64_t n, int64_t C, scalar_t* dst, int64_t ld) {
   constexpr int64_t V = Vec<acc_t>::size();
   int64_t c0 = 0;
-  if constexpr (std::is_same_v<scalar_t, float> && std::is_same_v<acc_t, float> && (V == 8 || V == 16)) {
+  if constexpr (std::is_same_v<scalar_t, float> && std::is_same_v<acc_t, float> && V == 8) {
     if (n == V)
-      for (; c0 + V <= C; c0 += V) at::vec::transpose_mxn<float, V, V>(tile + c0 * V, V, dst + c0, ld);
+      for (; c0 + 8 <= C; c0 += 8) at::vec::transpose_mxn<float, 8, 8>(tile + c0 * V, V, dst + c0, ld);
   }
   for (int64_t j = 0; j < n; ++j)
     for (int64_t c = c0; c < C; ++c) dst[j * ld + c] = static_cast<scalar_t>(tile[c * V + j]);
@@ -101,18 +101,13 @@ inline void tile_to_rows(const acc_t* tile, int64_t n, int64_t C, scalar_t* dst,
 // (stream_fence) before its results are used.
 template <typename acc_t, typename scalar_t>
 inline void tile_to_dense_rows(const acc_t* tile, int64_t n, int64_t C, scalar_t* dst, acc_t* stage) {
-#if defined(CPU_CAPABILITY_AVX2) || defined(CPU_CAPABILITY_AVX512)
+#if defined(CPU_CAPABILITY_AVX2)
   if constexpr (std::is_same_v<scalar_t, float> && std::is_same_v<acc_t, float>) {
     tile_to_rows(tile, n, C, stage, C);
     const int64_t len = n * C;
     int64_t i = 0;
-#if defined(CPU_CAPABILITY_AVX512)
-    for (; i < len && (reinterpret_cast<uintptr_t>(dst + i) & 63) != 0; ++i) dst[i] = stage[i];
-    for (; i + 16 <= len; i += 16) _mm512_stream_ps(dst + i, _mm512_loadu_ps(stage + i));
-#else
     for (; i < len && (reinterpret_cast<uintptr_t>(dst + i) & 31) != 0; ++i) dst[i] = stage[i];
     for (; i + 8 <= len; i += 8) _mm256_stream_ps(dst + i, _mm256_loadu_ps(stage + i));
-#endif
     for (; i < len; ++i) dst[i] = stage[i];
     return;
   }
@@ -122,7 +117,7 @@ inline void tile_to_dense_rows(const acc_t* tile, int64_t n, int64_t C, scalar_t
 }
 
 inline void stream_fence() {
-#if defined(CPU_CAPABILITY_AVX2) || defined(CPU_CAPABILITY_AVX512)
+#if defined(CPU_CAPABILITY_AVX2)
   _mm_sfence();
 #endif
 }

@@ -1,7 +1,6 @@
 // CPU-only: the fl:: math of common.h for at::vec::Vectorized lanes, so the per-element
-// templates in csrc/kernels/ run 8 (AVX2) or 16 (AVX-512) fp32 lanes at a time on the CPU.
-// Built with CPU_CAPABILITY_AVX2 / _AVX512 (setup.py: the build machine's best), ATen maps
-// exp/log1p to SLEEF's vector routines.
+// templates in csrc/kernels/ run 8 (AVX2) lanes at a time on the CPU.  Built with
+// CPU_CAPABILITY_AVX2, ATen maps exp/log1p to SLEEF's vector routines.
 #pragma once
 
 #include <ATen/cpu/vec/vec.h>
