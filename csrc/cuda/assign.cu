@@ -136,8 +136,6 @@ std::tuple<at::Tensor, at::Tensor> max_iou_assign_cuda(const at::Tensor& priors,
                                                        double min_pos_iou, bool match_low_quality, bool gt_max_assign_all) {
   int64_t B, A, M;
   std::tie(B, A, M) = assign::check_max_iou_args(priors, gt_bboxes, gt_valid, ignored);
-  for (const at::Tensor* t : {&gt_bboxes, &gt_valid, &ignored})  // the dispatcher checks no custom op's devices
-    TORCH_CHECK(t->device() == priors.device(), "fastloss max_iou_assign: every tensor must be on priors' device");
   const c10::cuda::CUDAGuard guard(priors.device());
   at::Tensor inds = at::empty({B, A}, priors.options().dtype(at::kLong));
   at::Tensor best = at::empty({B, A}, priors.options());
@@ -305,8 +303,6 @@ std::vector<at::Tensor> task_aligned_assign_cuda(const at::Tensor& pd_scores, co
   int64_t B, A, M;
   std::tie(B, A, M) = assign::check_task_aligned_args(pd_scores, pd_bboxes, anc_points, gt_labels, gt_bboxes, gt_valid, topk, num_classes, tie_rule);
   TORCH_CHECK(tie_rule == 1, "fastloss task_aligned_assign: the CUDA kernel implements torch's CUDA top-k tie rule only (tie_rule 1)");
-  for (const at::Tensor* t : {&pd_bboxes, &anc_points, &gt_labels, &gt_bboxes, &gt_valid})  // the dispatcher checks no custom op's devices
-    TORCH_CHECK(t->device() == pd_scores.device(), "fastloss task_aligned_assign: every tensor must be on pd_scores' device");
   const c10::cuda::CUDAGuard guard(pd_scores.device());
   const auto opts = pd_scores.options();
   at::Tensor labels = at::empty({B, A}, opts.dtype(at::kLong));

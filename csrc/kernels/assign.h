@@ -333,6 +333,8 @@ namespace assign {
 // kernels; returns (B, A, M).
 inline std::tuple<int64_t, int64_t, int64_t> check_max_iou_args(const at::Tensor& priors, const at::Tensor& gt_bboxes, const at::Tensor& gt_valid,
                                                                 const at::Tensor& ignored) {
+  for (const at::Tensor* t : {&gt_bboxes, &gt_valid, &ignored})  // the dispatcher checks no custom op's devices
+    TORCH_CHECK(t->device() == priors.device(), "fastloss max_iou_assign: every tensor must be on priors' device");
   TORCH_CHECK(priors.dim() == 3 && priors.size(2) == 4 && priors.is_contiguous(), "fastloss max_iou_assign: priors must be contiguous (B or 1, A, 4)");
   TORCH_CHECK(gt_bboxes.dim() == 3 && gt_bboxes.size(2) == 4 && gt_bboxes.is_contiguous() && gt_bboxes.scalar_type() == priors.scalar_type(),
               "fastloss max_iou_assign: gt_bboxes must be contiguous (B, M, 4) of priors' dtype");
@@ -353,6 +355,8 @@ inline std::tuple<int64_t, int64_t, int64_t> check_task_aligned_args(const at::T
                                                                      const at::Tensor& anc_points, const at::Tensor& gt_labels,
                                                                      const at::Tensor& gt_bboxes, const at::Tensor& gt_valid, int64_t topk,
                                                                      int64_t num_classes, int64_t tie_rule) {
+  for (const at::Tensor* t : {&pd_bboxes, &anc_points, &gt_labels, &gt_bboxes, &gt_valid})  // the dispatcher checks no custom op's devices
+    TORCH_CHECK(t->device() == pd_scores.device(), "fastloss task_aligned_assign: every tensor must be on pd_scores' device");
   TORCH_CHECK(pd_scores.dim() == 3 && pd_scores.is_contiguous() && pd_scores.size(2) == num_classes,
               "fastloss task_aligned_assign: pd_scores must be contiguous (B, A, num_classes)");
   const int64_t B = pd_scores.size(0), A = pd_scores.size(1), M = gt_bboxes.size(1);

@@ -108,6 +108,8 @@ namespace match_cost {
 inline std::vector<int64_t> check_args(const at::Tensor& table, const at::Tensor& pred_l1, const at::Tensor& pred_xyxy, const at::Tensor& tgt_l1,
                                        const at::Tensor& tgt_xyxy, const at::Tensor& labels, const at::Tensor& image, const at::Tensor& offsets,
                                        int64_t mode, at::IntArrayRef order) {
+  for (const at::Tensor* t : {&pred_l1, &pred_xyxy, &tgt_l1, &tgt_xyxy, &labels, &image, &offsets})  // the dispatcher checks no custom op's devices
+    TORCH_CHECK(t->device() == table.device(), "fastloss match_cost: every tensor must be on table's device");
   TORCH_CHECK(table.dim() == 3 && table.is_contiguous() && at::isFloatingType(table.scalar_type()),
               "fastloss match_cost: table must be a contiguous floating (B, Q, C) tensor");
   const int64_t B = table.size(0), Q = table.size(1), C = table.size(2), N = labels.numel();

@@ -48,6 +48,8 @@ row-major, starts at element Q * o_b where o_b = T_0 + ... + T_{b-1}.
 """
 import torch
 
+from fastloss.reference import box_iou
+
 CLASS_SOFTMAX, CLASS_FOCAL_DINO, CLASS_FOCAL_MMDET = "softmax", "focal_dino", "focal_mmdet"
 GIOU_DETR, GIOU_MMDET = 0, 1  # GIoU arithmetic: DETR (clamped areas, no eps, 0 / 0 -> 0) / mmdet (signed areas, eps 1e-6)
 TERMS = ("class", "bbox", "giou")  # term indices of ``order``
@@ -74,9 +76,9 @@ def class_table(logits, kind, alpha=0.25, gamma=2.0, eps=1e-8):
 
 
 def cxcywh_to_xyxy(b):
-    """DETR's box_cxcywh_to_xyxy: (cx - 0.5 w, cy - 0.5 h, cx + 0.5 w, cy + 0.5 h)."""
-    cx, cy, w, h = b.unbind(-1)
-    return torch.stack([cx - 0.5 * w, cy - 0.5 * h, cx + 0.5 * w, cy + 0.5 * h], -1)
+    """DETR's box_cxcywh_to_xyxy: (cx - 0.5 w, cy - 0.5 h, cx + 0.5 w, cy + 0.5 h), the same
+    roundings as the box family's conversion (a product commutes)."""
+    return torch.stack(box_iou.to_xyxy(b, "cxcywh"), -1)
 
 
 def xyxy_to_cxcywh(b):
