@@ -16,6 +16,15 @@
 #   bench-quick  python -m benchmarks.run --device cuda --quick
 #   cpu-tests    the tests not marked gpu, FASTLOSS_REQUIRE_GPU=1, in parallel
 #   bench-full   python -m benchmarks.run --device cuda (full sizes)
+# Stage limits: LIMIT_<stage>=seconds overrides one (dashes as underscores: LIMIT_gpu_tests=200).
+# Peers: the lent machine has torchvision but not ultralytics / MONAI / smp / mmdet, whose
+# tests (the task-aligned and ATSS CUDA kernels among them) skip without them.  Carry them as
+# wheels (see /work/.library/device/README.md): put them in .whl/ (ignored through
+# .git/info/exclude), name .whl in the call's carry; this script installs them first.
+#   pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+#     --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 -d .whl \
+#     ultralytics==8.4.190 monai==1.6.1 segmentation_models_pytorch==0.6.0 mmdet==3.3.0 \
+#     mmengine==0.10.7 mmcv-lite==2.1.0 addict yapf platformdirs termcolor terminaltables pycocotools shapely
 # Every log goes to $OUT as its stage ends (a call stopped at its limit still returns what
 # ran); $OUT/session.tsv lists stage, seconds, exit status.  $OUT returns at most 8 files:
 # session.tsv, info.txt, build.log, tests-gpu.log, sanitizer.log, tests-cpu.log, bench.log,
@@ -59,6 +68,11 @@ while [ $# -gt 0 ]; do
   esac
   shift
 done
+if compgen -G ".whl/*.whl" > /dev/null; then
+  $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
+    && export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
+fi
+
 JOBS=${JOBS:-$(nproc)}
 xdist="-n $JOBS"
 $PY -c "import xdist" 2> /dev/null || xdist=""  # pytest-xdist is on the lent machines; run serially without it
@@ -66,8 +80,10 @@ status=0
 printf 'stage\tseconds\texit\n' > "$OUT/session.tsv"
 
 stage() {  # stage NAME LIMIT_S LOG COMMAND...
-  local name=$1 limit=$2 log=$3
+  local name=$1 limit=$2 log=$3 override
   shift 3
+  override="LIMIT_${name//-/_}"
+  limit=${!override:-$limit}
   echo "=== $name (limit ${limit}s)"
   local t0=$SECONDS rc
   timeout --kill-after=10 "$limit" "$@" > "$OUT/$log" 2>&1
