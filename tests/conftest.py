@@ -6,6 +6,9 @@
 * Tests marked ``gpu`` skip with a reason when no CUDA device is present; with
   ``FASTLOSS_REQUIRE_GPU=1`` (GPU machines) that skip is a failure instead.
 * Backend parametrization and tolerances live in tests/helpers.py.
+* ``FASTLOSS_TEST_REPORT=1`` (tools/gpu_session.sh): each failure, with its traceback, and each
+  test slower than 5 s is written to stderr as it happens -- a run stopped at its time limit
+  (a lent GPU's budget) still says what failed and why, which pytest's end summary does not.
 * Hypothesis: random examples by default (they found real numerics bugs);
   ``HYPOTHESIS_PROFILE=ci`` (set by .ci/run) replays the same examples every run, so CI
   is not red by chance.
@@ -38,6 +41,20 @@ def pytest_configure(config):
     # numpy warnings of Triton's interpreter evaluating both sides of tl.where (e.g. log(0)
     # in a branch that is then discarded): not fastloss's behaviour, just noise.
     config.addinivalue_line("filterwarnings", "ignore::RuntimeWarning:triton.runtime.interpreter")
+
+
+def pytest_runtest_logreport(report):
+    # Under pytest-xdist the workers' reports reach this hook in the controller too: write once.
+    if not helpers.env_flag("FASTLOSS_TEST_REPORT") or os.environ.get("PYTEST_XDIST_WORKER"):
+        return
+    if report.failed:
+        text = str(report.longrepr)
+        if len(text) > 4000:  # the assertion and the innermost frames are at the end
+            text = "...\n" + text[-4000:]
+        sys.__stderr__.write(f"\n=== FAILED ({report.when}, {report.duration:.1f} s) {report.nodeid}\n{text}\n")
+    elif report.when == "call" and report.duration > 5.0:
+        sys.__stderr__.write(f"\n=== SLOW {report.duration:.1f} s {report.nodeid}\n")
+    sys.__stderr__.flush()
 
 
 def pytest_runtest_setup(item):
