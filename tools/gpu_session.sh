@@ -7,7 +7,7 @@
 # Triton 3.6): build 91 s; the whole `-m gpu` suite did NOT finish in 370 s with 16 workers
 # (97 %), so it is split in two stages below; memcheck over the CUDA kernels in fp32: 52 s.
 # The plan that fits, two calls, the second issued at once on the warm machine:
-#   call 1 (timeout 600):  bash tools/gpu_session.sh                       # build gpu-tests-native sanitizer
+#   call 1 (timeout 600):  bash tools/gpu_session.sh    # build 150 + gpu-tests-native 300 + sanitizer 130 s at most
 #   call 2 (right after):  bash tools/gpu_session.sh --stages "gpu-tests-triton bench-quick"
 # Later sessions, when these pass: --full (the rest of the suite, the full benchmark).
 #   bash tools/gpu_session.sh --stages "build bench-full"   # any subset, in this order
@@ -115,12 +115,12 @@ cat "$OUT/info.txt"
 arch=$($PY -c "import torch; print('%d.%d' % torch.cuda.get_device_capability())" 2>/dev/null || echo "9.0")
 for s in $stages; do
   case "$s" in
-    build) stage build 300 build.log env MAX_JOBS="$JOBS" TORCH_CUDA_ARCH_LIST="$arch" $PY -m pip install --no-build-isolation --no-deps -e . \
+    build) stage build 150 build.log env MAX_JOBS="$JOBS" TORCH_CUDA_ARCH_LIST="$arch" $PY -m pip install --no-build-isolation --no-deps -e . \
              && $PY -m fastloss >> "$OUT/info.txt" 2>&1 || { echo "build failed: stopping"; exit 1; } ;;
     gpu-tests) stage gpu-tests 540 tests-gpu.log env $tenv $PY -m pytest tests -m gpu $topts ;;
-    gpu-tests-native) stage gpu-tests-native 360 tests-gpu.log env $tenv $PY -m pytest tests -m gpu -k "not triton" $topts ;;
+    gpu-tests-native) stage gpu-tests-native 300 tests-gpu.log env $tenv $PY -m pytest tests -m gpu -k "not triton" $topts ;;
     gpu-tests-triton) stage gpu-tests-triton 360 tests-gpu-triton.log env $tenv $PY -m pytest tests -m gpu -k triton $topts ;;
-    sanitizer) stage sanitizer 200 sanitizer.log bash "$0" --run-sanitizer ;;
+    sanitizer) stage sanitizer 130 sanitizer.log bash "$0" --run-sanitizer ;;
     bench-quick) stage bench-quick 120 bench.log bash "$0" --run-bench --quick ;;
     cpu-tests) stage cpu-tests 300 tests-cpu.log env $tenv $PY -m pytest tests -m "not gpu" $topts ;;
     bench-full) stage bench-full 420 bench.log bash "$0" --run-bench ;;
