@@ -93,6 +93,40 @@ def test_cross_entropy_matches_torch(grad_mode, device, backend, shape, layout, 
                     assert g.stride() == x.stride(), (g.stride(), x.stride())
 
 
+@pytest.mark.parametrize("C", [1, 7, 8, 9, 81, 2048, 2049])
+@pytest.mark.parametrize("device,backend", helpers.device_backend_params())
+def test_row_major_rows_edge_cases(grad_mode, device, backend, C):
+    """(N, C) rows -- the CPU kernel's class-lane path up to C = 2048, the tiled sweeps past it --
+    against float64 torch, with a random upstream gradient: C around the vector width, a NaN
+    logit, rows all / partly -inf, a tie for the max, a confident row, ignored rows."""
+    helpers.require_backend(device, backend)
+    torch.manual_seed(3)
+    x = torch.randn(29, C) * 3
+    t = torch.randint(0, C, (29,))
+    t[::6] = -100
+    if C > 2:
+        x[1, 2] = float("nan")
+        x[2, :] = float("-inf")
+        x[3, 1] = float("-inf")
+        x[4, :] = 5.0  # every class ties for the max
+        x[5, :] = 0.0
+        x[5, t[5]] = 30.0  # confident: 1 - p ~ 1e-11, kept without cancellation
+    w = torch.rand(C) + 0.5
+    x, t, w = x.to(device), t.to(device), w.to(device)
+    for dtype in _grid_dtypes(device, backend):
+        xd = x.to(dtype).requires_grad_()
+        x64 = x.to(dtype).double().requires_grad_()
+        for kw in ({}, {"weight": w.to(dtype)}):
+            kw64 = {k: v.double() for k, v in kw.items()}
+            out = fastloss.cross_entropy(xd, t, reduction="none", backend=backend, **kw)
+            exp = F.cross_entropy(x64, t, reduction="none", **kw64)
+            helpers.assert_close(out, exp, dtype, msg=f"C={C} {dtype} {list(kw)}")
+            up = helpers.random_upstream(exp)
+            (g,) = torch.autograd.grad(out, xd, up.to(out.dtype))
+            (g64,) = torch.autograd.grad(exp, x64, up)
+            helpers.assert_close(g, g64, dtype, msg=f"C={C} {dtype} {list(kw)} grad")
+
+
 @pytest.mark.parametrize("shape,layout", [((7, 5), "c"), ((2, 3, 4, 5), "cl"), ((2, 3, 2, 2, 3), "c"), ((5,), "c")], ids=str)
 @pytest.mark.parametrize("device,backend,dtype", helpers.device_backend_dtype_params(dtypes=(torch.float64, torch.float32, torch.float16)))
 def test_nll_loss_matches_torch(device, backend, dtype, shape, layout):
