@@ -299,11 +299,11 @@ std::vector<Partial> rowwise_cpu(const Args& a, const at::Tensor& upstream, at::
   // classes adjacent in memory (row-major): whole tiles moved by transposes (rows_to_tile)
   const bool x_rows = xv.sc == 1 && xv.ss != 1;
   const bool g_rows = write_grad && gv.sc == 1 && gv.ss != 1;
-  // row-major plain labels (no smoothing, no Poly-1, no temperature), fp32 / fp64 in and out:
+  // row-major plain labels (no smoothing, no temperature; Poly-1 is always kDense), fp32 / fp64 in and out:
   // each row with its classes in the lanes (label_row_stats), written straight to its gradient
   // row; a row's sum then runs over at most kSumBlock classes per lane, as the sweeps' blocks
   constexpr bool kLaneRows = labels && !kDense && std::is_same_v<scalar_t, acc_t>;
-  const bool lane_rows = kLaneRows && softmax && !poly1 && !scaled && x_rows && (!write_grad || g_rows) && C <= kSumBlock * V;
+  const bool lane_rows = kLaneRows && softmax && !scaled && x_rows && (!write_grad || g_rows) && C <= kSumBlock * V;
   const bool g_dense = g_rows && gv.ss == C && !lane_rows;  // the rows of a tile are one contiguous run (tile_to_dense_rows)
   // by value: the loop-invariant flags and pointers stay in registers (a reference capture is
   // re-read after every store the compiler cannot prove unrelated)
