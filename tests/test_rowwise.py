@@ -123,7 +123,7 @@ def test_row_major_rows_edge_cases(grad_mode, device, backend, C):
             helpers.assert_close(out, exp, dtype, msg=f"C={C} {dtype} {list(kw)}")
             up = helpers.random_upstream(exp)
             (g,) = torch.autograd.grad(out, xd, up.to(out.dtype))
-            (g64,) = torch.autograd.grad(exp, x64, up)
+            (g64,) = torch.autograd.grad(exp, x64, up, retain_graph=True)
             helpers.assert_close(g, g64, dtype, msg=f"C={C} {dtype} {list(kw)} grad")
 
 
@@ -155,9 +155,17 @@ def test_label_dtypes_and_ignore_255(device, backend, label_dtype):
     x = _make_logits((2, 5, 3, 4), "c", torch.float32, device)
     y = torch.randint(0, 5, (2, 3, 4))
     y[0, 0] = 255
-    exp = F.cross_entropy(x.detach().double(), y, ignore_index=255, label_smoothing=0.1)
-    out = fastloss.cross_entropy(x, y.to(label_dtype).to(device), ignore_index=255, label_smoothing=0.1, backend=backend)
-    helpers.assert_close(out, exp, torch.float32, reduced=True)
+    x64 = x.detach().double().requires_grad_()
+    w = torch.rand(5) + 0.1
+    for kw in ({"ignore_index": 255, "label_smoothing": 0.1}, {"ignore_index": 255, "weight": w}, {"ignore_index": -100, "weight": w}):
+        if kw["ignore_index"] == -100:  # -100 is no uint8 / int32 value here: every label counts (255 rows made valid)
+            y = y.clamp(max=4)
+        exp = F.cross_entropy(x64, y, **{k: v.double() if k == "weight" else v for k, v in kw.items()})
+        out = fastloss.cross_entropy(x, y.to(label_dtype).to(device), backend=backend, **{k: v.to(device) if k == "weight" else v for k, v in kw.items()})
+        helpers.assert_close(out, exp, torch.float32, reduced=True, msg=str(kw))
+        (g,) = torch.autograd.grad(out, x)  # the mean's normaliser is in the stored gradient (CPU) or the upstream one
+        (g64,) = torch.autograd.grad(exp, x64)
+        helpers.assert_close(g, g64, torch.float32, msg=f"grad {kw}")
 
 
 @pytest.mark.parametrize("device,backend", helpers.device_backend_params())
@@ -169,16 +177,23 @@ def test_mmdetection_normalisers(device, backend):
     y = _labels((20, 6), device)
     w = (torch.rand(6) + 0.1).to(device)
     sw = torch.rand(20, device=device)
-    x64 = x.detach().double()
-    rows = F.cross_entropy(x64, y, weight=w.double(), reduction="none") * sw
+    x64 = x.detach().double().requires_grad_()
+    rows = F.cross_entropy(x64, y, weight=w.double(), reduction="none") * sw.double()
     valid = (y != -100).sum()
+    eps = torch.finfo(torch.float32).eps
     cases = [({"avg_non_ignore": True}, rows.sum() / valid), ({"avg_non_ignore": False}, rows.sum() / 20),
-             ({"avg_factor": 7.0}, rows.sum() / (7.0 + torch.finfo(torch.float32).eps)),
-             ({"avg_factor": torch.tensor(7.0, device=device)}, rows.sum() / (7.0 + torch.finfo(torch.float32).eps)),
-             ({}, rows.sum() / w[y[y != -100]].sum())]
+             ({"avg_factor": 7.0}, rows.sum() / (7.0 + eps)), ({"avg_factor": torch.tensor(7.0, device=device)}, rows.sum() / (7.0 + eps)),
+             ({"avg_factor": torch.tensor(7)}, rows.sum() / (7.0 + eps)), ({}, rows.sum() / w.double()[y[y != -100]].sum())]
     for kw, exp in cases:
         out = fastloss.cross_entropy(x, y, weight=w, sample_weight=sw, backend=backend, **kw)
         helpers.assert_close(out, exp, torch.float32, reduced=True, msg=str(kw))
+        up = torch.rand((), dtype=torch.float64) + 0.5
+        (g,) = torch.autograd.grad(out, x, up.to(out.dtype))
+        (g64,) = torch.autograd.grad(exp, x64, up, retain_graph=True)
+        helpers.assert_close(g, g64, torch.float32, msg=f"grad {kw}")
+    a = torch.tensor(7.0, requires_grad=True)  # an avg_factor in the graph gets its gradient, -sum / a^2
+    fastloss.cross_entropy(x, y, weight=w, sample_weight=sw, avg_factor=a, backend=backend).backward()
+    helpers.assert_close(a.grad, -(rows.sum() / (7.0 + eps) ** 2).detach(), torch.float32, reduced=True)
 
 
 # ====================================================================== the peers' formulas
@@ -214,7 +229,7 @@ def test_softmax_focal_matches_mmcv(grad_mode, device, backend):
                 up = helpers.random_upstream(exp)
                 out = fastloss.softmax_focal_loss(x, y, alpha=alpha, gamma=gamma, weight=weight, reduction="none", backend=backend)
                 (g,) = torch.autograd.grad(out, x, up.float())
-                (g64,) = torch.autograd.grad(exp, x64, up)
+                (g64,) = torch.autograd.grad(exp, x64, up, retain_graph=True)
                 helpers.assert_close(g, g64, torch.float32, msg=f"{gamma} grad")
 
 
@@ -234,7 +249,7 @@ def test_poly1_forms_match_polyloss(device, backend):
         helpers.assert_close(out, exp, torch.float32)
         up = helpers.random_upstream(exp)
         (g,) = torch.autograd.grad(out, x, up.float())
-        (g64,) = torch.autograd.grad(exp, x64, up)
+        (g64,) = torch.autograd.grad(exp, x64, up, retain_graph=True)
         helpers.assert_close(g, g64, torch.float32)
     probs = _probs((30, 6), device)
     p = torch.softmax(x64, 1)

@@ -19,7 +19,11 @@ fast path (:class:`RowwiseFunction`).
 
 Every reduced call returns the three sums [loss, class weight of the counted rows, counted
 rows] from the kernel, and the normaliser of "mean" is chosen here (torch's, mmdetection's or
-the rows), so the kernels never sync the host and every peer's mean is one division.
+the rows), so the kernels never sync the host and every peer's mean is one division.  The one
+exception is the eager CPU path that stores the gradient: there the normaliser is formed on the
+host first (:func:`_host_mean_normaliser`, a pass over the labels) and folded into the
+kernel's ``out_scale``, so the stored gradient is that of the mean and ``loss.backward()``
+returns it with no pass scaling it ((100000, 81) CE: the backward from 1.15 to 0.28 ms).
 
 Bytes per element (fp32 logits, class labels, forward + backward): store the gradient in the
 forward: read x, write g | read g, write g (16 B); recompute: read x | read x, write g (12 B),
@@ -42,7 +46,7 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-from fastloss import _backend, _extension
+from fastloss import _backend, _extension, distributed
 from fastloss.ops import _common
 from fastloss.reference import rowwise as reference
 
@@ -282,15 +286,26 @@ def _run(op, input, target, kind, params, reduction, *, class_weight=None, class
     if avg_factor is not None and reduction == "mean":
         avg_factor = _common.global_avg_factor(avg_factor, sync_avg_factor, dtype, x.device)
     store_grad = x.requires_grad and torch.is_grad_enabled() and _backend.store_grad_in_forward(x.device)
+    params = [float(p) for p in params]
+    compiling = torch.compiler.is_compiling()
+    # the eager CPU path stores dL/dx of the mean itself (the normaliser folded into out_scale):
+    # loss.backward() then takes the stored gradient as it is, with no pass scaling it
+    den = None
+    if reduction == "mean" and store_grad and not compiling:
+        den = _host_mean_normaliser(kind, t, class_weight, ignore_index, mean, avg_factor, sync_avg_factor, B * S)
+        if den is not None:
+            params[6] /= den
     args = (x3, t, class_weight, class_alpha, sample_weight)
-    rest = (kind, [float(p) for p in params], ignore_index, 0 if code == 0 else 1, store_grad, backend)
-    if torch.compiler.is_compiling():
+    rest = (kind, params, ignore_index, 0 if code == 0 else 1, store_grad, backend)
+    if compiling:
         out, _ = OPS[op](*args, *rest)
     else:
         out, _ = RowwiseFunction.apply(*args, op, *rest)
     if code == 0:
         return out.reshape(rows_shape)
     total = out[0]
+    if den is not None:
+        return total.to(dtype)
     if reduction == "mean":
         if avg_factor is not None:
             total = total / (avg_factor + torch.finfo(torch.float32).eps)
@@ -298,6 +313,30 @@ def _run(op, input, target, kind, params, reduction, *, class_weight=None, class
             den = {"weight": out[1], "count": out[2], "rows": out.new_tensor(float(B * S))}[mean].detach()
             total = total / torch.where(den > 0, den, torch.ones_like(den))  # the mean of nothing is 0
     return total.to(dtype)
+
+
+def _host_mean_normaliser(kind, t, class_weight, ignore_index, mean, avg_factor, sync_avg_factor, rows):
+    """The normaliser of reduction "mean" (:func:`_run`'s rules, the kernels' sums: the class
+    weights of the counted rows, the counted rows, or all rows), formed on the host before the
+    kernel runs; 1 where it is 0 (the mean of nothing is 0).  None where it is not known
+    without waiting (a synchronised avg_factor, a device tensor) or where the division must
+    stay in the graph (an avg_factor that requires grad)."""
+    if avg_factor is not None:
+        pending = sync_avg_factor and distributed.is_initialized()  # an all-reduce in flight behind the kernel
+        if pending or (isinstance(avg_factor, torch.Tensor) and (avg_factor.requires_grad or avg_factor.device.type != "cpu")):
+            return None
+        return float(avg_factor) + torch.finfo(torch.float32).eps
+    if mean == "rows" or kind != TARGETS["labels"]:
+        den = float(rows)  # every row of a dense / bins / teacher target counts with weight 1
+    else:
+        info = torch.iinfo(t.dtype)
+        counted = t != ignore_index if ignore_index is not None and info.min <= ignore_index <= info.max else None
+        if mean == "weight" and class_weight is not None:
+            idx = t.long() if counted is None else t.long().masked_fill(~counted, class_weight.numel())
+            den = float(torch.cat([class_weight, class_weight.new_zeros(1)]).take(idx).sum(dtype=torch.float64))
+        else:
+            den = float(rows if counted is None else torch.count_nonzero(counted))
+    return den if den > 0 else 1.0
 
 
 def _check_input(op, input, min_dim=2):

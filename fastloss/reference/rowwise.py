@@ -52,8 +52,8 @@ def _rows(input, target, class_weight, class_alpha, sample_weight, loss, kind, p
         return x.new_zeros((B, S)), x.new_zeros((B, C, S)), norm, valid
     if loss == NLL:
         xa = x.gather(1, y.unsqueeze(1)).squeeze(1)
-        a = torch.where(k == y.unsqueeze(1), (r * wy).unsqueeze(1), zero)
-        row = torch.where(valid, -(r * wy) * xa, zero)
+        a = torch.where(k == y.unsqueeze(1), (r * wy * out_scale).unsqueeze(1), zero)
+        row = torch.where(valid, -(r * wy) * xa * out_scale, zero)
         return row, torch.where(valid.unsqueeze(1), -a, zero), norm, valid
 
     m, amax = x.max(dim=1, keepdim=True)
