@@ -101,7 +101,7 @@ inline void softmax_exp(const scalar_t* xn, int64_t s, int64_t k, int64_t C, int
   sum = Vec<acc_t>(acc_t(0));
   Vec<acc_t> others(acc_t(0));
   for (int64_t c = 0; c < C; ++c) {
-    e[c] = (x[c] - mx).exp_u20();  // ATen softmax's fast exp (<= 20 ulp: ~2e-6 relative per term), argument <= 0
+    e[c] = fl::exp_nonpos(x[c] - mx);  // <= 3 ulp, argument <= 0 (or NaN)
     sum = sum + e[c];
     if (rest != nullptr) others = others + Vec<acc_t>::blendv(e[c], Vec<acc_t>(acc_t(0)), am == Vec<acc_t>(static_cast<acc_t>(c)));
   }

@@ -222,19 +222,19 @@ inline void label_row_stats(const acc_t* xr, int64_t C, int64_t y, acc_t* e_row,
   for (int64_t c = full; c < C; ++c) m = (xr[c] > m || xr[c] != xr[c]) ? xr[c] : m;
   const Vec<acc_t> mb(m);
   // the exponentials and their sum without the label's term: only the label's vector is blended
-  // (a mask per vector would spill exp_u20's constants; a second pass over e_row stalls on the
+  // (a mask per vector would spill the exponential's constants; a second pass over e_row stalls on the
   // stores just made)
   const int64_t y_vec = y >= 0 ? y - y % V : -1;
   Vec<acc_t> sv(acc_t(0));
   for (int64_t c = 0; c < full; c += V) {
-    Vec<acc_t> e = (Vec<acc_t>::loadu(xr + c) - mb).exp_u20();
+    Vec<acc_t> e = fl::exp_nonpos(Vec<acc_t>::loadu(xr + c) - mb);
     e.store(e_row + c);
     if (c == y_vec) e = Vec<acc_t>::blendv(e, Vec<acc_t>(acc_t(0)), Vec<acc_t>::arange(acc_t(0), acc_t(1)) == Vec<acc_t>(static_cast<acc_t>(y % V)));
     sv = sv + e;
   }
   acc_t rest = at::vec::vec_reduce_all<acc_t>([](Vec<acc_t>& a, Vec<acc_t>& b) { return a + b; }, sv);  // a tree, not a chain of V adds
   if (tail > 0) {
-    (Vec<acc_t>::loadu(xr + full, tail) - mb).exp_u20().store(lanes);
+    fl::exp_nonpos(Vec<acc_t>::loadu(xr + full, tail) - mb).store(lanes);
     for (int64_t k = 0; k < tail; ++k) {
       e_row[full + k] = lanes[k];
       if (full + k != y) rest += lanes[k];
@@ -372,7 +372,7 @@ std::vector<Partial> rowwise_cpu(const Args& a, const at::Tensor& upstream, at::
               if constexpr (labels || bins) xa = Vec<acc_t>::blendv(xa, x, d.y == cf);
               if constexpr (bins) xbin = Vec<acc_t>::blendv(xbin, x, (d.y + Vec<acc_t>(acc_t(1))) == cf);
               if (!softmax) continue;
-              const Vec<acc_t> e = (x - m).exp_u20();  // ATen softmax's exp (<= 20 ulp), argument <= 0
+              const Vec<acc_t> e = fl::exp_nonpos(x - m);  // argument <= 0 (or NaN)
               rest_b = rest_b + Vec<acc_t>::blendv(e, zero, amax == cf);
               if constexpr (label_dense) {  // d_c = w_c: dmass is the call's constant (below)
                 const Vec<acc_t> dc(w_ptr != nullptr ? w_ptr[c] : acc_t(1));
@@ -393,7 +393,7 @@ std::vector<Partial> rowwise_cpu(const Args& a, const at::Tensor& upstream, at::
                 dexp_b = dexp_b + dc * e;
               } else if constexpr (teacher) {
                 const Vec<acc_t> z = db[c];
-                const Vec<acc_t> e_z = (z - mz).exp_u20();
+                const Vec<acc_t> e_z = fl::exp_nonpos(z - mz);
                 restz_b = restz_b + Vec<acc_t>::blendv(e_z, zero, amaxz == cf);
                 ez_b = ez_b + rowwise::dense_term(e_z, z, x);  // 0 for a masked teacher class (z = -inf: e_z = 0), not 0 * -inf
                 db[c] = e_z;
@@ -434,7 +434,7 @@ std::vector<Partial> rowwise_cpu(const Args& a, const at::Tensor& upstream, at::
           if (label_fast) {
             off_label = o.U * o.inv_z * scale;
             uni_s = uni * scale;
-            const Vec<acc_t> py = (st.xa - st.m).exp_u20() * o.inv_z;
+            const Vec<acc_t> py = fl::exp_nonpos(st.xa - st.m) * o.inv_z;
             const Vec<acc_t> qy = Vec<acc_t>::blendv(Vec<acc_t>(acc_t(1)) - py, rest_z, st.amax == d.y);
             const Vec<acc_t> ay = label_dense ? hard + uni * d.wy : hard;
             // the header's label-class gradient (Cy when smoothing; plain labels: U - (E + F) a_y = 0 exactly)
