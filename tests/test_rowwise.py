@@ -704,3 +704,26 @@ def test_class_axis_limit():
     x = torch.zeros(1).expand(1, 2**24 + 1)  # stride 0: no memory
     with pytest.raises(ValueError, match="2\\^24"):
         fastloss.cross_entropy(x, torch.zeros(1, dtype=torch.long))
+
+
+@pytest.mark.parametrize("label_dtype", [torch.uint8, torch.int32, torch.int64])
+def test_mean_normaliser_native(label_dtype):
+    """The eager CPU path's mean normalisers [class weight of the counted rows, counted rows]
+    (one pass over the labels before the forward), against torch: ignore_index in and out of
+    the labels' range, no ignore_index, class weights fp32 / fp64 or none, labels outside
+    [0, C) left out (as the kernels' rows), blocks of every size (2^15 labels each)."""
+    helpers.require_backend("cpu", "cpu")
+    C = 7
+    for n in (0, 1, 5, 2**15, 2**15 + 3, 100003):
+        lab = torch.randint(0, C + 2, (n,))  # C and C + 1: out of range
+        lab[torch.rand(n) < 0.1] = 255 if label_dtype == torch.uint8 else -100
+        lab = lab.to(label_dtype)
+        for ignore_index in (None, 255 if label_dtype == torch.uint8 else -100, 3):
+            for w in (None, torch.rand(C), torch.rand(C, dtype=torch.float64)):
+                ll = lab.long()
+                counted = (ll >= 0) & (ll < C) & ((ll != ignore_index) if ignore_index is not None else True)
+                wsum = (w.double()[ll[counted]].sum() if w is not None else counted.sum().double()).item()
+                got = torch.ops.fastloss.rowwise_mean_normaliser_native(lab, w, ignore_index, C)
+                assert got.dtype == torch.float64 and got.shape == (2,)
+                assert got[1].item() == counted.sum().item(), (n, ignore_index)
+                assert got[0].item() == pytest.approx(wsum, rel=1e-12, abs=1e-12), (n, ignore_index, w is not None)

@@ -18,6 +18,7 @@
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
 #include <ATen/ops/empty_like.h>
+#include <ATen/ops/zeros.h>
 #include <torch/library.h>
 
 #include <cstdint>
@@ -592,6 +593,37 @@ std::tuple<at::Tensor, at::Tensor> forward_cpu(const at::Tensor& input, const at
   return {sums, grad};
 }
 
+// mean_normaliser_cpu's per-block sums; w_f / w_d: the class weights (fp32 / fp64), or both null
+template <typename label_t>
+void mean_normaliser_blocks(const label_t* lab, int64_t n, const float* w_f, const double* w_d, bool has_ignore, int64_t ii, int64_t C,
+                            int64_t block, std::vector<double>& wpart, std::vector<double>& npart) {
+  at::parallel_for(0, static_cast<int64_t>(wpart.size()), 1, [&](int64_t b0, int64_t b1) {
+    for (int64_t b = b0; b < b1; ++b) {
+      int64_t cnt = 0;
+      double w = 0;
+      const int64_t i0 = b * block, i1 = std::min(n, (b + 1) * block);
+      // branch-free and vectorisable (ignored labels are scattered through a segmentation map):
+      // one unsigned compare for 0 <= l < C; without ignore_index, -1 (never counted) stands in
+      const int64_t skip = has_ignore ? ii : -1;
+      auto counted = [=](int64_t l) { return static_cast<int64_t>((static_cast<uint64_t>(l) < static_cast<uint64_t>(C)) & (l != skip)); };
+      if (w_f == nullptr && w_d == nullptr) {
+        for (int64_t i = i0; i < i1; ++i) cnt += counted(static_cast<int64_t>(lab[i]));
+        w = static_cast<double>(cnt);
+      } else {
+        for (int64_t i = i0; i < i1; ++i) {
+          const int64_t l = static_cast<int64_t>(lab[i]);
+          const bool ok = counted(l);
+          const int64_t k = ok ? l : 0;
+          cnt += ok;
+          w += ok ? (w_f != nullptr ? static_cast<double>(w_f[k]) : w_d[k]) : 0.0;
+        }
+      }
+      wpart[static_cast<size_t>(b)] = w;
+      npart[static_cast<size_t>(b)] = static_cast<double>(cnt);
+    }
+  });
+}
+
 at::Tensor backward_cpu(const at::Tensor& grad, const at::Tensor& input, const at::Tensor& target, const c10::optional<at::Tensor>& class_weight,
                         const c10::optional<at::Tensor>& class_alpha, const c10::optional<at::Tensor>& sample_weight, int64_t loss,
                         int64_t target_kind, c10::ArrayRef<double> params, c10::optional<int64_t> ignore_index, int64_t reduction) {
@@ -612,11 +644,44 @@ at::Tensor backward_cpu(const at::Tensor& grad, const at::Tensor& input, const a
   return out;
 }
 
+// The normalisers of reduction "mean" over class labels, [class weight of the counted rows,
+// counted rows] in fp64 -- the forward's sums 1 and 2, formed before the forward runs, so that
+// the eager CPU path folds the mean into the stored gradient (fastloss/ops/rowwise.py
+// _host_mean_normaliser).  The rows' rule is RowOperands::load's.  Fixed blocks, added in
+// order: the same bits for any thread count.
+at::Tensor mean_normaliser_cpu(const at::Tensor& target, const c10::optional<at::Tensor>& class_weight, c10::optional<int64_t> ignore_index,
+                               int64_t num_classes) {
+  TORCH_CHECK(target.is_contiguous() && (target.scalar_type() == at::kByte || target.scalar_type() == at::kInt || target.scalar_type() == at::kLong),
+              "fastloss rowwise: the labels must be a contiguous uint8 / int32 / int64 tensor");
+  const bool weighted = class_weight.has_value() && class_weight->defined();
+  TORCH_CHECK(!weighted || (class_weight->is_contiguous() && class_weight->numel() == num_classes &&
+                            (class_weight->scalar_type() == at::kFloat || class_weight->scalar_type() == at::kDouble)),
+              "fastloss rowwise: class_weight must be a contiguous fp32 / fp64 (C,) tensor");
+  constexpr int64_t kBlock = 1 << 15;
+  const int64_t n = target.numel(), nblk = (n + kBlock - 1) / kBlock;
+  const bool has_ignore = ignore_index.has_value();
+  const int64_t ii = ignore_index.value_or(0);
+  std::vector<double> wpart(static_cast<size_t>(nblk), 0.0), npart(static_cast<size_t>(nblk), 0.0);
+  const float* w_f = weighted && class_weight->scalar_type() == at::kFloat ? class_weight->const_data_ptr<float>() : nullptr;
+  const double* w_d = weighted && class_weight->scalar_type() == at::kDouble ? class_weight->const_data_ptr<double>() : nullptr;
+  auto run = [&](auto* lab) { mean_normaliser_blocks(lab, n, w_f, w_d, has_ignore, ii, num_classes, kBlock, wpart, npart); };
+  switch (target.scalar_type()) {
+    case at::kByte: run(target.const_data_ptr<uint8_t>()); break;
+    case at::kInt: run(target.const_data_ptr<int32_t>()); break;
+    default: run(target.const_data_ptr<int64_t>()); break;
+  }
+  at::Tensor out = at::zeros({2}, target.options().dtype(at::kDouble));
+  double* o = out.mutable_data_ptr<double>();
+  for (int64_t b = 0; b < nblk; ++b) o[0] += wpart[static_cast<size_t>(b)], o[1] += npart[static_cast<size_t>(b)];
+  return out;
+}
+
 }  // namespace
 
 TORCH_LIBRARY_IMPL(fastloss, CPU, m) {
   m.impl("rowwise_forward_native", &forward_cpu);
   m.impl("rowwise_backward_native", &backward_cpu);
+  m.impl("rowwise_mean_normaliser_native", &mean_normaliser_cpu);
 }
 
 }  // namespace fastloss
