@@ -372,8 +372,10 @@ def test_compile_fullgraph_aot_eager(dynamo_reset, backend, form):
     compiled = torch.compile(fn, backend="aot_eager", fullgraph=True)
     out_e, g_e = _loss_and_grad(fn, x, t, w, avg)
     out_c, g_c = _loss_and_grad(compiled, x, t, w, avg)
-    assert torch.equal(out_e, out_c), (out_e, out_c)
-    assert torch.equal(g_e, g_c)
+    # eager folds avg_factor into the weight (the stored gradient is the mean's); the compiled
+    # graph divides the sum after the op: the same numbers up to a few ulp
+    torch.testing.assert_close(out_e, out_c, rtol=4e-7, atol=0)
+    torch.testing.assert_close(g_e, g_c, rtol=4e-7, atol=1e-12)
 
 
 @pytest.mark.parametrize("backend", [None, "triton"], ids=["default", "triton"])

@@ -170,6 +170,19 @@ def global_avg_factor(avg_factor, sync_avg_factor, dtype, device):
     return distributed._all_reduce_mean(distributed._as_float_tensor(avg_factor, device, reduced_dtype(dtype)).to(device))
 
 
+def host_avg_factor(avg_factor, sync_avg_factor):
+    """avg_factor + eps as a Python float where the host knows it without waiting: a number, or
+    a CPU tensor that needs no gradient and is not being all-reduced (``sync_avg_factor`` under
+    an initialised process group); else None.  The eager CPU paths fold it into the forward's
+    stored gradient (that of the mean itself), so ``loss.backward()`` takes the stored gradient
+    with no pass scaling it."""
+    if sync_avg_factor and distributed.is_initialized():
+        return None
+    if isinstance(avg_factor, torch.Tensor) and (avg_factor.requires_grad or avg_factor.device.type != "cpu"):
+        return None
+    return float(avg_factor + torch.finfo(torch.float32).eps)  # a tensor rounds the sum in its dtype, as finish()
+
+
 def check_logits(name, x):
     if not isinstance(x, torch.Tensor):
         raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")

@@ -47,7 +47,7 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-from fastloss import _backend, _extension, distributed
+from fastloss import _backend, _extension
 from fastloss.ops import _common
 from fastloss.reference import rowwise as reference
 
@@ -324,10 +324,7 @@ def _host_mean_normaliser(kind, t, class_weight, ignore_index, mean, avg_factor,
     avg_factor, a device tensor), where the division must stay in the graph (an avg_factor that
     requires grad), or without the compiled CPU kernels."""
     if avg_factor is not None:
-        pending = sync_avg_factor and distributed.is_initialized()  # an all-reduce in flight behind the kernel
-        if pending or (isinstance(avg_factor, torch.Tensor) and (avg_factor.requires_grad or avg_factor.device.type != "cpu")):
-            return None
-        return float(avg_factor) + torch.finfo(torch.float32).eps
+        return _common.host_avg_factor(avg_factor, sync_avg_factor)
     if mean == "rows" or kind != TARGETS["labels"]:
         den = float(rows)  # every row of a dense / bins / teacher target counts with weight 1
     elif not _extension.has_cpu():
