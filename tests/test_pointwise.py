@@ -590,3 +590,17 @@ def test_reduced_focal_and_focal_term(dynamo_reset, backend):
                                fastloss.reduced_focal_loss(xf, tf, alpha=0.5, threshold=0.3))
     with pytest.raises(ValueError, match="threshold"):
         fastloss.nn.ReducedFocalLoss(threshold=0.0)
+
+
+def test_folded_avg_factor_matches_unfolded_edges():
+    """The eager CPU fold of avg_factor into the weight keeps the division's result where it
+    cannot fold: a (1,) / (k,) avg_factor broadcasts; -eps gives inf, not ZeroDivisionError."""
+    helpers.require_backend("cpu", "cpu")
+    x = torch.randn(6, 5)
+    labels = torch.randint(0, 6, (6,))
+    for a in (torch.tensor([3.0]), torch.tensor([3.0, 4.0]).view(2, 1), torch.tensor(-torch.finfo(torch.float32).eps), 1e-39):
+        with torch.no_grad():
+            exp = fastloss.sigmoid_focal_loss(x, labels, avg_factor=a)
+        out = fastloss.sigmoid_focal_loss(x.clone().requires_grad_(), labels, avg_factor=a)
+        assert out.shape == exp.shape
+        torch.testing.assert_close(out.detach(), exp, equal_nan=True)

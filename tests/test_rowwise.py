@@ -727,3 +727,21 @@ def test_mean_normaliser_native(label_dtype):
                 assert got.dtype == torch.float64 and got.shape == (2,)
                 assert got[1].item() == counted.sum().item(), (n, ignore_index)
                 assert got[0].item() == pytest.approx(wsum, rel=1e-12, abs=1e-12), (n, ignore_index, w is not None)
+
+
+def test_folded_mean_matches_unfolded_edges():
+    """The eager CPU fold of the mean (the stored gradient is the mean's) gives the same result
+    shape and value as the graph's division where it cannot fold: a (1,) / (k,) avg_factor
+    broadcasts, an avg_factor of -eps gives inf, not ZeroDivisionError; a bad num_classes of
+    the normaliser op raises."""
+    helpers.require_backend("cpu", "cpu")
+    x = torch.randn(4, 3)
+    y = torch.tensor([0, 1, 2, 1])
+    for a in (torch.tensor([37.0]), torch.tensor([3.0, 4.0]), torch.tensor(-torch.finfo(torch.float32).eps)):
+        with torch.no_grad():
+            exp = fastloss.cross_entropy(x, y, avg_factor=a)
+        out = fastloss.cross_entropy(x.clone().requires_grad_(), y, avg_factor=a)
+        assert out.shape == exp.shape
+        torch.testing.assert_close(out.detach(), exp, equal_nan=True)
+    with pytest.raises(RuntimeError, match="num_classes"):
+        torch.ops.fastloss.rowwise_mean_normaliser_native(y, None, None, -1)

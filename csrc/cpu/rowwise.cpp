@@ -653,6 +653,7 @@ at::Tensor mean_normaliser_cpu(const at::Tensor& target, const c10::optional<at:
                                int64_t num_classes) {
   TORCH_CHECK(target.is_contiguous() && (target.scalar_type() == at::kByte || target.scalar_type() == at::kInt || target.scalar_type() == at::kLong),
               "fastloss rowwise: the labels must be a contiguous uint8 / int32 / int64 tensor");
+  TORCH_CHECK(num_classes >= 0, "fastloss rowwise: num_classes must be >= 0, got ", num_classes);
   const bool weighted = class_weight.has_value() && class_weight->defined();
   TORCH_CHECK(!weighted || (class_weight->is_contiguous() && class_weight->numel() == num_classes &&
                             (class_weight->scalar_type() == at::kFloat || class_weight->scalar_type() == at::kDouble)),

@@ -15,6 +15,7 @@ Rules every op follows (written once, here):
 """
 import contextlib
 import contextvars
+import math
 import numbers
 import os
 
@@ -178,9 +179,16 @@ def host_avg_factor(avg_factor, sync_avg_factor):
     with no pass scaling it."""
     if sync_avg_factor and distributed.is_initialized():
         return None
-    if isinstance(avg_factor, torch.Tensor) and (avg_factor.requires_grad or avg_factor.device.type != "cpu"):
-        return None
+    if isinstance(avg_factor, torch.Tensor) and (avg_factor.requires_grad or avg_factor.device.type != "cpu" or avg_factor.dim() != 0):
+        return None  # a (1,) or (k,) avg_factor broadcasts the loss in finish(): left to it
     return float(avg_factor + torch.finfo(torch.float32).eps)  # a tensor rounds the sum in its dtype, as finish()
+
+
+def fold_scale(scale, acc_dtype):
+    """``scale`` (a product with 1 / normaliser) if the kernels can fold it in ``acc_dtype``:
+    finite there and not 0 / NaN (the normaliser 0 or tiny: the division in the graph gives
+    torch's inf / NaN); else None."""
+    return scale if math.isfinite(scale) and scale != 0 and abs(scale) <= torch.finfo(acc_dtype).max else None
 
 
 def check_logits(name, x):

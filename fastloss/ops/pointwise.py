@@ -293,11 +293,12 @@ def _run(op, input, target, params, reduction, weight=None, avg_factor=None, *, 
     foldable = weight_layout in (LAYOUTS["row"], LAYOUTS["col"]) or (weight is None and labels and input.dim() > 0)
     if avg_factor is not None and reduction == "mean" and store_grad and not compiling and foldable:
         den = _common.host_avg_factor(avg_factor, sync_avg_factor)
-        if den is not None:
+        scale = None if den is None or den == 0 else _common.fold_scale(1.0 / den, acc)
+        if scale is not None:
             if weight is None:
-                weight, weight_layout = torch.full(input.shape[-1:], 1.0 / den, dtype=acc, device=input.device), LAYOUTS["col"]
+                weight, weight_layout = torch.full(input.shape[-1:], scale, dtype=acc, device=input.device), LAYOUTS["col"]
             else:
-                weight = weight / den
+                weight = weight * scale
             avg_factor = None
     params = [float(p) for p in params]
     args = (input, target, target_value, weight, weight_layout, aux, aux_layout)

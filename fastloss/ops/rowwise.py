@@ -294,8 +294,11 @@ def _run(op, input, target, kind, params, reduction, *, class_weight=None, class
     den = None
     if reduction == "mean" and store_grad and not compiling:
         den = _host_mean_normaliser(kind, t, class_weight, ignore_index, mean, avg_factor, sync_avg_factor, B * S, C)
-        if den is not None:
-            params[6] /= den
+        scale = None if den is None or den == 0 else _common.fold_scale(params[6] / den, _common.reduced_dtype(dtype))
+        if scale is None:
+            den = None
+        else:
+            params[6] = scale
     args = (x3, t, class_weight, class_alpha, sample_weight)
     rest = (kind, params, ignore_index, 0 if code == 0 else 1, store_grad, backend)
     if compiling:
