@@ -133,6 +133,13 @@ struct RowData {
   Vec<acc_t> wl, wr;  // bins' weights
 };
 
+// Whether a row with label l counts (the loss, the mean's normalisers): 0 <= l < C in one
+// unsigned compare, and l is not ignore_index.  skip: ignore_index, or -1 without one (never
+// counted anyway).  Branch-free: ignored labels are scattered through a segmentation map.
+inline bool label_counted(int64_t l, int64_t skip, int64_t C) {
+  return (static_cast<uint64_t>(l) < static_cast<uint64_t>(C)) & (l != skip);
+}
+
 // The per-row operands of a call, resolved once.
 template <typename acc_t, typename label_t>
 struct RowOperands {
@@ -141,8 +148,7 @@ struct RowOperands {
   const acc_t* w = nullptr;
   const acc_t* alpha = nullptr;
   const acc_t* sw = nullptr;
-  int64_t C = 0, ignore_index = 0;
-  bool has_ignore = false;
+  int64_t C = 0, skip = -1;  // label_counted's
   acc_t alpha0 = 1, bins_hi = 0;
 
   RowOperands(const Args& a, const rowwise::Params<acc_t>& p) {
@@ -152,8 +158,7 @@ struct RowOperands {
     if (a.class_alpha.defined()) alpha = a.class_alpha.const_data_ptr<acc_t>();
     if (a.sample_weight.defined()) sw = a.sample_weight.const_data_ptr<acc_t>();
     C = a.C;
-    has_ignore = a.has_ignore;
-    ignore_index = a.ignore_index;
+    skip = a.has_ignore ? a.ignore_index : -1;
     alpha0 = p.alpha;
     bins_hi = std::min(p.bins_hi, static_cast<acc_t>(a.C - 1));  // never past the last bin
   }
@@ -171,7 +176,7 @@ struct RowOperands {
         const int64_t l = static_cast<int64_t>(labels[r0 + j]);
         // labels were validated by the op (fastloss/ops/rowwise.py) before any backend ran; an
         // out-of-range one (the unchecked CUDA rule) leaves its row out, as an ignored one
-        ok = !(has_ignore && l == ignore_index) && l >= 0 && l < C;
+        ok = label_counted(l, skip, C);
         if (ok) {
           y[j] = static_cast<acc_t>(l);
           if (w != nullptr) wy[j] = w[l];
@@ -595,24 +600,20 @@ std::tuple<at::Tensor, at::Tensor> forward_cpu(const at::Tensor& input, const at
 
 // mean_normaliser_cpu's per-block sums; w_f / w_d: the class weights (fp32 / fp64), or both null
 template <typename label_t>
-void mean_normaliser_blocks(const label_t* lab, int64_t n, const float* w_f, const double* w_d, bool has_ignore, int64_t ii, int64_t C,
-                            int64_t block, std::vector<double>& wpart, std::vector<double>& npart) {
+void mean_normaliser_blocks(const label_t* lab, int64_t n, const float* w_f, const double* w_d, int64_t skip, int64_t C, int64_t block,
+                            std::vector<double>& wpart, std::vector<double>& npart) {
   at::parallel_for(0, static_cast<int64_t>(wpart.size()), 1, [&](int64_t b0, int64_t b1) {
     for (int64_t b = b0; b < b1; ++b) {
       int64_t cnt = 0;
       double w = 0;
       const int64_t i0 = b * block, i1 = std::min(n, (b + 1) * block);
-      // branch-free and vectorisable (ignored labels are scattered through a segmentation map):
-      // one unsigned compare for 0 <= l < C; without ignore_index, -1 (never counted) stands in
-      const int64_t skip = has_ignore ? ii : -1;
-      auto counted = [=](int64_t l) { return static_cast<int64_t>((static_cast<uint64_t>(l) < static_cast<uint64_t>(C)) & (l != skip)); };
       if (w_f == nullptr && w_d == nullptr) {
-        for (int64_t i = i0; i < i1; ++i) cnt += counted(static_cast<int64_t>(lab[i]));
+        for (int64_t i = i0; i < i1; ++i) cnt += label_counted(static_cast<int64_t>(lab[i]), skip, C);
         w = static_cast<double>(cnt);
       } else {
         for (int64_t i = i0; i < i1; ++i) {
           const int64_t l = static_cast<int64_t>(lab[i]);
-          const bool ok = counted(l);
+          const bool ok = label_counted(l, skip, C);
           const int64_t k = ok ? l : 0;
           cnt += ok;
           w += ok ? (w_f != nullptr ? static_cast<double>(w_f[k]) : w_d[k]) : 0.0;
@@ -647,7 +648,7 @@ at::Tensor backward_cpu(const at::Tensor& grad, const at::Tensor& input, const a
 // The normalisers of reduction "mean" over class labels, [class weight of the counted rows,
 // counted rows] in fp64 -- the forward's sums 1 and 2, formed before the forward runs, so that
 // the eager CPU path folds the mean into the stored gradient (fastloss/ops/rowwise.py
-// _host_mean_normaliser).  The rows' rule is RowOperands::load's.  Fixed blocks, added in
+// _host_mean_normaliser), with the kernels' rule (label_counted).  Fixed blocks, added in
 // order: the same bits for any thread count.
 at::Tensor mean_normaliser_cpu(const at::Tensor& target, const c10::optional<at::Tensor>& class_weight, c10::optional<int64_t> ignore_index,
                                int64_t num_classes) {
@@ -660,12 +661,11 @@ at::Tensor mean_normaliser_cpu(const at::Tensor& target, const c10::optional<at:
               "fastloss rowwise: class_weight must be a contiguous fp32 / fp64 (C,) tensor");
   constexpr int64_t kBlock = 1 << 15;
   const int64_t n = target.numel(), nblk = (n + kBlock - 1) / kBlock;
-  const bool has_ignore = ignore_index.has_value();
-  const int64_t ii = ignore_index.value_or(0);
+  const int64_t skip = ignore_index.value_or(-1);
   std::vector<double> wpart(static_cast<size_t>(nblk), 0.0), npart(static_cast<size_t>(nblk), 0.0);
   const float* w_f = weighted && class_weight->scalar_type() == at::kFloat ? class_weight->const_data_ptr<float>() : nullptr;
   const double* w_d = weighted && class_weight->scalar_type() == at::kDouble ? class_weight->const_data_ptr<double>() : nullptr;
-  auto run = [&](auto* lab) { mean_normaliser_blocks(lab, n, w_f, w_d, has_ignore, ii, num_classes, kBlock, wpart, npart); };
+  auto run = [&](auto* lab) { mean_normaliser_blocks(lab, n, w_f, w_d, skip, num_classes, kBlock, wpart, npart); };
   switch (target.scalar_type()) {
     case at::kByte: run(target.const_data_ptr<uint8_t>()); break;
     case at::kInt: run(target.const_data_ptr<int32_t>()); break;

@@ -184,10 +184,13 @@ def host_avg_factor(avg_factor, sync_avg_factor):
     return float(avg_factor + torch.finfo(torch.float32).eps)  # a tensor rounds the sum in its dtype, as finish()
 
 
-def fold_scale(scale, acc_dtype):
-    """``scale`` (a product with 1 / normaliser) if the kernels can fold it in ``acc_dtype``:
-    finite there and not 0 / NaN (the normaliser 0 or tiny: the division in the graph gives
-    torch's inf / NaN); else None."""
+def fold_scale(numerator, den, acc_dtype):
+    """``numerator / den`` if the kernels can fold it in ``acc_dtype``: a normaliser known on the
+    host (not None), not 0, and a quotient finite and not 0 there (a tiny normaliser: the
+    division in the graph gives torch's inf / NaN); else None."""
+    if den is None or den == 0:
+        return None
+    scale = numerator / den
     return scale if math.isfinite(scale) and scale != 0 and abs(scale) <= torch.finfo(acc_dtype).max else None
 
 

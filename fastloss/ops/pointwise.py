@@ -292,8 +292,7 @@ def _run(op, input, target, params, reduction, weight=None, avg_factor=None, *, 
     # would put a flat loss on the row walk ((400000, 4) smooth L1: 0.7 -> 3.2 ms).
     foldable = weight_layout in (LAYOUTS["row"], LAYOUTS["col"]) or (weight is None and labels and input.dim() > 0)
     if avg_factor is not None and reduction == "mean" and store_grad and not compiling and foldable:
-        den = _common.host_avg_factor(avg_factor, sync_avg_factor)
-        scale = None if den is None or den == 0 else _common.fold_scale(1.0 / den, acc)
+        scale = _common.fold_scale(1.0, _common.host_avg_factor(avg_factor, sync_avg_factor), acc)
         if scale is not None:
             if weight is None:
                 weight, weight_layout = torch.full(input.shape[-1:], scale, dtype=acc, device=input.device), LAYOUTS["col"]

@@ -291,14 +291,12 @@ def _run(op, input, target, kind, params, reduction, *, class_weight=None, class
     compiling = torch.compiler.is_compiling()
     # the eager CPU path stores dL/dx of the mean itself (the normaliser folded into out_scale):
     # loss.backward() then takes the stored gradient as it is, with no pass scaling it
-    den = None
+    folded = False
     if reduction == "mean" and store_grad and not compiling:
         den = _host_mean_normaliser(kind, t, class_weight, ignore_index, mean, avg_factor, sync_avg_factor, B * S, C)
-        scale = None if den is None or den == 0 else _common.fold_scale(params[6] / den, _common.reduced_dtype(dtype))
-        if scale is None:
-            den = None
-        else:
-            params[6] = scale
+        scale = _common.fold_scale(params[6], den, _common.reduced_dtype(dtype))
+        if scale is not None:
+            params[6], folded = scale, True
     args = (x3, t, class_weight, class_alpha, sample_weight)
     rest = (kind, params, ignore_index, 0 if code == 0 else 1, store_grad, backend)
     if compiling:
@@ -308,7 +306,7 @@ def _run(op, input, target, kind, params, reduction, *, class_weight=None, class
     if code == 0:
         return out.reshape(rows_shape)
     total = out[0]
-    if den is not None:
+    if folded:
         return total.to(dtype)
     if reduction == "mean":
         if avg_factor is not None:
