@@ -2,6 +2,7 @@
 present: values and gradients against the float64 reference (random upstream gradient),
 gradcheck, opcheck, torch.compile, the eager fast path, edge cases, bad inputs, determinism,
 and the peers' formulas (MONAI / smp themselves when installed)."""
+import itertools
 import math
 
 import pytest
@@ -171,14 +172,15 @@ def test_label_dtypes_bitwise(device, backend):
 
 @pytest.mark.parametrize("device,backend", helpers.device_backend_params())
 def test_labels_equal_one_hot(device, backend):
-    """Labels are expanded in the kernel: the same numbers as the explicit one-hot target."""
+    """Labels are expanded in the kernel: the same numbers as the explicit one-hot target (on
+    the CPU a label map takes its own kernel: the label class's terms per pixel)."""
     helpers.require_backend(device, backend)
     x = torch.randn(2, 5, 4, 7, 3, device=device, requires_grad=True)
     t = torch.randint(0, 5, (2, 4, 7, 3), device=device)
     oh = F.one_hot(t, 5).movedim(-1, 1).float()
-    for fn in (fastloss.dice_loss, fastloss.jaccard_loss, fastloss.dice_ce_loss):
-        a = fn(x, t, per_image=True, backend=backend)
-        b = fn(x, oh, per_image=True, backend=backend)
+    for fn, squared in itertools.product((fastloss.dice_loss, fastloss.jaccard_loss, fastloss.dice_ce_loss), (False, True)):
+        a = fn(x, t, per_image=True, squared=squared, backend=backend)
+        b = fn(x, oh, per_image=True, squared=squared, backend=backend)
         torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7)
         ga, = torch.autograd.grad(a, x)
         gb, = torch.autograd.grad(b, x)
@@ -596,12 +598,13 @@ def test_gpu_out_of_range_labels_match_no_class(monkeypatch, device, backend):
     t = torch.randint(0, 4, (2, 5, 6), device=device)
     t[0, 0, :3] = 9
     oh = (t.unsqueeze(1) == torch.arange(4, device=device).view(1, 4, 1, 1)).float()
-    a = fastloss.dice_loss(x, t, per_image=True, backend=backend)
-    b = fastloss.dice_loss(x, oh, per_image=True, backend=backend)
-    torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7)
-    ga, = torch.autograd.grad(a, x)
-    gb, = torch.autograd.grad(b, x)
-    torch.testing.assert_close(ga, gb, rtol=1e-5, atol=1e-8)
+    for fn, squared in itertools.product((fastloss.dice_loss, fastloss.dice_ce_loss), (False, True)):
+        a = fn(x, t, per_image=True, squared=squared, backend=backend)
+        b = fn(x, oh, per_image=True, squared=squared, backend=backend)
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7)
+        ga, = torch.autograd.grad(a, x)
+        gb, = torch.autograd.grad(b, x)
+        torch.testing.assert_close(ga, gb, rtol=1e-5, atol=1e-8)
 
 
 def test_triton_batch_limit_is_a_clear_error():
