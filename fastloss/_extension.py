@@ -7,7 +7,7 @@ the PyTorch reference on CPU), saying so once.
 import os
 import warnings
 
-ABI_VERSION = 14  # must equal FL_ABI_VERSION in csrc/fastloss.cpp
+ABI_VERSION = 15  # must equal FL_ABI_VERSION in csrc/fastloss.cpp
 
 
 class FastlossWarning(UserWarning):

@@ -562,6 +562,38 @@ def test_eager_fast_path_equals_custom_op(device, backend, dtype):
     assert torch.equal(g_f, g_o)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
+@pytest.mark.parametrize("squared,with_ce,ignore_index", [(False, True, 255), (True, True, None), (False, False, None)])
+def test_kept_softmax_statistics_equal_recomputing(monkeypatch, dtype, squared, with_ce, ignore_index):
+    """The eager CPU path keeps each pixel's softmax statistics for the backward (a softmax over
+    >= 8 classes and a label map, gradient wanted): the same bits as recomputing them (the custom
+    op), a second backward (retain_graph) included; nothing kept without a gradient."""
+    helpers.require_backend("cpu", "cpu")
+    x = (4 * torch.randn(3, 11, 517)).to(dtype).requires_grad_(True)
+    t = torch.randint(0, 12, (3, 517))
+    t[t == 11] = 255 if ignore_index is not None else 0
+    args = (t, 2, squared, False, ignore_index, with_ce, "cpu")
+    s_f, c_f = fastloss.DiceSumsFunction.apply(x, *args, True)
+    s_o, c_o = torch.ops.fastloss.dice_sums(x, *args)
+    assert torch.equal(s_f, s_o) and torch.equal(c_f, c_o)
+    up_s, up_c = torch.randn_like(s_f), torch.randn_like(c_f)
+    (g_f,) = torch.autograd.grad((s_f, c_f), x, (up_s, up_c), retain_graph=True)
+    (g_f2,) = torch.autograd.grad((s_f, c_f), x, (up_s, up_c))
+    (g_o,) = torch.autograd.grad((s_o, c_o), x, (up_s, up_c))
+    assert torch.equal(g_f, g_o) and torch.equal(g_f2, g_o)
+    seen, orig = [], fastloss.ops.dice._keeps_stats
+    monkeypatch.setattr(fastloss.ops.dice, "_keeps_stats", lambda grad_wanted, *a: seen.append(grad_wanted) or orig(grad_wanted, *a))
+    with torch.no_grad():  # the public path asks for the statistics only when a backward can follow
+        fastloss.dice_loss(x, t, ignore_index=ignore_index, backend="cpu")
+    fastloss.dice_loss(x, t, ignore_index=ignore_index, backend="cpu")
+    assert seen == [False, True]
+    with pytest.raises(RuntimeError, match="label map"):
+        torch.ops.fastloss.dice_sums_stats_native(x.detach(), torch.rand(3, 11, 517).to(dtype), squared, None, with_ce)
+    _, _, stats = torch.ops.fastloss.dice_sums_stats_native(x.detach(), t, squared, ignore_index, with_ce)
+    with pytest.raises(RuntimeError, match="statistics"):
+        torch.ops.fastloss.dice_grad_stats_native(up_s, c_f.new_empty(0), x.detach(), t, stats[:, :3], squared, ignore_index)
+
+
 @pytest.mark.parametrize("device,backend", helpers.device_backend_params())
 def test_deterministic(device, backend):
     helpers.require_backend(device, backend)

@@ -17,6 +17,7 @@
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
 #include <ATen/ops/empty_like.h>
+#include <ATen/ops/zeros.h>
 #include <torch/library.h>
 
 #include <limits>
@@ -219,8 +220,11 @@ inline void label_softmax(const scalar_t* xn, int64_t s, int64_t k, int64_t C, i
   if (bsum != nullptr) *bsum = bs;
 }
 
+// stats (nullptr, or (N, 4, S) in the accumulation dtype): each pixel's [max, 1 / Z, p_y, q_y]
+// (q_y = 1 - p_y with the CE term, else 0) for pass 2 (grad_labels_cpu), which then skips the
+// max sweep and the sums over the classes.
 template <typename scalar_t, typename label_t, bool kSquared>
-void sums_labels_cpu(const Args& a, bool with_ce, at::Tensor& sums, at::Tensor& ce) {
+void sums_labels_cpu(const Args& a, bool with_ce, at::Tensor& sums, at::Tensor& ce, at::opmath_type<scalar_t>* stats = nullptr) {
   using acc_t = at::opmath_type<scalar_t>;
   constexpr int64_t V = Vec<acc_t>::size();
   const int64_t N = a.N, C = a.C, S = a.S;
@@ -250,6 +254,13 @@ void sums_labels_cpu(const Args& a, bool with_ce, at::Tensor& sums, at::Tensor& 
         Vec<acc_t> mx, sum, ey, xy, rest;
         label_softmax<acc_t, kSquared>(xn, s, k, C, S, labf, xbuf.data(), ebuf.data(), mx, sum, ey, &xy, with_ce ? &rest : nullptr);
         const Vec<acc_t> inv = Vec<acc_t>(acc_t(1)) / sum;
+        if (stats != nullptr) {
+          acc_t* st = stats + n * 4 * S + s;
+          mx.store(st, k);
+          inv.store(st + S, k);
+          (ey * inv).store(st + 2 * S, k);
+          (with_ce ? rest * inv : Vec<acc_t>(acc_t(0))).store(st + 3 * S, k);
+        }
         const Vec<acc_t> w_p = kSquared ? m * inv * inv : m * inv;  // P' term = e_c (e_c) w_p
         for (int64_t c = 0; c < C; ++c) accP[c] = accP[c] + (kSquared ? ebuf[c] * ebuf[c] : ebuf[c]) * w_p;
         // I: m p_y into the label's slot (0 for a pixel without one: e_y = 0)
@@ -277,8 +288,27 @@ void sums_labels_cpu(const Args& a, bool with_ce, at::Tensor& sums, at::Tensor& 
   add_block_partials<acc_t>(part, cpart, N, nblk, C, with_ce, sums, ce);
 }
 
+// e_c = exp(x_c - mx) of one chunk into e, and bsum = sum_c b_c e_c (b_c e_c^2 squared): pass 2's
+// sweep over the classes when pass 1 kept the pixel's statistics (the same terms, in the same
+// order, as label_softmax's).
+template <typename acc_t, bool kSquared, typename scalar_t>
+inline Vec<acc_t> stats_exp(const scalar_t* xn, int64_t s, int64_t k, int64_t C, int64_t S, const Vec<acc_t>& mx, Vec<acc_t>* e,
+                            const acc_t* b) {
+  Vec<acc_t> bs(acc_t(0));
+  for (int64_t c = 0; c < C; ++c) {
+    __builtin_prefetch(reinterpret_cast<const char*>(xn + c * S + s) + 512);
+    const Vec<acc_t> ec = fl::exp_nonpos(cpu::load<acc_t>(xn + c * S + s, k) - mx);
+    e[c] = ec;
+    bs = bs + Vec<acc_t>(b[c]) * (kSquared ? ec * ec : ec);
+  }
+  return bs;
+}
+
+// stats: sums_labels_cpu's per-pixel [max, 1 / Z, p_y, q_y], or nullptr (recomputed here): the
+// same bits either way.
 template <typename scalar_t, typename label_t, bool kSquared>
-void grad_labels_cpu(const Args& a, const at::Tensor& gsums, const at::Tensor& gce, at::Tensor& out) {
+void grad_labels_cpu(const Args& a, const at::Tensor& gsums, const at::Tensor& gce, at::Tensor& out,
+                     const at::opmath_type<scalar_t>* stats = nullptr) {
   using acc_t = at::opmath_type<scalar_t>;
   using idx_t = typename BlockLabels<acc_t>::idx_t;
   constexpr int64_t V = Vec<acc_t>::size();
@@ -316,10 +346,21 @@ void grad_labels_cpu(const Args& a, const at::Tensor& gsums, const at::Tensor& g
         const Vec<acc_t> labf = Vec<acc_t>::loadu(bl.lab.data() + j), m = Vec<acc_t>::loadu(bl.m.data() + j);
         const Vec<acc_t> hit = Vec<acc_t>::loadu(bl.hit.data() + j);
         const Vec<idx_t> slot = Vec<idx_t>::loadu(bl.slot.data() + j);
-        Vec<acc_t> mx, sum, ey, xy, rest, bsum;
-        label_softmax<acc_t, kSquared>(xn, s, k, C, S, labf, xbuf.data(), ebuf.data(), mx, sum, ey, &xy, with_ce ? &rest : nullptr,
-                                       B.data(), &bsum);
-        const Vec<acc_t> inv = Vec<acc_t>(acc_t(1)) / sum, py = ey * inv;
+        Vec<acc_t> inv, py, q, bsum;
+        if (stats != nullptr) {
+          const acc_t* st = stats + n * 4 * S + s;
+          inv = Vec<acc_t>::loadu(st + S, k);
+          py = Vec<acc_t>::loadu(st + 2 * S, k);
+          q = Vec<acc_t>::loadu(st + 3 * S, k);
+          bsum = stats_exp<acc_t, kSquared>(xn, s, k, C, S, Vec<acc_t>::loadu(st, k), ebuf.data(), B.data());
+        } else {
+          Vec<acc_t> mx, sum, ey, xy, rest;
+          label_softmax<acc_t, kSquared>(xn, s, k, C, S, labf, xbuf.data(), ebuf.data(), mx, sum, ey, &xy, with_ce ? &rest : nullptr,
+                                         B.data(), &bsum);
+          inv = Vec<acc_t>(acc_t(1)) / sum;
+          py = ey * inv;
+          q = with_ce ? rest * inv : Vec<acc_t>(acc_t(0));
+        }
         const Vec<acc_t> ay = at::vec::gather<sizeof(acc_t)>(A.data(), slot), by = at::vec::gather<sizeof(acc_t)>(B.data(), slot);
         const Vec<acc_t> two(acc_t(2));
         const Vec<acc_t> dot = m * (ay * py + (kSquared ? two * bsum * inv * inv : bsum * inv));
@@ -332,7 +373,7 @@ void grad_labels_cpu(const Args& a, const at::Tensor& gsums, const at::Tensor& g
         // the label class, written over: p_y (d_y - dot) - e_ce q_y (rowwise::grad_elem of a one-hot row)
         const Vec<acc_t> d_y = m * (ay + (kSquared ? two * by * py : by));
         Vec<acc_t> r_y = py * (d_y - dot);
-        if (with_ce) r_y = r_y + e_ce * hit * rowwise::grad_elem(rowwise::cross_entropy_row(hit), py, rest * inv, hit);
+        if (with_ce) r_y = r_y + e_ce * hit * rowwise::grad_elem(rowwise::cross_entropy_row(hit), py, q, hit);
         r_y.store(lanes);
         for (int64_t l = 0; l < k; ++l)
           if (bl.hit[j + l] != acc_t(0)) on[bl.slot[j + l] * S + s + l] = static_cast<scalar_t>(lanes[l]);
@@ -571,11 +612,64 @@ at::Tensor grad_cpu_op(const at::Tensor& grad_sums, const at::Tensor& grad_ce, c
   return out;
 }
 
+Args stats_args(const at::Tensor& input, const at::Tensor& target, bool squared, const c10::optional<int64_t>& ignore_index) {
+  const Args a = dice::make_args(input, target, dice::kSoftmax, squared, false, ignore_index);
+  TORCH_CHECK(a.labels, "fastloss dice: the softmax statistics are kept for an integer (N, S) label map only");
+  return a;
+}
+
+// Pass 1 of a softmax over labels that also returns each pixel's statistics (N, 4, S) for
+// grad_stats_cpu_op (the eager path; fastloss/ops/dice.py keeps them between the passes).
+std::tuple<at::Tensor, at::Tensor, at::Tensor> sums_stats_cpu_op(const at::Tensor& input, const at::Tensor& target, bool squared,
+                                                                 c10::optional<int64_t> ignore_index, bool with_ce) {
+  const Args a = stats_args(input, target, squared, ignore_index);
+  const auto acc_opt = input.options().dtype(input.scalar_type() == at::kDouble ? at::kDouble : at::kFloat);
+  at::Tensor sums = at::zeros({a.N, a.C, 3}, acc_opt);
+  at::Tensor ce = at::zeros({with_ce ? a.N : 0, 2}, acc_opt);
+  at::Tensor stats = at::empty({a.N, 4, a.S}, acc_opt);
+  if (a.N * a.C * a.S > 0) {
+    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), "dice_sums_stats_cpu", [&] {
+      using acc_t = at::opmath_type<scalar_t>;
+      dispatch_labels(a, [&](auto* tag) {
+        using label_t = std::remove_pointer_t<decltype(tag)>;
+        if (a.squared) return sums_labels_cpu<scalar_t, label_t, true>(a, with_ce, sums, ce, stats.mutable_data_ptr<acc_t>());
+        sums_labels_cpu<scalar_t, label_t, false>(a, with_ce, sums, ce, stats.mutable_data_ptr<acc_t>());
+      });
+    });
+  }
+  return {sums, with_ce ? ce : at::empty({0}, acc_opt), stats};
+}
+
+at::Tensor grad_stats_cpu_op(const at::Tensor& grad_sums, const at::Tensor& grad_ce, const at::Tensor& input, const at::Tensor& target,
+                             const at::Tensor& stats, bool squared, c10::optional<int64_t> ignore_index) {
+  const Args a = stats_args(input, target, squared, ignore_index);
+  const auto acc_t = input.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+  TORCH_CHECK(grad_sums.scalar_type() == acc_t && grad_sums.is_contiguous() && grad_sums.numel() == a.N * a.C * 3,
+              "fastloss dice: grad_sums must be a contiguous (N, C, 3) tensor in the accumulation dtype");
+  TORCH_CHECK(grad_ce.numel() == 0 || (grad_ce.scalar_type() == acc_t && grad_ce.is_contiguous() && grad_ce.numel() == a.N * 2),
+              "fastloss dice: grad_ce must be empty or a contiguous (N, 2) tensor in the accumulation dtype");
+  TORCH_CHECK(stats.scalar_type() == acc_t && stats.is_contiguous() && stats.numel() == a.N * 4 * a.S,
+              "fastloss dice: stats must be dice_sums_stats_native's contiguous (N, 4, S) statistics");
+  at::Tensor out = at::empty_like(input);
+  if (out.numel() == 0) return out;
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), "dice_grad_stats_cpu", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    dispatch_labels(a, [&](auto* tag) {
+      using label_t = std::remove_pointer_t<decltype(tag)>;
+      if (a.squared) return grad_labels_cpu<scalar_t, label_t, true>(a, grad_sums, grad_ce, out, stats.const_data_ptr<acc_t>());
+      grad_labels_cpu<scalar_t, label_t, false>(a, grad_sums, grad_ce, out, stats.const_data_ptr<acc_t>());
+    });
+  });
+  return out;
+}
+
 }  // namespace
 
 TORCH_LIBRARY_IMPL(fastloss, CPU, m) {
   m.impl("dice_sums_native", &sums_cpu_op);
   m.impl("dice_grad_native", &grad_cpu_op);
+  m.impl("dice_sums_stats_native", &sums_stats_cpu_op);
+  m.impl("dice_grad_stats_native", &grad_stats_cpu_op);
 }
 
 }  // namespace fastloss

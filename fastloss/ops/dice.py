@@ -8,9 +8,11 @@ fastloss/reference/dice.py) -- and, for :func:`dice_ce_loss`, the per-image cros
 and count (N, 2).  Its backward, ``fastloss::dice_sums_backward`` (its own op), is pass 2: it
 reads the logits and targets again and writes dL/dlogits directly through the softmax/sigmoid
 Jacobian (the softmax is recomputed, never stored: pass 2 moves the same bytes as storing it
-would, and no logit-sized buffer stays alive between forward and backward).  Everything after the sums -- score, log, gamma, class weights, batch or
-per-image sums, reduction -- is a handful of ordinary torch ops on the tiny (N, C, 3)
-tensor (fastloss/reference/dice.py:finish), so autograd supplies dL/d(I, P', G') for pass 2
+would, and no logit-sized buffer stays alive between forward and backward; the eager CPU path
+of a softmax over a label map keeps 4 values per pixel -- max, 1 / Z, p_y, 1 - p_y -- so pass 2
+skips the max sweep and the class sums: :func:`_keeps_stats`).  Everything after the sums --
+score, log, gamma, class weights, batch or per-image sums, reduction -- is a handful of
+ordinary torch ops on the tiny (N, C, 3) tensor (fastloss/reference/dice.py:finish), so autograd supplies dL/d(I, P', G') for pass 2
 and every option combines with every backend without a second copy of the math.
 
 In eager mode the public functions go through :class:`DiceSumsFunction` (an
@@ -40,23 +42,41 @@ def _check_form(squared, soft):
         raise ValueError("fastloss dice: `soft` and `squared` exclude each other (the squared sums are the soft form's)")
 
 
-def _forward_impl(input, target, activation, squared, soft, ignore_index, with_ce, backend):
+def _forward_impl(input, target, activation, squared, soft, ignore_index, with_ce, backend, stats=False):
+    """(sums, ce); with ``stats`` (:func:`_keeps_stats`) (sums, ce, per-pixel statistics) of
+    ``dice_sums_stats_native``."""
     _check_form(squared, soft)
     if not target.is_floating_point():  # once per call, every backend (CUDA: checked mode only)
         high = 2 if (input.shape[1] == 1 and activation != 2) else input.shape[1]
         _common.check_labels("dice", target, high, ignore_index,
                              hint="; to leave such pixels out of the loss, pass ignore_index=<their label>")
+    if stats:
+        return torch.ops.fastloss.dice_sums_stats_native(input, target, squared, ignore_index, with_ce)
     forward, _ = _backend.implementation(OP, input.device, backend)
     return forward(input, target, activation, squared, soft, ignore_index, with_ce)
+
+
+def _grad_operands(grad_sums, grad_ce, dtype):
+    acc = _common.reduced_dtype(dtype)
+    grad_sums = grad_sums.to(acc).contiguous()
+    grad_ce = grad_ce.to(acc).contiguous() if grad_ce is not None and grad_ce.numel() else grad_sums.new_empty((0,))
+    return grad_sums, grad_ce
 
 
 def _backward_impl(grad_sums, grad_ce, input, target, activation, squared, soft, ignore_index, backend):
     _check_form(squared, soft)
     _, backward = _backend.implementation(OP, input.device, backend)
-    acc = _common.reduced_dtype(input.dtype)
-    grad_sums = grad_sums.to(acc).contiguous()
-    grad_ce = grad_ce.to(acc).contiguous() if grad_ce is not None and grad_ce.numel() else input.new_empty((0,), dtype=acc)
+    grad_sums, grad_ce = _grad_operands(grad_sums, grad_ce, input.dtype)
     return backward(grad_sums, grad_ce, input, target, activation, squared, soft, ignore_index)
+
+
+def _keeps_stats(grad_wanted, input, target, activation, soft, backend):
+    """Whether the eager forward keeps each pixel's softmax statistics (max, 1 / Z, p_y, 1 - p_y:
+    4 values per pixel, at most half the logits' bytes for C >= 8) for its backward, which then
+    skips the max sweep and the class sums: on the CPU backend (compute-bound) for a softmax over
+    an integer label map, when the input's gradient is wanted.  The same bits as recomputing."""
+    return (grad_wanted and backend == "cpu" and _backend.store_grad_in_forward(input.device) and activation == 2
+            and not soft and not target.is_floating_point() and input.shape[1] >= 8)
 
 
 @torch.library.custom_op("fastloss::dice_sums", mutates_args=())
@@ -108,13 +128,20 @@ _common.register_autocast(dice_sums_op)
 
 
 class DiceSumsFunction(torch.autograd.Function):
-    """The same two passes as the custom ops, as an autograd.Function (the eager fast path)."""
+    """The same two passes as the custom ops, as an autograd.Function (the eager fast path).
+    ``grad_wanted``: the caller will run the backward (grad mode on, input requires grad), so the
+    CPU path may keep the softmax statistics for it (:func:`_keeps_stats`)."""
 
     @staticmethod
-    def forward(ctx, input, target, activation, squared, soft, ignore_index, with_ce, backend):
-        sums, ce = _forward_impl(input, target, activation, squared, soft, ignore_index, with_ce, backend)
+    def forward(ctx, input, target, activation, squared, soft, ignore_index, with_ce, backend, grad_wanted=False):
+        resolved = _backend.backward_backend(OP, input.device, backend)
+        ctx.stats = None
+        if _keeps_stats(grad_wanted, input, target, activation, soft, resolved):
+            sums, ce, ctx.stats = _forward_impl(input, target, activation, squared, soft, ignore_index, with_ce, backend, stats=True)
+        else:
+            sums, ce = _forward_impl(input, target, activation, squared, soft, ignore_index, with_ce, backend)
         ctx.save_for_backward(input, target)
-        ctx.args = (activation, squared, soft, ignore_index, _backend.backward_backend(OP, input.device, backend))
+        ctx.args = (activation, squared, soft, ignore_index, resolved)
         return sums, ce
 
     @staticmethod
@@ -122,9 +149,13 @@ class DiceSumsFunction(torch.autograd.Function):
     def backward(ctx, grad_sums, grad_ce):
         input, target = ctx.saved_tensors
         activation, squared, soft, ignore_index, backend = ctx.args
-        grad_input = _backward_impl(grad_sums.contiguous(), grad_ce, input, target, activation, squared, soft, ignore_index,
-                                    backend)
-        return grad_input, None, None, None, None, None, None, None
+        if ctx.stats is not None:
+            grad_sums, grad_ce = _grad_operands(grad_sums, grad_ce, input.dtype)
+            grad_input = torch.ops.fastloss.dice_grad_stats_native(grad_sums, grad_ce, input, target, ctx.stats, squared, ignore_index)
+        else:
+            grad_input = _backward_impl(grad_sums.contiguous(), grad_ce, input, target, activation, squared, soft, ignore_index,
+                                        backend)
+        return grad_input, None, None, None, None, None, None, None, None
 
 
 # ------------------------------------------------------------------ argument handling
@@ -216,7 +247,7 @@ def _sums(x, t, activation, squared, soft, ignore_index, with_ce, backend):
     args = (x, t, activation, squared, soft, ignore_index, with_ce, backend)
     if torch.compiler.is_compiling():
         return dice_sums_op(*args)
-    return DiceSumsFunction.apply(*args)
+    return DiceSumsFunction.apply(*args, torch.is_grad_enabled() and x.requires_grad)
 
 
 def _loss(input, target, a, alpha, beta, gamma, mode, from_logits, smooth_nr, smooth_dr, squared, ignore_index,
