@@ -569,47 +569,61 @@ void dispatch_labels(const Args& a, const F& f) {
   }
 }
 
-std::tuple<at::Tensor, at::Tensor> sums_cpu_op(const at::Tensor& input, const at::Tensor& target, int64_t activation, bool squared,
-                                               bool soft, c10::optional<int64_t> ignore_index, bool with_ce) {
-  const Args a = dice::make_args(input, target, activation, squared, soft, ignore_index);
-  const auto acc_opt = input.options().dtype(input.scalar_type() == at::kDouble ? at::kDouble : at::kFloat);
-  at::Tensor sums = at::empty({a.N, a.C, 3}, acc_opt);
-  at::Tensor ce = at::empty({with_ce ? a.N : 0, 2}, acc_opt);
-  if (with_ce) ce.zero_();
-  if (a.N * a.C * a.S == 0) {
-    sums.zero_();
-    return {sums, with_ce ? ce : at::empty({0}, acc_opt)};
-  }
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), "dice_sums_cpu", [&] {
+// Pass 1 into sums / ce; stats (defined only for a softmax over labels): each pixel's
+// statistics are kept there.
+void run_sums(const Args& a, bool with_ce, at::Tensor& sums, at::Tensor& ce, const at::Tensor& stats) {
+  if (a.N * a.C * a.S == 0) return;
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, a.input.scalar_type(), "dice_sums_cpu", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    acc_t* st = stats.defined() ? stats.mutable_data_ptr<acc_t>() : nullptr;
     dispatch_labels(a, [&](auto* tag) {
       using label_t = std::remove_pointer_t<decltype(tag)>;
       if (!label_softmax_case(a)) return sums_cpu<scalar_t, label_t>(a, with_ce, sums, ce);
-      if (a.squared) return sums_labels_cpu<scalar_t, label_t, true>(a, with_ce, sums, ce);
-      sums_labels_cpu<scalar_t, label_t, false>(a, with_ce, sums, ce);
+      if (a.squared) return sums_labels_cpu<scalar_t, label_t, true>(a, with_ce, sums, ce, st);
+      sums_labels_cpu<scalar_t, label_t, false>(a, with_ce, sums, ce, st);
     });
   });
-  return {sums, with_ce ? ce : at::empty({0}, acc_opt)};
 }
 
-at::Tensor grad_cpu_op(const at::Tensor& grad_sums, const at::Tensor& grad_ce, const at::Tensor& input, const at::Tensor& target,
-                       int64_t activation, bool squared, bool soft, c10::optional<int64_t> ignore_index) {
-  const Args a = dice::make_args(input, target, activation, squared, soft, ignore_index);
-  const auto acc_t = input.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+// Pass 2 (the operands checked); stats: run_sums' kept statistics, or undefined (recomputed).
+at::Tensor run_grad(const Args& a, const at::Tensor& grad_sums, const at::Tensor& grad_ce, const at::Tensor& stats) {
+  const auto acc_t = a.input.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
   TORCH_CHECK(grad_sums.scalar_type() == acc_t && grad_sums.is_contiguous() && grad_sums.numel() == a.N * a.C * 3,
               "fastloss dice: grad_sums must be a contiguous (N, C, 3) tensor in the accumulation dtype");
   TORCH_CHECK(grad_ce.numel() == 0 || (grad_ce.scalar_type() == acc_t && grad_ce.is_contiguous() && grad_ce.numel() == a.N * 2),
               "fastloss dice: grad_ce must be empty or a contiguous (N, 2) tensor in the accumulation dtype");
-  at::Tensor out = at::empty_like(input);
+  TORCH_CHECK(!stats.defined() || (stats.scalar_type() == acc_t && stats.is_contiguous() && stats.numel() == a.N * 4 * a.S),
+              "fastloss dice: stats must be dice_sums_stats_native's contiguous (N, 4, S) statistics");
+  at::Tensor out = at::empty_like(a.input);
   if (out.numel() == 0) return out;
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), "dice_grad_cpu", [&] {
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, a.input.scalar_type(), "dice_grad_cpu", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    const acc_t* st = stats.defined() ? stats.const_data_ptr<acc_t>() : nullptr;
     dispatch_labels(a, [&](auto* tag) {
       using label_t = std::remove_pointer_t<decltype(tag)>;
       if (!label_softmax_case(a)) return grad_cpu<scalar_t, label_t>(a, grad_sums, grad_ce, out);
-      if (a.squared) return grad_labels_cpu<scalar_t, label_t, true>(a, grad_sums, grad_ce, out);
-      grad_labels_cpu<scalar_t, label_t, false>(a, grad_sums, grad_ce, out);
+      if (a.squared) return grad_labels_cpu<scalar_t, label_t, true>(a, grad_sums, grad_ce, out, st);
+      grad_labels_cpu<scalar_t, label_t, false>(a, grad_sums, grad_ce, out, st);
     });
   });
   return out;
+}
+
+at::TensorOptions acc_options(const at::Tensor& input) {
+  return input.options().dtype(input.scalar_type() == at::kDouble ? at::kDouble : at::kFloat);
+}
+
+std::tuple<at::Tensor, at::Tensor> sums_cpu_op(const at::Tensor& input, const at::Tensor& target, int64_t activation, bool squared,
+                                               bool soft, c10::optional<int64_t> ignore_index, bool with_ce) {
+  const Args a = dice::make_args(input, target, activation, squared, soft, ignore_index);
+  at::Tensor sums = at::zeros({a.N, a.C, 3}, acc_options(input)), ce = at::zeros({with_ce ? a.N : 0, 2}, acc_options(input));
+  run_sums(a, with_ce, sums, ce, at::Tensor());
+  return {sums, with_ce ? ce : at::empty({0}, acc_options(input))};
+}
+
+at::Tensor grad_cpu_op(const at::Tensor& grad_sums, const at::Tensor& grad_ce, const at::Tensor& input, const at::Tensor& target,
+                       int64_t activation, bool squared, bool soft, c10::optional<int64_t> ignore_index) {
+  return run_grad(dice::make_args(input, target, activation, squared, soft, ignore_index), grad_sums, grad_ce, at::Tensor());
 }
 
 Args stats_args(const at::Tensor& input, const at::Tensor& target, bool squared, const c10::optional<int64_t>& ignore_index) {
@@ -623,44 +637,16 @@ Args stats_args(const at::Tensor& input, const at::Tensor& target, bool squared,
 std::tuple<at::Tensor, at::Tensor, at::Tensor> sums_stats_cpu_op(const at::Tensor& input, const at::Tensor& target, bool squared,
                                                                  c10::optional<int64_t> ignore_index, bool with_ce) {
   const Args a = stats_args(input, target, squared, ignore_index);
-  const auto acc_opt = input.options().dtype(input.scalar_type() == at::kDouble ? at::kDouble : at::kFloat);
-  at::Tensor sums = at::zeros({a.N, a.C, 3}, acc_opt);
-  at::Tensor ce = at::zeros({with_ce ? a.N : 0, 2}, acc_opt);
-  at::Tensor stats = at::empty({a.N, 4, a.S}, acc_opt);
-  if (a.N * a.C * a.S > 0) {
-    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), "dice_sums_stats_cpu", [&] {
-      using acc_t = at::opmath_type<scalar_t>;
-      dispatch_labels(a, [&](auto* tag) {
-        using label_t = std::remove_pointer_t<decltype(tag)>;
-        if (a.squared) return sums_labels_cpu<scalar_t, label_t, true>(a, with_ce, sums, ce, stats.mutable_data_ptr<acc_t>());
-        sums_labels_cpu<scalar_t, label_t, false>(a, with_ce, sums, ce, stats.mutable_data_ptr<acc_t>());
-      });
-    });
-  }
-  return {sums, with_ce ? ce : at::empty({0}, acc_opt), stats};
+  at::Tensor sums = at::zeros({a.N, a.C, 3}, acc_options(input)), ce = at::zeros({with_ce ? a.N : 0, 2}, acc_options(input));
+  at::Tensor stats = at::empty({a.N, 4, a.S}, acc_options(input));
+  run_sums(a, with_ce, sums, ce, stats);
+  return {sums, with_ce ? ce : at::empty({0}, acc_options(input)), stats};
 }
 
 at::Tensor grad_stats_cpu_op(const at::Tensor& grad_sums, const at::Tensor& grad_ce, const at::Tensor& input, const at::Tensor& target,
                              const at::Tensor& stats, bool squared, c10::optional<int64_t> ignore_index) {
-  const Args a = stats_args(input, target, squared, ignore_index);
-  const auto acc_t = input.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
-  TORCH_CHECK(grad_sums.scalar_type() == acc_t && grad_sums.is_contiguous() && grad_sums.numel() == a.N * a.C * 3,
-              "fastloss dice: grad_sums must be a contiguous (N, C, 3) tensor in the accumulation dtype");
-  TORCH_CHECK(grad_ce.numel() == 0 || (grad_ce.scalar_type() == acc_t && grad_ce.is_contiguous() && grad_ce.numel() == a.N * 2),
-              "fastloss dice: grad_ce must be empty or a contiguous (N, 2) tensor in the accumulation dtype");
-  TORCH_CHECK(stats.scalar_type() == acc_t && stats.is_contiguous() && stats.numel() == a.N * 4 * a.S,
-              "fastloss dice: stats must be dice_sums_stats_native's contiguous (N, 4, S) statistics");
-  at::Tensor out = at::empty_like(input);
-  if (out.numel() == 0) return out;
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), "dice_grad_stats_cpu", [&] {
-    using acc_t = at::opmath_type<scalar_t>;
-    dispatch_labels(a, [&](auto* tag) {
-      using label_t = std::remove_pointer_t<decltype(tag)>;
-      if (a.squared) return grad_labels_cpu<scalar_t, label_t, true>(a, grad_sums, grad_ce, out, stats.const_data_ptr<acc_t>());
-      grad_labels_cpu<scalar_t, label_t, false>(a, grad_sums, grad_ce, out, stats.const_data_ptr<acc_t>());
-    });
-  });
-  return out;
+  TORCH_CHECK(stats.defined(), "fastloss dice: stats must be dice_sums_stats_native's contiguous (N, 4, S) statistics");
+  return run_grad(stats_args(input, target, squared, ignore_index), grad_sums, grad_ce, stats);
 }
 
 }  // namespace
