@@ -165,7 +165,9 @@ struct BlockLabels {
   std::vector<idx_t> slot;
   BlockLabels() : lab(kPix), m(kPix), hit(kPix), slot(kPix) {}
 
-  // labels lab[0 .. n) of one block; G (C + 1 slots, if given) counts the pixels of each label
+  // labels lab[0 .. n) of one block; G ((C + 1) x V, if given) counts the pixels of each label by
+  // lane (G[slot V + j % V]: consecutive pixels of one label add to different places -- one place
+  // per label made a chain of dependent stores through memory on label maps of large regions)
   template <typename label_t>
   void load(const Args& a, const label_t* l, int64_t n, double* G) {
     constexpr int64_t V = Vec<acc_t>::size();
@@ -178,7 +180,7 @@ struct BlockLabels {
       m[j] = counted ? acc_t(1) : acc_t(0);
       hit[j] = in_range ? acc_t(1) : acc_t(0);
       slot[j] = static_cast<idx_t>(in_range ? y : C);
-      if (G != nullptr) G[slot[j]] += in_range ? 1.0 : 0.0;
+      if (G != nullptr) G[slot[j] * V + j % V] += in_range ? 1.0 : 0.0;
     }
   }
 };
@@ -236,7 +238,7 @@ void sums_labels_cpu(const Args& a, bool with_ce, at::Tensor& sums, at::Tensor& 
 
   at::parallel_for(0, N * nblk, 1, [&](int64_t w0, int64_t w1) {
     std::vector<Vec<acc_t>> accP(static_cast<size_t>(C)), xbuf(static_cast<size_t>(C)), ebuf(static_cast<size_t>(C));
-    std::vector<double> I(static_cast<size_t>(C + 1)), G(static_cast<size_t>(C + 1));
+    std::vector<double> I(static_cast<size_t>((C + 1) * V)), G(static_cast<size_t>((C + 1) * V));  // by (slot, lane)
     BlockLabels<acc_t> bl;
     alignas(64) acc_t lanes[V];
     for (int64_t w = w0; w < w1; ++w) {
@@ -263,9 +265,9 @@ void sums_labels_cpu(const Args& a, bool with_ce, at::Tensor& sums, at::Tensor& 
         }
         const Vec<acc_t> w_p = kSquared ? m * inv * inv : m * inv;  // P' term = e_c (e_c) w_p
         for (int64_t c = 0; c < C; ++c) accP[c] = accP[c] + (kSquared ? ebuf[c] * ebuf[c] : ebuf[c]) * w_p;
-        // I: m p_y into the label's slot (0 for a pixel without one: e_y = 0)
+        // I: m p_y into the label's slot, by lane (0 for a pixel without one: e_y = 0)
         (ey * (m * inv)).store(lanes);
-        for (int64_t l = 0; l < k; ++l) I[bl.slot[j + l]] += static_cast<double>(lanes[l]);
+        for (int64_t l = 0; l < k; ++l) I[bl.slot[j + l] * V + l] += static_cast<double>(lanes[l]);
         if (with_ce) {
           const Vec<acc_t> hit = Vec<acc_t>::loadu(bl.hit.data() + j);
           const Vec<acc_t> log_z = (rest + (ey - Vec<acc_t>(acc_t(1)))).log1p();
@@ -277,9 +279,12 @@ void sums_labels_cpu(const Args& a, bool with_ce, at::Tensor& sums, at::Tensor& 
       }
       double* out = part.data() + (n * nblk + blk) * C * 3;
       for (int64_t c = 0; c < C; ++c) {
-        out[3 * c + 0] = I[c];
+        out[3 * c + 0] = out[3 * c + 2] = 0.0;
+        for (int64_t l = 0; l < V; ++l) {
+          out[3 * c + 0] += I[c * V + l];
+          out[3 * c + 2] += G[c * V + l];
+        }
         out[3 * c + 1] = cpu::hsum(accP[c]);
-        out[3 * c + 2] = G[c];
       }
       cpart[(n * nblk + blk) * 2 + 0] = cpu::hsum(ce_acc);
       cpart[(n * nblk + blk) * 2 + 1] = cpu::hsum(cnt_acc);
