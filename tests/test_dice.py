@@ -170,6 +170,18 @@ def test_label_dtypes_bitwise(device, backend):
         assert torch.equal(fastloss.dice_ce_loss(x, t.to(dt), ignore_index=255, backend=backend), ref), dt
 
 
+def _assert_labels_match_one_hot(x, t, oh, fns, backend):
+    """Each loss of a label map t equals (loss and gradient) that of the float target oh, with
+    plain and squared sums."""
+    for fn, squared in itertools.product(fns, (False, True)):
+        a = fn(x, t, per_image=True, squared=squared, backend=backend)
+        b = fn(x, oh, per_image=True, squared=squared, backend=backend)
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7)
+        ga, = torch.autograd.grad(a, x)
+        gb, = torch.autograd.grad(b, x)
+        torch.testing.assert_close(ga, gb, rtol=1e-5, atol=1e-8)
+
+
 @pytest.mark.parametrize("device,backend", helpers.device_backend_params())
 def test_labels_equal_one_hot(device, backend):
     """Labels are expanded in the kernel: the same numbers as the explicit one-hot target (on
@@ -178,13 +190,7 @@ def test_labels_equal_one_hot(device, backend):
     x = torch.randn(2, 5, 4, 7, 3, device=device, requires_grad=True)
     t = torch.randint(0, 5, (2, 4, 7, 3), device=device)
     oh = F.one_hot(t, 5).movedim(-1, 1).float()
-    for fn, squared in itertools.product((fastloss.dice_loss, fastloss.jaccard_loss, fastloss.dice_ce_loss), (False, True)):
-        a = fn(x, t, per_image=True, squared=squared, backend=backend)
-        b = fn(x, oh, per_image=True, squared=squared, backend=backend)
-        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7)
-        ga, = torch.autograd.grad(a, x)
-        gb, = torch.autograd.grad(b, x)
-        torch.testing.assert_close(ga, gb, rtol=1e-5, atol=1e-8)
+    _assert_labels_match_one_hot(x, t, oh, (fastloss.dice_loss, fastloss.jaccard_loss, fastloss.dice_ce_loss), backend)
 
 
 @pytest.mark.parametrize("device,backend", helpers.device_backend_params())
@@ -630,13 +636,7 @@ def test_gpu_out_of_range_labels_match_no_class(monkeypatch, device, backend):
     t = torch.randint(0, 4, (2, 5, 6), device=device)
     t[0, 0, :3] = 9
     oh = (t.unsqueeze(1) == torch.arange(4, device=device).view(1, 4, 1, 1)).float()
-    for fn, squared in itertools.product((fastloss.dice_loss, fastloss.dice_ce_loss), (False, True)):
-        a = fn(x, t, per_image=True, squared=squared, backend=backend)
-        b = fn(x, oh, per_image=True, squared=squared, backend=backend)
-        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7)
-        ga, = torch.autograd.grad(a, x)
-        gb, = torch.autograd.grad(b, x)
-        torch.testing.assert_close(ga, gb, rtol=1e-5, atol=1e-8)
+    _assert_labels_match_one_hot(x, t, oh, (fastloss.dice_loss, fastloss.dice_ce_loss), backend)
 
 
 def test_triton_batch_limit_is_a_clear_error():

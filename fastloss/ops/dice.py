@@ -72,7 +72,8 @@ def _backward_impl(grad_sums, grad_ce, input, target, activation, squared, soft,
 
 def _keeps_stats(grad_wanted, input, target, activation, soft, backend):
     """Whether the eager forward keeps each pixel's softmax statistics (max, 1 / Z, p_y, 1 - p_y:
-    4 values per pixel, at most half the logits' bytes for C >= 8) for its backward, which then
+    4 values per pixel in the accumulation dtype, at most half an fp32 input's bytes for C >= 8)
+    for its backward, which then
     skips the max sweep and the class sums: on the CPU backend (compute-bound) for a softmax over
     an integer label map, when the input's gradient is wanted.  The same bits as recomputing."""
     return (grad_wanted and backend == "cpu" and _backend.store_grad_in_forward(input.device) and activation == 2
@@ -135,23 +136,25 @@ class DiceSumsFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, input, target, activation, squared, soft, ignore_index, with_ce, backend, grad_wanted=False):
         resolved = _backend.backward_backend(OP, input.device, backend)
-        ctx.stats = None
-        if _keeps_stats(grad_wanted, input, target, activation, soft, resolved):
-            sums, ce, ctx.stats = _forward_impl(input, target, activation, squared, soft, ignore_index, with_ce, backend, stats=True)
+        # saved with the inputs (freed with them after the backward, seen by saved-tensor hooks)
+        ctx.kept_stats = _keeps_stats(grad_wanted, input, target, activation, soft, resolved)
+        if ctx.kept_stats:
+            sums, ce, stats = _forward_impl(input, target, activation, squared, soft, ignore_index, with_ce, backend, stats=True)
+            ctx.save_for_backward(input, target, stats)
         else:
             sums, ce = _forward_impl(input, target, activation, squared, soft, ignore_index, with_ce, backend)
-        ctx.save_for_backward(input, target)
+            ctx.save_for_backward(input, target)
         ctx.args = (activation, squared, soft, ignore_index, resolved)
         return sums, ce
 
     @staticmethod
     @torch.autograd.function.once_differentiable  # the kernels' gradient: no double backward (an error, not a silent zero)
     def backward(ctx, grad_sums, grad_ce):
-        input, target = ctx.saved_tensors
+        input, target, *stats = ctx.saved_tensors
         activation, squared, soft, ignore_index, backend = ctx.args
-        if ctx.stats is not None:
+        if ctx.kept_stats:
             grad_sums, grad_ce = _grad_operands(grad_sums, grad_ce, input.dtype)
-            grad_input = torch.ops.fastloss.dice_grad_stats_native(grad_sums, grad_ce, input, target, ctx.stats, squared, ignore_index)
+            grad_input = torch.ops.fastloss.dice_grad_stats_native(grad_sums, grad_ce, input, target, stats[0], squared, ignore_index)
         else:
             grad_input = _backward_impl(grad_sums.contiguous(), grad_ce, input, target, activation, squared, soft, ignore_index,
                                         backend)
