@@ -596,8 +596,13 @@ def test_kept_softmax_statistics_equal_recomputing(monkeypatch, dtype, squared, 
     with pytest.raises(RuntimeError, match="label map"):
         torch.ops.fastloss.dice_sums_stats_native(x.detach(), torch.rand(3, 11, 517).to(dtype), squared, None, with_ce)
     _, _, stats = torch.ops.fastloss.dice_sums_stats_native(x.detach(), t, squared, ignore_index, with_ce)
+    assert stats.shape == (3, 4 if with_ce else 3, 517)  # 1 - p_y only with the CE term
     with pytest.raises(RuntimeError, match="statistics"):
-        torch.ops.fastloss.dice_grad_stats_native(up_s, c_f.new_empty(0), x.detach(), t, stats[:, :3], squared, ignore_index)
+        torch.ops.fastloss.dice_grad_stats_native(up_s, c_f.new_empty(0), x.detach(), t, stats[:, :2], squared, ignore_index)
+    if not with_ce:  # statistics without 1 - p_y cannot serve a CE gradient: an error, not a wrong gradient
+        with pytest.raises(RuntimeError, match="CE gradient needs the 4 rows"):
+            torch.ops.fastloss.dice_grad_stats_native(up_s, up_s.new_ones(3, 2), x.detach(), t, stats.contiguous(), squared,
+                                                      ignore_index)
 
 
 @pytest.mark.parametrize("device,backend", helpers.device_backend_params())

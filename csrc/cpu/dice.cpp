@@ -222,8 +222,8 @@ inline void label_softmax(const scalar_t* xn, int64_t s, int64_t k, int64_t C, i
   if (bsum != nullptr) *bsum = bs;
 }
 
-// stats (nullptr, or (N, 4, S) in the accumulation dtype): each pixel's [max, 1 / Z, p_y, q_y]
-// (q_y = 1 - p_y with the CE term, else 0) for pass 2 (grad_labels_cpu), which then skips the
+// stats (nullptr, or (N, R, S) in the accumulation dtype): each pixel's [max, 1 / Z, p_y] and,
+// with the CE term (R = 4), q_y = 1 - p_y, for pass 2 (grad_labels_cpu), which then skips the
 // max sweep and the sums over the classes.
 template <typename scalar_t, typename label_t, bool kSquared>
 void sums_labels_cpu(const Args& a, bool with_ce, at::Tensor& sums, at::Tensor& ce, at::opmath_type<scalar_t>* stats = nullptr) {
@@ -257,11 +257,11 @@ void sums_labels_cpu(const Args& a, bool with_ce, at::Tensor& sums, at::Tensor& 
         label_softmax<acc_t, kSquared>(xn, s, k, C, S, labf, xbuf.data(), ebuf.data(), mx, sum, ey, &xy, with_ce ? &rest : nullptr);
         const Vec<acc_t> inv = Vec<acc_t>(acc_t(1)) / sum;
         if (stats != nullptr) {
-          acc_t* st = stats + n * 4 * S + s;
+          acc_t* st = stats + n * (with_ce ? 4 : 3) * S + s;
           mx.store(st, k);
           inv.store(st + S, k);
           (ey * inv).store(st + 2 * S, k);
-          (with_ce ? rest * inv : Vec<acc_t>(acc_t(0))).store(st + 3 * S, k);
+          if (with_ce) (rest * inv).store(st + 3 * S, k);
         }
         const Vec<acc_t> w_p = kSquared ? m * inv * inv : m * inv;  // P' term = e_c (e_c) w_p
         for (int64_t c = 0; c < C; ++c) accP[c] = accP[c] + (kSquared ? ebuf[c] * ebuf[c] : ebuf[c]) * w_p;
@@ -309,11 +309,12 @@ inline Vec<acc_t> stats_exp(const scalar_t* xn, int64_t s, int64_t k, int64_t C,
   return bs;
 }
 
-// stats: sums_labels_cpu's per-pixel [max, 1 / Z, p_y, q_y], or nullptr (recomputed here): the
-// same bits either way.
+// stats: sums_labels_cpu's per-pixel [max, 1 / Z, p_y (, q_y)] in stats_rows rows (q_y, row 3,
+// is there whenever gce is not empty: run_grad checks), or nullptr (recomputed here): the same
+// bits either way.
 template <typename scalar_t, typename label_t, bool kSquared>
 void grad_labels_cpu(const Args& a, const at::Tensor& gsums, const at::Tensor& gce, at::Tensor& out,
-                     const at::opmath_type<scalar_t>* stats = nullptr) {
+                     const at::opmath_type<scalar_t>* stats = nullptr, int64_t stats_rows = 0) {
   using acc_t = at::opmath_type<scalar_t>;
   using idx_t = typename BlockLabels<acc_t>::idx_t;
   constexpr int64_t V = Vec<acc_t>::size();
@@ -353,10 +354,10 @@ void grad_labels_cpu(const Args& a, const at::Tensor& gsums, const at::Tensor& g
         const Vec<idx_t> slot = Vec<idx_t>::loadu(bl.slot.data() + j);
         Vec<acc_t> inv, py, q, bsum;
         if (stats != nullptr) {
-          const acc_t* st = stats + n * 4 * S + s;
+          const acc_t* st = stats + n * stats_rows * S + s;
           inv = Vec<acc_t>::loadu(st + S, k);
           py = Vec<acc_t>::loadu(st + 2 * S, k);
-          q = Vec<acc_t>::loadu(st + 3 * S, k);
+          q = with_ce ? Vec<acc_t>::loadu(st + 3 * S, k) : Vec<acc_t>(acc_t(0));
           bsum = stats_exp<acc_t, kSquared>(xn, s, k, C, S, Vec<acc_t>::loadu(st, k), ebuf.data(), B.data());
         } else {
           Vec<acc_t> mx, sum, ey, xy, rest;
@@ -597,8 +598,12 @@ at::Tensor run_grad(const Args& a, const at::Tensor& grad_sums, const at::Tensor
               "fastloss dice: grad_sums must be a contiguous (N, C, 3) tensor in the accumulation dtype");
   TORCH_CHECK(grad_ce.numel() == 0 || (grad_ce.scalar_type() == acc_t && grad_ce.is_contiguous() && grad_ce.numel() == a.N * 2),
               "fastloss dice: grad_ce must be empty or a contiguous (N, 2) tensor in the accumulation dtype");
-  TORCH_CHECK(!stats.defined() || (stats.scalar_type() == acc_t && stats.is_contiguous() && stats.numel() == a.N * 4 * a.S),
-              "fastloss dice: stats must be dice_sums_stats_native's contiguous (N, 4, S) statistics");
+  // the statistics of a pass 1 without the CE term have 3 rows, no q_y: they cannot serve a CE gradient
+  const int64_t rows = grad_ce.numel() > 0 ? 4 : 3;
+  TORCH_CHECK(!stats.defined() || (stats.scalar_type() == acc_t && stats.is_contiguous() && stats.dim() == 3 && stats.size(0) == a.N &&
+                                   (stats.size(1) == rows || stats.size(1) == 4) && stats.size(2) == a.S),
+              "fastloss dice: stats must be dice_sums_stats_native's contiguous (N, 4 with the CE term else 3, S) statistics",
+              grad_ce.numel() > 0 ? " (a CE gradient needs the 4 rows of a pass 1 with with_ce=True)" : "");
   at::Tensor out = at::empty_like(a.input);
   if (out.numel() == 0) return out;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, a.input.scalar_type(), "dice_grad_cpu", [&] {
@@ -607,8 +612,9 @@ at::Tensor run_grad(const Args& a, const at::Tensor& grad_sums, const at::Tensor
     dispatch_labels(a, [&](auto* tag) {
       using label_t = std::remove_pointer_t<decltype(tag)>;
       if (!label_softmax_case(a)) return grad_cpu<scalar_t, label_t>(a, grad_sums, grad_ce, out);
-      if (a.squared) return grad_labels_cpu<scalar_t, label_t, true>(a, grad_sums, grad_ce, out, st);
-      grad_labels_cpu<scalar_t, label_t, false>(a, grad_sums, grad_ce, out, st);
+      const int64_t st_rows = stats.defined() ? stats.size(1) : 0;
+      if (a.squared) return grad_labels_cpu<scalar_t, label_t, true>(a, grad_sums, grad_ce, out, st, st_rows);
+      grad_labels_cpu<scalar_t, label_t, false>(a, grad_sums, grad_ce, out, st, st_rows);
     });
   });
   return out;
@@ -637,20 +643,21 @@ Args stats_args(const at::Tensor& input, const at::Tensor& target, bool squared,
   return a;
 }
 
-// Pass 1 of a softmax over labels that also returns each pixel's statistics (N, 4, S) for
-// grad_stats_cpu_op (the eager path; fastloss/ops/dice.py keeps them between the passes).
+// Pass 1 of a softmax over labels that also returns each pixel's statistics (N, 4 with the CE
+// term else 3, S) for grad_stats_cpu_op (the eager path; fastloss/ops/dice.py keeps them
+// between the passes).
 std::tuple<at::Tensor, at::Tensor, at::Tensor> sums_stats_cpu_op(const at::Tensor& input, const at::Tensor& target, bool squared,
                                                                  c10::optional<int64_t> ignore_index, bool with_ce) {
   const Args a = stats_args(input, target, squared, ignore_index);
   at::Tensor sums = at::zeros({a.N, a.C, 3}, acc_options(input)), ce = at::zeros({with_ce ? a.N : 0, 2}, acc_options(input));
-  at::Tensor stats = at::empty({a.N, 4, a.S}, acc_options(input));
+  at::Tensor stats = at::empty({a.N, with_ce ? 4 : 3, a.S}, acc_options(input));
   run_sums(a, with_ce, sums, ce, stats);
   return {sums, with_ce ? ce : at::empty({0}, acc_options(input)), stats};
 }
 
 at::Tensor grad_stats_cpu_op(const at::Tensor& grad_sums, const at::Tensor& grad_ce, const at::Tensor& input, const at::Tensor& target,
                              const at::Tensor& stats, bool squared, c10::optional<int64_t> ignore_index) {
-  TORCH_CHECK(stats.defined(), "fastloss dice: stats must be dice_sums_stats_native's contiguous (N, 4, S) statistics");
+  TORCH_CHECK(stats.defined(), "fastloss dice: stats must be dice_sums_stats_native's statistics");
   return run_grad(stats_args(input, target, squared, ignore_index), grad_sums, grad_ce, stats);
 }
 
