@@ -137,22 +137,20 @@ def match_cost_signature(fn, consts):
     return {name: "constexpr" if name in consts else ints.get(name, fp) for name in fn.arg_names}
 
 
-def scalar_type(name):
+def scalar_type(name, annotation):
+    if annotation:  # an annotated argument (the float parameters: fp64, as Python floats arrive)
+        return annotation
     if name.endswith("_ptr"):
         if name == "i_ptr":
             return "*i64"
         return "*fp32"
-    if name.startswith("p_"):  # the row-wise kernels' parameters arrive in float64
-        return "fp64"
-    if name in ("eps", "power", "gamma", "scale") or (name[0] == "p" and name[1:].isdigit()):
-        return "fp32"
     return "i64" if name == "ignore_index" else "i32"
 
 
 def signature(fn, consts):
     if fn is match_cost._blocks_kernel:
         return match_cost_signature(fn, consts)
-    sig = {name: ("constexpr" if name in consts else scalar_type(name)) for name in fn.arg_names}
+    sig = {p.name: ("constexpr" if p.name in consts else scalar_type(p.name, p.annotation_type)) for p in fn.params}
     if consts.get("COMPUTE") == tl.float64:  # fp64 kernels read and write fp64 buffers
         sig = {name: ("*fp64" if t == "*fp32" else t) for name, t in sig.items()}
     if (consts.get("LABELS") or consts.get("TARGET") == 0) and "t_ptr" in sig:  # integer class labels

@@ -798,9 +798,12 @@ def _load(p_ptr, t_ptr, w_ptr, n, COMPUTE: tl.constexpr, HAS_W: tl.constexpr, IN
 
 
 @triton.jit
-def _loss_forward_kernel(p_ptr, t_ptr, w_ptr, out_ptr, partial_ptr, cache_ptr, n, eps, power, gamma, KIND: tl.constexpr, FMT: tl.constexpr,
+def _loss_forward_kernel(p_ptr, t_ptr, w_ptr, out_ptr, partial_ptr, cache_ptr, n, eps: tl.float64, power: tl.float64, gamma: tl.float64, KIND: tl.constexpr, FMT: tl.constexpr,
                          CONV: tl.constexpr, UMODE: tl.constexpr, POWER_ONE: tl.constexpr, HAS_W: tl.constexpr, REDUCE: tl.constexpr, WITH_GRAD: tl.constexpr, COMPUTE: tl.constexpr,
                          INT64: tl.constexpr, BLOCK: tl.constexpr, NC: tl.constexpr, NCP: tl.constexpr, TERMS: tl.constexpr):
+    eps = tl.full((), eps, COMPUTE)
+    power = tl.full((), power, COMPUTE)
+    gamma = tl.full((), gamma, COMPUTE)
     # TERMS: bounded_iou's (n, 4) terms into out (no reduction, no stored gradient)
     rows, cols, mask, offs, m2, P, T, w = _load(p_ptr, t_ptr, w_ptr, n, COMPUTE, HAS_W, INT64, BLOCK, NC, NCP)
     if TERMS:
@@ -818,9 +821,13 @@ def _loss_forward_kernel(p_ptr, t_ptr, w_ptr, out_ptr, partial_ptr, cache_ptr, n
 
 
 @triton.jit
-def _loss_backward_kernel(p_ptr, t_ptr, w_ptr, g_ptr, out_ptr, n, eps, power, gamma, scale, KIND: tl.constexpr, FMT: tl.constexpr,
+def _loss_backward_kernel(p_ptr, t_ptr, w_ptr, g_ptr, out_ptr, n, eps: tl.float64, power: tl.float64, gamma: tl.float64, scale: tl.float64, KIND: tl.constexpr, FMT: tl.constexpr,
                           CONV: tl.constexpr, UMODE: tl.constexpr, POWER_ONE: tl.constexpr, HAS_W: tl.constexpr, PER_BOX_GRAD: tl.constexpr, COMPUTE: tl.constexpr,
                           INT64: tl.constexpr, BLOCK: tl.constexpr, NC: tl.constexpr, NCP: tl.constexpr, TERMS: tl.constexpr):
+    eps = tl.full((), eps, COMPUTE)
+    power = tl.full((), power, COMPUTE)
+    gamma = tl.full((), gamma, COMPUTE)
+    scale = tl.full((), scale, COMPUTE)
     # TERMS: bounded_iou's terms, an (n, 4) upstream gradient
     rows, cols, mask, offs, m2, P, T, w = _load(p_ptr, t_ptr, w_ptr, n, COMPUTE, HAS_W, INT64, BLOCK, NC, NCP)
     if TERMS:
@@ -939,8 +946,9 @@ def _metric(A, B, cols, eps, KIND: tl.constexpr, FMT: tl.constexpr, GRAD: tl.con
 
 
 @triton.jit
-def _matrix_kernel(b1_ptr, b2_ptr, out_ptr, total, N, M, eps, KIND: tl.constexpr, FMT: tl.constexpr, CONV: tl.constexpr, UMODE: tl.constexpr, ALIGNED: tl.constexpr,
+def _matrix_kernel(b1_ptr, b2_ptr, out_ptr, total, N, M, eps: tl.float64, KIND: tl.constexpr, FMT: tl.constexpr, CONV: tl.constexpr, UMODE: tl.constexpr, ALIGNED: tl.constexpr,
                    COMPUTE: tl.constexpr, BLOCK: tl.constexpr):
+    eps = tl.full((), eps, COMPUTE)
     i = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK).to(tl.int64)
     cols = tl.arange(0, 4)
     mask = i < total
@@ -959,9 +967,10 @@ def _matrix_kernel(b1_ptr, b2_ptr, out_ptr, total, N, M, eps, KIND: tl.constexpr
 
 
 @triton.jit
-def _aligned_backward_kernel(g_ptr, b1_ptr, b2_ptr, g1_ptr, g2_ptr, total, eps, KIND: tl.constexpr, FMT: tl.constexpr, CONV: tl.constexpr, UMODE: tl.constexpr,
+def _aligned_backward_kernel(g_ptr, b1_ptr, b2_ptr, g1_ptr, g2_ptr, total, eps: tl.float64, KIND: tl.constexpr, FMT: tl.constexpr, CONV: tl.constexpr, UMODE: tl.constexpr,
                              COMPUTE: tl.constexpr,
                              BLOCK: tl.constexpr):
+    eps = tl.full((), eps, COMPUTE)
     i = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK).to(tl.int64)
     cols = tl.arange(0, 4)
     mask = i < total
@@ -976,9 +985,10 @@ def _aligned_backward_kernel(g_ptr, b1_ptr, b2_ptr, g1_ptr, g2_ptr, total, eps, 
 
 
 @triton.jit
-def _rows_backward_kernel(g_ptr, b1_ptr, b2_ptr, g1_ptr, N, M, eps, KIND: tl.constexpr, FMT: tl.constexpr, CONV: tl.constexpr, UMODE: tl.constexpr,
+def _rows_backward_kernel(g_ptr, b1_ptr, b2_ptr, g1_ptr, N, M, eps: tl.float64, KIND: tl.constexpr, FMT: tl.constexpr, CONV: tl.constexpr, UMODE: tl.constexpr,
                              COMPUTE: tl.constexpr,
                           BLOCK: tl.constexpr):
+    eps = tl.full((), eps, COMPUTE)
     # one program per box of boxes1: sum over m in a fixed order
     r = tl.program_id(0).to(tl.int64)
     bb = r // N
@@ -998,9 +1008,10 @@ def _rows_backward_kernel(g_ptr, b1_ptr, b2_ptr, g1_ptr, N, M, eps, KIND: tl.con
 
 
 @triton.jit
-def _cols_backward_kernel(g_ptr, b1_ptr, b2_ptr, g2_ptr, N, M, eps, KIND: tl.constexpr, FMT: tl.constexpr, CONV: tl.constexpr, UMODE: tl.constexpr,
+def _cols_backward_kernel(g_ptr, b1_ptr, b2_ptr, g2_ptr, N, M, eps: tl.float64, KIND: tl.constexpr, FMT: tl.constexpr, CONV: tl.constexpr, UMODE: tl.constexpr,
                              COMPUTE: tl.constexpr,
                           BLOCK: tl.constexpr):
+    eps = tl.full((), eps, COMPUTE)
     # one program per BLOCK boxes of boxes2 (one batch): loop over n in order
     chunks = tl.cdiv(M, BLOCK)
     pid = tl.program_id(0).to(tl.int64)
@@ -1021,9 +1032,10 @@ def _cols_backward_kernel(g_ptr, b1_ptr, b2_ptr, g2_ptr, N, M, eps, KIND: tl.con
 
 
 @triton.jit
-def _max_kernel(b1_ptr, b2_ptr, v_ptr, i_ptr, R, L, eps, KIND: tl.constexpr, FMT: tl.constexpr, CONV: tl.constexpr, UMODE: tl.constexpr,
+def _max_kernel(b1_ptr, b2_ptr, v_ptr, i_ptr, R, L, eps: tl.float64, KIND: tl.constexpr, FMT: tl.constexpr, CONV: tl.constexpr, UMODE: tl.constexpr,
                 OVER_M: tl.constexpr, COMPUTE: tl.constexpr,
                 BLOCK: tl.constexpr):
+    eps = tl.full((), eps, COMPUTE)
     # one program per BLOCK results of one batch; loop over the reduced boxes in order
     chunks = tl.cdiv(R, BLOCK)
     pid = tl.program_id(0).to(tl.int64)

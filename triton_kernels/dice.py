@@ -59,7 +59,8 @@ def _tile(x_ptr, t_ptr, n, blk, C, S, ignore_index, ACT: tl.constexpr, LABELS: t
         if ACT != 2 and BLOCK_C == 1:
             g = (lab[None, :] == 1).to(COMPUTE) + tl.zeros([BLOCK_C, BLOCK_S], COMPUTE)
         else:
-            g = (lab[None, :] == c[:, None]).to(COMPUTE)
+            # a padded class (c >= C) never matches: an out-of-range label in [C, BLOCK_C) matches no class
+            g = ((lab[None, :] == c[:, None]) & cmask[:, None]).to(COMPUTE)
         m = (mp[None, :] & cmask[:, None]).to(COMPUTE)
     else:
         g = tl.load(t_ptr + offs, mask=valid, other=0.0).to(COMPUTE)

@@ -358,12 +358,21 @@ def _load_inputs(x_ptr, t_ptr, tv_ptr, w_ptr, aux_ptr, pid, numel, C, COMPUTE: t
 
 
 @triton.jit
-def _forward_kernel(x_ptr, t_ptr, tv_ptr, w_ptr, aux_ptr, out_ptr, partial_ptr, cache_ptr, numel, C, p0, p1, p2, p3, p4, p5, p6,
-                    LOSS: tl.constexpr, LABELS: tl.constexpr, HAS_TV: tl.constexpr, W_LAYOUT: tl.constexpr, AUX_LAYOUT: tl.constexpr,
+def _in_compute(p0, p1, p2, p3, p4, p5, p6, COMPUTE: tl.constexpr):
+    """The loss's parameters in the compute dtype: they arrive as fp64 (a Python float
+    argument would be typed fp32, rounding them for an fp64 input)."""
+    return (tl.full((), p0, COMPUTE), tl.full((), p1, COMPUTE), tl.full((), p2, COMPUTE), tl.full((), p3, COMPUTE),
+            tl.full((), p4, COMPUTE), tl.full((), p5, COMPUTE), tl.full((), p6, COMPUTE))
+
+
+@triton.jit
+def _forward_kernel(x_ptr, t_ptr, tv_ptr, w_ptr, aux_ptr, out_ptr, partial_ptr, cache_ptr, numel, C, p0: tl.float64, p1: tl.float64, p2: tl.float64,
+                    p3: tl.float64, p4: tl.float64, p5: tl.float64, p6: tl.float64, LOSS: tl.constexpr, LABELS: tl.constexpr, HAS_TV: tl.constexpr, W_LAYOUT: tl.constexpr, AUX_LAYOUT: tl.constexpr,
                     REDUCE: tl.constexpr, WITH_GRAD: tl.constexpr, COMPUTE: tl.constexpr, INT64: tl.constexpr, BLOCK: tl.constexpr):
     pid = tl.program_id(0)
     offs, mask, x, t, w, aux = _load_inputs(x_ptr, t_ptr, tv_ptr, w_ptr, aux_ptr, pid, numel, C, COMPUTE, LABELS, HAS_TV, W_LAYOUT,
                                             AUX_LAYOUT, INT64, BLOCK)
+    p0, p1, p2, p3, p4, p5, p6 = _in_compute(p0, p1, p2, p3, p4, p5, p6, COMPUTE)
     loss, grad = _loss(x, t, aux, p0, p1, p2, p3, p4, p5, p6, LOSS)
     if WITH_GRAD:
         tl.store(cache_ptr + offs, grad * w, mask=mask)
@@ -375,17 +384,19 @@ def _forward_kernel(x_ptr, t_ptr, tv_ptr, w_ptr, aux_ptr, out_ptr, partial_ptr, 
 
 
 @triton.jit
-def _backward_kernel(x_ptr, t_ptr, tv_ptr, w_ptr, aux_ptr, g_ptr, out_ptr, numel, C, scale, p0, p1, p2, p3, p4, p5, p6, LOSS: tl.constexpr,
+def _backward_kernel(x_ptr, t_ptr, tv_ptr, w_ptr, aux_ptr, g_ptr, out_ptr, numel, C, scale: tl.float64, p0: tl.float64, p1: tl.float64,
+                     p2: tl.float64, p3: tl.float64, p4: tl.float64, p5: tl.float64, p6: tl.float64, LOSS: tl.constexpr,
                      LABELS: tl.constexpr, HAS_TV: tl.constexpr, W_LAYOUT: tl.constexpr, AUX_LAYOUT: tl.constexpr,
                      PER_ELEM_GRAD: tl.constexpr, COMPUTE: tl.constexpr, INT64: tl.constexpr, BLOCK: tl.constexpr):
     pid = tl.program_id(0)
     offs, mask, x, t, w, aux = _load_inputs(x_ptr, t_ptr, tv_ptr, w_ptr, aux_ptr, pid, numel, C, COMPUTE, LABELS, HAS_TV, W_LAYOUT,
                                             AUX_LAYOUT, INT64, BLOCK)
+    p0, p1, p2, p3, p4, p5, p6 = _in_compute(p0, p1, p2, p3, p4, p5, p6, COMPUTE)
     _, grad = _loss(x, t, aux, p0, p1, p2, p3, p4, p5, p6, LOSS)
     if PER_ELEM_GRAD:
         up = tl.load(g_ptr + offs, mask=mask, other=0.0).to(COMPUTE)
     else:
-        up = tl.load(g_ptr).to(COMPUTE) * scale  # the reduced loss's upstream gradient, on the device
+        up = tl.load(g_ptr).to(COMPUTE) * tl.full((), scale, COMPUTE)  # the reduced loss's upstream gradient, on the device
     tl.store(out_ptr + offs, (grad * w * up).to(out_ptr.dtype.element_ty), mask=mask)
 
 
