@@ -38,7 +38,7 @@ def _compare(ours, peer, x, t, *extra, rtol=1e-10, atol=1e-12):
         b = peer(xb, t, *extra)
     assert a.shape == b.shape and a.dtype == b.dtype, (a.shape, b.shape, a.dtype, b.dtype)
     torch.testing.assert_close(a, b, rtol=rtol, atol=atol)
-    up = torch.rand(a.shape, dtype=a.dtype, generator=torch.Generator().manual_seed(1)) + 0.5
+    up = (torch.rand(a.shape, dtype=a.dtype, generator=torch.Generator().manual_seed(1)) + 0.5).to(a.device)
     ga, = torch.autograd.grad(a, xa, up)
     gb, = torch.autograd.grad(b, xb, up)
     torch.testing.assert_close(ga, gb, rtol=rtol * 10, atol=atol * 10)

@@ -155,7 +155,7 @@ def test_label_dtypes_and_ignore_255(device, backend, label_dtype):
     x = _make_logits((2, 5, 3, 4), "c", torch.float32, device)
     y = torch.randint(0, 5, (2, 3, 4))
     y[0, 0] = 255
-    x64 = x.detach().double().requires_grad_()
+    x64 = x.detach().double().cpu().requires_grad_()  # torch's value on CPU, with y and w
     w = torch.rand(5) + 0.1
     for kw in ({"ignore_index": 255, "label_smoothing": 0.1}, {"ignore_index": 255, "weight": w}, {"ignore_index": -100, "weight": w}):
         if kw["ignore_index"] == -100:  # -100 is no uint8 / int32 value here: every label counts (255 rows made valid)
@@ -704,6 +704,13 @@ def test_class_axis_limit():
     x = torch.zeros(1).expand(1, 2**24 + 1)  # stride 0: no memory
     with pytest.raises(ValueError, match="2\\^24"):
         fastloss.cross_entropy(x, torch.zeros(1, dtype=torch.long))
+
+
+def test_host_mean_normaliser_not_for_device_labels():
+    """The normaliser's pass over the labels is a CPU kernel: device labels (the GPU path that
+    stores the gradient in the forward) leave the division in the graph instead of calling it."""
+    labels = torch.zeros(2, 3, dtype=torch.int64, device="meta")
+    assert ops_rw._host_mean_normaliser(ops_rw.TARGETS["labels"], labels, None, None, "weight", None, False, 6, 4) is None
 
 
 @pytest.mark.parametrize("label_dtype", [torch.uint8, torch.int32, torch.int64])

@@ -305,7 +305,7 @@ def test_cuda_out_of_range_labels_rule_and_checked_mode(backend):
     xd = torch.randn(1, 3, 4, 4, device="cuda")
     lab = torch.zeros(1, 4, 4, dtype=torch.long, device="cuda")
     lab[0, 0, 0] = 9
-    sums, _ = fastloss.ops.dice._sums(xd.reshape(1, 3, 16), lab.reshape(1, 16), 2, False, None, False, backend)
+    sums, _ = fastloss.ops.dice._sums(xd.reshape(1, 3, 16), lab.reshape(1, 16), 2, False, False, None, False, backend)
     assert sums[..., 2].sum().item() == 15  # G' counts the 15 pixels with valid labels, not the bad one
     torch.testing.assert_close(sums[..., 1].sum(), torch.tensor(16.0, device="cuda"))  # P': every pixel
     with fastloss.checked_labels(), pytest.raises(ValueError, match="class label 9"):

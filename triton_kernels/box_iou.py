@@ -10,7 +10,10 @@ heights and enclosing extents clamp'(0) = 1, intersection extents relu'(0) = 0, 
 split in halves, |x|'(0) = sqrt'(0) = (x^p)'(0) = atan2'(0, 0) = 0; a NaN value reaches every
 gradient component), checked against autograd through the float64 reference.  atan2 of non-negative
 widths/heights is computed here (no portable libdevice atan2 under the interpreter) by two
-argument reductions and an odd series accurate to fp64 rounding.  Deterministic: each
+argument reductions and an odd series accurate to fp64 rounding.  The matrix and max kernels
+are launched with ``enable_fp_fusion=False``: the compiler hoists the own box's area out of the
+max kernel's loop, and FMA contraction then rounds the union differently from the matrix's --
+the max must equal the matrix's row maximum bit for bit.  Deterministic: each
 program writes one partial sum and the launcher adds them with one torch.sum; no atomics.
 
 The peers' eps placements (``convention``, fastloss/reference/box_iou.py "Conventions") are the
@@ -1079,7 +1082,7 @@ def matrix_forward(b1, b2, kind, fmt, conv, eps, aligned):
     if total:
         _matrix_kernel[(triton.cdiv(total, MATRIX_BLOCK),)](b1, b2, out, total, N, max(M, 1), eps, KIND=kind, FMT=fmt, CONV=conv,
                                                            UMODE=_union_mode(conv, kind, True), ALIGNED=aligned,
-                                                           COMPUTE=_compute(b1.dtype), BLOCK=MATRIX_BLOCK)
+                                                           COMPUTE=_compute(b1.dtype), BLOCK=MATRIX_BLOCK, enable_fp_fusion=False)
     return out
 
 
@@ -1108,5 +1111,5 @@ def max_forward(b1, b2, kind, fmt, conv, eps, dim):
     if B * R:
         _max_kernel[(B * triton.cdiv(R, MATRIX_BLOCK),)](b1, b2, vals, idx, R, L, eps, KIND=kind, FMT=fmt, CONV=conv,
                                                         UMODE=_union_mode(conv, kind, True), OVER_M=over_m,
-                                                        COMPUTE=_compute(b1.dtype), BLOCK=MATRIX_BLOCK)
+                                                        COMPUTE=_compute(b1.dtype), BLOCK=MATRIX_BLOCK, enable_fp_fusion=False)
     return vals, idx

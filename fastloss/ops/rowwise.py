@@ -328,7 +328,7 @@ def _host_mean_normaliser(kind, t, class_weight, ignore_index, mean, avg_factor,
         return _common.host_avg_factor(avg_factor, sync_avg_factor)
     if mean == "rows" or kind != TARGETS["labels"]:
         den = float(rows)  # every row of a dense / bins / teacher target counts with weight 1
-    elif not _extension.has_cpu():
+    elif not _extension.has_cpu() or t.device.type != "cpu":  # the labels' pass is a CPU kernel; a device would sync
         return None
     else:
         weight_sum, count = torch.ops.fastloss.rowwise_mean_normaliser_native(t, class_weight, ignore_index, C).tolist()
