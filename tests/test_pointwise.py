@@ -604,3 +604,16 @@ def test_folded_avg_factor_matches_unfolded_edges():
         out = fastloss.sigmoid_focal_loss(x.clone().requires_grad_(), labels, avg_factor=a)
         assert out.shape == exp.shape
         torch.testing.assert_close(out.detach(), exp, equal_nan=True)
+
+
+def test_outputs_above_32_mib():
+    """Outputs above 32 MiB (the loss per element and the stored gradient) are advised for huge
+    pages (csrc/include/fastloss/cpu_loop.h): the same numbers as torch."""
+    helpers.require_backend("cpu", "cpu")
+    g = torch.Generator().manual_seed(3)
+    x = (3 * torch.randn(9_000_001, generator=g)).requires_grad_(True)  # 36 MB, an odd length
+    t = torch.rand(9_000_001, generator=g)
+    out = fastloss.binary_cross_entropy_with_logits(x, t, reduction="none", backend="cpu")
+    assert_close(out, F.binary_cross_entropy_with_logits(x.detach(), t, reduction="none"), torch.float32)
+    (gx,) = torch.autograd.grad(fastloss.binary_cross_entropy_with_logits(x, t, backend="cpu"), x)
+    assert_close(gx, (torch.sigmoid(x.detach()) - t) / x.numel(), torch.float32)

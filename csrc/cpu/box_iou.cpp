@@ -211,8 +211,10 @@ std::tuple<at::Tensor, at::Tensor> loss_forward_cpu(const at::Tensor& pred, cons
   const BoxLossArgs a = make_args(pred, target, weight, kind, fmt, convention, eps, power, gamma, reduction);
   TORCH_CHECK(!(a.terms && with_grad), "fastloss: the per-term output stores no gradient (the backward recomputes it)");
   const auto acc_options = pred.options().dtype(reduced_dtype(pred.scalar_type()));
-  at::Tensor out = a.terms ? at::empty({a.n, 4}, pred.options()) : a.reduction == Reduction::None ? at::empty({a.n}, pred.options()) : at::Tensor();
-  at::Tensor cache = with_grad ? at::empty({a.n, pred.size(1)}, acc_options) : at::Tensor();
+  at::Tensor out = a.terms                              ? cpu::empty_output({a.n, 4}, pred.options())
+                   : a.reduction == Reduction::None ? cpu::empty_output({a.n}, pred.options())
+                                                    : at::Tensor();
+  at::Tensor cache = with_grad ? cpu::empty_output({a.n, pred.size(1)}, acc_options) : at::Tensor();
   double total = 0;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, pred.scalar_type(), "box_iou_loss_forward_cpu",
                                   [&] { total = run_paired<scalar_t, false>(a, at::Tensor(), out, cache); });
@@ -232,7 +234,7 @@ at::Tensor loss_backward_cpu(const at::Tensor& grad, const at::Tensor& pred, con
   } else {
     TORCH_CHECK(grad.numel() == 1 && grad.scalar_type() == reduced_dtype(pred.scalar_type()), "fastloss: upstream gradient must be a scalar");
   }
-  at::Tensor out = at::empty({a.n, pred.size(1)}, pred.options()), no_cache;
+  at::Tensor out = cpu::empty_output({a.n, pred.size(1)}, pred.options()), no_cache;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, pred.scalar_type(), "box_iou_loss_backward_cpu",
                                   [&] { run_paired<scalar_t, true>(a, grad, out, no_cache); });
   return out;
@@ -315,7 +317,7 @@ at::Tensor matrix_forward_impl(const MatrixArgs& a, bool aligned) {
   using acc_t = at::opmath_type<scalar_t>;
   using V = Vec<acc_t>;
   constexpr int64_t W = V::size();
-  at::Tensor out = aligned ? at::empty({a.B, a.N}, a.b1.options()) : at::empty({a.B, a.N, a.M}, a.b1.options());
+  at::Tensor out = aligned ? cpu::empty_output({a.B, a.N}, a.b1.options()) : cpu::empty_output({a.B, a.N, a.M}, a.b1.options());
   if (out.numel() == 0) return out;
   scalar_t* o = out.mutable_data_ptr<scalar_t>();
   const acc_t eps = static_cast<acc_t>(a.eps);

@@ -604,7 +604,7 @@ at::Tensor run_grad(const Args& a, const at::Tensor& grad_sums, const at::Tensor
                                    (stats.size(1) == rows || stats.size(1) == 4) && stats.size(2) == a.S),
               "fastloss dice: stats must be dice_sums_stats_native's contiguous (N, 4 with the CE term else 3, S) statistics",
               grad_ce.numel() > 0 ? " (a CE gradient needs the 4 rows of a pass 1 with with_ce=True)" : "");
-  at::Tensor out = at::empty_like(a.input);
+  at::Tensor out = cpu::empty_output(a.input.sizes(), a.input.options());  // a.input is the contiguous (N, C, S) view
   if (out.numel() == 0) return out;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, a.input.scalar_type(), "dice_grad_cpu", [&] {
     using acc_t = at::opmath_type<scalar_t>;

@@ -101,8 +101,8 @@ std::tuple<at::Tensor, at::Tensor> forward_cpu(const at::Tensor& input, const at
                                                c10::ArrayRef<double> params, int64_t reduction, bool with_grad) {
   const PointwiseArgs a = make_pointwise_args(input, target, target_value, weight, weight_layout, aux, aux_layout, loss, params, reduction);
   const auto acc_options = input.options().dtype(reduced_dtype(input.scalar_type()));
-  at::Tensor out = a.reduction == Reduction::None ? at::empty_like(input) : at::Tensor();
-  at::Tensor cache = with_grad ? at::empty(input.sizes(), acc_options) : at::Tensor();
+  at::Tensor out = a.reduction == Reduction::None ? cpu::empty_output(input.sizes(), input.options()) : at::Tensor();
+  at::Tensor cache = with_grad ? cpu::empty_output(input.sizes(), acc_options) : at::Tensor();
   double total = 0;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), "pointwise_forward_cpu", [&] {
     pointwise::dispatch_loss(a.loss, [&](auto functor) {
@@ -120,7 +120,7 @@ at::Tensor backward_cpu(const at::Tensor& grad, const at::Tensor& input, const a
                         int64_t loss, c10::ArrayRef<double> params, int64_t reduction) {
   const PointwiseArgs a = make_pointwise_args(input, target, target_value, weight, weight_layout, aux, aux_layout, loss, params, reduction);
   check_upstream(grad, a);
-  at::Tensor out = at::empty_like(input), no_cache;
+  at::Tensor out = cpu::empty_output(input.sizes(), input.options()), no_cache;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), "pointwise_backward_cpu", [&] {
     pointwise::dispatch_loss(a.loss, [&](auto functor) { pointwise_cpu<decltype(functor), scalar_t, true>(a, grad, out, no_cache); });
   });
