@@ -599,9 +599,8 @@ at::Tensor run_grad(const Args& a, const at::Tensor& grad_sums, const at::Tensor
   TORCH_CHECK(grad_ce.numel() == 0 || (grad_ce.scalar_type() == acc_t && grad_ce.is_contiguous() && grad_ce.numel() == a.N * 2),
               "fastloss dice: grad_ce must be empty or a contiguous (N, 2) tensor in the accumulation dtype");
   // the statistics of a pass 1 without the CE term have 3 rows, no q_y: they cannot serve a CE gradient
-  const int64_t rows = grad_ce.numel() > 0 ? 4 : 3;
   TORCH_CHECK(!stats.defined() || (stats.scalar_type() == acc_t && stats.is_contiguous() && stats.dim() == 3 && stats.size(0) == a.N &&
-                                   (stats.size(1) == rows || stats.size(1) == 4) && stats.size(2) == a.S),
+                                   (stats.size(1) == 4 || (stats.size(1) == 3 && grad_ce.numel() == 0)) && stats.size(2) == a.S),
               "fastloss dice: stats must be dice_sums_stats_native's contiguous (N, 4 with the CE term else 3, S) statistics",
               grad_ce.numel() > 0 ? " (a CE gradient needs the 4 rows of a pass 1 with with_ce=True)" : "");
   at::Tensor out = cpu::empty_output(a.input.sizes(), a.input.options());  // a.input is the contiguous (N, C, S) view

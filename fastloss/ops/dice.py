@@ -9,9 +9,8 @@ and count (N, 2).  Its backward, ``fastloss::dice_sums_backward`` (its own op), 
 reads the logits and targets again and writes dL/dlogits directly through the softmax/sigmoid
 Jacobian (the softmax is recomputed, never stored: pass 2 moves the same bytes as storing it
 would, and no logit-sized buffer stays alive between forward and backward; the eager CPU path
-of a softmax over a label map keeps 3 values per pixel -- max, 1 / Z, p_y, and 1 - p_y with the
-CE term -- so pass 2
-skips the max sweep and the class sums: :func:`_keeps_stats`).  Everything after the sums --
+of a softmax over a label map keeps max, 1 / Z and p_y per pixel (and 1 - p_y with the CE
+term), so pass 2 skips the max sweep and the class sums: :func:`_keeps_stats`).  Everything after the sums --
 score, log, gamma, class weights, batch or per-image sums, reduction -- is a handful of
 ordinary torch ops on the tiny (N, C, 3) tensor (fastloss/reference/dice.py:finish), so autograd supplies dL/d(I, P', G') for pass 2
 and every option combines with every backend without a second copy of the math.
@@ -75,8 +74,8 @@ def _keeps_stats(grad_wanted, input, target, activation, soft, backend):
     """Whether the eager forward keeps each pixel's softmax statistics (max, 1 / Z, p_y, and
     1 - p_y with the CE term: 3 or 4 values per pixel in the accumulation dtype, at most half an
     fp32 input's bytes for C >= 8) for its backward, which then skips the max sweep and the class
-    sums: on the CPU backend (compute-bound) for a softmax over
-    an integer label map, when the input's gradient is wanted.  The same bits as recomputing."""
+    sums: on the CPU backend (compute-bound) for a softmax over an integer label map, when the
+    input's gradient is wanted.  The same bits as recomputing."""
     return (grad_wanted and backend == "cpu" and _backend.store_grad_in_forward(input.device) and activation == 2
             and not soft and not target.is_floating_point() and input.shape[1] >= 8)
 
