@@ -71,12 +71,27 @@ def test_extension_metadata():
     C = _extension.C
     assert C.ABI_VERSION == _extension.ABI_VERSION
     assert isinstance(C.WITH_CUDA, int) and C.WITH_CUDA in (0, 1)
-    assert C.CPU_CAPABILITY in ("avx2", "default")
+    assert C.CPU_CAPABILITY in ("avx512", "avx2", "default")
     from fastloss._sources import source_hash
 
     assert C.SOURCE_HASH == source_hash(os.path.join(ROOT, "csrc"))
     assert hasattr(torch.ops.fastloss, "pointwise_forward_native")
     assert hasattr(torch.ops.fastloss, "pointwise_backward_native")
+
+
+def test_cpu_isa_guard():
+    """A _C whose vector ISA this CPU lacks is refused before loading (SIGILL otherwise)."""
+    avx2_cpu = {"sse4_2", "avx", "avx2", "fma", "f16c"}
+    error = _extension.isa_error("avx512", avx2_cpu)
+    assert "avx512f" in error and "avx512bw" in error and "FASTLOSS_CPU_AVX512=0" in error
+    assert _extension.isa_error("avx2", avx2_cpu) is None
+    assert _extension.isa_error("default", set()) is None
+    assert _extension.isa_error("avx512", None) is None  # flags unknown (not Linux x86): load it
+    if _extension.C is not None:  # setup.py wrote the build's ISA next to _C, and this CPU has it
+        from fastloss._build_cpu import CPU_ISA
+
+        assert CPU_ISA == _extension.C.CPU_CAPABILITY
+        assert _extension.isa_error(CPU_ISA, _extension.cpu_flags()) is None
 
 
 def test_import_without_extension_falls_back():

@@ -34,7 +34,7 @@ using cpu::Vec;
 using dice::Args;
 
 // pixels per deterministic reduction block (a multiple of every Vec size): each fp32 lane adds
-// at most kPix / V terms in sequence (64 with AVX2) before the block's partial goes to fp64
+// at most kPix / V terms in sequence (64 with AVX2, 32 with AVX-512) before the block's partial goes to fp64
 constexpr int64_t kPix = 512;
 
 // Per chunk of <= V pixels: the label (as acc_t, -1 for ignored / tail lanes) and the mask.
@@ -270,7 +270,7 @@ void sums_labels_cpu(const Args& a, bool with_ce, at::Tensor& sums, at::Tensor& 
         for (int64_t l = 0; l < k; ++l) I[bl.slot[j + l] * V + l] += static_cast<double>(lanes[l]);
         if (with_ce) {
           const Vec<acc_t> hit = Vec<acc_t>::loadu(bl.hit.data() + j);
-          const Vec<acc_t> log_z = (rest + (ey - Vec<acc_t>(acc_t(1)))).log1p();
+          const Vec<acc_t> log_z = fl::log1p(rest + (ey - Vec<acc_t>(acc_t(1))));
           const Vec<acc_t> ce_px = rowwise::dense_cross_entropy(mx - xy, Vec<acc_t>(acc_t(1)), log_z);
           // blend, not multiply: padded / ignored lanes must add exactly 0
           ce_acc = ce_acc + Vec<acc_t>::blendv(Vec<acc_t>(acc_t(0)), ce_px, hit != Vec<acc_t>(acc_t(0)));
@@ -443,7 +443,7 @@ void sums_cpu(const Args& a, bool with_ce, at::Tensor& sums, at::Tensor& ce) {
           }
           if (with_ce) {
             // CE = sum_c g_c (mx - x_c) + (sum_c g_c) log1p(rest): no cancellation for a confident pixel
-            const Vec<acc_t> ce_px = rowwise::dense_cross_entropy(gd, gsum, rest.log1p());
+            const Vec<acc_t> ce_px = rowwise::dense_cross_entropy(gd, gsum, fl::log1p(rest));
             // blend, not multiply: padded / ignored lanes must add exactly 0
             ce_acc = ce_acc + Vec<acc_t>::blendv(Vec<acc_t>(acc_t(0)), ce_px, (m != Vec<acc_t>(acc_t(0))));
             cnt_acc = cnt_acc + m;
