@@ -28,30 +28,17 @@ def _flag(name):
     return os.environ.get(name, "").strip().lower() in ("1", "true", "yes", "on")
 
 
-def _cpu_isa():
-    """The CPU kernels' vector ISA: "avx512", "avx2" or "default" (the build machine's flags)."""
-    if platform.machine().lower() not in ("x86_64", "amd64"):
-        return "default"
-    if os.environ.get("FASTLOSS_CPU_AVX2", "").strip() == "0":
-        return "default"
-    try:
-        with open("/proc/cpuinfo") as f:
-            flags = set(f.read().split())
-    except OSError:
-        return "default"
-    if not {"avx2", "fma", "f16c"} <= flags:
-        return "default"
-    if os.environ.get("FASTLOSS_CPU_AVX512", "").strip() != "0" and {"avx512f", "avx512bw", "avx512vl", "avx512dq"} <= flags:
-        return "avx512"
-    return "avx2"
+def _load_by_path(name):
+    """fastloss/<name>.py without importing fastloss (which imports torch)."""
+    spec = importlib.util.spec_from_file_location(f"_fastloss_{name}", os.path.join(ROOT, "fastloss", f"{name}.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def source_hash():
-    """Hash of every C++/CUDA source (fastloss/_sources.py, loaded by path: no torch import)."""
-    spec = importlib.util.spec_from_file_location("_fastloss_sources", os.path.join(ROOT, "fastloss", "_sources.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.source_hash(CSRC)
+    """Hash of every C++/CUDA source (fastloss/_sources.py)."""
+    return _load_by_path("_sources").source_hash(CSRC)
 
 
 def _nvidia_include_dirs():
@@ -81,7 +68,7 @@ def extensions():
     if with_cuda:
         os.environ.setdefault("TORCH_CUDA_ARCH_LIST", "8.0;9.0")
 
-    isa = _cpu_isa()
+    isa = _load_by_path("_cpu_isa").build_isa()  # the same module checks the flags before _C loads
     # -ffp-contract=off: a product is rounded before the sum that uses it, as in PyTorch's own
     # elementwise ops -- the assigners compare IoUs for equality with mmdetection's (an FMA moves
     # the last bit), and the box kernels then equal their reference bit for bit.

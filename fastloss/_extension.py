@@ -7,6 +7,8 @@ the PyTorch reference on CPU), saying so once.
 import os
 import warnings
 
+from fastloss._cpu_isa import cpu_flags, isa_error
+
 ABI_VERSION = 15  # must equal FL_ABI_VERSION in csrc/fastloss.cpp
 
 
@@ -24,36 +26,6 @@ def warn_once(key, message):
 
 
 BUILD_HINT = "build it with `make build` or `pip install --no-build-isolation -e .` in the source checkout"
-
-# The CPU flags each of setup.py's CPU kernel ISAs needs (its _cpu_isa()).
-ISA_FLAGS = {
-    "avx512": ("avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512vl", "avx512dq"),
-    "avx2": ("avx2", "fma", "f16c"),
-    "default": (),
-}
-
-
-def cpu_flags():
-    """This CPU's feature flags (Linux x86 /proc/cpuinfo), or None where unknown."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("flags"):
-                    return set(line.split(":", 1)[1].split())
-    except OSError:
-        pass
-    return None
-
-
-def isa_error(isa, flags):
-    """Why a _C built for ``isa`` must not be loaded on a CPU with ``flags`` (None: it may)."""
-    if flags is None:
-        return None
-    missing = [flag for flag in ISA_FLAGS.get(isa, ()) if flag not in flags]
-    if not missing:
-        return None
-    return (f"fastloss._C was built for {isa} CPUs and this CPU lacks {', '.join(missing)} (it would crash "
-            f"with an illegal instruction): rebuild it on this machine (FASTLOSS_CPU_AVX512=0 builds for AVX2)")
 
 
 def _load():

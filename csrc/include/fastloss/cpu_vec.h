@@ -156,28 +156,4 @@ template <typename S>
 inline Vec<S> relu(const Vec<S>& x) { return select(x < Vec<S>(S(0)), Vec<S>(S(0)), x); }
 
 }  // namespace fl
-
-namespace cpu {
-// Copies len floats from src to dst with non-temporal (streaming) stores where the ISA has
-// them: an output that is not read again before it leaves the cache then skips the read of
-// each line that a plain store first makes (write-allocate: a third of a copy's traffic).
-// The caller fences (stream_fence) before the results are used.
-inline void stream_copy(float* dst, const float* src, int64_t len) {
-  int64_t i = 0;
-#if defined(CPU_CAPABILITY_AVX512)
-  for (; i < len && (reinterpret_cast<uintptr_t>(dst + i) & 63) != 0; ++i) dst[i] = src[i];
-  for (; i + 16 <= len; i += 16) _mm512_stream_ps(dst + i, _mm512_loadu_ps(src + i));
-#elif defined(CPU_CAPABILITY_AVX2)
-  for (; i < len && (reinterpret_cast<uintptr_t>(dst + i) & 31) != 0; ++i) dst[i] = src[i];
-  for (; i + 8 <= len; i += 8) _mm256_stream_ps(dst + i, _mm256_loadu_ps(src + i));
-#endif
-  for (; i < len; ++i) dst[i] = src[i];
-}
-
-inline void stream_fence() {
-#if defined(CPU_CAPABILITY_AVX2) || defined(CPU_CAPABILITY_AVX512)
-  _mm_sfence();
-#endif
-}
-}  // namespace cpu
 }  // namespace fastloss
