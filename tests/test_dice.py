@@ -656,6 +656,58 @@ def test_triton_batch_limit_is_a_clear_error():
         triton_dice._meta(x, t, 2, False, False, None)
 
 
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=helpers.gpu)])
+def test_triton_class_chunks(monkeypatch, device):
+    """Above MAX_TILE_C classes the Triton kernels walk the class axis in chunks (online
+    softmax statistics, then one sweep per pass): C = 600 with the real chunks; then chunks of
+    2 classes (odd C: a ragged last chunk) through the value, edge-case and confident-pixel
+    tests, and the chunked kernels against the one-tile ones where the argmax sits in a later
+    chunk, ties across chunks, and a whole chunk of -inf logits."""
+    helpers.require_backend(device, "triton")
+    from fastloss.triton_kernels import dice as triton_dice
+
+    spatial = (3, 4) if device == "cpu" else (9, 21)
+    for mode, form, name in (("multiclass", "labels", "dice_ce"), ("multiclass", "float", "dice"), ("multilabel", "float", "dice_ce")):
+        x, t = make_case(mode, form, spatial, 600, torch.float32, device, ignore_index=255 if form == "labels" else None)
+        opts = dict(mode=mode, per_image=True, **(dict(ignore_index=255) if form == "labels" else {}))
+        check_vs_reference(name, x, t, "triton", opts, msg=f"C=600 {mode}-{form} {name}")
+
+    x = torch.randn(2, 7, 2, 3, dtype=torch.float64).to(device)
+    x[0, 1, 0, 0] = x[0, 5, 0, 0] = 9.0  # a tie across chunks: the first keeps the argmax
+    x[0, :, 0, 1] = -9.0
+    x[0, 6, 0, 1] = 30.0  # a confident pixel, its argmax in the last chunk
+    x[1, :2, 1, :] = float("-inf")  # the first chunk all -inf
+    t = torch.randint(0, 7, (2, 2, 3)).to(device)
+    t[0, 0, :2] = torch.tensor([5, 6])
+
+    def run(x, t, **opts):
+        xx = x.detach().clone().requires_grad_(True)
+        out = fastloss.dice_ce_loss(xx, t, backend="triton", reduction="sum", per_image=True, **opts)
+        return (out, *torch.autograd.grad(out, xx))
+
+    cases = [(x.float(), t, {}), (x, t, dict(squared=True)), (x.float(), t, dict(soft_label=True)),
+             (x.float(), torch.softmax(torch.randn(2, 7, 2, 3, dtype=torch.float64).to(device), 1).float(), {}),
+             (x.float().clamp_min(-50), (torch.rand(2, 7, 2, 3) < 0.4).float().to(device), dict(mode="multilabel"))]
+    one_tile = [run(*case[:2], **case[2]) for case in cases]
+    monkeypatch.setattr(triton_dice, "MAX_TILE_C", 2)
+    monkeypatch.setattr(triton_dice, "CHUNK", (2, 16))
+    for (xc, tc, opts), (out1, g1) in zip(cases, one_tile):
+        out, g = run(xc, tc, **opts)
+        torch.testing.assert_close(out, out1, msg=lambda m: f"{opts} value\n{m}")
+        torch.testing.assert_close(g, g1, msg=lambda m: f"{opts} grad\n{m}")
+    (_, g), (_, g1) = run(x.float(), t), one_tile[0]
+    assert g1[0, 6, 0, 1] < 0  # -(the other classes' p): ~-6 e^-39, not 0
+    torch.testing.assert_close(g[0, 6, 0, 1], g1[0, 6, 0, 1], rtol=1e-5, atol=0)
+
+    for dtype in (torch.float64, torch.float32):
+        for mode, form in MODE_FORMS:
+            test_vs_reference(device, "triton", dtype, mode, form, (3, 5))
+    test_edge_cases(device, "triton")
+    test_confident_pixels_keep_their_ce_gradient(device, "triton")
+    test_nan_propagates(device, "triton")
+    test_soft_label_vs_formula_with_ties(device, "triton")
+
+
 @pytest.mark.parametrize("device,backend", helpers.device_backend_params())
 @pytest.mark.parametrize("reduction", ["mean", "sum"])
 def test_dice_ce_class_weights(device, backend, reduction):

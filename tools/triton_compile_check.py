@@ -97,8 +97,9 @@ def dice_variants():
     common = dict(ACT=[0, 1, 2], LABELS=[True], HAS_IGNORE=[True], SQUARED=[False], WITH_CE=[True], COMPUTE=[tl.float32], BLOCK_C=[32],
                   BLOCK_S=[64], SOFT=[False, True])
     fp64 = dict(common, ACT=[1, 2], COMPUTE=[tl.float64])
+    chunked = dict(common, LABELS=[True, False], WITH_CE=[False, True], SOFT=[False], BLOCK_C=[dice.CHUNK[0]], BLOCK_S=[dice.CHUNK[1]])
     return [(dice._sums_kernel, grid(**common)), (dice._grad_kernel, grid(**common)), (dice._sums_kernel, grid(**fp64)),
-            (dice._grad_kernel, grid(**fp64))]
+            (dice._grad_kernel, grid(**fp64)), (dice._sums_chunked_kernel, grid(**chunked)), (dice._grad_chunked_kernel, grid(**chunked))]
 
 
 def rowwise_variants(quick):

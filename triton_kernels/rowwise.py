@@ -148,13 +148,15 @@ def _class_weight(w_ptr, c, cmask, HAS_W: tl.constexpr, COMPUTE: tl.constexpr):
 
 
 @triton.jit
-def _chunk_max(x, c, m):
+def _chunk_max(x, c, m, AXIS: tl.constexpr = 1):
     """Merge step of a running max: the chunk's max, its first index (x == max: a NaN the
     hardware max skipped stays in the sums), whether it is strictly larger than the running
     m (the earlier chunk keeps amax on a tie), the new max and the rescale factor of the old
-    sums exp(m - m_new) (1 when unchanged, also for -inf == -inf; 0 for the first chunk)."""
-    cm = tl.max(x, axis=1)
-    idx = tl.min(tl.where(x == cm[:, None], c[None, :], 2147483647), axis=1)
+    sums exp(m - m_new) (1 when unchanged, also for -inf == -inf; 0 for the first chunk).
+    AXIS is the tile's class axis: 1 for this engine's [rows, classes] tiles, 0 for the Dice
+    kernels' [classes, pixels] tiles (triton_kernels/dice.py)."""
+    cm = tl.max(x, axis=AXIS)
+    idx = tl.min(tl.where(x == tl.expand_dims(cm, AXIS), tl.expand_dims(c, 1 - AXIS), 2147483647), axis=AXIS)
     take = cm > m
     m_new = tl.where(take, cm, m)
     scale = tl.where(m == m_new, 1.0, _math.exp(m - m_new))
