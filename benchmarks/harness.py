@@ -7,7 +7,9 @@ measures
 * time -- median (and p20 / p80) of repeated runs.  CUDA: CUDA events, the L2 cache flushed
   (a 256 MiB buffer written) before every timed region.  CPU: ``time.perf_counter``.  Every
   (provider, mode) pair of a case is warmed up before any of them is timed (:func:`run_case`);
-  the number of repetitions comes from a time budget per (provider, mode);
+  the number of repetitions comes from a time budget per (provider, mode), and the pairs are
+  timed in interleaved rounds (:func:`time_pairs`), so that the ratios between providers are
+  measured side by side even on a machine whose speed drifts;
 * peak extra memory of one call -- CUDA: ``torch.cuda.max_memory_allocated`` after
   ``reset_peak_memory_stats`` minus the memory allocated before.  CPU (torch keeps no
   allocator statistics there): the call runs once under ``torch.profiler`` with
@@ -222,22 +224,57 @@ def _quantile(values, q):
     return v[lo] + (v[hi] - v[lo]) * (pos - lo)
 
 
-def time_mode(fn, inputs: Inputs, mode: str, settings: Settings):
-    """Warm up, choose the repetitions from the budget, time.  Returns (median, p20, p80, reps) in
-    ms and the mean number of cores other processes kept busy meanwhile (None: unknown)."""
-    load = ForeignLoad()
-    runner = _Runner(fn, inputs, mode, settings)
+ROUNDS = 5  # timed rounds per case: every (provider, mode) pair gets a share of its repetitions in each
+
+
+def _size_reps(runner, settings):
+    """Warms ``runner`` up and returns its repetitions: the timed budget over the median warm-up
+    time, but never letting the untimed part (forward in bwd mode, flush) blow it up."""
     t0 = time.perf_counter()
     warm = runner.run(settings.warmup)
     _sync(settings.device)
     per_rep_wall = (time.perf_counter() - t0) / max(settings.warmup, 1)
     est = max(statistics.median(warm) / 1e3, 1e-6)
-    # budget on the timed region, but never let the untimed part (forward in bwd mode, flush) blow it up
     reps = int(min(settings.budget_s / est, 2 * settings.budget_s / max(per_rep_wall, 1e-6)))
-    reps = max(settings.min_reps, min(settings.max_reps, reps))
-    times = runner.run(reps)
-    del runner
-    return statistics.median(times), _quantile(times, 0.2), _quantile(times, 0.8), reps, load.value()
+    return max(settings.min_reps, min(settings.max_reps, reps))
+
+
+def time_pairs(pairs, inputs: Inputs, settings: Settings, rounds=ROUNDS):
+    """Times the (provider, mode) pairs of one case, ``pairs`` = {(name, mode): fn}.  Each pair's
+    repetitions (:func:`_size_reps`) are split over ``rounds`` rounds and every round times each
+    pair in turn: a slow phase of a noisy machine (a neighbour VM, a frequency change) then
+    falls on every provider alike instead of on whichever one was being timed, and the ratios
+    stay side by side.  Returns {pair: (median, p20, p80, reps, foreign load)} in ms, the load
+    the mean number of cores other processes kept busy during that pair's timed rounds (None:
+    unknown), or {pair: exception} for a pair that failed."""
+    runners, reps, times, load, out = {}, {}, {}, {}, {}
+    for key, fn in pairs.items():
+        try:
+            runners[key] = _Runner(fn, inputs, key[1], settings)
+            reps[key] = _size_reps(runners[key], settings)
+        except Exception as exc:  # noqa: BLE001 -- reported by the caller; the others go on
+            out[key] = exc
+    for r in range(rounds):
+        for key, runner in runners.items():
+            n = reps.get(key, 0) // rounds + (1 if r < reps.get(key, 0) % rounds else 0)
+            if key in out or n == 0:
+                continue
+            meter = ForeignLoad()
+            try:
+                times.setdefault(key, []).extend(runner.run(n))
+                _sync(settings.device)
+            except Exception as exc:  # noqa: BLE001
+                out[key] = exc
+                continue
+            foreign, elapsed = meter.core_seconds()
+            f0, e0 = load.get(key, (0.0, 0.0))
+            load[key] = (None if foreign is None or f0 is None else f0 + foreign, e0 + elapsed)
+    for key, ts in times.items():
+        if key not in out:
+            foreign, elapsed = load[key]
+            out[key] = (statistics.median(ts), _quantile(ts, 0.2), _quantile(ts, 0.8), len(ts),
+                        None if foreign is None else foreign / max(elapsed, 1e-9))
+    return out
 
 
 # --------------------------------------------------------------------------- memory
@@ -421,8 +458,9 @@ def run_case(case: Case, settings: Settings, bandwidth_gbps: float, provider_fil
     Triton JITs); (2) an untimed warm-up of every (provider, mode) pair, ``settings.warmup``
     repetitions each, so that no timing pays for a first use (allocator growth, page faults,
     lazy initialisation) that a later one does not -- without it eager ``fwd``, timed first,
-    measured slower than eager ``fwd+bwd``; (3) per pair: :func:`time_mode` (which warms up
-    once more to size the repetitions) and :func:`peak_extra_bytes`."""
+    measured slower than eager ``fwd+bwd``; (3) :func:`time_pairs` (which warms up once more to
+    size the repetitions, then times every pair in interleaved rounds); (4) per pair
+    :func:`peak_extra_bytes`."""
     device = settings.device
     torch._dynamo.reset()  # torch.compile: fresh caches (no recompile limit across cases)
     inputs = case.make_inputs(device)
@@ -462,15 +500,20 @@ def run_case(case: Case, settings: Settings, bandwidth_gbps: float, provider_fil
     warmup_s = time.perf_counter() - t0
     if warmup_s > 1.0:
         log(f"    (warm-up of all providers and modes: {warmup_s:.1f} s)")
+    pairs = {(name, mode): fn for name, fn in providers.items() for mode in modes if (name, mode) not in errors}
+    timed = time_pairs(pairs, inputs, settings)  # (3) time, interleaved
     rows = []
-    for name, fn in providers.items():  # (3) time, measure memory
+    for name, fn in providers.items():  # (4) measure memory
         for mode in modes:
             if (name, mode) not in errors:
-                try:
-                    stats = time_mode(fn, inputs, mode, settings)
-                    peak = peak_extra_bytes(fn, inputs, mode, settings)
-                except Exception as exc:  # noqa: BLE001 -- e.g. out of memory: record it, go on
-                    failed(name, [mode], exc, "timing")
+                stats = timed[(name, mode)]
+                if isinstance(stats, Exception):  # e.g. out of memory: record it, go on
+                    failed(name, [mode], stats, "timing")
+                else:
+                    try:
+                        peak = peak_extra_bytes(fn, inputs, mode, settings)
+                    except Exception as exc:  # noqa: BLE001
+                        failed(name, [mode], exc, "memory")
             if (name, mode) in errors:
                 rows.append(_row(case, name, mode, inputs, None, None, bandwidth_gbps, error=errors[(name, mode)]))
                 continue
