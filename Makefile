@@ -12,7 +12,7 @@ BENCH_ARGS ?=
 PYTEST_ARGS ?=
 export MAX_JOBS
 
-.PHONY: venv build test bench gpu-build gpu-test gpu-bench clean
+.PHONY: venv build test test-isa bench gpu-build gpu-test gpu-bench clean
 
 $(VENV)/.installed: requirements-dev.txt
 	$(PYTHON) -m venv $(VENV)
@@ -37,9 +37,15 @@ build: $(BUILT)
 	$(PY) -m fastloss
 
 # Triton kernels run on CPU tensors through the interpreter when there is no GPU
-# (tests/conftest.py sets TRITON_INTERPRET=1 then).
+# (tests/conftest.py sets TRITON_INTERPRET=1 then).  Then the C++ CPU kernels built for the
+# instruction sets below this machine's (AVX2, portable: what older CPUs get) are tested too,
+# and this machine's build is put back (tools/test_cpu_isa.sh).
 test: build
 	$(PY) -m pytest tests $(PYTEST_ARGS)
+	$(MAKE) --no-print-directory test-isa
+
+test-isa: build
+	PY=$(PY) bash tools/test_cpu_isa.sh $(PYTEST_ARGS)
 
 bench: build
 	$(PY) -m benchmarks.run $(BENCH_ARGS)

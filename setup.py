@@ -117,19 +117,20 @@ def extensions():
         ext = CppExtension("fastloss._C", sources, include_dirs=include_dirs, extra_compile_args={"cxx": cxx},
                            extra_link_args=link)
     print(f"fastloss: building _C with CUDA={with_cuda} cpu={isa}", file=sys.stderr)
-    return [ext], {"build_ext": _incremental(BuildExtension.with_options(use_ninja=True))}
+    return [ext], {"build_ext": _incremental(BuildExtension.with_options(use_ninja=True), isa)}
 
 
-def _incremental(base):
-    """build_ext whose objects (and ninja's state) live in build/temp.<platform>-<python>/ of
-    the checkout: `pip install -e .` otherwise compiles in a fresh temporary folder each time,
-    so a rebuild with nothing changed recompiled every source.  Now ninja recompiles only what
-    changed (with header dependencies); the link and copy take seconds."""
+def _incremental(base, isa):
+    """build_ext whose objects (and ninja's state) live in build/temp.<platform>-<python>-<isa>/
+    of the checkout: `pip install -e .` otherwise compiles in a fresh temporary folder each
+    time, so a rebuild with nothing changed recompiled every source.  Now ninja recompiles only
+    what changed (with header dependencies); the link and copy take seconds.  One folder per
+    ISA: the builds for the other ISAs (tools/test_cpu_isa.sh) keep their own objects."""
 
     class IncrementalBuildExt(base):
         def finalize_options(self):
             super().finalize_options()
-            self.build_temp = os.path.join(ROOT, "build", f"temp.{sysconfig.get_platform()}-{sys.implementation.cache_tag}")
+            self.build_temp = os.path.join(ROOT, "build", f"temp.{sysconfig.get_platform()}-{sys.implementation.cache_tag}-{isa}")
 
     return IncrementalBuildExt
 

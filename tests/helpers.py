@@ -66,6 +66,8 @@ def assert_close(actual, expected, dtype=None, *, reduced=False, msg=""):
 # --------------------------------------------------------------------------------------
 
 CPU_BACKENDS = ("cpu", "reference", "triton")
+if os.environ.get("FASTLOSS_TEST_BACKENDS"):  # e.g. "cpu": the C++ kernels alone (tools/test_cpu_isa.sh)
+    CPU_BACKENDS = tuple(b for b in CPU_BACKENDS if b in os.environ["FASTLOSS_TEST_BACKENDS"].split(","))
 CUDA_BACKENDS = ("cuda", "triton", "reference")
 CPU_DTYPES = (torch.float64, torch.float32, torch.float16, torch.bfloat16)
 CUDA_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
