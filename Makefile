@@ -32,8 +32,12 @@ $(BUILT): $(VENV)/.installed $(BUILD_INPUTS)
 	$(PY) -m pip install --no-build-isolation --no-deps -e .
 	touch $@
 
+# Rebuilt also when _C is missing or built for another ISA than this machine's (e.g. left so by
+# an interrupted tools/test_cpu_isa.sh, or a checkout shared with another machine).
 build: $(BUILT)
-	@ls fastloss/_C*.so > /dev/null 2>&1 || { rm -f $(BUILT); $(MAKE) --no-print-directory $(BUILT); }
+	@$(PY) -c "import runpy; isa = runpy.run_path('fastloss/_build_cpu.py')['CPU_ISA']; \
+	  raise SystemExit(isa != runpy.run_path('fastloss/_cpu_isa.py')['build_isa']())" > /dev/null 2>&1 \
+	  && ls fastloss/_C*.so > /dev/null 2>&1 || { rm -f $(BUILT); $(MAKE) --no-print-directory $(BUILT); }
 	$(PY) -m fastloss
 
 # Triton kernels run on CPU tensors through the interpreter when there is no GPU

@@ -242,29 +242,38 @@ def _size_reps(runner, settings):
 def time_pairs(pairs, inputs: Inputs, settings: Settings, rounds=ROUNDS):
     """Times the (provider, mode) pairs of one case, ``pairs`` = {(name, mode): fn}.  Each pair's
     repetitions (:func:`_size_reps`) are split over ``rounds`` rounds and every round times each
-    pair in turn: a slow phase of a noisy machine (a neighbour VM, a frequency change) then
-    falls on every provider alike instead of on whichever one was being timed, and the ratios
-    stay side by side.  Returns {pair: (median, p20, p80, reps, foreign load)} in ms, the load
-    the mean number of cores other processes kept busy during that pair's timed rounds (None:
-    unknown), or {pair: exception} for a pair that failed."""
+    pair in turn, starting one pair later each round: a slow phase of a noisy machine (a
+    neighbour VM, a frequency change) then falls on every provider alike instead of on
+    whichever one was being timed, and the ratios stay side by side.  Returns {pair: (median,
+    p20, p80, reps, foreign load)} in ms, the load the mean number of cores other processes
+    kept busy during that pair's timed rounds (None: unknown), or {pair: error text} for a
+    pair that failed (its runner dropped and the device cleaned up at once, so that an
+    out-of-memory error does not hold its memory through the other pairs' rounds)."""
     runners, reps, times, load, out = {}, {}, {}, {}, {}
+
+    def fail(key, exc):
+        out[key] = _error_text(exc)
+        runners.pop(key, None)
+        _cleanup(inputs, settings.device)
+
     for key, fn in pairs.items():
         try:
             runners[key] = _Runner(fn, inputs, key[1], settings)
             reps[key] = _size_reps(runners[key], settings)
         except Exception as exc:  # noqa: BLE001 -- reported by the caller; the others go on
-            out[key] = exc
+            fail(key, exc)
+    keys = list(runners)
     for r in range(rounds):
-        for key, runner in runners.items():
-            n = reps.get(key, 0) // rounds + (1 if r < reps.get(key, 0) % rounds else 0)
+        for key in keys[r % len(keys):] + keys[:r % len(keys)] if keys else []:
+            n = reps[key] // rounds + (1 if r < reps[key] % rounds else 0)
             if key in out or n == 0:
                 continue
             meter = ForeignLoad()
             try:
-                times.setdefault(key, []).extend(runner.run(n))
+                times.setdefault(key, []).extend(runners[key].run(n))
                 _sync(settings.device)
             except Exception as exc:  # noqa: BLE001
-                out[key] = exc
+                fail(key, exc)
                 continue
             foreign, elapsed = meter.core_seconds()
             f0, e0 = load.get(key, (0.0, 0.0))
@@ -470,11 +479,12 @@ def run_case(case: Case, settings: Settings, bandwidth_gbps: float, provider_fil
     modes = [m for m in case.modes if not mode_filter or m in mode_filter]
     errors = {}  # (provider, mode) -> error text
 
-    def failed(name, mode_list, exc, stage):
+    def failed(name, mode_list, exc, stage):  # exc: the exception, or its text
+        text = exc if isinstance(exc, str) else _error_text(exc)
         where = f"{name:18s} " + (f"{mode_list[0]:8s} " if len(mode_list) == 1 else "")
-        log(f"    {where}FAILED ({stage}): {_first_line(_error_text(exc))}")
+        log(f"    {where}FAILED ({stage}): {_first_line(text)}")
         for m in mode_list:
-            errors[(name, m)] = _error_text(exc)
+            errors[(name, m)] = text
         _cleanup(inputs, device)
 
     first = {}
@@ -507,7 +517,7 @@ def run_case(case: Case, settings: Settings, bandwidth_gbps: float, provider_fil
         for mode in modes:
             if (name, mode) not in errors:
                 stats = timed[(name, mode)]
-                if isinstance(stats, Exception):  # e.g. out of memory: record it, go on
+                if isinstance(stats, str):  # e.g. out of memory: record it, go on
                     failed(name, [mode], stats, "timing")
                 else:
                     try:

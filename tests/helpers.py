@@ -65,9 +65,12 @@ def assert_close(actual, expected, dtype=None, *, reduced=False, msg=""):
 # Devices, backends, dtypes.
 # --------------------------------------------------------------------------------------
 
+# FASTLOSS_TEST_BACKENDS=cpu (tools/test_cpu_isa.sh): only those backends' cases -- the others
+# are not parametrized, and require_backend skips them where a test names its backend
+ONLY_BACKENDS = tuple(b for b in os.environ.get("FASTLOSS_TEST_BACKENDS", "").split(",") if b)
 CPU_BACKENDS = ("cpu", "reference", "triton")
-if os.environ.get("FASTLOSS_TEST_BACKENDS"):  # e.g. "cpu": the C++ kernels alone (tools/test_cpu_isa.sh)
-    CPU_BACKENDS = tuple(b for b in CPU_BACKENDS if b in os.environ["FASTLOSS_TEST_BACKENDS"].split(","))
+if ONLY_BACKENDS:
+    CPU_BACKENDS = tuple(b for b in CPU_BACKENDS if b in ONLY_BACKENDS)
 CUDA_BACKENDS = ("cuda", "triton", "reference")
 CPU_DTYPES = (torch.float64, torch.float32, torch.float16, torch.bfloat16)
 CUDA_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
@@ -98,6 +101,8 @@ def require_backend(device, backend):
     """Skip (with a reason) when ``backend`` cannot run on ``device`` here -- or fail, where
     it must run: cuda/triton on a GPU machine under FASTLOSS_REQUIRE_GPU=1, the C++ CPU
     backend in CI (CI=true)."""
+    if ONLY_BACKENDS and backend not in ONLY_BACKENDS:
+        pytest.skip(f"FASTLOSS_TEST_BACKENDS={','.join(ONLY_BACKENDS)}: backend {backend!r} not tested in this run")
     if device == "cuda":
         require_gpu()
     available = fastloss.available_backends(device)

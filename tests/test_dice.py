@@ -666,11 +666,12 @@ def test_triton_class_chunks(monkeypatch, device):
     helpers.require_backend(device, "triton")
     from fastloss.triton_kernels import dice as triton_dice
 
-    spatial = (3, 4) if device == "cpu" else (9, 21)
-    for mode, form, name in (("multiclass", "labels", "dice_ce"), ("multiclass", "float", "dice"), ("multilabel", "float", "dice_ce")):
-        x, t = make_case(mode, form, spatial, 600, torch.float32, device, ignore_index=255 if form == "labels" else None)
+    spatial = (5, 13) if device == "cpu" else (9, 21)  # several pixel blocks of 32, the last ragged
+    for mode, form, name, dtype in (("multiclass", "labels", "dice_ce", torch.float32), ("multiclass", "labels", "dice_ce", torch.bfloat16),
+                                    ("multiclass", "float", "dice", torch.float32), ("multilabel", "float", "dice_ce", torch.float32)):
+        x, t = make_case(mode, form, spatial, 600, dtype, device, ignore_index=255 if form == "labels" else None)
         opts = dict(mode=mode, per_image=True, **(dict(ignore_index=255) if form == "labels" else {}))
-        check_vs_reference(name, x, t, "triton", opts, msg=f"C=600 {mode}-{form} {name}")
+        check_vs_reference(name, x, t, "triton", opts, msg=f"C=600 {mode}-{form} {name} {dtype}")
 
     x = torch.randn(2, 7, 2, 3, dtype=torch.float64).to(device)
     x[0, 1, 0, 0] = x[0, 5, 0, 0] = 9.0  # a tie across chunks: the first keeps the argmax
@@ -688,13 +689,23 @@ def test_triton_class_chunks(monkeypatch, device):
     cases = [(x.float(), t, {}), (x, t, dict(squared=True)), (x.float(), t, dict(soft_label=True)),
              (x.float(), torch.softmax(torch.randn(2, 7, 2, 3, dtype=torch.float64).to(device), 1).float(), {}),
              (x.float().clamp_min(-50), (torch.rand(2, 7, 2, 3) < 0.4).float().to(device), dict(mode="multilabel"))]
+    xn = x.float().clone()
+    xn[0, 3, 1, 2] = float("inf")  # a +inf logit, and (x[1, :, 1, :2]) every logit -inf: NaN softmax for every class
+    xn[1, :, 1, :2] = float("-inf")
+
+    def per_class(x, t):  # per (image, class): a NaN pixel must reach every class's sums
+        return fastloss.dice_loss(x, t, backend="triton", reduction="none", per_image=True)
+
     one_tile = [run(*case[:2], **case[2]) for case in cases]
+    nan_one_tile = per_class(xn, t)
     monkeypatch.setattr(triton_dice, "MAX_TILE_C", 2)
     monkeypatch.setattr(triton_dice, "CHUNK", (2, 16))
     for (xc, tc, opts), (out1, g1) in zip(cases, one_tile):
         out, g = run(xc, tc, **opts)
         torch.testing.assert_close(out, out1, msg=lambda m: f"{opts} value\n{m}")
         torch.testing.assert_close(g, g1, msg=lambda m: f"{opts} grad\n{m}")
+    torch.testing.assert_close(per_class(xn, t), nan_one_tile, equal_nan=True)
+    assert torch.isnan(nan_one_tile).all()
     (_, g), (_, g1) = run(x.float(), t), one_tile[0]
     assert g1[0, 6, 0, 1] < 0  # -(the other classes' p): ~-6 e^-39, not 0
     torch.testing.assert_close(g[0, 6, 0, 1], g1[0, 6, 0, 1], rtol=1e-5, atol=0)

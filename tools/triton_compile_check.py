@@ -98,8 +98,11 @@ def dice_variants():
                   BLOCK_S=[64], SOFT=[False, True])
     fp64 = dict(common, ACT=[1, 2], COMPUTE=[tl.float64])
     chunked = dict(common, LABELS=[True, False], WITH_CE=[False, True], SOFT=[False], BLOCK_C=[dice.CHUNK[0]], BLOCK_S=[dice.CHUNK[1]])
+    chunked_terms = dict(chunked, ACT=[2], LABELS=[True], WITH_CE=[True], SOFT=[True, False], SQUARED=[True])  # soft-label, squared
+    chunked64 = dict(chunked, ACT=[1, 2], LABELS=[True], WITH_CE=[True], COMPUTE=[tl.float64])
     return [(dice._sums_kernel, grid(**common)), (dice._grad_kernel, grid(**common)), (dice._sums_kernel, grid(**fp64)),
-            (dice._grad_kernel, grid(**fp64)), (dice._sums_chunked_kernel, grid(**chunked)), (dice._grad_chunked_kernel, grid(**chunked))]
+            (dice._grad_kernel, grid(**fp64))] + [(kernel, grid(**axes)) for kernel in (dice._sums_chunked_kernel, dice._grad_chunked_kernel)
+                                                  for axes in (chunked, chunked_terms, chunked64)]
 
 
 def rowwise_variants(quick):

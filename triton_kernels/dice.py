@@ -109,8 +109,9 @@ def _activation(x, ACT: tl.constexpr):
 def _softmax_stats(x_ptr, n, s, C, S, COMPUTE: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_S: tl.constexpr):
     """Online softmax of pixels s over the class chunks (the row-wise engine's merge step,
     rowwise._chunk_max): the running max m, its first index amax and rest = the sum of
-    exp(x_c - m) over c != amax.  Z = 1 + rest (0 for a pixel of -inf logits: p = 0 / 0 = NaN, as
-    the one-tile softmax gives)."""
+    exp(x_c - m) over c != amax; Z = 1 + rest.  A pixel whose max is not finite (every logit
+    -inf, or a +inf logit) gets rest = Z = NaN: a NaN softmax and CE for every class, as the
+    one-tile kernels give."""
     smask = s < S
     m = tl.full([BLOCK_S], float("-inf"), COMPUTE)
     rest = tl.zeros([BLOCK_S], COMPUTE)
@@ -128,8 +129,8 @@ def _softmax_stats(x_ptr, n, s, C, S, COMPUTE: tl.constexpr, BLOCK_C: tl.constex
         rest = (rest + tl.where(take, 1.0, 0.0)) * scale + tl.sum(tl.where(own, 0.0, e), axis=0)
         amax = tl.where(take, idx, amax)
         m = m_new
-    z = tl.where(m == float("-inf"), 0.0, 1.0 + rest)
-    return _rowwise._finite_or_zero(m), z, rest, amax
+    rest = tl.where((m == float("-inf")) | (m == float("inf")), float("nan"), rest)
+    return _rowwise._finite_or_zero(m), 1.0 + rest, rest, amax
 
 
 @triton.jit
