@@ -161,6 +161,14 @@ def _store_sums(part_ptr, n, blk, NBLK, C, c, cmask, inter, psum, gsum):
 
 
 @triton.jit
+def _store_ce(cepart_ptr, n, blk, NBLK, ce, cnt):
+    """The program's CE partial: [sum of the CE terms, their count]."""
+    cout = cepart_ptr + (n.to(tl.int64) * NBLK + blk) * 2
+    tl.store(cout, ce)
+    tl.store(cout + 1, cnt)
+
+
+@triton.jit
 def _binary_ce(x, g):
     """BCE with logits per element: max(x, 0) - x g + log1p(exp(-|x|)), the linear part 0 (not
     inf * 0) where g makes it so."""
@@ -225,9 +233,10 @@ def _ce_coef(cecoef_ptr, n, COMPUTE: tl.constexpr, WITH_CE: tl.constexpr):
 
 
 @triton.jit
-def _sums_kernel(x_ptr, t_ptr, part_ptr, cepart_ptr, C, S, NBLK, ignore_index, ACT: tl.constexpr, LABELS: tl.constexpr,
-                 HAS_IGNORE: tl.constexpr, SQUARED: tl.constexpr, WITH_CE: tl.constexpr, COMPUTE: tl.constexpr,
-                 BLOCK_C: tl.constexpr, BLOCK_S: tl.constexpr, SOFT: tl.constexpr = False):
+def _tile(x_ptr, t_ptr, C, S, ignore_index, ACT: tl.constexpr, LABELS: tl.constexpr, HAS_IGNORE: tl.constexpr, COMPUTE: tl.constexpr,
+          BLOCK_C: tl.constexpr, BLOCK_S: tl.constexpr):
+    """This program's (image n, pixel block blk) tile with every class, and its p: the softmax over
+    the tile's class axis (its max mx and sum ssum of exp(x - mx)) or _activation."""
     n = tl.program_id(1)
     blk = tl.program_id(0)
     c = tl.arange(0, BLOCK_C)
@@ -242,6 +251,17 @@ def _sums_kernel(x_ptr, t_ptr, part_ptr, cepart_ptr, C, S, NBLK, ignore_index, A
         p = ex / ssum[None, :]
     else:
         p = _activation(x, ACT)
+        mx = tl.zeros([BLOCK_S], COMPUTE)
+        ssum = mx
+    return n, blk, c, x, p, g, m, mp, mx, ssum, offs, valid, cmask
+
+
+@triton.jit
+def _sums_kernel(x_ptr, t_ptr, part_ptr, cepart_ptr, C, S, NBLK, ignore_index, ACT: tl.constexpr, LABELS: tl.constexpr,
+                 HAS_IGNORE: tl.constexpr, SQUARED: tl.constexpr, WITH_CE: tl.constexpr, COMPUTE: tl.constexpr,
+                 BLOCK_C: tl.constexpr, BLOCK_S: tl.constexpr, SOFT: tl.constexpr = False):
+    n, blk, c, x, p, g, m, mp, mx, ssum, offs, valid, cmask = _tile(x_ptr, t_ptr, C, S, ignore_index, ACT, LABELS, HAS_IGNORE,
+                                                                    COMPUTE, BLOCK_C, BLOCK_S)
     inter, psum, gsum = _class_sums(p, g, m, valid, SQUARED, SOFT)
     _store_sums(part_ptr, n, blk, NBLK, C, c, cmask, inter, psum, gsum)
     if WITH_CE:
@@ -258,32 +278,22 @@ def _sums_kernel(x_ptr, t_ptr, part_ptr, cepart_ptr, C, S, NBLK, ignore_index, A
         else:
             ce = tl.sum(tl.sum(tl.where(m > 0, _binary_ce(x, g), 0.0), axis=1), axis=0)
             cnt = tl.sum(tl.sum(m, axis=1), axis=0)
-        cout = cepart_ptr + (n.to(tl.int64) * NBLK + blk) * 2
-        tl.store(cout, ce)
-        tl.store(cout + 1, cnt)
+        _store_ce(cepart_ptr, n, blk, NBLK, ce, cnt)
 
 
 @triton.jit
 def _grad_kernel(x_ptr, t_ptr, coef_ptr, cecoef_ptr, out_ptr, C, S, ignore_index, ACT: tl.constexpr, LABELS: tl.constexpr,
                  HAS_IGNORE: tl.constexpr, SQUARED: tl.constexpr, WITH_CE: tl.constexpr, COMPUTE: tl.constexpr,
                  BLOCK_C: tl.constexpr, BLOCK_S: tl.constexpr, SOFT: tl.constexpr = False):
-    n = tl.program_id(1)
-    blk = tl.program_id(0)
-    c = tl.arange(0, BLOCK_C)
-    s = blk * BLOCK_S + tl.arange(0, BLOCK_S)
-    lab, mp = _pixels(t_ptr, n, s, S, ignore_index, LABELS, HAS_IGNORE)
-    x, g, m, offs, valid, cmask = _load(x_ptr, t_ptr, n, c, s, C, S, lab, mp, ignore_index, ACT, LABELS, HAS_IGNORE, COMPUTE,
-                                        BLOCK_C)
+    n, blk, c, x, p, g, m, mp, mx, ssum, offs, valid, cmask = _tile(x_ptr, t_ptr, C, S, ignore_index, ACT, LABELS, HAS_IGNORE,
+                                                                    COMPUTE, BLOCK_C, BLOCK_S)
     e = _ce_coef(cecoef_ptr, n, COMPUTE, WITH_CE)
     if ACT == 2:
-        ex = _math.exp(x - tl.max(x, axis=0)[None, :])
-        p = ex / tl.sum(ex, axis=0)[None, :]
         d = _dloss_dp(p, g, m, c, cmask, coef_ptr, n, C, SQUARED, SOFT, COMPUTE)
         is_amax = c[:, None] == tl.argmax(x, axis=0)[None, :]
         others = tl.sum(tl.where(is_amax, 0.0, p), axis=0)
         r = _softmax_grad(p, d, tl.sum(p * d, axis=0), g, tl.sum(g, axis=0), m, is_amax, others, e, WITH_CE)
     else:
-        p = _activation(x, ACT)
         d = _dloss_dp(p, g, m, c, cmask, coef_ptr, n, C, SQUARED, SOFT, COMPUTE)
         r = _pointwise_grad(x, p, g, m, d, e, ACT, WITH_CE)
     tl.store(out_ptr + offs, r.to(out_ptr.dtype.element_ty), mask=valid)
@@ -333,9 +343,7 @@ def _sums_chunked_kernel(x_ptr, t_ptr, part_ptr, cepart_ptr, C, S, NBLK, ignore_
         else:
             ce = tl.sum(bce, axis=0)
             cnt_all = tl.sum(cnt, axis=0)
-        cout = cepart_ptr + (n.to(tl.int64) * NBLK + blk) * 2
-        tl.store(cout, ce)
-        tl.store(cout + 1, cnt_all)
+        _store_ce(cepart_ptr, n, blk, NBLK, ce, cnt_all)
 
 
 @triton.jit
