@@ -42,8 +42,9 @@ build: $(BUILT)
 
 # Triton kernels run on CPU tensors through the interpreter when there is no GPU
 # (tests/conftest.py sets TRITON_INTERPRET=1 then).  Then the C++ CPU kernels built for the
-# instruction sets below this machine's (AVX2, portable: what older CPUs get) are tested too,
-# and this machine's build is put back (tools/test_cpu_isa.sh).
+# instruction set below this machine's (AVX2 on an AVX-512 machine: what older CPUs get) are
+# tested too, and this machine's build is put back (tools/test_cpu_isa.sh;
+# FASTLOSS_TEST_ISAS="avx2 default" for the portable build as well).
 test: build
 	$(PY) -m pytest tests $(PYTEST_ARGS)
 	$(MAKE) --no-print-directory test-isa
