@@ -68,16 +68,23 @@ def _pixels(t_ptr, n, s, S, ignore_index, LABELS: tl.constexpr, HAS_IGNORE: tl.c
 
 
 @triton.jit
-def _load(x_ptr, t_ptr, n, c, s, C, S, lab, mp, ignore_index, ACT: tl.constexpr, LABELS: tl.constexpr, HAS_IGNORE: tl.constexpr,
-          COMPUTE: tl.constexpr, BLOCK_C: tl.constexpr):
-    """The [BLOCK_C, BLOCK_S] tile of classes c x pixels s: logits x (-inf on padded classes for
-    softmax), target g, element mask m, offsets, valid (in the tensor), cmask."""
+def _logits(x_ptr, n, c, s, C, S, ACT: tl.constexpr, COMPUTE: tl.constexpr):
+    """The [BLOCK_C, BLOCK_S] logits of classes c x pixels s of image n (-inf on padded classes for
+    softmax: no term of it), their offsets, valid (in the tensor) and cmask."""
     cmask = c < C
     valid = cmask[:, None] & (s < S)[None, :]
     offs = n.to(tl.int64) * C * S + c[:, None].to(tl.int64) * S + s[None, :]
     x = tl.load(x_ptr + offs, mask=valid, other=0.0).to(COMPUTE)
     if ACT == 2:
         x = tl.where(cmask[:, None], x, float("-inf"))
+    return x, offs, valid, cmask
+
+
+@triton.jit
+def _load(x_ptr, t_ptr, n, c, s, C, S, lab, mp, ignore_index, ACT: tl.constexpr, LABELS: tl.constexpr, HAS_IGNORE: tl.constexpr,
+          COMPUTE: tl.constexpr, BLOCK_C: tl.constexpr):
+    """The tile of classes c x pixels s: _logits, target g, element mask m, offsets, valid, cmask."""
+    x, offs, valid, cmask = _logits(x_ptr, n, c, s, C, S, ACT, COMPUTE)
     if LABELS:
         if ACT != 2 and BLOCK_C == 1:
             g = (lab[None, :] == 1).to(COMPUTE) + tl.zeros_like(x)
@@ -112,17 +119,12 @@ def _softmax_stats(x_ptr, n, s, C, S, COMPUTE: tl.constexpr, BLOCK_C: tl.constex
     exp(x_c - m) over c != amax; Z = 1 + rest.  A pixel whose max is not finite (every logit
     -inf, or a +inf logit) gets rest = Z = NaN: a NaN softmax and CE for every class, as the
     one-tile kernels give."""
-    smask = s < S
     m = tl.full([BLOCK_S], float("-inf"), COMPUTE)
     rest = tl.zeros([BLOCK_S], COMPUTE)
     amax = tl.zeros([BLOCK_S], tl.int32)
-    base = n.to(tl.int64) * C * S
     for c0 in range(0, C, BLOCK_C):
         c = c0 + tl.arange(0, BLOCK_C)
-        cmask = c < C
-        x = tl.load(x_ptr + base + c[:, None].to(tl.int64) * S + s[None, :], mask=cmask[:, None] & smask[None, :],
-                    other=0.0).to(COMPUTE)
-        x = tl.where(cmask[:, None], x, float("-inf"))
+        x, offs, valid, cmask = _logits(x_ptr, n, c, s, C, S, 2, COMPUTE)
         idx, take, m_new, scale = _rowwise._chunk_max(x, c, m, 0)
         e = _math.exp(x - _rowwise._finite_or_zero(m_new)[None, :])
         own = take[None, :] & (c[:, None] == idx[None, :])  # the new argmax's own term: not in rest
