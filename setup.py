@@ -3,8 +3,9 @@
 The C++ CPU kernels are always built.  The CUDA kernels are built whenever nvcc is
 found (``CUDA_HOME``) and torch is a CUDA build -- a visible GPU is *not* required --
 or when ``FASTLOSS_FORCE_CUDA=1``; ``FASTLOSS_SKIP_CUDA=1`` skips them for quick
-local builds.  ``TORCH_CUDA_ARCH_LIST`` (default "8.0;9.0") and ``MAX_JOBS`` are
-honoured.  The CPU kernels use the widest vector ISA of the build machine: AVX-512
+local builds.  ``TORCH_CUDA_ARCH_LIST`` (default "8.0;9.0+PTX": machine code for
+Ampere and Hopper, PTX the driver compiles for newer GPUs; an older GPU gets the Triton kernels)
+and ``MAX_JOBS`` are honoured.  The CPU kernels use the widest vector ISA of the build machine: AVX-512
 (F/BW/VL/DQ, as ATen's own AVX512 kernels), else AVX2, else portable code;
 ``FASTLOSS_CPU_AVX512=0`` caps them at AVX2, ``FASTLOSS_CPU_AVX2=0`` builds the portable ones.
 
@@ -66,7 +67,7 @@ def extensions():
     if not _flag("FASTLOSS_SKIP_CUDA"):
         with_cuda = _flag("FASTLOSS_FORCE_CUDA") or (CUDA_HOME is not None and torch.version.cuda is not None)
     if with_cuda:
-        os.environ.setdefault("TORCH_CUDA_ARCH_LIST", "8.0;9.0")
+        os.environ.setdefault("TORCH_CUDA_ARCH_LIST", "8.0;9.0+PTX")
 
     isa = _load_by_path("_cpu_isa").build_isa()  # the same module checks the flags before _C loads
     # -ffp-contract=off: a product is rounded before the sum that uses it, as in PyTorch's own

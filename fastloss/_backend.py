@@ -89,17 +89,25 @@ def _device_type(device):
     return torch.device(device).type
 
 
+def _where(device):
+    """(device type, CUDA device index or None): the CUDA kernels may have code for one GPU of
+    a machine and not for another."""
+    d = torch.device(device)
+    index = None
+    if d.type == "cuda" and torch.cuda.is_available():
+        index = d.index if d.index is not None else torch.cuda.current_device()
+    return d.type, index
+
+
 def unavailable_backends(device="cpu"):
     """{backend: why it cannot run on ``device`` here} for the backends
     :func:`available_backends` leaves out."""
-    return dict(_unavailable(_device_type(device), _triton_interpreting()))
+    return dict(_unavailable(*_where(device), _triton_interpreting()))
 
 
 @functools.lru_cache(maxsize=None)
-def _unavailable(kind, interpreting):
-    # cached per (device type, TRITON_INTERPRET): resolve() asks on every call
-    import torch
-
+def _unavailable(kind, index, interpreting):
+    # cached per (device type, CUDA device, TRITON_INTERPRET): resolve() asks on every call
     why = {}
     if kind == "cuda" and not torch.cuda.is_available():
         return tuple((name, "no CUDA device is visible to torch (torch.cuda.is_available() is False)") for name in BACKENDS)
@@ -112,6 +120,10 @@ def _unavailable(kind, interpreting):
     if kind == "cuda" and not _extension.has_cuda():
         why["cuda"] = (_extension.load_error if _extension.C is None else
                        "fastloss._C was built without its CUDA kernels (rebuild with nvcc on PATH, or FASTLOSS_FORCE_CUDA=1)")
+    elif kind == "cuda" and not _extension.cuda_kernels_run_on(index):
+        cc = "%d.%d" % torch.cuda.get_device_capability(index)
+        why["cuda"] = (f"fastloss._C's CUDA kernels were not built for this GPU (compute capability {cc}): rebuild with "
+                       f"TORCH_CUDA_ARCH_LIST=\"{cc}\" (setup.py)")
     if not triton_available():
         why["triton"] = "Triton is not importable"
     elif kind == "cpu" and not interpreting:
@@ -126,8 +138,8 @@ def available_backends(device="cpu"):
     order of preference: the reference runs on any device type torch has (meta included);
     nothing runs on CUDA without a visible GPU.  :func:`unavailable_backends` says why the
     others are missing."""
-    kind = _device_type(device)
-    missing = dict(_unavailable(kind, _triton_interpreting()))
+    kind, index = _where(device)
+    missing = dict(_unavailable(kind, index, _triton_interpreting()))
     order = ("cpu", "reference", "triton") if kind == "cpu" else ("cuda", "triton", "reference")
     return [name for name in order if name not in missing]
 

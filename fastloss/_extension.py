@@ -4,12 +4,13 @@ Never raises: a missing, stale (built from other sources or another op ABI) or
 unloadable ``_C`` leaves :data:`C` as ``None``, and fastloss falls back (Triton on GPU,
 the PyTorch reference on CPU), saying so once.
 """
+import functools
 import os
 import warnings
 
 from fastloss._cpu_isa import cpu_flags, isa_error
 
-ABI_VERSION = 15  # must equal FL_ABI_VERSION in csrc/fastloss.cpp
+ABI_VERSION = 16  # must equal FL_ABI_VERSION in csrc/fastloss.cpp
 
 
 class FastlossWarning(UserWarning):
@@ -69,3 +70,10 @@ def has_cpu():
 
 def has_cuda():
     return C is not None and bool(C.WITH_CUDA)
+
+
+@functools.lru_cache(maxsize=None)
+def cuda_kernels_run_on(index):
+    """Whether _C's CUDA kernels have code for CUDA device ``index``: machine code for its
+    architecture or PTX its driver compiles (csrc/cuda/device.cu).  False without them."""
+    return has_cuda() and bool(C.cuda_kernels_run_on(index))

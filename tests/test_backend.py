@@ -149,6 +149,42 @@ def test_available_backends_cuda_listing():
     assert "cpu" not in names
 
 
+def test_cuda_backend_left_out_on_a_gpu_without_kernel_code(monkeypatch):
+    """A GPU the build has no code for (a T4 under the default TORCH_CUDA_ARCH_LIST): the cuda
+    backend is not offered -- each launch would fail with "no kernel image is available" -- and
+    the next backend runs; asked per device."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda index=None: (7, 5))
+    monkeypatch.setattr(_extension, "has_cuda", lambda: True)
+    monkeypatch.setattr(_extension, "cuda_kernels_run_on", lambda index: index == 1)
+    _backend._unavailable.cache_clear()
+    try:
+        assert "cuda" not in fastloss.available_backends("cuda")
+        why = fastloss.unavailable_backends("cuda:0")["cuda"]
+        assert "compute capability 7.5" in why and 'TORCH_CUDA_ARCH_LIST="7.5"' in why
+        assert _backend.resolve(OP, "cuda") == ("triton" if _backend.triton_available() else "reference")
+        with pytest.raises(RuntimeError, match="compute capability 7.5"):
+            _backend.resolve(OP, "cuda:0", "cuda")
+        assert "cuda" in fastloss.available_backends("cuda:1")
+        assert _backend.resolve(OP, "cuda:1") == "cuda"
+    finally:
+        _backend._unavailable.cache_clear()  # before the patches are undone: nothing cached from them
+
+
+def test_cuda_kernel_probe():
+    """_C.cuda_kernels_run_on (csrc/cuda/device.cu): True for a GPU the build targets, False
+    without a usable device -- no exception, and no CUDA error left for torch to trip on."""
+    if not _extension.has_cuda():
+        pytest.skip("fastloss._C was built without its CUDA kernels: nothing to probe")
+    if torch.cuda.is_available():
+        assert _extension.C.cuda_kernels_run_on(torch.cuda.current_device()) is True
+        assert _extension.C.cuda_kernels_run_on(torch.cuda.device_count()) is False  # no such device
+        torch.ones(1, device="cuda").sum().item()  # torch's next call sees no leftover error
+    else:
+        assert _extension.C.cuda_kernels_run_on(0) is False
+
+
 def test_conftest_sets_triton_interpreter_without_gpu():
     if torch.cuda.is_available():
         pytest.skip("a CUDA device is present: Triton runs natively, the interpreter is not forced")
