@@ -10,9 +10,12 @@ PY := $(VENV)/bin/python
 MAX_JOBS ?= 2
 BENCH_ARGS ?=
 PYTEST_ARGS ?=
-# pytest-xdist workers: one per logical CPU (the Triton interpreter runs one Python thread per
-# test; 2 workers on CI's 2 cores took the suite's longest file from 268 s to 164 s).  0 = serial.
-PYTEST_WORKERS ?= logical
+# pytest-xdist workers: one per CPU this process may use (nproc: the affinity mask, not the
+# host's count), at most 8 -- each worker imports torch and Triton.  The Triton interpreter runs
+# one Python thread per test: 2 workers on CI's 2 cores took tests/test_sigmoid_focal_loss.py
+# from 268 s to 164 s.  PYTEST_WORKERS=0 or 1 runs serially (and needs no pytest-xdist).
+PYTEST_WORKERS ?= $(shell n=$$(nproc 2> /dev/null || echo 1); echo $$(( n < 8 ? n : 8 )))
+PYTEST_N := $(if $(filter-out 0 1,$(PYTEST_WORKERS)),-n $(PYTEST_WORKERS))
 export MAX_JOBS
 
 .PHONY: venv build test test-isa bench gpu-build gpu-test gpu-bench clean
@@ -49,11 +52,11 @@ build: $(BUILT)
 # tested too, and this machine's build is put back (tools/test_cpu_isa.sh;
 # FASTLOSS_TEST_ISAS="avx2 default" for the portable build as well).
 test: build
-	$(PY) -m pytest tests -n $(PYTEST_WORKERS) $(PYTEST_ARGS)
+	$(PY) -m pytest tests $(PYTEST_N) $(PYTEST_ARGS)
 	$(MAKE) --no-print-directory test-isa
 
 test-isa: build
-	PY=$(PY) bash tools/test_cpu_isa.sh -n $(PYTEST_WORKERS) $(PYTEST_ARGS)
+	PY=$(PY) bash tools/test_cpu_isa.sh $(PYTEST_N) $(PYTEST_ARGS)
 
 bench: build
 	$(PY) -m benchmarks.run $(BENCH_ARGS)

@@ -93,7 +93,8 @@ def extensions():
     generated = os.path.join(ROOT, "build", "generated")
     os.makedirs(generated, exist_ok=True)
     info = (f'#define FL_SOURCE_HASH "{source_hash()}"\n#define FL_WITH_CUDA {int(with_cuda)}\n'
-            f'#define FL_CPU_CAPABILITY "{isa}"\n')
+            f'#define FL_CPU_CAPABILITY "{isa}"\n'
+            f'#define FL_CUDA_ARCHS "{os.environ.get("TORCH_CUDA_ARCH_LIST", "") if with_cuda else ""}"\n')
     info_path = os.path.join(generated, "fastloss_build_info.h")
     if not os.path.exists(info_path) or open(info_path).read() != info:
         with open(info_path, "w") as f:

@@ -92,11 +92,10 @@ def _device_type(device):
 def _where(device):
     """(device type, CUDA device index or None): the CUDA kernels may have code for one GPU of
     a machine and not for another."""
-    d = torch.device(device)
-    index = None
-    if d.type == "cuda" and torch.cuda.is_available():
-        index = d.index if d.index is not None else torch.cuda.current_device()
-    return d.type, index
+    d = device if isinstance(device, torch.device) else torch.device(device)
+    if d.type != "cuda" or d.index is not None:
+        return d.type, d.index
+    return "cuda", torch.cuda.current_device() if torch.cuda.is_available() else None
 
 
 def unavailable_backends(device="cpu"):
@@ -111,6 +110,8 @@ def _unavailable(kind, index, interpreting):
     why = {}
     if kind == "cuda" and not torch.cuda.is_available():
         return tuple((name, "no CUDA device is visible to torch (torch.cuda.is_available() is False)") for name in BACKENDS)
+    if kind == "cuda" and index >= torch.cuda.device_count():
+        return tuple((name, f"no CUDA device {index}: torch sees {torch.cuda.device_count()}") for name in BACKENDS)
     if kind != "cuda":
         why["cuda"] = "the cuda backend runs on CUDA tensors only"
     if kind != "cpu":
@@ -122,8 +123,8 @@ def _unavailable(kind, index, interpreting):
                        "fastloss._C was built without its CUDA kernels (rebuild with nvcc on PATH, or FASTLOSS_FORCE_CUDA=1)")
     elif kind == "cuda" and not _extension.cuda_kernels_run_on(index):
         cc = "%d.%d" % torch.cuda.get_device_capability(index)
-        why["cuda"] = (f"fastloss._C's CUDA kernels were not built for this GPU (compute capability {cc}): rebuild with "
-                       f"TORCH_CUDA_ARCH_LIST=\"{cc}\" (setup.py)")
+        why["cuda"] = (f"fastloss._C's CUDA kernels were not built for this GPU (compute capability {cc}; built for "
+                       f"{getattr(_extension.C, 'CUDA_ARCHS', '?')!r}): rebuild with TORCH_CUDA_ARCH_LIST=\"{cc}\" (setup.py)")
     if not triton_available():
         why["triton"] = "Triton is not importable"
     elif kind == "cpu" and not interpreting:

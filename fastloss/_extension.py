@@ -75,5 +75,18 @@ def has_cuda():
 @functools.lru_cache(maxsize=None)
 def cuda_kernels_run_on(index):
     """Whether _C's CUDA kernels have code for CUDA device ``index``: machine code for its
-    architecture or PTX its driver compiles (csrc/cuda/device.cu).  False without them."""
-    return has_cuda() and bool(C.cuda_kernels_run_on(index))
+    architecture or PTX its driver compiles (csrc/cuda/device.cu; the build's list is
+    ``C.CUDA_ARCHS``).  Asked once per device, on that device, with CUDA initialised by torch
+    (the probe creates no context of its own).  When the question itself fails (the device
+    out of memory, held by another process, ...) the answer is True: the kernels' launch then
+    reports the real error, not a rebuild hint."""
+    if not has_cuda():
+        return False
+    import torch
+
+    with torch.cuda.device(index):
+        status, error = C.cuda_kernel_code_status()
+    if status < 0:
+        warn_once(f"cuda-probe-{index}", f"fastloss could not tell whether its CUDA kernels have code for cuda:{index} ({error}); "
+                  "using them")
+    return status != 0

@@ -22,7 +22,7 @@ def info(file=None):
     if C is None:
         lines.append(f"fastloss._C   not loaded: {_extension.load_error}")
     else:
-        lines.append(f"fastloss._C   built (sources {C.SOURCE_HASH}, CPU {C.CPU_CAPABILITY}, CUDA part {'yes' if C.WITH_CUDA else 'no'})")
+        lines.append(f"fastloss._C   built (sources {C.SOURCE_HASH}, CPU {C.CPU_CAPABILITY}, CUDA part {('for ' + C.CUDA_ARCHS) if C.WITH_CUDA else 'no'})")
     devices = ["cpu"]
     if torch.cuda.is_available():
         devices.append("cuda")

@@ -154,6 +154,7 @@ def test_cuda_backend_left_out_on_a_gpu_without_kernel_code(monkeypatch):
     backend is not offered -- each launch would fail with "no kernel image is available" -- and
     the next backend runs; asked per device."""
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
     monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
     monkeypatch.setattr(torch.cuda, "get_device_capability", lambda index=None: (7, 5))
     monkeypatch.setattr(_extension, "has_cuda", lambda: True)
@@ -167,22 +168,43 @@ def test_cuda_backend_left_out_on_a_gpu_without_kernel_code(monkeypatch):
         with pytest.raises(RuntimeError, match="compute capability 7.5"):
             _backend.resolve(OP, "cuda:0", "cuda")
         assert "cuda" in fastloss.available_backends("cuda:1")
-        assert _backend.resolve(OP, "cuda:1") == "cuda"
+        assert _backend.resolve(OP, torch.device("cuda", 1)) == "cuda"
+        assert fastloss.available_backends("cuda:2") == []  # no such device
+        assert "no CUDA device 2" in fastloss.unavailable_backends("cuda:2")["reference"]
     finally:
         _backend._unavailable.cache_clear()  # before the patches are undone: nothing cached from them
 
 
+def _arch_list_covers(archs, major, minor):
+    """Whether a TORCH_CUDA_ARCH_LIST holds code for compute capability major.minor: machine
+    code for major.m with m <= minor, or PTX ("+PTX") for any earlier capability."""
+    for entry in archs.replace(" ", ";").split(";"):
+        if not entry:
+            continue
+        ptx = entry.endswith("+PTX")
+        a_major, a_minor = (int(v) for v in entry.removesuffix("+PTX").rstrip("af").split("."))
+        if (a_major, a_minor) <= (major, minor) and (ptx or a_major == major):
+            return True
+    return False
+
+
 def test_cuda_kernel_probe():
-    """_C.cuda_kernels_run_on (csrc/cuda/device.cu): True for a GPU the build targets, False
-    without a usable device -- no exception, and no CUDA error left for torch to trip on."""
+    """_C.cuda_kernel_code_status (csrc/cuda/device.cu) agrees with the architectures the build
+    was made for (C.CUDA_ARCHS) on this GPU; without a usable device it reports the error
+    (status -1) instead of raising, and leaves no CUDA error for torch to trip on."""
     if not _extension.has_cuda():
         pytest.skip("fastloss._C was built without its CUDA kernels: nothing to probe")
+    assert _arch_list_covers("8.0;9.0+PTX", 9, 0) and _arch_list_covers("8.0;9.0+PTX", 10, 0) and _arch_list_covers("8.0", 8, 9)
+    assert not _arch_list_covers("8.0;9.0+PTX", 7, 5) and not _arch_list_covers("8.0;9.0", 10, 0)
     if torch.cuda.is_available():
-        assert _extension.C.cuda_kernels_run_on(torch.cuda.current_device()) is True
-        assert _extension.C.cuda_kernels_run_on(torch.cuda.device_count()) is False  # no such device
+        cc = torch.cuda.get_device_capability()
+        expected = _arch_list_covers(_extension.C.CUDA_ARCHS, *cc)
+        assert _extension.C.cuda_kernel_code_status() == ((1, "") if expected else (0, "")), (_extension.C.CUDA_ARCHS, cc)
+        assert _extension.cuda_kernels_run_on(torch.cuda.current_device()) is expected
         torch.ones(1, device="cuda").sum().item()  # torch's next call sees no leftover error
     else:
-        assert _extension.C.cuda_kernels_run_on(0) is False
+        status, error = _extension.C.cuda_kernel_code_status()
+        assert status == -1 and error
 
 
 def test_conftest_sets_triton_interpreter_without_gpu():
