@@ -83,12 +83,6 @@ def _triton_interpreting():
     return os.environ.get("TRITON_INTERPRET", "") == "1"
 
 
-def _device_type(device):
-    import torch
-
-    return torch.device(device).type
-
-
 def _where(device):
     """(device type, CUDA device index or None): the CUDA kernels may have code for one GPU of
     a machine and not for another."""
@@ -139,7 +133,10 @@ def available_backends(device="cpu"):
     order of preference: the reference runs on any device type torch has (meta included);
     nothing runs on CUDA without a visible GPU.  :func:`unavailable_backends` says why the
     others are missing."""
-    kind, index = _where(device)
+    return _available(*_where(device))
+
+
+def _available(kind, index):
     missing = dict(_unavailable(kind, index, _triton_interpreting()))
     order = ("cpu", "reference", "triton") if kind == "cpu" else ("cuda", "triton", "reference")
     return [name for name in order if name not in missing]
@@ -164,13 +161,13 @@ def use_backend(name):
 
 def resolve(op, device, requested=None):
     """Name of the backend that runs ``op`` on ``device``."""
-    kind = _device_type(device)
-    available = available_backends(device)
+    kind, index = _where(device)  # once per call: a torch.device from a string costs more than the rest
+    available = _available(kind, index)
     name = requested or _override.get() or os.environ.get("FASTLOSS_BACKEND") or None
     if name is not None:
         _check_name(name)
         if name not in available:
-            why = unavailable_backends(device).get(name, "")
+            why = dict(_unavailable(kind, index, _triton_interpreting())).get(name, "")
             raise RuntimeError(f"fastloss backend {name!r} is not available for {op} on {kind} tensors ({why}); "
                                f"available here: {available}")
         return name
@@ -192,7 +189,7 @@ def backward_backend(op, device, requested=None):
 
 
 def store_grad_in_forward(device):
-    return STORE_GRAD_IN_FORWARD.get(_device_type(device), False)
+    return STORE_GRAD_IN_FORWARD.get(_where(device)[0], False)
 
 
 def implementation(op, device, requested=None):

@@ -93,13 +93,15 @@ def test_cross_entropy_matches_torch(grad_mode, device, backend, shape, layout, 
                     assert g.stride() == x.stride(), (g.stride(), x.stride())
 
 
-@pytest.mark.parametrize("C", [1, 7, 8, 9, 16, 17, 81, 2048, 2049])
+@pytest.mark.parametrize("C", [1, 7, 8, 9, 16, 17, 81, 2048, 2049, 4097])
 @pytest.mark.parametrize("device,backend", helpers.device_backend_params())
 def test_row_major_rows_edge_cases(grad_mode, device, backend, C):
-    """(N, C) rows -- the CPU kernel's class-lane path up to C = 2048, the tiled sweeps past it --
-    against float64 torch, with a random upstream gradient: C around the vector widths (8 and
-    16 fp32 lanes), a NaN logit, rows all / partly -inf, a tie for the max, a confident row,
-    ignored rows, and logits just above and below where exp(x - max) leaves fp32's normal range
+    """(N, C) rows -- the CPU kernel's class-lane path up to C = 256 V (2048 with AVX2's 8 fp32
+    lanes, 4096 with AVX-512's 16), the tiled sweeps past it -- against float64 torch, with a
+    random upstream gradient: C around the vector widths, 29 rows (a partial last block of
+    rows), a NaN logit (also at the label, which the class-lane path's sum leaves out), rows all
+    / partly -inf, a tie for the max, a confident row, ignored rows, and logits just above and
+    below where exp(x - max) leaves fp32's normal range
     (the CPU exponential's clamp: 0 at or below -87.68, a subnormal up to ln(FLT_MIN) = -87.34)."""
     helpers.require_backend(device, backend)
     torch.manual_seed(3)
@@ -116,6 +118,7 @@ def test_row_major_rows_edge_cases(grad_mode, device, backend, C):
     if C > 6:
         x[6, :] = 0.0
         x[6, 1:6] = torch.tensor([-87.0, -87.5, -87.7, -88.5, -100.0])
+        x[7, t[7]] = float("nan")
     w = torch.rand(C) + 0.5
     x, t, w = x.to(device), t.to(device), w.to(device)
     for dtype in _grid_dtypes(device, backend):
