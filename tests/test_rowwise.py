@@ -99,9 +99,10 @@ def test_row_major_rows_edge_cases(grad_mode, device, backend, C):
     """(N, C) rows -- the CPU kernel's class-lane path up to C = 256 V (2048 with AVX2's 8 fp32
     lanes, 4096 with AVX-512's 16), the tiled sweeps past it -- against float64 torch, with a
     random upstream gradient: C around the vector widths, 29 rows (a partial last block of
-    rows), a NaN logit (also at the label, which the class-lane path's sum leaves out), rows all
-    / partly -inf, a tie for the max, a confident row, ignored rows, and logits just above and
-    below where exp(x - max) leaves fp32's normal range
+    rows), a NaN logit (also at the label, which the class-lane path's sum leaves out), a +inf
+    logit (off and at the label: NaN loss and gradient, as torch), rows all / partly -inf, a tie
+    for the max, a confident row, ignored rows, and logits just above and below where
+    exp(x - max) leaves fp32's normal range
     (the CPU exponential's clamp: 0 at or below -87.68, a subnormal up to ln(FLT_MIN) = -87.34)."""
     helpers.require_backend(device, backend)
     torch.manual_seed(3)
@@ -119,6 +120,8 @@ def test_row_major_rows_edge_cases(grad_mode, device, backend, C):
         x[6, :] = 0.0
         x[6, 1:6] = torch.tensor([-87.0, -87.5, -87.7, -88.5, -100.0])
         x[7, t[7]] = float("nan")
+        x[8, (t[8] + 1) % C] = float("inf")
+        x[9, t[9]] = float("inf")
     w = torch.rand(C) + 0.5
     x, t, w = x.to(device), t.to(device), w.to(device)
     for dtype in _grid_dtypes(device, backend):
@@ -133,6 +136,38 @@ def test_row_major_rows_edge_cases(grad_mode, device, backend, C):
             (g,) = torch.autograd.grad(out, xd, up.to(out.dtype))
             (g64,) = torch.autograd.grad(exp, x64, up, retain_graph=True)
             helpers.assert_close(g, g64, dtype, msg=f"C={C} {dtype} {list(kw)} grad")
+
+
+@pytest.mark.parametrize("C", [1, 2, 17, 33])
+@pytest.mark.parametrize("device,backend", helpers.device_backend_params())
+def test_row_major_rows_strided_and_tail_classes(grad_mode, device, backend, C):
+    """Rows further apart than C (a slice of wider logits: the CPU kernel's class-lane path also
+    for C = 1 and 2, which contiguous (N, 1) / (N, 2) logits do not take) with NaN, +inf and -inf
+    in the last class (the class-lane path's tail vector past the full ones for C = 17 and 33),
+    and a confident row whose label is that class -- against float64 torch, with a random
+    upstream gradient."""
+    helpers.require_backend(device, backend)
+    torch.manual_seed(5)
+    wide = torch.randn(21, C + 3) * 3
+    t = torch.randint(0, C, (21,))
+    t[::5] = -100
+    wide[1, C - 1] = float("nan")
+    wide[2, C - 1] = float("inf")
+    wide[3, :C] = 0.0
+    wide[3, C - 1], t[3] = 30.0, C - 1
+    wide[4, C - 1] = float("-inf")
+    wide[6, 0] = 40.0  # confident in the first class while the label may be the last
+    for dtype in _grid_dtypes(device, backend):
+        xd = wide.to(device=device, dtype=dtype)[:, :C].requires_grad_()
+        assert xd.stride() == (C + 3, 1)
+        x64 = wide[:, :C].to(dtype).double().requires_grad_()
+        out = fastloss.cross_entropy(xd, t.to(device), reduction="none", backend=backend)
+        exp = F.cross_entropy(x64, t, reduction="none")
+        helpers.assert_close(out, exp, dtype, msg=f"C={C} {dtype}")
+        up = helpers.random_upstream(exp)
+        (g,) = torch.autograd.grad(out, xd, up.to(device=device, dtype=out.dtype))
+        (g64,) = torch.autograd.grad(exp, x64, up)
+        helpers.assert_close(g, g64, dtype, msg=f"C={C} {dtype} grad")
 
 
 @pytest.mark.parametrize("shape,layout", [((7, 5), "c"), ((2, 3, 4, 5), "cl"), ((2, 3, 2, 2, 3), "c"), ((5,), "c")], ids=str)
@@ -633,14 +668,24 @@ def test_poly1_confident_rows_fp32(device, backend, smoothing):
 
 @pytest.mark.parametrize("device,backend", helpers.device_backend_params())
 def test_infinite_logit_gives_nan_not_inf(device, backend):
-    """A +inf logit makes the softmax NaN; every backend says so (no silent +inf gradient)."""
+    """A +inf logit makes the softmax and log Z NaN; every backend says so, in the loss too (as
+    torch's log_softmax: not +inf where the sums leave the +inf class out) and without a silent
+    +inf gradient -- for class labels (fp16 takes the CPU kernel's sweeps, fp32 / fp64 its
+    class-lane rows), probabilities and the focal loss."""
     helpers.require_backend(device, backend)
-    for dt in (torch.float32, torch.float64):
+    y = torch.tensor([0, 2], device=device)
+    for dt in (torch.float16, torch.float32, torch.float64):
         x = torch.tensor([[0.3, 0.1, float("inf")], [0.2, -1.0, 0.5]], dtype=dt, device=device, requires_grad=True)
-        g, = torch.autograd.grad(fastloss.cross_entropy(x, torch.tensor([0, 2], device=device), backend=backend), x)
-        assert not torch.isinf(g).any(), g
-        assert torch.isnan(g[0]).all(), g
-        assert torch.isfinite(g[1]).all(), g
+        for loss in (lambda: fastloss.cross_entropy(x, y, reduction="none", backend=backend),
+                     lambda: fastloss.cross_entropy(x, torch.softmax(x.detach().nan_to_num(posinf=9.0).float(), 1).to(dt), reduction="none",
+                                                    backend=backend),
+                     lambda: fastloss.softmax_focal_loss(x, y, reduction="none", backend=backend)):
+            out = loss()
+            g, = torch.autograd.grad(out.sum(), x)
+            assert torch.isnan(out[0]) and torch.isfinite(out[1]), out
+            assert not torch.isinf(g).any(), g
+            assert torch.isnan(g[0]).all(), g
+            assert torch.isfinite(g[1]).all(), g
 
 
 def test_reference_bins_clamp_matches_kernel():

@@ -149,11 +149,14 @@ FL_HOST_DEVICE FL_INLINE Row<T> finish_row(int loss, int target, const Params<S>
                                            const T& y, const T& wy, const T& ay, const T& wl, const T& wr) {
   const T zero(0), one(1);
   Row<T> o;
-  o.inv_z = one / (one + st.rest);
-  // a +inf logit: the softmax is NaN (+inf - +inf), on every backend the same -- not an
-  // infinite gradient from an exp of NaN that some vector exps return as +inf
-  o.inv_z = fl::select(st.m == T(std::numeric_limits<S>::infinity()), T(std::numeric_limits<S>::quiet_NaN()), o.inv_z);
-  const T log_z = fl::log1p(st.rest);
+  // a +inf logit: the softmax and log Z are NaN (+inf - +inf), so are the loss and gradient, on
+  // every backend the same and as torch's log_softmax -- not a loss of +inf where the sums left
+  // the +inf class out (rest = 0), nor an infinite gradient from an exp of NaN that some vector
+  // exps return as +inf
+  const auto m_inf = st.m == T(std::numeric_limits<S>::infinity());
+  const T nan(std::numeric_limits<S>::quiet_NaN());
+  o.inv_z = fl::select(m_inf, nan, one / (one + st.rest));
+  const T log_z = fl::select(m_inf, nan, fl::log1p(st.rest));
   const T eps(p.epsilon);
   T L = zero, U = zero, E = zero, F = one, Cy = zero;
   if (loss == kNLL) {  // log-probabilities in: L = -a_y x_y, g_k = -a_k

@@ -408,6 +408,8 @@ def cross_entropy(input, target, weight=None, ignore_index=-100, reduction="mean
         backend: force a backend for this call (see :mod:`fastloss._backend`).
 
     Returns the loss in the promoted dtype of input and a float target (fp32 under autocast).
+    A counted row with a NaN or +inf logit has a NaN loss and a NaN gradient row, as torch's
+    (a -inf logit is a masked class: no cost, gradient 0); an ignored row gives exactly 0.
     Raises ValueError for bad shapes, labels outside [0, C) that are not ignore_index (CPU
     tensors; CUDA tensors in checked mode, :func:`fastloss.checked_labels`: unchecked, such a
     row counts as ignored), more than 2^24 classes, parameters outside their domain."""

@@ -61,7 +61,8 @@ def _rows(input, target, class_weight, class_alpha, sample_weight, loss, kind, p
     is_amax = k == amax
     rest = torch.where(is_amax, zero, e).sum(1, keepdim=True)
     inv_z = 1.0 / (1.0 + rest)
-    log_z = torch.log1p(rest)
+    # a +inf logit: NaN log Z (so NaN loss), as the header's finish_row and torch's log_softmax
+    log_z = torch.where(m == float("inf"), float("nan"), torch.log1p(rest))
     p = e * inv_z
     q = torch.where(is_amax, rest * inv_z, 1.0 - p)
     U = E = None
