@@ -244,10 +244,10 @@ def _finish_row(m, rest, amax, xa, xb, dsum, dmass, dexp, ent, mz, restz, valid,
     """csrc/kernels/rowwise.h finish_row(): the row's loss (times s_out, 0 where not valid)
     and U, E, F of its gradient, 1 / Z, and Cy (the label class's coefficient for smoothed / Poly-1
     labels).  eps_g1 = eps (gamma + 1) (formed in double)."""
-    inv_z = 1.0 / (1.0 + rest)
     # a +inf logit: NaN softmax and log Z (so NaN loss and gradient), as the header and torch
-    inv_z = tl.where(m == float("inf"), float("nan"), inv_z)
-    log_z = tl.where(m == float("inf"), float("nan"), _math.log1p(rest))
+    m_inf = m == float("inf")
+    inv_z = tl.where(m_inf, float("nan"), 1.0 / (1.0 + rest))
+    log_z = tl.where(m_inf, float("nan"), _math.log1p(rest))
     zero = m * 0.0
     L = zero
     U = zero

@@ -60,9 +60,11 @@ def _rows(input, target, class_weight, class_alpha, sample_weight, loss, kind, p
     e = torch.exp(x - m)
     is_amax = k == amax
     rest = torch.where(is_amax, zero, e).sum(1, keepdim=True)
-    inv_z = 1.0 / (1.0 + rest)
-    # a +inf logit: NaN log Z (so NaN loss), as the header's finish_row and torch's log_softmax
-    log_z = torch.where(m == float("inf"), float("nan"), torch.log1p(rest))
+    # a +inf logit: NaN softmax and log Z (so NaN loss and gradient), as the header's finish_row
+    # and torch's log_softmax
+    m_inf = m == float("inf")
+    inv_z = torch.where(m_inf, float("nan"), 1.0 / (1.0 + rest))
+    log_z = torch.where(m_inf, float("nan"), torch.log1p(rest))
     p = e * inv_z
     q = torch.where(is_amax, rest * inv_z, 1.0 - p)
     U = E = None
@@ -146,8 +148,6 @@ def _rows(input, target, class_weight, class_alpha, sample_weight, loss, kind, p
     v1 = valid.unsqueeze(1)
     L = torch.where(v1, L * out_scale, zero)
     U, E, F = (torch.where(v1, t_, zero) for t_ in (U, E, F))
-    inv_z = torch.where(m == float("inf"), float("nan"), inv_z)  # a +inf logit: NaN softmax (header: finish_row)
-    p = e * inv_z
     g = (U - (E + F) * a) * p - F * a * q
     if Cy is not None:  # label_grad_elem()
         Cy = torch.where(v1, Cy, zero)
