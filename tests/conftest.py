@@ -5,6 +5,8 @@
   set here, at conftest import time, unless the caller chose a value.
 * Tests marked ``gpu`` skip with a reason when no CUDA device is present; with
   ``FASTLOSS_REQUIRE_GPU=1`` (GPU machines) that skip is a failure instead.
+* Under the interpreter, tests/interpreter_speedup.py spares Triton's re-patching of
+  triton.language at every nested jit call (half of the interpreter's time in our kernels).
 * Backend parametrization and tolerances live in tests/helpers.py.
 * ``FASTLOSS_TEST_REPORT=1`` (tools/gpu_session.sh): each failure, with its traceback, and each
   test slower than 5 s is written to stderr as it happens -- a run stopped at its time limit
@@ -29,6 +31,9 @@ import pytest  # noqa: E402
 from hypothesis import settings  # noqa: E402
 
 import helpers  # noqa: E402
+import interpreter_speedup  # noqa: E402
+
+INTERPRETER_SPEEDUP = helpers.env_flag("TRITON_INTERPRET") and interpreter_speedup.install()
 
 settings.register_profile("ci", derandomize=True, print_blob=True)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "default"))
@@ -66,7 +71,7 @@ def pytest_report_header(config):
     import fastloss
 
     return [f"fastloss: _C {'loaded' if fastloss._extension.C is not None else 'NOT loaded: ' + str(fastloss._extension.load_error)}; "
-            f"TRITON_INTERPRET={os.environ.get('TRITON_INTERPRET')!r}; cuda={torch.cuda.is_available()}; "
+            f"TRITON_INTERPRET={os.environ.get('TRITON_INTERPRET')!r} (interpreter speed-up {'on' if INTERPRETER_SPEEDUP else 'off'}); cuda={torch.cuda.is_available()}; "
             f"FASTLOSS_REQUIRE_GPU={os.environ.get('FASTLOSS_REQUIRE_GPU')!r}",
             f"fastloss: available backends cpu={fastloss.available_backends('cpu')}"
             + (f" cuda={fastloss.available_backends('cuda')}" if torch.cuda.is_available() else "")]

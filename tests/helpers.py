@@ -147,6 +147,22 @@ def is_interpreted(device, backend):
     return backend == "triton" and device == "cpu"
 
 
+def splits_work(device, backend):
+    """Whether ``backend`` on ``device`` splits the work over blocks or threads (a GPU, the C++
+    CPU kernels), so that a large size reaches code a small one does not; the reference's CPU
+    ops and the interpreter then take the small size of a test (the same code, much faster)."""
+    return device != "cpu" or backend == "cpu"
+
+
+def gradcheck(fn, inputs, backend, **tolerances):
+    """``torch.autograd.gradcheck`` of ``fn`` run by ``backend`` (float64 inputs on the CPU).
+    Under Triton's interpreter it runs in fast mode: one random projection u' J v of the
+    Jacobian (the analytical vector-Jacobian product against a finite difference along one
+    random direction) instead of every column, so a few calls of the slow interpreter instead
+    of two per input element.  Compiled backends get the full Jacobian."""
+    return torch.autograd.gradcheck(fn, inputs, fast_mode=is_interpreted("cpu", backend), **tolerances)
+
+
 # --------------------------------------------------------------------------------------
 # Gradient path: "store" (the forward writes dL/dx, the backward scales it) or "recompute"
 # (the backward kernels recompute from the inputs); fastloss/_backend.py picks one per

@@ -27,7 +27,7 @@ CODES = {"none": 0, "sum": 1, "mean": 2}
 FORMS = ("float", "labels")
 EPS32 = torch.finfo(torch.float32).eps
 
-LARGE = "large"  # (16, 1000, 80): RetinaNet-like logits; (2, 300, 80) under the Triton interpreter
+LARGE = "large"  # (16, 1000, 80): RetinaNet-like logits where the work is split (helpers.splits_work), else (2, 300, 80)
 CASES = [
     Case((1,)),
     Case((7,)),
@@ -47,7 +47,7 @@ def case_id(case):
 
 def resolve_case(case, device, backend):
     if case == LARGE:
-        return Case((2, 300, 80)) if helpers.is_interpreted(device, backend) else Case((16, 1000, 80))
+        return Case((16, 1000, 80)) if helpers.splits_work(device, backend) else Case((2, 300, 80))
     return case
 
 
@@ -300,7 +300,7 @@ def test_gradcheck_fp64(backend, form, reduction, weight_kind):
         def fn(inp):
             return fastloss.sigmoid_focal_loss(inp, t, alpha, gamma, reduction, w, backend=backend)
 
-        assert torch.autograd.gradcheck(fn, (x,), eps=1e-6, atol=1e-8, rtol=1e-6)
+        assert helpers.gradcheck(fn, (x,), backend, eps=1e-6, atol=1e-8, rtol=1e-6)
 
 
 @pytest.mark.parametrize("backend", helpers.CPU_BACKENDS)
@@ -316,7 +316,7 @@ def test_gradcheck_fp64_custom_op(backend):
                 loss, _cache = focal_op(inp, t, w, 0.25, 2.0, code, store_grad, backend)
                 return loss
 
-            assert torch.autograd.gradcheck(fn, (x,), eps=1e-6, atol=1e-8, rtol=1e-6)
+            assert helpers.gradcheck(fn, (x,), backend, eps=1e-6, atol=1e-8, rtol=1e-6)
 
 
 def _opcheck(op, args):
