@@ -76,8 +76,9 @@ def extensions():
     # the last bit), and the box kernels then equal their reference bit for bit.
     cxx = ["-O3", "-ffp-contract=off"]
     # -g0: Python's CFLAGS carry -g, and the debug info of ATen's vector templates made each CPU
-    # object 20-40x larger and its compile ~35 % slower (csrc/cpu/dice.cpp 58.5 -> 36.0 s,
-    # box_iou.cpp 98 -> 67 s on the 2-core CI machine).  FASTLOSS_DEBUG_INFO=1 keeps it.
+    # object 20-40x larger and its compile ~1.5x as long (csrc/cpu/dice.cpp 58.5 -> 36.0 s,
+    # box_iou.cpp 98 -> 67 s, one compile each on a 2-core CI-like machine).  FASTLOSS_DEBUG_INFO=1
+    # keeps it (a flag change is no source change: `make build` needs `make clean` first).
     if not _flag("FASTLOSS_DEBUG_INFO"):
         cxx.append("-g0")
     link = []

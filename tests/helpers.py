@@ -148,9 +148,10 @@ def is_interpreted(device, backend):
 
 
 def splits_work(device, backend):
-    """Whether ``backend`` on ``device`` splits the work over blocks or threads (a GPU, the C++
-    CPU kernels), so that a large size reaches code a small one does not; the reference's CPU
-    ops and the interpreter then take the small size of a test (the same code, much faster)."""
+    """Whether ``backend`` on ``device`` is fastloss's own code split over blocks or threads (a
+    GPU, the C++ CPU kernels), where a large size reaches code a small one does not.  The others
+    take a test's small size: the interpreter runs one program at a time, and the reference on
+    the CPU is torch's own ops (their threading is torch's, deterministic on the CPU)."""
     return device != "cpu" or backend == "cpu"
 
 

@@ -971,7 +971,7 @@ def test_convention_losses_match_peers(backend):
     ultra_metric, _, mmdet_loss, _ = _peers()
     p, t = conv_boxes(6 if _small(backend) else 40, seed=1)
     for conv, kind, epss in CONV_LOSSES:
-        for eps in epss[-1:] if _small(backend) else epss:
+        for eps in epss:
             peer = mmdet_loss(kind, eps) if conv == "mmdet" else (lambda a, b: 1 - ultra_metric(kind, eps)(a, b))
             x, y = p.clone().requires_grad_(), p.clone().requires_grad_()
             ours = fastloss.box_iou_loss(x, t, kind, "none", eps=eps, convention=conv, backend=backend)
@@ -991,7 +991,7 @@ def test_convention_metrics_match_peers(backend):
     p, t = conv_boxes(5 if _small(backend) else 24, seed=3)
     N = 3 if _small(backend) else 9
     for conv, kind, epss in CONV_METRICS:
-        for eps in epss[-1:] if _small(backend) else epss:
+        for eps in epss:
             msg = f"{backend} {conv} {kind} eps={eps}"
             if conv == "torchvision_matrix":
                 matrix = tv_matrix[kind](eps)
@@ -1137,7 +1137,7 @@ def test_mmdet_siou_and_extended_iou_match_peers(backend):
     helpers.require_backend("cpu", backend)
     p, t = conv_boxes(6 if _small(backend) else 40, seed=11)
     for kind, kw in MMDET_EXTRA:
-        for eps in (0.5,) if _small(backend) else (1e-6, 1e-7, 0.5):
+        for eps in (1e-6, 1e-7, 0.5):
             peer = _mmdet_extra_peer(kind, eps, kw)
             x, y = p.clone().requires_grad_(), p.clone().requires_grad_()
             ours = fastloss.box_iou_loss(x, t, kind, "none", eps=eps, convention="mmdet", backend=backend, **kw)
@@ -1159,14 +1159,13 @@ def test_mmdet_siou_and_extended_iou_kernels_vs_reference(backend):
     and fp64, all formats, with weights; the clamp of mmdetection's SIoU binding (far-apart
     boxes under neg_gamma=False: SIoU < -1)."""
     helpers.require_backend("cpu", backend)
-    small = _small(backend)
-    for dtype in (torch.float32,) if small else (torch.float64, torch.float32):
-        for fmt in ("xyxy",) if small else FMTS:
-            p, t = make_pair((7,) if small else (300,), fmt, dtype, "cpu")
+    for dtype in (torch.float64, torch.float32):
+        for fmt in FMTS:
+            p, t = make_pair((7,) if _small(backend) else (300,), fmt, dtype, "cpu")
             with torch.no_grad():
                 p[0] = t[0] + torch.tensor([200.0, 150.0, 200.0, 150.0], dtype=dtype) if fmt == "xyxy" else t[0]
             for kind, kw in MMDET_EXTRA:
-                for reduction in ("none",) if small else ("none", "sum"):
+                for reduction in ("none", "sum"):
                     check(p, t, backend, msg=f"{kind} {kw} {fmt}", kind=kind, fmt=fmt, reduction=reduction, convention="mmdet",
                           eps=1e-6, **kw)
 
