@@ -97,6 +97,48 @@ def test_mean_of_empty_input_is_zero_with_a_gradient(op, backend):
     assert g.shape == x.shape
 
 
+def _rowwise_ce(n, dtype):
+    x = torch.randn(n, 5, 2, dtype=dtype)
+    t = torch.randint(0, 5, (n, 2))
+    return x, lambda x, **kw: fastloss.cross_entropy(x, t, label_smoothing=0.1, **kw)
+
+
+def _box_matrix(n, dtype):
+    p, t = _boxes(n, dtype), _boxes(n + 1, dtype)
+    return p, lambda x, **kw: fastloss.box_iou(x, t, kind="giou", **kw).sum()
+
+
+def _torchvision_giou(n, dtype):
+    from fastloss.compat import torchvision as tv
+
+    p, t = _boxes(n, dtype), _boxes(n, dtype)
+    return p, lambda x, backend: tv.generalized_box_iou_loss(x, t, reduction="sum")  # the test's use_backend picks the backend
+
+
+# one op per engine / autograd Function
+DOUBLE_BACKWARD = {"pointwise": POINTWISE["pw-smooth_l1"], "focal": _focal, "rowwise": _rowwise_ce, "box": _box("ciou"),
+                   "box-matrix": _box_matrix, "dice": _dice(fastloss.dice_ce_loss), "torchvision-giou": _torchvision_giou}
+
+
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+@pytest.mark.parametrize("op", list(DOUBLE_BACKWARD))
+def test_double_backward_raises_never_a_silent_constant(op, backend):
+    """The kernels' gradients are not differentiable again.  autograd.grad(loss, x,
+    create_graph=True) gives the right first-order gradient, and differentiating it (a
+    gradient penalty, a second-order method) raises -- before, from a loss's ones the gradient
+    came back as a constant and the penalty's term was silently dropped."""
+    torch.manual_seed(0)
+    x, fn = DOUBLE_BACKWARD[op](6, torch.float64)
+    x.requires_grad_()
+    with fastloss.use_backend(backend):
+        (g_first,) = torch.autograd.grad(fn(x, backend=backend), x)
+        loss = fn(x, backend=backend)
+        (g,) = torch.autograd.grad(loss, x, create_graph=True)
+        assert torch.equal(g.detach(), g_first)
+        with pytest.raises(RuntimeError, match="cannot be differentiated again"):
+            (loss + g.square().sum()).backward()
+
+
 @pytest.mark.parametrize("backend", CPU_BACKENDS)
 def test_issue_examples_empty(backend):
     for kind in ("iou", "log_iou", "giou", "diou", "ciou", "eiou", "focal_eiou", "siou", "cdiou"):

@@ -162,7 +162,7 @@ class _SymmetricBoxLoss(torch.autograd.Function):
         return loss
 
     @staticmethod
-    @torch.autograd.function.once_differentiable  # the kernels' gradient: no double backward
+    @_common.once_differentiable  # no double backward: an error, not a silent constant (_common)
     def backward(ctx, grad):
         boxes1, boxes2, cache = ctx.saved_tensors
         kind, eps, reduction, backend = ctx.args

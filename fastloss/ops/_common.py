@@ -15,6 +15,7 @@ Rules every op follows (written once, here):
 """
 import contextlib
 import contextvars
+import functools
 import math
 import numbers
 import os
@@ -24,6 +25,9 @@ import torch
 from fastloss import distributed
 
 REDUCTIONS = {"none": 0, "sum": 1, "mean": 2}
+_DOUBLE_BACKWARD = (b"fastloss: this loss's gradient comes from a fused kernel and cannot be differentiated again (double backward, "
+                    b"e.g. a gradient penalty or a second-order method through autograd.grad(..., create_graph=True)); use torch's "
+                    b"own loss for that term")
 _LOW_PRECISION = (torch.float16, torch.bfloat16)
 
 
@@ -243,3 +247,27 @@ def finish(loss, input_dtype, reduction, avg_factor):
     if reduction != "none" and avg_factor is not None:
         loss = loss / (avg_factor + torch.finfo(torch.float32).eps)
     return loss.to(input_dtype)
+
+
+def once_differentiable(backward):
+    """``torch.autograd.function.once_differentiable`` for the engines' autograd Functions, and
+    also where the incoming gradient does not require grad.  torch's decorator marks the
+    gradient as not differentiable only when the upstream gradient requires grad; from a
+    loss's ``ones`` (``autograd.grad(loss, x, create_graph=True)``) the gradient of x then
+    came back as a constant, and a gradient penalty or a second-order method built on it
+    silently lost this loss's term.  Here, under ``create_graph`` (grad mode on inside the
+    backward) and with an input that needs a gradient, every gradient is an alias whose own
+    backward raises: an error, never a silent zero."""
+    @functools.wraps(backward)
+    def wrapper(ctx, *grads):
+        with torch.no_grad():
+            outputs = backward(ctx, *grads)
+        if not (torch.is_grad_enabled() and any(ctx.needs_input_grad)):
+            return outputs
+        outs = outputs if isinstance(outputs, tuple) else (outputs,)
+        if all(o is None for o in outs):  # no gradient flowed (grads not materialised)
+            return outputs
+        err = torch._C._functions.DelayedError(_DOUBLE_BACKWARD, len(outs))
+        return err(*[None if o is None else o.detach().requires_grad_() for o in outs])
+
+    return wrapper

@@ -114,7 +114,7 @@ class BoxIoULossFunction(torch.autograd.Function):
         return loss, cache
 
     @staticmethod
-    @torch.autograd.function.once_differentiable  # the kernels' gradient: no double backward (an error, not a silent zero)
+    @_common.once_differentiable  # no double backward: an error, not a silent constant (_common)
     def backward(ctx, grad, _grad_cache):
         if grad is None:  # grads are not materialized: no gradient flowed into the loss
             return (None,) * 12
@@ -458,7 +458,7 @@ class BoxIoUFunction(torch.autograd.Function):
         return out
 
     @staticmethod
-    @torch.autograd.function.once_differentiable  # the kernels' gradient: no double backward (an error, not a silent zero)
+    @_common.once_differentiable  # no double backward: an error, not a silent constant (_common)
     def backward(ctx, grad):
         b1, b2 = ctx.saved_tensors
         kind, fmt, convention, eps, aligned, backend = ctx.args

@@ -148,7 +148,7 @@ class DiceSumsFunction(torch.autograd.Function):
         return sums, ce
 
     @staticmethod
-    @torch.autograd.function.once_differentiable  # the kernels' gradient: no double backward (an error, not a silent zero)
+    @_common.once_differentiable  # no double backward: an error, not a silent constant (_common)
     def backward(ctx, grad_sums, grad_ce):
         input, target, *stats = ctx.saved_tensors
         activation, squared, soft, ignore_index, backend = ctx.args

@@ -184,7 +184,7 @@ class PointwiseFunction(torch.autograd.Function):
         return out, cache
 
     @staticmethod
-    @torch.autograd.function.once_differentiable  # the kernels' gradient: no double backward (an error, not a silent zero)
+    @_common.once_differentiable  # no double backward: an error, not a silent constant (_common)
     def backward(ctx, grad, _grad_cache):
         if grad is None:  # grads are not materialized: no gradient flowed into the loss
             return (None,) * 12

@@ -193,7 +193,7 @@ class RowwiseFunction(torch.autograd.Function):
         return out, cache
 
     @staticmethod
-    @torch.autograd.function.once_differentiable
+    @_common.once_differentiable  # no double backward: an error, not a silent constant (_common)
     def backward(ctx, grad, _grad_cache):
         if grad is None:
             return (None,) * 12
