@@ -262,6 +262,19 @@ def test_mixed_dtypes_follow_torch_promotion(backend):
     soft = torch.softmax(torch.randn(2, 3, 4, 4, dtype=torch.float64), 1)
     assert fastloss.dice_loss(x, soft, backend=backend).dtype == torch.float64
     assert fastloss.dice_ce_loss(x, soft, backend=backend).dtype == torch.float64
+    # a float target that promotes the input takes the class / row weights along (they are
+    # cast to the promoted accumulation dtype, never a mismatch inside a kernel)
+    x, w, rw = torch.randn(4, 3, requires_grad=True), torch.tensor([1.0, 2.0, 0.5]), torch.rand(4)
+    p64 = torch.softmax(torch.randn(4, 3, dtype=torch.float64), 1)
+    out = fastloss.cross_entropy(x, p64, weight=w, backend=backend)
+    assert out.dtype == torch.float64
+    torch.testing.assert_close(out, torch.nn.functional.cross_entropy(x.double(), p64, weight=w.double()))
+    assert torch.autograd.grad(out, x)[0].dtype == torch.float32
+    for out in (fastloss.cross_entropy(x, p64, sample_weight=rw, backend=backend),
+                fastloss.distribution_focal_loss(x, torch.rand(4, dtype=torch.float64) * 2, weight=rw, backend=backend),
+                fastloss.distillation_kl_div(x, p64.log(), weight=rw, backend=backend),
+                fastloss.dice_ce_loss(x[None].transpose(1, 2), p64[None].transpose(1, 2), ce_weight=w, backend=backend)):
+        assert out.dtype == torch.float64
 
 
 # ====================================================================== parameter domains

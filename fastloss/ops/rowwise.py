@@ -272,6 +272,10 @@ def _run(op, input, target, kind, params, reduction, *, class_weight=None, class
     code = _common.check_reduction(reduction, avg_factor, sync_avg_factor)
     dtype = _common.compute_dtype(input, None if kind == TARGETS["labels"] else target)  # a float target takes part (DESIGN)
     x = input.to(dtype)
+    # the class / row vectors in the accumulation dtype of the compute dtype (a float64 target
+    # promotes an fp32 input: its weights follow)
+    acc = _common.reduced_dtype(dtype)
+    class_weight, class_alpha, sample_weight = (None if v is None else v.to(acc) for v in (class_weight, class_alpha, sample_weight))
     rows_shape = x.shape[:class_dim] + x.shape[class_dim + 1:] if class_dim == 1 else x.shape[:-1]
     x3 = _view(x, class_dim)
     B, C, S = x3.shape
