@@ -466,12 +466,15 @@ class _RowwiseLoss(_Loss):
         kw.update({name: getattr(self, name) for name in self._buffers_args})
         return kw
 
-    def _validate(self):  # on the reference: the module's backend may need another device
-        C = next((getattr(self, n).numel() for n in self._buffers_args if isinstance(getattr(self, n), torch.Tensor)), 2)
-        type(self)._fn(torch.zeros(0, C), self._empty_target(C), backend="reference", **self._kwargs())
+    def _validate(self):
+        # on the reference (the module's backend may need another device), on the class
+        # vectors' device (a CUDA weight is the usual nn.CrossEntropyLoss(weight=w.cuda()))
+        vectors = [getattr(self, n) for n in self._buffers_args if isinstance(getattr(self, n), torch.Tensor)]
+        C, device = (vectors[0].numel(), vectors[0].device) if vectors else (2, torch.device("cpu"))
+        type(self)._fn(torch.zeros(0, C, device=device), self._empty_target(C, device), backend="reference", **self._kwargs())
 
-    def _empty_target(self, C):
-        return torch.zeros(0, dtype=torch.long)
+    def _empty_target(self, C, device):
+        return torch.zeros(0, dtype=torch.long, device=device)
 
 
 class CrossEntropyLoss(_RowwiseLoss):

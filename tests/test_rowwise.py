@@ -633,6 +633,21 @@ def test_nn_modules(device, backend):
         fastloss.nn.CrossEntropyLoss(label_smoothing=-0.1)
 
 
+def test_nn_modules_accept_class_vectors_on_any_device():
+    """``nn.CrossEntropyLoss(weight=w.cuda())`` is torch's usual pattern: a module checks its
+    arguments on its class vectors' device, not on a CPU input (the meta device stands for
+    CUDA here: the same path, on a machine without a GPU).  Vectors on two devices still raise."""
+    w = torch.rand(4, device="meta")
+    for make in (lambda: fastloss.nn.CrossEntropyLoss(weight=w), lambda: fastloss.nn.Poly1CrossEntropyLoss(weight=w),
+                 lambda: fastloss.nn.NLLLoss(weight=w), lambda: fastloss.nn.SoftmaxFocalLoss(alpha=w),
+                 lambda: fastloss.nn.SoftmaxFocalLoss(weight=w, alpha=w)):
+        assert make().weight is None or make().weight.device.type == "meta"
+    with pytest.raises(ValueError, match="one device"):
+        fastloss.nn.SoftmaxFocalLoss(weight=w, alpha=torch.rand(4))
+    with pytest.raises(ValueError, match="finite and >= 0"):
+        fastloss.nn.CrossEntropyLoss(weight=torch.tensor([1.0, -1.0]))
+
+
 @pytest.mark.parametrize("device,backend", helpers.device_backend_params())
 def test_masked_teacher_class(device, backend):
     """A teacher logit of -inf (a masked class) is a finite KL: 0 * -inf must not turn it NaN."""
