@@ -305,6 +305,41 @@ def test_poly1_forms_match_polyloss(device, backend):
     (g,) = torch.autograd.grad(out.sum(), x)
     (g64,) = torch.autograd.grad(exp.sum(), x64)
     helpers.assert_close(g, g64, torch.float32)
+    # per-class alpha weighs the focal term only, as a scalar alpha does
+    alpha = torch.rand(6, dtype=torch.float64)
+    py = torch.softmax(x64, 1).gather(1, y[:, None])[:, 0]
+    exp = _mmcv_softmax_focal(x64, y, alpha, 2.0, None) + 1.5 * (1 - py) ** 3
+    out = fastloss.poly1_softmax_focal_loss(x, y, alpha=alpha.float().to(device), gamma=2.0, epsilon=1.5, reduction="none", backend=backend)
+    helpers.assert_close(out, exp, torch.float32)
+    helpers.assert_close(torch.autograd.grad(out.sum(), x)[0], torch.autograd.grad(exp.sum(), x64)[0], torch.float32)
+
+
+@pytest.mark.parametrize("device,backend", helpers.device_backend_params())
+def test_poly1_cross_entropy_class_weights(device, backend):
+    """Class weights in Poly-1 CE follow torch's weighted cross entropy: a row's whole loss,
+    CE and the Poly-1 term alike, is weighted by w_y (the smoothed target a = (1 - s) w_y e_y
+    + s w / C), and "mean" divides by the summed w_y of the counted rows.  (Common PyTorch
+    PolyLoss snippets add an unweighted eps (1 - p_y) to F.cross_entropy(weight=w,
+    reduction="none") and take a plain row mean: a different loss.)"""
+    helpers.require_backend(device, backend)
+    torch.manual_seed(3)
+    x = _make_logits((30, 6), "c", torch.float32, device)
+    y = _labels((30, 6), device)
+    w = torch.rand(6, dtype=torch.float64) + 0.1
+    x64 = x.detach().double().requires_grad_()
+    yc = y.clamp(min=0)
+    counted = (y != -100).double()
+    for s in (0.0, 0.1):
+        p = torch.softmax(x64, 1)
+        a = (F.one_hot(yc, 6).double() * (1 - s) + s / 6) * w  # the smoothed, weighted target of a row
+        poly = F.cross_entropy(x64, y, weight=w, label_smoothing=s, reduction="none") + 0.7 * ((a * (1 - p)).sum(1)) * counted
+        for reduction, exp in (("none", poly), ("sum", poly.sum()), ("mean", poly.sum() / (w[yc] * counted).sum())):
+            out = fastloss.poly1_cross_entropy(x, y, epsilon=0.7, weight=w.float().to(device), label_smoothing=s, reduction=reduction,
+                                               backend=backend)
+            helpers.assert_close(out, exp, torch.float32, reduced=reduction != "none", msg=f"{s} {reduction}")
+            up = helpers.random_upstream(exp)
+            helpers.assert_close(torch.autograd.grad(out, x, up.float())[0], torch.autograd.grad(exp, x64, up, retain_graph=True)[0],
+                                 torch.float32, msg=f"{s} {reduction} grad")
 
 
 def _mmdet_dfl(pred, label):
@@ -561,6 +596,15 @@ def test_opcheck(backend):
                                   (x, y, torch.rand(5), None, torch.rand(12), 0, params, -100, reduction, store, backend))
     torch.library.opcheck(torch.ops.fastloss.distillation_kl_div.default,
                           (x, torch.randn(3, 5, 4), None, None, None, 3, ops_rw._params(in_scale=0.5, out_scale=4.0), None, 1, False, backend))
+    # every other loss's op once (one schema: the engine's arguments; the losses' own parameters)
+    torch.library.opcheck(torch.ops.fastloss.nll_loss.default, (x, y, torch.rand(5), None, None, 0, ops_rw._params(), -100, 1, False, backend))
+    torch.library.opcheck(torch.ops.fastloss.softmax_focal_loss.default,
+                          (x, y, None, torch.rand(5), None, 0, ops_rw._params(gamma=2.0), None, 0, True, backend))
+    torch.library.opcheck(torch.ops.fastloss.poly1_cross_entropy.default,
+                          (x, y, torch.rand(5), None, None, 0, ops_rw._params(epsilon=1.0), -100, 1, True, backend))
+    bins = torch.randn(12, 17, 1, requires_grad=True)
+    torch.library.opcheck(torch.ops.fastloss.distribution_focal_loss.default,
+                          (bins, torch.rand(12, 1) * 16, None, None, torch.rand(12, 1), 2, ops_rw._params(bins_hi=15.99), None, 1, False, backend))
 
 
 @pytest.mark.parametrize("backend", helpers.CPU_BACKENDS)
@@ -575,10 +619,66 @@ def test_compile_fullgraph(dynamo_reset, backend):
         return (fastloss.cross_entropy(x, y, weight=w, ignore_index=255, label_smoothing=0.1, backend=backend)
                 + fastloss.softmax_focal_loss(x, y.clamp(max=4), backend=backend)
                 + fastloss.distribution_focal_loss(x.flatten(1), torch.rand(2) * 40, backend=backend) * 0
-                + fastloss.distillation_kl_div(x, x.detach() * 0.5, temperature=2.0, backend=backend))
+                + fastloss.distillation_kl_div(x, x.detach() * 0.5, temperature=2.0, backend=backend)
+                + fastloss.nll_loss(x, y.clamp(max=4), reduction="sum", backend=backend)
+                + fastloss.poly1_cross_entropy(x, y, weight=w, ignore_index=255, backend=backend))
 
     torch.manual_seed(0)
     helpers.assert_compiled_matches_eager(fn, (x, y, w), x)
+
+
+@pytest.mark.parametrize("device,backend", helpers.device_backend_params())
+def test_avg_factor_every_loss(device, backend):
+    """mmdetection's avg_factor is the engine's, for every loss on it: "mean" = sum / (avg_factor
+    + fp32 eps), a float or a tensor, with its gradient."""
+    helpers.require_backend(device, backend)
+    torch.manual_seed(2)
+    x = _make_logits((12, 5), "c", torch.float32, device)
+    y = torch.randint(0, 5, (12,), device=device)
+    eps = torch.finfo(torch.float32).eps
+    losses = {"cross_entropy": lambda **kw: fastloss.cross_entropy(x, y, label_smoothing=0.1, **kw),
+              "nll_loss": lambda **kw: fastloss.nll_loss(x, y, **kw),
+              "softmax_focal_loss": lambda **kw: fastloss.softmax_focal_loss(x, y, alpha=torch.rand(5, device=device), **kw),
+              "poly1_cross_entropy": lambda **kw: fastloss.poly1_cross_entropy(x, y, **kw),
+              "distribution_focal_loss": lambda **kw: fastloss.distribution_focal_loss(x, torch.rand(12, device=device) * 4, **kw),
+              "distillation_kl_div": lambda **kw: fastloss.distillation_kl_div(x, x.detach() * 0.5, **kw)}
+    for name, f in losses.items():
+        torch.manual_seed(4)  # the same random arguments in each call
+        total = f(reduction="sum", backend=backend)
+        (g_sum,) = torch.autograd.grad(total, x)
+        for avg_factor in (7.0, torch.tensor(7.0, device=device)):
+            torch.manual_seed(4)
+            out = f(reduction="mean", avg_factor=avg_factor, backend=backend)
+            helpers.assert_close(out, total / (7.0 + eps), torch.float32, reduced=True, msg=name)
+            helpers.assert_close(torch.autograd.grad(out, x)[0], g_sum / (7.0 + eps), torch.float32, msg=name + " grad")
+
+
+@pytest.mark.parametrize("device,backend", helpers.device_backend_params())
+def test_unchecked_out_of_range_labels_rule(monkeypatch, device, backend):
+    """Documented rule for unchecked labels (CUDA tensors outside checked mode: no host sync to
+    check them): a label outside [0, C) that is not ignore_index is an ignored row -- loss 0,
+    gradient 0, not counted in "mean" -- for every label dtype.  On CPU tensors the op raises
+    first; with its check switched off every kernel shows the same rule."""
+    helpers.require_backend(device, backend)
+    monkeypatch.setattr(fastloss.ops._common, "labels_checked_on", lambda device: False)
+    x = _make_logits((2, 5, 3, 4), "cl", torch.float32, device)
+    for dtype in (torch.int64, torch.int32, torch.uint8):
+        y = torch.randint(0, 5, (2, 3, 4)).to(dtype)
+        bad = torch.zeros(2, 3, 4, dtype=torch.bool)
+        bad[0, 0, :2] = bad[1, 2, 3] = True
+        y[0, 0, :2] = 5
+        y[1, 2, 3] = 200 if dtype == torch.uint8 else -7
+        y = y.to(device)
+        kept = torch.where(bad.to(device), torch.full_like(y, 255), y).long()
+        w = torch.rand(5, device=device)
+        for reduction in ("none", "mean"):
+            out = fastloss.cross_entropy(x, y, weight=w, label_smoothing=0.1, reduction=reduction, backend=backend)
+            exp = fastloss.cross_entropy(x, kept, weight=w, label_smoothing=0.1, ignore_index=255, reduction=reduction, backend=backend)
+            helpers.assert_close(out, exp, torch.float32, msg=f"{dtype} {reduction}")
+            up = helpers.random_upstream(exp)
+            g, = torch.autograd.grad(out, x, up)
+            helpers.assert_close(g, torch.autograd.grad(exp, x, up)[0], torch.float32, msg=f"{dtype} {reduction} grad")
+            assert (g.permute(0, 2, 3, 1)[bad.to(device)] == 0).all()
 
 
 @pytest.mark.parametrize("device,backend", helpers.device_backend_params())
@@ -595,6 +695,36 @@ def test_deterministic(device, backend):
 
     (a, ga), (b, gb) = run(), run()
     assert torch.equal(a, b) and torch.equal(ga, gb)
+    # the engine's other target kinds: probabilities, bins (distribution focal), teacher logits
+    p = torch.softmax(torch.randn(n, 19, device=device), 1)
+    v = torch.rand(n, device=device) * 17
+    for loss in (lambda: fastloss.cross_entropy(x, p, backend=backend), lambda: fastloss.distribution_focal_loss(x, v, backend=backend),
+                 lambda: fastloss.distillation_kl_div(x, p * 3, temperature=2.0, backend=backend)):
+        runs = [(out, *torch.autograd.grad(out, x)) for out in (loss(), loss())]
+        assert torch.equal(runs[0][0], runs[1][0]) and torch.equal(runs[0][1], runs[1][1])
+
+
+@pytest.mark.parametrize("device,backend", [p for p in helpers.device_backend_params() if p.values[1] != "cpu"])
+def test_every_output_written_poisoned(nan_poison, grad_mode, device, backend):
+    """torch.empty & co return NaN (the Python-side launchers' buffers: Triton's outputs,
+    partial sums and stored gradients; the reference's): every element must be written --
+    rows past a tile, classes past a chunk, ignored rows, one class, one row."""
+    helpers.require_backend(device, backend)
+    for shape, layout in (((1, 1), "c"), ((7, 5), "c"), ((3, 1030), "c"), ((13, 6), "t"), ((2, 3, 4, 5), "cl"), ((2, 19, 3), "c")):
+        torch.manual_seed(0)
+        x = _make_logits(shape, layout, torch.float32, device)
+        x64 = x.detach().double().requires_grad_()
+        rows = math.prod(shape) // shape[1]
+        for t in (_labels(shape, device, ignore=rows > 1), _probs(shape, device).float()):  # an all-ignored mean is 0, torch's NaN
+            t64 = t if not t.is_floating_point() else t.double()
+            for reduction in ("none", "sum", "mean"):
+                msg = f"poisoned {shape} {layout} {t.dtype} {reduction}"
+                out = fastloss.cross_entropy(x, t, reduction=reduction, label_smoothing=0.1, backend=backend)
+                exp = F.cross_entropy(x64, t64, reduction=reduction, label_smoothing=0.1)
+                helpers.assert_close(out, exp, torch.float32, reduced=reduction != "none", msg=msg)
+                up = helpers.random_upstream(exp)
+                (g,) = torch.autograd.grad(out, x, up.float())
+                helpers.assert_close(g, torch.autograd.grad(exp, x64, up)[0], torch.float32, msg=msg + " grad")
 
 
 @pytest.mark.parametrize("store", [True, False], ids=["store", "recompute"])
