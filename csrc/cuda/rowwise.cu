@@ -9,8 +9,8 @@
 //   G = 2-32  class axis contiguous ((N, C), channels_last): the next power of two >= C, at
 //             most a warp; lane j owns classes j, j + G, j + 2G, ... (a warp load covers G
 //             adjacent classes of 32 / G rows).  Long class axes are plain loops (C up to 2^24: the op checks).
-// Each lane runs an online softmax over its classes, in blocks of kSumBlock classes whose states
-// are merged (below) as the lanes' are, loading kUnroll classes before using them
+// Each lane runs an online softmax over its classes (more than kSumBlock of them: in blocks whose
+// states are merged as the lanes' are, below), loading kUnroll classes before using them
 // (memory-level parallelism): running max m and first argmax, rest = the sum of the other
 // exponentials (rescaled by exp(m_old - m_new) on a max change), and the dense-target sums of
 // the header (dsum shifted by dmass (m_new - m_old)).  The G states of a row are merged by xor
@@ -58,10 +58,13 @@ using rowwise::View;
 
 constexpr int kThreads = 256;
 constexpr int kUnroll = 4;            // classes a lane loads before it uses them
-// Classes of one lane summed in a state of their own, then merged into the lane's state: with
-// G = 1 one thread walks the whole class axis, and a sequential fp32 sum over C = 1e5 classes
-// is off by ~7e-6 relative in the loss; blocks keep the error at ~(kSumBlock + C / (G kSumBlock))
-// ulp, as the CPU kernels' blocks do (csrc/cpu/rowwise.cpp kSumBlock).  A multiple of kUnroll.
+// A lane with more than kSumBlock classes sums them in blocks, each in a state of its own merged
+// into the lane's (the kernel's kBlocked instances): with G = 1 one thread walks the whole class
+// axis, and a sequential fp32 sum over C = 1e5 classes is off by ~7e-6 relative in the loss;
+// blocks keep the error at ~(kSumBlock + C / (G kSumBlock)) ulp, as the CPU kernels' blocks do
+// (csrc/cpu/rowwise.cpp kSumBlock).  Only there: the second live state costs registers (ptxas,
+// fp32 / fp16 / bf16: 80 registers and 44-72 B of spills on sm_90; the plain instances keep
+// 74-80 registers and no spills, as before the blocks).  A multiple of kUnroll.
 constexpr int64_t kSumBlock = 256;
 constexpr int kWarp = 32;
 constexpr int64_t kMaxBlocks = 8192;  // fixed cap (not SM-dependent): the partial count depends on the problem, not the GPU
@@ -247,7 +250,50 @@ __device__ __forceinline__ V xor_lane(V v, int o) {
   return __shfl_xor_sync(0xffffffffu, v, o);
 }
 
-template <typename scalar_t, typename label_t, bool kBackward>
+// The class loop of rowwise_kernel's forward sweep: lane classes FROM, FROM + G, ... below TO
+// join the State ACC.  A macro, not a lambda: with the loop in a lambda, or in a one-pass outer
+// loop, ptxas moved some plain (kBlocked false) instances from ~78 registers without spills to
+// 64 registers with 40-72 B of spills; with the macro they keep the old allocation.
+#define FL_ROWWISE_CLASS_LOOP(ACC, FROM, TO) \
+  for (int64_t c0 = (FROM); c0 < (TO); c0 += step) {                                  \
+    acc_t xs[kUnroll], ts[kUnroll];                                                   \
+    _Pragma("unroll")                                                                 \
+    for (int k = 0; k < kUnroll; ++k) {  /* all loads first */                        \
+      const int64_t c = c0 + static_cast<int64_t>(k) * G;                             \
+      const bool ok = c < d.C;                                                        \
+      xs[k] = ok ? static_cast<acc_t>(xr[c * d.x.sc]) * prm.in_scale : acc_t(0);      \
+      ts[k] = (ok && tr != nullptr) ? static_cast<acc_t>(tr[c * d.t.sc]) : acc_t(0);  \
+    }                                                                                 \
+    _Pragma("unroll")                                                                 \
+    for (int k = 0; k < kUnroll; ++k) {                                               \
+      const int64_t c = c0 + static_cast<int64_t>(k) * G;                             \
+      if (c >= d.C) break;                                                            \
+      const acc_t x = xs[k];                                                          \
+      if (labels || bins) {                                                           \
+        const acc_t cf = static_cast<acc_t>(c);                                       \
+        if (cf == in.y) (ACC).xa = x;                                                 \
+        if (bins && cf == in.y + acc_t(1)) (ACC).xb = x;                              \
+      }                                                                               \
+      const acc_t e = push_x((ACC), c, x);                                            \
+      if (d.label_dense) {                                                            \
+        push_dense((ACC), p.w != nullptr ? p.w[c] : acc_t(1), x, e);                  \
+      } else if (probs) {                                                             \
+        const acc_t t = ts[k];                                                        \
+        acc_t dc = t;  /* KL: d = t */                                                \
+        if (kl) {                                                                     \
+          (ACC).ent = (ACC).ent + rowwise::xlogx(t);                                  \
+        } else {                                                                      \
+          dc = t * prm.keep + prm.uniform;                                            \
+          if (p.w != nullptr) dc = dc * p.w[c];                                       \
+        }                                                                             \
+        push_dense((ACC), dc, x, e);                                                  \
+      } else if (teacher) {                                                           \
+        push_z((ACC), c, ts[k] * prm.in_scale, x);                                    \
+      }                                                                               \
+    }                                                                                 \
+  }
+
+template <typename scalar_t, typename label_t, bool kBackward, bool kBlocked>
 __global__ void __launch_bounds__(kThreads) rowwise_kernel(Ptrs<scalar_t, label_t> p, Dims d, rowwise::Params<at::opmath_type<scalar_t>> prm) {
   using acc_t = at::opmath_type<scalar_t>;
   const int G = d.lanes;
@@ -276,49 +322,18 @@ __global__ void __launch_bounds__(kThreads) rowwise_kernel(Ptrs<scalar_t, label_
     const scalar_t* tr = p.t != nullptr ? p.t + b * d.t.sb + s * d.t.ss : nullptr;
     State<acc_t> st = empty_state<acc_t>(lane);
     if (softmax) {
-      // the lane's classes in blocks of kSumBlock: each block's state `bs` is merged into st
-      // (the merge rule keeps the first argmax: st holds the lower classes)
-      for (int64_t c_blk = in.valid ? lane : d.C; c_blk < d.C; c_blk += step * (kSumBlock / kUnroll)) {
-        State<acc_t> bs = empty_state<acc_t>(c_blk);
-        const int64_t c_end = c_blk + step * (kSumBlock / kUnroll);
-        for (int64_t c0 = c_blk; c0 < d.C && c0 < c_end; c0 += step) {
-          acc_t xs[kUnroll], ts[kUnroll];
-#pragma unroll
-          for (int k = 0; k < kUnroll; ++k) {  // all loads first
-            const int64_t c = c0 + static_cast<int64_t>(k) * G;
-            const bool ok = c < d.C;
-            xs[k] = ok ? static_cast<acc_t>(xr[c * d.x.sc]) * prm.in_scale : acc_t(0);
-            ts[k] = (ok && tr != nullptr) ? static_cast<acc_t>(tr[c * d.t.sc]) : acc_t(0);
-          }
-#pragma unroll
-          for (int k = 0; k < kUnroll; ++k) {
-            const int64_t c = c0 + static_cast<int64_t>(k) * G;
-            if (c >= d.C) break;
-            const acc_t x = xs[k];
-            if (labels || bins) {
-              const acc_t cf = static_cast<acc_t>(c);
-              if (cf == in.y) bs.xa = x;
-              if (bins && cf == in.y + acc_t(1)) bs.xb = x;
-            }
-            const acc_t e = push_x(bs, c, x);
-            if (d.label_dense) {
-              push_dense(bs, p.w != nullptr ? p.w[c] : acc_t(1), x, e);
-            } else if (probs) {
-              const acc_t t = ts[k];
-              acc_t dc = t;  // KL: d = t
-              if (kl) {
-                bs.ent = bs.ent + rowwise::xlogx(t);
-              } else {
-                dc = t * prm.keep + prm.uniform;
-                if (p.w != nullptr) dc = dc * p.w[c];
-              }
-              push_dense(bs, dc, x, e);
-            } else if (teacher) {
-              push_z(bs, c, ts[k] * prm.in_scale, x);
-            }
-          }
+      if constexpr (kBlocked) {
+        // a lane with more than kSumBlock classes: blocks of kSumBlock, each summed in a state of
+        // its own and merged into st (the merge rule keeps the first argmax: st holds the lower classes)
+        const int64_t blk = step * (kSumBlock / kUnroll);
+        for (int64_t c_blk = in.valid ? lane : d.C; c_blk < d.C; c_blk += blk) {
+          State<acc_t> bs = empty_state<acc_t>(c_blk);
+          const int64_t c_to = c_blk + blk < d.C ? c_blk + blk : d.C;
+          FL_ROWWISE_CLASS_LOOP(bs, c_blk, c_to)
+          st = c_blk == lane ? bs : merge(st, bs, teacher);
         }
-        st = c_blk == lane ? bs : merge(st, bs, teacher);
+      } else {
+        FL_ROWWISE_CLASS_LOOP(st, in.valid ? lane : d.C, d.C)
       }
       for (int o = 1; o < G; o <<= 1) {  // butterfly over the row's lanes (G is uniform)
         State<acc_t> other = st;
@@ -440,6 +455,8 @@ __global__ void __launch_bounds__(kThreads) rowwise_kernel(Ptrs<scalar_t, label_
   }
 }
 
+#undef FL_ROWWISE_CLASS_LOOP
+
 // Lanes per row and grid size of a call (from shapes and strides only).
 struct Launch {
   int lanes;
@@ -503,7 +520,13 @@ void run(const Args& a, const Launch& l, const at::Tensor& upstream, const at::T
   d.has_ignore = a.has_ignore;
   d.ignore_index = a.ignore_index;
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
-  rowwise_kernel<scalar_t, label_t, kBackward><<<static_cast<unsigned>(l.blocks), kThreads, 0, stream>>>(p, d, prm);
+  // blocked sums only where a lane walks more than kSumBlock classes (G = 1 with a long strided
+  // class axis): every other call runs the kernel without the second state's registers
+  if ((d.C + d.lanes - 1) / d.lanes > kSumBlock) {
+    rowwise_kernel<scalar_t, label_t, kBackward, true><<<static_cast<unsigned>(l.blocks), kThreads, 0, stream>>>(p, d, prm);
+  } else {
+    rowwise_kernel<scalar_t, label_t, kBackward, false><<<static_cast<unsigned>(l.blocks), kThreads, 0, stream>>>(p, d, prm);
+  }
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
