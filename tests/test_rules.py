@@ -125,8 +125,9 @@ DOUBLE_BACKWARD = {"pointwise": POINTWISE["pw-smooth_l1"], "focal": _focal, "row
 def test_double_backward_raises_never_a_silent_constant(op, backend):
     """The kernels' gradients are not differentiable again.  autograd.grad(loss, x,
     create_graph=True) gives the right first-order gradient, and differentiating it (a
-    gradient penalty, a second-order method) raises -- before, from a loss's ones the gradient
-    came back as a constant and the penalty's term was silently dropped."""
+    gradient penalty by .backward() or autograd.grad, a Hessian) raises -- before, from a
+    loss's ones the gradient came back as a constant and the penalty's term was silently
+    dropped (the Hessian came back 0)."""
     torch.manual_seed(0)
     x, fn = DOUBLE_BACKWARD[op](6, torch.float64)
     x.requires_grad_()
@@ -136,7 +137,11 @@ def test_double_backward_raises_never_a_silent_constant(op, backend):
         (g,) = torch.autograd.grad(loss, x, create_graph=True)
         assert torch.equal(g.detach(), g_first)
         with pytest.raises(RuntimeError, match="cannot be differentiated again"):
-            (loss + g.square().sum()).backward()
+            (loss + g.square().sum()).backward(retain_graph=True)
+        with pytest.raises(RuntimeError, match="cannot be differentiated again"):  # a penalty through autograd.grad
+            torch.autograd.grad(loss + g.square().sum(), x)
+        with pytest.raises(RuntimeError, match="cannot be differentiated again"):
+            torch.autograd.functional.hessian(lambda z: fn(z, backend=backend), x.detach())
 
 
 @pytest.mark.parametrize("backend", CPU_BACKENDS)

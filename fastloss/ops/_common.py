@@ -257,7 +257,8 @@ def once_differentiable(backward):
     came back as a constant, and a gradient penalty or a second-order method built on it
     silently lost this loss's term.  Here, under ``create_graph`` (grad mode on inside the
     backward) and with an input that needs a gradient, every gradient is an alias whose own
-    backward raises: an error, never a silent zero."""
+    backward raises -- through ``.backward()``, ``autograd.grad`` and
+    ``torch.autograd.functional.hessian`` alike: an error, never a silent zero."""
     @functools.wraps(backward)
     def wrapper(ctx, *grads):
         with torch.no_grad():
@@ -267,7 +268,11 @@ def once_differentiable(backward):
         outs = outputs if isinstance(outputs, tuple) else (outputs,)
         if all(o is None for o in outs):  # no gradient flowed (grads not materialised)
             return outputs
-        err = torch._C._functions.DelayedError(_DOUBLE_BACKWARD, len(outs))
-        return err(*[None if o is None else o.detach().requires_grad_() for o in outs])
+        # the error node also takes the saved inputs that require grad (every engine saves its
+        # input): with edges to them, autograd.grad(..., inputs) reaches it, not only .backward()
+        inputs = [t for t in ctx.saved_tensors if t is not None and t.requires_grad]
+        err = torch._C._functions.DelayedError(_DOUBLE_BACKWARD, len(outs) + len(inputs))
+        marked = err(*[None if o is None else o.detach().requires_grad_() for o in outs], *inputs)
+        return tuple(marked[:len(outs)]) if isinstance(outputs, tuple) else marked[0]
 
     return wrapper
