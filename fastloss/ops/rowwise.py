@@ -222,7 +222,8 @@ def _check_ignore_index(ignore_index):
 
 
 def _per_class(op, name, v, C, input):
-    """A (C,) class vector (weights, alpha) in the accumulation dtype, finite and >= 0 (CPU tensors)."""
+    """A (C,) class vector (weights, alpha), finite and >= 0 (CPU tensors); floating (an integer
+    one in input's accumulation dtype): :func:`_run` casts it to the compute dtype's."""
     if v is None:
         return None
     _check_tensor(name, v)
@@ -230,7 +231,7 @@ def _per_class(op, name, v, C, input):
     _common.check_same_device("input", input, **{name: v})
     if v.shape != (C,):
         raise ValueError(f"{op}: {name} must have one value per class (C = {C}), got shape {tuple(v.shape)}")
-    v = v.to(_common.reduced_dtype(input.dtype)).contiguous()
+    v = (v if v.is_floating_point() else v.to(_common.reduced_dtype(input.dtype))).contiguous()
     if v.device.type == "cpu" and not torch.compiler.is_compiling() and not bool((torch.isfinite(v) & (v >= 0)).all()):
         raise ValueError(f"{op}: {name} must be finite and >= 0, got {v.tolist()}")
     return v
@@ -244,7 +245,7 @@ def _per_row(op, name, v, rows_shape, input):
     _common.check_same_device("input", input, **{name: v})
     if v.shape != rows_shape:
         raise ValueError(f"{op}: {name} must have one value per row, shape {tuple(rows_shape)}, got {tuple(v.shape)}")
-    return v.to(_common.reduced_dtype(input.dtype)).reshape(-1).contiguous()
+    return (v if v.is_floating_point() else v.to(_common.reduced_dtype(input.dtype))).reshape(-1).contiguous()  # _run: the compute dtype's
 
 
 def _view(input, class_dim):
