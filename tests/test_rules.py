@@ -245,6 +245,28 @@ def test_autocast_under_compile(dynamo_reset):
     assert fn(x, t).dtype == torch.bfloat16
 
 
+def test_compiled_autograd_backward_of_an_eager_forward(dynamo_reset):
+    """torch's compiled autograd (an eager forward, its backward compiled) calls each Function's
+    backward on a stand-in ctx: the gradients stored by the forward (pointwise, row-wise, box)
+    must be read there, not popped from the stand-in (it raised KeyError 'stored_grad')."""
+    from torch._dynamo import compiled_autograd
+
+    helpers.require_backend("cpu", "cpu")
+    torch.manual_seed(0)
+    x, p = torch.randn(32, 5, requires_grad=True), _boxes(8).requires_grad_()
+    y, t = torch.randint(0, 5, (32,)), _boxes(8)
+
+    def loss():
+        return (fastloss.cross_entropy(x, y, backend="cpu") + fastloss.sigmoid_focal_loss(x, (y[:, None] == torch.arange(5)).float(),
+                backend="cpu") + fastloss.box_iou_loss(p, t, "ciou", backend="cpu"))
+
+    want = torch.autograd.grad(loss(), (x, p))
+    out = loss()
+    with compiled_autograd._enable(torch.compile(backend="aot_eager")):
+        out.backward()
+    torch.testing.assert_close((x.grad, p.grad), want)
+
+
 # ====================================================================== type promotion
 
 

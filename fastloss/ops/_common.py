@@ -234,11 +234,13 @@ def take_stored_grad(ctx):
     version check would reject the in-place scaling).  Returns (cache, in_place): in place
     when the engine frees the graph after this backward (AOTAutograd asks the engine the
     same way); with retain_graph=True the cache stays intact, so every backward through the
-    retained graph gives the same bits (gradcheck's reentrancy check)."""
+    retained graph gives the same bits (gradcheck's reentrancy check).  Compiled autograd calls
+    the backward on a stand-in ctx that reads the real one's attributes: nothing of ours to
+    free there, so the cache stays intact too."""
     keep_graph = getattr(torch._C._autograd, "_get_current_graph_task_keep_graph", lambda: True)()
-    if keep_graph:
+    if keep_graph or "stored_grad" not in vars(ctx):
         return ctx.stored_grad, False
-    return ctx.__dict__.pop("stored_grad"), True
+    return vars(ctx).pop("stored_grad"), True
 
 
 def finish(loss, input_dtype, reduction, avg_factor):
