@@ -8,6 +8,7 @@ import re
 
 import pytest
 import torch
+import torch.utils.checkpoint
 
 import fastloss
 from fastloss import _backend, _extension
@@ -142,6 +143,13 @@ def test_double_backward_raises_never_a_silent_constant(op, backend):
             torch.autograd.grad(loss + g.square().sum(), x)
         with pytest.raises(RuntimeError, match="cannot be differentiated again"):
             torch.autograd.functional.hessian(lambda z: fn(z, backend=backend), x.detach())
+        # under non-reentrant activation checkpointing (each saved tensor unpacked once) the
+        # first-order gradient comes back, and the second order still raises
+        loss = torch.utils.checkpoint.checkpoint(lambda z: fn(z, backend=backend), x, use_reentrant=False)
+        (g,) = torch.autograd.grad(loss, x, create_graph=True)
+        assert torch.equal(g.detach(), g_first)
+        with pytest.raises(RuntimeError, match="cannot be differentiated again"):
+            torch.autograd.grad(g.square().sum(), x)
 
 
 @pytest.mark.parametrize("backend", CPU_BACKENDS)

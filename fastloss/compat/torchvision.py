@@ -164,7 +164,7 @@ class _SymmetricBoxLoss(torch.autograd.Function):
     @staticmethod
     @_common.once_differentiable  # no double backward: an error, not a silent constant (_common)
     def backward(ctx, grad):
-        boxes1, boxes2, cache = ctx.saved_tensors
+        boxes1, boxes2, cache = _common.saved_tensors(ctx)
         kind, eps, reduction, backend = ctx.args
         grad = grad.contiguous()
         g1 = g2 = None

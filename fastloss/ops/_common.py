@@ -251,6 +251,16 @@ def finish(loss, input_dtype, reduction, avg_factor):
     return loss.to(input_dtype)
 
 
+def saved_tensors(ctx):
+    """``ctx.saved_tensors`` for a backward under :func:`once_differentiable`, which needs them
+    too: unpacked once and handed over on ctx (a second unpack fails under non-reentrant
+    ``torch.utils.checkpoint`` and runs saved-tensor hooks, e.g. ``save_on_cpu``, twice)."""
+    saved = ctx.saved_tensors
+    if not torch.compiler.is_compiling():  # dynamo traces a Function's backward: no ctx mutation there
+        ctx.fl_unpacked = saved
+    return saved
+
+
 def once_differentiable(backward):
     """``torch.autograd.function.once_differentiable`` for the engines' autograd Functions, and
     also where the incoming gradient does not require grad.  torch's decorator marks the
@@ -265,6 +275,7 @@ def once_differentiable(backward):
     def wrapper(ctx, *grads):
         with torch.no_grad():
             outputs = backward(ctx, *grads)
+        unpacked = () if torch.compiler.is_compiling() else vars(ctx).pop("fl_unpacked", ())  # the backward's saved_tensors(ctx)
         if not (torch.is_grad_enabled() and any(ctx.needs_input_grad)):
             return outputs
         outs = outputs if isinstance(outputs, tuple) else (outputs,)
@@ -272,7 +283,7 @@ def once_differentiable(backward):
             return outputs
         # the error node also takes the saved inputs that require grad (every engine saves its
         # input): with edges to them, autograd.grad(..., inputs) reaches it, not only .backward()
-        inputs = [t for t in ctx.saved_tensors if t is not None and t.requires_grad]
+        inputs = [t for t in unpacked if t is not None and t.requires_grad]
         err = torch._C._functions.DelayedError(_DOUBLE_BACKWARD, len(outs) + len(inputs))
         marked = err(*[None if o is None else o.detach().requires_grad_() for o in outs], *inputs)
         return tuple(marked[:len(outs)]) if isinstance(outputs, tuple) else marked[0]

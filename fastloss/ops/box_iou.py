@@ -118,7 +118,7 @@ class BoxIoULossFunction(torch.autograd.Function):
     def backward(ctx, grad, _grad_cache):
         if grad is None:  # grads are not materialized: no gradient flowed into the loss
             return (None,) * 12
-        pred, target, weight = ctx.saved_tensors
+        pred, target, weight = _common.saved_tensors(ctx)
         kind, fmt, convention, eps, power, gamma, reduction, backend = ctx.args
         cache, in_place = _common.take_stored_grad(ctx)
         g = _backward_impl(grad.contiguous(), pred, target, weight, cache, kind, fmt, convention, eps, power, gamma, reduction, backend, in_place)
@@ -460,7 +460,7 @@ class BoxIoUFunction(torch.autograd.Function):
     @staticmethod
     @_common.once_differentiable  # no double backward: an error, not a silent constant (_common)
     def backward(ctx, grad):
-        b1, b2 = ctx.saved_tensors
+        b1, b2 = _common.saved_tensors(ctx)
         kind, fmt, convention, eps, aligned, backend = ctx.args
         g1, g2 = _matrix_backward_impl(grad.contiguous(), b1, b2, kind, fmt, convention, eps, aligned, backend)
         return g1, g2, None, None, None, None, None, None

@@ -150,7 +150,7 @@ class DiceSumsFunction(torch.autograd.Function):
     @staticmethod
     @_common.once_differentiable  # no double backward: an error, not a silent constant (_common)
     def backward(ctx, grad_sums, grad_ce):
-        input, target, *stats = ctx.saved_tensors
+        input, target, *stats = _common.saved_tensors(ctx)
         activation, squared, soft, ignore_index, backend = ctx.args
         if ctx.kept_stats:
             grad_sums, grad_ce = _grad_operands(grad_sums, grad_ce, input.dtype)

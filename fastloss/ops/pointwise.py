@@ -188,7 +188,7 @@ class PointwiseFunction(torch.autograd.Function):
     def backward(ctx, grad, _grad_cache):
         if grad is None:  # grads are not materialized: no gradient flowed into the loss
             return (None,) * 12
-        input, target, target_value, weight, aux = ctx.saved_tensors
+        input, target, target_value, weight, aux = _common.saved_tensors(ctx)
         weight_layout, aux_layout, loss, params, reduction, backend = ctx.args
         cache, in_place = _common.take_stored_grad(ctx)
         g = _backward_impl(grad.contiguous(), input, target, target_value, weight, weight_layout, aux, aux_layout, cache, loss, params,
