@@ -526,6 +526,13 @@ def test_bad_inputs():
         fastloss.cross_entropy(x, torch.rand(4, 2))
     with pytest.raises(ValueError, match="weight"):
         fastloss.cross_entropy(x, y, weight=torch.ones(2))
+    for bad in (torch.tensor([1.0, -1.0, 1.0]), torch.tensor([1.0, float("nan"), 1.0]),
+                torch.tensor([1e39, 1.0, 1.0], dtype=torch.float64)):  # 1e39: inf in the fp32 the kernels read
+        with pytest.raises(ValueError, match="weight must be finite and >= 0"):
+            fastloss.cross_entropy(x, y, weight=bad)
+        with pytest.raises(ValueError, match="alpha must be finite and >= 0"):
+            fastloss.softmax_focal_loss(x, y, alpha=bad)
+    assert fastloss.cross_entropy(x.double(), y, weight=torch.tensor([1e39, 1.0, 1.0], dtype=torch.float64)).isfinite()  # fp64: fine
     with pytest.raises(ValueError, match="floating"):
         fastloss.cross_entropy(torch.ones(4, 3, dtype=torch.long), y)
     with pytest.raises(ValueError, match="label_smoothing"):

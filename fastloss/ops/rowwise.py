@@ -197,7 +197,7 @@ class RowwiseFunction(torch.autograd.Function):
     def backward(ctx, grad, _grad_cache):
         if grad is None:
             return (None,) * 12
-        input, target, class_weight, class_alpha, sample_weight = ctx.saved_tensors
+        input, target, class_weight, class_alpha, sample_weight = _common.saved_tensors(ctx)
         op, target_kind, params, ignore_index, reduction, backend = ctx.args
         cache, in_place = _common.take_stored_grad(ctx)
         g = _backward_impl(op, _upstream(grad, reduction), input, target, class_weight, class_alpha, sample_weight, target_kind, cache, params,
@@ -222,8 +222,9 @@ def _check_ignore_index(ignore_index):
 
 
 def _per_class(op, name, v, C, input):
-    """A (C,) class vector (weights, alpha), finite and >= 0 (CPU tensors); floating (an integer
-    one in input's accumulation dtype): :func:`_run` casts it to the compute dtype's."""
+    """A (C,) class vector (weights, alpha), floating: an integer one is cast to input's
+    accumulation dtype.  :func:`_run` casts it to the compute dtype's and checks it is finite
+    and >= 0 there (CPU tensors)."""
     if v is None:
         return None
     _check_tensor(name, v)
@@ -231,10 +232,7 @@ def _per_class(op, name, v, C, input):
     _common.check_same_device("input", input, **{name: v})
     if v.shape != (C,):
         raise ValueError(f"{op}: {name} must have one value per class (C = {C}), got shape {tuple(v.shape)}")
-    v = (v if v.is_floating_point() else v.to(_common.reduced_dtype(input.dtype))).contiguous()
-    if v.device.type == "cpu" and not torch.compiler.is_compiling() and not bool((torch.isfinite(v) & (v >= 0)).all()):
-        raise ValueError(f"{op}: {name} must be finite and >= 0, got {v.tolist()}")
-    return v
+    return (v if v.is_floating_point() else v.to(_common.reduced_dtype(input.dtype))).contiguous()
 
 
 def _per_row(op, name, v, rows_shape, input):
@@ -277,6 +275,9 @@ def _run(op, input, target, kind, params, reduction, *, class_weight=None, class
     # promotes an fp32 input: its weights follow)
     acc = _common.reduced_dtype(dtype)
     class_weight, class_alpha, sample_weight = (None if v is None else v.to(acc) for v in (class_weight, class_alpha, sample_weight))
+    for name, v in (("weight", class_weight), ("alpha", class_alpha)):  # checked as the kernels will read them
+        if v is not None and v.device.type == "cpu" and not torch.compiler.is_compiling() and not bool((torch.isfinite(v) & (v >= 0)).all()):
+            raise ValueError(f"{op}: {name} must be finite and >= 0 in {acc} (the accumulation dtype), got {v.tolist()}")
     rows_shape = x.shape[:class_dim] + x.shape[class_dim + 1:] if class_dim == 1 else x.shape[:-1]
     x3 = _view(x, class_dim)
     B, C, S = x3.shape
