@@ -222,9 +222,8 @@ def _check_ignore_index(ignore_index):
 
 
 def _per_class(op, name, v, C, input):
-    """A (C,) class vector (weights, alpha), floating: an integer one is cast to input's
-    accumulation dtype.  :func:`_run` casts it to the compute dtype's and checks it is finite
-    and >= 0 there (CPU tensors)."""
+    """A (C,) class vector (weights, alpha), contiguous, in its own dtype: :func:`_run` casts it
+    to the compute dtype's accumulation dtype and checks it is finite and >= 0 there (CPU tensors)."""
     if v is None:
         return None
     _check_tensor(name, v)
@@ -232,7 +231,7 @@ def _per_class(op, name, v, C, input):
     _common.check_same_device("input", input, **{name: v})
     if v.shape != (C,):
         raise ValueError(f"{op}: {name} must have one value per class (C = {C}), got shape {tuple(v.shape)}")
-    return (v if v.is_floating_point() else v.to(_common.reduced_dtype(input.dtype))).contiguous()
+    return v.contiguous()
 
 
 def _per_row(op, name, v, rows_shape, input):
@@ -243,7 +242,7 @@ def _per_row(op, name, v, rows_shape, input):
     _common.check_same_device("input", input, **{name: v})
     if v.shape != rows_shape:
         raise ValueError(f"{op}: {name} must have one value per row, shape {tuple(rows_shape)}, got {tuple(v.shape)}")
-    return (v if v.is_floating_point() else v.to(_common.reduced_dtype(input.dtype))).reshape(-1).contiguous()  # _run: the compute dtype's
+    return v.reshape(-1).contiguous()  # in its own dtype: _run casts it (as _per_class)
 
 
 def _view(input, class_dim):
