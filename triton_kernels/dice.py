@@ -4,8 +4,10 @@ csrc/kernels/dice.h over (N, C, S) logits read in place (channel-first).
 Each program owns one (image n, spatial block) tile of [BLOCK_C >= C, BLOCK_S] logits, so the
 softmax over C is computed in registers from one read of the tile.  Above MAX_TILE_C classes
 the class axis is walked in chunks of CHUNK's BLOCK_C instead (any C; the partials stay
-3 C / BLOCK_S per pixel): the softmax statistics are an online sweep (the row-wise engine's
-merge step), and each pass re-reads the chunks -- pass 1 twice, pass 2 three times for softmax.
+3 C / BLOCK_S per pixel), and each pass re-reads the chunks -- pass 1 twice, pass 2 three times
+for softmax.  Either way the softmax is the row-wise engine's online softmax
+(rowwise._softmax_step: the one tile is its single chunk), its cross entropy the engine's
+dense_cross_entropy and its CE gradient the engine's grad_elem.
   pass 1: per-(image, block, class) fp32 (fp64 for fp64) partial sums of I, P', G' (+ per
           (image, block) CE sum and count), written to a partials buffer and added by one
           torch.sum over the block axis: deterministic, no atomics;
@@ -113,26 +115,28 @@ def _activation(x, ACT: tl.constexpr):
 
 
 @triton.jit
+def _softmax_finish(m, rest):
+    """The softmax's reference point ref (m, 0 while every logit is -inf), Z = 1 + rest and
+    rest from the online state of _rowwise._softmax_step.  A pixel whose max is not finite
+    (every logit -inf, or a +inf logit) gets rest = Z = NaN: a NaN softmax and CE for every
+    class."""
+    rest = tl.where((m == float("-inf")) | (m == float("inf")), float("nan"), rest)
+    return _rowwise._finite_or_zero(m), 1.0 + rest, rest
+
+
+@triton.jit
 def _softmax_stats(x_ptr, n, s, C, S, COMPUTE: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_S: tl.constexpr):
-    """Online softmax of pixels s over the class chunks (the row-wise engine's merge step,
-    rowwise._chunk_max): the running max m, its first index amax and rest = the sum of
-    exp(x_c - m) over c != amax; Z = 1 + rest.  A pixel whose max is not finite (every logit
-    -inf, or a +inf logit) gets rest = Z = NaN: a NaN softmax and CE for every class, as the
-    one-tile kernels give."""
+    """The softmax statistics of pixels s over the class chunks, by the row-wise engine's online
+    softmax (rowwise._softmax_step): ref, Z, rest (_softmax_finish) and the first argmax amax."""
     m = tl.full([BLOCK_S], float("-inf"), COMPUTE)
     rest = tl.zeros([BLOCK_S], COMPUTE)
     amax = tl.zeros([BLOCK_S], tl.int32)
     for c0 in range(0, C, BLOCK_C):
         c = c0 + tl.arange(0, BLOCK_C)
         x, offs, valid, cmask = _logits(x_ptr, n, c, s, C, S, 2, COMPUTE)
-        idx, take, m_new, scale = _rowwise._chunk_max(x, c, m, 0)
-        e = _math.exp(x - _rowwise._finite_or_zero(m_new)[None, :])
-        own = take[None, :] & (c[:, None] == idx[None, :])  # the new argmax's own term: not in rest
-        rest = (rest + tl.where(take, 1.0, 0.0)) * scale + tl.sum(tl.where(own, 0.0, e), axis=0)
-        amax = tl.where(take, idx, amax)
-        m = m_new
-    rest = tl.where((m == float("-inf")) | (m == float("inf")), float("nan"), rest)
-    return _rowwise._finite_or_zero(m), 1.0 + rest, rest, amax
+        m, rest, amax, _, _ = _rowwise._softmax_step(x, c, m, rest, amax, 0)
+    ref, z, rest = _softmax_finish(m, rest)
+    return ref, z, rest, amax
 
 
 @triton.jit
@@ -238,7 +242,8 @@ def _ce_coef(cecoef_ptr, n, COMPUTE: tl.constexpr, WITH_CE: tl.constexpr):
 def _tile(x_ptr, t_ptr, C, S, ignore_index, ACT: tl.constexpr, LABELS: tl.constexpr, HAS_IGNORE: tl.constexpr, COMPUTE: tl.constexpr,
           BLOCK_C: tl.constexpr, BLOCK_S: tl.constexpr):
     """This program's (image n, pixel block blk) tile with every class, and its p: the softmax over
-    the tile's class axis (its max mx and sum ssum of exp(x - mx)) or _activation."""
+    the tile's class axis -- with its ref, Z, rest and first argmax amax (_softmax_finish) -- or
+    _activation."""
     n = tl.program_id(1)
     blk = tl.program_id(0)
     c = tl.arange(0, BLOCK_C)
@@ -246,34 +251,34 @@ def _tile(x_ptr, t_ptr, C, S, ignore_index, ACT: tl.constexpr, LABELS: tl.conste
     lab, mp = _pixels(t_ptr, n, s, S, ignore_index, LABELS, HAS_IGNORE)
     x, g, m, offs, valid, cmask = _load(x_ptr, t_ptr, n, c, s, C, S, lab, mp, ignore_index, ACT, LABELS, HAS_IGNORE, COMPUTE,
                                         BLOCK_C)
-    if ACT == 2:
-        mx = tl.max(x, axis=0)
-        ex = _math.exp(x - mx[None, :])
-        ssum = tl.sum(ex, axis=0)
-        p = ex / ssum[None, :]
+    if ACT == 2:  # the whole class axis as one chunk of the engine's online softmax
+        mx, rest, amax, ex, _ = _rowwise._softmax_step(x, c, tl.full([BLOCK_S], float("-inf"), COMPUTE), tl.zeros([BLOCK_S], COMPUTE),
+                                                       tl.zeros([BLOCK_S], tl.int32), 0)
+        ref, z, rest = _softmax_finish(mx, rest)
+        p = ex / z[None, :]
     else:
         p = _activation(x, ACT)
-        mx = tl.zeros([BLOCK_S], COMPUTE)
-        ssum = mx
-    return n, blk, c, x, p, g, m, mp, mx, ssum, offs, valid, cmask
+        ref = tl.zeros([BLOCK_S], COMPUTE)
+        z = ref
+        rest = ref
+        amax = tl.zeros([BLOCK_S], tl.int32)
+    return n, blk, c, x, p, g, m, mp, ref, z, rest, amax, offs, valid, cmask
 
 
 @triton.jit
 def _sums_kernel(x_ptr, t_ptr, part_ptr, cepart_ptr, C, S, NBLK, ignore_index, ACT: tl.constexpr, LABELS: tl.constexpr,
                  HAS_IGNORE: tl.constexpr, SQUARED: tl.constexpr, WITH_CE: tl.constexpr, COMPUTE: tl.constexpr,
                  BLOCK_C: tl.constexpr, BLOCK_S: tl.constexpr, SOFT: tl.constexpr = False):
-    n, blk, c, x, p, g, m, mp, mx, ssum, offs, valid, cmask = _tile(x_ptr, t_ptr, C, S, ignore_index, ACT, LABELS, HAS_IGNORE,
-                                                                    COMPUTE, BLOCK_C, BLOCK_S)
+    n, blk, c, x, p, g, m, mp, ref, z, rest, amax, offs, valid, cmask = _tile(x_ptr, t_ptr, C, S, ignore_index, ACT, LABELS,
+                                                                              HAS_IGNORE, COMPUTE, BLOCK_C, BLOCK_S)
     inter, psum, gsum = _class_sums(p, g, m, valid, SQUARED, SOFT)
     _store_sums(part_ptr, n, blk, NBLK, C, c, cmask, inter, psum, gsum)
     if WITH_CE:
         if ACT == 2:
-            # CE = sum_c g_c (mx - x_c) + (sum_c g_c) log1p(rest), rest = the other classes'
+            # CE = sum_c g_c (ref - x_c) + (sum_c g_c) log1p(rest), rest = the other classes'
             # share of the softmax sum: no cancellation for a confident pixel; 0 for classes
             # without target mass, even at x = -inf (a masked logit)
-            is_amax = c[:, None] == tl.argmax(x, axis=0)[None, :]
-            rest = tl.sum(tl.where(is_amax, 0.0, p), axis=0) * ssum
-            gd = tl.sum(_rowwise._dense_term(g, mx[None, :], x), axis=0)
+            gd = tl.sum(_rowwise._dense_term(g, ref[None, :], x), axis=0)
             ce_px = _rowwise._dense_cross_entropy(gd, tl.sum(g, axis=0), _math.log1p(rest))
             ce = tl.sum(tl.where(mp, ce_px, 0.0), axis=0)
             cnt = tl.sum(mp.to(COMPUTE), axis=0)
@@ -287,13 +292,13 @@ def _sums_kernel(x_ptr, t_ptr, part_ptr, cepart_ptr, C, S, NBLK, ignore_index, A
 def _grad_kernel(x_ptr, t_ptr, coef_ptr, cecoef_ptr, out_ptr, C, S, ignore_index, ACT: tl.constexpr, LABELS: tl.constexpr,
                  HAS_IGNORE: tl.constexpr, SQUARED: tl.constexpr, WITH_CE: tl.constexpr, COMPUTE: tl.constexpr,
                  BLOCK_C: tl.constexpr, BLOCK_S: tl.constexpr, SOFT: tl.constexpr = False):
-    n, blk, c, x, p, g, m, mp, mx, ssum, offs, valid, cmask = _tile(x_ptr, t_ptr, C, S, ignore_index, ACT, LABELS, HAS_IGNORE,
-                                                                    COMPUTE, BLOCK_C, BLOCK_S)
+    n, blk, c, x, p, g, m, mp, ref, z, rest, amax, offs, valid, cmask = _tile(x_ptr, t_ptr, C, S, ignore_index, ACT, LABELS,
+                                                                              HAS_IGNORE, COMPUTE, BLOCK_C, BLOCK_S)
     e = _ce_coef(cecoef_ptr, n, COMPUTE, WITH_CE)
     if ACT == 2:
         d = _dloss_dp(p, g, m, c, cmask, coef_ptr, n, C, SQUARED, SOFT, COMPUTE)
-        is_amax = c[:, None] == tl.argmax(x, axis=0)[None, :]
-        others = tl.sum(tl.where(is_amax, 0.0, p), axis=0)
+        is_amax = c[:, None] == amax[None, :]
+        others = rest / z
         r = _softmax_grad(p, d, tl.sum(p * d, axis=0), g, tl.sum(g, axis=0), m, is_amax, others, e, WITH_CE)
     else:
         d = _dloss_dp(p, g, m, c, cmask, coef_ptr, n, C, SQUARED, SOFT, COMPUTE)

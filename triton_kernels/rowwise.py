@@ -148,25 +148,34 @@ def _class_weight(w_ptr, c, cmask, HAS_W: tl.constexpr, COMPUTE: tl.constexpr):
 
 
 @triton.jit
-def _chunk_max(x, c, m, AXIS: tl.constexpr = 1):
-    """Merge step of a running max: the chunk's max, its first index (x == max: a NaN the
-    hardware max skipped stays in the sums), whether it is strictly larger than the running
-    m (the earlier chunk keeps amax on a tie), the new max and the rescale factor of the old
-    sums exp(m - m_new) (1 when unchanged, also for -inf == -inf; 0 for the first chunk).
-    AXIS is the tile's class axis: 1 for this engine's [rows, classes] tiles, 0 for the Dice
-    kernels' [classes, pixels] tiles (triton_kernels/dice.py)."""
+def _finite_or_zero(m):
+    # the exponentials' reference point: the running max, 0 while every logit so far is -inf
+    return tl.where(m == float("-inf"), 0.0, m)
+
+
+@triton.jit
+def _softmax_step(x, c, m, rest, amax, AXIS: tl.constexpr = 1):
+    """One chunk of the online softmax -- the one softmax of the Triton kernels: this engine's
+    rows (x and teacher logits) and the Dice family's pixels (triton_kernels/dice.py) both
+    run on it.  x: a tile of logits (-inf on padded classes) whose class axis is AXIS (1 for
+    this engine's [rows, classes] tiles, 0 for the Dice kernels' [classes, pixels] tiles), c
+    its class indices; m, rest, amax: the running max, the sum of exp(x_c - m) over the classes
+    other than the first argmax amax (Z = 1 + rest), from m = -inf, rest = 0 before the first
+    chunk.  Returns the updated m, rest, amax, the chunk's exponentials e = exp(x - ref) and the
+    rescale factor of the old sums exp(m - m_new) (1 when unchanged, also for -inf == -inf; 0 for
+    the first chunk), with ref = m_new, or 0 while every logit so far is -inf (_finite_or_zero).
+    The chunk's first index of its max (x == max: a NaN the hardware max skipped stays in the
+    sums) takes amax only if strictly larger than m: the earlier chunk keeps it on a tie."""
     cm = tl.max(x, axis=AXIS)
     idx = tl.min(tl.where(x == tl.expand_dims(cm, AXIS), tl.expand_dims(c, 1 - AXIS), 2147483647), axis=AXIS)
     take = cm > m
     m_new = tl.where(take, cm, m)
     scale = tl.where(m == m_new, 1.0, _math.exp(m - m_new))
-    return idx, take, m_new, scale
-
-
-@triton.jit
-def _finite_or_zero(m):
-    # the exponentials' reference point: the running max, 0 while every logit so far is -inf
-    return tl.where(m == float("-inf"), 0.0, m)
+    e = _math.exp(x - tl.expand_dims(_finite_or_zero(m_new), AXIS))
+    own = tl.expand_dims(take, AXIS) & (tl.expand_dims(c, 1 - AXIS) == tl.expand_dims(idx, AXIS))  # the new argmax's own term: not in rest
+    rest = (rest + tl.where(take, 1.0, 0.0)) * scale + tl.sum(tl.where(own, 0.0, e), axis=AXIS)
+    amax = tl.where(take, idx, amax)
+    return m_new, rest, amax, e, scale
 
 
 # ----------------------------------------------------------------------------- pass 1: row statistics
@@ -189,18 +198,15 @@ def _row_stats(x_ptr, t_ptr, w_ptr, xrow, trow, rmask, y, yl, C, sxc, stc, keep,
     ent = zero
     mz = zero + float("-inf")
     restz = zero
+    amaxz = amax  # the teacher's argmax: kept by _softmax_step, not used
     ez = zero
     for c0 in range(0, C, BLOCK_C):
         c = c0 + tl.arange(0, BLOCK_C)
         cmask = c < C
         x = _load_tile(x_ptr, xrow, c, sxc, rmask, cmask, in_scale, COMPUTE)
-        idx, take, m_new, scale = _chunk_max(x, c, m)
         ref_old = _finite_or_zero(m)
-        ref = _finite_or_zero(m_new)
-        e = _math.exp(x - ref[:, None])
-        own = take[:, None] & (c[None, :] == idx[:, None])  # the new argmax's own term: not in rest
-        rest = (rest + tl.where(take, 1.0, 0.0)) * scale + tl.sum(tl.where(own, 0.0, e), axis=1)
-        amax = tl.where(take, idx, amax)
+        m, rest, amax, e, scale = _softmax_step(x, c, m, rest, amax)
+        ref = _finite_or_zero(m)
         if TARGET == 0:
             xa = xa + tl.sum(tl.where(c[None, :] == y[:, None], x, 0.0), axis=1)
         if TARGET == 2:
@@ -223,15 +229,10 @@ def _row_stats(x_ptr, t_ptr, w_ptr, xrow, trow, rmask, y, yl, C, sxc, stc, keep,
             dexp = dexp * scale + tl.sum(d * e, axis=1)
         if TARGET == 3:
             z = _load_tile(t_ptr, trow, c, stc, rmask, cmask, in_scale, COMPUTE)
-            idz, takez, mz_new, scalez = _chunk_max(z, c, mz)
-            ezc = _math.exp(z - _finite_or_zero(mz_new)[:, None])
-            ownz = takez[:, None] & (c[None, :] == idz[:, None])
-            restz = (restz + tl.where(takez, 1.0, 0.0)) * scalez + tl.sum(tl.where(ownz, 0.0, ezc), axis=1)
+            mz, restz, amaxz, ezc, scalez = _softmax_step(z, c, mz, restz, amaxz)
             # sum exp(z - mz) (z - x); padded classes out (-inf - -inf)
             # an underflowed rescale drops the old ez (+inf from a masked student class: not inf * 0)
             ez = tl.where(scalez == 0.0, 0.0, ez * scalez) + tl.sum(tl.where(cmask[None, :], _dense_term(ezc, z, x), 0.0), axis=1)
-            mz = mz_new
-        m = m_new
     return m, rest, amax, xa, xb, dsum, dmass, dexp, ent, mz, restz, ez
 
 

@@ -76,20 +76,10 @@ __device__ __forceinline__ void pixel_setup(const DicePtrs<scalar_t>& p, const D
   }
   if (d.activation == dice::kSoftmax) {
     const scalar_t* xp = p.x + n * d.C * d.S + s;
-    // online softmax, one read of the pixel's logits; rest = the sum of exp(x - mx) over the
-    // classes other than the (first) argmax, whose own term is 1
-    acc_t mx = -static_cast<acc_t>(INFINITY), rest = acc_t(0);
+    // the engine's online softmax (rowwise::softmax_push), one read of the pixel's logits
+    acc_t mx = -static_cast<acc_t>(INFINITY), rest = acc_t(0), scale;
     int64_t amax = 0;
-    for (int64_t c = 0; c < d.C; ++c) {
-      const acc_t v = static_cast<acc_t>(xp[c * d.S]);
-      if (v > mx) {
-        rest = (rest + acc_t(1)) * fl::exp(mx - v);  // the old argmax joins the others (0 at the first class)
-        mx = v;
-        amax = c;
-      } else if (!(v == -static_cast<acc_t>(INFINITY))) {  // a masked -inf logit adds 0 (exp of -inf - -inf would be NaN)
-        rest += fl::exp(v - mx);  // NaN v lands here: NaN propagates through the sum
-      }
-    }
+    for (int64_t c = 0; c < d.C; ++c) rowwise::softmax_push(mx, rest, amax, c, static_cast<acc_t>(xp[c * d.S]), scale);
     px.mx = mx;
     px.rest = rest;
     px.amax = amax;

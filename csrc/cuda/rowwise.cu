@@ -154,25 +154,19 @@ __device__ __forceinline__ State<acc_t> empty_state(int64_t first) {
                       neg_inf<acc_t>(), acc_t(0), acc_t(0), first, first};
 }
 
-// x_c (class c) joins the state; returns exp(x_c - m) for the updated max m.  A new max rescales
-// the state by exp(m_old - m_new) (0 at the first finite logit, m_old = -inf) and the old max
-// joins `rest`.  A masked -inf logit adds 0 (exp(-inf - m) with m = -inf would be NaN); NaN
-// never becomes the max and makes `rest` NaN.
+// x_c (class c) joins the state (rowwise::softmax_push); returns exp(x_c - m) for the updated max
+// m.  A new max rescales dexp by exp(m_old - m_new) and moves dsum to the new reference point.
 template <typename acc_t>
 __device__ __forceinline__ acc_t push_x(State<acc_t>& s, int64_t c, acc_t x) {
-  if (x > s.m) {
-    const acc_t sc = fl::exp(s.m - x);
-    s.rest = (s.rest + acc_t(1)) * sc;
+  const acc_t m_old = s.m;
+  acc_t sc;
+  const acc_t e = rowwise::softmax_push(s.m, s.rest, s.amax, c, x, sc);
+  if (x > m_old) {
     s.dexp = s.dexp * sc;
     // the dense terms so far are relative to the old max; at m_old = -inf every one of them was
     // a -inf (or NaN) logit, whose term is already +inf (NaN), or 0 without target mass
-    if (s.dmass != acc_t(0) && s.m != neg_inf<acc_t>()) s.dsum = s.dsum + s.dmass * (x - s.m);
-    s.m = x;
-    s.amax = c;
-    return acc_t(1);
+    if (s.dmass != acc_t(0) && m_old != neg_inf<acc_t>()) s.dsum = s.dsum + s.dmass * (x - m_old);
   }
-  const acc_t e = x == neg_inf<acc_t>() ? acc_t(0) : fl::exp(x - s.m);
-  s.rest = s.rest + e;
   return e;
 }
 
@@ -191,19 +185,10 @@ __device__ __forceinline__ void push_dense(State<acc_t>& s, acc_t d, acc_t x, ac
 // makes it +inf, and inf * 0 would be NaN where the spec (final max first) has 0.
 template <typename acc_t>
 __device__ __forceinline__ void push_z(State<acc_t>& s, int64_t c, acc_t z, acc_t x) {
-  acc_t e;
-  if (z > s.mz) {
-    const acc_t sc = fl::exp(s.mz - z);
-    s.restz = (s.restz + acc_t(1)) * sc;
-    s.ez = sc == acc_t(0) ? acc_t(0) : s.ez * sc;
-    s.mz = z;
-    s.amaxz = c;
-    e = acc_t(1);
-  } else {
-    e = z == neg_inf<acc_t>() ? acc_t(0) : fl::exp(z - s.mz);
-    s.restz = s.restz + e;
-  }
-  s.ez = s.ez + rowwise::dense_term(e, z, x);  // 0 for a masked teacher class (z = -inf: e = 0), not 0 * -inf
+  acc_t sc;
+  const acc_t e = rowwise::softmax_push(s.mz, s.restz, s.amaxz, c, z, sc);
+  s.ez = sc == acc_t(0) ? acc_t(0) : s.ez * sc;  // sc = 1 (exact) unless the max changed
+  s.ez = s.ez + rowwise::dense_term(e, z, x);    // 0 for a masked teacher class (z = -inf: e = 0), not 0 * -inf
 }
 
 // The header's merge rule for two lanes' states.  Which one is "hi" (the larger max; on a tie

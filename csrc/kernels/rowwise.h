@@ -114,6 +114,30 @@ FL_HOST_DEVICE FL_INLINE T dense_term(const T& d, const T& m, const T& x) {
   return fl::select(d == zero, zero, d * (m - x));
 }
 
+// The online softmax step of the GPU kernels -- their one softmax: this engine's CUDA rows
+// (csrc/cuda/rowwise.cu, logits and teacher logits) and the Dice family's CUDA pixels
+// (csrc/cuda/dice_kernels.cuh) run on it.  x (class c) joins the running max m, its first argmax
+// amax and rest = sum_{c != amax} exp(x_c - m); returns exp(x - m) for the updated m, and
+// `scale` = exp(m_old - m_new), the factor of sums kept relative to the old max (1 when m is
+// unchanged, 0 at the first finite logit: m_old = -inf).  On a new max the old one joins rest.
+// A masked -inf logit adds 0 (exp(-inf - m) with m = -inf would be NaN); NaN never becomes the
+// max and makes rest NaN.  (The CPU kernels take the max in a sweep of its own first:
+// csrc/cpu/rowwise.cpp, csrc/cpu/dice.cpp.)
+template <typename T, typename I>
+FL_HOST_DEVICE FL_INLINE T softmax_push(T& m, T& rest, I& amax, I c, T x, T& scale) {
+  if (x > m) {
+    scale = fl::exp(m - x);
+    rest = (rest + T(1)) * scale;
+    m = x;
+    amax = c;
+    return T(1);
+  }
+  scale = T(1);
+  const T e = x == -std::numeric_limits<T>::infinity() ? T(0) : fl::exp(x - m);
+  rest = rest + e;
+  return e;
+}
+
 // The cross entropy of a row against a dense target vector d, sum_c d_c (lse - x_c), from
 // dsum, dmass and log Z = log1p(rest) (no cancellation for a confident row).  With
 // cross_entropy_row() and grad_elem() below this is the one softmax cross entropy of the
