@@ -181,6 +181,34 @@ def test_no_ground_truths():
             assert x.dtype == y.dtype and torch.equal(x, y)
 
 
+@pytest.mark.parametrize("backend", TAL_BACKENDS)
+def test_dtypes_and_empty_batch(backend):
+    """ultralytics' output dtypes for mixed inputs (target_bboxes in gt_bboxes' dtype,
+    target_scores in the scores' promoted with the boxes', fp32 at least: fp16 scores as under
+    autocast), dense and compact; fp64 scores with fp32 boxes are read in fp32: assignments
+    bit-equal, scores within an fp32 rounding of ultralytics' fp64 ones.  B = 0: ultralytics'
+    empty outputs."""
+    import helpers
+
+    helpers.require_backend("cpu", backend)
+    case = _case(4, 2, 5, 160, 4, "dense")
+    f16, f32, f64 = torch.float16, torch.float32, torch.float64
+    for sd, bd in ((f64, f32), (f32, f64), (f16, f32), (f32, f16), (f64, f16)):
+        c = (case[0].to(sd), case[1].to(bd), case[2], case[3], case[4].to(bd), case[5])
+        got, expected = _ours(c, 10, 0.5, 6.0, 4, backend), _peer(c, 10, 0.5, 6.0, 4)
+        for x, y in zip(got, expected):
+            assert x.dtype == y.dtype and x.shape == y.shape, (sd, bd, x.dtype, y.dtype)
+        compact = fastloss.task_aligned_assign(*c, topk=10, num_classes=4, alpha=0.5, beta=6.0, compact=True, backend=backend)
+        assert compact[2].dtype == expected[2].dtype and compact[1].dtype == expected[1].dtype
+        if f16 not in (sd, bd):  # ultralytics computes fp16 operands in fp16 outside autocast
+            for i in (0, 1, 3, 4):
+                assert torch.equal(got[i], expected[i])
+            torch.testing.assert_close(got[2], expected[2], rtol=1e-6, atol=0)
+    empty = tuple(t if t is case[2] else t[:0] for t in case)
+    for x, y in zip(_ours(empty, 10, 0.5, 6.0, 4, backend), _peer(empty, 10, 0.5, 6.0, 4)):
+        assert x.dtype == y.dtype and x.shape == y.shape
+
+
 def test_invariances():
     """More padding, batch splitting and the chunk size change nothing, bit for bit."""
     case = _case(5, 3, 30, 640, 80, "crowd")
@@ -238,6 +266,18 @@ def test_bad_inputs():
             _ours((sc, pd, pts, lab + 4, gt, mask), 10, 0.5, 6.0, 4, **backend_kw)
     with pytest.raises(ValueError, match="num_classes"):
         _ours(case, 10, 0.5, 6.0, 5)
+    # num_classes 0 (ultralytics fails too), with every gt masked and with M = 0
+    for c in ((sc[..., :0], pd, pts, lab, gt, mask * 0), (sc[..., :0], pd, pts, lab[:, :0], gt[:, :0], mask[:, :0])):
+        for backend_kw in (dict(chunk=5), dict()):
+            with pytest.raises(ValueError, match="num_classes must be >= 1"):
+                _ours(c, 10, 0.5, 6.0, 0, **backend_kw)
+    # scalar parameters outside their domains, NaN included -- M = 0 too (checked before its early return)
+    for c in (case, (sc, pd, pts, lab[:, :0], gt[:, :0], mask[:, :0])):
+        for kw, match in ((dict(alpha=math.nan), "alpha"), (dict(alpha=-0.5), "alpha"), (dict(beta=math.inf), "beta"),
+                          (dict(stride_val=math.nan), "stride_val"), (dict(eps=0.0), "eps"), (dict(eps=math.nan), "eps"),
+                          (dict(num_classes=4.0), "num_classes"), (dict(compact="yes"), "compact")):
+            with pytest.raises(ValueError, match=match):
+                fastloss.task_aligned_assign(*c, **{"topk": 10, "num_classes": 4, **kw})
     with pytest.raises(ValueError, match="mask_gt"):
         _ours((sc, pd, pts, lab, gt, mask[..., 0]), 10, 0.5, 6.0, 4)
     with pytest.raises(ValueError, match="tie_rule"):
@@ -329,6 +369,37 @@ def test_tie_rules_on_equal_positive_metrics(backend, dtype):
             assert x.dtype == y.dtype and torch.equal(x, y)
         results[rule] = got[3]
     assert results["cuda"].any() and not torch.equal(results["cuda"], results["cpu"])
+
+
+@pytest.mark.parametrize("backend", TAL_BACKENDS)
+@pytest.mark.parametrize("rule", ["cpu", "cuda"])
+def test_nan_metric_outranks_every_number(backend, rule):
+    """torch.topk ranks NaN first on both devices, so ultralytics selects an anchor whose
+    prediction (or score) is NaN: also when it lies past the row's first k anchors (the CPU
+    kernel's heap path, k * 64 <= A; before, only positive metrics got past them) and under
+    the CUDA rule's radix selection (NaN as the largest key).  The assignments are bit-equal
+    to ultralytics'; its scores are NaN wherever one NaN metric reaches its normaliser (0 * NaN),
+    ours only where the spec's are, so they are not compared."""
+    import helpers
+
+    helpers.require_backend("cpu", backend)
+    pts, _ = _anchors(640)  # A = 8400 anchors: the heap path for k = 10
+    A = pts.shape[0]
+    gt = torch.tensor([[[0.0, 0.0, 160.0, 160.0], [300.0, 300.0, 420.0, 400.0]]])
+    lab = torch.tensor([[[0.0], [1.0]]])
+    mask = torch.ones(1, 2, 1)
+    scores = torch.full((1, A, 2), 0.5)
+    pd = torch.cat([pts - 4, pts + 4], -1)[None].clone()
+    inside = ((pts > 20) & (pts < 140)).all(-1).nonzero().flatten()
+    pd[0, inside[40]] = float("nan")  # a NaN box past the first k candidates of gt 0
+    scores[0, inside[-1], 0] = float("nan")  # and a NaN score of its class
+    peer = _peer_cuda_rule if rule == "cuda" else _peer
+    expected = peer((scores, pd, pts, lab, gt, mask), 10, 0.5, 6.0, 2)
+    got = fastloss.task_aligned_assign(scores, pd, pts, lab, gt, mask, topk=10, num_classes=2, alpha=0.5, beta=6.0, stride_val=16,
+                                       tie_rule=rule, backend=backend)
+    assert bool(expected[3][0, inside[40]]) and bool(expected[3][0, inside[-1]])  # the case is not vacuous
+    for i in (0, 1, 3, 4):  # labels, boxes, fg mask, gt index
+        assert torch.equal(got[i], expected[i]), i
 
 
 def test_labels_past_num_classes_match_no_class():
@@ -543,6 +614,34 @@ def test_max_iou_backends_agree_and_deterministic(device, backend):
                 torch.set_num_threads(threads)
 
 
+@pytest.mark.parametrize("device, backend", BACKENDS)
+def test_max_iou_and_atss_empty_inputs(device, backend):
+    """No priors (A = 0: mmdetection's early return, empty per image) and no images (B = 0):
+    empty outputs of the usual dtypes on every backend, with and without ignore boxes."""
+    import helpers
+    from mmengine.structures import InstanceData
+
+    helpers.require_backend(device, backend)
+    boxes, labels, valid, ign = (t.to(device) for t in _gt_batch(0, 2, 3, 160))
+    none, gts = torch.zeros(0, 4), InstanceData(bboxes=boxes[0].cpu(), labels=labels[0].cpu())
+    res = [_mmdet_assigner(MAXIOU_CONFIGS["retinanet"]).assign(InstanceData(priors=none), gts),
+           _mmdet_atss(topk=9).assign(InstanceData(priors=none), [0, 0], gts)]
+    assert all(r.gt_inds.shape == r.max_overlaps.shape == r.labels.shape == (0,) for r in res)
+    cases = []
+    for priors in (none.to(device), torch.zeros(2, 0, 4, device=device)):
+        for kw in (dict(), dict(ignore_bboxes=ign, ignore_iof_thr=0.5)):
+            cases.append((fastloss.max_iou_assign(priors, boxes, labels, valid, pos_iou_thr=0.5, neg_iou_thr=0.4, gt_max_assign_all=not kw,
+                                                  backend=backend, **kw), (2, 0)))
+            cases.append((fastloss.atss_assign(priors, [0, 0], boxes, labels, valid, backend=backend, **kw), (2, 0)))
+    anchors, (grid, levels) = _grid_anchors(160).to(device), _level_grid(160, (8, 16), 1)
+    cases.append((fastloss.max_iou_assign(anchors, boxes[:0], labels[:0], valid[:0], pos_iou_thr=0.5, neg_iou_thr=0.4, backend=backend),
+                  (0, anchors.shape[0])))
+    cases.append((fastloss.atss_assign(grid.to(device), levels, boxes[:0], labels[:0], valid[:0], backend=backend), (0, grid.shape[0])))
+    for (gt_inds, max_ov, lab), shape in cases:
+        assert gt_inds.shape == max_ov.shape == lab.shape == shape
+        assert (gt_inds.dtype, max_ov.dtype, lab.dtype) == (torch.int64, torch.float32, torch.int64)
+
+
 def test_max_iou_padding_anywhere_and_chunks():
     """Padding between real gts, chunk sizes and batch splitting change nothing but the
     indices (padded index + 1)."""
@@ -588,9 +687,32 @@ def test_max_iou_compiles_and_rejects_bad_inputs():
         (lambda: fastloss.max_iou_assign(anchors, boxes, labels, valid, pos_iou_thr="0.5", neg_iou_thr=0.4), "pos_iou_thr"),
         (lambda: fastloss.max_iou_assign(anchors[None].expand(3, -1, -1), boxes, labels, valid, pos_iou_thr=0.5, neg_iou_thr=0.4), "B = 2"),
     ]
+    # NaN thresholds (every comparison False: silently no positive) and flags that are not bools
+    for kw in (dict(pos_iou_thr=math.nan), dict(neg_iou_thr=math.nan), dict(neg_iou_thr=(0.1, math.nan)), dict(min_pos_iou=math.nan),
+               dict(ignore_iof_thr=math.nan), dict(match_low_quality="no"), dict(gt_max_assign_all=None), dict(ignore_wrt_candidates=2)):
+        bad.append((lambda kw=kw: fastloss.max_iou_assign(anchors, boxes, labels, valid, **{"pos_iou_thr": 0.5, "neg_iou_thr": 0.4, **kw}),
+                    next(iter(kw))))
+    bad += _ignore_errors(lambda **kw: fastloss.max_iou_assign(anchors, boxes, labels, valid, pos_iou_thr=0.5, neg_iou_thr=0.4, **kw), 2)
     for call, match in bad:
         with pytest.raises(ValueError, match=match):
             call()
+    # infinite thresholds are in the domain: never met
+    gt_inds, _, _ = fastloss.max_iou_assign(anchors, boxes, labels, valid, pos_iou_thr=math.inf, neg_iou_thr=-math.inf, match_low_quality=False)
+    assert bool((gt_inds == -1).all())
+
+
+def _ignore_errors(assign_fn, B):
+    """(call, match) pairs of bad ignore boxes / masks for an assigner of B images: ignore_valid
+    of another K, an integer (uint8, int64) ignore_valid -- bool only, as gt_valid -- an
+    ignore_valid without ignore_bboxes, ignore_bboxes of another B."""
+    ign = torch.tensor([[0.0, 0.0, 64.0, 64.0]]).expand(B, 1, 4)
+    ok = torch.ones(B, 1, dtype=torch.bool)
+    return [(lambda: assign_fn(ignore_bboxes=ign, ignore_valid=torch.ones(B, 3, dtype=torch.bool), ignore_iof_thr=0.5),
+             r"ignore_valid must be bool \(B, K\) = \(2, 1\), got torch.bool \(2, 3\)"),
+            (lambda: assign_fn(ignore_bboxes=ign, ignore_valid=ok.to(torch.uint8), ignore_iof_thr=0.5), "ignore_valid must be bool .* torch.uint8"),
+            (lambda: assign_fn(ignore_bboxes=ign, ignore_valid=ok.long(), ignore_iof_thr=0.5), "ignore_valid must be bool .* torch.int64"),
+            (lambda: assign_fn(ignore_valid=ok, ignore_iof_thr=0.5), "ignore_valid without ignore_bboxes"),
+            (lambda: assign_fn(ignore_bboxes=ign[:1].expand(B + 1, 1, 4), ignore_iof_thr=0.5), r"ignore_bboxes .* B = 2 images, got \(3, 1, 4\)")]
 
 
 def test_assign_ops_opcheck():
@@ -814,7 +936,8 @@ def test_atss_compiles_and_rejects_bad_inputs():
         (lambda: fastloss.atss_assign(priors, levels, boxes, labels.float(), valid), "gt_labels"),
         (lambda: fastloss.atss_assign(priors, levels, boxes, labels, valid.long()), "gt_valid"),
         (lambda: fastloss.atss_assign(priors[:, :3], levels, boxes, labels, valid), "priors"),
-    ]
+        (lambda: fastloss.atss_assign(priors, levels, boxes, labels, valid, ignore_bboxes=boxes, ignore_iof_thr=math.nan), "ignore_iof_thr"),
+    ] + _ignore_errors(lambda **kw: fastloss.atss_assign(priors, levels, boxes, labels, valid, **kw), 2)
     for call, match in bad:
         with pytest.raises(ValueError, match=match):
             call()

@@ -299,8 +299,8 @@ void cuda_rule_claims(const Candidates<T>& c, int64_t A, int64_t K, int64_t* slo
   auto hist_pass = [&](int shift, typename Key::type prefix) -> const int32_t* {
     std::fill(hist, hist + assign::kRadixBins, 0);
     for (const T v : c.metric) {
-      const auto key = Key::of(v);
-      if (v > T(0) && assign::tal_radix_match(key, prefix, shift)) ++hist[assign::tal_radix_digit(key, shift)];
+      const auto key = assign::tal_radix_key(v);
+      if (assign::tal_radix_counted(v) && assign::tal_radix_match(key, prefix, shift)) ++hist[assign::tal_radix_digit(key, shift)];
     }
     return hist;
   };
@@ -314,8 +314,8 @@ void cuda_rule_claims(const Candidates<T>& c, int64_t A, int64_t K, int64_t* slo
     const T v = is_c ? c.metric[j] : T(0);
     j += is_c;
     if (assign::tal_cuda_selected(v, thr, ties, need) && is_c) slots[n++] = i;
-    ties += v == thr;
-    if (j >= c.idx.size() && (thr > T(0) || ties >= need)) break;  // only unselected zeros follow
+    ties += assign::topk_equal(v, thr);
+    if (j >= c.idx.size() && (assign::topk_greater(thr, T(0)) || ties >= need)) break;  // only unselected zeros follow
   }
 }
 
@@ -385,8 +385,8 @@ std::vector<at::Tensor> task_aligned_impl(const assign::TalArgs<T>& a, const at:
         q.emplace_back(is_c ? c.metric[j] : T(0), i);
         j += is_c;
       }
-      for (; partial && j < c.idx.size(); ++j)
-        if (c.metric[j] > T(0)) q.emplace_back(c.metric[j], c.idx[j]);
+      for (; partial && j < c.idx.size(); ++j)  // past the first k only what outranks a zero: positive or NaN (torch's topk ranks NaN first)
+        if (assign::topk_greater(c.metric[j], T(0))) q.emplace_back(c.metric[j], c.idx[j]);
       torch_cpu_topk(q, K, A, true);
       for (int64_t k = 0; k < K; ++k)
         if (c.find(q[k].second) >= 0) claims[r * K + k] = q[k].second;  // a top-k slot claims a candidate

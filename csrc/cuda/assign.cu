@@ -196,8 +196,8 @@ __global__ void tal_claim_kernel(assign::TalArgs<T> p, int32_t* count, int32_t* 
         bool cand;
         T ov;
         const T v = tal_pair(p, r, b, i, box, cand, ov);
-        const auto key = Key::of(v);
-        if (v > T(0) && assign::tal_radix_match(key, prefix, shift)) atomicAdd(&hist[assign::tal_radix_digit(key, shift)], 1);
+        const auto key = assign::tal_radix_key(v);
+        if (assign::tal_radix_counted(v) && assign::tal_radix_match(key, prefix, shift)) atomicAdd(&hist[assign::tal_radix_digit(key, shift)], 1);
       }
       __syncthreads();
       return hist;
@@ -213,7 +213,7 @@ __global__ void tal_claim_kernel(assign::TalArgs<T> p, int32_t* count, int32_t* 
       bool cand = false;
       T ov, v = T(-1);
       if (i < p.A) v = tal_pair(p, r, b, i, box, cand, ov);
-      const int32_t tie = v == thr;
+      const int32_t tie = assign::topk_equal(v, thr);
       __syncthreads();  // the previous tile's scan is read
       tie_scan[threadIdx.x] = tie;
       __syncthreads();

@@ -207,7 +207,7 @@ FL_HOST_DEVICE FL_INLINE int tal_radix_digit(K key, int shift) {
   return static_cast<int>((key >> shift) & K(kRadixBins - 1));
 }
 
-// hist: the digit at `shift` of the positive values matching prefix.  The digit of the
+// hist: the digit at `shift` of the counted values (tal_radix_counted) matching prefix.  The digit of the
 // remaining-th largest of them joins prefix; remaining drops by the count in larger digits.
 template <typename K>
 FL_HOST_DEVICE FL_INLINE void tal_radix_step(const int32_t* hist, int shift, K& prefix, int64_t& remaining) {
@@ -222,7 +222,8 @@ FL_HOST_DEVICE FL_INLINE void tal_radix_step(const int32_t* hist, int shift, K& 
 
 // The threshold of a row's top k under the CUDA rule: selected are the values > thr and the
 // first `need` values == thr in index order.  hist_pass(shift, prefix) returns the histogram of
-// digit `shift` over the row's positive values matching prefix (tal_radix_match).  With fewer
+// digit `shift` over the row's counted values -- positive or NaN (tal_radix_counted), keyed by
+// tal_radix_key -- matching prefix (tal_radix_match).  With fewer
 // than k positives, thr = 0 and the zeros fill.
 #if defined(__CUDACC__)
 #pragma nv_exec_check_disable  // hist_pass is a __device__ lambda in the CUDA kernel, a host one on the CPU
@@ -235,7 +236,7 @@ FL_HOST_DEVICE FL_INLINE void tal_cuda_topk_threshold(int64_t k, HistPass&& hist
   int64_t remaining = k;
   for (int shift = kTop; shift >= 0; shift -= kRadixBits) {
     const int32_t* hist = hist_pass(shift, prefix);
-    if (shift == kTop) {  // the first histogram counts every positive value
+    if (shift == kTop) {  // the first histogram counts every counted value
       int64_t positives = 0;
       for (int d = 0; d < kRadixBins; ++d) positives += hist[d];
       if (positives < k) {
@@ -248,10 +249,31 @@ FL_HOST_DEVICE FL_INLINE void tal_cuda_topk_threshold(int64_t k, HistPass&& hist
   thr = TalKey<T>::value(prefix), need = remaining;
 }
 
+// torch.topk's order of values, on both devices: NaN above every number, all NaNs equal.
+template <typename T>
+FL_HOST_DEVICE FL_INLINE bool topk_greater(T a, T b) {
+  return (a != a && b == b) || a > b;
+}
+template <typename T>
+FL_HOST_DEVICE FL_INLINE bool topk_equal(T a, T b) {
+  return (a != a && b != b) || a == b;
+}
+
+// A metric that takes part in the CUDA rule's radix selection: positive, or NaN (torch ranks it
+// first); its key, with every NaN mapped to the largest key, as torch's radix select does.
+template <typename T>
+FL_HOST_DEVICE FL_INLINE bool tal_radix_counted(T v) {
+  return v > T(0) || v != v;
+}
+template <typename T>
+FL_HOST_DEVICE FL_INLINE typename TalKey<T>::type tal_radix_key(T v) {
+  return v != v ? ~typename TalKey<T>::type(0) : TalKey<T>::of(v);
+}
+
 // Under that threshold: is a value selected, given how many equal values precede it in the row?
 template <typename T>
 FL_HOST_DEVICE FL_INLINE bool tal_cuda_selected(T v, T thr, int64_t ties_before, int64_t need) {
-  return v > thr || (v == thr && ties_before < need);
+  return topk_greater(v, thr) || (topk_equal(v, thr) && ties_before < need);
 }
 
 // ------------------------------------------------------------------ ATSS (mmdetection)

@@ -59,8 +59,10 @@ _register_backends(MAX_IOU_OP, reference.max_iou_core, "max_iou_assign_native", 
 
 
 def _threshold(name, v):
-    if isinstance(v, bool) or not isinstance(v, numbers.Real):
-        raise ValueError(f"{name} must be a number, got {v!r}")
+    """An IoU / IoF threshold as a float: a real number, +-inf allowed (never / always met); NaN
+    raises (no comparison with it holds: no positive, no negative, no ignored prior, silently)."""
+    if isinstance(v, bool) or not isinstance(v, numbers.Real) or v != v:
+        raise ValueError(f"{name} must be a real number (not NaN), got {v!r}")
     return float(v)
 
 
@@ -71,8 +73,15 @@ def _boxes(name, t, dims, op="max_iou_assign"):
                          f"got {shape}")
 
 
+def _describe(t):
+    """A tensor argument's dtype and shape (anything else's type) for an error message."""
+    return f"{t.dtype} {tuple(t.shape)}" if isinstance(t, torch.Tensor) else type(t).__name__
+
+
 def _check_gts(op, priors, gt_bboxes, gt_labels, gt_valid, ignore_bboxes, ignore_valid):
-    """The max-IoU / ATSS argument checks shared by both; returns gt_valid (all True for None)."""
+    """The max-IoU / ATSS argument checks shared by both; returns gt_valid (all True for None).
+    The masks are bool, as gt_valid always was: an integer mask raises rather than being read as
+    True / False."""
     _boxes("priors", priors, (2, 3), op)
     _boxes("gt_bboxes", gt_bboxes, (3,), op)
     B, M = gt_bboxes.shape[:2]
@@ -84,12 +93,19 @@ def _check_gts(op, priors, gt_bboxes, gt_labels, gt_valid, ignore_bboxes, ignore
     if gt_valid is None:
         gt_valid = torch.ones(B, M, dtype=torch.bool, device=gt_bboxes.device)
     elif not isinstance(gt_valid, torch.Tensor) or gt_valid.shape != (B, M) or gt_valid.dtype != torch.bool:
-        raise ValueError(f"{op}: gt_valid must be bool (B, M) = ({B}, {M}), got "
-                         f"{f'{gt_valid.dtype} {tuple(gt_valid.shape)}' if isinstance(gt_valid, torch.Tensor) else type(gt_valid).__name__}")
-    _common.check_same_device("priors", priors, gt_bboxes=gt_bboxes, gt_labels=gt_labels, gt_valid=gt_valid, ignore_bboxes=ignore_bboxes,
-                              ignore_valid=ignore_valid)
+        raise ValueError(f"{op}: gt_valid must be bool (B, M) = ({B}, {M}), got {_describe(gt_valid)}")
     if ignore_bboxes is not None:
         _boxes("ignore_bboxes", ignore_bboxes, (3,), op)
+        if ignore_bboxes.shape[0] != B:
+            raise ValueError(f"{op}: ignore_bboxes (B, K, 4) must have gt_bboxes' B = {B} images, got {tuple(ignore_bboxes.shape)}")
+        K = ignore_bboxes.shape[1]
+        if ignore_valid is not None and (not isinstance(ignore_valid, torch.Tensor) or ignore_valid.shape != (B, K)
+                                         or ignore_valid.dtype != torch.bool):
+            raise ValueError(f"{op}: ignore_valid must be bool (B, K) = ({B}, {K}), got {_describe(ignore_valid)}")
+    elif ignore_valid is not None:
+        raise ValueError(f"{op}: ignore_valid without ignore_bboxes (the mask of which boxes?)")
+    _common.check_same_device("priors", priors, gt_bboxes=gt_bboxes, gt_labels=gt_labels, gt_valid=gt_valid, ignore_bboxes=ignore_bboxes,
+                              ignore_valid=ignore_valid)
     return gt_valid
 
 
@@ -100,7 +116,8 @@ def _promoted(op, priors, gt_bboxes, ignore_bboxes, ignore_valid, ignore_iof_thr
     p = (priors if priors.dim() == 3 else priors[None]).to(dtype).contiguous()
     g = gt_bboxes.to(dtype).contiguous()
     ignored = reference.ignored_priors(p.expand(gt_bboxes.shape[0], *p.shape[1:]), None if ignore_bboxes is None else ignore_bboxes.to(dtype),
-                                       ignore_valid, _threshold("ignore_iof_thr", ignore_iof_thr), bool(ignore_wrt_candidates))
+                                       ignore_valid, _threshold("ignore_iof_thr", ignore_iof_thr),
+                                       bool(_common.flag("ignore_wrt_candidates", ignore_wrt_candidates)))
     return p, g, ignored.contiguous()
 
 
@@ -135,14 +152,17 @@ def max_iou_assign(priors, gt_bboxes, gt_labels, gt_valid=None, *, pos_iou_thr, 
             its first argmax), a later gt winning; off with match_low_quality=False.
         ignore_bboxes: (B, K, 4) boxes whose priors are ignored (IoF > ignore_iof_thr, over
             the prior's area, or the ignore box's with ``ignore_wrt_candidates=False``);
-            ignore_valid (B, K) bool for their padding.
+            ignore_valid (B, K) bool for their padding (None: every box real).
+        The thresholds are real numbers (+-inf allowed: never / always met), not NaN; the
+        flags True / False.
         backend: as every fastloss op (reference, cpu, cuda).
 
     Returns ``(gt_inds, max_overlaps, labels)``, each (B, A): gt_inds int64 (-1 ignored, 0
     negative, g + 1 for gt g's positive, g its index in the padded (B, M)), the best IoU in
     the boxes' dtype (-1 for ignored priors, 0 for images without gts), labels int64 (the
-    positive's gt label, -1 elsewhere).  The priors and boxes promote to one floating dtype
-    (fp32 at least).  Raises ValueError for bad shapes or thresholds."""
+    positive's gt label, -1 elsewhere); (B, 0) for A = 0.  The priors and boxes promote to one
+    floating dtype (fp32 at least).  Raises ValueError for bad shapes or dtypes (a mask not
+    bool, ignore boxes of another B), a NaN threshold or a flag that is not a bool."""
     gt_valid = _check_gts("max_iou_assign", priors, gt_bboxes, gt_labels, gt_valid, ignore_bboxes, ignore_valid)
     B, M = gt_bboxes.shape[:2]
     pos = _threshold("pos_iou_thr", pos_iou_thr)
@@ -154,8 +174,8 @@ def max_iou_assign(priors, gt_bboxes, gt_labels, gt_valid=None, *, pos_iou_thr, 
         lo, hi = 0.0, _threshold("neg_iou_thr", neg_iou_thr)
     p, g, ignored = _promoted("max_iou_assign", priors, gt_bboxes, ignore_bboxes, ignore_valid, ignore_iof_thr, ignore_wrt_candidates)
     gt_inds, max_overlaps = max_iou_assign_op(p, g, gt_valid.contiguous(), ignored, pos, lo, hi,
-                                              _threshold("min_pos_iou", min_pos_iou), bool(match_low_quality), bool(gt_max_assign_all),
-                                              backend)
+                                              _threshold("min_pos_iou", min_pos_iou), bool(_common.flag("match_low_quality", match_low_quality)),
+                                              bool(_common.flag("gt_max_assign_all", gt_max_assign_all)), backend)
     return gt_inds, max_overlaps, _labels(gt_inds, gt_labels)
 
 
@@ -204,15 +224,17 @@ def atss_assign(priors, num_level_priors, gt_bboxes, gt_labels, gt_valid=None, *
         topk: candidates per (gt, level), an int >= 1 (mmdetection's configs: 9).
         ignore_bboxes: (B, K, 4) boxes whose priors are ignored (IoF over the prior's area >
             ignore_iof_thr, mmdetection's rule; their distance becomes 1e8 and, unless
-            positive, their gt_inds -1); ignore_valid (B, K) bool for their padding.
+            positive, their gt_inds -1); ignore_valid (B, K) bool for their padding (None:
+            every box real); ignore_iof_thr a real number (not NaN).
         backend: as every fastloss op (reference, cpu, cuda).
 
     Returns ``(gt_inds, max_overlaps, labels)``, each (B, A) -- max_iou_assign's order:
     gt_inds int64 (g + 1 for gt g's positive, g its index in the padded (B, M); -1 ignored;
     0 negative), max_overlaps in the boxes' dtype (the positive's IoU, -1e8 elsewhere, as
     mmdetection; 0 for images without gts), labels int64 (the positive's gt label, -1
-    elsewhere).  The priors and boxes promote to one floating dtype (fp32 at least).  Raises
-    ValueError for bad shapes, a num_level_priors not summing to A, or topk < 1."""
+    elsewhere); (B, 0) for A = 0.  The priors and boxes promote to one floating dtype (fp32 at
+    least).  Raises ValueError for bad shapes or dtypes (as :func:`max_iou_assign`), a
+    num_level_priors not summing to A, topk < 1 or a NaN ignore_iof_thr."""
     gt_valid = _check_gts("atss_assign", priors, gt_bboxes, gt_labels, gt_valid, ignore_bboxes, ignore_valid)
     A = priors.shape[-2]
     levels = list(num_level_priors) if isinstance(num_level_priors, (list, tuple)) else None
@@ -283,8 +305,11 @@ def task_aligned_assign(pd_scores, pd_bboxes, anc_points, gt_labels, gt_bboxes, 
     scores may differ by a few ulp (torch's CPU ``pow`` rounds by position).
 
     Args (ultralytics' forward):
-        pd_scores: (B, A, nc) class probabilities (the sigmoid of the logits; fp16 / bf16 are
-            read in fp32, as ultralytics' assigner computes under autocast).
+        pd_scores: (B, A, nc) class probabilities (the sigmoid of the logits), read in the
+            boxes' compute dtype (the promotion of pd_bboxes', gt_bboxes' and fp32): fp16 /
+            bf16 in fp32, as ultralytics' assigner computes under autocast; fp64 with fp32
+            boxes in fp32 (ultralytics' metric then differs by an fp32 rounding: its CIoU is
+            fp32 there too).
         pd_bboxes: (B, A, 4) predicted boxes, xyxy pixels.
         anc_points: (A, 2) anchor points, pixels.
         gt_labels: (B, M, 1) class indices in [0, nc) for real gts (checked on CPU tensors; on
@@ -293,13 +318,17 @@ def task_aligned_assign(pd_scores, pd_bboxes, anc_points, gt_labels, gt_bboxes, 
             pixels; mask_gt: (B, M, 1), non-zero for real gts (the padding is 0).
         topk, num_classes, alpha, beta, eps: ultralytics' (its detection loss: 10, nc, 0.5,
             6.0, 1e-9); stride_val: the smallest gt side the candidate test widens to (its
-            second stride, 16).
+            second stride, 16).  num_classes >= 1 (ultralytics fails with 0); alpha, beta and
+            stride_val >= 0 and finite; eps > 0 and finite.
         backend: reference, cpu.
 
     Returns (target_labels (B, A) int64, target_bboxes (B, A, 4), target_scores (B, A, nc),
-    fg_mask (B, A) bool, target_gt_idx (B, A) int64), ultralytics' dtypes; with M = 0 its early
-    return (labels nc and gt index 0 in pd_scores' dtype).  Raises ValueError for bad shapes,
-    topk > A, labels outside [0, nc) of real gts (checked on CPU tensors)."""
+    fg_mask (B, A) bool, target_gt_idx (B, A) int64), ultralytics' dtypes: target_bboxes in
+    gt_bboxes', target_scores in the promotion of pd_scores', pd_bboxes', gt_bboxes' and fp32
+    (ultralytics' under autocast; without it, all-fp16 inputs give it fp16); with M = 0 its
+    early return (labels nc and gt index 0 in pd_scores' dtype, boxes in pd_bboxes').  Raises
+    ValueError for bad shapes, topk > A, labels outside [0, nc) of real gts (checked on CPU
+    tensors), scalar parameters outside their domains (NaN included)."""
     for name, t, shape in (("pd_scores", pd_scores, None), ("pd_bboxes", pd_bboxes, 4), ("anc_points", anc_points, 2),
                            ("gt_bboxes", gt_bboxes, 4)):
         if not isinstance(t, torch.Tensor) or not t.is_floating_point() or (shape is not None and t.shape[-1] != shape):
@@ -316,8 +345,13 @@ def task_aligned_assign(pd_scores, pd_bboxes, anc_points, gt_labels, gt_bboxes, 
         if not isinstance(t, torch.Tensor) or t.shape != (B, M, 1):
             raise ValueError(f"task_aligned_assign: {name} must be (B, M, 1) = ({B}, {M}, 1), got "
                              f"{tuple(t.shape) if isinstance(t, torch.Tensor) else type(t).__name__}")
-    if nc != num_classes:
-        raise ValueError(f"task_aligned_assign: pd_scores has {nc} classes, num_classes is {num_classes}")
+    if isinstance(num_classes, bool) or not isinstance(num_classes, numbers.Integral) or nc != num_classes:
+        raise ValueError(f"task_aligned_assign: num_classes must be an int equal to pd_scores' {nc} classes, got {num_classes!r}")
+    if nc < 1:  # ultralytics fails here too, with M = 0 (its early return reads pd_scores[..., 0]) or not
+        raise ValueError("task_aligned_assign: num_classes must be >= 1, got 0")
+    alpha, beta = _common.nonneg("alpha", alpha), _common.nonneg("beta", beta)
+    stride_val, eps = _common.nonneg("stride_val", stride_val), _common.positive("eps", eps)
+    compact = bool(_common.flag("compact", compact))
     if tie_rule is None:
         tie_rule = "cuda" if pd_scores.device.type == "cuda" else "cpu"
     if tie_rule not in TIE_RULES:
@@ -337,8 +371,16 @@ def task_aligned_assign(pd_scores, pd_bboxes, anc_points, gt_labels, gt_bboxes, 
     labels = gt_labels[..., 0].long()
     if labels.device.type == "cpu" and not torch.compiler.is_compiling() and bool(((labels < 0) | (labels >= nc))[valid].any()):
         raise ValueError(f"task_aligned_assign: gt labels must lie in [0, num_classes = {nc})")
+    # the kernels take one dtype: the boxes' (ultralytics' CIoU arithmetic; fp16 / bf16 boxes in
+    # fp32), the scores read in it -- not the promotion with the scores': fp64 scores would move
+    # fp32 boxes' CIoU to fp64, and its ulps, raised to beta = 6, off ultralytics' by up to 1e-3
     dtype = torch.promote_types(torch.promote_types(pd_bboxes.dtype, gt_bboxes.dtype), torch.float32)
-    return tuple(task_aligned_assign_op(pd_scores.to(dtype).contiguous(), pd_bboxes.to(dtype).contiguous(), anc_points.to(dtype).contiguous(),
-                                        labels.contiguous(), gt_bboxes.to(dtype).contiguous(), valid.contiguous(), int(topk), int(num_classes),
-                                        _threshold("alpha", alpha), _threshold("beta", beta), _threshold("stride_val", stride_val),
-                                        _threshold("eps", eps), TIE_RULES.index(tie_rule), bool(compact), backend))
+    target_labels, target_bboxes, target_scores, fg_mask, target_gt_idx = task_aligned_assign_op(
+        pd_scores.to(dtype).contiguous(), pd_bboxes.to(dtype).contiguous(), anc_points.to(dtype).contiguous(), labels.contiguous(),
+        gt_bboxes.to(dtype).contiguous(), valid.contiguous(), int(topk), int(num_classes), alpha, beta, stride_val, eps,
+        TIE_RULES.index(tie_rule), compact, backend)
+    # ultralytics' dtypes: its target boxes are a gather of gt_bboxes (exact back in their dtype);
+    # its scores its metric's, score^alpha * overlap^beta, with pd_scores' dtype (fp32 at least, as
+    # under autocast)
+    return (target_labels, target_bboxes.to(gt_bboxes.dtype), target_scores.to(torch.promote_types(pd_scores.dtype, dtype)), fg_mask,
+            target_gt_idx)

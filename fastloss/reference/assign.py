@@ -125,10 +125,13 @@ def task_aligned_assign(pd_scores, pd_bboxes, anc_points, gt_labels, gt_bboxes, 
     Returns (target_labels (B, A) int64, target_bboxes (B, A, 4), target_scores (B, A, nc)
     (or (B, A) with compact), fg_mask (B, A) bool, target_gt_idx (B, A) int64) -- for M = 0
     ultralytics' early return: labels nc and gt indices 0 in pd_scores' dtype.
-    Raises ValueError for topk > A and labels outside [0, nc) on real ground truths."""
+    Raises ValueError for num_classes < 1 (ultralytics' assigner fails there too), topk > A and
+    labels outside [0, nc) on real ground truths."""
     B, A, nc = pd_scores.shape
     M = gt_bboxes.shape[1]
     dev = pd_scores.device
+    if num_classes < 1:
+        raise ValueError(f"task_aligned_assign: num_classes must be >= 1, got {num_classes}")
     if M == 0:
         return (torch.full_like(pd_scores[..., 0], num_classes), torch.zeros_like(pd_bboxes),
                 torch.zeros_like(pd_scores[..., 0] if compact else pd_scores), torch.zeros_like(pd_scores[..., 0], dtype=torch.bool),
@@ -159,8 +162,8 @@ def task_aligned_assign(pd_scores, pd_bboxes, anc_points, gt_labels, gt_bboxes, 
         idx = topk_indices(t, topk, tie_rule)  # (B, m, k): torch's tie rule, zero-metric fill
         claimed = cand.gather(-1, idx)  # a top-k slot claims its anchor if it is a candidate
         g_ids = torch.arange(g0, g1, device=dev)[None, :, None].expand_as(idx)
-        claims.scatter_add_(1, idx.reshape(B, -1), claimed.reshape(B, -1).long())
-        claim_gsum.scatter_add_(1, idx.reshape(B, -1), (claimed * g_ids).reshape(B, -1))
+        claims.scatter_add_(1, idx.flatten(1), claimed.flatten(1).long())  # flatten(1), not reshape(B, -1): B may be 0
+        claim_gsum.scatter_add_(1, idx.flatten(1), (claimed * g_ids).flatten(1))
         cmax, carg = ov.max(dim=1)  # first index on ties, as ultralytics' overlaps.max(1)
         better = cmax > best_ov  # strict: an earlier chunk keeps its tie
         best_ov = torch.where(better, cmax, best_ov)
@@ -258,6 +261,8 @@ def max_iou_core(priors, gt_bboxes, gt_valid, ignored, pos_iou_thr, neg_lo, neg_
     priors = priors.expand(B, *priors.shape[-2:])
     A = priors.shape[1]
     dev, dtype = priors.device, priors.dtype
+    if A == 0:  # no prior to assign: mmdetection's empty result (and no max over priors per gt)
+        return torch.zeros(B, 0, dtype=torch.int64, device=dev), torch.zeros(B, 0, dtype=dtype, device=dev)
     chunk = chunk or max(1, (1 << 22) // max(1, B * A))
 
     def overlaps(g0, g1):  # (B, m, A): ignored priors -1, padded gts -inf (never a max)
@@ -314,12 +319,13 @@ def atss_threshold(cand):
     divided by n (torch's CPU mean sums in a shape-dependent cascade instead: the mean may
     differ from mmdetection's by an ulp), the std Welford's recurrence in float64 (torch's CPU
     std: delta = x - mean, mean += delta / i, m2 += delta (x - mean)), torch's sqrt of m2 / (n - 1)
-    rounded to the dtype -- NaN for n <= 1 (no positives, as mmdetection's NaN std).  torch's
-    std takes the C library's sqrt: on a CPU where torch's own is not correctly rounded the std
-    may differ by an ulp of float64 (invisible after rounding to fp32).  (...)."""
+    rounded to the dtype -- NaN for n <= 1 (no positives, as mmdetection's NaN std; n = 0:
+    no priors at all).  torch's std takes the C library's sqrt: on a CPU where torch's own is
+    not correctly rounded the std may differ by an ulp of float64 (invisible after rounding to
+    fp32).  (...)."""
     n = cand.shape[-1]
-    s = torch.zeros_like(cand[..., 0])
-    mean = torch.zeros_like(cand[..., 0], dtype=torch.float64)
+    s = cand.new_zeros(cand.shape[:-1])  # not zeros_like(cand[..., 0]): n is 0 without priors
+    mean = torch.zeros(cand.shape[:-1], dtype=torch.float64, device=cand.device)
     m2 = torch.zeros_like(mean)
     for j in range(n):
         s = s + cand[..., j]
