@@ -158,6 +158,10 @@ def test_cross_entropy_sigmoid(reduction, avg_non_ignore, target_kind):
         _check(ours, peer, pred, label, weight, reduction_override=reduction, **tol)
         if reduction != "sum":
             _check(ours, peer, pred, label, weight, avg_factor=3.5, reduction_override=reduction, **tol)
+    if target_kind == "labels":  # square (N = C): mmdetection's label weight is per row (per anchor), its class_weight per column
+        ours = C.CrossEntropyLoss(use_sigmoid=True, class_weight=[1.0, 2.0, 0.5, 1.5])
+        peer = L.CrossEntropyLoss(use_sigmoid=True, class_weight=[1.0, 2.0, 0.5, 1.5])
+        _check(ours, peer, pred[:K], label[:K], weight[:K], reduction_override=reduction, **tol)
 
 
 def test_cross_entropy_mask():
@@ -169,19 +173,24 @@ def test_cross_entropy_mask():
 
 
 @pytest.mark.parametrize("reduction", REDUCTIONS)
-@pytest.mark.parametrize("target_kind", ["tuple", "dense"])
+@pytest.mark.parametrize("target_kind", ["tuple", "dense", "dense_3d", "dense_3d_w"])
 @pytest.mark.parametrize("with_weight", [False, True])
 def test_quality_focal_loss(reduction, target_kind, with_weight):
+    """Label-tuple and dense targets; dense (N, C, L) (mmdetection's quality_focal_loss_tensor_target:
+    the per-position loss (N, L), its "mean" over the N * L positions) with a per-position (N, L)
+    weight, or ("_w") an (L,) one broadcasting over it."""
     N, K = 9, 5
     g = _gen(6)
-    pred = torch.randn(N, K, generator=g, dtype=D) * 2
+    shape = (N, K, 4) if target_kind.startswith("dense_3d") else (N, K)
+    pred = torch.randn(shape, generator=g, dtype=D) * 2
     if target_kind == "tuple":
         label = torch.randint(0, K + 1, (N,), generator=g)
         label[0] = -1
         target = (label, torch.rand(N, generator=g, dtype=D))
     else:
-        target = torch.rand(N, K, generator=g, dtype=D) * (torch.rand(N, K, generator=g) > 0.6)
-    weight = torch.rand(N, generator=g, dtype=D) if with_weight else None
+        target = torch.rand(shape, generator=g, dtype=D) * (torch.rand(shape, generator=g) > 0.6)
+    weight_shape = {"dense_3d": (N, 4), "dense_3d_w": (4,)}.get(target_kind, (N,))
+    weight = torch.rand(weight_shape, generator=g, dtype=D) if with_weight else None
     for kw in ({}, dict(beta=1.0, loss_weight=0.5), dict(activated=True), dict(activated=True, beta=1.5)):
         x = pred.sigmoid() if kw.get("activated") else pred  # activated: probabilities
         _check(C.QualityFocalLoss(**kw), L.QualityFocalLoss(**kw), x, target, weight, reduction_override=reduction)
@@ -525,6 +534,8 @@ def test_forward_errors():
         C.CrossEntropyLoss(use_mask=True)(torch.zeros(2, 3, 4, 4), torch.zeros(2, 4, 4), torch.zeros(2, dtype=torch.long), ignore_index=1)
     with pytest.raises(ValueError, match="weight"):
         C.FocalLoss()(torch.zeros(4, 3), torch.zeros(4, dtype=torch.long), torch.ones(5))
+    with pytest.raises(ValueError, match="weight"):  # (N,) does not broadcast to the per-position (N, L) loss (mmdetection: an error too)
+        C.QualityFocalLoss()(torch.zeros(2, 3, 5), torch.zeros(2, 3, 5), torch.ones(2))
     with pytest.raises(ValueError, match="mode"):
         C.bbox_overlaps(pred, target, mode="diou")
     for module in (C.IoULoss(reduction="batchmean"), C.DiceLoss(reduction="max")):
@@ -776,21 +787,75 @@ def _lowp_cases():
 @pytest.mark.parametrize("case", _lowp_cases(), ids=lambda c: c[0] + ("_sigmoid" if c[1] else "") + ("_w" if c[3] is not None else ""))
 def test_dtype_grid(case, dtype):
     """Every class x dtype (pred, float targets and weight in it): mmdetection's result dtype for
-    "none" and "mean", and for "mean" with a tensor avg_factor (fp64 / fp32 / int64: its 0-dim
-    division promotes), with values close to the peer's."""
+    "none" and "mean", and for "mean" with a tensor avg_factor (fp64 / fp32 / int64 0-dim: its
+    0-dim division promotes; (1,) fp32: it decides alone, torch's rule for 0-dim and
+    dimensioned operands), with values close to the peer's.  With a weight also the weight in
+    fp32 whatever pred's dtype (mmdetection's ``loss * weight`` promotes) and a 0-dim fp32
+    weight (promotes no dimensioned loss)."""
     name, kw, (pred, *rest), w = case
     cast = lambda t: t.to(dtype) if isinstance(t, torch.Tensor) and t.is_floating_point() else t  # noqa: E731
     rest = [(r[0], cast(r[1])) if isinstance(r, tuple) else cast(r) for r in rest]
     tol = dict(rtol=1e-2, atol=1e-2) if dtype != torch.float64 else dict(rtol=1e-6, atol=1e-7)
     calls = [dict(reduction_override="none"), dict(reduction_override="mean")]
-    calls += [dict(reduction_override="mean", avg_factor=af) for af in (torch.tensor(5.0, dtype=D), torch.tensor(5.0), torch.tensor(5))]
+    calls += [dict(reduction_override="mean", avg_factor=af)
+              for af in (torch.tensor(5.0, dtype=D), torch.tensor(5.0), torch.tensor(5), torch.tensor([5.0]))]
+    if w is not None:
+        calls += [dict(reduction_override=r, weight=w) for r in ("none", "mean")]
+        # a 0-dim weight: mmdetection's FocalLoss and sigmoid CE (labels) reject it, fastloss's DiceLoss too
+        if name not in ("FocalLoss", "DiceLoss") and not kw.get("use_sigmoid"):
+            calls += [dict(reduction_override=r, weight=torch.tensor(0.7)) for r in ("none", "mean")]
     for call in calls:
         if w is not None:
-            call["weight"] = cast(w)
+            call.setdefault("weight", cast(w))
         a = getattr(C, name)(**kw)(cast(pred), *rest, **call)
         b = getattr(L, name)(**kw)(cast(pred), *rest, **call)
         assert a.dtype == b.dtype and a.shape == b.shape, (call, a.dtype, b.dtype)
         torch.testing.assert_close(a.double(), b.double(), **tol)
+
+
+def _wide_weight_cases():
+    """(name, kwargs, args, weight): fp16 pred (and float targets), an fp32 weight of mmdetection's
+    shape (None: sigmoid CE, whose label.float() promotes), sums past fp16's 65504."""
+    g = _gen(80)
+    big = lambda *shape: torch.rand(*shape, generator=g) * 900 + 100  # noqa: E731  (large fp32 weights: a sum past 65504 from few elements)
+    logits = (torch.randn(64, 8, generator=g) * 3).half()
+    labels = torch.randint(0, 9, (64,), generator=g)
+    reg_p, reg_t = (torch.randn(2, 64, 4, generator=g) * 3).half()
+    boxes_p, boxes_t = (b.half() for b in _paired_boxes(64, 81))
+    dense = (torch.rand(64, 8, generator=g) * (torch.rand(64, 8, generator=g) > 0.5)).half()
+    dense3 = (torch.rand(4, 8, 16, generator=g) * (torch.rand(4, 8, 16, generator=g) > 0.5)).half()
+    return [
+        ("FocalLoss", {}, (logits, labels), big(64)),
+        ("CrossEntropyLoss", {}, (logits, labels.clamp(max=7)), big(64)),
+        ("CrossEntropyLoss", dict(use_sigmoid=True),
+         ((torch.randn(1000, 80, generator=g) * 3).half(), torch.randint(0, 81, (1000,), generator=g)), None),
+        ("QualityFocalLoss", {}, (logits, (labels, torch.rand(64, generator=g).half())), big(64)),
+        ("QualityFocalLoss", {}, ((torch.randn(4, 8, 16, generator=g) * 3).half(), dense3), big(4, 16)),
+        ("VarifocalLoss", {}, (logits, dense), big(64, 8)),
+        ("GaussianFocalLoss", {}, (torch.sigmoid(logits.float()).clamp(0.01, 0.99).half(), dense), big(64, 8)),
+        ("L1Loss", {}, (reg_p, reg_t), big(64, 4)), ("SmoothL1Loss", {}, (reg_p, reg_t), big(64, 4)),
+        ("BalancedL1Loss", {}, (reg_p, reg_t), big(64, 4)), ("MSELoss", {}, (reg_p, reg_t), big(64, 4)),
+        ("GIoULoss", {}, (boxes_p, boxes_t), big(64) * 10), ("DIoULoss", {}, (boxes_p, boxes_t), big(64) * 10),
+        ("SIoULoss", {}, (boxes_p, boxes_t), big(64) * 10), ("BoundedIoULoss", {}, (boxes_p, boxes_t), big(64, 1) * 10),
+    ]
+
+
+@pytest.mark.parametrize("case", _wide_weight_cases(),
+                         ids=lambda c: c[0] + ("_sigmoid" if c[1] else "") + ("_3d" if c[2][0].dim() == 3 else ""))
+def test_fp16_pred_sums_in_the_promoted_dtype(case):
+    """fp16 pred with an fp32 weight (mmdetection's bbox / label weights) or an fp32 target:
+    mmdetection's ``loss * weight`` promotes before its reduction, so the kernel runs in fp32
+    -- the sum (and "mean" over avg_factor) past 65504 is finite and fp32-close to the peer's,
+    where reducing in fp16 and promoting after overflowed to inf."""
+    name, kw, (pred, *rest), w = case
+    for call in (dict(reduction_override="sum"), dict(reduction_override="mean", avg_factor=1.0)):
+        if w is not None:
+            call["weight"] = w
+        a = getattr(C, name)(**kw)(pred, *rest, **call)
+        b = getattr(L, name)(**kw)(pred, *rest, **call)
+        assert a.dtype == b.dtype == torch.float32 and a.shape == b.shape, (call, a.dtype, b.dtype)
+        assert torch.isfinite(b) and b.abs() > 65504  # the case reaches past fp16's range
+        torch.testing.assert_close(a, b, rtol=2e-3, atol=0)  # mmdetection rounds each element to fp16 first
 
 
 @pytest.mark.parametrize("kw", [{}, dict(naive_dice=True), dict(activate=False)])

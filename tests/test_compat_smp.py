@@ -132,6 +132,13 @@ def test_soft_bce(reduction):
         target = t.clamp(min=0) if kw.get("ignore_index", -100) is None else t
         ours, peer = FS.SoftBCEWithLogitsLoss(reduction=reduction, **kw), ORIGINAL["SoftBCEWithLogitsLoss"](reduction=reduction, **kw)
         _compare(ours, peer, x, target)
+    # a square (C, C) input: smp hands weight / pos_weight to torch, which broadcasts a (C,) one per column
+    xs, ts = torch.randn(4, 4, generator=g, dtype=torch.float64) * 3, (torch.rand(4, 4, generator=g) > 0.5).to(torch.float64)
+    w = torch.rand(4, generator=g, dtype=torch.float64) + 0.5
+    for kw in (dict(weight=w, ignore_index=None), dict(weight=w), dict(weight=w[:, None], ignore_index=None),
+               dict(pos_weight=w, ignore_index=None, smooth_factor=0.1)):
+        ours, peer = FS.SoftBCEWithLogitsLoss(reduction=reduction, **kw), ORIGINAL["SoftBCEWithLogitsLoss"](reduction=reduction, **kw)
+        _compare(ours, peer, xs, ts)
 
 
 @pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
@@ -174,6 +181,11 @@ def test_errors():
         FS.FocalLoss("multilabel", ignore_index=IGNORE)
     with pytest.raises(ValueError, match="smooth_factor"):
         FS.SoftBCEWithLogitsLoss(smooth_factor=0.7)
+    x5, t5 = torch.randn(5, 3), (torch.rand(5, 3) > 0.5).float()
+    for kw in (dict(weight=torch.rand(5)), dict(pos_weight=torch.rand(5))):  # (N,) of an (N, C) input: smp's torch call raises
+        for ignore_index in (None, -100):
+            with pytest.raises(ValueError, match="weight of shape"):
+                FS.SoftBCEWithLogitsLoss(ignore_index=ignore_index, **kw)(x5, t5)
     with pytest.raises(ValueError, match="mode"):
         FS.DiceLoss("multi")
     with pytest.raises(ValueError, match="binary"):

@@ -188,8 +188,17 @@ def test_col_weight_is_not_copied():
     w = torch.rand(4)
     _, layout = ops_pw._prepare_operand("weight", x, w, torch.float32)
     assert layout == ops_pw.LAYOUTS["col"]
-    _, layout = ops_pw._prepare_operand("weight", torch.randn(4, 4), torch.rand(4), torch.float32)
+    square = torch.randn(4, 4)
+    _, layout = ops_pw._prepare_operand("weight", square, torch.rand(4), torch.float32)
     assert layout == ops_pw.LAYOUTS["row"]  # (C,) of a (C, C) input: per row wins (mmdetection's per-anchor weight)
+    for rule in ("torch", "torch_rows"):  # torch's BCE pair: broadcasting, per column
+        _, layout = ops_pw._prepare_operand("weight", square, torch.rand(4), torch.float32, rule)
+        assert layout == ops_pw.LAYOUTS["col"]
+    _, layout = ops_pw._prepare_operand("weight", x, torch.rand(5), torch.float32, "torch_rows")
+    assert layout == ops_pw.LAYOUTS["row"]  # the per-row extension, where torch's broadcasting rejects (5,)
+    for rule in ("mmdet", "torch"):  # (..., 1): one value per row, no copy, under every rule
+        v, layout = ops_pw._prepare_operand("weight", torch.randn(2, 3, 4), torch.rand(2, 3, 1), torch.float32, rule)
+        assert layout == ops_pw.LAYOUTS["row"] and v.shape == (6,)
 
 
 @pytest.mark.parametrize("device,backend", helpers.device_backend_params())
@@ -432,13 +441,55 @@ def test_modules_build_for_any_backend(monkeypatch):
 
 
 @pytest.mark.parametrize("backend", helpers.CPU_BACKENDS)
-def test_square_inputs_pos_weight_per_class_weight_per_row(backend):
+def test_bce_weights_follow_torch_square_inputs_included(backend):
+    """binary_cross_entropy(_with_logits) promise torch's ``weight`` / ``pos_weight``: every
+    shape torch accepts gives torch's values and gradients -- a (C,) weight of a square (C, C)
+    input per column, as torch broadcasts (9ceac8c made pos_weight so but left weight per row,
+    the mmdetection-style reading the engine had for every loss); the shapes torch rejects raise
+    ValueError, but the documented per-row extension (a weight of shape input.shape[:-1] that
+    does not broadcast).  The mmdetection-style losses keep a (C,) weight of a square input per
+    row (mmcv's / mmdetection's per-anchor focal weight)."""
     helpers.require_backend("cpu", backend)
-    x, t, v = torch.randn(3, 3), torch.rand(3, 3), torch.tensor([1.0, 2.0, 3.0])
-    torch.testing.assert_close(fastloss.binary_cross_entropy_with_logits(x, t, pos_weight=v, reduction="none", backend=backend),
-                               F.binary_cross_entropy_with_logits(x, t, pos_weight=v, reduction="none"))
+    g = torch.Generator().manual_seed(5)
+    for shape in ((4, 4), (3, 3, 3)):
+        x = torch.randn(shape, generator=g, dtype=torch.float64) * 2
+        t = torch.rand(shape, generator=g, dtype=torch.float64)
+        C = shape[-1]
+        # (3, 3) on (3, 3, 3) is also input.shape[:-1]: torch's broadcasting (per last two dims) wins
+        weights = [torch.rand(s, generator=g, dtype=torch.float64) + 0.5 for s in
+                   [(), (1,), (C,), (1, C), shape[:-1] + (1,), (shape[0],) + (1,) * (len(shape) - 1), shape[1:], shape]]
+        weights += [torch.rand(C, 1, generator=g, dtype=torch.float64).t(), torch.rand(C, dtype=torch.float64).expand(shape)]
+        for w in weights:
+            calls = ((lambda v, r: fastloss.binary_cross_entropy_with_logits(v, t, weight=w, reduction=r, backend=backend),
+                      lambda v, r: F.binary_cross_entropy_with_logits(v, t, weight=w, reduction=r), x),
+                     (lambda v, r: fastloss.binary_cross_entropy_with_logits(v, t, pos_weight=w, reduction=r, backend=backend),
+                      lambda v, r: F.binary_cross_entropy_with_logits(v, t, pos_weight=w, reduction=r), x),
+                     (lambda v, r: fastloss.binary_cross_entropy(v, t, weight=w, reduction=r, backend=backend),
+                      lambda v, r: F.binary_cross_entropy(v, t, weight=w, reduction=r), x.sigmoid()))
+            for ours, torchs, v in calls:
+                for reduction in ("none", "mean"):
+                    va, vb = v.clone().requires_grad_(), v.clone().requires_grad_()
+                    a, b = ours(va, reduction), torchs(vb, reduction)
+                    torch.testing.assert_close(a, b, msg=f"{shape} weight {tuple(w.shape)} {reduction}")
+                    up = random_upstream(a)
+                    torch.testing.assert_close(torch.autograd.grad(a, va, up)[0], torch.autograd.grad(b, vb, up)[0])
+    x, t, v = torch.randn(5, 3), torch.rand(5, 3), torch.rand(5)
+    for kw in (dict(pos_weight=v), dict(weight=torch.rand(2, 5, 3)), dict(pos_weight=torch.rand(1, 5, 3)), dict(weight=torch.rand(4))):
+        with pytest.raises(ValueError, match="weight of shape"):  # torch raises too
+            fastloss.binary_cross_entropy_with_logits(x, t, backend=backend, **kw)
+    with pytest.raises(ValueError, match="weight of shape"):
+        fastloss.binary_cross_entropy(x.sigmoid(), t, weight=torch.rand(2, 5, 3), backend=backend)
+    # the per-row extension where torch's broadcasting rejects the shape: weight[..., None]'s numbers
     torch.testing.assert_close(fastloss.binary_cross_entropy_with_logits(x, t, weight=v, reduction="none", backend=backend),
-                               F.binary_cross_entropy_with_logits(x, t, reduction="none") * v[:, None])  # per anchor (mmdetection)
+                               F.binary_cross_entropy_with_logits(x, t, weight=v[:, None], reduction="none"))
+    torch.testing.assert_close(fastloss.binary_cross_entropy(x.sigmoid(), t, weight=v, reduction="none", backend=backend),
+                               F.binary_cross_entropy(x.sigmoid(), t, weight=v[:, None], reduction="none"))
+    # the mmdetection-style losses: a (C,) weight of a square input is per row (per anchor), as (C, 1)
+    x, t, v = torch.randn(3, 3), torch.rand(3, 3), torch.tensor([1.0, 2.0, 3.0])
+    for fn in (fastloss.sigmoid_focal_loss, fastloss.poly1_bce_loss, fastloss.l1_loss):
+        plain = fn(x, t, reduction="none", backend=backend)
+        torch.testing.assert_close(fn(x, t, weight=v, reduction="none", backend=backend), plain * v[:, None])
+        torch.testing.assert_close(fn(x, t, weight=v[:, None], reduction="none", backend=backend), plain * v[:, None])
 
 
 @pytest.mark.parametrize("backend", helpers.CPU_BACKENDS)

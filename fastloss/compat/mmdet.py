@@ -6,11 +6,16 @@ and mmcv 2.1 (``mmcv/ops/focal_loss.py``).  Every module follows mmdetection's c
 ``loss_weight`` scales the result; ``forward(pred, target, weight=None, avg_factor=None,
 reduction_override=None)`` (each class keeps its own order and extra arguments); "mean" with
 ``avg_factor`` is ``sum / (avg_factor + eps)`` (eps = fp32's machine epsilon); ``avg_factor``
-with "sum" raises ValueError.  Shapes and dtypes are mmdetection's: the returned loss has the
-dtype of ``pred`` (promoted with a floating ``weight``, as mmdetection's ``loss * weight``;
-with a tensor ``avg_factor``, "mean" promotes with ``avg_factor + eps``, as its 0-dim division;
-fp32 at least where mmdetection forms an fp32 factor -- ``VarifocalLoss``,
-``DistributionFocalLoss``, ``CIoULoss`` -- the kernel then runs on fp32 inputs).
+with "sum" raises ValueError.  Shapes and dtypes are mmdetection's, by torch's promotion: the
+returned loss has the dtype of ``pred`` promoted with a floating ``weight`` (mmdetection's
+``loss * weight``; a 0-dim weight does not promote a dimensioned loss), fp32 at least where
+mmdetection forms an fp32 factor (``VarifocalLoss``, ``DistributionFocalLoss``, ``CIoULoss``,
+``EIoULoss``, ``CrossEntropyLoss(use_sigmoid=True)``'s ``label.float()``); the kernel runs on
+``pred`` (and a float target) cast up to that dtype, so the weighted reduction runs in it as
+mmdetection's does (fp16 ``pred`` with fp32 ``bbox_weights`` is summed in fp32, not rounded in
+fp16 or overflowed past 65504).  With a tensor ``avg_factor``, "mean" is mmdetection's
+``loss.sum() / (avg_factor + eps)``: a 0-dim avg_factor promotes with the sum, a (1,) one
+decides the dtype alone (torch's rule for 0-dim and dimensioned operands).
 
 Importing this module does not import mmdetection; :func:`_patch` does.  The patch replaces
 losses only: ``bbox_overlaps`` (the assigners' IoU) stays mmdetection's, see :func:`_patch`.
@@ -146,11 +151,22 @@ def _no_kwargs(name, kwargs):
         raise ValueError(f"{name}.forward: extra keyword arguments {sorted(kwargs)} are not supported by fastloss's compat layer")
 
 
-def _promote(loss, weight):
-    """mmdetection multiplies the loss by ``weight``: a floating weight promotes the dtype."""
-    if weight is not None and weight.is_floating_point():
-        return loss.to(torch.promote_types(loss.dtype, weight.dtype))
-    return loss
+def _weighted_dtype(dtype, ndim, weight):
+    """The dtype of mmdetection's ``loss * weight`` (``weight_reduce_loss``, which then reduces
+    in it) for a loss of ``dtype`` with ``ndim`` dims: torch's promotion, in which a floating
+    weight promotes, but a 0-dim one does not promote a dimensioned loss, nor does an integer
+    or bool weight."""
+    if weight is None or not weight.is_floating_point() or (weight.dim() == 0 and ndim > 0):
+        return dtype
+    return torch.promote_types(dtype, weight.dtype)
+
+
+def _widen(dtype, *tensors):
+    """``tensors`` (pred, a float target) cast up to ``dtype`` where it is wider than theirs
+    (integer and None pass): mmdetection reduces ``loss * weight`` in the promoted dtype, so the
+    kernel runs in it -- an fp16 loss summed in fp16 and promoted afterwards rounds in fp16
+    and overflows to inf past 65504."""
+    return tuple(t.to(torch.promote_types(t.dtype, dtype)) if t is not None and t.is_floating_point() else t for t in tensors)
 
 
 def _broadcast_weight(name, weight, shape):
@@ -195,10 +211,13 @@ def _or_zero_weight_shortcut(pred, weight, compute):
 
 
 def _avg_dtype(loss, reduction, avg_factor):
-    """mmdetection's "mean" with a tensor ``avg_factor``: ``loss.sum() / (avg_factor + eps)``
-    divides two 0-dim tensors, so their dtypes promote (an fp64 avg_factor gives fp64)."""
+    """mmdetection's "mean" with a tensor ``avg_factor``: ``loss.sum() / (avg_factor + eps)``,
+    torch's promotion of a 0-dim sum and ``avg_factor + eps`` (avg_factor's dtype, fp32 for an
+    integer one): a 0-dim avg_factor promotes with the sum (an fp64 one gives fp64), a
+    dimensioned one ((1,)) decides alone (fp64 pred, (1,) fp32 avg_factor: fp32)."""
     if reduction == "mean" and isinstance(avg_factor, torch.Tensor):
-        return loss.to(torch.promote_types(loss.dtype, torch.result_type(avg_factor, _AVG_EPS)))
+        den = avg_factor.dtype if avg_factor.is_floating_point() else torch.get_default_dtype()  # avg_factor + eps
+        return loss.to(den if avg_factor.dim() > 0 else torch.promote_types(loss.dtype, den))
     return loss
 
 
@@ -260,12 +279,13 @@ class FocalLoss(nn.Module):
 
     def forward(self, pred, target, weight=None, avg_factor=None, reduction_override=None):
         reduction = _reduction("FocalLoss", reduction_override, self.reduction)
+        w = _focal_weight(weight, pred)
+        (pred,) = _widen(_weighted_dtype(pred.dtype, pred.dim(), w), pred)
         if pred.dim() == target.dim():
             target = target.to(pred.dtype)  # mmdetection: target.type_as(pred)
-        w = _focal_weight(weight, pred)
         fn = _pointwise.focal_loss_with_prob if self.activated else _pointwise.sigmoid_focal_loss
         loss = fn(pred, target, self.alpha, self.gamma, reduction, weight=w, avg_factor=avg_factor)
-        return self.loss_weight * _avg_dtype(_promote(loss, w), reduction, avg_factor)
+        return self.loss_weight * _avg_dtype(loss, reduction, avg_factor)
 
 
 def _focal_weight(weight, pred):
@@ -349,18 +369,23 @@ class CrossEntropyLoss(nn.Module):
             # a float64 tensor (no host sync); mmdetection's Python int + eps is formed in double too
             avg_factor = (label.numel() - (label == ignore_index).sum()).to(torch.float64)
         w = None if weight is None else weight.float()
-        loss = _rowwise.cross_entropy(pred, label, weight=class_weight, ignore_index=ignore_index, reduction=reduction,
+        (pred,) = _widen(_weighted_dtype(pred.dtype, label.dim(), w), pred)  # the loss has label's shape
+        w = _broadcast_weight("CrossEntropyLoss", w, label.shape)  # a 0-dim / (1,) weight: one per row
+        return _rowwise.cross_entropy(pred, label, weight=class_weight, ignore_index=ignore_index, reduction=reduction,
                                       avg_factor=avg_factor, sample_weight=w, avg_non_ignore=False)
-        return _promote(loss, w)
 
     def _sigmoid(self, pred, label, weight, reduction, avg_factor, class_weight, ignore_index):
         ignore_index = -100 if ignore_index is None else ignore_index
+        # mmdetection's label.float() makes torch's BCE fp32 (its target's dtype) and its fp32
+        # weight keeps it there: fp16 / bf16 logits are summed in fp32 (fp64 ones computed in fp64)
+        (pred,) = _widen(torch.float32, pred)
         if pred.dim() != label.dim():
-            # labels (N,): one-hot in the kernel; ignored rows weigh 0, labels past C-1 are background
+            # labels (N,): one-hot in the kernel; ignored rows weigh 0, labels past C-1 are
+            # background; the weight (N, 1), one per row for every N (a (C,) one would be per column)
             C = pred.size(-1)
             valid = (label >= 0) & (label != ignore_index)
             target = _background_labels(torch.where(valid, label, torch.full_like(label, C)), C)
-            w = valid.float() if weight is None else weight.reshape(-1).float() * valid
+            w = (valid.float() if weight is None else weight.reshape(-1).float() * valid).unsqueeze(-1)
             n_valid = valid.sum().to(torch.float64) * C
         else:
             valid = (label >= 0) & (label != ignore_index)
@@ -372,8 +397,7 @@ class CrossEntropyLoss(nn.Module):
             avg_factor = n_valid
         loss = _pointwise.binary_cross_entropy_with_logits(pred, target, weight=w, reduction=reduction, pos_weight=class_weight,
                                                            avg_factor=avg_factor)
-        # mmdetection passes label.float(): torch's BCE-with-logits returns the target's dtype, fp32
-        return loss.to(torch.float32)
+        return loss.to(torch.float32)  # torch's BCE-with-logits returns its target's dtype: label.float()'s fp32
 
     def _mask(self, pred, target, roi_label, reduction, avg_factor, ignore_index):
         if ignore_index is not None:
@@ -397,8 +421,14 @@ class QualityFocalLoss(nn.Module):
 
     forward(pred, target, weight=None, avg_factor=None, reduction_override=None):
         pred: logits (N, C) (probabilities with ``activated``); target: ``(labels (N,), scores (N,))`` -- a label outside [0, C)
-            is background -- or dense quality targets (N, C).  weight: (N,) per anchor.
-    Returns (N,) for "none", else a scalar, in pred's dtype.
+            is background -- or dense quality targets of pred's shape, (N, C) or (N, C, ...)
+            (mmdetection's ``quality_focal_loss_tensor_target``: classes on dim 1).
+        weight: broadcasting to the per-position loss (N,) or (N, ...) as torch does ((N,) per
+            anchor, (N, ...) per position); ValueError otherwise.
+    Returns the per-position loss (N,) or (N, ...) for "none", else a scalar; "mean" divides by
+    the number of positions (mmdetection's mean of the summed loss).  The dtype is pred's,
+    promoted with a floating weight (not a 0-dim one) as mmdetection's ``loss * weight``; the
+    kernel then runs in that dtype (fp16 pred with an fp32 weight is summed in fp32).
     """
 
     def __init__(self, use_sigmoid=True, beta=2.0, reduction='mean', loss_weight=1.0, activated=False):
@@ -413,6 +443,10 @@ class QualityFocalLoss(nn.Module):
 
     def forward(self, pred, target, weight=None, avg_factor=None, reduction_override=None):
         reduction = _reduction("QualityFocalLoss", reduction_override, self.reduction)
+        # mmdetection's per-position loss: the per-element loss summed over the classes (dim 1)
+        positions = pred.shape[:1] + pred.shape[2:]
+        w = _broadcast_weight("QualityFocalLoss", weight, positions)
+        (pred,) = _widen(_weighted_dtype(pred.dtype, len(positions), weight), pred)
         if isinstance(target, torch.Tensor):
             target = target.to(pred.dtype)
         else:
@@ -420,17 +454,16 @@ class QualityFocalLoss(nn.Module):
                 raise ValueError("QualityFocalLoss: target must be a tensor or (labels, scores)")
             label, score = target
             target = (_background_labels(label, pred.size(1)), score)
-        if weight is not None and weight.shape != pred.shape[:1]:
-            raise ValueError(f"QualityFocalLoss: weight must be one value per anchor {tuple(pred.shape[:1])}, got {tuple(weight.shape)}")
+        w = None if w is None else w.unsqueeze(1)  # (N, 1, ...): each position's weight over its classes
         qfl = _pointwise.quality_focal_loss_with_prob if self.activated else _pointwise.quality_focal_loss
         if reduction == "none":
             loss = qfl(pred, target, self.beta, reduction="none").sum(dim=1)
             loss = loss if weight is None else loss * weight
         elif reduction == "sum" or avg_factor is not None:
-            loss = qfl(pred, target, self.beta, weight=weight, reduction=reduction, avg_factor=avg_factor)
-        else:  # mmdetection's mean is over the anchors, after the sum over the classes
-            loss = qfl(pred, target, self.beta, weight=weight, reduction="sum") / max(pred.size(0), 1)
-        return self.loss_weight * _avg_dtype(_promote(loss.to(pred.dtype), weight), reduction, avg_factor)
+            loss = qfl(pred, target, self.beta, weight=w, reduction=reduction, avg_factor=avg_factor)
+        else:  # mmdetection's mean is over the positions (N, ...), after the sum over the classes
+            loss = qfl(pred, target, self.beta, weight=w, reduction="sum") / max(math.prod(positions), 1)
+        return self.loss_weight * _avg_dtype(loss.to(pred.dtype), reduction, avg_factor)
 
 
 class VarifocalLoss(nn.Module):
@@ -460,10 +493,11 @@ class VarifocalLoss(nn.Module):
                 reduction_override: Optional[str] = None) -> Tensor:
         reduction = _reduction("VarifocalLoss", reduction_override, self.reduction)
         w = _broadcast_weight("VarifocalLoss", weight, pred.shape)
-        pred = _at_least_fp32(pred)  # mmdetection's focal weight is formed with (target > 0).float(): fp32 at least
+        # mmdetection's focal weight is formed with (target > 0).float(): fp32 at least, then its weight promotes
+        (pred,) = _widen(_weighted_dtype(_at_least_fp32(pred).dtype, pred.dim(), weight), pred)
         loss = _pointwise.varifocal_loss(pred, target.to(pred.dtype), self.alpha, self.gamma, self.iou_weighted, weight=w,
                                          reduction=reduction, avg_factor=avg_factor)
-        return self.loss_weight * _avg_dtype(_promote(loss, w), reduction, avg_factor)
+        return self.loss_weight * _avg_dtype(loss, reduction, avg_factor)
 
 
 class DistributionFocalLoss(nn.Module):
@@ -481,9 +515,12 @@ class DistributionFocalLoss(nn.Module):
 
     def forward(self, pred, target, weight=None, avg_factor=None, reduction_override=None):
         reduction = _reduction("DistributionFocalLoss", reduction_override, self.reduction)
-        pred = _at_least_fp32(pred)  # mmdetection's bin weights are dis_right.float() - label: fp32 at least
+        # mmdetection's bin weights are dis_right.float() - label: fp32 at least, then its weight
+        # promotes (the kernel promotes with a floating target itself)
+        (pred,) = _widen(_weighted_dtype(_at_least_fp32(pred).dtype, pred.dim() - 1, weight), pred)
+        weight = _broadcast_weight("DistributionFocalLoss", weight, pred.shape[:-1])  # a 0-dim / (1,) weight: one per row
         loss = _rowwise.distribution_focal_loss(pred, target, weight, reduction, avg_factor)
-        return self.loss_weight * _avg_dtype(_promote(loss, weight), reduction, avg_factor)
+        return self.loss_weight * _avg_dtype(loss, reduction, avg_factor)
 
 
 class GaussianFocalLoss(nn.Module):
@@ -522,6 +559,7 @@ class GaussianFocalLoss(nn.Module):
             return self.loss_weight * _avg_dtype(self._with_pos_inds(pred, target, pos_inds, pos_labels, reduction, avg_factor),
                                                  reduction, avg_factor)
         w = _broadcast_weight("GaussianFocalLoss", weight, pred.shape)
+        pred, target = _widen(_weighted_dtype(torch.promote_types(pred.dtype, target.dtype), pred.dim(), weight), pred, target)
         if self.pos_weight == self.neg_weight:
             loss = _pointwise.gaussian_focal_loss(pred, target, self.alpha, self.gamma, weight=w, reduction=reduction,
                                                   avg_factor=avg_factor)
@@ -531,7 +569,7 @@ class GaussianFocalLoss(nn.Module):
             w2 = split if w is None else w * split
             loss = _pointwise.gaussian_focal_loss(pred, target, self.alpha, self.gamma, weight=w2, reduction=reduction,
                                                   avg_factor=avg_factor)
-        return self.loss_weight * _avg_dtype(_promote(loss, w), reduction, avg_factor)
+        return self.loss_weight * _avg_dtype(loss, reduction, avg_factor)
 
     def _with_pos_inds(self, pred, target, pos_inds, pos_labels, reduction, avg_factor):
         if pos_labels is None:
@@ -604,8 +642,8 @@ def _regression(name, op, pred, target, weight, reduction, avg_factor, *params, 
     if empty_scalar and target.numel() == 0:  # mmdetection's L1 / smooth L1 / balanced L1: a 0-d zero, then its weighting
         return _weight_reduce(name, pred.sum() * 0, weight, reduction, avg_factor)
     w = _broadcast_weight(name, weight, pred.shape)
-    loss = op(pred, target, *params, reduction=reduction, weight=w, avg_factor=avg_factor)
-    return _promote(loss, w)
+    pred, target = _widen(_weighted_dtype(torch.promote_types(pred.dtype, target.dtype), pred.dim(), weight), pred, target)
+    return op(pred, target, *params, reduction=reduction, weight=w, avg_factor=avg_factor)
 
 
 class L1Loss(nn.Module):
@@ -793,9 +831,11 @@ class _PairedIoULoss(nn.Module):
         weight = _box_weight(name, pred, weight)
         if self._KIND in ("ciou", "extended_iou"):  # mmdetection's (ious > 0.5).float() / (ious < smooth_point).float(): fp32 at least
             pred, target = _at_least_fp32(pred), _at_least_fp32(target)
+        # the per-box loss (N,) times the weight, reduced in the promoted dtype (mmdetection's weight_reduce_loss)
+        pred, target = _widen(_weighted_dtype(torch.promote_types(pred.dtype, target.dtype), pred.dim() - 1, weight), pred, target)
         loss = _box_iou.box_iou_loss(pred, target, self._KIND, reduction, weight, avg_factor, eps=self.eps, convention="mmdet",
                                      **self._kind_args())
-        return self.loss_weight * _avg_dtype(_promote(loss, weight), reduction, avg_factor)
+        return self.loss_weight * _avg_dtype(loss, reduction, avg_factor)
 
 
 class GIoULoss(_PairedIoULoss):
@@ -902,8 +942,9 @@ class BoundedIoULoss(nn.Module):
         # mmdetection computes the target's terms under no_grad; its (N, 4) loss, then weight_reduce_loss
         terms = _box_iou.box_iou_loss(pred, target.detach(), "bounded_iou", "none", eps=self.eps, smooth_point=self.beta,
                                       convention="mmdet", per_coordinate=True)
-        loss = _weight_reduce(name, terms, _broadcast_weight(name, weight, terms.shape), reduction, avg_factor)
-        return self.loss_weight * _avg_dtype(_promote(loss, weight), reduction, avg_factor)
+        _broadcast_weight(name, weight, terms.shape)  # only the check: torch's terms * weight promotes as mmdetection's
+        loss = _weight_reduce(name, terms, weight, reduction, avg_factor)
+        return self.loss_weight * _avg_dtype(loss, reduction, avg_factor)
 
 
 def bbox_overlaps(bboxes1, bboxes2, mode='iou', is_aligned=False, eps=1e-6):

@@ -470,15 +470,25 @@ class FocalLoss(_Loss):
         return (class_norm * (loss_c * scale) / norm_c).sum()
 
 
+def _broadcasts_to(shape, target_shape):
+    """Whether torch's broadcasting takes ``shape`` to ``target_shape`` (not to a larger one)."""
+    try:
+        return torch.broadcast_shapes(shape, target_shape) == target_shape
+    except RuntimeError:
+        return False
+
+
 class SoftBCEWithLogitsLoss(nn.Module):
     """smp's ``SoftBCEWithLogitsLoss`` (segmentation_models_pytorch.losses, smp 0.6.0) on
     :func:`fastloss.binary_cross_entropy_with_logits`: BCE-with-logits against the smoothed
     target (1 - y) f + y (1 - f) (f = ``smooth_factor``, the kernel's label smoothing 2 f),
-    ``weight`` and ``pos_weight`` as torch's, elements equal to ``ignore_index`` weighted 0.
+    ``weight`` and ``pos_weight`` as torch's (broadcast to y_pred's shape: a (C,) weight is per
+    last-axis index, square inputs included), elements equal to ``ignore_index`` weighted 0.
 
     y_pred and y_true of one shape (any), fp16/bf16/fp32 (fp64 on CPU).  "mean": over all
     elements (ignored ones included, as smp), "sum"; any other ``reduction``: the per-element
-    losses.  Raises ValueError for ``smooth_factor`` outside [0, 0.5] and bad shapes."""
+    losses.  Raises ValueError for ``smooth_factor`` outside [0, 0.5] and bad shapes (a weight
+    or pos_weight that does not broadcast to y_pred's shape: smp's torch call raises there)."""
 
     __constants__ = ["weight", "pos_weight", "reduction", "ignore_index", "smooth_factor"]
 
@@ -503,6 +513,11 @@ class SoftBCEWithLogitsLoss(nn.Module):
     def forward(self, y_pred: torch.Tensor, y_true: torch.Tensor) -> torch.Tensor:
         t = y_true if y_true.is_floating_point() else y_true.to(y_pred.dtype)
         w = self.weight
+        # smp hands weight to torch's BCE: broadcast to y_pred's shape or an error (fastloss's
+        # per-row extension for a y_pred.shape[:-1] weight is not smp's)
+        if w is not None and not _broadcasts_to(w.shape, y_pred.shape):
+            raise ValueError(f"SoftBCEWithLogitsLoss: weight of shape {tuple(w.shape)} does not broadcast to y_pred's shape "
+                             f"{tuple(y_pred.shape)}")
         if self.ignore_index is not None:
             valid = y_true != self.ignore_index
             t = torch.where(valid, t, torch.zeros_like(t))

@@ -231,12 +231,23 @@ def _prepare_target(op, input, target, labels):
     return target.to(torch.int64).contiguous()
 
 
-def _prepare_operand(name, input, v, dtype, per_class=False):
-    """(tensor, layout code) of a weight / aux operand: per element (input's shape), per row
-    (input.shape[:-1], mmdetection's per-anchor weight), per column ((C,) or (1, ..., 1, C):
-    class weights, pos_weight; no copy), or anything else that broadcasts to input (expanded to
-    per element).  A (C,) operand of a square (C, C) input is per row, as mmdetection reads a
-    weight, unless ``per_class`` (torch's broadcasting: pos_weight)."""
+def _prepare_operand(name, input, v, dtype, rule="mmdet"):
+    """(tensor, layout code) of a weight / aux operand of ``input``, whose shape is read by
+    ``rule``:
+
+    * "mmdet" (every loss but torch's BCE pair): input's shape; else input.shape[:-1], per row
+      (mmdetection's per-anchor weight, mmcv's focal weight) -- before broadcasting, so a (C,)
+      operand of a square (C, C) input is per row; else torch's broadcasting to input.
+    * "torch" (``F.binary_cross_entropy_with_logits``'s ``pos_weight``): torch's broadcasting
+      to input only, so a (C,) operand of a square (C, C) input is per column.
+    * "torch_rows" (the ``weight`` of torch's BCE pair): torch's broadcasting first, as
+      "torch"; an operand of shape input.shape[:-1] that does not broadcast (torch rejects
+      it) is per row (fastloss's documented extension: per-anchor weights of class labels).
+
+    Layouts, none but the last copies: per element (input's shape), per row (input.shape[:-1],
+    or a broadcasting (..., 1) holding one value per row), per column ((C,) or (1, ..., 1, C)),
+    else the broadcast operand expanded to per element.  ValueError for a shape the rule does
+    not accept (one that would broadcast input to a larger shape included)."""
     if v is None:
         return None, 0
     _check_tensor(name, v)
@@ -245,23 +256,28 @@ def _prepare_operand(name, input, v, dtype, per_class=False):
     v = v.to(dtype)
     if v.shape == input.shape:
         return v.contiguous(), LAYOUTS["elem"]
-    if input.dim() > 0 and v.shape == input.shape[:-1] and not (per_class and v.shape == input.shape[-1:]):
-        return v.contiguous(), LAYOUTS["row"]
     try:
-        broadcast = torch.broadcast_shapes(v.shape, input.shape)
+        broadcasts = torch.broadcast_shapes(v.shape, input.shape) == input.shape
     except RuntimeError:
-        broadcast = None
-    if broadcast != input.shape:
-        raise ValueError(f"{name} of shape {tuple(v.shape)} matches neither input {tuple(input.shape)}, "
-                         f"nor its rows {tuple(input.shape[:-1])}, nor broadcasts to it")
-    if input.dim() > 0 and v.dim() > 0 and v.shape[-1] == input.shape[-1] and v.numel() == input.shape[-1]:
-        return v.reshape(-1).contiguous(), LAYOUTS["col"]
+        broadcasts = False
+    if input.dim() > 0 and v.shape == input.shape[:-1] and (rule == "mmdet" or (rule == "torch_rows" and not broadcasts)):
+        return v.contiguous(), LAYOUTS["row"]
+    if not broadcasts:
+        rows = "" if rule == "torch" else f", nor its rows {tuple(input.shape[:-1])}"
+        raise ValueError(f"{name} of shape {tuple(v.shape)} matches neither input {tuple(input.shape)}{rows}, nor broadcasts to it")
+    if input.dim() > 0 and v.dim() > 0:
+        if v.shape[-1] == input.shape[-1] and v.numel() == input.shape[-1]:
+            return v.reshape(-1).contiguous(), LAYOUTS["col"]
+        # (..., 1) broadcasting to input with one value per row: every leading dim is input's
+        if input.dim() > 1 and v.shape[-1] == 1 and v.numel() == math.prod(input.shape[:-1]):
+            return v.reshape(-1).contiguous(), LAYOUTS["row"]
     return v.expand(input.shape).contiguous(), LAYOUTS["elem"]
 
 
-def _run(op, input, target, params, reduction, weight=None, avg_factor=None, *, aux=None, aux_name="aux", aux_per_class=False,
-         target_value=None, labels=False, sync_avg_factor=False, backend=None):
-    """The engine's public path: checks, dtype rules, layouts, then the custom op (under
+def _run(op, input, target, params, reduction, weight=None, avg_factor=None, *, aux=None, aux_name="aux", weight_rule="mmdet",
+         aux_rule="mmdet", target_value=None, labels=False, sync_avg_factor=False, backend=None):
+    """The engine's public path: checks, dtype rules, layouts (the operands' shapes read by
+    ``weight_rule`` / ``aux_rule``, see :func:`_prepare_operand`), then the custom op (under
     torch.compile) or the eager fast path, then avg_factor.  Returns the loss in the promoted
     dtype of input and a float target (fp32 under autocast)."""
     _common.check_logits("input", input)
@@ -273,8 +289,8 @@ def _run(op, input, target, params, reduction, weight=None, avg_factor=None, *, 
     if target.is_floating_point() or target.dtype == torch.bool:
         target = target.to(dtype).contiguous()
     acc = _common.reduced_dtype(dtype)
-    weight, weight_layout = _prepare_operand("weight", input, weight, acc)
-    aux, aux_layout = _prepare_operand(aux_name, input, aux, acc, per_class=aux_per_class)
+    weight, weight_layout = _prepare_operand("weight", input, weight, acc, weight_rule)
+    aux, aux_layout = _prepare_operand(aux_name, input, aux, acc, aux_rule)
     if target_value is not None:
         _check_tensor("target_value", target_value)
         _common.no_grad_required(target_value=target_value)
@@ -313,8 +329,9 @@ def _run(op, input, target, params, reduction, weight=None, avg_factor=None, *, 
 
 _REDUCTION_DOC = """reduction: "none" | "mean" | "sum"; the mean of an empty input is 0.
         weight: per element (input's shape), per row (input.shape[:-1], mmdetection's
-            per-anchor weight; also for a (C,) weight of a square (C, C) input), per column
-            ((C,), no copy), or anything that broadcasts to input; it does not take part in dtype
+            per-anchor weight -- also a (C,) weight of a square (C, C) input, as mmdetection's
+            focal weight; or (..., 1)), per column ((C,) or (1, ..., 1, C)), all without a
+            copy, or anything that broadcasts to input; it does not take part in dtype
             promotion (as torch's ``weight=``).  "mean" divides the weighted sum by the number
             of elements (mmdetection's rule; torch's ``F.l1_loss(weight=)`` / ``mse_loss``
             divide by the sum of the weights instead).
@@ -445,17 +462,26 @@ def binary_cross_entropy_with_logits(input, target, weight=None, reduction="mean
         input: logits (..., C), fp16/bf16/fp32 (fp64 on CPU/reference).
         target: probabilities in [0, 1] of input's shape, or integer class labels of shape
             input.shape[:-1] in [0, C] (one-hot in registers, C = background).
-        weight: per element, per row, per column or broadcastable (rescales each element).
-        pos_weight: weight of the positive term per class ((C,) or broadcastable to input,
-            torch's semantics): -[pos_weight t log p + (1 - t) log(1 - p)].
+        weight: rescales each element; torch's broadcasting to input's shape, so a (C,)
+            weight is per column (per class) whatever N, square (C, C) inputs included (unlike
+            the mmdetection-style losses' per-row reading there); (..., 1) is per row, e.g.
+            per anchor, without a copy.  Extension: a weight of shape input.shape[:-1] that
+            torch's broadcasting rejects (an (N,) weight of an (N, C) input, N != C) is per
+            row; prefer ``weight[..., None]``, which means one value per row for every shape.
+            It does not take part in dtype promotion (as torch's ``weight=``).
+        pos_weight: weight of the positive term, torch's semantics: broadcast to input's shape
+            ((C,): per class, also for square inputs),
+            -[pos_weight t log p + (1 - t) log(1 - p)].
         label_smoothing: s in [0, 1]: targets become t (1 - s) + s / 2 (YOLOv5's smooth_BCE).
         reduction, avg_factor, sync_avg_factor: as :func:`sigmoid_focal_loss`.
 
     Returns the loss (promoted dtype of input and a float target; fp32 under autocast);
-    ValueError for bad shapes or parameters."""
+    ValueError for bad shapes (a weight or pos_weight that does not broadcast to input's
+    shape, or broadcasts it to a larger one: torch raises there too) or parameters."""
     s = _common.check_param("label_smoothing", label_smoothing, lambda v: 0 <= v <= 1, "in [0, 1]")
     return _run("binary_cross_entropy_with_logits", input, target, [1.0 - s, 0.5 * s], reduction, weight, avg_factor, aux=pos_weight,
-                aux_name="pos_weight", aux_per_class=True, labels=True, sync_avg_factor=sync_avg_factor, backend=backend)
+                aux_name="pos_weight", weight_rule="torch_rows", aux_rule="torch", labels=True, sync_avg_factor=sync_avg_factor,
+                backend=backend)
 
 
 def binary_cross_entropy(input, target, weight=None, reduction="mean", avg_factor=None, *, sync_avg_factor=False, backend=None):
@@ -465,14 +491,17 @@ def binary_cross_entropy(input, target, weight=None, reduction="mean", avg_facto
     mode (:func:`fastloss.checked_labels`; no host sync otherwise: values outside give
     meaningless numbers or NaN, unchecked).
     Under autocast, as torch, it computes in fp32 (torch refuses it under CUDA autocast:
-    fastloss's kernel is safe there).  Other arguments as :func:`binary_cross_entropy_with_logits`."""
-    return _run("binary_cross_entropy", input, target, [], reduction, weight, avg_factor, sync_avg_factor=sync_avg_factor, backend=backend)
+    fastloss's kernel is safe there).  Other arguments (``weight``'s torch broadcasting and
+    per-row extension too) as :func:`binary_cross_entropy_with_logits`."""
+    return _run("binary_cross_entropy", input, target, [], reduction, weight, avg_factor, weight_rule="torch_rows",
+                sync_avg_factor=sync_avg_factor, backend=backend)
 
 
 def poly1_bce_loss(input, target, epsilon=1.0, weight=None, reduction="mean", avg_factor=None, *, sync_avg_factor=False, backend=None):
     """Poly-1 BCE (PolyLoss, arXiv 2204.12511): BCE-with-logits + epsilon (1 - p_t) per
     element.  Targets (float or class labels), returns and errors as
-    :func:`binary_cross_entropy_with_logits`."""
+    :func:`binary_cross_entropy_with_logits`; ``weight``, reduction and avg_factor as
+    :func:`sigmoid_focal_loss` (a (C,) weight of a square input per row)."""
     eps = _common.check_param("epsilon", epsilon, math.isfinite, "finite")
     return _run("poly1_bce_loss", input, target, [eps], reduction, weight, avg_factor, labels=True, sync_avg_factor=sync_avg_factor,
                 backend=backend)
