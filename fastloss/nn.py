@@ -212,11 +212,15 @@ class DiceCELoss(_DiceFamily):
         if ce_weight is not None:
             if mode != "multiclass":
                 raise ValueError(f'ce_weight weights the softmax cross entropy of mode "multiclass"; got mode {mode!r}')
-            w = torch.as_tensor(ce_weight, dtype=torch.float32).detach()
+            w = torch.as_tensor(ce_weight, dtype=torch.float64).detach()
             if w.dim() != 1 or not bool(torch.isfinite(w).all() & (w >= 0).all()):
                 raise ValueError(f"ce_weight must be one finite value >= 0 per class, got {ce_weight!r}")
-            ce_weight = w  # a buffer: module.to(device) moves it
-        self.register_buffer("ce_weight", ce_weight, persistent=False)
+        # as class_weights: a tensor is a buffer (module.to(device) moves it), a sequence keeps
+        # its Python floats (not rounded to fp32 before an fp64 input's cross entropy)
+        if isinstance(ce_weight, torch.Tensor):
+            self.register_buffer("ce_weight", ce_weight.detach(), persistent=False)
+        else:
+            self.ce_weight = None if ce_weight is None else tuple(float(v) for v in ce_weight)
 
     def forward(self, input, target):
         return self._scaled(_dice.dice_ce_loss(input, target, mode=self.mode, lambda_dice=self.lambda_dice, lambda_ce=self.lambda_ce,

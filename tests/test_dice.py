@@ -196,6 +196,41 @@ def test_labels_equal_one_hot(device, backend):
 
 
 @pytest.mark.parametrize("device,backend", helpers.device_backend_params())
+def test_one_class_multiclass_labels_name_class_zero(device, backend):
+    """A multiclass label map of a one-class input names class 0 by label 0 with and without
+    the softmax (smp's one-hot of it), though the kernels read a one-class map without a
+    softmax as binary mode's 0 / 1 mask: the same numbers as the one-hot float target, ignored
+    pixels (ignore_index 1 -- out of range -- or 255) left out, and label 1 out of range."""
+    helpers.require_backend(device, backend)
+    p = torch.tensor([[[0.9, 0.8, 0.7, 0.6, 0.2]]], dtype=torch.float64, device=device)  # (N, C = 1, S) probabilities
+    lab = torch.tensor([[0, 0, 0, 255, 1]], device=device)
+    for ign in (None, 255, 1):
+        t = torch.where((lab == 0) | (lab == ign), lab, 0)  # label 0, and the ignored label (1: out of range but ignored)
+        keep = t[0] != ign if ign is not None else torch.ones_like(t[0], dtype=torch.bool)
+        x = (p[..., keep] if ign is not None else p).clone().requires_grad_(True)
+        xl = p.clone().requires_grad_(True)
+        for fn in (fastloss.dice_loss, fastloss.jaccard_loss, fastloss.tversky_loss):
+            got = fn(xl, t, mode="multiclass", from_logits=False, ignore_index=ign, backend=backend)
+            want = fn(x, (t[..., keep] == 0).to(x.dtype)[:, None] if ign is not None else torch.ones_like(x), mode="multiclass",
+                      from_logits=False, backend=backend)  # the one-hot target of the counted pixels
+            helpers.assert_close(got, want.detach(), torch.float64, msg=f"{fn.__name__} ignore_index={ign}")
+            (g_got,) = torch.autograd.grad(got, xl)
+            (g_want,) = torch.autograd.grad(want, x)
+            helpers.assert_close(g_got[..., keep], g_want, torch.float64, msg=f"{fn.__name__} grad ignore_index={ign}")
+            assert not g_got[..., ~keep].any()
+    if device == "cpu":
+        with pytest.raises(ValueError, match="out of range"):
+            fastloss.dice_loss(p, torch.ones(1, 5, dtype=torch.long), mode="multiclass", from_logits=False, backend=backend)
+    smp_losses = pytest.importorskip("segmentation_models_pytorch.losses")
+    from fastloss.compat import smp as compat_smp
+
+    t = torch.tensor([[0, 0, 0, 0, 0]])
+    for name in ("DiceLoss", "JaccardLoss", "TverskyLoss"):
+        ref = getattr(smp_losses, name)("multiclass", from_logits=False)(p.cpu(), t)
+        torch.testing.assert_close(getattr(compat_smp, name)("multiclass", from_logits=False)(p.cpu(), t), ref)
+
+
+@pytest.mark.parametrize("device,backend", helpers.device_backend_params())
 def test_binary_input_forms(device, backend):
     """Binary input (N, 1, *) or (N, *); targets (N, *) or like input: one loss."""
     helpers.require_backend(device, backend)
@@ -745,6 +780,10 @@ def test_dice_ce_class_weights(device, backend, reduction):
     m = fastloss.nn.DiceCELoss(ce_weight=[0.5, 2.0, 0.0, 1.5], ignore_index=255, reduction=reduction, backend=backend).to(device)
     helpers.assert_close(m(x, y), fastloss.dice_ce_loss(x, y, ce_weight=w, ignore_index=255, reduction=reduction, backend=backend),
                          torch.float64)
+    # a sequence keeps its Python floats (not rounded to fp32 before the fp64 cross entropy)
+    seq = [0.1, 0.7, 0.0, 1.3]
+    m = fastloss.nn.DiceCELoss(ce_weight=seq, ignore_index=255, reduction=reduction, backend=backend)
+    assert torch.equal(m(x, y), fastloss.dice_ce_loss(x, y, ce_weight=seq, ignore_index=255, reduction=reduction, backend=backend))
     with pytest.raises(ValueError, match="ce_weight"):
         fastloss.dice_ce_loss(x, (soft > 0.3).double(), mode="multilabel", ce_weight=w, backend=backend)
     with pytest.raises(ValueError, match="ce_weight"):
@@ -820,7 +859,7 @@ def test_soft_label_from_logits_vs_formula(device, backend, mode, form):
         t = torch.where(t == 255, t, torch.rand(t.shape, dtype=t.dtype, device=device))  # soft values, ignored ones kept
     out = fastloss.dice_loss(x, t, mode=mode, soft_label=True, smooth_nr=1e-5, smooth_dr=1e-5, per_image=True, ignore_index=ign,
                              backend=backend)
-    x64, t64 = R.canonicalize(x.detach().cpu().requires_grad_(True), t.cpu(), mode)
+    x64, t64, _ = R.canonicalize(x.detach().cpu().requires_grad_(True), t.cpu(), mode, 2 if mode == "multiclass" else 1, ign)
     xb = x64.detach().requires_grad_(True)
     ref = _soft_formula_loss(xb, t64, 2 if mode == "multiclass" else 1, ign)
     helpers.assert_close(out, ref.detach(), torch.float64, msg=f"{backend} value")

@@ -191,7 +191,7 @@ def _sums(module, input, target, to_onehot_y, ignore_index, squared, soft_label,
         elif activation == 2:
             x = torch.softmax(x, 1)
         x, t, activation, kernel_ignore = x * mask, tf * mask, 0, None
-    xk, tk, _ = _dice._prepare(x, t, mode, False, kernel_ignore)
+    xk, tk, _, kernel_ignore = _dice._prepare(x, t, mode, activation == 2, kernel_ignore)  # its labels: C > 1
     fused = activation != 0
     squared = bool(squared)
     sums, ce = _dice._sums(xk, tk, activation, squared, bool(soft_label) and not squared,

@@ -168,8 +168,8 @@ class _SoftScore(_Loss):
             t = y_true.reshape(bs, y_pred.size(1), -1).to(y_pred.dtype)
         if self.from_logits:
             _check_target(type(self).__name__, t, self.ignore_index, nonneg=True)
-        xk, tk, _ = _dice._prepare(x, t, mode, False, self.ignore_index)
-        ii = None if self.ignore_index is None else int(self.ignore_index)
+        xk, tk, _, ii = _dice._prepare(x, t, mode, bool(self.from_logits), self.ignore_index)
+        ii = None if ii is None else int(ii)
         # from_logits: smp's sum min(p, g) in the kernel's soft-label mode; else the plain sums + a torch term
         sums, _ = _dice._sums(xk, tk, activation, False, bool(self.from_logits), ii, False, None)
         I, P, G = sums.sum(0).unbind(-1)  # over the batch and space, per class (smp's dims (0, 2))

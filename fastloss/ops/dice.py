@@ -165,7 +165,8 @@ class DiceSumsFunction(torch.autograd.Function):
 
 
 def _prepare(input, target, mode, from_logits, ignore_index):
-    """Validate; return kernel views x (N, C, S), target ((N, S) labels or (N, C, S) float), activation."""
+    """Validate; return kernel views x (N, C, S), target ((N, S) labels or (N, C, S) float),
+    activation and the kernels' ignore_index (reference.canonicalize)."""
     _common.check_logits("input", input)
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
@@ -219,9 +220,12 @@ def _prepare(input, target, mode, from_logits, ignore_index):
     input = input.to(_common.compute_dtype(input, target)).contiguous()  # torch's promotion; fp32 under autocast
     if target.is_floating_point():
         target = target.to(input.dtype)
-    x, t = reference.canonicalize(input, target, mode)
     activation = 0 if not from_logits else (2 if mode == "multiclass" else 1)
-    return x, t.contiguous(), activation
+    if mode == "multiclass" and not target.is_floating_point() and input.shape[1] == 1 and activation != 2:
+        # one class: labels in [0, 1) (the kernels' check allows binary mode's 1; canonicalize maps them)
+        _common.check_labels("dice", target, 1, ignore_index, hint="; to leave such pixels out of the loss, pass ignore_index=<their label>")
+    x, t, ignore_index = reference.canonicalize(input, target, mode, activation, ignore_index)
+    return x, t.contiguous(), activation, ignore_index
 
 
 def _check_params(alpha, beta, gamma, smooth_nr, smooth_dr, reduction):
@@ -256,7 +260,7 @@ def _sums(x, t, activation, squared, soft, ignore_index, with_ce, backend):
 def _loss(input, target, a, alpha, beta, gamma, mode, from_logits, smooth_nr, smooth_dr, squared, ignore_index,
           include_background, per_image, class_weights, log, reduction, zero_empty, backend, soft_label, with_ce=False):
     alpha, beta, gamma, smooth_nr, smooth_dr = _check_params(alpha, beta, gamma, smooth_nr, smooth_dr, reduction)
-    x, t, activation = _prepare(input, target, mode, from_logits, ignore_index)
+    x, t, activation, ignore_index = _prepare(input, target, mode, from_logits, ignore_index)
     ignore_index = None if ignore_index is None else int(ignore_index)
     w = _class_weights(class_weights, x.shape[1], x.device, _common.reduced_dtype(x.dtype))
     squared = bool(squared)
@@ -365,7 +369,7 @@ def dice_ce_loss(input, target, mode="multiclass", lambda_dice=1.0, lambda_ce=1.
             raise ValueError(f'dice_ce_loss: ce_weight weights the softmax cross entropy of mode "multiclass"; got mode {mode!r}')
         d, _ = _loss(input, target, 2.0, 0.5, 0.5, gamma, mode, True, smooth_nr, smooth_dr, squared, ignore_index,
                      include_background, per_image, class_weights, log, reduction, zero_empty, backend, soft_label)
-        x, t, _ = _prepare(input, target, mode, True, ignore_index)
+        x, t, _, _ = _prepare(input, target, mode, True, ignore_index)
         if not isinstance(ce_weight, torch.Tensor):
             ce_weight = torch.as_tensor(ce_weight, dtype=_common.reduced_dtype(x.dtype), device=x.device)
         ce_term = rowwise.cross_entropy(x, t, weight=ce_weight, ignore_index=-100 if ignore_index is None else int(ignore_index),

@@ -263,11 +263,17 @@ def finish(s, alpha, beta, gamma, a, smooth_nr, smooth_dr, include_background, p
     return loss.sum() if reduction == "sum" else loss.mean()
 
 
-def canonicalize(input, target, mode):
-    """Kernel views (no copies when contiguous): x (N, C, S) and the target as an integer
-    label map (N, S) or a float tensor (N, C, S).  Shapes are validated by fastloss/ops/dice.py.
-    binary: input (N, 1, *) or (N, *) (a channel dim of 1 is added); multilabel targets of an
-    integer dtype are cast to input's dtype (they are given per channel, not as labels)."""
+def canonicalize(input, target, mode, activation, ignore_index):
+    """Kernel views (no copies when contiguous): x (N, C, S), the target as an integer label map
+    (N, S) or a float tensor (N, C, S), and the ignore_index the kernels take.  Shapes are
+    validated by fastloss/ops/dice.py.  binary: input (N, 1, *) or (N, *) (a channel dim of 1 is
+    added); multilabel targets of an integer dtype are cast to input's dtype (they are given per
+    channel, not as labels).
+    The kernels read the label map of a one-class input without a softmax as binary mode's 0 / 1
+    mask (g = [label == 1], probs_targets_mask).  A multiclass label map there names class 0 by
+    label 0, so it is handed over as that mask (a copy): 1 for label 0, 0 for any other (an
+    unchecked out-of-range label: counted in P' only, as for every C), ignored pixels as 2 with
+    ignore_index 2."""
     if mode == "binary" and not (input.dim() >= 2 and input.shape[1] == 1):
         input = input.unsqueeze(1)
     N, C = input.shape[:2]
@@ -276,8 +282,14 @@ def canonicalize(input, target, mode):
     if mode == "multilabel" and not target.is_floating_point():
         target = target.to(input.dtype)
     if target.is_floating_point():
-        return x, target.reshape(N, C, S)
-    return x, target.reshape(N, S)
+        return x, target.reshape(N, C, S), ignore_index
+    t = target.reshape(N, S)
+    if mode == "multiclass" and C == 1 and activation != 2:
+        g = (t == 0).to(torch.uint8)
+        if ignore_index is None:
+            return x, g, None
+        return x, torch.where(t.long() == ignore_index, 2, g).to(torch.uint8), 2  # int64 compare: no wrap of a uint8 map
+    return x, t, ignore_index
 
 
 def tversky_loss(input, target, alpha=0.5, beta=0.5, gamma=1.0, mode="multiclass", from_logits=True, smooth_nr=0.0,
@@ -285,8 +297,8 @@ def tversky_loss(input, target, alpha=0.5, beta=0.5, gamma=1.0, mode="multiclass
                  class_weights=None, log=False, reduction="mean", zero_empty=False, soft_label=False, _a=1.0):
     """Eager autograd reference of :func:`fastloss.tversky_loss` (same arguments, already
     validated shapes: see fastloss/ops/dice.py for the accepted forms)."""
-    x, t = canonicalize(input, target, mode)
     activation = 0 if not from_logits else (2 if mode == "multiclass" else 1)
+    x, t, ignore_index = canonicalize(input, target, mode, activation, ignore_index)
     s = sums(x, t, activation, squared, soft_label and not squared, ignore_index)
     return finish(s, alpha, beta, gamma, _a, smooth_nr, smooth_dr, include_background, per_image, class_weights, log, reduction,
                   zero_empty, empty=x.numel() == 0)
@@ -307,7 +319,8 @@ def dice_ce_loss(input, target, mode="multiclass", lambda_dice=1.0, lambda_ce=1.
     non-ignored pixels -- 0 if all are ignored -- or their sum for reduction="sum";
     BCE-with-logits over non-ignored elements for sigmoid modes)."""
     d = dice_loss(input, target, mode=mode, ignore_index=ignore_index, **kwargs)
-    x, t = canonicalize(input, target, mode)
-    ce = ce_terms(x, t, 2 if mode == "multiclass" else 1, ignore_index, exact=False).sum(0)
+    activation = 2 if mode == "multiclass" else 1
+    x, t, ignore_index = canonicalize(input, target, mode, activation, ignore_index)
+    ce = ce_terms(x, t, activation, ignore_index, exact=False).sum(0)
     ce_term = ce[0] if kwargs.get("reduction", "mean") == "sum" else ce[0] / ce[1].clamp_min(1)
     return lambda_dice * d + lambda_ce * ce_term
