@@ -701,6 +701,27 @@ def test_max_iou_compiles_and_rejects_bad_inputs():
     assert bool((gt_inds == -1).all())
 
 
+
+@pytest.mark.parametrize("device, backend", BACKENDS)
+def test_shared_ignore_boxes_equal_expanded(device, backend):
+    """One set of ignore boxes (1, K, 4) (and its (1, K) mask) for a batch: the same assignment
+    as the set repeated per image."""
+    import helpers
+
+    helpers.require_backend(device, backend)
+    pri = torch.tensor([[0.0, 0.0, 10.0, 10.0], [20.0, 20.0, 30.0, 30.0], [2.0, 2.0, 5.0, 5.0]], device=device)
+    gts = torch.tensor([[[20.0, 20.0, 30.0, 30.0]], [[0.0, 0.0, 10.0, 10.0]]], device=device)
+    lab = torch.tensor([[1], [2]], device=device)
+    ign = torch.tensor([[[0.0, 0.0, 6.0, 6.0], [50.0, 50.0, 60.0, 60.0]]], device=device)
+    for iv in (None, torch.tensor([[True, False]], device=device)):
+        kw = dict(ignore_bboxes=ign, ignore_valid=iv, ignore_iof_thr=0.3, backend=backend)
+        kw_b = dict(kw, ignore_bboxes=ign.expand(2, 2, 4), ignore_valid=None if iv is None else iv.expand(2, 2))
+        for fn, args in ((fastloss.max_iou_assign, dict(pos_iou_thr=0.5, neg_iou_thr=0.4)), (fastloss.atss_assign, dict(topk=2))):
+            lead = (pri, [3]) if fn is fastloss.atss_assign else (pri,)
+            shared, expanded = fn(*lead, gts, lab, **args, **kw), fn(*lead, gts, lab, **args, **kw_b)
+            assert all(torch.equal(a, b) for a, b in zip(shared, expanded))
+            assert bool((shared[0][:, 2] == -1).all())  # the prior inside the shared ignore box, in both images
+
 def _ignore_errors(assign_fn, B):
     """(call, match) pairs of bad ignore boxes / masks for an assigner of B images: ignore_valid
     of another K, an integer (uint8, int64) ignore_valid -- bool only, as gt_valid -- an
@@ -708,11 +729,11 @@ def _ignore_errors(assign_fn, B):
     ign = torch.tensor([[0.0, 0.0, 64.0, 64.0]]).expand(B, 1, 4)
     ok = torch.ones(B, 1, dtype=torch.bool)
     return [(lambda: assign_fn(ignore_bboxes=ign, ignore_valid=torch.ones(B, 3, dtype=torch.bool), ignore_iof_thr=0.5),
-             r"ignore_valid must be bool \(B, K\) = \(2, 1\), got torch.bool \(2, 3\)"),
+             r"ignore_valid must be bool \(B, K\) = \(2, 1\), .*got torch.bool \(2, 3\)"),
             (lambda: assign_fn(ignore_bboxes=ign, ignore_valid=ok.to(torch.uint8), ignore_iof_thr=0.5), "ignore_valid must be bool .* torch.uint8"),
             (lambda: assign_fn(ignore_bboxes=ign, ignore_valid=ok.long(), ignore_iof_thr=0.5), "ignore_valid must be bool .* torch.int64"),
             (lambda: assign_fn(ignore_valid=ok, ignore_iof_thr=0.5), "ignore_valid without ignore_bboxes"),
-            (lambda: assign_fn(ignore_bboxes=ign[:1].expand(B + 1, 1, 4), ignore_iof_thr=0.5), r"ignore_bboxes .* B = 2 images, got \(3, 1, 4\)")]
+            (lambda: assign_fn(ignore_bboxes=ign[:1].expand(B + 1, 1, 4), ignore_iof_thr=0.5), r"ignore_bboxes .* B = 2 images \(or 1, shared\), got \(3, 1, 4\)")]
 
 
 def test_assign_ops_opcheck():

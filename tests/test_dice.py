@@ -555,7 +555,10 @@ def test_compile_fullgraph_aot_eager(dynamo_reset, backend):
         b = fastloss.tversky_loss(inp, target, 0.3, 0.7, 1.5, per_image=True, reduction="none", backend=backend)
         c = fastloss.dice_loss(inp.sigmoid(), target.clamp_max(1).float().unsqueeze(1).expand_as(inp) * 0.7, mode="multilabel",
                                from_logits=False, soft_label=True, backend=backend)
-        return a + (b * b).sum() + c
+        # one class, multiclass labels, no softmax: canonicalize's mapping of the map is traced too
+        d = fastloss.jaccard_loss(inp[:, :1].sigmoid(), torch.where(target == 3, 255, 0), mode="multiclass", from_logits=False,
+                                  ignore_index=255, backend=backend)
+        return a + (b * b).sum() + c + d
 
     compiled = torch.compile(fn, backend="aot_eager", fullgraph=True)
     out_e, g_e = _loss_and_grad(fn, x, t, w)

@@ -484,6 +484,12 @@ def test_bce_weights_follow_torch_square_inputs_included(backend):
                                F.binary_cross_entropy_with_logits(x, t, weight=v[:, None], reduction="none"))
     torch.testing.assert_close(fastloss.binary_cross_entropy(x.sigmoid(), t, weight=v, reduction="none", backend=backend),
                                F.binary_cross_entropy(x.sigmoid(), t, weight=v[:, None], reduction="none"))
+    # the float64 spec (fastloss.reference.pointwise, the benchmarks' formula) reads weights by the same rules
+    xs, ts = torch.randn(3, 3, dtype=torch.float64), torch.rand(3, 3, dtype=torch.float64)
+    for w in (torch.tensor([1.0, 0.0, 2.0], dtype=torch.float64), v.double()):
+        xw, tw = (xs, ts) if w.numel() == 3 else (x.double(), t.double())
+        torch.testing.assert_close(R.binary_cross_entropy_with_logits(xw, tw, weight=w, reduction="none"),
+                                   F.binary_cross_entropy_with_logits(xw, tw, weight=w if w.numel() == 3 else w[:, None], reduction="none"))
     # the mmdetection-style losses: a (C,) weight of a square input is per row (per anchor), as (C, 1)
     x, t, v = torch.randn(3, 3), torch.rand(3, 3), torch.tensor([1.0, 2.0, 3.0])
     for fn in (fastloss.sigmoid_focal_loss, fastloss.poly1_bce_loss, fastloss.l1_loss):

@@ -96,12 +96,14 @@ def _check_gts(op, priors, gt_bboxes, gt_labels, gt_valid, ignore_bboxes, ignore
         raise ValueError(f"{op}: gt_valid must be bool (B, M) = ({B}, {M}), got {_describe(gt_valid)}")
     if ignore_bboxes is not None:
         _boxes("ignore_bboxes", ignore_bboxes, (3,), op)
-        if ignore_bboxes.shape[0] != B:
-            raise ValueError(f"{op}: ignore_bboxes (B, K, 4) must have gt_bboxes' B = {B} images, got {tuple(ignore_bboxes.shape)}")
-        K = ignore_bboxes.shape[1]
-        if ignore_valid is not None and (not isinstance(ignore_valid, torch.Tensor) or ignore_valid.shape != (B, K)
+        Bi, K = ignore_bboxes.shape[:2]
+        if Bi not in (1, B):  # one set shared by every image, or one per image
+            raise ValueError(f"{op}: ignore_bboxes (B, K, 4) must have gt_bboxes' B = {B} images (or 1, shared), "
+                             f"got {tuple(ignore_bboxes.shape)}")
+        if ignore_valid is not None and (not isinstance(ignore_valid, torch.Tensor) or ignore_valid.shape != (Bi, K)
                                          or ignore_valid.dtype != torch.bool):
-            raise ValueError(f"{op}: ignore_valid must be bool (B, K) = ({B}, {K}), got {_describe(ignore_valid)}")
+            raise ValueError(f"{op}: ignore_valid must be bool (B, K) = ({Bi}, {K}), ignore_bboxes' first two dims, "
+                             f"got {_describe(ignore_valid)}")
     elif ignore_valid is not None:
         raise ValueError(f"{op}: ignore_valid without ignore_bboxes (the mask of which boxes?)")
     _common.check_same_device("priors", priors, gt_bboxes=gt_bboxes, gt_labels=gt_labels, gt_valid=gt_valid, ignore_bboxes=ignore_bboxes,
@@ -150,9 +152,9 @@ def max_iou_assign(priors, gt_bboxes, gt_labels, gt_valid=None, *, pos_iou_thr, 
         min_pos_iou, gt_max_assign_all, match_low_quality: the low-quality matches -- each gt
             with best IoU >= min_pos_iou takes the priors attaining it (all of them, or only
             its first argmax), a later gt winning; off with match_low_quality=False.
-        ignore_bboxes: (B, K, 4) boxes whose priors are ignored (IoF > ignore_iof_thr, over
+        ignore_bboxes: (B, K, 4) (or (1, K, 4), shared by every image) boxes whose priors are ignored (IoF > ignore_iof_thr, over
             the prior's area, or the ignore box's with ``ignore_wrt_candidates=False``);
-            ignore_valid (B, K) bool for their padding (None: every box real).
+            ignore_valid bool of ignore_bboxes' (B, K) or (1, K) for their padding (None: every box real).
         The thresholds are real numbers (+-inf allowed: never / always met), not NaN; the
         flags True / False.
         backend: as every fastloss op (reference, cpu, cuda).
@@ -222,9 +224,9 @@ def atss_assign(priors, num_level_priors, gt_bboxes, gt_labels, gt_valid=None, *
         gt_valid: (B, M) bool, False for padding (None: every box real); a padded box has no
             candidates and claims no prior.
         topk: candidates per (gt, level), an int >= 1 (mmdetection's configs: 9).
-        ignore_bboxes: (B, K, 4) boxes whose priors are ignored (IoF over the prior's area >
+        ignore_bboxes: (B, K, 4) (or (1, K, 4), shared) boxes whose priors are ignored (IoF over the prior's area >
             ignore_iof_thr, mmdetection's rule; their distance becomes 1e8 and, unless
-            positive, their gt_inds -1); ignore_valid (B, K) bool for their padding (None:
+            positive, their gt_inds -1); ignore_valid bool (B, K) (ignore_bboxes' first dims) for their padding (None:
             every box real); ignore_iof_thr a real number (not NaN).
         backend: as every fastloss op (reference, cpu, cuda).
 

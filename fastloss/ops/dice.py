@@ -221,8 +221,11 @@ def _prepare(input, target, mode, from_logits, ignore_index):
     if target.is_floating_point():
         target = target.to(input.dtype)
     activation = 0 if not from_logits else (2 if mode == "multiclass" else 1)
-    if mode == "multiclass" and not target.is_floating_point() and input.shape[1] == 1 and activation != 2:
-        # one class: labels in [0, 1) (the kernels' check allows binary mode's 1; canonicalize maps them)
+    if (mode == "multiclass" and not target.is_floating_point() and input.shape[1] == 1 and activation != 2
+            and not torch.compiler.is_compiling()):
+        # one class: labels in [0, 1) (the op's own check allows binary mode's 1 and runs after
+        # canonicalize's mapping); not traced, as the op's check is not: under torch.compile an
+        # out-of-range label is unchecked here and matches no class (P' only), as on CUDA
         _common.check_labels("dice", target, 1, ignore_index, hint="; to leave such pixels out of the loss, pass ignore_index=<their label>")
     x, t, ignore_index = reference.canonicalize(input, target, mode, activation, ignore_index)
     return x, t.contiguous(), activation, ignore_index

@@ -334,11 +334,20 @@ def backward(grad, input, target, target_value, weight, weight_layout, aux, aux_
 # ------------------------------------------------------------------ eager public semantics (the benchmarks' baseline)
 
 
-def _weighted(loss, weight, input):
+def _weighted(loss, weight, input, torch_first=False):
+    """loss * weight, a weight of shape input.shape[:-1] read per row (anchor), mmdetection's
+    convention -- with ``torch_first`` (torch's BCE ``weight=``) only where torch's broadcasting
+    rejects that shape (fastloss.ops.pointwise._prepare_operand's rules "mmdet" / "torch_rows")."""
     if weight is None:
         return loss
-    if weight.dim() > 0 and weight.shape == input.shape[:-1] and weight.shape != input.shape:
-        weight = weight.unsqueeze(-1)  # one weight per row (anchor), mmdetection's convention
+    row = weight.dim() > 0 and weight.shape == input.shape[:-1] and weight.shape != input.shape
+    if row and torch_first:
+        try:
+            row = torch.broadcast_shapes(weight.shape, input.shape) != input.shape
+        except RuntimeError:
+            row = True
+    if row:
+        weight = weight.unsqueeze(-1)
     return loss * weight
 
 
@@ -425,5 +434,5 @@ def gaussian_focal_loss(input, target, alpha=2.0, gamma=4.0, reduction="mean", w
 
 
 def binary_cross_entropy_with_logits(input, target, reduction="mean", weight=None, avg_factor=None, pos_weight=None):
-    return reduce_loss(_weighted(F.binary_cross_entropy_with_logits(input, target, reduction="none", pos_weight=pos_weight), weight, input),
-                       reduction, avg_factor)
+    loss = F.binary_cross_entropy_with_logits(input, target, reduction="none", pos_weight=pos_weight)
+    return reduce_loss(_weighted(loss, weight, input, torch_first=True), reduction, avg_factor)
