@@ -402,6 +402,29 @@ def test_nan_metric_outranks_every_number(backend, rule):
         assert torch.equal(got[i], expected[i]), i
 
 
+
+@pytest.mark.parametrize("backend", TAL_BACKENDS)
+@pytest.mark.parametrize("rule", ["cpu", "cuda"])
+def test_nan_overlap_takes_the_first_nan_gt(backend, rule):
+    """An anchor claimed by several gts goes to the first argmax of its overlaps over the gts:
+    torch's argmax ranks NaN first, so ultralytics gives an anchor whose prediction is NaN to
+    the first gt that holds it, not to gt 0 (which does not)."""
+    import helpers
+
+    helpers.require_backend("cpu", backend)
+    xs = torch.arange(8.0) * 8 + 4
+    anc = torch.stack(torch.meshgrid(xs, xs, indexing="xy"), -1).reshape(-1, 2)  # 8 x 8 anchors, stride 8
+    gt = torch.tensor([[[0.0, 0.0, 16.0, 16.0], [24.0, 24.0, 64.0, 64.0], [32.0, 32.0, 64.0, 64.0]]])
+    lab = torch.tensor([[[0.0], [1.0], [2.0]]])
+    pd = torch.cat([anc - 4, anc + 4], -1)[None].clone()
+    pd[0, 63] = float("nan")  # anchor (60, 60): inside gts 1 and 2 only
+    case = (torch.full((1, 64, 3), 0.5), pd, anc, lab, gt, torch.ones(1, 3, 1))
+    expected = (_peer_cuda_rule if rule == "cuda" else _peer)(case, 3, 0.5, 6.0, 3)
+    got = fastloss.task_aligned_assign(*case, topk=3, num_classes=3, alpha=0.5, beta=6.0, stride_val=16, tie_rule=rule, backend=backend)
+    assert int(expected[4][0, 63]) == 1  # not vacuous: the NaN anchor is claimed by gts 1 and 2
+    for i in (0, 1, 3, 4):  # labels, boxes, fg mask, gt index
+        assert torch.equal(got[i], expected[i]), i
+
 def test_labels_past_num_classes_match_no_class():
     """A label >= nc never writes outside the scores row (the rule for unchecked CUDA labels:
     it matches no class).  (1) The native op (which does not check labels; the CUDA kernel runs

@@ -416,8 +416,9 @@ std::vector<at::Tensor> task_aligned_impl(const assign::TalArgs<T>& a, const at:
         }
       // An anchor claimed more than once goes to the first argmax over ALL gts of the overlap,
       // which is 0 off a gt's candidates (and >= 0 on them): one sweep over the image's
-      // candidates in gt order keeps the largest overlap and its first gt; a column whose max
-      // is 0 goes to gt 0, the first of its zeros.  O(candidates), not O(anchors x gts).
+      // candidates in gt order keeps the largest overlap (NaN above every number, as torch's
+      // argmax) and its first gt; a column whose max is 0 goes to gt 0, the first of its zeros.
+      // O(candidates), not O(anchors x gts).
       std::fill(best.begin(), best.end(), T(0));
       for (int64_t i = 0; i < A; ++i)
         if (count[i] > 1) claimant[i] = 0;
@@ -425,7 +426,7 @@ std::vector<at::Tensor> task_aligned_impl(const assign::TalArgs<T>& a, const at:
         const Candidates<T>& c = rows[b * M + h];
         for (size_t p = 0; p < c.idx.size(); ++p) {
           const int64_t i = c.idx[p];
-          if (count[i] > 1 && c.ov[p] > best[i]) best[i] = c.ov[p], claimant[i] = h;
+          if (count[i] > 1 && assign::topk_greater(c.ov[p], best[i])) best[i] = c.ov[p], claimant[i] = h;  // torch's argmax: the first NaN wins
         }
       }
       std::fill(pos_o.begin(), pos_o.end(), T(0));

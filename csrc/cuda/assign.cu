@@ -260,7 +260,7 @@ __global__ void tal_resolve_kernel(assign::TalArgs<T> p, const int32_t* count, c
           if (assign::tal_inside(p.anc + i * 2, box))
             ov = assign::ciou_ultralytics(p.gt + (b * p.M + h) * 4, p.pd + k * 4, p.atan_gt[b * p.M + h], p.atan_pd[k]);
         }
-        if (ov > best) best = ov, g = h;
+        if (assign::topk_greater(ov, best)) best = ov, g = h;  // torch's argmax: the first NaN wins
       }
     }
     gt_idx[k] = g;

@@ -164,8 +164,8 @@ def task_aligned_assign(pd_scores, pd_bboxes, anc_points, gt_labels, gt_bboxes, 
         g_ids = torch.arange(g0, g1, device=dev)[None, :, None].expand_as(idx)
         claims.scatter_add_(1, idx.flatten(1), claimed.flatten(1).long())  # flatten(1), not reshape(B, -1): B may be 0
         claim_gsum.scatter_add_(1, idx.flatten(1), (claimed * g_ids).flatten(1))
-        cmax, carg = ov.max(dim=1)  # first index on ties, as ultralytics' overlaps.max(1)
-        better = cmax > best_ov  # strict: an earlier chunk keeps its tie
+        cmax, carg = ov.max(dim=1)  # first index on ties (and the first NaN), as ultralytics' overlaps.argmax(1)
+        better = (cmax > best_ov) | (cmax.isnan() & ~best_ov.isnan())  # strict: an earlier chunk keeps its tie, its NaN
         best_ov = torch.where(better, cmax, best_ov)
         best_g = torch.where(better, carg + g0, best_g)
     fg = claims > 0
