@@ -121,6 +121,7 @@ from torch import Tensor, nn
 
 from fastloss.compat import mmcv as _mmcv
 from fastloss.compat.mmcv import SigmoidFocalLoss, _background_labels, _check_alpha
+from fastloss.ops import _common
 from fastloss.ops import assign as _assign
 from fastloss.ops import box_iou as _box_iou
 from fastloss.ops import dice as _dice
@@ -175,11 +176,7 @@ def _broadcast_weight(name, weight, shape):
     torch per column."""
     if weight is None or weight.shape == shape:
         return weight
-    try:
-        ok = torch.broadcast_shapes(weight.shape, shape) == shape
-    except RuntimeError:
-        ok = False
-    if not ok:
+    if not _common.broadcasts_to(weight.shape, shape):
         raise ValueError(f"{name}: weight of shape {tuple(weight.shape)} does not broadcast to the loss's shape {tuple(shape)}")
     return weight.expand(shape)
 

@@ -470,14 +470,6 @@ class FocalLoss(_Loss):
         return (class_norm * (loss_c * scale) / norm_c).sum()
 
 
-def _broadcasts_to(shape, target_shape):
-    """Whether torch's broadcasting takes ``shape`` to ``target_shape`` (not to a larger one)."""
-    try:
-        return torch.broadcast_shapes(shape, target_shape) == target_shape
-    except RuntimeError:
-        return False
-
-
 class SoftBCEWithLogitsLoss(nn.Module):
     """smp's ``SoftBCEWithLogitsLoss`` (segmentation_models_pytorch.losses, smp 0.6.0) on
     :func:`fastloss.binary_cross_entropy_with_logits`: BCE-with-logits against the smoothed
@@ -515,7 +507,7 @@ class SoftBCEWithLogitsLoss(nn.Module):
         w = self.weight
         # smp hands weight to torch's BCE: broadcast to y_pred's shape or an error (fastloss's
         # per-row extension for a y_pred.shape[:-1] weight is not smp's)
-        if w is not None and not _broadcasts_to(w.shape, y_pred.shape):
+        if w is not None and not _common.broadcasts_to(w.shape, y_pred.shape):
             raise ValueError(f"SoftBCEWithLogitsLoss: weight of shape {tuple(w.shape)} does not broadcast to y_pred's shape "
                              f"{tuple(y_pred.shape)}")
         if self.ignore_index is not None:

@@ -64,6 +64,15 @@ def check_param(name, value, ok, domain):
     return v
 
 
+def broadcasts_to(shape, target_shape):
+    """Whether torch's broadcasting takes ``shape`` to ``target_shape`` itself (not to a larger
+    shape, and without an error): the test of every weight "that broadcasts to" a loss."""
+    try:
+        return torch.broadcast_shapes(shape, target_shape) == target_shape
+    except RuntimeError:
+        return False
+
+
 def flag(name, value):
     """A boolean argument as the 1.0 / 0.0 a kernel parameter slot holds: True / False (or 1 / 0)
     only -- a string such as "no" is an error, not True."""

@@ -179,11 +179,7 @@ def _prepare_weight(pred, weight):
     if weight.shape == pred.shape and weight.shape != boxes:
         weight = weight.to(dtype).mean(-1)  # per coordinate -> per box (mmdetection)
     else:
-        try:
-            ok = torch.broadcast_shapes(weight.shape, boxes) == boxes
-        except RuntimeError:
-            ok = False
-        if not ok:
+        if not _common.broadcasts_to(weight.shape, boxes):
             raise ValueError(f"weight of shape {tuple(weight.shape)} must be per box {tuple(boxes)} (or broadcast to it) "
                              f"or per coordinate {tuple(pred.shape)}")
         weight = weight.to(dtype).expand(boxes)
@@ -314,11 +310,7 @@ def _bounded_iou_terms(pred, target, reduction, weight, avg_factor, fmt_code, co
             raise TypeError(f"weight must be a torch.Tensor or None, got {type(weight).__name__}")
         _common.no_grad_required(weight=weight)
         if weight.shape != pred.shape:  # per box: the same for the 4 terms
-            try:
-                ok = torch.broadcast_shapes(weight.shape, pred.shape[:-1]) == pred.shape[:-1]
-            except RuntimeError:
-                ok = False
-            if not ok:
+            if not _common.broadcasts_to(weight.shape, pred.shape[:-1]):
                 raise ValueError(f"weight of shape {tuple(weight.shape)} must be per term {tuple(pred.shape)} or per box "
                                  f"{tuple(pred.shape[:-1])} (or broadcast to it)")
             w_box, weight = weight.to(acc).expand(pred.shape[:-1]).reshape(-1).contiguous(), None

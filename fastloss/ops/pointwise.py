@@ -256,10 +256,7 @@ def _prepare_operand(name, input, v, dtype, rule="mmdet"):
     v = v.to(dtype)
     if v.shape == input.shape:
         return v.contiguous(), LAYOUTS["elem"]
-    try:
-        broadcasts = torch.broadcast_shapes(v.shape, input.shape) == input.shape
-    except RuntimeError:
-        broadcasts = False
+    broadcasts = _common.broadcasts_to(v.shape, input.shape)
     if input.dim() > 0 and v.shape == input.shape[:-1] and (rule == "mmdet" or (rule == "torch_rows" and not broadcasts)):
         return v.contiguous(), LAYOUTS["row"]
     if not broadcasts:
