@@ -49,8 +49,8 @@ constexpr int64_t kBlock = 256;  // priors per work item (a multiple of every V)
 template <typename T>
 void torch_cpu_topk(std::vector<std::pair<T, int64_t>>& q, int64_t k, int64_t n, bool largest) {
   using elem_t = std::pair<T, int64_t>;
-  auto best_largest = [](const elem_t& x, const elem_t& y) { return (std::isnan(x.first) && !std::isnan(y.first)) || x.first > y.first; };
-  auto best_smallest = [](const elem_t& x, const elem_t& y) { return (!std::isnan(x.first) && std::isnan(y.first)) || x.first < y.first; };
+  auto best_largest = [](const elem_t& x, const elem_t& y) { return assign::topk_greater(x.first, y.first); };
+  auto best_smallest = [](const elem_t& x, const elem_t& y) { return assign::topk_greater(y.first, x.first); };  // NaN last
   auto select = [&](auto comp) {
     if (k * 64 <= n) {
       std::partial_sort(q.begin(), q.begin() + k, q.end(), comp);
@@ -300,7 +300,7 @@ void cuda_rule_claims(const Candidates<T>& c, int64_t A, int64_t K, int64_t* slo
     std::fill(hist, hist + assign::kRadixBins, 0);
     for (const T v : c.metric) {
       const auto key = assign::tal_radix_key(v);
-      if (assign::tal_radix_counted(v) && assign::tal_radix_match(key, prefix, shift)) ++hist[assign::tal_radix_digit(key, shift)];
+      if (assign::topk_greater(v, T(0)) && assign::tal_radix_match(key, prefix, shift)) ++hist[assign::tal_radix_digit(key, shift)];
     }
     return hist;
   };

@@ -197,7 +197,7 @@ __global__ void tal_claim_kernel(assign::TalArgs<T> p, int32_t* count, int32_t* 
         T ov;
         const T v = tal_pair(p, r, b, i, box, cand, ov);
         const auto key = assign::tal_radix_key(v);
-        if (assign::tal_radix_counted(v) && assign::tal_radix_match(key, prefix, shift)) atomicAdd(&hist[assign::tal_radix_digit(key, shift)], 1);
+        if (assign::topk_greater(v, T(0)) && assign::tal_radix_match(key, prefix, shift)) atomicAdd(&hist[assign::tal_radix_digit(key, shift)], 1);
       }
       __syncthreads();
       return hist;

@@ -207,7 +207,7 @@ FL_HOST_DEVICE FL_INLINE int tal_radix_digit(K key, int shift) {
   return static_cast<int>((key >> shift) & K(kRadixBins - 1));
 }
 
-// hist: the digit at `shift` of the counted values (tal_radix_counted) matching prefix.  The digit of the
+// hist: the digit at `shift` of the counted values (topk_greater(v, 0)) matching prefix.  The digit of the
 // remaining-th largest of them joins prefix; remaining drops by the count in larger digits.
 template <typename K>
 FL_HOST_DEVICE FL_INLINE void tal_radix_step(const int32_t* hist, int shift, K& prefix, int64_t& remaining) {
@@ -222,7 +222,7 @@ FL_HOST_DEVICE FL_INLINE void tal_radix_step(const int32_t* hist, int shift, K& 
 
 // The threshold of a row's top k under the CUDA rule: selected are the values > thr and the
 // first `need` values == thr in index order.  hist_pass(shift, prefix) returns the histogram of
-// digit `shift` over the row's counted values -- positive or NaN (tal_radix_counted), keyed by
+// digit `shift` over the row's counted values -- positive or NaN (topk_greater(v, 0)), keyed by
 // tal_radix_key -- matching prefix (tal_radix_match).  With fewer
 // than k positives, thr = 0 and the zeros fill.
 #if defined(__CUDACC__)
@@ -259,12 +259,9 @@ FL_HOST_DEVICE FL_INLINE bool topk_equal(T a, T b) {
   return (a != a && b != b) || a == b;
 }
 
-// A metric that takes part in the CUDA rule's radix selection: positive, or NaN (torch ranks it
-// first); its key, with every NaN mapped to the largest key, as torch's radix select does.
-template <typename T>
-FL_HOST_DEVICE FL_INLINE bool tal_radix_counted(T v) {
-  return v > T(0) || v != v;
-}
+// The key of a metric in the CUDA rule's radix selection (which counts the metrics that
+// outrank a zero: topk_greater(v, 0), positive or NaN), every NaN the largest key, as torch's
+// radix select does.
 template <typename T>
 FL_HOST_DEVICE FL_INLINE typename TalKey<T>::type tal_radix_key(T v) {
   return v != v ? ~typename TalKey<T>::type(0) : TalKey<T>::of(v);
