@@ -46,6 +46,15 @@ def pytest_configure(config):
     # numpy warnings of Triton's interpreter evaluating both sides of tl.where (e.g. log(0)
     # in a branch that is then discarded): not fastloss's behaviour, just noise.
     config.addinivalue_line("filterwarnings", "ignore::RuntimeWarning:triton.runtime.interpreter")
+    if not os.environ.get("PYTEST_XDIST_WORKER"):
+        # yapf (imported by mmengine, so by the mmdet / mmcv compat tests) writes its grammar cache
+        # (~/.cache/YAPF) on its first import after an install: two xdist workers importing it at
+        # once, one reading the pickle the other is writing, fail collection with EOFError (seen in
+        # a fresh clone).  The controller writes it here, before the workers start.
+        try:
+            import yapf  # noqa: F401
+        except ImportError:
+            pass
 
 
 def pytest_runtest_logreport(report):
